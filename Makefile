@@ -1,0 +1,56 @@
+# deskbroker: `make demo` and `make test` both go through the idempotent `make setup`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SYSTEM_PACKAGES := tigervnc-standalone-server tigervnc-tools postgresql-client
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: setup system demo test lint typecheck test-sqlite test-postgresql bench docs clean
+
+setup: system $(VENV)/.installed
+
+# System packages through apt-get, only when one is missing (apt-get update is slow).
+system:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+demo: setup
+	$(VENV)/bin/deskbroker demo
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+typecheck: setup
+	$(VENV)/bin/mypy
+
+# pytest exits 5 when it collected nothing; that is not a failure of the code.
+define pytest_on
+	DESKBROKER_TEST_DB=$(1) $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "no tests collected on $(1)"; rc=0; fi; exit $$rc
+endef
+
+test-sqlite: setup
+	@$(call pytest_on,sqlite)
+
+test-postgresql: setup
+	@$(call pytest_on,postgresql)
+
+test: lint typecheck test-sqlite test-postgresql
+
+bench: setup
+	$(PY) benchmarks/login.py --json
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .deskbroker

@@ -1,0 +1,1 @@
+"""cloudsim: a faithful OpenStack API simulator for tests, benchmarks and demos."""

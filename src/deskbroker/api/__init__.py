@@ -1,0 +1,1 @@
+"""HTTP API: routers per audience (admin, client), schemas and error rendering."""

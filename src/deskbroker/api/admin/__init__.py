@@ -1,0 +1,1 @@
+"""The admin API: create, read, update and delete every domain object."""

@@ -1,0 +1,286 @@
+"""Builds the five standard routes of one admin resource from a ``ResourceSpec``.
+
+This module deliberately avoids postponed annotations: the route functions are made at
+run time and FastAPI must see the real schema classes in their signatures.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Generic, TypeVar
+
+from fastapi import APIRouter, Query, Request, Response
+from pydantic import BaseModel
+from sqlalchemy.orm import Session
+
+from deskbroker.api.deps import AdminReader, AdminWriter, Ctx
+from deskbroker.errors import Forbidden, InvalidInput, NotFound
+from deskbroker.security import TokenClaims
+from deskbroker.services.context import BrokerContext
+from deskbroker.store import events
+from deskbroker.store.repository import Repository, bump_config_version
+from deskbroker.store.tables import Base, Tenant
+
+M = TypeVar("M", bound=Base)
+
+Prepare = Callable[[Session, BrokerContext, str, dict[str, Any], Any], dict[str, Any]]
+After = Callable[[Session, BrokerContext, Any], None]
+BeforeDelete = Callable[[Session, Any], None]
+ToRead = Callable[[Session, Any], dict[str, Any]]
+
+
+@dataclass
+class ResourceSpec(Generic[M]):
+    """One admin resource: its table, its schemas and the hooks that keep it valid."""
+
+    path: str
+    label: str
+    model: type[M]
+    read: type[BaseModel]
+    create: type[BaseModel] | None = None
+    update: type[BaseModel] | None = None
+    filters: dict[str, type] = field(default_factory=dict)
+    affects_config: bool = True
+    prepare: Prepare | None = None
+    after_write: After | None = None
+    before_delete: BeforeDelete | None = None
+    to_read: ToRead | None = None
+    global_only: bool = False
+    deletable: bool = True
+
+
+class Page(BaseModel):
+    """One page of a listing."""
+
+    items: list[dict[str, Any]]
+    total: int
+    limit: int
+    offset: int
+
+
+def scope(who: TokenClaims) -> str | None:
+    """The tenant a principal may see; ``None`` for a global admin."""
+    return None if who.role == "global_admin" else who.tenant_id
+
+
+def target_tenant(session: Session, who: TokenClaims, requested: str | None) -> str:
+    """Where a new object goes: the admin's own tenant unless a global admin picks one."""
+    if requested is None or requested == who.tenant_id:
+        return who.tenant_id
+    if who.role != "global_admin":
+        raise Forbidden("you can only create objects in your own tenant")
+    if session.get(Tenant, requested) is None:
+        raise InvalidInput(f"tenant {requested} does not exist")
+    return requested
+
+
+def _parse_filter(name: str, kind: type, raw: str) -> Any:
+    if kind is bool:
+        if raw.lower() not in ("true", "false", "1", "0"):
+            raise InvalidInput(f"filter {name} must be true or false")
+        return raw.lower() in ("true", "1")
+    if kind is int:
+        try:
+            return int(raw)
+        except ValueError as exc:
+            raise InvalidInput(f"filter {name} must be a whole number") from exc
+    return raw
+
+
+def add_routes(router: APIRouter, spec: ResourceSpec[Any]) -> None:
+    repo: Repository[Any] = Repository(spec.model, spec.label)
+    read_model = spec.read
+
+    def render(session: Session, obj: Any) -> dict[str, Any]:
+        data = spec.to_read(session, obj) if spec.to_read else obj
+        return read_model.model_validate(data, from_attributes=True).model_dump(mode="json")
+
+    def guard(who: TokenClaims) -> None:
+        if spec.global_only and who.role != "global_admin":
+            raise Forbidden(f"only a global administrator can manage {spec.path}")
+
+    def list_items(
+        request: Request,
+        ctx: Ctx,
+        who: AdminReader,
+        limit: int = Query(50, ge=1, le=1000),
+        offset: int = Query(0, ge=0),
+    ) -> Page:
+        guard(who)
+        chosen: dict[str, Any] = {}
+        for key, raw in request.query_params.items():
+            if key in ("limit", "offset"):
+                continue
+            if key not in spec.filters:
+                known = ", ".join(sorted(spec.filters)) or "none"
+                raise InvalidInput(f"unknown filter {key!r}; filters for {spec.path}: {known}")
+            chosen[key] = _parse_filter(key, spec.filters[key], raw)
+        with ctx.db.read() as session:
+            tenant = None if spec.global_only else scope(who)
+            rows, total = repo.list(session, tenant, chosen, limit, offset)
+            items = [render(session, r) for r in rows]
+        return Page(items=items, total=total, limit=limit, offset=offset)
+
+    def get_item(item_id: str, ctx: Ctx, who: AdminReader) -> dict[str, Any]:
+        guard(who)
+        with ctx.db.read() as session:
+            return render(
+                session, repo.get(session, item_id, None if spec.global_only else scope(who))
+            )
+
+    list_items.__name__ = f"list_{spec.path.replace('-', '_')}"
+    get_item.__name__ = f"get_{spec.path.replace('-', '_')}"
+    tag: list[str | Enum] = [spec.path]
+    router.add_api_route(
+        f"/{spec.path}",
+        list_items,
+        methods=["GET"],
+        response_model=Page,
+        tags=tag,
+        summary=f"List {spec.path}",
+        description=f"Filters: {', '.join(sorted(spec.filters)) or 'none'}.",
+    )
+    router.add_api_route(
+        f"/{spec.path}/{{item_id}}",
+        get_item,
+        methods=["GET"],
+        response_model=read_model,
+        tags=tag,
+        summary=f"Get one {spec.label}",
+    )
+
+    def audit(session: Session, who: TokenClaims, action: str, obj: Any) -> None:
+        if spec.affects_config:
+            bump_config_version(session)
+        events.append(
+            session,
+            f"admin.{action}",
+            tenant_id=getattr(obj, "tenant_id", None) or who.tenant_id,
+            actor=who.username,
+            user_id=who.user_id,
+            detail={
+                "resource": spec.path,
+                "id": getattr(obj, "id", None),
+                "name": getattr(obj, "name", None) or getattr(obj, "username", None),
+            },
+        )
+
+    create_model = spec.create
+    if create_model is not None:
+
+        def create_item(
+            body: create_model,  # type: ignore[valid-type]
+            ctx: Ctx,
+            who: AdminWriter,
+            response: Response,
+        ) -> dict[str, Any]:
+            guard(who)
+            data = body.model_dump(exclude_unset=False)  # type: ignore[attr-defined]
+            with ctx.db.write() as session:
+                session.info["actor_role"] = who.role
+                tenant = (
+                    None
+                    if spec.global_only
+                    else target_tenant(session, who, data.pop("tenant_id", None))
+                )
+                if spec.prepare:
+                    data = spec.prepare(session, ctx, tenant or "", data, None)
+                if tenant is not None:
+                    data["tenant_id"] = tenant
+                obj = repo.add(session, spec.model(**data))
+                if spec.after_write:
+                    spec.after_write(session, ctx, obj)
+                    repo.flush(session)
+                audit(session, who, "create", obj)
+                result = render(session, obj)
+            response.status_code = 201
+            response.headers["Location"] = f"/api/v1/admin/{spec.path}/{result['id']}"
+            ctx.cache.invalidate()
+            return result
+
+        create_item.__name__ = f"create_{spec.path.replace('-', '_')}"
+        router.add_api_route(
+            f"/{spec.path}",
+            create_item,
+            methods=["POST"],
+            response_model=read_model,
+            status_code=201,
+            tags=tag,
+            summary=f"Create a {spec.label}",
+        )
+
+    update_model = spec.update
+    if update_model is not None:
+
+        def update_item(
+            item_id: str,
+            body: update_model,  # type: ignore[valid-type]
+            ctx: Ctx,
+            who: AdminWriter,
+        ) -> dict[str, Any]:
+            guard(who)
+            data = body.model_dump(exclude_unset=True)  # type: ignore[attr-defined]
+            if not data:
+                raise InvalidInput("nothing to change: the body names no field")
+            with ctx.db.write() as session:
+                session.info["actor_role"] = who.role
+                obj = repo.get(session, item_id, None if spec.global_only else scope(who))
+                if spec.prepare:
+                    data = spec.prepare(session, ctx, getattr(obj, "tenant_id", ""), data, obj)
+                for key, value in data.items():
+                    setattr(obj, key, value)
+                repo.flush(session)
+                if spec.after_write:
+                    spec.after_write(session, ctx, obj)
+                    repo.flush(session)
+                audit(session, who, "update", obj)
+                result = render(session, obj)
+            ctx.cache.invalidate()
+            return result
+
+        update_item.__name__ = f"update_{spec.path.replace('-', '_')}"
+        router.add_api_route(
+            f"/{spec.path}/{{item_id}}",
+            update_item,
+            methods=["PATCH"],
+            response_model=read_model,
+            tags=tag,
+            summary=f"Change a {spec.label}",
+        )
+
+    if spec.deletable and (create_model is not None or update_model is not None):
+
+        def delete_item(item_id: str, ctx: Ctx, who: AdminWriter) -> Response:
+            guard(who)
+            with ctx.db.write() as session:
+                obj = repo.get(session, item_id, None if spec.global_only else scope(who))
+                if spec.before_delete:
+                    spec.before_delete(session, obj)
+                audit(session, who, "delete", obj)
+                repo.delete(session, obj)
+            ctx.cache.invalidate()
+            return Response(status_code=204)
+
+        delete_item.__name__ = f"delete_{spec.path.replace('-', '_')}"
+        router.add_api_route(
+            f"/{spec.path}/{{item_id}}",
+            delete_item,
+            methods=["DELETE"],
+            status_code=204,
+            tags=tag,
+            summary=f"Delete a {spec.label}",
+        )
+
+
+def must_exist(
+    session: Session, model: type[Base], object_id: str | None, tenant_id: str, label: str
+) -> None:
+    """Reject a reference to a missing object, or to another tenant's, with one message."""
+    if object_id is None:
+        return
+    obj = session.get(model, object_id)
+    if obj is None or getattr(obj, "tenant_id", tenant_id) != tenant_id:
+        raise InvalidInput(f"{label} {object_id} does not exist")
+
+
+__all__ = ["NotFound", "Page", "ResourceSpec", "add_routes", "must_exist", "scope"]

@@ -1,0 +1,263 @@
+"""Admin resources for infrastructure: tenants, centers, images, desktops."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import Field, field_validator
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from deskbroker.api.admin.crud import ResourceSpec, add_routes, scope
+from deskbroker.api.deps import AdminWriter, Ctx
+from deskbroker.api.schemas import Body, Name, Out, Stamped, Text
+from deskbroker.centers import registry
+from deskbroker.domain.states import Availability
+from deskbroker.errors import Conflict, InvalidInput
+from deskbroker.services import inventory as inventory_service
+from deskbroker.services.context import BrokerContext
+from deskbroker.store.repository import Repository, bump_config_version
+from deskbroker.store.tables import Center, Desktop, Image, Pool, Tenant
+
+
+# --- tenants -------------------------------------------------------------------------
+class TenantIn(Body):
+    name: Name = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+    display_name: Text = ""
+    quota_desktops: int | None = Field(default=None, ge=0)
+    quota_sessions: int | None = Field(default=None, ge=0)
+
+
+class TenantPatch(Body):
+    display_name: Text | None = None
+    quota_desktops: int | None = Field(default=None, ge=0)
+    quota_sessions: int | None = Field(default=None, ge=0)
+
+
+class TenantOut(Out):
+    id: str
+    name: str
+    display_name: str
+    quota_desktops: int | None
+    quota_sessions: int | None
+    created_at: datetime
+    updated_at: datetime
+
+
+def _tenant_in_use(session: Session, tenant: Any) -> None:
+    for model, label in ((Center, "centers"), (Pool, "pools")):
+        if session.scalars(select(model.id).where(model.tenant_id == tenant.id).limit(1)).first():
+            raise Conflict(f"tenant {tenant.name} still has {label}; delete them first")
+
+
+# --- centers -------------------------------------------------------------------------
+Secrets = dict[str, str]
+
+
+class CenterIn(Body):
+    name: Name
+    kind: Name
+    params: dict[str, Any] = Field(default_factory=dict)
+    secrets: Secrets | None = Field(default=None, description="write-only; encrypted at rest")
+    scan_interval_s: int = Field(default=60, ge=5, le=86400)
+    tenant_id: str | None = None
+
+    @field_validator("secrets")
+    @classmethod
+    def _small(cls, value: Secrets | None) -> Secrets | None:
+        if value is not None and len(json.dumps(value)) > 16384:
+            raise ValueError("secrets are larger than 16 KiB")
+        return value
+
+
+class CenterPatch(Body):
+    name: Name | None = None
+    params: dict[str, Any] | None = None
+    secrets: Secrets | None = None
+    scan_interval_s: int | None = Field(default=None, ge=5, le=86400)
+
+
+class CenterOut(Stamped):
+    name: str
+    kind: str
+    params: dict[str, Any]
+    has_secrets: bool
+    scan_interval_s: int
+    status: str
+    status_message: str
+    last_scan_at: datetime | None
+
+
+def _prepare_center(
+    session: Session, ctx: BrokerContext, tenant: str, data: dict[str, Any], existing: Any
+) -> dict[str, Any]:
+    kind = data.get("kind") or existing.kind
+    if "params" in data or existing is None:
+        data["params"] = registry.validate_params(kind, data.get("params") or {})
+    else:
+        registry.driver_class(kind)
+    if "secrets" in data:
+        secrets = data.pop("secrets")
+        data["secrets_sealed"] = ctx.secrets.seal(json.dumps(secrets)) if secrets else None
+    return data
+
+
+def _center_out(session: Session, center: Any) -> dict[str, Any]:
+    out = {c.key: getattr(center, c.key) for c in Center.__table__.columns}
+    out["has_secrets"] = bool(center.secrets_sealed)
+    return out
+
+
+def _scan_after_write(session: Session, ctx: BrokerContext, center: Any) -> None:
+    inventory_service.scan(session, ctx, center)
+
+
+def _center_in_use(session: Session, center: Any) -> None:
+    held = session.scalars(
+        select(Desktop.name)
+        .where(Desktop.center_id == center.id, Desktop.assigned_user_id.is_not(None))
+        .limit(1)
+    ).first()
+    if held is not None:
+        raise Conflict(
+            f"center {center.name} has assigned desktops (e.g. {held}); release them first"
+        )
+    for desktop in session.scalars(select(Desktop).where(Desktop.center_id == center.id)).all():
+        session.delete(desktop)
+    session.flush()
+
+
+# --- images --------------------------------------------------------------------------
+class ImageOut(Stamped):
+    center_id: str
+    external_id: str
+    name: str
+    os: str
+    attributes: dict[str, Any]
+
+
+# --- desktops ------------------------------------------------------------------------
+class DesktopPatch(Body):
+    availability: Availability | None = None
+    attributes: dict[str, Any] | None = None
+    deletable: bool | None = None
+
+
+class DesktopOut(Stamped):
+    center_id: str
+    external_id: str
+    name: str
+    address: str
+    hostname: str
+    os: str
+    attributes: dict[str, Any]
+    power_state: str
+    availability: str
+    agent_state: str
+    reachable: bool | None
+    deletable: bool
+    assigned_user_id: str | None
+    assigned_pool_id: str | None
+    assignment_kind: str | None
+    assigned_at: datetime | None
+    last_used_at: datetime | None
+
+
+def _prepare_desktop(
+    session: Session, ctx: BrokerContext, tenant: str, data: dict[str, Any], existing: Any
+) -> dict[str, Any]:
+    if "availability" in data and data["availability"] is not None:
+        data["availability"] = Availability(data["availability"]).value
+    if data.get("attributes") is not None and len(json.dumps(data["attributes"])) > 65536:
+        raise InvalidInput("attributes are larger than 64 KiB")
+    return {k: v for k, v in data.items() if v is not None}
+
+
+def _desktop_after(session: Session, ctx: BrokerContext, desktop: Any) -> None:
+    from deskbroker.services.desktops import refresh_pools
+
+    refresh_pools(session, desktop.tenant_id)
+
+
+def _desktop_delete(session: Session, desktop: Any) -> None:
+    if desktop.assigned_user_id is not None:
+        raise Conflict(f"desktop {desktop.name} is assigned; release it first")
+
+
+SPECS: list[ResourceSpec[Any]] = [
+    ResourceSpec(
+        path="tenants",
+        label="tenant",
+        model=Tenant,
+        read=TenantOut,
+        create=TenantIn,
+        update=TenantPatch,
+        filters={"name": str},
+        global_only=True,
+        before_delete=_tenant_in_use,
+    ),
+    ResourceSpec(
+        path="centers",
+        label="center",
+        model=Center,
+        read=CenterOut,
+        create=CenterIn,
+        update=CenterPatch,
+        filters={"name": str, "kind": str, "status": str},
+        prepare=_prepare_center,
+        after_write=_scan_after_write,
+        to_read=_center_out,
+        before_delete=_center_in_use,
+    ),
+    ResourceSpec(
+        path="images",
+        label="image",
+        model=Image,
+        read=ImageOut,
+        filters={"center_id": str, "name": str, "os": str},
+        affects_config=False,
+    ),
+    ResourceSpec(
+        path="desktops",
+        label="desktop",
+        model=Desktop,
+        read=DesktopOut,
+        update=DesktopPatch,
+        filters={
+            "center_id": str,
+            "name": str,
+            "power_state": str,
+            "availability": str,
+            "assigned_user_id": str,
+            "assigned_pool_id": str,
+            "address": str,
+        },
+        prepare=_prepare_desktop,
+        after_write=_desktop_after,
+        before_delete=_desktop_delete,
+        affects_config=False,
+    ),
+]
+
+
+def router() -> APIRouter:
+    r = APIRouter()
+    for spec in SPECS:
+        add_routes(r, spec)
+
+    @r.post("/centers/{center_id}/scan", tags=["centers"], summary="Scan a center now")
+    def scan_center(center_id: str, ctx: Ctx, who: AdminWriter) -> dict[str, Any]:
+        with ctx.db.write() as session:
+            center = Repository(Center, "center").get(session, center_id, scope(who))
+            report = inventory_service.scan(session, ctx, center)
+            bump_config_version(session)
+        return report.as_dict()
+
+    @r.post("/desktops/{desktop_id}/probe", tags=["desktops"], summary="Probe protocol ports")
+    def probe_desktop(desktop_id: str, ctx: Ctx, who: AdminWriter) -> dict[str, Any]:
+        return inventory_service.probe(ctx, desktop_id, scope(who))
+
+    return r

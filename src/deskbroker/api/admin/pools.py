@@ -1,0 +1,284 @@
+"""Admin resources for pools and their status, members and queue."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter
+from pydantic import Field, StringConstraints, model_validator
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from deskbroker.api.admin.crud import ResourceSpec, add_routes, must_exist, scope
+from deskbroker.api.deps import AdminReader, Ctx
+from deskbroker.api.schemas import Body, FilterIn, Id, Name, Stamped, Text
+from deskbroker.domain import tags
+from deskbroker.domain.membership import creates_cycle
+from deskbroker.errors import Conflict, InvalidInput
+from deskbroker.services.context import BrokerContext
+from deskbroker.services.desktops import refresh_pools
+from deskbroker.store.repository import Repository
+from deskbroker.store.tables import (
+    Center,
+    Desktop,
+    PolicyEntry,
+    Pool,
+    PoolMember,
+    QueueEntry,
+    User,
+)
+
+Clock = Annotated[str, StringConstraints(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")]
+
+
+class Window(Body):
+    days: list[Annotated[int, Field(ge=0, le=6)]] = Field(min_length=1, max_length=7)
+    start: Clock
+    end: Clock
+    min_unassigned: int = Field(ge=0, le=100000)
+    max_total: int = Field(ge=0, le=100000)
+
+
+class ProvisioningParameters(Body):
+    name_template: Annotated[str, StringConstraints(min_length=1, max_length=63)] = (
+        "{POOL}-{SEQUENCE:3}"
+    )
+    sequence_start: int = Field(default=1, ge=0)
+    image: str | None = None
+    flavor: str | None = None
+    availability_zone: str | None = None
+    network: str | None = None
+    floating_ip: bool = False
+    security_groups: list[Annotated[str, StringConstraints(max_length=255)]] = Field(
+        default_factory=list, max_length=20
+    )
+    user_data: Annotated[str, StringConstraints(max_length=65535)] = ""
+    metadata: dict[str, Annotated[str, StringConstraints(max_length=255)]] = Field(
+        default_factory=dict
+    )
+    deletable: bool = True
+    start_unavailable: bool = False
+
+    @model_validator(mode="after")
+    def _template(self) -> ProvisioningParameters:
+        tags.validate_template(self.name_template)
+        return self
+
+
+class Provisioning(Body):
+    enabled: bool = False
+    min_unassigned: int = Field(default=0, ge=0, le=100000)
+    max_total: int = Field(default=0, ge=0, le=100000)
+    schedules: list[Window] = Field(default_factory=list, max_length=50)
+    parameters: ProvisioningParameters = Field(default_factory=ProvisioningParameters)
+
+    @model_validator(mode="after")
+    def _limits(self) -> Provisioning:
+        if self.min_unassigned > self.max_total and self.enabled:
+            raise ValueError("min_unassigned cannot be larger than max_total")
+        for window in self.schedules:
+            if window.min_unassigned > window.max_total:
+                raise ValueError("a schedule's min_unassigned cannot be larger than its max_total")
+        return self
+
+
+class PoolIn(Body):
+    name: Name
+    description: Text = ""
+    center_ids: list[Id] = Field(default_factory=list, max_length=100)
+    filters: list[FilterIn] = Field(default_factory=list, max_length=50)
+    desktop_ids: list[Id] = Field(default_factory=list, max_length=10000)
+    parent_pool_id: Id | None = None
+    provisioning: Provisioning = Field(default_factory=Provisioning)
+    tenant_id: str | None = None
+
+
+class PoolPatch(Body):
+    name: Name | None = None
+    description: Text | None = None
+    center_ids: list[Id] | None = Field(default=None, max_length=100)
+    filters: list[FilterIn] | None = Field(default=None, max_length=50)
+    desktop_ids: list[Id] | None = Field(default=None, max_length=10000)
+    parent_pool_id: Id | None = None
+    provisioning: Provisioning | None = None
+
+
+class PoolOut(Stamped):
+    name: str
+    description: str
+    center_ids: list[str]
+    filters: list[dict[str, Any]]
+    desktop_ids: list[str]
+    parent_pool_id: str | None
+    provisioning: dict[str, Any]
+
+
+def _prepare_pool(
+    session: Session, ctx: BrokerContext, tenant: str, data: dict[str, Any], existing: Any
+) -> dict[str, Any]:
+    for cid in data.get("center_ids") or []:
+        must_exist(session, Center, cid, tenant, "center")
+    ids = data.get("desktop_ids") or []
+    if ids:
+        found = set(
+            session.scalars(
+                select(Desktop.id).where(Desktop.id.in_(ids), Desktop.tenant_id == tenant)
+            ).all()
+        )
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise InvalidInput(f"desktop {missing[0]} does not exist")
+    parent = data.get("parent_pool_id")
+    if parent is not None:
+        must_exist(session, Pool, parent, tenant, "parent pool")
+        if existing is not None:
+            parents = dict(
+                session.execute(
+                    select(Pool.id, Pool.parent_pool_id).where(Pool.tenant_id == tenant)
+                ).all()
+            )
+            if creates_cycle(existing.id, parent, parents):
+                raise InvalidInput("a pool cannot be nested inside itself or its own sub-pool")
+    if data.get("provisioning") is None:
+        data.pop("provisioning", None)
+    return data
+
+
+def _pool_after(session: Session, ctx: BrokerContext, pool: Any) -> None:
+    refresh_pools(session, pool.tenant_id)
+
+
+def _pool_in_use(session: Session, pool: Any) -> None:
+    uses = session.scalars(
+        select(PolicyEntry.policy_id).where(
+            (PolicyEntry.pool_id == pool.id) | (PolicyEntry.backup_pool_id == pool.id)
+        )
+    ).all()
+    if uses:
+        from deskbroker.store.tables import Policy
+
+        names = session.scalars(select(Policy.name).where(Policy.id.in_(uses))).all()
+        raise Conflict(
+            f"pool {pool.name} is used by polic{'y' if len(names) == 1 else 'ies'} "
+            f"{', '.join(sorted(names))}; remove it from them first"
+        )
+    child = session.scalars(select(Pool.name).where(Pool.parent_pool_id == pool.id)).first()
+    if child is not None:
+        raise Conflict(f"pool {pool.name} has the sub-pool {child}; delete or move it first")
+    held = session.scalars(
+        select(Desktop.name).where(Desktop.assigned_pool_id == pool.id).limit(1)
+    ).first()
+    if held is not None:
+        raise Conflict(
+            f"pool {pool.name} still has assigned desktops (e.g. {held}); release them first"
+        )
+
+
+SPEC: ResourceSpec[Any] = ResourceSpec(
+    path="pools",
+    label="pool",
+    model=Pool,
+    read=PoolOut,
+    create=PoolIn,
+    update=PoolPatch,
+    filters={"name": str, "parent_pool_id": str},
+    prepare=_prepare_pool,
+    after_write=_pool_after,
+    before_delete=_pool_in_use,
+)
+
+
+def pool_status(session: Session, pool: Pool) -> dict[str, Any]:
+    """Counts in numbers, and one sentence in words."""
+    members = select(PoolMember.desktop_id).where(PoolMember.pool_id == pool.id).subquery()
+    rows = session.execute(
+        select(
+            Desktop.power_state,
+            Desktop.availability,
+            Desktop.assigned_user_id.is_not(None),
+            func.count(),
+        )
+        .where(Desktop.id.in_(select(members.c.desktop_id)))
+        .group_by(Desktop.power_state, Desktop.availability, Desktop.assigned_user_id.is_not(None))
+    ).all()
+    counts = {
+        "total": 0,
+        "available": 0,
+        "assigned": 0,
+        "unavailable": 0,
+        "running": 0,
+        "stopped": 0,
+        "suspended": 0,
+        "building": 0,
+        "error": 0,
+    }
+    for power, availability, assigned, n in rows:
+        counts["total"] += n
+        if assigned:
+            counts["assigned"] += n
+        elif availability == "available":
+            counts["available"] += n
+        if availability != "available":
+            counts["unavailable"] += n
+        if power in counts:
+            counts[power] += n
+    waiting = (
+        session.scalar(
+            select(func.count()).select_from(QueueEntry).where(QueueEntry.pool_id == pool.id)
+        )
+        or 0
+    )
+    counts["queued"] = int(waiting)
+    words = (
+        f"{counts['total']} desktops: {counts['assigned']} assigned, "
+        f"{counts['available']} free, {counts['queued']} users waiting"
+    )
+    return {"pool_id": pool.id, "name": pool.name, "counts": counts, "summary": words}
+
+
+def router() -> APIRouter:
+    r = APIRouter()
+    add_routes(r, SPEC)
+    repo: Repository[Pool] = Repository(Pool, "pool")
+
+    @r.get("/pools/{pool_id}/status", tags=["pools"], summary="Pool status in numbers and words")
+    def get_pool_status(pool_id: str, ctx: Ctx, who: AdminReader) -> dict[str, Any]:
+        with ctx.db.read() as session:
+            return pool_status(session, repo.get(session, pool_id, scope(who)))
+
+    @r.get("/pools/{pool_id}/members", tags=["pools"], summary="Desktops in a pool")
+    def get_pool_members(pool_id: str, ctx: Ctx, who: AdminReader) -> dict[str, Any]:
+        with ctx.db.read() as session:
+            pool = repo.get(session, pool_id, scope(who))
+            rows = session.execute(
+                select(Desktop.id, Desktop.name, Desktop.power_state, Desktop.assigned_user_id)
+                .join(PoolMember, PoolMember.desktop_id == Desktop.id)
+                .where(PoolMember.pool_id == pool.id)
+                .order_by(Desktop.name)
+            ).all()
+        return {
+            "pool_id": pool_id,
+            "items": [
+                {"id": i, "name": n, "power_state": p, "assigned_user_id": u} for i, n, p, u in rows
+            ],
+        }
+
+    @r.get("/pools/{pool_id}/queue", tags=["pools"], summary="Users waiting for a pool")
+    def get_pool_queue(pool_id: str, ctx: Ctx, who: AdminReader) -> dict[str, Any]:
+        with ctx.db.read() as session:
+            pool = repo.get(session, pool_id, scope(who))
+            rows = session.execute(
+                select(QueueEntry.user_id, User.username, QueueEntry.created_at)
+                .join(User, User.id == QueueEntry.user_id)
+                .where(QueueEntry.pool_id == pool.id)
+                .order_by(QueueEntry.ticket)
+            ).all()
+        return {
+            "pool_id": pool_id,
+            "items": [
+                {"position": n + 1, "user_id": u, "username": name, "since": since.isoformat()}
+                for n, (u, name, since) in enumerate(rows)
+            ],
+        }
+
+    return r

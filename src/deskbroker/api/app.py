@@ -1,0 +1,132 @@
+"""The FastAPI application: routers, error rendering, limits, health and metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from deskbroker import __version__, metrics
+from deskbroker.api import errors
+from deskbroker.api.admin import activity, identity, inventory, policies, pools
+from deskbroker.api.client import routes as client_routes
+from deskbroker.services.context import BrokerContext
+from deskbroker.services.login import LoginService
+from deskbroker.store.migrate import current_revision
+
+MAX_BODY_BYTES = 1024 * 1024
+
+
+class BodyLimit:
+    """Refuses bodies over the limit before anything parses them."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                await self._refuse(scope, receive, send)
+                return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge()
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = errors.problem(
+            413, "Payload too large", f"request bodies are limited to {self.limit // 1024} KiB"
+        )
+        await response(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class StatusCounter:
+    """Counts responses by status class for /metrics."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def counting(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                metrics.HTTP_REQUESTS.labels(
+                    method=scope["method"], status=f"{message['status'] // 100}xx"
+                ).inc()
+            await send(message)
+
+        await self.app(scope, receive, counting)
+
+
+def create_app(ctx: BrokerContext) -> FastAPI:
+    app = FastAPI(
+        title="deskbroker",
+        version=__version__,
+        description="An open, vendor-neutral connection broker for virtual desktops.",
+        openapi_url="/api/v1/openapi.json",
+        docs_url="/api/v1/docs",
+        redoc_url=None,
+    )
+    app.state.ctx = ctx
+    app.state.login = LoginService(ctx)
+    errors.install(app)
+
+    api = APIRouter(prefix="/api/v1")
+    api.include_router(client_routes.router())
+    admin = APIRouter(prefix="/admin")
+    for module in (inventory, pools, policies, identity, activity):
+        admin.include_router(module.router())
+    api.include_router(admin)
+    app.include_router(api)
+
+    @app.get("/healthz", tags=["health"], summary="The process is alive")
+    def healthz() -> dict[str, Any]:
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/readyz", tags=["health"], summary="The database answers and is migrated")
+    def readyz() -> JSONResponse:
+        try:
+            with ctx.db.read() as session:
+                session.execute(text("SELECT 1"))
+            revision = current_revision(ctx.db)
+        except Exception as exc:
+            return errors.problem(503, "Not ready", f"the database is not reachable: {exc}")
+        if revision is None:
+            return errors.problem(
+                503, "Not ready", "the database has no schema: run deskbroker db upgrade"
+            )
+        return JSONResponse({"status": "ready", "schema": revision})
+
+    @app.get("/metrics", tags=["health"], summary="Prometheus metrics")
+    def prometheus() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_middleware(BodyLimit)
+    app.add_middleware(StatusCounter)
+    return app

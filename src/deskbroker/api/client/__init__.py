@@ -1,0 +1,1 @@
+"""The user-facing API: log in, see desktops, connect, release."""

@@ -1,0 +1,83 @@
+"""First-run set-up: the default tenant, the local identity source, an admin."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from deskbroker.services.context import BrokerContext
+from deskbroker.store import events
+from deskbroker.store.migrate import upgrade
+from deskbroker.store.repository import bump_config_version
+from deskbroker.store.tables import IdentitySource, Tenant, User
+
+
+@dataclass(frozen=True)
+class Defaults:
+    tenant_id: str
+    local_source_id: str
+
+
+def ensure_defaults(ctx: BrokerContext, tenant_name: str = "default") -> Defaults:
+    """Migrate, then make sure a tenant and its local identity source exist (idempotent)."""
+    upgrade(ctx.db)
+    with ctx.db.write() as session:
+        tenant = session.scalars(select(Tenant).where(Tenant.name == tenant_name)).first()
+        if tenant is None:
+            tenant = Tenant(name=tenant_name, display_name=tenant_name.title())
+            session.add(tenant)
+            session.flush()
+        source = session.scalars(
+            select(IdentitySource).where(
+                IdentitySource.tenant_id == tenant.id, IdentitySource.kind == "local"
+            )
+        ).first()
+        if source is None:
+            source = IdentitySource(tenant_id=tenant.id, name="local", kind="local", params={})
+            session.add(source)
+            session.flush()
+            bump_config_version(session)
+        return Defaults(tenant.id, source.id)
+
+
+def add_local_user(
+    ctx: BrokerContext,
+    username: str,
+    password: str,
+    *,
+    role: str = "user",
+    tenant_name: str = "default",
+    groups: list[str] | None = None,
+) -> str:
+    """Create or reset a local user; returns the user id."""
+    defaults = ensure_defaults(ctx, tenant_name)
+    with ctx.db.write() as session:
+        user = session.scalars(
+            select(User).where(
+                User.identity_source_id == defaults.local_source_id, User.username == username
+            )
+        ).first()
+        if user is None:
+            user = User(
+                tenant_id=defaults.tenant_id,
+                identity_source_id=defaults.local_source_id,
+                username=username,
+                groups=groups or [],
+                attributes={},
+            )
+            session.add(user)
+        user.password_hash = ctx.hashing.hash(password)
+        user.role = role
+        if groups is not None:
+            user.groups = groups
+        session.flush()
+        events.append(
+            session,
+            "admin.create",
+            tenant_id=defaults.tenant_id,
+            actor="cli",
+            user_id=user.id,
+            detail={"resource": "users", "name": username},
+        )
+        return user.id

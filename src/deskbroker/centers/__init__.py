@@ -1,0 +1,1 @@
+"""Center drivers: one subpackage or module per infrastructure, behind ``base.CenterDriver``."""

@@ -1,0 +1,131 @@
+"""The center seam: what the broker asks of any infrastructure.
+
+A driver implements:
+
+- ``inventory()``: every machine the center has, as ``MachineInfo``.
+- ``images()``: what the center can provision from (empty without ``Capability.PROVISION``).
+- ``provision(request)``, ``power(machine, action)``, ``terminate(machine)``,
+  ``leaked(known_ids)``: only when the matching capability is in ``capabilities``.
+- ``probe(machine, port)``: is the machine reachable on a protocol port.
+
+Drivers are registered through the ``deskbroker.centers`` entry-point group. Blocking
+driver calls are run off the event loop by the caller. ``driver_state`` is an opaque JSON
+dict per desktop so drivers never need migrations.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, ClassVar
+
+from pydantic import BaseModel
+
+from deskbroker.domain.states import PowerState
+from deskbroker.errors import CenterError
+
+
+class Capability(StrEnum):
+    INVENTORY = "inventory"
+    IMAGES = "images"
+    PROVISION = "provision"
+    POWER = "power"
+    TERMINATE = "terminate"
+    LEAK_SWEEP = "leak_sweep"
+    PROBE = "probe"
+
+
+class PowerAction(StrEnum):
+    START = "start"
+    STOP = "stop"
+    SUSPEND = "suspend"
+    RESUME = "resume"
+    REBOOT = "reboot"
+    REBOOT_HARD = "reboot_hard"
+
+
+@dataclass(frozen=True)
+class MachineInfo:
+    """One machine as the center reports it."""
+
+    external_id: str
+    name: str
+    address: str = ""
+    hostname: str = ""
+    os: str = ""
+    power_state: PowerState = PowerState.UNKNOWN
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+    driver_state: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    external_id: str
+    name: str
+    os: str = ""
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    reachable: bool
+    latency_ms: float | None
+    message: str
+
+
+class CenterDriver:
+    """Base of every center driver; see the module docstring for the contract."""
+
+    kind: ClassVar[str] = ""
+    capabilities: ClassVar[frozenset[Capability]] = frozenset()
+    # Pydantic model validating the center's ``params``; secrets are separate.
+    Params: ClassVar[type[BaseModel]]
+
+    def __init__(self, params: Mapping[str, Any], secrets: Mapping[str, str]) -> None:
+        self.params = self.Params.model_validate(dict(params))
+        self.secrets = dict(secrets)
+
+    def supports(self, capability: Capability) -> bool:
+        return capability in self.capabilities
+
+    def require(self, capability: Capability) -> None:
+        if capability not in self.capabilities:
+            raise CenterError(f"a {self.kind} center cannot {capability.value}")
+
+    def inventory(self) -> list[MachineInfo]:
+        """Every machine the center knows of."""
+        self.require(Capability.INVENTORY)
+        return []
+
+    def images(self) -> list[ImageInfo]:
+        """What the center can provision from; empty when it cannot provision."""
+        return []
+
+    def power(self, machine: MachineInfo, action: PowerAction) -> None:
+        """Ask the center to change a machine's power state."""
+        self.require(Capability.POWER)
+
+    def terminate(self, machine: MachineInfo) -> None:
+        """Destroy a machine the broker created."""
+        self.require(Capability.TERMINATE)
+
+    def leaked(self, known_external_ids: set[str]) -> list[MachineInfo]:
+        """Machines tagged as this broker's that the broker no longer knows."""
+        self.require(Capability.LEAK_SWEEP)
+        return []
+
+    def probe(self, address: str, port: int, timeout_s: float = 1.0) -> ProbeResult:
+        """Open a TCP connection to a protocol port: the honest reachability test."""
+        if not address:
+            return ProbeResult(False, None, "the desktop has no address")
+        started = time.perf_counter()
+        try:
+            with socket.create_connection((address, port), timeout=timeout_s):
+                pass
+        except OSError as exc:
+            return ProbeResult(False, None, f"{address}:{port} is not reachable: {exc}")
+        latency = (time.perf_counter() - started) * 1000
+        return ProbeResult(True, round(latency, 2), f"{address}:{port} accepted a connection")

@@ -1,0 +1,135 @@
+"""The ``deskbroker`` command line."""
+
+from __future__ import annotations
+
+import getpass
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from deskbroker import __version__
+from deskbroker.config import Settings
+
+app = typer.Typer(no_args_is_help=True, help="deskbroker: a vendor-neutral VDI connection broker")
+db_app = typer.Typer(no_args_is_help=True, help="Database schema")
+user_app = typer.Typer(no_args_is_help=True, help="Local users")
+app.add_typer(db_app, name="db")
+app.add_typer(user_app, name="user")
+console = Console()
+
+
+def _settings(data_dir: Path | None, database_url: str | None) -> Settings:
+    overrides: dict[str, object] = {}
+    if data_dir is not None:
+        overrides["data_dir"] = data_dir
+    if database_url is not None:
+        overrides["database_url"] = database_url
+    return Settings(**overrides)  # type: ignore[arg-type]
+
+
+DataDir = Annotated[Path | None, typer.Option(help="Data directory (default ./.deskbroker)")]
+DbUrl = Annotated[
+    str | None, typer.Option("--db", help="Database URL (default SQLite in the data dir)")
+]
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    console.print(f"deskbroker {__version__}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to listen on")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on")] = None,
+    data_dir: DataDir = None,
+    db: DbUrl = None,
+) -> None:
+    """Run the broker: REST API, portal and background work."""
+    import uvicorn
+
+    from deskbroker.api.app import create_app
+    from deskbroker.bootstrap import ensure_defaults
+    from deskbroker.services.context import BrokerContext
+
+    settings = _settings(data_dir, db)
+    ctx = BrokerContext.from_settings(settings)
+    ensure_defaults(ctx)
+    console.print(f"[bold]deskbroker[/] on http://{host or settings.host}:{port or settings.port}")
+    uvicorn.run(
+        create_app(ctx),
+        host=host or settings.host,
+        port=port or settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+    )
+
+
+@db_app.command("upgrade")
+def db_upgrade(data_dir: DataDir = None, db: DbUrl = None) -> None:
+    """Bring the database schema up to date."""
+    from deskbroker.bootstrap import ensure_defaults
+    from deskbroker.services.context import BrokerContext
+    from deskbroker.store.migrate import current_revision
+
+    ctx = BrokerContext.from_settings(_settings(data_dir, db))
+    with console.status("migrating"):
+        ensure_defaults(ctx)
+    console.print(f"schema at revision [bold]{current_revision(ctx.db)}[/]")
+
+
+@user_app.command("add")
+def user_add(
+    username: str,
+    password: Annotated[str | None, typer.Option(help="Password (asked for when omitted)")] = None,
+    role: Annotated[
+        str, typer.Option(help="user, helpdesk, auditor, tenant_admin, global_admin")
+    ] = "user",
+    tenant: Annotated[str, typer.Option(help="Tenant name")] = "default",
+    group: Annotated[list[str] | None, typer.Option(help="Group (repeatable)")] = None,
+    data_dir: DataDir = None,
+    db: DbUrl = None,
+) -> None:
+    """Create a local user, or reset their password and role."""
+    from deskbroker.bootstrap import add_local_user
+    from deskbroker.services.context import BrokerContext
+
+    if role not in ("user", "helpdesk", "auditor", "tenant_admin", "global_admin"):
+        console.print(f"[red]unknown role {role!r}[/]")
+        raise typer.Exit(2)
+    if password is None:
+        password = getpass.getpass(f"password for {username}: ")
+    if len(password) < 8:
+        console.print("[red]the password must have at least 8 characters[/]")
+        raise typer.Exit(2)
+    ctx = BrokerContext.from_settings(_settings(data_dir, db))
+    user_id = add_local_user(ctx, username, password, role=role, tenant_name=tenant, groups=group)
+    console.print(f"user [bold]{username}[/] ({role}) is {user_id}")
+
+
+@app.command()
+def demo(
+    selftest: Annotated[bool, typer.Option(help="Run the whole path over HTTP and exit")] = False,
+    url: Annotated[str | None, typer.Option(help="With --selftest: a running broker's URL")] = None,
+    port: Annotated[int, typer.Option(help="Broker port")] = 8080,
+    desktops: Annotated[int, typer.Option(help="How many Xvnc desktops")] = 3,
+    data_dir: DataDir = None,
+) -> None:
+    """Run a demo broker with real Xvnc desktops; or check one end to end."""
+    from deskbroker import demo as demo_module
+
+    if selftest:
+        sys.exit(demo_module.selftest(url=url, desktops=desktops))
+    demo_module.run(port=port, desktops=desktops, data_dir=data_dir)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

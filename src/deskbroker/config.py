@@ -1,0 +1,66 @@
+"""Broker configuration: ``DESKBROKER_*`` environment variables, a TOML/YAML-free
+``deskbroker.env``-style file, and defaults that give the embedded SQLite broker."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_data_dir() -> Path:
+    return Path(os.environ.get("DESKBROKER_DATA_DIR", Path.cwd() / ".deskbroker"))
+
+
+class Settings(BaseSettings):
+    """Everything an operator can set. Environment wins over the config file."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DESKBROKER_",
+        env_file=os.environ.get("DESKBROKER_CONFIG", "deskbroker.conf"),
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    database_url: str = ""
+    secret_key: str = ""
+    broker_id: str = "broker-1"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    token_ttl_s: int = Field(default=900, ge=30, le=86400)
+    argon2_time_cost: int = Field(default=2, ge=1, le=20)
+    argon2_memory_kib: int = Field(default=19456, ge=8, le=1048576)
+    argon2_parallelism: int = Field(default=1, ge=1, le=16)
+    max_password_bytes: int = 1024
+    db_pool_size: int = 10
+    log_level: str = "info"
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @cached_property
+    def effective_database_url(self) -> str:
+        """The database URL, defaulting to SQLite in the data directory."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'deskbroker.db'}"
+
+    @cached_property
+    def effective_secret_key(self) -> str:
+        """The signing/encryption secret; generated once into the data dir if unset."""
+        if self.secret_key:
+            return self.secret_key
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        path = self.data_dir / "secret.key"
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_urlsafe(48))
+        return path.read_text().strip()

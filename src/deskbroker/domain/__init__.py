@@ -1,0 +1,1 @@
+"""Pure rules of the broker: no I/O here."""

@@ -1,0 +1,111 @@
+"""Which desktops belong to a pool: by center, attribute filters, explicit list, nesting."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class FilterOp(StrEnum):
+    EQUALS = "equals"
+    NOT_EQUALS = "not_equals"
+    CONTAINS = "contains"
+    NOT_CONTAINS = "not_contains"
+    BEGINS_WITH = "begins_with"
+    ENDS_WITH = "ends_with"
+    EXISTS = "exists"
+
+
+@dataclass(frozen=True)
+class AttributeFilter:
+    """One test on a desktop field (``name``, ``address``, ``os``...) or attribute/tag."""
+
+    attribute: str
+    op: FilterOp
+    value: str = ""
+
+    def matches(self, fields: Mapping[str, Any]) -> bool:
+        raw = fields.get(self.attribute)
+        if self.op is FilterOp.EXISTS:
+            return raw is not None
+        text = "" if raw is None else str(raw).lower()
+        want = self.value.lower()
+        match self.op:
+            case FilterOp.EQUALS:
+                return raw is not None and text == want
+            case FilterOp.NOT_EQUALS:
+                return text != want
+            case FilterOp.CONTAINS:
+                return want in text
+            case FilterOp.NOT_CONTAINS:
+                return want not in text
+            case FilterOp.BEGINS_WITH:
+                return text.startswith(want)
+            case FilterOp.ENDS_WITH:
+                return text.endswith(want)
+        return False  # pragma: no cover - the enum is exhaustive
+
+
+@dataclass(frozen=True)
+class PoolDefinition:
+    """How a pool selects desktops; all given criteria must hold."""
+
+    pool_id: str
+    center_ids: frozenset[str] = frozenset()
+    filters: tuple[AttributeFilter, ...] = ()
+    desktop_ids: frozenset[str] = frozenset()
+    parent_pool_id: str | None = None
+
+
+@dataclass(frozen=True)
+class DesktopFacts:
+    """What membership may look at for one desktop."""
+
+    desktop_id: str
+    center_id: str | None
+    fields: Mapping[str, Any] = field(default_factory=dict)
+
+
+def matches_own_criteria(pool: PoolDefinition, desktop: DesktopFacts) -> bool:
+    """The pool's own criteria, ignoring its parent."""
+    if pool.desktop_ids:
+        return desktop.desktop_id in pool.desktop_ids
+    if pool.center_ids and desktop.center_id not in pool.center_ids:
+        return False
+    return all(f.matches(desktop.fields) for f in pool.filters)
+
+
+def members(
+    pools: Sequence[PoolDefinition], desktops: Sequence[DesktopFacts]
+) -> dict[str, set[str]]:
+    """Pool id -> desktop ids, nested pools restricted to their parent's members."""
+    by_id = {p.pool_id: p for p in pools}
+    result: dict[str, set[str]] = {}
+
+    def resolve(pool: PoolDefinition, trail: frozenset[str]) -> set[str]:
+        if pool.pool_id in result:
+            return result[pool.pool_id]
+        own = {d.desktop_id for d in desktops if matches_own_criteria(pool, d)}
+        parent = by_id.get(pool.parent_pool_id or "")
+        if parent is not None and parent.pool_id not in trail:
+            own &= resolve(parent, trail | {pool.pool_id})
+        result[pool.pool_id] = own
+        return own
+
+    for pool in pools:
+        resolve(pool, frozenset({pool.pool_id}))
+    return result
+
+
+def creates_cycle(pool_id: str, parent_id: str | None, parents: Mapping[str, str | None]) -> bool:
+    """Would making ``parent_id`` the parent of ``pool_id`` create a nesting loop?"""
+    seen = {pool_id}
+    current = parent_id
+    while current is not None:
+        if current in seen:
+            return True
+        seen.add(current)
+        current = parents.get(current)
+    return False

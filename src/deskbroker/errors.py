@@ -1,0 +1,64 @@
+"""One error hierarchy for the whole broker, rendered as application/problem+json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class DeskbrokerError(Exception):
+    """Base of every error the broker reports to a person. ``status`` is the HTTP code."""
+
+    status = 500
+    title = "Internal error"
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+
+
+class InvalidInput(DeskbrokerError):
+    status = 422
+    title = "Invalid input"
+
+
+class BadRequest(DeskbrokerError):
+    status = 400
+    title = "Bad request"
+
+
+class NotFound(DeskbrokerError):
+    status = 404
+    title = "Not found"
+
+
+class Conflict(DeskbrokerError):
+    status = 409
+    title = "Conflict"
+
+
+class Unauthorized(DeskbrokerError):
+    status = 401
+    title = "Not authenticated"
+
+
+class Forbidden(DeskbrokerError):
+    status = 403
+    title = "Forbidden"
+
+
+class PayloadTooLarge(DeskbrokerError):
+    status = 413
+    title = "Payload too large"
+
+
+class Unavailable(DeskbrokerError):
+    status = 503
+    title = "Service unavailable"
+
+
+class CenterError(DeskbrokerError):
+    """A center (infrastructure) refused or failed an operation."""
+
+    status = 502
+    title = "Center error"

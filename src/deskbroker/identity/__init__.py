@@ -1,0 +1,1 @@
+"""Identity sources: one module per kind, behind ``base.IdentitySourceDriver``."""

@@ -1,0 +1,81 @@
+"""The identity seam.
+
+A source implements ``authenticate(credentials, known)`` returning an ``Identity`` or
+``None`` (wrong credentials), and ``lookup(username)``. ``known`` is the broker's own row
+for the user when there is one: a local source checks its password hash, a directory
+ignores it and binds. Blocking clients are run off the event loop by the caller.
+Sources are registered through the ``deskbroker.identity`` entry-point group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache
+from importlib.metadata import entry_points
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ValidationError
+
+from deskbroker.domain.rules import Identity
+from deskbroker.errors import InvalidInput
+from deskbroker.security import PasswordHashing
+from deskbroker.store.claims import UserRecord
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str
+    password: str
+
+
+class IdentitySourceDriver:
+    """Base of every identity source kind."""
+
+    kind: ClassVar[str] = ""
+    Params: ClassVar[type[BaseModel]]
+
+    def __init__(
+        self, params: Mapping[str, Any], secrets: Mapping[str, str], hashing: PasswordHashing
+    ) -> None:
+        self.params = self.Params.model_validate(dict(params))
+        self.secrets = dict(secrets)
+        self.hashing = hashing
+
+    def authenticate(self, credentials: Credentials, known: UserRecord | None) -> Identity | None:
+        """Verify the credentials; ``None`` means they are wrong."""
+        raise InvalidInput(f"identity source kind {self.kind!r} cannot authenticate")
+
+    def lookup(self, username: str, known: UserRecord | None) -> Identity | None:
+        """Describe a user without their password (explain, admin pickers)."""
+        if known is None:
+            return None
+        return Identity(
+            username=known.username,
+            groups=frozenset(known.groups),
+            attributes={k: str(v) for k, v in known.attributes.items()},
+        )
+
+
+@cache
+def source_kinds() -> dict[str, type[IdentitySourceDriver]]:
+    found: dict[str, type[IdentitySourceDriver]] = {}
+    for entry in entry_points(group="deskbroker.identity"):
+        cls = entry.load()
+        if isinstance(cls, type) and issubclass(cls, IdentitySourceDriver):
+            found[entry.name] = cls
+    return found
+
+
+def validate_params(kind: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    known = source_kinds()
+    if kind not in known:
+        raise InvalidInput(
+            f"unknown identity source kind {kind!r}; installed kinds: {', '.join(sorted(known))}"
+        )
+    try:
+        return known[kind].Params.model_validate(dict(params)).model_dump(mode="json")
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise InvalidInput(f"identity source params: {where}: {first['msg']}") from exc

@@ -1,0 +1,1 @@
+"""Connection descriptors and protocol plans."""

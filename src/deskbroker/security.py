@@ -1,0 +1,127 @@
+"""Password hashing (argon2id), signed short-lived tokens (JWT HS256) and secrets at rest."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from cryptography.fernet import Fernet, InvalidToken
+
+from deskbroker.errors import Unauthorized
+
+TOKEN_AUDIENCE = "deskbroker"
+
+
+class PasswordHashing:
+    """argon2id with an operator-chosen cost; verification never raises on bad hashes."""
+
+    def __init__(self, time_cost: int, memory_kib: int, parallelism: int) -> None:
+        self._hasher = PasswordHasher(
+            time_cost=time_cost, memory_cost=memory_kib, parallelism=parallelism
+        )
+        # A fixed hash to verify against when the user does not exist, so a missing
+        # user costs the same time as a wrong password.
+        self._decoy = self._hasher.hash(uuid.uuid4().hex)
+
+    def hash(self, password: str) -> str:
+        return self._hasher.hash(password)
+
+    def verify(self, stored: str | None, password: str) -> bool:
+        try:
+            return self._hasher.verify(stored or self._decoy, password) and stored is not None
+        except (VerificationError, InvalidHashError):
+            return False
+
+
+@dataclass(frozen=True)
+class TokenClaims:
+    """What a verified bearer token says about its holder."""
+
+    user_id: str
+    tenant_id: str
+    role: str
+    username: str
+    expires_at: int
+    token_id: str
+    policy_id: str | None = None
+
+
+class TokenSigner:
+    """Issues and verifies HS256 tokens; brokers of one cluster share the key."""
+
+    def __init__(self, secret: str, ttl_s: int) -> None:
+        self._key = hashlib.sha256(("token:" + secret).encode()).digest()
+        self.ttl_s = ttl_s
+
+    def issue(
+        self,
+        *,
+        user_id: str,
+        tenant_id: str,
+        role: str,
+        username: str,
+        policy_id: str | None = None,
+    ) -> tuple[str, int]:
+        now = int(time.time())
+        exp = now + self.ttl_s
+        payload = {
+            "sub": user_id,
+            "tid": tenant_id,
+            "role": role,
+            "name": username,
+            "iat": now,
+            "exp": exp,
+            "aud": TOKEN_AUDIENCE,
+            "jti": uuid.uuid4().hex,
+            "pid": policy_id,
+        }
+        return jwt.encode(payload, self._key, algorithm="HS256"), exp
+
+    def verify(self, token: str) -> TokenClaims:
+        try:
+            data: dict[str, Any] = jwt.decode(
+                token,
+                self._key,
+                algorithms=["HS256"],
+                audience=TOKEN_AUDIENCE,
+                options={"require": ["exp", "sub", "tid", "role"]},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise Unauthorized("Your session token has expired; log in again.") from exc
+        except jwt.PyJWTError as exc:
+            raise Unauthorized(
+                "The bearer token is malformed or not signed by this broker."
+            ) from exc
+        return TokenClaims(
+            user_id=str(data["sub"]),
+            tenant_id=str(data["tid"]),
+            role=str(data["role"]),
+            username=str(data.get("name", "")),
+            expires_at=int(data["exp"]),
+            token_id=str(data.get("jti", "")),
+            policy_id=data.get("pid"),
+        )
+
+
+class SecretBox:
+    """Encrypts secrets (center passwords, keys) before they reach the database."""
+
+    def __init__(self, secret: str) -> None:
+        key = base64.urlsafe_b64encode(hashlib.sha256(("secrets:" + secret).encode()).digest())
+        self._fernet = Fernet(key)
+
+    def seal(self, plaintext: str) -> str:
+        return self._fernet.encrypt(plaintext.encode()).decode()
+
+    def open(self, sealed: str) -> str:
+        try:
+            return self._fernet.decrypt(sealed.encode()).decode()
+        except InvalidToken as exc:
+            raise ValueError("secret cannot be decrypted with this broker's key") from exc

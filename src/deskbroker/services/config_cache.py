@@ -1,0 +1,168 @@
+"""A per-node cache of what logins resolve, invalidated by the config version counter."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from datetime import time
+from typing import Any
+
+from deskbroker.domain.membership import AttributeFilter, FilterOp
+from deskbroker.domain.offers import AssignmentKind, OfferOrdering
+from deskbroker.domain.rules import AssignmentRule, TimeWindow
+from deskbroker.store import snapshot
+from deskbroker.store.db import Database
+
+
+@dataclass(frozen=True)
+class SourceView:
+    id: str
+    tenant_id: str
+    name: str
+    kind: str
+    domain: str
+    params: dict[str, Any]
+    secrets_sealed: str | None
+    rules: tuple[AssignmentRule, ...]
+
+
+@dataclass(frozen=True)
+class EntryView:
+    pool_id: str
+    pool_name: str
+    desktops: int
+    assignment: AssignmentKind
+    ordering: OfferOrdering
+    backup_pool_id: str | None
+    protocol_plan_id: str | None
+
+
+@dataclass(frozen=True)
+class PolicyView:
+    id: str
+    name: str
+    max_desktops_per_user: int
+    entries: tuple[EntryView, ...]
+
+
+@dataclass(frozen=True)
+class PoolView:
+    id: str
+    tenant_id: str
+    name: str
+    release_interval_s: float | None
+
+
+@dataclass
+class ConfigView:
+    version: int
+    tenants_by_name: dict[str, str] = field(default_factory=dict)
+    sources_by_tenant: dict[str, list[SourceView]] = field(default_factory=dict)
+    policies: dict[str, PolicyView] = field(default_factory=dict)
+    pools: dict[str, PoolView] = field(default_factory=dict)
+    protocol_plans: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+
+def _parse_clock(text: str) -> time:
+    hours, _, minutes = text.partition(":")
+    return time(int(hours) % 24, int(minutes or 0))
+
+
+def rule_from_row(row: dict[str, Any]) -> AssignmentRule:
+    """The domain rule for a stored rule row (conditions were validated on write)."""
+    cond = row.get("conditions") or {}
+    window = cond.get("window")
+    return AssignmentRule(
+        rule_id=row["id"],
+        policy_id=row.get("policy_id"),
+        role=row.get("role") or "user",
+        group=cond.get("group"),
+        attributes=tuple(
+            AttributeFilter(a["attribute"], FilterOp(a["op"]), str(a.get("value", "")))
+            for a in cond.get("attributes") or []
+        ),
+        ou=cond.get("ou"),
+        client_cidr=cond.get("client_cidr"),
+        window=None
+        if not window
+        else TimeWindow(
+            days=frozenset(window.get("days", range(7))),
+            start=_parse_clock(window.get("start", "00:00")),
+            end=_parse_clock(window.get("end", "00:00")),
+        ),
+    )
+
+
+def build_view(rows: snapshot.ConfigRows) -> ConfigView:
+    view = ConfigView(version=rows.version)
+    view.tenants_by_name = {t["name"]: t["id"] for t in rows.tenants}
+    rules_by_source: dict[str, list[AssignmentRule]] = {}
+    for rule in rows.rules:
+        rules_by_source.setdefault(rule["identity_source_id"], []).append(rule_from_row(rule))
+    for src in rows.sources:
+        if not src["enabled"]:
+            continue
+        view.sources_by_tenant.setdefault(src["tenant_id"], []).append(
+            SourceView(
+                id=src["id"],
+                tenant_id=src["tenant_id"],
+                name=src["name"],
+                kind=src["kind"],
+                domain=(src["domain"] or "").lower(),
+                params=src["params"] or {},
+                secrets_sealed=src["secrets_sealed"],
+                rules=tuple(rules_by_source.get(src["id"], [])),
+            )
+        )
+    view.pools = {
+        p["id"]: PoolView(p["id"], p["tenant_id"], p["name"], p["release_interval_s"])
+        for p in rows.pools
+    }
+    entries_by_policy: dict[str, list[EntryView]] = {}
+    for e in rows.entries:
+        entries_by_policy.setdefault(e["policy_id"], []).append(
+            EntryView(
+                pool_id=e["pool_id"],
+                pool_name=view.pools[e["pool_id"]].name if e["pool_id"] in view.pools else "",
+                desktops=e["desktops"],
+                assignment=AssignmentKind(e["assignment"]),
+                ordering=OfferOrdering(e["ordering"]),
+                backup_pool_id=e["backup_pool_id"],
+                protocol_plan_id=e["protocol_plan_id"],
+            )
+        )
+    view.policies = {
+        p["id"]: PolicyView(
+            p["id"],
+            p["name"],
+            p["max_desktops_per_user"],
+            tuple(entries_by_policy.get(p["id"], [])),
+        )
+        for p in rows.policies
+    }
+    view.protocol_plans = {p["id"]: list(p["protocols"] or []) for p in rows.protocol_plans}
+    return view
+
+
+class ConfigCache:
+    """Holds one ``ConfigView``; reloads when a newer version is seen."""
+
+    def __init__(self) -> None:
+        self._view: ConfigView | None = None
+        self._lock = threading.Lock()
+
+    def current(self, db: Database, seen_version: int | None = None) -> ConfigView:
+        view = self._view
+        if view is not None and (seen_version is None or seen_version == view.version):
+            return view
+        with self._lock:
+            view = self._view
+            if view is not None and (seen_version is None or seen_version <= view.version):
+                return view
+            with db.read() as session:
+                fresh = build_view(snapshot.load(session))
+            self._view = fresh
+            return fresh
+
+    def invalidate(self) -> None:
+        self._view = None

@@ -1,0 +1,33 @@
+"""The broker's shared collaborators, built once per process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from deskbroker.config import Settings
+from deskbroker.security import PasswordHashing, SecretBox, TokenSigner
+from deskbroker.services.config_cache import ConfigCache
+from deskbroker.store.db import Database
+
+
+@dataclass
+class BrokerContext:
+    settings: Settings
+    db: Database
+    hashing: PasswordHashing
+    signer: TokenSigner
+    secrets: SecretBox
+    cache: ConfigCache = field(default_factory=lambda: ConfigCache())
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BrokerContext:
+        secret = settings.effective_secret_key
+        return cls(
+            settings=settings,
+            db=Database(settings.effective_database_url, settings.db_pool_size),
+            hashing=PasswordHashing(
+                settings.argon2_time_cost, settings.argon2_memory_kib, settings.argon2_parallelism
+            ),
+            signer=TokenSigner(secret, settings.token_ttl_s),
+            secrets=SecretBox(secret),
+        )

@@ -1,0 +1,254 @@
+"""The login path: authenticate, resolve policy, claim desktops, append one event.
+
+Budget: six SQL statements for a one-pool policy with a warm cache (find the user,
+list what they hold, claim, queue, event; SQLite spends one more on the queue ticket).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from deskbroker import metrics
+from deskbroker.domain.offers import queue_estimate_s
+from deskbroker.domain.rules import Identity, decide
+from deskbroker.errors import Forbidden, PayloadTooLarge, Unauthorized
+from deskbroker.identity.base import Credentials, IdentitySourceDriver, source_kinds
+from deskbroker.services.config_cache import ConfigView, PolicyView, SourceView
+from deskbroker.services.context import BrokerContext
+from deskbroker.store import claims, events
+from deskbroker.store.claims import HeldDesktop, UserRecord
+
+WRONG_CREDENTIALS = "Wrong username or password."
+
+
+@dataclass(frozen=True)
+class Offer:
+    """What the user has, or waits for, in one pool of their policy."""
+
+    pool_id: str
+    pool_name: str
+    status: str  # assigned | queued
+    desktop: HeldDesktop | None = None
+    position: int | None = None
+    estimate_s: int | None = None
+
+
+@dataclass
+class LoginResult:
+    token: str
+    expires_at: int
+    user_id: str
+    username: str
+    tenant_id: str
+    role: str
+    policy_id: str | None
+    offers: list[Offer] = field(default_factory=list)
+
+
+def _split_domain(username: str) -> tuple[str, str | None]:
+    if "\\" in username:
+        domain, _, name = username.partition("\\")
+        return name, domain.lower()
+    if "@" in username:
+        name, _, domain = username.rpartition("@")
+        return name, domain.lower()
+    return username, None
+
+
+def _candidate_sources(
+    view: ConfigView, tenant_id: str, username: str, source_name: str | None
+) -> list[tuple[SourceView, str]]:
+    sources = view.sources_by_tenant.get(tenant_id, [])
+    if source_name is not None:
+        return [(s, username) for s in sources if s.name == source_name]
+    bare, domain = _split_domain(username)
+    if domain is not None:
+        by_domain = [(s, bare) for s in sources if s.domain and s.domain == domain]
+        if by_domain:
+            return by_domain
+    # Without a domain match the sources are tried in their configured order.
+    return [(s, username) for s in sources]
+
+
+class LoginService:
+    """Runs the login path for one broker node."""
+
+    def __init__(self, ctx: BrokerContext) -> None:
+        self.ctx = ctx
+        self._drivers: dict[tuple[str, int], IdentitySourceDriver] = {}
+
+    def _driver(self, source: SourceView, version: int) -> IdentitySourceDriver:
+        key = (source.id, version)
+        driver = self._drivers.get(key)
+        if driver is None:
+            secrets: dict[str, str] = {}
+            if source.secrets_sealed:
+                secrets = json.loads(self.ctx.secrets.open(source.secrets_sealed))
+            driver = source_kinds()[source.kind](source.params, secrets, self.ctx.hashing)
+            self._drivers[key] = driver
+        return driver
+
+    def login(
+        self,
+        username: str,
+        password: str,
+        *,
+        tenant: str | None = None,
+        source: str | None = None,
+        client_address: str | None = None,
+    ) -> LoginResult:
+        started = time.perf_counter()
+        try:
+            result = self._login(username, password, tenant, source, client_address)
+        except Exception:
+            metrics.LOGINS.labels(result="refused").inc()
+            raise
+        metrics.LOGINS.labels(result="ok").inc()
+        metrics.LOGIN_SECONDS.observe(time.perf_counter() - started)
+        return result
+
+    def _authenticate(
+        self, view: ConfigView, tenant_id: str, username: str, password: str, source: str | None
+    ) -> tuple[SourceView, UserRecord, ConfigView]:
+        for candidate, name in _candidate_sources(view, tenant_id, username, source):
+            with self.ctx.db.read() as session:
+                record = claims.find_user(session, candidate.id, name)
+            if record is not None and record.config_version != view.version:
+                view = self.ctx.cache.current(self.ctx.db, record.config_version)
+            driver = self._driver(candidate, view.version)
+            identity = driver.authenticate(Credentials(name, password), record)
+            if identity is not None and record is not None:
+                return candidate, record, view
+        raise Unauthorized(WRONG_CREDENTIALS)
+
+    def _login(
+        self,
+        username: str,
+        password: str,
+        tenant: str | None,
+        source: str | None,
+        client_address: str | None,
+    ) -> LoginResult:
+        if len(password.encode()) > self.ctx.settings.max_password_bytes:
+            raise PayloadTooLarge(
+                f"the password is longer than {self.ctx.settings.max_password_bytes} bytes"
+            )
+        view = self.ctx.cache.current(self.ctx.db)
+        tenant_id = view.tenants_by_name.get(tenant or "default")
+        if tenant_id is None:
+            raise Unauthorized(WRONG_CREDENTIALS)
+        try:
+            src, record, view = self._authenticate(view, tenant_id, username, password, source)
+        except Unauthorized:
+            with self.ctx.db.write() as session:
+                events.append(
+                    session,
+                    "login_failed",
+                    tenant_id=tenant_id,
+                    actor=username[:200],
+                    detail={"client": client_address or ""},
+                )
+            raise
+        if record.disabled:
+            raise Forbidden("This account is disabled; ask your administrator.")
+        who = Identity(
+            username=record.username,
+            groups=frozenset(record.groups),
+            attributes={k: str(v) for k, v in record.attributes.items()},
+        )
+        rule = decide(src.rules, who, client_address, datetime.now(UTC))
+        role = record.role if record.role != "user" or rule is None else rule.role
+        policy = view.policies.get(rule.policy_id or "") if rule is not None else None
+        offers = self._claim_all(
+            record, policy, view, client_address, rule_id=rule.rule_id if rule else None
+        )
+        token, expires = self.ctx.signer.issue(
+            user_id=record.id,
+            tenant_id=record.tenant_id,
+            role=role,
+            username=record.username,
+            policy_id=policy.id if policy else None,
+        )
+        return LoginResult(
+            token=token,
+            expires_at=expires,
+            user_id=record.id,
+            username=record.username,
+            tenant_id=record.tenant_id,
+            role=role,
+            policy_id=policy.id if policy else None,
+            offers=offers,
+        )
+
+    def _claim_all(
+        self,
+        record: UserRecord,
+        policy: PolicyView | None,
+        view: ConfigView,
+        client_address: str | None,
+        rule_id: str | None,
+    ) -> list[Offer]:
+        offers: list[Offer] = []
+        detail: dict[str, Any] = {"client": client_address or "", "rule": rule_id}
+        with self.ctx.db.write() as session:
+            held = claims.held_desktops(session, record.id)
+            budget = policy.max_desktops_per_user if policy else 0
+            total = len(held)
+            for entry in policy.entries if policy else ():
+                pools = {entry.pool_id, entry.backup_pool_id}
+                mine = [d for d in held if d.pool_id in pools]
+                offers.extend(Offer(entry.pool_id, entry.pool_name, "assigned", d) for d in mine)
+                need = min(entry.desktops - len(mine), budget - total)
+                for _ in range(max(0, need)):
+                    got = claims.claim(
+                        session,
+                        pool_id=entry.pool_id,
+                        user_id=record.id,
+                        kind=entry.assignment.value,
+                        ordering=entry.ordering,
+                    )
+                    if got is None and entry.backup_pool_id:
+                        got = claims.claim(
+                            session,
+                            pool_id=entry.backup_pool_id,
+                            user_id=record.id,
+                            kind=entry.assignment.value,
+                            ordering=entry.ordering,
+                        )
+                    if got is not None:
+                        metrics.CLAIMS.labels(result="assigned").inc()
+                        total += 1
+                        if record.queued:
+                            claims.leave_queue(session, pool_id=entry.pool_id, user_id=record.id)
+                        offers.append(Offer(entry.pool_id, entry.pool_name, "assigned", got))
+                        detail.setdefault("assigned", []).append(got.id)
+                        continue
+                    metrics.CLAIMS.labels(result="queued").inc()
+                    position = claims.enqueue(
+                        session,
+                        tenant_id=record.tenant_id,
+                        pool_id=entry.pool_id,
+                        user_id=record.id,
+                    )
+                    pool = view.pools.get(entry.pool_id)
+                    estimate = queue_estimate_s(position, pool.release_interval_s if pool else None)
+                    offers.append(
+                        Offer(entry.pool_id, entry.pool_name, "queued", None, position, estimate)
+                    )
+                    detail.setdefault("queued", []).append(
+                        {"pool": entry.pool_id, "position": position}
+                    )
+                    break
+            events.append(
+                session,
+                "login",
+                tenant_id=record.tenant_id,
+                actor=record.username,
+                user_id=record.id,
+                detail=detail,
+            )
+        return offers

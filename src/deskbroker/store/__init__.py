@@ -1,0 +1,1 @@
+"""Storage: SQLAlchemy tables, repositories and migrations; the only place with SQL."""

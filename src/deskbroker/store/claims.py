@@ -1,0 +1,340 @@
+"""The SQL of the login path: find the user, claim a desktop, queue, release.
+
+Each function is one statement (two for a queue ticket on SQLite), because the login
+path has a budget of six statements.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    case,
+    delete,
+    func,
+    literal,
+    select,
+    true,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from deskbroker.domain.offers import OfferOrdering
+from deskbroker.domain.states import CLAIMABLE_POWER, Availability, PowerState
+from deskbroker.store.tables import (
+    BrokerState,
+    Desktop,
+    Pool,
+    PoolMember,
+    QueueEntry,
+    User,
+    utcnow,
+)
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    """The broker's row for a user, with what the login path needs beside it."""
+
+    id: str
+    tenant_id: str
+    identity_source_id: str
+    username: str
+    display_name: str
+    password_hash: str | None
+    role: str
+    groups: list[str]
+    attributes: dict[str, Any]
+    disabled: bool
+    config_version: int
+    queued: int
+
+
+@dataclass(frozen=True)
+class HeldDesktop:
+    id: str
+    name: str
+    address: str
+    power_state: str
+    pool_id: str | None
+    center_id: str
+    attributes: dict[str, Any]
+
+
+_DESKTOP_COLUMNS = (
+    Desktop.id,
+    Desktop.name,
+    Desktop.address,
+    Desktop.power_state,
+    Desktop.assigned_pool_id,
+    Desktop.center_id,
+    Desktop.attributes,
+)
+
+
+def _held(row: Any) -> HeldDesktop:
+    return HeldDesktop(
+        id=row[0],
+        name=row[1],
+        address=row[2],
+        power_state=row[3],
+        pool_id=row[4],
+        center_id=row[5],
+        attributes=row[6] or {},
+    )
+
+
+def find_user(session: Session, identity_source_id: str, username: str) -> UserRecord | None:
+    """Statement 1: the user, the config version and whether they wait in a queue."""
+    version = select(BrokerState.config_version).where(BrokerState.id == 1).scalar_subquery()
+    queued = (
+        select(func.count())
+        .select_from(QueueEntry)
+        .where(QueueEntry.user_id == User.id)
+        .scalar_subquery()
+    )
+    row = session.execute(
+        select(
+            User.id,
+            User.tenant_id,
+            User.identity_source_id,
+            User.username,
+            User.display_name,
+            User.password_hash,
+            User.role,
+            User.groups,
+            User.attributes,
+            User.disabled,
+            version,
+            queued,
+        ).where(User.identity_source_id == identity_source_id, User.username == username)
+    ).first()
+    if row is None:
+        return None
+    return UserRecord(
+        id=row[0],
+        tenant_id=row[1],
+        identity_source_id=row[2],
+        username=row[3],
+        display_name=row[4],
+        password_hash=row[5],
+        role=row[6],
+        groups=list(row[7] or []),
+        attributes=dict(row[8] or {}),
+        disabled=bool(row[9]),
+        config_version=int(row[10] or 0),
+        queued=int(row[11] or 0),
+    )
+
+
+def config_version(session: Session) -> int:
+    return int(session.scalar(select(BrokerState.config_version).where(BrokerState.id == 1)) or 0)
+
+
+def held_desktops(session: Session, user_id: str) -> list[HeldDesktop]:
+    """Statement 2: every desktop the user holds now."""
+    rows = session.execute(
+        select(*_DESKTOP_COLUMNS).where(Desktop.assigned_user_id == user_id).order_by(Desktop.name)
+    ).all()
+    return [_held(r) for r in rows]
+
+
+def _order(ordering: OfferOrdering) -> list[Any]:
+    never_used = case((Desktop.last_used_at.is_(None), 0), else_=1)
+    running = case((Desktop.power_state == PowerState.RUNNING.value, 0), else_=1)
+    match ordering:
+        case OfferOrdering.LEAST_RECENTLY_USED:
+            return [never_used, Desktop.last_used_at.asc(), Desktop.name]
+        case OfferOrdering.MOST_RECENTLY_USED:
+            return [never_used.desc(), Desktop.last_used_at.desc(), Desktop.name]
+        case OfferOrdering.NAME:
+            return [Desktop.name]
+        case _:
+            return [running, never_used, Desktop.last_used_at.asc(), Desktop.name]
+
+
+def claim(
+    session: Session,
+    *,
+    pool_id: str,
+    user_id: str,
+    kind: str,
+    ordering: OfferOrdering,
+    now: datetime | None = None,
+) -> HeldDesktop | None:
+    """Statement 3: hand one free desktop of the pool to the user, atomically.
+
+    PostgreSQL skips rows another claim has locked; SQLite serialises writers, so the
+    same statement is safe there without the locking clause.
+    """
+    now = now or utcnow()
+    candidate = (
+        select(Desktop.id)
+        .join(PoolMember, PoolMember.desktop_id == Desktop.id)
+        .where(
+            PoolMember.pool_id == pool_id,
+            Desktop.assigned_user_id.is_(None),
+            Desktop.availability == Availability.AVAILABLE.value,
+            Desktop.power_state.in_([s.value for s in CLAIMABLE_POWER]),
+        )
+        .order_by(*_order(ordering))
+        .limit(1)
+        .with_for_update(skip_locked=True, of=Desktop)
+        .scalar_subquery()
+    )
+    row = session.execute(
+        update(Desktop)
+        .where(Desktop.id == candidate, Desktop.assigned_user_id.is_(None))
+        .values(
+            assigned_user_id=user_id,
+            assigned_pool_id=pool_id,
+            assignment_kind=kind,
+            assigned_at=now,
+            updated_at=now,
+        )
+        .returning(*_DESKTOP_COLUMNS)
+        .execution_options(synchronize_session=False)
+    ).first()
+    return None if row is None else _held(row)
+
+
+def enqueue(session: Session, *, tenant_id: str, pool_id: str, user_id: str) -> int:
+    """Statement 4: a queue ticket for the user; returns their position (1 = next)."""
+    now = utcnow()
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        tick = (
+            update(Pool)
+            .where(Pool.id == pool_id)
+            .values(queue_tail=Pool.queue_tail + 1)
+            .returning(Pool.queue_tail, Pool.queue_head)
+            .cte("tick")
+        )
+        insert_stmt = pg_insert(QueueEntry).from_select(
+            ["tenant_id", "pool_id", "user_id", "ticket", "created_at"],
+            select(
+                literal(tenant_id),
+                literal(pool_id),
+                literal(user_id),
+                tick.c.queue_tail,
+                literal(now),
+            ),
+        )
+        ins = (
+            insert_stmt.on_conflict_do_update(
+                index_elements=["pool_id", "user_id"], set_={"ticket": QueueEntry.ticket}
+            )
+            .returning(QueueEntry.ticket)
+            .cte("ins")
+        )
+        row = session.execute(
+            select(ins.c.ticket, tick.c.queue_head).select_from(ins.join(tick, true()))
+        ).one()
+        return max(1, int(row[0]) - int(row[1]))
+    tail, head = session.execute(
+        update(Pool)
+        .where(Pool.id == pool_id)
+        .values(queue_tail=Pool.queue_tail + 1)
+        .returning(Pool.queue_tail, Pool.queue_head)
+    ).one()
+    stmt = sqlite_insert(QueueEntry).values(
+        tenant_id=tenant_id, pool_id=pool_id, user_id=user_id, ticket=tail, created_at=now
+    )
+    ticket = session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["pool_id", "user_id"], set_={"ticket": QueueEntry.ticket}
+        ).returning(QueueEntry.ticket)
+    ).scalar_one()
+    return max(1, int(ticket) - int(head))
+
+
+def leave_queue(session: Session, *, pool_id: str, user_id: str) -> None:
+    """A queued user got a desktop some other way (a re-login found one free)."""
+    removed = session.execute(
+        delete(QueueEntry).where(QueueEntry.pool_id == pool_id, QueueEntry.user_id == user_id)
+    ).rowcount  # type: ignore[attr-defined]
+    if removed:
+        session.execute(
+            update(Pool).where(Pool.id == pool_id).values(queue_head=Pool.queue_head + 1)
+        )
+
+
+def queue_positions(session: Session, user_id: str) -> list[tuple[str, int]]:
+    """Exact positions of the user in every queue they wait in."""
+    mine = select(QueueEntry.pool_id, QueueEntry.ticket).where(QueueEntry.user_id == user_id)
+    result: list[tuple[str, int]] = []
+    for pool_id, ticket in session.execute(mine).all():
+        ahead = session.scalar(
+            select(func.count())
+            .select_from(QueueEntry)
+            .where(QueueEntry.pool_id == pool_id, QueueEntry.ticket < ticket)
+        )
+        result.append((pool_id, int(ahead or 0) + 1))
+    return result
+
+
+def next_in_queue(session: Session, pool_id: str) -> tuple[int, str, str] | None:
+    """The waiting user with the lowest ticket: (entry id, user id, tenant id)."""
+    row = session.execute(
+        select(QueueEntry.id, QueueEntry.user_id, QueueEntry.tenant_id)
+        .where(QueueEntry.pool_id == pool_id)
+        .order_by(QueueEntry.ticket)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    ).first()
+    return None if row is None else (int(row[0]), str(row[1]), str(row[2]))
+
+
+def serve_entry(session: Session, entry_id: int, pool_id: str) -> None:
+    session.execute(delete(QueueEntry).where(QueueEntry.id == entry_id))
+    session.execute(update(Pool).where(Pool.id == pool_id).values(queue_head=Pool.queue_head + 1))
+
+
+def assign(
+    session: Session, *, desktop_id: str, user_id: str, pool_id: str | None, kind: str
+) -> bool:
+    """Give a specific free desktop to a user (queue service, admin assignment)."""
+    now = utcnow()
+    result = session.execute(
+        update(Desktop)
+        .where(Desktop.id == desktop_id, Desktop.assigned_user_id.is_(None))
+        .values(
+            assigned_user_id=user_id,
+            assigned_pool_id=pool_id,
+            assignment_kind=kind,
+            assigned_at=now,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def unassign(session: Session, *, desktop_id: str, user_id: str | None) -> bool:
+    """Release an assignment; with ``user_id`` only if that user still holds it."""
+    query = update(Desktop).where(Desktop.id == desktop_id, Desktop.assigned_user_id.is_not(None))
+    if user_id is not None:
+        query = query.where(Desktop.assigned_user_id == user_id)
+    result = session.execute(
+        query.values(
+            assigned_user_id=None,
+            assigned_pool_id=None,
+            assignment_kind=None,
+            assigned_at=None,
+            updated_at=utcnow(),
+        ).execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def count_queue(session: Session, pool_id: str) -> int:
+    return int(
+        session.scalar(
+            select(func.count()).select_from(QueueEntry).where(QueueEntry.pool_id == pool_id)
+        )
+        or 0
+    )

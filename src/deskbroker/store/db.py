@@ -1,0 +1,106 @@
+"""Engines and units of work for SQLite (embedded) and PostgreSQL (cluster)."""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import StaticPool
+
+from deskbroker import metrics
+
+# Counts SQL statements for whoever set it (the login-path test, the benchmark).
+statement_counter: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
+    "statement_counter", default=None
+)
+
+_TRANSACTION_CONTROL = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE")
+
+
+def _count_statement(
+    conn: Any, cursor: Any, statement: str, params: Any, context: Any, executemany: bool
+) -> None:
+    if statement.lstrip().upper().startswith(_TRANSACTION_CONTROL):
+        return
+    metrics.SQL_STATEMENTS.inc()
+    sink = statement_counter.get()
+    if sink is not None:
+        sink.append(statement)
+
+
+class Database:
+    """One engine plus read and write units of work.
+
+    On SQLite a write unit begins with ``BEGIN IMMEDIATE`` so that concurrent claims
+    queue for the write lock instead of failing on a stale snapshot.
+    """
+
+    def __init__(self, url: str, pool_size: int = 10) -> None:
+        self.url = url
+        parsed = make_url(url)
+        self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        self.is_postgres = parsed.get_backend_name() == "postgresql"
+        if self.is_postgres and parsed.drivername == "postgresql":
+            url = str(parsed.set(drivername="postgresql+psycopg"))
+            self.url = url
+        self.engine = self._make_engine(url, pool_size)
+        event.listen(self.engine, "before_cursor_execute", _count_statement)
+        self._reader = sessionmaker(bind=self.engine, expire_on_commit=False)
+        self._writer = sessionmaker(
+            bind=self.engine.execution_options(deskbroker_write=True), expire_on_commit=False
+        )
+
+    def _make_engine(self, url: str, pool_size: int) -> Engine:
+        if not self.is_sqlite:
+            return create_engine(
+                url, pool_size=pool_size, max_overflow=pool_size * 2, pool_pre_ping=True
+            )
+        database = make_url(url).database
+        memory = database in (None, "", ":memory:")
+        if not memory and database is not None:
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            poolclass=StaticPool if memory else None,
+        )
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, record: Any) -> None:
+            # Take transaction control from pysqlite so BEGIN IMMEDIATE is ours to send.
+            dbapi_conn.isolation_level = None
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            if not memory:
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Any) -> None:
+            write = conn.get_execution_options().get("deskbroker_write", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+        return engine
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A unit of work that only reads."""
+        with self._reader() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """A unit of work that commits on success and rolls back on any error."""
+        with self._writer() as session, session.begin():
+            yield session
+
+    def dispose(self) -> None:
+        self.engine.dispose()

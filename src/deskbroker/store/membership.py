@@ -1,0 +1,89 @@
+"""Keeps the materialised ``pool_members`` table true to the pools' definitions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import delete, insert, select
+from sqlalchemy.orm import Session
+
+from deskbroker.domain.membership import (
+    AttributeFilter,
+    DesktopFacts,
+    FilterOp,
+    PoolDefinition,
+    members,
+)
+from deskbroker.store.tables import Desktop, Pool, PoolMember
+
+
+def definition(pool: Pool) -> PoolDefinition:
+    return PoolDefinition(
+        pool_id=pool.id,
+        center_ids=frozenset(pool.center_ids or []),
+        filters=tuple(
+            AttributeFilter(f["attribute"], FilterOp(f["op"]), str(f.get("value", "")))
+            for f in pool.filters or []
+        ),
+        desktop_ids=frozenset(pool.desktop_ids or []),
+        parent_pool_id=pool.parent_pool_id,
+    )
+
+
+def _facts(row: Any) -> DesktopFacts:
+    fields: dict[str, Any] = dict(row.attributes or {})
+    fields.update(
+        name=row.name,
+        address=row.address,
+        hostname=row.hostname,
+        os=row.os,
+        power_state=row.power_state,
+    )
+    return DesktopFacts(desktop_id=row.id, center_id=row.center_id, fields=fields)
+
+
+def refresh(session: Session, tenant_id: str) -> dict[str, set[str]]:
+    """Recompute every pool of a tenant; returns pool id -> the desktops that joined."""
+    pools = session.scalars(select(Pool).where(Pool.tenant_id == tenant_id)).all()
+    desktops = session.execute(
+        select(
+            Desktop.id,
+            Desktop.center_id,
+            Desktop.name,
+            Desktop.address,
+            Desktop.hostname,
+            Desktop.os,
+            Desktop.power_state,
+            Desktop.attributes,
+        ).where(Desktop.tenant_id == tenant_id, Desktop.power_state != "deleted")
+    ).all()
+    wanted = members([definition(p) for p in pools], [_facts(d) for d in desktops])
+    pool_ids = [p.id for p in pools]
+    current: dict[str, set[str]] = {pid: set() for pid in pool_ids}
+    if pool_ids:
+        for pid, did in session.execute(
+            select(PoolMember.pool_id, PoolMember.desktop_id).where(
+                PoolMember.pool_id.in_(pool_ids)
+            )
+        ).all():
+            current[pid].add(did)
+    joined: dict[str, set[str]] = {}
+    for pid in pool_ids:
+        add = wanted.get(pid, set()) - current[pid]
+        drop = current[pid] - wanted.get(pid, set())
+        if drop:
+            session.execute(
+                delete(PoolMember).where(PoolMember.pool_id == pid, PoolMember.desktop_id.in_(drop))
+            )
+        if add:
+            session.execute(
+                insert(PoolMember), [{"pool_id": pid, "desktop_id": did} for did in sorted(add)]
+            )
+            joined[pid] = add
+    return joined
+
+
+def pool_members(session: Session, pool_id: str) -> list[str]:
+    return list(
+        session.scalars(select(PoolMember.desktop_id).where(PoolMember.pool_id == pool_id)).all()
+    )

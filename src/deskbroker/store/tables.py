@@ -1,0 +1,357 @@
+"""The broker's tables. Every tenant-owned row carries ``tenant_id``."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {
+        dict[str, Any]: JSON,
+        list[Any]: JSON,
+        datetime: DateTime(timezone=True),
+    }
+
+
+def _id() -> Mapped[str]:
+    return mapped_column(String(32), primary_key=True, default=new_id)
+
+
+def _tenant() -> Mapped[str]:
+    return mapped_column(ForeignKey("tenants.id", ondelete="RESTRICT"), index=True)
+
+
+def _created() -> Mapped[datetime]:
+    return mapped_column(default=utcnow)
+
+
+def _updated() -> Mapped[datetime]:
+    return mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class BrokerState(Base):
+    """One row: the configuration version that invalidates every node's cache."""
+
+    __tablename__ = "broker_state"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    config_version: Mapped[int] = mapped_column(BigInteger, default=1)
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+    id: Mapped[str] = _id()
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    display_name: Mapped[str] = mapped_column(String(200), default="")
+    quota_desktops: Mapped[int | None] = mapped_column(Integer, default=None)
+    quota_sessions: Mapped[int | None] = mapped_column(Integer, default=None)
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _updated()
+
+
+class Center(Base):
+    __tablename__ = "centers"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+    id: Mapped[str] = _id()
+    tenant_id: Mapped[str] = _tenant()
+    name: Mapped[str] = mapped_column(String(100))
+    kind: Mapped[str] = mapped_column(String(40))
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    secrets_sealed: Mapped[str | None] = mapped_column(Text, default=None)
+    scan_interval_s: Mapped[int] = mapped_column(Integer, default=60)
+    status: Mapped[str] = mapped_column(String(20), default="unknown")
+    status_message: Mapped[str] = mapped_column(Text, default="")
+    last_scan_at: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _updated()
+
+
+class Image(Base):
+    __tablename__ = "images"
+    __table_args__ = (UniqueConstraint("center_id", "external_id"),)
+    id: Mapped[str] = _id()
+    tenant_id: Mapped[str] = _tenant()
+    center_id: Mapped[str] = mapped_column(ForeignKey("centers.id", ondelete="CASCADE"), index=True)
+    external_id: Mapped[str] = mapped_column(String(200))
+    name: Mapped[str] = mapped_column(String(200))
+    os: Mapped[str] = mapped_column(String(100), default="")
+    attributes: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _updated()
+
+
+class Pool(Base):
+    __tablename__ = "pools"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+    id: Mapped[str] = _id()
+    tenant_id: Mapped[str] = _tenant()
+    name: Mapped[str] = mapped_column(String(100))
+    description: Mapped[str] = mapped_column(Text, default="")
+    center_ids: Mapped[list[Any]] = mapped_column(default=list)
+    filters: Mapped[list[Any]] = mapped_column(default=list)
+    desktop_ids: Mapped[list[Any]] = mapped_column(default=list)
+    parent_pool_id: Mapped[str | None] = mapped_column(
+        ForeignKey("pools.id", ondelete="RESTRICT"), default=None
+    )
+    provisioning: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Queue tickets: tail is handed to the next waiting user, head counts those served.
+    queue_tail: Mapped[int] = mapped_column(BigInteger, default=0)
+    queue_head: Mapped[int] = mapped_column(BigInteger, default=0)
+    release_interval_s: Mapped[float | None] = mapped_column(Float, default=None)
+    last_release_at: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _updated()
+
+
+class Desktop(Base):
+    __tablename__ = "desktops"
+    __table_args__ = (
+        UniqueConstraint("center_id", "external_id"),
+        Index("ix_desktops_assigned_user", "assigned_user_id"),
+    )
+    id: Mapped[str] = _id()
+    tenant_id: Mapped[str] = _tenant()
+    center_id: Mapped[str] = mapped_column(ForeignKey("centers.id", ondelete="RESTRICT"))
+    external_id: Mapped[str] = mapped_column(String(200))
+    name: Mapped[str] = mapped_column(String(200))
+    address: Mapped[str] = mapped_column(String(255), default="")
+    hostname: Mapped[str] = mapped_column(String(255), default="")
+    os: Mapped[str] = mapped_column(String(100), default="")
+    attributes: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    power_state: Mapped[str] = mapped_column(String(20), default="unknown")
+    availability: Mapped[str] = mapped_column(String(20), default="available")
+    agent_state: Mapped[str] = mapped_column(String(20), default="unknown")
+    reachable: Mapped[bool | None] = mapped_column(Boolean, default=None)
+    deletable: Mapped[bool] = mapped_column(Boolean, default=False)
+    driver_state: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    assigned_user_id: Mapped[str | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), default=None
+    )
+    assigned_pool_id: Mapped[str | None] = mapped_column(
+        ForeignKey("pools.id", ondelete="SET NULL"), default=None
+    )
+    assignment_kind: Mapped[str | None] = mapped_column(String(20), default=None)
+    assigned_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_used_at: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _updated()
+
+
+class PoolMember(Base):
+    """Materialised pool membership so a claim is one indexed statement."""
+
+    __tablename__ = "pool_members"
+    pool_id: Mapped[str] = mapped_column(
+        ForeignKey("pools.id", ondelete="CASCADE"), primary_key=True
+    )
+    desktop_id: Mapped[str] = mapped_column(
+        ForeignKey("desktops.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+
+
+class ProtocolPlan(Base):
+    __tablename__ = "protocol_plans"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+    id: Mapped[str] = _id()
+    tenant_id: Mapped[str] = _tenant()
+    name: Mapped[str] = mapped_column(String(100))
+    protocols: Mapped[list[Any]] = mapped_column(default=list)
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _updated()
+
+
+class PowerPlan(Base):
+    __tablename__ = "power_plans"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+    id: Mapped[str] = _id()
+    tenant_id: Mapped[str] = _tenant()
+    name: Mapped[str] = mapped_column(String(100))
+    rules: Mapped[list[Any]] = mapped_column(default=list)
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _updated()
+
+
+class ReleasePlan(Base):
+    __tablename__ = "release_plans"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+    id: Mapped[str] = _id()
+    tenant_id: Mapped[str] = _tenant()
+    name: Mapped[str] = mapped_column(String(100))
+    rules: Mapped[list[Any]] = mapped_column(default=list)
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _updated()
+
+
+class Policy(Base):
+    __tablename__ = "policies"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+    id: Mapped[str] = _id()
+    tenant_id: Mapped[str] = _tenant()
+    name: Mapped[str] = mapped_column(String(100))
+    description: Mapped[str] = mapped_column(Text, default="")
+    max_desktops_per_user: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _updated()
+
+
+class PolicyEntry(Base):
+    """One pool a policy offers, in order, with how and how many."""
+
+    __tablename__ = "policy_entries"
+    __table_args__ = (UniqueConstraint("policy_id", "pool_id"),)
+    id: Mapped[str] = _id()
+    policy_id: Mapped[str] = mapped_column(
+        ForeignKey("policies.id", ondelete="CASCADE"), index=True
+    )
+    pool_id: Mapped[str] = mapped_column(ForeignKey("pools.id", ondelete="RESTRICT"), index=True)
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    desktops: Mapped[int] = mapped_column(Integer, default=1)
+    assignment: Mapped[str] = mapped_column(String(20), default="persistent")
+    ordering: Mapped[str] = mapped_column(String(40), default="running_first")
+    backup_pool_id: Mapped[str | None] = mapped_column(
+        ForeignKey("pools.id", ondelete="RESTRICT"), default=None, index=True
+    )
+    protocol_plan_id: Mapped[str | None] = mapped_column(
+        ForeignKey("protocol_plans.id", ondelete="RESTRICT"), default=None
+    )
+    power_plan_id: Mapped[str | None] = mapped_column(
+        ForeignKey("power_plans.id", ondelete="RESTRICT"), default=None
+    )
+    release_plan_id: Mapped[str | None] = mapped_column(
+        ForeignKey("release_plans.id", ondelete="RESTRICT"), default=None
+    )
+
+
+class IdentitySource(Base):
+    __tablename__ = "identity_sources"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+    id: Mapped[str] = _id()
+    tenant_id: Mapped[str] = _tenant()
+    name: Mapped[str] = mapped_column(String(100))
+    kind: Mapped[str] = mapped_column(String(40))
+    domain: Mapped[str] = mapped_column(String(200), default="")
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    secrets_sealed: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _updated()
+
+
+class AssignmentRuleRow(Base):
+    __tablename__ = "assignment_rules"
+    id: Mapped[str] = _id()
+    tenant_id: Mapped[str] = _tenant()
+    identity_source_id: Mapped[str] = mapped_column(
+        ForeignKey("identity_sources.id", ondelete="CASCADE"), index=True
+    )
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    name: Mapped[str] = mapped_column(String(100), default="")
+    conditions: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    policy_id: Mapped[str | None] = mapped_column(
+        ForeignKey("policies.id", ondelete="RESTRICT"), default=None, index=True
+    )
+    role: Mapped[str] = mapped_column(String(40), default="user")
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _updated()
+
+
+class User(Base):
+    __tablename__ = "users"
+    __table_args__ = (UniqueConstraint("identity_source_id", "username"),)
+    id: Mapped[str] = _id()
+    tenant_id: Mapped[str] = _tenant()
+    identity_source_id: Mapped[str] = mapped_column(
+        ForeignKey("identity_sources.id", ondelete="RESTRICT"), index=True
+    )
+    username: Mapped[str] = mapped_column(String(200))
+    display_name: Mapped[str] = mapped_column(String(200), default="")
+    email: Mapped[str] = mapped_column(String(320), default="")
+    password_hash: Mapped[str | None] = mapped_column(String(255), default=None)
+    role: Mapped[str] = mapped_column(String(40), default="user")
+    groups: Mapped[list[Any]] = mapped_column(default=list)
+    attributes: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _updated()
+
+
+class QueueEntry(Base):
+    """A user waiting for a pool: demand the provisioner can see."""
+
+    __tablename__ = "queue_entries"
+    __table_args__ = (UniqueConstraint("pool_id", "user_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str] = _tenant()
+    pool_id: Mapped[str] = mapped_column(ForeignKey("pools.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    ticket: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = _created()
+
+
+class SessionRow(Base):
+    __tablename__ = "sessions"
+    id: Mapped[str] = _id()
+    tenant_id: Mapped[str] = _tenant()
+    desktop_id: Mapped[str] = mapped_column(
+        ForeignKey("desktops.id", ondelete="CASCADE"), index=True
+    )
+    user_id: Mapped[str | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), default=None, index=True
+    )
+    state: Mapped[str] = mapped_column(String(20), default="logged_in")
+    protocol: Mapped[str] = mapped_column(String(20), default="")
+    client_address: Mapped[str] = mapped_column(String(64), default="")
+    started_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _updated()
+    ended_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class Event(Base):
+    """The append-only event log: logins, assignments, connections, admin changes."""
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_tenant_at", "tenant_id", "at"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    kind: Mapped[str] = mapped_column(String(40), index=True)
+    actor: Mapped[str] = mapped_column(String(200), default="")
+    user_id: Mapped[str | None] = mapped_column(String(32), default=None, index=True)
+    desktop_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    pool_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)

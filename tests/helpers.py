@@ -1,0 +1,118 @@
+"""Test helpers that drive the broker through its real HTTP API."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from deskbroker.bootstrap import add_local_user
+from deskbroker.services.context import BrokerContext
+
+ADMIN_PASSWORD = "admin-password-1"
+USER_PASSWORD = "user-password-1"
+
+
+@dataclass
+class Api:
+    """An admin session against a TestClient, with seeding shortcuts."""
+
+    client: TestClient
+    ctx: BrokerContext
+    token: str
+    ids: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def with_admin(cls, client: TestClient, ctx: BrokerContext) -> Api:
+        add_local_user(ctx, "admin", ADMIN_PASSWORD, role="global_admin")
+        response = client.post(
+            "/api/v1/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD}
+        )
+        assert response.status_code == 200, response.text
+        return cls(client, ctx, response.json()["token"])
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def post(self, path: str, body: dict[str, Any], status: int = 201) -> dict[str, Any]:
+        response = self.client.post(f"/api/v1/admin/{path}", json=body, headers=self.headers)
+        assert response.status_code == status, response.text
+        result: dict[str, Any] = response.json()
+        return result
+
+    def get(self, path: str, status: int = 200) -> Any:
+        response = self.client.get(f"/api/v1/admin/{path}", headers=self.headers)
+        assert response.status_code == status, response.text
+        return response.json()
+
+    def patch(self, path: str, body: dict[str, Any], status: int = 200) -> dict[str, Any]:
+        response = self.client.patch(f"/api/v1/admin/{path}", json=body, headers=self.headers)
+        assert response.status_code == status, response.text
+        result: dict[str, Any] = response.json()
+        return result
+
+    def delete(self, path: str, status: int = 204) -> Any:
+        response = self.client.delete(f"/api/v1/admin/{path}", headers=self.headers)
+        assert response.status_code == status, response.text
+        return response.json() if response.content else None
+
+    def source_id(self) -> str:
+        sources = self.get("identity-sources?kind=local")["items"]
+        return str(sources[0]["id"])
+
+    def seed_pool(
+        self,
+        machines: int,
+        *,
+        name: str = "lab",
+        ports: dict[str, int] | None = None,
+        address_base: str = "127.0.1.",
+        users: int = 0,
+        assignment: str = "persistent",
+    ) -> dict[str, str]:
+        """A static center of ``machines``, a pool over it, a policy, a catch-all rule."""
+        center = self.post(
+            "centers",
+            {
+                "name": f"{name}-center",
+                "kind": "static",
+                "params": {
+                    "machines": [
+                        {
+                            "name": f"{name}-{i:03d}",
+                            "address": f"{address_base}{i + 1}",
+                            **({"ports": ports} if ports else {}),
+                        }
+                        for i in range(machines)
+                    ]
+                },
+            },
+        )
+        pool = self.post("pools", {"name": name, "center_ids": [center["id"]]})
+        policy = self.post(
+            "policies",
+            {
+                "name": f"{name}-policy",
+                "entries": [{"pool_id": pool["id"], "assignment": assignment}],
+            },
+        )
+        self.post(
+            "assignment-rules",
+            {"identity_source_id": self.source_id(), "name": "everyone", "policy_id": policy["id"]},
+        )
+        for i in range(users):
+            add_local_user(self.ctx, f"user{i}", USER_PASSWORD)
+        self.ids.update(center=center["id"], pool=pool["id"], policy=policy["id"])
+        return self.ids
+
+    def login(
+        self, username: str, password: str = USER_PASSWORD, status: int = 200
+    ) -> dict[str, Any]:
+        response = self.client.post(
+            "/api/v1/auth/login", json={"username": username, "password": password}
+        )
+        assert response.status_code == status, response.text
+        result: dict[str, Any] = response.json()
+        return result
