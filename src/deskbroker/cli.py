@@ -120,7 +120,7 @@ def demo(
     data_dir: DataDir = None,
 ) -> None:
     """Run a demo broker with real Xvnc desktops; or check one end to end."""
-    from deskbroker import demo as demo_module
+    import deskbroker.demo as demo_module
 
     if selftest:
         sys.exit(demo_module.selftest(url=url, desktops=desktops))
