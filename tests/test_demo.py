@@ -1,0 +1,47 @@
+"""The demo, end to end: real Xvnc desktops behind a static center."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from deskbroker import xvnc
+
+
+def test_demo_selftest_passes() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "deskbroker.cli", "demo", "--selftest", "--desktops", "2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "RFB 003.008" in result.stdout
+
+
+def test_selftest_names_the_reason_when_the_broker_is_absent() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "deskbroker.cli",
+            "demo",
+            "--selftest",
+            "--url",
+            "http://127.0.0.1:9",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "does not answer" in result.stdout
+
+
+def test_xvnc_banner_and_stop(tmp_path: object) -> None:
+    desktop = xvnc.start("127.0.0.77", port=5999)
+    try:
+        assert xvnc.read_banner("127.0.0.77", 5999).startswith("RFB 003.")
+    finally:
+        desktop.stop()
+    assert desktop.process.poll() is not None
