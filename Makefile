@@ -28,9 +28,11 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(VENV)/bin/deskbroker demo
 
+LINT_PATHS := src tests $(wildcard benchmarks scripts)
+
 lint: setup
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 
 typecheck: setup
 	$(VENV)/bin/mypy
