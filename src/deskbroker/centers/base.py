@@ -70,6 +70,25 @@ class ImageInfo:
 
 
 @dataclass(frozen=True)
+class ProvisionRequest:
+    """Everything the reference architecture lets a pool set for a new desktop."""
+
+    name: str
+    image: str | None = None
+    flavor: str | None = None
+    availability_zone: str | None = None
+    network: str | None = None
+    floating_ip: bool = False
+    security_groups: tuple[str, ...] = ()
+    user_data: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    # Identify broker, pool and desktop so a leak sweep can find what we made.
+    tags: tuple[str, ...] = ()
+    data_volume_gb: int | None = None
+    data_volume_id: str | None = None
+
+
+@dataclass(frozen=True)
 class ProbeResult:
     reachable: bool
     latency_ms: float | None
@@ -103,6 +122,20 @@ class CenterDriver:
     def images(self) -> list[ImageInfo]:
         """What the center can provision from; empty when it cannot provision."""
         return []
+
+    def create(self, request: ProvisionRequest) -> str:
+        """Ask the center for a new machine; returns its id at once, without waiting."""
+        self.require(Capability.PROVISION)
+        return ""
+
+    def machine(self, external_id: str) -> MachineInfo | None:
+        """One machine's current state; ``None`` once it is gone."""
+        return next((m for m in self.inventory() if m.external_id == external_id), None)
+
+    def attach_address(self, external_id: str, request: ProvisionRequest) -> str:
+        """Give a new machine its reachable address (a floating IP where asked)."""
+        found = self.machine(external_id)
+        return found.address if found else ""
 
     def power(self, machine: MachineInfo, action: PowerAction) -> None:
         """Ask the center to change a machine's power state."""
