@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from deskbroker.centers import registry
-from deskbroker.centers.base import CenterDriver, MachineInfo
-from deskbroker.domain.states import POWER_TRANSITIONS, Availability, PowerState
+from deskbroker.centers.base import CenterDriver
 from deskbroker.errors import DeskbrokerError, NotFound
 from deskbroker.protocols.descriptors import DEFAULT_PORTS
 from deskbroker.services.context import BrokerContext
+from deskbroker.store import desktop_sync
 from deskbroker.store.tables import Center, Desktop, utcnow
 
 
@@ -26,6 +27,7 @@ class ScanReport:
     added: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    full: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -35,6 +37,7 @@ class ScanReport:
             "added": len(self.added),
             "updated": len(self.updated),
             "removed": len(self.removed),
+            "full": self.full,
         }
 
 
@@ -45,39 +48,38 @@ def open_center(ctx: BrokerContext, center: Center) -> CenterDriver:
     return registry.open_driver(center.kind, center.params or {}, secrets)
 
 
-def next_power(current: str, reported: PowerState) -> str:
-    """The power state a scan records; an unexpected jump passes through ``unknown``."""
-    now = PowerState(current) if current in PowerState._value2member_map_ else PowerState.UNKNOWN
-    if now == reported or reported in POWER_TRANSITIONS[now]:
-        return reported.value
-    return PowerState.UNKNOWN.value
+def _full_scan_due(center: Center, now: datetime) -> bool:
+    if center.scan_cursor is None or center.last_full_scan_at is None:
+        return True
+    last = center.last_full_scan_at
+    if last.tzinfo is None:
+        last = last.replace(tzinfo=UTC)
+    return (now - last).total_seconds() >= center.full_scan_interval_s
 
 
-def _apply(desktop: Desktop, machine: MachineInfo) -> bool:
-    changes = {
-        "name": machine.name,
-        "address": machine.address,
-        "hostname": machine.hostname,
-        "os": machine.os,
-        "attributes": dict(machine.attributes),
-        "power_state": next_power(desktop.power_state, machine.power_state),
-        "driver_state": dict(machine.driver_state),
-    }
-    changed = False
-    for key, value in changes.items():
-        if getattr(desktop, key) != value:
-            setattr(desktop, key, value)
-            changed = True
-    return changed
+def scan(
+    session: Session, ctx: BrokerContext, center: Center, *, full: bool | None = None
+) -> ScanReport:
+    """Bring the center's desktops in line with what the center reports.
 
-
-def scan(session: Session, ctx: BrokerContext, center: Center) -> ScanReport:
-    """Bring the center's desktops in line with what the center reports."""
+    Drivers that can list changes since a cursor get incremental scans, with a full
+    reconcile every ``full_scan_interval_s`` (or when ``full`` is asked for).
+    """
     from deskbroker.services.desktops import refresh_pools
 
     report = ScanReport(center.id, "ok", "")
+    started = datetime.now(UTC)
     try:
-        machines = open_center(ctx, center).inventory()
+        driver = open_center(ctx, center)
+        incremental = (
+            not (full if full is not None else _full_scan_due(center, started))
+            and hasattr(driver, "inventory_since")
+            and center.scan_cursor is not None
+        )
+        if incremental:
+            machines, gone = driver.inventory_since(center.scan_cursor)  # type: ignore[attr-defined]
+        else:
+            machines, gone = driver.inventory(), []
     except DeskbrokerError as exc:
         report.status, report.message = "error", exc.detail
     except Exception as exc:  # a driver's own failure becomes the center's status
@@ -86,42 +88,27 @@ def scan(session: Session, ctx: BrokerContext, center: Center) -> ScanReport:
     if report.status != "ok":
         center.status_message = report.message
         return report
-    existing = {
-        d.external_id: d
-        for d in session.scalars(select(Desktop).where(Desktop.center_id == center.id)).all()
-    }
-    for machine in machines:
-        desktop = existing.pop(machine.external_id, None)
-        if desktop is None:
-            desktop = Desktop(
-                tenant_id=center.tenant_id,
-                center_id=center.id,
-                external_id=machine.external_id,
-                availability=Availability.AVAILABLE.value,
-                power_state=PowerState.UNKNOWN.value,
-                attributes={},
-                driver_state={},
-            )
-            _apply(desktop, machine)
-            session.add(desktop)
-            report.added.append(machine.name)
-        elif _apply(desktop, machine):
-            report.updated.append(machine.name)
-    for gone in existing.values():
-        if gone.assigned_user_id is None:
-            session.delete(gone)
-        else:
-            # Keep an assigned desktop visible so its user and admin see what happened.
-            gone.power_state = PowerState.DELETED.value
-            gone.availability = Availability.UNAVAILABLE.value
-        report.removed.append(gone.name)
-    session.flush()
+    report.full = not incremental
+    result = desktop_sync.sync(
+        session,
+        tenant_id=center.tenant_id,
+        center_id=center.id,
+        machines=machines,
+        gone=gone,
+        complete=not incremental,
+    )
+    report.added, report.updated, report.removed = result.added, result.updated, result.removed
+    # Ask for changes since slightly before this scan began, so nothing slips between.
+    center.scan_cursor = (started - timedelta(seconds=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if not incremental:
+        center.last_full_scan_at = started
     report.message = (
-        f"{len(machines)} machines: {len(report.added)} new, {len(report.updated)} changed, "
-        f"{len(report.removed)} gone"
+        f"{'full' if report.full else 'incremental'} scan: {len(machines)} machines seen, "
+        f"{len(result.added)} new, {len(result.updated)} changed, {len(result.removed)} gone"
     )
     center.status_message = report.message
-    refresh_pools(session, center.tenant_id)
+    if result.changed:
+        refresh_pools(session, center.tenant_id)
     return report
 
 

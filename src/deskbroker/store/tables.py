@@ -96,6 +96,10 @@ class Center(Base):
     status: Mapped[str] = mapped_column(String(20), default="unknown")
     status_message: Mapped[str] = mapped_column(Text, default="")
     last_scan_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Incremental scans ask the center for changes since this cursor (opaque per driver).
+    scan_cursor: Mapped[str | None] = mapped_column(String(64), default=None)
+    full_scan_interval_s: Mapped[int] = mapped_column(Integer, default=3600)
+    last_full_scan_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = _updated()
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 03:08:31.121129
+Create Date: 2026-11-22 03:23:20.266029
 """
 
 from __future__ import annotations
@@ -66,6 +66,9 @@ def upgrade() -> None:
         sa.Column("status", sa.String(length=20), nullable=False),
         sa.Column("status_message", sa.Text(), nullable=False),
         sa.Column("last_scan_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("scan_cursor", sa.String(length=64), nullable=True),
+        sa.Column("full_scan_interval_s", sa.Integer(), nullable=False),
+        sa.Column("last_full_scan_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(

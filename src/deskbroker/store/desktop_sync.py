@@ -1,0 +1,132 @@
+"""Bulk writes of a center scan: only the rows that changed, in a few statements."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy.orm import Session
+
+from deskbroker.centers.base import MachineInfo
+from deskbroker.domain.states import POWER_TRANSITIONS, Availability, PowerState
+from deskbroker.store.tables import Desktop, new_id, utcnow
+
+_FIELDS = ("name", "address", "hostname", "os", "attributes", "power_state", "driver_state")
+
+
+def next_power(current: str, reported: PowerState) -> str:
+    """The power state a scan records; an unexpected jump passes through ``unknown``."""
+    now = PowerState(current) if current in PowerState._value2member_map_ else PowerState.UNKNOWN
+    if now == reported or reported in POWER_TRANSITIONS[now]:
+        return reported.value
+    return PowerState.UNKNOWN.value
+
+
+@dataclass
+class SyncResult:
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.added or self.updated or self.removed)
+
+
+def _values(machine: MachineInfo, current_power: str) -> dict[str, Any]:
+    return {
+        "name": machine.name,
+        "address": machine.address,
+        "hostname": machine.hostname,
+        "os": machine.os,
+        "attributes": dict(machine.attributes),
+        "power_state": next_power(current_power, machine.power_state),
+        "driver_state": dict(machine.driver_state),
+    }
+
+
+def sync(
+    session: Session,
+    *,
+    tenant_id: str,
+    center_id: str,
+    machines: Sequence[MachineInfo],
+    gone: Iterable[str] = (),
+    complete: bool,
+) -> SyncResult:
+    """Write what a scan saw. ``complete`` means ``machines`` is everything the center
+    has, so anything else is gone; otherwise only ``gone`` ids are removed."""
+    result = SyncResult()
+    rows = session.execute(
+        select(
+            Desktop.id,
+            Desktop.external_id,
+            Desktop.assigned_user_id,
+            *(getattr(Desktop, f) for f in _FIELDS),
+        ).where(Desktop.center_id == center_id)
+    ).all()
+    existing = {r.external_id: r for r in rows}
+    now = utcnow()
+    inserts: list[dict[str, Any]] = []
+    updates: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for machine in machines:
+        seen.add(machine.external_id)
+        row = existing.get(machine.external_id)
+        if row is None:
+            values = _values(machine, PowerState.UNKNOWN.value)
+            inserts.append(
+                {
+                    "id": new_id(),
+                    "tenant_id": tenant_id,
+                    "center_id": center_id,
+                    "external_id": machine.external_id,
+                    "availability": Availability.AVAILABLE.value,
+                    "agent_state": "unknown",
+                    "deletable": False,
+                    "created_at": now,
+                    "updated_at": now,
+                    **values,
+                }
+            )
+            result.added.append(machine.name)
+            continue
+        values = _values(machine, row.power_state)
+        if any(getattr(row, f) != values[f] for f in _FIELDS):
+            updates.append({"b_id": row.id, "updated_at": now, **values})
+            result.updated.append(machine.name)
+    if inserts:
+        session.execute(insert(Desktop), inserts)
+    if updates:
+        session.execute(
+            update(Desktop)
+            .where(Desktop.id == bindparam("b_id"))
+            .values({f: bindparam(f) for f in (*_FIELDS, "updated_at")})
+            .execution_options(synchronize_session=False),
+            updates,
+        )
+    vanished = set(gone) if not complete else set(existing) - seen
+    _remove(session, [existing[e] for e in vanished if e in existing], result, now)
+    return result
+
+
+def _remove(session: Session, rows: list[Any], result: SyncResult, now: Any) -> None:
+    free = [r.id for r in rows if r.assigned_user_id is None]
+    held = [r.id for r in rows if r.assigned_user_id is not None]
+    if free:
+        session.execute(delete(Desktop).where(Desktop.id.in_(free)))
+    if held:
+        # Keep an assigned desktop visible so its user and admin see what happened.
+        session.execute(
+            update(Desktop)
+            .where(Desktop.id.in_(held))
+            .values(
+                power_state=PowerState.DELETED.value,
+                availability=Availability.UNAVAILABLE.value,
+                updated_at=now,
+            )
+            .execution_options(synchronize_session=False)
+        )
+    result.removed.extend(r.name for r in rows)
