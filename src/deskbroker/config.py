@@ -39,6 +39,14 @@ class Settings(BaseSettings):
     max_password_bytes: int = 1024
     db_pool_size: int = 10
     log_level: str = "info"
+    engine: bool = Field(default=True, description="run background work in this broker")
+    engine_tick_s: float = Field(default=0.5, gt=0, le=60)
+    engine_workers: int = Field(default=24, ge=1, le=256)
+    lease_ttl_s: float = Field(default=60.0, ge=5, le=3600)
+    provision_interval_s: float = Field(default=5.0, gt=0, le=3600)
+    stats_interval_s: float = Field(default=300.0, gt=0, le=86400)
+    event_retention_days: int = Field(default=30, ge=1, le=3650)
+    stats_retention_days: int = Field(default=90, ge=1, le=3650)
 
     @field_validator("data_dir")
     @classmethod

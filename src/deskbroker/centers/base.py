@@ -150,6 +150,11 @@ class CenterDriver:
         self.require(Capability.LEAK_SWEEP)
         return []
 
+    def find_tagged(self, tag: str) -> list[MachineInfo]:
+        """Machines carrying ``tag``: how a resumed build finds the instance it asked for."""
+        self.require(Capability.LEAK_SWEEP)
+        return []
+
     def probe(self, address: str, port: int, timeout_s: float = 1.0) -> ProbeResult:
         """Open a TCP connection to a protocol port: the honest reachability test."""
         if not address:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -11,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from deskbroker.centers import registry
-from deskbroker.centers.base import CenterDriver
+from deskbroker.centers.base import CenterDriver, MachineInfo
 from deskbroker.errors import DeskbrokerError, NotFound
 from deskbroker.protocols.descriptors import DEFAULT_PORTS
 from deskbroker.services.context import BrokerContext
@@ -57,8 +58,23 @@ def _full_scan_due(center: Center, now: datetime) -> bool:
     return (now - last).total_seconds() >= center.full_scan_interval_s
 
 
+def _duplicate(machines: Sequence[MachineInfo]) -> str | None:
+    """The first machine id reported twice; a scan cannot tell such machines apart."""
+    seen: set[str] = set()
+    for machine in machines:
+        if machine.external_id in seen:
+            return machine.external_id
+        seen.add(machine.external_id)
+    return None
+
+
 def scan(
-    session: Session, ctx: BrokerContext, center: Center, *, full: bool | None = None
+    session: Session,
+    ctx: BrokerContext,
+    center: Center,
+    *,
+    full: bool | None = None,
+    driver: CenterDriver | None = None,
 ) -> ScanReport:
     """Bring the center's desktops in line with what the center reports.
 
@@ -70,7 +86,7 @@ def scan(
     report = ScanReport(center.id, "ok", "")
     started = datetime.now(UTC)
     try:
-        driver = open_center(ctx, center)
+        driver = driver or open_center(ctx, center)
         incremental = (
             not (full if full is not None else _full_scan_due(center, started))
             and hasattr(driver, "inventory_since")
@@ -84,6 +100,11 @@ def scan(
         report.status, report.message = "error", exc.detail
     except Exception as exc:  # a driver's own failure becomes the center's status
         report.status, report.message = "error", f"scan failed: {exc}"
+    else:
+        twice = _duplicate(machines)
+        if twice is not None:
+            report.status = "error"
+            report.message = f"the center lists the machine {twice} more than once"
     center.status, center.last_scan_at = report.status, utcnow()
     if report.status != "ok":
         center.status_message = report.message
@@ -98,8 +119,10 @@ def scan(
         complete=not incremental,
     )
     report.added, report.updated, report.removed = result.added, result.updated, result.removed
-    # Ask for changes since slightly before this scan began, so nothing slips between.
-    center.scan_cursor = (started - timedelta(seconds=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # The driver's cursor comes from the center's own clock; without one, ask for
+    # changes since slightly before this scan began so nothing slips between.
+    cursor = getattr(driver, "cursor", None)
+    center.scan_cursor = cursor or (started - timedelta(seconds=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
     if not incremental:
         center.last_full_scan_at = started
     report.message = (

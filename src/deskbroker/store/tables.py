@@ -136,6 +136,10 @@ class Pool(Base):
     queue_tail: Mapped[int] = mapped_column(BigInteger, default=0)
     queue_head: Mapped[int] = mapped_column(BigInteger, default=0)
     release_interval_s: Mapped[float | None] = mapped_column(Float, default=None)
+    sequence_next: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    status: Mapped[str] = mapped_column(String(20), default="ok")
+    status_message: Mapped[str] = mapped_column(Text, default="")
+    last_error: Mapped[str] = mapped_column(Text, default="")
     last_release_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = _updated()
@@ -359,3 +363,81 @@ class Event(Base):
     desktop_id: Mapped[str | None] = mapped_column(String(32), default=None)
     pool_id: Mapped[str | None] = mapped_column(String(32), default=None)
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class Job(Base):
+    """A periodic job (a center scan, pool provisioning, retention...) claimed by lease."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (UniqueConstraint("kind", "target_id"),)
+    id: Mapped[str] = _id()
+    kind: Mapped[str] = mapped_column(String(40))
+    target_id: Mapped[str] = mapped_column(String(32), default="")
+    interval_s: Mapped[float] = mapped_column(Float, default=60.0)
+    next_run_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    lease_owner: Mapped[str | None] = mapped_column(String(100), default=None)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    last_run_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_ok_at: Mapped[datetime | None] = mapped_column(default=None)
+    runs: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Timer(Base):
+    """A plan action due at a time: suspend after disconnect, release after logout..."""
+
+    __tablename__ = "timers"
+    id: Mapped[str] = _id()
+    tenant_id: Mapped[str] = _tenant()
+    desktop_id: Mapped[str] = mapped_column(
+        ForeignKey("desktops.id", ondelete="CASCADE"), index=True
+    )
+    session_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    plan: Mapped[str] = mapped_column(String(20))
+    trigger: Mapped[str] = mapped_column(String(20))
+    action: Mapped[str] = mapped_column(String(20))
+    due_at: Mapped[datetime] = mapped_column(index=True)
+    lease_owner: Mapped[str | None] = mapped_column(String(100), default=None)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = _created()
+
+
+class ProvisioningTask(Base):
+    """One desktop being built: a state machine persisted after every step."""
+
+    __tablename__ = "provisioning_tasks"
+    id: Mapped[str] = _id()
+    tenant_id: Mapped[str] = _tenant()
+    pool_id: Mapped[str | None] = mapped_column(
+        ForeignKey("pools.id", ondelete="SET NULL"), default=None, index=True
+    )
+    center_id: Mapped[str] = mapped_column(ForeignKey("centers.id", ondelete="CASCADE"), index=True)
+    desktop_id: Mapped[str | None] = mapped_column(
+        ForeignKey("desktops.id", ondelete="SET NULL"), default=None
+    )
+    name: Mapped[str] = mapped_column(String(200))
+    state: Mapped[str] = mapped_column(String(20), default="requested", index=True)
+    external_id: Mapped[str | None] = mapped_column(String(200), default=None)
+    request: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    next_step_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    step_started_at: Mapped[datetime | None] = mapped_column(default=None)
+    lease_owner: Mapped[str | None] = mapped_column(String(100), default=None)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _updated()
+
+
+class PoolStat(Base):
+    """A sample of a pool's counts, for history graphs and capacity planning."""
+
+    __tablename__ = "pool_stats"
+    __table_args__ = (Index("ix_pool_stats_pool_at", "pool_id", "at"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    pool_id: Mapped[str] = mapped_column(ForeignKey("pools.id", ondelete="CASCADE"))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    counts: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -53,23 +53,33 @@ class OpenStackCenter(CenterDriver):
         self.os_params: OpenStackParams = self.params
         self.session = ProjectSession(self.os_params, secrets)
         self._names: dict[tuple[str, str], str] = {}
+        # The newest ``updated`` time seen: where the next incremental scan starts.
+        self.cursor: str | None = None
 
     # --- inventory -------------------------------------------------------------------
+    def _note(self, server: dict[str, Any]) -> dict[str, Any]:
+        updated = str(server.get("updated") or "")
+        if updated > (self.cursor or ""):
+            self.cursor = updated
+        return server
+
     def inventory(self) -> list[MachineInfo]:
         return [
-            mapping.machine(s)
+            mapping.machine(self._note(s))
             for page in self.session.pages("/servers/detail", "servers", {"limit": 1000})
             for s in page
         ]
 
     def inventory_since(self, since: str) -> tuple[list[MachineInfo], list[str]]:
-        """What changed since an ISO time: (changed machines, ids of deleted ones)."""
+        """What changed since ``since`` (a cursor from ``self.cursor``, i.e. the cloud's
+        own clock, so skew between broker and cloud cannot lose a change)."""
         changed: list[MachineInfo] = []
         deleted: list[str] = []
+        self.cursor = since
         for page in self.session.pages(
             "/servers/detail", "servers", {"limit": 1000, "changes-since": since}
         ):
-            for server in page:
+            for server in map(self._note, page):
                 if str(server.get("status", "")).upper() == "DELETED":
                     deleted.append(str(server["id"]))
                 else:
@@ -89,7 +99,7 @@ class OpenStackCenter(CenterDriver):
         found: list[ImageInfo] = []
         query: dict[str, Any] = {"limit": 500}
         while True:
-            body = self.session.image_get("/v2/images", query)
+            body = self.session.image_get("/images", query)
             images = body.get("images", [])
             found.extend(mapping.image(i) for i in images)
             if not body.get("next") or not images:
@@ -100,8 +110,8 @@ class OpenStackCenter(CenterDriver):
         """What the admin's pickers offer: flavors, networks, zones, security groups."""
         flavors = self.session.compute_get("/flavors/detail").get("flavors", [])
         zones = self.session.compute_get("/os-availability-zone").get("availabilityZoneInfo", [])
-        networks = self.session.network_get("/v2.0/networks").get("networks", [])
-        groups = self.session.network_get("/v2.0/security-groups").get("security_groups", [])
+        networks = self.session.network_get("/networks").get("networks", [])
+        groups = self.session.network_get("/security-groups").get("security_groups", [])
         return {
             "flavors": [
                 {"id": f["id"], "name": f["name"], "vcpus": f.get("vcpus"), "ram": f.get("ram")}
@@ -128,11 +138,9 @@ class OpenStackCenter(CenterDriver):
             if kind == "flavor":
                 items = self.session.compute_get("/flavors").get("flavors", [])
             elif kind == "image":
-                items = self.session.image_get("/v2/images", {"name": value}).get("images", [])
+                items = self.session.image_get("/images", {"name": value}).get("images", [])
             else:
-                items = self.session.network_get("/v2.0/networks", {"name": value}).get(
-                    "networks", []
-                )
+                items = self.session.network_get("/networks", {"name": value}).get("networks", [])
             for item in items:
                 if item.get("name") == value or item.get("id") == value:
                     self._names[key] = str(item["id"])
@@ -205,12 +213,12 @@ class OpenStackCenter(CenterDriver):
             raise CenterError(f"instance {external_id} disappeared while it was being addressed")
         if not request.floating_ip:
             return found.address
-        ports = self.session.network_get("/v2.0/ports", {"device_id": external_id}).get("ports", [])
+        ports = self.session.network_get("/ports", {"device_id": external_id}).get("ports", [])
         if not ports:
             raise CenterError(f"instance {external_id} has no network port for a floating IP")
         floating = self._free_floating_ip()
         body = self.session.network_send(
-            "PUT", f"/v2.0/floatingips/{floating}", {"floatingip": {"port_id": ports[0]["id"]}}
+            "PUT", f"/floatingips/{floating}", {"floatingip": {"port_id": ports[0]["id"]}}
         ).json()
         return str(body["floatingip"]["floating_ip_address"])
 
@@ -218,13 +226,13 @@ class OpenStackCenter(CenterDriver):
         query: dict[str, Any] = {}
         if self.os_params.floating_network:
             query["floating_network_id"] = self._resolve("network", self.os_params.floating_network)
-        for ip in self.session.network_get("/v2.0/floatingips", query).get("floatingips", []):
+        for ip in self.session.network_get("/floatingips", query).get("floatingips", []):
             if not ip.get("port_id"):
                 return str(ip["id"])
         network = query.get("floating_network_id") or self._external_network()
         try:
             body = self.session.network_send(
-                "POST", "/v2.0/floatingips", {"floatingip": {"floating_network_id": network}}
+                "POST", "/floatingips", {"floatingip": {"floating_network_id": network}}
             ).json()
         except CloudFailure as exc:
             if exc.cloud_status == 409:
@@ -233,7 +241,7 @@ class OpenStackCenter(CenterDriver):
         return str(body["floatingip"]["id"])
 
     def _external_network(self) -> str:
-        networks = self.session.network_get("/v2.0/networks", {"router:external": "true"})
+        networks = self.session.network_get("/networks", {"router:external": "true"})
         for network in networks.get("networks", []):
             return str(network["id"])
         raise CenterError("the cloud has no external network for floating IPs")
@@ -243,25 +251,28 @@ class OpenStackCenter(CenterDriver):
         self.session.compute_post(f"/servers/{machine.external_id}/action", _ACTIONS[action])
 
     def terminate(self, machine: MachineInfo) -> None:
-        ports = self.session.network_get("/v2.0/ports", {"device_id": machine.external_id}).get(
+        ports = self.session.network_get("/ports", {"device_id": machine.external_id}).get(
             "ports", []
         )
         for port in ports:
-            ips = self.session.network_get("/v2.0/floatingips", {"port_id": port["id"]})
+            ips = self.session.network_get("/floatingips", {"port_id": port["id"]})
             for ip in ips.get("floatingips", []):
-                self.session.network_send("DELETE", f"/v2.0/floatingips/{ip['id']}")
+                self.session.network_send("DELETE", f"/floatingips/{ip['id']}")
         try:
             self.session.compute_delete(f"/servers/{machine.external_id}")
         except CloudFailure as exc:
             if exc.cloud_status != 404:
                 raise
 
-    def leaked(self, known_external_ids: set[str]) -> list[MachineInfo]:
-        tagged = [
+    def find_tagged(self, tag: str) -> list[MachineInfo]:
+        return [
             mapping.machine(s)
             for page in self.session.pages(
-                "/servers/detail", "servers", {"limit": 1000, "tags": self.os_params.broker_tag}
+                "/servers/detail", "servers", {"limit": 1000, "tags": tag}
             )
             for s in page
         ]
+
+    def leaked(self, known_external_ids: set[str]) -> list[MachineInfo]:
+        tagged = self.find_tagged(self.os_params.broker_tag)
         return [m for m in tagged if m.external_id not in known_external_ids]

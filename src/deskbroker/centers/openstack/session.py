@@ -44,6 +44,8 @@ class OpenStackParams(BaseModel):
     broker_tag: str = Field(default="deskbroker", pattern=r"^[A-Za-z0-9_.:-]{1,40}$")
     default_network: str | None = None
     floating_network: str | None = None
+    max_in_flight: int = Field(default=20, ge=1, le=1000)
+    build_timeout_s: float = Field(default=900.0, gt=0, le=86400)
 
 
 class CloudFailure(CenterError):

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 03:23:20.266029
+Create Date: 2026-11-22 03:28:51.441223
 """
 
 from __future__ import annotations
@@ -41,6 +41,26 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_events_kind"), ["kind"], unique=False)
         batch_op.create_index("ix_events_tenant_at", ["tenant_id", "at"], unique=False)
         batch_op.create_index(batch_op.f("ix_events_user_id"), ["user_id"], unique=False)
+
+    op.create_table(
+        "jobs",
+        sa.Column("id", sa.String(length=32), nullable=False),
+        sa.Column("kind", sa.String(length=40), nullable=False),
+        sa.Column("target_id", sa.String(length=32), nullable=False),
+        sa.Column("interval_s", sa.Float(), nullable=False),
+        sa.Column("next_run_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("lease_owner", sa.String(length=100), nullable=True),
+        sa.Column("lease_expires_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("failures", sa.Integer(), nullable=False),
+        sa.Column("last_error", sa.Text(), nullable=False),
+        sa.Column("last_run_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("last_ok_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("runs", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_jobs")),
+        sa.UniqueConstraint("kind", "target_id", name=op.f("uq_jobs_kind")),
+    )
+    with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_jobs_next_run_at"), ["next_run_at"], unique=False)
 
     op.create_table(
         "tenants",
@@ -145,6 +165,10 @@ def upgrade() -> None:
         sa.Column("queue_tail", sa.BigInteger(), nullable=False),
         sa.Column("queue_head", sa.BigInteger(), nullable=False),
         sa.Column("release_interval_s", sa.Float(), nullable=True),
+        sa.Column("sequence_next", sa.BigInteger(), nullable=True),
+        sa.Column("status", sa.String(length=20), nullable=False),
+        sa.Column("status_message", sa.Text(), nullable=False),
+        sa.Column("last_error", sa.Text(), nullable=False),
         sa.Column("last_release_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
@@ -365,6 +389,20 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_policy_entries_pool_id"), ["pool_id"], unique=False)
 
     op.create_table(
+        "pool_stats",
+        sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
+        sa.Column("pool_id", sa.String(length=32), nullable=False),
+        sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("counts", sa.JSON(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["pool_id"], ["pools.id"], name=op.f("fk_pool_stats_pool_id_pools"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_pool_stats")),
+    )
+    with op.batch_alter_table("pool_stats", schema=None) as batch_op:
+        batch_op.create_index("ix_pool_stats_pool_at", ["pool_id", "at"], unique=False)
+
+    op.create_table(
         "users",
         sa.Column("id", sa.String(length=32), nullable=False),
         sa.Column("tenant_id", sa.String(length=32), nullable=False),
@@ -515,6 +553,66 @@ def upgrade() -> None:
         )
 
     op.create_table(
+        "provisioning_tasks",
+        sa.Column("id", sa.String(length=32), nullable=False),
+        sa.Column("tenant_id", sa.String(length=32), nullable=False),
+        sa.Column("pool_id", sa.String(length=32), nullable=True),
+        sa.Column("center_id", sa.String(length=32), nullable=False),
+        sa.Column("desktop_id", sa.String(length=32), nullable=True),
+        sa.Column("name", sa.String(length=200), nullable=False),
+        sa.Column("state", sa.String(length=20), nullable=False),
+        sa.Column("external_id", sa.String(length=200), nullable=True),
+        sa.Column("request", sa.JSON(), nullable=False),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("last_error", sa.Text(), nullable=False),
+        sa.Column("next_step_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("step_started_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("lease_owner", sa.String(length=100), nullable=True),
+        sa.Column("lease_expires_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["center_id"],
+            ["centers.id"],
+            name=op.f("fk_provisioning_tasks_center_id_centers"),
+            ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["desktop_id"],
+            ["desktops.id"],
+            name=op.f("fk_provisioning_tasks_desktop_id_desktops"),
+            ondelete="SET NULL",
+        ),
+        sa.ForeignKeyConstraint(
+            ["pool_id"],
+            ["pools.id"],
+            name=op.f("fk_provisioning_tasks_pool_id_pools"),
+            ondelete="SET NULL",
+        ),
+        sa.ForeignKeyConstraint(
+            ["tenant_id"],
+            ["tenants.id"],
+            name=op.f("fk_provisioning_tasks_tenant_id_tenants"),
+            ondelete="RESTRICT",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_provisioning_tasks")),
+    )
+    with op.batch_alter_table("provisioning_tasks", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_provisioning_tasks_center_id"), ["center_id"], unique=False
+        )
+        batch_op.create_index(
+            batch_op.f("ix_provisioning_tasks_next_step_at"), ["next_step_at"], unique=False
+        )
+        batch_op.create_index(
+            batch_op.f("ix_provisioning_tasks_pool_id"), ["pool_id"], unique=False
+        )
+        batch_op.create_index(batch_op.f("ix_provisioning_tasks_state"), ["state"], unique=False)
+        batch_op.create_index(
+            batch_op.f("ix_provisioning_tasks_tenant_id"), ["tenant_id"], unique=False
+        )
+
+    op.create_table(
         "sessions",
         sa.Column("id", sa.String(length=32), nullable=False),
         sa.Column("tenant_id", sa.String(length=32), nullable=False),
@@ -548,17 +646,65 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_sessions_tenant_id"), ["tenant_id"], unique=False)
         batch_op.create_index(batch_op.f("ix_sessions_user_id"), ["user_id"], unique=False)
 
+    op.create_table(
+        "timers",
+        sa.Column("id", sa.String(length=32), nullable=False),
+        sa.Column("tenant_id", sa.String(length=32), nullable=False),
+        sa.Column("desktop_id", sa.String(length=32), nullable=False),
+        sa.Column("session_id", sa.String(length=32), nullable=True),
+        sa.Column("plan", sa.String(length=20), nullable=False),
+        sa.Column("trigger", sa.String(length=20), nullable=False),
+        sa.Column("action", sa.String(length=20), nullable=False),
+        sa.Column("due_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("lease_owner", sa.String(length=100), nullable=True),
+        sa.Column("lease_expires_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("failures", sa.Integer(), nullable=False),
+        sa.Column("last_error", sa.Text(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["desktop_id"],
+            ["desktops.id"],
+            name=op.f("fk_timers_desktop_id_desktops"),
+            ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["tenant_id"],
+            ["tenants.id"],
+            name=op.f("fk_timers_tenant_id_tenants"),
+            ondelete="RESTRICT",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_timers")),
+    )
+    with op.batch_alter_table("timers", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_timers_desktop_id"), ["desktop_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_timers_due_at"), ["due_at"], unique=False)
+        batch_op.create_index(batch_op.f("ix_timers_tenant_id"), ["tenant_id"], unique=False)
+
     # ### end Alembic commands ###
 
 
 def downgrade() -> None:
     # ### commands auto generated by Alembic - please adjust! ###
+    with op.batch_alter_table("timers", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_timers_tenant_id"))
+        batch_op.drop_index(batch_op.f("ix_timers_due_at"))
+        batch_op.drop_index(batch_op.f("ix_timers_desktop_id"))
+
+    op.drop_table("timers")
     with op.batch_alter_table("sessions", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_sessions_user_id"))
         batch_op.drop_index(batch_op.f("ix_sessions_tenant_id"))
         batch_op.drop_index(batch_op.f("ix_sessions_desktop_id"))
 
     op.drop_table("sessions")
+    with op.batch_alter_table("provisioning_tasks", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_provisioning_tasks_tenant_id"))
+        batch_op.drop_index(batch_op.f("ix_provisioning_tasks_state"))
+        batch_op.drop_index(batch_op.f("ix_provisioning_tasks_pool_id"))
+        batch_op.drop_index(batch_op.f("ix_provisioning_tasks_next_step_at"))
+        batch_op.drop_index(batch_op.f("ix_provisioning_tasks_center_id"))
+
+    op.drop_table("provisioning_tasks")
     with op.batch_alter_table("pool_members", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_pool_members_desktop_id"))
 
@@ -579,6 +725,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_users_identity_source_id"))
 
     op.drop_table("users")
+    with op.batch_alter_table("pool_stats", schema=None) as batch_op:
+        batch_op.drop_index("ix_pool_stats_pool_at")
+
+    op.drop_table("pool_stats")
     with op.batch_alter_table("policy_entries", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_policy_entries_pool_id"))
         batch_op.drop_index(batch_op.f("ix_policy_entries_policy_id"))
@@ -625,6 +775,10 @@ def downgrade() -> None:
 
     op.drop_table("centers")
     op.drop_table("tenants")
+    with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_jobs_next_run_at"))
+
+    op.drop_table("jobs")
     with op.batch_alter_table("events", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_events_user_id"))
         batch_op.drop_index("ix_events_tenant_at")

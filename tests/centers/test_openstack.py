@@ -1,0 +1,193 @@
+"""The OpenStack center against cloudsim, through the real openstacksdk."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from cloudsim.server import CloudSim
+from deskbroker.centers.base import CenterDriver, PowerAction, ProvisionRequest
+from deskbroker.centers.openstack.driver import OpenStackCenter, QuotaExceeded
+from deskbroker.centers.openstack.session import CloudFailure
+from deskbroker.centers.registry import open_driver
+from deskbroker.domain.states import PowerState
+from tests.centers.conformance import CenterConformance, wait_until
+
+SPEED = 40.0
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[CloudSim]:
+    simulator = CloudSim(
+        projects=["demo", "other"], clock_speed=SPEED, quota={"instances": 10}
+    ).start()
+    yield simulator
+    simulator.stop()
+
+
+@pytest.fixture(autouse=True)
+def _fresh(sim: CloudSim) -> None:
+    sim.reset()
+
+
+def _open(sim: CloudSim, **params: object) -> OpenStackCenter:
+    driver = open_driver(
+        "openstack",
+        {
+            "auth_url": sim.auth_url,
+            "project_name": "demo",
+            "username": "demo",
+            "region_name": "RegionOne",
+            "retry_base_s": 0.01,
+            "default_network": "private",
+            **params,
+        },
+        {"password": "password"},
+    )
+    assert isinstance(driver, OpenStackCenter)
+    return driver
+
+
+@pytest.fixture
+def driver(sim: CloudSim) -> CenterDriver:
+    sim.seed_servers(3)
+    return _open(sim)
+
+
+@pytest.fixture
+def provision_request() -> ProvisionRequest | None:
+    return ProvisionRequest(
+        name="conf-001",
+        image="cirros-0.6.2-x86_64-disk",
+        flavor="m1.tiny",
+        metadata={"deskbroker_pool": "p1"},
+        tags=("task-conformance",),
+    )
+
+
+class TestOpenStackCenter(CenterConformance):
+    """The shared contract, plus what only a cloud does."""
+
+
+def test_inventory_pages_through_raw_json(sim: CloudSim) -> None:
+    sim.seed_servers(2500)
+    driver = _open(sim)
+    started = time.perf_counter()
+    machines = driver.inventory()
+    elapsed = time.perf_counter() - started
+    assert len(machines) == 2500
+    assert driver.session.requests == 3  # 1000 + 1000 + 500
+    assert elapsed < 5
+
+
+def test_incremental_sees_changes_and_tombstones(sim: CloudSim) -> None:
+    ids = sim.seed_servers(5)
+    driver = _open(sim)
+    assert len(driver.inventory()) == 5
+    since = driver.cursor
+    assert since is not None
+    changed, gone = driver.inventory_since(since)
+    # The cursor is inclusive (Nova's clock has whole seconds): only servers updated in
+    # that second come back.
+    assert all(m.driver_state["updated"] == since for m in changed) and gone == []
+    sim.set_server_state(ids[0], "SHUTOFF")
+    sim.set_server_state(ids[1], "DELETED")
+    assert since is not None
+    changed, gone = driver.inventory_since(since)
+    stopped = [m for m in changed if m.external_id == ids[0]]
+    assert stopped and stopped[0].power_state is PowerState.STOPPED
+    # Unchanged servers come back only when they share the cursor's second.
+    assert all(m.driver_state["updated"] >= since for m in changed)
+    assert gone == [ids[1]]
+
+
+def test_quota_is_reported_in_words(sim: CloudSim) -> None:
+    driver = _open(sim)
+    sim.seed_servers(10)
+    with pytest.raises(QuotaExceeded, match="quota exceeded: instances 10 of 10"):
+        driver.create(
+            ProvisionRequest(name="x", image="cirros-0.6.2-x86_64-disk", flavor="m1.tiny")
+        )
+
+
+def test_bad_credentials_are_explained(sim: CloudSim) -> None:
+    driver = open_driver(
+        "openstack",
+        {"auth_url": sim.auth_url, "project_name": "demo", "username": "demo"},
+        {"password": "wrong"},
+    )
+    with pytest.raises(CloudFailure, match="refused the center's credentials"):
+        driver.inventory()
+
+
+def test_retries_503_with_retry_after_and_resets(sim: CloudSim) -> None:
+    sim.seed_servers(2)
+    driver = _open(sim)
+    driver.inventory()  # authenticated
+    sim.inject_fault(503, method="GET", path="/servers", times=2, retry_after=0)
+    assert len(driver.inventory()) == 2
+    sim.inject_fault("reset", method="GET", path="/servers", times=1)
+    assert len(driver.inventory()) == 2
+
+
+def test_persistent_500_gives_up_with_the_cloud_message(sim: CloudSim) -> None:
+    driver = _open(sim, retries=1)
+    driver.inventory()
+    sim.inject_fault(500, method="GET", path="/servers", times=None)
+    with pytest.raises(CloudFailure, match="500"):
+        driver.inventory()
+
+
+def test_floating_ip_is_allocated_associated_and_released(sim: CloudSim) -> None:
+    driver = _open(sim)
+    request = ProvisionRequest(
+        name="fip-001",
+        image="cirros-0.6.2-x86_64-disk",
+        flavor="m1.tiny",
+        floating_ip=True,
+        security_groups=("default",),
+        user_data="#cloud-config\n",
+        tags=("task-fip",),
+    )
+    server_id = driver.create(request)
+    wait_until(
+        lambda: (m := driver.machine(server_id)) is not None and m.power_state is PowerState.RUNNING
+    )
+    address = driver.attach_address(server_id, request)
+    assert address.startswith("127.200.")
+    machine = driver.machine(server_id)
+    assert machine is not None and machine.address == address
+    floating = driver.session.network_get("/floatingips")["floatingips"]
+    assert [f["floating_ip_address"] for f in floating] == [address]
+    driver.terminate(machine)
+    assert driver.session.network_get("/floatingips")["floatingips"] == []
+
+
+def test_power_actions_follow_the_409_rules(sim: CloudSim) -> None:
+    driver = _open(sim)
+    [server_id] = sim.seed_servers(1)
+    machine = driver.machine(server_id)
+    assert machine is not None
+    with pytest.raises(CloudFailure, match="409"):
+        driver.power(machine, PowerAction.START)  # already running
+    driver.power(machine, PowerAction.SUSPEND)
+    wait_until(
+        lambda: (
+            (m := driver.machine(server_id)) is not None and m.power_state is PowerState.SUSPENDED
+        )
+    )
+    driver.power(machine, PowerAction.RESUME)
+    wait_until(
+        lambda: (m := driver.machine(server_id)) is not None and m.power_state is PowerState.RUNNING
+    )
+    driver.power(machine, PowerAction.REBOOT_HARD)
+
+
+def test_catalog_lists_the_pickers(sim: CloudSim) -> None:
+    catalog = _open(sim).catalog()
+    assert {"m1.tiny", "m1.small"} <= {f["name"] for f in catalog["flavors"]}
+    assert {"public", "private"} <= {n["name"] for n in catalog["networks"]}
+    assert catalog["availability_zones"][0]["name"] == "nova"
+    assert any(i["name"].startswith("cirros") for i in catalog["images"])
