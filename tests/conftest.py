@@ -79,6 +79,9 @@ def settings(db_url: str, tmp_path: Path) -> Settings:
         argon2_time_cost=1,
         argon2_memory_kib=64,
         db_pool_size=20,
+        provision_retry_base_s=0.05,
+        provision_poll_s=0.05,
+        quota_backoff_s=0.5,
     )
 
 

@@ -54,19 +54,27 @@ def serve(
 
     from deskbroker.api.app import create_app
     from deskbroker.bootstrap import ensure_defaults
+    from deskbroker.engine.runner import Engine
     from deskbroker.services.context import BrokerContext
 
     settings = _settings(data_dir, db)
     ctx = BrokerContext.from_settings(settings)
     ensure_defaults(ctx)
+    engine = Engine(ctx) if settings.engine else None
+    if engine is not None:
+        engine.start()
     console.print(f"[bold]deskbroker[/] on http://{host or settings.host}:{port or settings.port}")
-    uvicorn.run(
-        create_app(ctx),
-        host=host or settings.host,
-        port=port or settings.port,
-        log_level=settings.log_level,
-        access_log=False,
-    )
+    try:
+        uvicorn.run(
+            create_app(ctx),
+            host=host or settings.host,
+            port=port or settings.port,
+            log_level=settings.log_level,
+            access_log=False,
+        )
+    finally:
+        if engine is not None:
+            engine.stop(wait=False)
 
 
 @db_app.command("upgrade")

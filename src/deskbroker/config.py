@@ -45,8 +45,20 @@ class Settings(BaseSettings):
     lease_ttl_s: float = Field(default=60.0, ge=5, le=3600)
     provision_interval_s: float = Field(default=5.0, gt=0, le=3600)
     stats_interval_s: float = Field(default=300.0, gt=0, le=86400)
+    provision_retry_base_s: float = Field(default=2.0, ge=0, le=600)
+    provision_poll_s: float = Field(default=0.5, gt=0, le=60)
+    quota_backoff_s: float = Field(default=30.0, ge=0, le=3600)
     event_retention_days: int = Field(default=30, ge=1, le=3650)
     stats_retention_days: int = Field(default=90, ge=1, le=3650)
+    agent_token_ttl_s: int = Field(
+        default=30 * 86400, ge=300, le=366 * 86400, description="lifetime of a desktop agent token"
+    )
+    start_estimate_s: int = Field(
+        default=60, ge=1, le=3600, description="what a user is told a desktop start takes"
+    )
+    plan_max_attempts: int = Field(
+        default=5, ge=1, le=100, description="tries of a failing plan action before giving up"
+    )
 
     @field_validator("data_dir")
     @classmethod

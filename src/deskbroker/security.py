@@ -17,6 +17,8 @@ from cryptography.fernet import Fernet, InvalidToken
 from deskbroker.errors import Unauthorized
 
 TOKEN_AUDIENCE = "deskbroker"
+# The role of a desktop agent's token; no person ever holds it.
+AGENT_ROLE = "agent"
 
 
 class PasswordHashing:
@@ -51,6 +53,12 @@ class TokenClaims:
     expires_at: int
     token_id: str
     policy_id: str | None = None
+    # Set only on an agent token: the one desktop whose events it may report.
+    desktop_id: str | None = None
+
+    @property
+    def is_agent(self) -> bool:
+        return self.role == AGENT_ROLE
 
 
 class TokenSigner:
@@ -84,6 +92,29 @@ class TokenSigner:
         }
         return jwt.encode(payload, self._key, algorithm="HS256"), exp
 
+    def issue_agent(
+        self, *, desktop_id: str, tenant_id: str, desktop_name: str, ttl_s: int
+    ) -> tuple[str, int, str]:
+        """A long-lived token for one desktop's agent: (token, expiry, token id).
+
+        The token id is stored on the desktop, so minting a new token revokes the old.
+        """
+        now = int(time.time())
+        exp = now + ttl_s
+        token_id = uuid.uuid4().hex
+        payload = {
+            "sub": desktop_id,
+            "tid": tenant_id,
+            "role": AGENT_ROLE,
+            "name": f"agent@{desktop_name}",
+            "did": desktop_id,
+            "iat": now,
+            "exp": exp,
+            "aud": TOKEN_AUDIENCE,
+            "jti": token_id,
+        }
+        return jwt.encode(payload, self._key, algorithm="HS256"), exp, token_id
+
     def verify(self, token: str) -> TokenClaims:
         try:
             data: dict[str, Any] = jwt.decode(
@@ -107,6 +138,7 @@ class TokenSigner:
             expires_at=int(data["exp"]),
             token_id=str(data.get("jti", "")),
             policy_id=data.get("pid"),
+            desktop_id=data.get("did") if data["role"] == AGENT_ROLE else None,
         )
 
 

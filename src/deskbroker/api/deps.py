@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from deskbroker.errors import Forbidden, Unauthorized
+from deskbroker.errors import Forbidden, InvalidInput, Unauthorized
 from deskbroker.security import TokenClaims
 from deskbroker.services.context import BrokerContext
 
@@ -28,7 +29,27 @@ def principal(
 ) -> TokenClaims:
     if creds is None:
         raise Unauthorized("This needs a bearer token: log in at POST /api/v1/auth/login.")
-    return context(request).signer.verify(creds.credentials)
+    who = context(request).signer.verify(creds.credentials)
+    if who.is_agent:
+        # A token copied off a desktop must not act as a person.
+        raise Forbidden("An agent token only reports desktop events at /api/v1/agent/events.")
+    return who
+
+
+def agent_principal(
+    request: Request,
+    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> TokenClaims:
+    """The desktop agent: a token minted at POST /api/v1/admin/desktops/{id}/agent-token."""
+    if creds is None:
+        raise Unauthorized(
+            "This needs the desktop's agent token: an administrator mints it at "
+            "POST /api/v1/admin/desktops/{id}/agent-token."
+        )
+    who = context(request).signer.verify(creds.credentials)
+    if not who.is_agent or who.desktop_id is None:
+        raise Forbidden("This endpoint takes a desktop agent token, not a user's token.")
+    return who
 
 
 def admin_reader(who: Annotated[TokenClaims, Depends(principal)]) -> TokenClaims:
@@ -43,11 +64,39 @@ def admin_writer(who: Annotated[TokenClaims, Depends(principal)]) -> TokenClaims
     return who
 
 
+def _query_names(dependant: Any) -> set[str]:
+    names = {str(f.alias) for f in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
+def strict_request(request: Request) -> None:
+    """Unknown query parameters are an error, like unknown body fields; NUL never passes."""
+    route = request.scope.get("route")
+    if isinstance(route, APIRoute):
+        extra = (route.openapi_extra or {}).get("parameters", [])
+        allowed = _query_names(route.dependant) | {
+            str(p["name"]) for p in extra if p.get("in") == "query"
+        }
+        unknown = sorted(set(request.query_params) - allowed)
+        if unknown:
+            accepted = ", ".join(sorted(allowed)) or "no query parameters"
+            raise InvalidInput(
+                f"unknown query parameter {unknown[0]!r}; "
+                f"{request.method} {request.url.path} accepts {accepted}"
+            )
+    for name, value in [*request.path_params.items(), *request.query_params.items()]:
+        if "\x00" in str(value) or "\x00" in name:
+            raise InvalidInput(f"{name} contains a NUL character")
+
+
 def client_address(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
 Ctx = Annotated[BrokerContext, Depends(context)]
 Principal = Annotated[TokenClaims, Depends(principal)]
+AgentPrincipal = Annotated[TokenClaims, Depends(agent_principal)]
 AdminReader = Annotated[TokenClaims, Depends(admin_reader)]
 AdminWriter = Annotated[TokenClaims, Depends(admin_writer)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -16,23 +17,45 @@ log = logging.getLogger("deskbroker.api")
 PROBLEM = "application/problem+json"
 
 
+_LONG_WORD = re.compile(r"\S{81,}")
+_PYDANTIC_PREFIX = re.compile(r"^(Value error|Assertion failed), ")
+_NOT_AN_OBJECT = {"model_attributes_type", "model_type", "dict_type"}
+PARSE_FAILED = "There was an error parsing the body"
+
+
+def readable(text: str) -> str:
+    """Shorten any echoed input (a 3000-character id, say) so the sentence stays short."""
+    return _LONG_WORD.sub(lambda m: m.group(0)[:40] + "…", text)
+
+
 def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
-    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
+    body = {
+        "type": "about:blank",
+        "title": title,
+        "status": status,
+        "detail": readable(detail),
+        **extra,
+    }
     return JSONResponse(body, status_code=status, media_type=PROBLEM)
 
 
 def _describe(error: dict[str, Any]) -> str:
-    loc = [str(p) for p in error.get("loc", ()) if p not in ("body", "query", "path", "header")]
+    raw_loc = tuple(error.get("loc", ()))
+    loc = [str(p) for p in raw_loc if p not in ("body", "query", "path", "header")]
     where = ".".join(loc)
     kind = error.get("type", "")
+    if kind == "json_invalid":
+        return "the request body is not valid JSON"
+    if raw_loc == ("body",) and kind == "missing":
+        return "the request needs a body: a JSON object"
+    if raw_loc == ("body",) and kind in _NOT_AN_OBJECT:
+        return "the request body must be a JSON object"
     if kind == "extra_forbidden":
         return f"unknown field {where!r}"
     if kind == "missing":
         return f"{where} is required"
-    if kind == "json_invalid":
-        return "the request body is not valid JSON"
-    message = str(error.get("msg", "is invalid"))
-    return f"{where}: {message}" if where else message
+    message = _PYDANTIC_PREFIX.sub("", str(error.get("msg", "is invalid")))
+    return readable(f"{where}: {message}" if where else message)
 
 
 def install(app: FastAPI) -> None:
@@ -62,10 +85,23 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        titles = {404: "Not found", 405: "Method not allowed", 401: "Not authenticated"}
+        titles = {
+            400: "Bad request",
+            401: "Not authenticated",
+            404: "Not found",
+            405: "Method not allowed",
+            413: "Payload too large",
+        }
         detail = str(exc.detail)
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"there is no {request.url.path} here"
+        elif exc.status_code == 405:
+            detail = f"{request.url.path} does not answer {request.method}"
+        elif detail == PARSE_FAILED:
+            detail = (
+                "the request body could not be read as JSON: it is not UTF-8, nests too "
+                "deeply, or holds a number too large to parse"
+            )
         response = problem(exc.status_code, titles.get(exc.status_code, "Error"), detail)
         if exc.headers:
             response.headers.update(exc.headers)

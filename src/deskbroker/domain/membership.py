@@ -68,8 +68,14 @@ class DesktopFacts:
     fields: Mapping[str, Any] = field(default_factory=dict)
 
 
+# Desktops a pool provisioned carry its id, so they belong to it whatever its filters.
+PROVISIONED_BY = "meta.deskbroker_pool"
+
+
 def matches_own_criteria(pool: PoolDefinition, desktop: DesktopFacts) -> bool:
     """The pool's own criteria, ignoring its parent."""
+    if desktop.fields.get(PROVISIONED_BY) == pool.pool_id:
+        return True
     if pool.desktop_ids:
         return desktop.desktop_id in pool.desktop_ids
     if pool.center_ids and desktop.center_id not in pool.center_ids:

@@ -35,6 +35,8 @@ class EntryView:
     ordering: OfferOrdering
     backup_pool_id: str | None
     protocol_plan_id: str | None
+    power_plan_id: str | None = None
+    release_plan_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,8 @@ def build_view(rows: snapshot.ConfigRows) -> ConfigView:
                 ordering=OfferOrdering(e["ordering"]),
                 backup_pool_id=e["backup_pool_id"],
                 protocol_plan_id=e["protocol_plan_id"],
+                power_plan_id=e.get("power_plan_id"),
+                release_plan_id=e.get("release_plan_id"),
             )
         )
     view.policies = {
@@ -163,6 +167,25 @@ class ConfigCache:
                 fresh = build_view(snapshot.load(session))
             self._view = fresh
             return fresh
+
+    def plans_for_pool(self, db: Database, pool_id: str) -> tuple[str | None, str | None]:
+        """(power plan id, release plan id) of the policy entry that offers ``pool_id``.
+
+        When several policies offer the same pool, the first by policy name that names a
+        plan wins, and an entry for the pool itself beats one using it as a backup pool.
+        """
+        view = self.current(db)
+        found: list[tuple[int, str, EntryView]] = []
+        for policy in view.policies.values():
+            for entry in policy.entries:
+                if entry.pool_id == pool_id:
+                    found.append((0, policy.name, entry))
+                elif entry.backup_pool_id == pool_id:
+                    found.append((1, policy.name, entry))
+        found.sort(key=lambda item: (item[0], item[1]))
+        power = next((e.power_plan_id for _, _, e in found if e.power_plan_id), None)
+        release = next((e.release_plan_id for _, _, e in found if e.release_plan_id), None)
+        return power, release
 
     def invalidate(self) -> None:
         self._view = None

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy import Table, bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from deskbroker.centers.base import MachineInfo
 from deskbroker.domain.states import POWER_TRANSITIONS, Availability, PowerState
 from deskbroker.store.tables import Desktop, new_id, utcnow
 
+PENDING_PREFIX = "task:"
 _FIELDS = ("name", "address", "hostname", "os", "attributes", "power_state", "driver_state")
 
 
@@ -59,15 +60,26 @@ def sync(
     """Write what a scan saw. ``complete`` means ``machines`` is everything the center
     has, so anything else is gone; otherwise only ``gone`` ids are removed."""
     result = SyncResult()
-    rows = session.execute(
-        select(
-            Desktop.id,
-            Desktop.external_id,
-            Desktop.assigned_user_id,
-            *(getattr(Desktop, f) for f in _FIELDS),
-        ).where(Desktop.center_id == center_id)
-    ).all()
+    gone = set(gone)
+    query = select(
+        Desktop.id,
+        Desktop.external_id,
+        Desktop.assigned_user_id,
+        *(getattr(Desktop, f) for f in _FIELDS),
+    ).where(Desktop.center_id == center_id)
+    if not complete:
+        if not machines and not gone:
+            return result
+        # An incremental scan reads only the rows it may touch.
+        wanted = gone | {m.external_id for m in machines}
+        query = query.where(
+            Desktop.external_id.in_(wanted) | Desktop.external_id.startswith(PENDING_PREFIX)
+        )
+    rows = session.execute(query).all()
     existing = {r.external_id: r for r in rows}
+    # Rows of desktops still being provisioned, by desktop id: a scan that meets their
+    # instance before the provisioner recorded it adopts it instead of adding a twin.
+    pending = {r.id: r for r in rows if r.external_id.startswith(PENDING_PREFIX)}
     now = utcnow()
     inserts: list[dict[str, Any]] = []
     updates: list[dict[str, Any]] = []
@@ -76,6 +88,20 @@ def sync(
         seen.add(machine.external_id)
         row = existing.get(machine.external_id)
         if row is None:
+            owner = pending.pop(str(machine.attributes.get("meta.deskbroker_desktop", "")), None)
+            if owner is not None:
+                # Leave the power state to the provisioner until it calls the desktop ready.
+                updates.append(
+                    {
+                        "b_id": owner.id,
+                        "updated_at": now,
+                        **_values(machine, owner.power_state),
+                        "power_state": owner.power_state,
+                        "external_id": machine.external_id,
+                    }
+                )
+                result.updated.append(machine.name)
+                continue
             values = _values(machine, PowerState.UNKNOWN.value)
             inserts.append(
                 {
@@ -99,15 +125,27 @@ def sync(
             result.updated.append(machine.name)
     if inserts:
         session.execute(insert(Desktop), inserts)
-    if updates:
-        session.execute(
-            update(Desktop)
-            .where(Desktop.id == bindparam("b_id"))
-            .values({f: bindparam(f) for f in (*_FIELDS, "updated_at")})
-            .execution_options(synchronize_session=False),
-            updates,
-        )
-    vanished = set(gone) if not complete else set(existing) - seen
+    for group in (
+        [u for u in updates if "external_id" not in u],
+        [u for u in updates if "external_id" in u],
+    ):
+        if group:
+            columns = (
+                *_FIELDS,
+                "updated_at",
+                *(("external_id",) if "external_id" in group[0] else ()),
+            )
+            # Core, not ORM: an executemany keyed by a bound id, one statement per batch.
+            table = cast(Table, Desktop.__table__)
+            session.connection().execute(
+                update(table)
+                .where(table.c.id == bindparam("b_id"))
+                .values({f: bindparam(f) for f in columns}),
+                group,
+            )
+    vanished = gone if not complete else set(existing) - seen
+    # A desktop still being built has no instance to be seen yet.
+    vanished = {e for e in vanished if not e.startswith(PENDING_PREFIX)}
     _remove(session, [existing[e] for e in vanished if e in existing], result, now)
     return result
 

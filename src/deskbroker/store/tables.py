@@ -175,6 +175,11 @@ class Desktop(Base):
     assignment_kind: Mapped[str | None] = mapped_column(String(20), default=None)
     assigned_at: Mapped[datetime | None] = mapped_column(default=None)
     last_used_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Set when a connect asked the center to start or resume the desktop; cleared once
+    # it is seen running. Keeps a retrying client from sending a start per request.
+    starting_since: Mapped[datetime | None] = mapped_column(default=None)
+    # The id of the one agent token this desktop accepts; minting a new one revokes it.
+    agent_token_id: Mapped[str | None] = mapped_column(String(32), default=None)
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = _updated()
 
@@ -342,6 +347,10 @@ class SessionRow(Base):
         ForeignKey("users.id", ondelete="SET NULL"), default=None, index=True
     )
     state: Mapped[str] = mapped_column(String(20), default="logged_in")
+    # The account and session id as the desktop's agent reports them (the account may
+    # be local to the desktop, so ``user_id`` is only set when it maps to a broker user).
+    username: Mapped[str] = mapped_column(String(200), default="")
+    session_key: Mapped[str] = mapped_column(String(200), default="")
     protocol: Mapped[str] = mapped_column(String(20), default="")
     client_address: Mapped[str] = mapped_column(String(64), default="")
     started_at: Mapped[datetime] = _created()

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Response
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from deskbroker.api.admin.crud import scope
+from deskbroker.api.admin.crud import MAX_OFFSET, scope
 from deskbroker.api.deps import AdminReader, AdminWriter, Ctx
 from deskbroker.api.schemas import Body, Id
 from deskbroker.domain.offers import AssignmentKind
@@ -56,7 +56,7 @@ def router() -> APIRouter:
         user_id: str | None = None,
         pool_id: str | None = None,
         limit: int = Query(50, ge=1, le=1000),
-        offset: int = Query(0, ge=0),
+        offset: int = Query(0, ge=0, le=MAX_OFFSET),
     ) -> dict[str, Any]:
         query = select(Desktop).where(
             Desktop.assigned_user_id.is_not(None), *_tenant_clause(Desktop, scope(who))
@@ -144,7 +144,7 @@ def router() -> APIRouter:
         user_id: str | None = None,
         desktop_id: str | None = None,
         limit: int = Query(50, ge=1, le=1000),
-        offset: int = Query(0, ge=0),
+        offset: int = Query(0, ge=0, le=MAX_OFFSET),
     ) -> dict[str, Any]:
         query = select(SessionRow).where(*_tenant_clause(SessionRow, scope(who)))
         for column, value in (
@@ -171,7 +171,7 @@ def router() -> APIRouter:
         pool_id: str | None = None,
         since: datetime | None = None,
         limit: int = Query(100, ge=1, le=1000),
-        offset: int = Query(0, ge=0),
+        offset: int = Query(0, ge=0, le=MAX_OFFSET),
     ) -> dict[str, Any]:
         query = select(Event).where(*_tenant_clause(Event, scope(who)))
         for column, value in (

@@ -74,6 +74,36 @@ def target_tenant(session: Session, who: TokenClaims, requested: str | None) -> 
     return requested
 
 
+MAX_OFFSET = 1_000_000_000
+_OPENAPI_TYPES = {bool: "boolean", int: "integer", str: "string"}
+
+
+def filter_parameters(filters: dict[str, type]) -> dict[str, Any]:
+    """The list filters as OpenAPI query parameters, so clients and the docs see them."""
+    return {
+        "parameters": [
+            {
+                "name": name,
+                "in": "query",
+                "required": False,
+                "description": f"only items whose {name} equals this",
+                "schema": {"type": _OPENAPI_TYPES.get(kind, "string"), "maxLength": 200}
+                if kind is str
+                else {"type": _OPENAPI_TYPES.get(kind, "string")},
+            }
+            for name, kind in sorted(filters.items())
+        ]
+    }
+
+
+def reject_nulls(model: type[Base], data: dict[str, Any]) -> None:
+    """An explicit null for a column that cannot be empty is a mistake, not a reset."""
+    columns = model.__table__.columns
+    for key, value in data.items():
+        if value is None and key in columns and not columns[key].nullable:
+            raise InvalidInput(f"{key} cannot be null")
+
+
 def _parse_filter(name: str, kind: type, raw: str) -> Any:
     if kind is bool:
         if raw.lower() not in ("true", "false", "1", "0"):
@@ -84,6 +114,8 @@ def _parse_filter(name: str, kind: type, raw: str) -> Any:
             return int(raw)
         except ValueError as exc:
             raise InvalidInput(f"filter {name} must be a whole number") from exc
+    if len(raw) > 200:
+        raise InvalidInput(f"filter {name} is longer than 200 characters")
     return raw
 
 
@@ -104,7 +136,7 @@ def add_routes(router: APIRouter, spec: ResourceSpec[Any]) -> None:
         ctx: Ctx,
         who: AdminReader,
         limit: int = Query(50, ge=1, le=1000),
-        offset: int = Query(0, ge=0),
+        offset: int = Query(0, ge=0, le=MAX_OFFSET),
     ) -> Page:
         guard(who)
         chosen: dict[str, Any] = {}
@@ -139,6 +171,7 @@ def add_routes(router: APIRouter, spec: ResourceSpec[Any]) -> None:
         tags=tag,
         summary=f"List {spec.path}",
         description=f"Filters: {', '.join(sorted(spec.filters)) or 'none'}.",
+        openapi_extra=filter_parameters(spec.filters),
     )
     router.add_api_route(
         f"/{spec.path}/{{item_id}}",
@@ -177,7 +210,7 @@ def add_routes(router: APIRouter, spec: ResourceSpec[Any]) -> None:
             guard(who)
             data = body.model_dump(exclude_unset=False)  # type: ignore[attr-defined]
             with ctx.db.write() as session:
-                session.info["actor_role"] = who.role
+                session.info.update(actor_role=who.role, actor_id=who.user_id)
                 tenant = (
                     None
                     if spec.global_only
@@ -185,6 +218,7 @@ def add_routes(router: APIRouter, spec: ResourceSpec[Any]) -> None:
                 )
                 if spec.prepare:
                     data = spec.prepare(session, ctx, tenant or "", data, None)
+                reject_nulls(spec.model, data)
                 if tenant is not None:
                     data["tenant_id"] = tenant
                 obj = repo.add(session, spec.model(**data))
@@ -219,14 +253,18 @@ def add_routes(router: APIRouter, spec: ResourceSpec[Any]) -> None:
             who: AdminWriter,
         ) -> dict[str, Any]:
             guard(who)
-            data = body.model_dump(exclude_unset=True)  # type: ignore[attr-defined]
+            # The fields the body names, each in full: a nested object is replaced whole,
+            # with its defaults, exactly as a create would store it.
+            named = body.model_fields_set  # type: ignore[attr-defined]
+            data = {k: v for k, v in body.model_dump().items() if k in named}  # type: ignore[attr-defined]
             if not data:
                 raise InvalidInput("nothing to change: the body names no field")
             with ctx.db.write() as session:
-                session.info["actor_role"] = who.role
+                session.info.update(actor_role=who.role, actor_id=who.user_id)
                 obj = repo.get(session, item_id, None if spec.global_only else scope(who))
                 if spec.prepare:
                     data = spec.prepare(session, ctx, getattr(obj, "tenant_id", ""), data, obj)
+                reject_nulls(spec.model, data)
                 for key, value in data.items():
                     setattr(obj, key, value)
                 repo.flush(session)
@@ -253,6 +291,7 @@ def add_routes(router: APIRouter, spec: ResourceSpec[Any]) -> None:
         def delete_item(item_id: str, ctx: Ctx, who: AdminWriter) -> Response:
             guard(who)
             with ctx.db.write() as session:
+                session.info.update(actor_role=who.role, actor_id=who.user_id)
                 obj = repo.get(session, item_id, None if spec.global_only else scope(who))
                 if spec.before_delete:
                     spec.before_delete(session, obj)

@@ -14,8 +14,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from deskbroker.api.admin.crud import ResourceSpec, add_routes, must_exist
-from deskbroker.api.schemas import Body, FilterIn, Id, Name, Out, Stamped
-from deskbroker.errors import Conflict, InvalidInput
+from deskbroker.api.schemas import Body, FilterIn, Id, Name, Out, Secrets, Stamped
+from deskbroker.errors import Conflict, Forbidden
 from deskbroker.identity.base import validate_params
 from deskbroker.services.context import BrokerContext
 from deskbroker.store.tables import AssignmentRuleRow, Desktop, IdentitySource, Policy, User
@@ -37,8 +37,8 @@ class SourceIn(Body):
     position: int = Field(default=0, ge=0, le=10000)
     enabled: bool = True
     params: dict[str, Any] = Field(default_factory=dict)
-    secrets: dict[str, str] | None = Field(default=None, description="write-only; encrypted")
-    tenant_id: str | None = None
+    secrets: Secrets | None = Field(default=None, description="write-only; encrypted at rest")
+    tenant_id: Id | None = None
 
 
 class SourcePatch(Body):
@@ -47,7 +47,7 @@ class SourcePatch(Body):
     position: int | None = Field(default=None, ge=0, le=10000)
     enabled: bool | None = None
     params: dict[str, Any] | None = None
-    secrets: dict[str, str] | None = None
+    secrets: Secrets | None = Field(default=None, description="write-only; null removes them")
 
 
 class SourceOut(Stamped):
@@ -97,7 +97,7 @@ class Conditions(Body):
     group: Annotated[str, StringConstraints(min_length=1, max_length=500)] | None = None
     attributes: list[FilterIn] = Field(default_factory=list, max_length=20)
     ou: Annotated[str, StringConstraints(min_length=1, max_length=500)] | None = None
-    client_cidr: str | None = None
+    client_cidr: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
     window: WindowIn | None = None
 
     @field_validator("client_cidr")
@@ -118,6 +118,7 @@ class RuleIn(Body):
     conditions: Conditions = Field(default_factory=Conditions)
     policy_id: Id | None = None
     role: Role = Role.USER
+    tenant_id: Id | None = None
 
 
 class RulePatch(Body):
@@ -145,13 +146,23 @@ def _prepare_rule(
     must_exist(session, Policy, data.get("policy_id"), tenant, "policy")
     if "role" in data and data["role"] is not None:
         data["role"] = Role(data["role"]).value
-    return {k: v for k, v in data.items() if v is not None or k == "policy_id"}
+        if data["role"] == Role.GLOBAL_ADMIN.value:
+            _only_global_admin(session, "make a rule that grants global_admin")
+    return data
+
+
+def _only_global_admin(session: Session, what: str) -> None:
+    if session.info.get("actor_role") != Role.GLOBAL_ADMIN.value:
+        raise Forbidden(f"only a global administrator can {what}")
 
 
 # --- users ---------------------------------------------------------------------------
+Username = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
+
+
 class UserIn(Body):
     identity_source_id: Id
-    username: Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
+    username: Username
     display_name: Annotated[str, StringConstraints(max_length=200)] = ""
     email: Annotated[str, StringConstraints(max_length=320)] = ""
     password: Annotated[str, StringConstraints(min_length=8, max_length=1024)] | None = None
@@ -163,7 +174,14 @@ class UserIn(Body):
         default_factory=dict
     )
     disabled: bool = False
-    tenant_id: str | None = None
+    tenant_id: Id | None = None
+
+    @field_validator("username")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        if any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise ValueError("a username cannot contain control characters such as newlines")
+        return value
 
 
 class UserPatch(Body):
@@ -199,17 +217,17 @@ def _prepare_user(
 ) -> dict[str, Any]:
     if "identity_source_id" in data:
         must_exist(session, IdentitySource, data["identity_source_id"], tenant, "identity source")
-    password = data.pop("password", None)
-    if password is not None:
-        data["password_hash"] = ctx.hashing.hash(password)
+    if existing is not None and existing.role == Role.GLOBAL_ADMIN.value:
+        _only_global_admin(session, f"change the global administrator {existing.username}")
+    if "password" in data:
+        password = data.pop("password")
+        # Null removes the password: the user can no longer log in with one.
+        data["password_hash"] = None if password is None else ctx.hashing.hash(password)
     if data.get("role") is not None:
         data["role"] = Role(data["role"]).value
-        if (
-            data["role"] == Role.GLOBAL_ADMIN.value
-            and session.info.get("actor_role") != "global_admin"
-        ):
-            raise InvalidInput("only a global administrator can make another one")
-    return {k: v for k, v in data.items() if v is not None}
+        if data["role"] == Role.GLOBAL_ADMIN.value:
+            _only_global_admin(session, "make another global administrator")
+    return data
 
 
 def _user_out(session: Session, user: Any) -> dict[str, Any]:
@@ -219,6 +237,10 @@ def _user_out(session: Session, user: Any) -> dict[str, Any]:
 
 
 def _user_in_use(session: Session, user: Any) -> None:
+    if user.id == session.info.get("actor_id"):
+        raise Conflict("you cannot delete your own account; ask another administrator")
+    if user.role == Role.GLOBAL_ADMIN.value:
+        _only_global_admin(session, f"delete the global administrator {user.username}")
     held = session.scalars(
         select(Desktop.name).where(Desktop.assigned_user_id == user.id).limit(1)
     ).first()

@@ -4,37 +4,56 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter
-from pydantic import Field, field_validator
+from pydantic import Field, StringConstraints
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from deskbroker.api.admin.crud import ResourceSpec, add_routes, scope
 from deskbroker.api.deps import AdminWriter, Ctx
-from deskbroker.api.schemas import Body, Name, Out, Stamped, Text
+from deskbroker.api.schemas import Body, Id, Name, Out, Secrets, Stamped
 from deskbroker.centers import registry
 from deskbroker.domain.states import Availability
 from deskbroker.errors import Conflict, InvalidInput
+from deskbroker.protocols.descriptors import Protocol
 from deskbroker.services import inventory as inventory_service
 from deskbroker.services.context import BrokerContext
 from deskbroker.store.repository import Repository, bump_config_version
-from deskbroker.store.tables import Center, Desktop, Image, Pool, Tenant
-
+from deskbroker.store.tables import (
+    Center,
+    Desktop,
+    IdentitySource,
+    Image,
+    Policy,
+    Pool,
+    PowerPlan,
+    ProtocolPlan,
+    ReleasePlan,
+    Tenant,
+    User,
+)
 
 # --- tenants -------------------------------------------------------------------------
+TenantName = Annotated[
+    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9-]*$")
+]
+DisplayName = Annotated[str, StringConstraints(max_length=200)]
+Quota = Annotated[int, Field(ge=0, le=1_000_000)]
+
+
 class TenantIn(Body):
-    name: Name = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
-    display_name: Text = ""
-    quota_desktops: int | None = Field(default=None, ge=0)
-    quota_sessions: int | None = Field(default=None, ge=0)
+    name: TenantName
+    display_name: DisplayName = ""
+    quota_desktops: Quota | None = None
+    quota_sessions: Quota | None = None
 
 
 class TenantPatch(Body):
-    display_name: Text | None = None
-    quota_desktops: int | None = Field(default=None, ge=0)
-    quota_sessions: int | None = Field(default=None, ge=0)
+    display_name: DisplayName | None = None
+    quota_desktops: Quota | None = None
+    quota_sessions: Quota | None = None
 
 
 class TenantOut(Out):
@@ -47,36 +66,38 @@ class TenantOut(Out):
     updated_at: datetime
 
 
+_TENANT_OWNED: tuple[tuple[Any, str], ...] = (
+    (Center, "centers"),
+    (Pool, "pools"),
+    (Policy, "policies"),
+    (ProtocolPlan, "protocol plans"),
+    (PowerPlan, "power plans"),
+    (ReleasePlan, "release plans"),
+    (User, "users"),
+    (IdentitySource, "identity sources"),
+)
+
+
 def _tenant_in_use(session: Session, tenant: Any) -> None:
-    for model, label in ((Center, "centers"), (Pool, "pools")):
+    for model, label in _TENANT_OWNED:
         if session.scalars(select(model.id).where(model.tenant_id == tenant.id).limit(1)).first():
             raise Conflict(f"tenant {tenant.name} still has {label}; delete them first")
 
 
 # --- centers -------------------------------------------------------------------------
-Secrets = dict[str, str]
-
-
 class CenterIn(Body):
     name: Name
     kind: Name
     params: dict[str, Any] = Field(default_factory=dict)
     secrets: Secrets | None = Field(default=None, description="write-only; encrypted at rest")
     scan_interval_s: int = Field(default=60, ge=5, le=86400)
-    tenant_id: str | None = None
-
-    @field_validator("secrets")
-    @classmethod
-    def _small(cls, value: Secrets | None) -> Secrets | None:
-        if value is not None and len(json.dumps(value)) > 16384:
-            raise ValueError("secrets are larger than 16 KiB")
-        return value
+    tenant_id: Id | None = None
 
 
 class CenterPatch(Body):
     name: Name | None = None
     params: dict[str, Any] | None = None
-    secrets: Secrets | None = None
+    secrets: Secrets | None = Field(default=None, description="write-only; null removes them")
     scan_interval_s: int | None = Field(default=None, ge=5, le=86400)
 
 
@@ -166,14 +187,30 @@ class DesktopOut(Stamped):
     last_used_at: datetime | None
 
 
+def _check_ports(ports: Any) -> None:
+    """``attributes.ports`` overrides protocol ports, so it must be protocol -> port."""
+    if not isinstance(ports, dict):
+        raise InvalidInput('attributes.ports must map a protocol to a port, e.g. {"vnc": 5901}')
+    for protocol, port in ports.items():
+        if protocol not in Protocol._value2member_map_:
+            known = ", ".join(p.value for p in Protocol)
+            raise InvalidInput(f"attributes.ports: unknown protocol {protocol!r}; known: {known}")
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise InvalidInput(f"attributes.ports.{protocol} must be a port from 1 to 65535")
+
+
 def _prepare_desktop(
     session: Session, ctx: BrokerContext, tenant: str, data: dict[str, Any], existing: Any
 ) -> dict[str, Any]:
     if "availability" in data and data["availability"] is not None:
         data["availability"] = Availability(data["availability"]).value
-    if data.get("attributes") is not None and len(json.dumps(data["attributes"])) > 65536:
-        raise InvalidInput("attributes are larger than 64 KiB")
-    return {k: v for k, v in data.items() if v is not None}
+    attributes = data.get("attributes")
+    if attributes is not None:
+        if len(json.dumps(attributes)) > 65536:
+            raise InvalidInput("attributes are larger than 64 KiB")
+        if "ports" in attributes:
+            _check_ports(attributes["ports"])
+    return data
 
 
 def _desktop_after(session: Session, ctx: BrokerContext, desktop: Any) -> None:

@@ -21,7 +21,7 @@ from deskbroker.api.schemas import (
     Text,
 )
 from deskbroker.domain.offers import AssignmentKind, OfferOrdering
-from deskbroker.errors import Conflict
+from deskbroker.errors import Conflict, InvalidInput
 from deskbroker.services.context import BrokerContext
 from deskbroker.store.tables import (
     AssignmentRuleRow,
@@ -38,7 +38,7 @@ from deskbroker.store.tables import (
 class ProtocolPlanIn(Body):
     name: Name
     protocols: list[ProtocolEntry] = Field(min_length=1, max_length=10)
-    tenant_id: str | None = None
+    tenant_id: Id | None = None
 
     @model_validator(mode="after")
     def _unique(self) -> ProtocolPlanIn:
@@ -61,7 +61,7 @@ class ProtocolPlanOut(Stamped):
 class PowerPlanIn(Body):
     name: Name
     rules: list[PowerRule] = Field(default_factory=list, max_length=10)
-    tenant_id: str | None = None
+    tenant_id: Id | None = None
 
 
 class PowerPlanPatch(Body):
@@ -77,7 +77,7 @@ class PowerPlanOut(Stamped):
 class ReleasePlanIn(Body):
     name: Name
     rules: list[ReleaseRule] = Field(default_factory=list, max_length=10)
-    tenant_id: str | None = None
+    tenant_id: Id | None = None
 
 
 class ReleasePlanPatch(Body):
@@ -120,7 +120,7 @@ class PolicyIn(Body):
     description: Text = ""
     max_desktops_per_user: int = Field(default=1, ge=0, le=100)
     entries: list[EntryIn] = Field(default_factory=list, max_length=50)
-    tenant_id: str | None = None
+    tenant_id: Id | None = None
 
     @model_validator(mode="after")
     def _unique_pools(self) -> PolicyIn:
@@ -160,7 +160,7 @@ def _prepare_policy(
     if entries is not None:
         pools = [e["pool_id"] for e in entries]
         if len(pools) != len(set(pools)):
-            raise Conflict("a pool may appear once in a policy")
+            raise InvalidInput("a pool may appear once in a policy")
         for entry in entries:
             for key, model, label in _ENTRY_REFS:
                 must_exist(session, model, entry.get(key), tenant, label)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import zoneinfo
 from typing import Annotated, Any
 
 from fastapi import APIRouter
-from pydantic import Field, StringConstraints, model_validator
+from pydantic import Field, StringConstraints, field_validator, model_validator
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -14,6 +15,7 @@ from deskbroker.api.deps import AdminReader, Ctx
 from deskbroker.api.schemas import Body, FilterIn, Id, Name, Stamped, Text
 from deskbroker.domain import tags
 from deskbroker.domain.membership import creates_cycle
+from deskbroker.engine import jobs
 from deskbroker.errors import Conflict, InvalidInput
 from deskbroker.services.context import BrokerContext
 from deskbroker.services.desktops import refresh_pools
@@ -29,6 +31,8 @@ from deskbroker.store.tables import (
 )
 
 Clock = Annotated[str, StringConstraints(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")]
+# A name or id on the center: an image, a flavor, a zone, a network.
+Ref = Annotated[str, StringConstraints(min_length=1, max_length=255)]
 
 
 class Window(Body):
@@ -43,11 +47,11 @@ class ProvisioningParameters(Body):
     name_template: Annotated[str, StringConstraints(min_length=1, max_length=63)] = (
         "{POOL}-{SEQUENCE:3}"
     )
-    sequence_start: int = Field(default=1, ge=0)
-    image: str | None = None
-    flavor: str | None = None
-    availability_zone: str | None = None
-    network: str | None = None
+    sequence_start: int = Field(default=1, ge=0, le=1_000_000_000)
+    image: Ref | None = None
+    flavor: Ref | None = None
+    availability_zone: Ref | None = None
+    network: Ref | None = None
     floating_ip: bool = False
     security_groups: list[Annotated[str, StringConstraints(max_length=255)]] = Field(
         default_factory=list, max_length=20
@@ -67,10 +71,25 @@ class ProvisioningParameters(Body):
 
 class Provisioning(Body):
     enabled: bool = False
+    center_id: Id | None = Field(
+        default=None, description="where to build desktops; default the pool's first center"
+    )
+    timezone: Annotated[str, StringConstraints(max_length=64)] = Field(
+        default="UTC", description="IANA time zone of the schedule windows"
+    )
     min_unassigned: int = Field(default=0, ge=0, le=100000)
     max_total: int = Field(default=0, ge=0, le=100000)
     schedules: list[Window] = Field(default_factory=list, max_length=50)
     parameters: ProvisioningParameters = Field(default_factory=ProvisioningParameters)
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}; use e.g. Europe/Paris") from exc
+        return value
 
     @model_validator(mode="after")
     def _limits(self) -> Provisioning:
@@ -90,7 +109,7 @@ class PoolIn(Body):
     desktop_ids: list[Id] = Field(default_factory=list, max_length=10000)
     parent_pool_id: Id | None = None
     provisioning: Provisioning = Field(default_factory=Provisioning)
-    tenant_id: str | None = None
+    tenant_id: Id | None = None
 
 
 class PoolPatch(Body):
@@ -111,6 +130,9 @@ class PoolOut(Stamped):
     desktop_ids: list[str]
     parent_pool_id: str | None
     provisioning: dict[str, Any]
+    status: str
+    status_message: str
+    last_error: str
 
 
 def _prepare_pool(
@@ -118,6 +140,8 @@ def _prepare_pool(
 ) -> dict[str, Any]:
     for cid in data.get("center_ids") or []:
         must_exist(session, Center, cid, tenant, "center")
+    provisioning = data.get("provisioning") or {}
+    must_exist(session, Center, provisioning.get("center_id"), tenant, "provisioning center")
     ids = data.get("desktop_ids") or []
     if ids:
         found = set(
@@ -146,6 +170,7 @@ def _prepare_pool(
 
 def _pool_after(session: Session, ctx: BrokerContext, pool: Any) -> None:
     refresh_pools(session, pool.tenant_id)
+    jobs.poke(session, jobs.JobKind.POOL_PROVISION, pool.id)
 
 
 def _pool_in_use(session: Session, pool: Any) -> None:

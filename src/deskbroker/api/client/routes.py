@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
-from pydantic import BaseModel, StringConstraints
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, StringConstraints
 from sqlalchemy import select
 
 from deskbroker.api.deps import Ctx, Principal, client_address
@@ -72,6 +73,32 @@ class DescriptorOut(BaseModel):
     filename: str
     media_type: str
     content: str
+
+
+class StartingOut(BaseModel):
+    """A stopped or suspended desktop is being started for its user."""
+
+    status: Literal["starting"] = "starting"
+    desktop_id: str
+    desktop_name: str
+    power_state: str
+    estimate_s: int = Field(description="seconds until the desktop should be running")
+    retry_after_s: int = Field(description="ask again after this many seconds")
+    message: str
+
+
+def _starting(result: desktops.Starting) -> JSONResponse:
+    body = StartingOut(
+        desktop_id=result.desktop_id,
+        desktop_name=result.desktop_name,
+        power_state=result.power_state,
+        estimate_s=result.estimate_s,
+        retry_after_s=result.retry_after_s,
+        message=result.message,
+    )
+    return JSONResponse(
+        body.model_dump(), status_code=202, headers={"Retry-After": str(result.retry_after_s)}
+    )
 
 
 def _desktop(d: HeldDesktop) -> DesktopOut:
@@ -181,18 +208,25 @@ def router() -> APIRouter:
         "/client/desktops/{desktop_id}/connect",
         tags=["client"],
         summary="A connection descriptor for one of your desktops",
+        description="A running desktop gives 200 and its descriptor. A stopped or suspended "
+        "one is started for you: 202 with `status: starting`, an estimate and a Retry-After "
+        "header; ask again and get the descriptor once it runs.",
+        response_model=DescriptorOut,
+        responses={202: {"model": StartingOut, "description": "the desktop is starting"}},
     )
     def connect(
         desktop_id: str, body: ConnectIn, request: Request, ctx: Ctx, who: Principal
-    ) -> DescriptorOut:
-        return _descriptor(
-            desktops.connect(ctx, who, desktop_id, body.protocol, client_address(request))
-        )
+    ) -> DescriptorOut | Response:
+        result = desktops.connect(ctx, who, desktop_id, body.protocol, client_address(request))
+        if isinstance(result, desktops.Starting):
+            return _starting(result)
+        return _descriptor(result)
 
     @r.get(
         "/client/desktops/{desktop_id}/descriptor",
         tags=["client"],
         summary="The descriptor as a file (.rdp, .vnc) for a native viewer",
+        responses={202: {"model": StartingOut, "description": "the desktop is starting"}},
     )
     def descriptor_file(
         desktop_id: str,
@@ -202,6 +236,8 @@ def router() -> APIRouter:
         protocol: str | None = Query(None, max_length=20),
     ) -> Response:
         result = desktops.connect(ctx, who, desktop_id, protocol, client_address(request))
+        if isinstance(result, desktops.Starting):
+            return _starting(result)
         d = result.descriptor
         return Response(
             content=d.content,

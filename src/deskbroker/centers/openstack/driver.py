@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from datetime import timedelta
+from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar
 
 from pydantic import BaseModel
@@ -35,6 +37,16 @@ _ACTIONS: dict[PowerAction, dict[str, Any]] = {
 }
 
 
+def _cursor_from(date_header: str | None) -> str | None:
+    if not date_header:
+        return None
+    try:
+        moment = parsedate_to_datetime(date_header)
+    except (TypeError, ValueError):
+        return None
+    return (moment - timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 class QuotaExceeded(CenterError):
     status = 409
     title = "Quota exceeded"
@@ -53,33 +65,30 @@ class OpenStackCenter(CenterDriver):
         self.os_params: OpenStackParams = self.params
         self.session = ProjectSession(self.os_params, secrets)
         self._names: dict[tuple[str, str], str] = {}
-        # The newest ``updated`` time seen: where the next incremental scan starts.
+        # Where the next incremental scan starts, in the cloud's time.
         self.cursor: str | None = None
 
     # --- inventory -------------------------------------------------------------------
-    def _note(self, server: dict[str, Any]) -> dict[str, Any]:
-        updated = str(server.get("updated") or "")
-        if updated > (self.cursor or ""):
-            self.cursor = updated
-        return server
+    def _pages(self, query: dict[str, Any]) -> Iterator[list[dict[str, Any]]]:
+        """Server pages; sets ``cursor`` to the cloud's time when the listing began,
+        less a second, since Nova compares ``changes-since`` in whole seconds."""
+        first = True
+        for page in self.session.pages("/servers/detail", "servers", query):
+            if first:
+                first = False
+                self.cursor = _cursor_from(self.session.last_date) or self.cursor
+            yield page
 
     def inventory(self) -> list[MachineInfo]:
-        return [
-            mapping.machine(self._note(s))
-            for page in self.session.pages("/servers/detail", "servers", {"limit": 1000})
-            for s in page
-        ]
+        return [mapping.machine(s) for page in self._pages({"limit": 1000}) for s in page]
 
     def inventory_since(self, since: str) -> tuple[list[MachineInfo], list[str]]:
         """What changed since ``since`` (a cursor from ``self.cursor``, i.e. the cloud's
         own clock, so skew between broker and cloud cannot lose a change)."""
         changed: list[MachineInfo] = []
         deleted: list[str] = []
-        self.cursor = since
-        for page in self.session.pages(
-            "/servers/detail", "servers", {"limit": 1000, "changes-since": since}
-        ):
-            for server in map(self._note, page):
+        for page in self._pages({"limit": 1000, "changes-since": since}):
+            for server in page:
                 if str(server.get("status", "")).upper() == "DELETED":
                     deleted.append(str(server["id"]))
                 else:
@@ -188,7 +197,7 @@ class OpenStackCenter(CenterDriver):
                 },
             ]
         try:
-            response = self.session.compute_post("/servers", {"server": server})
+            response = self.session.compute_post("/servers", {"server": server}, idempotent=False)
         except CloudFailure as exc:
             words = mapping.quota_words(exc.detail) if exc.cloud_status in (403, 413) else None
             if words is not None:

@@ -20,6 +20,8 @@ from deskbroker.errors import CenterError
 
 COMPUTE_MICROVERSION = "2.79"
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+# A request that creates something is retried only when the cloud says it did nothing.
+RETRY_STATUS_UNSAFE = frozenset({429, 503})
 
 
 class OpenStackParams(BaseModel):
@@ -80,6 +82,8 @@ class ProjectSession:
         self._secrets = dict(secrets)
         self._conn: openstack.connection.Connection | None = None
         self.requests = 0
+        # The cloud's own clock, from the last response: scan cursors are in its time.
+        self.last_date: str | None = None
 
     def connection(self) -> openstack.connection.Connection:
         if self._conn is None:
@@ -128,8 +132,11 @@ class ProjectSession:
             auth_type = "password"
         return openstack.connection.Connection(auth=auth, auth_type=auth_type, **common)
 
-    def call(self, fn: Callable[[], Any], what: str) -> Any:
-        """Run one API call, retrying 429/5xx and connection errors with backoff + jitter."""
+    def call(self, fn: Callable[[], Any], what: str, *, idempotent: bool = True) -> Any:
+        """Run one API call, retrying 429/5xx and connection errors with backoff + jitter.
+
+        A call that is not ``idempotent`` (creating a server) is not retried after a
+        connection error or a 500, which may have happened after the cloud acted."""
         attempt = 0
         while True:
             attempt += 1
@@ -148,7 +155,7 @@ class ProjectSession:
                 ks_exceptions.ConnectionError,
                 ks_exceptions.RetriableConnectionFailure,
             ) as exc:
-                if attempt > self.params.retries:
+                if attempt > self.params.retries or not idempotent:
                     raise CloudFailure(f"{what}: the cloud is unreachable: {exc}") from exc
                 self._sleep(attempt, None)
                 continue
@@ -156,12 +163,14 @@ class ProjectSession:
                 raise CloudFailure(f"{what}: {exc}") from exc
             status = response.status_code
             if status < 400:
+                self.last_date = response.headers.get("Date")
                 return response
             if status == 401 and attempt == 1:
                 # An expired token: drop the connection and authenticate again once.
                 self._conn = None
                 continue
-            if status in RETRY_STATUS and attempt <= self.params.retries:
+            retry = RETRY_STATUS if idempotent else RETRY_STATUS_UNSAFE
+            if status in retry and attempt <= self.params.retries:
                 self._sleep(attempt, response.headers.get("Retry-After"))
                 continue
             raise CloudFailure(f"{what}: {_message(response)} ({status})", status)
@@ -182,12 +191,13 @@ class ProjectSession:
             f"GET {path}",
         ).json()
 
-    def compute_post(self, path: str, body: Mapping[str, Any]) -> Any:
+    def compute_post(self, path: str, body: Mapping[str, Any], *, idempotent: bool = True) -> Any:
         return self.call(
             lambda: self.connection().compute.post(
                 path, json=dict(body), microversion=COMPUTE_MICROVERSION
             ),
             f"POST {path}",
+            idempotent=idempotent,
         )
 
     def compute_delete(self, path: str) -> Any:

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 03:28:51.441223
+Create Date: 2026-11-22 03:33:45.551311
 """
 
 from __future__ import annotations
@@ -462,6 +462,8 @@ def upgrade() -> None:
         sa.Column("assignment_kind", sa.String(length=20), nullable=True),
         sa.Column("assigned_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("last_used_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("starting_since", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("agent_token_id", sa.String(length=32), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
@@ -619,6 +621,8 @@ def upgrade() -> None:
         sa.Column("desktop_id", sa.String(length=32), nullable=False),
         sa.Column("user_id", sa.String(length=32), nullable=True),
         sa.Column("state", sa.String(length=20), nullable=False),
+        sa.Column("username", sa.String(length=200), nullable=False),
+        sa.Column("session_key", sa.String(length=200), nullable=False),
         sa.Column("protocol", sa.String(length=20), nullable=False),
         sa.Column("client_address", sa.String(length=64), nullable=False),
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),

@@ -1,0 +1,72 @@
+"""Periodic jobs: which exist, and how often they run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from sqlalchemy import delete, select, tuple_, update
+from sqlalchemy.orm import Session
+
+from deskbroker.store.tables import Center, Job, Pool, utcnow
+
+
+class JobKind(StrEnum):
+    SCAN_CENTER = "scan_center"
+    LEAK_SWEEP = "leak_sweep"
+    POOL_PROVISION = "pool_provision"
+    POOL_STATS = "pool_stats"
+    RETENTION = "retention"
+
+
+@dataclass(frozen=True)
+class Intervals:
+    """Seconds between runs; a center's scan interval is its own setting."""
+
+    provision_s: float = 5.0
+    stats_s: float = 300.0
+    retention_s: float = 3600.0
+    leak_sweep_s: float = 600.0
+
+
+def ensure_jobs(session: Session, intervals: Intervals) -> int:
+    """Create the jobs every center and pool needs and drop those of deleted ones."""
+    wanted: dict[tuple[str, str], float] = {(JobKind.RETENTION.value, ""): intervals.retention_s}
+    for center_id, scan_s in session.execute(select(Center.id, Center.scan_interval_s)).all():
+        wanted[(JobKind.SCAN_CENTER.value, center_id)] = float(scan_s)
+        wanted[(JobKind.LEAK_SWEEP.value, center_id)] = intervals.leak_sweep_s
+    for (pool_id,) in session.execute(select(Pool.id)).all():
+        wanted[(JobKind.POOL_PROVISION.value, pool_id)] = intervals.provision_s
+        wanted[(JobKind.POOL_STATS.value, pool_id)] = intervals.stats_s
+    existing = {
+        (kind, target): (job_id, interval)
+        for job_id, kind, target, interval in session.execute(
+            select(Job.id, Job.kind, Job.target_id, Job.interval_s)
+        ).all()
+    }
+    stale = [key for key in existing if key not in wanted]
+    if stale:
+        session.execute(delete(Job).where(tuple_(Job.kind, Job.target_id).in_(stale)))
+    created = 0
+    now = utcnow()
+    for key, interval in wanted.items():
+        found = existing.get(key)
+        if found is None:
+            session.add(Job(kind=key[0], target_id=key[1], interval_s=interval, next_run_at=now))
+            created += 1
+        elif found[1] != interval:
+            job = session.get(Job, found[0])
+            if job is not None:
+                job.interval_s = interval
+    session.flush()
+    return created
+
+
+def poke(session: Session, kind: JobKind, target_id: str) -> None:
+    """Run a job at the next tick: a pool or center just changed."""
+    session.execute(
+        update(Job)
+        .where(Job.kind == kind.value, Job.target_id == target_id)
+        .values(next_run_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )

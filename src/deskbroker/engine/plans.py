@@ -1,0 +1,237 @@
+"""Plan timers firing: suspend, shut down, reboot, release or terminate a desktop.
+
+The engine runner claims due ``Timer`` rows by lease and calls ``execute_timer`` in a
+worker thread. Whether the action may still run is decided by ``domain.plans.judge``
+on facts read at fire time, inside a transaction that locks the desktop row, so a
+session event and a firing timer never both win. The center call itself runs outside
+any transaction (it may take seconds); the window between the check and the call is
+that one request.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from deskbroker.centers.base import Capability, CenterDriver, MachineInfo, PowerAction
+from deskbroker.domain import plans
+from deskbroker.domain.plans import FireFacts, Outcome, PlanAction, Trigger, Verdict
+from deskbroker.domain.states import POWER_TRANSITIONS, Availability, PowerState, SessionState
+from deskbroker.engine.drivers import DriverCache
+from deskbroker.services import desktops
+from deskbroker.services.context import BrokerContext
+from deskbroker.store import events, leases
+from deskbroker.store.tables import Center, Desktop, SessionRow, Timer
+
+log = logging.getLogger("deskbroker.engine.plans")
+
+_DRIVER_ACTION: dict[PlanAction, PowerAction] = {
+    PlanAction.SUSPEND: PowerAction.SUSPEND,
+    PlanAction.SHUTDOWN: PowerAction.STOP,
+    PlanAction.REBOOT: PowerAction.REBOOT,
+}
+# The power state the broker records once the center accepted the action; the next
+# scan corrects it if the center disagrees. Recording it at once matters: a user who
+# connects next must get "starting", not a descriptor for a suspended machine.
+_AFTER: dict[PlanAction, PowerState] = {
+    PlanAction.SUSPEND: PowerState.SUSPENDED,
+    PlanAction.SHUTDOWN: PowerState.STOPPED,
+    PlanAction.REBOOT: PowerState.RUNNING,
+    PlanAction.TERMINATE: PowerState.DELETING,
+}
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _power_state(value: str) -> PowerState:
+    known = PowerState._value2member_map_
+    return PowerState(value) if value in known else PowerState.UNKNOWN
+
+
+def _facts(session: Session, timer: Timer, desktop: Desktop, driver: CenterDriver) -> FireFacts:
+    trigger_state: SessionState | None = None
+    if timer.session_id is not None:
+        state = session.scalar(select(SessionRow.state).where(SessionRow.id == timer.session_id))
+        trigger_state = SessionState(state) if state is not None else None
+    others = session.scalars(
+        select(SessionRow.state).where(
+            SessionRow.desktop_id == desktop.id,
+            SessionRow.ended_at.is_(None),
+            SessionRow.id != (timer.session_id or ""),
+        )
+    ).all()
+    assigned_at = desktop.assigned_at
+    return FireFacts(
+        trigger=Trigger(timer.trigger),
+        action=PlanAction(timer.action),
+        trigger_state=trigger_state,
+        other_states=tuple(SessionState(s) for s in others),
+        assigned=desktop.assigned_user_id is not None,
+        reassigned=assigned_at is not None and _aware(assigned_at) > _aware(timer.created_at),
+        power_state=_power_state(desktop.power_state),
+        deletable=desktop.deletable,
+        can_power=driver.supports(Capability.POWER),
+        can_terminate=driver.supports(Capability.TERMINATE),
+    )
+
+
+def _event(session: Session, kind: str, timer: Timer, desktop: Desktop, **detail: Any) -> None:
+    events.append(
+        session,
+        kind,
+        tenant_id=timer.tenant_id,
+        actor=f"{timer.plan} plan",
+        user_id=desktop.assigned_user_id,
+        desktop_id=desktop.id,
+        pool_id=desktop.assigned_pool_id,
+        detail={
+            "timer_id": timer.id,
+            "session_id": timer.session_id,
+            "plan": timer.plan,
+            "trigger": timer.trigger,
+            "action": timer.action,
+            **detail,
+        },
+    )
+
+
+def _set_power(desktop: Desktop, target: PowerState) -> None:
+    current = _power_state(desktop.power_state)
+    if current == target or target in POWER_TRANSITIONS[current]:
+        desktop.power_state = target.value
+
+
+def _release(session: Session, desktop: Desktop, actor: str) -> None:
+    if desktop.assigned_user_id is not None:
+        desktops.release(
+            session,
+            desktop_id=desktop.id,
+            tenant_id=desktop.tenant_id,
+            user_id=None,
+            actor=actor,
+        )
+
+
+def _judge_and_release(
+    ctx: BrokerContext, timer_id: str, owner: str, driver: CenterDriver
+) -> tuple[Verdict, Timer] | None:
+    """Decide under the desktop's row lock; carry out what needs no center call.
+
+    Returns the verdict (and the timer as read) when a center call must follow,
+    ``None`` when all is done.
+    """
+    with ctx.db.write() as session:
+        timer = session.get(Timer, timer_id)
+        if timer is None or timer.lease_owner != owner:
+            return None  # cancelled by a session event, or another broker took it over
+        desktop = session.scalars(
+            select(Desktop).where(Desktop.id == timer.desktop_id).with_for_update()
+        ).first()
+        if desktop is None:
+            session.delete(timer)
+            return None
+        verdict = plans.judge(_facts(session, timer, desktop, driver))
+        if verdict.outcome is not Outcome.RUN:
+            kind = "plan.cancelled" if verdict.outcome is Outcome.CANCEL else "plan.skipped"
+            _event(session, kind, timer, desktop, reason=verdict.reason)
+            session.delete(timer)
+            return None
+        if verdict.action is PlanAction.RELEASE:
+            _event(session, "plan.release", timer, desktop, reason=verdict.reason)
+            _release(session, desktop, f"{timer.plan} plan")
+            session.delete(timer)
+            return None
+        return verdict, timer
+
+
+def _record_done(ctx: BrokerContext, timer: Timer, verdict: Verdict) -> None:
+    # ``timer`` is the row as judged: a session event may have deleted it since, and the
+    # action, which did run, is recorded all the same.
+    with ctx.db.write() as session:
+        desktop = session.get(Desktop, timer.desktop_id)
+        if desktop is None:
+            return
+        _set_power(desktop, _AFTER[verdict.action])
+        _event(session, f"plan.{verdict.action.value}", timer, desktop, reason=verdict.reason)
+        if verdict.action is PlanAction.TERMINATE:
+            # Out of every offer first, so releasing it cannot hand it to the next user.
+            desktop.availability = Availability.UNAVAILABLE.value
+            session.flush()
+            _release(session, desktop, f"{timer.plan} plan")
+        session.execute(delete(Timer).where(Timer.id == timer.id))
+
+
+def _record_failure(
+    ctx: BrokerContext, timer_id: str, owner: str, now: datetime, error: Exception
+) -> None:
+    message = str(error)[:2000] or type(error).__name__
+    with ctx.db.write() as session:
+        timer = session.get(Timer, timer_id)
+        if timer is None:
+            return
+        desktop = session.get(Desktop, timer.desktop_id)
+        failures = timer.failures + 1
+        if failures >= ctx.settings.plan_max_attempts:
+            if desktop is not None:
+                _event(session, "plan.failed", timer, desktop, error=message, attempts=failures)
+            session.delete(timer)
+            return
+        if desktop is not None:
+            _event(session, "plan.retry", timer, desktop, error=message, attempts=failures)
+        leases.release(
+            session,
+            Timer,
+            timer_id,
+            owner,
+            failures=failures,
+            last_error=message,
+            due_at=now + plans.retry_delay(failures),
+        )
+
+
+def execute_timer(
+    ctx: BrokerContext, drivers: DriverCache, timer_id: str, owner: str, now: datetime
+) -> None:
+    """Carry out one due plan timer that ``owner`` holds the lease of.
+
+    The timer row is deleted once its action ran, was skipped (recorded with a reason)
+    or lost its reason. A failing center call releases the lease with ``failures + 1``,
+    ``last_error`` and a later ``due_at``; after ``plan_max_attempts`` it is dropped
+    with a ``plan.failed`` event. Never raises for a center's failure.
+    """
+    now = _aware(now)
+    with ctx.db.read() as session:
+        timer = session.get(Timer, timer_id)
+        if timer is None or timer.lease_owner != owner:
+            return
+        desktop = session.get(Desktop, timer.desktop_id)
+        center = session.get(Center, desktop.center_id) if desktop is not None else None
+    if desktop is None or center is None:
+        return  # the desktop's deletion cascades to its timers
+    try:
+        driver = drivers.get(center)
+        judged = _judge_and_release(ctx, timer_id, owner, driver)
+        if judged is None:
+            return
+        verdict, timer = judged
+        machine = MachineInfo(
+            external_id=desktop.external_id,
+            name=desktop.name,
+            address=desktop.address,
+            power_state=_power_state(desktop.power_state),
+        )
+        if verdict.action is PlanAction.TERMINATE:
+            driver.terminate(machine)
+        else:
+            driver.power(machine, _DRIVER_ACTION[verdict.action])
+    except Exception as exc:  # a center's failure is retried, never lost
+        log.warning("plan timer %s on desktop %s failed: %s", timer_id, desktop.name, exc)
+        _record_failure(ctx, timer_id, owner, now, exc)
+        return
+    _record_done(ctx, timer, verdict)

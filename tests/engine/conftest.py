@@ -1,0 +1,96 @@
+"""An OpenStack center on cloudsim, configured through the admin API, and an engine."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from cloudsim.server import CloudSim
+from deskbroker.engine.runner import Engine
+from deskbroker.services.context import BrokerContext
+from tests.helpers import Api
+
+SPEED = 40.0
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[CloudSim]:
+    simulator = CloudSim(
+        projects=["demo"],
+        clock_speed=SPEED,
+        quota={"instances": 500, "cores": 2000, "ram": 10_000_000},
+    ).start()
+    yield simulator
+    simulator.stop()
+
+
+@pytest.fixture(autouse=True)
+def _fresh(sim: CloudSim) -> None:
+    sim.reset()
+
+
+@pytest.fixture
+def engine(ctx: BrokerContext) -> Iterator[Engine]:
+    eng = Engine(ctx, workers=24)
+    eng.recover()
+    yield eng
+    eng.stop()
+
+
+def openstack_center(api: Api, sim: CloudSim, **params: Any) -> dict[str, Any]:
+    return api.post(
+        "centers",
+        {
+            "name": "cloud",
+            "kind": "openstack",
+            "params": {
+                "auth_url": sim.auth_url,
+                "project_name": "demo",
+                "username": "demo",
+                "default_network": "private",
+                "retry_base_s": 0.01,
+                **params,
+            },
+            "secrets": {"password": "password"},
+            "scan_interval_s": 5,
+        },
+    )
+
+
+def provisioning_pool(api: Api, center_id: str, *, n: int, m: int, **extra: Any) -> dict[str, Any]:
+    return api.post(
+        "pools",
+        {
+            "name": "auto",
+            "center_ids": [center_id],
+            "provisioning": {
+                "enabled": True,
+                "min_unassigned": n,
+                "max_total": m,
+                "parameters": {
+                    "name_template": "vdi-{SEQUENCE:3}",
+                    "image": "cirros-0.6.2-x86_64-disk",
+                    "flavor": "m1.tiny",
+                },
+                **extra,
+            },
+        },
+    )
+
+
+def run_until(
+    engine: Engine, done: Callable[[], bool], timeout_s: float = 60.0, tick_s: float = 0.05
+) -> int:
+    """Tick the engine until ``done()``; returns the ticks it took."""
+    deadline = time.monotonic() + timeout_s
+    ticks = 0
+    while time.monotonic() < deadline:
+        engine.run_once()
+        ticks += 1
+        if done():
+            return ticks
+        time.sleep(tick_s)
+    raise AssertionError("the engine did not get there in time")

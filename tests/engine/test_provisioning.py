@@ -1,0 +1,176 @@
+"""Pools that provision themselves against cloudsim."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from cloudsim.server import CloudSim
+from deskbroker.engine.runner import Engine
+from tests.engine.conftest import openstack_center, provisioning_pool, run_until
+from tests.helpers import Api
+
+
+def _status(api: Api, pool_id: str) -> dict[str, int]:
+    counts: dict[str, int] = api.get(f"pools/{pool_id}/status")["counts"]
+    return counts
+
+
+def _live(sim: CloudSim) -> list[dict[str, object]]:
+    return [
+        s for s in sim.servers("demo") if s["status"] != "DELETED" and s["task_state"] != "deleting"
+    ]
+
+
+def test_pool_converges_then_grows_in_one_batch(api: Api, sim: CloudSim, engine: Engine) -> None:
+    center = openstack_center(api, sim)
+    pool = provisioning_pool(api, center["id"], n=5, m=20)
+    run_until(engine, lambda: _status(api, pool["id"])["available"] == 5)
+    assert len(_live(sim)) == 5
+    names = sorted(d["name"] for d in api.get(f"pools/{pool['id']}/members")["items"])
+    assert names == [f"vdi-{i:03d}" for i in range(1, 6)]
+
+    posts_before = sim.request_count(method="POST", path="/servers")
+    api.patch(
+        f"pools/{pool['id']}",
+        {"provisioning": {**api.get(f"pools/{pool['id']}")["provisioning"], "min_unassigned": 12}},
+    )
+    engine.run_once()  # one reconcile requests the whole deficit
+    tasks = api.get(f"pools/{pool['id']}/status")["counts"]
+    assert tasks["total"] == 12
+    run_until(engine, lambda: _status(api, pool["id"])["available"] == 12)
+    assert sim.request_count(method="POST", path="/servers") - posts_before == 7
+    assert len(_live(sim)) == 12
+
+
+def test_pool_never_exceeds_max(api: Api, sim: CloudSim, engine: Engine) -> None:
+    center = openstack_center(api, sim)
+    pool = provisioning_pool(api, center["id"], n=4, m=4)
+    policy = api.post("policies", {"name": "auto", "entries": [{"pool_id": pool["id"]}]})
+    api.post("assignment-rules", {"identity_source_id": api.source_id(), "policy_id": policy["id"]})
+    for i in range(6):  # six users waiting are demand, but M still caps the pool
+        api.post(
+            "users",
+            {"identity_source_id": api.source_id(), "username": f"w{i}", "password": "password-1"},
+        )
+        api.login(f"w{i}", "password-1")
+    run_until(engine, lambda: api.get("assignments")["total"] == 4)
+    for _ in range(5):
+        engine.run_once()
+    assert _status(api, pool["id"])["total"] == 4
+    assert len(_live(sim)) == 4
+
+
+def test_schedule_window_changes_targets(api: Api, sim: CloudSim, engine: Engine) -> None:
+    center = openstack_center(api, sim)
+    now = datetime.now(UTC)
+    start = (now + timedelta(minutes=1)).strftime("%H:%M")
+    end = (now + timedelta(minutes=3)).strftime("%H:%M")
+    day = (now + timedelta(minutes=1)).weekday()
+    pool = provisioning_pool(
+        api,
+        center["id"],
+        n=2,
+        m=10,
+        schedules=[
+            {"days": [day], "start": start, "end": end, "min_unassigned": 6, "max_total": 10}
+        ],
+    )
+    run_until(engine, lambda: _status(api, pool["id"])["available"] == 2)
+    # At the window's start the targets change (the engine is told the time).
+    at_start = now.replace(second=0, microsecond=0) + timedelta(minutes=1, seconds=5)
+    engine.run_once(at_start)
+    run_until(engine, lambda: _status(api, pool["id"])["available"] == 6)
+    assert "schedule 1" in api.get(f"pools/{pool['id']}")["status_message"]
+
+
+def test_scale_to_zero_retires_only_free_deletable_desktops(
+    api: Api, sim: CloudSim, engine: Engine
+) -> None:
+    center = openstack_center(api, sim)
+    pool = provisioning_pool(api, center["id"], n=3, m=3)
+    run_until(engine, lambda: _status(api, pool["id"])["available"] == 3)
+    user = api.post(
+        "users", {"identity_source_id": api.source_id(), "username": "u1", "password": "password-1"}
+    )
+    desktop = api.get(f"pools/{pool['id']}/members")["items"][0]
+    api.post(
+        "assignments", {"desktop_id": desktop["id"], "user_id": user["id"], "pool_id": pool["id"]}
+    )
+    provisioning = api.get(f"pools/{pool['id']}")["provisioning"]
+    api.patch(
+        f"pools/{pool['id']}",
+        {"provisioning": {**provisioning, "min_unassigned": 0, "max_total": 0}},
+    )
+    run_until(engine, lambda: _status(api, pool["id"])["total"] == 1)
+    assert [s["id"] for s in _live(sim)] == [api.get(f"desktops/{desktop['id']}")["external_id"]]
+
+
+def test_waiting_users_count_as_demand(api: Api, sim: CloudSim, engine: Engine) -> None:
+    center = openstack_center(api, sim)
+    pool = provisioning_pool(api, center["id"], n=0, m=5)
+    policy = api.post("policies", {"name": "auto", "entries": [{"pool_id": pool["id"]}]})
+    api.post("assignment-rules", {"identity_source_id": api.source_id(), "policy_id": policy["id"]})
+    api.post(
+        "users",
+        {"identity_source_id": api.source_id(), "username": "late", "password": "password-1"},
+    )
+    first = api.login("late", "password-1")
+    assert first["offers"][0]["status"] == "queued"
+    run_until(engine, lambda: api.get("assignments")["total"] == 1)
+    again = api.login("late", "password-1")
+    assert again["offers"][0]["status"] == "assigned"
+
+
+def test_failed_builds_are_retried_then_quarantined(
+    api: Api, sim: CloudSim, engine: Engine
+) -> None:
+    center = openstack_center(api, sim)
+    sim.inject_fault("build_error", times=2)
+    pool = provisioning_pool(api, center["id"], n=2, m=2)
+    run_until(engine, lambda: _status(api, pool["id"])["available"] == 2)
+    assert len(_live(sim)) == 2
+    sim.inject_fault("build_error", times=None)
+    provisioning = api.get(f"pools/{pool['id']}")["provisioning"]
+    api.patch(
+        f"pools/{pool['id']}",
+        {"provisioning": {**provisioning, "min_unassigned": 3, "max_total": 3}},
+    )
+    run_until(engine, lambda: api.get(f"pools/{pool['id']}")["status"] == "error", timeout_s=90)
+    detail = api.get(f"pools/{pool['id']}")
+    assert "failed 3 times" in detail["last_error"]
+    failed = api.get("events?kind=provision.failed")["items"]
+    assert failed and failed[0]["detail"]["attempts"] == 3
+    assert len(_live(sim)) == 2  # every failed instance was cleaned up
+
+
+def test_quota_becomes_a_pool_status_in_words(api: Api, sim: CloudSim, engine: Engine) -> None:
+    center = openstack_center(api, sim)
+    sim.set_quota("demo", instances=2)
+    pool = provisioning_pool(api, center["id"], n=4, m=4)
+    run_until(engine, lambda: api.get(f"pools/{pool['id']}")["status"] == "quota")
+    assert api.get(f"pools/{pool['id']}")["last_error"] == "quota exceeded: instances 2 of 2"
+    assert _status(api, pool["id"])["available"] <= 2
+    sim.set_quota("demo", instances=10)
+    run_until(engine, lambda: _status(api, pool["id"])["available"] == 4, timeout_s=90)
+    assert api.get(f"pools/{pool['id']}")["status"] == "ok"
+
+
+def test_pools_converge_with_a_fifth_of_cloud_calls_failing(
+    api: Api, sim: CloudSim, engine: Engine
+) -> None:
+    center = openstack_center(api, sim)
+    sim.inject_fault(500, times=None, rate=0.2, path="/compute")
+    sim.inject_fault("reset", times=None, rate=0.05, path="/compute")
+    sim.inject_fault("build_error", times=None, rate=0.2)
+    pool = provisioning_pool(api, center["id"], n=15, m=15)
+    run_until(engine, lambda: _status(api, pool["id"])["available"] == 15, timeout_s=120)
+    assert len(_live(sim)) == 15, "every failed or duplicate instance was cleaned up"
+    failures = sim.request_count(status=500)
+    assert failures > 0
+    # The errors were seen and reported: failed attempts carry their reasons.
+    with_errors = [
+        e
+        for e in api.get("events?kind=provision.ready&limit=100")["items"]
+        if e["detail"]["attempts"] > 1
+    ]
+    assert with_errors, "some builds needed more than one attempt"

@@ -1,0 +1,194 @@
+"""The agent API: sessions through the state machine, agent tokens and their refusals."""
+
+from __future__ import annotations
+
+import jwt
+from fastapi.testclient import TestClient
+
+from deskbroker.bootstrap import add_local_user
+from deskbroker.security import TOKEN_AUDIENCE
+from tests.agent_support import Agent, assigned_desktop
+from tests.helpers import USER_PASSWORD, Api
+
+EVENTS = "/api/v1/agent/events"
+
+
+def _setup(api: Api) -> tuple[str, Agent]:
+    api.seed_pool(2, users=2)
+    desktop = assigned_desktop(api, "user0")
+    return desktop, Agent.mint(api, desktop)
+
+
+def test_a_session_moves_through_every_state(api: Api) -> None:
+    desktop, agent = _setup(api)
+    first = agent.send("login", protocol="rdp", client_address="10.0.0.9")
+    assert first["state"] == "logged_in" and first["previous_state"] is None
+    session_id = first["session_id"]
+    user0 = api.get("users?username=user0")["items"][0]["id"]
+    assert first["user_id"] == user0  # the desktop account maps to the broker user
+    for event, state in [
+        ("disconnect", "disconnected"),
+        ("reconnect", "connected"),
+        ("lock", "locked"),
+        ("unlock", "connected"),
+        ("idle", "idle"),
+        ("active", "connected"),
+        ("logout", "logged_out"),
+    ]:
+        body = agent.send(event)
+        assert (body["session_id"], body["state"], body["changed"]) == (session_id, state, True)
+
+    rows = api.get(f"sessions?desktop_id={desktop}")["items"]
+    assert len(rows) == 1
+    assert rows[0]["state"] == "logged_out" and rows[0]["ended_at"] is not None
+    assert (rows[0]["username"], rows[0]["protocol"], rows[0]["client_address"]) == (
+        "user0",
+        "rdp",
+        "10.0.0.9",
+    )
+    assert api.get(f"desktops/{desktop}")["agent_state"] == "running"
+    kinds = [e["kind"] for e in api.get(f"events?desktop_id={desktop}")["items"]]
+    assert kinds.count("session.login") == 1 and kinds.count("session.logout") == 1
+    # A new login after a logout is a new session.
+    assert agent.send("login")["session_id"] != session_id
+
+
+def test_an_event_that_cannot_follow_is_a_409_problem(api: Api) -> None:
+    desktop, agent = _setup(api)
+    agent.send("login")
+    agent.send("disconnect")
+    response = api.client.post(
+        EVENTS,
+        json={"event": "lock", "user": "user0"},
+        headers={"Authorization": f"Bearer {agent.token}"},
+    )
+    assert response.status_code == 409
+    assert response.headers["content-type"].startswith("application/problem+json")
+    problem = response.json()
+    assert "disconnected" in problem["detail"] and "lock" in problem["detail"]
+    assert "reconnect" in problem["detail"]  # it says what may follow
+    assert problem["state"] == "disconnected"
+    # Nothing changed.
+    assert api.get(f"sessions?desktop_id={desktop}")["items"][0]["state"] == "disconnected"
+
+    agent.send("logout")
+    after = agent.send("reconnect", status=409)
+    assert "no open session" in after["detail"] and "login" in after["detail"]
+    never = agent.send("idle", user="nobody", status=409)
+    assert "nobody has no open session" in never["detail"]
+
+
+def test_a_repeated_report_changes_nothing(api: Api) -> None:
+    _, agent = _setup(api)
+    login = agent.send("login")
+    again = agent.send("login")
+    assert again["session_id"] == login["session_id"] and again["changed"] is False
+    agent.send("disconnect")
+    repeat = agent.send("disconnect")
+    assert repeat["changed"] is False and repeat["timers_set"] == []
+
+
+def test_session_keys_tell_two_sessions_of_one_user_apart(api: Api) -> None:
+    desktop, agent = _setup(api)
+    a = agent.send("login", user="CORP\\user0", session_key="c1")
+    b = agent.send("login", user="user0@corp.example", session_key="c2")
+    assert a["session_id"] != b["session_id"]
+    assert a["user_id"] == b["user_id"] is not None
+    assert agent.send("disconnect", user="user0", session_key="c2")["session_id"] == b["session_id"]
+    states = {
+        s["session_key"]: s["state"] for s in api.get(f"sessions?desktop_id={desktop}")["items"]
+    }
+    assert states == {"c1": "logged_in", "c2": "disconnected"}
+    # A local account the broker does not know is a session all the same.
+    local = agent.send("login", user="Administrator", session_key="console")
+    assert local["user_id"] is None
+
+
+def test_agent_tokens_are_refused_when_missing_wrong_or_replaced(
+    api: Api, client: TestClient
+) -> None:
+    desktop, agent = _setup(api)
+    body = {"event": "login", "user": "user0"}
+
+    missing = client.post(EVENTS, json=body)
+    assert missing.status_code == 401 and "agent token" in missing.json()["detail"]
+    garbage = client.post(EVENTS, json=body, headers={"Authorization": "Bearer not-a-jwt"})
+    assert garbage.status_code == 401
+    forged = jwt.encode(
+        {
+            "sub": desktop,
+            "tid": "t",
+            "role": "agent",
+            "did": desktop,
+            "exp": 2**31,
+            "aud": TOKEN_AUDIENCE,
+        },
+        "another-broker-key-of-32-bytes-or-more",
+        algorithm="HS256",
+    )
+    assert (
+        client.post(EVENTS, json=body, headers={"Authorization": f"Bearer {forged}"}).status_code
+        == 401
+    )
+
+    user_token = api.login("user0")["token"]
+    as_user = client.post(EVENTS, json=body, headers={"Authorization": f"Bearer {user_token}"})
+    assert as_user.status_code == 403 and "agent token" in as_user.json()["detail"]
+
+    # An agent token is no person: it opens neither client nor admin endpoints.
+    auth = {"Authorization": f"Bearer {agent.token}"}
+    assert client.get("/api/v1/client/desktops", headers=auth).status_code == 403
+    assert client.get("/api/v1/admin/desktops", headers=auth).status_code == 403
+
+    other = next(d["id"] for d in api.get("desktops")["items"] if d["id"] != desktop)
+    wrong = agent.send("login", status=403, desktop_id=other)
+    assert other in wrong["detail"]
+
+    replacement = Agent.mint(api, desktop)
+    stale = agent.send("login", status=401)
+    assert "replaced" in stale["detail"]
+    assert replacement.send("login")["state"] == "logged_in"
+
+    expired, _, _ = api.ctx.signer.issue_agent(
+        desktop_id=desktop, tenant_id="x", desktop_name="d", ttl_s=-60
+    )
+    assert (
+        client.post(EVENTS, json=body, headers={"Authorization": f"Bearer {expired}"}).status_code
+        == 401
+    )
+
+
+def test_only_an_admin_of_the_desktop_mints_its_token(api: Api, client: TestClient) -> None:
+    desktop, _ = _setup(api)
+    user_token = api.login("user1")["token"]
+    denied = client.post(
+        f"/api/v1/admin/desktops/{desktop}/agent-token",
+        headers={"Authorization": f"Bearer {user_token}"},
+    )
+    assert denied.status_code == 403
+    api.post("tenants", {"name": "acme"})
+    add_local_user(api.ctx, "acme-admin", USER_PASSWORD, role="tenant_admin", tenant_name="acme")
+    login = client.post(
+        "/api/v1/auth/login",
+        json={"username": "acme-admin", "password": USER_PASSWORD, "tenant": "acme"},
+    )
+    assert login.status_code == 200, login.text
+    other_admin = login.json()["token"]
+    hidden = client.post(
+        f"/api/v1/admin/desktops/{desktop}/agent-token",
+        headers={"Authorization": f"Bearer {other_admin}"},
+    )
+    assert hidden.status_code == 404
+    assert api.post("desktops/nope/agent-token", {}, status=404)["status"] == 404
+    minted = api.post(f"desktops/{desktop}/agent-token", {})
+    assert minted["expires_at"] > 0 and minted["token_type"] == "bearer"
+    assert any(e["kind"] == "agent.token" for e in api.get(f"events?desktop_id={desktop}")["items"])
+
+
+def test_bad_agent_bodies_are_422(api: Api) -> None:
+    _, agent = _setup(api)
+    assert agent.send("reboot", status=422)["status"] == 422
+    assert agent.send("login", user="", status=422)["status"] == 422
+    assert agent.send("login", status=422, colour="red")["status"] == 422
+    assert agent.send("login", status=422, at="yesterday")["status"] == 422
+    assert agent.send("login", user="a" * 201, status=422)["status"] == 422
