@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-SYSTEM_PACKAGES := tigervnc-standalone-server tigervnc-tools postgresql-client
+SYSTEM_PACKAGES := python3-venv tigervnc-standalone-server tigervnc-tools postgresql postgresql-client
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: setup system demo test lint typecheck test-sqlite test-postgresql bench docs clean
@@ -33,6 +33,11 @@ LINT_PATHS := src tests $(wildcard benchmarks scripts)
 lint: setup
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+	$(PY) scripts/gen_api_docs.py --check
+
+# The API reference is generated from the OpenAPI document.
+docs: setup
+	$(PY) scripts/gen_api_docs.py
 
 typecheck: setup
 	$(VENV)/bin/mypy

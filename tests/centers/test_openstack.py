@@ -86,17 +86,19 @@ def test_incremental_sees_changes_and_tombstones(sim: CloudSim) -> None:
     ids = sim.seed_servers(5)
     driver = _open(sim)
     time.sleep(2.1)  # Nova compares whole seconds; let the seeding second pass
-    assert len(driver.inventory()) == 5
-    since = driver.cursor
+    full = driver.changes(None)
+    assert len(full.machines) == 5 and full.gone == []
+    since = full.cursor
     assert since is not None
-    assert driver.inventory_since(since) == ([], [])
+    nothing = driver.changes(since)
+    assert nothing.machines == [] and nothing.gone == []
     assert driver.session.requests == 2  # one page each
     sim.set_server_state(ids[0], "SHUTOFF")
     sim.set_server_state(ids[1], "DELETED")
-    changed, gone = driver.inventory_since(since)
-    assert [m.external_id for m in changed] == [ids[0]]
-    assert changed[0].power_state is PowerState.STOPPED
-    assert gone == [ids[1]]
+    seen = driver.changes(since)
+    assert [m.external_id for m in seen.machines] == [ids[0]]
+    assert seen.machines[0].power_state is PowerState.STOPPED
+    assert seen.gone == [ids[1]]
 
 
 def test_quota_is_reported_in_words(sim: CloudSim) -> None:

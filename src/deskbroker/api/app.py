@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI
@@ -85,6 +86,19 @@ class StatusCounter:
         await self.app(scope, receive, counting)
 
 
+@cache
+def api_router() -> APIRouter:
+    """Every /api/v1 route. The routes find the broker through ``request.app.state``, so
+    one router serves every app of the process and is built once (it is not cheap)."""
+    api = APIRouter(prefix="/api/v1", dependencies=[Depends(strict_request)])
+    api.include_router(client_routes.router())
+    # One level of nesting fewer: every level rebuilds each route's dependencies.
+    for module in (inventory, pools, policies, identity, activity, admin_sessions, admin_engine):
+        api.include_router(module.router(), prefix="/admin")
+    api.include_router(agent.router())
+    return api
+
+
 def create_app(ctx: BrokerContext) -> FastAPI:
     app = FastAPI(
         title="deskbroker",
@@ -98,13 +112,7 @@ def create_app(ctx: BrokerContext) -> FastAPI:
     app.state.login = LoginService(ctx)
     errors.install(app)
 
-    api = APIRouter(prefix="/api/v1", dependencies=[Depends(strict_request)])
-    api.include_router(client_routes.router())
-    # One level of nesting fewer: every level rebuilds each route's dependencies.
-    for module in (inventory, pools, policies, identity, activity, admin_sessions, admin_engine):
-        api.include_router(module.router(), prefix="/admin")
-    api.include_router(agent.router())
-    app.include_router(api)
+    app.include_router(api_router())
 
     @app.get("/healthz", tags=["health"], summary="The process is alive")
     def healthz() -> dict[str, Any]:

@@ -36,6 +36,7 @@ class Capability(StrEnum):
     TERMINATE = "terminate"
     LEAK_SWEEP = "leak_sweep"
     PROBE = "probe"
+    CHANGES = "changes"
 
 
 class PowerAction(StrEnum):
@@ -59,6 +60,16 @@ class MachineInfo:
     power_state: PowerState = PowerState.UNKNOWN
     attributes: Mapping[str, Any] = field(default_factory=dict)
     driver_state: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What a center reports since a cursor; ``cursor`` is where the next look starts,
+    in the center's own clock."""
+
+    machines: list[MachineInfo]
+    gone: list[str]
+    cursor: str | None
 
 
 @dataclass(frozen=True)
@@ -118,6 +129,11 @@ class CenterDriver:
         """Every machine the center knows of."""
         self.require(Capability.INVENTORY)
         return []
+
+    def changes(self, since: str | None) -> Changes:
+        """Machines changed since ``since`` (everything when ``None``) and those gone.
+        Drivers with ``Capability.CHANGES`` list only what changed; others list all."""
+        return Changes(self.inventory(), [], None)
 
     def images(self) -> list[ImageInfo]:
         """What the center can provision from; empty when it cannot provision."""

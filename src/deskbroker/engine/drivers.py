@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 from deskbroker.centers import registry
 from deskbroker.centers.base import CenterDriver
+from deskbroker.engine.watch import BuildWatcher
 from deskbroker.services.context import BrokerContext
 from deskbroker.store.tables import Center
+
+CENTER_TTL_S = 5.0
 
 
 class DriverCache:
@@ -17,12 +21,15 @@ class DriverCache:
     def __init__(self, ctx: BrokerContext) -> None:
         self.ctx = ctx
         self._drivers: dict[str, tuple[object, CenterDriver]] = {}
+        self._watchers: dict[str, BuildWatcher] = {}
+        self._centers: dict[str, tuple[float, Center]] = {}
         self._lock = threading.Lock()
 
     def get(self, center: Center) -> CenterDriver:
+        # Only what changes the connection counts: a scan touching the row must not
+        # throw away an authenticated session (and the build watcher with it).
         stamp = (
             center.kind,
-            center.updated_at,
             center.secrets_sealed,
             json.dumps(center.params, sort_keys=True),
         )
@@ -35,4 +42,32 @@ class DriverCache:
                 secrets = json.loads(self.ctx.secrets.open(center.secrets_sealed))
             driver = registry.open_driver(center.kind, center.params or {}, secrets)
             self._drivers[center.id] = (stamp, driver)
+            self._watchers.pop(center.id, None)
             return driver
+
+    def center(self, center_id: str) -> Center | None:
+        """The center's row, read at most every few seconds: steps of many builds on
+        one center should not each read it again."""
+        now = time.monotonic()
+        with self._lock:
+            cached = self._centers.get(center_id)
+            if cached is not None and now - cached[0] < CENTER_TTL_S:
+                return cached[1]
+        with self.ctx.db.read() as session:
+            row = session.get(Center, center_id)
+            if row is not None:
+                session.expunge(row)
+        if row is not None:
+            with self._lock:
+                self._centers[center_id] = (now, row)
+        return row
+
+    def watcher(self, center: Center) -> BuildWatcher:
+        """The center's build watcher, sharing the center's driver."""
+        driver = self.get(center)
+        with self._lock:
+            found = self._watchers.get(center.id)
+            if found is None or found.driver is not driver:
+                found = BuildWatcher(driver, self.ctx.settings.provision_poll_s)
+                self._watchers[center.id] = found
+            return found

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import secrets as random_tokens
 import zoneinfo
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -30,10 +31,11 @@ from deskbroker.domain.states import (
     transition,
 )
 from deskbroker.engine.drivers import DriverCache
+from deskbroker.engine.watch import BuildWatcher
 from deskbroker.errors import CenterError
 from deskbroker.services.context import BrokerContext
-from deskbroker.services.desktops import refresh_pools
-from deskbroker.store import events, leases
+from deskbroker.services.desktops import serve_queues
+from deskbroker.store import events, leases, membership
 from deskbroker.store.tables import (
     Center,
     Desktop,
@@ -327,18 +329,28 @@ class TaskStep:
         self.drivers = drivers
         self.task_id = task_id
         self.owner = owner
+        self.watcher: BuildWatcher | None = None
+        self.state = S.REQUESTED
 
-    def _save(self, state: S | None = None, *, delay_s: float | None = None, **values: Any) -> None:
-        """Persist the outcome of this step and let go of the lease."""
+    def _save(
+        self,
+        state: S | None = None,
+        *,
+        delay_s: float | None = None,
+        also: Callable[[Session], None] | None = None,
+        **values: Any,
+    ) -> None:
+        """Persist the outcome of this step (and ``also`` in the same transaction), and
+        let go of the lease."""
         if delay_s is None:
             delay_s = self.ctx.settings.provision_poll_s
+        if state is not None:
+            # We hold the lease, so the state read at the start of the step still holds.
+            values["state"] = transition(PROVISIONING_TRANSITIONS, self.state, state).value
+            values["step_started_at"] = utcnow()
         with self.ctx.db.write() as session:
-            task = session.get(ProvisioningTask, self.task_id)
-            if task is None:
-                return
-            if state is not None:
-                values["state"] = transition(PROVISIONING_TRANSITIONS, S(task.state), state).value
-                values["step_started_at"] = utcnow()
+            if also is not None:
+                also(session)
             leases.release(
                 session,
                 ProvisioningTask,
@@ -351,10 +363,12 @@ class TaskStep:
     def run(self, now: datetime) -> None:
         with self.ctx.db.read() as session:
             task = session.get(ProvisioningTask, self.task_id)
-            center = session.get(Center, task.center_id) if task else None
+        center = self.drivers.center(task.center_id) if task else None
         if task is None or center is None or task.state not in OPEN_STATES:
             return
+        self.state = S(task.state)
         driver = self.drivers.get(center)
+        self.watcher = self.drivers.watcher(center)
         try:
             match S(task.state):
                 case S.REQUESTED:
@@ -362,7 +376,7 @@ class TaskStep:
                 case S.CREATING:
                     self._resume_create(task, driver)
                 case S.WAITING:
-                    self._wait(task, driver, now)
+                    self._wait(task, center, driver, now)
                 case S.ADDRESSING:
                     self._address(task, driver)
         except QuotaExceeded as exc:
@@ -402,21 +416,27 @@ class TaskStep:
                 .where(ProvisioningTask.id == task.id)
                 .values(state=S.CREATING.value, step_started_at=utcnow())
             )
+        self.state = S.CREATING
         if task.attempts:
             # An earlier attempt may have reached the cloud before it failed: adopt it.
             found = driver.find_tagged(task_tag(task.id))
             if found:
                 self._created(task, found[0].external_id)
                 return
+        if self.watcher is not None:
+            self.watcher.start_cursor()
         external_id = driver.create(_request_of(task))
         self._created(task, external_id)
 
     def _created(self, task: ProvisioningTask, external_id: str) -> None:
-        with self.ctx.db.write() as session:
+        def record(session: Session) -> None:
             session.execute(
                 update(Desktop).where(Desktop.id == task.desktop_id).values(external_id=external_id)
             )
-        self._save(S.WAITING, external_id=external_id)
+
+        # First look when builds here usually finish, then every poll interval.
+        # The watcher wakes the build when it finishes; the first look is a safety net.
+        self._save(S.WAITING, delay_s=self._next_look(False), also=record, external_id=external_id)
 
     def _resume_create(self, task: ProvisioningTask, driver: CenterDriver) -> None:
         found = driver.find_tagged(task_tag(task.id))
@@ -441,27 +461,56 @@ class TaskStep:
                 next_step_at=utcnow(),
             )
 
-    def _wait(self, task: ProvisioningTask, driver: CenterDriver, now: datetime) -> None:
-        machine = driver.machine(task.external_id or "")
-        if machine is None:
-            raise CenterError("the instance disappeared while it was being built")
-        if machine.power_state is PowerState.RUNNING:
-            self._save(S.ADDRESSING, delay_s=0)
-            return
-        if machine.power_state is PowerState.ERROR:
-            fault = machine.attributes.get("fault") or "the cloud reported ERROR"
-            raise CenterError(f"build failed: {fault}")
+    def _wait(
+        self, task: ProvisioningTask, center: Center, driver: CenterDriver, now: datetime
+    ) -> None:
         started = task.step_started_at or now
         if started.tzinfo is None:
             started = started.replace(tzinfo=UTC)
+        waited = (now - started).total_seconds()
+        machine = self.watcher.look(task.external_id or "") if self.watcher else None
+        blind = (
+            self.watcher is None
+            or self.watcher.watching_since is None
+            or self.watcher.watching_since > started
+        )
+        if machine is None and (blind or waited > 30):
+            # No watcher, or no news for long: ask about this one build directly.
+            machine = driver.machine(task.external_id or "")
+            if machine is None:
+                raise CenterError("the instance disappeared while it was being built")
+        if machine is not None and machine.attributes.get("gone"):
+            raise CenterError("the instance disappeared while it was being built")
+        if machine is not None and machine.power_state is PowerState.RUNNING:
+            if self.watcher is not None:
+                self.watcher.learned(waited)
+            if (task.request or {}).get("floating_ip"):
+                self._save(S.ADDRESSING, delay_s=0)
+            else:
+                self._finish(task, machine, machine.address)
+            return
+        if machine is not None and machine.power_state is PowerState.ERROR:
+            fault = machine.attributes.get("fault") or "the cloud reported ERROR"
+            raise CenterError(f"build failed: {fault}")
         timeout = float(getattr(driver.params, "build_timeout_s", 900.0))
-        if (now - started).total_seconds() > timeout:
+        if waited > timeout:
             raise CenterError(f"the instance stayed in BUILD for more than {timeout:.0f} s")
-        self._save()
+        self._save(delay_s=self._next_look(blind))
+
+    def _next_look(self, blind: bool) -> float:
+        """A watched build is woken when it finishes; this is only the safety net."""
+        poll = self.ctx.settings.provision_poll_s
+        if blind or self.watcher is None or not self.watcher.can_watch:
+            return poll
+        expected = self.watcher.expected_build_s or 0.0
+        return max(poll, min(30.0, expected))
 
     def _address(self, task: ProvisioningTask, driver: CenterDriver) -> None:
         address = driver.attach_address(task.external_id or "", _request_of(task))
-        machine = driver.machine(task.external_id or "")
+        self._finish(task, driver.machine(task.external_id or ""), address)
+
+    def _finish(self, task: ProvisioningTask, machine: MachineInfo | None, address: str) -> None:
+        """The desktop is built and reachable: hand it to the pool."""
         start_unavailable = bool((task.request or {}).get("start_unavailable"))
         with self.ctx.db.write() as session:
             desktop = session.get(Desktop, task.desktop_id) if task.desktop_id else None
@@ -493,7 +542,9 @@ class TaskStep:
                 session.execute(
                     update(Pool).where(Pool.id == task.pool_id).values(status="ok", last_error="")
                 )
-            refresh_pools(session, task.tenant_id)
+            if task.desktop_id:
+                membership.refresh_desktops(session, task.tenant_id, [task.desktop_id])
+            serve_queues(session, task.tenant_id)
         self._save(S.READY, delay_s=0)
 
     def _quota(self, task: ProvisioningTask, words: str) -> None:

@@ -8,17 +8,25 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import func, or_, select, update
 
 from deskbroker.engine import maintenance, plans, provisioner
 from deskbroker.engine.drivers import DriverCache
 from deskbroker.engine.jobs import Intervals, JobKind, ensure_jobs
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import leases
-from deskbroker.store.claims import config_version
-from deskbroker.store.tables import Job, ProvisioningTask, Timer, utcnow
+from deskbroker.store.tables import (
+    BrokerState,
+    Center,
+    Job,
+    ProvisioningTask,
+    Timer,
+    utcnow,
+)
 
 log = logging.getLogger("deskbroker.engine")
 
@@ -30,6 +38,16 @@ HANDLERS: dict[str, Handler] = {
     JobKind.POOL_STATS.value: maintenance.pool_stats,
     JobKind.RETENTION.value: maintenance.retention,
 }
+
+
+@dataclass(frozen=True)
+class Due:
+    version: int
+    jobs: int
+    timers: int
+    steps: int
+    waiting: int
+    requested: int
 
 
 class Engine:
@@ -94,29 +112,80 @@ class Engine:
 
     # --- one tick ------------------------------------------------------------------
     def run_once(self, now: datetime | None = None, *, wait: bool = True) -> int:
-        """Claim what is due and run it; with ``wait`` block until it is all done."""
+        """Claim what is due and run it; with ``wait`` block until it is all done.
+
+        One read finds out what is due, so an idle tick costs a single statement."""
         now = now or utcnow()
-        self._ensure_jobs()
-        free = self.workers - self._busy()
+        due = self._due(now)
+        self._ensure_jobs(due.version)
         started = 0
-        if free > 0:
-            started += self._claim_and_submit(Job, Job.next_run_at, now, free, self._run_job)
-        free = self.workers - self._busy()
-        if free > 0:
-            started += self._claim_and_submit(Timer, Timer.due_at, now, free, self._run_timer)
-        free = self.workers - self._busy()
-        if free > 0:
+        if due.jobs and self._free() > 0:
+            started += self._claim_and_submit(
+                Job, Job.next_run_at, now, self._free(), self._run_job
+            )
+        if due.timers and self._free() > 0:
+            started += self._claim_and_submit(
+                Timer, Timer.due_at, now, self._free(), self._run_timer
+            )
+        if due.steps and self._free() > 0:
             started += self._claim_and_submit(
                 ProvisioningTask,
                 ProvisioningTask.next_step_at,
                 now,
-                free,
+                self._free(),
                 self._run_task,
-                where=(ProvisioningTask.state.in_(provisioner.OPEN_STATES),),
+                where=(ProvisioningTask.state.in_(provisioner.IN_FLIGHT_STATES),),
             )
+        if due.waiting:
+            self._watch_builds()
+        if due.requested:
+            for center_id, slots in self._free_build_slots():
+                free = min(slots, self._free())
+                if free <= 0:
+                    break
+                started += self._claim_and_submit(
+                    ProvisioningTask,
+                    ProvisioningTask.next_step_at,
+                    now,
+                    free,
+                    self._run_task,
+                    where=(
+                        ProvisioningTask.state == provisioner.S.REQUESTED.value,
+                        ProvisioningTask.center_id == center_id,
+                    ),
+                )
         if wait:
             self.drain()
         return started
+
+    def _free(self) -> int:
+        return self.workers - self._busy()
+
+    def _due(self, now: datetime) -> Due:
+        """What there is to do, in one read: each count is of unleased, due rows."""
+
+        def count(model: Any, *where: Any) -> Any:
+            free = or_(model.lease_expires_at.is_(None), model.lease_expires_at < now)
+            return select(func.count()).select_from(model).where(free, *where).scalar_subquery()
+
+        task = ProvisioningTask
+        row = None
+        with self.ctx.db.read() as session:
+            row = session.execute(
+                select(
+                    select(BrokerState.config_version).where(BrokerState.id == 1).scalar_subquery(),
+                    count(Job, Job.next_run_at <= now),
+                    count(Timer, Timer.due_at <= now),
+                    count(
+                        task, task.next_step_at <= now, task.state.in_(provisioner.IN_FLIGHT_STATES)
+                    ),
+                    count(task, task.state == provisioner.S.WAITING.value),
+                    count(
+                        task, task.next_step_at <= now, task.state == provisioner.S.REQUESTED.value
+                    ),
+                )
+            ).one()
+        return Due(int(row[0] or 0), *(int(v or 0) for v in row[1:]))
 
     def drain(self, timeout_s: float = 120.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -128,9 +197,7 @@ class Engine:
             self._running = {f for f in self._running if not f.done()}
             return len(self._running)
 
-    def _ensure_jobs(self) -> None:
-        with self.ctx.db.read() as session:
-            version = config_version(session)
+    def _ensure_jobs(self, version: int) -> None:
         if version == self._jobs_version and time.monotonic() - self._jobs_checked < 30:
             return
         with self.ctx.db.write() as session:
@@ -163,6 +230,65 @@ class Engine:
             with self._lock:
                 self._running.add(future)
         return len(ids)
+
+    def _watch_builds(self) -> None:
+        """One listing per center for all its builds; wake the ones that finished."""
+        with self.ctx.db.read() as session:
+            centers = session.scalars(
+                select(Center).where(
+                    Center.id.in_(
+                        select(ProvisioningTask.center_id).where(
+                            ProvisioningTask.state == provisioner.S.WAITING.value
+                        )
+                    )
+                )
+            ).all()
+        for center in centers:
+            try:
+                finished = self.drivers.watcher(center).refresh()
+            except Exception as exc:  # the builds are then looked at one by one
+                log.warning("watching builds on %s failed: %s", center.name, exc)
+                continue
+            if finished:
+                with self.ctx.db.write() as session:
+                    session.execute(
+                        update(ProvisioningTask)
+                        .where(
+                            ProvisioningTask.state == provisioner.S.WAITING.value,
+                            ProvisioningTask.external_id.in_(finished),
+                        )
+                        .values(next_step_at=utcnow())
+                        .execution_options(synchronize_session=False)
+                    )
+
+    def _free_build_slots(self) -> list[tuple[str, int]]:
+        """Centers with builds waiting to start, and how many more each may run now:
+        a build beyond a center's limit is not even claimed."""
+        with self.ctx.db.read() as session:
+            rows = session.execute(
+                select(
+                    ProvisioningTask.center_id,
+                    func.count().filter(ProvisioningTask.state.in_(provisioner.IN_FLIGHT_STATES)),
+                    func.count().filter(ProvisioningTask.state == provisioner.S.REQUESTED.value),
+                )
+                .where(ProvisioningTask.state.in_(provisioner.OPEN_STATES))
+                .group_by(ProvisioningTask.center_id)
+            ).all()
+            centers = {
+                c.id: c
+                for c in session.scalars(
+                    select(Center).where(Center.id.in_([r[0] for r in rows if r[2]]))
+                ).all()
+            }
+        slots: list[tuple[str, int]] = []
+        for center_id, in_flight, waiting in rows:
+            center = centers.get(center_id)
+            if not waiting or center is None:
+                continue
+            limit = int(getattr(self.drivers.get(center).params, "max_in_flight", 20))
+            if limit - in_flight > 0:
+                slots.append((center_id, limit - in_flight))
+        return slots
 
     def _run_job(self, job_id: str, now: datetime) -> None:
         with self.ctx.db.read() as session:

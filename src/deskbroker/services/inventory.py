@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from deskbroker.centers import registry
-from deskbroker.centers.base import CenterDriver, MachineInfo
+from deskbroker.centers.base import Capability, CenterDriver, MachineInfo
 from deskbroker.errors import DeskbrokerError, NotFound
 from deskbroker.protocols.descriptors import DEFAULT_PORTS
 from deskbroker.services.context import BrokerContext
@@ -89,19 +89,17 @@ def scan(
         driver = driver or open_center(ctx, center)
         incremental = (
             not (full if full is not None else _full_scan_due(center, started))
-            and hasattr(driver, "inventory_since")
+            and Capability.CHANGES in driver.capabilities
             and center.scan_cursor is not None
         )
-        if incremental:
-            machines, gone = driver.inventory_since(center.scan_cursor)  # type: ignore[attr-defined]
-        else:
-            machines, gone = driver.inventory(), []
+        seen = driver.changes(center.scan_cursor if incremental else None)
     except DeskbrokerError as exc:
         report.status, report.message = "error", exc.detail
     except Exception as exc:  # a driver's own failure becomes the center's status
         report.status, report.message = "error", f"scan failed: {exc}"
     else:
-        twice = _duplicate(machines)
+        # Two machines with one id cannot both be stored; say so instead of failing.
+        twice = _duplicate(seen.machines)
         if twice is not None:
             report.status = "error"
             report.message = f"the center lists the machine {twice} more than once"
@@ -110,19 +108,21 @@ def scan(
         center.status_message = report.message
         return report
     report.full = not incremental
+    machines = seen.machines
     result = desktop_sync.sync(
         session,
         tenant_id=center.tenant_id,
         center_id=center.id,
         machines=machines,
-        gone=gone,
+        gone=seen.gone,
         complete=not incremental,
     )
     report.added, report.updated, report.removed = result.added, result.updated, result.removed
     # The driver's cursor comes from the center's own clock; without one, ask for
     # changes since slightly before this scan began so nothing slips between.
-    cursor = getattr(driver, "cursor", None)
-    center.scan_cursor = cursor or (started - timedelta(seconds=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    center.scan_cursor = seen.cursor or (started - timedelta(seconds=2)).strftime(
+        "%Y-%m-%dT%H:%M:%SZ"
+    )
     if not incremental:
         center.last_full_scan_at = started
     report.message = (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,6 +52,7 @@ class Database:
             self.url = url
         self.engine = self._make_engine(url, pool_size)
         event.listen(self.engine, "before_cursor_execute", _count_statement)
+        self._write_lock = threading.Lock() if self.is_sqlite else None
         self._reader = sessionmaker(bind=self.engine, expire_on_commit=False)
         self._writer = sessionmaker(
             bind=self.engine.execution_options(deskbroker_write=True), expire_on_commit=False
@@ -99,7 +101,13 @@ class Database:
     @contextmanager
     def write(self) -> Iterator[Session]:
         """A unit of work that commits on success and rolls back on any error."""
-        with self._writer() as session, session.begin():
+        if self._write_lock is None:
+            with self._writer() as session, session.begin():
+                yield session
+            return
+        # SQLite has one writer at a time; queueing on a lock in this process wakes the
+        # next writer at once, where SQLite's busy handler would sleep and retry.
+        with self._write_lock, self._writer() as session, session.begin():
             yield session
 
     def dispose(self) -> None:

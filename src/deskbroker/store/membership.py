@@ -87,3 +87,42 @@ def pool_members(session: Session, pool_id: str) -> list[str]:
     return list(
         session.scalars(select(PoolMember.desktop_id).where(PoolMember.pool_id == pool_id)).all()
     )
+
+
+def refresh_desktops(session: Session, tenant_id: str, desktop_ids: list[str]) -> None:
+    """Place a few desktops in every pool they belong to, without re-reading the tenant:
+    what a newly built desktop needs, at a cost that does not grow with the pool."""
+    pools = session.scalars(select(Pool).where(Pool.tenant_id == tenant_id)).all()
+    desktops = session.execute(
+        select(
+            Desktop.id,
+            Desktop.center_id,
+            Desktop.name,
+            Desktop.address,
+            Desktop.hostname,
+            Desktop.os,
+            Desktop.power_state,
+            Desktop.attributes,
+        ).where(Desktop.id.in_(desktop_ids))
+    ).all()
+    if not pools or not desktops:
+        return
+    facts = [_facts(d) for d in desktops]
+    definitions = [definition(p) for p in pools]
+    current = {
+        (pid, did)
+        for pid, did in session.execute(
+            select(PoolMember.pool_id, PoolMember.desktop_id).where(
+                PoolMember.desktop_id.in_(desktop_ids)
+            )
+        ).all()
+    }
+    wanted_by_pool = members(definitions, facts)
+    wanted = {(pid, did) for pid, dids in wanted_by_pool.items() for did in dids}
+    for pid, did in current - wanted:
+        session.execute(
+            delete(PoolMember).where(PoolMember.pool_id == pid, PoolMember.desktop_id == did)
+        )
+    add = sorted(wanted - current)
+    if add:
+        session.execute(insert(PoolMember), [{"pool_id": p, "desktop_id": d} for p, d in add])

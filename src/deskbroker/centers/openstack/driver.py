@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from datetime import timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar
@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from deskbroker.centers.base import (
     Capability,
     CenterDriver,
+    Changes,
     ImageInfo,
     MachineInfo,
     PowerAction,
@@ -65,35 +66,30 @@ class OpenStackCenter(CenterDriver):
         self.os_params: OpenStackParams = self.params
         self.session = ProjectSession(self.os_params, secrets)
         self._names: dict[tuple[str, str], str] = {}
-        # Where the next incremental scan starts, in the cloud's time.
-        self.cursor: str | None = None
 
     # --- inventory -------------------------------------------------------------------
-    def _pages(self, query: dict[str, Any]) -> Iterator[list[dict[str, Any]]]:
-        """Server pages; sets ``cursor`` to the cloud's time when the listing began,
-        less a second, since Nova compares ``changes-since`` in whole seconds."""
-        first = True
-        for page in self.session.pages("/servers/detail", "servers", query):
-            if first:
-                first = False
-                self.cursor = _cursor_from(self.session.last_date) or self.cursor
-            yield page
+    def changes(self, since: str | None) -> Changes:
+        """Servers changed since ``since`` (all when ``None``), read as raw JSON pages.
+        The cursor is the cloud's time when the listing began, less a second, since
+        Nova compares ``changes-since`` in whole seconds."""
+        query: dict[str, Any] = {"limit": 1000}
+        if since is not None:
+            query["changes-since"] = since
+        machines: list[MachineInfo] = []
+        gone: list[str] = []
+        cursor: str | None = None
+        for page, date in self.session.pages("/servers/detail", "servers", query):
+            if cursor is None:
+                cursor = _cursor_from(date)
+            for server in page:
+                if since is not None and str(server.get("status", "")).upper() == "DELETED":
+                    gone.append(str(server["id"]))
+                else:
+                    machines.append(mapping.machine(server))
+        return Changes(machines, gone, cursor)
 
     def inventory(self) -> list[MachineInfo]:
-        return [mapping.machine(s) for page in self._pages({"limit": 1000}) for s in page]
-
-    def inventory_since(self, since: str) -> tuple[list[MachineInfo], list[str]]:
-        """What changed since ``since`` (a cursor from ``self.cursor``, i.e. the cloud's
-        own clock, so skew between broker and cloud cannot lose a change)."""
-        changed: list[MachineInfo] = []
-        deleted: list[str] = []
-        for page in self._pages({"limit": 1000, "changes-since": since}):
-            for server in page:
-                if str(server.get("status", "")).upper() == "DELETED":
-                    deleted.append(str(server["id"]))
-                else:
-                    changed.append(mapping.machine(server))
-        return changed, deleted
+        return self.changes(None).machines
 
     def machine(self, external_id: str) -> MachineInfo | None:
         try:
@@ -276,7 +272,7 @@ class OpenStackCenter(CenterDriver):
     def find_tagged(self, tag: str) -> list[MachineInfo]:
         return [
             mapping.machine(s)
-            for page in self.session.pages(
+            for page, _ in self.session.pages(
                 "/servers/detail", "servers", {"limit": 1000, "tags": tag}
             )
             for s in page

@@ -82,8 +82,6 @@ class ProjectSession:
         self._secrets = dict(secrets)
         self._conn: openstack.connection.Connection | None = None
         self.requests = 0
-        # The cloud's own clock, from the last response: scan cursors are in its time.
-        self.last_date: str | None = None
 
     def connection(self) -> openstack.connection.Connection:
         if self._conn is None:
@@ -163,7 +161,6 @@ class ProjectSession:
                 raise CloudFailure(f"{what}: {exc}") from exc
             status = response.status_code
             if status < 400:
-                self.last_date = response.headers.get("Date")
                 return response
             if status == 401 and attempt == 1:
                 # An expired token: drop the connection and authenticate again once.
@@ -227,14 +224,21 @@ class ProjectSession:
 
     def pages(
         self, path: str, key: str, params: Mapping[str, Any]
-    ) -> Iterator[list[dict[str, Any]]]:
-        """Nova-style paging: ``limit`` and ``marker`` until a short page."""
+    ) -> Iterator[tuple[list[dict[str, Any]], str | None]]:
+        """Nova-style paging (``limit`` and ``marker`` until a short page); each page
+        comes with its response's Date header: the cloud's clock."""
         query = dict(params)
         limit = int(query.setdefault("limit", 1000))
         while True:
-            body = self.compute_get(path, query)
+            response = self.call(
+                lambda: self.connection().compute.get(
+                    path, params=dict(query), microversion=COMPUTE_MICROVERSION
+                ),
+                f"GET {path}",
+            )
+            body = response.json()
             items: list[dict[str, Any]] = body.get(key, [])
-            yield items
+            yield items, response.headers.get("Date")
             if len(items) < limit or not body.get(f"{key}_links"):
                 return
             query["marker"] = items[-1]["id"]

@@ -1,0 +1,589 @@
+#!/usr/bin/env python3
+"""Login storm: N users log in and connect to a real broker over real HTTP.
+
+The broker runs as a separate ``deskbroker serve`` process (so the client and the server
+do not share a GIL) on 127.0.0.1, on a fresh SQLite file or on a throwaway PostgreSQL
+database. It is configured through the admin API exactly as an operator would: a static
+center with one machine per user, a pool, a VNC protocol plan, a policy and a catch-all
+assignment rule. Then every user logs in (all logins first), and then every user who got
+a desktop asks for a connection descriptor. The two phases are measured separately:
+
+- latency of each request, as the client sees it (p50, p99);
+- throughput over the wall time of the phase;
+- SQL statements per request, from ``deskbroker_sql_statements_total`` at ``/metrics``;
+- database growth per request (SQLite: file + WAL after a truncating checkpoint;
+  PostgreSQL: ``pg_database_size``).
+
+Usage::
+
+    .venv/bin/python benchmarks/login.py                       # a table
+    .venv/bin/python benchmarks/login.py --json                # one JSON object
+    .venv/bin/python benchmarks/login.py --json --db postgresql://postgres@127.0.0.1:5432/postgres
+
+With ``--db postgresql://...`` the URL names a server and a database to connect to for
+administration; the benchmark creates ``deskbroker_bench_<random>`` there and drops it at
+the end. Password hashing (argon2id) dominates the cost of a login, so its cost is a flag
+and is reported with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import re
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+from psycopg import sql
+from sqlalchemy.engine import make_url
+
+from deskbroker.bootstrap import add_local_user
+from deskbroker.config import Settings
+from deskbroker.services.context import BrokerContext
+
+DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
+ADMIN = ("bench-admin", "bench-admin-password")
+USER_PASSWORD = "bench-user-password"
+SQL_METRIC = re.compile(r"^deskbroker_sql_statements_total\s+(\S+)$", re.MULTILINE)
+
+
+class BenchError(Exception):
+    """The benchmark could not run; the message says why."""
+
+
+# --- the database under test -----------------------------------------------------------
+class Backend:
+    """Where the broker keeps its state, and how big that state is."""
+
+    name = ""
+    url = ""
+
+    def size_bytes(self) -> int:
+        raise NotImplementedError
+
+    def cleanup(self) -> None:
+        """Remove whatever the benchmark created."""
+
+
+class SqliteBackend(Backend):
+    name = "sqlite"
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / "deskbroker.db"
+        self.url = f"sqlite:///{self.path}"
+
+    def size_bytes(self) -> int:
+        # Fold the WAL into the main file so the figure is what the data really takes.
+        with contextlib.closing(sqlite3.connect(self.path, timeout=30)) as conn:
+            for _ in range(50):
+                busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+                if not busy:
+                    break
+                time.sleep(0.1)
+        wal = self.path.with_name(self.path.name + "-wal")
+        return self.path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+
+
+class PostgresBackend(Backend):
+    name = "postgresql"
+
+    def __init__(self, server_url: str) -> None:
+        parsed = make_url(server_url)
+        if parsed.get_backend_name() != "postgresql":
+            raise BenchError(f"--db must be a postgresql:// URL, not {server_url!r}")
+        self.admin_dsn = parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+        self.database = f"deskbroker_bench_{uuid.uuid4().hex[:10]}"
+        try:
+            with psycopg.connect(self.admin_dsn, autocommit=True, connect_timeout=10) as conn:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.database)))
+        except psycopg.Error as exc:
+            raise BenchError(f"cannot create a database on {parsed!r}: {exc}") from exc
+        self.url = parsed.set(drivername="postgresql", database=self.database).render_as_string(
+            hide_password=False
+        )
+
+    def size_bytes(self) -> int:
+        with psycopg.connect(self.url, autocommit=True, connect_timeout=10) as conn:
+            row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+        return int(row[0]) if row else 0
+
+    def cleanup(self) -> None:
+        with psycopg.connect(self.admin_dsn, autocommit=True, connect_timeout=10) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                    sql.Identifier(self.database)
+                )
+            )
+
+
+# --- the broker process ----------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Broker:
+    """A ``deskbroker serve`` child process and where it listens."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def broker_env(args: argparse.Namespace) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DESKBROKER_")}
+    env.update(
+        DESKBROKER_ARGON2_TIME_COST=str(args.argon2_time_cost),
+        DESKBROKER_ARGON2_MEMORY_KIB=str(args.argon2_memory_kib),
+        DESKBROKER_DB_POOL_SIZE=str(max(10, args.concurrency)),
+        DESKBROKER_LOG_LEVEL="warning",
+        # Background work (scans, provisioning, timers) sends its own SQL; off by default
+        # so that the statement counts belong to the requests alone.
+        DESKBROKER_ENGINE="true" if args.engine else "false",
+        # No operator config file may leak into the measurement.
+        DESKBROKER_CONFIG=os.devnull,
+    )
+    return env
+
+
+@contextlib.contextmanager
+def running_broker(args: argparse.Namespace, backend: Backend, data_dir: Path) -> Iterator[Broker]:
+    port = free_port()
+    log = data_dir / "broker.log"
+    command = [
+        sys.executable,
+        "-m",
+        "deskbroker.cli",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--db",
+        backend.url,
+        "--data-dir",
+        str(data_dir),
+    ]
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            command, cwd=data_dir, env=broker_env(args), stdout=sink, stderr=subprocess.STDOUT
+        )
+    broker = Broker(process, f"http://127.0.0.1:{port}", log)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                raise BenchError(
+                    f"the broker exited with {process.returncode}:\n{broker.log_tail()}"
+                )
+            try:
+                if httpx.get(f"{broker.url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise BenchError(f"the broker was not ready after 60 s:\n{broker.log_tail()}")
+            time.sleep(0.1)
+        yield broker
+    finally:
+        broker.stop()
+
+
+# --- seeding through the admin API -------------------------------------------------------
+def machine_address(index: int) -> str:
+    """127.0.1.1, 127.0.1.2, ... 127.0.1.254, 127.0.2.1, ...: all loopback."""
+    return f"127.0.{1 + index // 254}.{1 + index % 254}"
+
+
+def expect(response: httpx.Response, status: int, what: str) -> dict[str, Any]:
+    if response.status_code != status:
+        raise BenchError(f"{what}: HTTP {response.status_code}: {response.text[:500]}")
+    body: dict[str, Any] = response.json() if response.content else {}
+    return body
+
+
+async def seed(http: httpx.AsyncClient, args: argparse.Namespace) -> str:
+    """Configure the broker as an operator would; returns the admin token."""
+    token = expect(
+        await http.post("/api/v1/auth/login", json={"username": ADMIN[0], "password": ADMIN[1]}),
+        200,
+        "admin log in",
+    )["token"]
+    auth = {"Authorization": f"Bearer {token}"}
+
+    async def post(path: str, body: dict[str, Any]) -> dict[str, Any]:
+        return expect(
+            await http.post(f"/api/v1/admin/{path}", json=body, headers=auth), 201, f"POST {path}"
+        )
+
+    center = await post(
+        "centers",
+        {
+            "name": "bench-center",
+            "kind": "static",
+            "params": {
+                "machines": [
+                    {
+                        "name": f"bench-{i + 1:05d}",
+                        "address": machine_address(i),
+                        "ports": {"vnc": 5900},
+                    }
+                    for i in range(args.desktops)
+                ]
+            },
+        },
+    )
+    plan = await post("protocol-plans", {"name": "bench-vnc", "protocols": [{"protocol": "vnc"}]})
+    pool = await post("pools", {"name": "bench-pool", "center_ids": [center["id"]]})
+    policy = await post(
+        "policies",
+        {
+            "name": "bench-policy",
+            "entries": [{"pool_id": pool["id"], "protocol_plan_id": plan["id"]}],
+        },
+    )
+    sources = expect(
+        await http.get("/api/v1/admin/identity-sources", params={"kind": "local"}, headers=auth),
+        200,
+        "list identity sources",
+    )["items"]
+    source_id = sources[0]["id"]
+    await post(
+        "assignment-rules",
+        {"identity_source_id": source_id, "name": "everyone", "policy_id": policy["id"]},
+    )
+    gate = asyncio.Semaphore(args.concurrency)
+
+    async def add_user(i: int) -> None:
+        async with gate:
+            await post(
+                "users",
+                {
+                    "identity_source_id": source_id,
+                    "username": f"bench-user-{i:05d}",
+                    "password": USER_PASSWORD,
+                },
+            )
+
+    await asyncio.gather(*(add_user(i) for i in range(args.users)))
+    # Load the per-node config cache, as any running broker would have done long ago.
+    expect(await http.get("/api/v1/client/desktops", headers=auth), 200, "warm the cache")
+    return str(token)
+
+
+# --- measuring -------------------------------------------------------------------------
+@dataclass
+class Phase:
+    """One measured phase: latencies, wall time, SQL and database growth."""
+
+    latencies_ms: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+    sql: float = 0.0
+    db_bytes: int = 0
+
+    @property
+    def done(self) -> int:
+        return len(self.latencies_ms)
+
+    def per_s(self) -> float:
+        return self.done / self.wall_s if self.wall_s > 0 else 0.0
+
+    def per_request(self, total: float) -> float:
+        return total / self.done if self.done else 0.0
+
+
+def percentile(values: list[float], pct: float) -> float:
+    """Nearest-rank percentile; 0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), math.ceil(pct / 100 * len(ordered))))
+    return ordered[rank - 1]
+
+
+async def sql_total(http: httpx.AsyncClient) -> float:
+    response = await http.get("/metrics")
+    match = SQL_METRIC.search(response.text)
+    if match is None:
+        raise BenchError("/metrics has no deskbroker_sql_statements_total")
+    return float(match.group(1))
+
+
+async def measure(
+    http: httpx.AsyncClient,
+    backend: Backend,
+    concurrency: int,
+    jobs: list[Callable[[], Awaitable[None]]],
+    phase: Phase,
+) -> None:
+    """Run ``jobs`` with at most ``concurrency`` in flight and record the phase totals."""
+    sql_before = await sql_total(http)
+    size_before = await asyncio.to_thread(backend.size_bytes)
+    gate = asyncio.Semaphore(concurrency)
+
+    async def limited(job: Callable[[], Awaitable[None]]) -> None:
+        async with gate:
+            await job()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(limited(job) for job in jobs))
+    phase.wall_s = time.perf_counter() - started
+    phase.sql = await sql_total(http) - sql_before
+    phase.db_bytes = await asyncio.to_thread(backend.size_bytes) - size_before
+
+
+async def storm(broker: Broker, backend: Backend, args: argparse.Namespace) -> dict[str, Any]:
+    limits = httpx.Limits(max_connections=args.concurrency + 4, max_keepalive_connections=None)
+    async with httpx.AsyncClient(base_url=broker.url, timeout=60, limits=limits) as http:
+        seed_started = time.perf_counter()
+        await seed(http, args)
+        seed_s = time.perf_counter() - seed_started
+
+        logins = Phase()
+        tokens: dict[str, tuple[str, str]] = {}  # username -> (token, desktop id)
+        queued = 0
+
+        def login_job(username: str) -> Callable[[], Awaitable[None]]:
+            async def job() -> None:
+                nonlocal queued
+                started = time.perf_counter()
+                response = await http.post(
+                    "/api/v1/auth/login", json={"username": username, "password": USER_PASSWORD}
+                )
+                elapsed = (time.perf_counter() - started) * 1000
+                if response.status_code != 200:
+                    logins.errors.append(f"{username}: {response.status_code} {response.text}")
+                    return
+                logins.latencies_ms.append(elapsed)
+                body = response.json()
+                offer = body["offers"][0] if body["offers"] else None
+                if offer and offer["status"] == "assigned":
+                    tokens[username] = (body["token"], offer["desktop"]["id"])
+                else:
+                    queued += 1
+
+            return job
+
+        names = [f"bench-user-{i:05d}" for i in range(args.users)]
+        await measure(http, backend, args.concurrency, [login_job(n) for n in names], logins)
+
+        connects = Phase()
+
+        def connect_job(username: str) -> Callable[[], Awaitable[None]]:
+            token, desktop_id = tokens[username]
+
+            async def job() -> None:
+                started = time.perf_counter()
+                response = await http.post(
+                    f"/api/v1/client/desktops/{desktop_id}/connect",
+                    json={"protocol": "vnc"},
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+                elapsed = (time.perf_counter() - started) * 1000
+                if response.status_code != 200 or "[Connection]" not in response.text:
+                    connects.errors.append(f"{username}: {response.status_code} {response.text}")
+                    return
+                connects.latencies_ms.append(elapsed)
+
+            return job
+
+        await measure(
+            http, backend, args.concurrency, [connect_job(n) for n in sorted(tokens)], connects
+        )
+
+    return {
+        "backend": backend.name,
+        "users": args.users,
+        "desktops": args.desktops,
+        "concurrency": args.concurrency,
+        "argon2_time_cost": args.argon2_time_cost,
+        "argon2_memory_kib": args.argon2_memory_kib,
+        "engine": args.engine,
+        "logins": logins.done,
+        "login_errors": len(logins.errors),
+        "assigned": len(tokens),
+        "queued": queued,
+        "logins_per_s": round(logins.per_s(), 1),
+        "p50_ms": round(percentile(logins.latencies_ms, 50), 1),
+        "p99_ms": round(percentile(logins.latencies_ms, 99), 1),
+        "sql_per_login": round(logins.per_request(logins.sql), 2),
+        "db_bytes_per_login": round(logins.per_request(logins.db_bytes)),
+        "connects": connects.done,
+        "connect_errors": len(connects.errors),
+        "connects_per_s": round(connects.per_s(), 1),
+        "connect_p50_ms": round(percentile(connects.latencies_ms, 50), 1),
+        "connect_p99_ms": round(percentile(connects.latencies_ms, 99), 1),
+        "sql_per_connect": round(connects.per_request(connects.sql), 2),
+        "db_bytes_per_connect": round(connects.per_request(connects.db_bytes)),
+        "login_wall_s": round(logins.wall_s, 3),
+        "connect_wall_s": round(connects.wall_s, 3),
+        "seed_s": round(seed_s, 2),
+        "first_errors": (logins.errors + connects.errors)[:3],
+        "cpus": os.cpu_count(),
+    }
+
+
+# --- the whole run ---------------------------------------------------------------------
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    data_dir = Path(tempfile.mkdtemp(prefix="deskbroker-bench-"))
+    backend: Backend | None = None
+    try:
+        backend = (
+            PostgresBackend(args.db)
+            if args.db and args.db.startswith("postgres")
+            else SqliteBackend(data_dir)
+        )
+        if args.db and backend.name == "sqlite":
+            raise BenchError("--db takes a postgresql:// URL; SQLite is the default")
+        # The first administrator comes from the command line, as on a real install.
+        settings = Settings(
+            data_dir=data_dir,
+            database_url=backend.url,
+            argon2_time_cost=args.argon2_time_cost,
+            argon2_memory_kib=args.argon2_memory_kib,
+        )
+        ctx = BrokerContext.from_settings(settings)
+        try:
+            add_local_user(ctx, ADMIN[0], ADMIN[1], role="global_admin")
+        finally:
+            ctx.db.dispose()
+        with running_broker(args, backend, data_dir) as broker:
+            try:
+                return asyncio.run(asyncio.wait_for(storm(broker, backend, args), args.timeout))
+            except TimeoutError as exc:
+                raise BenchError(f"the benchmark took longer than {args.timeout} s") from exc
+            except BenchError as exc:
+                raise BenchError(f"{exc}\n--- broker log ---\n{broker.log_tail()}") from exc
+    finally:
+        if backend is not None:
+            backend.cleanup()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def show_table(result: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        title=(
+            f"deskbroker login storm: {result['users']} users, concurrency "
+            f"{result['concurrency']}, {result['backend']}, argon2id "
+            f"t={result['argon2_time_cost']} m={result['argon2_memory_kib']} KiB"
+        )
+    )
+    table.add_column("phase")
+    for column in ("done", "errors", "per s", "p50 ms", "p99 ms", "SQL/req", "DB bytes/req"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        "log in",
+        str(result["logins"]),
+        str(result["login_errors"]),
+        f"{result['logins_per_s']:.1f}",
+        f"{result['p50_ms']:.1f}",
+        f"{result['p99_ms']:.1f}",
+        f"{result['sql_per_login']:.2f}",
+        str(result["db_bytes_per_login"]),
+    )
+    table.add_row(
+        "connect",
+        str(result["connects"]),
+        str(result["connect_errors"]),
+        f"{result['connects_per_s']:.1f}",
+        f"{result['connect_p50_ms']:.1f}",
+        f"{result['connect_p99_ms']:.1f}",
+        f"{result['sql_per_connect']:.2f}",
+        str(result["db_bytes_per_connect"]),
+    )
+    console = Console()
+    console.print(table)
+    console.print(
+        f"{result['assigned']} assigned, {result['queued']} queued; "
+        f"seeding took {result['seed_s']} s"
+    )
+    for error in result["first_errors"]:
+        console.print(f"[red]error:[/] {error}", markup=True, highlight=False)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--db",
+        nargs="?",
+        const=DEFAULT_PG,
+        default=None,
+        help=f"a PostgreSQL server URL (bare --db: {DEFAULT_PG}); default: SQLite",
+    )
+    parser.add_argument("--users", type=int, default=200, help="users who log in (200)")
+    parser.add_argument("--concurrency", type=int, default=20, help="requests in flight (20)")
+    parser.add_argument(
+        "--desktops", type=int, default=None, help="desktops in the pool (default: one per user)"
+    )
+    parser.add_argument("--argon2-memory-kib", type=int, default=8192, help="argon2id memory")
+    parser.add_argument("--argon2-time-cost", type=int, default=1, help="argon2id passes")
+    parser.add_argument(
+        "--engine",
+        action="store_true",
+        help="run the broker's background engine too (its SQL then counts in the figures)",
+    )
+    parser.add_argument("--timeout", type=float, default=600, help="give up after this many s")
+    args = parser.parse_args(argv)
+    if args.users < 1 or args.concurrency < 1:
+        parser.error("--users and --concurrency must be at least 1")
+    if args.desktops is None:
+        args.desktops = args.users
+    if not 1 <= args.desktops <= 10000:
+        parser.error("--desktops must be between 1 and 10000 (a static center's limit)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        result = run(args)
+    except BenchError as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result))
+    else:
+        show_table(result)
+    return 1 if result["login_errors"] or result["connect_errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
