@@ -212,3 +212,28 @@ def test_rule_by_group_and_client_network(api: Api, ctx: BrokerContext) -> None:
     assert dave.offers == [] and dave.policy_id == nothing["id"]
     dave_inside = service.login("dave", USER_PASSWORD, client_address="192.168.1.5")
     assert dave_inside.policy_id == ids["policy"]
+
+
+def test_logging_in_again_keeps_the_queue_place(api: Api, ctx: BrokerContext) -> None:
+    api.seed_pool(1, users=4)
+    service = LoginService(ctx)
+    service.login("user0", USER_PASSWORD)
+    assert service.login("user1", USER_PASSWORD).offers[0].position == 1
+    for _ in range(3):  # impatient users must not push others back
+        assert service.login("user1", USER_PASSWORD).offers[0].position == 1
+    assert service.login("user2", USER_PASSWORD).offers[0].position == 2
+    with counting() as again:
+        assert service.login("user2", USER_PASSWORD).offers[0].position == 2
+    assert len(again) <= 6
+
+
+def test_queue_service_keeps_the_policy_assignment_kind(api: Api, ctx: BrokerContext) -> None:
+    ids = api.seed_pool(1, users=2, assignment="pooled")
+    service = LoginService(ctx)
+    holder = service.login("user0", USER_PASSWORD)
+    service.login("user1", USER_PASSWORD)
+    desktop = holder.offers[0].desktop
+    assert desktop is not None
+    api.delete(f"assignments/{desktop.id}")
+    handed = api.get(f"assignments?pool_id={ids['pool']}")["items"]
+    assert [a["kind"] for a in handed] == ["pooled"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 from functools import cached_property
 from pathlib import Path
 
@@ -29,7 +30,8 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=_default_data_dir)
     database_url: str = ""
     secret_key: str = ""
-    broker_id: str = "broker-1"
+    # Names this broker's leases; must differ between brokers of a cluster.
+    broker_id: str = Field(default_factory=socket.gethostname)
     host: str = "127.0.0.1"
     port: int = 8080
     token_ttl_s: int = Field(default=900, ge=30, le=86400)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import socket
 import tempfile
 import threading
@@ -154,8 +155,14 @@ def environment(
         ctx.db.dispose()
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run(*, port: int, desktops: int, data_dir: Path | None) -> None:
     """Serve the demo until interrupted."""
+    # SIGTERM (a service manager, `kill`) stops the desktops just as Ctrl-C does.
+    signal.signal(signal.SIGTERM, _interrupt)
     directory = (data_dir or Path.cwd() / ".deskbroker" / "demo").resolve()
     directory.mkdir(parents=True, exist_ok=True)
     with environment(port=port, desktops=desktops, data_dir=directory) as env:

@@ -113,6 +113,10 @@ def start(
     except TimeoutError:
         desktop.stop()
         raise
+    time.sleep(0.05)
+    if process.poll() is not None:
+        # Something else answered on the port and our server gave up.
+        raise XvncUnavailable(f"{address}:{port} is already taken by another server")
     return desktop
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time as clock
 from dataclasses import dataclass, field
 from datetime import time
 from typing import Any
@@ -11,6 +12,7 @@ from deskbroker.domain.membership import AttributeFilter, FilterOp
 from deskbroker.domain.offers import AssignmentKind, OfferOrdering
 from deskbroker.domain.rules import AssignmentRule, TimeWindow
 from deskbroker.store import snapshot
+from deskbroker.store.claims import config_version
 from deskbroker.store.db import Database
 
 
@@ -151,12 +153,28 @@ def build_view(rows: snapshot.ConfigRows) -> ConfigView:
 class ConfigCache:
     """Holds one ``ConfigView``; reloads when a newer version is seen."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_age_s: float = 2.0) -> None:
         self._view: ConfigView | None = None
         self._lock = threading.Lock()
+        self._checked = 0.0
+        self.max_age_s = max_age_s
+
+    def peek(self, db: Database) -> ConfigView:
+        """The view as held, unchecked: for the login path, whose first statement reads
+        the version and calls ``current`` with it."""
+        return self._view or self.current(db)
 
     def current(self, db: Database, seen_version: int | None = None) -> ConfigView:
+        """The view at ``seen_version`` (the login path reads it anyway); without one,
+        a view older than ``max_age_s`` is checked against the database's version, so
+        another broker's change reaches connects and agent events within seconds."""
         view = self._view
+        if seen_version is None and view is not None:
+            if clock.monotonic() - self._checked < self.max_age_s:
+                return view
+            with db.read() as session:
+                seen_version = config_version(session)
+            self._checked = clock.monotonic()
         if view is not None and (seen_version is None or seen_version == view.version):
             return view
         with self._lock:
@@ -166,6 +184,7 @@ class ConfigCache:
             with db.read() as session:
                 fresh = build_view(snapshot.load(session))
             self._view = fresh
+            self._checked = clock.monotonic()
             return fresh
 
     def plans_for_pool(self, db: Database, pool_id: str) -> tuple[str | None, str | None]:

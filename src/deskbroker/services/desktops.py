@@ -287,13 +287,13 @@ def serve_queues(session: Session, tenant_id: str) -> int:
             head = claims.next_in_queue(session, pool_id)
             if head is None:
                 break
-            entry_id, user_id, _ = head
+            entry_id, user_id = head.entry_id, head.user_id
             got = claims.claim(
                 session,
                 pool_id=pool_id,
                 user_id=user_id,
-                kind="persistent",
-                ordering=OfferOrdering.RUNNING_FIRST,
+                kind=head.assignment,
+                ordering=OfferOrdering(head.ordering),
             )
             if got is None:
                 break

@@ -137,8 +137,12 @@ class LoginService:
             raise PayloadTooLarge(
                 f"the password is longer than {self.ctx.settings.max_password_bytes} bytes"
             )
-        view = self.ctx.cache.current(self.ctx.db)
+        view = self.ctx.cache.peek(self.ctx.db)
         tenant_id = view.tenants_by_name.get(tenant or "default")
+        if tenant_id is None:
+            # Perhaps a tenant made on another broker a moment ago.
+            view = self.ctx.cache.current(self.ctx.db)
+            tenant_id = view.tenants_by_name.get(tenant or "default")
         if tenant_id is None:
             raise Unauthorized(WRONG_CREDENTIALS)
         try:
@@ -233,6 +237,8 @@ class LoginService:
                         tenant_id=record.tenant_id,
                         pool_id=entry.pool_id,
                         user_id=record.id,
+                        assignment=entry.assignment.value,
+                        ordering=entry.ordering.value,
                     )
                     pool = view.pools.get(entry.pool_id)
                     estimate = queue_estimate_s(position, pool.release_interval_s if pool else None)

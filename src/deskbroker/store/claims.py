@@ -14,13 +14,12 @@ from sqlalchemy import (
     case,
     delete,
     func,
+    insert,
     literal,
     select,
-    true,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from deskbroker.domain.offers import OfferOrdering
@@ -202,54 +201,70 @@ def claim(
     return None if row is None else _held(row)
 
 
-def enqueue(session: Session, *, tenant_id: str, pool_id: str, user_id: str) -> int:
-    """Statement 4: a queue ticket for the user; returns their position (1 = next)."""
+def enqueue(
+    session: Session,
+    *,
+    tenant_id: str,
+    pool_id: str,
+    user_id: str,
+    assignment: str = "persistent",
+    ordering: str = "running_first",
+) -> int:
+    """Statement 4: a queue ticket for the user; returns their position (1 = next).
+
+    The pool row is the ticket counter (its lock orders concurrent callers); a user who
+    already waits keeps their ticket and does not move the counter."""
     now = utcnow()
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        tick = (
-            update(Pool)
-            .where(Pool.id == pool_id)
-            .values(queue_tail=Pool.queue_tail + 1)
-            .returning(Pool.queue_tail, Pool.queue_head)
-            .cte("tick")
-        )
-        insert_stmt = pg_insert(QueueEntry).from_select(
-            ["tenant_id", "pool_id", "user_id", "ticket", "created_at"],
-            select(
-                literal(tenant_id),
-                literal(pool_id),
-                literal(user_id),
-                tick.c.queue_tail,
-                literal(now),
-            ),
-        )
+    waiting = (
+        select(QueueEntry.id)
+        .where(QueueEntry.pool_id == pool_id, QueueEntry.user_id == user_id)
+        .exists()
+    )
+    tick_stmt = (
+        update(Pool)
+        .where(Pool.id == pool_id, ~waiting)
+        .values(queue_tail=Pool.queue_tail + 1)
+        .returning(Pool.queue_tail, Pool.queue_head)
+    )
+    entry = {
+        "tenant_id": tenant_id,
+        "pool_id": pool_id,
+        "user_id": user_id,
+        "assignment": assignment,
+        "ordering": ordering,
+        "created_at": now,
+    }
+    existing = (
+        select(QueueEntry.ticket)
+        .where(QueueEntry.pool_id == pool_id, QueueEntry.user_id == user_id)
+        .scalar_subquery()
+    )
+    head_now = select(Pool.queue_head).where(Pool.id == pool_id).scalar_subquery()
+    if session.get_bind().dialect.name == "postgresql":
+        tick = tick_stmt.cte("tick")
         ins = (
-            insert_stmt.on_conflict_do_update(
-                index_elements=["pool_id", "user_id"], set_={"ticket": QueueEntry.ticket}
+            pg_insert(QueueEntry)
+            .from_select(
+                [*entry, "ticket"],
+                select(*(literal(v) for v in entry.values()), tick.c.queue_tail),
             )
+            .on_conflict_do_nothing(index_elements=["pool_id", "user_id"])
             .returning(QueueEntry.ticket)
             .cte("ins")
         )
         row = session.execute(
-            select(ins.c.ticket, tick.c.queue_head).select_from(ins.join(tick, true()))
+            select(
+                func.coalesce(select(ins.c.ticket).scalar_subquery(), existing),
+                func.coalesce(select(tick.c.queue_head).scalar_subquery(), head_now),
+            )
         ).one()
-        return max(1, int(row[0]) - int(row[1]))
-    tail, head = session.execute(
-        update(Pool)
-        .where(Pool.id == pool_id)
-        .values(queue_tail=Pool.queue_tail + 1)
-        .returning(Pool.queue_tail, Pool.queue_head)
-    ).one()
-    stmt = sqlite_insert(QueueEntry).values(
-        tenant_id=tenant_id, pool_id=pool_id, user_id=user_id, ticket=tail, created_at=now
-    )
-    ticket = session.execute(
-        stmt.on_conflict_do_update(
-            index_elements=["pool_id", "user_id"], set_={"ticket": QueueEntry.ticket}
-        ).returning(QueueEntry.ticket)
-    ).scalar_one()
-    return max(1, int(ticket) - int(head))
+        return max(1, int(row[0] or 0) - int(row[1] or 0))
+    ticked = session.execute(tick_stmt).first()
+    if ticked is None:
+        row = session.execute(select(existing, head_now)).one()
+        return max(1, int(row[0] or 0) - int(row[1] or 0))
+    session.execute(insert(QueueEntry).values(**entry, ticket=ticked[0]))
+    return max(1, int(ticked[0]) - int(ticked[1]))
 
 
 def leave_queue(session: Session, *, pool_id: str, user_id: str) -> None:
@@ -277,16 +292,31 @@ def queue_positions(session: Session, user_id: str) -> list[tuple[str, int]]:
     return result
 
 
-def next_in_queue(session: Session, pool_id: str) -> tuple[int, str, str] | None:
-    """The waiting user with the lowest ticket: (entry id, user id, tenant id)."""
+@dataclass(frozen=True)
+class Waiting:
+    entry_id: int
+    user_id: str
+    tenant_id: str
+    assignment: str
+    ordering: str
+
+
+def next_in_queue(session: Session, pool_id: str) -> Waiting | None:
+    """The waiting user with the lowest ticket."""
     row = session.execute(
-        select(QueueEntry.id, QueueEntry.user_id, QueueEntry.tenant_id)
+        select(
+            QueueEntry.id,
+            QueueEntry.user_id,
+            QueueEntry.tenant_id,
+            QueueEntry.assignment,
+            QueueEntry.ordering,
+        )
         .where(QueueEntry.pool_id == pool_id)
         .order_by(QueueEntry.ticket)
         .limit(1)
         .with_for_update(skip_locked=True)
     ).first()
-    return None if row is None else (int(row[0]), str(row[1]), str(row[2]))
+    return None if row is None else Waiting(int(row[0]), str(row[1]), str(row[2]), row[3], row[4])
 
 
 def serve_entry(session: Session, entry_id: int, pool_id: str) -> None:

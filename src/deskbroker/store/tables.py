@@ -333,6 +333,9 @@ class QueueEntry(Base):
     pool_id: Mapped[str] = mapped_column(ForeignKey("pools.id", ondelete="CASCADE"), index=True)
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     ticket: Mapped[int] = mapped_column(BigInteger)
+    # How the desktop is to be handed over when this user's turn comes.
+    assignment: Mapped[str] = mapped_column(String(20), default="persistent")
+    ordering: Mapped[str] = mapped_column(String(40), default="running_first")
     created_at: Mapped[datetime] = _created()
 
 

@@ -47,6 +47,9 @@ class OpenStackParams(BaseModel):
     default_network: str | None = None
     floating_network: str | None = None
     max_in_flight: int = Field(default=20, ge=1, le=1000)
+    reap_leaks: bool = Field(
+        default=False, description="terminate instances tagged as ours that no desktop owns"
+    )
     build_timeout_s: float = Field(default=900.0, gt=0, le=86400)
 
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 03:33:45.551311
+Create Date: 2026-11-22 04:02:18.137509
 """
 
 from __future__ import annotations
@@ -504,6 +504,8 @@ def upgrade() -> None:
         sa.Column("pool_id", sa.String(length=32), nullable=False),
         sa.Column("user_id", sa.String(length=32), nullable=False),
         sa.Column("ticket", sa.BigInteger(), nullable=False),
+        sa.Column("assignment", sa.String(length=20), nullable=False),
+        sa.Column("ordering", sa.String(length=40), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["pool_id"],
