@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -17,12 +19,15 @@ import httpx
 import uvicorn
 from rich.console import Console
 from rich.progress import Progress
+from sqlalchemy import func, select
 
 from deskbroker import xvnc
 from deskbroker.api.app import create_app
 from deskbroker.bootstrap import add_local_user, ensure_defaults
 from deskbroker.config import Settings
+from deskbroker.engine.runner import Engine
 from deskbroker.services.context import BrokerContext
+from deskbroker.store.tables import Desktop
 
 console = Console()
 ADMIN = ("admin", "deskbroker-admin")
@@ -36,14 +41,95 @@ class DemoEnvironment:
     desktops: list[xvnc.XvncDesktop] = field(default_factory=list)
     server: uvicorn.Server | None = None
     thread: threading.Thread | None = None
+    engine: Engine | None = None
+    cloud: subprocess.Popen[bytes] | None = None
+    cloud_url: str | None = None
 
     def stop(self) -> None:
         if self.server is not None:
             self.server.should_exit = True
         if self.thread is not None:
             self.thread.join(timeout=10)
+        if self.engine is not None:
+            self.engine.stop(wait=False)
+        if self.cloud is not None:
+            # cloudsim stops its instances' desktops when it is told to stop.
+            self.cloud.send_signal(signal.SIGTERM)
+            try:
+                self.cloud.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.cloud.kill()
         for desktop in self.desktops:
             desktop.stop()
+
+
+CLOUD_DESKTOPS = 2
+
+
+def _start_cloud(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """The simulated OpenStack cloud, in its own process (the broker never imports it)."""
+    port = _free_port()
+    log = (data_dir / "cloudsim.log").open("ab")
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cloudsim.cli",
+            "openstack",
+            "--port",
+            str(port),
+            "--projects",
+            "demo",
+            "--backing",
+            "xvnc",
+            "--vnc-password",
+            VNC_PASSWORD,
+            "--metadata-port",
+            "-1",
+            "--quota",
+            "instances=20,cores=100,ram=409600",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            httpx.get(f"{url}/_sim", timeout=2).raise_for_status()
+            return child, url
+        except httpx.HTTPError:
+            if child.poll() is not None or time.monotonic() > deadline:
+                child.kill()
+                raise RuntimeError("the simulated cloud did not start; see cloudsim.log") from None
+            time.sleep(0.1)
+
+
+def _wait_for_cloud_desktops(ctx: BrokerContext, quiet: bool) -> None:
+    """Show the cloud pool being built, until its desktops can be handed out."""
+    with Progress(console=console, transient=True, disable=quiet) as progress:
+        task = progress.add_task("building cloud desktops", total=CLOUD_DESKTOPS)
+        deadline = time.monotonic() + 120
+        while True:
+            with ctx.db.read() as session:
+                ready = (
+                    session.scalar(
+                        select(func.count())
+                        .select_from(Desktop)
+                        .where(
+                            Desktop.name.like("demo-vm-%"),
+                            Desktop.power_state == "running",
+                            Desktop.availability == "available",
+                        )
+                    )
+                    or 0
+                )
+            progress.update(task, completed=min(ready, CLOUD_DESKTOPS))
+            if ready >= CLOUD_DESKTOPS:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError("the cloud desktops were not built in 120 s")
+            time.sleep(0.2)
 
 
 def _free_port() -> int:
@@ -52,7 +138,7 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _seed(url: str, desktops: list[xvnc.XvncDesktop]) -> None:
+def _seed(url: str, desktops: list[xvnc.XvncDesktop], cloud_url: str | None) -> None:
     """Configure the demo through the public API, as an operator would."""
     with httpx.Client(base_url=url, timeout=30) as http:
         token = http.post(
@@ -95,12 +181,44 @@ def _seed(url: str, desktops: list[xvnc.XvncDesktop]) -> None:
         )
         plan = ensure("protocol-plans", {"name": "vnc-first", "protocols": [{"protocol": "vnc"}]})
         pool = ensure("pools", {"name": "demo-pool", "center_ids": [center["id"]]})
+        entries = [{"pool_id": pool["id"], "protocol_plan_id": plan["id"]}]
+        if cloud_url is not None:
+            cloud = ensure(
+                "centers",
+                {
+                    "name": "demo-cloud",
+                    "kind": "openstack",
+                    "params": {
+                        "auth_url": f"{cloud_url}/identity/v3",
+                        "project_name": "demo",
+                        "username": "demo",
+                        "default_network": "private",
+                    },
+                    "secrets": {"password": "password"},
+                    "scan_interval_s": 30,
+                },
+            )
+            cloud_pool = ensure(
+                "pools",
+                {
+                    "name": "demo-cloud-pool",
+                    "center_ids": [cloud["id"]],
+                    "provisioning": {
+                        "enabled": True,
+                        "min_unassigned": CLOUD_DESKTOPS,
+                        "max_total": CLOUD_DESKTOPS + 2,
+                        "parameters": {
+                            "name_template": "demo-vm-{SEQUENCE:2}",
+                            "image": "ubuntu-22.04-desktop",
+                            "flavor": "m1.small",
+                        },
+                    },
+                },
+            )
+            entries.insert(0, {"pool_id": cloud_pool["id"], "protocol_plan_id": plan["id"]})
         policy = ensure(
             "policies",
-            {
-                "name": "demo-policy",
-                "entries": [{"pool_id": pool["id"], "protocol_plan_id": plan["id"]}],
-            },
+            {"name": "demo-policy", "max_desktops_per_user": len(entries), "entries": entries},
         )
         source = http.get("/api/v1/admin/identity-sources", params={"kind": "local"}).json()
         source_id = source["items"][0]["id"]
@@ -120,9 +238,11 @@ def _seed(url: str, desktops: list[xvnc.XvncDesktop]) -> None:
 
 @contextlib.contextmanager
 def environment(
-    *, port: int, desktops: int, data_dir: Path, quiet: bool = False
+    *, port: int, desktops: int, data_dir: Path, quiet: bool = False, cloud: bool = True
 ) -> Iterator[DemoEnvironment]:
-    """Xvnc desktops on 127.0.0.11.., a broker on SQLite, seeded; stopped on exit."""
+    """Xvnc desktops on 127.0.0.11.. behind a static center, a simulated OpenStack
+    project whose instances are Xvnc desktops too, and a broker on SQLite that builds
+    the cloud pool; all stopped on exit."""
     settings = Settings(data_dir=data_dir, port=port)
     ctx = BrokerContext.from_settings(settings)
     ensure_defaults(ctx)
@@ -137,6 +257,10 @@ def environment(
             for i in range(desktops):
                 env.desktops.append(xvnc.start(f"127.0.0.{11 + i}", password_file=password_file))
                 progress.advance(task)
+        if cloud:
+            env.cloud, env.cloud_url = _start_cloud(data_dir)
+        env.engine = Engine(ctx)
+        env.engine.start()
         config = uvicorn.Config(
             create_app(ctx), host="127.0.0.1", port=port, log_level="warning", access_log=False
         )
@@ -148,7 +272,9 @@ def environment(
             if time.monotonic() > deadline or not env.thread.is_alive():
                 raise RuntimeError(f"the broker did not start on port {port}")
             time.sleep(0.05)
-        _seed(url, env.desktops)
+        _seed(url, env.desktops, env.cloud_url)
+        if env.cloud_url is not None:
+            _wait_for_cloud_desktops(ctx, quiet)
         yield env
     finally:
         env.stop()
@@ -173,6 +299,10 @@ def run(*, port: int, desktops: int, data_dir: Path | None) -> None:
         console.print(f"  VNC password  {VNC_PASSWORD}")
         for d in env.desktops:
             console.print(f"  desktop       {d.address}:{d.port} (Xvnc :{d.display})")
+        if env.cloud_url is not None:
+            console.print(
+                f"  cloud         {env.cloud_url} (cloudsim: OpenStack with Xvnc instances)"
+            )
         console.print("  self-test     deskbroker demo --selftest --url " + env.url)
         console.print("Ctrl-C stops the broker and the desktops.")
         with contextlib.suppress(KeyboardInterrupt):
@@ -205,26 +335,32 @@ def _check(url: str) -> list[str]:
         mine = http.get("/api/v1/client/desktops").json()
         if not mine["desktops"]:
             raise SelftestFailure(f"no desktop was assigned; offers: {body['offers']}")
-        desktop = mine["desktops"][0]
-        steps.append(f"assigned {desktop['name']} at {desktop['address']}")
-        connect = http.post(
-            f"/api/v1/client/desktops/{desktop['id']}/connect", json={"protocol": "vnc"}
-        )
-        if connect.status_code != 200:
-            raise SelftestFailure(f"connect failed: {connect.text}")
-        descriptor = connect.json()
-        if "[Connection]" not in descriptor["content"]:
-            raise SelftestFailure("the VNC descriptor has no [Connection] section")
-        steps.append(f"got {descriptor['filename']} for {descriptor['host']}:{descriptor['port']}")
-        try:
-            banner = xvnc.read_banner(descriptor["host"], descriptor["port"])
-        except OSError as exc:
-            raise SelftestFailure(
-                f"cannot reach {descriptor['host']}:{descriptor['port']}: {exc}"
-            ) from exc
-        if not banner.startswith("RFB "):
-            raise SelftestFailure(f"expected an RFB banner, got {banner!r}")
-        steps.append(f"VNC server answered {banner!r}")
+        # Every desktop the user holds: the cloud instance and the static machine.
+        for desktop in mine["desktops"]:
+            steps.extend(_check_desktop(http, desktop))
+    return steps
+
+
+def _check_desktop(http: httpx.Client, desktop: dict[str, Any]) -> list[str]:
+    steps = [f"assigned {desktop['name']} at {desktop['address']}"]
+    connect = http.post(
+        f"/api/v1/client/desktops/{desktop['id']}/connect", json={"protocol": "vnc"}
+    )
+    if connect.status_code != 200:
+        raise SelftestFailure(f"connect to {desktop['name']} failed: {connect.text}")
+    descriptor = connect.json()
+    if "[Connection]" not in descriptor["content"]:
+        raise SelftestFailure("the VNC descriptor has no [Connection] section")
+    steps.append(f"got {descriptor['filename']} for {descriptor['host']}:{descriptor['port']}")
+    try:
+        banner = xvnc.read_banner(descriptor["host"], descriptor["port"])
+    except OSError as exc:
+        raise SelftestFailure(
+            f"cannot reach {descriptor['host']}:{descriptor['port']}: {exc}"
+        ) from exc
+    if not banner.startswith("RFB "):
+        raise SelftestFailure(f"expected an RFB banner, got {banner!r}")
+    steps.append(f"{desktop['name']}'s VNC server answered {banner!r}")
     return steps
 
 
