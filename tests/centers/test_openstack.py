@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +15,7 @@ from deskbroker.centers.openstack.session import CloudFailure
 from deskbroker.centers.registry import open_driver
 from deskbroker.domain.states import PowerState
 from tests.centers.conformance import CenterConformance, wait_until
+from tests.helpers import Api
 
 SPEED = 40.0
 
@@ -189,3 +191,55 @@ def test_catalog_lists_the_pickers(sim: CloudSim) -> None:
     assert {"public", "private"} <= {n["name"] for n in catalog["networks"]}
     assert catalog["availability_zones"][0]["name"] == "nova"
     assert any(i["name"].startswith("cirros") for i in catalog["images"])
+
+
+def test_a_clouds_yaml_entry_is_enough(
+    sim: CloudSim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sim.seed_servers(2)
+    config = tmp_path / "clouds.yaml"
+    config.write_text(sim.clouds_yaml("lab"))
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(config))
+    driver = open_driver("openstack", {"cloud": "lab"}, {})
+    assert len(driver.inventory()) == 2
+
+
+def test_application_credentials(sim: CloudSim) -> None:
+    sim.seed_servers(1)
+    credential = sim.create_application_credential(user="demo", project="demo")
+    driver = open_driver(
+        "openstack",
+        {"auth_url": sim.auth_url, "application_credential_id": credential["id"]},
+        {"application_credential_secret": credential["secret"]},
+    )
+    assert len(driver.inventory()) == 1
+    wrong = open_driver(
+        "openstack",
+        {"auth_url": sim.auth_url, "application_credential_id": credential["id"]},
+        {"application_credential_secret": "not-it"},
+    )
+    with pytest.raises(CloudFailure, match="refused"):
+        wrong.inventory()
+
+
+def test_an_expired_token_is_renewed(sim: CloudSim) -> None:
+    sim.seed_servers(1)
+    driver = _open(sim)
+    assert len(driver.inventory()) == 1
+    sim.expire_tokens()
+    assert len(driver.inventory()) == 1
+
+
+def test_a_center_with_failing_credentials_says_so(sim: CloudSim, api: Api) -> None:
+    center = api.post(
+        "centers",
+        {
+            "name": "bad-creds",
+            "kind": "openstack",
+            "params": {"auth_url": sim.auth_url, "project_name": "demo", "username": "demo"},
+            "secrets": {"password": "wrong"},
+        },
+    )
+    assert center["status"] == "error"
+    assert "refused the center's credentials" in center["status_message"]
+    assert "wrong" not in str(api.get(f"centers/{center['id']}"))
