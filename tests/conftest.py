@@ -82,6 +82,7 @@ def settings(db_url: str, tmp_path: Path) -> Settings:
         provision_retry_base_s=0.05,
         provision_poll_s=0.05,
         quota_backoff_s=0.5,
+        provision_interval_s=0.5,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from cloudsim.server import CloudSim
+from deskbroker.centers.openstack.driver import OpenStackCenter
 from deskbroker.engine.runner import Engine
 from tests.engine.conftest import openstack_center, provisioning_pool, run_until
 from tests.helpers import Api
@@ -174,3 +175,54 @@ def test_pools_converge_with_a_fifth_of_cloud_calls_failing(
         if e["detail"]["attempts"] > 1
     ]
     assert with_errors, "some builds needed more than one attempt"
+
+
+def test_a_users_data_volume_follows_them_across_desktops(
+    api: Api, sim: CloudSim, engine: Engine
+) -> None:
+    center = openstack_center(api, sim)
+    pool = provisioning_pool(api, center["id"], n=2, m=3)
+    provisioning = api.get(f"pools/{pool['id']}")["provisioning"]
+    provisioning["parameters"]["data_volume_gb"] = 2
+    api.patch(f"pools/{pool['id']}", {"provisioning": provisioning})
+    policy = api.post("policies", {"name": "auto", "entries": [{"pool_id": pool["id"]}]})
+    api.post("assignment-rules", {"identity_source_id": api.source_id(), "policy_id": policy["id"]})
+    api.post(
+        "users",
+        {"identity_source_id": api.source_id(), "username": "roamer", "password": "password-1"},
+    )
+    run_until(engine, lambda: _status(api, pool["id"])["available"] == 2)
+
+    def attachments() -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {}
+        conn = _driver(center["id"], api)
+        for server in sim.servers("demo"):
+            body = conn.session.compute_get(f"/servers/{server['id']}/os-volume_attachments")
+            found[server["id"]] = [a["volumeId"] for a in body["volumeAttachments"]]
+        return found
+
+    first = api.login("roamer", "password-1")["offers"][0]["desktop"]
+    first_server = api.get(f"desktops/{first['id']}")["external_id"]
+    run_until(engine, lambda: attachments().get(first_server) != [])
+    [volume] = attachments()[first_server]
+
+    api.delete(f"assignments/{first['id']}")
+    api.patch(f"desktops/{first['id']}", {"availability": "unavailable"})
+    run_until(engine, lambda: attachments().get(first_server) == [])
+    second = api.login("roamer", "password-1")["offers"][0]["desktop"]
+    assert second["id"] != first["id"]
+    second_server = api.get(f"desktops/{second['id']}")["external_id"]
+    run_until(engine, lambda: attachments().get(second_server) == [volume])
+    assert len(api.get("events?kind=volume.attach")["items"]) == 2
+
+
+def _driver(center_id: str, api: Api) -> OpenStackCenter:
+    from deskbroker.services.inventory import open_center
+    from deskbroker.store.tables import Center
+
+    with api.ctx.db.read() as session:
+        center = session.get(Center, center_id)
+        assert center is not None
+        driver = open_center(api.ctx, center)
+    assert isinstance(driver, OpenStackCenter)
+    return driver

@@ -37,6 +37,7 @@ class Capability(StrEnum):
     LEAK_SWEEP = "leak_sweep"
     PROBE = "probe"
     CHANGES = "changes"
+    VOLUMES = "volumes"
 
 
 class PowerAction(StrEnum):
@@ -170,6 +171,19 @@ class CenterDriver:
         """Machines carrying ``tag``: how a resumed build finds the instance it asked for."""
         self.require(Capability.LEAK_SWEEP)
         return []
+
+    def create_volume(self, name: str, size_gb: int, metadata: Mapping[str, str]) -> str:
+        """A data volume; returns its id."""
+        self.require(Capability.VOLUMES)
+        return ""
+
+    def attach_volume(self, external_id: str, volume_id: str) -> None:
+        """Attach a data volume to a machine."""
+        self.require(Capability.VOLUMES)
+
+    def detach_volume(self, external_id: str, volume_id: str) -> None:
+        """Detach a data volume; a machine or attachment already gone is not an error."""
+        self.require(Capability.VOLUMES)
 
     def probe(self, address: str, port: int, timeout_s: float = 1.0) -> ProbeResult:
         """Open a TCP connection to a protocol port: the honest reachability test."""

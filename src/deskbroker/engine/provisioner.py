@@ -30,6 +30,7 @@ from deskbroker.domain.states import (
     ProvisioningState,
     transition,
 )
+from deskbroker.engine import volumes
 from deskbroker.engine.drivers import DriverCache
 from deskbroker.engine.watch import BuildWatcher
 from deskbroker.errors import CenterError
@@ -133,6 +134,9 @@ def reconcile_pool(ctx: BrokerContext, drivers: DriverCache, pool_id: str, now: 
         pool.status_message = words
     if retire:
         _retire(ctx, drivers, center_id or "", retire)
+    size = (provisioning.get("parameters") or {}).get("data_volume_gb")
+    if size and center is not None:
+        volumes.follow_users(ctx, drivers, pool_id, center, int(size))
     return words
 
 

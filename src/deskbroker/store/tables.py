@@ -453,3 +453,21 @@ class PoolStat(Base):
     pool_id: Mapped[str] = mapped_column(ForeignKey("pools.id", ondelete="CASCADE"))
     at: Mapped[datetime] = mapped_column(default=utcnow)
     counts: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class UserVolume(Base):
+    """A user's data disk on one center: it follows them from desktop to desktop."""
+
+    __tablename__ = "user_volumes"
+    __table_args__ = (UniqueConstraint("user_id", "center_id"),)
+    id: Mapped[str] = _id()
+    tenant_id: Mapped[str] = _tenant()
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    center_id: Mapped[str] = mapped_column(ForeignKey("centers.id", ondelete="CASCADE"))
+    volume_id: Mapped[str] = mapped_column(String(200))
+    size_gb: Mapped[int] = mapped_column(Integer)
+    # The desktop it is attached to now (by desktop id and the instance it had then).
+    desktop_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    attached_to: Mapped[str | None] = mapped_column(String(200), default=None)
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _updated()

@@ -62,6 +62,13 @@ class ProvisioningParameters(Body):
     )
     deletable: bool = True
     start_unavailable: bool = False
+    data_volume_gb: int | None = Field(
+        default=None,
+        ge=1,
+        le=16384,
+        description="a data volume per user of this size, attached to whichever desktop "
+        "of the pool they hold",
+    )
 
     @model_validator(mode="after")
     def _template(self) -> ProvisioningParameters:

@@ -212,6 +212,19 @@ class OpenStackCenter(CenterDriver):
         )
         return str(response.json()["volume"]["id"])
 
+    def attach_volume(self, external_id: str, volume_id: str) -> None:
+        self.session.compute_post(
+            f"/servers/{external_id}/os-volume_attachments",
+            {"volumeAttachment": {"volumeId": volume_id}},
+        )
+
+    def detach_volume(self, external_id: str, volume_id: str) -> None:
+        try:
+            self.session.compute_delete(f"/servers/{external_id}/os-volume_attachments/{volume_id}")
+        except CloudFailure as exc:
+            if exc.cloud_status != 404:
+                raise
+
     def attach_address(self, external_id: str, request: ProvisionRequest) -> str:
         found = self.machine(external_id)
         if found is None:

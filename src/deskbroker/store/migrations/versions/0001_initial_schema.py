@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 04:02:18.137509
+Create Date: 2026-11-22 04:06:13.450387
 """
 
 from __future__ import annotations
@@ -534,6 +534,43 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_queue_entries_user_id"), ["user_id"], unique=False)
 
     op.create_table(
+        "user_volumes",
+        sa.Column("id", sa.String(length=32), nullable=False),
+        sa.Column("tenant_id", sa.String(length=32), nullable=False),
+        sa.Column("user_id", sa.String(length=32), nullable=False),
+        sa.Column("center_id", sa.String(length=32), nullable=False),
+        sa.Column("volume_id", sa.String(length=200), nullable=False),
+        sa.Column("size_gb", sa.Integer(), nullable=False),
+        sa.Column("desktop_id", sa.String(length=32), nullable=True),
+        sa.Column("attached_to", sa.String(length=200), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["center_id"],
+            ["centers.id"],
+            name=op.f("fk_user_volumes_center_id_centers"),
+            ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["tenant_id"],
+            ["tenants.id"],
+            name=op.f("fk_user_volumes_tenant_id_tenants"),
+            ondelete="RESTRICT",
+        ),
+        sa.ForeignKeyConstraint(
+            ["user_id"],
+            ["users.id"],
+            name=op.f("fk_user_volumes_user_id_users"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_user_volumes")),
+        sa.UniqueConstraint("user_id", "center_id", name=op.f("uq_user_volumes_user_id")),
+    )
+    with op.batch_alter_table("user_volumes", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_user_volumes_tenant_id"), ["tenant_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_user_volumes_user_id"), ["user_id"], unique=False)
+
+    op.create_table(
         "pool_members",
         sa.Column("pool_id", sa.String(length=32), nullable=False),
         sa.Column("desktop_id", sa.String(length=32), nullable=False),
@@ -715,6 +752,11 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_pool_members_desktop_id"))
 
     op.drop_table("pool_members")
+    with op.batch_alter_table("user_volumes", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_user_volumes_user_id"))
+        batch_op.drop_index(batch_op.f("ix_user_volumes_tenant_id"))
+
+    op.drop_table("user_volumes")
     with op.batch_alter_table("queue_entries", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_queue_entries_user_id"))
         batch_op.drop_index(batch_op.f("ix_queue_entries_tenant_id"))
