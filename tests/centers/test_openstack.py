@@ -243,3 +243,22 @@ def test_a_center_with_failing_credentials_says_so(sim: CloudSim, api: Api) -> N
     assert center["status"] == "error"
     assert "refused the center's credentials" in center["status_message"]
     assert "wrong" not in str(api.get(f"centers/{center['id']}"))
+
+
+def test_scans_list_images_and_the_catalog_feeds_pickers(sim: CloudSim, api: Api) -> None:
+    center = api.post(
+        "centers",
+        {
+            "name": "pickers",
+            "kind": "openstack",
+            "params": {"auth_url": sim.auth_url, "project_name": "demo", "username": "demo"},
+            "secrets": {"password": "password"},
+        },
+    )
+    images = api.get(f"images?center_id={center['id']}")["items"]
+    assert {"cirros-0.6.2-x86_64-disk", "ubuntu-22.04-desktop"} <= {i["name"] for i in images}
+    catalog = api.get(f"centers/{center['id']}/catalog")
+    assert "m1.small" in {f["name"] for f in catalog["flavors"]}
+    assert "private" in {n["name"] for n in catalog["networks"]}
+    static = api.post("centers", {"name": "lab", "kind": "static", "params": {"machines": []}})
+    assert api.get(f"centers/{static['id']}/catalog")["flavors"] == []

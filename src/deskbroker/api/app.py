@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from deskbroker import __version__, metrics
 from deskbroker.api import agent, errors
 from deskbroker.api.admin import activity, identity, inventory, policies, pools
+from deskbroker.api.admin import catalog as admin_catalog
 from deskbroker.api.admin import engine as admin_engine
 from deskbroker.api.admin import sessions as admin_sessions
 from deskbroker.api.client import routes as client_routes
@@ -93,7 +94,16 @@ def api_router() -> APIRouter:
     api = APIRouter(prefix="/api/v1", dependencies=[Depends(strict_request)])
     api.include_router(client_routes.router())
     # One level of nesting fewer: every level rebuilds each route's dependencies.
-    for module in (inventory, pools, policies, identity, activity, admin_sessions, admin_engine):
+    for module in (
+        inventory,
+        pools,
+        policies,
+        identity,
+        activity,
+        admin_sessions,
+        admin_engine,
+        admin_catalog,
+    ):
         api.include_router(module.router(), prefix="/admin")
     api.include_router(agent.router())
     return api

@@ -140,6 +140,16 @@ class CenterDriver:
         """What the center can provision from; empty when it cannot provision."""
         return []
 
+    def catalog(self) -> dict[str, list[dict[str, Any]]]:
+        """What the admin's pickers offer: images, flavors, networks, zones, groups."""
+        return {
+            "images": [{"id": i.external_id, "name": i.name, "os": i.os} for i in self.images()],
+            "flavors": [],
+            "networks": [],
+            "availability_zones": [],
+            "security_groups": [],
+        }
+
     def create(self, request: ProvisionRequest) -> str:
         """Ask the center for a new machine; returns its id at once, without waiting."""
         self.require(Capability.PROVISION)

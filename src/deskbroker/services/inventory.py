@@ -12,12 +12,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from deskbroker.centers import registry
-from deskbroker.centers.base import Capability, CenterDriver, MachineInfo
+from deskbroker.centers.base import Capability, CenterDriver, ImageInfo, MachineInfo
 from deskbroker.errors import DeskbrokerError, NotFound
 from deskbroker.protocols.descriptors import DEFAULT_PORTS
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import desktop_sync
-from deskbroker.store.tables import Center, Desktop, utcnow
+from deskbroker.store.tables import Center, Desktop, Image, utcnow
 
 
 @dataclass
@@ -93,6 +93,12 @@ def scan(
             and center.scan_cursor is not None
         )
         seen = driver.changes(center.scan_cursor if incremental else None)
+        # Images change rarely: read them on full scans only.
+        images = (
+            driver.images()
+            if not incremental and Capability.IMAGES in driver.capabilities
+            else None
+        )
     except DeskbrokerError as exc:
         report.status, report.message = "error", exc.detail
     except Exception as exc:  # a driver's own failure becomes the center's status
@@ -109,6 +115,8 @@ def scan(
         return report
     report.full = not incremental
     machines = seen.machines
+    if images is not None:
+        sync_images(session, center, images)
     result = desktop_sync.sync(
         session,
         tenant_id=center.tenant_id,
@@ -133,6 +141,36 @@ def scan(
     if result.changed:
         refresh_pools(session, center.tenant_id)
     return report
+
+
+def catalog(ctx: BrokerContext, center: Center) -> dict[str, Any]:
+    """The center's pickers; a center that cannot provision offers empty lists."""
+    return dict(open_center(ctx, center).catalog())
+
+
+def sync_images(session: Session, center: Center, images: list[ImageInfo]) -> None:
+    """Keep the center's image rows in line with what it offers."""
+    existing = {
+        i.external_id: i
+        for i in session.scalars(select(Image).where(Image.center_id == center.id)).all()
+    }
+    for info in images:
+        row = existing.pop(info.external_id, None)
+        if row is None:
+            session.add(
+                Image(
+                    tenant_id=center.tenant_id,
+                    center_id=center.id,
+                    external_id=info.external_id,
+                    name=info.name,
+                    os=info.os,
+                    attributes=dict(info.attributes),
+                )
+            )
+        elif (row.name, row.os, row.attributes) != (info.name, info.os, dict(info.attributes)):
+            row.name, row.os, row.attributes = info.name, info.os, dict(info.attributes)
+    for gone in existing.values():
+        session.delete(gone)
 
 
 def probe(ctx: BrokerContext, desktop_id: str, tenant_id: str | None) -> dict[str, Any]:
