@@ -25,8 +25,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 BLOCK = re.compile(r"^```sh\n(.*?)^```", re.MULTILINE | re.DOTALL)
@@ -61,16 +59,14 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 90) -> None:
+def wait_ready(log: Path, process: subprocess.Popen[bytes], timeout_s: float = 150) -> None:
+    """Until the demo says it is serving: it has then seeded and built its cloud pool."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise SystemExit(f"the demo exited with {process.returncode}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
+        if log.exists() and "is serving at" in log.read_text(errors="replace"):
+            return
         time.sleep(0.2)
     raise SystemExit(f"the demo was not ready after {timeout_s} s")
 
@@ -126,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                 start_new_session=True,
             )
         try:
-            wait_ready(url, demo)
+            wait_ready(log, demo)
             result = subprocess.run(
                 ["bash", "-c", script],
                 cwd=tmp,

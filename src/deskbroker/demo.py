@@ -215,7 +215,7 @@ def _seed(url: str, desktops: list[xvnc.XvncDesktop], cloud_url: str | None) -> 
                     },
                 },
             )
-            entries.insert(0, {"pool_id": cloud_pool["id"], "protocol_plan_id": plan["id"]})
+            entries.append({"pool_id": cloud_pool["id"], "protocol_plan_id": plan["id"]})
         policy = ensure(
             "policies",
             {"name": "demo-policy", "max_desktops_per_user": len(entries), "entries": entries},
