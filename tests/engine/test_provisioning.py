@@ -226,3 +226,28 @@ def _driver(center_id: str, api: Api) -> OpenStackCenter:
         driver = open_center(api.ctx, center)
     assert isinstance(driver, OpenStackCenter)
     return driver
+
+
+def test_pool_status_in_numbers_and_words(api: Api, sim: CloudSim, engine: Engine) -> None:
+    center = openstack_center(api, sim)
+    sim.inject_fault("build_error", times=None)
+    pool = provisioning_pool(api, center["id"], n=1, m=1)
+    run_until(engine, lambda: _status(api, pool["id"])["failed"] == 1, timeout_s=60)
+    status = api.get(f"pools/{pool['id']}/status")
+    for key in (
+        "total",
+        "available",
+        "assigned",
+        "provisioning",
+        "failed",
+        "running",
+        "stopped",
+        "suspended",
+        "in_session",
+        "queued",
+    ):
+        assert key in status["counts"]
+    assert status["status"] == "error"
+    assert (
+        "1 failed builds" in status["summary"] and "last error: a build failed" in status["summary"]
+    )

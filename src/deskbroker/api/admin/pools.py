@@ -15,6 +15,7 @@ from deskbroker.api.deps import AdminReader, Ctx
 from deskbroker.api.schemas import Body, FilterIn, Id, Name, Stamped, Text
 from deskbroker.domain import tags
 from deskbroker.domain.membership import creates_cycle
+from deskbroker.domain.states import ACTIVE_SESSION_STATES
 from deskbroker.engine import jobs
 from deskbroker.errors import Conflict, InvalidInput
 from deskbroker.services.context import BrokerContext
@@ -26,7 +27,9 @@ from deskbroker.store.tables import (
     PolicyEntry,
     Pool,
     PoolMember,
+    ProvisioningTask,
     QueueEntry,
+    SessionRow,
     User,
 )
 
@@ -261,11 +264,43 @@ def pool_status(session: Session, pool: Pool) -> dict[str, Any]:
         or 0
     )
     counts["queued"] = int(waiting)
+    tasks = dict(
+        session.execute(
+            select(ProvisioningTask.state, func.count())
+            .where(ProvisioningTask.pool_id == pool.id)
+            .group_by(ProvisioningTask.state)
+        ).all()
+    )
+    counts["provisioning"] = sum(
+        int(tasks.get(s, 0)) for s in ("requested", "creating", "waiting", "addressing")
+    )
+    counts["failed"] = int(tasks.get("failed", 0))
+    counts["in_session"] = int(
+        session.scalar(
+            select(func.count(func.distinct(SessionRow.desktop_id))).where(
+                SessionRow.desktop_id.in_(select(members.c.desktop_id)),
+                SessionRow.state.in_([s.value for s in ACTIVE_SESSION_STATES]),
+            )
+        )
+        or 0
+    )
     words = (
         f"{counts['total']} desktops: {counts['assigned']} assigned, "
-        f"{counts['available']} free, {counts['queued']} users waiting"
+        f"{counts['available']} free, {counts['in_session']} in session, "
+        f"{counts['provisioning']} being built, {counts['failed']} failed builds, "
+        f"{counts['queued']} users waiting"
     )
-    return {"pool_id": pool.id, "name": pool.name, "counts": counts, "summary": words}
+    if pool.last_error:
+        words += f"; last error: {pool.last_error}"
+    return {
+        "pool_id": pool.id,
+        "name": pool.name,
+        "counts": counts,
+        "summary": words,
+        "status": pool.status,
+        "provisioning": pool.status_message,
+        "last_error": pool.last_error,
+    }
 
 
 def router() -> APIRouter:
