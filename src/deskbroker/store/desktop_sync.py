@@ -30,6 +30,7 @@ class SyncResult:
     added: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    orphans: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -101,6 +102,11 @@ def sync(
                     }
                 )
                 result.updated.append(machine.name)
+                continue
+            if machine.attributes.get("meta.deskbroker_desktop"):
+                # Built for a desktop this broker no longer has: a leak for the sweep to
+                # report or reap, never a desktop to hand out.
+                result.orphans.append(machine.external_id)
                 continue
             values = _values(machine, PowerState.UNKNOWN.value)
             inserts.append(

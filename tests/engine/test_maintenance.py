@@ -1,0 +1,103 @@
+"""Periodic upkeep: retention, pool statistics, leak sweeps, failing jobs made visible."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import func, select
+
+from cloudsim.server import CloudSim
+from deskbroker.engine.runner import Engine
+from deskbroker.services.context import BrokerContext
+from deskbroker.store import events
+from deskbroker.store.tables import Event, Job, PoolStat
+from tests.engine.conftest import openstack_center, provisioning_pool
+from tests.helpers import Api
+
+
+def _job(api: Api, kind: str) -> dict[str, object]:
+    jobs = api.get(f"jobs?kind={kind}")["items"]
+    assert len(jobs) == 1, jobs
+    job: dict[str, object] = jobs[0]
+    return job
+
+
+def test_retention_drops_old_events_and_keeps_recent_ones(
+    api: Api, ctx: BrokerContext, engine: Engine
+) -> None:
+    old = datetime.now(UTC) - timedelta(days=31)
+    pool_id = api.seed_pool(1)["pool"]
+    with ctx.db.write() as session:
+        events.append(session, "old.thing", tenant_id=None, actor="test")
+        session.flush()
+        newest = session.scalar(select(func.max(Event.id)))
+        session.execute(Event.__table__.update().where(Event.id == newest).values(at=old))
+        session.add(PoolStat(pool_id=pool_id, at=old - timedelta(days=60), counts={}))
+    engine.run_once()  # creates the jobs
+    engine.run_once()
+    with ctx.db.read() as session:
+        kinds = set(session.scalars(select(Event.kind)).all())
+        stats = session.scalar(select(func.count()).select_from(PoolStat))
+    assert "old.thing" not in kinds and "login" in kinds
+    assert stats == 1  # the old sample went; the fresh one taken this tick stays
+
+
+def test_pool_statistics_are_sampled(api: Api, ctx: BrokerContext, engine: Engine) -> None:
+    pool_id = api.seed_pool(3)["pool"]
+    engine.run_once()
+    engine.run_once()
+    with ctx.db.read() as session:
+        sample = session.scalars(select(PoolStat).where(PoolStat.pool_id == pool_id)).one()
+    assert sample.counts["total"] == 3 and sample.counts["unassigned"] == 3
+    assert _job(api, "pool_stats")["runs"] == 1
+
+
+def test_leak_sweep_finds_and_reaps_untracked_instances(
+    api: Api, sim: CloudSim, engine: Engine
+) -> None:
+    # An instance this broker built for a desktop it no longer has (say a desktop row
+    # deleted by hand): scans leave it alone, the sweep reports it.
+    [stray] = sim.seed_servers(1, tags=["deskbroker"], metadata={"deskbroker_desktop": "gone"})
+    center = openstack_center(api, sim)
+    assert api.get("desktops")["total"] == 0
+    engine.run_once()
+    engine.run_once()
+    leak = api.get("events?kind=leak")["items"][0]
+    assert leak["detail"]["instances"] == [stray] and leak["detail"]["removed"] is False
+
+    params = api.get(f"centers/{center['id']}")["params"]
+    api.patch(f"centers/{center['id']}", {"params": {**params, "reap_leaks": True}})
+    with api.ctx.db.write() as session:
+        session.execute(Job.__table__.update().values(next_run_at=datetime.now(UTC)))
+    engine.run_once()
+    assert any(e["detail"]["removed"] for e in api.get("events?kind=leak")["items"])
+    gone = [s for s in sim.servers("demo") if s["id"] == stray]
+    assert gone[0]["status"] == "DELETED" or gone[0]["task_state"] == "deleting"
+
+
+def test_a_failing_job_is_retried_with_backoff_and_its_error_shown(
+    api: Api, sim: CloudSim, engine: Engine
+) -> None:
+    openstack_center(api, sim)
+    sim.inject_fault(500, times=None, path="/compute")
+    engine.run_once()
+    engine.run_once()
+    job = _job(api, "leak_sweep")
+    assert job["failures"] == 1 and "500" in str(job["last_error"])
+    first_retry = datetime.fromisoformat(str(job["next_run_at"]))
+    engine.run_once(datetime.now(UTC) + timedelta(seconds=3))
+    job = _job(api, "leak_sweep")
+    assert job["failures"] == 2
+    assert datetime.fromisoformat(str(job["next_run_at"])) > first_retry
+    sim.clear_faults()
+    engine.run_once(datetime.now(UTC) + timedelta(seconds=30))
+    job = _job(api, "leak_sweep")
+    assert job["failures"] == 0 and job["last_error"] == ""
+
+
+def test_pool_provisioning_job_exists_per_pool(api: Api, sim: CloudSim, engine: Engine) -> None:
+    center = openstack_center(api, sim)
+    provisioning_pool(api, center["id"], n=0, m=0)
+    engine.run_once()
+    kinds = {j["kind"] for j in api.get("jobs?limit=100")["items"]}
+    assert {"scan_center", "leak_sweep", "pool_provision", "pool_stats", "retention"} <= kinds
