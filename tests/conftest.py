@@ -57,11 +57,13 @@ def template_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def db_url(template_db: str, tmp_path: Path) -> str:
     if BACKEND == "postgresql":
         db = Database(template_db)
-        names = ", ".join(
-            f'"{t.name}"' for t in Base.metadata.sorted_tables if t.name != "broker_state"
-        )
+        # Plain DELETEs with foreign-key triggers off: an order of magnitude faster than
+        # TRUNCATE on tables this small.
         with db.engine.begin() as conn:
-            conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+            conn.execute(text("SET LOCAL session_replication_role = replica"))
+            for table in Base.metadata.sorted_tables:
+                if table.name != "broker_state":
+                    conn.execute(table.delete())
             conn.execute(text("UPDATE broker_state SET config_version = config_version + 1"))
         db.dispose()
         return template_db

@@ -6,10 +6,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Generic, TypeVar, cast
 
 from sqlalchemy import ColumnElement, Select, func, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session
 
-from deskbroker.errors import Conflict, NotFound
+from deskbroker.errors import Conflict, InvalidInput, NotFound
 from deskbroker.store.tables import Base, BrokerState
 
 M = TypeVar("M", bound=Base)
@@ -74,6 +74,11 @@ class Repository(Generic[M]):
             session.flush()
         except IntegrityError as exc:
             raise Conflict(_integrity_message(self.label, exc)) from exc
+        except (DataError, OverflowError) as exc:
+            # The API's limits should stop such values first; this keeps a missed one a 422.
+            raise InvalidInput(
+                f"a value of the {self.label} is too long or too large for the database"
+            ) from exc
 
     def delete(self, session: Session, obj: M) -> None:
         session.delete(obj)

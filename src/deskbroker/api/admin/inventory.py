@@ -146,6 +146,17 @@ def _center_in_use(session: Session, center: Any) -> None:
         raise Conflict(
             f"center {center.name} has assigned desktops (e.g. {held}); release them first"
         )
+    users = sorted(
+        pool.name
+        for pool in session.scalars(select(Pool).where(Pool.tenant_id == center.tenant_id))
+        if center.id in (pool.center_ids or [])
+        or (pool.provisioning or {}).get("center_id") == center.id
+    )
+    if users:
+        raise Conflict(
+            f"center {center.name} is used by pool{'s' if len(users) > 1 else ''} "
+            f"{', '.join(users)}; remove it from them first"
+        )
     for desktop in session.scalars(select(Desktop).where(Desktop.center_id == center.id)).all():
         session.delete(desktop)
     session.flush()
