@@ -3,7 +3,13 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-SYSTEM_PACKAGES := python3-venv tigervnc-standalone-server tigervnc-tools postgresql postgresql-client
+SYSTEM_PACKAGES := python3-venv tigervnc-standalone-server tigervnc-tools postgresql postgresql-client \
+  slapd ldap-utils samba samba-ad-dc samba-dsdb-modules samba-ad-provision winbind krb5-user
+# Directory daemons the tests start privately: slapd left unconfigured, no system instances.
+DEBCONF_PRESEED := slapd slapd/no_configuration boolean true\n\
+krb5-config krb5-config/default_realm string EXAMPLE.INVALID\n\
+krb5-config krb5-config/add_servers_realm string EXAMPLE.INVALID
+SYSTEM_SERVICES := slapd samba samba-ad-dc smbd nmbd winbind
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: setup system demo test lint typecheck test-sqlite test-postgresql bench docs clean
@@ -16,7 +22,9 @@ system:
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  printf '$(DEBCONF_PRESEED)\n' | $$SUDO debconf-set-selections; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	  for s in $(SYSTEM_SERVICES); do $$SUDO service $$s stop >/dev/null 2>&1 || true; done; \
 	fi
 
 $(VENV)/.installed: pyproject.toml

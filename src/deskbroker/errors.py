@@ -57,6 +57,21 @@ class Unavailable(DeskbrokerError):
     title = "Service unavailable"
 
 
+class DirectoryUnavailable(Unavailable):
+    """No server of a directory (LDAP, Active Directory) answered, or it refused the broker."""
+
+    title = "Directory unreachable"
+
+
+class AccountRefused(Forbidden):
+    """The directory refuses the account itself: locked, disabled, expired password.
+
+    ``reason`` (in ``extra``) is one of ``locked``, ``disabled``, ``password_expired``,
+    ``account_expired``."""
+
+    title = "Login refused"
+
+
 class CenterError(DeskbrokerError):
     """A center (infrastructure) refused or failed an operation."""
 

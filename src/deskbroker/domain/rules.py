@@ -18,6 +18,8 @@ class Identity:
     groups: frozenset[str] = frozenset()
     attributes: dict[str, str] = field(default_factory=dict)
     ou: str = ""
+    display_name: str = ""
+    email: str = ""
 
 
 @dataclass(frozen=True)

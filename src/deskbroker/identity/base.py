@@ -3,7 +3,9 @@
 A source implements ``authenticate(credentials, known)`` returning an ``Identity`` or
 ``None`` (wrong credentials), and ``lookup(username)``. ``known`` is the broker's own row
 for the user when there is one: a local source checks its password hash, a directory
-ignores it and binds. Blocking clients are run off the event loop by the caller.
+ignores it and binds. A directory (``provisions_users``) is the truth about its users:
+the login path creates or refreshes the broker's row from the ``Identity`` it returns.
+Blocking clients are run off the event loop by the caller.
 Sources are registered through the ``deskbroker.identity`` entry-point group.
 """
 
@@ -34,6 +36,9 @@ class IdentitySourceDriver:
 
     kind: ClassVar[str] = ""
     Params: ClassVar[type[BaseModel]]
+    # True when the source, not the broker, holds the users: the login path then creates
+    # or refreshes the broker's row from what ``authenticate`` returns.
+    provisions_users: ClassVar[bool] = False
 
     def __init__(
         self, params: Mapping[str, Any], secrets: Mapping[str, str], hashing: PasswordHashing
@@ -46,6 +51,9 @@ class IdentitySourceDriver:
         """Verify the credentials; ``None`` means they are wrong."""
         raise InvalidInput(f"identity source kind {self.kind!r} cannot authenticate")
 
+    def close(self) -> None:
+        """Let go of connections; called when a newer configuration replaces this one."""
+
     def lookup(self, username: str, known: UserRecord | None) -> Identity | None:
         """Describe a user without their password (explain, admin pickers)."""
         if known is None:
@@ -54,6 +62,8 @@ class IdentitySourceDriver:
             username=known.username,
             groups=frozenset(known.groups),
             attributes={k: str(v) for k, v in known.attributes.items()},
+            display_name=known.display_name,
+            email=known.email,
         )
 
 

@@ -164,13 +164,16 @@ class ConfigCache:
         the version and calls ``current`` with it."""
         return self._view or self.current(db)
 
-    def current(self, db: Database, seen_version: int | None = None) -> ConfigView:
+    def current(
+        self, db: Database, seen_version: int | None = None, *, fresh: bool = False
+    ) -> ConfigView:
         """The view at ``seen_version`` (the login path reads it anyway); without one,
-        a view older than ``max_age_s`` is checked against the database's version, so
-        another broker's change reaches connects and agent events within seconds."""
+        a view older than ``max_age_s`` (or any view, with ``fresh``) is checked against
+        the database's version, so another broker's change reaches connects and agent
+        events within seconds."""
         view = self._view
         if seen_version is None and view is not None:
-            if clock.monotonic() - self._checked < self.max_age_s:
+            if not fresh and clock.monotonic() - self._checked < self.max_age_s:
                 return view
             with db.read() as session:
                 seen_version = config_version(session)
@@ -182,10 +185,10 @@ class ConfigCache:
             if view is not None and (seen_version is None or seen_version <= view.version):
                 return view
             with db.read() as session:
-                fresh = build_view(snapshot.load(session))
-            self._view = fresh
+                loaded = build_view(snapshot.load(session))
+            self._view = loaded
             self._checked = clock.monotonic()
-            return fresh
+            return loaded
 
     def plans_for_pool(self, db: Database, pool_id: str) -> tuple[str | None, str | None]:
         """(power plan id, release plan id) of the policy entry that offers ``pool_id``.

@@ -12,10 +12,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from deskbroker import metrics
 from deskbroker.domain.offers import queue_estimate_s
 from deskbroker.domain.rules import Identity, decide
-from deskbroker.errors import Forbidden, PayloadTooLarge, Unauthorized
+from deskbroker.errors import (
+    AccountRefused,
+    DirectoryUnavailable,
+    Forbidden,
+    PayloadTooLarge,
+    Unauthorized,
+)
 from deskbroker.identity.base import Credentials, IdentitySourceDriver, source_kinds
 from deskbroker.services.config_cache import ConfigView, PolicyView, SourceView
 from deskbroker.services.context import BrokerContext
@@ -23,6 +31,7 @@ from deskbroker.store import claims, events
 from deskbroker.store.claims import HeldDesktop, UserRecord
 
 WRONG_CREDENTIALS = "Wrong username or password."
+DISABLED = "This account is disabled; ask your administrator."
 
 
 @dataclass(frozen=True)
@@ -49,6 +58,17 @@ class LoginResult:
     offers: list[Offer] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class _Verified:
+    """Who authenticated, against which source; ``record`` is None on a first login."""
+
+    source: SourceView
+    identity: Identity
+    record: UserRecord | None
+    view: ConfigView
+    directory: bool
+
+
 def _split_domain(username: str) -> tuple[str, str | None]:
     if "\\" in username:
         domain, _, name = username.partition("\\")
@@ -67,7 +87,14 @@ def _candidate_sources(
         return [(s, username) for s in sources if s.name == source_name]
     bare, domain = _split_domain(username)
     if domain is not None:
-        by_domain = [(s, bare) for s in sources if s.domain and s.domain == domain]
+        # DOMAIN\user names the NetBIOS domain: by convention the DNS domain's first label.
+        down_level = "\\" in username
+        by_domain = [
+            (s, bare)
+            for s in sources
+            if s.domain
+            and (s.domain == domain or (down_level and s.domain.partition(".")[0] == domain))
+        ]
         if by_domain:
             return by_domain
     # Without a domain match the sources are tried in their configured order.
@@ -89,6 +116,9 @@ class LoginService:
             if source.secrets_sealed:
                 secrets = json.loads(self.ctx.secrets.open(source.secrets_sealed))
             driver = source_kinds()[source.kind](source.params, secrets, self.ctx.hashing)
+            # An older configuration's driver of this source lets its connections go.
+            for old in [k for k in self._drivers if k[0] == source.id and k[1] < version]:
+                self._drivers.pop(old).close()
             self._drivers[key] = driver
         return driver
 
@@ -113,17 +143,36 @@ class LoginService:
 
     def _authenticate(
         self, view: ConfigView, tenant_id: str, username: str, password: str, source: str | None
-    ) -> tuple[SourceView, UserRecord, ConfigView]:
+    ) -> _Verified:
+        refused: AccountRefused | DirectoryUnavailable | None = None
         for candidate, name in _candidate_sources(view, tenant_id, username, source):
             with self.ctx.db.read() as session:
                 record = claims.find_user(session, candidate.id, name)
             if record is not None and record.config_version != view.version:
                 view = self.ctx.cache.current(self.ctx.db, record.config_version)
             driver = self._driver(candidate, view.version)
-            identity = driver.authenticate(Credentials(name, password), record)
-            if identity is not None and record is not None:
-                return candidate, record, view
-        raise Unauthorized(WRONG_CREDENTIALS)
+            try:
+                # Blocking (a directory bind): this runs in FastAPI's thread pool, since
+                # the login route is a plain ``def``.
+                identity = driver.authenticate(Credentials(name, password), record)
+            except (AccountRefused, DirectoryUnavailable) as exc:
+                refused = refused or exc  # another source may still know the user
+                continue
+            if identity is None or (record is None and not driver.provisions_users):
+                continue
+            if driver.provisions_users:
+                if identity.username != name:  # the directory's spelling of the name
+                    with self.ctx.db.read() as session:
+                        record = claims.find_user(session, candidate.id, identity.username)
+                # A first login read no version with the user: check the view's age.
+                view = self.ctx.cache.current(
+                    self.ctx.db, record.config_version if record else None
+                )
+            fresh = {s.id: s for s in view.sources_by_tenant.get(tenant_id, [])}
+            return _Verified(
+                fresh.get(candidate.id, candidate), identity, record, view, driver.provisions_users
+            )
+        raise refused or Unauthorized(WRONG_CREDENTIALS)
 
     def _login(
         self,
@@ -140,36 +189,50 @@ class LoginService:
         view = self.ctx.cache.peek(self.ctx.db)
         tenant_id = view.tenants_by_name.get(tenant or "default")
         if tenant_id is None:
-            # Perhaps a tenant made on another broker a moment ago.
-            view = self.ctx.cache.current(self.ctx.db)
+            # Perhaps a tenant made on another broker (or the CLI) a moment ago.
+            view = self.ctx.cache.current(self.ctx.db, fresh=True)
             tenant_id = view.tenants_by_name.get(tenant or "default")
         if tenant_id is None:
             raise Unauthorized(WRONG_CREDENTIALS)
         try:
-            src, record, view = self._authenticate(view, tenant_id, username, password, source)
-        except Unauthorized:
+            found = self._authenticate(view, tenant_id, username, password, source)
+        except (Unauthorized, AccountRefused, DirectoryUnavailable) as exc:
             with self.ctx.db.write() as session:
                 events.append(
                     session,
                     "login_failed",
                     tenant_id=tenant_id,
                     actor=username[:200],
-                    detail={"client": client_address or ""},
+                    detail={
+                        "client": client_address or "",
+                        "reason": exc.extra.get("reason", "wrong_credentials"),
+                    },
                 )
             raise
-        if record.disabled:
-            raise Forbidden("This account is disabled; ask your administrator.")
-        who = Identity(
-            username=record.username,
-            groups=frozenset(record.groups),
-            attributes={k: str(v) for k, v in record.attributes.items()},
-        )
+        src, who, view = found.source, found.identity, found.view
+        if found.record is not None and found.record.disabled:
+            raise Forbidden(DISABLED)
         rule = decide(src.rules, who, client_address, datetime.now(UTC))
-        role = record.role if record.role != "user" or rule is None else rule.role
         policy = view.policies.get(rule.policy_id or "") if rule is not None else None
-        offers = self._claim_all(
-            record, policy, view, client_address, rule_id=rule.rule_id if rule else None
-        )
+        with self.ctx.db.write() as session:
+            record = found.record
+            if found.directory and claims.directory_user_changed(record, who):
+                # The directory's user becomes (or stays) a broker user, in the login's
+                # own transaction: one statement, and only when something changed.
+                record = claims.upsert_directory_user(
+                    session,
+                    tenant_id=src.tenant_id,
+                    identity_source_id=src.id,
+                    who=who,
+                    known=record,
+                )
+                if record.disabled:
+                    raise Forbidden(DISABLED)
+            assert record is not None  # a local source only answers for a known row
+            offers = self._claim_all(
+                session, record, policy, view, client_address, rule.rule_id if rule else None
+            )
+        role = record.role if record.role != "user" or rule is None else rule.role
         token, expires = self.ctx.signer.issue(
             user_id=record.id,
             tenant_id=record.tenant_id,
@@ -190,6 +253,7 @@ class LoginService:
 
     def _claim_all(
         self,
+        session: Session,
         record: UserRecord,
         policy: PolicyView | None,
         view: ConfigView,
@@ -198,63 +262,62 @@ class LoginService:
     ) -> list[Offer]:
         offers: list[Offer] = []
         detail: dict[str, Any] = {"client": client_address or "", "rule": rule_id}
-        with self.ctx.db.write() as session:
-            held = claims.held_desktops(session, record.id)
-            budget = policy.max_desktops_per_user if policy else 0
-            total = len(held)
-            for entry in policy.entries if policy else ():
-                pools = {entry.pool_id, entry.backup_pool_id}
-                mine = [d for d in held if d.pool_id in pools]
-                offers.extend(Offer(entry.pool_id, entry.pool_name, "assigned", d) for d in mine)
-                need = min(entry.desktops - len(mine), budget - total)
-                for _ in range(max(0, need)):
+        held = claims.held_desktops(session, record.id)
+        budget = policy.max_desktops_per_user if policy else 0
+        total = len(held)
+        for entry in policy.entries if policy else ():
+            pools = {entry.pool_id, entry.backup_pool_id}
+            mine = [d for d in held if d.pool_id in pools]
+            offers.extend(Offer(entry.pool_id, entry.pool_name, "assigned", d) for d in mine)
+            need = min(entry.desktops - len(mine), budget - total)
+            for _ in range(max(0, need)):
+                got = claims.claim(
+                    session,
+                    pool_id=entry.pool_id,
+                    user_id=record.id,
+                    kind=entry.assignment.value,
+                    ordering=entry.ordering,
+                )
+                if got is None and entry.backup_pool_id:
                     got = claims.claim(
                         session,
-                        pool_id=entry.pool_id,
+                        pool_id=entry.backup_pool_id,
                         user_id=record.id,
                         kind=entry.assignment.value,
                         ordering=entry.ordering,
                     )
-                    if got is None and entry.backup_pool_id:
-                        got = claims.claim(
-                            session,
-                            pool_id=entry.backup_pool_id,
-                            user_id=record.id,
-                            kind=entry.assignment.value,
-                            ordering=entry.ordering,
-                        )
-                    if got is not None:
-                        metrics.CLAIMS.labels(result="assigned").inc()
-                        total += 1
-                        if record.queued:
-                            claims.leave_queue(session, pool_id=entry.pool_id, user_id=record.id)
-                        offers.append(Offer(entry.pool_id, entry.pool_name, "assigned", got))
-                        detail.setdefault("assigned", []).append(got.id)
-                        continue
-                    metrics.CLAIMS.labels(result="queued").inc()
-                    position = claims.enqueue(
-                        session,
-                        tenant_id=record.tenant_id,
-                        pool_id=entry.pool_id,
-                        user_id=record.id,
-                        assignment=entry.assignment.value,
-                        ordering=entry.ordering.value,
-                    )
-                    pool = view.pools.get(entry.pool_id)
-                    estimate = queue_estimate_s(position, pool.release_interval_s if pool else None)
-                    offers.append(
-                        Offer(entry.pool_id, entry.pool_name, "queued", None, position, estimate)
-                    )
-                    detail.setdefault("queued", []).append(
-                        {"pool": entry.pool_id, "position": position}
-                    )
-                    break
-            events.append(
-                session,
-                "login",
-                tenant_id=record.tenant_id,
-                actor=record.username,
-                user_id=record.id,
-                detail=detail,
-            )
+                if got is not None:
+                    metrics.CLAIMS.labels(result="assigned").inc()
+                    total += 1
+                    if record.queued:
+                        claims.leave_queue(session, pool_id=entry.pool_id, user_id=record.id)
+                    offers.append(Offer(entry.pool_id, entry.pool_name, "assigned", got))
+                    detail.setdefault("assigned", []).append(got.id)
+                    continue
+                metrics.CLAIMS.labels(result="queued").inc()
+                position = claims.enqueue(
+                    session,
+                    tenant_id=record.tenant_id,
+                    pool_id=entry.pool_id,
+                    user_id=record.id,
+                    assignment=entry.assignment.value,
+                    ordering=entry.ordering.value,
+                )
+                pool = view.pools.get(entry.pool_id)
+                estimate = queue_estimate_s(position, pool.release_interval_s if pool else None)
+                offers.append(
+                    Offer(entry.pool_id, entry.pool_name, "queued", None, position, estimate)
+                )
+                detail.setdefault("queued", []).append(
+                    {"pool": entry.pool_id, "position": position}
+                )
+                break
+        events.append(
+            session,
+            "login",
+            tenant_id=record.tenant_id,
+            actor=record.username,
+            user_id=record.id,
+            detail=detail,
+        )
         return offers

@@ -20,9 +20,11 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from deskbroker.domain.offers import OfferOrdering
+from deskbroker.domain.rules import Identity
 from deskbroker.domain.states import CLAIMABLE_POWER, Availability, PowerState
 from deskbroker.store.tables import (
     BrokerState,
@@ -31,6 +33,7 @@ from deskbroker.store.tables import (
     PoolMember,
     QueueEntry,
     User,
+    new_id,
     utcnow,
 )
 
@@ -51,6 +54,7 @@ class UserRecord:
     disabled: bool
     config_version: int
     queued: int
+    email: str = ""
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,7 @@ def find_user(session: Session, identity_source_id: str, username: str) -> UserR
             User.disabled,
             version,
             queued,
+            User.email,
         ).where(User.identity_source_id == identity_source_id, User.username == username)
     ).first()
     if row is None:
@@ -127,6 +132,70 @@ def find_user(session: Session, identity_source_id: str, username: str) -> UserR
         disabled=bool(row[9]),
         config_version=int(row[10] or 0),
         queued=int(row[11] or 0),
+        email=row[12] or "",
+    )
+
+
+def directory_user_changed(record: UserRecord | None, who: Identity) -> bool:
+    """Whether the broker's copy of a directory user differs from what the directory says."""
+    return record is None or (
+        record.username,
+        record.display_name,
+        record.email,
+        sorted(record.groups),
+        record.attributes,
+    ) != (who.username, who.display_name, who.email, sorted(who.groups), who.attributes)
+
+
+def upsert_directory_user(
+    session: Session,
+    *,
+    tenant_id: str,
+    identity_source_id: str,
+    who: Identity,
+    known: UserRecord | None,
+) -> UserRecord:
+    """One statement: create or refresh a directory user's row, keeping role and disabled.
+
+    The same name in two identity sources (two untrusted domains) is two users, because
+    rows are unique per (identity source, username)."""
+    now = utcnow()
+    values = {
+        "display_name": who.display_name[:200],
+        "email": who.email[:320],
+        "groups": sorted(who.groups),
+        "attributes": dict(who.attributes),
+        "updated_at": now,
+    }
+    dialect = session.get_bind().dialect.name
+    ins = (pg_insert if dialect == "postgresql" else sqlite_insert)(User).values(
+        id=new_id(),
+        tenant_id=tenant_id,
+        identity_source_id=identity_source_id,
+        username=who.username[:200],
+        created_at=now,
+        **values,
+    )
+    row = session.execute(
+        ins.on_conflict_do_update(
+            index_elements=[User.identity_source_id, User.username],
+            set_={key: getattr(ins.excluded, key) for key in values},
+        ).returning(User.id, User.role, User.disabled)
+    ).one()
+    return UserRecord(
+        id=row[0],
+        tenant_id=tenant_id,
+        identity_source_id=identity_source_id,
+        username=who.username[:200],
+        display_name=str(values["display_name"]),
+        password_hash=None,
+        role=row[1],
+        groups=sorted(who.groups),
+        attributes=dict(who.attributes),
+        disabled=bool(row[2]),
+        config_version=known.config_version if known else 0,
+        queued=known.queued if known else 0,
+        email=str(values["email"]),
     )
 
 

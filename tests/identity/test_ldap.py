@@ -1,0 +1,172 @@
+"""OpenLDAP through the real HTTP API: groups to policy, refusals, failover, statements."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from deskbroker.identity.base import source_kinds
+from deskbroker.identity.ldap import LOCKED, PASSWORD_EXPIRED
+from deskbroker.identity.ldap_pool import UNREACHABLE
+from deskbroker.security import PasswordHashing
+from deskbroker.services.context import BrokerContext
+from deskbroker.services.login import WRONG_CREDENTIALS, LoginService
+from deskbroker.store.db import statement_counter
+from tests.helpers import Api
+from tests.identity.directories import (
+    LDAP_SERVICE_PASSWORD,
+    Slapd,
+    free_port,
+    running_slapd,
+)
+from tests.identity.support import add_ldap_source, group_policy, ldap_params
+
+
+def login(api: Api, username: str, password: str, **extra: Any) -> Any:
+    return api.client.post(
+        "/api/v1/auth/login", json={"username": username, "password": password, **extra}
+    )
+
+
+@contextmanager
+def counting() -> Iterator[list[str]]:
+    sink: list[str] = []
+    token = statement_counter.set(sink)
+    try:
+        yield sink
+    finally:
+        statement_counter.reset(token)
+
+
+def test_a_member_of_an_ldap_group_gets_its_policy(api: Api, slapd: Slapd) -> None:
+    source = add_ldap_source(api, slapd)
+    assert source["has_secrets"] and "secrets" not in source
+    ids = group_policy(api, source["id"], "devs")
+
+    response = login(api, "ann", "ann-password-1")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [o["status"] for o in body["offers"]] == ["assigned"]
+    assert body["offers"][0]["pool_id"] == ids["pool"]
+
+    # The directory user became a broker user of this source, with what the directory says.
+    user = api.get(f"users?username=ann&identity_source_id={source['id']}")["items"][0]
+    assert user["id"] == body["user_id"]
+    assert user["display_name"] == "Ann Archer" and user["email"] == "ann@example.org"
+    assert user["groups"] == ["devs"]
+    assert user["attributes"] == {"departmentNumber": "R&D"}
+    assert not user["has_password"]
+
+    # ben is in no group: he logs in but is offered nothing.
+    ben = login(api, "ben@example.org", "ben-password-1")
+    assert ben.status_code == 200 and ben.json()["offers"] == []
+    # The source selector of the login form reaches the same user as the domain suffix.
+    again = login(api, "ann", "ann-password-1", source="example")
+    assert again.json()["user_id"] == body["user_id"]
+    assert again.json()["offers"][0]["desktop"]["id"] == body["offers"][0]["desktop"]["id"]
+
+
+def test_ldap_refusals_are_clear_and_write_only_the_audit_event(
+    api: Api, slapd: Slapd, tmp_path: Path
+) -> None:
+    add_ldap_source(api, slapd)
+    with running_slapd(tmp_path / "doomed") as doomed:
+        gone = api.post(
+            "identity-sources",
+            {
+                "name": "gone",
+                "kind": "ldap",
+                "domain": "gone.example",
+                "params": ldap_params(doomed),
+                "secrets": {"bind_password": LDAP_SERVICE_PASSWORD},
+            },
+        )
+        assert login(api, "ann@gone.example", "ann-password-1").status_code == 200
+    # The pooled connection to the stopped server is stale now; nothing else answers.
+    cases = {
+        ("ann@example.org", "not-her-password"): (401, WRONG_CREDENTIALS),
+        ("nobody@example.org", "whatever-1"): (401, WRONG_CREDENTIALS),
+        ("locky@example.org", "locky-password-1"): (403, LOCKED),
+        ("resetty@example.org", "resetty-password-1"): (403, PASSWORD_EXPIRED),
+        ("ann@gone.example", "ann-password-1"): (503, UNREACHABLE),
+    }
+    users_before = api.get("users")["total"]
+    for (username, password), (status, message) in cases.items():
+        response = login(api, username, password)
+        assert response.status_code == status, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["detail"] == message
+    assert "unreachable" in UNREACHABLE
+    assert api.get("users")["total"] == users_before
+    assert api.get("assignments")["total"] == 0
+    failed = api.get("events?kind=login_failed")["items"]
+    reasons = {e["actor"]: e["detail"]["reason"] for e in failed}
+    assert reasons == {
+        "ann@example.org": "wrong_credentials",
+        "nobody@example.org": "wrong_credentials",
+        "locky@example.org": "locked",
+        "resetty@example.org": "password_expired",
+        "ann@gone.example": "unreachable",
+    }
+    assert gone["id"]
+
+
+def test_failover_from_a_dead_server_to_a_live_one(api: Api, slapd: Slapd) -> None:
+    dead = f"ldap://127.0.0.1:{free_port()}"
+    source = add_ldap_source(api, slapd, servers=[dead, slapd.url])
+    group_policy(api, source["id"], "devs")
+    for _ in range(2):  # the second login skips the dead server it remembers
+        response = login(api, "ann", "ann-password-1")
+        assert response.status_code == 200, response.text
+        assert response.json()["offers"][0]["status"] == "assigned"
+
+
+def test_an_ldap_login_stays_within_the_statement_budget(
+    api: Api, ctx: BrokerContext, slapd: Slapd
+) -> None:
+    source = add_ldap_source(api, slapd)
+    group_policy(api, source["id"], "devs")
+    service = LoginService(ctx)
+    service.login("ben", "ben-password-1")  # warms the config cache and the pools
+    with counting() as first:
+        result = service.login("ann@example.org", "ann-password-1")
+    assert result.offers[0].status == "assigned"
+    with counting() as returning:
+        service.login("ann@example.org", "ann-password-1")
+    with counting() as plain:
+        service.login("ann", "ann-password-1")
+    # First login: find user, create the user, held desktops, claim, event.
+    assert len(first) == 5, "\n".join(first)
+    # Unchanged directory data: no upsert, as for a local user.
+    assert len(returning) == 3, "\n".join(returning)
+    # A plain name first looks in the local source, which comes before.
+    assert len(plain) == 4, "\n".join(plain)
+
+
+def test_lookup_and_params_validation(api: Api, slapd: Slapd) -> None:
+    driver = source_kinds()["ldap"](
+        ldap_params(slapd), {"bind_password": LDAP_SERVICE_PASSWORD}, PasswordHashing(1, 64, 1)
+    )
+    try:
+        who = driver.lookup("ANN", None)
+        assert who is not None and who.username == "ann" and who.groups == {"devs"}
+        assert who.ou == "ou=people,dc=example,dc=org"
+        assert driver.lookup("nobody", None) is None
+    finally:
+        driver.close()
+
+    for params, words in (
+        ({"servers": ["http://x"], "base_dn": "dc=x"}, "not an ldap:// or ldaps:// URL"),
+        ({"servers": ["ldap://x"], "base_dn": "not a dn"}, "is not a DN"),
+        ({"servers": ["ldap://x"], "base_dn": "dc=x", "user_filter": "uid=*"}, "LDAP filter"),
+        ({"servers": ["ldap://x"], "base_dn": "dc=x", "bind_password": "x"}, "bind_password"),
+    ):
+        response = api.client.post(
+            "/api/v1/admin/identity-sources",
+            json={"name": "bad", "kind": "ldap", "params": params},
+            headers=api.headers,
+        )
+        assert response.status_code == 422, response.text
+        assert words in response.json()["detail"]
