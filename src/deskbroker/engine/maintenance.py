@@ -10,7 +10,8 @@ from sqlalchemy.orm import Session
 
 from deskbroker.centers.base import Capability
 from deskbroker.engine.drivers import DriverCache
-from deskbroker.engine.provisioner import OPEN_STATES, pool_counts
+from deskbroker.engine.provisioner import pool_counts
+from deskbroker.engine.tasks import OPEN_STATES
 from deskbroker.services import inventory
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import events

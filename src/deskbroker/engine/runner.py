@@ -12,16 +12,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import bindparam, func, literal, null, select, union_all, update
 
-from deskbroker.engine import maintenance, plans, provisioner
+from deskbroker.engine import builds, handover, maintenance, plans, provisioner, tasks
 from deskbroker.engine.drivers import DriverCache
 from deskbroker.engine.jobs import Intervals, JobKind, ensure_jobs
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import leases
 from deskbroker.store.tables import (
     BrokerState,
-    Center,
     Job,
     ProvisioningTask,
     Timer,
@@ -29,6 +28,45 @@ from deskbroker.store.tables import (
 )
 
 log = logging.getLogger("deskbroker.engine")
+STATE = leases.table_of(BrokerState)
+JOBS = leases.table_of(Job)
+TIMERS = leases.table_of(Timer)
+
+
+def _count_free(table: Any, *where: Any) -> Any:
+    free = leases.lease_free(table, _NOW)
+    return select(func.count()).select_from(table).where(free, *where).scalar_subquery()
+
+
+_NOW = bindparam("now", type_=JOBS.c.next_run_at.type)
+_TASK = tasks.TASKS.c
+# Built once, run every tick: what is due (one row, ``center_id`` NULL), then one row per
+# center with open builds: in flight, waiting on the cloud, requested and due. One
+# statement, so an idle tick costs a single read.
+_DUE = union_all(
+    select(
+        null().label("center_id"),
+        select(STATE.c.config_version).where(STATE.c.id == 1).scalar_subquery(),
+        _count_free(JOBS, JOBS.c.next_run_at <= _NOW),
+        _count_free(TIMERS, TIMERS.c.due_at <= _NOW),
+        _count_free(
+            tasks.TASKS, _TASK.next_step_at <= _NOW, _TASK.state.in_(tasks.IN_FLIGHT_STATES)
+        ),
+    ),
+    select(
+        _TASK.center_id,
+        func.count().filter(_TASK.state.in_(tasks.IN_FLIGHT_STATES)),
+        func.count().filter(_TASK.state == tasks.S.WAITING.value),
+        func.count().filter(
+            _TASK.state == tasks.S.REQUESTED.value,
+            _TASK.next_step_at <= _NOW,
+            leases.lease_free(tasks.TASKS, _NOW),
+        ),
+        literal(0),
+    )
+    .where(_TASK.state.in_(tasks.OPEN_STATES))
+    .group_by(_TASK.center_id),
+)
 
 Handler = Callable[[BrokerContext, DriverCache, str, datetime], str]
 HANDLERS: dict[str, Handler] = {
@@ -41,13 +79,20 @@ HANDLERS: dict[str, Handler] = {
 
 
 @dataclass(frozen=True)
+class CenterWork:
+    center_id: str
+    in_flight: int
+    waiting: int
+    requested: int
+
+
+@dataclass(frozen=True)
 class Due:
     version: int
     jobs: int
     timers: int
     steps: int
-    waiting: int
-    requested: int
+    centers: list[CenterWork]
 
 
 class Engine:
@@ -76,6 +121,7 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._jobs_version = -1
         self._jobs_checked = 0.0
+        self._next_listing = float("inf")  # time.monotonic() of the next listing wanted
 
     # --- lifecycle -----------------------------------------------------------------
     def start(self) -> None:
@@ -108,14 +154,20 @@ class Engine:
             except Exception:
                 log.exception("engine tick failed")
                 started = 0
-            self._stop.wait(tick if started == 0 else min(tick, 0.05))
+            wait = tick if started == 0 else min(tick, 0.05)
+            # Wake for the next listing a watcher wants, rather than up to a tick late.
+            wait = min(wait, max(0.005, self._next_listing - time.monotonic()))
+            self._stop.wait(wait)
 
     # --- one tick ------------------------------------------------------------------
     def run_once(self, now: datetime | None = None, *, wait: bool = True) -> int:
         """Claim what is due and run it; with ``wait`` block until it is all done.
 
-        One read finds out what is due, so an idle tick costs a single statement."""
+        One read finds out what is due, so an idle tick costs a single statement.
+        Builds the watchers saw finish are handed over first, so the slots they free
+        are refilled in the same tick."""
         now = now or utcnow()
+        self._next_listing = float("inf")
         due = self._due(now)
         self._ensure_jobs(due.version)
         started = 0
@@ -127,33 +179,22 @@ class Engine:
             started += self._claim_and_submit(
                 Timer, Timer.due_at, now, self._free(), self._run_timer
             )
+        if due.centers:
+            finished = self._watch_builds([c for c in due.centers if c.waiting])
+            started += sum(finished.values())
+            for center in due.centers:
+                if center.requested and self._free() > 0:
+                    started += self._claim_builds(
+                        center.center_id, center.in_flight - finished.get(center.center_id, 0), now
+                    )
         if due.steps and self._free() > 0:
-            started += self._claim_and_submit(
-                ProvisioningTask,
-                ProvisioningTask.next_step_at,
-                now,
-                self._free(),
-                self._run_task,
-                where=(ProvisioningTask.state.in_(provisioner.IN_FLIGHT_STATES),),
-            )
-        if due.waiting:
-            self._watch_builds()
-        if due.requested:
-            for center_id, slots in self._free_build_slots():
-                free = min(slots, self._free())
-                if free <= 0:
-                    break
-                started += self._claim_and_submit(
-                    ProvisioningTask,
-                    ProvisioningTask.next_step_at,
-                    now,
-                    free,
-                    self._run_task,
-                    where=(
-                        ProvisioningTask.state == provisioner.S.REQUESTED.value,
-                        ProvisioningTask.center_id == center_id,
-                    ),
+            with self.ctx.db.connect_write() as conn:
+                rows = tasks.claim_steps(
+                    conn, owner=self.owner, now=now, ttl_s=self.ttl_s, limit=self._free()
                 )
+            for row in rows:
+                self._submit(self._run_step, row)
+            started += len(rows)
         if wait:
             self.drain()
         return started
@@ -162,30 +203,19 @@ class Engine:
         return self.workers - self._busy()
 
     def _due(self, now: datetime) -> Due:
-        """What there is to do, in one read: each count is of unleased, due rows."""
-
-        def count(model: Any, *where: Any) -> Any:
-            free = or_(model.lease_expires_at.is_(None), model.lease_expires_at < now)
-            return select(func.count()).select_from(model).where(free, *where).scalar_subquery()
-
-        task = ProvisioningTask
-        row = None
-        with self.ctx.db.read() as session:
-            row = session.execute(
-                select(
-                    select(BrokerState.config_version).where(BrokerState.id == 1).scalar_subquery(),
-                    count(Job, Job.next_run_at <= now),
-                    count(Timer, Timer.due_at <= now),
-                    count(
-                        task, task.next_step_at <= now, task.state.in_(provisioner.IN_FLIGHT_STATES)
-                    ),
-                    count(task, task.state == provisioner.S.WAITING.value),
-                    count(
-                        task, task.next_step_at <= now, task.state == provisioner.S.REQUESTED.value
-                    ),
-                )
-            ).one()
-        return Due(int(row[0] or 0), *(int(v or 0) for v in row[1:]))
+        """What there is to do, in one read: counts of unleased, due rows, and the open
+        builds per center."""
+        with self.ctx.db.connect_read() as conn:
+            rows = conn.execute(_DUE, {"now": now}).all()
+        due = Due(0, 0, 0, 0, [])
+        centers: list[CenterWork] = []
+        for row in rows:
+            if row[0] is None:
+                version, jobs, timers, steps = (int(v or 0) for v in row[1:5])
+                due = Due(version, jobs, timers, steps, centers)
+            else:
+                centers.append(CenterWork(str(row[0]), int(row[1]), int(row[2]), int(row[3])))
+        return due
 
     def drain(self, timeout_s: float = 120.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -196,6 +226,11 @@ class Engine:
         with self._lock:
             self._running = {f for f in self._running if not f.done()}
             return len(self._running)
+
+    def _submit(self, run: Callable[[Any], None], item: Any) -> None:
+        future = self._pool.submit(run, item)
+        with self._lock:
+            self._running.add(future)
 
     def _ensure_jobs(self, version: int) -> None:
         if version == self._jobs_version and time.monotonic() - self._jobs_checked < 30:
@@ -212,18 +247,10 @@ class Engine:
         now: datetime,
         limit: int,
         run: Callable[[str, datetime], None],
-        where: tuple[object, ...] = (),
     ) -> int:
         with self.ctx.db.write() as session:
             ids = leases.claim_due(
-                session,
-                model,
-                due,
-                owner=self.owner,
-                now=now,
-                ttl_s=self.ttl_s,
-                limit=limit,
-                where=where,  # type: ignore[arg-type]
+                session, model, due, owner=self.owner, now=now, ttl_s=self.ttl_s, limit=limit
             )
         for row_id in ids:
             future = self._pool.submit(run, row_id, now)
@@ -231,64 +258,51 @@ class Engine:
                 self._running.add(future)
         return len(ids)
 
-    def _watch_builds(self) -> None:
-        """One listing per center for all its builds; wake the ones that finished."""
-        with self.ctx.db.read() as session:
-            centers = session.scalars(
-                select(Center).where(
-                    Center.id.in_(
-                        select(ProvisioningTask.center_id).where(
-                            ProvisioningTask.state == provisioner.S.WAITING.value
-                        )
-                    )
-                )
-            ).all()
-        for center in centers:
+    # --- builds --------------------------------------------------------------------
+    def _watch_builds(self, centers: list[CenterWork]) -> dict[str, int]:
+        """One listing per center for all its builds; the finished ones are handed over
+        together. Returns how many became ready, per center."""
+        finished: dict[str, int] = {}
+        for work in centers:
+            center = self.drivers.center(work.center_id)
+            if center is None:
+                continue
+            watcher = self.drivers.watcher(center)
             try:
-                finished = self.drivers.watcher(center).refresh()
+                watcher.refresh(work.waiting)
             except Exception as exc:  # the builds are then looked at one by one
                 log.warning("watching builds on %s failed: %s", center.name, exc)
                 continue
-            if finished:
-                with self.ctx.db.write() as session:
-                    session.execute(
-                        update(ProvisioningTask)
-                        .where(
-                            ProvisioningTask.state == provisioner.S.WAITING.value,
-                            ProvisioningTask.external_id.in_(finished),
-                        )
-                        .values(next_step_at=utcnow())
-                        .execution_options(synchronize_session=False)
-                    )
+            try:
+                finished[work.center_id] = handover.finish_watched(self.ctx, watcher, center.id)
+            except Exception:
+                log.exception("handing over the builds finished on %s failed", center.name)
+            self._next_listing = min(self._next_listing, watcher.next_listing(work.waiting))
+        return finished
 
-    def _free_build_slots(self) -> list[tuple[str, int]]:
-        """Centers with builds waiting to start, and how many more each may run now:
-        a build beyond a center's limit is not even claimed."""
-        with self.ctx.db.read() as session:
-            rows = session.execute(
-                select(
-                    ProvisioningTask.center_id,
-                    func.count().filter(ProvisioningTask.state.in_(provisioner.IN_FLIGHT_STATES)),
-                    func.count().filter(ProvisioningTask.state == provisioner.S.REQUESTED.value),
-                )
-                .where(ProvisioningTask.state.in_(provisioner.OPEN_STATES))
-                .group_by(ProvisioningTask.center_id)
-            ).all()
-            centers = {
-                c.id: c
-                for c in session.scalars(
-                    select(Center).where(Center.id.in_([r[0] for r in rows if r[2]]))
-                ).all()
-            }
-        slots: list[tuple[str, int]] = []
-        for center_id, in_flight, waiting in rows:
-            center = centers.get(center_id)
-            if not waiting or center is None:
-                continue
-            limit = int(getattr(self.drivers.get(center).params, "max_in_flight", 20))
-            if limit - in_flight > 0:
-                slots.append((center_id, limit - in_flight))
-        return slots
+    def _claim_builds(self, center_id: str, in_flight: int, now: datetime) -> int:
+        """Start as many requested builds of a center as its in-flight limit allows
+        (counted again under the claim, so several brokers together keep to it)."""
+        center = self.drivers.center(center_id)
+        if center is None:
+            return 0
+        limit = int(getattr(self.drivers.get(center).params, "max_in_flight", 20))
+        most = min(limit - in_flight, self._free())
+        if most <= 0:
+            return 0
+        with self.ctx.db.connect_write() as conn:
+            rows = tasks.claim_builds(
+                conn,
+                center_id,
+                limit=limit,
+                most=most,
+                owner=self.owner,
+                now=now,
+                ttl_s=self.ttl_s,
+            )
+        for row in rows:
+            self._submit(self._run_build, row)
+        return len(rows)
 
     def _run_job(self, job_id: str, now: datetime) -> None:
         with self.ctx.db.read() as session:
@@ -346,8 +360,14 @@ class Engine:
         except Exception:
             log.exception("timer %s failed", timer_id)
 
-    def _run_task(self, task_id: str, now: datetime) -> None:
+    def _run_build(self, task: tasks.TaskRow) -> None:
         try:
-            provisioner.advance_task(self.ctx, self.drivers, task_id, self.owner, utcnow())
+            builds.TaskStep(self.ctx, self.drivers, task, self.owner).build()
         except Exception:
-            log.exception("provisioning task %s failed", task_id)
+            log.exception("provisioning task %s failed", task.id)
+
+    def _run_step(self, task: tasks.TaskRow) -> None:
+        try:
+            builds.TaskStep(self.ctx, self.drivers, task, self.owner).run(utcnow())
+        except Exception:
+            log.exception("provisioning task %s failed", task.id)

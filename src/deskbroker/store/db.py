@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
@@ -27,7 +27,8 @@ _TRANSACTION_CONTROL = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE")
 def _count_statement(
     conn: Any, cursor: Any, statement: str, params: Any, context: Any, executemany: bool
 ) -> None:
-    if statement.lstrip().upper().startswith(_TRANSACTION_CONTROL):
+    # The head is enough (and copying a long statement twice per run is not free).
+    if statement[:16].lstrip().upper().startswith(_TRANSACTION_CONTROL):
         return
     metrics.SQL_STATEMENTS.inc()
     sink = statement_counter.get()
@@ -53,10 +54,9 @@ class Database:
         self.engine = self._make_engine(url, pool_size)
         event.listen(self.engine, "before_cursor_execute", _count_statement)
         self._write_lock = threading.Lock() if self.is_sqlite else None
+        self._write_engine = self.engine.execution_options(deskbroker_write=True)
         self._reader = sessionmaker(bind=self.engine, expire_on_commit=False)
-        self._writer = sessionmaker(
-            bind=self.engine.execution_options(deskbroker_write=True), expire_on_commit=False
-        )
+        self._writer = sessionmaker(bind=self._write_engine, expire_on_commit=False)
 
     def _make_engine(self, url: str, pool_size: int) -> Engine:
         if not self.is_sqlite:
@@ -88,7 +88,9 @@ class Database:
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Any) -> None:
             write = conn.get_execution_options().get("deskbroker_write", False)
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+            # Straight to the driver: transaction control is not worth a statement's
+            # bookkeeping (and is not counted as one).
+            conn.connection.driver_connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
 
         return engine
 
@@ -109,6 +111,23 @@ class Database:
         # next writer at once, where SQLite's busy handler would sleep and retry.
         with self._write_lock, self._writer() as session, session.begin():
             yield session
+
+    @contextmanager
+    def connect_read(self) -> Iterator[Connection]:
+        """A Core unit of work that only reads: no ORM session, for hot paths (the
+        engine's tick) where a session's bookkeeping would cost more than the SQL."""
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def connect_write(self) -> Iterator[Connection]:
+        """``write`` for Core statements: the same locking, commit and rollback."""
+        if self._write_lock is None:
+            with self._write_engine.begin() as conn:
+                yield conn
+            return
+        with self._write_lock, self._write_engine.begin() as conn:
+            yield conn
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -2,16 +2,43 @@
 
 A row is claimed with one statement; PostgreSQL skips rows another broker is claiming,
 SQLite serialises writers. A lease that expires (its broker died) is claimable again.
+
+The statements are Core (on the table, not the mapped class): they run on the engine's
+hot path, where the ORM's bookkeeping would cost more than the SQL.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Integer,
+    Row,
+    Table,
+    Update,
+    bindparam,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
+
+# Leases are taken and let go in ORM sessions and in Core connections alike.
+Unit = Session | Connection
+
+
+def table_of(model: Any) -> Table:
+    """The table behind a mapped class (or the table itself)."""
+    return model if isinstance(model, Table) else cast(Table, model.__table__)
+
+
+def lease_free(table: Table, now: Any) -> ColumnElement[bool]:
+    """Not leased, or the lease expired (``now`` may be a bound parameter)."""
+    return or_(table.c.lease_expires_at.is_(None), table.c.lease_expires_at < now)
 
 
 def claim_due(
@@ -44,22 +71,80 @@ def claim_due(
     return [str(r[0]) for r in rows]
 
 
-def release(session: Session, model: Any, row_id: str, owner: str, **values: Any) -> bool:
+def claim_statement(
+    table: Table,
+    *,
+    returning: Sequence[Any],
+    due_column: Any = None,
+    where: Sequence[ColumnElement[bool]] = (),
+    values: Mapping[str, Any] | None = None,
+) -> Update:
+    """The statement of ``claim_rows``, to build once and run often: bind ``now``,
+    ``until`` (the lease's end), ``owner`` and ``limit``, and whatever ``where`` and
+    ``values`` bind themselves."""
+    now = bindparam("now", type_=table.c.lease_expires_at.type)
+    free = lease_free(table, now)
+    candidates = select(table.c.id).where(free, *where)
+    if due_column is not None:
+        candidates = candidates.where(due_column <= now).order_by(due_column)
+    candidates = candidates.limit(bindparam("limit", type_=Integer)).with_for_update(
+        skip_locked=True
+    )
+    return (
+        update(table)
+        .where(table.c.id.in_(candidates), free)
+        .values(
+            lease_owner=bindparam("owner"), lease_expires_at=bindparam("until"), **(values or {})
+        )
+        .returning(*returning)
+    )
+
+
+def claim_params(*, owner: str, now: datetime, ttl_s: float, limit: int) -> dict[str, Any]:
+    return {"now": now, "until": now + timedelta(seconds=ttl_s), "owner": owner, "limit": limit}
+
+
+def claim_rows(
+    session: Unit,
+    table: Table,
+    *,
+    owner: str,
+    now: datetime,
+    ttl_s: float,
+    returning: Sequence[Any],
+    limit: int,
+    due_column: Any = None,
+    where: Sequence[ColumnElement[bool]] = (),
+    values: Mapping[str, Any] | None = None,
+) -> Sequence[Row[Any]]:
+    """Lease up to ``limit`` free rows (due ones, oldest first, when ``due_column`` is
+    given), writing ``values`` along with the lease, and return the ``returning``
+    columns of those taken, as they are after the update: one statement, so the work
+    that follows need not read its rows again."""
+    statement = claim_statement(
+        table, returning=returning, due_column=due_column, where=where, values=values
+    )
+    return session.execute(
+        statement, claim_params(owner=owner, now=now, ttl_s=ttl_s, limit=limit)
+    ).all()
+
+
+def release(session: Unit, model: Any, row_id: str, owner: str, **values: Any) -> bool:
     """Drop our lease and write the outcome; a no-op if another broker took it over."""
+    table = table_of(model)
     result = session.execute(
-        update(model)
-        .where(model.id == row_id, model.lease_owner == owner)
+        update(table)
+        .where(table.c.id == row_id, table.c.lease_owner == owner)
         .values(lease_owner=None, lease_expires_at=None, **values)
-        .execution_options(synchronize_session=False)
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-def extend(session: Session, model: Any, row_id: str, owner: str, until: datetime) -> bool:
+def extend(session: Unit, model: Any, row_id: str, owner: str, until: datetime) -> bool:
+    table = table_of(model)
     result = session.execute(
-        update(model)
-        .where(model.id == row_id, model.lease_owner == owner)
+        update(table)
+        .where(table.c.id == row_id, table.c.lease_owner == owner)
         .values(lease_expires_at=until)
-        .execution_options(synchronize_session=False)
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]

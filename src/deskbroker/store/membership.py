@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import bindparam, delete, insert, select
 from sqlalchemy.orm import Session
 
 from deskbroker.domain.membership import (
@@ -14,6 +14,7 @@ from deskbroker.domain.membership import (
     PoolDefinition,
     members,
 )
+from deskbroker.store import leases
 from deskbroker.store.tables import Desktop, Pool, PoolMember
 
 
@@ -89,40 +90,66 @@ def pool_members(session: Session, pool_id: str) -> list[str]:
     )
 
 
-def refresh_desktops(session: Session, tenant_id: str, desktop_ids: list[str]) -> None:
+_POOLS = leases.table_of(Pool)
+_DESKTOPS = leases.table_of(Desktop)
+_MEMBERS = leases.table_of(PoolMember)
+# Built once: a batch of finished builds runs these each time.
+_TENANT_POOLS = select(
+    _POOLS.c.id,
+    _POOLS.c.center_ids,
+    _POOLS.c.filters,
+    _POOLS.c.desktop_ids,
+    _POOLS.c.parent_pool_id,
+).where(_POOLS.c.tenant_id == bindparam("b_tenant"))
+_DESKTOP_FACTS = select(
+    _DESKTOPS.c.id,
+    _DESKTOPS.c.center_id,
+    _DESKTOPS.c.name,
+    _DESKTOPS.c.address,
+    _DESKTOPS.c.hostname,
+    _DESKTOPS.c.os,
+    _DESKTOPS.c.power_state,
+    _DESKTOPS.c.attributes,
+).where(_DESKTOPS.c.id.in_(bindparam("b_ids", expanding=True)))
+_MEMBERSHIPS = select(_MEMBERS.c.pool_id, _MEMBERS.c.desktop_id).where(
+    _MEMBERS.c.desktop_id.in_(bindparam("b_ids", expanding=True))
+)
+
+
+def refresh_desktops(session: leases.Unit, tenant_id: str, desktop_ids: list[str]) -> None:
     """Place a few desktops in every pool they belong to, without re-reading the tenant:
-    what a newly built desktop needs, at a cost that does not grow with the pool."""
-    pools = session.scalars(select(Pool).where(Pool.tenant_id == tenant_id)).all()
-    desktops = session.execute(
-        select(
-            Desktop.id,
-            Desktop.center_id,
-            Desktop.name,
-            Desktop.address,
-            Desktop.hostname,
-            Desktop.os,
-            Desktop.power_state,
-            Desktop.attributes,
-        ).where(Desktop.id.in_(desktop_ids))
-    ).all()
-    if not pools or not desktops:
+    what newly built desktops need, at a cost that does not grow with the pool. Core
+    statements (in a session or on a bare connection): this runs for every batch of
+    builds that finishes."""
+    pools = session.execute(_TENANT_POOLS, {"b_tenant": tenant_id}).all()
+    if not pools:
+        return
+    desktops = session.execute(_DESKTOP_FACTS, {"b_ids": desktop_ids}).all()
+    if not desktops:
         return
     facts = [_facts(d) for d in desktops]
-    definitions = [definition(p) for p in pools]
+    definitions = [
+        PoolDefinition(
+            pool_id=p.id,
+            center_ids=frozenset(p.center_ids or []),
+            filters=tuple(
+                AttributeFilter(f["attribute"], FilterOp(f["op"]), str(f.get("value", "")))
+                for f in p.filters or []
+            ),
+            desktop_ids=frozenset(p.desktop_ids or []),
+            parent_pool_id=p.parent_pool_id,
+        )
+        for p in pools
+    ]
     current = {
-        (pid, did)
-        for pid, did in session.execute(
-            select(PoolMember.pool_id, PoolMember.desktop_id).where(
-                PoolMember.desktop_id.in_(desktop_ids)
-            )
-        ).all()
+        (pid, did) for pid, did in session.execute(_MEMBERSHIPS, {"b_ids": desktop_ids}).all()
     }
     wanted_by_pool = members(definitions, facts)
     wanted = {(pid, did) for pid, dids in wanted_by_pool.items() for did in dids}
     for pid, did in current - wanted:
         session.execute(
-            delete(PoolMember).where(PoolMember.pool_id == pid, PoolMember.desktop_id == did)
+            delete(_MEMBERS).where(_MEMBERS.c.pool_id == pid, _MEMBERS.c.desktop_id == did)
         )
     add = sorted(wanted - current)
     if add:
-        session.execute(insert(PoolMember), [{"pool_id": p, "desktop_id": d} for p, d in add])
+        session.execute(insert(_MEMBERS), [{"pool_id": p, "desktop_id": d} for p, d in add])

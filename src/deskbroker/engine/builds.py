@@ -1,0 +1,426 @@
+"""One step of a provisioning task: the persisted state machine that builds a desktop.
+
+``requested → creating → waiting → addressing → ready | failed``, persisted after every
+step, so a broker killed at any point leaves work another broker (or itself, restarted)
+can finish: an instance created just before a crash is found again by its task tag.
+Builds a watcher sees finish are handed over together (``handover``); a step finishes
+only those it looks at itself.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import bindparam, update
+from sqlalchemy.orm import Session
+
+from deskbroker.centers.base import Capability, CenterDriver, MachineInfo, ProvisionRequest
+from deskbroker.centers.openstack.driver import QuotaExceeded
+from deskbroker.domain.states import PROVISIONING_TRANSITIONS, Availability, PowerState, transition
+from deskbroker.engine.drivers import DriverCache
+from deskbroker.engine.handover import hand_over
+from deskbroker.engine.tasks import (
+    DESKTOPS,
+    MAX_ATTEMPTS,
+    OPEN_STATES,
+    POOLS,
+    TASKS,
+    S,
+    TaskRow,
+    aware,
+    in_flight,
+    lock_center,
+    read_task,
+    task_tag,
+)
+from deskbroker.engine.watch import BuildWatcher
+from deskbroker.errors import CenterError
+from deskbroker.services.context import BrokerContext
+from deskbroker.store import events, leases
+from deskbroker.store.tables import Center, Desktop, utcnow
+
+_RECORD_EXTERNAL_ID = (
+    update(DESKTOPS)
+    .where(DESKTOPS.c.id == bindparam("b_desktop"))
+    .values(external_id=bindparam("b_external"))
+)
+_CREATED = (
+    update(TASKS)
+    .where(TASKS.c.id == bindparam("b_task"), TASKS.c.lease_owner == bindparam("b_owner"))
+    .values(
+        lease_owner=None,
+        lease_expires_at=None,
+        state=bindparam("b_state"),
+        step_started_at=bindparam("b_now"),
+        next_step_at=bindparam("b_next"),
+        external_id=bindparam("b_external"),
+    )
+)
+
+
+def _request_of(task: TaskRow) -> ProvisionRequest:
+    params = task.request or {}
+    return ProvisionRequest(
+        name=task.name,
+        image=params.get("image"),
+        flavor=params.get("flavor"),
+        availability_zone=params.get("availability_zone"),
+        network=params.get("network"),
+        floating_ip=bool(params.get("floating_ip")),
+        security_groups=tuple(params.get("security_groups") or ()),
+        user_data=params.get("user_data") or "",
+        metadata={
+            **{str(k): str(v) for k, v in (params.get("metadata") or {}).items()},
+            "deskbroker_pool": task.pool_id or "",
+            "deskbroker_desktop": task.desktop_id or "",
+            "deskbroker_task": task.id,
+        },
+        tags=(task_tag(task.id),),
+    )
+
+
+class TaskStep:
+    """One step of one task, run by an engine worker holding the task's lease."""
+
+    def __init__(self, ctx: BrokerContext, drivers: DriverCache, task: TaskRow, owner: str) -> None:
+        self.ctx = ctx
+        self.drivers = drivers
+        self.task = task
+        self.owner = owner
+        self.watcher: BuildWatcher | None = None
+        self.state = S(task.state)
+
+    def _save(
+        self,
+        state: S | None = None,
+        *,
+        delay_s: float | None = None,
+        also: Callable[[Session], None] | None = None,
+        **values: Any,
+    ) -> None:
+        """Persist the outcome of this step (and ``also`` in the same transaction), and
+        let go of the lease."""
+        if delay_s is None:
+            delay_s = self.ctx.settings.provision_poll_s
+        now = utcnow()
+        if state is not None:
+            # We hold the lease, so the state read with it still holds.
+            values["state"] = transition(PROVISIONING_TRANSITIONS, self.state, state).value
+            values["step_started_at"] = now
+        with self.ctx.db.write() as session:
+            if also is not None:
+                also(session)
+            leases.release(
+                session,
+                TASKS,
+                self.task.id,
+                self.owner,
+                next_step_at=now + timedelta(seconds=delay_s),
+                **values,
+            )
+
+    def _open(self) -> tuple[Center, CenterDriver] | None:
+        center = self.drivers.center(self.task.center_id)
+        if center is None:
+            return None  # the center's deletion cascades to its tasks
+        driver = self.drivers.get(center)
+        self.watcher = self.drivers.watcher(center)
+        return center, driver
+
+    def build(self) -> None:
+        """A build just claimed (and moved to ``creating``): ask the cloud for it."""
+        opened = self._open()
+        if opened is not None:
+            self._guarded(opened[1], lambda: self._start(opened[1]))
+
+    def run(self, now: datetime) -> None:
+        """Whatever step the task's state calls for."""
+        task = self.task
+        opened = self._open() if task.state in OPEN_STATES else None
+        if opened is None:
+            return
+        center, driver = opened
+
+        def step() -> None:
+            match self.state:
+                case S.REQUESTED:
+                    self._create(center, driver)
+                case S.CREATING:
+                    self._resume_create(driver)
+                case S.WAITING:
+                    self._wait(driver, now)
+                case S.ADDRESSING:
+                    self._address(driver)
+
+        self._guarded(driver, step)
+
+    def _guarded(self, driver: CenterDriver, step: Callable[[], None]) -> None:
+        try:
+            step()
+        except QuotaExceeded as exc:
+            self._quota(exc.detail)
+        except CenterError as exc:
+            self._fail(driver, exc.detail)
+        except Exception as exc:  # a driver bug must not wedge the task forever
+            self._fail(driver, f"unexpected error: {exc}")
+
+    def _create(self, center: Center, driver: CenterDriver) -> None:
+        """A requested task handed to a step directly (the engine claims builds with
+        ``claim_builds`` instead): the same in-flight gate, then the same creation."""
+        limit = int(getattr(driver.params, "max_in_flight", 20))
+        with self.ctx.db.write() as session:
+            lock_center(session, center.id)
+            if in_flight(session, center.id) >= limit:
+                leases.release(
+                    session,
+                    TASKS,
+                    self.task.id,
+                    self.owner,
+                    next_step_at=utcnow() + timedelta(seconds=self.ctx.settings.provision_poll_s),
+                )
+                return
+            # Persist the intent before the call: a crash from here on is resumed by tag.
+            session.execute(
+                update(TASKS)
+                .where(TASKS.c.id == self.task.id)
+                .values(
+                    state=transition(PROVISIONING_TRANSITIONS, S.REQUESTED, S.CREATING).value,
+                    step_started_at=utcnow(),
+                )
+            )
+        self.state = S.CREATING
+        self._start(driver)
+
+    def _start(self, driver: CenterDriver) -> None:
+        task = self.task
+        driver.require(Capability.PROVISION)
+        if task.attempts:
+            # An earlier attempt may have reached the cloud before it failed: adopt it.
+            found = driver.find_tagged(task_tag(task.id))
+            if found:
+                self._created(found[0].external_id)
+                return
+        if self.watcher is not None:
+            self.watcher.start_cursor()
+        asked_at = time.monotonic()
+        external_id = driver.create(_request_of(task))
+        if self.watcher is not None:
+            self.watcher.building(external_id, asked_at)
+        self._created(external_id)
+
+    def _created(self, external_id: str) -> None:
+        """The cloud has the build: record its id on the task and the desktop (so a scan
+        meeting the instance knows it) and wait for it, in one Core transaction."""
+        task = self.task
+        state = transition(PROVISIONING_TRANSITIONS, self.state, S.WAITING).value
+        now = utcnow()
+        # The watcher wakes the build when it finishes; the first look is a safety net.
+        after = timedelta(seconds=self._next_look(False))
+        with self.ctx.db.connect_write() as conn:
+            if task.desktop_id:
+                conn.execute(
+                    _RECORD_EXTERNAL_ID, {"b_desktop": task.desktop_id, "b_external": external_id}
+                )
+            conn.execute(
+                _CREATED,
+                {
+                    "b_task": task.id,
+                    "b_owner": self.owner,
+                    "b_state": state,
+                    "b_now": now,
+                    "b_next": now + after,
+                    "b_external": external_id,
+                },
+            )
+        self.state = S.WAITING
+
+    def _resume_create(self, driver: CenterDriver) -> None:
+        found = driver.find_tagged(task_tag(self.task.id))
+        if not found:
+            self._back_to_requested()
+            return
+        keep, *extra = sorted(found, key=lambda m: m.external_id)
+        for duplicate in extra:
+            driver.terminate(duplicate)
+        self._created(keep.external_id)
+
+    def _back_to_requested(self) -> None:
+        # creating → requested is not a forward step; it undoes one that never reached
+        # the cloud, so it is written directly rather than through the table.
+        with self.ctx.db.write() as session:
+            leases.release(
+                session,
+                TASKS,
+                self.task.id,
+                self.owner,
+                state=S.REQUESTED.value,
+                next_step_at=utcnow(),
+            )
+
+    def _wait(self, driver: CenterDriver, now: datetime) -> None:
+        task = self.task
+        started = aware(task.step_started_at or now)
+        waited = (now - started).total_seconds()
+        machine = self.watcher.look(task.external_id or "") if self.watcher else None
+        blind = (
+            self.watcher is None
+            or self.watcher.watching_since is None
+            or self.watcher.watching_since > started
+        )
+        if machine is None and (blind or waited > 30):
+            # No watcher, or no news for long: ask about this one build directly.
+            machine = driver.machine(task.external_id or "")
+            if machine is None:
+                raise CenterError("the instance disappeared while it was being built")
+        if machine is not None and machine.attributes.get("gone"):
+            raise CenterError("the instance disappeared while it was being built")
+        if machine is not None and machine.power_state is PowerState.RUNNING:
+            if self.watcher is not None:
+                self.watcher.learned(waited)
+            if (task.request or {}).get("floating_ip"):
+                self._save(S.ADDRESSING, delay_s=0)
+            else:
+                self._finish(machine, machine.address)
+            return
+        if machine is not None and machine.power_state is PowerState.ERROR:
+            fault = machine.attributes.get("fault") or "the cloud reported ERROR"
+            raise CenterError(f"build failed: {fault}")
+        timeout = float(getattr(driver.params, "build_timeout_s", 900.0))
+        if waited > timeout:
+            raise CenterError(f"the instance stayed in BUILD for more than {timeout:.0f} s")
+        self._save(delay_s=self._next_look(blind))
+
+    def _next_look(self, blind: bool) -> float:
+        """A watched build is woken when it finishes: the look is only a safety net, a
+        little after builds here usually finish and the watcher would have seen it."""
+        poll = self.ctx.settings.provision_poll_s
+        if blind or self.watcher is None or not self.watcher.can_watch:
+            return poll
+        # Until a build here has been seen to finish, guess ten polls.
+        expected = self.watcher.expected_build_s or 10 * poll
+        return max(poll, min(30.0, expected + 2 * poll))
+
+    def _address(self, driver: CenterDriver) -> None:
+        task = self.task
+        address = driver.attach_address(task.external_id or "", _request_of(task))
+        self._finish(driver.machine(task.external_id or ""), address)
+
+    def _finish(self, machine: MachineInfo | None, address: str) -> None:
+        """The desktop is built and reachable: hand it to the pool, in the same
+        transaction as the step that says so."""
+        task = self.task
+        self._save(
+            S.READY,
+            delay_s=0,
+            also=lambda session: hand_over(session, [(task, machine, address)]),
+        )
+        if self.watcher is not None and task.external_id:
+            self.watcher.settle({task.external_id}, set())
+
+    def _quota(self, words: str) -> None:
+        task = self.task
+        with self.ctx.db.write() as session:
+            if task.pool_id:
+                session.execute(
+                    update(POOLS)
+                    .where(POOLS.c.id == task.pool_id)
+                    .values(status="quota", last_error=words)
+                )
+            leases.release(
+                session,
+                TASKS,
+                task.id,
+                self.owner,
+                state=S.REQUESTED.value,
+                last_error=words,
+                next_step_at=utcnow() + timedelta(seconds=self.ctx.settings.quota_backoff_s),
+            )
+
+    def _fail(self, driver: CenterDriver, reason: str) -> None:
+        """A failed attempt: clean up the instance, retry with backoff, then quarantine."""
+        task = self.task
+        attempts = task.attempts + 1
+        deletable = bool((task.request or {}).get("deletable", True))
+        cleaned = task.external_id is None
+        if task.external_id and deletable:
+            try:
+                driver.terminate(MachineInfo(external_id=task.external_id, name=task.name))
+                cleaned = True
+            except CenterError:
+                cleaned = False
+        with self.ctx.db.write() as session:
+            if attempts < MAX_ATTEMPTS and cleaned:
+                if task.desktop_id:
+                    session.execute(
+                        update(DESKTOPS)
+                        .where(DESKTOPS.c.id == task.desktop_id)
+                        .values(external_id=f"task:{task.id}")
+                    )
+                leases.release(
+                    session,
+                    TASKS,
+                    task.id,
+                    self.owner,
+                    state=S.REQUESTED.value,
+                    attempts=attempts,
+                    last_error=reason,
+                    external_id=None,
+                    next_step_at=utcnow()
+                    + timedelta(
+                        seconds=min(
+                            60.0, self.ctx.settings.provision_retry_base_s * 2 ** (attempts - 1)
+                        )
+                    ),
+                )
+                return
+            desktop = session.get(Desktop, task.desktop_id) if task.desktop_id else None
+            if desktop is not None:
+                if cleaned:
+                    session.delete(desktop)
+                else:
+                    # The instance is still there (not ours to delete): quarantine it.
+                    desktop.power_state = PowerState.ERROR.value
+                    desktop.availability = Availability.UNAVAILABLE.value
+                    desktop.attributes = {
+                        **dict(desktop.attributes or {}),
+                        "provisioning_error": reason,
+                    }
+            if task.pool_id:
+                session.execute(
+                    update(POOLS)
+                    .where(POOLS.c.id == task.pool_id)
+                    .values(status="error", last_error=f"a build failed {attempts} times: {reason}")
+                )
+            events.append(
+                session,
+                "provision.failed",
+                tenant_id=task.tenant_id,
+                actor="engine",
+                pool_id=task.pool_id,
+                desktop_id=None if cleaned else task.desktop_id,
+                detail={"name": task.name, "reason": reason, "attempts": attempts},
+            )
+            session.flush()
+            leases.release(
+                session,
+                TASKS,
+                task.id,
+                self.owner,
+                state=S.FAILED.value,
+                attempts=attempts,
+                last_error=reason,
+                desktop_id=None if cleaned else task.desktop_id,
+            )
+
+
+def advance_task(
+    ctx: BrokerContext, drivers: DriverCache, task_id: str, owner: str, now: datetime
+) -> None:
+    """Run one step of one leased provisioning task."""
+    with ctx.db.read() as session:
+        task = read_task(session, task_id)
+    if task is not None:
+        TaskStep(ctx, drivers, task, owner).run(now)
