@@ -184,7 +184,7 @@ class MetadataService:
         tree: Tree = {
             "ami-id": f"ami-{image.seq:08x}" if image else "ami-00000000",
             "ami-launch-index": "0",
-            "ami-manifest-path": "FIXME",
+            "ami-manifest-path": "FIXME",  # the literal value real Nova serves here
             "block-device-mapping": {"ami": "vda", "root": "/dev/vda"},
             "hostname": host,
             "instance-action": "none",
