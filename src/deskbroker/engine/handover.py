@@ -4,6 +4,8 @@ watcher saw finish in one listing (or for the one build a step saw finish)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, insert, or_, select, update
@@ -21,6 +23,7 @@ from deskbroker.engine.tasks import (
     S,
     TaskRow,
     aware,
+    claim_builds,
 )
 from deskbroker.engine.watch import BuildWatcher
 from deskbroker.services.context import BrokerContext
@@ -28,9 +31,13 @@ from deskbroker.services.desktops import serve_queues
 from deskbroker.store import leases, membership
 from deskbroker.store.tables import utcnow
 
-_WATCHED = select(*TASK_COLUMNS, TASKS.c.lease_expires_at).where(
-    TASKS.c.center_id == bindparam("b_center"),
-    TASKS.c.external_id.in_(bindparam("b_external", expanding=True)),
+_WATCHED = (
+    select(*TASK_COLUMNS, TASKS.c.lease_expires_at)
+    .where(
+        TASKS.c.center_id == bindparam("b_center"),
+        TASKS.c.external_id.in_(bindparam("b_external", expanding=True)),
+    )
+    .with_for_update(skip_locked=True)
 )
 _READY = (
     update(TASKS)
@@ -141,58 +148,89 @@ def _serve_waiting(unit: leases.Unit, tenant_id: str) -> None:
         session.commit()
 
 
-def finish_watched(ctx: BrokerContext, watcher: BuildWatcher, center_id: str) -> int:
-    """Builds of a center its watcher saw finish: the running ones (without an address
-    to attach) go straight to ``ready`` together, in one transaction; the rest (failed,
-    gone, needing an address) are woken for a step. Returns how many became ready.
+@dataclass
+class Refill:
+    """Requested builds to claim in the same transaction, when builds finish or slots
+    are free: the center's in-flight ``limit``, at most ``most``, leased by ``owner``."""
+
+    limit: int
+    most: int
+    owner: str
+    now: datetime
+    ttl_s: float
+
+
+def finish_and_refill(
+    ctx: BrokerContext, watcher: BuildWatcher, center_id: str, refill: Refill | None
+) -> tuple[int, list[TaskRow]]:
+    """In one transaction, the builds of a center its watcher saw finish, and the builds
+    to start in the slots they leave (``refill``). The running ones (with no address to
+    attach) go straight to ``ready`` together; the rest (failed, gone, needing an
+    address) are woken for a step. Returns how many became ready, and the builds claimed.
 
     A build whose task another worker holds is offered again at the next listing; one
     whose task is not known yet (its creation is being recorded) too."""
     finished = watcher.finished()
-    if not finished:
-        return 0
+    if not finished and refill is None:
+        return 0, []
     now = utcnow()
-    with ctx.db.connect_read() as conn:
-        found = conn.execute(_WATCHED, {"b_center": center_id, "b_external": list(finished)}).all()
-    rows = [TaskRow(*r[:-1]) for r in found]
-    leased = {r[0] for r in found if r[-1] is not None and aware(r[-1]) >= now}
     ready: list[TaskRow] = []
     wake: list[TaskRow] = []
     moot: set[str] = set()
-    for row in rows:
-        machine = finished[row.external_id or ""]
-        if row.state != S.WAITING.value:
-            moot.add(row.external_id or "")
-        elif row.id in leased:
-            continue
-        elif (
-            machine.power_state is PowerState.RUNNING
-            and not machine.attributes.get("gone")
-            and not (row.request or {}).get("floating_ip")
-        ):
-            ready.append(row)
-        else:
-            wake.append(row)
-    if ready or wake:
-        with ctx.db.connect_write() as conn:
-            if ready:
-                # Taken and moved on in one statement: a task another broker leased
-                # since the read above is left to that broker.
-                taken = set(
-                    conn.scalars(_READY, {"b_ids": [r.id for r in ready], "b_now": now}).all()
-                )
-                ready = [r for r in ready if r.id in taken]
-                hand_over(
-                    conn,
-                    [
-                        (r, finished[r.external_id or ""], finished[r.external_id or ""].address)
-                        for r in ready
-                    ],
-                )
-            if wake:
-                conn.execute(_WAKE, {"b_ids": [r.id for r in wake], "b_now": now})
+    matched: set[str] = set()
+    with ctx.db.connect_write() as conn:
+        if finished:
+            found = conn.execute(
+                _WATCHED, {"b_center": center_id, "b_external": list(finished)}
+            ).all()
+            for raw in found:
+                row = TaskRow(*raw[:-1])
+                leased = raw[-1] is not None and aware(raw[-1]) >= now
+                machine = finished[row.external_id or ""]
+                matched.add(row.external_id or "")
+                if row.state != S.WAITING.value:
+                    moot.add(row.external_id or "")
+                elif leased:
+                    continue  # a step has it
+                elif (
+                    machine.power_state is PowerState.RUNNING
+                    and not machine.attributes.get("gone")
+                    and not (row.request or {}).get("floating_ip")
+                ):
+                    ready.append(row)
+                else:
+                    wake.append(row)
+        if ready:
+            # Locked by the read on PostgreSQL, by the one writer on SQLite; checked
+            # again all the same: a task a step holds is left to it.
+            ids = [r.id for r in ready]
+            taken = set(conn.scalars(_READY, {"b_ids": ids, "b_now": now}).all())
+            ready = [r for r in ready if r.id in taken]
+            hand_over(
+                conn,
+                [
+                    (r, finished[r.external_id or ""], finished[r.external_id or ""].address)
+                    for r in ready
+                ],
+            )
+        if wake:
+            conn.execute(_WAKE, {"b_ids": [r.id for r in wake], "b_now": now})
+        claimed: list[TaskRow] = []
+        if refill is not None:
+            claimed = claim_builds(
+                conn,
+                center_id,
+                limit=refill.limit,
+                most=refill.most,
+                owner=refill.owner,
+                now=refill.now,
+                ttl_s=refill.ttl_s,
+            )
     for row in ready:
         if row.step_started_at is not None:
             watcher.learned((now - aware(row.step_started_at)).total_seconds())
-    watcher.settle({r.external_id or "" for r in ready}, {r.external_id or "" for r in wake} | moot)
-    return len(ready)
+    unknown = set(finished) - matched
+    watcher.settle(
+        {r.external_id or "" for r in ready}, {r.external_id or "" for r in wake} | moot, unknown
+    )
+    return len(ready), claimed

@@ -16,6 +16,7 @@ from sqlalchemy import bindparam, func, literal, null, select, union_all, update
 
 from deskbroker.engine import builds, handover, maintenance, plans, provisioner, tasks
 from deskbroker.engine.drivers import DriverCache
+from deskbroker.engine.handover import Refill
 from deskbroker.engine.jobs import Intervals, JobKind, ensure_jobs
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import leases
@@ -33,13 +34,15 @@ JOBS = leases.table_of(Job)
 TIMERS = leases.table_of(Timer)
 
 
+_NOW = bindparam("now", type_=JOBS.c.next_run_at.type)
+_TASK = tasks.TASKS.c
+
+
 def _count_free(table: Any, *where: Any) -> Any:
     free = leases.lease_free(table, _NOW)
     return select(func.count()).select_from(table).where(free, *where).scalar_subquery()
 
 
-_NOW = bindparam("now", type_=JOBS.c.next_run_at.type)
-_TASK = tasks.TASKS.c
 # Built once, run every tick: what is due (one row, ``center_id`` NULL), then one row per
 # center with open builds: in flight, waiting on the cloud, requested and due. One
 # statement, so an idle tick costs a single read.
@@ -179,14 +182,8 @@ class Engine:
             started += self._claim_and_submit(
                 Timer, Timer.due_at, now, self._free(), self._run_timer
             )
-        if due.centers:
-            finished = self._watch_builds([c for c in due.centers if c.waiting])
-            started += sum(finished.values())
-            for center in due.centers:
-                if center.requested and self._free() > 0:
-                    started += self._claim_builds(
-                        center.center_id, center.in_flight - finished.get(center.center_id, 0), now
-                    )
+        for work in due.centers:
+            started += self._builds(work, now)
         if due.steps and self._free() > 0:
             with self.ctx.db.connect_write() as conn:
                 rows = tasks.claim_steps(
@@ -259,50 +256,35 @@ class Engine:
         return len(ids)
 
     # --- builds --------------------------------------------------------------------
-    def _watch_builds(self, centers: list[CenterWork]) -> dict[str, int]:
-        """One listing per center for all its builds; the finished ones are handed over
-        together. Returns how many became ready, per center."""
-        finished: dict[str, int] = {}
-        for work in centers:
-            center = self.drivers.center(work.center_id)
-            if center is None:
-                continue
-            watcher = self.drivers.watcher(center)
+    def _builds(self, work: CenterWork, now: datetime) -> int:
+        """A center's builds: one listing for all those in flight, then, in one
+        transaction, the finished ones handed over and the slots refilled (the in-flight
+        limit counted again under the claim, so several brokers together keep to it).
+        Returns how many builds finished or started."""
+        center = self.drivers.center(work.center_id)
+        if center is None:
+            return 0
+        watcher = self.drivers.watcher(center)
+        if work.waiting:
             try:
                 watcher.refresh(work.waiting)
             except Exception as exc:  # the builds are then looked at one by one
                 log.warning("watching builds on %s failed: %s", center.name, exc)
-                continue
-            try:
-                finished[work.center_id] = handover.finish_watched(self.ctx, watcher, center.id)
-            except Exception:
-                log.exception("handing over the builds finished on %s failed", center.name)
-            self._next_listing = min(self._next_listing, watcher.next_listing(work.waiting))
-        return finished
-
-    def _claim_builds(self, center_id: str, in_flight: int, now: datetime) -> int:
-        """Start as many requested builds of a center as its in-flight limit allows
-        (counted again under the claim, so several brokers together keep to it)."""
-        center = self.drivers.center(center_id)
-        if center is None:
-            return 0
         limit = int(getattr(self.drivers.get(center).params, "max_in_flight", 20))
-        most = min(limit - in_flight, self._free())
-        if most <= 0:
+        refill = None
+        if work.requested and self._free() > 0 and (work.in_flight < limit or watcher.finished()):
+            refill = Refill(limit, self._free(), self.owner, now, self.ttl_s)
+        try:
+            ready, claimed = handover.finish_and_refill(self.ctx, watcher, center.id, refill)
+        except Exception:
+            log.exception("handing over or starting builds on %s failed", center.name)
             return 0
-        with self.ctx.db.connect_write() as conn:
-            rows = tasks.claim_builds(
-                conn,
-                center_id,
-                limit=limit,
-                most=most,
-                owner=self.owner,
-                now=now,
-                ttl_s=self.ttl_s,
-            )
-        for row in rows:
+        for row in claimed:
             self._submit(self._run_build, row)
-        return len(rows)
+        if work.waiting:
+            wanted = watcher.next_listing(work.waiting - ready)
+            self._next_listing = min(self._next_listing, wanted)
+        return ready + len(claimed)
 
     def _run_job(self, job_id: str, now: datetime) -> None:
         with self.ctx.db.read() as session:

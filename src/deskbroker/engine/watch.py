@@ -30,6 +30,8 @@ KEEP_LISTINGS = 50
 GROUP_SHARE = 0.5
 # Never longer than this without a listing while builds are out.
 MAX_QUIET_S = 2.0
+# How often a finished build of this broker's that no task has yet is offered again.
+REOFFERS = 20
 
 
 @dataclass
@@ -56,6 +58,10 @@ class BuildWatcher:
         # Builds this broker asked for and has not seen finish; when after its request
         # a build is looked for.
         self._building: dict[str, _Build] = {}
+        # Builds this broker asked for, until handled, with their listing number and how
+        # often more a finished one no task has is offered: its creation may still be
+        # being recorded. Anyone else's machine that no task has is offered once.
+        self._mine: dict[str, list[int]] = {}
         self.lead_s: float | None = None
         self._lock = threading.Lock()
         # Builds requested before this moment may have changed unseen: poll them directly.
@@ -79,14 +85,17 @@ class BuildWatcher:
         """A build this broker asked for at ``asked_at`` (``time.monotonic()``)."""
         with self._lock:
             self._building[external_id] = _Build(asked_at)
+            self._mine[external_id] = [self._listings, REOFFERS]
 
     def next_listing(self, waiting: int) -> float:
         """When (``time.monotonic()``) a listing is worth making, with ``waiting`` builds
-        of this center waiting in the database."""
+        of this center waiting in the database; never when it cannot list."""
         with self._lock:
             return self._next_listing(waiting)
 
     def _next_listing(self, waiting: int) -> float:
+        if not self.can_watch or self._cursor is None:
+            return float("inf")  # nothing to list from: the builds are polled one by one
         soonest = self._last + self.min_interval_s
         lead = self.lead_s
         if lead is None or waiting > len(self._building) or not self._building:
@@ -114,8 +123,8 @@ class BuildWatcher:
                 due = self._next_listing(waiting)
             if asked < due:
                 return False
+            self._last = asked  # a failed listing is not retried before the interval
             seen = self.driver.changes(self._cursor)
-            self._last = asked
             self._listings += 1
             # Keep the window small: the next listing starts from now (cloud time).
             self._cursor = seen.cursor or self._cursor
@@ -143,6 +152,8 @@ class BuildWatcher:
             self._finished = {k: v for k, v in self._finished.items() if v[1] >= horizon}
         if any(n < horizon for n in self._settled.values()):
             self._settled = {k: n for k, n in self._settled.items() if n >= horizon}
+        if any(n < horizon for n, _ in self._mine.values()):
+            self._mine = {k: v for k, v in self._mine.items() if v[0] >= horizon}
 
     def _judge(self, done: set[str], asked: float) -> None:
         """Builds expected done by this listing: look later next time if one was not,
@@ -171,18 +182,27 @@ class BuildWatcher:
         with self._lock:
             return {k: m for k, (m, _) in self._finished.items()}
 
-    def settle(self, done: Iterable[str], woken: Iterable[str]) -> None:
+    def settle(
+        self, done: Iterable[str], woken: Iterable[str], unknown: Iterable[str] = ()
+    ) -> None:
         """Stop offering builds the engine handled: ``done`` ones are finished (and
-        forgotten), ``woken`` ones will ``look`` at what was seen."""
+        forgotten), ``woken`` ones will ``look`` at what was seen. Of the ``unknown``
+        (no task has them), only this broker's own builds are offered again: their
+        creation may still be being recorded."""
         with self._lock:
             for external_id in done:
                 self._seen.pop(external_id, None)
+            dropped: list[str] = []
+            for external_id in unknown:
+                mine = self._mine.get(external_id)
+                if mine is not None:
+                    mine[1] -= 1
+                if mine is None or mine[1] <= 0:
+                    dropped.append(external_id)
+            for external_id in (*done, *woken, *dropped):
                 self._finished.pop(external_id, None)
                 self._building.pop(external_id, None)
-                self._settled[external_id] = self._listings
-            for external_id in woken:
-                self._finished.pop(external_id, None)
-                self._building.pop(external_id, None)
+                self._mine.pop(external_id, None)
                 self._settled[external_id] = self._listings
 
     def look(self, external_id: str) -> MachineInfo | None:
