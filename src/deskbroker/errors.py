@@ -52,6 +52,14 @@ class PayloadTooLarge(DeskbrokerError):
     title = "Payload too large"
 
 
+class TooManyAttempts(DeskbrokerError):
+    """Sign-ins refused for a while after too many failures; ``retry_after`` (in
+    ``extra``) is the number of seconds until the next attempt is heard."""
+
+    status = 429
+    title = "Too many failed sign-ins"
+
+
 class Unavailable(DeskbrokerError):
     status = 503
     title = "Service unavailable"

@@ -67,6 +67,17 @@ class IdentitySourceDriver:
         )
 
 
+def split_domain(username: str) -> tuple[str, str | None]:
+    """``DOMAIN\\user`` and ``user@domain`` as (user, lower-case domain); else (name, None)."""
+    if "\\" in username:
+        domain, _, name = username.partition("\\")
+        return name, domain.lower()
+    if "@" in username:
+        name, _, domain = username.rpartition("@")
+        return name, domain.lower()
+    return username, None
+
+
 @cache
 def source_kinds() -> dict[str, type[IdentitySourceDriver]]:
     found: dict[str, type[IdentitySourceDriver]] = {}

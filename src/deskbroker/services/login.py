@@ -1,7 +1,8 @@
 """The login path: authenticate, resolve policy, claim desktops, append one event.
 
-Budget: six SQL statements for a one-pool policy with a warm cache (find the user,
-list what they hold, claim, queue, event; SQLite spends one more on the queue ticket).
+Budget: seven SQL statements for a one-pool policy with a warm cache (lockout check,
+find the user, list what they hold, claim, queue, event; SQLite spends one more on the
+queue ticket); five when a desktop is free.
 """
 
 from __future__ import annotations
@@ -19,14 +20,17 @@ from deskbroker.domain.offers import queue_estimate_s
 from deskbroker.domain.rules import Identity, decide
 from deskbroker.errors import (
     AccountRefused,
+    DeskbrokerError,
     DirectoryUnavailable,
     Forbidden,
     PayloadTooLarge,
+    TooManyAttempts,
     Unauthorized,
 )
 from deskbroker.identity.base import Credentials, IdentitySourceDriver, source_kinds
 from deskbroker.services.config_cache import ConfigView, PolicyView, SourceView
 from deskbroker.services.context import BrokerContext
+from deskbroker.services.throttle import Checked, SignInGuard
 from deskbroker.store import claims, events
 from deskbroker.store.claims import HeldDesktop, UserRecord
 
@@ -107,6 +111,7 @@ class LoginService:
     def __init__(self, ctx: BrokerContext) -> None:
         self.ctx = ctx
         self._drivers: dict[tuple[str, int], IdentitySourceDriver] = {}
+        self.guard = SignInGuard(ctx.settings)
 
     def _driver(self, source: SourceView, version: int) -> IdentitySourceDriver:
         key = (source.id, version)
@@ -195,20 +200,18 @@ class LoginService:
         if tenant_id is None:
             raise Unauthorized(WRONG_CREDENTIALS)
         try:
+            with self.ctx.db.read() as session:
+                checked = self.guard.check(session, tenant_id, username, client_address)
+        except TooManyAttempts as exc:
+            self._record_failure(tenant_id, username, client_address, exc, None)
+            raise
+        try:
             found = self._authenticate(view, tenant_id, username, password, source)
         except (Unauthorized, AccountRefused, DirectoryUnavailable) as exc:
-            with self.ctx.db.write() as session:
-                events.append(
-                    session,
-                    "login_failed",
-                    tenant_id=tenant_id,
-                    actor=username[:200],
-                    detail={
-                        "client": client_address or "",
-                        "reason": exc.extra.get("reason", "wrong_credentials"),
-                    },
-                )
-            raise
+            answer = self._record_failure(tenant_id, username, client_address, exc, checked)
+            if answer is exc:
+                raise
+            raise answer from exc
         src, who, view = found.source, found.identity, found.view
         if found.record is not None and found.record.disabled:
             raise Forbidden(DISABLED)
@@ -229,6 +232,7 @@ class LoginService:
                 if record.disabled:
                     raise Forbidden(DISABLED)
             assert record is not None  # a local source only answers for a known row
+            self.guard.succeeded(session, checked)
             offers = self._claim_all(
                 session, record, policy, view, client_address, rule.rule_id if rule else None
             )
@@ -250,6 +254,35 @@ class LoginService:
             policy_id=policy.id if policy else None,
             offers=offers,
         )
+
+    def _record_failure(
+        self,
+        tenant_id: str,
+        username: str,
+        client_address: str | None,
+        exc: DeskbrokerError,
+        checked: Checked | None,
+    ) -> DeskbrokerError:
+        """The one place a refused sign-in is written: the audit event and, when the user
+        is to blame (not an unreachable directory), a failure counted against the account
+        and the address. Returns the error to answer with: the lockout, when this
+        failure caused one."""
+        answer: DeskbrokerError = exc
+        with self.ctx.db.write() as session:
+            if checked is not None and not isinstance(exc, DirectoryUnavailable):
+                answer = self.guard.failed(session, checked) or exc
+            events.append(
+                session,
+                "login_failed",
+                tenant_id=tenant_id,
+                actor=username[:200],
+                detail={
+                    "client": client_address or "",
+                    "reason": exc.extra.get("reason", "wrong_credentials"),
+                    **({"locked_out": answer.extra["reason"]} if answer is not exc else {}),
+                },
+            )
+        return answer
 
     def _claim_all(
         self,

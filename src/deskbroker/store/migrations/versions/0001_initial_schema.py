@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 04:06:13.450387
+Create Date: 2026-11-22 06:33:06.693928
 """
 
 from __future__ import annotations
@@ -63,6 +63,15 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_jobs_next_run_at"), ["next_run_at"], unique=False)
 
     op.create_table(
+        "login_throttle",
+        sa.Column("key", sa.String(length=300), nullable=False),
+        sa.Column("failures", sa.Integer(), nullable=False),
+        sa.Column("window_started_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("locked_until", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("lockouts", sa.Integer(), nullable=False),
+        sa.PrimaryKeyConstraint("key", name=op.f("pk_login_throttle")),
+    )
+    op.create_table(
         "tenants",
         sa.Column("id", sa.String(length=32), nullable=False),
         sa.Column("name", sa.String(length=64), nullable=False),
@@ -102,6 +111,27 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("centers", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_centers_tenant_id"), ["tenant_id"], unique=False)
+
+    op.create_table(
+        "custom_roles",
+        sa.Column("id", sa.String(length=32), nullable=False),
+        sa.Column("tenant_id", sa.String(length=32), nullable=False),
+        sa.Column("name", sa.String(length=40), nullable=False),
+        sa.Column("description", sa.String(length=500), nullable=False),
+        sa.Column("permissions", sa.JSON(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["tenant_id"],
+            ["tenants.id"],
+            name=op.f("fk_custom_roles_tenant_id_tenants"),
+            ondelete="RESTRICT",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_custom_roles")),
+        sa.UniqueConstraint("tenant_id", "name", name=op.f("uq_custom_roles_tenant_id")),
+    )
+    with op.batch_alter_table("custom_roles", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_custom_roles_tenant_id"), ["tenant_id"], unique=False)
 
     op.create_table(
         "identity_sources",
@@ -441,6 +471,32 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_users_tenant_id"), ["tenant_id"], unique=False)
 
     op.create_table(
+        "api_tokens",
+        sa.Column("id", sa.String(length=32), nullable=False),
+        sa.Column("tenant_id", sa.String(length=32), nullable=False),
+        sa.Column("user_id", sa.String(length=32), nullable=False),
+        sa.Column("name", sa.String(length=64), nullable=False),
+        sa.Column("scopes", sa.JSON(), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("last_used_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["tenant_id"],
+            ["tenants.id"],
+            name=op.f("fk_api_tokens_tenant_id_tenants"),
+            ondelete="RESTRICT",
+        ),
+        sa.ForeignKeyConstraint(
+            ["user_id"], ["users.id"], name=op.f("fk_api_tokens_user_id_users"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_api_tokens")),
+    )
+    with op.batch_alter_table("api_tokens", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_api_tokens_tenant_id"), ["tenant_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_api_tokens_user_id"), ["user_id"], unique=False)
+
+    op.create_table(
         "desktops",
         sa.Column("id", sa.String(length=32), nullable=False),
         sa.Column("tenant_id", sa.String(length=32), nullable=False),
@@ -768,6 +824,11 @@ def downgrade() -> None:
         batch_op.drop_index("ix_desktops_assigned_user")
 
     op.drop_table("desktops")
+    with op.batch_alter_table("api_tokens", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_api_tokens_user_id"))
+        batch_op.drop_index(batch_op.f("ix_api_tokens_tenant_id"))
+
+    op.drop_table("api_tokens")
     with op.batch_alter_table("users", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_users_tenant_id"))
         batch_op.drop_index(batch_op.f("ix_users_identity_source_id"))
@@ -818,11 +879,16 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_identity_sources_tenant_id"))
 
     op.drop_table("identity_sources")
+    with op.batch_alter_table("custom_roles", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_custom_roles_tenant_id"))
+
+    op.drop_table("custom_roles")
     with op.batch_alter_table("centers", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_centers_tenant_id"))
 
     op.drop_table("centers")
     op.drop_table("tenants")
+    op.drop_table("login_throttle")
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_jobs_next_run_at"))
 
