@@ -106,6 +106,13 @@ class World:
                 "username": "sweep",
             },
             "/api/v1/admin/assignments": {"desktop_id": ids["desktops"], "user_id": ids["users"]},
+            "/api/v1/admin/roles": {"name": "sweep", "permissions": ["pools:read"]},
+            "/api/v1/admin/api-tokens": {
+                "name": "sweep",
+                "scopes": ["pools:read"],
+                "expires_in_days": 1,
+            },
+            "/api/v1/admin/users/{user_id}/unlock": {},
         }
         return seeds[op.path]
 
@@ -127,6 +134,10 @@ def world(api: Api) -> Iterator[World]:
     ids["assignment-rules"] = api.get("assignment-rules")["items"][0]["id"]
     ids["users"] = api.get("users?username=user1")["items"][0]["id"]
     ids["tenants"] = api.post("tenants", {"name": "other"})["id"]
+    ids["roles"] = api.post("roles", {"name": "seeded", "permissions": ["*:read"]})["id"]
+    ids["api-tokens"] = api.post(
+        "api-tokens", {"name": "seeded", "scopes": ["*:read"], "expires_in_days": 1}
+    )["id"]
     for plan, body in (
         ("protocol-plans", {"protocols": [{"protocol": "vnc"}]}),
         ("power-plans", {"rules": [{"event": "logout", "after_minutes": 5, "action": "nothing"}]}),

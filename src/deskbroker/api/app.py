@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deskbroker import __version__, metrics
 from deskbroker.api import agent, errors
+from deskbroker.api.admin import access as admin_access
 from deskbroker.api.admin import activity, identity, inventory, policies, pools
 from deskbroker.api.admin import catalog as admin_catalog
 from deskbroker.api.admin import engine as admin_engine
@@ -103,6 +104,7 @@ def api_router() -> APIRouter:
         admin_sessions,
         admin_engine,
         admin_catalog,
+        admin_access,
     ):
         api.include_router(module.router(), prefix="/admin")
     api.include_router(agent.router())

@@ -58,7 +58,8 @@ def _authorized(request: Request, who: TokenClaims) -> TokenClaims:
     route = request.scope.get("route")
     if not isinstance(route, APIRoute):  # pragma: no cover - every admin call has a route
         raise Forbidden("This operation has no permission attached to it.")
-    access.authorize(context(request), who, permissions.route_permission(route))
+    needed = permissions.route_permission(route, request.method)
+    access.authorize(context(request), who, needed)
     return who
 
 

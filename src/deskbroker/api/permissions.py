@@ -1,10 +1,11 @@
 """Which permission each admin operation needs, read off the route itself.
 
 The resource is the path's first segment after ``/api/v1/admin/``; the action is
-``read`` for a route that only reads (it depends on ``AdminReader``), else ``create``
-(POST on the collection), ``update`` (PATCH/PUT on an item), ``delete``, or the verb that
-ends an operation's path (``POST /desktops/{id}/power`` needs ``desktops:power``). A
-route may name its own with ``openapi_extra={"x-permission": "resource:action"}``. The
+``read`` for GET, ``create`` for POST on the collection, ``update`` (PATCH/PUT on an
+item), ``delete``, or the verb that ends an operation's path (``POST
+/desktops/{id}/power`` needs ``desktops:power``). An operation may name its own with
+``openapi_extra={"x-permission": "resource:action"}`` (a POST that only reads names
+``resource:read``). The
 catalog of every resource and action is built from the routes, so a new endpoint is
 covered, listed and grantable without a table to keep in step.
 """
@@ -20,14 +21,14 @@ ADMIN_PREFIX = "/api/v1/admin/"
 PERMISSION_KEY = "x-permission"
 
 
-def required(path: str, method: str, reading: bool, extra: dict[str, Any] | None) -> str:
-    """The ``resource:action`` an admin route needs."""
+def required(path: str, method: str, extra: dict[str, Any] | None = None) -> str:
+    """The ``resource:action`` an admin operation needs."""
     named = (extra or {}).get(PERMISSION_KEY)
     if named:
         return str(named)
     segments = [s for s in path.removeprefix(ADMIN_PREFIX).split("/") if s]
     resource = segments[0] if segments else "admin"
-    if reading or method == "GET":
+    if method == "GET":
         return f"{resource}:read"
     tail = segments[-1] if len(segments) > 1 else ""
     if tail and not tail.startswith("{"):
@@ -39,32 +40,26 @@ def required(path: str, method: str, reading: bool, extra: dict[str, Any] | None
     return f"{resource}:update"
 
 
-def route_permission(route: APIRoute) -> str:
-    """The permission a mounted admin route needs (its dependencies tell read or write)."""
-    cached: str | None = getattr(route, "_deskbroker_permission", None)
-    if cached is not None:
-        return cached
-    reading = _reads_only(route.dependant)
-    method = sorted(route.methods or {"GET"})[0]
-    found = required(route.path, method, reading, route.openapi_extra)
-    route._deskbroker_permission = found  # type: ignore[attr-defined]
-    return found
-
-
-def _reads_only(dependant: Any) -> bool:
-    from deskbroker.api.deps import admin_reader  # the dependency marks a reading route
-
-    return any(sub.call is admin_reader or _reads_only(sub) for sub in dependant.dependencies)
+def route_permission(route: APIRoute, method: str) -> str:
+    """The permission a mounted admin route needs for ``method``."""
+    return required(route.path, method, route.openapi_extra)
 
 
 @cache
 def catalog() -> dict[str, frozenset[str]]:
-    """Every admin resource with the actions its routes need."""
-    from deskbroker.api.app import api_router  # built once; routes are static
+    """Every admin resource with the actions its operations need, read off the OpenAPI
+    document (where each operation's ``x-permission`` is shown too)."""
+    from fastapi import FastAPI
 
+    from deskbroker.api.app import api_router  # built once; the routes are static
+
+    app = FastAPI()
+    app.include_router(api_router())
     found: dict[str, set[str]] = {}
-    for route in api_router().routes:
-        if isinstance(route, APIRoute) and route.path.startswith(ADMIN_PREFIX):
-            resource, _, action = route_permission(route).partition(":")
+    for path, operations in app.openapi().get("paths", {}).items():
+        if not path.startswith(ADMIN_PREFIX):
+            continue
+        for method, operation in operations.items():
+            resource, _, action = required(path, method.upper(), operation).partition(":")
             found.setdefault(resource, set()).add(action)
     return {resource: frozenset(actions) for resource, actions in sorted(found.items())}

@@ -99,20 +99,22 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def check_grantable(
-    ctx: BrokerContext,
-    actor: TokenClaims,
-    role_permissions_of: Permissions,
-    what: str,
-    catalog: Catalog,
-) -> None:
+def check_grantable(held: Permissions, grants: Permissions, what: str, catalog: Catalog) -> None:
     """Refuse to hand out (as a role, rule or token scope) more than the actor holds."""
-    if actor.role == BuiltinRole.GLOBAL_ADMIN and actor.scopes is None:
-        return
-    beyond = role_permissions_of.within(effective(ctx, actor), catalog)
+    beyond = grants.within(held, catalog)
     if beyond:
         shown = ", ".join(sorted(beyond)[:5]) + (" ..." if len(beyond) > 5 else "")
         raise Forbidden(f"you cannot {what}: it allows {shown}, which you may not do yourself")
+
+
+def actor_info(ctx: BrokerContext, who: TokenClaims) -> dict[str, object]:
+    """What the admin API's write hooks know of the actor (kept in ``session.info``)."""
+    return {
+        "actor_role": who.role,
+        "actor_id": who.user_id,
+        "actor": who,
+        "actor_permissions": effective(ctx, who),
+    }
 
 
 def known_role(
