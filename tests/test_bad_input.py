@@ -113,6 +113,8 @@ class World:
                 "expires_in_days": 1,
             },
             "/api/v1/admin/users/{user_id}/unlock": {},
+            "/api/v1/admin/desktops/{desktop_id}/power": {"action": "reboot"},
+            "/api/v1/admin/sessions/{session_id}/end": {"reason": "sweep"},
         }
         return seeds[op.path]
 
@@ -146,6 +148,13 @@ def world(api: Api) -> Iterator[World]:
         ids[plan] = api.post(plan, {"name": f"{plan}-1", **body})["id"]
     doc = openapi_document(api)
     agent_token = api.post(f"desktops/{held}/agent-token", {})["token"]
+    reported = api.client.post(
+        "/api/v1/agent/events",
+        json={"event": "login", "user": "user0"},
+        headers={"Authorization": f"Bearer {agent_token}"},
+    )
+    assert reported.status_code == 200, reported.text
+    ids["sessions"] = reported.json()["session_id"]
     # The same application, without re-raising: a 500 is a finding to collect, not a crash.
     sweeper = TestClient(api.client.app, raise_server_exceptions=False)
     loop = asyncio.new_event_loop()
@@ -257,6 +266,10 @@ def test_seed_bodies_are_accepted(world: World) -> None:
         )
         if op.path == "/api/v1/auth/login":
             assert response.status_code == 401, response.text
+        elif op.path.endswith("/power"):
+            # The world's desktops are static machines: valid, and refused for that alone.
+            assert response.status_code == 409, response.text
+            assert "cannot power machines" in response.json()["detail"]
         else:
             assert response.status_code in (200, 201), f"{op}: {response.text}"
 

@@ -111,6 +111,8 @@ def _another_tenants_objects_do_not_exist_for_a_tenant_admin(tenants: Any) -> No
         body = {"name": "stolen"} if op.method == "PATCH" else {}
         if op.method == "PATCH" and resource in ("desktops", "users"):
             body = {"attributes": {}}
+        if op.path.endswith("/power"):
+            body = {"action": "reboot", "force": True}
         response = b.client.request(
             op.method,
             path,

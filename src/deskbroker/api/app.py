@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from deskbroker import __version__, metrics
 from deskbroker.api import agent, errors
 from deskbroker.api.admin import access as admin_access
+from deskbroker.api.admin import actions as admin_actions
 from deskbroker.api.admin import activity, identity, inventory, policies, pools
 from deskbroker.api.admin import catalog as admin_catalog
 from deskbroker.api.admin import engine as admin_engine
@@ -105,6 +106,7 @@ def api_router() -> APIRouter:
         admin_engine,
         admin_catalog,
         admin_access,
+        admin_actions,
     ):
         api.include_router(module.router(), prefix="/admin")
     api.include_router(agent.router())
