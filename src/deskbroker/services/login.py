@@ -19,12 +19,19 @@ from deskbroker.domain.offers import queue_estimate_s
 from deskbroker.domain.rules import Identity, decide
 from deskbroker.errors import (
     AccountRefused,
+    BadRequest,
     DirectoryUnavailable,
     Forbidden,
+    NotFound,
     PayloadTooLarge,
     Unauthorized,
 )
-from deskbroker.identity.base import Credentials, IdentitySourceDriver, source_kinds
+from deskbroker.identity.base import (
+    Credentials,
+    IdentitySourceDriver,
+    password_refusal,
+    source_kinds,
+)
 from deskbroker.services.config_cache import ConfigView, PolicyView, SourceView
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import claims, events
@@ -141,11 +148,70 @@ class LoginService:
         metrics.LOGIN_SECONDS.observe(time.perf_counter() - started)
         return result
 
+    def login_identity(
+        self, source_id: str, identity: Identity, *, client_address: str | None = None
+    ) -> LoginResult:
+        """Log in a user whom a source vouched for itself (an OpenID provider's verified
+        ID token): no password, then the same path as a password login."""
+        started = time.perf_counter()
+        try:
+            result = self._complete(self._vouched(source_id, identity), client_address)
+        except Exception:
+            metrics.LOGINS.labels(result="refused").inc()
+            raise
+        metrics.LOGINS.labels(result="ok").inc()
+        metrics.LOGIN_SECONDS.observe(time.perf_counter() - started)
+        return result
+
+    def source_driver(
+        self, tenant: str | None, source_name: str
+    ) -> tuple[SourceView, IdentitySourceDriver]:
+        """An enabled identity source of a tenant by name, and its driver."""
+        view = self.ctx.cache.current(self.ctx.db)
+        tenant_id = view.tenants_by_name.get(tenant or "default")
+        found = [
+            s for s in view.sources_by_tenant.get(tenant_id or "", []) if s.name == source_name
+        ]
+        if not found:
+            raise NotFound(
+                f"tenant {tenant or 'default'!r} has no enabled identity source {source_name!r}"
+            )
+        return found[0], self._driver(found[0], view.version)
+
+    def driver_by_id(self, source_id: str) -> IdentitySourceDriver:
+        """The driver of an enabled identity source, by id."""
+        view = self.ctx.cache.current(self.ctx.db)
+        for source in (s for ss in view.sources_by_tenant.values() for s in ss):
+            if source.id == source_id:
+                return self._driver(source, view.version)
+        raise Unauthorized("the identity source of this sign-in was removed or disabled")
+
+    def refused(self, tenant_id: str, actor: str, client_address: str | None, reason: str) -> None:
+        """The one failure path of every login: the audit event, nothing else written."""
+        with self.ctx.db.write() as session:
+            events.append(
+                session,
+                "login_failed",
+                tenant_id=tenant_id,
+                actor=actor[:200],
+                detail={"client": client_address or "", "reason": reason},
+            )
+
     def _authenticate(
         self, view: ConfigView, tenant_id: str, username: str, password: str, source: str | None
     ) -> _Verified:
         refused: AccountRefused | DirectoryUnavailable | None = None
+        elsewhere: BadRequest | None = None
+        tried = False
         for candidate, name in _candidate_sources(view, tenant_id, username, source):
+            kind = source_kinds().get(candidate.kind)
+            if kind is not None and not kind.accepts_passwords:
+                # Its users sign in at their provider; say so only if no source took a password.
+                elsewhere = elsewhere or BadRequest(
+                    password_refusal(candidate.name), reason="password_not_accepted"
+                )
+                continue
+            tried = True
             with self.ctx.db.read() as session:
                 record = claims.find_user(session, candidate.id, name)
             if record is not None and record.config_version != view.version:
@@ -172,7 +238,26 @@ class LoginService:
             return _Verified(
                 fresh.get(candidate.id, candidate), identity, record, view, driver.provisions_users
             )
+        if refused is None and elsewhere is not None and not tried:
+            raise elsewhere
         raise refused or Unauthorized(WRONG_CREDENTIALS)
+
+    def _vouched(self, source_id: str, identity: Identity) -> _Verified:
+        view = self.ctx.cache.current(self.ctx.db)
+        source = next(
+            (s for ss in view.sources_by_tenant.values() for s in ss if s.id == source_id), None
+        )
+        if source is None:
+            raise Unauthorized("the identity source of this sign-in was removed or disabled")
+        with self.ctx.db.read() as session:
+            record = claims.find_user(session, source.id, identity.username)
+        if record is not None and record.config_version != view.version:
+            view = self.ctx.cache.current(self.ctx.db, record.config_version)
+            source = next(
+                (s for s in view.sources_by_tenant.get(source.tenant_id, []) if s.id == source_id),
+                source,
+            )
+        return _Verified(source, identity, record, view, directory=True)
 
     def _login(
         self,
@@ -196,19 +281,16 @@ class LoginService:
             raise Unauthorized(WRONG_CREDENTIALS)
         try:
             found = self._authenticate(view, tenant_id, username, password, source)
-        except (Unauthorized, AccountRefused, DirectoryUnavailable) as exc:
-            with self.ctx.db.write() as session:
-                events.append(
-                    session,
-                    "login_failed",
-                    tenant_id=tenant_id,
-                    actor=username[:200],
-                    detail={
-                        "client": client_address or "",
-                        "reason": exc.extra.get("reason", "wrong_credentials"),
-                    },
-                )
+        except (Unauthorized, AccountRefused, DirectoryUnavailable, BadRequest) as exc:
+            self.refused(
+                tenant_id, username, client_address, exc.extra.get("reason", "wrong_credentials")
+            )
             raise
+        return self._complete(found, client_address)
+
+    def _complete(self, found: _Verified, client_address: str | None) -> LoginResult:
+        """After authentication, whoever vouched: the directory user's row, the disabled
+        check, the assignment rule, claims, the login event and the token."""
         src, who, view = found.source, found.identity, found.view
         if found.record is not None and found.record.disabled:
             raise Forbidden(DISABLED)
