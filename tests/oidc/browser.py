@@ -23,16 +23,24 @@ class _Forms(HTMLParser):
         super().__init__()
         self.forms: list[Form] = []
         self.text: list[str] = []
+        self.inside = False
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = {k: v or "" for k, v in attrs}
         if tag == "form":
             self.forms.append(Form(a.get("action", ""), a.get("method", "get").lower()))
-        elif tag in ("input", "button") and self.forms:
+            self.inside = True
+        elif tag == "input" and self.inside:
+            # Buttons are left out: "Continue" sends no name, and the provider's
+            # "Abort" button (outside the form, tied to it) must not be pressed.
             if a.get("type") == "password":
                 self.forms[-1].password = True
             if a.get("name"):
                 self.forms[-1].fields.setdefault(a["name"], a.get("value", ""))
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "form":
+            self.inside = False
 
     def handle_data(self, data: str) -> None:
         self.text.append(data)
@@ -70,6 +78,9 @@ class Browser:
             if not parser.forms:
                 return Visit(None, " ".join(" ".join(parser.text).split()))
             form = parser.forms[0]
+            if form.fields.get("user_code") == "":
+                # The provider asks for a code again: the device sign-in ended there.
+                return Visit(None, " ".join(" ".join(parser.text).split()))
             if form.password:
                 data = {"login": username, "password": password}
             elif len(parser.forms) > 1:  # consent: allow or deny
