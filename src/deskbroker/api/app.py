@@ -20,10 +20,12 @@ from deskbroker.api.admin import activity, identity, inventory, policies, pools
 from deskbroker.api.admin import catalog as admin_catalog
 from deskbroker.api.admin import engine as admin_engine
 from deskbroker.api.admin import sessions as admin_sessions
+from deskbroker.api.client import oidc as client_oidc
 from deskbroker.api.client import routes as client_routes
 from deskbroker.api.deps import strict_request
 from deskbroker.services.context import BrokerContext
 from deskbroker.services.login import LoginService
+from deskbroker.services.oidc_signin import OidcSignIn
 from deskbroker.store.migrate import current_revision
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -95,6 +97,7 @@ def api_router() -> APIRouter:
     one router serves every app of the process and is built once (it is not cheap)."""
     api = APIRouter(prefix="/api/v1", dependencies=[Depends(strict_request)])
     api.include_router(client_routes.router())
+    api.include_router(client_oidc.router())
     # One level of nesting fewer: every level rebuilds each route's dependencies.
     for module in (
         inventory,
@@ -124,6 +127,7 @@ def create_app(ctx: BrokerContext) -> FastAPI:
     )
     app.state.ctx = ctx
     app.state.login = LoginService(ctx)
+    app.state.oidc = OidcSignIn(ctx, app.state.login)
     errors.install(app)
 
     app.include_router(api_router())

@@ -513,3 +513,30 @@ class UserVolume(Base):
     attached_to: Mapped[str | None] = mapped_column(String(200), default=None)
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = _updated()
+
+
+class OidcFlow(Base):
+    """An OpenID Connect sign-in under way: an authorization code flow between its start
+    and the provider's callback, or a device flow the CLI polls. Kept in the database so
+    any broker of a cluster can finish what another started.
+
+    ``id`` is the SHA-256 of the ``state`` (or the CLI's device handle), so the table
+    alone cannot finish anyone's sign-in; the PKCE verifier or device code is sealed.
+    """
+
+    __tablename__ = "oidc_flows"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(10))  # code | device
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    identity_source_id: Mapped[str] = mapped_column(
+        ForeignKey("identity_sources.id", ondelete="CASCADE"), index=True
+    )
+    nonce: Mapped[str | None] = mapped_column(String(64), default=None)
+    sealed: Mapped[str] = mapped_column(Text)
+    redirect_uri: Mapped[str] = mapped_column(String(2000), default="")
+    return_to: Mapped[str | None] = mapped_column(String(2000), default=None)
+    interval_s: Mapped[int] = mapped_column(Integer, default=5)
+    next_poll_at: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = _created()
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    used_at: Mapped[datetime | None] = mapped_column(default=None)

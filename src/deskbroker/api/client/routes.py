@@ -14,7 +14,7 @@ from deskbroker.api.schemas import Body
 from deskbroker.domain.offers import queue_estimate_s
 from deskbroker.protocols.descriptors import ConnectionDescriptor
 from deskbroker.services import desktops
-from deskbroker.services.login import LoginService, Offer
+from deskbroker.services.login import LoginResult, LoginService, Offer
 from deskbroker.store import claims
 from deskbroker.store.claims import HeldDesktop
 from deskbroker.store.tables import Pool
@@ -127,6 +127,19 @@ def _offer(o: Offer) -> OfferOut:
     )
 
 
+def login_out(result: LoginResult) -> LoginOut:
+    """The answer to every kind of login: password, OpenID Connect, device flow."""
+    return LoginOut(
+        token=result.token,
+        expires_at=result.expires_at,
+        user_id=result.user_id,
+        username=result.username,
+        tenant_id=result.tenant_id,
+        role=result.role,
+        offers=[_offer(o) for o in result.offers],
+    )
+
+
 def _descriptor(result: desktops.ConnectResult) -> DescriptorOut:
     d: ConnectionDescriptor = result.descriptor
     return DescriptorOut(
@@ -155,15 +168,7 @@ def router() -> APIRouter:
             source=body.source,
             client_address=client_address(request),
         )
-        return LoginOut(
-            token=result.token,
-            expires_at=result.expires_at,
-            user_id=result.user_id,
-            username=result.username,
-            tenant_id=result.tenant_id,
-            role=result.role,
-            offers=[_offer(o) for o in result.offers],
-        )
+        return login_out(result)
 
     @r.get("/client/me", tags=["client"], summary="Who the token belongs to")
     def me(who: Principal) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 06:33:06.693928
+Create Date: 2026-11-22 06:49:50.361834
 """
 
 from __future__ import annotations
@@ -356,6 +356,42 @@ def upgrade() -> None:
     with op.batch_alter_table("images", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_images_center_id"), ["center_id"], unique=False)
         batch_op.create_index(batch_op.f("ix_images_tenant_id"), ["tenant_id"], unique=False)
+
+    op.create_table(
+        "oidc_flows",
+        sa.Column("id", sa.String(length=64), nullable=False),
+        sa.Column("kind", sa.String(length=10), nullable=False),
+        sa.Column("tenant_id", sa.String(length=32), nullable=False),
+        sa.Column("identity_source_id", sa.String(length=32), nullable=False),
+        sa.Column("nonce", sa.String(length=64), nullable=True),
+        sa.Column("sealed", sa.Text(), nullable=False),
+        sa.Column("redirect_uri", sa.String(length=2000), nullable=False),
+        sa.Column("return_to", sa.String(length=2000), nullable=True),
+        sa.Column("interval_s", sa.Integer(), nullable=False),
+        sa.Column("next_poll_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("used_at", sa.DateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["identity_source_id"],
+            ["identity_sources.id"],
+            name=op.f("fk_oidc_flows_identity_source_id_identity_sources"),
+            ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["tenant_id"],
+            ["tenants.id"],
+            name=op.f("fk_oidc_flows_tenant_id_tenants"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_oidc_flows")),
+    )
+    with op.batch_alter_table("oidc_flows", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_oidc_flows_expires_at"), ["expires_at"], unique=False)
+        batch_op.create_index(
+            batch_op.f("ix_oidc_flows_identity_source_id"), ["identity_source_id"], unique=False
+        )
+        batch_op.create_index(batch_op.f("ix_oidc_flows_tenant_id"), ["tenant_id"], unique=False)
 
     op.create_table(
         "policy_entries",
@@ -844,6 +880,12 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_policy_entries_backup_pool_id"))
 
     op.drop_table("policy_entries")
+    with op.batch_alter_table("oidc_flows", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_oidc_flows_tenant_id"))
+        batch_op.drop_index(batch_op.f("ix_oidc_flows_identity_source_id"))
+        batch_op.drop_index(batch_op.f("ix_oidc_flows_expires_at"))
+
+    op.drop_table("oidc_flows")
     with op.batch_alter_table("images", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_images_tenant_id"))
         batch_op.drop_index(batch_op.f("ix_images_center_id"))
