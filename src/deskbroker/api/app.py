@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deskbroker import __version__, metrics
-from deskbroker.api import agent, errors
+from deskbroker.api import agent, errors, permissions
 from deskbroker.api.admin import access as admin_access
 from deskbroker.api.admin import actions as admin_actions
 from deskbroker.api.admin import activity, identity, inventory, policies, pools
@@ -154,6 +154,21 @@ def create_app(ctx: BrokerContext) -> FastAPI:
     def prometheus() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+    plain_openapi = app.openapi
+
+    def openapi_with_permissions() -> dict[str, Any]:
+        # Each admin operation shows the permission it needs, as roles are written in.
+        document = plain_openapi()
+        for path, operations in document.get("paths", {}).items():
+            if path.startswith(permissions.ADMIN_PREFIX):
+                for method, operation in operations.items():
+                    operation.setdefault(
+                        permissions.PERMISSION_KEY,
+                        permissions.required(path, method.upper(), operation),
+                    )
+        return document
+
+    app.openapi = openapi_with_permissions  # type: ignore[method-assign]
     app.add_middleware(BodyLimit)
     app.add_middleware(StatusCounter)
     return app
