@@ -4,12 +4,14 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 SYSTEM_PACKAGES := python3-venv tigervnc-standalone-server tigervnc-tools postgresql postgresql-client \
-  slapd ldap-utils samba samba-ad-dc samba-dsdb-modules samba-ad-provision winbind krb5-user
-# Directory daemons the tests start privately: slapd left unconfigured, no system instances.
+  slapd ldap-utils samba samba-ad-dc samba-dsdb-modules samba-ad-provision winbind krb5-user \
+  ypserv rpcbind libcrypt1 whois openssl util-linux
+# Directory daemons the tests start privately: slapd left unconfigured, no system instances
+# (ypserv and rpcbind too: the NIS tests run their own in a private mount namespace).
 DEBCONF_PRESEED := slapd slapd/no_configuration boolean true\n\
 krb5-config krb5-config/default_realm string EXAMPLE.INVALID\n\
 krb5-config krb5-config/add_servers_realm string EXAMPLE.INVALID
-SYSTEM_SERVICES := slapd samba samba-ad-dc smbd nmbd winbind
+SYSTEM_SERVICES := slapd samba samba-ad-dc smbd nmbd winbind ypserv yppasswdd ypxfrd rpcbind
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: setup system demo test lint typecheck test-sqlite test-postgresql bench docs clean

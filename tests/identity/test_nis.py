@@ -1,0 +1,193 @@
+"""NIS through the real HTTP API against a real ypserv: groups to policy, refusals,
+failover, the portmapper, and what an unknown name costs."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from deskbroker.identity.base import Credentials, source_kinds
+from deskbroker.identity.nis import ACCOUNT_EXPIRED, LOCKED, PASSWORD_EXPIRED
+from deskbroker.identity.nis_servers import NOT_SERVED, UNREACHABLE
+from deskbroker.security import PasswordHashing
+from deskbroker.services.context import BrokerContext
+from deskbroker.services.login import WRONG_CREDENTIALS, LoginService
+from deskbroker.store.db import statement_counter
+from tests.helpers import Api
+from tests.identity.directories import free_port
+from tests.identity.nis_server import NisSite, unix_relay
+from tests.identity.nis_users import LOGIN_DOMAIN, add_nis_source, nis_params
+from tests.identity.support import group_policy
+
+
+def login(api: Api, username: str, password: str, **extra: Any) -> Any:
+    return api.client.post(
+        "/api/v1/auth/login", json={"username": username, "password": password, **extra}
+    )
+
+
+@contextmanager
+def counting() -> Iterator[list[str]]:
+    sink: list[str] = []
+    token = statement_counter.set(sink)
+    try:
+        yield sink
+    finally:
+        statement_counter.reset(token)
+
+
+def test_nis_groups_pick_the_policy(api: Api, nis: NisSite) -> None:
+    source = add_nis_source(api, nis)
+    assert not source["has_secrets"]
+    devs = group_policy(api, source["id"], "devs")
+    printers = group_policy(api, source["id"], "printers", tag="p-")
+
+    # ann: a yescrypt hash in passwd.byname; devs by membership, staff by her primary gid.
+    response = login(api, "ann", "ann-password-1")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [(o["status"], o["pool_id"]) for o in body["offers"]] == [("assigned", devs["pool"])]
+    user = api.get(f"users?username=ann&identity_source_id={source['id']}")["items"][0]
+    assert user["id"] == body["user_id"]
+    assert user["display_name"] == "Ann Archer"
+    assert sorted(user["groups"]) == ["devs", "staff"]
+    assert user["attributes"] == {
+        "uid": "2001",
+        "gid": "100",
+        "home": "/home/ann",
+        "shell": "/bin/bash",
+        "gecos": "Ann Archer,Room 1,,",
+    }
+    assert not user["has_password"]
+
+    # cid: Debian's default layout, "x" in passwd and a sha512-crypt hash in shadow.byname,
+    # which ypserv gives only to a privileged source port; primary group ops.
+    cid = login(api, f"cid@{LOGIN_DOMAIN}", "cid-password-1")
+    assert cid.status_code == 200, cid.text
+    assert [o["pool_id"] for o in cid.json()["offers"]] == [printers["pool"]]
+    cid_user = api.get(f"users?username=cid&identity_source_id={source['id']}")["items"][0]
+    assert sorted(cid_user["groups"]) == ["ops", "printers"]
+
+    # ben (md5-crypt) is in printers too: the pool's second desktop.
+    ben = login(api, "ben", "ben-password-1", source="campus")
+    assert ben.status_code == 200, ben.text
+    assert [o["status"] for o in ben.json()["offers"]] == ["assigned"]
+
+    # The same user again: the same desktop, found by the login-form domain too.
+    again = login(api, f"ann@{LOGIN_DOMAIN}", "ann-password-1")
+    assert again.json()["user_id"] == body["user_id"]
+    assert again.json()["offers"][0]["desktop"]["id"] == body["offers"][0]["desktop"]["id"]
+
+
+def test_nis_refusals_are_clear_and_write_only_the_audit_event(api: Api, nis: NisSite) -> None:
+    add_nis_source(api, nis)
+    dead = f"127.0.0.1:{free_port()}"
+    add_nis_source(api, nis, name="down", login_domain="down.example", servers=[dead])
+    # A live ypserv that does not serve the source's NIS domain.
+    add_nis_source(
+        api, nis, name="elsewhere", login_domain="elsewhere.example", domain="not-served.test"
+    )
+    cases = {
+        ("ann@nis.example", "not-her-password"): (401, WRONG_CREDENTIALS, "wrong_credentials"),
+        ("nobody@nis.example", "whatever-1"): (401, WRONG_CREDENTIALS, "wrong_credentials"),
+        ("locky@nis.example", "not-his-password"): (401, WRONG_CREDENTIALS, "wrong_credentials"),
+        ("locky@nis.example", "locky-password-1"): (403, LOCKED, "locked"),
+        ("daemon@nis.example", "anything-1"): (403, LOCKED, "locked"),
+        ("oldie@nis.example", "oldie-password-1"): (403, PASSWORD_EXPIRED, "password_expired"),
+        ("gone@nis.example", "gone-password-1"): (403, ACCOUNT_EXPIRED, "account_expired"),
+        ("ann@down.example", "ann-password-1"): (503, UNREACHABLE, "unreachable"),
+        ("ann@elsewhere.example", "ann-password-1"): (503, NOT_SERVED, "not_served"),
+    }
+    users_before = api.get("users")["total"]
+    for (username, password), (status, message, _) in cases.items():
+        response = login(api, username, password)
+        assert response.status_code == status, (username, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["detail"] == message
+    assert api.get("users")["total"] == users_before
+    assert api.get("assignments")["total"] == 0
+    failed = api.get("events?kind=login_failed&limit=100")["items"]
+    assert sorted((e["actor"], e["detail"]["reason"]) for e in failed) == sorted(
+        (username, reason) for (username, _), (_, _, reason) in cases.items()
+    )
+
+
+def test_failover_from_a_dead_server_to_a_live_one(api: Api, nis: NisSite) -> None:
+    dead = f"127.0.0.1:{free_port()}"
+    source = add_nis_source(api, nis, servers=[dead, nis.server])
+    group_policy(api, source["id"], "devs")
+    for _ in range(2):  # the second login skips the dead server it remembers
+        response = login(api, "ann", "ann-password-1")
+        assert response.status_code == 200, response.text
+        assert response.json()["offers"][0]["status"] == "assigned"
+
+
+def test_the_portmapper_finds_ypserv(api: Api, nis: NisSite) -> None:
+    # The site's rpcbind listens on no reachable network; the relay carries TCP to its
+    # unix socket, so the driver asks a real rpcbind for ypserv's port.
+    with unix_relay(nis.rpcbind_socket) as portmapper:
+        source = add_nis_source(api, nis, servers=["127.0.0.1"], portmapper_port=portmapper)
+        group_policy(api, source["id"], "devs")
+        response = login(api, "ann", "ann-password-1")
+    assert response.status_code == 200, response.text
+    assert response.json()["offers"][0]["status"] == "assigned"
+
+
+def test_an_unknown_name_costs_what_a_wrong_password_costs(nis: NisSite) -> None:
+    driver = source_kinds()["nis"](nis_params(nis), {}, PasswordHashing(1, 64, 1))
+    timings: dict[str, list[float]] = {"wrong": [], "unknown": [], "shadow_unknown": []}
+    names = {"wrong": "ann", "unknown": "nobody", "shadow_unknown": "nobody"}
+    driver.authenticate(Credentials("cid", "wrong"), None)  # learns the site uses shadow
+    for _ in range(15):
+        for kind, name in names.items():
+            started = time.perf_counter()
+            assert driver.authenticate(Credentials(name, "not-the-password"), None) is None
+            timings[kind].append(time.perf_counter() - started)
+    medians = {kind: statistics.median(values) for kind, values in timings.items()}
+    # Without the decoy an unknown name would answer in well under a millisecond, some
+    # fifty times faster than a yescrypt check; the bound leaves room for a busy machine.
+    assert 0.5 < medians["unknown"] / medians["wrong"] < 2, medians
+    assert medians["unknown"] > 0.005, medians
+
+
+def test_a_nis_login_stays_within_the_statement_budget(
+    api: Api, ctx: BrokerContext, nis: NisSite
+) -> None:
+    source = add_nis_source(api, nis)
+    group_policy(api, source["id"], "devs")
+    service = LoginService(ctx)
+    service.login(f"ben@{LOGIN_DOMAIN}", "ben-password-1")  # warms caches
+    with counting() as first:
+        result = service.login(f"ann@{LOGIN_DOMAIN}", "ann-password-1")
+    assert result.offers[0].status == "assigned"
+    with counting() as returning:
+        service.login(f"ann@{LOGIN_DOMAIN}", "ann-password-1")
+    assert len(first) == 5, "\n".join(first)
+    assert len(returning) == 3, "\n".join(returning)
+
+
+def test_lookup_and_params_validation(api: Api, nis: NisSite) -> None:
+    driver = source_kinds()["nis"](nis_params(nis), {}, PasswordHashing(1, 64, 1))
+    who = driver.lookup("cid", None)
+    assert who is not None and who.groups == {"ops", "printers"}
+    assert who.display_name == "Cid Cole"
+    assert driver.lookup("nobody", None) is None
+    assert driver.lookup("bad:name", None) is None
+
+    for params, words in (
+        ({"domain": "a b", "servers": ["h"]}, "is not a NIS name"),
+        ({"domain": "x", "servers": ["h:99999"]}, "bad port"),
+        ({"domain": "x", "servers": []}, "at least 1"),
+        ({"domain": "x", "servers": ["h"], "passwd_map": "../etc"}, "is not a NIS name"),
+        ({"domain": "x", "servers": ["h"], "password": "x"}, "password"),
+    ):
+        response = api.client.post(
+            "/api/v1/admin/identity-sources",
+            json={"name": "bad", "kind": "nis", "params": params},
+            headers=api.headers,
+        )
+        assert response.status_code == 422, response.text
+        assert words in response.json()["detail"]
