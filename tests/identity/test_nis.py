@@ -3,7 +3,10 @@ failover, the portmapper, and what an unknown name costs."""
 
 from __future__ import annotations
 
+import json
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,7 +14,7 @@ from typing import Any
 
 from deskbroker.identity.base import Credentials, source_kinds
 from deskbroker.identity.nis import ACCOUNT_EXPIRED, LOCKED, PASSWORD_EXPIRED
-from deskbroker.identity.nis_servers import NOT_SERVED, UNREACHABLE
+from deskbroker.identity.nis_servers import NOT_SERVED, SHADOW_DENIED, UNREACHABLE
 from deskbroker.security import PasswordHashing
 from deskbroker.services.context import BrokerContext
 from deskbroker.services.login import WRONG_CREDENTIALS, LoginService
@@ -191,3 +194,58 @@ def test_lookup_and_params_validation(api: Api, nis: NisSite) -> None:
         )
         assert response.status_code == 422, response.text
         assert words in response.json()["detail"]
+
+
+AS_BROKER = """
+import json, sys
+from deskbroker.errors import DeskbrokerError
+from deskbroker.identity.base import Credentials
+from deskbroker.identity.nis import NisIdentitySource
+from deskbroker.security import PasswordHashing
+
+driver = NisIdentitySource(json.loads(sys.argv[1]), {}, PasswordHashing(1, 64, 1))
+try:
+    who = driver.authenticate(Credentials("cid", "cid-password-1"), None)
+    print(json.dumps({"username": who.username if who else None}))
+except DeskbrokerError as exc:
+    print(json.dumps({"detail": exc.detail, "reason": exc.extra.get("reason")}))
+"""
+
+
+def test_a_shadow_map_needs_a_privileged_port(nis: NisSite) -> None:
+    """A broker running as an ordinary user hears why, and CAP_NET_BIND_SERVICE is enough."""
+    drop = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+    capable = [*drop, "--inh-caps=+net_bind_service", "--ambient-caps=+net_bind_service"]
+    answers = []
+    for user in (drop, capable):
+        done = subprocess.run(
+            [*user, sys.executable, "-c", AS_BROKER, json.dumps(nis_params(nis))],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"},
+        )
+        assert done.returncode == 0, done.stderr
+        answers.append(json.loads(done.stdout))
+    assert answers == [{"detail": SHADOW_DENIED, "reason": "shadow_denied"}, {"username": "cid"}]
+
+
+def test_the_group_map_is_read_whole_and_kept(nis: NisSite) -> None:
+    # Thousands of groups: ypserv streams YPPROC_ALL in many record fragments.
+    many = [f"team{i:04d}:*:{5000 + i}:{'ann,' if i % 100 == 0 else ''}ben" for i in range(3000)]
+    nis.write_map("group.many", ["staff:*:100:", *many])
+    driver = source_kinds()["nis"](
+        nis_params(nis, group_map="group.many", group_cache_s=300), {}, PasswordHashing(1, 64, 1)
+    )
+    started = time.perf_counter()
+    ann = driver.lookup("ann", None)
+    first = time.perf_counter() - started
+    teams = {f"team{i:04d}" for i in range(0, 3000, 100)}
+    assert ann is not None and ann.groups == {"staff", *teams}
+    ben = driver.lookup("ben", None)
+    assert ben is not None and len(ben.groups) == 3001
+    # The second lookup used the kept map: only its passwd match went to the server.
+    nis.write_map("group.many", ["staff:*:100:"])
+    again = driver.lookup("ann", None)
+    assert again is not None and len(again.groups) == 31
+    assert first < 5, first

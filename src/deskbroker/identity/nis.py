@@ -103,7 +103,9 @@ class NisIdentitySource(IdentitySourceDriver):
             shadow = self._shadow(entry.name)
         hashed = shadow.hashed if shadow is not None else entry.hashed
         if entry.hashed in _SHADOWED and shadow is None:
-            hashed = "*"  # shadowed, but the shadow map has no entry: no password
+            if self.p.shadow_map is None:
+                log.warning("passwd says %r for %s but no shadow_map is set", entry.hashed, name)
+            hashed = "*"  # shadowed, but no shadow entry: no password to check
         locked = hashed.startswith("!")
         usable = hashed.lstrip("!")
         if not usable or usable.startswith("*") or usable in _SHADOWED:
