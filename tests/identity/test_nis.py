@@ -4,6 +4,7 @@ failover, the portmapper, and what an unknown name costs."""
 from __future__ import annotations
 
 import json
+import socket
 import statistics
 import subprocess
 import sys
@@ -122,10 +123,27 @@ def test_failover_from_a_dead_server_to_a_live_one(api: Api, nis: NisSite) -> No
     dead = f"127.0.0.1:{free_port()}"
     source = add_nis_source(api, nis, servers=[dead, nis.server])
     group_policy(api, source["id"], "devs")
-    for _ in range(2):  # the second login skips the dead server it remembers
+    for _ in range(2):
         response = login(api, "ann", "ann-password-1")
         assert response.status_code == 200, response.text
         assert response.json()["offers"][0]["status"] == "assigned"
+
+
+def test_a_server_that_hangs_is_given_up_on_and_then_skipped(api: Api, nis: NisSite) -> None:
+    # Accepts connections (the kernel's backlog) but never answers a call.
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(8)
+        servers = [f"127.0.0.1:{hung.getsockname()[1]}", nis.server]
+        add_nis_source(api, nis, servers=servers, timeout_s=0.5)
+        elapsed = []
+        for _ in range(2):
+            started = time.perf_counter()
+            response = login(api, "ben", "ben-password-1")
+            elapsed.append(time.perf_counter() - started)
+            assert response.status_code == 200, response.text
+    # The first login waited out the timeout; the second skipped the server it remembers.
+    assert elapsed[0] >= 0.5 and elapsed[1] < 0.5, elapsed
 
 
 def test_the_portmapper_finds_ypserv(api: Api, nis: NisSite) -> None:

@@ -23,6 +23,7 @@ import re
 import secrets
 import threading
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -85,6 +86,7 @@ class NisIdentitySource(IdentitySourceDriver):
         self.servers = NisServers(self.p)
         self._lock = threading.Lock()
         self._groups: _Groups | None = None
+        self._methods: Counter[str] = Counter()  # hash methods seen, for the decoy
         self._shadowed = False  # whether this site's passwd map points to a shadow map
         self._decoy = unixcrypt.hash_password(_random_secret())
 
@@ -202,10 +204,15 @@ class NisIdentitySource(IdentitySourceDriver):
         unixcrypt.verify(password, decoy)
 
     def _remember_setting(self, hashed: str) -> None:
-        """Let the decoy follow the method of the site's hashes (yescrypt, sha512...)."""
+        """Let the decoy follow the site's most common method (yescrypt, sha512...).
+
+        With one method in the map an unknown name costs exactly what a known one does;
+        with several, what most users' hashes cost."""
         method = _method(hashed)
         with self._lock:
-            if _method(self._decoy) == method:
+            self._methods[method] += 1
+            current = _method(self._decoy)
+            if method == current or self._methods[method] <= self._methods[current]:
                 return
         decoy = unixcrypt.crypt(_random_secret(), hashed)
         if decoy is not None:
