@@ -99,15 +99,7 @@ class NisIdentitySource(IdentitySourceDriver):
                 self._shadow(name)  # the round trip a known user's login makes
             self._spend_like_a_check(password)
             return None
-        shadow = None
-        if entry.hashed in _SHADOWED:
-            self._shadowed = True
-            shadow = self._shadow(entry.name)
-        hashed = shadow.hashed if shadow is not None else entry.hashed
-        if entry.hashed in _SHADOWED and shadow is None:
-            if self.p.shadow_map is None:
-                log.warning("passwd says %r for %s but no shadow_map is set", entry.hashed, name)
-            hashed = "*"  # shadowed, but no shadow entry: no password to check
+        hashed, shadow = self._password_hash(entry)
         locked = hashed.startswith("!")
         usable = hashed.lstrip("!")
         if not usable or usable.startswith("*") or usable in _SHADOWED:
@@ -130,6 +122,18 @@ class NisIdentitySource(IdentitySourceDriver):
         return None if entry is None else self._identity(entry)
 
     # --- maps --------------------------------------------------------------------------
+    def _password_hash(self, entry: PasswdEntry) -> tuple[str, ShadowEntry | None]:
+        """The user's hash: from passwd, or from the shadow map when passwd says ``x``."""
+        if entry.hashed not in _SHADOWED:
+            return entry.hashed, None
+        self._shadowed = True
+        shadow = self._shadow(entry.name)
+        if shadow is not None:
+            return shadow.hashed, shadow
+        if self.p.shadow_map is None:
+            log.warning("passwd says %r for %s but no shadow_map is set", entry.hashed, entry.name)
+        return "*", None  # shadowed, but no shadow entry: no password to check
+
     def _passwd(self, name: str) -> PasswdEntry | None:
         domain, map_name, key = self.p.domain, self.p.passwd_map, name.encode()
         value = self.servers.run(lambda c: match(c, domain, map_name, key))
