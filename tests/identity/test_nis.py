@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from deskbroker.identity.base import Credentials, source_kinds
@@ -22,8 +23,14 @@ from deskbroker.services.login import WRONG_CREDENTIALS, LoginService
 from deskbroker.store.db import statement_counter
 from tests.helpers import Api
 from tests.identity.directories import free_port
-from tests.identity.nis_server import NisSite, unix_relay
-from tests.identity.nis_users import LOGIN_DOMAIN, add_nis_source, nis_params
+from tests.identity.nis_server import NisSite, running_nis, unix_relay
+from tests.identity.nis_users import (
+    LOGIN_DOMAIN,
+    add_nis_source,
+    nis_groups,
+    nis_params,
+    nis_users,
+)
 from tests.identity.support import group_policy
 
 
@@ -129,6 +136,19 @@ def test_failover_from_a_dead_server_to_a_live_one(api: Api, nis: NisSite) -> No
         assert response.json()["offers"][0]["status"] == "assigned"
 
 
+def test_a_server_that_stops_is_reported_unreachable(
+    api: Api, nis: NisSite, tmp_path: Path
+) -> None:
+    with running_nis(tmp_path / "doomed", nis_users(), nis_groups()) as doomed:
+        add_nis_source(api, nis, name="doomed", servers=[doomed.server])
+        assert login(api, "ben", "ben-password-1").status_code == 200
+    users = api.get("users")["total"]
+    response = login(api, "ben", "ben-password-1")
+    assert response.status_code == 503, response.text
+    assert response.json()["detail"] == UNREACHABLE
+    assert api.get("users")["total"] == users
+
+
 def test_a_server_that_hangs_is_given_up_on_and_then_skipped(api: Api, nis: NisSite) -> None:
     # Accepts connections (the kernel's backlog) but never answers a call.
     with socket.socket() as hung:
@@ -201,6 +221,10 @@ def test_lookup_and_params_validation(api: Api, nis: NisSite) -> None:
     assert who.display_name == "Cid Cole"
     assert driver.lookup("nobody", None) is None
     assert driver.lookup("bad:name", None) is None
+    hashing = PasswordHashing(1, 64, 1)
+    no_groups = source_kinds()["nis"](nis_params(nis, group_map=None), {}, hashing)
+    plain = no_groups.lookup("cid", None)
+    assert plain is not None and plain.groups == frozenset()
 
     for params, words in (
         ({"domain": "a b", "servers": ["h"]}, "is not a NIS name"),
