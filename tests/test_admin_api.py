@@ -821,3 +821,15 @@ def test_unknown_routes_and_the_last_lines_of_defence(api: Api) -> None:
     _unknown_route_and_method(api)
     _a_value_the_database_cannot_hold_is_invalid_input_not_a_crash(api)
     _free_form_json_nests_at_most_32_deep(api)
+
+
+def test_a_static_center_refuses_twin_names_and_unusable_addresses(api: Api) -> None:
+    twins = {
+        "machines": [{"name": "a", "address": "10.0.0.1"}, {"name": "a", "address": "10.0.0.2"}]
+    }
+    detail = api.post("centers", {"name": "c", "kind": "static", "params": twins}, 422)["detail"]
+    assert "two machines are named 'a'" in detail
+    smuggled = {"machines": [{"name": "b", "address": "10.0.0.1\nalternate shell:s:x"}]}
+    detail = api.post("centers", {"name": "c", "kind": "static", "params": smuggled}, 422)["detail"]
+    assert "neither an IP address nor a host name" in detail
+    assert api.get("centers?name=c")["total"] == 0
