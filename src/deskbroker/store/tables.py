@@ -345,7 +345,7 @@ class ApiToken(Base):
     id: Mapped[str] = _id()
     tenant_id: Mapped[str] = _tenant()
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
-    name: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(100))
     scopes: Mapped[list[Any]] = mapped_column(default=list)
     expires_at: Mapped[datetime] = mapped_column()
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)

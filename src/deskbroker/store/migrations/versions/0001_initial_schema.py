@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 06:49:50.361834
+Create Date: 2026-11-22 07:05:06.092451
 """
 
 from __future__ import annotations
@@ -511,7 +511,7 @@ def upgrade() -> None:
         sa.Column("id", sa.String(length=32), nullable=False),
         sa.Column("tenant_id", sa.String(length=32), nullable=False),
         sa.Column("user_id", sa.String(length=32), nullable=False),
-        sa.Column("name", sa.String(length=64), nullable=False),
+        sa.Column("name", sa.String(length=100), nullable=False),
         sa.Column("scopes", sa.JSON(), nullable=False),
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
