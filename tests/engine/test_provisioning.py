@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from cloudsim.server import CloudSim
 from deskbroker.centers.openstack.driver import OpenStackCenter
 from deskbroker.engine.runner import Engine
+from tests.cloudsim.test_metadata import fetch
 from tests.engine.conftest import openstack_center, provisioning_pool, run_until
 from tests.helpers import Api
 
@@ -250,4 +251,37 @@ def test_pool_status_in_numbers_and_words(api: Api, sim: CloudSim, engine: Engin
     assert status["status"] == "error"
     assert (
         "1 failed builds" in status["summary"] and "last error: a build failed" in status["summary"]
+    )
+
+
+def test_user_data_gets_each_desktops_values(api: Api, sim: CloudSim, engine: Engine) -> None:
+    center = openstack_center(api, sim)
+    template = (
+        "#cloud-config\nhostname: $DESKTOP_NAME\nruncmd: [[echo, '${POOL_ID}', $$HOME, $SHELL]]\n"
+    )
+    pool = api.post(
+        "pools",
+        {
+            "name": "templated",
+            "center_ids": [center["id"]],
+            "provisioning": {
+                "enabled": True,
+                "min_unassigned": 1,
+                "max_total": 1,
+                "parameters": {
+                    "name_template": "tpl-{SEQUENCE:2}",
+                    "image": "cirros-0.6.2-x86_64-disk",
+                    "flavor": "m1.tiny",
+                    "user_data": template,
+                },
+            },
+        },
+    )
+    run_until(engine, lambda: _status(api, pool["id"])["available"] == 1)
+    [server] = _live(sim)
+    address = sim.server_address(server["id"])
+    status, body = fetch(sim, "/openstack/latest/user_data", source=address)
+    assert status == 200
+    assert body.decode() == (
+        f"#cloud-config\nhostname: tpl-01\nruncmd: [[echo, '{pool['id']}', $HOME, $SHELL]]\n"
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from string import Template
 from typing import Any
 
 from sqlalchemy import bindparam, update
@@ -61,6 +62,15 @@ _CREATED = (
 )
 
 
+def render_user_data(template: str, task: TaskRow) -> str:
+    """A pool's user data with this desktop's values put in: ``$DESKTOP_NAME``,
+    ``$DESKTOP_ID``, ``$POOL_ID`` (``${...}`` works too; ``$$`` is a plain ``$``). Any
+    other ``$NAME`` is left alone, so a shell script's own variables survive."""
+    return Template(template).safe_substitute(
+        DESKTOP_NAME=task.name, DESKTOP_ID=task.desktop_id or "", POOL_ID=task.pool_id or ""
+    )
+
+
 def _request_of(task: TaskRow) -> ProvisionRequest:
     params = task.request or {}
     return ProvisionRequest(
@@ -71,7 +81,7 @@ def _request_of(task: TaskRow) -> ProvisionRequest:
         network=params.get("network"),
         floating_ip=bool(params.get("floating_ip")),
         security_groups=tuple(params.get("security_groups") or ()),
-        user_data=params.get("user_data") or "",
+        user_data=render_user_data(params.get("user_data") or "", task),
         metadata={
             **{str(k): str(v) for k, v in (params.get("metadata") or {}).items()},
             "deskbroker_pool": task.pool_id or "",
