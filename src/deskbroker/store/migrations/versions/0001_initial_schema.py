@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 07:05:06.092451
+Create Date: 2026-11-22 07:07:23.493828
 """
 
 from __future__ import annotations
