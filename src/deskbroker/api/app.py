@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deskbroker import __version__, metrics
-from deskbroker.api import agent, errors
+from deskbroker.api import agent, errors, second_factor
 from deskbroker.api.admin import activity, identity, inventory, policies, pools
 from deskbroker.api.admin import catalog as admin_catalog
 from deskbroker.api.admin import engine as admin_engine
@@ -22,6 +22,7 @@ from deskbroker.api.client import routes as client_routes
 from deskbroker.api.deps import strict_request
 from deskbroker.services.context import BrokerContext
 from deskbroker.services.login import LoginService
+from deskbroker.services.second_factor import SecondFactorService
 from deskbroker.store.migrate import current_revision
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -93,6 +94,7 @@ def api_router() -> APIRouter:
     one router serves every app of the process and is built once (it is not cheap)."""
     api = APIRouter(prefix="/api/v1", dependencies=[Depends(strict_request)])
     api.include_router(client_routes.router())
+    api.include_router(second_factor.router())
     # One level of nesting fewer: every level rebuilds each route's dependencies.
     for module in (
         inventory,
@@ -120,6 +122,7 @@ def create_app(ctx: BrokerContext) -> FastAPI:
     )
     app.state.ctx = ctx
     app.state.login = LoginService(ctx)
+    app.state.second_factor = SecondFactorService(ctx, app.state.login)
     errors.install(app)
 
     app.include_router(api_router())

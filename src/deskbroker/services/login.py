@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from deskbroker import metrics
 from deskbroker.domain.offers import queue_estimate_s
 from deskbroker.domain.rules import Identity, decide
+from deskbroker.domain.second_factor import second_factor_due
 from deskbroker.errors import (
     AccountRefused,
     DirectoryUnavailable,
@@ -27,6 +28,7 @@ from deskbroker.errors import (
 from deskbroker.identity.base import Credentials, IdentitySourceDriver, source_kinds
 from deskbroker.services.config_cache import ConfigView, PolicyView, SourceView
 from deskbroker.services.context import BrokerContext
+from deskbroker.services.second_factor import Challenge, issue_challenge
 from deskbroker.store import claims, events
 from deskbroker.store.claims import HeldDesktop, UserRecord
 
@@ -130,14 +132,16 @@ class LoginService:
         tenant: str | None = None,
         source: str | None = None,
         client_address: str | None = None,
-    ) -> LoginResult:
+    ) -> LoginResult | Challenge:
+        """A token and desktops, or, when a second factor is due, a ``Challenge``."""
         started = time.perf_counter()
         try:
             result = self._login(username, password, tenant, source, client_address)
         except Exception:
             metrics.LOGINS.labels(result="refused").inc()
             raise
-        metrics.LOGINS.labels(result="ok").inc()
+        outcome = "ok" if isinstance(result, LoginResult) else "second_factor_due"
+        metrics.LOGINS.labels(result=outcome).inc()
         metrics.LOGIN_SECONDS.observe(time.perf_counter() - started)
         return result
 
@@ -181,7 +185,7 @@ class LoginService:
         tenant: str | None,
         source: str | None,
         client_address: str | None,
-    ) -> LoginResult:
+    ) -> LoginResult | Challenge:
         if len(password.encode()) > self.ctx.settings.max_password_bytes:
             raise PayloadTooLarge(
                 f"the password is longer than {self.ctx.settings.max_password_bytes} bytes"
@@ -197,23 +201,13 @@ class LoginService:
         try:
             found = self._authenticate(view, tenant_id, username, password, source)
         except (Unauthorized, AccountRefused, DirectoryUnavailable) as exc:
-            with self.ctx.db.write() as session:
-                events.append(
-                    session,
-                    "login_failed",
-                    tenant_id=tenant_id,
-                    actor=username[:200],
-                    detail={
-                        "client": client_address or "",
-                        "reason": exc.extra.get("reason", "wrong_credentials"),
-                    },
-                )
+            self.record_failure(
+                tenant_id, username, client_address, exc.extra.get("reason", "wrong_credentials")
+            )
             raise
         src, who, view = found.source, found.identity, found.view
         if found.record is not None and found.record.disabled:
             raise Forbidden(DISABLED)
-        rule = decide(src.rules, who, client_address, datetime.now(UTC))
-        policy = view.policies.get(rule.policy_id or "") if rule is not None else None
         with self.ctx.db.write() as session:
             record = found.record
             if found.directory and claims.directory_user_changed(record, who):
@@ -229,9 +223,41 @@ class LoginService:
                 if record.disabled:
                     raise Forbidden(DISABLED)
             assert record is not None  # a local source only answers for a known row
-            offers = self._claim_all(
-                session, record, policy, view, client_address, rule.rule_id if rule else None
+            step = second_factor_due(src.second_factor, record.totp_enrolled)
+            if step is not None:
+                # The password was right; desktops and token wait for the second factor.
+                return issue_challenge(self.ctx, session, src, record, who.ou, step)
+            return self.admit(session, src, who, record, view, client_address)
+
+    def record_failure(
+        self, tenant_id: str, username: str, client_address: str | None, reason: str
+    ) -> None:
+        """The one path of every refused login (wrong password, refused account, wrong
+        second factor): one ``login_failed`` event with the reason."""
+        with self.ctx.db.write() as session:
+            events.append(
+                session,
+                "login_failed",
+                tenant_id=tenant_id,
+                actor=username[:200],
+                detail={"client": client_address or "", "reason": reason},
             )
+
+    def admit(
+        self,
+        session: Session,
+        src: SourceView,
+        who: Identity,
+        record: UserRecord,
+        view: ConfigView,
+        client_address: str | None,
+    ) -> LoginResult:
+        """Complete a login whose every factor checked out: rule, policy, desktops, token."""
+        rule = decide(src.rules, who, client_address, datetime.now(UTC))
+        policy = view.policies.get(rule.policy_id or "") if rule is not None else None
+        offers = self._claim_all(
+            session, record, policy, view, client_address, rule.rule_id if rule else None
+        )
         role = record.role if record.role != "user" or rule is None else rule.role
         token, expires = self.ctx.signer.issue(
             user_id=record.id,

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from deskbroker.api.admin.crud import ResourceSpec, add_routes, must_exist
 from deskbroker.api.schemas import Body, FilterIn, Id, Name, Out, Secrets, Stamped
+from deskbroker.domain.second_factor import SecondFactorMode
 from deskbroker.errors import Conflict, Forbidden
 from deskbroker.identity.base import validate_params
 from deskbroker.services.context import BrokerContext
@@ -38,6 +39,11 @@ class SourceIn(Body):
     enabled: bool = True
     params: dict[str, Any] = Field(default_factory=dict)
     secrets: Secrets | None = Field(default=None, description="write-only; encrypted at rest")
+    second_factor: SecondFactorMode = Field(
+        default=SecondFactorMode.OFF,
+        description="TOTP codes at login: off; optional (users who enrolled give one); "
+        "required (everyone; users enrol on their next login)",
+    )
     tenant_id: Id | None = None
 
 
@@ -48,6 +54,7 @@ class SourcePatch(Body):
     enabled: bool | None = None
     params: dict[str, Any] | None = None
     secrets: Secrets | None = Field(default=None, description="write-only; null removes them")
+    second_factor: SecondFactorMode | None = None
 
 
 class SourceOut(Stamped):
@@ -58,6 +65,7 @@ class SourceOut(Stamped):
     enabled: bool
     params: dict[str, Any]
     has_secrets: bool
+    second_factor: SecondFactorMode
 
 
 def _prepare_source(
@@ -66,6 +74,8 @@ def _prepare_source(
     kind = data.get("kind") or existing.kind
     if "params" in data or existing is None:
         data["params"] = validate_params(kind, data.get("params") or {})
+    if data.get("second_factor") is not None:
+        data["second_factor"] = SecondFactorMode(data["second_factor"]).value
     if "secrets" in data:
         secrets = data.pop("secrets")
         data["secrets_sealed"] = ctx.secrets.seal(json.dumps(secrets)) if secrets else None
@@ -208,6 +218,7 @@ class UserOut(Out):
     attributes: dict[str, Any]
     disabled: bool
     has_password: bool
+    totp_enrolled: bool
     created_at: datetime
     updated_at: datetime
 
@@ -230,9 +241,14 @@ def _prepare_user(
     return data
 
 
+# Never rendered: the hash, and the second factor's sealed secret and spent step.
+_USER_HIDDEN = frozenset({"password_hash", "totp_sealed", "totp_last_step", "totp_enrolled_at"})
+
+
 def _user_out(session: Session, user: Any) -> dict[str, Any]:
-    out = {c.key: getattr(user, c.key) for c in User.__table__.columns if c.key != "password_hash"}
+    out = {c.key: getattr(user, c.key) for c in User.__table__.columns if c.key not in _USER_HIDDEN}
     out["has_password"] = bool(user.password_hash)
+    out["totp_enrolled"] = user.totp_enrolled_at is not None
     return out
 
 
