@@ -235,6 +235,8 @@ class SecondFactorService:
             )
         secret = new_secret()
         with self.ctx.db.write() as session:
+            # The user's row first, then the challenge: the order every writer keeps.
+            store.state(session, found.user_id)
             if store.open_challenge(session, found.challenge_id, found.user_id) is None:
                 raise Unauthorized(SPENT)
             if not store.save_pending(session, found.user_id, self.ctx.secrets.seal(secret)):
@@ -282,10 +284,11 @@ class SecondFactorService:
         view: ConfigView,
         client_address: str | None,
     ) -> LoginResult | DeskbrokerError:
+        # The user's row first, then the challenge: the order every writer keeps.
+        state = store.state(session, record.id)
         challenge = store.open_challenge(session, found.challenge_id, record.id)
         if challenge is None:
             raise Unauthorized(SPENT)
-        state = store.state(session, record.id)
         if state is None or state.sealed is None:
             raise Conflict(
                 "Enrol an authenticator app first: POST /api/v1/auth/login/totp/enrol with "
