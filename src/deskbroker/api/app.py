@@ -94,7 +94,6 @@ def api_router() -> APIRouter:
     one router serves every app of the process and is built once (it is not cheap)."""
     api = APIRouter(prefix="/api/v1", dependencies=[Depends(strict_request)])
     api.include_router(client_routes.router())
-    api.include_router(second_factor.router())
     # One level of nesting fewer: every level rebuilds each route's dependencies.
     for module in (
         inventory,
@@ -107,6 +106,7 @@ def api_router() -> APIRouter:
         admin_catalog,
     ):
         api.include_router(module.router(), prefix="/admin")
+    api.include_router(second_factor.router())
     api.include_router(agent.router())
     return api
 

@@ -19,7 +19,11 @@ from deskbroker.store.repository import Repository
 from deskbroker.store.tables import User
 
 # A challenge is a compact JWS of a few hundred characters.
-ChallengeText = Annotated[str, StringConstraints(min_length=1, max_length=2048)]
+ChallengeText = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=2048),
+    Field(description="the challenge of the login's 202 answer"),
+]
 
 
 def _six_digits(value: str) -> str:
