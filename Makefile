@@ -4,17 +4,24 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 SYSTEM_PACKAGES := python3-venv tigervnc-standalone-server tigervnc-tools postgresql postgresql-client \
-  slapd ldap-utils samba samba-ad-dc samba-dsdb-modules samba-ad-provision winbind krb5-user
-# Directory daemons the tests start privately: slapd left unconfigured, no system instances.
+  slapd ldap-utils samba samba-ad-dc samba-dsdb-modules samba-ad-provision winbind krb5-user \
+  ypserv rpcbind libcrypt1 whois openssl util-linux nodejs $(NPM_PACKAGE)
+# Debian's npm conflicts with a NodeSource nodejs, which brings its own npm: ask apt for
+# npm only when no npm runs.
+NPM_PACKAGE := $(if $(shell command -v npm 2>/dev/null),,npm)
+# The OpenID provider the tests run (oidc-provider from npm, pinned by its lock file).
+OIDC_PROVIDER := tests/oidc/provider
+# Directory daemons the tests start privately: slapd left unconfigured, no system instances
+# (ypserv and rpcbind too: the NIS tests run their own in a private mount namespace).
 DEBCONF_PRESEED := slapd slapd/no_configuration boolean true\n\
 krb5-config krb5-config/default_realm string EXAMPLE.INVALID\n\
 krb5-config krb5-config/add_servers_realm string EXAMPLE.INVALID
-SYSTEM_SERVICES := slapd samba samba-ad-dc smbd nmbd winbind
+SYSTEM_SERVICES := slapd samba samba-ad-dc smbd nmbd winbind ypserv yppasswdd ypxfrd rpcbind
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: setup system demo test lint typecheck test-sqlite test-postgresql bench docs clean
 
-setup: system $(VENV)/.installed
+setup: system $(VENV)/.installed $(OIDC_PROVIDER)/node_modules/.installed
 
 # System packages through apt-get, only when one is missing (apt-get update is slow).
 system:
@@ -31,6 +38,10 @@ $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+$(OIDC_PROVIDER)/node_modules/.installed: $(OIDC_PROVIDER)/package-lock.json
+	cd $(OIDC_PROVIDER) && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
 demo: setup

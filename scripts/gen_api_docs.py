@@ -170,6 +170,8 @@ def render_operation(
     lines = [f"### `{method.upper()} {path}`", ""]
     if op.get("summary"):
         lines += [f"{op['summary']}.", ""]
+    if op.get("x-permission"):
+        lines += [f"Permission: `{op['x-permission']}`.", ""]
     if op.get("description"):
         lines += [op["description"].strip(), ""]
     lines += [

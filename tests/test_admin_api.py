@@ -621,7 +621,7 @@ def _readers_read_and_do_not_write(api: Api) -> None:
         reader = Api(api.client, api.ctx, api.login(role)["token"])
         assert reader.get("pools")["total"] == 1
         text = reader.post("pools", {"name": "nope"}, status=403)["detail"]
-        assert text == "This needs an administrator role."
+        assert text == f"Your role {role} does not allow pools:create."
     assert total(api, "pools") == 1
 
 

@@ -155,8 +155,28 @@ def test_wrong_and_replayed_codes_are_login_failures(optional: Api) -> None:
     ]
 
 
+def test_wrong_codes_lock_the_account_like_wrong_passwords(optional: Api) -> None:
+    api, client = optional, optional.client
+    app = enrolled_user(api, "lena")
+    challenge = login(client, "lena", 202)["challenge"]
+    for _ in range(4):
+        assert finish(client, challenge, app.wrong(), status=401)["reason"] == (
+            "wrong_second_factor"
+        )
+    locked = finish(client, challenge, app.wrong(), status=429)
+    assert locked["reason"] == "account_locked_out"
+    # Locked: neither a right code nor the password goes through.
+    assert finish(client, challenge, app.code(), status=429)["reason"] == "account_locked_out"
+    login(client, "lena", 429)
+    lena = api.get("users?username=lena")["items"][0]["id"]
+    assert api.post(f"users/{lena}/unlock", {}, status=200)["unlocked"] is True
+    assert finish(client, login(client, "lena", 202)["challenge"], app.code())["token"]
+
+
 def test_a_challenge_takes_five_wrong_codes(optional: Api) -> None:
     api, client = optional, optional.client
+    # Above the account's lockout, to see the challenge's own limit.
+    api.ctx.settings.login_max_failures_per_account = 50
     app = enrolled_user(api, "carol")
     challenge = login(client, "carol", 202)["challenge"]
     for attempt in range(5):
@@ -269,6 +289,17 @@ def test_the_setting_is_validated_and_shown(api: Api) -> None:
     )
     assert made["second_factor"] == "required"
     assert api.get("identity-sources?name=corp")["items"][0]["second_factor"] == "required"
+    # An OpenID provider runs its own second factor; the broker asks for no code there.
+    sso = {"issuer": "https://sso.example.org", "client_id": "deskbroker"}
+    refused = api.post(
+        "identity-sources",
+        {"name": "sso", "kind": "oidc", "params": sso, "second_factor": "optional"},
+        status=422,
+    )
+    assert "cannot ask for one-time codes" in refused["detail"]
+    made = api.post("identity-sources", {"name": "sso", "kind": "oidc", "params": sso})
+    assert made["second_factor"] == "off"
+    api.patch(f"identity-sources/{made['id']}", {"second_factor": "required"}, status=422)
 
 
 def test_removing_your_own_app_needs_a_code(optional: Api) -> None:

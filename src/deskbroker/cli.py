@@ -120,6 +120,31 @@ def user_add(
 
 
 @app.command()
+def login(
+    oidc: Annotated[str, typer.Option(help="The OpenID Connect identity source to sign in at")],
+    url: Annotated[str, typer.Option(help="The broker's URL")] = "http://127.0.0.1:8080",
+    tenant: Annotated[str | None, typer.Option(help="Tenant name (default: default)")] = None,
+    token_file: Annotated[
+        Path | None, typer.Option(help="Token cache (default ~/.config/deskbroker/token.json)")
+    ] = None,
+    print_token: Annotated[bool, typer.Option(help="Also print the token on stdout")] = False,
+) -> None:
+    """Sign in at an OpenID provider through the broker (device flow) and keep the token."""
+    from deskbroker.client.login import LoginFailed, default_token_file, device_login, store_token
+
+    try:
+        stored = device_login(url, oidc, tenant=tenant, console=console)
+    except LoginFailed as exc:
+        console.print(f"[red]sign-in failed:[/] {exc}")
+        raise typer.Exit(1) from exc
+    path = token_file or default_token_file()
+    store_token(path, stored)
+    console.print(f"signed in as [bold]{stored.username}[/]; token kept in {path}")
+    if print_token:
+        print(stored.token)
+
+
+@app.command()
 def demo(
     selftest: Annotated[bool, typer.Option(help="Run the whole path over HTTP and exit")] = False,
     url: Annotated[str | None, typer.Option(help="With --selftest: a running broker's URL")] = None,

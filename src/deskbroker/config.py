@@ -45,6 +45,17 @@ class Settings(BaseSettings):
     argon2_memory_kib: int = Field(default=19456, ge=8, le=1048576)
     argon2_parallelism: int = Field(default=1, ge=1, le=16)
     max_password_bytes: int = 1024
+    login_max_failures_per_account: int = Field(
+        default=5, ge=1, le=1000, description="failed sign-ins in a window that lock an account"
+    )
+    login_max_failures_per_address: int = Field(
+        default=30, ge=1, le=100000, description="failed sign-ins in a window that block an address"
+    )
+    login_failure_window_s: int = Field(default=900, ge=10, le=86400)
+    login_lockout_s: int = Field(
+        default=900, ge=1, le=86400, description="first lockout; doubles on repeats, to 8x"
+    )
+    api_token_max_days: int = Field(default=366, ge=1, le=3660)
     db_pool_size: int = 10
     log_level: str = "info"
     engine: bool = Field(default=True, description="run background work in this broker")

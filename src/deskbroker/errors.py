@@ -52,6 +52,14 @@ class PayloadTooLarge(DeskbrokerError):
     title = "Payload too large"
 
 
+class TooManyAttempts(DeskbrokerError):
+    """Sign-ins refused for a while after too many failures; ``retry_after`` (in
+    ``extra``) is the number of seconds until the next attempt is heard."""
+
+    status = 429
+    title = "Too many failed sign-ins"
+
+
 class Unavailable(DeskbrokerError):
     status = 503
     title = "Service unavailable"
@@ -77,3 +85,27 @@ class CenterError(DeskbrokerError):
 
     status = 502
     title = "Center error"
+
+
+class IdentityProviderUnavailable(Unavailable):
+    """An OpenID provider did not answer (down, unreachable, or answering 5xx)."""
+
+    title = "Identity provider unreachable"
+
+
+class IdentityProviderError(DeskbrokerError):
+    """An OpenID provider answered, but not as the broker's configuration expects
+    (unknown client, wrong secret, a discovery document for another issuer)."""
+
+    status = 502
+    title = "Identity provider error"
+
+
+class SignInPending(DeskbrokerError):
+    """A device sign-in is not finished yet: the user has not approved it at the provider.
+
+    ``error`` (in ``extra``) is ``authorization_pending`` or ``slow_down`` and
+    ``retry_after_s`` says when to ask again."""
+
+    status = 428
+    title = "Sign-in pending"

@@ -6,6 +6,9 @@ from prometheus_client import Counter, Histogram
 
 SQL_STATEMENTS = Counter("deskbroker_sql_statements", "SQL statements sent to the database")
 LOGINS = Counter("deskbroker_logins", "Logins by result", ["result"])
+LOGINS_THROTTLED = Counter(
+    "deskbroker_logins_throttled", "Sign-ins refused while an account or address is locked", ["key"]
+)
 LOGIN_SECONDS = Histogram(
     "deskbroker_login_seconds",
     "Time spent in the login path",

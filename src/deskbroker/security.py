@@ -17,6 +17,8 @@ from cryptography.fernet import Fernet, InvalidToken
 from deskbroker.errors import Unauthorized
 
 TOKEN_AUDIENCE = "deskbroker"
+# The role an API token names; the request acts with its user's role, within its scopes.
+API_TOKEN_ROLE = "api-token"
 # The role of a desktop agent's token; no person ever holds it.
 AGENT_ROLE = "agent"
 
@@ -55,6 +57,12 @@ class TokenClaims:
     policy_id: str | None = None
     # Set only on an agent token: the one desktop whose events it may report.
     desktop_id: str | None = None
+    # Set only on an API token: the grants it is limited to, within its user's role.
+    scopes: tuple[str, ...] | None = None
+
+    @property
+    def is_api_token(self) -> bool:
+        return self.role == API_TOKEN_ROLE
 
     @property
     def is_agent(self) -> bool:
@@ -114,6 +122,24 @@ class TokenSigner:
             "jti": token_id,
         }
         return jwt.encode(payload, self._key, algorithm="HS256"), exp, token_id
+
+    def issue_api(
+        self, *, token_id: str, user_id: str, tenant_id: str, username: str, expires_at: int
+    ) -> str:
+        """An API token for automation. It names only its row (``jti``): the broker looks
+        the row up on every use, so revocation, the user's current role and the token's
+        scopes apply at once."""
+        payload = {
+            "sub": user_id,
+            "tid": tenant_id,
+            "role": API_TOKEN_ROLE,
+            "name": username,
+            "iat": int(time.time()),
+            "exp": expires_at,
+            "aud": TOKEN_AUDIENCE,
+            "jti": token_id,
+        }
+        return jwt.encode(payload, self._key, algorithm="HS256")
 
     def verify(self, token: str) -> TokenClaims:
         try:

@@ -1,4 +1,5 @@
-"""Session-wide directories: one slapd and one Samba AD DC, started once and stopped."""
+"""Session-wide directories: one slapd, one Samba AD DC and one ypserv, started once and
+stopped."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from tests.identity.directories import (
     start_samba,
     stop,
 )
+from tests.identity.nis_server import NisSite, running_nis
+from tests.identity.nis_users import nis_groups, nis_users
 
 
 @pytest.fixture(scope="session")
@@ -35,3 +38,9 @@ def samba_dc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SambaDc]:
             yield dc
         finally:
             stop(dc.proc)
+
+
+@pytest.fixture(scope="session")
+def nis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NisSite]:
+    with running_nis(tmp_path_factory.mktemp("nis"), nis_users(), nis_groups()) as site:
+        yield site

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import statistics
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from deskbroker.identity.base import source_kinds
+from deskbroker.identity.base import Credentials, source_kinds
 from deskbroker.identity.ldap import LOCKED, PASSWORD_EXPIRED
 from deskbroker.identity.ldap_pool import UNREACHABLE
 from deskbroker.security import PasswordHashing
@@ -137,12 +139,12 @@ def test_an_ldap_login_stays_within_the_statement_budget(
         service.login("ann@example.org", "ann-password-1")
     with counting() as plain:
         service.login("ann", "ann-password-1")
-    # First login: find user, create the user, held desktops, claim, event.
-    assert len(first) == 5, "\n".join(first)
+    # First login: lockout check, find user, create the user, held desktops, claim, event.
+    assert len(first) == 6, "\n".join(first)
     # Unchanged directory data: no upsert, as for a local user.
-    assert len(returning) == 3, "\n".join(returning)
+    assert len(returning) == 4, "\n".join(returning)
     # A plain name first looks in the local source, which comes before.
-    assert len(plain) == 4, "\n".join(plain)
+    assert len(plain) == 5, "\n".join(plain)
 
 
 def test_lookup_and_params_validation(api: Api, slapd: Slapd) -> None:
@@ -170,3 +172,23 @@ def test_lookup_and_params_validation(api: Api, slapd: Slapd) -> None:
         )
         assert response.status_code == 422, response.text
         assert words in response.json()["detail"]
+
+
+def test_an_unknown_name_costs_a_bind_like_a_wrong_password(api: Api, slapd: Slapd) -> None:
+    """No timing oracle: a name the directory lacks still costs a user bind's round trip."""
+    source = add_ldap_source(api, slapd)
+    driver = source_kinds()["ldap"](
+        source["params"], {"bind_password": LDAP_SERVICE_PASSWORD}, PasswordHashing(1, 64, 1)
+    )
+    known: list[float] = []
+    unknown: list[float] = []
+    try:
+        for n in range(25):  # interleaved, so load on the machine hits both alike
+            for name, sink in (("ann", known), (f"ghost{n}", unknown)):
+                started = time.perf_counter()
+                assert driver.authenticate(Credentials(name, "not-the-password"), None) is None
+                sink.append(time.perf_counter() - started)
+    finally:
+        driver.close()
+    ratio = statistics.median(unknown) / statistics.median(known)
+    assert ratio > 0.8, f"unknown names answer {ratio:.2f}x as fast as wrong passwords"

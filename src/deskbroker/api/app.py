@@ -13,15 +13,20 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deskbroker import __version__, metrics
-from deskbroker.api import agent, errors, second_factor
+from deskbroker.api import agent, errors, permissions
+from deskbroker.api.admin import access as admin_access
+from deskbroker.api.admin import actions as admin_actions
 from deskbroker.api.admin import activity, identity, inventory, policies, pools
 from deskbroker.api.admin import catalog as admin_catalog
 from deskbroker.api.admin import engine as admin_engine
 from deskbroker.api.admin import sessions as admin_sessions
+from deskbroker.api.client import oidc as client_oidc
 from deskbroker.api.client import routes as client_routes
+from deskbroker.api.client import second_factor as client_second_factor
 from deskbroker.api.deps import strict_request
 from deskbroker.services.context import BrokerContext
 from deskbroker.services.login import LoginService
+from deskbroker.services.oidc_signin import OidcSignIn
 from deskbroker.services.second_factor import SecondFactorService
 from deskbroker.store.migrate import current_revision
 
@@ -94,6 +99,8 @@ def api_router() -> APIRouter:
     one router serves every app of the process and is built once (it is not cheap)."""
     api = APIRouter(prefix="/api/v1", dependencies=[Depends(strict_request)])
     api.include_router(client_routes.router())
+    api.include_router(client_oidc.router())
+    api.include_router(client_second_factor.router())
     # One level of nesting fewer: every level rebuilds each route's dependencies.
     for module in (
         inventory,
@@ -104,9 +111,10 @@ def api_router() -> APIRouter:
         admin_sessions,
         admin_engine,
         admin_catalog,
+        admin_access,
+        admin_actions,
     ):
         api.include_router(module.router(), prefix="/admin")
-    api.include_router(second_factor.router())
     api.include_router(agent.router())
     return api
 
@@ -122,6 +130,7 @@ def create_app(ctx: BrokerContext) -> FastAPI:
     )
     app.state.ctx = ctx
     app.state.login = LoginService(ctx)
+    app.state.oidc = OidcSignIn(ctx, app.state.login)
     app.state.second_factor = SecondFactorService(ctx, app.state.login)
     errors.install(app)
 
@@ -149,6 +158,21 @@ def create_app(ctx: BrokerContext) -> FastAPI:
     def prometheus() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+    plain_openapi = app.openapi
+
+    def openapi_with_permissions() -> dict[str, Any]:
+        # Each admin operation shows the permission it needs, as roles are written in.
+        document = plain_openapi()
+        for path, operations in document.get("paths", {}).items():
+            if path.startswith(permissions.ADMIN_PREFIX):
+                for method, operation in operations.items():
+                    operation.setdefault(
+                        permissions.PERMISSION_KEY,
+                        permissions.required(path, method.upper(), operation),
+                    )
+        return document
+
+    app.openapi = openapi_with_permissions  # type: ignore[method-assign]
     app.add_middleware(BodyLimit)
     app.add_middleware(StatusCounter)
     return app

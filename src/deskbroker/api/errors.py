@@ -63,10 +63,11 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(DeskbrokerError)
     async def _domain(request: Request, exc: DeskbrokerError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         response = problem(exc.status, exc.title, exc.detail, **exc.extra)
-        if headers:
-            response.headers.update(headers)
+        if exc.status == 401:
+            response.headers["WWW-Authenticate"] = "Bearer"
+        if "retry_after" in exc.extra:
+            response.headers["Retry-After"] = str(int(exc.extra["retry_after"]))
         return response
 
     @app.exception_handler(RequestValidationError)

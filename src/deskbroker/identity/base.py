@@ -39,6 +39,9 @@ class IdentitySourceDriver:
     # True when the source, not the broker, holds the users: the login path then creates
     # or refreshes the broker's row from what ``authenticate`` returns.
     provisions_users: ClassVar[bool] = False
+    # False when users sign in at the source itself (OpenID Connect), never with a
+    # password given to the broker: the password login then skips the source.
+    accepts_passwords: ClassVar[bool] = True
 
     def __init__(
         self, params: Mapping[str, Any], secrets: Mapping[str, str], hashing: PasswordHashing
@@ -65,6 +68,26 @@ class IdentitySourceDriver:
             display_name=known.display_name,
             email=known.email,
         )
+
+
+def split_domain(username: str) -> tuple[str, str | None]:
+    """``DOMAIN\\user`` and ``user@domain`` as (user, lower-case domain); else (name, None)."""
+    if "\\" in username:
+        domain, _, name = username.partition("\\")
+        return name, domain.lower()
+    if "@" in username:
+        name, _, domain = username.rpartition("@")
+        return name, domain.lower()
+    return username, None
+
+
+def password_refusal(source: str) -> str:
+    """Why a password login at a source whose users sign in elsewhere cannot work."""
+    return (
+        f"{source} signs users in at its OpenID provider, not with a password given to the "
+        f"broker: use the portal's sign-in (GET /api/v1/auth/oidc/{source}/start) or run "
+        f"`deskbroker login --oidc {source} --url BROKER_URL`"
+    )
 
 
 @cache

@@ -22,8 +22,11 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Iterable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass
+from secrets import token_hex
 from typing import Any, ClassVar, cast
 
 from ldap3 import SIMPLE, SUBTREE, Connection
@@ -33,7 +36,7 @@ from ldap3.utils.dn import parse_dn
 from pydantic import BaseModel
 
 from deskbroker.domain.rules import Identity
-from deskbroker.errors import AccountRefused, DirectoryUnavailable
+from deskbroker.errors import AccountRefused, DeskbrokerError, DirectoryUnavailable
 from deskbroker.identity.base import Credentials, IdentitySourceDriver
 from deskbroker.identity.ldap_params import ActiveDirectoryParams, GroupMode, LdapParams
 from deskbroker.identity.ldap_pool import Directory
@@ -163,16 +166,25 @@ class LdapIdentitySource(IdentitySourceDriver):
         super().__init__(params, secrets, hashing)
         self.p = cast(LdapParams, self.params)
         self.directory = Directory(self.p)
+        # How long refusing a real user's wrong password takes, search and bind (moving
+        # average): an unknown name waits as long, so timing does not tell who exists.
+        self._refusal_s: float | None = None
 
     # --- the seam ----------------------------------------------------------------------
     def authenticate(self, credentials: Credentials, known: UserRecord | None) -> Identity | None:
         if not credentials.password or not credentials.username:
             return None  # an empty password is an unauthenticated bind, which "succeeds"
+        started = time.perf_counter()
         entry = self._find(credentials.username)
         if entry is None:
+            self._decoy_bind(credentials.password, started)
             return None
         dn, password = entry.dn, credentials.password
         bound = self.directory.run("user", _nothing, lambda c: self._bind_user(c, dn, password))
+        if not bound:
+            took = time.perf_counter() - started
+            last = self._refusal_s
+            self._refusal_s = took if last is None else 0.8 * last + 0.2 * took
         return self._identity(entry, credentials.username) if bound else None
 
     def lookup(self, username: str, known: UserRecord | None) -> Identity | None:
@@ -190,6 +202,19 @@ class LdapIdentitySource(IdentitySourceDriver):
             conn.authentication = SIMPLE
         if not conn.bind():
             self._refused_service(conn.result)
+
+    def _decoy_bind(self, password: str, started: float) -> None:
+        """A bind as nobody, for a name the directory does not know, padded to the time
+        a real wrong password takes from ``started`` (a found user's search also reads
+        their groups, and the directory records the failure on the entry): the time
+        taken does not tell who exists. The DN names no entry, so no real account is
+        ever locked."""
+        decoy = f"cn=deskbroker-decoy-{token_hex(8)},{self.p.base_dn}"
+        # Whatever the directory says of a DN that does not exist is moot.
+        with suppress(DeskbrokerError):
+            self.directory.run("user", _nothing, lambda c: self._bind_user(c, decoy, password))
+        if self._refusal_s is not None:
+            time.sleep(max(0.0, self._refusal_s - (time.perf_counter() - started)))
 
     def _refused_service(self, result: Mapping[str, Any]) -> None:
         if result.get("result") in (8, 13):

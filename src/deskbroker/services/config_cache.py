@@ -67,6 +67,8 @@ class ConfigView:
     policies: dict[str, PolicyView] = field(default_factory=dict)
     pools: dict[str, PoolView] = field(default_factory=dict)
     protocol_plans: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # Custom roles' grants by (tenant id, role name).
+    roles: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
 
 
 def _parse_clock(text: str) -> time:
@@ -150,6 +152,7 @@ def build_view(rows: snapshot.ConfigRows) -> ConfigView:
         for p in rows.policies
     }
     view.protocol_plans = {p["id"]: list(p["protocols"] or []) for p in rows.protocol_plans}
+    view.roles = {(r["tenant_id"], r["name"]): tuple(r["permissions"] or []) for r in rows.roles}
     return view
 
 

@@ -1,7 +1,8 @@
 """The login path: authenticate, resolve policy, claim desktops, append one event.
 
-Budget: six SQL statements for a one-pool policy with a warm cache (find the user,
-list what they hold, claim, queue, event; SQLite spends one more on the queue ticket).
+Budget: seven SQL statements for a one-pool policy with a warm cache (lockout check,
+find the user, list what they hold, claim, queue, event; SQLite spends one more on the
+queue ticket); five when a desktop is free.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, overload
 
 from sqlalchemy.orm import Session
 
@@ -20,15 +21,26 @@ from deskbroker.domain.rules import Identity, decide
 from deskbroker.domain.second_factor import second_factor_due
 from deskbroker.errors import (
     AccountRefused,
+    BadRequest,
+    DeskbrokerError,
     DirectoryUnavailable,
     Forbidden,
+    NotFound,
     PayloadTooLarge,
+    TooManyAttempts,
     Unauthorized,
 )
-from deskbroker.identity.base import Credentials, IdentitySourceDriver, source_kinds
+from deskbroker.identity.base import (
+    Credentials,
+    IdentitySourceDriver,
+    password_refusal,
+    source_kinds,
+    split_domain,
+)
 from deskbroker.services.config_cache import ConfigView, PolicyView, SourceView
 from deskbroker.services.context import BrokerContext
 from deskbroker.services.second_factor import Challenge, issue_challenge
+from deskbroker.services.throttle import Checked, SignInGuard
 from deskbroker.store import claims, events
 from deskbroker.store.claims import HeldDesktop, UserRecord
 
@@ -71,23 +83,13 @@ class _Verified:
     directory: bool
 
 
-def _split_domain(username: str) -> tuple[str, str | None]:
-    if "\\" in username:
-        domain, _, name = username.partition("\\")
-        return name, domain.lower()
-    if "@" in username:
-        name, _, domain = username.rpartition("@")
-        return name, domain.lower()
-    return username, None
-
-
 def _candidate_sources(
     view: ConfigView, tenant_id: str, username: str, source_name: str | None
 ) -> list[tuple[SourceView, str]]:
     sources = view.sources_by_tenant.get(tenant_id, [])
     if source_name is not None:
         return [(s, username) for s in sources if s.name == source_name]
-    bare, domain = _split_domain(username)
+    bare, domain = split_domain(username)
     if domain is not None:
         # DOMAIN\user names the NetBIOS domain: by convention the DNS domain's first label.
         down_level = "\\" in username
@@ -103,12 +105,30 @@ def _candidate_sources(
     return [(s, username) for s in sources]
 
 
+def _failure_event(
+    session: Session,
+    tenant_id: str,
+    actor: str,
+    client_address: str | None,
+    reason: str,
+    **extra: Any,
+) -> None:
+    events.append(
+        session,
+        "login_failed",
+        tenant_id=tenant_id,
+        actor=actor[:200],
+        detail={"client": client_address or "", "reason": reason, **extra},
+    )
+
+
 class LoginService:
     """Runs the login path for one broker node."""
 
     def __init__(self, ctx: BrokerContext) -> None:
         self.ctx = ctx
         self._drivers: dict[tuple[str, int], IdentitySourceDriver] = {}
+        self.guard = SignInGuard(ctx.settings)
 
     def _driver(self, source: SourceView, version: int) -> IdentitySourceDriver:
         key = (source.id, version)
@@ -133,7 +153,7 @@ class LoginService:
         source: str | None = None,
         client_address: str | None = None,
     ) -> LoginResult | Challenge:
-        """A token and desktops, or, when a second factor is due, a ``Challenge``."""
+        """A token and desktops or, when a second factor is due, a ``Challenge``."""
         started = time.perf_counter()
         try:
             result = self._login(username, password, tenant, source, client_address)
@@ -145,11 +165,65 @@ class LoginService:
         metrics.LOGIN_SECONDS.observe(time.perf_counter() - started)
         return result
 
+    def login_identity(
+        self, source_id: str, identity: Identity, *, client_address: str | None = None
+    ) -> LoginResult:
+        """Log in a user whom a source vouched for itself (an OpenID provider's verified
+        ID token): no password, then the same path as a password login."""
+        started = time.perf_counter()
+        try:
+            result = self._complete(self._vouched(source_id, identity), client_address)
+        except Exception:
+            metrics.LOGINS.labels(result="refused").inc()
+            raise
+        metrics.LOGINS.labels(result="ok").inc()
+        metrics.LOGIN_SECONDS.observe(time.perf_counter() - started)
+        return result
+
+    def source_driver(
+        self, tenant: str | None, source_name: str
+    ) -> tuple[SourceView, IdentitySourceDriver]:
+        """An enabled identity source of a tenant by name, and its driver."""
+        view = self.ctx.cache.current(self.ctx.db)
+        tenant_id = view.tenants_by_name.get(tenant or "default")
+        found = [
+            s for s in view.sources_by_tenant.get(tenant_id or "", []) if s.name == source_name
+        ]
+        if not found:
+            raise NotFound(
+                f"tenant {tenant or 'default'!r} has no enabled identity source {source_name!r}"
+            )
+        return found[0], self._driver(found[0], view.version)
+
+    def driver_by_id(self, source_id: str) -> IdentitySourceDriver:
+        """The driver of an enabled identity source, by id."""
+        view = self.ctx.cache.current(self.ctx.db)
+        for source in (s for ss in view.sources_by_tenant.values() for s in ss):
+            if source.id == source_id:
+                return self._driver(source, view.version)
+        raise Unauthorized("the identity source of this sign-in was removed or disabled")
+
+    def refused(self, tenant_id: str, actor: str, client_address: str | None, reason: str) -> None:
+        """A refused sign-in that names no account to throttle (an OpenID sign-in that
+        failed before the provider said who it was): the audit event only."""
+        with self.ctx.db.write() as session:
+            _failure_event(session, tenant_id, actor, client_address, reason)
+
     def _authenticate(
         self, view: ConfigView, tenant_id: str, username: str, password: str, source: str | None
     ) -> _Verified:
         refused: AccountRefused | DirectoryUnavailable | None = None
+        elsewhere: BadRequest | None = None
+        tried = False
         for candidate, name in _candidate_sources(view, tenant_id, username, source):
+            kind = source_kinds().get(candidate.kind)
+            if kind is not None and not kind.accepts_passwords:
+                # Its users sign in at their provider; say so only if no source took a password.
+                elsewhere = elsewhere or BadRequest(
+                    password_refusal(candidate.name), reason="password_not_accepted"
+                )
+                continue
+            tried = True
             with self.ctx.db.read() as session:
                 record = claims.find_user(session, candidate.id, name)
             if record is not None and record.config_version != view.version:
@@ -176,7 +250,26 @@ class LoginService:
             return _Verified(
                 fresh.get(candidate.id, candidate), identity, record, view, driver.provisions_users
             )
+        if refused is None and elsewhere is not None and not tried:
+            raise elsewhere
         raise refused or Unauthorized(WRONG_CREDENTIALS)
+
+    def _vouched(self, source_id: str, identity: Identity) -> _Verified:
+        view = self.ctx.cache.current(self.ctx.db)
+        source = next(
+            (s for ss in view.sources_by_tenant.values() for s in ss if s.id == source_id), None
+        )
+        if source is None:
+            raise Unauthorized("the identity source of this sign-in was removed or disabled")
+        with self.ctx.db.read() as session:
+            record = claims.find_user(session, source.id, identity.username)
+        if record is not None and record.config_version != view.version:
+            view = self.ctx.cache.current(self.ctx.db, record.config_version)
+            source = next(
+                (s for s in view.sources_by_tenant.get(source.tenant_id, []) if s.id == source_id),
+                source,
+            )
+        return _Verified(source, identity, record, view, directory=True)
 
     def _login(
         self,
@@ -199,12 +292,35 @@ class LoginService:
         if tenant_id is None:
             raise Unauthorized(WRONG_CREDENTIALS)
         try:
-            found = self._authenticate(view, tenant_id, username, password, source)
-        except (Unauthorized, AccountRefused, DirectoryUnavailable) as exc:
-            self.record_failure(
-                tenant_id, username, client_address, exc.extra.get("reason", "wrong_credentials")
-            )
+            with self.ctx.db.read() as session:
+                checked = self.guard.check(session, tenant_id, username, client_address)
+        except TooManyAttempts as exc:
+            self.record_failure(tenant_id, username, client_address, exc, None)
             raise
+        try:
+            found = self._authenticate(view, tenant_id, username, password, source)
+        except (Unauthorized, AccountRefused, DirectoryUnavailable, BadRequest) as exc:
+            answer = self.record_failure(tenant_id, username, client_address, exc, checked)
+            if answer is exc:
+                raise
+            raise answer from exc
+        return self._complete(found, client_address, checked)
+
+    @overload
+    def _complete(self, found: _Verified, client_address: str | None) -> LoginResult: ...
+
+    @overload
+    def _complete(
+        self, found: _Verified, client_address: str | None, checked: Checked
+    ) -> LoginResult | Challenge: ...
+
+    def _complete(
+        self, found: _Verified, client_address: str | None, checked: Checked | None = None
+    ) -> LoginResult | Challenge:
+        """After authentication, whoever vouched: the directory user's row, the disabled
+        check, the assignment rule, claims, the login event and the token. ``checked``
+        is the password path's lockout check, whose failures a success clears; a password
+        sign-in may owe a second factor, and then answers with a ``Challenge``."""
         src, who, view = found.source, found.identity, found.view
         if found.record is not None and found.record.disabled:
             raise Forbidden(DISABLED)
@@ -224,24 +340,13 @@ class LoginService:
                     raise Forbidden(DISABLED)
             assert record is not None  # a local source only answers for a known row
             step = second_factor_due(src.second_factor, record.totp_enrolled)
-            if step is not None:
-                # The password was right; desktops and token wait for the second factor.
+            if checked is not None and step is not None:
+                # The password was right; desktops and token wait for the second factor,
+                # and so does clearing the account's failures.
                 return issue_challenge(self.ctx, session, src, record, who.ou, step)
+            if checked is not None:
+                self.guard.succeeded(session, checked)
             return self.admit(session, src, who, record, view, client_address)
-
-    def record_failure(
-        self, tenant_id: str, username: str, client_address: str | None, reason: str
-    ) -> None:
-        """The one path of every refused login (wrong password, refused account, wrong
-        second factor): one ``login_failed`` event with the reason."""
-        with self.ctx.db.write() as session:
-            events.append(
-                session,
-                "login_failed",
-                tenant_id=tenant_id,
-                actor=username[:200],
-                detail={"client": client_address or "", "reason": reason},
-            )
 
     def admit(
         self,
@@ -252,7 +357,8 @@ class LoginService:
         view: ConfigView,
         client_address: str | None,
     ) -> LoginResult:
-        """Complete a login whose every factor checked out: rule, policy, desktops, token."""
+        """In the caller's write unit, for a user every factor vouched for: the rule,
+        policy and role, claims, the login event and the token."""
         rule = decide(src.rules, who, client_address, datetime.now(UTC))
         policy = view.policies.get(rule.policy_id or "") if rule is not None else None
         offers = self._claim_all(
@@ -276,6 +382,35 @@ class LoginService:
             policy_id=policy.id if policy else None,
             offers=offers,
         )
+
+    def record_failure(
+        self,
+        tenant_id: str,
+        username: str,
+        client_address: str | None,
+        exc: DeskbrokerError,
+        checked: Checked | None,
+    ) -> DeskbrokerError:
+        """The one place a refused sign-in is written (a wrong password, a refused
+        account, a wrong one-time code): the audit event and, when the user is to blame
+        (not an unreachable directory), a failure counted against the account and the
+        address. Returns the error to answer with: the lockout, when this failure caused
+        one."""
+        answer: DeskbrokerError = exc
+        with self.ctx.db.write() as session:
+            # Neither an unreachable directory nor a source that takes no passwords is
+            # the user's failure.
+            if checked is not None and not isinstance(exc, (DirectoryUnavailable, BadRequest)):
+                answer = self.guard.failed(session, checked) or exc
+            _failure_event(
+                session,
+                tenant_id,
+                username,
+                client_address,
+                exc.extra.get("reason", "wrong_credentials"),
+                **({"locked_out": answer.extra["reason"]} if answer is not exc else {}),
+            )
+        return answer
 
     def _claim_all(
         self,

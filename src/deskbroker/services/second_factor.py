@@ -27,10 +27,18 @@ from sqlalchemy.orm import Session
 from deskbroker import metrics
 from deskbroker.domain.rules import Identity
 from deskbroker.domain.second_factor import SecondFactorMode, SecondFactorStep
-from deskbroker.errors import Conflict, DeskbrokerError, Forbidden, InvalidInput, Unauthorized
+from deskbroker.errors import (
+    Conflict,
+    DeskbrokerError,
+    Forbidden,
+    InvalidInput,
+    TooManyAttempts,
+    Unauthorized,
+)
 from deskbroker.security import TokenClaims
 from deskbroker.services.config_cache import ConfigView, SourceView
 from deskbroker.services.context import BrokerContext
+from deskbroker.services.throttle import Checked
 from deskbroker.store import claims, events
 from deskbroker.store import totp as store
 from deskbroker.store.claims import UserRecord
@@ -250,6 +258,15 @@ class SecondFactorService:
     def complete(self, token: str, code: str, client_address: str | None) -> LoginResult:
         """The challenge and a right code: the login's token and desktops."""
         found = self.signer.verify(token)
+        try:
+            with self.ctx.db.read() as session:
+                # A locked account or address tries no codes either.
+                checked = self.login.guard.check(
+                    session, found.tenant_id, found.username, client_address
+                )
+        except TooManyAttempts as exc:
+            self.login.record_failure(found.tenant_id, found.username, client_address, exc, None)
+            raise
         with self.ctx.db.read() as session:
             record = claims.find_user(session, found.source_id, found.username)
         if record is None or record.id != found.user_id:
@@ -263,14 +280,19 @@ class SecondFactorService:
             raise Forbidden(DISABLED)
         outcome: LoginResult | DeskbrokerError
         with self.ctx.db.write() as session:
-            outcome = self._complete(session, found, code, record, source, view, client_address)
-        if isinstance(outcome, DeskbrokerError):
-            # After the commit that counted the failure: the same path as a wrong password.
-            self.login.record_failure(
-                found.tenant_id, found.username, client_address, outcome.extra["reason"]
+            outcome = self._complete(
+                session, found, code, record, source, view, client_address, checked
             )
+        if isinstance(outcome, DeskbrokerError):
+            # After the commit that counted the failure against the challenge: the same
+            # path as a wrong password (audit event, account and address counts).
             metrics.LOGINS.labels(result="refused").inc()
-            raise outcome
+            answer = self.login.record_failure(
+                found.tenant_id, found.username, client_address, outcome, checked
+            )
+            if answer is outcome:
+                raise outcome
+            raise answer from outcome
         metrics.LOGINS.labels(result="ok").inc()
         return outcome
 
@@ -283,6 +305,7 @@ class SecondFactorService:
         source: SourceView,
         view: ConfigView,
         client_address: str | None,
+        checked: Checked,
     ) -> LoginResult | DeskbrokerError:
         # The user's row first, then the challenge: the order every writer keeps.
         state = store.state(session, record.id)
@@ -304,6 +327,7 @@ class SecondFactorService:
             reason = "wrong_second_factor" if step is None else "replayed_second_factor"
             return Unauthorized(message, reason=reason)
         session.delete(challenge)
+        self.login.guard.succeeded(session, checked)
         if not state.enrolled:
             store.mark_enrolled(session, record.id)
             self._enrolled_event(session, record.tenant_id, record.username, record.id)

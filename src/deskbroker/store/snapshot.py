@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from deskbroker.store.claims import config_version
 from deskbroker.store.tables import (
     AssignmentRuleRow,
+    CustomRole,
     IdentitySource,
     Policy,
     PolicyEntry,
@@ -32,6 +33,7 @@ class ConfigRows:
     entries: list[dict[str, Any]] = field(default_factory=list)
     pools: list[dict[str, Any]] = field(default_factory=list)
     protocol_plans: list[dict[str, Any]] = field(default_factory=list)
+    roles: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _rows(session: Session, model: Any, order: Any = None) -> list[dict[str, Any]]:
@@ -53,4 +55,5 @@ def load(session: Session) -> ConfigRows:
         entries=_rows(session, PolicyEntry, (PolicyEntry.position, PolicyEntry.id)),
         pools=_rows(session, Pool),
         protocol_plans=_rows(session, ProtocolPlan),
+        roles=_rows(session, CustomRole),
     )

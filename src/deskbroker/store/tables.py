@@ -331,6 +331,48 @@ class User(Base):
     updated_at: Mapped[datetime] = _updated()
 
 
+class CustomRole(Base):
+    """A tenant's own role: a named set of ``resource:action`` grants."""
+
+    __tablename__ = "custom_roles"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+    id: Mapped[str] = _id()
+    tenant_id: Mapped[str] = _tenant()
+    name: Mapped[str] = mapped_column(String(40))
+    description: Mapped[str] = mapped_column(String(500), default="")
+    permissions: Mapped[list[Any]] = mapped_column(default=list)
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _updated()
+
+
+class ApiToken(Base):
+    """A token for automation: acts as the user who made it, within ``scopes``, until
+    ``expires_at`` or revocation. Only its id is stored; the signed token is shown once."""
+
+    __tablename__ = "api_tokens"
+    id: Mapped[str] = _id()
+    tenant_id: Mapped[str] = _tenant()
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    scopes: Mapped[list[Any]] = mapped_column(default=list)
+    expires_at: Mapped[datetime] = mapped_column()
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_used_at: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = _created()
+
+
+class LoginThrottle(Base):
+    """Failed sign-ins counted per account or per client address (``key``), and until
+    when that key is locked out. Shared by every broker of a cluster."""
+
+    __tablename__ = "login_throttle"
+    key: Mapped[str] = mapped_column(String(300), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    window_started_at: Mapped[datetime] = mapped_column()
+    locked_until: Mapped[datetime | None] = mapped_column(default=None)
+    lockouts: Mapped[int] = mapped_column(Integer, default=0)
+
+
 class LoginChallenge(Base):
     """A password login waiting for its second factor; consumed by its one success."""
 
@@ -494,3 +536,30 @@ class UserVolume(Base):
     attached_to: Mapped[str | None] = mapped_column(String(200), default=None)
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = _updated()
+
+
+class OidcFlow(Base):
+    """An OpenID Connect sign-in under way: an authorization code flow between its start
+    and the provider's callback, or a device flow the CLI polls. Kept in the database so
+    any broker of a cluster can finish what another started.
+
+    ``id`` is the SHA-256 of the ``state`` (or the CLI's device handle), so the table
+    alone cannot finish anyone's sign-in; the PKCE verifier or device code is sealed.
+    """
+
+    __tablename__ = "oidc_flows"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(10))  # code | device
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    identity_source_id: Mapped[str] = mapped_column(
+        ForeignKey("identity_sources.id", ondelete="CASCADE"), index=True
+    )
+    nonce: Mapped[str | None] = mapped_column(String(64), default=None)
+    sealed: Mapped[str] = mapped_column(Text)
+    redirect_uri: Mapped[str] = mapped_column(String(2000), default="")
+    return_to: Mapped[str | None] = mapped_column(String(2000), default=None)
+    interval_s: Mapped[int] = mapped_column(Integer, default=5)
+    next_poll_at: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = _created()
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    used_at: Mapped[datetime | None] = mapped_column(default=None)

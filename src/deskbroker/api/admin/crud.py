@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from deskbroker.api.deps import AdminReader, AdminWriter, Ctx
 from deskbroker.errors import Forbidden, InvalidInput, NotFound
 from deskbroker.security import TokenClaims
+from deskbroker.services import access
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import events
 from deskbroker.store.repository import Repository, bump_config_version
@@ -210,7 +211,7 @@ def add_routes(router: APIRouter, spec: ResourceSpec[Any]) -> None:
             guard(who)
             data = body.model_dump(exclude_unset=False)  # type: ignore[attr-defined]
             with ctx.db.write() as session:
-                session.info.update(actor_role=who.role, actor_id=who.user_id)
+                session.info.update(access.actor_info(ctx, who))
                 tenant = (
                     None
                     if spec.global_only
@@ -260,7 +261,7 @@ def add_routes(router: APIRouter, spec: ResourceSpec[Any]) -> None:
             if not data:
                 raise InvalidInput("nothing to change: the body names no field")
             with ctx.db.write() as session:
-                session.info.update(actor_role=who.role, actor_id=who.user_id)
+                session.info.update(access.actor_info(ctx, who))
                 obj = repo.get(session, item_id, None if spec.global_only else scope(who))
                 if spec.prepare:
                     data = spec.prepare(session, ctx, getattr(obj, "tenant_id", ""), data, obj)
@@ -291,7 +292,7 @@ def add_routes(router: APIRouter, spec: ResourceSpec[Any]) -> None:
         def delete_item(item_id: str, ctx: Ctx, who: AdminWriter) -> Response:
             guard(who)
             with ctx.db.write() as session:
-                session.info.update(actor_role=who.role, actor_id=who.user_id)
+                session.info.update(access.actor_info(ctx, who))
                 obj = repo.get(session, item_id, None if spec.global_only else scope(who))
                 if spec.before_delete:
                     spec.before_delete(session, obj)

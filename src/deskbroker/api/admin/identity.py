@@ -5,29 +5,63 @@ from __future__ import annotations
 import ipaddress
 import json
 from datetime import datetime
-from enum import StrEnum
 from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from pydantic import Field, StringConstraints, field_validator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from deskbroker.api.admin.crud import ResourceSpec, add_routes, must_exist
+from deskbroker.api.admin.crud import ResourceSpec, add_routes, must_exist, scope
+from deskbroker.api.deps import AdminWriter, Ctx
+from deskbroker.api.permissions import catalog
 from deskbroker.api.schemas import Body, FilterIn, Id, Name, Out, Secrets, Stamped
+from deskbroker.domain.permissions import BuiltinRole, Permissions
 from deskbroker.domain.second_factor import SecondFactorMode
-from deskbroker.errors import Conflict, Forbidden
-from deskbroker.identity.base import validate_params
+from deskbroker.errors import Conflict, Forbidden, InvalidInput
+from deskbroker.identity.base import source_kinds, validate_params
+from deskbroker.security import TokenClaims
+from deskbroker.services import access
 from deskbroker.services.context import BrokerContext
+from deskbroker.store import events, totp
+from deskbroker.store.repository import Repository
 from deskbroker.store.tables import AssignmentRuleRow, Desktop, IdentitySource, Policy, User
 
+Role = BuiltinRole
+# A built-in role or a custom role of the tenant, checked when written.
+RoleName = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=40, strip_whitespace=True),
+    Field(
+        description="a built-in role (user, helpdesk, auditor, tenant_admin, "
+        "global_admin) or the name of one of the tenant's custom roles"
+    ),
+]
 
-class Role(StrEnum):
-    USER = "user"
-    HELPDESK = "helpdesk"
-    AUDITOR = "auditor"
-    TENANT_ADMIN = "tenant_admin"
-    GLOBAL_ADMIN = "global_admin"
+
+def _grant_role(session: Session, tenant: str, role: str, what: str) -> str:
+    """Refuse a role unknown to the tenant, or one that allows more than the actor may do."""
+    actor: TokenClaims = session.info["actor"]
+    global_actor = actor.role == Role.GLOBAL_ADMIN and actor.scopes is None
+    grants = access.known_role(
+        session, tenant, role, lambda name: name != Role.GLOBAL_ADMIN or global_actor
+    )
+    held: Permissions = session.info["actor_permissions"]
+    access.check_grantable(held, grants, f"{what} the role {role}", catalog())
+    return role
+
+
+def _may_manage(session: Session, user: Any, what: str) -> None:
+    """A user whose role allows more than the actor may not be changed by that actor: no
+    taking over a stronger account by resetting its password."""
+    if user.role == Role.GLOBAL_ADMIN.value:
+        _only_global_admin(session, f"{what} the global administrator {user.username}")
+        return
+    grants = access.known_role(session, user.tenant_id, user.role, lambda _: True)
+    held: Permissions = session.info["actor_permissions"]
+    access.check_grantable(
+        held, grants, f"{what} {user.username}, whose role is {user.role}", catalog()
+    )
 
 
 # --- identity sources ----------------------------------------------------------------
@@ -76,6 +110,14 @@ def _prepare_source(
         data["params"] = validate_params(kind, data.get("params") or {})
     if data.get("second_factor") is not None:
         data["second_factor"] = SecondFactorMode(data["second_factor"]).value
+        driver = source_kinds().get(kind)
+        asks = data["second_factor"] != SecondFactorMode.OFF
+        if asks and driver is not None and not driver.accepts_passwords:
+            # Its users sign in at their provider, which runs its own second factor.
+            raise InvalidInput(
+                f"a {kind} source takes no passwords here, so it cannot ask for one-time "
+                "codes: set second_factor on the provider's side"
+            )
     if "secrets" in data:
         secrets = data.pop("secrets")
         data["secrets_sealed"] = ctx.secrets.seal(json.dumps(secrets)) if secrets else None
@@ -127,7 +169,7 @@ class RuleIn(Body):
     position: int = Field(default=0, ge=0, le=10000)
     conditions: Conditions = Field(default_factory=Conditions)
     policy_id: Id | None = None
-    role: Role = Role.USER
+    role: RoleName = "user"
     tenant_id: Id | None = None
 
 
@@ -136,7 +178,7 @@ class RulePatch(Body):
     position: int | None = Field(default=None, ge=0, le=10000)
     conditions: Conditions | None = None
     policy_id: Id | None = None
-    role: Role | None = None
+    role: RoleName | None = None
 
 
 class RuleOut(Stamped):
@@ -155,9 +197,7 @@ def _prepare_rule(
         must_exist(session, IdentitySource, data["identity_source_id"], tenant, "identity source")
     must_exist(session, Policy, data.get("policy_id"), tenant, "policy")
     if "role" in data and data["role"] is not None:
-        data["role"] = Role(data["role"]).value
-        if data["role"] == Role.GLOBAL_ADMIN.value:
-            _only_global_admin(session, "make a rule that grants global_admin")
+        data["role"] = _grant_role(session, tenant, data["role"], "make a rule that grants")
     return data
 
 
@@ -176,7 +216,7 @@ class UserIn(Body):
     display_name: Annotated[str, StringConstraints(max_length=200)] = ""
     email: Annotated[str, StringConstraints(max_length=320)] = ""
     password: Annotated[str, StringConstraints(min_length=8, max_length=1024)] | None = None
-    role: Role = Role.USER
+    role: RoleName = "user"
     groups: list[Annotated[str, StringConstraints(max_length=500)]] = Field(
         default_factory=list, max_length=500
     )
@@ -198,7 +238,7 @@ class UserPatch(Body):
     display_name: Annotated[str, StringConstraints(max_length=200)] | None = None
     email: Annotated[str, StringConstraints(max_length=320)] | None = None
     password: Annotated[str, StringConstraints(min_length=8, max_length=1024)] | None = None
-    role: Role | None = None
+    role: RoleName | None = None
     groups: list[Annotated[str, StringConstraints(max_length=500)]] | None = Field(
         default=None, max_length=500
     )
@@ -228,16 +268,14 @@ def _prepare_user(
 ) -> dict[str, Any]:
     if "identity_source_id" in data:
         must_exist(session, IdentitySource, data["identity_source_id"], tenant, "identity source")
-    if existing is not None and existing.role == Role.GLOBAL_ADMIN.value:
-        _only_global_admin(session, f"change the global administrator {existing.username}")
+    if existing is not None:
+        _may_manage(session, existing, "change")
     if "password" in data:
         password = data.pop("password")
         # Null removes the password: the user can no longer log in with one.
         data["password_hash"] = None if password is None else ctx.hashing.hash(password)
     if data.get("role") is not None:
-        data["role"] = Role(data["role"]).value
-        if data["role"] == Role.GLOBAL_ADMIN.value:
-            _only_global_admin(session, "make another global administrator")
+        data["role"] = _grant_role(session, tenant, data["role"], "give a user")
     return data
 
 
@@ -255,8 +293,7 @@ def _user_out(session: Session, user: Any) -> dict[str, Any]:
 def _user_in_use(session: Session, user: Any) -> None:
     if user.id == session.info.get("actor_id"):
         raise Conflict("you cannot delete your own account; ask another administrator")
-    if user.role == Role.GLOBAL_ADMIN.value:
-        _only_global_admin(session, f"delete the global administrator {user.username}")
+    _may_manage(session, user, "delete")
     held = session.scalars(
         select(Desktop.name).where(Desktop.assigned_user_id == user.id).limit(1)
     ).first()
@@ -306,4 +343,31 @@ def router() -> APIRouter:
     r = APIRouter()
     for spec in SPECS:
         add_routes(r, spec)
+
+    @r.delete(
+        "/users/{item_id}/totp",
+        tags=["users"],
+        status_code=204,
+        summary="Reset a user's second factor",
+        description="For a user who lost their authenticator app: they log in with their "
+        "password alone (optional mode) or enrol again (required mode); a login waiting "
+        "for a code is ended.",
+        openapi_extra={"x-permission": "users:reset-totp"},
+    )
+    def reset_totp(item_id: str, ctx: Ctx, who: AdminWriter) -> Response:
+        with ctx.db.write() as session:
+            session.info.update(access.actor_info(ctx, who))
+            user = Repository(User, "user").get(session, item_id, scope(who))
+            _may_manage(session, user, "reset the second factor of")
+            totp.clear(session, user.id)
+            events.append(
+                session,
+                "admin.totp_reset",
+                tenant_id=user.tenant_id,
+                actor=who.username,
+                user_id=who.user_id,
+                detail={"resource": "users", "id": user.id, "name": user.username},
+            )
+        return Response(status_code=204)
+
     return r

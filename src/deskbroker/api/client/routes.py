@@ -129,6 +129,19 @@ def _offer(o: Offer) -> OfferOut:
     )
 
 
+def login_out(result: LoginResult) -> LoginOut:
+    """The answer to every kind of login: password, OpenID Connect, device flow."""
+    return LoginOut(
+        token=result.token,
+        expires_at=result.expires_at,
+        user_id=result.user_id,
+        username=result.username,
+        tenant_id=result.tenant_id,
+        role=result.role,
+        offers=[_offer(o) for o in result.offers],
+    )
+
+
 def _descriptor(result: desktops.ConnectResult) -> DescriptorOut:
     d: ConnectionDescriptor = result.descriptor
     return DescriptorOut(
@@ -141,18 +154,6 @@ def _descriptor(result: desktops.ConnectResult) -> DescriptorOut:
         filename=d.filename,
         media_type=d.media_type,
         content=d.content,
-    )
-
-
-def login_out(result: LoginResult) -> LoginOut:
-    return LoginOut(
-        token=result.token,
-        expires_at=result.expires_at,
-        user_id=result.user_id,
-        username=result.username,
-        tenant_id=result.tenant_id,
-        role=result.role,
-        offers=[_offer(o) for o in result.offers],
     )
 
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 06:39:31.553748
+Create Date: 2026-11-22 06:57:17.790247
 """
 
 from __future__ import annotations
@@ -63,6 +63,15 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_jobs_next_run_at"), ["next_run_at"], unique=False)
 
     op.create_table(
+        "login_throttle",
+        sa.Column("key", sa.String(length=300), nullable=False),
+        sa.Column("failures", sa.Integer(), nullable=False),
+        sa.Column("window_started_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("locked_until", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("lockouts", sa.Integer(), nullable=False),
+        sa.PrimaryKeyConstraint("key", name=op.f("pk_login_throttle")),
+    )
+    op.create_table(
         "tenants",
         sa.Column("id", sa.String(length=32), nullable=False),
         sa.Column("name", sa.String(length=64), nullable=False),
@@ -102,6 +111,27 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("centers", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_centers_tenant_id"), ["tenant_id"], unique=False)
+
+    op.create_table(
+        "custom_roles",
+        sa.Column("id", sa.String(length=32), nullable=False),
+        sa.Column("tenant_id", sa.String(length=32), nullable=False),
+        sa.Column("name", sa.String(length=40), nullable=False),
+        sa.Column("description", sa.String(length=500), nullable=False),
+        sa.Column("permissions", sa.JSON(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["tenant_id"],
+            ["tenants.id"],
+            name=op.f("fk_custom_roles_tenant_id_tenants"),
+            ondelete="RESTRICT",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_custom_roles")),
+        sa.UniqueConstraint("tenant_id", "name", name=op.f("uq_custom_roles_tenant_id")),
+    )
+    with op.batch_alter_table("custom_roles", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_custom_roles_tenant_id"), ["tenant_id"], unique=False)
 
     op.create_table(
         "identity_sources",
@@ -329,6 +359,42 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_images_tenant_id"), ["tenant_id"], unique=False)
 
     op.create_table(
+        "oidc_flows",
+        sa.Column("id", sa.String(length=64), nullable=False),
+        sa.Column("kind", sa.String(length=10), nullable=False),
+        sa.Column("tenant_id", sa.String(length=32), nullable=False),
+        sa.Column("identity_source_id", sa.String(length=32), nullable=False),
+        sa.Column("nonce", sa.String(length=64), nullable=True),
+        sa.Column("sealed", sa.Text(), nullable=False),
+        sa.Column("redirect_uri", sa.String(length=2000), nullable=False),
+        sa.Column("return_to", sa.String(length=2000), nullable=True),
+        sa.Column("interval_s", sa.Integer(), nullable=False),
+        sa.Column("next_poll_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("used_at", sa.DateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["identity_source_id"],
+            ["identity_sources.id"],
+            name=op.f("fk_oidc_flows_identity_source_id_identity_sources"),
+            ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["tenant_id"],
+            ["tenants.id"],
+            name=op.f("fk_oidc_flows_tenant_id_tenants"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_oidc_flows")),
+    )
+    with op.batch_alter_table("oidc_flows", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_oidc_flows_expires_at"), ["expires_at"], unique=False)
+        batch_op.create_index(
+            batch_op.f("ix_oidc_flows_identity_source_id"), ["identity_source_id"], unique=False
+        )
+        batch_op.create_index(batch_op.f("ix_oidc_flows_tenant_id"), ["tenant_id"], unique=False)
+
+    op.create_table(
         "policy_entries",
         sa.Column("id", sa.String(length=32), nullable=False),
         sa.Column("policy_id", sa.String(length=32), nullable=False),
@@ -443,6 +509,32 @@ def upgrade() -> None:
             batch_op.f("ix_users_identity_source_id"), ["identity_source_id"], unique=False
         )
         batch_op.create_index(batch_op.f("ix_users_tenant_id"), ["tenant_id"], unique=False)
+
+    op.create_table(
+        "api_tokens",
+        sa.Column("id", sa.String(length=32), nullable=False),
+        sa.Column("tenant_id", sa.String(length=32), nullable=False),
+        sa.Column("user_id", sa.String(length=32), nullable=False),
+        sa.Column("name", sa.String(length=64), nullable=False),
+        sa.Column("scopes", sa.JSON(), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("last_used_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["tenant_id"],
+            ["tenants.id"],
+            name=op.f("fk_api_tokens_tenant_id_tenants"),
+            ondelete="RESTRICT",
+        ),
+        sa.ForeignKeyConstraint(
+            ["user_id"], ["users.id"], name=op.f("fk_api_tokens_user_id_users"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_api_tokens")),
+    )
+    with op.batch_alter_table("api_tokens", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_api_tokens_tenant_id"), ["tenant_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_api_tokens_user_id"), ["user_id"], unique=False)
 
     op.create_table(
         "desktops",
@@ -810,6 +902,11 @@ def downgrade() -> None:
         batch_op.drop_index("ix_desktops_assigned_user")
 
     op.drop_table("desktops")
+    with op.batch_alter_table("api_tokens", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_api_tokens_user_id"))
+        batch_op.drop_index(batch_op.f("ix_api_tokens_tenant_id"))
+
+    op.drop_table("api_tokens")
     with op.batch_alter_table("users", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_users_tenant_id"))
         batch_op.drop_index(batch_op.f("ix_users_identity_source_id"))
@@ -825,6 +922,12 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_policy_entries_backup_pool_id"))
 
     op.drop_table("policy_entries")
+    with op.batch_alter_table("oidc_flows", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_oidc_flows_tenant_id"))
+        batch_op.drop_index(batch_op.f("ix_oidc_flows_identity_source_id"))
+        batch_op.drop_index(batch_op.f("ix_oidc_flows_expires_at"))
+
+    op.drop_table("oidc_flows")
     with op.batch_alter_table("images", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_images_tenant_id"))
         batch_op.drop_index(batch_op.f("ix_images_center_id"))
@@ -860,11 +963,16 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_identity_sources_tenant_id"))
 
     op.drop_table("identity_sources")
+    with op.batch_alter_table("custom_roles", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_custom_roles_tenant_id"))
+
+    op.drop_table("custom_roles")
     with op.batch_alter_table("centers", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_centers_tenant_id"))
 
     op.drop_table("centers")
     op.drop_table("tenants")
+    op.drop_table("login_throttle")
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_jobs_next_run_at"))
 

@@ -1,4 +1,8 @@
-"""Routes of the TOTP second factor: finishing a login, enrolling, removing, resetting."""
+"""Routes of the TOTP second factor: finishing a login, enrolling, removing one's own.
+
+An administrator's reset is a user route: ``DELETE /admin/users/{id}/totp``
+(``api/admin/identity.py``).
+"""
 
 from __future__ import annotations
 
@@ -7,16 +11,10 @@ from typing import Annotated
 from fastapi import APIRouter, Request, Response
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 
-from deskbroker.api.admin.crud import scope
 from deskbroker.api.client.routes import LoginOut, login_out
-from deskbroker.api.deps import AdminWriter, Ctx, Principal, client_address
+from deskbroker.api.deps import Principal, client_address
 from deskbroker.api.schemas import Body
-from deskbroker.errors import Forbidden
 from deskbroker.services.second_factor import Enrolment, SecondFactorService
-from deskbroker.store import events
-from deskbroker.store import totp as store
-from deskbroker.store.repository import Repository
-from deskbroker.store.tables import User
 
 # A challenge is a compact JWS of a few hundred characters.
 ChallengeText = Annotated[
@@ -135,33 +133,6 @@ def router() -> APIRouter:
     )
     def remove(body: CodeIn, request: Request, who: Principal) -> Response:
         _service(request).remove(who, body.code)
-        return Response(status_code=204)
-
-    @r.delete(
-        "/admin/users/{item_id}/totp",
-        tags=["users"],
-        status_code=204,
-        summary="Reset a user's second factor",
-        description="For a user who lost their authenticator app: they log in with their "
-        "password alone (optional mode) or enrol again (required mode).",
-    )
-    def reset(item_id: str, ctx: Ctx, who: AdminWriter) -> Response:
-        with ctx.db.write() as session:
-            user = Repository(User, "user").get(session, item_id, scope(who))
-            if user.role == "global_admin" and who.role != "global_admin":
-                raise Forbidden(
-                    "only a global administrator can reset the second factor of the "
-                    f"global administrator {user.username}"
-                )
-            store.clear(session, user.id)
-            events.append(
-                session,
-                "admin.totp_reset",
-                tenant_id=user.tenant_id,
-                actor=who.username,
-                user_id=who.user_id,
-                detail={"resource": "users", "id": user.id, "name": user.username},
-            )
         return Response(status_code=204)
 
     return r

@@ -1,0 +1,75 @@
+"""Helpdesk actions on an OpenStack (cloudsim) desktop: power it, end a stale session."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from cloudsim.server import CloudSim
+from deskbroker.bootstrap import add_local_user
+from tests.engine.conftest import openstack_center
+from tests.helpers import USER_PASSWORD, Api
+
+
+def _desktop(api: Api, sim: CloudSim) -> dict[str, Any]:
+    [server_id] = sim.seed_servers(1)
+    center = openstack_center(api, sim)
+    api.post(f"centers/{center['id']}/scan", {}, status=200)
+    [desktop] = [d for d in api.get("desktops")["items"] if d["external_id"] == server_id]
+    return desktop
+
+
+def _status(sim: CloudSim, server_id: str) -> str:
+    return str(next(s for s in sim.servers("demo") if s["id"] == server_id)["status"])
+
+
+def _wait(sim: CloudSim, server_id: str, status: str) -> None:
+    deadline = time.monotonic() + 20
+    while _status(sim, server_id) != status and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _status(sim, server_id) == status
+
+
+def test_helpdesk_powers_a_desktop_and_ends_a_stale_session(api: Api, sim: CloudSim) -> None:
+    desktop = _desktop(api, sim)
+    add_local_user(api.ctx, "hana", USER_PASSWORD, role="helpdesk")
+    add_local_user(api.ctx, "audrey", USER_PASSWORD, role="auditor")
+    helpdesk = Api(api.client, api.ctx, api.login("hana")["token"])
+    auditor = Api(api.client, api.ctx, api.login("audrey")["token"])
+    path = f"desktops/{desktop['id']}/power"
+
+    detail = auditor.post(path, {"action": "stop"}, status=403)["detail"]
+    assert detail == "Your role auditor does not allow desktops:power."
+    assert "is running: it cannot start" in helpdesk.post(path, {"action": "start"}, 409)["detail"]
+
+    # A session in use protects the desktop unless forced.
+    token = api.post(f"desktops/{desktop['id']}/agent-token", {})["token"]
+    response = api.client.post(
+        "/api/v1/agent/events",
+        json={"event": "login", "user": "alice", "session_key": "s1"},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert response.status_code in (200, 201), response.text
+    refused = helpdesk.post(path, {"action": "reboot"}, status=409)["detail"]
+    assert "has a session of alice in use" in refused
+    rebooted = helpdesk.post(path, {"action": "reboot", "force": True}, status=200)
+    assert rebooted["was"] == "running" and rebooted["power_state"] == "running"
+
+    # The agent died with the desktop: the helpdesk ends the session the broker still holds.
+    [row] = helpdesk.get(f"sessions?desktop_id={desktop['id']}")["items"]
+    ended = helpdesk.post(f"sessions/{row['id']}/end", {"reason": "agent gone"}, status=200)
+    assert ended == {"session_id": row["id"], "state": "logged_out", "was": "logged_in"}
+    assert "already ended" in helpdesk.post(f"sessions/{row['id']}/end", {}, 409)["detail"]
+    auditor.post(f"sessions/{row['id']}/end", {}, status=403)
+
+    _wait(sim, desktop["external_id"], "ACTIVE")
+    stopped = helpdesk.post(path, {"action": "stop"}, status=200)
+    assert stopped["power_state"] == "stopped"
+    _wait(sim, desktop["external_id"], "SHUTOFF")
+    assert helpdesk.post(path, {"action": "start"}, status=200)["power_state"] == "running"
+    _wait(sim, desktop["external_id"], "ACTIVE")
+
+    kinds = [e["kind"] for e in api.get(f"events?desktop_id={desktop['id']}")["items"]]
+    assert kinds.count("admin.power") == 3 and "admin.session_end" in kinds
+    helpdesk.post("desktops/unknown/power", {"action": "start"}, status=404)
+    helpdesk.post(path, {"action": "explode"}, status=422)

@@ -1,0 +1,123 @@
+"""A real OpenID provider (node-oidc-provider, from npm) started by the tests on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.identity.directories import free_port
+
+PROVIDER_DIR = Path(__file__).parent / "provider"
+BROKER_CALLBACK = "http://testserver/api/v1/auth/oidc/callback"
+CLIENT_ID = "deskbroker"
+CLIENT_SECRET = "broker-client-secret-0123456789abcdef"
+OTHER_CLIENT = "other-app"
+SHORT_LIVED_CLIENT = "short-lived"  # its ID tokens live one second
+PUBLIC_CLIENT = "deskbroker-cli"  # no secret: PKCE and the device code alone
+DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+
+ACCOUNTS: dict[str, dict[str, Any]] = {
+    "ann": {
+        "password": "ann-provider-pw",
+        "claims": {
+            "preferred_username": "ann",
+            "name": "Ann Archer",
+            "email": "ann@example.org",
+            "email_verified": True,
+            "groups": ["engineers", "staff"],
+        },
+    },
+    "carl": {
+        "password": "carl-provider-pw",
+        "claims": {
+            "preferred_username": "carl",
+            "name": "Carl Cole",
+            "email": "carl@example.org",
+            "groups": ["sales"],
+        },
+    },
+    "nina": {  # no preferred_username: the source must take the email instead
+        "password": "nina-provider-pw",
+        "claims": {"name": "Nina Noname", "email": "nina@example.org", "groups": []},
+    },
+}
+
+
+def _client(client_id: str, secret: str | None) -> dict[str, Any]:
+    return {
+        "client_id": client_id,
+        **({"client_secret": secret} if secret else {}),
+        "redirect_uris": [BROKER_CALLBACK],
+        "grant_types": ["authorization_code", DEVICE_GRANT],
+        "response_types": ["code"],
+        "token_endpoint_auth_method": "client_secret_basic" if secret else "none",
+    }
+
+
+@dataclass(frozen=True)
+class OidcProvider:
+    issuer: str
+    proc: subprocess.Popen[bytes]
+
+
+@contextmanager
+def running_provider(directory: Path) -> Iterator[OidcProvider]:
+    if not (PROVIDER_DIR / "node_modules" / "oidc-provider").is_dir():
+        pytest.fail(
+            "oidc-provider is not installed: run `make setup` (npm ci in tests/oidc/provider)"
+        )
+    port = free_port()
+    config = directory / "provider.json"
+    config.write_text(
+        json.dumps(
+            {
+                "port": port,
+                "clients": [
+                    _client(CLIENT_ID, CLIENT_SECRET),
+                    _client(OTHER_CLIENT, "other-app-secret-0123456789abcdef"),
+                    _client(SHORT_LIVED_CLIENT, "short-lived-secret-0123456789abcd"),
+                    _client(PUBLIC_CLIENT, None),
+                ],
+                "accounts": ACCOUNTS,
+                "id_token_ttl": {SHORT_LIVED_CLIENT: 1},
+            }
+        )
+    )
+    log = directory / "provider.log"
+    with log.open("wb") as errors:
+        proc = subprocess.Popen(
+            ["node", str(PROVIDER_DIR / "provider.mjs"), str(config)],
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            env={**os.environ, "NODE_ENV": "test"},
+        )
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 20
+        line = b""
+        while time.monotonic() < deadline and not line.startswith(b"ready"):
+            ready, _, _ = select.select([proc.stdout], [], [], 0.2)
+            if ready:
+                line = proc.stdout.readline()
+            if proc.poll() is not None:
+                break
+        if not line.startswith(b"ready"):
+            pytest.fail(f"the OpenID provider did not start: {log.read_text()[-2000:]}")
+        yield OidcProvider(line.split()[1].decode(), proc)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

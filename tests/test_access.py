@@ -1,0 +1,288 @@
+"""Custom roles, API tokens and sign-in lockouts, through the real HTTP API."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+
+from deskbroker.bootstrap import add_local_user
+from deskbroker.services.context import BrokerContext
+from deskbroker.store.tables import ApiToken, Event, utcnow
+from tests.helpers import USER_PASSWORD, Api
+
+
+def _as(api: Api, username: str, role: str, tenant: str | None = None) -> Api:
+    body: dict[str, Any] = {
+        "identity_source_id": api.source_id(),
+        "username": username,
+        "password": USER_PASSWORD,
+        "role": role,
+    }
+    if tenant:
+        body["tenant_id"] = tenant
+    api.post("users", body)
+    return Api(api.client, api.ctx, api.login(username)["token"])
+
+
+def _tenant_admin(api: Api) -> tuple[Api, str]:
+    tenant = api.post("tenants", {"name": "acme"})
+    source = api.post(
+        "identity-sources", {"name": "acme-local", "kind": "local", "tenant_id": tenant["id"]}
+    )
+    api.post(
+        "users",
+        {
+            "identity_source_id": source["id"],
+            "username": "acme-admin",
+            "password": USER_PASSWORD,
+            "role": "tenant_admin",
+            "tenant_id": tenant["id"],
+        },
+    )
+    response = api.client.post(
+        "/api/v1/auth/login",
+        json={"username": "acme-admin", "password": USER_PASSWORD, "tenant": "acme"},
+    )
+    assert response.status_code == 200, response.text
+    return Api(api.client, api.ctx, response.json()["token"]), source["id"]
+
+
+def test_a_custom_role_allows_exactly_its_grants(api: Api) -> None:
+    role = api.post(
+        "roles",
+        {"name": "pool-operator", "permissions": ["pools:*", "desktops:read", "Centers:Read"]},
+    )
+    assert role["permissions"] == ["pools:*", "desktops:read", "centers:read"]
+    operator = _as(api, "olga", "pool-operator")
+
+    assert operator.post("pools", {"name": "night-shift"})["name"] == "night-shift"
+    assert operator.get("desktops")["total"] == 0
+    refused = operator.get("users", status=403)["detail"]
+    assert refused == "Your role pool-operator does not allow users:read."
+    assert (
+        "centers:create" in operator.post("centers", {"name": "x", "kind": "static"}, 403)["detail"]
+    )
+    mine = operator.get("permissions")["mine"]
+    assert "pools:delete" in mine and "users:read" not in mine
+
+    # Narrowing the role reaches the holder's very next request.
+    api.patch(f"roles/{role['id']}", {"permissions": ["pools:read"]})
+    operator.post("pools", {"name": "later"}, status=403)
+    assert operator.get("pools")["total"] == 1
+
+
+def test_roles_are_validated_and_cannot_escalate(api: Api) -> None:
+    bad = [
+        ({"name": "user", "permissions": ["pools:read"]}, "built-in"),
+        ({"name": "Bad Name", "permissions": ["pools:read"]}, "lower-case"),
+        ({"name": "x1", "permissions": ["spaceships:read"]}, "unknown resource 'spaceships'"),
+        ({"name": "x2", "permissions": ["pools:launch"]}, "unknown action 'launch'"),
+        ({"name": "x3", "permissions": ["pools"]}, "is not a permission"),
+    ]
+    for body, words in bad:
+        assert words in api.post("roles", body, status=422)["detail"]
+
+    api.post("roles", {"name": "user-manager", "permissions": ["users:*", "roles:*"]})
+    manager = _as(api, "mia", "user-manager")
+    add_local_user(api.ctx, "tina", USER_PASSWORD, role="tenant_admin")
+    users = {u["username"]: u for u in manager.get("users")["items"]}
+
+    # Not a stronger role for anyone, not a stronger account taken over, not a wider role.
+    detail = manager.post(
+        "users",
+        {
+            "identity_source_id": api.source_id(),
+            "username": "eve",
+            "password": USER_PASSWORD,
+            "role": "tenant_admin",
+        },
+        status=403,
+    )["detail"]
+    assert detail.startswith("you cannot give a user the role tenant_admin: it allows ")
+    manager.patch(f"users/{users['tina']['id']}", {"password": "taken-over-1"}, status=403)
+    manager.delete(f"users/{users['tina']['id']}", status=403)
+    manager.post("roles", {"name": "wider", "permissions": ["pools:*"]}, status=403)
+    assert manager.post("roles", {"name": "narrower", "permissions": ["users:read"]})["name"]
+    assert (
+        "unknown role 'ghost'"
+        in manager.post(
+            "users",
+            {"identity_source_id": api.source_id(), "username": "gus", "role": "ghost"},
+            status=422,
+        )["detail"]
+    )
+    # A role somebody holds cannot be deleted from under them.
+    role_id = next(r["id"] for r in api.get("roles")["items"] if r["name"] == "user-manager")
+    assert "held by user mia" in api.delete(f"roles/{role_id}", status=409)["detail"]
+
+
+def test_custom_roles_belong_to_their_tenant(api: Api) -> None:
+    acme, source = _tenant_admin(api)
+    mine = acme.post("roles", {"name": "viewer", "permissions": ["*:read"]})
+    api.post("roles", {"name": "viewer", "permissions": ["pools:read"]})  # default tenant's
+    assert [r["id"] for r in acme.get("roles")["items"]] == [mine["id"]]
+    default_role = next(r for r in api.get("roles")["items"] if r["tenant_id"] != mine["tenant_id"])
+    acme.get(f"roles/{default_role['id']}", status=404)
+    acme.patch(f"roles/{default_role['id']}", {"permissions": ["*:*"]}, status=404)
+    # A tenant administrator grants its own roles, never the global one.
+    acme.post(
+        "users",
+        {"identity_source_id": source, "username": "vic", "role": "global_admin"},
+        status=403,
+    )
+    assert acme.post("users", {"identity_source_id": source, "username": "vic", "role": "viewer"})
+
+
+def test_api_tokens_are_scoped_expiring_and_revocable(api: Api, ctx: BrokerContext) -> None:
+    api.seed_pool(1)
+    made = api.post(
+        "api-tokens",
+        {
+            "name": "nightly report",
+            "scopes": ["desktops:read", "sessions:read"],
+            "expires_in_days": 7,
+        },
+    )
+    token = made["token"]
+    bot = Api(api.client, ctx, token)
+    assert bot.get("desktops")["total"] == 1
+    assert "do not include users:read" in bot.get("users", status=403)["detail"]
+    bot.post("pools", {"name": "nope"}, status=403)
+    child = {"name": "child", "scopes": ["desktops:read"], "expires_in_days": 1}
+    assert "do not include api-tokens:create" in bot.post("api-tokens", child, 403)["detail"]
+    minter = api.post(
+        "api-tokens", {"name": "minter", "scopes": ["api-tokens:*"], "expires_in_days": 1}
+    )
+    minting = Api(api.client, ctx, minter["token"])
+    assert "cannot make API tokens" in minting.post("api-tokens", child, 403)["detail"]
+
+    # Listed without the token; the database holds no copy of it either.
+    listed = api.get("api-tokens")["items"]
+    assert [t["name"] for t in listed] == ["nightly report", "minter"]
+    assert all("token" not in t for t in listed)
+    with ctx.db.read() as session:
+        row = session.get(ApiToken, made["id"])
+        assert row is not None and token not in repr(row.__dict__)
+        assert row.last_used_at is not None
+
+    # Scopes beyond the maker's own role are refused; so are unknown ones.
+    api.post("roles", {"name": "desk", "permissions": ["desktops:read", "api-tokens:*"]})
+    desk = _as(api, "hal", "desk")
+    wider = {"name": "t", "scopes": ["pools:delete"], "expires_in_days": 1}
+    assert "which you may not do yourself" in desk.post("api-tokens", wider, 403)["detail"]
+    api.post("api-tokens", {"name": "t", "scopes": ["pools:fly"], "expires_in_days": 1}, 422)
+    api.post("api-tokens", {"name": "t", "scopes": ["pools:read"], "expires_in_days": 0}, 422)
+
+    api.delete(f"api-tokens/{made['id']}")
+    assert "revoked" in bot.get("desktops", status=401)["detail"]
+
+    second = api.post(
+        "api-tokens", {"name": "soon", "scopes": ["desktops:read"], "expires_in_days": 1}
+    )
+    with ctx.db.write() as session:
+        session.execute(
+            update(ApiToken)
+            .where(ApiToken.id == second["id"])
+            .values(expires_at=utcnow() - timedelta(seconds=1))
+        )
+    assert "expired" in Api(api.client, ctx, second["token"]).get("desktops", 401)["detail"]
+
+
+def test_an_api_token_follows_its_users_current_role(api: Api) -> None:
+    api.post("roles", {"name": "reporter", "permissions": ["desktops:read", "pools:read"]})
+    reporter = _as(api, "rita", "reporter")
+    token = reporter.post(
+        "api-tokens", {"name": "r", "scopes": ["desktops:read"], "expires_in_days": 1}, 403
+    )  # the role lacks api-tokens:create
+    assert "api-tokens:create" in token["detail"]
+    api.post("roles", {"name": "automator", "permissions": ["desktops:read", "api-tokens:*"]})
+    user = _as(api, "otto", "automator")
+    made = user.post("api-tokens", {"name": "r", "scopes": ["desktops:read"], "expires_in_days": 1})
+    bot = Api(api.client, api.ctx, made["token"])
+    assert bot.get("desktops")["total"] == 0
+    otto = next(u for u in api.get("users")["items"] if u["username"] == "otto")
+    api.patch(f"users/{otto['id']}", {"role": "user"})
+    bot.get("desktops", status=403)
+    api.patch(f"users/{otto['id']}", {"role": "automator", "disabled": True})
+    assert "disabled" in bot.get("desktops", status=401)["detail"]
+
+
+def _login(api: Api, username: str, password: str) -> Any:
+    return api.client.post("/api/v1/auth/login", json={"username": username, "password": password})
+
+
+def test_an_account_locks_after_repeated_failures(api: Api, ctx: BrokerContext) -> None:
+    add_local_user(ctx, "lena", USER_PASSWORD)
+    add_local_user(ctx, "bob", USER_PASSWORD)
+    for attempt in range(4):
+        # Every domain spelling of the name counts against the one account.
+        name = ("lena", "LENA@corp.example", "CORP\\lena", "lena")[attempt]
+        response = _login(api, name, "wrong-password")
+        assert response.status_code == 401, response.text
+    locked = _login(api, "lena", "wrong-password")
+    assert locked.status_code == 429
+    assert "locked for 15 minutes" in locked.json()["detail"]
+    assert int(locked.headers["Retry-After"]) > 800
+    # The right password does not get through a lockout; another account does.
+    still = _login(api, "lena", USER_PASSWORD)
+    assert still.status_code == 429 and still.json()["reason"] == "account_locked_out"
+    assert _login(api, "bob", USER_PASSWORD).status_code == 200
+
+    lena = next(u for u in api.get("users")["items"] if u["username"] == "lena")
+    lockouts = api.get("lockouts")["items"]
+    assert any(item["subject"] == "lena" and item["locked_until"] for item in lockouts)
+    assert api.post(f"users/{lena['id']}/unlock", {}, status=200)["unlocked"] is True
+    assert _login(api, "lena", USER_PASSWORD).status_code == 200
+
+    with ctx.db.read() as session:
+        reasons = [
+            (e.detail or {}).get("reason")
+            for e in session.scalars(select(Event).where(Event.kind == "login_failed"))
+        ]
+    # The fifth failure says it locked; the right password during the lockout is refused.
+    assert reasons.count("account_locked_out") == 1
+    assert reasons.count("wrong_credentials") == 5
+
+
+def test_a_good_sign_in_clears_the_count_and_lockouts_expire(api: Api, ctx: BrokerContext) -> None:
+    add_local_user(ctx, "sam", USER_PASSWORD)
+    for _ in range(4):
+        assert _login(api, "sam", "nope-nope").status_code == 401
+    assert _login(api, "sam", USER_PASSWORD).status_code == 200
+    for _ in range(4):
+        assert _login(api, "sam", "nope-nope").status_code == 401  # counted from zero again
+
+    ctx.settings.login_lockout_s = 1
+    assert _login(api, "sam", "nope-nope").status_code == 429
+    time.sleep(1.1)
+    assert _login(api, "sam", USER_PASSWORD).status_code == 200
+
+
+def test_an_address_is_blocked_across_accounts(api: Api, ctx: BrokerContext) -> None:
+    ctx.settings.login_max_failures_per_address = 6
+    for n in range(5):
+        assert _login(api, f"guess{n}", "x-password").status_code == 401
+    blocked = _login(api, "guess5", "x-password")
+    assert blocked.status_code == 429
+    assert "from your address (testclient)" in blocked.json()["detail"]
+    # Even the administrator's right password waits, until a global admin clears it.
+    assert _login(api, "admin", "admin-password-1").status_code == 429
+    api.delete("lockouts/addresses/testclient")
+    assert _login(api, "admin", "admin-password-1").status_code == 200
+
+
+def test_admin_changes_are_audited(api: Api, ctx: BrokerContext) -> None:
+    pool = api.post("pools", {"name": "audited"})
+    api.patch(f"pools/{pool['id']}", {"name": "audited-2"})
+    api.delete(f"pools/{pool['id']}")
+    with ctx.db.read() as session:
+        rows = session.scalars(
+            select(Event).where(Event.kind.startswith("admin.")).order_by(Event.id)
+        ).all()
+        seen = [(e.kind, (e.detail or {}).get("resource"), e.actor) for e in rows]
+    assert ("admin.create", "pools", "admin") in seen
+    assert ("admin.update", "pools", "admin") in seen
+    assert ("admin.delete", "pools", "admin") in seen
