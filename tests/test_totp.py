@@ -356,8 +356,8 @@ def test_a_tenant_admin_cannot_reset_another_tenants_user(optional: Api) -> None
     answer = b.delete(f"users/{ivan}/totp", status=404)
     assert answer["detail"].endswith("does not exist")
     assert api.get(f"users/{ivan}")["totp_enrolled"] is True
-    # Nor the global administrator of their own tenant... and their own users, yes.
     admin_id = api.get("users?username=admin")["items"][0]["id"]
+    # Nor the global administrator's (who lives in tenant A); their own users', yes.
     b.delete(f"users/{admin_id}/totp", status=404)
     set_mode(b, "optional", b.get("identity-sources")["items"][0]["id"])
     worker_token = login(client, "worker-b", 200, tenant="b")["token"]
@@ -366,6 +366,12 @@ def test_a_tenant_admin_cannot_reset_another_tenants_user(optional: Api) -> None
     assert worker["totp_enrolled"] is True
     b.delete(f"users/{worker['id']}/totp")
     assert b.get(f"users/{worker['id']}")["totp_enrolled"] is False
+    # In its own tenant, a tenant admin cannot reset an account stronger than theirs.
+    add_local_user(api.ctx, "boss-a", ADMIN_PASSWORD, role="tenant_admin")
+    boss_a = client.post(LOGIN, json={"username": "boss-a", "password": ADMIN_PASSWORD})
+    a = Api(client, api.ctx, boss_a.json()["token"])
+    assert "global administrator" in a.delete(f"users/{admin_id}/totp", status=403)["detail"]
+    a.delete(f"users/{ivan}/totp")
     # A plain user cannot reset anyone's, not even their own without a code.
     plain = client.delete(f"/api/v1/admin/users/{ivan}/totp", headers=bearer(worker_token))
     assert plain.status_code == 403
