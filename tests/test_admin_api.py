@@ -133,10 +133,13 @@ def _center_bad_input(api: Api) -> None:
 
 def _center_listing_a_machine_twice_is_an_error_not_a_crash(api: Api) -> None:
     twice = [{"name": "same", "address": "10.0.0.1"}, {"name": "same", "address": "10.0.0.2"}]
-    center = static_center(api, "dup", twice)
-    assert center["status"] == "error"
-    assert "same" in center["status_message"] and "more than once" in center["status_message"]
-    assert total(api, "desktops") == 0
+    body = {"name": "dup", "kind": "static", "params": {"machines": twice}}
+    detail = api.post("centers", body, 422)["detail"]
+    assert "two machines are named 'same'" in detail
+    smuggled = {"machines": [{"name": "b", "address": "10.0.0.1\nalternate shell:s:x"}]}
+    detail = api.post("centers", {"name": "c", "kind": "static", "params": smuggled}, 422)["detail"]
+    assert "neither an IP address nor a host name" in detail
+    assert total(api, "desktops") == 0 and api.get("centers?name=dup")["total"] == 0
 
 
 def test_center_delete_rules(api: Api) -> None:

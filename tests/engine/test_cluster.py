@@ -61,11 +61,15 @@ def test_two_brokers_keep_to_the_in_flight_limit_and_build_each_desktop_once(
             flying = ProvisioningTask.state.in_(("creating", "waiting", "addressing"))
             return int(session.scalar(select(func.count()).where(flying)) or 0)
 
-    # The pool's builds are requested (a first tick makes the jobs, a second runs them);
+    # One tick makes the pool's jobs and runs them at once: the builds are requested;
     # then both brokers claim at the same moment: together they take the limit, no more.
     engines[0].run_once()
-    engines[0].run_once()
     assert in_flight() == 0
+    with ctx.db.read() as session:
+        requested = session.scalar(
+            select(func.count()).where(ProvisioningTask.state == "requested")
+        )
+    assert requested == DESKTOPS
     barrier = threading.Barrier(2)
 
     def tick(engine: Engine) -> None:

@@ -104,8 +104,12 @@ def test_the_same_name_in_two_untrusted_domains_is_two_users(
     assert login(api, f"ann@{AD_DOMAIN}", "ann-password-1").status_code == 401
     anns = {u["identity_source_id"]: u for u in api.get("users?username=ann")["items"]}
     assert anns[corp["id"]]["display_name"] == "Ann of Corp"
-    assert anns[corp["id"]]["groups"] == ["VDI-Users"]
-    assert anns[example["id"]]["groups"] == ["devs"]
+    # Each group by name and by DN.
+    assert anns[corp["id"]]["groups"] == [
+        "VDI-Users",
+        "cn=vdi-users,cn=users,dc=corp,dc=example,dc=test",
+    ]
+    assert anns[example["id"]]["groups"] == ["cn=devs,ou=groups,dc=example,dc=org", "devs"]
 
 
 def test_start_tls_and_a_plain_bind_that_ad_refuses(api: Api, samba_dc: SambaDc) -> None:

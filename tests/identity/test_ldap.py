@@ -6,9 +6,11 @@ import statistics
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from deskbroker.domain.rules import AssignmentRule
 from deskbroker.identity.base import Credentials, source_kinds
 from deskbroker.identity.ldap import LOCKED, PASSWORD_EXPIRED
 from deskbroker.identity.ldap_pool import UNREACHABLE
@@ -57,7 +59,7 @@ def test_a_member_of_an_ldap_group_gets_its_policy(api: Api, slapd: Slapd) -> No
     user = api.get(f"users?username=ann&identity_source_id={source['id']}")["items"][0]
     assert user["id"] == body["user_id"]
     assert user["display_name"] == "Ann Archer" and user["email"] == "ann@example.org"
-    assert user["groups"] == ["devs"]
+    assert user["groups"] == ["cn=devs,ou=groups,dc=example,dc=org", "devs"]
     assert user["attributes"] == {"departmentNumber": "R&D"}
     assert not user["has_password"]
 
@@ -153,8 +155,22 @@ def test_lookup_and_params_validation(api: Api, slapd: Slapd) -> None:
     )
     try:
         who = driver.lookup("ANN", None)
-        assert who is not None and who.username == "ann" and who.groups == {"devs"}
+        assert (
+            who is not None
+            and who.username == "ann"
+            and who.groups
+            == {
+                "devs",
+                "cn=devs,ou=groups,dc=example,dc=org",
+            }
+        )
         assert who.ou == "ou=people,dc=example,dc=org"
+        # A rule names the group by name or, to be exact about the OU, by DN.
+        moment = datetime.now(UTC)
+        for group in ("Devs", "CN=devs,OU=groups,DC=example,DC=org"):
+            assert AssignmentRule("r", None, group=group).matches(who, None, moment)
+        other_ou = AssignmentRule("r", None, group="cn=devs,ou=contractors,dc=example,dc=org")
+        assert not other_ou.matches(who, None, moment)
         assert driver.lookup("nobody", None) is None
     finally:
         driver.close()

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from deskbroker.centers.base import Capability, CenterDriver, MachineInfo
 from deskbroker.domain.states import PowerState
+from deskbroker.protocols.descriptors import usable_host
 
 
 class StaticMachine(BaseModel):
@@ -25,6 +26,29 @@ class StaticMachine(BaseModel):
 class StaticParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     machines: list[StaticMachine] = Field(default_factory=list, max_length=10000)
+
+    @field_validator("machines")
+    @classmethod
+    def _one_name_each(cls, machines: list[StaticMachine]) -> list[StaticMachine]:
+        # The name is the machine's identity in the center: two of one name would be one
+        # desktop flapping between two addresses.
+        seen: set[str] = set()
+        for machine in machines:
+            if machine.name in seen:
+                raise ValueError(f"two machines are named {machine.name!r}; names must differ")
+            seen.add(machine.name)
+        return machines
+
+    @field_validator("machines")
+    @classmethod
+    def _usable_addresses(cls, machines: list[StaticMachine]) -> list[StaticMachine]:
+        for machine in machines:
+            if not usable_host(machine.address):
+                raise ValueError(
+                    f"machine {machine.name!r}: address {machine.address!r} is neither an IP "
+                    "address nor a host name"
+                )
+        return machines
 
 
 class StaticCenter(CenterDriver):

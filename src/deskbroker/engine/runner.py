@@ -172,11 +172,13 @@ class Engine:
         now = now or utcnow()
         self._next_listing = float("inf")
         due = self._due(now)
-        self._ensure_jobs(due.version)
         started = 0
-        if due.jobs and self._free() > 0:
+        # Jobs of a center or pool made since the last tick run in this one: their first
+        # run is due the moment they are made, after ``now``.
+        created = self._ensure_jobs(due.version)
+        if (due.jobs or created) and self._free() > 0:
             started += self._claim_and_submit(
-                Job, Job.next_run_at, now, self._free(), self._run_job
+                Job, Job.next_run_at, utcnow() if created else now, self._free(), self._run_job
             )
         if due.timers and self._free() > 0:
             started += self._claim_and_submit(
@@ -229,13 +231,16 @@ class Engine:
         with self._lock:
             self._running.add(future)
 
-    def _ensure_jobs(self, version: int) -> None:
+    def _ensure_jobs(self, version: int) -> int:
+        """Jobs for every center and pool, checked when the configuration changed (or
+        every 30 s); returns how many were made."""
         if version == self._jobs_version and time.monotonic() - self._jobs_checked < 30:
-            return
+            return 0
         with self.ctx.db.write() as session:
-            ensure_jobs(session, self.intervals)
+            created = ensure_jobs(session, self.intervals)
         self._jobs_version = version
         self._jobs_checked = time.monotonic()
+        return created
 
     def _claim_and_submit(
         self,

@@ -278,7 +278,10 @@ class LdapIdentitySource(IdentitySourceDriver):
         if p.group_mode is GroupMode.NONE:
             return []
         if p.group_mode is GroupMode.MEMBER_OF:
-            return {_rdn_value(dn) for dn in _values(entry.attributes, "memberOf")}
+            dns = _values(entry.attributes, "memberOf")
+            # Each group by name and by DN: a rule names a group either way, and the DN
+            # tells apart two groups of one name in different OUs.
+            return {_rdn_value(dn) for dn in dns} | {dn.lower() for dn in dns}
         member = p.group_member_attribute
         who = name if member.lower() == "memberuid" else entry.dn
         if p.group_mode is GroupMode.NESTED:
@@ -300,6 +303,7 @@ class LdapIdentitySource(IdentitySourceDriver):
                 if r.get("type") == "searchResEntry":
                     found = _values(r["attributes"], p.group_name_attribute)
                     names.add(found[0] if found else _rdn_value(str(r["dn"])))
+                    names.add(str(r["dn"]).lower())
             paged = ((conn.result or {}).get("controls") or {}).get(PAGED_OID) or {}
             cookie = (paged.get("value") or {}).get("cookie")
             if not cookie:

@@ -6,6 +6,7 @@ protocol name to its builder.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from enum import StrEnum
 from typing import Any, ClassVar
 from urllib.parse import quote
 
-from deskbroker.errors import InvalidInput
+from deskbroker.errors import Conflict, InvalidInput
 
 
 class Protocol(StrEnum):
@@ -43,6 +44,22 @@ class ConnectionDescriptor:
     filename: str
     media_type: str
     content: str
+
+
+# A host name as DNS allows it; anything else (spaces, newlines, quotes) in an address a
+# center reported would end up inside a descriptor file.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?"
+_HOST_NAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*\.?$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def usable_host(address: str) -> bool:
+    """An IP address or a DNS host name: nothing that could break a descriptor's lines."""
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return bool(_HOST_NAME.match(address))
+    return True
 
 
 def _safe_name(name: str) -> str:
@@ -186,5 +203,12 @@ def build(
     port = int(
         desktop_ports.get(protocol.value) or plan_entry.get("port") or DEFAULT_PORTS[protocol]
     )
+    if not usable_host(address):
+        raise Conflict(
+            f"desktop {_CONTROL.sub('?', desktop_name)} has no usable address "
+            f"({_CONTROL.sub('?', address)!r}); ask an administrator to check its center"
+        )
     target = Target(desktop_name=desktop_name, host=address, port=port)
-    return BUILDERS[protocol].descriptor(target, username, plan_entry.get("settings") or {})
+    # A directory's name never carries a line break into an .rdp or .vnc file.
+    clean_user = _CONTROL.sub("", username)
+    return BUILDERS[protocol].descriptor(target, clean_user, plan_entry.get("settings") or {})

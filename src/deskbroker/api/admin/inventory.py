@@ -20,6 +20,7 @@ from deskbroker.errors import Conflict, InvalidInput
 from deskbroker.protocols.descriptors import Protocol
 from deskbroker.services import inventory as inventory_service
 from deskbroker.services.context import BrokerContext
+from deskbroker.store import events
 from deskbroker.store.repository import Repository, bump_config_version
 from deskbroker.store.tables import (
     Center,
@@ -302,10 +303,36 @@ def router() -> APIRouter:
             center = Repository(Center, "center").get(session, center_id, scope(who))
             report = inventory_service.scan(session, ctx, center)
             bump_config_version(session)
-        return report.as_dict()
+            found = report.as_dict()
+            events.append(
+                session,
+                "admin.scan",
+                tenant_id=center.tenant_id,
+                actor=who.username,
+                user_id=who.user_id,
+                detail={
+                    "resource": "centers",
+                    "id": center.id,
+                    "name": center.name,
+                    **{k: v for k, v in found.items() if isinstance(v, int)},
+                },
+            )
+        return found
 
     @r.post("/desktops/{desktop_id}/probe", tags=["desktops"], summary="Probe protocol ports")
     def probe_desktop(desktop_id: str, ctx: Ctx, who: AdminWriter) -> dict[str, Any]:
-        return inventory_service.probe(ctx, desktop_id, scope(who))
+        result = inventory_service.probe(ctx, desktop_id, scope(who))
+        with ctx.db.write() as session:
+            desktop = session.get(Desktop, desktop_id)
+            events.append(
+                session,
+                "admin.probe",
+                tenant_id=desktop.tenant_id if desktop else who.tenant_id,
+                actor=who.username,
+                user_id=who.user_id,
+                desktop_id=desktop_id,
+                detail={"resource": "desktops", "reachable": result["reachable"]},
+            )
+        return result
 
     return r
