@@ -42,7 +42,17 @@ OIDC_SIGN_IN = {
     "/api/v1/auth/oidc/{source}/device",
     "/api/v1/auth/oidc/device/poll",
 }
-PUBLIC = {"/api/v1/auth/login", "/healthz", "/readyz", "/metrics", *OIDC_SIGN_IN}
+# The second step of a password login takes a challenge, not a bearer token.
+SECOND_FACTOR = {"/api/v1/auth/login/totp", "/api/v1/auth/login/totp/enrol"}
+PUBLIC = {"/api/v1/auth/login", "/healthz", "/readyz", "/metrics", *OIDC_SIGN_IN, *SECOND_FACTOR}
+# Seeds that pass validation and are then refused, as they must be: a wrong password, a
+# challenge no broker signed, a code with no enrolment to confirm.
+REFUSED_SEEDS = {
+    "/api/v1/auth/login": 401,
+    "/api/v1/auth/login/totp": 401,
+    "/api/v1/auth/login/totp/enrol": 401,
+    "/api/v1/me/totp/confirm": 409,
+}
 
 
 @dataclass
@@ -97,6 +107,10 @@ class World:
         ids = self.ids
         seeds: dict[str, dict[str, Any]] = {
             "/api/v1/auth/login": {"username": "nobody", "password": "wrong-password"},
+            "/api/v1/auth/login/totp": {"challenge": "not-a-challenge", "code": "123456"},
+            "/api/v1/auth/login/totp/enrol": {"challenge": "not-a-challenge"},
+            "/api/v1/me/totp/confirm": {"code": "123456"},
+            "/api/v1/me/totp": {"code": "123456"},
             "/api/v1/auth/oidc/{source}/device": {"tenant": "default"},
             "/api/v1/auth/oidc/device/poll": {"device_handle": "no-such-device-sign-in"},
             "/api/v1/client/desktops/{desktop_id}/connect": {"protocol": "rdp"},
@@ -273,8 +287,8 @@ def test_seed_bodies_are_accepted(world: World) -> None:
             Case("seed", body=httpx.Request("POST", "/", json=world.seed(op)).content),
             world.token_for(op),
         )
-        if op.path == "/api/v1/auth/login":
-            assert response.status_code == 401, response.text
+        if op.path in REFUSED_SEEDS:
+            assert response.status_code == REFUSED_SEEDS[op.path], f"{op}: {response.text}"
         elif op.path.endswith("/power"):
             # The world's desktops are static machines: valid, and refused for that alone.
             assert response.status_code == 409, response.text

@@ -35,6 +35,12 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8080
     token_ttl_s: int = Field(default=900, ge=30, le=86400)
+    second_factor_challenge_ttl_s: int = Field(
+        default=300,
+        ge=1,
+        le=3600,
+        description="how long a password login waits for its one-time code",
+    )
     argon2_time_cost: int = Field(default=2, ge=1, le=20)
     argon2_memory_kib: int = Field(default=19456, ge=8, le=1048576)
     argon2_parallelism: int = Field(default=1, ge=1, le=16)

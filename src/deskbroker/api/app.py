@@ -22,10 +22,12 @@ from deskbroker.api.admin import engine as admin_engine
 from deskbroker.api.admin import sessions as admin_sessions
 from deskbroker.api.client import oidc as client_oidc
 from deskbroker.api.client import routes as client_routes
+from deskbroker.api.client import second_factor as client_second_factor
 from deskbroker.api.deps import strict_request
 from deskbroker.services.context import BrokerContext
 from deskbroker.services.login import LoginService
 from deskbroker.services.oidc_signin import OidcSignIn
+from deskbroker.services.second_factor import SecondFactorService
 from deskbroker.store.migrate import current_revision
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -98,6 +100,7 @@ def api_router() -> APIRouter:
     api = APIRouter(prefix="/api/v1", dependencies=[Depends(strict_request)])
     api.include_router(client_routes.router())
     api.include_router(client_oidc.router())
+    api.include_router(client_second_factor.router())
     # One level of nesting fewer: every level rebuilds each route's dependencies.
     for module in (
         inventory,
@@ -128,6 +131,7 @@ def create_app(ctx: BrokerContext) -> FastAPI:
     app.state.ctx = ctx
     app.state.login = LoginService(ctx)
     app.state.oidc = OidcSignIn(ctx, app.state.login)
+    app.state.second_factor = SecondFactorService(ctx, app.state.login)
     errors.install(app)
 
     app.include_router(api_router())

@@ -26,6 +26,8 @@ class SourceView:
     params: dict[str, Any]
     secrets_sealed: str | None
     rules: tuple[AssignmentRule, ...]
+    # off | optional | required (deskbroker.domain.second_factor.SecondFactorMode)
+    second_factor: str = "off"
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,7 @@ def build_view(rows: snapshot.ConfigRows) -> ConfigView:
                 params=src["params"] or {},
                 secrets_sealed=src["secrets_sealed"],
                 rules=tuple(rules_by_source.get(src["id"], [])),
+                second_factor=src.get("second_factor") or "off",
             )
         )
     view.pools = {

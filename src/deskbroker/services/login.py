@@ -11,13 +11,14 @@ import json
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, overload
 
 from sqlalchemy.orm import Session
 
 from deskbroker import metrics
 from deskbroker.domain.offers import queue_estimate_s
 from deskbroker.domain.rules import Identity, decide
+from deskbroker.domain.second_factor import second_factor_due
 from deskbroker.errors import (
     AccountRefused,
     BadRequest,
@@ -38,6 +39,7 @@ from deskbroker.identity.base import (
 )
 from deskbroker.services.config_cache import ConfigView, PolicyView, SourceView
 from deskbroker.services.context import BrokerContext
+from deskbroker.services.second_factor import Challenge, issue_challenge
 from deskbroker.services.throttle import Checked, SignInGuard
 from deskbroker.store import claims, events
 from deskbroker.store.claims import HeldDesktop, UserRecord
@@ -150,14 +152,16 @@ class LoginService:
         tenant: str | None = None,
         source: str | None = None,
         client_address: str | None = None,
-    ) -> LoginResult:
+    ) -> LoginResult | Challenge:
+        """A token and desktops or, when a second factor is due, a ``Challenge``."""
         started = time.perf_counter()
         try:
             result = self._login(username, password, tenant, source, client_address)
         except Exception:
             metrics.LOGINS.labels(result="refused").inc()
             raise
-        metrics.LOGINS.labels(result="ok").inc()
+        outcome = "ok" if isinstance(result, LoginResult) else "second_factor_due"
+        metrics.LOGINS.labels(result=outcome).inc()
         metrics.LOGIN_SECONDS.observe(time.perf_counter() - started)
         return result
 
@@ -274,7 +278,7 @@ class LoginService:
         tenant: str | None,
         source: str | None,
         client_address: str | None,
-    ) -> LoginResult:
+    ) -> LoginResult | Challenge:
         if len(password.encode()) > self.ctx.settings.max_password_bytes:
             raise PayloadTooLarge(
                 f"the password is longer than {self.ctx.settings.max_password_bytes} bytes"
@@ -291,28 +295,35 @@ class LoginService:
             with self.ctx.db.read() as session:
                 checked = self.guard.check(session, tenant_id, username, client_address)
         except TooManyAttempts as exc:
-            self._record_failure(tenant_id, username, client_address, exc, None)
+            self.record_failure(tenant_id, username, client_address, exc, None)
             raise
         try:
             found = self._authenticate(view, tenant_id, username, password, source)
         except (Unauthorized, AccountRefused, DirectoryUnavailable, BadRequest) as exc:
-            answer = self._record_failure(tenant_id, username, client_address, exc, checked)
+            answer = self.record_failure(tenant_id, username, client_address, exc, checked)
             if answer is exc:
                 raise
             raise answer from exc
         return self._complete(found, client_address, checked)
 
+    @overload
+    def _complete(self, found: _Verified, client_address: str | None) -> LoginResult: ...
+
+    @overload
+    def _complete(
+        self, found: _Verified, client_address: str | None, checked: Checked
+    ) -> LoginResult | Challenge: ...
+
     def _complete(
         self, found: _Verified, client_address: str | None, checked: Checked | None = None
-    ) -> LoginResult:
+    ) -> LoginResult | Challenge:
         """After authentication, whoever vouched: the directory user's row, the disabled
         check, the assignment rule, claims, the login event and the token. ``checked``
-        is the password path's lockout check, whose failures a success clears."""
+        is the password path's lockout check, whose failures a success clears; a password
+        sign-in may owe a second factor, and then answers with a ``Challenge``."""
         src, who, view = found.source, found.identity, found.view
         if found.record is not None and found.record.disabled:
             raise Forbidden(DISABLED)
-        rule = decide(src.rules, who, client_address, datetime.now(UTC))
-        policy = view.policies.get(rule.policy_id or "") if rule is not None else None
         with self.ctx.db.write() as session:
             record = found.record
             if found.directory and claims.directory_user_changed(record, who):
@@ -328,11 +339,31 @@ class LoginService:
                 if record.disabled:
                     raise Forbidden(DISABLED)
             assert record is not None  # a local source only answers for a known row
+            step = second_factor_due(src.second_factor, record.totp_enrolled)
+            if checked is not None and step is not None:
+                # The password was right; desktops and token wait for the second factor,
+                # and so does clearing the account's failures.
+                return issue_challenge(self.ctx, session, src, record, who.ou, step)
             if checked is not None:
                 self.guard.succeeded(session, checked)
-            offers = self._claim_all(
-                session, record, policy, view, client_address, rule.rule_id if rule else None
-            )
+            return self.admit(session, src, who, record, view, client_address)
+
+    def admit(
+        self,
+        session: Session,
+        src: SourceView,
+        who: Identity,
+        record: UserRecord,
+        view: ConfigView,
+        client_address: str | None,
+    ) -> LoginResult:
+        """In the caller's write unit, for a user every factor vouched for: the rule,
+        policy and role, claims, the login event and the token."""
+        rule = decide(src.rules, who, client_address, datetime.now(UTC))
+        policy = view.policies.get(rule.policy_id or "") if rule is not None else None
+        offers = self._claim_all(
+            session, record, policy, view, client_address, rule.rule_id if rule else None
+        )
         role = record.role if record.role != "user" or rule is None else rule.role
         token, expires = self.ctx.signer.issue(
             user_id=record.id,
@@ -352,7 +383,7 @@ class LoginService:
             offers=offers,
         )
 
-    def _record_failure(
+    def record_failure(
         self,
         tenant_id: str,
         username: str,
@@ -360,10 +391,11 @@ class LoginService:
         exc: DeskbrokerError,
         checked: Checked | None,
     ) -> DeskbrokerError:
-        """The one place a refused sign-in is written: the audit event and, when the user
-        is to blame (not an unreachable directory), a failure counted against the account
-        and the address. Returns the error to answer with: the lockout, when this
-        failure caused one."""
+        """The one place a refused sign-in is written (a wrong password, a refused
+        account, a wrong one-time code): the audit event and, when the user is to blame
+        (not an unreachable directory), a failure counted against the account and the
+        address. Returns the error to answer with: the lockout, when this failure caused
+        one."""
         answer: DeskbrokerError = exc
         with self.ctx.db.write() as session:
             # Neither an unreachable directory nor a source that takes no passwords is

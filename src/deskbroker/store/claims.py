@@ -55,6 +55,8 @@ class UserRecord:
     config_version: int
     queued: int
     email: str = ""
+    # Whether the user confirmed a TOTP authenticator (their second factor).
+    totp_enrolled: bool = False
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,7 @@ def find_user(session: Session, identity_source_id: str, username: str) -> UserR
             version,
             queued,
             User.email,
+            User.totp_enrolled_at.is_not(None),
         ).where(User.identity_source_id == identity_source_id, User.username == username)
     ).first()
     if row is None:
@@ -133,6 +136,7 @@ def find_user(session: Session, identity_source_id: str, username: str) -> UserR
         config_version=int(row[10] or 0),
         queued=int(row[11] or 0),
         email=row[12] or "",
+        totp_enrolled=bool(row[13]),
     )
 
 
@@ -180,7 +184,7 @@ def upsert_directory_user(
         ins.on_conflict_do_update(
             index_elements=[User.identity_source_id, User.username],
             set_={key: getattr(ins.excluded, key) for key in values},
-        ).returning(User.id, User.role, User.disabled)
+        ).returning(User.id, User.role, User.disabled, User.totp_enrolled_at)
     ).one()
     return UserRecord(
         id=row[0],
@@ -196,6 +200,7 @@ def upsert_directory_user(
         config_version=known.config_version if known else 0,
         queued=known.queued if known else 0,
         email=str(values["email"]),
+        totp_enrolled=row[3] is not None,
     )
 
 

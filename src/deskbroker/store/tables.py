@@ -301,6 +301,8 @@ class IdentitySource(Base):
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)
     secrets_sealed: Mapped[str | None] = mapped_column(Text, default=None)
+    # off | optional (users who enrolled give a code) | required (everyone does).
+    second_factor: Mapped[str] = mapped_column(String(20), default="off")
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = _updated()
 
@@ -339,6 +341,12 @@ class User(Base):
     groups: Mapped[list[Any]] = mapped_column(default=list)
     attributes: Mapped[dict[str, Any]] = mapped_column(default=dict)
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The TOTP secret, sealed; it counts as a second factor only once ``totp_enrolled_at``
+    # says the user proved their authenticator app has it.
+    totp_sealed: Mapped[str | None] = mapped_column(Text, default=None)
+    totp_enrolled_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The last time step whose code was accepted: no code of it or before it passes again.
+    totp_last_step: Mapped[int | None] = mapped_column(BigInteger, default=None)
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = _updated()
 
@@ -383,6 +391,21 @@ class LoginThrottle(Base):
     window_started_at: Mapped[datetime] = mapped_column()
     locked_until: Mapped[datetime | None] = mapped_column(default=None)
     lockouts: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class LoginChallenge(Base):
+    """A password login waiting for its second factor; consumed by its one success."""
+
+    __tablename__ = "login_challenges"
+    id: Mapped[str] = _id()
+    tenant_id: Mapped[str] = _tenant()
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    # The user's OU as the directory said at the password step: rules match on it, and
+    # the broker's user row does not keep it.
+    ou: Mapped[str] = mapped_column(Text, default="")
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    created_at: Mapped[datetime] = _created()
 
 
 class QueueEntry(Base):

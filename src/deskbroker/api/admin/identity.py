@@ -7,20 +7,24 @@ import json
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from pydantic import Field, StringConstraints, field_validator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from deskbroker.api.admin.crud import ResourceSpec, add_routes, must_exist
+from deskbroker.api.admin.crud import ResourceSpec, add_routes, must_exist, scope
+from deskbroker.api.deps import AdminWriter, Ctx
 from deskbroker.api.permissions import catalog
 from deskbroker.api.schemas import Body, FilterIn, Id, Name, Out, Secrets, Stamped
 from deskbroker.domain.permissions import BuiltinRole, Permissions
-from deskbroker.errors import Conflict, Forbidden
-from deskbroker.identity.base import validate_params
+from deskbroker.domain.second_factor import SecondFactorMode
+from deskbroker.errors import Conflict, Forbidden, InvalidInput
+from deskbroker.identity.base import source_kinds, validate_params
 from deskbroker.security import TokenClaims
 from deskbroker.services import access
 from deskbroker.services.context import BrokerContext
+from deskbroker.store import events, totp
+from deskbroker.store.repository import Repository
 from deskbroker.store.tables import AssignmentRuleRow, Desktop, IdentitySource, Policy, User
 
 Role = BuiltinRole
@@ -69,6 +73,11 @@ class SourceIn(Body):
     enabled: bool = True
     params: dict[str, Any] = Field(default_factory=dict)
     secrets: Secrets | None = Field(default=None, description="write-only; encrypted at rest")
+    second_factor: SecondFactorMode = Field(
+        default=SecondFactorMode.OFF,
+        description="TOTP codes at login: off; optional (users who enrolled give one); "
+        "required (everyone; users enrol on their next login)",
+    )
     tenant_id: Id | None = None
 
 
@@ -79,6 +88,7 @@ class SourcePatch(Body):
     enabled: bool | None = None
     params: dict[str, Any] | None = None
     secrets: Secrets | None = Field(default=None, description="write-only; null removes them")
+    second_factor: SecondFactorMode | None = None
 
 
 class SourceOut(Stamped):
@@ -89,6 +99,7 @@ class SourceOut(Stamped):
     enabled: bool
     params: dict[str, Any]
     has_secrets: bool
+    second_factor: SecondFactorMode
 
 
 def _prepare_source(
@@ -97,6 +108,16 @@ def _prepare_source(
     kind = data.get("kind") or existing.kind
     if "params" in data or existing is None:
         data["params"] = validate_params(kind, data.get("params") or {})
+    if data.get("second_factor") is not None:
+        data["second_factor"] = SecondFactorMode(data["second_factor"]).value
+        driver = source_kinds().get(kind)
+        asks = data["second_factor"] != SecondFactorMode.OFF
+        if asks and driver is not None and not driver.accepts_passwords:
+            # Its users sign in at their provider, which runs its own second factor.
+            raise InvalidInput(
+                f"a {kind} source takes no passwords here, so it cannot ask for one-time "
+                "codes: set second_factor on the provider's side"
+            )
     if "secrets" in data:
         secrets = data.pop("secrets")
         data["secrets_sealed"] = ctx.secrets.seal(json.dumps(secrets)) if secrets else None
@@ -237,6 +258,7 @@ class UserOut(Out):
     attributes: dict[str, Any]
     disabled: bool
     has_password: bool
+    totp_enrolled: bool
     created_at: datetime
     updated_at: datetime
 
@@ -257,9 +279,14 @@ def _prepare_user(
     return data
 
 
+# Never rendered: the hash, and the second factor's sealed secret and spent step.
+_USER_HIDDEN = frozenset({"password_hash", "totp_sealed", "totp_last_step", "totp_enrolled_at"})
+
+
 def _user_out(session: Session, user: Any) -> dict[str, Any]:
-    out = {c.key: getattr(user, c.key) for c in User.__table__.columns if c.key != "password_hash"}
+    out = {c.key: getattr(user, c.key) for c in User.__table__.columns if c.key not in _USER_HIDDEN}
     out["has_password"] = bool(user.password_hash)
+    out["totp_enrolled"] = user.totp_enrolled_at is not None
     return out
 
 
@@ -316,4 +343,31 @@ def router() -> APIRouter:
     r = APIRouter()
     for spec in SPECS:
         add_routes(r, spec)
+
+    @r.delete(
+        "/users/{item_id}/totp",
+        tags=["users"],
+        status_code=204,
+        summary="Reset a user's second factor",
+        description="For a user who lost their authenticator app: they log in with their "
+        "password alone (optional mode) or enrol again (required mode); a login waiting "
+        "for a code is ended.",
+        openapi_extra={"x-permission": "users:reset-totp"},
+    )
+    def reset_totp(item_id: str, ctx: Ctx, who: AdminWriter) -> Response:
+        with ctx.db.write() as session:
+            session.info.update(access.actor_info(ctx, who))
+            user = Repository(User, "user").get(session, item_id, scope(who))
+            _may_manage(session, user, "reset the second factor of")
+            totp.clear(session, user.id)
+            events.append(
+                session,
+                "admin.totp_reset",
+                tenant_id=user.tenant_id,
+                actor=who.username,
+                user_id=who.user_id,
+                detail={"resource": "users", "id": user.id, "name": user.username},
+            )
+        return Response(status_code=204)
+
     return r

@@ -9,12 +9,14 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, StringConstraints
 from sqlalchemy import select
 
+from deskbroker.api.client.challenge import SecondFactorOut, challenge_answer
 from deskbroker.api.deps import Ctx, Principal, client_address
 from deskbroker.api.schemas import Body
 from deskbroker.domain.offers import queue_estimate_s
 from deskbroker.protocols.descriptors import ConnectionDescriptor
 from deskbroker.services import desktops
 from deskbroker.services.login import LoginResult, LoginService, Offer
+from deskbroker.services.second_factor import Challenge
 from deskbroker.store import claims
 from deskbroker.store.claims import HeldDesktop
 from deskbroker.store.tables import Pool
@@ -158,8 +160,17 @@ def _descriptor(result: desktops.ConnectResult) -> DescriptorOut:
 def router() -> APIRouter:
     r = APIRouter()
 
-    @r.post("/auth/login", tags=["client"], summary="Log in: a token, and your desktops")
-    def login(body: LoginIn, request: Request, ctx: Ctx) -> LoginOut:
+    @r.post(
+        "/auth/login",
+        tags=["client"],
+        summary="Log in: a token, and your desktops",
+        description="When the identity source asks for a second factor, the answer is 202 "
+        "with `status: second_factor_needed` and a challenge instead of the token: complete "
+        "the login at POST /api/v1/auth/login/totp.",
+        response_model=LoginOut,
+        responses={202: {"model": SecondFactorOut, "description": "a one-time code is due"}},
+    )
+    def login(body: LoginIn, request: Request, ctx: Ctx) -> LoginOut | Response:
         service: LoginService = request.app.state.login
         result = service.login(
             body.username,
@@ -168,6 +179,8 @@ def router() -> APIRouter:
             source=body.source,
             client_address=client_address(request),
         )
+        if isinstance(result, Challenge):
+            return challenge_answer(result)
         return login_out(result)
 
     @r.get("/client/me", tags=["client"], summary="Who the token belongs to")

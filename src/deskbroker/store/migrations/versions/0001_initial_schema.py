@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 07:07:23.493828
+Create Date: 2026-11-22 07:11:04.735773
 """
 
 from __future__ import annotations
@@ -144,6 +144,7 @@ def upgrade() -> None:
         sa.Column("enabled", sa.Boolean(), nullable=False),
         sa.Column("params", sa.JSON(), nullable=False),
         sa.Column("secrets_sealed", sa.Text(), nullable=True),
+        sa.Column("second_factor", sa.String(length=20), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
@@ -481,6 +482,9 @@ def upgrade() -> None:
         sa.Column("groups", sa.JSON(), nullable=False),
         sa.Column("attributes", sa.JSON(), nullable=False),
         sa.Column("disabled", sa.Boolean(), nullable=False),
+        sa.Column("totp_sealed", sa.Text(), nullable=True),
+        sa.Column("totp_enrolled_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("totp_last_step", sa.BigInteger(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
@@ -588,6 +592,38 @@ def upgrade() -> None:
     with op.batch_alter_table("desktops", schema=None) as batch_op:
         batch_op.create_index("ix_desktops_assigned_user", ["assigned_user_id"], unique=False)
         batch_op.create_index(batch_op.f("ix_desktops_tenant_id"), ["tenant_id"], unique=False)
+
+    op.create_table(
+        "login_challenges",
+        sa.Column("id", sa.String(length=32), nullable=False),
+        sa.Column("tenant_id", sa.String(length=32), nullable=False),
+        sa.Column("user_id", sa.String(length=32), nullable=False),
+        sa.Column("failures", sa.Integer(), nullable=False),
+        sa.Column("ou", sa.Text(), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["tenant_id"],
+            ["tenants.id"],
+            name=op.f("fk_login_challenges_tenant_id_tenants"),
+            ondelete="RESTRICT",
+        ),
+        sa.ForeignKeyConstraint(
+            ["user_id"],
+            ["users.id"],
+            name=op.f("fk_login_challenges_user_id_users"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_login_challenges")),
+    )
+    with op.batch_alter_table("login_challenges", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_login_challenges_expires_at"), ["expires_at"], unique=False
+        )
+        batch_op.create_index(
+            batch_op.f("ix_login_challenges_tenant_id"), ["tenant_id"], unique=False
+        )
+        batch_op.create_index(batch_op.f("ix_login_challenges_user_id"), ["user_id"], unique=False)
 
     op.create_table(
         "queue_entries",
@@ -855,6 +891,12 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_queue_entries_pool_id"))
 
     op.drop_table("queue_entries")
+    with op.batch_alter_table("login_challenges", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_login_challenges_user_id"))
+        batch_op.drop_index(batch_op.f("ix_login_challenges_tenant_id"))
+        batch_op.drop_index(batch_op.f("ix_login_challenges_expires_at"))
+
+    op.drop_table("login_challenges")
     with op.batch_alter_table("desktops", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_desktops_tenant_id"))
         batch_op.drop_index("ix_desktops_assigned_user")

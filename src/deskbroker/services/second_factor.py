@@ -1,0 +1,413 @@
+"""TOTP second factor: enrolment, one-time codes and the login challenge between them.
+
+A password login whose identity source asks for a second factor ends in a ``Challenge``:
+a short-lived token signed for this purpose alone (its own key and audience, so no
+endpoint takes it for a bearer token), bound to the user and the source, backed by a
+row that its one success consumes. ``POST /auth/login/totp`` with the challenge and a
+code then completes the login through the same ``LoginService.admit`` as any login.
+
+Codes are RFC 6238 TOTP (SHA-1, 6 digits, 30 s: what every authenticator app speaks),
+checked one step either side, and each step's code passes once per user.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import jwt
+import pyotp
+from sqlalchemy.orm import Session
+
+from deskbroker import metrics
+from deskbroker.domain.rules import Identity
+from deskbroker.domain.second_factor import SecondFactorMode, SecondFactorStep
+from deskbroker.errors import (
+    Conflict,
+    DeskbrokerError,
+    Forbidden,
+    InvalidInput,
+    TooManyAttempts,
+    Unauthorized,
+)
+from deskbroker.security import TokenClaims
+from deskbroker.services.config_cache import ConfigView, SourceView
+from deskbroker.services.context import BrokerContext
+from deskbroker.services.throttle import Checked
+from deskbroker.store import claims, events
+from deskbroker.store import totp as store
+from deskbroker.store.claims import UserRecord
+
+if TYPE_CHECKING:
+    from deskbroker.services.login import LoginResult, LoginService
+
+ISSUER = "deskbroker"
+CHALLENGE_AUDIENCE = "deskbroker:second-factor"
+# Wrong codes one challenge takes before the user must give their password again.
+MAX_CHALLENGE_FAILURES = 5
+# One step either side forgives a phone clock 30 s off and a code typed as it turned.
+VALID_WINDOW = 1
+
+WRONG_CODE = "Wrong one-time code."
+REPLAYED_CODE = "This one-time code was already used; wait for the next one."
+LAST_TRY = " That was the last try of this login: log in again with your password."
+SPENT = "This login challenge was used up or has expired; log in again with your password."
+EXPIRED = "This login waited too long for its one-time code; log in again with your password."
+FORGED = "This login challenge is not valid; log in again with your password."
+DISABLED = "This account is disabled; ask your administrator."
+
+
+@dataclass(frozen=True)
+class Challenge:
+    """A password login that waits for its second factor: no token, no desktops yet."""
+
+    token: str
+    expires_at: int
+    step: SecondFactorStep
+    user_id: str
+    username: str
+    tenant_id: str
+
+
+@dataclass(frozen=True)
+class Enrolment:
+    """What an authenticator app needs: shown once, when enrolment starts."""
+
+    secret: str
+    uri: str
+    issuer: str
+    account: str
+    digits: int = 6
+    period_s: int = 30
+
+
+@dataclass(frozen=True)
+class ChallengeClaims:
+    challenge_id: str
+    user_id: str
+    username: str
+    tenant_id: str
+    source_id: str
+    step: SecondFactorStep
+
+
+class ChallengeSigner:
+    """Signs and checks challenges with a key of their own, derived from the broker's."""
+
+    def __init__(self, secret: str) -> None:
+        self._key = hashlib.sha256(("second-factor:" + secret).encode()).digest()
+
+    def issue(
+        self,
+        *,
+        user_id: str,
+        username: str,
+        tenant_id: str,
+        source_id: str,
+        step: SecondFactorStep,
+        ttl_s: int,
+    ) -> tuple[str, int, str]:
+        """(challenge, expiry, challenge id)."""
+        now = int(time.time())
+        challenge_id = uuid.uuid4().hex
+        payload = {
+            "sub": user_id,
+            "name": username,
+            "tid": tenant_id,
+            "src": source_id,
+            "step": step.value,
+            "jti": challenge_id,
+            "iat": now,
+            "exp": now + ttl_s,
+            "aud": CHALLENGE_AUDIENCE,
+        }
+        return jwt.encode(payload, self._key, algorithm="HS256"), now + ttl_s, challenge_id
+
+    def verify(self, token: str) -> ChallengeClaims:
+        try:
+            data: dict[str, Any] = jwt.decode(
+                token,
+                self._key,
+                algorithms=["HS256"],
+                audience=CHALLENGE_AUDIENCE,
+                options={"require": ["exp", "sub", "tid", "src", "jti", "step"]},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise Unauthorized(EXPIRED) from exc
+        except jwt.PyJWTError as exc:
+            raise Unauthorized(FORGED) from exc
+        try:
+            step = SecondFactorStep(data["step"])
+        except ValueError as exc:
+            raise Unauthorized(FORGED) from exc
+        return ChallengeClaims(
+            challenge_id=str(data["jti"]),
+            user_id=str(data["sub"]),
+            username=str(data.get("name", "")),
+            tenant_id=str(data["tid"]),
+            source_id=str(data["src"]),
+            step=step,
+        )
+
+
+def new_secret() -> str:
+    """160 random bits in base32, the length RFC 4226 recommends."""
+    return pyotp.random_base32()
+
+
+def enrolment(secret: str, username: str, tenant_name: str) -> Enrolment:
+    account = f"{username} ({tenant_name})"
+    uri = pyotp.TOTP(secret).provisioning_uri(name=account, issuer_name=ISSUER)
+    return Enrolment(secret=secret, uri=uri, issuer=ISSUER, account=account)
+
+
+def matching_step(secret: str, code: str, at: float) -> int | None:
+    """The time step whose code ``code`` is, within the window; ``None`` for a wrong code."""
+    totp = pyotp.TOTP(secret)
+    current = totp.timecode(at)
+    for offset in range(-VALID_WINDOW, VALID_WINDOW + 1):
+        if hmac.compare_digest(totp.at(at, counter_offset=offset), code):
+            return current + offset
+    return None
+
+
+def _signer(ctx: BrokerContext) -> ChallengeSigner:
+    return ChallengeSigner(ctx.settings.effective_secret_key)
+
+
+def issue_challenge(
+    ctx: BrokerContext,
+    session: Session,
+    source: SourceView,
+    record: UserRecord,
+    ou: str,
+    step: SecondFactorStep,
+) -> Challenge:
+    """In the password login's transaction: the challenge that stands in for its token."""
+    token, expires, challenge_id = _signer(ctx).issue(
+        user_id=record.id,
+        username=record.username,
+        tenant_id=record.tenant_id,
+        source_id=source.id,
+        step=step,
+        ttl_s=ctx.settings.second_factor_challenge_ttl_s,
+    )
+    store.add_challenge(
+        session,
+        challenge_id=challenge_id,
+        tenant_id=record.tenant_id,
+        user_id=record.id,
+        ou=ou,
+        expires_at=datetime.fromtimestamp(expires, UTC),
+    )
+    return Challenge(token, expires, step, record.id, record.username, record.tenant_id)
+
+
+def _source(view: ConfigView, tenant_id: str, source_id: str) -> SourceView | None:
+    return next((s for s in view.sources_by_tenant.get(tenant_id, []) if s.id == source_id), None)
+
+
+def _tenant_name(view: ConfigView, tenant_id: str) -> str:
+    return next((n for n, t in view.tenants_by_name.items() if t == tenant_id), tenant_id)
+
+
+class SecondFactorService:
+    """Enrolment and the completion of logins that wait for a one-time code."""
+
+    def __init__(self, ctx: BrokerContext, login: LoginService) -> None:
+        self.ctx = ctx
+        self.login = login
+        self.signer = _signer(ctx)
+
+    def _open(self, sealed: str) -> str:
+        try:
+            return self.ctx.secrets.open(sealed)
+        except ValueError as exc:
+            raise Conflict(
+                "Your second factor was sealed with another broker key and cannot be "
+                "checked; ask your administrator to reset it."
+            ) from exc
+
+    # --- a login waiting for its code ------------------------------------------------
+    def enrol_at_login(self, token: str) -> Enrolment:
+        """For a challenge of ``required`` mode: a new secret for the user's app."""
+        found = self.signer.verify(token)
+        if found.step is not SecondFactorStep.ENROL:
+            raise Conflict(
+                "You are enrolled already: answer with the code your authenticator app shows."
+            )
+        secret = new_secret()
+        with self.ctx.db.write() as session:
+            # The user's row first, then the challenge: the order every writer keeps.
+            store.state(session, found.user_id)
+            if store.open_challenge(session, found.challenge_id, found.user_id) is None:
+                raise Unauthorized(SPENT)
+            if not store.save_pending(session, found.user_id, self.ctx.secrets.seal(secret)):
+                raise Conflict(
+                    "An authenticator app was enrolled for you meanwhile; log in again "
+                    "with your password and give its code."
+                )
+        view = self.ctx.cache.current(self.ctx.db)
+        return enrolment(secret, found.username, _tenant_name(view, found.tenant_id))
+
+    def complete(self, token: str, code: str, client_address: str | None) -> LoginResult:
+        """The challenge and a right code: the login's token and desktops."""
+        found = self.signer.verify(token)
+        try:
+            with self.ctx.db.read() as session:
+                # A locked account or address tries no codes either.
+                checked = self.login.guard.check(
+                    session, found.tenant_id, found.username, client_address
+                )
+        except TooManyAttempts as exc:
+            self.login.record_failure(found.tenant_id, found.username, client_address, exc, None)
+            raise
+        with self.ctx.db.read() as session:
+            record = claims.find_user(session, found.source_id, found.username)
+        if record is None or record.id != found.user_id:
+            raise Unauthorized(SPENT)
+        view = self.ctx.cache.current(self.ctx.db, record.config_version)
+        source = _source(view, found.tenant_id, found.source_id)
+        if source is None or source.second_factor == SecondFactorMode.OFF.value:
+            # The source went away, or stopped asking, since the password step.
+            raise Unauthorized(SPENT)
+        if record.disabled:
+            raise Forbidden(DISABLED)
+        outcome: LoginResult | DeskbrokerError
+        with self.ctx.db.write() as session:
+            outcome = self._complete(
+                session, found, code, record, source, view, client_address, checked
+            )
+        if isinstance(outcome, DeskbrokerError):
+            # After the commit that counted the failure against the challenge: the same
+            # path as a wrong password (audit event, account and address counts).
+            metrics.LOGINS.labels(result="refused").inc()
+            answer = self.login.record_failure(
+                found.tenant_id, found.username, client_address, outcome, checked
+            )
+            if answer is outcome:
+                raise outcome
+            raise answer from outcome
+        metrics.LOGINS.labels(result="ok").inc()
+        return outcome
+
+    def _complete(
+        self,
+        session: Session,
+        found: ChallengeClaims,
+        code: str,
+        record: UserRecord,
+        source: SourceView,
+        view: ConfigView,
+        client_address: str | None,
+        checked: Checked,
+    ) -> LoginResult | DeskbrokerError:
+        # The user's row first, then the challenge: the order every writer keeps.
+        state = store.state(session, record.id)
+        challenge = store.open_challenge(session, found.challenge_id, record.id)
+        if challenge is None:
+            raise Unauthorized(SPENT)
+        if state is None or state.sealed is None:
+            raise Conflict(
+                "Enrol an authenticator app first: POST /api/v1/auth/login/totp/enrol with "
+                "this challenge gives the secret to add to it."
+            )
+        step = matching_step(self._open(state.sealed), code, time.time())
+        if step is None or not store.accept_step(session, record.id, step):
+            challenge.failures += 1
+            message = WRONG_CODE if step is None else REPLAYED_CODE
+            if challenge.failures >= MAX_CHALLENGE_FAILURES:
+                session.delete(challenge)
+                message += LAST_TRY
+            reason = "wrong_second_factor" if step is None else "replayed_second_factor"
+            return Unauthorized(message, reason=reason)
+        session.delete(challenge)
+        self.login.guard.succeeded(session, checked)
+        if not state.enrolled:
+            store.mark_enrolled(session, record.id)
+            self._enrolled_event(session, record.tenant_id, record.username, record.id)
+        who = Identity(
+            username=record.username,
+            groups=frozenset(record.groups),
+            attributes={k: str(v) for k, v in record.attributes.items()},
+            ou=challenge.ou,
+            display_name=record.display_name,
+            email=record.email,
+        )
+        return self.login.admit(session, source, who, record, view, client_address)
+
+    @staticmethod
+    def _enrolled_event(session: Session, tenant_id: str, username: str, user_id: str) -> None:
+        events.append(
+            session, "totp_enrolled", tenant_id=tenant_id, actor=username, user_id=user_id
+        )
+
+    # --- a logged-in user's own second factor ----------------------------------------
+    def _state(self, session: Session, who: TokenClaims) -> store.TotpState:
+        state = store.state(session, who.user_id)
+        if state is None or state.tenant_id != who.tenant_id:
+            raise Unauthorized("Your account no longer exists; log in again.")
+        return state
+
+    def start_enrolment(self, who: TokenClaims) -> Enrolment:
+        secret = new_secret()
+        view = self.ctx.cache.current(self.ctx.db)
+        with self.ctx.db.write() as session:
+            state = self._state(session, who)
+            source = _source(view, state.tenant_id, state.identity_source_id)
+            if source is None or source.second_factor == SecondFactorMode.OFF.value:
+                raise Conflict(
+                    "Your identity source does not use a second factor; ask your "
+                    "administrator to turn it on."
+                )
+            if state.enrolled:
+                raise Conflict(
+                    "You have an authenticator app enrolled already; to replace it, remove "
+                    "it first with one of its codes (DELETE /api/v1/me/totp)."
+                )
+            store.save_pending(session, state.user_id, self.ctx.secrets.seal(secret))
+        return enrolment(secret, state.username, _tenant_name(view, state.tenant_id))
+
+    def _check_code(self, session: Session, state: store.TotpState, code: str) -> None:
+        assert state.sealed is not None
+        step = matching_step(self._open(state.sealed), code, time.time())
+        if step is None:
+            raise InvalidInput(
+                f"{WRONG_CODE} Give the code the app shows for deskbroker now; if it is "
+                "refused again, check the clock of the app's device."
+            )
+        if not store.accept_step(session, state.user_id, step):
+            raise InvalidInput(REPLAYED_CODE)
+
+    def confirm(self, who: TokenClaims, code: str) -> None:
+        """Proves the app holds the secret: from now on, logins ask for its codes."""
+        with self.ctx.db.write() as session:
+            state = self._state(session, who)
+            if state.enrolled:
+                raise Conflict("Your authenticator app is enrolled already.")
+            if state.sealed is None:
+                raise Conflict("Nothing to confirm: start enrolment with POST /api/v1/me/totp.")
+            self._check_code(session, state, code)
+            store.mark_enrolled(session, state.user_id)
+            self._enrolled_event(session, state.tenant_id, state.username, state.user_id)
+
+    def remove(self, who: TokenClaims, code: str) -> None:
+        """The user drops their own second factor, proving they hold it."""
+        with self.ctx.db.write() as session:
+            state = self._state(session, who)
+            if not state.enrolled:
+                raise Conflict("You have no authenticator app enrolled.")
+            self._check_code(session, state, code)
+            store.clear(session, state.user_id)
+            events.append(
+                session,
+                "totp_removed",
+                tenant_id=state.tenant_id,
+                actor=state.username,
+                user_id=state.user_id,
+            )
