@@ -106,6 +106,7 @@ class World:
                 "username": "sweep",
             },
             "/api/v1/admin/assignments": {"desktop_id": ids["desktops"], "user_id": ids["users"]},
+            "/api/v1/admin/explain": {"username": "user1", "client_address": "10.1.2.3"},
         }
         return seeds[op.path]
 

@@ -27,6 +27,7 @@ from deskbroker.errors import (
 from deskbroker.identity.base import Credentials, IdentitySourceDriver, source_kinds
 from deskbroker.services.config_cache import ConfigView, PolicyView, SourceView
 from deskbroker.services.context import BrokerContext
+from deskbroker.services.source_choice import candidates
 from deskbroker.store import claims, events
 from deskbroker.store.claims import HeldDesktop, UserRecord
 
@@ -69,36 +70,10 @@ class _Verified:
     directory: bool
 
 
-def _split_domain(username: str) -> tuple[str, str | None]:
-    if "\\" in username:
-        domain, _, name = username.partition("\\")
-        return name, domain.lower()
-    if "@" in username:
-        name, _, domain = username.rpartition("@")
-        return name, domain.lower()
-    return username, None
-
-
 def _candidate_sources(
     view: ConfigView, tenant_id: str, username: str, source_name: str | None
 ) -> list[tuple[SourceView, str]]:
-    sources = view.sources_by_tenant.get(tenant_id, [])
-    if source_name is not None:
-        return [(s, username) for s in sources if s.name == source_name]
-    bare, domain = _split_domain(username)
-    if domain is not None:
-        # DOMAIN\user names the NetBIOS domain: by convention the DNS domain's first label.
-        down_level = "\\" in username
-        by_domain = [
-            (s, bare)
-            for s in sources
-            if s.domain
-            and (s.domain == domain or (down_level and s.domain.partition(".")[0] == domain))
-        ]
-        if by_domain:
-            return by_domain
-    # Without a domain match the sources are tried in their configured order.
-    return [(s, username) for s in sources]
+    return [(c.source, c.name) for c in candidates(view, tenant_id, username, source_name)]
 
 
 class LoginService:

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from deskbroker.api.admin.crud import ResourceSpec, add_routes, must_exist
 from deskbroker.api.schemas import Body, FilterIn, Id, Name, Out, Secrets, Stamped
+from deskbroker.domain.rules import zone
 from deskbroker.errors import Conflict, Forbidden
 from deskbroker.identity.base import validate_params
 from deskbroker.services.context import BrokerContext
@@ -91,6 +92,15 @@ class WindowIn(Body):
     days: list[Annotated[int, Field(ge=0, le=6)]] = Field(min_length=1, max_length=7)
     start: Annotated[str, StringConstraints(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")]
     end: Annotated[str, StringConstraints(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")]
+    timezone: Annotated[str, StringConstraints(min_length=1, max_length=64)] = Field(
+        default="UTC", description="IANA time zone the window is read in, e.g. Europe/Paris"
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        zone(value)  # raises ValueError in words
+        return value
 
 
 class Conditions(Body):
