@@ -18,6 +18,7 @@ from deskbroker.api.admin import activity, identity, inventory, policies, pools
 from deskbroker.api.admin import catalog as admin_catalog
 from deskbroker.api.admin import engine as admin_engine
 from deskbroker.api.admin import explain as admin_explain
+from deskbroker.api.admin import quotas as admin_quotas
 from deskbroker.api.admin import sessions as admin_sessions
 from deskbroker.api.client import routes as client_routes
 from deskbroker.api.deps import strict_request
@@ -105,6 +106,7 @@ def api_router() -> APIRouter:
         admin_engine,
         admin_catalog,
         admin_explain,
+        admin_quotas,
     ):
         api.include_router(module.router(), prefix="/admin")
     api.include_router(agent.router())
