@@ -138,6 +138,7 @@ class World:
             "/api/v1/admin/users/{user_id}/unlock": {},
             "/api/v1/admin/desktops/{desktop_id}/power": {"action": "reboot"},
             "/api/v1/admin/sessions/{session_id}/end": {"reason": "sweep"},
+            "/api/v1/admin/explain": {"username": "user1", "client_address": "10.1.2.3"},
         }
         return seeds[op.path]
 

@@ -145,6 +145,46 @@ def login(
 
 
 @app.command()
+def explain(
+    username: Annotated[
+        str, typer.Argument(help="as the user types it: alice, alice@corp.example")
+    ],
+    client: Annotated[
+        str | None, typer.Option("--from", help="Client address, e.g. 10.1.2.3")
+    ] = None,
+    at: Annotated[
+        str | None, typer.Option(help="HH:MM today, or an ISO date and time (default now)")
+    ] = None,
+    timezone: Annotated[str, typer.Option(help="Time zone of --at, e.g. Europe/Paris")] = "UTC",
+    tenant: Annotated[str, typer.Option(help="Tenant name")] = "default",
+    source: Annotated[str | None, typer.Option(help="Identity source name")] = None,
+    data_dir: DataDir = None,
+    db: DbUrl = None,
+) -> None:
+    """What USERNAME would get from an address at a moment, and which rule decided."""
+    from deskbroker.errors import DeskbrokerError, InvalidInput
+    from deskbroker.explain_table import print_explanation
+    from deskbroker.services.context import BrokerContext
+    from deskbroker.services.explain import ExplainService, parse_client, parse_moment
+
+    try:
+        moment = parse_moment(at, timezone)
+        address = parse_client(client)
+        ctx = BrokerContext.from_settings(_settings(data_dir, db))
+        view = ctx.cache.current(ctx.db)
+        tenant_id = view.tenants_by_name.get(tenant)
+        if tenant_id is None:
+            raise InvalidInput(f"tenant {tenant!r} does not exist")
+        result = ExplainService(ctx).explain(
+            username, tenant_id=tenant_id, source=source, client_address=address, at=moment
+        )
+    except DeskbrokerError as exc:
+        console.print(f"[red]{exc.detail}[/]", highlight=False)
+        raise typer.Exit(2 if exc.status < 500 else 1) from exc
+    print_explanation(console, result)
+
+
+@app.command()
 def demo(
     selftest: Annotated[bool, typer.Option(help="Run the whole path over HTTP and exit")] = False,
     url: Annotated[str | None, typer.Option(help="With --selftest: a running broker's URL")] = None,

@@ -75,6 +75,12 @@ class Settings(BaseSettings):
     start_estimate_s: int = Field(
         default=60, ge=1, le=3600, description="what a user is told a desktop start takes"
     )
+    session_grant_s: int = Field(
+        default=120,
+        ge=1,
+        le=3600,
+        description="how long a connect counts as a session before the agent reports one",
+    )
     plan_max_attempts: int = Field(
         default=5, ge=1, le=100, description="tries of a failing plan action before giving up"
     )

@@ -37,6 +37,12 @@ class Conflict(DeskbrokerError):
     title = "Conflict"
 
 
+class QuotaReached(Conflict):
+    """A tenant's quota (desktops, concurrent sessions) leaves no room for this."""
+
+    title = "Quota reached"
+
+
 class Unauthorized(DeskbrokerError):
     status = 401
     title = "Not authenticated"

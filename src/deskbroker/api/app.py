@@ -19,6 +19,8 @@ from deskbroker.api.admin import actions as admin_actions
 from deskbroker.api.admin import activity, identity, inventory, policies, pools
 from deskbroker.api.admin import catalog as admin_catalog
 from deskbroker.api.admin import engine as admin_engine
+from deskbroker.api.admin import explain as admin_explain
+from deskbroker.api.admin import quotas as admin_quotas
 from deskbroker.api.admin import sessions as admin_sessions
 from deskbroker.api.client import oidc as client_oidc
 from deskbroker.api.client import routes as client_routes
@@ -113,6 +115,8 @@ def api_router() -> APIRouter:
         admin_catalog,
         admin_access,
         admin_actions,
+        admin_explain,
+        admin_quotas,
     ):
         api.include_router(module.router(), prefix="/admin")
     api.include_router(agent.router())

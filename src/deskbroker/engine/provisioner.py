@@ -23,6 +23,7 @@ from deskbroker.engine import volumes
 from deskbroker.engine.drivers import DriverCache
 from deskbroker.engine.tasks import DESKTOPS, OPEN_STATES, TASKS, S
 from deskbroker.errors import CenterError
+from deskbroker.services import quotas
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import events
 from deskbroker.store.tables import (
@@ -103,13 +104,20 @@ def reconcile_pool(ctx: BrokerContext, drivers: DriverCache, pool_id: str, now: 
             return pool.last_error
         limits = targets(provisioning, _local(now, provisioning.get("timezone", "UTC")))
         counts = pool_counts(session, pool.id)
-        create = to_create(limits, counts)
+        wanted = to_create(limits, counts)
+        # The tenant's desktop quota spans all its pools: lock, count, build, commit.
+        tenant = quotas.desktop_room(session, pool.tenant_id)
+        create = wanted if tenant.room is None else min(wanted, tenant.room)
         if create:
             _request(session, pool, center, provisioning, create)
         surplus = to_retire(limits, counts)
         if surplus:
             retire = _mark_for_retirement(session, pool.id, surplus)
         words = _status_words(limits, counts, create, len(retire))
+        if tenant.limit is not None:
+            words += f"; {tenant.words(tenant.used + create)}"
+            if create < wanted:
+                words += f", so {wanted - create} fewer built than the pool wants"
         pool.status_message = words
     if retire:
         _retire(ctx, drivers, center_id or "", retire)

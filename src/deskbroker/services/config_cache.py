@@ -97,7 +97,9 @@ def rule_from_row(row: dict[str, Any]) -> AssignmentRule:
             days=frozenset(window.get("days", range(7))),
             start=_parse_clock(window.get("start", "00:00")),
             end=_parse_clock(window.get("end", "00:00")),
+            zone=window.get("timezone") or "UTC",
         ),
+        name=row.get("name") or "",
     )
 
 

@@ -15,6 +15,7 @@ from deskbroker.domain.states import PowerState
 from deskbroker.errors import Conflict, NotFound
 from deskbroker.protocols.descriptors import ConnectionDescriptor, build, choose
 from deskbroker.security import TokenClaims
+from deskbroker.services import quotas
 from deskbroker.services.context import BrokerContext
 from deskbroker.services.inventory import open_center
 from deskbroker.store import claims, desktop_sync, events, membership
@@ -127,6 +128,9 @@ def connect(
         if desktop is None:
             raise NotFound(f"desktop {desktop_id} is not assigned to you")
         startable = desktop.power_state in _STARTABLE
+        # A desktop is only started for a session the tenant's quota has room for; the
+        # unit is taken when the descriptor is handed out.
+        quotas.admit_session(session, ctx, desktop, grant=not startable)
         if not startable:
             result = _describe(ctx, session, who, desktop, protocol, client)
     if startable:

@@ -13,8 +13,9 @@ from sqlalchemy.orm import Session
 
 from deskbroker.centers import registry
 from deskbroker.centers.base import Capability, CenterDriver, ImageInfo, MachineInfo
-from deskbroker.errors import DeskbrokerError, NotFound
+from deskbroker.errors import DeskbrokerError, NotFound, QuotaReached
 from deskbroker.protocols.descriptors import DEFAULT_PORTS
+from deskbroker.services import quotas
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import desktop_sync
 from deskbroker.store.tables import Center, Desktop, Image, utcnow
@@ -75,11 +76,16 @@ def scan(
     *,
     full: bool | None = None,
     driver: CenterDriver | None = None,
+    strict_quota: bool = False,
 ) -> ScanReport:
     """Bring the center's desktops in line with what the center reports.
 
     Drivers that can list changes since a cursor get incremental scans, with a full
     reconcile every ``full_scan_interval_s`` (or when ``full`` is asked for).
+
+    New machines beyond the tenant's desktop quota are not imported: a background scan
+    says so in the center's status, while ``strict_quota`` (an admin's request) refuses
+    the whole change with ``QuotaReached``, so nothing is half written.
     """
     from deskbroker.services.desktops import refresh_pools
 
@@ -117,6 +123,7 @@ def scan(
     machines = seen.machines
     if images is not None:
         sync_images(session, center, images)
+    quota = quotas.desktop_room(session, center.tenant_id)
     result = desktop_sync.sync(
         session,
         tenant_id=center.tenant_id,
@@ -124,7 +131,10 @@ def scan(
         machines=machines,
         gone=seen.gone,
         complete=not incremental,
+        room=quota.room,
     )
+    if result.left_out:
+        _over_quota(center, quota, len(result.added), result.left_out, strict_quota)
     report.added, report.updated, report.removed = result.added, result.updated, result.removed
     # The driver's cursor comes from the center's own clock; without one, ask for
     # changes since slightly before this scan began so nothing slips between.
@@ -137,10 +147,32 @@ def scan(
         f"{'full' if report.full else 'incremental'} scan: {len(machines)} machines seen, "
         f"{len(result.added)} new, {len(result.updated)} changed, {len(result.removed)} gone"
     )
-    center.status_message = report.message
+    if result.left_out:
+        report.status = "quota"
+        report.message += (
+            f"; {len(result.left_out)} not imported: {quota.words(quota.used + len(result.added))}"
+        )
+    center.status, center.status_message = report.status, report.message
     if result.changed:
         refresh_pools(session, center.tenant_id)
     return report
+
+
+def _over_quota(
+    center: Center, quota: quotas.DesktopRoom, added: int, left: list[str], strict: bool
+) -> None:
+    if not strict:
+        return
+    new = added + len(left)
+    shown = ", ".join(left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
+    raise QuotaReached(
+        f"center {center.name} has {new} new machine{'s' * (new > 1)}, {len(left)} more than "
+        f"the tenant's desktop quota leaves room for ({quota.words()}; not imported: "
+        f"{shown}); ask a global administrator to raise the quota, or remove desktops first",
+        quota="desktops",
+        used=quota.used,
+        limit=quota.limit,
+    )
 
 
 def catalog(ctx: BrokerContext, center: Center) -> dict[str, Any]:

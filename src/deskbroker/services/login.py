@@ -35,11 +35,11 @@ from deskbroker.identity.base import (
     IdentitySourceDriver,
     password_refusal,
     source_kinds,
-    split_domain,
 )
 from deskbroker.services.config_cache import ConfigView, PolicyView, SourceView
 from deskbroker.services.context import BrokerContext
 from deskbroker.services.second_factor import Challenge, issue_challenge
+from deskbroker.services.source_choice import candidates
 from deskbroker.services.throttle import Checked, SignInGuard
 from deskbroker.store import claims, events
 from deskbroker.store.claims import HeldDesktop, UserRecord
@@ -86,23 +86,7 @@ class _Verified:
 def _candidate_sources(
     view: ConfigView, tenant_id: str, username: str, source_name: str | None
 ) -> list[tuple[SourceView, str]]:
-    sources = view.sources_by_tenant.get(tenant_id, [])
-    if source_name is not None:
-        return [(s, username) for s in sources if s.name == source_name]
-    bare, domain = split_domain(username)
-    if domain is not None:
-        # DOMAIN\user names the NetBIOS domain: by convention the DNS domain's first label.
-        down_level = "\\" in username
-        by_domain = [
-            (s, bare)
-            for s in sources
-            if s.domain
-            and (s.domain == domain or (down_level and s.domain.partition(".")[0] == domain))
-        ]
-        if by_domain:
-            return by_domain
-    # Without a domain match the sources are tried in their configured order.
-    return [(s, username) for s in sources]
+    return [(c.source, c.name) for c in candidates(view, tenant_id, username, source_name)]
 
 
 def _failure_event(

@@ -6,11 +6,13 @@ path has a budget of six statements.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    ColumnElement,
     case,
     delete,
     func,
@@ -230,6 +232,29 @@ def _order(ordering: OfferOrdering) -> list[Any]:
             return [running, never_used, Desktop.last_used_at.asc(), Desktop.name]
 
 
+def claimable() -> tuple[ColumnElement[bool], ...]:
+    """What makes a desktop free to claim: the claim and the explain answer share it."""
+    return (
+        Desktop.assigned_user_id.is_(None),
+        Desktop.availability == Availability.AVAILABLE.value,
+        Desktop.power_state.in_([s.value for s in CLAIMABLE_POWER]),
+    )
+
+
+def free_desktops(session: Session, pool_ids: Collection[str]) -> dict[str, int]:
+    """How many desktops a claim could take now, per pool (one grouped read)."""
+    if not pool_ids:
+        return {}
+    rows = session.execute(
+        select(PoolMember.pool_id, func.count())
+        .join(Desktop, Desktop.id == PoolMember.desktop_id)
+        .where(PoolMember.pool_id.in_(list(pool_ids)), *claimable())
+        .group_by(PoolMember.pool_id)
+    ).all()
+    found = {str(pool): int(n) for pool, n in rows}
+    return {pool: found.get(pool, 0) for pool in pool_ids}
+
+
 def claim(
     session: Session,
     *,
@@ -248,12 +273,7 @@ def claim(
     candidate = (
         select(Desktop.id)
         .join(PoolMember, PoolMember.desktop_id == Desktop.id)
-        .where(
-            PoolMember.pool_id == pool_id,
-            Desktop.assigned_user_id.is_(None),
-            Desktop.availability == Availability.AVAILABLE.value,
-            Desktop.power_state.in_([s.value for s in CLAIMABLE_POWER]),
-        )
+        .where(PoolMember.pool_id == pool_id, *claimable())
         .order_by(*_order(ordering))
         .limit(1)
         .with_for_update(skip_locked=True, of=Desktop)

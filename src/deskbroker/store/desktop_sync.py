@@ -31,6 +31,8 @@ class SyncResult:
     updated: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
+    # New machines not imported because the tenant's desktop quota had no room.
+    left_out: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -57,9 +59,11 @@ def sync(
     machines: Sequence[MachineInfo],
     gone: Iterable[str] = (),
     complete: bool,
+    room: int | None = None,
 ) -> SyncResult:
     """Write what a scan saw. ``complete`` means ``machines`` is everything the center
-    has, so anything else is gone; otherwise only ``gone`` ids are removed."""
+    has, so anything else is gone; otherwise only ``gone`` ids are removed. At most
+    ``room`` new desktops are added (the tenant's quota); the rest are ``left_out``."""
     result = SyncResult()
     gone = set(gone)
     query = select(
@@ -107,6 +111,9 @@ def sync(
                 # Built for a desktop this broker no longer has: a leak for the sweep to
                 # report or reap, never a desktop to hand out.
                 result.orphans.append(machine.external_id)
+                continue
+            if room is not None and len(inserts) >= room:
+                result.left_out.append(machine.name)
                 continue
             values = _values(machine, PowerState.UNKNOWN.value)
             inserts.append(

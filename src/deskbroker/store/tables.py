@@ -198,6 +198,9 @@ class Desktop(Base):
     # Set when a connect asked the center to start or resume the desktop; cleared once
     # it is seen running. Keeps a retrying client from sending a start per request.
     starting_since: Mapped[datetime | None] = mapped_column(default=None)
+    # When a connect last handed this desktop out. Until its agent reports the session,
+    # the grant holds a unit of the tenant's session quota (for ``session_grant_s``).
+    connect_granted_at: Mapped[datetime | None] = mapped_column(default=None)
     # The id of the one agent token this desktop accepts; minting a new one revokes it.
     agent_token_id: Mapped[str | None] = mapped_column(String(32), default=None)
     created_at: Mapped[datetime] = _created()

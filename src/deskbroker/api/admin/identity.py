@@ -17,6 +17,7 @@ from deskbroker.api.deps import AdminWriter, Ctx
 from deskbroker.api.permissions import catalog
 from deskbroker.api.schemas import Body, FilterIn, Id, Name, Out, Secrets, Stamped
 from deskbroker.domain.permissions import BuiltinRole, Permissions
+from deskbroker.domain.rules import zone
 from deskbroker.domain.second_factor import SecondFactorMode
 from deskbroker.errors import Conflict, Forbidden, InvalidInput
 from deskbroker.identity.base import source_kinds, validate_params
@@ -143,6 +144,15 @@ class WindowIn(Body):
     days: list[Annotated[int, Field(ge=0, le=6)]] = Field(min_length=1, max_length=7)
     start: Annotated[str, StringConstraints(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")]
     end: Annotated[str, StringConstraints(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")]
+    timezone: Annotated[str, StringConstraints(min_length=1, max_length=64)] = Field(
+        default="UTC", description="IANA time zone the window is read in, e.g. Europe/Paris"
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        zone(value)  # raises ValueError in words
+        return value
 
 
 class Conditions(Body):

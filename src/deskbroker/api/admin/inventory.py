@@ -44,17 +44,23 @@ DisplayName = Annotated[str, StringConstraints(max_length=200)]
 Quota = Annotated[int, Field(ge=0, le=1_000_000)]
 
 
+DESKTOPS_QUOTA = (
+    "most desktops the tenant may have across all its pools and centers; null is unlimited"
+)
+SESSIONS_QUOTA = "most concurrent sessions the tenant may have; null is unlimited"
+
+
 class TenantIn(Body):
     name: TenantName
     display_name: DisplayName = ""
-    quota_desktops: Quota | None = None
-    quota_sessions: Quota | None = None
+    quota_desktops: Quota | None = Field(default=None, description=DESKTOPS_QUOTA)
+    quota_sessions: Quota | None = Field(default=None, description=SESSIONS_QUOTA)
 
 
 class TenantPatch(Body):
     display_name: DisplayName | None = None
-    quota_desktops: Quota | None = None
-    quota_sessions: Quota | None = None
+    quota_desktops: Quota | None = Field(default=None, description=DESKTOPS_QUOTA)
+    quota_sessions: Quota | None = Field(default=None, description=SESSIONS_QUOTA)
 
 
 class TenantOut(Out):
@@ -134,7 +140,8 @@ def _center_out(session: Session, center: Any) -> dict[str, Any]:
 
 
 def _scan_after_write(session: Session, ctx: BrokerContext, center: Any) -> None:
-    inventory_service.scan(session, ctx, center)
+    # An admin's change that would import desktops beyond the tenant's quota is refused.
+    inventory_service.scan(session, ctx, center, strict_quota=True)
 
 
 def _center_in_use(session: Session, center: Any) -> None:
@@ -301,7 +308,7 @@ def router() -> APIRouter:
     def scan_center(center_id: str, ctx: Ctx, who: AdminWriter) -> dict[str, Any]:
         with ctx.db.write() as session:
             center = Repository(Center, "center").get(session, center_id, scope(who))
-            report = inventory_service.scan(session, ctx, center)
+            report = inventory_service.scan(session, ctx, center, strict_quota=True)
             bump_config_version(session)
             found = report.as_dict()
             events.append(

@@ -15,11 +15,13 @@ from deskbroker.api.deps import AdminReader, Ctx
 from deskbroker.api.schemas import Body, FilterIn, Id, Name, Stamped, Text
 from deskbroker.domain import tags
 from deskbroker.domain.membership import creates_cycle
+from deskbroker.domain.quotas import words as quota_words
 from deskbroker.domain.states import ACTIVE_SESSION_STATES
 from deskbroker.engine import jobs
 from deskbroker.errors import Conflict, InvalidInput
 from deskbroker.services.context import BrokerContext
 from deskbroker.services.desktops import refresh_pools
+from deskbroker.store import quotas as tenant_quotas
 from deskbroker.store.repository import Repository
 from deskbroker.store.tables import (
     Center,
@@ -292,6 +294,12 @@ def pool_status(session: Session, pool: Pool) -> dict[str, Any]:
     )
     if pool.last_error:
         words += f"; last error: {pool.last_error}"
+    quota = tenant_quotas.read(session, pool.tenant_id)
+    used = None
+    if quota.desktops is not None:
+        # The tenant's quota spans its pools: a full tenant explains a pool that stopped.
+        used = tenant_quotas.desktops_used(session, pool.tenant_id)
+        words += f"; {quota_words(used, quota.desktops, 'desktops')}"
     return {
         "pool_id": pool.id,
         "name": pool.name,
@@ -300,6 +308,7 @@ def pool_status(session: Session, pool: Pool) -> dict[str, Any]:
         "status": pool.status,
         "provisioning": pool.status_message,
         "last_error": pool.last_error,
+        "tenant_desktops": {"limit": quota.desktops, "used": used},
     }
 
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 07:11:04.735773
+Create Date: 2026-11-22 07:12:58.938780
 """
 
 from __future__ import annotations
@@ -559,6 +559,7 @@ def upgrade() -> None:
         sa.Column("assigned_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("last_used_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("starting_since", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("connect_granted_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("agent_token_id", sa.String(length=32), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),

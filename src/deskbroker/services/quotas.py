@@ -1,0 +1,92 @@
+"""Per-tenant quotas enforced: desktops (builds, scans) and concurrent sessions (connects).
+
+Every check runs in the caller's write transaction, after locking the tenant's row, so
+the count it reads and the row it then writes cannot interleave with another broker's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy.orm import Session
+
+from deskbroker.domain import quotas as words_for
+from deskbroker.domain.quotas import TenantQuota, room
+from deskbroker.errors import QuotaReached
+from deskbroker.services.context import BrokerContext
+from deskbroker.store import quotas as store
+from deskbroker.store.tables import Desktop, utcnow
+
+
+@dataclass(frozen=True)
+class DesktopRoom:
+    """How many more desktops the tenant may have; ``room`` is ``None`` when unlimited."""
+
+    limit: int | None
+    used: int
+    room: int | None
+
+    def words(self, used: int | None = None) -> str:
+        return words_for.words(self.used if used is None else used, self.limit, "desktops")
+
+
+def desktop_room(session: Session, tenant_id: str) -> DesktopRoom:
+    """Lock the tenant (when it has a desktop quota) and count its desktops."""
+    quota = store.read(session, tenant_id)
+    if quota.desktops is None:
+        return DesktopRoom(None, 0, None)
+    quota = store.read(session, tenant_id, lock=True)  # the limit as of the lock
+    used = store.desktops_used(session, tenant_id)
+    return DesktopRoom(quota.desktops, used, room(quota.desktops, used))
+
+
+def admit_session(
+    session: Session,
+    ctx: BrokerContext,
+    desktop: Desktop,
+    *,
+    grant: bool,
+    now: datetime | None = None,
+) -> None:
+    """Refuse a connect that would start a session beyond the tenant's quota.
+
+    A connect to a desktop already in session (or granted a moment ago) resumes that
+    session and is always let through. With ``grant`` the desktop is marked as handed
+    out, which holds a unit of the quota until the agent reports the session.
+    """
+    now = now or utcnow()
+    since = now - timedelta(seconds=ctx.settings.session_grant_s)
+    quota = store.read(session, desktop.tenant_id)
+    if quota.sessions is not None:
+        quota = store.read(session, desktop.tenant_id, lock=True)
+    if quota.sessions is not None and not store.in_session(session, desktop.id, since):
+        used = store.sessions_used(session, desktop.tenant_id, since)
+        if used >= quota.sessions:
+            raise QuotaReached(
+                f"{words_for.words(used, quota.sessions, 'concurrent sessions')} are in use, "
+                "so no new session can start now; try again when one ends (a session you "
+                "already have can still be resumed)",
+                quota="sessions",
+                used=used,
+                limit=quota.sessions,
+            )
+    if grant:
+        desktop.connect_granted_at = now
+
+
+def usage(session: Session, ctx: BrokerContext, tenant_id: str) -> dict[str, object]:
+    """The tenant's limits and what it uses now, in numbers and words."""
+    quota: TenantQuota = store.read(session, tenant_id)
+    since = utcnow() - timedelta(seconds=ctx.settings.session_grant_s)
+    desktops = store.desktops_used(session, tenant_id)
+    sessions = store.sessions_used(session, tenant_id, since)
+    return {
+        "tenant_id": tenant_id,
+        "desktops": {"limit": quota.desktops, "used": desktops},
+        "sessions": {"limit": quota.sessions, "used": sessions},
+        "summary": (
+            f"{words_for.words(desktops, quota.desktops, 'desktops')}; "
+            f"{words_for.words(sessions, quota.sessions, 'concurrent sessions')}"
+        ),
+    }
