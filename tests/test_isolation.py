@@ -51,6 +51,8 @@ PUBLIC_TEXT = ("/healthz", "/readyz", "/metrics")
 LOGIN = "/api/v1/auth/login"
 AGENT = "agent"  # A's held desktop's agent token, a fifth identity
 IDENTITIES = (*ROLES, AGENT)
+# The global admin may act in any tenant, but may not tie one tenant's objects to another's.
+GLOBAL = "global_admin"
 
 # Which kind of object a body field names; a new id field must be added here.
 FIELD_KINDS = {
@@ -106,6 +108,8 @@ class Sweep:
         return Schemas(self.doc)
 
     def token(self, identity: str) -> str:
+        if identity == GLOBAL:
+            return self.api.token
         return self.a.agent_token if identity == AGENT else self.a.tokens[identity]
 
     def send(
@@ -292,7 +296,12 @@ def detail(response: httpx.Response) -> str:
 def same_refusal(
     s: Sweep, label: str, real: httpx.Response, ghost: httpx.Response, b_id: str, ghost_id: str
 ) -> None:
-    """B's object must be refused exactly as an object that never existed."""
+    """B's object must be refused exactly as an object that never existed (to the global
+    admin, who sees both tenants, refused as firmly but perhaps in other words)."""
+    if label.endswith(f"[{GLOBAL}]") and 400 <= real.status_code < 500:
+        if real.status_code != ghost.status_code:
+            s.fail(f"{label}: {real.status_code} {detail(real)!r}, not {ghost.status_code}")
+        return
     if real.status_code >= 500:
         s.fail(f"{label}: {real.status_code} {real.text[:200]}")
     elif real.status_code < 400:
@@ -452,11 +461,16 @@ def sweep_references(s: Sweep, op: Operation, seed: dict[str, Any]) -> None:
             if kind != "desktops"
             else [s.b.free_desktop, s.b.held_desktop, s.b.cloud_desktop]
         )
-        ghost_body = inject(s.schemas, schema, fresh(s, seed), path, ghost_id)
-        for identity in IDENTITIES:
+        # Naming B's tenant is the global admin's right; naming B's objects from A is not.
+        identities = IDENTITIES if path == ("tenant_id",) else (*IDENTITIES, GLOBAL)
+        for identity in identities:
+            base = seed
+            if identity == GLOBAL and "tenant_id" in s.schemas.core(schema)["properties"]:
+                base = {**seed, "tenant_id": s.a.tenant_id}
+            ghost_body = inject(s.schemas, schema, fresh(s, base), path, ghost_id)
             ghost = s.send(identity, op.method, s_path(s, op), ghost_body)
             for b_id in b_ids:
-                body = inject(s.schemas, schema, fresh(s, seed), path, b_id)
+                body = inject(s.schemas, schema, fresh(s, base), path, b_id)
                 real = s.send(identity, op.method, s_path(s, op), body)
                 same_refusal(
                     s,
@@ -609,6 +623,14 @@ def test_no_tenant_b_object_can_be_read_listed_changed_connected_to_or_powered(
             # snapshot, and landed in A's tenant or was refused as a whole.
             ways.append("create without references")
     check_public(s)
+    mixed = s.send(
+        GLOBAL,
+        "POST",
+        "/api/v1/admin/assignments",
+        {"desktop_id": s.a.free_desktop, "user_id": s.b.user},
+    )
+    assert mixed.status_code == 422, mixed.text
+    assert detail(mixed) == "user zebra-user and desktop alpha-001 are in different tenants"
     unexercised = sorted(op for op, ways in exercised.items() if not ways)
     assert unexercised == [], f"operations the sweep does not know how to aim at B: {unexercised}"
     assert s.failures == [], f"{len(s.failures)} findings:\n" + "\n".join(s.failures[:80])
