@@ -367,7 +367,8 @@ def sweep_ids(s: Sweep, op: Operation) -> None:
         ghost = s.send(identity, op.method, op.path.replace("{" + param + "}", ghost_id), body)
         if identity == "tenant_admin" and ghost.status_code not in (403, 404):
             s.fail(f"{op}: a made-up id answers {ghost.status_code} {detail(ghost)!r}, not 404")
-        for b_id in s.b.ids[kind]:
+        # Refused as a whole to this identity: one B object shows it is refused alike.
+        for b_id in s.b.ids[kind][: 1 if ghost.status_code == 403 else None]:
             real = s.send(identity, op.method, op.path.replace("{" + param + "}", b_id), body)
             same_refusal(
                 s, f"{op} [{identity}, B's {kind} {b_id[:8]}]", real, ghost, b_id, ghost_id
@@ -469,7 +470,7 @@ def sweep_references(s: Sweep, op: Operation, seed: dict[str, Any]) -> None:
                 base = {**seed, "tenant_id": s.a.tenant_id}
             ghost_body = inject(s.schemas, schema, fresh(s, base), path, ghost_id)
             ghost = s.send(identity, op.method, s_path(s, op), ghost_body)
-            for b_id in b_ids:
+            for b_id in b_ids[: 1 if ghost.status_code == 403 else None]:
                 body = inject(s.schemas, schema, fresh(s, base), path, b_id)
                 real = s.send(identity, op.method, s_path(s, op), body)
                 same_refusal(
