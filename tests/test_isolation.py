@@ -641,3 +641,28 @@ def test_no_tenant_b_object_can_be_read_listed_changed_connected_to_or_powered(
     assert changed == [], f"the sweep changed {changed}"
     assert sim.request_count(method="POST") + sim.request_count(method="DELETE") == cloud_writes
     assert s.sent > 1500, s.sent
+    names_are_per_tenant(s, seeds)
+
+
+def names_are_per_tenant(s: Sweep, seeds: dict[str, dict[str, Any]]) -> None:
+    """A name B uses is free in A: a clash would tell A that B has such an object.
+    Last, since it writes B's names into A."""
+    tried = 0
+    clashes: list[str] = []
+    for path, seed in seeds.items():
+        resource = path.rsplit("/", 1)[1]
+        key = next((k for k in ("name", "username") if k in seed), None)
+        if key is None or resource not in s.b.ids or resource == "tenants":
+            continue
+        names = [s.api.get(f"{resource}/{i}")[key] for i in s.b.ids[resource]]
+        theirs = next(n for n in names if n.startswith(s.b.name))  # not "local"
+        response = s.send("tenant_admin", "POST", path, {**seed, key: theirs})
+        assert response.status_code == 201, f"{path} {key}={theirs}: {response.text}"
+        # Within A the name is now taken (where names are unique: rules' are not).
+        again = s.send("tenant_admin", "POST", path, {**seed, key: theirs})
+        assert again.status_code in (201, 409), f"{path} {key}={theirs}: {again.text}"
+        clashes.append(detail(again))
+        tried += 1
+    assert "an identity source with that name already exists" in clashes
+    assert "a pool with that name already exists" in clashes
+    assert tried >= 8
