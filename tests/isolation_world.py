@@ -279,6 +279,16 @@ def _activity(w: TenantWorld) -> None:
     assert response.status_code == 200, response.text
 
 
+def _stopped(w: TenantWorld, sim: CloudSim) -> None:
+    """The built desktop goes to the queued user and is shut off in the cloud: connecting
+    to it would power it on, so it is the desktop that shows whether B's can be powered."""
+    a = w.admin
+    a.post("assignments", {"desktop_id": w.cloud_desktop, "user_id": w.queued_user})
+    sim.set_server_state(a.get(f"desktops/{w.cloud_desktop}")["external_id"], "SHUTOFF")
+    a.post(f"centers/{w.ids['centers'][1]}/scan", {}, status=200)
+    assert a.get(f"desktops/{w.cloud_desktop}")["power_state"] == "stopped"
+
+
 def _built(worlds: list[TenantWorld], ctx: BrokerContext) -> None:
     """The engine builds each provisioning pool's desktop on its tenant's project."""
     engine = Engine(ctx, workers=4)
@@ -319,6 +329,7 @@ def build(
     _built(worlds, api.ctx)
     for world in worlds:
         _activity(world)
+        _stopped(world, sim)
         a = world.admin
         world.ids["desktops"] = [d["id"] for d in a.get("desktops")["items"]]
         world.ids["assignments"] = [d["desktop_id"] for d in a.get("assignments")["items"]]

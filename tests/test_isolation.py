@@ -554,6 +554,16 @@ def controls(s: Sweep, seeds: dict[str, dict[str, Any]]) -> dict[str, dict[str, 
     return patch_seeds
 
 
+def check_power_on_connect(s: Sweep, sim: CloudSim) -> None:
+    """A's queued user connects to their stopped cloud desktop: the cloud is told to start
+    it. B's twin, stopped and held by B's queued user, is the sweep's power target."""
+    starts = sim.request_count(method="POST", path="/action")
+    response = s.send("waiting", "POST", f"/api/v1/client/desktops/{s.a.cloud_desktop}/connect", {})
+    assert response.status_code == 202, response.text
+    assert response.json()["status"] == "starting"
+    assert sim.request_count(method="POST", path="/action") == starts + 1
+
+
 def check_public(s: Sweep) -> None:
     for path in PUBLIC_TEXT:
         response = s.send(None, "GET", path)
@@ -592,6 +602,7 @@ def test_no_tenant_b_object_can_be_read_listed_changed_connected_to_or_powered(
     seeds = create_seeds(s.a)
     check_login(s)
     patch_seeds = controls(s, seeds)
+    check_power_on_connect(s, sim)
     assert s.failures == [], "\n".join(s.failures)
 
     before, rows_of_b = snapshot(s.api.ctx), b_rows(s.api.ctx, s.b)
@@ -640,6 +651,7 @@ def test_no_tenant_b_object_can_be_read_listed_changed_connected_to_or_powered(
     changed = [t for t in before if before[t] != after[t]]
     assert changed == [], f"the sweep changed {changed}"
     assert sim.request_count(method="POST") + sim.request_count(method="DELETE") == cloud_writes
+    assert s.api.get(f"desktops/{s.b.cloud_desktop}")["power_state"] == "stopped"
     assert s.sent > 1500, s.sent
     names_are_per_tenant(s, seeds)
 
