@@ -245,6 +245,18 @@ def _objects(w: TenantWorld, sim: CloudSim, vnc_port: int) -> None:
         w.add("users", user["id"])
     w.user, w.queued_user = w.ids["users"][0], w.ids["users"][1]
     w.held_desktop = held
+    role = {"name": f"{n}-operator", "permissions": ["pools:*", "desktops:read"]}
+    w.add("roles", a.post("roles", role)["id"])
+    token = {"name": f"{n}-bot", "scopes": ["pools:read"], "expires_in_days": 1}
+    w.add("api-tokens", a.post("api-tokens", token)["id"])
+    # A failed sign-in: the account's lockout counter (addresses span tenants).
+    response = a.client.post(
+        "/api/v1/auth/login",
+        json={"username": f"{n}-auditor", "password": "wrong-password", "tenant": n},
+    )
+    assert response.status_code == 401, response.text
+    w.ids["lockout-addresses"] = ["testclient"]
+    w.ids["identity-source-names"] = [f"{n}-extra"]
 
 
 def _activity(w: TenantWorld) -> None:
@@ -334,6 +346,7 @@ def build(
         world.ids["desktops"] = [d["id"] for d in a.get("desktops")["items"]]
         world.ids["assignments"] = [d["desktop_id"] for d in a.get("assignments")["items"]]
         world.ids["tenants"] = [world.tenant_id]
+        world.ids["sessions"] = [x["id"] for x in a.get("sessions")["items"]]
         owned = set(world.ids["pools"]) | set(world.ids["centers"])
         with api.ctx.db.read() as session:
             jobs = session.scalars(select(Job.id).where(Job.target_id.in_(owned))).all()
