@@ -88,7 +88,8 @@ class Repository(Generic[M]):
 def _integrity_message(label: str, exc: IntegrityError) -> str:
     text = str(exc.orig).lower()
     if "unique" in text or "duplicate" in text:
-        return f"a {label} with that name already exists"
+        article = "an" if label[:1] in "aeio" else "a"  # "a user", "an image"
+        return f"{article} {label} with that name already exists"
     if "foreign key" in text:
         return f"this {label} is still in use, or refers to something that does not exist"
     return f"the {label} conflicts with existing data"

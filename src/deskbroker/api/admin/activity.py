@@ -84,8 +84,13 @@ def router() -> APIRouter:
             if desktop is None or (tenant is not None and desktop.tenant_id != tenant):
                 raise InvalidInput(f"desktop {body.desktop_id} does not exist")
             user = session.get(User, body.user_id)
-            if user is None or user.tenant_id != desktop.tenant_id:
+            if user is None or (tenant is not None and user.tenant_id != tenant):
                 raise InvalidInput(f"user {body.user_id} does not exist")
+            if user.tenant_id != desktop.tenant_id:
+                # Only a global admin sees both: say why, rather than deny what they see.
+                raise InvalidInput(
+                    f"user {user.username} and desktop {desktop.name} are in different tenants"
+                )
             if body.pool_id is not None:
                 pool = session.get(Pool, body.pool_id)
                 if pool is None or pool.tenant_id != desktop.tenant_id:
