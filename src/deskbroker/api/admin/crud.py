@@ -59,6 +59,11 @@ class Page(BaseModel):
     offset: int
 
 
+def article(noun: str) -> str:
+    """'an' before a vowel sound, as in an identity source, an assignment rule."""
+    return "an" if noun[:1].lower() in "aeio" else "a"
+
+
 def scope(who: TokenClaims) -> str | None:
     """The tenant a principal may see; ``None`` for a global admin."""
     return None if who.role == "global_admin" else who.tenant_id
@@ -241,7 +246,7 @@ def add_routes(router: APIRouter, spec: ResourceSpec[Any]) -> None:
             response_model=read_model,
             status_code=201,
             tags=tag,
-            summary=f"Create a {spec.label}",
+            summary=f"Create {article(spec.label)} {spec.label}",
         )
 
     update_model = spec.update
@@ -284,7 +289,7 @@ def add_routes(router: APIRouter, spec: ResourceSpec[Any]) -> None:
             methods=["PATCH"],
             response_model=read_model,
             tags=tag,
-            summary=f"Change a {spec.label}",
+            summary=f"Change {article(spec.label)} {spec.label}",
         )
 
     if spec.deletable and (create_model is not None or update_model is not None):
@@ -308,7 +313,7 @@ def add_routes(router: APIRouter, spec: ResourceSpec[Any]) -> None:
             methods=["DELETE"],
             status_code=204,
             tags=tag,
-            summary=f"Delete a {spec.label}",
+            summary=f"Delete {article(spec.label)} {spec.label}",
         )
 
 
@@ -319,7 +324,15 @@ def must_exist(
     if object_id is None:
         return
     obj = session.get(model, object_id)
-    if obj is None or getattr(obj, "tenant_id", tenant_id) != tenant_id:
+    if obj is not None and getattr(obj, "tenant_id", tenant_id) != tenant_id:
+        if session.info.get("actor_role") == "global_admin":
+            # Only a global admin sees both tenants: telling them is no leak.
+            raise InvalidInput(
+                f"{label} {object_id} belongs to another tenant; an object can only refer "
+                "to its own tenant's"
+            )
+        obj = None
+    if obj is None:
         raise InvalidInput(f"{label} {object_id} does not exist")
 
 
