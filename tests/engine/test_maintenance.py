@@ -10,7 +10,7 @@ from cloudsim.server import CloudSim
 from deskbroker.engine.runner import Engine
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import events
-from deskbroker.store.tables import Event, Job, PoolStat
+from deskbroker.store.tables import Event, Job, LoginThrottle, PoolStat
 from tests.engine.conftest import openstack_center, provisioning_pool
 from tests.helpers import Api
 
@@ -101,3 +101,40 @@ def test_pool_provisioning_job_exists_per_pool(api: Api, sim: CloudSim, engine: 
     engine.run_once()
     kinds = {j["kind"] for j in api.get("jobs?limit=100")["items"]}
     assert {"scan_center", "leak_sweep", "pool_provision", "pool_stats", "retention"} <= kinds
+
+
+def test_retention_drops_spent_sign_in_counts_and_keeps_live_ones(
+    api: Api, ctx: BrokerContext, engine: Engine
+) -> None:
+    now = datetime.now(UTC)
+    long_ago = now - timedelta(hours=2)
+    with ctx.db.write() as session:
+        session.add_all(
+            [
+                # A made-up name tried once, long ago: nothing to remember.
+                LoginThrottle(key="account:t:ghost", failures=1, window_started_at=long_ago),
+                # Locked and still locked: kept.
+                LoginThrottle(
+                    key="account:t:locked",
+                    failures=0,
+                    window_started_at=long_ago,
+                    locked_until=now + timedelta(minutes=5),
+                    lockouts=1,
+                ),
+                # Locked an hour ago: kept a day, so that a repeat lockout doubles.
+                LoginThrottle(
+                    key="address:10.9.9.9",
+                    failures=0,
+                    window_started_at=long_ago,
+                    locked_until=now - timedelta(hours=1),
+                    lockouts=1,
+                ),
+                # Counting right now: kept.
+                LoginThrottle(key="account:t:fresh", failures=2, window_started_at=now),
+            ]
+        )
+    engine.run_once()
+    with ctx.db.read() as session:
+        keys = set(session.scalars(select(LoginThrottle.key)).all())
+    assert keys == {"account:t:locked", "address:10.9.9.9", "account:t:fresh"}
+    assert _job(api, "retention")["runs"] == 1

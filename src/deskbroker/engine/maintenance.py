@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
 from deskbroker.centers.base import Capability
@@ -15,7 +15,17 @@ from deskbroker.engine.tasks import OPEN_STATES
 from deskbroker.services import inventory
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import events
-from deskbroker.store.tables import Center, Desktop, Event, Pool, PoolStat, ProvisioningTask
+from deskbroker.store.tables import (
+    Center,
+    Desktop,
+    Event,
+    LoginChallenge,
+    LoginThrottle,
+    OidcFlow,
+    Pool,
+    PoolStat,
+    ProvisioningTask,
+)
 
 
 def scan_center(ctx: BrokerContext, drivers: DriverCache, center_id: str, now: datetime) -> str:
@@ -114,7 +124,25 @@ def retention(ctx: BrokerContext, drivers: DriverCache, target: str, now: dateti
                 ProvisioningTask.updated_at < now - timedelta(days=1),
             )
         )
-    return f"removed {old_events} events and {old_stats} samples"
+        # Sign-in leftovers: challenges and OpenID flows past their expiry, and failure
+        # counts whose window and lockout are both over (a spray of made-up names would
+        # otherwise leave a row per name for ever).
+        spent = _purge(session, LoginChallenge, LoginChallenge.expires_at, now)
+        spent += _purge(session, OidcFlow, OidcFlow.expires_at, now)
+        window = now - timedelta(seconds=settings.login_failure_window_s)
+        result = session.execute(
+            delete(LoginThrottle).where(
+                LoginThrottle.window_started_at < window,
+                or_(LoginThrottle.locked_until.is_(None), LoginThrottle.locked_until < now),
+                # A key locked before keeps its count of lockouts for a day: repeats double.
+                or_(
+                    LoginThrottle.lockouts == 0,
+                    LoginThrottle.window_started_at < now - timedelta(days=1),
+                ),
+            )
+        )
+        spent += int(result.rowcount or 0)  # type: ignore[attr-defined]
+    return f"removed {old_events} events, {old_stats} samples and {spent} sign-in leftovers"
 
 
 def _purge(session: Session, model: type, column: Any, before: datetime) -> int:
