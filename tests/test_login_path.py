@@ -237,3 +237,19 @@ def test_queue_service_keeps_the_policy_assignment_kind(api: Api, ctx: BrokerCon
     api.delete(f"assignments/{desktop.id}")
     handed = api.get(f"assignments?pool_id={ids['pool']}")["items"]
     assert [a["kind"] for a in handed] == ["pooled"]
+
+
+def test_a_connect_stays_within_three_statements(api: Api, ctx: BrokerContext) -> None:
+    """Find the desktop, mark it used (with the quota grant), the event: a tenant without
+    a session quota reads no quota row."""
+    api.seed_pool(1, users=1)
+    result = LoginService(ctx).login("user0", USER_PASSWORD)
+    desktop = result.offers[0].desktop
+    assert desktop is not None
+    headers = {"Authorization": f"Bearer {result.token}"}
+    path = f"/api/v1/client/desktops/{desktop.id}/connect"
+    api.client.post(path, json={}, headers=headers)  # warms the node's caches
+    with counting() as statements:
+        response = api.client.post(path, json={}, headers=headers)
+    assert response.status_code == 200, response.text
+    assert len(statements) <= 3, "\n".join(statements)

@@ -67,6 +67,8 @@ class ConfigView:
     policies: dict[str, PolicyView] = field(default_factory=dict)
     pools: dict[str, PoolView] = field(default_factory=dict)
     protocol_plans: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # Tenants that have a concurrent-session quota (its value may be newer in the row).
+    session_quota_tenants: frozenset[str] = frozenset()
     # Custom roles' grants by (tenant id, role name).
     roles: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
 
@@ -106,6 +108,9 @@ def rule_from_row(row: dict[str, Any]) -> AssignmentRule:
 def build_view(rows: snapshot.ConfigRows) -> ConfigView:
     view = ConfigView(version=rows.version)
     view.tenants_by_name = {t["name"]: t["id"] for t in rows.tenants}
+    view.session_quota_tenants = frozenset(
+        t["id"] for t in rows.tenants if t.get("quota_sessions") is not None
+    )
     rules_by_source: dict[str, list[AssignmentRule]] = {}
     for rule in rows.rules:
         rules_by_source.setdefault(rule["identity_source_id"], []).append(rule_from_row(rule))

@@ -57,9 +57,12 @@ def admit_session(
     """
     now = now or utcnow()
     since = now - timedelta(seconds=ctx.settings.session_grant_s)
-    quota = store.read(session, desktop.tenant_id)
-    if quota.sessions is not None:
+    if desktop.tenant_id in ctx.cache.current(ctx.db).session_quota_tenants:
+        # The row, locked, is the truth; the cache only spares tenants without a quota
+        # the read (a quota set a moment ago applies within the cache's few seconds).
         quota = store.read(session, desktop.tenant_id, lock=True)
+    else:
+        quota = TenantQuota(desktops=None, sessions=None)
     if quota.sessions is not None and not store.in_session(session, desktop.id, since):
         used = store.sessions_used(session, desktop.tenant_id, since)
         if used >= quota.sessions:
