@@ -286,3 +286,135 @@ def test_admin_changes_are_audited(api: Api, ctx: BrokerContext) -> None:
     assert ("admin.create", "pools", "admin") in seen
     assert ("admin.update", "pools", "admin") in seen
     assert ("admin.delete", "pools", "admin") in seen
+
+
+def _rule_granting(api: Api, group: str, role: str) -> dict[str, Any]:
+    return api.post(
+        "assignment-rules",
+        {
+            "identity_source_id": api.source_id(),
+            "name": f"{group} are {role}",
+            "conditions": {"group": group},
+            "role": role,
+        },
+    )
+
+
+def test_a_role_a_rule_grants_cannot_be_reached_around_the_checks(api: Api) -> None:
+    rule = _rule_granting(api, "admins", "tenant_admin")
+    api.post("roles", {"name": "rule-editor", "permissions": ["assignment-rules:*"]})
+    api.post("roles", {"name": "people", "permissions": ["users:*"]})
+    editor = _as(api, "ed", "rule-editor")
+    people = _as(api, "pat", "people")
+
+    # Loosening the conditions of a rule that grants tenant_admin decides who gets it.
+    refused = editor.patch(f"assignment-rules/{rule['id']}", {"conditions": {}}, 403)
+    assert "change a rule that grants the role tenant_admin" in refused["detail"]
+    # A user put in the group would be tenant_admin at their next login.
+    body = {
+        "identity_source_id": api.source_id(),
+        "username": "mallory",
+        "password": USER_PASSWORD,
+        "groups": ["admins"],
+    }
+    assert "whom a rule gives the role tenant_admin" in people.post("users", body, 403)["detail"]
+    body["groups"] = ["staff"]
+    mallory = people.post("users", body)
+    people.patch(f"users/{mallory['id']}", {"groups": ["Admins"]}, status=403)
+    # Nor is an account that a rule makes an administrator taken over by a password reset.
+    add_local_user(api.ctx, "ada", USER_PASSWORD, groups=["admins"])
+    ada = next(u for u in api.get("users")["items"] if u["username"] == "ada")
+    detail = people.patch(f"users/{ada['id']}", {"password": "taken-over-1"}, 403)["detail"]
+    assert "whose role can be tenant_admin" in detail
+    people.post(f"users/{ada['id']}/unlock", {}, status=403)
+    assert api.login("ada")["role"] == "tenant_admin"  # the rule does apply
+
+
+def test_a_scoped_token_of_a_global_admin_takes_over_nobody(api: Api) -> None:
+    made = api.post("api-tokens", {"name": "users", "scopes": ["users:*"], "expires_in_days": 1})
+    bot = Api(api.client, api.ctx, made["token"])
+    admin = next(u for u in api.get("users")["items"] if u["username"] == "admin")
+    detail = bot.patch(f"users/{admin['id']}", {"password": "taken-over-1"}, 403)["detail"]
+    assert "only a global administrator (not an API token)" in detail
+    # An API token works on the admin API only: no connecting, no enrolling an app.
+    for method, path in (
+        ("GET", "/api/v1/client/desktops"),
+        ("POST", "/api/v1/me/totp"),
+    ):
+        response = api.client.request(method, path, headers=bot.headers)
+        assert response.status_code == 403, response.text
+        assert "works only on the admin API" in response.json()["detail"]
+
+
+def test_reserved_role_names_and_the_audit_tenant(api: Api, ctx: BrokerContext) -> None:
+    for name in ("agent", "api-token"):
+        api.post("roles", {"name": name, "permissions": ["pools:read"]}, status=422)
+    acme, source = _tenant_admin(api)
+    zoe = acme.post("users", {"identity_source_id": source, "username": "zoe"})
+    api.post(f"users/{zoe['id']}/unlock", {}, status=200)
+    unlocks = acme.get("events?kind=admin.unlock")["items"]
+    assert [e["detail"]["name"] for e in unlocks] == ["zoe"]  # in acme's log, not default's
+
+
+def test_no_spelling_of_a_name_buys_more_guesses(api: Api, ctx: BrokerContext) -> None:
+    add_local_user(ctx, "lena", USER_PASSWORD)
+    spellings = [
+        "lena",
+        "LENA",
+        "lena@a.example@b.example",
+        "CORP\\lena@corp",
+        "\uff4c\uff45\uff4e\uff41",
+    ]  # fullwidth
+    answers = [_login(api, name, "wrong-password").status_code for name in spellings]
+    assert answers == [401, 401, 401, 401, 429]
+
+
+def test_concurrent_guesses_at_one_account_are_counted_one_by_one(
+    api: Api, ctx: BrokerContext
+) -> None:
+    import threading
+
+    add_local_user(ctx, "rita", USER_PASSWORD)
+    statuses: list[int] = []
+    start = threading.Barrier(10)
+
+    def guess() -> None:
+        start.wait()
+        statuses.append(_login(api, "rita", "wrong-password").status_code)
+
+    threads = [threading.Thread(target=guess) for _ in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # Four wrong answers, then the fifth locks; none of the rest had its password tried.
+    assert sorted(statuses) == [401] * 4 + [429] * 6
+
+
+def test_address_keys() -> None:
+    from deskbroker.services.throttle import address_key
+
+    assert address_key("10.1.2.3") == "address:10.1.2.3"
+    assert address_key("2001:db8:1:2:aaaa::1") == address_key("2001:db8:1:2:bbbb::9")
+    assert address_key("2001:db8:1:2::1") != address_key("2001:db8:1:3::1")
+    assert address_key("::ffff:10.1.2.3") == "address:10.1.2.3"
+    assert address_key("testclient") == "address:testclient"
+
+
+def test_the_cli_unlocks_when_every_administrator_is_locked_out(
+    api: Api, ctx: BrokerContext, tmp_path: Any
+) -> None:
+    from typer.testing import CliRunner
+
+    from deskbroker.cli import app as cli_app
+
+    for _ in range(5):
+        _login(api, "admin", "not-the-password")
+    assert _login(api, "admin", "admin-password-1").status_code == 429
+    common = ["--db", ctx.settings.effective_database_url, "--data-dir", str(tmp_path / "cli")]
+    result = CliRunner().invoke(cli_app, ["user", "unlock", "ADMIN", *common])
+    assert result.exit_code == 0, result.output
+    assert "ADMIN: unlocked" in result.output
+    assert _login(api, "admin", "admin-password-1").status_code == 200
+    again = CliRunner().invoke(cli_app, ["user", "unlock", "--address", "testclient", *common])
+    assert again.exit_code == 0 and "testclient:" in again.output

@@ -90,6 +90,51 @@ def db_upgrade(data_dir: DataDir = None, db: DbUrl = None) -> None:
     console.print(f"schema at revision [bold]{current_revision(ctx.db)}[/]")
 
 
+@user_app.command("unlock")
+def user_unlock(
+    username: Annotated[str, typer.Argument(help="as the user types it at sign-in")] = "",
+    tenant: Annotated[str, typer.Option(help="Tenant name")] = "default",
+    address: Annotated[
+        str | None, typer.Option(help="Clear a client address instead of an account")
+    ] = None,
+    data_dir: DataDir = None,
+    db: DbUrl = None,
+) -> None:
+    """Clear an account's (or an address's) failed sign-ins and lockout: the way back in
+    when every administrator is locked out."""
+    from sqlalchemy import select
+
+    from deskbroker.services.context import BrokerContext
+    from deskbroker.services.throttle import account_key, address_key
+    from deskbroker.store import events, throttle
+    from deskbroker.store.tables import Tenant
+
+    if not username and address is None:
+        console.print("[red]name a user, or give --address[/]")
+        raise typer.Exit(2)
+    ctx = BrokerContext.from_settings(_settings(data_dir, db))
+    with ctx.db.write() as session:
+        tenant_id = session.scalar(select(Tenant.id).where(Tenant.name == tenant))
+        if address is not None:
+            key, tenant_id = address_key(address), None
+        elif tenant_id is None:
+            console.print(f"[red]tenant {tenant!r} does not exist[/]")
+            raise typer.Exit(2)
+        else:
+            key = account_key(tenant_id, username)
+        cleared = throttle.forget(session, [key])
+        events.append(
+            session,
+            "admin.unlock",
+            tenant_id=tenant_id,
+            actor="deskbroker user unlock",
+            detail={"key": key},
+        )
+    ctx.db.dispose()
+    what = address if address is not None else username
+    console.print(f"{what}: {'unlocked' if cleared else 'had no failed sign-ins'}")
+
+
 @user_app.command("add")
 def user_add(
     username: str,

@@ -34,6 +34,12 @@ def principal(
         # A token copied off a desktop must not act as a person.
         raise Forbidden("An agent token only reports desktop events at /api/v1/agent/events.")
     if who.is_api_token:
+        if not request.url.path.startswith(permissions.ADMIN_PREFIX):
+            # Automation administers; it does not sit at a desktop or enrol an authenticator.
+            raise Forbidden(
+                "An API token works only on the admin API (/api/v1/admin/); a person signs "
+                "in at POST /api/v1/auth/login for the rest."
+            )
         who = access.resolve_api_token(ctx, who)
     return who
 

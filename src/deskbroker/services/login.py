@@ -275,19 +275,22 @@ class LoginService:
             tenant_id = view.tenants_by_name.get(tenant or "default")
         if tenant_id is None:
             raise Unauthorized(WRONG_CREDENTIALS)
-        try:
-            with self.ctx.db.read() as session:
-                checked = self.guard.check(session, tenant_id, username, client_address)
-        except TooManyAttempts as exc:
-            self.record_failure(tenant_id, username, client_address, exc, None)
-            raise
-        try:
-            found = self._authenticate(view, tenant_id, username, password, source)
-        except (Unauthorized, AccountRefused, DirectoryUnavailable, BadRequest) as exc:
-            answer = self.record_failure(tenant_id, username, client_address, exc, checked)
-            if answer is exc:
+        # The check, the password and the counted failure, one attempt at a time per
+        # account on this broker: concurrent guesses each see the ones before them.
+        with self.guard.serial(tenant_id, username):
+            try:
+                with self.ctx.db.read() as session:
+                    checked = self.guard.check(session, tenant_id, username, client_address)
+            except TooManyAttempts as exc:
+                self.record_failure(tenant_id, username, client_address, exc, None)
                 raise
-            raise answer from exc
+            try:
+                found = self._authenticate(view, tenant_id, username, password, source)
+            except (Unauthorized, AccountRefused, DirectoryUnavailable, BadRequest) as exc:
+                answer = self.record_failure(tenant_id, username, client_address, exc, checked)
+                if answer is exc:
+                    raise
+                raise answer from exc
         return self._complete(found, client_address, checked)
 
     @overload

@@ -11,7 +11,11 @@ A directory that cannot be reached is not the user's failure and counts nothing.
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import math
+import threading
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -28,13 +32,47 @@ from deskbroker.store.tables import utcnow
 MAX_FACTOR = 8
 
 
+def account_name(username: str) -> str:
+    """The one spelling of an account's name that its failures count under: every
+    ``DOMAIN\\`` and ``@domain`` taken off (however many were stacked), compatibility
+    forms folded (NFKC) and case folded, so no spelling buys more guesses."""
+    name = unicodedata.normalize("NFKC", username).strip()
+    while True:
+        bare, domain = split_domain(name)
+        if domain is None or bare == name:
+            break
+        name = bare.strip()
+    return name.casefold()[:200]
+
+
 def account_key(tenant_id: str, username: str) -> str:
-    bare, _ = split_domain(username.strip())
-    return f"account:{tenant_id}:{bare.lower()[:200]}"
+    return f"account:{tenant_id}:{account_name(username)}"
 
 
 def address_key(address: str) -> str:
-    return f"address:{address[:80]}"
+    """An IPv4 address as it is; an IPv6 address by its /64, which one host can roam."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return f"address:{address[:80]}"
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return f"address:{ip.ipv4_mapped}"
+        return f"address:{ipaddress.ip_network(f'{ip}/64', strict=False)}"
+    return f"address:{ip}"
+
+
+class _AccountLocks:
+    """One lock per stripe of account names, so one broker checks an account's guesses
+    one at a time: each sees the failures counted before it, and a burst of concurrent
+    guesses cannot all pass the check before the first failure is written."""
+
+    def __init__(self, stripes: int = 1024) -> None:
+        self._locks = [threading.Lock() for _ in range(stripes)]
+
+    def of(self, key: str) -> threading.Lock:
+        digest = hashlib.blake2b(key.encode(), digest_size=4).digest()
+        return self._locks[int.from_bytes(digest, "big") % len(self._locks)]
 
 
 def _aware(moment: datetime) -> datetime:
@@ -53,6 +91,7 @@ class Checked:
     account: str
     address: str | None
     account_counted: bool
+    address_text: str | None = None
 
 
 class SignInGuard:
@@ -60,6 +99,12 @@ class SignInGuard:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.locks = _AccountLocks()
+
+    def serial(self, tenant_id: str, username: str) -> threading.Lock:
+        """Held from the check to the counted failure: an account's attempts on this
+        broker go one at a time."""
+        return self.locks.of(account_key(tenant_id, username))
 
     def check(
         self, session: Session, tenant_id: str, username: str, address: str | None
@@ -77,7 +122,7 @@ class SignInGuard:
             if left > 0:
                 metrics.LOGINS_THROTTLED.labels(key=key.partition(":")[0] if key else "").inc()
                 raise self._refusal(key == account, address, left)
-        return Checked(account, addr, account in states)
+        return Checked(account, addr, account in states, address)
 
     def _refusal(self, is_account: bool, address: str | None, left: float) -> TooManyAttempts:
         wait = math.ceil(left)
@@ -115,7 +160,7 @@ class SignInGuard:
                 max_factor=MAX_FACTOR,
             )
             if until is not None and locked is None:
-                address = checked.address.partition(":")[2] if checked.address else None
+                address = checked.address_text
                 locked = self._refusal(
                     key == checked.account, address, (until - now).total_seconds()
                 )

@@ -13,12 +13,13 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from deskbroker.api.admin.crud import MAX_OFFSET, ResourceSpec, add_routes, scope
+from deskbroker.api.admin.identity import may_manage
 from deskbroker.api.deps import AdminReader, AdminWriter, Ctx, Principal
 from deskbroker.api.permissions import catalog
 from deskbroker.api.schemas import Body, Name, Out, Stamped
 from deskbroker.domain.permissions import BUILTIN, BuiltinRole, Permissions, check_grants
 from deskbroker.errors import Conflict, Forbidden, InvalidInput, NotFound
-from deskbroker.security import TokenClaims
+from deskbroker.security import AGENT_ROLE, API_TOKEN_ROLE, TokenClaims
 from deskbroker.services import access
 from deskbroker.services.context import BrokerContext
 from deskbroker.services.throttle import account_key, address_key
@@ -32,6 +33,8 @@ from deskbroker.store.tables import (
     utcnow,
 )
 
+# The roles tokens of agents and of automation name: never a person's role.
+RESERVED_ROLES = frozenset({AGENT_ROLE, API_TOKEN_ROLE})
 _ROLE_NAME = re.compile(r"^[a-z][a-z0-9_-]{1,39}$")
 Grants = Annotated[
     list[Annotated[str, StringConstraints(min_length=3, max_length=81)]],
@@ -63,7 +66,7 @@ def _prepare_role(
 ) -> dict[str, Any]:
     if "name" in data:
         name = data["name"]
-        if name in BUILTIN or not _ROLE_NAME.match(name):
+        if name in BUILTIN or name in RESERVED_ROLES or not _ROLE_NAME.match(name):
             raise InvalidInput(
                 f"role name {name!r}: use 2 to 40 lower-case letters, digits, - or _, starting "
                 "with a letter, and not a built-in role's name"
@@ -167,11 +170,14 @@ def _lockout_out(row: LoginThrottle) -> dict[str, Any]:
     }
 
 
-def _audit(session: Session, who: TokenClaims, kind: str, **detail: Any) -> None:
+def _audit(
+    session: Session, who: TokenClaims, kind: str, tenant_id: str | None, **detail: Any
+) -> None:
+    """An access change, logged in the tenant it concerns (not the global admin's own)."""
     events.append(
         session,
         kind,
-        tenant_id=who.tenant_id,
+        tenant_id=tenant_id,
         actor=who.username,
         user_id=who.user_id,
         detail=detail,
@@ -236,6 +242,7 @@ def router() -> APIRouter:
                 session,
                 who,
                 "admin.create",
+                who.tenant_id,
                 resource="api-tokens",
                 id=row.id,
                 name=body.name,
@@ -286,7 +293,13 @@ def router() -> APIRouter:
                     update(ApiToken).where(ApiToken.id == row.id).values(revoked_at=utcnow())
                 )
                 _audit(
-                    session, who, "admin.delete", resource="api-tokens", id=row.id, name=row.name
+                    session,
+                    who,
+                    "admin.delete",
+                    row.tenant_id,
+                    resource="api-tokens",
+                    id=row.id,
+                    name=row.name,
                 )
         return Response(status_code=204)
 
@@ -315,8 +328,19 @@ def router() -> APIRouter:
             user = session.scalars(query).first()
             if user is None:
                 raise NotFound(f"user {user_id} does not exist")
+            # Clearing a stronger account's failed guesses would help whoever guesses.
+            session.info.update(access.actor_info(ctx, who))
+            may_manage(session, user, "unlock")
             cleared = throttle.forget(session, [account_key(user.tenant_id, user.username)])
-            _audit(session, who, "admin.unlock", resource="users", id=user.id, name=user.username)
+            _audit(
+                session,
+                who,
+                "admin.unlock",
+                user.tenant_id,
+                resource="users",
+                id=user.id,
+                name=user.username,
+            )
         return {"user_id": user_id, "unlocked": bool(cleared)}
 
     @r.delete(
@@ -331,7 +355,7 @@ def router() -> APIRouter:
         with ctx.db.write() as session:
             if not throttle.forget(session, [address_key(address)]):
                 raise NotFound(f"address {address} has no failed sign-ins")
-            _audit(session, who, "admin.unlock", resource="lockouts", address=address)
+            _audit(session, who, "admin.unlock", None, resource="lockouts", address=address)
         return Response(status_code=204)
 
     return r

@@ -224,6 +224,8 @@ def router() -> APIRouter:
         "/explain",
         tags=["explain"],
         response_model=ExplainOut,
+        # A POST only because the question has a body: it reads, and writes nothing.
+        openapi_extra={"x-permission": "explain:read"},
         summary="What a user would get from an address at a moment, and which rule decided",
         description=(
             "Follows the login path without a password: the identity source that would take "

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from datetime import datetime
+from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Response
@@ -17,12 +18,13 @@ from deskbroker.api.deps import AdminWriter, Ctx
 from deskbroker.api.permissions import catalog
 from deskbroker.api.schemas import Body, FilterIn, Id, Name, Out, Secrets, Stamped
 from deskbroker.domain.permissions import BuiltinRole, Permissions
-from deskbroker.domain.rules import zone
+from deskbroker.domain.rules import Identity, zone
 from deskbroker.domain.second_factor import SecondFactorMode
 from deskbroker.errors import Conflict, Forbidden, InvalidInput
 from deskbroker.identity.base import source_kinds, validate_params
 from deskbroker.security import TokenClaims
 from deskbroker.services import access
+from deskbroker.services.config_cache import rule_from_row
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import events, totp
 from deskbroker.store.repository import Repository
@@ -52,17 +54,55 @@ def _grant_role(session: Session, tenant: str, role: str, what: str) -> str:
     return role
 
 
-def _may_manage(session: Session, user: Any, what: str) -> None:
-    """A user whose role allows more than the actor may not be changed by that actor: no
-    taking over a stronger account by resetting its password."""
-    if user.role == Role.GLOBAL_ADMIN.value:
-        _only_global_admin(session, f"{what} the global administrator {user.username}")
-        return
-    grants = access.known_role(session, user.tenant_id, user.role, lambda _: True)
-    held: Permissions = session.info["actor_permissions"]
-    access.check_grantable(
-        held, grants, f"{what} {user.username}, whose role is {user.role}", catalog()
+def _rule_roles(
+    session: Session, source_id: str, username: str, groups: Any, attributes: Any
+) -> set[str]:
+    """The roles the source's rules could give this user at a login. Conservative: the
+    rules' time windows, client networks and OUs are taken as matching, since a login
+    chooses them."""
+    who = Identity(
+        username=username,
+        groups=frozenset(str(g) for g in groups or ()),
+        attributes={str(k): str(v) for k, v in (attributes or {}).items()},
     )
+    rows = session.scalars(
+        select(AssignmentRuleRow).where(AssignmentRuleRow.identity_source_id == source_id)
+    ).all()
+    found: set[str] = set()
+    for row in rows:
+        rule = rule_from_row(
+            {c.key: getattr(row, c.key) for c in AssignmentRuleRow.__table__.columns}
+        )
+        anywhere = replace(rule, window=None, client_cidr=None, ou=None)
+        if anywhere.matches(who, None, datetime.now(UTC)) and rule.role != Role.USER:
+            found.add(rule.role)
+    return found
+
+
+def may_manage(
+    session: Session, user: Any, what: str, *, groups: Any = None, attributes: Any = None
+) -> None:
+    """A user whose role allows more than the actor may not be changed by that actor: no
+    taking over a stronger account by resetting its password. A user whose stored role is
+    ``user`` is as strong as the roles the source's rules could give them at login."""
+    roles = {user.role}
+    if user.role == Role.USER:
+        roles |= _rule_roles(
+            session,
+            user.identity_source_id,
+            user.username,
+            user.groups if groups is None else groups,
+            user.attributes if attributes is None else attributes,
+        )
+    held: Permissions = session.info["actor_permissions"]
+    for role in sorted(roles):
+        if role == Role.GLOBAL_ADMIN.value:
+            _only_global_admin(session, f"{what} {user.username}, who can be global administrator")
+            continue
+        grants = access.known_role(session, user.tenant_id, role, lambda _: True)
+        access.check_grantable(
+            held, grants, f"{what} {user.username}, whose role can be {role}", catalog()
+        )
 
 
 # --- identity sources ----------------------------------------------------------------
@@ -206,14 +246,21 @@ def _prepare_rule(
     if "identity_source_id" in data:
         must_exist(session, IdentitySource, data["identity_source_id"], tenant, "identity source")
     must_exist(session, Policy, data.get("policy_id"), tenant, "policy")
+    if existing is not None and existing.role != Role.USER:
+        # Whoever changes a rule's conditions decides who gets its role.
+        _grant_role(session, tenant, existing.role, "change a rule that grants")
     if "role" in data and data["role"] is not None:
         data["role"] = _grant_role(session, tenant, data["role"], "make a rule that grants")
     return data
 
 
 def _only_global_admin(session: Session, what: str) -> None:
-    if session.info.get("actor_role") != Role.GLOBAL_ADMIN.value:
+    actor: TokenClaims | None = session.info.get("actor")
+    # A scoped API token of a global administrator is not one: it was meant to do less.
+    if actor is None or actor.role != Role.GLOBAL_ADMIN.value:
         raise Forbidden(f"only a global administrator can {what}")
+    if actor.scopes is not None:
+        raise Forbidden(f"only a global administrator (not an API token) can {what}")
 
 
 # --- users ---------------------------------------------------------------------------
@@ -279,13 +326,31 @@ def _prepare_user(
     if "identity_source_id" in data:
         must_exist(session, IdentitySource, data["identity_source_id"], tenant, "identity source")
     if existing is not None:
-        _may_manage(session, existing, "change")
+        may_manage(session, existing, "change")
     if "password" in data:
         password = data.pop("password")
         # Null removes the password: the user can no longer log in with one.
         data["password_hash"] = None if password is None else ctx.hashing.hash(password)
     if data.get("role") is not None:
         data["role"] = _grant_role(session, tenant, data["role"], "give a user")
+    # The user as they will be: with groups or attributes that a rule turns into a role
+    # the actor may not grant, they would be that role at their next login.
+    role = data.get("role") or (existing.role if existing is not None else Role.USER.value)
+    if role == Role.USER:
+        source = data.get("identity_source_id") or (existing.identity_source_id if existing else "")
+        username = data.get("username") or (existing.username if existing else "")
+        groups = (
+            data["groups"]
+            if data.get("groups") is not None
+            else (existing.groups if existing else [])
+        )
+        attributes = (
+            data["attributes"]
+            if data.get("attributes") is not None
+            else (existing.attributes if existing else {})
+        )
+        for granted in sorted(_rule_roles(session, source, username, groups, attributes)):
+            _grant_role(session, tenant, granted, "make a user whom a rule gives")
     return data
 
 
@@ -303,7 +368,7 @@ def _user_out(session: Session, user: Any) -> dict[str, Any]:
 def _user_in_use(session: Session, user: Any) -> None:
     if user.id == session.info.get("actor_id"):
         raise Conflict("you cannot delete your own account; ask another administrator")
-    _may_manage(session, user, "delete")
+    may_manage(session, user, "delete")
     held = session.scalars(
         select(Desktop.name).where(Desktop.assigned_user_id == user.id).limit(1)
     ).first()
@@ -368,7 +433,7 @@ def router() -> APIRouter:
         with ctx.db.write() as session:
             session.info.update(access.actor_info(ctx, who))
             user = Repository(User, "user").get(session, item_id, scope(who))
-            _may_manage(session, user, "reset the second factor of")
+            may_manage(session, user, "reset the second factor of")
             totp.clear(session, user.id)
             events.append(
                 session,
