@@ -7,6 +7,7 @@ from enum import IntEnum, StrEnum
 from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -17,6 +18,19 @@ from pydantic import (
 
 from deskbroker.domain.membership import FilterOp
 
+
+def _no_control_characters(value: str) -> str:
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError("a username cannot contain control characters such as newlines")
+    return value
+
+
+# A user's name as typed at sign-in (``alice``, ``alice@corp.example``, ``CORP\alice``).
+Username = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=200, strip_whitespace=True),
+    AfterValidator(_no_control_characters),
+]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=100, strip_whitespace=True)]
 Text = Annotated[str, StringConstraints(max_length=2000)]
 Id = Annotated[str, StringConstraints(min_length=1, max_length=64)]

@@ -205,15 +205,22 @@ def sync_images(session: Session, center: Center, images: list[ImageInfo]) -> No
         session.delete(gone)
 
 
+def scoped_desktop(session: Session, desktop_id: str, tenant_id: str | None) -> Desktop:
+    """A desktop by id as an administrator of ``tenant_id`` (``None``: every tenant) may
+    see it; another tenant's is as missing as one that never existed."""
+    query = select(Desktop).where(Desktop.id == desktop_id)
+    if tenant_id is not None:
+        query = query.where(Desktop.tenant_id == tenant_id)
+    desktop = session.scalars(query).first()
+    if desktop is None:
+        raise NotFound(f"desktop {desktop_id} does not exist")
+    return desktop
+
+
 def probe(ctx: BrokerContext, desktop_id: str, tenant_id: str | None) -> dict[str, Any]:
     """Try each protocol port of a desktop and record whether any answered."""
     with ctx.db.read() as session:
-        query = select(Desktop).where(Desktop.id == desktop_id)
-        if tenant_id is not None:
-            query = query.where(Desktop.tenant_id == tenant_id)
-        desktop = session.scalars(query).first()
-        if desktop is None:
-            raise NotFound(f"desktop {desktop_id} does not exist")
+        desktop = scoped_desktop(session, desktop_id, tenant_id)
         center = session.get(Center, desktop.center_id)
         assert center is not None
         driver = open_center(ctx, center)

@@ -14,10 +14,10 @@ from sqlalchemy import select
 
 from deskbroker.centers.base import Capability, MachineInfo, PowerAction
 from deskbroker.domain.states import POWER_TRANSITIONS, PowerState, SessionState
-from deskbroker.errors import Conflict, NotFound
+from deskbroker.errors import Conflict
 from deskbroker.security import TokenClaims
 from deskbroker.services.context import BrokerContext
-from deskbroker.services.inventory import open_center
+from deskbroker.services.inventory import open_center, scoped_desktop
 from deskbroker.store import events
 from deskbroker.store.tables import Center, Desktop, SessionRow
 
@@ -67,12 +67,7 @@ def power(
 ) -> PowerResult:
     """Ask the desktop's center for ``action``; refuses in words what cannot be done."""
     with ctx.db.read() as session:
-        query = select(Desktop).where(Desktop.id == desktop_id)
-        if tenant_id is not None:
-            query = query.where(Desktop.tenant_id == tenant_id)
-        desktop = session.scalars(query).first()
-        if desktop is None:
-            raise NotFound(f"desktop {desktop_id} does not exist")
+        desktop = scoped_desktop(session, desktop_id, tenant_id)
         center = session.get(Center, desktop.center_id)
         users = session.scalars(
             select(SessionRow.username).where(
