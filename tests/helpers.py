@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 from fastapi.testclient import TestClient
 
 from deskbroker.bootstrap import add_local_user
 from deskbroker.services.context import BrokerContext
+from deskbroker.store.db import statement_counter
 
 ADMIN_PASSWORD = "admin-password-1"
 USER_PASSWORD = "user-password-1"
@@ -116,3 +120,21 @@ class Api:
         assert response.status_code == status, response.text
         result: dict[str, Any] = response.json()
         return result
+
+
+@contextmanager
+def counting() -> Iterator[list[str]]:
+    """The SQL statements run inside the block, as text."""
+    sink: list[str] = []
+    token = statement_counter.set(sink)
+    try:
+        yield sink
+    finally:
+        statement_counter.reset(token)
+
+
+def post_login(api: Api, username: str, password: str, **extra: Any) -> httpx.Response:
+    """The raw answer of a password login (any status)."""
+    return api.client.post(
+        "/api/v1/auth/login", json={"username": username, "password": password, **extra}
+    )

@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import pytest
 
 from deskbroker.bootstrap import add_local_user
 from deskbroker.errors import PayloadTooLarge, Unauthorized
 from deskbroker.services.context import BrokerContext
 from deskbroker.services.login import LoginService
-from deskbroker.store.db import statement_counter
-from tests.helpers import USER_PASSWORD, Api
-
-
-@contextmanager
-def counting() -> Iterator[list[str]]:
-    sink: list[str] = []
-    token = statement_counter.set(sink)
-    try:
-        yield sink
-    finally:
-        statement_counter.reset(token)
+from tests.helpers import USER_PASSWORD, Api, counting
 
 
 def test_login_stays_within_seven_statements(api: Api, ctx: BrokerContext) -> None:

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from deskbroker.domain.rules import AssignmentRule
 from deskbroker.identity.base import Credentials, source_kinds
@@ -17,8 +14,7 @@ from deskbroker.identity.ldap_pool import UNREACHABLE
 from deskbroker.security import PasswordHashing
 from deskbroker.services.context import BrokerContext
 from deskbroker.services.login import WRONG_CREDENTIALS, LoginService
-from deskbroker.store.db import statement_counter
-from tests.helpers import Api
+from tests.helpers import Api, counting, post_login
 from tests.identity.directories import (
     LDAP_SERVICE_PASSWORD,
     Slapd,
@@ -28,28 +24,12 @@ from tests.identity.directories import (
 from tests.identity.support import add_ldap_source, group_policy, ldap_params
 
 
-def login(api: Api, username: str, password: str, **extra: Any) -> Any:
-    return api.client.post(
-        "/api/v1/auth/login", json={"username": username, "password": password, **extra}
-    )
-
-
-@contextmanager
-def counting() -> Iterator[list[str]]:
-    sink: list[str] = []
-    token = statement_counter.set(sink)
-    try:
-        yield sink
-    finally:
-        statement_counter.reset(token)
-
-
 def test_a_member_of_an_ldap_group_gets_its_policy(api: Api, slapd: Slapd) -> None:
     source = add_ldap_source(api, slapd)
     assert source["has_secrets"] and "secrets" not in source
     ids = group_policy(api, source["id"], "devs")
 
-    response = login(api, "ann", "ann-password-1")
+    response = post_login(api, "ann", "ann-password-1")
     assert response.status_code == 200, response.text
     body = response.json()
     assert [o["status"] for o in body["offers"]] == ["assigned"]
@@ -64,10 +44,10 @@ def test_a_member_of_an_ldap_group_gets_its_policy(api: Api, slapd: Slapd) -> No
     assert not user["has_password"]
 
     # ben is in no group: he logs in but is offered nothing.
-    ben = login(api, "ben@example.org", "ben-password-1")
+    ben = post_login(api, "ben@example.org", "ben-password-1")
     assert ben.status_code == 200 and ben.json()["offers"] == []
     # The source selector of the login form reaches the same user as the domain suffix.
-    again = login(api, "ann", "ann-password-1", source="example")
+    again = post_login(api, "ann", "ann-password-1", source="example")
     assert again.json()["user_id"] == body["user_id"]
     assert again.json()["offers"][0]["desktop"]["id"] == body["offers"][0]["desktop"]["id"]
 
@@ -87,7 +67,7 @@ def test_ldap_refusals_are_clear_and_write_only_the_audit_event(
                 "secrets": {"bind_password": LDAP_SERVICE_PASSWORD},
             },
         )
-        assert login(api, "ann@gone.example", "ann-password-1").status_code == 200
+        assert post_login(api, "ann@gone.example", "ann-password-1").status_code == 200
     # The pooled connection to the stopped server is stale now; nothing else answers.
     cases = {
         ("ann@example.org", "not-her-password"): (401, WRONG_CREDENTIALS),
@@ -98,7 +78,7 @@ def test_ldap_refusals_are_clear_and_write_only_the_audit_event(
     }
     users_before = api.get("users")["total"]
     for (username, password), (status, message) in cases.items():
-        response = login(api, username, password)
+        response = post_login(api, username, password)
         assert response.status_code == status, response.text
         assert response.headers["content-type"] == "application/problem+json"
         assert response.json()["detail"] == message
@@ -122,7 +102,7 @@ def test_failover_from_a_dead_server_to_a_live_one(api: Api, slapd: Slapd) -> No
     source = add_ldap_source(api, slapd, servers=[dead, slapd.url])
     group_policy(api, source["id"], "devs")
     for _ in range(2):  # the second login skips the dead server it remembers
-        response = login(api, "ann", "ann-password-1")
+        response = post_login(api, "ann", "ann-password-1")
         assert response.status_code == 200, response.text
         assert response.json()["offers"][0]["status"] == "assigned"
 

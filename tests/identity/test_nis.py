@@ -9,10 +9,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from deskbroker.identity.base import Credentials, source_kinds
 from deskbroker.identity.nis import ACCOUNT_EXPIRED, LOCKED, PASSWORD_EXPIRED
@@ -20,8 +17,7 @@ from deskbroker.identity.nis_servers import NOT_SERVED, SHADOW_DENIED, UNREACHAB
 from deskbroker.security import PasswordHashing
 from deskbroker.services.context import BrokerContext
 from deskbroker.services.login import WRONG_CREDENTIALS, LoginService
-from deskbroker.store.db import statement_counter
-from tests.helpers import Api
+from tests.helpers import Api, counting, post_login
 from tests.identity.directories import free_port
 from tests.identity.nis_server import NisSite, running_nis, unix_relay
 from tests.identity.nis_users import (
@@ -34,22 +30,6 @@ from tests.identity.nis_users import (
 from tests.identity.support import group_policy
 
 
-def login(api: Api, username: str, password: str, **extra: Any) -> Any:
-    return api.client.post(
-        "/api/v1/auth/login", json={"username": username, "password": password, **extra}
-    )
-
-
-@contextmanager
-def counting() -> Iterator[list[str]]:
-    sink: list[str] = []
-    token = statement_counter.set(sink)
-    try:
-        yield sink
-    finally:
-        statement_counter.reset(token)
-
-
 def test_nis_groups_pick_the_policy(api: Api, nis: NisSite) -> None:
     source = add_nis_source(api, nis)
     assert not source["has_secrets"]
@@ -57,7 +37,7 @@ def test_nis_groups_pick_the_policy(api: Api, nis: NisSite) -> None:
     printers = group_policy(api, source["id"], "printers", tag="p-")
 
     # ann: a yescrypt hash in passwd.byname; devs by membership, staff by her primary gid.
-    response = login(api, "ann", "ann-password-1")
+    response = post_login(api, "ann", "ann-password-1")
     assert response.status_code == 200, response.text
     body = response.json()
     assert [(o["status"], o["pool_id"]) for o in body["offers"]] == [("assigned", devs["pool"])]
@@ -76,19 +56,19 @@ def test_nis_groups_pick_the_policy(api: Api, nis: NisSite) -> None:
 
     # cid: Debian's default layout, "x" in passwd and a sha512-crypt hash in shadow.byname,
     # which ypserv gives only to a privileged source port; primary group ops.
-    cid = login(api, f"cid@{LOGIN_DOMAIN}", "cid-password-1")
+    cid = post_login(api, f"cid@{LOGIN_DOMAIN}", "cid-password-1")
     assert cid.status_code == 200, cid.text
     assert [o["pool_id"] for o in cid.json()["offers"]] == [printers["pool"]]
     cid_user = api.get(f"users?username=cid&identity_source_id={source['id']}")["items"][0]
     assert sorted(cid_user["groups"]) == ["ops", "printers"]
 
     # ben (md5-crypt) is in printers too: the pool's second desktop.
-    ben = login(api, "ben", "ben-password-1", source="campus")
+    ben = post_login(api, "ben", "ben-password-1", source="campus")
     assert ben.status_code == 200, ben.text
     assert [o["status"] for o in ben.json()["offers"]] == ["assigned"]
 
     # The same user again: the same desktop, found by the login-form domain too.
-    again = login(api, f"ann@{LOGIN_DOMAIN}", "ann-password-1")
+    again = post_login(api, f"ann@{LOGIN_DOMAIN}", "ann-password-1")
     assert again.json()["user_id"] == body["user_id"]
     assert again.json()["offers"][0]["desktop"]["id"] == body["offers"][0]["desktop"]["id"]
 
@@ -114,7 +94,7 @@ def test_nis_refusals_are_clear_and_write_only_the_audit_event(api: Api, nis: Ni
     }
     users_before = api.get("users")["total"]
     for (username, password), (status, message, _) in cases.items():
-        response = login(api, username, password)
+        response = post_login(api, username, password)
         assert response.status_code == status, (username, response.text)
         assert response.headers["content-type"] == "application/problem+json"
         assert response.json()["detail"] == message
@@ -131,7 +111,7 @@ def test_failover_from_a_dead_server_to_a_live_one(api: Api, nis: NisSite) -> No
     source = add_nis_source(api, nis, servers=[dead, nis.server])
     group_policy(api, source["id"], "devs")
     for _ in range(2):
-        response = login(api, "ann", "ann-password-1")
+        response = post_login(api, "ann", "ann-password-1")
         assert response.status_code == 200, response.text
         assert response.json()["offers"][0]["status"] == "assigned"
 
@@ -141,9 +121,9 @@ def test_a_server_that_stops_is_reported_unreachable(
 ) -> None:
     with running_nis(tmp_path / "doomed", nis_users(), nis_groups()) as doomed:
         add_nis_source(api, nis, name="doomed", servers=[doomed.server])
-        assert login(api, "ben", "ben-password-1").status_code == 200
+        assert post_login(api, "ben", "ben-password-1").status_code == 200
     users = api.get("users")["total"]
-    response = login(api, "ben", "ben-password-1")
+    response = post_login(api, "ben", "ben-password-1")
     assert response.status_code == 503, response.text
     assert response.json()["detail"] == UNREACHABLE
     assert api.get("users")["total"] == users
@@ -159,7 +139,7 @@ def test_a_server_that_hangs_is_given_up_on_and_then_skipped(api: Api, nis: NisS
         elapsed = []
         for _ in range(2):
             started = time.perf_counter()
-            response = login(api, "ben", "ben-password-1")
+            response = post_login(api, "ben", "ben-password-1")
             elapsed.append(time.perf_counter() - started)
             assert response.status_code == 200, response.text
     # The first login waited out the timeout; the second skipped the server it remembers.
@@ -172,7 +152,7 @@ def test_the_portmapper_finds_ypserv(api: Api, nis: NisSite) -> None:
     with unix_relay(nis.rpcbind_socket) as portmapper:
         source = add_nis_source(api, nis, servers=["127.0.0.1"], portmapper_port=portmapper)
         group_policy(api, source["id"], "devs")
-        response = login(api, "ann", "ann-password-1")
+        response = post_login(api, "ann", "ann-password-1")
     assert response.status_code == 200, response.text
     assert response.json()["offers"][0]["status"] == "assigned"
 
