@@ -13,11 +13,12 @@ from sqlalchemy.orm import Session
 
 from deskbroker.centers import registry
 from deskbroker.centers.base import Capability, CenterDriver, ImageInfo, MachineInfo
-from deskbroker.errors import DeskbrokerError, NotFound, QuotaReached
+from deskbroker.errors import DeskbrokerError, QuotaReached
 from deskbroker.protocols.descriptors import DEFAULT_PORTS
 from deskbroker.services import quotas
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import desktop_sync
+from deskbroker.store.repository import Repository
 from deskbroker.store.tables import Center, Desktop, Image, utcnow
 
 
@@ -208,13 +209,7 @@ def sync_images(session: Session, center: Center, images: list[ImageInfo]) -> No
 def scoped_desktop(session: Session, desktop_id: str, tenant_id: str | None) -> Desktop:
     """A desktop by id as an administrator of ``tenant_id`` (``None``: every tenant) may
     see it; another tenant's is as missing as one that never existed."""
-    query = select(Desktop).where(Desktop.id == desktop_id)
-    if tenant_id is not None:
-        query = query.where(Desktop.tenant_id == tenant_id)
-    desktop = session.scalars(query).first()
-    if desktop is None:
-        raise NotFound(f"desktop {desktop_id} does not exist")
-    return desktop
+    return Repository(Desktop, "desktop").get(session, desktop_id, tenant_id)
 
 
 def probe(ctx: BrokerContext, desktop_id: str, tenant_id: str | None) -> dict[str, Any]:

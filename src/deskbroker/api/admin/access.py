@@ -24,6 +24,7 @@ from deskbroker.services import access
 from deskbroker.services.context import BrokerContext
 from deskbroker.services.throttle import account_key, address_key
 from deskbroker.store import events, throttle
+from deskbroker.store.repository import Repository
 from deskbroker.store.tables import (
     ApiToken,
     AssignmentRuleRow,
@@ -281,13 +282,7 @@ def router() -> APIRouter:
     )
     def revoke_api_token(token_id: str, ctx: Ctx, who: AdminWriter) -> Response:
         with ctx.db.write() as session:
-            query = select(ApiToken).where(ApiToken.id == token_id)
-            tenant = scope(who)
-            if tenant is not None:
-                query = query.where(ApiToken.tenant_id == tenant)
-            row = session.scalars(query).first()
-            if row is None:
-                raise NotFound(f"API token {token_id} does not exist")
+            row = Repository(ApiToken, "API token").get(session, token_id, scope(who))
             if row.revoked_at is None:
                 session.execute(
                     update(ApiToken).where(ApiToken.id == row.id).values(revoked_at=utcnow())
@@ -321,13 +316,7 @@ def router() -> APIRouter:
     )
     def unlock_user(user_id: str, ctx: Ctx, who: AdminWriter) -> dict[str, Any]:
         with ctx.db.write() as session:
-            query = select(User).where(User.id == user_id)
-            tenant = scope(who)
-            if tenant is not None:
-                query = query.where(User.tenant_id == tenant)
-            user = session.scalars(query).first()
-            if user is None:
-                raise NotFound(f"user {user_id} does not exist")
+            user = Repository(User, "user").get(session, user_id, scope(who))
             # Clearing a stronger account's failed guesses would help whoever guesses.
             session.info.update(access.actor_info(ctx, who))
             may_manage(session, user, "unlock")

@@ -6,7 +6,6 @@ from typing import Any
 
 from fastapi import APIRouter
 from pydantic import Field
-from sqlalchemy import select
 
 from deskbroker.api.admin.crud import scope
 from deskbroker.api.deps import AdminWriter, Ctx
@@ -14,10 +13,11 @@ from deskbroker.api.schemas import Body
 from deskbroker.centers.base import PowerAction
 from deskbroker.domain.plans import AgentEvent
 from deskbroker.domain.states import SessionState
-from deskbroker.errors import Conflict, NotFound
+from deskbroker.errors import Conflict
 from deskbroker.services import power as power_service
 from deskbroker.services import sessions as session_service
 from deskbroker.store import events
+from deskbroker.store.repository import Repository
 from deskbroker.store.tables import SessionRow
 
 
@@ -60,13 +60,7 @@ def router() -> APIRouter:
         session_id: str, body: SessionEndIn, ctx: Ctx, who: AdminWriter
     ) -> dict[str, Any]:
         with ctx.db.read() as session:
-            query = select(SessionRow).where(SessionRow.id == session_id)
-            tenant = scope(who)
-            if tenant is not None:
-                query = query.where(SessionRow.tenant_id == tenant)
-            row = session.scalars(query).first()
-            if row is None:
-                raise NotFound(f"session {session_id} does not exist")
+            row = Repository(SessionRow, "session").get(session, session_id, scope(who))
             desktop_id, username, key, state = (
                 row.desktop_id,
                 row.username,
