@@ -318,6 +318,23 @@ def test_removing_your_own_app_needs_a_code(optional: Api) -> None:
     assert again.status_code == 409
 
 
+def test_a_stolen_session_cannot_try_every_code_to_remove_the_app(optional: Api) -> None:
+    api, client = optional, optional.client
+    app = enrolled_user(api, "ivan")
+    token = finish(client, login(client, "ivan", 202)["challenge"], app.code())["token"]
+    answers = [
+        client.request(
+            "DELETE", ME_TOTP, json={"code": app.wrong()}, headers=bearer(token)
+        ).status_code
+        for _ in range(5)
+    ]
+    # Wrong codes count like wrong passwords: the fifth locks the account.
+    assert answers == [422, 422, 422, 422, 429]
+    right = client.request("DELETE", ME_TOTP, json={"code": app.code()}, headers=bearer(token))
+    assert right.status_code == 429 and "locked" in right.json()["detail"]
+    assert api.get("users?username=ivan")["items"][0]["totp_enrolled"] is True
+
+
 def test_admin_reset(optional: Api) -> None:
     api, client = optional, optional.client
     enrolled_user(api, "hank")

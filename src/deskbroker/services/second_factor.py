@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -379,14 +380,35 @@ class SecondFactorService:
         if step is None:
             raise InvalidInput(
                 f"{WRONG_CODE} Give the code the app shows for deskbroker now; if it is "
-                "refused again, check the clock of the app's device."
+                "refused again, check the clock of the app's device.",
+                reason="wrong_second_factor",
             )
         if not store.accept_step(session, state.user_id, step):
-            raise InvalidInput(REPLAYED_CODE)
+            raise InvalidInput(REPLAYED_CODE, reason="replayed_second_factor")
+
+    def _guarded(self, who: TokenClaims, act: Callable[[Session], None]) -> None:
+        """Run ``act`` (which checks a code) as a sign-in attempt: refused while the
+        account is locked, and a wrong code counted like a wrong password, so a stolen
+        session token cannot try every code to remove or replace the second factor."""
+        guard = self.login.guard
+        with guard.serial(who.tenant_id, who.username):
+            with self.ctx.db.read() as session:
+                checked = guard.check(session, who.tenant_id, who.username, None)
+            try:
+                with self.ctx.db.write() as session:
+                    act(session)
+            except InvalidInput as exc:
+                if exc.extra.get("reason") not in ("wrong_second_factor", "replayed_second_factor"):
+                    raise
+                answer = self.login.record_failure(who.tenant_id, who.username, None, exc, checked)
+                if answer is exc:
+                    raise
+                raise answer from exc
 
     def confirm(self, who: TokenClaims, code: str) -> None:
         """Proves the app holds the secret: from now on, logins ask for its codes."""
-        with self.ctx.db.write() as session:
+
+        def act(session: Session) -> None:
             state = self._state(session, who)
             if state.enrolled:
                 raise Conflict("Your authenticator app is enrolled already.")
@@ -396,9 +418,12 @@ class SecondFactorService:
             store.mark_enrolled(session, state.user_id)
             self._enrolled_event(session, state.tenant_id, state.username, state.user_id)
 
+        self._guarded(who, act)
+
     def remove(self, who: TokenClaims, code: str) -> None:
         """The user drops their own second factor, proving they hold it."""
-        with self.ctx.db.write() as session:
+
+        def act(session: Session) -> None:
             state = self._state(session, who)
             if not state.enrolled:
                 raise Conflict("You have no authenticator app enrolled.")
@@ -411,3 +436,5 @@ class SecondFactorService:
                 actor=state.username,
                 user_id=state.user_id,
             )
+
+        self._guarded(who, act)
