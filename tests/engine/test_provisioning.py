@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
 from cloudsim.server import CloudSim
 from deskbroker.centers.openstack.driver import OpenStackCenter
@@ -83,6 +84,47 @@ def test_schedule_window_changes_targets(api: Api, sim: CloudSim, engine: Engine
     engine.run_once(at_start)
     run_until(engine, lambda: _status(api, pool["id"])["available"] == 6)
     assert "schedule 1" in api.get(f"pools/{pool['id']}")["status_message"]
+
+
+def _next(local_clock: time, zone: ZoneInfo, after: datetime) -> datetime:
+    """The first moment after ``after`` when the clock in ``zone`` shows ``local_clock``."""
+    local = after.astimezone(zone)
+    candidate = datetime.combine(local.date(), local_clock, tzinfo=zone)
+    if candidate <= local:
+        candidate += timedelta(days=1)
+    return candidate.astimezone(UTC)
+
+
+def test_schedule_windows_are_read_in_the_pools_time_zone(
+    api: Api, sim: CloudSim, engine: Engine
+) -> None:
+    tokyo = ZoneInfo("Asia/Tokyo")
+    center = openstack_center(api, sim)
+    pool = provisioning_pool(
+        api,
+        center["id"],
+        n=0,
+        m=0,
+        timezone="Asia/Tokyo",
+        schedules=[
+            {
+                "days": list(range(7)),
+                "start": "09:00",
+                "end": "10:00",
+                "min_unassigned": 0,
+                "max_total": 0,
+            }
+        ],
+    )
+    engine.run_once()  # makes the pool's job and runs it once now
+    # 18:30 in Tokyo is 09:30 UTC: a window read on the UTC clock would open here.
+    evening = _next(time(18, 30), tokyo, datetime.now(UTC) + timedelta(minutes=1))
+    assert evening.astimezone(UTC).time() == time(9, 30)
+    engine.run_once(evening)
+    assert "schedule" not in api.get(f"pools/{pool['id']}")["status_message"]
+    morning = _next(time(9, 30), tokyo, evening)
+    engine.run_once(morning)
+    assert "(schedule 1 (09:00-10:00))" in api.get(f"pools/{pool['id']}")["status_message"]
 
 
 def test_scale_to_zero_retires_only_free_deletable_desktops(

@@ -8,7 +8,6 @@ desktops); ``builds`` moves each task through
 from __future__ import annotations
 
 import secrets as random_tokens
-import zoneinfo
 from datetime import datetime
 from typing import Any
 
@@ -38,13 +37,6 @@ from deskbroker.store.tables import (
     new_id,
     utcnow,
 )
-
-
-def _local(moment: datetime, zone: str) -> datetime:
-    try:
-        return moment.astimezone(zoneinfo.ZoneInfo(zone))
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        return moment
 
 
 def pool_counts(session: Session, pool_id: str) -> PoolCounts:
@@ -102,7 +94,8 @@ def reconcile_pool(ctx: BrokerContext, drivers: DriverCache, pool_id: str, now: 
         if center is None:
             pool.status, pool.last_error = "error", "no center to provision in"
             return pool.last_error
-        limits = targets(provisioning, _local(now, provisioning.get("timezone", "UTC")))
+        # Schedule windows are read in the pool's time zone by ``targets`` itself.
+        limits = targets(provisioning, now)
         counts = pool_counts(session, pool.id)
         wanted = to_create(limits, counts)
         # The tenant's desktop quota spans all its pools: lock, count, build, commit.
