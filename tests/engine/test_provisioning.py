@@ -127,6 +127,41 @@ def test_schedule_windows_are_read_in_the_pools_time_zone(
     assert "(schedule 1 (09:00-10:00))" in api.get(f"pools/{pool['id']}")["status_message"]
 
 
+def _reconcile_again(api: Api, engine: Engine, pool_id: str, times: int) -> None:
+    """Let the pool's job come due ``times`` more times, each build it asks for finished."""
+    for n in range(1, times + 1):
+        engine.run_once(datetime.now(UTC) + timedelta(minutes=n))
+        run_until(engine, lambda: _status(api, pool_id)["building"] == 0)
+
+
+def test_a_pool_that_starts_desktops_unavailable_stops_at_its_target(
+    api: Api, sim: CloudSim, engine: Engine
+) -> None:
+    center = openstack_center(api, sim)
+    pool = provisioning_pool(api, center["id"], n=2, m=10)
+    provisioning = api.get(f"pools/{pool['id']}")["provisioning"]
+    parameters = {**provisioning["parameters"], "start_unavailable": True}
+    api.patch(f"pools/{pool['id']}", {"provisioning": {**provisioning, "parameters": parameters}})
+    run_until(engine, lambda: _status(api, pool["id"])["running"] == 2)
+    _reconcile_again(api, engine, pool["id"], times=4)
+    counts = _status(api, pool["id"])
+    assert (counts["total"], counts["unavailable"], counts["available"]) == (2, 2, 0)
+    assert len(_live(sim)) == 2
+    assert "2 free or building" in api.get(f"pools/{pool['id']}")["status_message"]
+    # Once the administrator makes one available and a user takes it, one more is built.
+    desktop = api.get(f"pools/{pool['id']}/members")["items"][0]
+    api.patch(f"desktops/{desktop['id']}", {"availability": "available"})
+    user = api.post(
+        "users", {"identity_source_id": api.source_id(), "username": "u1", "password": "password-1"}
+    )
+    api.post(
+        "assignments", {"desktop_id": desktop["id"], "user_id": user["id"], "pool_id": pool["id"]}
+    )
+    run_until(engine, lambda: _status(api, pool["id"])["running"] == 3)
+    _reconcile_again(api, engine, pool["id"], times=3)
+    assert _status(api, pool["id"])["total"] == 3
+
+
 def test_scale_to_zero_retires_only_free_deletable_desktops(
     api: Api, sim: CloudSim, engine: Engine
 ) -> None:

@@ -39,8 +39,16 @@ from deskbroker.store.tables import (
 )
 
 
-def pool_counts(session: Session, pool_id: str) -> PoolCounts:
+def pool_counts(session: Session, pool_id: str, *, starts_unavailable: bool = False) -> PoolCounts:
+    """The pool's desktops by what matters to provisioning.
+
+    In a pool that builds its desktops unavailable (``start_unavailable``: an administrator
+    makes each one available), a finished, unassigned desktop waiting for that counts as
+    unassigned; otherwise every reconcile would build more, up to the pool's maximum."""
     members = select(PoolMember.desktop_id).where(PoolMember.pool_id == pool_id)
+    usable = (Desktop.availability == Availability.AVAILABLE.value) | (
+        Desktop.power_state == PowerState.BUILDING.value
+    )
     gone = (PowerState.DELETED.value, PowerState.DELETING.value)
     total = (
         session.scalar(
@@ -58,8 +66,7 @@ def pool_counts(session: Session, pool_id: str) -> PoolCounts:
                 Desktop.id.in_(members),
                 Desktop.assigned_user_id.is_(None),
                 Desktop.power_state.not_in((*gone, PowerState.ERROR.value)),
-                (Desktop.availability == Availability.AVAILABLE.value)
-                | (Desktop.power_state == PowerState.BUILDING.value),
+                *(() if starts_unavailable else (usable,)),
             )
         )
         or 0
@@ -96,7 +103,8 @@ def reconcile_pool(ctx: BrokerContext, drivers: DriverCache, pool_id: str, now: 
             return pool.last_error
         # Schedule windows are read in the pool's time zone by ``targets`` itself.
         limits = targets(provisioning, now)
-        counts = pool_counts(session, pool.id)
+        starts_unavailable = bool((provisioning.get("parameters") or {}).get("start_unavailable"))
+        counts = pool_counts(session, pool.id, starts_unavailable=starts_unavailable)
         wanted = to_create(limits, counts)
         # The tenant's desktop quota spans all its pools: lock, count, build, commit.
         tenant = quotas.desktop_room(session, pool.tenant_id)
