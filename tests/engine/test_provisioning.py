@@ -200,6 +200,23 @@ def test_waiting_users_count_as_demand(api: Api, sim: CloudSim, engine: Engine) 
     assert again["offers"][0]["status"] == "assigned"
 
 
+def test_a_user_only_name_template_never_sends_an_empty_name(
+    api: Api, sim: CloudSim, engine: Engine
+) -> None:
+    center = openstack_center(api, sim)
+    pool = provisioning_pool(api, center["id"], n=2, m=5)
+    provisioning = api.get(f"pools/{pool['id']}")["provisioning"]
+    parameters = {**provisioning["parameters"], "name_template": "{USER}"}
+    api.patch(f"pools/{pool['id']}", {"provisioning": {**provisioning, "parameters": parameters}})
+    # Built ahead of any user: no user to name them after, so the pool's default names.
+    run_until(engine, lambda: _status(api, pool["id"])["available"] == 2)
+    assert sorted(str(s["name"]) for s in _live(sim)) == ["auto-001", "auto-002"]
+    names = sorted(d["name"] for d in api.get(f"pools/{pool['id']}/members")["items"])
+    assert names == ["auto-001", "auto-002"]
+    # The cloud never saw a server without a name, not even a refused one.
+    assert all(str(s["name"]).strip() for s in sim.servers("demo"))
+
+
 def test_failed_builds_are_retried_then_quarantined(
     api: Api, sim: CloudSim, engine: Engine
 ) -> None:

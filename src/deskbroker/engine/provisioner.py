@@ -145,8 +145,13 @@ def _status_words(limits: Targets, counts: PoolCounts, create: int, retire: int)
 def _request(
     session: Session, pool: Pool, center: Center, provisioning: dict[str, Any], count: int
 ) -> None:
+    """Add ``count`` desktops in building state and their tasks.
+
+    A pool builds ahead of whoever will hold the desktop (the queue is served by claim
+    order when a build finishes), so ``{USER}`` has no value here and renders as nothing;
+    ``tags.render`` never lets that leave an empty name."""
     params: dict[str, Any] = dict(provisioning.get("parameters") or {})
-    template = params.get("name_template") or "{POOL}-{SEQUENCE:3}"
+    template = params.get("name_template") or name_tags.DEFAULT_TEMPLATE
     sequence = pool.sequence_next or int(params.get("sequence_start", 1))
     tenant = session.get(Tenant, pool.tenant_id)
     members: list[dict[str, Any]] = []
