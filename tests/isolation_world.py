@@ -27,6 +27,7 @@ from deskbroker.engine.runner import Engine
 from deskbroker.services.context import BrokerContext
 from deskbroker.store.tables import Job, Tenant
 from tests.helpers import ADMIN_PASSWORD, USER_PASSWORD, Api
+from tests.tools import XVNC, require
 
 # A tenant's people, by role; "waiting" is a plain user queued for a desktop.
 ROLES = ("tenant_admin", "helpdesk", "auditor", "user", "waiting")
@@ -69,6 +70,7 @@ def free_port() -> int:
 @contextmanager
 def real_desktops(count: int) -> Iterator[list[int]]:
     """``count`` real Xvnc servers on 127.0.0.1; yields their ports."""
+    require(XVNC)
     started: list[xvnc.XvncDesktop] = []
     try:
         for _ in range(count):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import jwt
 from fastapi.testclient import TestClient
 
@@ -90,6 +92,7 @@ def test_a_repeated_report_changes_nothing(api: Api) -> None:
 
 def test_session_keys_tell_two_sessions_of_one_user_apart(api: Api) -> None:
     desktop, agent = _setup(api)
+    api.patch(f"desktops/{desktop}", {"max_sessions": 3})  # a multi-session host
     a = agent.send("login", user="CORP\\user0", session_key="c1")
     b = agent.send("login", user="user0@corp.example", session_key="c2")
     assert a["session_id"] != b["session_id"]
@@ -192,3 +195,93 @@ def test_bad_agent_bodies_are_422(api: Api) -> None:
     assert agent.send("login", status=422, colour="red")["status"] == 422
     assert agent.send("login", status=422, at="yesterday")["status"] == 422
     assert agent.send("login", user="a" * 201, status=422)["status"] == 422
+
+
+def test_one_desktop_token_cannot_fill_the_tenant_session_quota(api: Api) -> None:
+    desktop, agent = _setup(api)
+    api.patch(f"tenants/{api.get('tenants?name=default')['items'][0]['id']}", {"quota_sessions": 2})
+    assert api.get(f"desktops/{desktop}")["max_sessions"] == 1  # a single-user desktop
+    agent.send("login", session_key="s0")
+    for n in range(1, 5):
+        refused = agent.send("login", user=f"made-up{n}", session_key=f"s{n}", status=409)
+        assert refused["max_sessions"] == 1
+        assert "allows one session at once" in refused["detail"]
+        assert "user0 (key 's0') logged_in" in refused["detail"]
+    # Still one open session: the tenant's second unit is left for another desktop.
+    assert api.get("quota")["sessions"] == {"limit": 2, "used": 1}
+    assert [s["session_key"] for s in api.get(f"sessions?desktop_id={desktop}")["items"]] == ["s0"]
+    assert not [e for e in api.get(f"events?desktop_id={desktop}")["items"] if "made-up" in str(e)]
+    # After the logout the desktop has room again.
+    agent.send("logout", session_key="s0")
+    assert agent.send("login", user="user0", session_key="s5")["state"] == "logged_in"
+
+
+def test_a_multi_session_desktop_allows_what_its_admin_set(api: Api) -> None:
+    desktop, agent = _setup(api)
+    assert api.patch(f"desktops/{desktop}", {"max_sessions": 3})["max_sessions"] == 3
+    for n in range(3):
+        agent.send("login", user=f"u{n}", session_key=f"k{n}")
+    assert (
+        "allows 3 sessions at once"
+        in agent.send("login", "u3", session_key="k3", status=409)["detail"]
+    )
+    agent.send("logout", user="u1", session_key="k1")
+    agent.send("login", user="u3", session_key="k3")
+    for bad in (0, -1, 1001, None, "two"):
+        assert api.patch(f"desktops/{desktop}", {"max_sessions": bad}, status=422)["status"] == 422
+
+
+def test_an_event_far_from_the_brokers_clock_is_refused_in_words(api: Api) -> None:
+    desktop, agent = _setup(api)
+    now = datetime.now(UTC)
+    old = agent.send("login", at=now - timedelta(hours=3), status=422)
+    assert "3 hours behind the broker's clock" in old["detail"]
+    assert "within 5 minutes" in old["detail"]
+    ahead = agent.send("login", at=now + timedelta(minutes=30), status=422)
+    assert "30 minutes ahead of the broker's clock" in ahead["detail"]
+    assert api.get(f"sessions?desktop_id={desktop}")["items"] == []  # nothing written
+    # A little skew is normal; a clock slightly ahead is taken as now.
+    started = agent.send("login", at=now - timedelta(minutes=4))
+    assert started["state"] == "logged_in"
+    [row] = api.get(f"sessions?desktop_id={desktop}")["items"]
+    assert datetime.fromisoformat(row["started_at"]).replace(tzinfo=UTC) < now - timedelta(
+        minutes=3
+    )
+    # A backdated disconnect cannot fire a plan that waits an hour at once.
+    late = agent.send("disconnect", at=now - timedelta(hours=2), status=422)
+    assert "2 hours behind" in late["detail"]
+
+
+def test_client_address_must_be_an_ip_address(api: Api) -> None:
+    desktop, agent = _setup(api)
+    for bad in ("not-an-address", "10.0.0.9; rm -rf /", "<script>", "10.0.0.256", "host:80"):
+        problem = agent.send("login", client_address=bad, status=422)
+        assert "IPv4 or IPv6 address" in str(problem), problem
+    assert api.get(f"sessions?desktop_id={desktop}")["items"] == []
+    agent.send("login", client_address="2001:DB8::7")
+    [row] = api.get(f"sessions?desktop_id={desktop}")["items"]
+    assert row["client_address"] == "2001:db8::7"
+
+
+def test_the_token_is_revoked_when_the_desktop_changes_hands(api: Api, client: TestClient) -> None:
+    desktop, agent = _setup(api)
+    agent.send("login")
+    agent.send("logout")
+    user0 = api.login("user0")["token"]
+    released = client.post(
+        f"/api/v1/client/desktops/{desktop}/release",
+        headers={"Authorization": f"Bearer {user0}"},
+    )
+    assert released.status_code == 204, released.text
+    # The previous holder kept the token they could read on the machine: it is refused.
+    stale = agent.send("login", "user1", status=401)
+    assert "revoked when the desktop was released" in stale["detail"]
+    # Reassigned by an administrator: a fresh token works, the old one still does not.
+    user1 = api.get("users?username=user1")["items"][0]["id"]
+    api.post("assignments", {"desktop_id": desktop, "user_id": user1, "pool_id": api.ids["pool"]})
+    fresh = Agent.mint(api, desktop)
+    assert fresh.send("login", "user1")["state"] == "logged_in"
+    agent.send("logout", "user1", status=401)
+    # The admin release rotates too.
+    api.delete(f"assignments/{desktop}")
+    assert "revoked" in fresh.send("logout", "user1", status=401)["detail"]

@@ -6,9 +6,11 @@ import subprocess
 import sys
 
 from deskbroker import xvnc
+from tests.tools import VNCPASSWD, XVNC, require
 
 
 def test_demo_selftest_passes() -> None:
+    require(XVNC, VNCPASSWD)
     result = subprocess.run(
         [sys.executable, "-m", "deskbroker.cli", "demo", "--selftest", "--desktops", "2"],
         capture_output=True,
@@ -41,6 +43,7 @@ def test_selftest_names_the_reason_when_the_broker_is_absent() -> None:
 
 
 def test_xvnc_banner_and_stop(tmp_path: object) -> None:
+    require(XVNC)
     desktop = xvnc.start("127.0.0.77", port=5999)
     try:
         assert xvnc.read_banner("127.0.0.77", 5999).startswith("RFB 003.")

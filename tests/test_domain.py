@@ -128,6 +128,17 @@ def test_name_templates() -> None:
         tags.validate_template("vdi-{POOL")
 
 
+def test_a_tag_without_a_value_never_leaves_an_empty_name() -> None:
+    values: dict[str, str | int] = {"POOL": "sales", "SEQUENCE": 7}
+    assert tags.render("{USER}", {**values, "USER": "alice@corp"}) == "alice-corp"
+    # Built before anyone asked: no user, so the pool's default name, not "".
+    assert tags.render("{USER}", values) == "sales-007"
+    assert tags.render("{USER}", {**values, "USER": ""}) == "sales-007"
+    assert tags.render("vdi-{USER}-{SEQUENCE:2}", values) == "vdi-07"
+    assert tags.render("{USER}-{TENANT}", values) == "sales-007"
+    assert tags.render("---", values) == "sales-007"
+
+
 def test_state_tables() -> None:
     assert transition(POWER_TRANSITIONS, PowerState.STOPPED, PowerState.RUNNING) == "running"
     with pytest.raises(Conflict, match="cannot go from deleted to running"):

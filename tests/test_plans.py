@@ -254,6 +254,7 @@ def test_no_plan_acts_while_another_session_is_in_use(api: Api) -> None:
     api.seed_pool(1, users=1)
     with_plans(api, release=[{"event": "logout", "after_minutes": 0, "action": "release"}])
     desktop = assigned_desktop(api, "user0")
+    api.patch(f"desktops/{desktop}", {"max_sessions": 2})  # a console next to RDP
     agent = Agent.mint(api, desktop)
     agent.send("login", session_key="rdp-1")
     agent.send("login", user="helpdesk", session_key="console")
@@ -446,6 +447,7 @@ def test_a_plan_never_stops_a_desktop_in_use(api: Api, cloud: CloudSim) -> None:
     _cloud_pool(api, cloud)
     with_plans(api, power=[{"event": "disconnect", "after_minutes": 0, "action": "shutdown"}])
     desktop = assigned_desktop(api, "user0")
+    api.patch(f"desktops/{desktop}", {"max_sessions": 2})
     agent = Agent.mint(api, desktop)
     drivers = DriverCache(api.ctx)
     agent.send("login", session_key="s1")
@@ -490,6 +492,7 @@ def test_terminate_only_a_deletable_desktop(api: Api, cloud: CloudSim) -> None:
 
     api.patch(f"desktops/{desktop}", {"deletable": True})
     assert assigned_desktop(api, "user0") == desktop
+    agent = Agent.mint(api, desktop)  # the release revoked the previous holder's token
     agent.send("login")
     agent.send("logout")
     fire_due(api.ctx, drivers, _now() + timedelta(seconds=1))

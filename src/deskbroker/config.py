@@ -69,8 +69,17 @@ class Settings(BaseSettings):
     quota_backoff_s: float = Field(default=30.0, ge=0, le=3600)
     event_retention_days: int = Field(default=30, ge=1, le=3650)
     stats_retention_days: int = Field(default=90, ge=1, le=3650)
+    session_retention_days: int = Field(
+        default=90, ge=1, le=3650, description="how long an ended session is kept"
+    )
     agent_token_ttl_s: int = Field(
         default=30 * 86400, ge=300, le=366 * 86400, description="lifetime of a desktop agent token"
+    )
+    agent_clock_window_s: int = Field(
+        default=300,
+        ge=10,
+        le=86400,
+        description="how far an agent event's `at` may be from the broker's clock",
     )
     start_estimate_s: int = Field(
         default=60, ge=1, le=3600, description="what a user is told a desktop start takes"

@@ -12,6 +12,7 @@ import pytest
 
 from cloudsim.server import CloudSim
 from tests.cloudsim.conftest import POLL, make_connection
+from tests.tools import VNCPASSWD, XVNC, require
 
 
 def banner(address: str, port: int = 5900, timeout: float = 10.0) -> bytes:
@@ -60,6 +61,7 @@ def no_desktop(address: str, port: int = 5900) -> bool:
 @pytest.fixture(scope="module")
 def vsim() -> Iterator[CloudSim]:
     """A simulator whose ACTIVE instances run real Xvnc desktops."""
+    require(XVNC, VNCPASSWD)
     simulator = CloudSim(projects=["demo"], clock_speed=40, backing="xvnc").start()
     yield simulator
     simulator.stop()
@@ -119,6 +121,7 @@ def test_instance_desktop_follows_power_state(vsim: CloudSim) -> None:
 
 
 def test_stop_cleans_up_every_desktop() -> None:
+    require(XVNC, VNCPASSWD)
     simulator = CloudSim(
         projects=["demo"], clock_speed=40, backing="xvnc", vnc_password="s3cret-pw"
     ).start()

@@ -10,7 +10,8 @@ from cloudsim.server import CloudSim
 from deskbroker.engine.runner import Engine
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import events
-from deskbroker.store.tables import Event, Job, LoginThrottle, PoolStat
+from deskbroker.store.tables import Event, Job, LoginThrottle, PoolStat, SessionRow
+from tests.agent_support import Agent, assigned_desktop
 from tests.engine.conftest import openstack_center, provisioning_pool
 from tests.helpers import Api
 
@@ -138,3 +139,34 @@ def test_retention_drops_spent_sign_in_counts_and_keeps_live_ones(
         keys = set(session.scalars(select(LoginThrottle.key)).all())
     assert keys == {"account:t:locked", "address:10.9.9.9", "account:t:fresh"}
     assert _job(api, "retention")["runs"] == 1
+
+
+def test_retention_drops_long_ended_sessions_and_keeps_open_ones(
+    api: Api, ctx: BrokerContext, engine: Engine
+) -> None:
+    api.seed_pool(1, users=1)
+    desktop = assigned_desktop(api, "user0")
+    api.patch(f"desktops/{desktop}", {"max_sessions": 3})
+    agent = Agent.mint(api, desktop)
+    ended_long_ago = agent.send("login", session_key="old")["session_id"]
+    agent.send("logout", session_key="old")
+    ended_lately = agent.send("login", session_key="recent")["session_id"]
+    agent.send("logout", session_key="recent")
+    open_for_ages = agent.send("login", session_key="open")["session_id"]
+    ages = {
+        ended_long_ago: {"ended_at": datetime.now(UTC) - timedelta(days=91)},
+        ended_lately: {"ended_at": datetime.now(UTC) - timedelta(days=89)},
+        open_for_ages: {"started_at": datetime.now(UTC) - timedelta(days=400)},
+    }
+    with ctx.db.write() as session:
+        for session_id, values in ages.items():
+            session.execute(
+                SessionRow.__table__.update().where(SessionRow.id == session_id).values(**values)
+            )
+    engine.run_once()  # creates the jobs
+    engine.run_once()
+    assert {s["id"] for s in api.get(f"sessions?desktop_id={desktop}")["items"]} == {
+        ended_lately,
+        open_for_ages,
+    }
+    assert _job(api, "retention")["runs"] >= 1

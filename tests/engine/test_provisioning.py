@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
 from cloudsim.server import CloudSim
 from deskbroker.centers.openstack.driver import OpenStackCenter
@@ -85,6 +86,82 @@ def test_schedule_window_changes_targets(api: Api, sim: CloudSim, engine: Engine
     assert "schedule 1" in api.get(f"pools/{pool['id']}")["status_message"]
 
 
+def _next(local_clock: time, zone: ZoneInfo, after: datetime) -> datetime:
+    """The first moment after ``after`` when the clock in ``zone`` shows ``local_clock``."""
+    local = after.astimezone(zone)
+    candidate = datetime.combine(local.date(), local_clock, tzinfo=zone)
+    if candidate <= local:
+        candidate += timedelta(days=1)
+    return candidate.astimezone(UTC)
+
+
+def test_schedule_windows_are_read_in_the_pools_time_zone(
+    api: Api, sim: CloudSim, engine: Engine
+) -> None:
+    tokyo = ZoneInfo("Asia/Tokyo")
+    center = openstack_center(api, sim)
+    pool = provisioning_pool(
+        api,
+        center["id"],
+        n=0,
+        m=0,
+        timezone="Asia/Tokyo",
+        schedules=[
+            {
+                "days": list(range(7)),
+                "start": "09:00",
+                "end": "10:00",
+                "min_unassigned": 0,
+                "max_total": 0,
+            }
+        ],
+    )
+    engine.run_once()  # makes the pool's job and runs it once now
+    # 18:30 in Tokyo is 09:30 UTC: a window read on the UTC clock would open here.
+    evening = _next(time(18, 30), tokyo, datetime.now(UTC) + timedelta(minutes=1))
+    assert evening.astimezone(UTC).time() == time(9, 30)
+    engine.run_once(evening)
+    assert "schedule" not in api.get(f"pools/{pool['id']}")["status_message"]
+    morning = _next(time(9, 30), tokyo, evening)
+    engine.run_once(morning)
+    assert "(schedule 1 (09:00-10:00))" in api.get(f"pools/{pool['id']}")["status_message"]
+
+
+def _reconcile_again(api: Api, engine: Engine, pool_id: str, times: int) -> None:
+    """Let the pool's job come due ``times`` more times, each build it asks for finished."""
+    for n in range(1, times + 1):
+        engine.run_once(datetime.now(UTC) + timedelta(minutes=n))
+        run_until(engine, lambda: _status(api, pool_id)["building"] == 0)
+
+
+def test_a_pool_that_starts_desktops_unavailable_stops_at_its_target(
+    api: Api, sim: CloudSim, engine: Engine
+) -> None:
+    center = openstack_center(api, sim)
+    pool = provisioning_pool(api, center["id"], n=2, m=10)
+    provisioning = api.get(f"pools/{pool['id']}")["provisioning"]
+    parameters = {**provisioning["parameters"], "start_unavailable": True}
+    api.patch(f"pools/{pool['id']}", {"provisioning": {**provisioning, "parameters": parameters}})
+    run_until(engine, lambda: _status(api, pool["id"])["running"] == 2)
+    _reconcile_again(api, engine, pool["id"], times=4)
+    counts = _status(api, pool["id"])
+    assert (counts["total"], counts["unavailable"], counts["available"]) == (2, 2, 0)
+    assert len(_live(sim)) == 2
+    assert "2 free or building" in api.get(f"pools/{pool['id']}")["status_message"]
+    # Once the administrator makes one available and a user takes it, one more is built.
+    desktop = api.get(f"pools/{pool['id']}/members")["items"][0]
+    api.patch(f"desktops/{desktop['id']}", {"availability": "available"})
+    user = api.post(
+        "users", {"identity_source_id": api.source_id(), "username": "u1", "password": "password-1"}
+    )
+    api.post(
+        "assignments", {"desktop_id": desktop["id"], "user_id": user["id"], "pool_id": pool["id"]}
+    )
+    run_until(engine, lambda: _status(api, pool["id"])["running"] == 3)
+    _reconcile_again(api, engine, pool["id"], times=3)
+    assert _status(api, pool["id"])["total"] == 3
+
+
 def test_scale_to_zero_retires_only_free_deletable_desktops(
     api: Api, sim: CloudSim, engine: Engine
 ) -> None:
@@ -121,6 +198,23 @@ def test_waiting_users_count_as_demand(api: Api, sim: CloudSim, engine: Engine) 
     run_until(engine, lambda: api.get("assignments")["total"] == 1)
     again = api.login("late", "password-1")
     assert again["offers"][0]["status"] == "assigned"
+
+
+def test_a_user_only_name_template_never_sends_an_empty_name(
+    api: Api, sim: CloudSim, engine: Engine
+) -> None:
+    center = openstack_center(api, sim)
+    pool = provisioning_pool(api, center["id"], n=2, m=5)
+    provisioning = api.get(f"pools/{pool['id']}")["provisioning"]
+    parameters = {**provisioning["parameters"], "name_template": "{USER}"}
+    api.patch(f"pools/{pool['id']}", {"provisioning": {**provisioning, "parameters": parameters}})
+    # Built ahead of any user: no user to name them after, so the pool's default names.
+    run_until(engine, lambda: _status(api, pool["id"])["available"] == 2)
+    assert sorted(str(s["name"]) for s in _live(sim)) == ["auto-001", "auto-002"]
+    names = sorted(d["name"] for d in api.get(f"pools/{pool['id']}/members")["items"])
+    assert names == ["auto-001", "auto-002"]
+    # The cloud never saw a server without a name, not even a refused one.
+    assert all(str(s["name"]).strip() for s in sim.servers("demo"))
 
 
 def test_failed_builds_are_retried_then_quarantined(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import shutil
 import socket
 import ssl
 import subprocess
@@ -15,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from ldap3 import MODIFY_REPLACE, Connection, Server, Tls
+
+from tests.tools import SAMBA, SAMBA_TOOL, SLAPD, require
 
 LDAP_BASE = "dc=example,dc=org"
 LDAP_ADMIN = f"cn=admin,{LDAP_BASE}"
@@ -108,10 +109,11 @@ class Slapd:
                 dir=self.directory, base=LDAP_BASE, admin=LDAP_ADMIN, password=LDAP_ADMIN_PASSWORD
             )
         )
+        [slapd] = require(SLAPD)
         log = self.directory / "slapd.log"
         with log.open("ab") as out:
             self.proc = subprocess.Popen(
-                ["slapd", "-d", "0", "-h", f"{self.url}/", "-f", str(conf)],
+                [slapd, "-d", "0", "-h", f"{self.url}/", "-f", str(conf)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
@@ -229,11 +231,10 @@ def ad_lock() -> Iterator[None]:
 
 
 def provision_samba(directory: Path) -> None:
-    if shutil.which("samba-tool") is None or shutil.which("samba") is None:
-        raise RuntimeError("samba is missing: `make setup` installs samba and samba-ad-dc")
+    [samba_tool, _] = require(SAMBA_TOOL, SAMBA)
     subprocess.run(
         [
-            "samba-tool",
+            samba_tool,
             "domain",
             "provision",
             f"--realm={AD_REALM}",
@@ -263,11 +264,12 @@ def start_samba(directory: Path) -> SambaDc:
             f"127.0.0.1 ports {taken} are taken by another process (a system samba or slapd?); "
             "the Samba AD tests need 389, 636, 3268 and 3269: stop it (`ss -ltnp` names it)"
         )
+    [samba] = require(SAMBA)
     (directory / "run").mkdir(exist_ok=True)
     log = directory / "samba.out"
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            ["samba", "-i", "-M", "single", "-s", str(directory / "etc" / "smb.conf")],
+            [samba, "-i", "-M", "single", "-s", str(directory / "etc" / "smb.conf")],
             stdout=out,
             stderr=subprocess.STDOUT,
         )

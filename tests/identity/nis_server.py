@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -28,10 +27,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
+from tests import tools
 from tests.identity.directories import free_port, wait_for_port
+from tests.tools import require
 
 NIS_DOMAIN = "deskbroker.test"
-MAKEDBM = "/usr/lib/yp/makedbm"
 
 # Everything but the shadow map for anyone on loopback; shadow only from ports < 1024.
 YPSERV_CONF = """files: 30
@@ -106,8 +108,9 @@ class NisSite:
         source.write_text("".join(f"{line.split(':')[key_field]}\t{line}\n" for line in lines))
         target = self.directory / "yp" / self.domain / name
         target.parent.mkdir(parents=True, exist_ok=True)
+        [makedbm] = require(tools.MAKEDBM)
         subprocess.run(
-            [MAKEDBM, "-i", str(source), "-m", "localhost", str(source), str(target)],
+            [makedbm, "-i", str(source), "-m", "localhost", str(source), str(target)],
             check=True,
             capture_output=True,
         )
@@ -115,12 +118,11 @@ class NisSite:
 
     def start(self) -> None:
         if os.geteuid() != 0:
-            raise RuntimeError(
-                "the NIS tests start ypserv in a private mount namespace, which needs root"
+            pytest.fail(
+                "the NIS tests start ypserv in a private mount namespace, which needs root",
+                pytrace=False,
             )
-        for tool in ("ypserv", "rpcbind", "unshare", "setpriv", MAKEDBM):
-            if shutil.which(tool) is None:
-                raise RuntimeError(f"{tool} is missing: `make setup` installs ypserv and rpcbind")
+        require(tools.YPSERV, tools.RPCBIND, tools.UNSHARE, tools.SETPRIV, tools.MAKEDBM)
         run = self.directory / "run"
         run.mkdir(exist_ok=True)
         run.chmod(0o777)  # ypserv, as nobody, writes its pid file there

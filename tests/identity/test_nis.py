@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import socket
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -28,6 +26,7 @@ from tests.identity.nis_users import (
     nis_users,
 )
 from tests.identity.support import group_policy
+from tests.identity.unprivileged import staged
 
 
 def test_nis_groups_pick_the_policy(api: Api, nis: NisSite) -> None:
@@ -222,13 +221,16 @@ def test_lookup_and_params_validation(api: Api, nis: NisSite) -> None:
         assert words in response.json()["detail"]
 
 
-AS_BROKER = """
+AS_BROKER_IMPORTS = """
 import json, sys
 from deskbroker.errors import DeskbrokerError
 from deskbroker.identity.base import Credentials
 from deskbroker.identity.nis import NisIdentitySource
 from deskbroker.security import PasswordHashing
-
+"""
+AS_BROKER = (
+    AS_BROKER_IMPORTS
+    + """
 driver = NisIdentitySource(json.loads(sys.argv[1]), {}, PasswordHashing(1, 64, 1))
 try:
     who = driver.authenticate(Credentials("cid", "cid-password-1"), None)
@@ -236,23 +238,22 @@ try:
 except DeskbrokerError as exc:
     print(json.dumps({"detail": exc.detail, "reason": exc.extra.get("reason")}))
 """
+)
 
 
 def test_a_shadow_map_needs_a_privileged_port(nis: NisSite) -> None:
-    """A broker running as an ordinary user hears why, and CAP_NET_BIND_SERVICE is enough."""
+    """A broker running as an ordinary user hears why, and CAP_NET_BIND_SERVICE is enough.
+
+    ``nobody`` may not be able to read this checkout (a clone under /root or in a
+    ``mktemp -d`` folder): it runs a world-readable copy of this checkout's code."""
     drop = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
     capable = [*drop, "--inh-caps=+net_bind_service", "--ambient-caps=+net_bind_service"]
     answers = []
-    for user in (drop, capable):
-        done = subprocess.run(
-            [*user, sys.executable, "-c", AS_BROKER, json.dumps(nis_params(nis))],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"},
-        )
-        assert done.returncode == 0, done.stderr
-        answers.append(json.loads(done.stdout))
+    with staged(AS_BROKER_IMPORTS) as copy:
+        for user in (drop, capable):
+            done = copy.run(user, AS_BROKER, json.dumps(nis_params(nis)))
+            assert done.returncode == 0, done.stderr
+            answers.append(json.loads(done.stdout))
     assert answers == [{"detail": SHADOW_DENIED, "reason": "shadow_denied"}, {"username": "cid"}]
 
 

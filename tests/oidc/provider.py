@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from tests.identity.directories import free_port
+from tests.tools import NODE, require, require_node_modules
 
 PROVIDER_DIR = Path(__file__).parent / "provider"
 BROKER_CALLBACK = "http://testserver/api/v1/auth/oidc/callback"
@@ -72,10 +73,8 @@ class OidcProvider:
 
 @contextmanager
 def running_provider(directory: Path) -> Iterator[OidcProvider]:
-    if not (PROVIDER_DIR / "node_modules" / "oidc-provider").is_dir():
-        pytest.fail(
-            "oidc-provider is not installed: run `make setup` (npm ci in tests/oidc/provider)"
-        )
+    [node] = require(NODE)
+    require_node_modules(PROVIDER_DIR, "oidc-provider")
     port = free_port()
     config = directory / "provider.json"
     config.write_text(
@@ -96,7 +95,7 @@ def running_provider(directory: Path) -> Iterator[OidcProvider]:
     log = directory / "provider.log"
     with log.open("wb") as errors:
         proc = subprocess.Popen(
-            ["node", str(PROVIDER_DIR / "provider.mjs"), str(config)],
+            [node, str(PROVIDER_DIR / "provider.mjs"), str(config)],
             stdout=subprocess.PIPE,
             stderr=errors,
             env={**os.environ, "NODE_ENV": "test"},

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel, BeforeValidator, Field, StringConstraints, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+)
 
 from deskbroker.api.deps import AgentPrincipal, Ctx
 from deskbroker.api.schemas import Body, Id
@@ -20,6 +28,16 @@ def _short_text(value: Any) -> Any:
     if not isinstance(value, str | datetime) or (isinstance(value, str) and len(value) > 64):
         raise ValueError("is not an ISO 8601 date-time")
     return value
+
+
+def _address(value: str) -> str:
+    # Stored and shown to admins as where a user connected from: an address, nothing else.
+    if value == "":
+        return value
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ValueError("is not an IPv4 or IPv6 address such as 192.0.2.7") from None
 
 
 Moment = Annotated[
@@ -38,13 +56,17 @@ class AgentEventIn(Body):
         "tells apart two sessions of one user",
     )
     at: Moment | None = Field(
-        default=None, description="when it happened; the broker's clock when left out"
+        default=None,
+        description="when it happened, within DESKBROKER_AGENT_CLOCK_WINDOW_S (5 minutes) of "
+        "the broker's clock; the broker's clock when left out",
     )
     desktop_id: Id | None = Field(
         default=None, description="checked against the token's desktop when given"
     )
     protocol: Annotated[str, StringConstraints(max_length=20)] = ""
-    client_address: Annotated[str, StringConstraints(max_length=64)] = ""
+    client_address: Annotated[
+        str, StringConstraints(max_length=64, strip_whitespace=True), AfterValidator(_address)
+    ] = Field(default="", description="the IP address the user connects from")
 
 
 class TimerOut(BaseModel):
@@ -79,7 +101,11 @@ def router() -> APIRouter:
         responses={
             401: {"description": "missing, expired or replaced agent token"},
             403: {"description": "not an agent token, or another desktop's"},
-            409: {"description": "the event cannot follow the session's state"},
+            409: {
+                "description": "the event cannot follow the session's state, or a login "
+                "beyond the sessions the desktop allows"
+            },
+            422: {"description": "a malformed body, an `at` too far from now"},
         },
     )
     def post_event(body: AgentEventIn, ctx: Ctx, who: AgentPrincipal) -> AgentEventOut:

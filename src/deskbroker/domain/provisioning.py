@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, time
 from typing import Any
 
-from deskbroker.domain.rules import TimeWindow
+from deskbroker.domain.rules import TimeWindow, zone
 
 
 @dataclass(frozen=True)
@@ -24,11 +24,26 @@ def _clock(text: str) -> time:
     return time(int(hours), int(minutes or 0))
 
 
+def _zone_name(provisioning: Mapping[str, Any]) -> str:
+    name = str(provisioning.get("timezone") or "UTC")
+    try:
+        zone(name)
+    except ValueError:
+        return "UTC"  # the admin API refuses unknown zones; a stored one may predate that
+    return name
+
+
 def targets(provisioning: Mapping[str, Any], moment: datetime) -> Targets:
-    """The pool's limits at ``moment``: the first schedule window that contains it wins."""
+    """The pool's limits at ``moment``: the first schedule window that contains it wins.
+
+    Windows are read on the clock of the pool's ``timezone``; an aware ``moment`` (the
+    engine passes UTC) is converted into it, a naive one is taken as that zone's time."""
     schedules: Sequence[Mapping[str, Any]] = provisioning.get("schedules") or []
+    where = _zone_name(provisioning)
     for index, window in enumerate(schedules):
-        span = TimeWindow(frozenset(window["days"]), _clock(window["start"]), _clock(window["end"]))
+        span = TimeWindow(
+            frozenset(window["days"]), _clock(window["start"]), _clock(window["end"]), where
+        )
         if span.contains(moment):
             return Targets(
                 int(window["min_unassigned"]),

@@ -24,15 +24,34 @@ def validate_template(template: str) -> None:
         raise InvalidInput("name template has an unbalanced brace")
 
 
+# What a pool's desktops are called when its template renders nothing.
+DEFAULT_TEMPLATE = "{POOL}-{SEQUENCE:3}"
+
+
 def render(template: str, values: Mapping[str, str | int]) -> str:
-    """Fill the tags; a width pads numbers with zeros."""
+    """Fill the tags; a width pads numbers with zeros. Never returns an empty name.
+
+    A tag without a value (``{USER}`` for a desktop built before anyone asked for it)
+    renders as nothing, and the dash it leaves doubled or dangling goes too. When no
+    letter or digit is left, the name follows ``DEFAULT_TEMPLATE`` instead: a cloud
+    must never be asked for a server without a name."""
+    empty = False
 
     def fill(match: re.Match[str]) -> str:
+        nonlocal empty
         name, width = match.group(1), match.group(2)
         value = values.get(name, "")
         text = str(value)
         if width and isinstance(value, int):
             text = text.zfill(int(width))
+        empty = empty or text == ""
         return re.sub(r"[^A-Za-z0-9-]", "-", text)
 
-    return _TAG.sub(fill, template)
+    name = _TAG.sub(fill, template)
+    if empty:
+        name = re.sub(r"-{2,}", "-", name).strip("-")
+    if re.search(r"[A-Za-z0-9]", name):
+        return name
+    if template == DEFAULT_TEMPLATE:
+        raise InvalidInput("the name template renders an empty name: the pool has no name")
+    return render(DEFAULT_TEMPLATE, values)

@@ -25,6 +25,7 @@ from deskbroker.store.tables import (
     Pool,
     PoolStat,
     ProvisioningTask,
+    SessionRow,
 )
 
 
@@ -109,7 +110,8 @@ def pool_stats(ctx: BrokerContext, drivers: DriverCache, pool_id: str, now: date
 
 
 def retention(ctx: BrokerContext, drivers: DriverCache, target: str, now: datetime) -> str:
-    """Drop events and statistics older than their retention; finished tasks too."""
+    """Drop events, statistics and ended sessions older than their retention; finished
+    tasks and spent sign-in leftovers too."""
     settings = ctx.settings
     with ctx.db.write() as session:
         old_events = _purge(
@@ -118,6 +120,15 @@ def retention(ctx: BrokerContext, drivers: DriverCache, target: str, now: dateti
         old_stats = _purge(
             session, PoolStat, PoolStat.at, now - timedelta(days=settings.stats_retention_days)
         )
+        # Only ended sessions: an open one is live state, however old (a week-long
+        # disconnected session still holds its desktop and a unit of the tenant's quota).
+        result = session.execute(
+            delete(SessionRow).where(
+                SessionRow.ended_at.is_not(None),
+                SessionRow.ended_at < now - timedelta(days=settings.session_retention_days),
+            )
+        )
+        old_sessions = int(result.rowcount or 0)  # type: ignore[attr-defined]
         session.execute(
             delete(ProvisioningTask).where(
                 ProvisioningTask.state.in_(("ready", "cancelled")),
@@ -142,7 +153,10 @@ def retention(ctx: BrokerContext, drivers: DriverCache, target: str, now: dateti
             )
         )
         spent += int(result.rowcount or 0)  # type: ignore[attr-defined]
-    return f"removed {old_events} events, {old_stats} samples and {spent} sign-in leftovers"
+    return (
+        f"removed {old_events} events, {old_stats} samples, {old_sessions} ended sessions "
+        f"and {spent} sign-in leftovers"
+    )
 
 
 def _purge(session: Session, model: type, column: Any, before: datetime) -> int:

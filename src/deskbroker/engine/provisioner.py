@@ -8,7 +8,6 @@ desktops); ``builds`` moves each task through
 from __future__ import annotations
 
 import secrets as random_tokens
-import zoneinfo
 from datetime import datetime
 from typing import Any
 
@@ -40,15 +39,16 @@ from deskbroker.store.tables import (
 )
 
 
-def _local(moment: datetime, zone: str) -> datetime:
-    try:
-        return moment.astimezone(zoneinfo.ZoneInfo(zone))
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        return moment
+def pool_counts(session: Session, pool_id: str, *, starts_unavailable: bool = False) -> PoolCounts:
+    """The pool's desktops by what matters to provisioning.
 
-
-def pool_counts(session: Session, pool_id: str) -> PoolCounts:
+    In a pool that builds its desktops unavailable (``start_unavailable``: an administrator
+    makes each one available), a finished, unassigned desktop waiting for that counts as
+    unassigned; otherwise every reconcile would build more, up to the pool's maximum."""
     members = select(PoolMember.desktop_id).where(PoolMember.pool_id == pool_id)
+    usable = (Desktop.availability == Availability.AVAILABLE.value) | (
+        Desktop.power_state == PowerState.BUILDING.value
+    )
     gone = (PowerState.DELETED.value, PowerState.DELETING.value)
     total = (
         session.scalar(
@@ -66,8 +66,7 @@ def pool_counts(session: Session, pool_id: str) -> PoolCounts:
                 Desktop.id.in_(members),
                 Desktop.assigned_user_id.is_(None),
                 Desktop.power_state.not_in((*gone, PowerState.ERROR.value)),
-                (Desktop.availability == Availability.AVAILABLE.value)
-                | (Desktop.power_state == PowerState.BUILDING.value),
+                *(() if starts_unavailable else (usable,)),
             )
         )
         or 0
@@ -102,8 +101,10 @@ def reconcile_pool(ctx: BrokerContext, drivers: DriverCache, pool_id: str, now: 
         if center is None:
             pool.status, pool.last_error = "error", "no center to provision in"
             return pool.last_error
-        limits = targets(provisioning, _local(now, provisioning.get("timezone", "UTC")))
-        counts = pool_counts(session, pool.id)
+        # Schedule windows are read in the pool's time zone by ``targets`` itself.
+        limits = targets(provisioning, now)
+        starts_unavailable = bool((provisioning.get("parameters") or {}).get("start_unavailable"))
+        counts = pool_counts(session, pool.id, starts_unavailable=starts_unavailable)
         wanted = to_create(limits, counts)
         # The tenant's desktop quota spans all its pools: lock, count, build, commit.
         tenant = quotas.desktop_room(session, pool.tenant_id)
@@ -144,8 +145,13 @@ def _status_words(limits: Targets, counts: PoolCounts, create: int, retire: int)
 def _request(
     session: Session, pool: Pool, center: Center, provisioning: dict[str, Any], count: int
 ) -> None:
+    """Add ``count`` desktops in building state and their tasks.
+
+    A pool builds ahead of whoever will hold the desktop (the queue is served by claim
+    order when a build finishes), so ``{USER}`` has no value here and renders as nothing;
+    ``tags.render`` never lets that leave an empty name."""
     params: dict[str, Any] = dict(provisioning.get("parameters") or {})
-    template = params.get("name_template") or "{POOL}-{SEQUENCE:3}"
+    template = params.get("name_template") or name_tags.DEFAULT_TEMPLATE
     sequence = pool.sequence_next or int(params.get("sequence_start", 1))
     tenant = session.get(Tenant, pool.tenant_id)
     members: list[dict[str, Any]] = []

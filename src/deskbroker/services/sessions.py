@@ -15,13 +15,13 @@ from sqlalchemy.orm import Session
 from deskbroker.domain import plans
 from deskbroker.domain.plans import AgentEvent, PlanKind, PlanRule
 from deskbroker.domain.states import SESSION_TRANSITIONS, AgentState, SessionState, transition
-from deskbroker.errors import Conflict, Forbidden, NotFound, Unauthorized
+from deskbroker.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from deskbroker.security import TokenClaims
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import events
 from deskbroker.store.tables import Desktop, PowerPlan, ReleasePlan, SessionRow, Timer, User
 
-# An agent whose clock runs ahead must not set timers in the future of the broker's.
+# How far ahead of the broker's clock an event's time is taken as reported.
 CLOCK_SKEW = timedelta(seconds=60)
 
 
@@ -93,6 +93,57 @@ def _open_session(
     return session.scalars(query.order_by(SessionRow.started_at.desc()).limit(1)).first()
 
 
+def _within_clock_window(at: datetime | None, now: datetime, window_s: int) -> datetime:
+    """``at`` as reported, refused when it lies too far from the broker's clock.
+
+    A token holder could otherwise backdate events (a disconnect "hours ago" fires the
+    plans at once) or date them far ahead."""
+    if at is None:
+        return now
+    at = _aware(at)
+    off = (at - now).total_seconds()
+    if abs(off) > window_s:
+        direction = "behind" if off < 0 else "ahead of"
+        raise InvalidInput(
+            f"at ({at.isoformat()}) is {_duration_words(abs(off))} {direction} the broker's "
+            f"clock; an event must be reported within {_duration_words(window_s)} of when "
+            "it happened (check the desktop's clock)",
+            field="at",
+        )
+    return at
+
+
+def _duration_words(seconds: float) -> str:
+    if seconds < 120:
+        return f"{round(seconds)} seconds"
+    if seconds < 7200:
+        return f"{round(seconds / 60)} minutes"
+    return f"{round(seconds / 3600)} hours"
+
+
+def _room_for_session(session: Session, desktop: Desktop, user: str) -> None:
+    """Refuse a login beyond the sessions the desktop's kind allows (one on a single-user
+    desktop): one desktop's token must not fill the tenant's session quota."""
+    open_rows = session.execute(
+        select(SessionRow.username, SessionRow.session_key, SessionRow.state)
+        .where(SessionRow.desktop_id == desktop.id, SessionRow.ended_at.is_(None))
+        .order_by(SessionRow.started_at)
+        .limit(desktop.max_sessions + 1)
+    ).all()
+    if len(open_rows) < desktop.max_sessions:
+        return
+    held = ", ".join(
+        f"{r[0]}" + (f" (key {r[1]!r})" if r[1] else "") + f" {r[2]}" for r in open_rows[:3]
+    )
+    allows = "one session" if desktop.max_sessions == 1 else f"{desktop.max_sessions} sessions"
+    raise Conflict(
+        f"desktop {desktop.name} allows {allows} at once and has {held} open; "
+        f"a login of {user} must follow their logout (an administrator can end a session "
+        "the agent missed, or raise the desktop's max_sessions for a multi-session host)",
+        max_sessions=desktop.max_sessions,
+    )
+
+
 def _allowed_events(current: SessionState) -> str:
     targets = SESSION_TRANSITIONS[current]
     names = [
@@ -143,7 +194,10 @@ def record(
     desktop. A repeated report (the state would not change) changes nothing.
     """
     now = _aware(now or datetime.now(UTC))
-    at = min(_aware(at or now), now + CLOCK_SKEW)
+    at = _within_clock_window(at, now, ctx.settings.agent_clock_window_s)
+    # Within the window, an agent whose clock runs ahead must not set timers in the
+    # future of the broker's.
+    at = min(at, now + CLOCK_SKEW)
     # Warm the per-node config cache outside the write transaction.
     ctx.cache.current(ctx.db)
     with ctx.db.write() as session:
@@ -163,6 +217,7 @@ def record(
                     + (f" with key {session_key!r}" if session_key else "")
                     + f"; a {event.value} must follow a login"
                 )
+            _room_for_session(session, desktop, user)
             row = SessionRow(
                 tenant_id=desktop.tenant_id,
                 desktop_id=desktop.id,
@@ -308,6 +363,11 @@ def check_agent(ctx: BrokerContext, who: TokenClaims, desktop_id: str | None) ->
         ).first()
     if row is None or row[0] != who.tenant_id:
         raise Unauthorized("the desktop this agent token was minted for no longer exists")
+    if row[1] is None:
+        raise Unauthorized(
+            "this agent token was revoked when the desktop was released (it changed "
+            "hands); an administrator mints a new one for the desktop's agent"
+        )
     if row[1] != who.token_id:
         raise Unauthorized(
             "this agent token was replaced by a newer one; install the new token on the desktop"

@@ -449,6 +449,9 @@ def unassign(session: Session, *, desktop_id: str, user_id: str | None) -> bool:
             assigned_pool_id=None,
             assignment_kind=None,
             assigned_at=None,
+            # The desktop changes hands: its agent token (which the previous holder may have
+            # read on the machine) stops working; an administrator mints the next one.
+            agent_token_id=None,
             updated_at=utcnow(),
         ).execution_options(synchronize_session=False)
     )

@@ -203,6 +203,9 @@ class Desktop(Base):
     connect_granted_at: Mapped[datetime | None] = mapped_column(default=None)
     # The id of the one agent token this desktop accepts; minting a new one revokes it.
     agent_token_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    # How many sessions at once the desktop's kind allows: 1 for a single-user desktop,
+    # more for a multi-session host. An agent cannot report more open sessions than this.
+    max_sessions: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = _updated()
 

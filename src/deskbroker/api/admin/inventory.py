@@ -184,6 +184,13 @@ class DesktopPatch(Body):
     availability: Availability | None = None
     attributes: dict[str, Any] | None = None
     deletable: bool | None = None
+    max_sessions: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        description="sessions at once the desktop allows: 1 for a single-user desktop, "
+        "more for a multi-session host; its agent cannot report more",
+    )
 
 
 class DesktopOut(Stamped):
@@ -199,6 +206,7 @@ class DesktopOut(Stamped):
     agent_state: str
     reachable: bool | None
     deletable: bool
+    max_sessions: int
     assigned_user_id: str | None
     assigned_pool_id: str | None
     assignment_kind: str | None

@@ -561,6 +561,7 @@ def upgrade() -> None:
         sa.Column("starting_since", sa.DateTime(timezone=True), nullable=True),
         sa.Column("connect_granted_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("agent_token_id", sa.String(length=32), nullable=True),
+        sa.Column("max_sessions", sa.Integer(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
