@@ -17,6 +17,7 @@ from deskbroker.bootstrap import add_local_user
 from deskbroker.config import Settings
 from deskbroker.errors import DirectoryUnavailable, Unauthorized
 from deskbroker.services.source_guard import SourceBusy, SourceGuard, SourceSuspended
+from deskbroker.services.throttle import IN_LINE_RETRY_S, MAX_IN_LINE
 from deskbroker.store.tables import LoginThrottle
 from tests.helpers import USER_PASSWORD, Api
 from tests.identity.directories import LDAP_SERVICE_PASSWORD, Slapd, free_port
@@ -37,13 +38,15 @@ def settings(settings: Settings, request: pytest.FixtureRequest) -> Settings:
     return settings.model_copy(update=update)
 
 
-def _directory_in_tenant_b(api: Api, servers: list[str]) -> dict[str, Any]:
+def _directory_in_tenant_b(
+    api: Api, servers: list[str], timeout_s: float = TIMEOUT_S
+) -> dict[str, Any]:
     add_local_user(api.ctx, "b-someone", USER_PASSWORD, tenant_name="b")  # makes tenant b
     tenant_b = api.get("tenants?name=b")["items"][0]["id"]
     params = {
         "servers": servers,
         "base_dn": "ou=people,dc=example,dc=org",
-        "timeout_s": TIMEOUT_S,
+        "timeout_s": timeout_s,
         "connect_timeout_s": 1,
     }
     return api.post(
@@ -60,6 +63,52 @@ def _login_b(api: Api, username: str, password: str = "guess") -> tuple[float, h
     return time.perf_counter() - started, response
 
 
+def _storm(
+    api: Api, names: list[str]
+) -> tuple[list[float], list[int], list[tuple[float, httpx.Response]]]:
+    """Logins of ``names`` to tenant B, all at once, while tenant A's user0 logs in over
+    and over: A's times and statuses, and B's answers."""
+    a_times: list[float] = []
+    a_statuses: list[int] = []
+    storm_over = threading.Event()
+
+    def tenant_a() -> None:
+        while not storm_over.is_set():
+            started = time.perf_counter()
+            response = api.client.post(
+                "/api/v1/auth/login", json={"username": "user0", "password": USER_PASSWORD}
+            )
+            a_times.append(time.perf_counter() - started)
+            a_statuses.append(response.status_code)
+            time.sleep(0.02)
+
+    b_answers: list[tuple[float, httpx.Response]] = []
+    start = threading.Barrier(len(names))
+
+    def tenant_b(name: str) -> None:
+        start.wait()
+        b_answers.append(_login_b(api, name))
+
+    a_thread = threading.Thread(target=tenant_a)
+    a_thread.start()
+    storm = [threading.Thread(target=tenant_b, args=(name,)) for name in names]
+    for thread in storm:
+        thread.start()
+    for thread in storm:
+        thread.join(timeout=120)
+    storm_over.set()
+    a_thread.join(timeout=30)
+    assert len(b_answers) == len(names)
+    return a_times, a_statuses, b_answers
+
+
+def _assert_fast(a_times: list[float], a_statuses: list[int]) -> None:
+    """Tenant A did not notice."""
+    assert set(a_statuses) == {200} and len(a_times) >= 20, (a_statuses, len(a_times))
+    p99 = statistics.quantiles(a_times, n=100)[98]
+    assert p99 < 0.5, f"tenant A's p99 was {p99:.3f} s (max {max(a_times):.3f} s)"
+
+
 @pytest.mark.parametrize("settings", [{"login_max_failures_per_address": 10000}], indirect=True)
 def test_a_tarpit_directory_in_tenant_b_leaves_tenant_a_fast(api: Api, slapd: Slapd) -> None:
     api.seed_pool(3, users=1)
@@ -67,46 +116,12 @@ def test_a_tarpit_directory_in_tenant_b_leaves_tenant_a_fast(api: Api, slapd: Sl
     with tarpit() as port:
         source = _directory_in_tenant_b(api, [f"ldap://127.0.0.1:{port}"])
 
-        # Tenant A logs in over and over while 45 anonymous logins hit tenant B.
-        a_times: list[float] = []
-        a_statuses: list[int] = []
-        storm_over = threading.Event()
+        a_times, a_statuses, b_answers = _storm(api, [f"anon{n}" for n in range(STORM)])
 
-        def tenant_a() -> None:
-            while not storm_over.is_set():
-                started = time.perf_counter()
-                response = api.client.post(
-                    "/api/v1/auth/login", json={"username": "user0", "password": USER_PASSWORD}
-                )
-                a_times.append(time.perf_counter() - started)
-                a_statuses.append(response.status_code)
-                time.sleep(0.02)
-
-        b_answers: list[tuple[float, httpx.Response]] = []
-        start = threading.Barrier(STORM)
-
-        def tenant_b(n: int) -> None:
-            start.wait()
-            b_answers.append(_login_b(api, f"anon{n}"))
-
-        a_thread = threading.Thread(target=tenant_a)
-        a_thread.start()
-        storm = [threading.Thread(target=tenant_b, args=(n,)) for n in range(STORM)]
-        for thread in storm:
-            thread.start()
-        for thread in storm:
-            thread.join(timeout=120)
-        storm_over.set()
-        a_thread.join(timeout=30)
-
-        # Tenant A did not notice.
-        assert set(a_statuses) == {200} and len(a_times) >= 20, (a_statuses, len(a_times))
-        p99 = statistics.quantiles(a_times, n=100)[98]
-        assert p99 < 0.5, f"tenant A's p99 was {p99:.3f} s (max {max(a_times):.3f} s)"
+        _assert_fast(a_times, a_statuses)
 
         # Tenant B: at most LIMIT logins waited for the directory; the rest were refused
         # at once, in words, with Retry-After.
-        assert len(b_answers) == STORM
         assert {r.status_code for _, r in b_answers} == {503}
         waited = [(t, r) for t, r in b_answers if r.json()["reason"] == "unreachable"]
         refused = [(t, r) for t, r in b_answers if r.json()["reason"] != "unreachable"]
@@ -151,6 +166,24 @@ def test_a_tarpit_directory_in_tenant_b_leaves_tenant_a_fast(api: Api, slapd: Sl
     took, response = _login_b(api, "ben", "ben-password-1")
     assert response.status_code == 200, response.text
     assert api.ctx.sources.state(source["id"]) == "closed"
+
+
+@pytest.mark.parametrize("settings", [{"login_max_failures_per_address": 10000}], indirect=True)
+def test_a_flood_of_one_name_waits_in_a_short_line(api: Api) -> None:
+    """45 logins of one name at a hung directory: a few wait their turn (one account's
+    sign-ins are checked one at a time), the rest are refused at once."""
+    api.seed_pool(3, users=1)
+    api.login("user0")
+    with tarpit() as port:
+        _directory_in_tenant_b(api, [f"ldap://127.0.0.1:{port}"], timeout_s=1)
+        a_times, a_statuses, b_answers = _storm(api, ["administrator"] * STORM)
+    _assert_fast(a_times, a_statuses)
+    in_line = [(t, r) for t, r in b_answers if r.status_code == 503]
+    refused = [(t, r) for t, r in b_answers if r.status_code == 429]
+    assert 1 <= len(in_line) <= MAX_IN_LINE and len(in_line) + len(refused) == STORM
+    for took, response in refused:
+        assert took < 1.0 and response.json()["reason"] == "sign_ins_in_progress"
+        assert response.headers["retry-after"] == str(IN_LINE_RETRY_S)
 
 
 @pytest.mark.parametrize(

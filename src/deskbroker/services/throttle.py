@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from deskbroker import metrics
 from deskbroker.config import Settings
-from deskbroker.errors import TooManyAttempts
+from deskbroker.errors import DeskbrokerError, TooManyAttempts
 from deskbroker.identity.base import split_domain
 from deskbroker.store import throttle
 from deskbroker.store.tables import utcnow
@@ -63,6 +63,20 @@ def address_key(address: str) -> str:
     return f"address:{ip}"
 
 
+# Sign-ins of one account that may wait in line on one broker (the one being checked
+# included); more are refused at once, so a flood of one name (at a directory that
+# hangs, say) cannot park the request threads every tenant shares.
+MAX_IN_LINE = 8
+IN_LINE_RETRY_S = 5
+
+
+class SignInsInProgress(DeskbrokerError):
+    """Too many sign-ins of one account are already being checked on this broker."""
+
+    status = 429
+    title = "Too many sign-ins at once"
+
+
 class _AccountLocks:
     """One lock per account name in use, so one broker checks an account's guesses one
     at a time: each sees the failures counted before it, and a burst of concurrent
@@ -78,6 +92,13 @@ class _AccountLocks:
     def of(self, key: str) -> Iterator[None]:
         with self._guard:
             lock, users = self._held.get(key) or (threading.Lock(), 0)
+            if users >= MAX_IN_LINE:
+                raise SignInsInProgress(
+                    f"{users} sign-ins for this account are already being checked; try "
+                    f"again in {IN_LINE_RETRY_S} seconds.",
+                    reason="sign_ins_in_progress",
+                    retry_after=IN_LINE_RETRY_S,
+                )
             self._held[key] = (lock, users + 1)
         try:
             with lock:
