@@ -252,3 +252,43 @@ def test_the_breaker_opens_half_opens_and_closes() -> None:
     leave.set()
     holder.join(10)
     assert guard.call("s", "s", lambda: "free again") == "free again"
+
+
+@pytest.mark.parametrize("settings", [{"source_breaker_failures": 1}], indirect=True)
+def test_explain_and_login_share_a_directory_s_circuit(api: Api) -> None:
+    """Explain asks the directory through the same guard as the login path: once it
+    found the directory hung, neither waits for it again during the cool-down."""
+    with tarpit() as port:
+        api.post(
+            "identity-sources",
+            {
+                "name": "hung",
+                "kind": "ldap",
+                "domain": "hung.example",
+                "params": {
+                    "servers": [f"ldap://127.0.0.1:{port}"],
+                    "base_dn": "ou=people,dc=example,dc=org",
+                    "timeout_s": 1,
+                    "connect_timeout_s": 1,
+                },
+            },
+        )
+
+        def explain() -> tuple[float, httpx.Response]:
+            started = time.perf_counter()
+            response = api.client.post(
+                "/api/v1/admin/explain", json={"username": "ann@hung.example"}, headers=api.headers
+            )
+            return time.perf_counter() - started, response
+
+        took, first = explain()
+        assert first.status_code == 503 and took >= 1, first.text
+        took, second = explain()
+        assert second.status_code == 503 and took < 0.5, (took, second.text)
+        assert "Try again in" in second.json()["detail"]
+        started = time.perf_counter()
+        login = api.client.post(
+            "/api/v1/auth/login", json={"username": "ann@hung.example", "password": "x"}
+        )
+        assert time.perf_counter() - started < 0.5
+        assert login.status_code == 503 and login.json()["reason"] == "source_suspended"
