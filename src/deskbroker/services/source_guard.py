@@ -119,7 +119,7 @@ class SourceGuard:
 
     def run(self, source: SourceView, driver: IdentitySourceDriver, work: Callable[[], T]) -> T:
         """``work``, a blocking call of ``driver``: within the source's bounds when the
-        source is a directory, as it is for a local one."""
+        source is a directory; a local source's call runs as it is."""
         if not driver.provisions_users:
             return work()
         return self.call(source.id, source.name, work)
@@ -129,7 +129,7 @@ class SourceGuard:
         logs) within the source's bounds; ``SourceBusy`` or ``SourceSuspended`` when it
         may not run now."""
         head = self._of(source_id)
-        probe = self._admit(head, name)
+        probe = self._admit(head)
         if not head.slots.acquire(blocking=False):
             if probe:
                 with head.lock:
@@ -150,7 +150,7 @@ class SourceGuard:
         self._settle(head, name, failed=False)
         return result
 
-    def _admit(self, head: _Bulkhead, name: str) -> bool:
+    def _admit(self, head: _Bulkhead) -> bool:
         """Refuse while the circuit is open; returns whether this call is the probe."""
         with head.lock:
             if head.open_until == 0.0:
