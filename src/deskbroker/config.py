@@ -55,6 +55,31 @@ class Settings(BaseSettings):
     login_lockout_s: int = Field(
         default=900, ge=1, le=86400, description="first lockout; doubles on repeats, to 8x"
     )
+    source_max_concurrent: int = Field(
+        default=8,
+        ge=1,
+        le=1000,
+        description="calls one directory (LDAP, AD, NIS) may have in flight; more get 503",
+    )
+    source_breaker_failures: int = Field(
+        default=5,
+        ge=1,
+        le=1000,
+        description="timeouts or connection errors in a row that stop the broker asking a "
+        "directory for a cool-down",
+    )
+    source_breaker_cooldown_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="how long a failing directory is not asked before one probe is let through",
+    )
+    db_retry_after_s: int = Field(
+        default=5,
+        ge=1,
+        le=3600,
+        description="Retry-After of the 503 answered while the database cannot be reached",
+    )
     api_token_max_days: int = Field(default=366, ge=1, le=3660)
     db_pool_size: int = 10
     log_level: str = "info"

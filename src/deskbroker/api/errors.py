@@ -9,6 +9,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deskbroker.errors import DeskbrokerError
@@ -37,6 +39,50 @@ def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
         **extra,
     }
     return JSONResponse(body, status_code=status, media_type=PROBLEM)
+
+
+DATABASE_DOWN = (
+    "The broker cannot reach its database just now. Try again in {wait} seconds (asking "
+    "again is safe); if it persists, tell your administrator."
+)
+DATABASE_BUSY = (
+    "The database is busy with other changes and this request waited too long for its "
+    "turn, so nothing was changed. Try again in {wait} seconds."
+)
+# What the handler is registered for; ``database_outage`` decides on each (another
+# DBAPIError, an IntegrityError say, is a bug and stays a 500).
+_OUTAGE_TYPES = (OperationalError, InterfaceError, DisconnectionError, PoolTimeout)
+
+
+def database_outage(exc: BaseException) -> str | None:
+    """The words for a failure that means the database cannot be used right now (down,
+    restarting, the connection lost, the pool exhausted, SQLite locked past its busy
+    timeout), or None for any other error. Looks through the causes, since a failure
+    may be re-raised as another."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None or isinstance(seen, DeskbrokerError):
+            return None
+        if isinstance(seen, OperationalError) and "database is locked" in str(seen.orig):
+            return DATABASE_BUSY
+        if isinstance(seen, (OperationalError, InterfaceError, DisconnectionError, PoolTimeout)):
+            return DATABASE_DOWN
+        if isinstance(seen, DBAPIError) and seen.connection_invalidated:
+            return DATABASE_DOWN
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _outage_answer(request: Request, words: str, exc: Exception) -> JSONResponse:
+    # The driver's message only: SQLAlchemy's own text carries the statement's parameters.
+    reason = getattr(exc, "orig", None) or type(exc).__name__
+    log.warning("database unavailable on %s %s: %s", request.method, request.url.path, reason)
+    ctx = getattr(request.app.state, "ctx", None)
+    wait = ctx.settings.db_retry_after_s if ctx is not None else 5
+    # No database error text: it may name hosts, users and statements.
+    response = problem(503, "Database unavailable", words.format(wait=wait))
+    response.headers["Retry-After"] = str(wait)
+    return response
 
 
 def _describe(error: dict[str, Any]) -> str:
@@ -108,7 +154,19 @@ def install(app: FastAPI) -> None:
             response.headers.update(exc.headers)
         return response
 
+    async def _database(request: Request, exc: Exception) -> JSONResponse:
+        words = database_outage(exc)
+        if words is None:
+            return await _unexpected(request, exc)
+        return _outage_answer(request, words, exc)
+
+    for kind in _OUTAGE_TYPES:
+        app.add_exception_handler(kind, _database)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        words = database_outage(exc)
+        if words is not None:
+            return _outage_answer(request, words, exc)
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return problem(500, "Internal error", "the broker hit an unexpected error; it is logged")

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from deskbroker.config import Settings
 from deskbroker.security import PasswordHashing, SecretBox, TokenSigner
 from deskbroker.services.config_cache import ConfigCache
+from deskbroker.services.source_guard import SourceGuard
 from deskbroker.store.db import Database
 
 
@@ -18,6 +19,11 @@ class BrokerContext:
     signer: TokenSigner
     secrets: SecretBox
     cache: ConfigCache = field(default_factory=lambda: ConfigCache())
+    # Per-process bulkheads of the directories, shared by login and explain.
+    sources: SourceGuard = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.sources = SourceGuard(self.settings)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> BrokerContext:

@@ -11,6 +11,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, tzinfo
+from functools import partial
 
 from deskbroker.domain import rules as rule_model
 from deskbroker.domain.rules import AssignmentRule, Identity, RuleVerdict, client_ip, zone
@@ -181,7 +182,9 @@ class ExplainService:
                 secrets = json.loads(self.ctx.secrets.open(src.secrets_sealed))
             driver = source_kinds()[src.kind](src.params, secrets, self.ctx.hashing)
             try:
-                who = driver.lookup(candidate.name, record)
+                who = self.ctx.sources.run(
+                    src, driver, partial(driver.lookup, candidate.name, record)
+                )
             except DirectoryUnavailable as exc:
                 # The login path moves on to the next source too.
                 unreachable = unreachable or DirectoryUnavailable(

@@ -11,6 +11,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, overload
 
 from sqlalchemy.orm import Session
@@ -40,6 +41,7 @@ from deskbroker.services.config_cache import ConfigView, PolicyView, SourceView
 from deskbroker.services.context import BrokerContext
 from deskbroker.services.second_factor import Challenge, issue_challenge
 from deskbroker.services.source_choice import candidates
+from deskbroker.services.source_guard import reached_directory
 from deskbroker.services.throttle import Checked, SignInGuard
 from deskbroker.store import claims, events
 from deskbroker.store.claims import HeldDesktop, UserRecord
@@ -215,8 +217,9 @@ class LoginService:
             driver = self._driver(candidate, view.version)
             try:
                 # Blocking (a directory bind): this runs in FastAPI's thread pool, since
-                # the login route is a plain ``def``.
-                identity = driver.authenticate(Credentials(name, password), record)
+                # the login route is a plain ``def``; a directory's share is bounded.
+                check = partial(driver.authenticate, Credentials(name, password), record)
+                identity = self.ctx.sources.run(candidate, driver, check)
             except (AccountRefused, DirectoryUnavailable) as exc:
                 refused = refused or exc  # another source may still know the user
                 continue
@@ -389,6 +392,10 @@ class LoginService:
             # the user's failure.
             if checked is not None and not isinstance(exc, (DirectoryUnavailable, BadRequest)):
                 answer = self.guard.failed(session, checked) or exc
+            elif checked is not None and reached_directory(exc):
+                # A directory that did not answer still cost a call: counted against the
+                # address (not the account, which an outage must not lock).
+                answer = self.guard.failed(session, checked, account=False) or exc
             _failure_event(
                 session,
                 tenant_id,

@@ -11,11 +11,12 @@ A directory that cannot be reached is not the user's failure and counts nothing.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import math
 import threading
 import unicodedata
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -23,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from deskbroker import metrics
 from deskbroker.config import Settings
-from deskbroker.errors import TooManyAttempts
+from deskbroker.errors import DeskbrokerError, TooManyAttempts
 from deskbroker.identity.base import split_domain
 from deskbroker.store import throttle
 from deskbroker.store.tables import utcnow
@@ -62,17 +63,53 @@ def address_key(address: str) -> str:
     return f"address:{ip}"
 
 
+# Sign-ins of one account that may wait in line on one broker (the one being checked
+# included); more are refused at once, so a flood of one name (at a directory that
+# hangs, say) cannot park the request threads every tenant shares.
+MAX_IN_LINE = 8
+IN_LINE_RETRY_S = 5
+
+
+class SignInsInProgress(DeskbrokerError):
+    """Too many sign-ins of one account are already being checked on this broker."""
+
+    status = 429
+    title = "Too many sign-ins at once"
+
+
 class _AccountLocks:
-    """One lock per stripe of account names, so one broker checks an account's guesses
-    one at a time: each sees the failures counted before it, and a burst of concurrent
-    guesses cannot all pass the check before the first failure is written."""
+    """One lock per account name in use, so one broker checks an account's guesses one
+    at a time: each sees the failures counted before it, and a burst of concurrent
+    guesses cannot all pass the check before the first failure is written. Exact names,
+    not stripes of a hash: a sign-in waiting on a hung directory must not hold up
+    another tenant's account that happens to share its stripe."""
 
-    def __init__(self, stripes: int = 1024) -> None:
-        self._locks = [threading.Lock() for _ in range(stripes)]
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._held: dict[str, tuple[threading.Lock, int]] = {}
 
-    def of(self, key: str) -> threading.Lock:
-        digest = hashlib.blake2b(key.encode(), digest_size=4).digest()
-        return self._locks[int.from_bytes(digest, "big") % len(self._locks)]
+    @contextmanager
+    def of(self, key: str) -> Iterator[None]:
+        with self._guard:
+            lock, users = self._held.get(key) or (threading.Lock(), 0)
+            if users >= MAX_IN_LINE:
+                raise SignInsInProgress(
+                    f"{users} sign-ins for this account are already being checked; try "
+                    f"again in {IN_LINE_RETRY_S} seconds.",
+                    reason="sign_ins_in_progress",
+                    retry_after=IN_LINE_RETRY_S,
+                )
+            self._held[key] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                lock, users = self._held[key]
+                if users == 1:
+                    del self._held[key]
+                else:
+                    self._held[key] = (lock, users - 1)
 
 
 def _aware(moment: datetime) -> datetime:
@@ -101,7 +138,7 @@ class SignInGuard:
         self.settings = settings
         self.locks = _AccountLocks()
 
-    def serial(self, tenant_id: str, username: str) -> threading.Lock:
+    def serial(self, tenant_id: str, username: str) -> AbstractContextManager[None]:
         """Held from the check to the counted failure: an account's attempts on this
         broker go one at a time."""
         return self.locks.of(account_key(tenant_id, username))
@@ -140,13 +177,16 @@ class SignInGuard:
             retry_after=wait,
         )
 
-    def failed(self, session: Session, checked: Checked) -> TooManyAttempts | None:
-        """Count a failure against the account and the address, in the caller's
-        transaction; returns the refusal to give instead when this failure locked one."""
+    def failed(
+        self, session: Session, checked: Checked, *, account: bool = True
+    ) -> TooManyAttempts | None:
+        """Count a failure against the account (unless ``account`` is false) and the
+        address, in the caller's transaction; returns the refusal to give instead when
+        this failure locked one."""
         s = self.settings
         now = utcnow()
         locked: TooManyAttempts | None = None
-        limits = [(checked.account, s.login_max_failures_per_account)]
+        limits = [(checked.account, s.login_max_failures_per_account)] if account else []
         if checked.address:
             limits.append((checked.address, s.login_max_failures_per_address))
         for key, limit in limits:
