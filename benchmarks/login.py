@@ -170,6 +170,7 @@ def broker_env(args: argparse.Namespace) -> dict[str, str]:
         DESKBROKER_ARGON2_MEMORY_KIB=str(args.argon2_memory_kib),
         DESKBROKER_DB_POOL_SIZE=str(max(10, args.concurrency)),
         DESKBROKER_LOG_LEVEL="warning",
+        DESKBROKER_OUTBOUND_ALLOW="127.0.0.0/8",
         # Background work (scans, provisioning, timers) sends its own SQL; off by default
         # so that the statement counts belong to the requests alone.
         DESKBROKER_ENGINE="true" if args.engine else "false",
@@ -475,6 +476,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             database_url=backend.url,
             argon2_time_cost=args.argon2_time_cost,
             argon2_memory_kib=args.argon2_memory_kib,
+            outbound_allow="127.0.0.0/8",
         )
         ctx = BrokerContext.from_settings(settings)
         try:

@@ -243,7 +243,9 @@ def environment(
     """Xvnc desktops on 127.0.0.11.. behind a static center, a simulated OpenStack
     project whose instances are Xvnc desktops too, and a broker on SQLite that builds
     the cloud pool; all stopped on exit."""
-    settings = Settings(data_dir=data_dir, port=port)
+    # Every demo server (cloudsim, the Xvnc desktops) listens on loopback, which the
+    # outbound policy denies by default.
+    settings = Settings(data_dir=data_dir, port=port, outbound_allow="127.0.0.0/8")
     ctx = BrokerContext.from_settings(settings)
     ensure_defaults(ctx)
     add_local_user(ctx, ADMIN[0], ADMIN[1], role="global_admin")

@@ -13,6 +13,7 @@ from typing import Annotated
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from deskbroker.identity.yp import MAX_NAME
+from deskbroker.outbound import Target
 
 # A NIS domain or map name: no separators ypserv would read as a path, no spaces.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
@@ -92,3 +93,9 @@ class NisParams(BaseModel):
     group_cache_s: float = Field(
         default=60.0, ge=0, le=86400, description="how long the group map read is reused"
     )
+
+    def outbound_targets(self) -> list[Target]:
+        return [
+            Target(f"servers.{i}", spec, split_server(spec)[0])
+            for i, spec in enumerate(self.servers)
+        ]
