@@ -94,6 +94,7 @@ def settings(db_url: str, tmp_path: Path) -> Settings:
         secret_key="test-secret-" + uuid.uuid4().hex,
         # cloudsim, slapd, ypserv and the OpenID provider of the tests listen on loopback.
         outbound_allow=LOOPBACK,
+        metrics_token="test-metrics-" + uuid.uuid4().hex,
         argon2_time_cost=1,
         argon2_memory_kib=64,
         db_pool_size=20,

@@ -71,6 +71,9 @@ def serve(
             port=port or settings.port,
             log_level=settings.log_level,
             access_log=False,
+            # X-Forwarded-For is read by the app, from the proxies of trusted_proxies only
+            # (uvicorn's own default trusts any caller on 127.0.0.1).
+            proxy_headers=False,
         )
     finally:
         if engine is not None:

@@ -144,6 +144,13 @@ class Settings(BaseSettings):
                 check_secret_key(key, "DESKBROKER_SECRET_KEY_PREVIOUS")
         return value
 
+    @field_validator("metrics_token")
+    @classmethod
+    def _long_metrics_token(cls, value: str) -> str:
+        if value and len(value) < 16:
+            raise ValueError("DESKBROKER_METRICS_TOKEN needs at least 16 characters")
+        return value
+
     @field_validator("outbound_deny", "outbound_allow", "trusted_proxies")
     @classmethod
     def _networks(cls, value: str, info: ValidationInfo) -> str:
