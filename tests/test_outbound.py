@@ -22,6 +22,7 @@ from deskbroker.bootstrap import add_local_user, ensure_defaults
 from deskbroker.centers.openstack.session import CloudFailure
 from deskbroker.centers.registry import open_driver
 from deskbroker.config import Settings
+from deskbroker.errors import IdentityProviderError
 from deskbroker.services.context import BrokerContext
 from tests.helpers import ADMIN_PASSWORD, Api
 
@@ -60,10 +61,11 @@ def internal() -> Iterator[tuple[str, list[str]]]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    # On 127.0.0.2, so that a policy can tell it from the issuer on 127.0.0.1.
+    server = ThreadingHTTPServer(("127.0.0.2", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_port}", asked
+    yield f"http://127.0.0.2:{server.server_port}", asked
     server.shutdown()
     server.server_close()
 
@@ -294,3 +296,88 @@ def test_a_bind_password_is_dropped_when_the_directory_servers_change(api: Api) 
     assert source["has_secrets"]
     moved = {**params, "servers": ["ldap://ldap.example.org", "ldap://evil.example.net"]}
     assert api.patch(f"identity-sources/{source['id']}", {"params": moved})["has_secrets"] is False
+
+
+# --- OpenID providers -----------------------------------------------------------------
+@pytest.fixture
+def provider() -> Iterator[dict[str, Any]]:
+    """A stand-in OpenID provider on 127.0.0.1 whose discovery document names endpoints
+    on 127.0.0.2 (set ``endpoints``), and whose token endpoint refuses with free text."""
+    state: dict[str, Any] = {"asked": []}
+
+    class Handler(BaseHTTPRequestHandler):
+        def _send(self, status: int, body: dict[str, Any]) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:
+            state["asked"].append(self.path)
+            issuer = state["issuer"]
+            self._send(
+                200,
+                {
+                    "issuer": issuer,
+                    "authorization_endpoint": f"{issuer}/auth",
+                    "token_endpoint": f"{issuer}/token",
+                    "jwks_uri": f"{state['endpoints']}/jwks",
+                    "userinfo_endpoint": f"{state['endpoints']}/me",
+                },
+            )
+
+        def do_POST(self) -> None:
+            state["asked"].append(self.path)
+            self._send(
+                400,
+                {"error": "invalid_client", "error_description": f"{SECRET_BODY} <b>x</b>"},
+            )
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state["issuer"] = f"http://127.0.0.1:{server.server_port}"
+    state["endpoints"] = state["issuer"]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield state
+    server.shutdown()
+    server.server_close()
+
+
+def _oidc(issuer: str) -> Any:
+    from deskbroker.identity.base import source_kinds
+    from deskbroker.security import PasswordHashing
+
+    params = {"issuer": issuer, "client_id": "broker", "timeout_s": 2}
+    return source_kinds()["oidc"](params, {"client_secret": "s"}, PasswordHashing(1, 64, 1))
+
+
+def test_an_endpoint_that_discovery_names_on_a_denied_network_is_refused(
+    provider: dict[str, Any], internal: tuple[str, list[str]]
+) -> None:
+    url, asked = internal
+    provider["endpoints"] = url
+    # The issuer is allowed; the address its discovery points the broker at is not.
+    outbound.install(outbound.OutboundPolicy.from_text("127.0.0.1/32", "127.0.0.0/8"))
+    driver = _oidc(provider["issuer"])
+    try:
+        with pytest.raises(IdentityProviderError, match="outbound policy"):
+            driver.userinfo("access-token")
+    finally:
+        driver.close()
+    assert provider["asked"] == ["/.well-known/openid-configuration"]
+    assert asked == []
+
+
+def test_a_providers_free_text_never_reaches_an_error(provider: dict[str, Any]) -> None:
+    driver = _oidc(provider["issuer"])
+    try:
+        with pytest.raises(IdentityProviderError) as refused:
+            driver.exchange_code(code="c", code_verifier="v", redirect_uri="http://b/cb")
+    finally:
+        driver.close()
+    assert "invalid_client" in refused.value.detail
+    assert SECRET_BODY not in refused.value.detail
