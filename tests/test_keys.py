@@ -17,6 +17,7 @@ from deskbroker.bootstrap import add_local_user, ensure_defaults
 from deskbroker.config import Settings
 from deskbroker.errors import Unauthorized
 from deskbroker.services.context import BrokerContext
+from tests.helpers import Api
 
 OLD_KEY = secrets.token_urlsafe(48)
 NEW_KEY = secrets.token_urlsafe(48)
@@ -127,3 +128,50 @@ def test_a_key_rotation_keeps_tokens_and_sealed_secrets_working(settings: Settin
     finally:
         for ctx in (old, rotating, rotated):
             ctx.db.dispose()
+
+
+def test_the_cli_reseals_every_secret_under_the_new_key(settings: Settings, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from deskbroker.cli import app as cli_app
+    from deskbroker.store.tables import Center
+
+    old = _broker(settings, OLD_KEY)
+    ensure_defaults(old)
+    add_local_user(old, "admin", "admin-password-1", role="global_admin")
+    with TestClient(create_app(old)) as client:
+        api = Api.with_admin(client, old)
+        center = api.post(
+            "centers",
+            {
+                "name": "static",
+                "kind": "static",
+                "params": {"machines": []},
+                "secrets": {"password": "cloud-password"},
+            },
+        )
+    old.db.dispose()
+    common = ["--db", settings.effective_database_url, "--data-dir", str(tmp_path / "cli")]
+    # Without the old key nothing opens: nothing is changed, and the message says why.
+    refused = CliRunner().invoke(
+        cli_app, ["db", "reseal", *common], env={"DESKBROKER_SECRET_KEY": NEW_KEY}
+    )
+    assert refused.exit_code == 1, refused.output
+    assert "DESKBROKER_SECRET_KEY_PREVIOUS" in refused.output
+    done = CliRunner().invoke(
+        cli_app,
+        ["db", "reseal", *common],
+        env={"DESKBROKER_SECRET_KEY": NEW_KEY, "DESKBROKER_SECRET_KEY_PREVIOUS": OLD_KEY},
+    )
+    assert done.exit_code == 0, done.output
+    assert "resealed 1 secrets" in done.output
+    rotated = _broker(settings, NEW_KEY)
+    try:
+        with rotated.db.read() as session:
+            row = session.get(Center, center["id"])
+            assert row is not None and row.secrets_sealed is not None
+            assert json.loads(rotated.secrets.open(row.secrets_sealed)) == {
+                "password": "cloud-password"
+            }
+    finally:
+        rotated.db.dispose()

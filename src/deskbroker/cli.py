@@ -93,6 +93,22 @@ def db_upgrade(data_dir: DataDir = None, db: DbUrl = None) -> None:
     console.print(f"schema at revision [bold]{current_revision(ctx.db)}[/]")
 
 
+@db_app.command("reseal")
+def db_reseal(data_dir: DataDir = None, db: DbUrl = None) -> None:
+    """Seal every stored secret again under the current DESKBROKER_SECRET_KEY (the key
+    rotation's second step, once DESKBROKER_SECRET_KEY_PREVIOUS names the old key)."""
+    from deskbroker.services.context import BrokerContext
+    from deskbroker.services.keys import reseal
+
+    ctx = BrokerContext.from_settings(_settings(data_dir, db))
+    try:
+        count = reseal(ctx)
+    except ValueError as exc:
+        console.print(f"[bold red]nothing resealed:[/] {exc}")
+        raise typer.Exit(1) from exc
+    console.print(f"resealed [bold]{count}[/] secrets under the current key")
+
+
 @user_app.command("unlock")
 def user_unlock(
     username: Annotated[str, typer.Argument(help="as the user types it at sign-in")] = "",
