@@ -134,22 +134,32 @@ def test_a_tenant_admin_cannot_change_a_center_that_uses_host_side_credentials(
 
 
 @pytest.mark.parametrize(
-    ("kind", "params"),
+    ("kind", "params", "host_side"),
     [
-        ("ldap", {"servers": ["ldap://ldap.example.org"], "base_dn": "dc=example,dc=org"}),
-        ("oidc", {"issuer": "https://login.example.org", "client_id": "broker"}),
+        (
+            "ldap",
+            {"servers": ["ldap://ldap.example.org"], "base_dn": "dc=example,dc=org"},
+            {"ca_file": "/etc/shadow"},
+        ),
+        (
+            "oidc",
+            {"issuer": "https://login.example.org", "client_id": "broker"},
+            {"ca_file": "/etc/shadow"},
+        ),
+        # The default shadow map is read from a privileged port: the host's root.
+        ("nis", {"domain": "corp", "servers": ["nis.example.org"]}, {}),
     ],
 )
-def test_only_a_global_admin_may_name_a_ca_file_of_the_broker_host(
-    api: Api, kind: str, params: dict[str, Any]
+def test_only_a_global_admin_may_use_the_broker_hosts_files_or_ports(
+    api: Api, kind: str, params: dict[str, Any], host_side: dict[str, Any]
 ) -> None:
     boss = _tenant_admin(api)
-    body = {"name": "dir", "kind": kind, "params": {**params, "ca_file": "/etc/shadow"}}
+    body = {"name": "dir", "kind": kind, "params": {**params, **host_side}}
     response = boss.client.post("/api/v1/admin/identity-sources", json=body, headers=boss.headers)
     assert response.status_code == 403, response.text
-    assert "ca_file" in _refusal(response)
-    # Without the file it is theirs to add.
-    body["params"] = params
+    assert "only a global administrator" in _refusal(response)
+    # Without them it is theirs to add.
+    body["params"] = {**params, "shadow_map": None} if kind == "nis" else params
     boss.post("identity-sources", body)
 
 
