@@ -6,6 +6,7 @@ standing in for an internal service."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -391,3 +392,35 @@ def test_a_providers_free_text_never_reaches_an_error(provider: dict[str, Any]) 
         driver.close()
     assert "invalid_client" in refused.value.detail
     assert SECRET_BODY not in refused.value.detail
+
+
+# --- desktop probes -------------------------------------------------------------------
+def test_a_desktop_probe_does_not_scan_the_brokers_own_host(strict: Api) -> None:
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.5)
+    port = server.getsockname()[1]
+    try:
+        center = strict.post(
+            "centers",
+            {
+                "name": "lab",
+                "kind": "static",
+                "params": {
+                    "machines": [
+                        {
+                            "name": "self",
+                            "address": "127.0.0.1",
+                            "ports": {"rdp": port, "vnc": port, "ssh": port},
+                        }
+                    ]
+                },
+            },
+        )
+        desktop = strict.get(f"desktops?center_id={center['id']}")["items"][0]
+        answer = strict.post(f"desktops/{desktop['id']}/probe", {}, status=200)
+        assert answer["reachable"] is False
+        assert "outbound policy" in answer["protocols"]["rdp"]["message"]
+        with pytest.raises(TimeoutError):
+            server.accept()  # not even a TCP handshake reached the port
+    finally:
+        server.close()
