@@ -175,3 +175,18 @@ def test_the_cli_reseals_every_secret_under_the_new_key(settings: Settings, tmp_
             }
     finally:
         rotated.db.dispose()
+
+
+def test_the_cli_refuses_a_weak_key_in_words(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from deskbroker.cli import app as cli_app
+
+    weak = CliRunner().invoke(
+        cli_app,
+        ["db", "upgrade", "--data-dir", str(tmp_path / "data")],
+        env={"DESKBROKER_SECRET_KEY": "password123"},
+    )
+    assert weak.exit_code == 2, weak.output
+    assert "DESKBROKER_SECRET_KEY is too weak" in weak.output
+    assert "Traceback" not in weak.output

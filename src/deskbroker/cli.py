@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
 from deskbroker import __version__
@@ -27,7 +28,16 @@ def _settings(data_dir: Path | None, database_url: str | None) -> Settings:
         overrides["data_dir"] = data_dir
     if database_url is not None:
         overrides["database_url"] = database_url
-    return Settings(**overrides)  # type: ignore[arg-type]
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+        settings.effective_secret_key  # noqa: B018 - a weak key is refused here, in words
+    except ValidationError as exc:
+        console.print(f"[bold red]bad configuration:[/] {exc.errors()[0]['msg']}")
+        raise typer.Exit(2) from exc
+    except ValueError as exc:
+        console.print(f"[bold red]bad configuration:[/] {exc}")
+        raise typer.Exit(2) from exc
+    return settings
 
 
 DataDir = Annotated[Path | None, typer.Option(help="Data directory (default ./.deskbroker)")]
