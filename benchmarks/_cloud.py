@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -96,7 +97,8 @@ def broker(db: str | None, **overrides: Any) -> Iterator[BrokerContext]:
         settings = Settings(
             data_dir=Path(tmp) / "data",
             database_url=url,
-            secret_key=uuid.uuid4().hex,
+            secret_key=secrets.token_urlsafe(48),
+            outbound_allow="127.0.0.0/8",
             **overrides,
         )
         ctx = BrokerContext.from_settings(settings)

@@ -60,6 +60,8 @@ from deskbroker.services.context import BrokerContext
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 ADMIN = ("bench-admin", "bench-admin-password")
 USER_PASSWORD = "bench-user-password"
+# The statement counts are read from /metrics, which asks for the metrics token.
+METRICS_TOKEN = "bench-metrics-token-" + "x" * 16
 SQL_METRIC = re.compile(r"^deskbroker_sql_statements_total\s+(\S+)$", re.MULTILINE)
 
 
@@ -170,6 +172,8 @@ def broker_env(args: argparse.Namespace) -> dict[str, str]:
         DESKBROKER_ARGON2_MEMORY_KIB=str(args.argon2_memory_kib),
         DESKBROKER_DB_POOL_SIZE=str(max(10, args.concurrency)),
         DESKBROKER_LOG_LEVEL="warning",
+        DESKBROKER_OUTBOUND_ALLOW="127.0.0.0/8",
+        DESKBROKER_METRICS_TOKEN=METRICS_TOKEN,
         # Background work (scans, provisioning, timers) sends its own SQL; off by default
         # so that the statement counts belong to the requests alone.
         DESKBROKER_ENGINE="true" if args.engine else "false",
@@ -336,7 +340,7 @@ def percentile(values: list[float], pct: float) -> float:
 
 
 async def sql_total(http: httpx.AsyncClient) -> float:
-    response = await http.get("/metrics")
+    response = await http.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
     match = SQL_METRIC.search(response.text)
     if match is None:
         raise BenchError("/metrics has no deskbroker_sql_statements_total")
@@ -475,6 +479,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             database_url=backend.url,
             argon2_time_cost=args.argon2_time_cost,
             argon2_memory_kib=args.argon2_memory_kib,
+            outbound_allow="127.0.0.0/8",
+            metrics_token=METRICS_TOKEN,
         )
         ctx = BrokerContext.from_settings(settings)
         try:

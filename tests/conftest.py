@@ -13,15 +13,19 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
+from deskbroker import outbound
 from deskbroker.api.app import create_app
 from deskbroker.bootstrap import ensure_defaults
 from deskbroker.config import Settings
+from deskbroker.outbound import OutboundPolicy
 from deskbroker.services.context import BrokerContext
 from deskbroker.store.db import Database
 from deskbroker.store.migrate import upgrade
 from deskbroker.store.tables import Base
 from tests.helpers import Api
 
+# Tests run every server on loopback, which the outbound policy denies by default.
+LOOPBACK = "127.0.0.0/8,::1/128"
 BACKEND = os.environ.get("DESKBROKER_TEST_DB", "sqlite")
 PG_ADMIN = os.environ.get("DESKBROKER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -29,6 +33,16 @@ PG_ADMIN = os.environ.get("DESKBROKER_TEST_PG", "postgresql://postgres@127.0.0.1
 def _pg_url(name: str) -> str:
     base = PG_ADMIN.rsplit("/", 1)[0]
     return f"{base}/{name}".replace("postgresql://", "postgresql+psycopg://", 1)
+
+
+@pytest.fixture(autouse=True)
+def loopback_allowed() -> Iterator[None]:
+    """Tests that open drivers without a broker context reach their servers on
+    loopback; the policy in force is put back after each test."""
+    before = outbound.current()
+    outbound.install(OutboundPolicy.from_text(LOOPBACK, outbound.DEFAULT_DENY))
+    yield
+    outbound.install(before)
 
 
 @pytest.fixture(scope="session")
@@ -78,6 +92,9 @@ def settings(db_url: str, tmp_path: Path) -> Settings:
         data_dir=tmp_path / "data",
         database_url=db_url,
         secret_key="test-secret-" + uuid.uuid4().hex,
+        # cloudsim, slapd, ypserv and the OpenID provider of the tests listen on loopback.
+        outbound_allow=LOOPBACK,
+        metrics_token="test-metrics-" + uuid.uuid4().hex,
         argon2_time_cost=1,
         argon2_memory_kib=64,
         db_pool_size=20,

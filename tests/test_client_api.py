@@ -249,10 +249,11 @@ def test_health_ready_and_metrics(api: Api) -> None:
 
     ok = 'deskbroker_logins_total{result="ok"}'
     refused = 'deskbroker_logins_total{result="refused"}'
-    before = api.client.get("/metrics").text
+    scrape = {"Authorization": f"Bearer {api.ctx.settings.metrics_token}"}
+    before = api.client.get("/metrics", headers=scrape).text
     api.login("admin", "admin-password-1")
     api.login("admin", "wrong-password", status=401)
-    metrics = api.client.get("/metrics")
+    metrics = api.client.get("/metrics", headers=scrape)
     assert metrics.status_code == 200
     assert metrics.headers["content-type"].startswith("text/plain")
     assert sample(metrics.text, ok) == sample(before, ok) + 1

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
 from deskbroker import __version__
@@ -27,7 +28,16 @@ def _settings(data_dir: Path | None, database_url: str | None) -> Settings:
         overrides["data_dir"] = data_dir
     if database_url is not None:
         overrides["database_url"] = database_url
-    return Settings(**overrides)  # type: ignore[arg-type]
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+        settings.effective_secret_key  # noqa: B018 - a weak key is refused here, in words
+    except ValidationError as exc:
+        console.print(f"[bold red]bad configuration:[/] {exc.errors()[0]['msg']}")
+        raise typer.Exit(2) from exc
+    except ValueError as exc:
+        console.print(f"[bold red]bad configuration:[/] {exc}")
+        raise typer.Exit(2) from exc
+    return settings
 
 
 DataDir = Annotated[Path | None, typer.Option(help="Data directory (default ./.deskbroker)")]
@@ -71,6 +81,9 @@ def serve(
             port=port or settings.port,
             log_level=settings.log_level,
             access_log=False,
+            # X-Forwarded-For is read by the app, from the proxies of trusted_proxies only
+            # (uvicorn's own default trusts any caller on 127.0.0.1).
+            proxy_headers=False,
         )
     finally:
         if engine is not None:
@@ -88,6 +101,22 @@ def db_upgrade(data_dir: DataDir = None, db: DbUrl = None) -> None:
     with console.status("migrating"):
         ensure_defaults(ctx)
     console.print(f"schema at revision [bold]{current_revision(ctx.db)}[/]")
+
+
+@db_app.command("reseal")
+def db_reseal(data_dir: DataDir = None, db: DbUrl = None) -> None:
+    """Seal every stored secret again under the current DESKBROKER_SECRET_KEY (the key
+    rotation's second step, once DESKBROKER_SECRET_KEY_PREVIOUS names the old key)."""
+    from deskbroker.services.context import BrokerContext
+    from deskbroker.services.keys import reseal
+
+    ctx = BrokerContext.from_settings(_settings(data_dir, db))
+    try:
+        count = reseal(ctx)
+    except ValueError as exc:
+        console.print(f"[bold red]nothing resealed:[/] {exc}")
+        raise typer.Exit(1) from exc
+    console.print(f"resealed [bold]{count}[/] secrets under the current key")
 
 
 @user_app.command("unlock")

@@ -9,8 +9,25 @@ import socket
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from deskbroker import outbound
+
+# A secret key shorter than this, or with fewer distinct characters, is refused: it
+# signs every token and seals every stored secret.
+SECRET_KEY_MIN_LENGTH = 32
+SECRET_KEY_MIN_DISTINCT = 10
+
+
+def check_secret_key(key: str, setting: str) -> None:
+    """Refuse a signing key an attacker could guess or search."""
+    if len(key) < SECRET_KEY_MIN_LENGTH or len(set(key)) < SECRET_KEY_MIN_DISTINCT:
+        raise ValueError(
+            f"{setting} is too weak: give at least {SECRET_KEY_MIN_LENGTH} random characters "
+            f"with at least {SECRET_KEY_MIN_DISTINCT} different ones, e.g. the output of "
+            "python3 -c 'import secrets; print(secrets.token_urlsafe(48))'"
+        )
 
 
 def _default_data_dir() -> Path:
@@ -30,6 +47,11 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=_default_data_dir)
     database_url: str = ""
     secret_key: str = ""
+    secret_key_previous: str = Field(
+        default="",
+        description="keys being rotated out, comma-separated: still accepted to verify tokens "
+        "and open sealed secrets, never used to sign or seal",
+    )
     # Names this broker's leases; must differ between brokers of a cluster.
     broker_id: str = Field(default_factory=socket.gethostname)
     host: str = "127.0.0.1"
@@ -115,6 +137,23 @@ class Settings(BaseSettings):
         le=3600,
         description="how long a connect counts as a session before the agent reports one",
     )
+    outbound_deny: str = Field(
+        default=outbound.DEFAULT_DENY,
+        description="networks (CIDRs, comma-separated) the broker refuses to connect to on an "
+        "administrator's configuration (centers, directories, OpenID providers)",
+    )
+    outbound_allow: str = Field(
+        default="",
+        description="networks allowed even inside a denied one; the most specific entry decides",
+    )
+    trusted_proxies: str = Field(
+        default="",
+        description="proxies (CIDRs, comma-separated) whose X-Forwarded-For names the client",
+    )
+    metrics_token: str = Field(
+        default="",
+        description="the bearer token GET /metrics asks for; unset, /metrics answers 404",
+    )
     plan_max_attempts: int = Field(
         default=5, ge=1, le=100, description="tries of a failing plan action before giving up"
     )
@@ -124,22 +163,76 @@ class Settings(BaseSettings):
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
 
+    @field_validator("secret_key")
+    @classmethod
+    def _strong_key(cls, value: str) -> str:
+        if value:
+            check_secret_key(value, "DESKBROKER_SECRET_KEY")
+        return value
+
+    @field_validator("secret_key_previous")
+    @classmethod
+    def _strong_previous(cls, value: str) -> str:
+        for key in (k.strip() for k in value.split(",")):
+            if key:
+                check_secret_key(key, "DESKBROKER_SECRET_KEY_PREVIOUS")
+        return value
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _long_metrics_token(cls, value: str) -> str:
+        if value and len(value) < 16:
+            raise ValueError("DESKBROKER_METRICS_TOKEN needs at least 16 characters")
+        return value
+
+    @field_validator("outbound_deny", "outbound_allow", "trusted_proxies")
+    @classmethod
+    def _networks(cls, value: str, info: ValidationInfo) -> str:
+        outbound.parse_networks(value, str(info.field_name))
+        return value
+
+    @cached_property
+    def outbound_policy(self) -> outbound.OutboundPolicy:
+        """Where administrators' settings may make the broker connect."""
+        return outbound.OutboundPolicy.from_text(self.outbound_allow, self.outbound_deny)
+
+    @cached_property
+    def proxy_networks(self) -> tuple[outbound.Network, ...]:
+        return outbound.parse_networks(self.trusted_proxies, "trusted_proxies")
+
+    @cached_property
+    def previous_secret_keys(self) -> tuple[str, ...]:
+        return tuple(k.strip() for k in self.secret_key_previous.split(",") if k.strip())
+
     @cached_property
     def effective_database_url(self) -> str:
         """The database URL, defaulting to SQLite in the data directory."""
         if self.database_url:
             return self.database_url
+        self.ensure_data_dir()
         return f"sqlite:///{self.data_dir / 'deskbroker.db'}"
+
+    def ensure_data_dir(self) -> Path:
+        """The data directory, created readable by the broker's user only (it holds the
+        database and the secret key)."""
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # mkdir's mode is filtered by the umask and ignored for an existing directory.
+        if self.data_dir.stat().st_mode & 0o077:
+            self.data_dir.chmod(0o700)
+        return self.data_dir
 
     @cached_property
     def effective_secret_key(self) -> str:
         """The signing/encryption secret; generated once into the data dir if unset."""
         if self.secret_key:
             return self.secret_key
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        path = self.data_dir / "secret.key"
+        path = self.ensure_data_dir() / "secret.key"
         if not path.exists():
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as handle:
                 handle.write(secrets.token_urlsafe(48))
-        return path.read_text().strip()
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+        key = path.read_text().strip()
+        check_secret_key(key, str(path))
+        return key

@@ -33,6 +33,8 @@ console = Console()
 ADMIN = ("admin", "deskbroker-admin")
 DEMO_USER = ("demo", "deskbroker-demo")
 VNC_PASSWORD = "demo-vnc"
+# /metrics asks for a bearer token; the demo, on loopback only, publishes its own.
+METRICS_TOKEN = "demo-metrics-token"
 
 
 @dataclass
@@ -243,7 +245,11 @@ def environment(
     """Xvnc desktops on 127.0.0.11.. behind a static center, a simulated OpenStack
     project whose instances are Xvnc desktops too, and a broker on SQLite that builds
     the cloud pool; all stopped on exit."""
-    settings = Settings(data_dir=data_dir, port=port)
+    # Every demo server (cloudsim, the Xvnc desktops) listens on loopback, which the
+    # outbound policy denies by default.
+    settings = Settings(
+        data_dir=data_dir, port=port, outbound_allow="127.0.0.0/8", metrics_token=METRICS_TOKEN
+    )
     ctx = BrokerContext.from_settings(settings)
     ensure_defaults(ctx)
     add_local_user(ctx, ADMIN[0], ADMIN[1], role="global_admin")
@@ -262,7 +268,12 @@ def environment(
         env.engine = Engine(ctx)
         env.engine.start()
         config = uvicorn.Config(
-            create_app(ctx), host="127.0.0.1", port=port, log_level="warning", access_log=False
+            create_app(ctx),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            access_log=False,
+            proxy_headers=False,
         )
         env.server = uvicorn.Server(config)
         env.thread = threading.Thread(target=env.server.run, daemon=True)
@@ -297,6 +308,7 @@ def run(*, port: int, desktops: int, data_dir: Path | None) -> None:
         console.print(f"  admin         {ADMIN[0]} / {ADMIN[1]}")
         console.print(f"  user          {DEMO_USER[0]} / {DEMO_USER[1]}")
         console.print(f"  VNC password  {VNC_PASSWORD}")
+        console.print(f"  metrics token {METRICS_TOKEN}")
         for d in env.desktops:
             console.print(f"  desktop       {d.address}:{d.port} (Xvnc :{d.display})")
         if env.cloud_url is not None:

@@ -6,13 +6,14 @@ import base64
 import hashlib
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from deskbroker.errors import Unauthorized
 
@@ -69,12 +70,35 @@ class TokenClaims:
         return self.role == AGENT_ROLE
 
 
-class TokenSigner:
-    """Issues and verifies HS256 tokens; brokers of one cluster share the key."""
+def _token_key(secret: str) -> bytes:
+    return hashlib.sha256(("token:" + secret).encode()).digest()
 
-    def __init__(self, secret: str, ttl_s: int) -> None:
-        self._key = hashlib.sha256(("token:" + secret).encode()).digest()
+
+class TokenSigner:
+    """Issues and verifies HS256 tokens; brokers of one cluster share the key.
+
+    During a key rotation the ``previous`` keys still verify tokens they signed; every
+    new token is signed with the current key."""
+
+    def __init__(self, secret: str, ttl_s: int, previous: Sequence[str] = ()) -> None:
+        self._key = _token_key(secret)
+        self._previous = tuple(_token_key(key) for key in previous)
         self.ttl_s = ttl_s
+
+    def _decode(self, token: str) -> dict[str, Any]:
+        for key in (self._key, *self._previous):
+            try:
+                data: dict[str, Any] = jwt.decode(
+                    token,
+                    key,
+                    algorithms=["HS256"],
+                    audience=TOKEN_AUDIENCE,
+                    options={"require": ["exp", "sub", "tid", "role"]},
+                )
+            except jwt.InvalidSignatureError:
+                continue  # perhaps signed before the rotation: try the previous key
+            return data
+        raise jwt.InvalidSignatureError("signed with none of the broker's keys")
 
     def issue(
         self,
@@ -143,13 +167,7 @@ class TokenSigner:
 
     def verify(self, token: str) -> TokenClaims:
         try:
-            data: dict[str, Any] = jwt.decode(
-                token,
-                self._key,
-                algorithms=["HS256"],
-                audience=TOKEN_AUDIENCE,
-                options={"require": ["exp", "sub", "tid", "role"]},
-            )
+            data = self._decode(token)
         except jwt.ExpiredSignatureError as exc:
             raise Unauthorized("Your session token has expired; log in again.") from exc
         except jwt.PyJWTError as exc:
@@ -168,12 +186,18 @@ class TokenSigner:
         )
 
 
-class SecretBox:
-    """Encrypts secrets (center passwords, keys) before they reach the database."""
+def _fernet(secret: str) -> Fernet:
+    return Fernet(base64.urlsafe_b64encode(hashlib.sha256(("secrets:" + secret).encode()).digest()))
 
-    def __init__(self, secret: str) -> None:
-        key = base64.urlsafe_b64encode(hashlib.sha256(("secrets:" + secret).encode()).digest())
-        self._fernet = Fernet(key)
+
+class SecretBox:
+    """Encrypts secrets (center passwords, keys) before they reach the database.
+
+    Secrets sealed under a ``previous`` key still open during a key rotation; everything
+    is sealed with the current key, and ``reseal`` moves an old secret to it."""
+
+    def __init__(self, secret: str, previous: Sequence[str] = ()) -> None:
+        self._fernet = MultiFernet([_fernet(secret), *(_fernet(key) for key in previous)])
 
     def seal(self, plaintext: str) -> str:
         return self._fernet.encrypt(plaintext.encode()).decode()
@@ -181,5 +205,12 @@ class SecretBox:
     def open(self, sealed: str) -> str:
         try:
             return self._fernet.decrypt(sealed.encode()).decode()
+        except InvalidToken as exc:
+            raise ValueError("secret cannot be decrypted with this broker's key") from exc
+
+    def reseal(self, sealed: str) -> str:
+        """``sealed`` sealed again under the current key."""
+        try:
+            return self._fernet.rotate(sealed.encode()).decode()
         except InvalidToken as exc:
             raise ValueError("secret cannot be decrypted with this broker's key") from exc

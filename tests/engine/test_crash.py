@@ -33,6 +33,7 @@ def _broker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "DESKBROKER_SECRET_KEY": settings.secret_key,
+        "DESKBROKER_OUTBOUND_ALLOW": settings.outbound_allow,
         "DESKBROKER_BROKER_ID": "broker-crash",
         "DESKBROKER_PROVISION_POLL_S": "0.1",
         "DESKBROKER_PROVISION_RETRY_BASE_S": "0.1",

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 from functools import cache
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deskbroker import __version__, metrics
-from deskbroker.api import agent, errors, permissions
+from deskbroker.api import agent, edge, errors, permissions
 from deskbroker.api.admin import access as admin_access
 from deskbroker.api.admin import actions as admin_actions
 from deskbroker.api.admin import activity, identity, inventory, policies, pools
@@ -26,6 +28,7 @@ from deskbroker.api.client import oidc as client_oidc
 from deskbroker.api.client import routes as client_routes
 from deskbroker.api.client import second_factor as client_second_factor
 from deskbroker.api.deps import strict_request
+from deskbroker.api.edge import ForwardedFor, SecurityHeaders
 from deskbroker.services.context import BrokerContext
 from deskbroker.services.login import LoginService
 from deskbroker.services.oidc_signin import OidcSignIn
@@ -33,6 +36,11 @@ from deskbroker.services.second_factor import SecondFactorService
 from deskbroker.store.migrate import current_revision
 
 MAX_BODY_BYTES = 1024 * 1024
+OPENAPI_URL = "/api/v1/openapi.json"
+DOCS_URL = "/api/v1/docs"
+metrics_bearer = HTTPBearer(
+    auto_error=False, scheme_name="metricsToken", description="the setting metrics_token"
+)
 
 
 class BodyLimit:
@@ -128,8 +136,8 @@ def create_app(ctx: BrokerContext) -> FastAPI:
         title="deskbroker",
         version=__version__,
         description="An open, vendor-neutral connection broker for virtual desktops.",
-        openapi_url="/api/v1/openapi.json",
-        docs_url="/api/v1/docs",
+        openapi_url=OPENAPI_URL,
+        docs_url=None,  # served below, with its own content security policy
         redoc_url=None,
     )
     app.state.ctx = ctx
@@ -158,9 +166,19 @@ def create_app(ctx: BrokerContext) -> FastAPI:
             )
         return JSONResponse({"status": "ready", "schema": revision})
 
-    @app.get("/metrics", tags=["health"], summary="Prometheus metrics")
-    def prometheus() -> Response:
+    @app.get("/metrics", tags=["health"], summary="Prometheus metrics (needs the metrics token)")
+    def prometheus(
+        creds: Annotated[HTTPAuthorizationCredentials | None, Depends(metrics_bearer)],
+    ) -> Response:
+        edge.check_metrics_token(ctx.settings.metrics_token, creds.credentials if creds else None)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    docs_page = get_swagger_ui_html(openapi_url=OPENAPI_URL, title="deskbroker - API docs")
+    docs_csp = edge.docs_policy(bytes(docs_page.body).decode())
+
+    @app.get(DOCS_URL, include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return HTMLResponse(docs_page.body, headers={"Content-Security-Policy": docs_csp})
 
     plain_openapi = app.openapi
 
@@ -178,5 +196,8 @@ def create_app(ctx: BrokerContext) -> FastAPI:
 
     app.openapi = openapi_with_permissions  # type: ignore[method-assign]
     app.add_middleware(BodyLimit)
+    app.add_middleware(SecurityHeaders)
     app.add_middleware(StatusCounter)
+    # Outermost: everything inside sees the client's address, not the proxy's.
+    app.add_middleware(ForwardedFor, proxies=ctx.settings.proxy_networks)
     return app

@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
+from deskbroker import outbound
 from deskbroker.domain.states import PowerState
 from deskbroker.errors import CenterError
 
@@ -201,8 +202,17 @@ class CenterDriver:
             return ProbeResult(False, None, "the desktop has no address")
         started = time.perf_counter()
         try:
-            with socket.create_connection((address, port), timeout=timeout_s):
-                pass
+            # An administrator wrote the address: no probe of the broker's own host or of
+            # the metadata service (an open or closed port would be an answer). Only the
+            # very address checked is connected to.
+            found = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM)
+            family, kind, proto, _, target = found[0]
+            reason = outbound.current().refusal(str(target[0]))
+            if reason is not None:
+                return ProbeResult(False, None, f"{address}:{port} is not probed: {reason}")
+            with socket.socket(family, kind, proto) as sock:
+                sock.settimeout(timeout_s)
+                sock.connect(target)
         except OSError as exc:
             return ProbeResult(False, None, f"{address}:{port} is not reachable: {exc}")
         latency = (time.perf_counter() - started) * 1000

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 from urllib.parse import urlsplit
 
 from ldap3.core.exceptions import LDAPInvalidDnError
 from ldap3.utils.dn import parse_dn
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+from deskbroker.outbound import Target
 
 _ATTRIBUTE = re.compile(r"^(?:[A-Za-z][A-Za-z0-9-]*|\d+(?:\.\d+)+)$")
 
@@ -77,6 +79,8 @@ class LdapParams(BaseModel):
     """An OpenLDAP (or any RFC 4511) directory."""
 
     model_config = ConfigDict(extra="forbid")
+    # A CA file is read from the broker host's disk: only a global admin may name one.
+    host_side_params: ClassVar[frozenset[str]] = frozenset({"ca_file"})
 
     servers: list[ServerUrl] = Field(
         min_length=1, max_length=16, description="tried in order (or in turn) for failover"
@@ -84,7 +88,9 @@ class LdapParams(BaseModel):
     server_order: Literal["first", "round_robin"] = "first"
     start_tls: bool = Field(default=False, description="StartTLS on ldap:// servers")
     verify_tls: bool = True
-    ca_file: Annotated[str, StringConstraints(max_length=1000)] | None = None
+    ca_file: Annotated[str, StringConstraints(max_length=1000)] | None = Field(
+        default=None, description="a CA bundle on the broker host (global admins only)"
+    )
     base_dn: Dn
     user_filter: Filter = "(objectClass=inetOrgPerson)"
     user_attribute: Attribute = "uid"
@@ -110,6 +116,9 @@ class LdapParams(BaseModel):
         default=30.0, ge=0, le=3600, description="how long a dead server is skipped"
     )
     pool_size: int = Field(default=4, ge=0, le=64, description="idle connections kept")
+
+    def outbound_targets(self) -> list[Target]:
+        return [Target.url(f"servers.{i}", url) for i, url in enumerate(self.servers)]
 
 
 class ActiveDirectoryParams(LdapParams):

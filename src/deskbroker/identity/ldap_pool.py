@@ -29,8 +29,10 @@ from ldap3.core.exceptions import (
     LDAPStartTLSError,
 )
 
+from deskbroker import outbound
 from deskbroker.errors import DirectoryUnavailable
 from deskbroker.identity.ldap_params import LdapParams
+from deskbroker.outbound import OutboundRefused
 
 log = logging.getLogger("deskbroker.identity.ldap")
 T = TypeVar("T")
@@ -106,9 +108,11 @@ class Directory:
             )
             try:
                 conn.open()
+                # Before any bind sends a password: the address the socket reached.
+                outbound.current().check_socket(conn.socket, entry.url)
                 if self.params.start_tls and not entry.server.ssl:
                     conn.start_tls()
-            except (LDAPCommunicationError, LDAPStartTLSError, OSError) as exc:
+            except (LDAPCommunicationError, LDAPStartTLSError, OSError, OutboundRefused) as exc:
                 close_quietly(conn)
                 entry.dead_until = time.monotonic() + self.params.dead_server_retry_s
                 failures.append(f"{entry.url}: {exc}")

@@ -8,11 +8,12 @@ restricts access with securenets and gives ``shadow.byname`` only to privileged 
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from deskbroker.identity.yp import MAX_NAME
+from deskbroker.outbound import Target
 
 # A NIS domain or map name: no separators ypserv would read as a path, no spaces.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
@@ -63,6 +64,9 @@ class NisParams(BaseModel):
     """A NIS domain served by one or more ypservs."""
 
     model_config = ConfigDict(extra="forbid")
+    # Reading the shadow map binds a privileged port, which ypserv trusts as the broker
+    # host's root: a host-side credential, so only a global admin may ask for it.
+    host_side_params: ClassVar[frozenset[str]] = frozenset({"shadow_map"})
 
     domain: Name = Field(description="the NIS domain name (domainname(1)), not a DNS domain")
     servers: list[Server] = Field(
@@ -79,7 +83,8 @@ class NisParams(BaseModel):
     )
     shadow_map: Name | None = Field(
         default="shadow.byname",
-        description="read (from a privileged port) when passwd holds 'x' instead of a hash",
+        description="read (from a privileged port) when passwd holds 'x' instead of a hash; "
+        "global admins only (a tenant admin's source sets null)",
     )
     email_domain: Annotated[str, Field(max_length=253)] | None = Field(
         default=None, description="a user's email is name@email_domain"
@@ -92,3 +97,9 @@ class NisParams(BaseModel):
     group_cache_s: float = Field(
         default=60.0, ge=0, le=86400, description="how long the group map read is reused"
     )
+
+    def outbound_targets(self) -> list[Target]:
+        return [
+            Target(f"servers.{i}", spec, split_server(spec)[0])
+            for i, spec in enumerate(self.servers)
+        ]

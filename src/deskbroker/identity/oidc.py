@@ -13,6 +13,8 @@ sealed at rest. Without one the broker is a public client and PKCE alone protect
 from __future__ import annotations
 
 import hmac
+import logging
+import re
 import threading
 import time
 from collections.abc import Mapping
@@ -33,6 +35,8 @@ from deskbroker.errors import (
     Unauthorized,
 )
 from deskbroker.identity.base import Credentials, IdentitySourceDriver, password_refusal
+from deskbroker.outbound import OutboundRefused, Target
+from deskbroker.outbound_http import guarded_transport
 from deskbroker.security import PasswordHashing
 from deskbroker.store.claims import UserRecord
 
@@ -43,6 +47,8 @@ SIGNING_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
 )
 METADATA_TTL_S = 3600.0
+_ERROR_CODE = re.compile(r"^[a-z0-9_.-]{1,64}$")
+log = logging.getLogger(__name__)
 # A token signed with a key the broker has not seen may mean the provider rotated its
 # keys; the key set is fetched again, but not more often than this.
 KEY_REFRESH_MIN_S = 10.0
@@ -70,6 +76,8 @@ class OidcParams(BaseModel):
     """An OpenID provider and how its claims become a broker user."""
 
     model_config = ConfigDict(extra="forbid")
+    # A CA file is read from the broker host's disk: only a global admin may name one.
+    host_side_params: ClassVar[frozenset[str]] = frozenset({"ca_file"})
 
     issuer: HttpUrl = Field(description="as the provider names itself; discovery is under it")
     client_id: Annotated[str, StringConstraints(min_length=1, max_length=200)]
@@ -99,7 +107,13 @@ class OidcParams(BaseModel):
     )
     timeout_s: float = Field(default=10.0, gt=0, le=60)
     verify_tls: bool = True
-    ca_file: Annotated[str, StringConstraints(max_length=1000)] | None = None
+    ca_file: Annotated[str, StringConstraints(max_length=1000)] | None = Field(
+        default=None, description="a CA bundle on the broker host (global admins only)"
+    )
+
+    def outbound_targets(self) -> list[Target]:
+        """The issuer; the endpoints its discovery names are checked as they are reached."""
+        return [Target.url("issuer", self.issuer)]
 
 
 @dataclass(frozen=True)
@@ -145,7 +159,9 @@ class OidcIdentitySource(IdentitySourceDriver):
         self.client_secret = self.secrets.get("client_secret") or None
         self._http = httpx.Client(
             timeout=self.config.timeout_s,
-            verify=self.config.ca_file or self.config.verify_tls,
+            # Every connection (the issuer, and any endpoint its discovery names) is
+            # checked against the broker's outbound policy.
+            transport=guarded_transport(verify=self.config.ca_file or self.config.verify_tls),
             follow_redirects=False,
             headers={"Accept": "application/json"},
         )
@@ -166,6 +182,11 @@ class OidcIdentitySource(IdentitySourceDriver):
     def _request(self, method: str, url: str, what: str, **kwargs: Any) -> httpx.Response:
         try:
             response = self._http.request(method, url, **kwargs)
+        except OutboundRefused as exc:
+            raise IdentityProviderError(
+                f"the identity provider's {what} endpoint is not reachable from the broker: "
+                f"{exc.detail}"
+            ) from exc
         except httpx.HTTPError as exc:
             raise IdentityProviderUnavailable(
                 f"the identity provider at {self.config.issuer} did not answer the {what} "
@@ -206,8 +227,8 @@ class OidcIdentitySource(IdentitySourceDriver):
         # OpenID Connect Discovery §4.3: the document must name the issuer it was asked for.
         if data.get("issuer") != self.config.issuer:
             raise IdentityProviderError(
-                f"the discovery document at {url} names the issuer {data.get('issuer')!r}, "
-                f"not {self.config.issuer!r}; set the issuer parameter to the provider's own"
+                f"the discovery document at {url} names another issuer than "
+                f"{self.config.issuer!r}; set the issuer parameter to the provider's own"
             )
         for needed in ("authorization_endpoint", "token_endpoint", "jwks_uri"):
             if not isinstance(data.get(needed), str):
@@ -238,8 +259,11 @@ class OidcIdentitySource(IdentitySourceDriver):
         data = self._json(response, what)
         if response.status_code == 200:
             return data
-        error = str(data.get("error", f"HTTP {response.status_code}"))
-        said = f"{error}: {data['error_description']}" if data.get("error_description") else error
+        error = _error_code(data, response.status_code)
+        said = error  # the provider's free text (error_description) is logged, never shown
+        if data.get("error_description"):
+            described = _text(data["error_description"])[:300]
+            log.info("identity provider %s: %s", self.config.issuer, described)
         if error in ("invalid_client", "unauthorized_client"):
             raise IdentityProviderError(
                 f"the identity provider refused the broker's client {self.config.client_id!r} "
@@ -299,7 +323,7 @@ class OidcIdentitySource(IdentitySourceDriver):
         response = self._request("POST", url, "device authorization", data=form, auth=auth)
         data = self._json(response, "device authorization")
         if response.status_code != 200:
-            said = data.get("error_description") or data.get("error") or response.status_code
+            said = _error_code(data, response.status_code)
             raise IdentityProviderError(
                 f"the identity provider refused a device sign-in for client "
                 f"{self.config.client_id!r} ({said}); is the device_code grant allowed for it?"
@@ -319,7 +343,8 @@ class OidcIdentitySource(IdentitySourceDriver):
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise IdentityProviderError(
-                f"the identity provider's device authorization answer lacks {exc}"
+                "the identity provider's device authorization answer lacks or garbles one of "
+                "device_code, user_code, verification_uri, expires_in and interval"
             ) from exc
 
     def poll_device(self, device_code: str) -> TokenSet | DevicePending:
@@ -488,6 +513,15 @@ class OidcIdentitySource(IdentitySourceDriver):
             display_name=_text(claims.get(self.config.display_name_claim, ""))[:200],
             email=_text(claims.get(self.config.email_claim, ""))[:320],
         )
+
+
+def _error_code(data: Mapping[str, Any], status: int) -> str:
+    """The OAuth error code of an answer (RFC 6749 §5.2), when it looks like one: a
+    remote's free text never reaches a message."""
+    error = data.get("error")
+    if isinstance(error, str) and _ERROR_CODE.match(error):
+        return error
+    return f"HTTP {status}"
 
 
 def _text(value: Any) -> str:

@@ -15,6 +15,8 @@ import struct
 import threading
 from dataclasses import dataclass
 
+from deskbroker import outbound
+
 PMAP_PROG = 100000
 PMAP_VERS = 2
 PMAPPROC_GETPORT = 3
@@ -156,6 +158,10 @@ class Connection:
         except OSError as exc:
             raise RpcUnreachable(f"{endpoint}: {exc}") from exc
         family, kind, proto, _, address = infos[0]
+        # The very address connected to below: no second lookup can differ.
+        reason = outbound.current().refusal(str(address[0]))
+        if reason is not None:
+            raise RpcUnreachable(f"{endpoint}: {reason}")
         sock = socket.socket(family, kind, proto)
         try:
             if reserved:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from deskbroker import outbound
 from deskbroker.config import Settings
 from deskbroker.security import PasswordHashing, SecretBox, TokenSigner
 from deskbroker.services.config_cache import ConfigCache
@@ -28,12 +29,14 @@ class BrokerContext:
     @classmethod
     def from_settings(cls, settings: Settings) -> BrokerContext:
         secret = settings.effective_secret_key
+        # Drivers ask for the policy when they connect; the process's settings set it.
+        outbound.install(settings.outbound_policy)
         return cls(
             settings=settings,
             db=Database(settings.effective_database_url, settings.db_pool_size),
             hashing=PasswordHashing(
                 settings.argon2_time_cost, settings.argon2_memory_kib, settings.argon2_parallelism
             ),
-            signer=TokenSigner(secret, settings.token_ttl_s),
-            secrets=SecretBox(secret),
+            signer=TokenSigner(secret, settings.token_ttl_s, settings.previous_secret_keys),
+            secrets=SecretBox(secret, settings.previous_secret_keys),
         )

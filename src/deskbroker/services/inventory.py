@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -20,6 +21,8 @@ from deskbroker.services.context import BrokerContext
 from deskbroker.store import desktop_sync
 from deskbroker.store.repository import Repository
 from deskbroker.store.tables import Center, Desktop, Image, utcnow
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -109,7 +112,9 @@ def scan(
     except DeskbrokerError as exc:
         report.status, report.message = "error", exc.detail
     except Exception as exc:  # a driver's own failure becomes the center's status
-        report.status, report.message = "error", f"scan failed: {exc}"
+        # Its text may quote whatever the center's URL answered: logged, not shown.
+        log.warning("scan of center %s failed", center.id, exc_info=True)
+        report.status, report.message = "error", f"scan failed: {type(exc).__name__}"
     else:
         # Two machines with one id cannot both be stored; say so instead of failing.
         twice = _duplicate(seen.machines)

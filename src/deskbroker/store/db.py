@@ -67,6 +67,11 @@ class Database:
         memory = database in (None, "", ":memory:")
         if not memory and database is not None:
             Path(database).parent.mkdir(parents=True, exist_ok=True)
+            # The database holds password hashes and sealed secrets: the broker's user only
+            # (SQLite gives its -wal and -shm files the database file's mode).
+            Path(database).touch(mode=0o600, exist_ok=True)
+            if Path(database).stat().st_mode & 0o077:
+                Path(database).chmod(0o600)
         engine = create_engine(
             url,
             connect_args={"check_same_thread": False, "timeout": 30},

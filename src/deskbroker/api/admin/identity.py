@@ -23,7 +23,7 @@ from deskbroker.domain.second_factor import SecondFactorMode
 from deskbroker.errors import Conflict, Forbidden, InvalidInput
 from deskbroker.identity.base import source_kinds, validate_params
 from deskbroker.security import TokenClaims
-from deskbroker.services import access
+from deskbroker.services import access, outbound_params
 from deskbroker.services.config_cache import rule_from_row
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import events, totp
@@ -149,6 +149,15 @@ def _prepare_source(
     kind = data.get("kind") or existing.kind
     if "params" in data or existing is None:
         data["params"] = validate_params(kind, data.get("params") or {})
+        outbound_params.vet(
+            session,
+            ctx,
+            what=f"a {kind} identity source's",
+            params_model=source_kinds()[kind].Params,
+            params=data["params"],
+            previous=existing.params if existing is not None else None,
+            data=data,
+        )
     if data.get("second_factor") is not None:
         data["second_factor"] = SecondFactorMode(data["second_factor"]).value
         driver = source_kinds().get(kind)

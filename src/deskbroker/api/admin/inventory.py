@@ -19,6 +19,7 @@ from deskbroker.domain.states import Availability
 from deskbroker.errors import Conflict, InvalidInput
 from deskbroker.protocols.descriptors import Protocol
 from deskbroker.services import inventory as inventory_service
+from deskbroker.services import outbound_params
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import events
 from deskbroker.store.repository import Repository, bump_config_version
@@ -125,6 +126,15 @@ def _prepare_center(
     kind = data.get("kind") or existing.kind
     if "params" in data or existing is None:
         data["params"] = registry.validate_params(kind, data.get("params") or {})
+        outbound_params.vet(
+            session,
+            ctx,
+            what=f"a {kind} center's",
+            params_model=registry.driver_class(kind).Params,
+            params=data["params"],
+            previous=existing.params if existing is not None else None,
+            data=data,
+        )
     else:
         registry.driver_class(kind)
     if "secrets" in data:

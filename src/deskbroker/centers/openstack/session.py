@@ -7,18 +7,22 @@ openstacksdk resource objects costs milliseconds per server (REFERENCE.md).
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import openstack
 from keystoneauth1 import exceptions as ks_exceptions
 from pydantic import BaseModel, ConfigDict, Field
 
 from deskbroker.errors import CenterError
+from deskbroker.outbound import OutboundRefused, Target
+from deskbroker.outbound_http import guard_requests
 
 COMPUTE_MICROVERSION = "2.79"
+log = logging.getLogger(__name__)
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 # A request that creates something is retried only when the cloud says it did nothing.
 RETRY_STATUS_UNSAFE = frozenset({429, 503})
@@ -29,7 +33,13 @@ class OpenStackParams(BaseModel):
     center secrets (``password``, ``application_credential_secret``), never params."""
 
     model_config = ConfigDict(extra="forbid")
-    cloud: str | None = Field(default=None, description="a clouds.yaml entry to use instead")
+    # A clouds.yaml entry is the broker host's own file (and OS_* variables): its
+    # credentials are the operator's, so only a global admin may name one.
+    host_side_params: ClassVar[frozenset[str]] = frozenset({"cloud"})
+    cloud: str | None = Field(
+        default=None,
+        description="a clouds.yaml entry of the broker host to use instead (global admins only)",
+    )
     auth_url: str | None = None
     region_name: str | None = None
     project_name: str | None = None
@@ -52,6 +62,10 @@ class OpenStackParams(BaseModel):
     )
     build_timeout_s: float = Field(default=900.0, gt=0, le=86400)
 
+    def outbound_targets(self) -> list[Target]:
+        """Keystone; the endpoints its catalog names are checked as they are reached."""
+        return [Target.url("auth_url", self.auth_url)] if self.auth_url else []
+
 
 class CloudFailure(CenterError):
     """An OpenStack call failed; ``status`` is the cloud's HTTP status when there was one."""
@@ -62,19 +76,21 @@ class CloudFailure(CenterError):
 
 
 def _message(response: Any) -> str:
+    """The message of an OpenStack fault (``{"badRequest": {"message": ..., "code": 400}}``,
+    Neutron's ``NeutronError``), one line, short. Any other body (an HTML page, a service
+    that is not OpenStack's) is never quoted: it could be anything the URL reached."""
     try:
         body = response.json()
     except ValueError:
-        return (response.text or "").strip()[:300]
-    if isinstance(body, dict):
-        for value in body.values():
-            if isinstance(value, dict) and "message" in value:
-                return str(value["message"])
-        if "NeutronError" in body and isinstance(body["NeutronError"], dict):
-            return str(body["NeutronError"].get("message", ""))
-        if "message" in body:
-            return str(body["message"])
-    return str(body)[:300]
+        body = None
+    said = ""
+    if isinstance(body, dict) and len(body) == 1:
+        fault = next(iter(body.values()))
+        if isinstance(fault, dict) and isinstance(fault.get("message"), str):
+            said = fault["message"]
+    if said:
+        return " ".join(said.split())[:200]
+    return f"the cloud answered HTTP {response.status_code}"
 
 
 class ProjectSession:
@@ -88,7 +104,10 @@ class ProjectSession:
 
     def connection(self) -> openstack.connection.Connection:
         if self._conn is None:
-            self._conn = self._connect()
+            conn = self._connect()
+            # Keystone and every endpoint of its catalog, checked as they are reached.
+            guard_requests(conn.session.session)
+            self._conn = conn
         return self._conn
 
     def _connect(self) -> openstack.connection.Connection:
@@ -144,6 +163,8 @@ class ProjectSession:
             self.requests += 1
             try:
                 response = fn()
+            except OutboundRefused as exc:
+                raise CloudFailure(f"{what}: {exc.detail}") from exc
             except ks_exceptions.Unauthorized as exc:
                 self._conn = None
                 raise CloudFailure(
@@ -161,7 +182,11 @@ class ProjectSession:
                 self._sleep(attempt, None)
                 continue
             except ks_exceptions.ClientException as exc:
-                raise CloudFailure(f"{what}: {exc}") from exc
+                # Its text can quote the remote's answer: name the failure, log the rest.
+                log.warning("%s: %s", what, exc)
+                status = getattr(exc, "http_status", None)
+                said = f"HTTP {status}" if status else type(exc).__name__
+                raise CloudFailure(f"{what}: the cloud refused the request ({said})") from exc
             status = response.status_code
             if status < 400:
                 return response

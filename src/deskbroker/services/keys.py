@@ -1,0 +1,45 @@
+"""Rotating the broker's secret key: every sealed value moved to the current key.
+
+During a rotation the brokers run with the new ``DESKBROKER_SECRET_KEY`` and the old one
+in ``DESKBROKER_SECRET_KEY_PREVIOUS``; ``reseal`` then seals the stored secrets again
+under the new key, so that the old key can go without losing a center password, a bind
+password, a client secret or an enrolled authenticator.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+
+from deskbroker.services.context import BrokerContext
+from deskbroker.store.tables import Center, IdentitySource, OidcFlow, User
+
+# (table, column) of every value sealed with the SecretBox.
+_SEALED: tuple[tuple[Any, str], ...] = (
+    (Center, "secrets_sealed"),
+    (IdentitySource, "secrets_sealed"),
+    (User, "totp_sealed"),
+    (OidcFlow, "sealed"),
+)
+
+
+def reseal(ctx: BrokerContext) -> int:
+    """Seal every stored secret again under the current key (in one transaction: all or
+    nothing); returns how many values were resealed. A value no key opens stops it with
+    ``ValueError``, naming where it is."""
+    count = 0
+    with ctx.db.write() as session:
+        for model, column in _SEALED:
+            attribute = getattr(model, column)
+            for row in session.scalars(select(model).where(attribute.is_not(None))):
+                try:
+                    setattr(row, column, ctx.secrets.reseal(getattr(row, column)))
+                except ValueError as exc:
+                    raise ValueError(
+                        f"{model.__tablename__} {row.id}: {column} opens with none of the "
+                        "broker's keys; give the key it was sealed with in "
+                        "DESKBROKER_SECRET_KEY_PREVIOUS"
+                    ) from exc
+                count += 1
+    return count

@@ -1,0 +1,65 @@
+"""What the admin API checks in the params of a center or an identity source that make the
+broker reach out: host-side credentials and files, the outbound network policy, and the
+secrets that belong to a URL."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel
+from sqlalchemy.orm import Session
+
+from deskbroker import outbound
+from deskbroker.errors import Forbidden
+from deskbroker.services.context import BrokerContext
+
+
+def _connection(model: BaseModel) -> list[tuple[str, str]]:
+    """What a stored secret was given for: every URL or host, and host-side settings."""
+    found = [(t.param, t.value) for t in outbound.targets_of(model)]
+    found += [(name, str(getattr(model, name))) for name in outbound.host_side_of(model)]
+    return sorted(found)
+
+
+def vet(
+    session: Session,
+    ctx: BrokerContext,
+    *,
+    what: str,
+    params_model: type[BaseModel],
+    params: Mapping[str, Any],
+    previous: Mapping[str, Any] | None,
+    data: dict[str, Any],
+) -> None:
+    """Check validated ``params`` about to be saved by the admin whose role the write
+    session carries; ``previous`` are the stored params of an update.
+
+    - Params that read the broker host's own files or credentials (a clouds.yaml entry,
+      a CA file) are for a global admin only: a tenant admin would borrow the operator's.
+    - Every host written in them passes the outbound policy (names are checked again,
+      resolved, on every connection).
+    - When a URL or host changes and the request gives no new secrets, the stored ones
+      are dropped (``secrets_sealed`` set to ``None`` in ``data``): a password given for
+      one server must not be sent to another.
+    """
+    model = params_model.model_validate(dict(params))
+    host_side = outbound.host_side_of(model)
+    if host_side and session.info.get("actor_role") != "global_admin":
+        raise Forbidden(
+            f"only a global administrator may set {what} params {', '.join(host_side)}: "
+            "they use the broker host's own files and credentials; give the connection "
+            "details and secrets of your own account instead"
+        )
+    policy = ctx.settings.outbound_policy
+    for target in outbound.targets_of(model):
+        if target.host:
+            policy.check_host(target.host, f"{what} params.{target.param}")
+    if previous is None or "secrets" in data:
+        return
+    try:
+        before = _connection(params_model.model_validate(dict(previous)))
+    except ValueError:
+        before = []  # stored under older rules: treat as changed
+    if before != _connection(model):
+        data["secrets_sealed"] = None
