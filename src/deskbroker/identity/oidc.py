@@ -28,8 +28,10 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
-    model_validator,
+    ValidationInfo,
+    field_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from deskbroker.domain.rules import Identity
 from deskbroker.errors import (
@@ -88,14 +90,15 @@ class OidcParams(BaseModel):
         description="names a user's broker account at their first sign-in (later sign-ins "
         "are matched by the provider's issuer and sub)",
     )
-    trust_verified_email: bool = Field(
-        default=False,
-        description="let an e-mail address name a user (username_claim email, or when the "
-        "username claim is missing), and only when the provider says email_verified",
-    )
     groups_claim: Claim | None = Field(default="groups", description="a list of group names")
     display_name_claim: Claim = "name"
     email_claim: Claim = "email"
+    trust_verified_email: bool = Field(
+        default=False,
+        validate_default=True,
+        description="let an e-mail address name a user (username_claim email, or when the "
+        "username claim is missing), and only when the provider says email_verified",
+    )
     attribute_claims: list[Claim] = Field(
         default_factory=list, max_length=50, description="copied for assignment rules"
     )
@@ -115,16 +118,19 @@ class OidcParams(BaseModel):
     verify_tls: bool = True
     ca_file: Annotated[str, StringConstraints(max_length=1000)] | None = None
 
-    @model_validator(mode="after")
-    def _email_needs_trust(self) -> OidcParams:
-        if self.username_claim in (self.email_claim, "email") and not self.trust_verified_email:
-            raise ValueError(
-                f"username_claim {self.username_claim!r} names users by e-mail address, which "
-                "the broker does only when the operator allows it: set trust_verified_email "
-                "to true as well (users whose address the provider has not verified are "
-                "then refused)"
+    @field_validator("trust_verified_email")
+    @classmethod
+    def _email_needs_trust(cls, trusted: bool, info: ValidationInfo) -> bool:
+        claim = info.data.get("username_claim")
+        if claim in (info.data.get("email_claim"), "email") and not trusted:
+            raise PydanticCustomError(
+                "email_username",
+                "username_claim '{claim}' names users by e-mail address, which the broker "
+                "does only when the operator allows it: set trust_verified_email to true as "
+                "well (users whose address the provider has not verified are then refused)",
+                {"claim": claim},
             )
-        return self
+        return trusted
 
 
 @dataclass(frozen=True)
