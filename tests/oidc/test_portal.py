@@ -421,3 +421,29 @@ def test_another_broker_finishes_what_one_started(
     response = api.client.post(EXCHANGE)
     assert response.status_code == 200, response.text
     assert response.json()["username"] == "nina@example.org"
+
+
+def test_the_binding_cookie_follows_the_provider_back_and_is_secure_over_https(
+    api: Api, oidc_provider: OidcProvider
+) -> None:
+    add_oidc_source(api, oidc_provider)
+    started = start(api)
+    cookie = started.headers["set-cookie"]
+    # Lax, not Strict: the provider's redirect back to the callback is a cross-site
+    # navigation, which a Strict cookie would not follow.
+    assert cookie.startswith(f"{BROWSER_COOKIE}=") and "HttpOnly" in cookie
+    assert "SameSite=lax" in cookie and "Path=/api/v1/auth/oidc/" in cookie
+    assert "Secure" not in cookie  # this broker is reached over http
+    # Two sign-ins in two tabs share the browser's secret, so both can finish.
+    again = start(api)
+    assert again.cookies[BROWSER_COOKIE] == started.cookies[BROWSER_COOKIE]
+
+    add_oidc_source(
+        api,
+        oidc_provider,
+        name="tls",
+        redirect_uri="https://broker.example.org/api/v1/auth/oidc/callback",
+    )
+    over_https = start(api, source="tls")
+    assert over_https.status_code == 302, over_https.text
+    assert "Secure" in over_https.headers["set-cookie"]
