@@ -224,7 +224,7 @@ class OidcSignIn:
         verifier = secrets.token_urlsafe(64)
         redirect_uri = driver.config.redirect_uri or callback_url
         # Asks the provider's discovery document first: when the provider is down, the
-        # user hears so and nothing is written.
+        # user hears so and no flow is written (the start still counted above).
         url = driver.authorization_url(
             state=state, nonce=nonce, code_challenge=_challenge(verifier), redirect_uri=redirect_uri
         )
