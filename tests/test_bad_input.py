@@ -41,6 +41,7 @@ OIDC_SIGN_IN = {
     "/api/v1/auth/oidc/callback",
     "/api/v1/auth/oidc/{source}/device",
     "/api/v1/auth/oidc/device/poll",
+    "/api/v1/auth/oidc/exchange",
 }
 # The second step of a password login takes a challenge, not a bearer token.
 SECOND_FACTOR = {"/api/v1/auth/login/totp", "/api/v1/auth/login/totp/enrol"}

@@ -81,11 +81,12 @@ PARAM_KINDS = {
     "address": "lockout-addresses",
     "source": "identity-source-names",
 }
-# Sign-in steps that carry a one-time state, device code or second-factor challenge,
-# never an object of a tenant.
+# Sign-in steps that carry a one-time state, device code, sign-in code or second-factor
+# challenge, never an object of a tenant.
 SIGN_IN_STEPS = (
     "/api/v1/auth/oidc/callback",
     "/api/v1/auth/oidc/device/poll",
+    "/api/v1/auth/oidc/exchange",
     "/api/v1/auth/login/totp",
     "/api/v1/auth/login/totp/enrol",
 )

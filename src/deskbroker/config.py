@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import socket
 from functools import cached_property
@@ -28,6 +29,33 @@ def check_secret_key(key: str, setting: str) -> None:
             f"with at least {SECRET_KEY_MIN_DISTINCT} different ones, e.g. the output of "
             "python3 -c 'import secrets; print(secrets.token_urlsafe(48))'"
         )
+
+
+PORTAL_PATH = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@/-]*$")
+
+
+def portal_folder(path: str) -> str:
+    """A folder of portal pages, as ``oidc_portal_paths`` names them; ValueError in words.
+
+    The API is never one: a sign-in's answer handed to an API route (another source's
+    ``/start``, say) would leave the portal."""
+    segments = path.split("/")
+    if (
+        not PORTAL_PATH.match(path)
+        or path.startswith("//")
+        or not path.endswith("/")
+        or any(s in (".", "..") for s in segments)
+    ):
+        raise ValueError(
+            f"oidc_portal_paths: {path!r} is not a folder of pages on this broker such as "
+            "/portal/ (a path that starts and ends with /, no . or .. segments)"
+        )
+    if path.lower() == "/" or path.lower().startswith("/api/"):
+        raise ValueError(
+            f"oidc_portal_paths: {path!r} would let a sign-in send the browser to the API; "
+            "name the portal's own folder, such as /portal/"
+        )
+    return path
 
 
 def _default_data_dir() -> Path:
@@ -157,6 +185,28 @@ class Settings(BaseSettings):
     plan_max_attempts: int = Field(
         default=5, ge=1, le=100, description="tries of a failing plan action before giving up"
     )
+    oidc_portal_paths: list[str] = Field(
+        default_factory=lambda: ["/portal/"],
+        min_length=1,
+        max_length=20,
+        description="where an OpenID Connect sign-in may send the browser back to: "
+        "folders of portal pages on this broker (never under /api/)",
+    )
+    oidc_starts_per_address: int = Field(
+        default=20,
+        ge=1,
+        le=100000,
+        description="OpenID Connect sign-ins (portal or device) one client address may start "
+        "in oidc_start_window_s",
+    )
+    oidc_start_window_s: int = Field(default=60, ge=1, le=3600)
+
+    @field_validator("oidc_portal_paths")
+    @classmethod
+    def _portal_paths(cls, value: list[str]) -> list[str]:
+        for path in value:
+            portal_folder(path)
+        return value
 
     @field_validator("data_dir")
     @classmethod

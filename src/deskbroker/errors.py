@@ -66,6 +66,13 @@ class TooManyAttempts(DeskbrokerError):
     title = "Too many failed sign-ins"
 
 
+class TooManySignInsStarted(TooManyAttempts):
+    """OpenID Connect sign-ins started too often from one client address (each costs a
+    call to the provider); ``retry_after`` as for ``TooManyAttempts``."""
+
+    title = "Too many sign-ins started"
+
+
 class Unavailable(DeskbrokerError):
     status = 503
     title = "Service unavailable"

@@ -1,5 +1,6 @@
 """A person at the provider's pages: httpx follows the redirects and fills in the forms
-(login, consent, device code), the way a browser would submit them."""
+(login, consent, device code), the way a browser would submit them. Given the broker's
+TestClient, the same browser (one cookie jar) also visits the broker's own pages."""
 
 from __future__ import annotations
 
@@ -8,6 +9,21 @@ from html.parser import HTMLParser
 from urllib.parse import urljoin
 
 import httpx
+from fastapi.testclient import TestClient
+
+BROKER = "http://testserver"
+
+
+class _ToBroker(httpx.BaseTransport):
+    """Hands the browser's requests for the broker to the broker's app (its TestClient);
+    the cookies stay the browser's."""
+
+    def __init__(self, broker: TestClient) -> None:
+        self.broker = broker
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        answer = self.broker.send(request, follow_redirects=False)
+        return httpx.Response(answer.status_code, headers=answer.headers, content=answer.content)
 
 
 @dataclass
@@ -55,23 +71,34 @@ class Visit:
 
 
 class Browser:
-    """One browser with its own cookies; stops at any URL under ``stop_at``."""
+    """One browser with its own cookies; stops at any URL under ``stop_at``.
 
-    def __init__(self, stop_at: str = "http://testserver/") -> None:
-        self.http = httpx.Client(follow_redirects=False, timeout=10)
+    ``history`` is every URL it asked for and every Location it was sent to."""
+
+    def __init__(self, stop_at: str = f"{BROKER}/", broker: TestClient | None = None) -> None:
+        mounts = {f"{BROKER}/": _ToBroker(broker)} if broker is not None else None
+        self.http = httpx.Client(follow_redirects=False, timeout=10, mounts=mounts)
         self.stop_at = stop_at
+        self.history: list[str] = []
 
     def close(self) -> None:
         self.http.close()
 
-    def sign_in(self, url: str, username: str, password: str, *, consent: bool = True) -> Visit:
+    def get(self, url: str) -> httpx.Response:
+        self.history.append(url)
         response = self.http.get(url)
+        if "location" in response.headers:
+            self.history.append(response.headers["location"])
+        return response
+
+    def sign_in(self, url: str, username: str, password: str, *, consent: bool = True) -> Visit:
+        response = self.get(url)
         for _ in range(20):
             if response.is_redirect:
                 target = urljoin(str(response.url), response.headers["location"])
                 if target.startswith(self.stop_at):
                     return Visit(target, "")
-                response = self.http.get(target)
+                response = self.get(target)
                 continue
             parser = _Forms()
             parser.feed(response.text)
@@ -92,7 +119,9 @@ class Browser:
                 data = form.fields
             else:  # the device code confirmation
                 data = form.fields
-            response = self.http.request(
-                form.method.upper(), urljoin(str(response.url), form.action), data=data
-            )
+            target = urljoin(str(response.url), form.action)
+            self.history.append(target)
+            response = self.http.request(form.method.upper(), target, data=data)
+            if "location" in response.headers:
+                self.history.append(response.headers["location"])
         raise AssertionError("the provider's pages did not end in 20 steps")

@@ -49,7 +49,21 @@ ACCOUNTS: dict[str, dict[str, Any]] = {
     },
     "nina": {  # no preferred_username: the source must take the email instead
         "password": "nina-provider-pw",
-        "claims": {"name": "Nina Noname", "email": "nina@example.org", "groups": []},
+        "claims": {
+            "name": "Nina Noname",
+            "email": "nina@example.org",
+            "email_verified": True,
+            "groups": [],
+        },
+    },
+    "ann2": {  # another account (sub) that calls itself ann at the provider
+        "password": "ann2-provider-pw",
+        "claims": {
+            "preferred_username": "ann",
+            "name": "Not Ann",
+            "email": "ann@example.org",
+            "groups": ["engineers"],
+        },
     },
 }
 

@@ -6,6 +6,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
+from fastapi.testclient import TestClient
 
 from tests.helpers import Api
 from tests.oidc.browser import Browser
@@ -55,6 +56,19 @@ def callback_path(url: str) -> str:
     """The broker callback URL the provider redirected to, as a TestClient path."""
     parts = urlsplit(url)
     return f"{parts.path}?{parts.query}"
+
+
+EXCHANGE = "/api/v1/auth/oidc/exchange"
+
+
+def finish(api: Api, path: str, client: TestClient | None = None) -> httpx.Response:
+    """Call the broker's callback as the browser that started the sign-in, then redeem
+    the one-time code as the portal page does: the exchange's answer."""
+    browser = client or api.client
+    called = browser.get(path, follow_redirects=False)
+    if called.status_code != 303:
+        return called
+    return browser.post(EXCHANGE)
 
 
 def provider_callback(

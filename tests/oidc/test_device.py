@@ -19,6 +19,7 @@ import uvicorn
 
 from deskbroker.api.app import create_app
 from deskbroker.services.context import BrokerContext
+from deskbroker.store.tables import User
 from tests.helpers import Api
 from tests.identity.directories import free_port
 from tests.identity.support import group_policy
@@ -39,7 +40,9 @@ def approve(url: str, username: str, *, consent: bool = True) -> str:
     return visit.page
 
 
-def test_device_sign_in_through_the_poll_api(api: Api, oidc_provider: OidcProvider) -> None:
+def test_device_sign_in_through_the_poll_api(
+    api: Api, ctx: BrokerContext, oidc_provider: OidcProvider
+) -> None:
     source = add_oidc_source(api, oidc_provider)
     ids = group_policy(api, source["id"], "engineers")
     started = api.client.post("/api/v1/auth/oidc/corp/device", json={"tenant": "default"})
@@ -64,6 +67,13 @@ def test_device_sign_in_through_the_poll_api(api: Api, oidc_provider: OidcProvid
     assert done.status_code == 200, done.text
     body = done.json()
     assert body["username"] == "ann"
+    with ctx.db.read() as session:
+        user = session.get(User, body["user_id"])
+    # The device flow binds the user to the provider's account like the portal's.
+    assert user is not None and (user.oidc_issuer, user.oidc_subject) == (
+        oidc_provider.issuer,
+        "ann",
+    )
     assert [(o["status"], o["pool_id"]) for o in body["offers"]] == [("assigned", ids["pool"])]
 
     again = api.client.post(POLL, json={"device_handle": grant["device_handle"]})

@@ -24,7 +24,16 @@ from urllib.parse import urlencode, urlsplit
 
 import httpx
 import jwt
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from deskbroker.domain.rules import Identity
 from deskbroker.errors import (
@@ -85,11 +94,19 @@ class OidcParams(BaseModel):
         default_factory=lambda: ["openid", "profile", "email"], max_length=20
     )
     username_claim: Claim = Field(
-        default="preferred_username", description="gives the broker's username (or email)"
+        default="preferred_username",
+        description="names a user's broker account at their first sign-in (later sign-ins "
+        "are matched by the provider's issuer and sub)",
     )
     groups_claim: Claim | None = Field(default="groups", description="a list of group names")
     display_name_claim: Claim = "name"
     email_claim: Claim = "email"
+    trust_verified_email: bool = Field(
+        default=False,
+        validate_default=True,
+        description="let an e-mail address name a user (username_claim email, or when the "
+        "username claim is missing), and only when the provider says email_verified",
+    )
     attribute_claims: list[Claim] = Field(
         default_factory=list, max_length=50, description="copied for assignment rules"
     )
@@ -115,6 +132,20 @@ class OidcParams(BaseModel):
         """The issuer; the endpoints its discovery names are checked as they are reached."""
         return [Target.url("issuer", self.issuer)]
 
+    @field_validator("trust_verified_email")
+    @classmethod
+    def _email_needs_trust(cls, trusted: bool, info: ValidationInfo) -> bool:
+        claim = info.data.get("username_claim")
+        if claim in (info.data.get("email_claim"), "email") and not trusted:
+            raise PydanticCustomError(
+                "email_username",
+                "username_claim '{claim}' names users by e-mail address, which the broker "
+                "does only when the operator allows it: set trust_verified_email to true as "
+                "well (users whose address the provider has not verified are then refused)",
+                {"claim": claim},
+            )
+        return trusted
+
 
 @dataclass(frozen=True)
 class TokenSet:
@@ -134,6 +165,16 @@ class DeviceGrant:
     verification_uri_complete: str | None
     expires_in: int
     interval: int
+
+
+@dataclass(frozen=True)
+class ProviderUser:
+    """A verified sign-in: who the provider says the user is, and the account (issuer and
+    ``sub``) that says it, by which the broker matches its user."""
+
+    identity: Identity
+    issuer: str
+    subject: str
 
 
 @dataclass(frozen=True)
@@ -471,7 +512,7 @@ class OidcIdentitySource(IdentitySourceDriver):
             )
         return claims
 
-    def sign_in(self, tokens: TokenSet, nonce: str | None) -> Identity:
+    def sign_in(self, tokens: TokenSet, nonce: str | None) -> ProviderUser:
         """Verify the ID token, add the userinfo claims, and describe the user."""
         claims = self.verify_id_token(tokens.id_token, nonce)
         if (
@@ -486,16 +527,38 @@ class OidcIdentitySource(IdentitySourceDriver):
                     "the provider's userinfo describes another user than the ID token"
                 )
             claims = {**extra, **claims}
-        return self.identity(claims)
+        subject = str(claims["sub"])
+        if not 0 < len(subject) <= 255:
+            # OpenID Connect Core §2: at most 255 ASCII characters, never empty.
+            raise Unauthorized("the ID token's sub is empty or longer than 255 characters")
+        return ProviderUser(self.identity(claims), str(claims["iss"]), subject)
+
+    def _username(self, claims: Mapping[str, Any]) -> str:
+        """The name a first sign-in gives the broker user. An e-mail address only when the
+        operator allowed it and the provider verified it: anyone can type an address."""
+        config = self.config
+        by_email = config.username_claim in (config.email_claim, "email")
+        name = claims.get(config.username_claim)
+        if not by_email and isinstance(name, str) and name.strip():
+            return name.strip()
+        if by_email or config.trust_verified_email:
+            email = claims.get(config.username_claim if by_email else config.email_claim)
+            if isinstance(email, str) and email.strip():
+                if _verified(claims):
+                    return email.strip()
+                raise Forbidden(
+                    "the identity provider has not verified this user's e-mail address "
+                    "(no email_verified true), and the broker names users by an address "
+                    "only when it is verified",
+                    reason="email_unverified",
+                )
+        raise Forbidden(
+            f"the identity provider gave no {config.username_claim!r} claim for this user; "
+            "the administrator can pick another username_claim or add the claim's scope"
+        )
 
     def identity(self, claims: Mapping[str, Any]) -> Identity:
-        username = claims.get(self.config.username_claim)
-        if not isinstance(username, str) or not username.strip():
-            raise Forbidden(
-                f"the identity provider gave no {self.config.username_claim!r} claim for this "
-                "user; the administrator can pick another username_claim (such as email) "
-                "or add the claim's scope"
-            )
+        username = self._username(claims)
         groups: list[str] = []
         raw_groups = claims.get(self.config.groups_claim) if self.config.groups_claim else None
         if isinstance(raw_groups, list):
@@ -507,11 +570,12 @@ class OidcIdentitySource(IdentitySourceDriver):
         }
         attributes["sub"] = str(claims.get("sub", ""))
         return Identity(
-            username=username.strip()[:200],
+            username=username[:200],
             groups=frozenset(groups),
             attributes=attributes,
             display_name=_text(claims.get(self.config.display_name_claim, ""))[:200],
-            email=_text(claims.get(self.config.email_claim, ""))[:320],
+            # An address the provider has not verified may be anyone's: not kept.
+            email=_text(claims.get(self.config.email_claim, ""))[:320] if _verified(claims) else "",
         )
 
 
@@ -522,6 +586,11 @@ def _error_code(data: Mapping[str, Any], status: int) -> str:
     if isinstance(error, str) and _ERROR_CODE.match(error):
         return error
     return f"HTTP {status}"
+
+
+def _verified(claims: Mapping[str, Any]) -> bool:
+    # Some providers (Amazon Cognito) send the boolean as a string.
+    return claims.get("email_verified") in (True, "true")
 
 
 def _text(value: Any) -> str:

@@ -5,24 +5,45 @@ Every flow is a database row (``store/oidc_flows.py``), not process memory, so a
 of brokers needs no sticky sessions: one broker starts, any other finishes. A flow is
 consumed by one conditional UPDATE before its code is exchanged, so a replayed ``state``
 or a second poller never signs anyone in twice. Once the provider's ID token is
-verified, the user goes through the same login path as a password login.
+verified, the provider's account (issuer + ``sub``) picks the broker user
+(``store/oidc_subjects.py``), who goes through the same login path as a password login.
+
+No token ever travels in a URL. The callback only comes back to the browser that
+started the sign-in (a binding cookie set at the start: no login CSRF), goes back only to
+a configured portal page, and hands the browser a one-time code, which the portal
+redeems by POST for the token; any broker of a cluster redeems it, once.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
+import math
+import re
 import secrets
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
-from deskbroker.errors import BadRequest, DeskbrokerError, Forbidden, SignInPending
-from deskbroker.identity.oidc import DevicePending, OidcIdentitySource
+from deskbroker import metrics
+from deskbroker.config import PORTAL_PATH
+from deskbroker.errors import (
+    BadRequest,
+    DeskbrokerError,
+    Forbidden,
+    SignInPending,
+    TooManySignInsStarted,
+)
+from deskbroker.identity.oidc import DevicePending, OidcIdentitySource, ProviderUser
 from deskbroker.services.context import BrokerContext
 from deskbroker.services.login import LoginResult, LoginService
-from deskbroker.store import oidc_flows
-from deskbroker.store.oidc_flows import FlowRecord, flow_key
+from deskbroker.services.throttle import address_key
+from deskbroker.store import oidc_flows, oidc_subjects, throttle
+from deskbroker.store.oidc_flows import FlowRecord, aware, flow_key
+from deskbroker.store.tables import utcnow
 
 UNKNOWN_STATE = (
     "this sign-in's state is not one the broker issued (it was altered, or is older than an "
@@ -31,14 +52,38 @@ UNKNOWN_STATE = (
 REPLAYED_STATE = "this sign-in was finished already and cannot be used twice; start again"
 EXPIRED_STATE = "this sign-in took too long and has expired; start it again"
 UNKNOWN_DEVICE = "there is no device sign-in with this handle; start one again"
+OTHER_BROWSER = (
+    "this sign-in was started in another browser, or this browser did not keep the "
+    "broker's sign-in cookie: a sign-in must come back to the browser that started it; "
+    "start it again from the portal"
+)
+UNKNOWN_HANDOFF = (
+    "this browser holds no sign-in to finish: the sign-in code was used already, has "
+    "expired, or cookies are off; sign in again"
+)
+# How long the portal has to redeem the one-time code the callback hands the browser.
+HANDOFF_TTL_S = 60
+# What a browser's binding secret looks like (secrets.token_urlsafe(32)).
+BROWSER_SECRET = re.compile(r"^[A-Za-z0-9_-]{43}$")
+
+
+@dataclass(frozen=True)
+class Started:
+    """Where to send the browser (the provider), and the callback the provider returns to."""
+
+    url: str
+    callback: str
 
 
 @dataclass(frozen=True)
 class SignedIn:
-    """A finished sign-in, and the portal page to return to (if the portal started it)."""
+    """A finished sign-in and the portal page to send the browser back to."""
 
     result: LoginResult
-    return_to: str | None
+    return_to: str
+    tenant_id: str
+    identity_source_id: str
+    https: bool
 
 
 @dataclass(frozen=True)
@@ -58,18 +103,49 @@ def _challenge(verifier: str) -> str:
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
-def check_return_to(value: str | None) -> str | None:
-    """Only a path on this broker: a token must never be handed to another site."""
+def check_return_to(value: str | None, portal_paths: Sequence[str]) -> str:
+    """A page under one of the configured portal folders (the first one by default).
+
+    Never another site, never the API (another source's ``/start`` would carry the
+    browser on to an authorization endpoint a tenant admin chose), never a path that
+    only normalises into a portal folder (``..``, encoded slashes)."""
     if value is None or value == "":
-        return None
+        return portal_paths[0]
+    path, _, query = value.partition("?")
+    where = " or ".join(portal_paths)
     if (
-        not value.startswith("/")
-        or value.startswith(("//", "/\\"))
-        or "#" in value
-        or any(ord(c) < 32 or ord(c) == 127 for c in value)
+        not PORTAL_PATH.match(path)
+        or path.startswith("//")
+        or any(segment in (".", "..") for segment in path.split("/"))
+        or any(ord(c) <= 32 or ord(c) >= 127 or c in "#\\" for c in query)
     ):
-        raise BadRequest(f"redirect must be a path on this broker such as /portal/, not {value!r}")
+        raise BadRequest(
+            f"redirect must be a page of the portal on this broker (a path under {where}), "
+            f"not {value!r}",
+            reason="redirect_refused",
+        )
+    lowered = path.lower()
+    if lowered == "/api" or lowered.startswith("/api/"):
+        raise BadRequest(
+            f"redirect {value!r} is an API route, not a portal page: a sign-in only goes "
+            f"back to a page under {where}",
+            reason="redirect_refused",
+        )
+    if not any(path.startswith(p) or path + "/" == p for p in portal_paths):
+        raise BadRequest(
+            f"redirect {value!r} is not a portal page: a sign-in only goes back to a page "
+            f"under {where} (the broker's oidc_portal_paths setting)",
+            reason="redirect_refused",
+        )
     return value
+
+
+def browser_secret(cookie: str | None) -> str:
+    """The browser's binding secret: the one its cookie holds (so sign-ins started in two
+    tabs both finish), else a new one."""
+    if cookie is not None and BROWSER_SECRET.match(cookie):
+        return cookie
+    return secrets.token_urlsafe(32)
 
 
 class OidcSignIn:
@@ -94,18 +170,61 @@ class OidcSignIn:
             raise BadRequest("the identity source of this sign-in no longer uses OpenID Connect")
         return driver
 
+    def _throttle_start(self, client_address: str | None) -> None:
+        """Counts a sign-in start against the client address, before the provider is
+        asked anything: each start costs a call to the provider and a row, and needs no
+        credential. Refuses (429) while the address has started too many."""
+        if not client_address:
+            return
+        settings = self.ctx.settings
+        key = "oidc_start:" + address_key(client_address).partition(":")[2]
+        now = utcnow()
+        with self.ctx.db.write() as session:
+            state = throttle.read(session, [key]).get(key)
+            if state is not None and state.locked_until is not None:
+                left = (aware(state.locked_until) - now).total_seconds()
+                if left > 0:
+                    metrics.LOGINS_THROTTLED.labels(key="oidc_start").inc()
+                    wait = math.ceil(left)
+                    raise TooManySignInsStarted(
+                        f"Too many sign-ins were started from your address ({client_address}): "
+                        f"wait {wait} seconds before starting another.",
+                        reason="sign_in_starts_throttled",
+                        retry_after=wait,
+                    )
+            throttle.count_failure(
+                session,
+                key,
+                now=now,
+                window_s=settings.oidc_start_window_s,
+                limit=settings.oidc_starts_per_address,
+                lockout_s=settings.oidc_start_window_s,
+                max_factor=1,
+            )
+
     # --- authorization code with PKCE ---------------------------------------------
     def start(
-        self, *, tenant: str | None, source: str, return_to: str | None, callback_url: str
-    ) -> str:
-        """A new sign-in: the provider's authorization URL to send the browser to."""
-        return_to = check_return_to(return_to)
+        self,
+        *,
+        tenant: str | None,
+        source: str,
+        return_to: str | None,
+        callback_url: str,
+        browser: str,
+        client_address: str | None = None,
+    ) -> Started:
+        """A new sign-in: the provider's authorization URL to send the browser to.
+
+        ``browser`` is the secret of the browser's binding cookie; only its hash is kept,
+        and the callback must present it."""
+        return_to = check_return_to(return_to, self.ctx.settings.oidc_portal_paths)
         tenant_id, source_id, driver = self._oidc(tenant, source)
+        self._throttle_start(client_address)
         state, nonce = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         verifier = secrets.token_urlsafe(64)
         redirect_uri = driver.config.redirect_uri or callback_url
         # Asks the provider's discovery document first: when the provider is down, the
-        # user hears so and nothing is written.
+        # user hears so and no flow is written (the start still counted above).
         url = driver.authorization_url(
             state=state, nonce=nonce, code_challenge=_challenge(verifier), redirect_uri=redirect_uri
         )
@@ -121,8 +240,9 @@ class OidcSignIn:
                 nonce=nonce,
                 redirect_uri=redirect_uri,
                 return_to=return_to,
+                browser_binding=flow_key(browser),
             )
-        return url
+        return Started(url, redirect_uri)
 
     def finish(
         self,
@@ -133,19 +253,31 @@ class OidcSignIn:
         error_description: str | None,
         issuer: str | None,
         client_address: str | None,
+        browser: str | None,
     ) -> SignedIn:
-        """The provider's callback: consume the state, exchange the code, log in."""
+        """The provider's callback: check the browser, consume the state, exchange the
+        code, log in. ``browser`` is what the binding cookie holds, if anything."""
         if not state:
             raise BadRequest(
                 "the callback carries no state: open the sign-in from the portal, not this URL"
             )
         key = flow_key(state)
-        with self.ctx.db.write() as session:
+        with self.ctx.db.read() as session:
             flow = oidc_flows.find(session, key, "code")
-            if flow is None:
-                raise BadRequest(UNKNOWN_STATE)
-            first = oidc_flows.consume(session, key)
+        if flow is None:
+            raise BadRequest(UNKNOWN_STATE)
         actor = f"oidc:{flow.identity_source_id}"
+        if (
+            browser is None
+            or flow.browser_binding is None
+            or not hmac.compare_digest(flow_key(browser), flow.browser_binding)
+        ):
+            # Someone else's callback URL opened in this browser (login CSRF), or cookies
+            # are off. The flow is not consumed: its own browser may still finish it.
+            self.login.refused(flow.tenant_id, actor, client_address, "browser_mismatch")
+            raise BadRequest(OTHER_BROWSER, reason="browser_mismatch")
+        with self.ctx.db.write() as session:
+            first = oidc_flows.consume(session, key)
         try:
             if not first:
                 raise BadRequest(REPLAYED_STATE, reason="state_replayed")
@@ -170,20 +302,82 @@ class OidcSignIn:
             tokens = driver.exchange_code(
                 code=code, code_verifier=verifier, redirect_uri=flow.redirect_uri
             )
-            identity = driver.sign_in(tokens, flow.nonce)
+            user = driver.sign_in(tokens, flow.nonce)
         except DeskbrokerError as exc:
             self.login.refused(
                 flow.tenant_id, actor, client_address, exc.extra.get("reason", "oidc_refused")
             )
             raise
-        result = self.login.login_identity(
+        result = self._log_in(flow, user, client_address)
+        return SignedIn(
+            result,
+            flow.return_to or self.ctx.settings.oidc_portal_paths[0],
+            flow.tenant_id,
+            flow.identity_source_id,
+            https=urlsplit(flow.redirect_uri).scheme == "https",
+        )
+
+    def _log_in(
+        self, flow: FlowRecord, user: ProviderUser, client_address: str | None
+    ) -> LoginResult:
+        """The broker user bound to the provider's account (issuer + sub), logged in."""
+        with self.ctx.db.write() as session:
+            binding = oidc_subjects.bind(
+                session,
+                tenant_id=flow.tenant_id,
+                identity_source_id=flow.identity_source_id,
+                issuer=user.issuer,
+                subject=user.subject,
+                username=user.identity.username,
+            )
+        if binding.taken:
+            actor = f"oidc:{flow.identity_source_id}"
+            self.login.refused(flow.tenant_id, actor, client_address, "subject_mismatch")
+            raise Forbidden(
+                f"the broker user {binding.username!r} of this identity source belongs to "
+                "another account at the identity provider (another subject), so this account "
+                "cannot sign in as it; ask your administrator",
+                reason="subject_mismatch",
+            )
+        identity = replace(user.identity, username=binding.username)
+        return self.login.login_identity(
             flow.identity_source_id, identity, client_address=client_address
         )
-        return SignedIn(result, flow.return_to)
+
+    # --- the one-time code the portal redeems ------------------------------------
+    def hand_off(self, signed: SignedIn, answer: str) -> str:
+        """Keeps the sign-in's answer (sealed) for the portal to redeem once, from any
+        broker, within ``HANDOFF_TTL_S``; returns the one-time code for the browser."""
+        code = secrets.token_urlsafe(32)
+        with self.ctx.db.write() as session:
+            oidc_flows.create(
+                session,
+                key=flow_key(code),
+                kind="handoff",
+                tenant_id=signed.tenant_id,
+                identity_source_id=signed.identity_source_id,
+                sealed=self.ctx.secrets.seal(answer),
+                ttl_s=HANDOFF_TTL_S,
+            )
+        return code
+
+    def redeem(self, code: str | None) -> str:
+        """The answer a one-time code stands for; refused once used or expired."""
+        if not code:
+            raise BadRequest(UNKNOWN_HANDOFF)
+        key = flow_key(code)
+        with self.ctx.db.write() as session:
+            handoff = oidc_flows.find(session, key, "handoff")
+            if handoff is None or not oidc_flows.redeem(session, key):
+                raise BadRequest(UNKNOWN_HANDOFF, reason="handoff_refused")
+        return self.ctx.secrets.open(handoff.sealed)
 
     # --- device flow (RFC 8628) ----------------------------------------------------
-    def start_device(self, *, tenant: str | None, source: str) -> DeviceStart:
+    def start_device(
+        self, *, tenant: str | None, source: str, client_address: str | None = None
+    ) -> DeviceStart:
         tenant_id, source_id, driver = self._oidc(tenant, source)
+        self._throttle_start(client_address)
         grant = driver.start_device()
         handle = secrets.token_urlsafe(32)
         with self.ctx.db.write() as session:
@@ -251,12 +445,10 @@ class OidcSignIn:
             if not oidc_flows.consume(session, key):
                 raise BadRequest("this device sign-in was finished already; start a new one")
         try:
-            identity = driver.sign_in(answer, None)
+            user = driver.sign_in(answer, None)
         except DeskbrokerError as exc:
             self.login.refused(
                 flow.tenant_id, actor, client_address, exc.extra.get("reason", "oidc_refused")
             )
             raise
-        return self.login.login_identity(
-            flow.identity_source_id, identity, client_address=client_address
-        )
+        return self._log_in(flow, user, client_address)

@@ -1,8 +1,10 @@
 """OpenID Connect sign-ins under way: created at the start, consumed exactly once.
 
-Rows are keyed by a hash of the secret the browser or CLI holds (the ``state`` or the
-device handle). They outlive their expiry by an hour so that a replayed ``state`` is
-told apart from an unknown one, then the next start removes them.
+Rows are keyed by a hash of the secret the browser or CLI holds: the ``state``, the
+device handle, or the one-time code a finished portal sign-in hands the browser (a
+``handoff`` row, holding the sealed answer until the portal redeems it). They outlive
+their expiry by an hour so that a replayed ``state`` is told apart from an unknown one,
+then the next start removes them.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class FlowRecord:
     interval_s: int
     expires_at: datetime
     used_at: datetime | None
+    browser_binding: str | None = None
 
     def expired(self, now: datetime) -> bool:
         return aware(self.expires_at) <= now
@@ -59,6 +62,7 @@ def create(
     nonce: str | None = None,
     redirect_uri: str = "",
     return_to: str | None = None,
+    browser_binding: str | None = None,
     interval_s: int = 5,
 ) -> None:
     now = datetime.now(UTC)
@@ -73,6 +77,7 @@ def create(
             sealed=sealed,
             redirect_uri=redirect_uri,
             return_to=return_to,
+            browser_binding=browser_binding,
             interval_s=interval_s,
             created_at=now,
             expires_at=now + timedelta(seconds=ttl_s),
@@ -94,6 +99,7 @@ def find(session: Session, key: str, kind: str) -> FlowRecord | None:
             OidcFlow.interval_s,
             OidcFlow.expires_at,
             OidcFlow.used_at,
+            OidcFlow.browser_binding,
         ).where(OidcFlow.id == key, OidcFlow.kind == kind)
     ).first()
     return FlowRecord(*row) if row is not None else None
@@ -105,6 +111,22 @@ def consume(session: Session, key: str) -> bool:
         update(OidcFlow)
         .where(OidcFlow.id == key, OidcFlow.used_at.is_(None))
         .values(used_at=datetime.now(UTC))
+    )
+    return bool(getattr(done, "rowcount", 0) == 1)
+
+
+def redeem(session: Session, key: str) -> bool:
+    """Marks a hand-off used and forgets its sealed answer: a code is good once, on any
+    broker; False when it was redeemed already (or has expired)."""
+    done = session.execute(
+        update(OidcFlow)
+        .where(
+            OidcFlow.id == key,
+            OidcFlow.kind == "handoff",
+            OidcFlow.used_at.is_(None),
+            OidcFlow.expires_at > datetime.now(UTC),
+        )
+        .values(used_at=datetime.now(UTC), sealed="")
     )
     return bool(getattr(done, "rowcount", 0) == 1)
 

@@ -333,13 +333,24 @@ class AssignmentRuleRow(Base):
 
 class User(Base):
     __tablename__ = "users"
-    __table_args__ = (UniqueConstraint("identity_source_id", "username"),)
+    __table_args__ = (
+        UniqueConstraint("identity_source_id", "username"),
+        # One broker user per account at an OpenID provider (NULLs are distinct: users
+        # of other kinds of source have none).
+        UniqueConstraint(
+            "identity_source_id", "oidc_issuer", "oidc_subject", name="uq_users_oidc_subject"
+        ),
+    )
     id: Mapped[str] = _id()
     tenant_id: Mapped[str] = _tenant()
     identity_source_id: Mapped[str] = mapped_column(
         ForeignKey("identity_sources.id", ondelete="RESTRICT"), index=True
     )
     username: Mapped[str] = mapped_column(String(200))
+    # The OpenID provider's account (issuer + ``sub``) this user was bound to at their
+    # first sign-in: later sign-ins are matched by it, never by a name or an e-mail.
+    oidc_issuer: Mapped[str | None] = mapped_column(String(1000), default=None)
+    oidc_subject: Mapped[str | None] = mapped_column(String(255), default=None)
     display_name: Mapped[str] = mapped_column(String(200), default="")
     email: Mapped[str] = mapped_column(String(320), default="")
     password_hash: Mapped[str | None] = mapped_column(String(255), default=None)
@@ -575,7 +586,7 @@ class OidcFlow(Base):
 
     __tablename__ = "oidc_flows"
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    kind: Mapped[str] = mapped_column(String(10))  # code | device
+    kind: Mapped[str] = mapped_column(String(10))  # code | device | handoff
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     identity_source_id: Mapped[str] = mapped_column(
         ForeignKey("identity_sources.id", ondelete="CASCADE"), index=True
@@ -584,6 +595,9 @@ class OidcFlow(Base):
     sealed: Mapped[str] = mapped_column(Text)
     redirect_uri: Mapped[str] = mapped_column(String(2000), default="")
     return_to: Mapped[str | None] = mapped_column(String(2000), default=None)
+    # SHA-256 of the browser's binding cookie: the callback must come back to the
+    # browser that started the sign-in (login CSRF).
+    browser_binding: Mapped[str | None] = mapped_column(String(64), default=None)
     interval_s: Mapped[int] = mapped_column(Integer, default=5)
     next_poll_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = _created()

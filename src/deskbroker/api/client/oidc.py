@@ -1,9 +1,23 @@
-"""OpenID Connect sign-in routes: the portal's redirect flow and the CLI's device flow."""
+"""OpenID Connect sign-in routes: the portal's redirect flow and the CLI's device flow.
+
+Two cookies carry the portal's sign-in, both HttpOnly (no script reads them) and Secure
+when the broker is reached over https:
+
+- ``deskbroker_oidc_browser``, set by the start, binds the sign-in to the browser that
+  started it; SameSite=Lax, since the provider's redirect back to the callback is a
+  cross-site navigation, which a Strict cookie would not follow.
+- ``deskbroker_oidc_signin``, set by the callback, holds the one-time code that
+  ``POST /auth/oidc/exchange`` turns into the token; SameSite=Strict, scoped to that path
+  and good for a minute, so the code is in no URL, no history and no log.
+
+The token itself is only ever in the exchange's response body: the API authenticates
+by the Authorization header alone, so no cookie is a credential and no API route needs
+a defence against cross-site requests.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated
-from urllib.parse import urlencode
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
@@ -14,7 +28,13 @@ from deskbroker.api.client.routes import LoginOut, login_out
 from deskbroker.api.deps import client_address
 from deskbroker.api.schemas import Body
 from deskbroker.errors import SignInPending
-from deskbroker.services.oidc_signin import OidcSignIn
+from deskbroker.services.oidc_signin import HANDOFF_TTL_S, OidcSignIn, browser_secret
+
+BROWSER_COOKIE = "deskbroker_oidc_browser"
+HANDOFF_COOKIE = "deskbroker_oidc_signin"
+# The longest a started sign-in may take (sign_in_ttl_s is at most an hour).
+BROWSER_COOKIE_AGE_S = 3600
+NO_STORE = {"Cache-Control": "no-store"}
 
 TenantName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 Param = Annotated[str, StringConstraints(max_length=4096)]
@@ -46,6 +66,11 @@ def _service(request: Request) -> OidcSignIn:
     return service
 
 
+def _cookie_path(request: Request, tail: str) -> str:
+    # Behind a proxy that mounts the broker under a prefix, the browser sees the prefix.
+    return f"{request.scope.get('root_path', '')}/api/v1/auth/oidc/{tail}"
+
+
 def router() -> APIRouter:
     r = APIRouter(tags=["client"])
 
@@ -53,9 +78,12 @@ def router() -> APIRouter:
         "/auth/oidc/{source}/start",
         summary="Sign in at an OpenID provider (the portal's button)",
         description="Answers 302 to the provider's sign-in page, with state, nonce and a "
-        "PKCE (S256) challenge; the provider sends the browser back to "
-        "`/api/v1/auth/oidc/callback`. `redirect`, a path on this broker, is where the "
-        "callback then sends the browser, with the token in the URL fragment.",
+        "PKCE (S256) challenge, and sets the `deskbroker_oidc_browser` cookie that binds "
+        "the sign-in to this browser; the provider sends the browser back to "
+        "`/api/v1/auth/oidc/callback`. `redirect` is the portal page the callback then "
+        "sends the browser to: a path under one of the broker's `oidc_portal_paths` "
+        "(default `/portal/`, also the default page), never under `/api/`. 429 with "
+        "Retry-After when the client address started too many sign-ins.",
         status_code=302,
         response_class=RedirectResponse,
         responses={302: {"description": "to the identity provider"}},
@@ -66,24 +94,40 @@ def router() -> APIRouter:
         tenant: Annotated[TenantName | None, Query()] = None,
         redirect: Annotated[str | None, Query(max_length=1000)] = None,
     ) -> RedirectResponse:
-        url = _service(request).start(
+        browser = browser_secret(request.cookies.get(BROWSER_COOKIE))
+        started = _service(request).start(
             tenant=tenant,
             source=source,
             return_to=redirect,
             callback_url=str(request.url_for("oidc_callback")),
+            browser=browser,
+            client_address=client_address(request),
         )
-        return RedirectResponse(url, status_code=302, headers={"Cache-Control": "no-store"})
+        response = RedirectResponse(started.url, status_code=302, headers=NO_STORE)
+        response.set_cookie(
+            BROWSER_COOKIE,
+            browser,
+            max_age=BROWSER_COOKIE_AGE_S,
+            path=_cookie_path(request, ""),
+            secure=started.callback.startswith("https:"),
+            httponly=True,
+            samesite="lax",
+        )
+        return response
 
     @r.get(
         "/auth/oidc/callback",
         name="oidc_callback",
         summary="Where the OpenID provider sends the browser back",
-        description="Exchanges the code (with the PKCE verifier), verifies the ID token and "
-        "logs the user in: the same answer as POST /api/v1/auth/login, or, when the sign-in "
-        "was started with `redirect`, 303 to that page with `#token=…&expires_at=…`. "
-        "A state is good once, for the source's sign_in_ttl_s.",
-        response_model=LoginOut,
-        responses={303: {"description": "to the portal page, the token in the fragment"}},
+        description="Checks that the browser is the one that started the sign-in (its "
+        "`deskbroker_oidc_browser` cookie), exchanges the code (with the PKCE verifier), "
+        "verifies the ID token and logs the user in; then 303 to the portal page, setting "
+        "the `deskbroker_oidc_signin` cookie (a one-time code) that the page redeems at "
+        "POST /api/v1/auth/oidc/exchange. No token is in any URL. A state is good once, "
+        "for the source's sign_in_ttl_s.",
+        status_code=303,
+        response_class=RedirectResponse,
+        responses={303: {"description": "to the portal page, which redeems the sign-in"}},
         openapi_extra={
             "parameters": [
                 {"name": n, "in": "query", "required": False, "schema": {"type": "string"}}
@@ -99,36 +143,67 @@ def router() -> APIRouter:
         error_description: Annotated[Param | None, Query()] = None,
         error_uri: Annotated[Param | None, Query()] = None,
         iss: Annotated[Param | None, Query()] = None,
-    ) -> LoginOut | Response:
-        done = _service(request).finish(
+    ) -> RedirectResponse:
+        service = _service(request)
+        done = service.finish(
             state=state,
             code=code,
             error=error,
             error_description=error_description,
             issuer=iss,
             client_address=client_address(request),
+            browser=request.cookies.get(BROWSER_COOKIE),
         )
-        body = login_out(done.result)
-        if done.return_to is None:
-            return body
-        fragment = urlencode({"token": body.token, "expires_at": body.expires_at})
-        return RedirectResponse(
-            f"{done.return_to}#{fragment}", status_code=303, headers={"Cache-Control": "no-store"}
+        handoff = service.hand_off(done, login_out(done.result).model_dump_json())
+        response = RedirectResponse(done.return_to, status_code=303, headers=NO_STORE)
+        response.set_cookie(
+            HANDOFF_COOKIE,
+            handoff,
+            max_age=HANDOFF_TTL_S,
+            path=_cookie_path(request, "exchange"),
+            secure=done.https,
+            httponly=True,
+            samesite="strict",
         )
+        return response
+
+    @r.post(
+        "/auth/oidc/exchange",
+        summary="Redeem a finished portal sign-in for the token",
+        description="The portal page the callback sent the browser to calls this (same "
+        "origin, cookies included): the one-time code in the `deskbroker_oidc_signin` "
+        "cookie becomes the same answer as POST /api/v1/auth/login. Good once, on any "
+        "broker of the cluster, for a minute after the callback; the answer clears the "
+        "cookie.",
+        response_model=LoginOut,
+    )
+    def exchange(request: Request) -> Response:
+        answer = _service(request).redeem(request.cookies.get(HANDOFF_COOKIE))
+        response = Response(answer, media_type="application/json", headers=NO_STORE)
+        response.delete_cookie(
+            HANDOFF_COOKIE,
+            path=_cookie_path(request, "exchange"),
+            httponly=True,
+            samesite="strict",
+        )
+        return response
 
     @r.post(
         "/auth/oidc/{source}/device",
         summary="Start a device sign-in (the CLI)",
         description="Asks the provider for a user code (RFC 8628). Show the user the code "
         "and the verification URI, then poll POST /api/v1/auth/oidc/device/poll with the "
-        "device handle every `interval` seconds.",
+        "device handle every `interval` seconds. 429 with Retry-After when the client "
+        "address started too many sign-ins.",
     )
     def device(
         source: Annotated[str, StringConstraints(min_length=1, max_length=100)],
         body: DeviceIn,
         request: Request,
     ) -> DeviceOut:
-        started = _service(request).start_device(tenant=body.tenant, source=source)
+        started = _service(request).start_device(
+            tenant=body.tenant, source=source, client_address=client_address(request)
+        )
         where = started.verification_uri_complete or started.verification_uri
         return DeviceOut(
             device_handle=started.device_handle,

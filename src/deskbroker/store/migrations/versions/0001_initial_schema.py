@@ -368,6 +368,7 @@ def upgrade() -> None:
         sa.Column("sealed", sa.Text(), nullable=False),
         sa.Column("redirect_uri", sa.String(length=2000), nullable=False),
         sa.Column("return_to", sa.String(length=2000), nullable=True),
+        sa.Column("browser_binding", sa.String(length=64), nullable=True),
         sa.Column("interval_s", sa.Integer(), nullable=False),
         sa.Column("next_poll_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
@@ -475,6 +476,8 @@ def upgrade() -> None:
         sa.Column("tenant_id", sa.String(length=32), nullable=False),
         sa.Column("identity_source_id", sa.String(length=32), nullable=False),
         sa.Column("username", sa.String(length=200), nullable=False),
+        sa.Column("oidc_issuer", sa.String(length=1000), nullable=True),
+        sa.Column("oidc_subject", sa.String(length=255), nullable=True),
         sa.Column("display_name", sa.String(length=200), nullable=False),
         sa.Column("email", sa.String(length=320), nullable=False),
         sa.Column("password_hash", sa.String(length=255), nullable=True),
@@ -502,6 +505,12 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_users")),
         sa.UniqueConstraint(
             "identity_source_id", "username", name=op.f("uq_users_identity_source_id")
+        ),
+        sa.UniqueConstraint(
+            "identity_source_id",
+            "oidc_issuer",
+            "oidc_subject",
+            name=op.f("uq_users_oidc_subject"),
         ),
     )
     with op.batch_alter_table("users", schema=None) as batch_op:
