@@ -104,9 +104,7 @@ def test_control_api_steers_the_behaviour(sim: CloudSim) -> None:
 
 
 @pytest.mark.parametrize("offloaded", [False, True])
-def test_shelved_servers_come_back_with_unshelve_not_start(
-    sim: CloudSim, offloaded: bool
-) -> None:
+def test_shelved_servers_come_back_with_unshelve_not_start(sim: CloudSim, offloaded: bool) -> None:
     [server_id] = sim.seed_servers(1)
     token = token_for(sim)
     headers = {"X-Auth-Token": token, "OpenStack-API-Version": "compute 2.79"}
