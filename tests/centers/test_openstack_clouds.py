@@ -158,6 +158,14 @@ def test_the_microversion_is_agreed_with_the_cloud(sim: CloudSim, top: str, agre
     assert sim.request_count(status=400) == 0
 
 
+def test_a_compute_endpoint_without_a_version_document_is_discovered(sim: CloudSim) -> None:
+    sim.set_behaviour(max_microversion="2.42")
+    sim.inject_fault(404, method="GET", path="/compute/v2.1/?$", times=1)
+    driver = _open(sim)
+    assert driver.session.compute.header == "2.42"
+    assert sim.request_count(method="GET", path="/compute/v2.1/?$", status=404) == 1
+
+
 def test_agreement_rules() -> None:
     assert microversion.agree({"version": {"version": "2.95", "min_version": "2.1"}}) == (
         microversion.Compute((2, 79))

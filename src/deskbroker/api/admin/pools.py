@@ -296,7 +296,8 @@ def pool_status(session: Session, pool: Pool) -> dict[str, Any]:
         f"{counts['queued']} users waiting"
     )
     if pool.build_failures:
-        words += f"; {pool.build_failures} builds failed in a row, first: {pool.last_error}"
+        n = pool.build_failures
+        words += f"; {n} build{'s' * (n != 1)} failed in a row, first: {pool.last_error}"
     elif pool.last_error:
         words += f"; last error: {pool.last_error}"
     quota = tenant_quotas.read(session, pool.tenant_id)

@@ -259,10 +259,7 @@ class ProjectSession:
         if self._compute is None:
             with self._lock:
                 if self._compute is None:
-                    document = self.call(
-                        lambda: self.connection().compute.get("/", microversion=None),
-                        "GET the compute version document",
-                    ).json()
+                    document = self._version_document()
                     agreed = microversion.agree(document)
                     if agreed is None:
                         raise CloudFailure(
@@ -271,6 +268,30 @@ class ProjectSession:
                         )
                     self._compute = agreed
         return self._compute
+
+    def _version_document(self) -> Any:
+        """The compute endpoint's version document; when the endpoint answers 404 (a
+        catalog URL with the project id in it), what keystoneauth's discovery found."""
+        try:
+            return self.call(
+                lambda: self.connection().compute.get("/", microversion=None),
+                "GET the compute version document",
+            ).json()
+        except CloudFailure as exc:
+            if exc.cloud_status != 404:
+                raise
+        try:
+            found = self.connection().compute.get_endpoint_data()
+        except ks_exceptions.ClientException as exc:
+            raise CloudFailure(f"discovering the compute API failed: {exc}") from exc
+        newest = getattr(found, "max_microversion", None)
+        oldest = getattr(found, "min_microversion", None)
+        return {
+            "version": {
+                "version": ".".join(map(str, newest)) if newest else "",
+                "min_version": ".".join(map(str, oldest)) if oldest else "",
+            }
+        }
 
     # --- raw helpers ---------------------------------------------------------------
     def compute_get(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
