@@ -156,7 +156,7 @@ class ProjectSession:
         conn = self.connection()
         auth = conn.session.auth
         ref = getattr(auth, "auth_ref", None)
-        if ref is not None and not ref.will_expire_soon(60):
+        if ref is not None and not ref.will_expire_soon(120):
             return
         failure: list[BaseException] = []
 
