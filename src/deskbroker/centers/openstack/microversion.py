@@ -34,18 +34,14 @@ class Compute:
         return f"{self.version[0]}.{self.version[1]}"
 
     @property
-    def filters_by_tag(self) -> bool:
-        """``tags`` filters on server lists and ``tags`` in server views (2.26)."""
-        return self.version >= (2, 26)
-
-    @property
     def needs_networks(self) -> bool:
         """``networks`` is required when creating a server ("auto" allowed) (2.37)."""
         return self.version >= (2, 37)
 
     @property
     def tags_on_create(self) -> bool:
-        """Tags may be given when creating a server (2.52)."""
+        """Tags may be given when creating a server (2.52), so the broker's servers carry
+        them and a ``tags`` filter (2.26) finds them."""
         return self.version >= (2, 52)
 
 
