@@ -142,12 +142,13 @@ class Cinder(Service):
         """GET /volumes[/detail] with name/status filters and limit/marker paging."""
         ctx: AuthContext = req.auth
         volumes = [v for v in self.state.volumes.values() if v.project_id == ctx.project_id]
-        for field in ("name", "status", "availability_zone"):
+        for field in () if self.core.ignore_filters else ("name", "status", "availability_zone"):
             wanted = req.arg(field)
             if wanted:
                 volumes = [v for v in volumes if getattr(v, field) == wanted]
         volumes.sort(key=lambda v: (v.created, v.id), reverse=True)
-        page, full = paginate(volumes, req, key=lambda v: v.id, default_limit=1000, max_limit=1000)
+        cap = self.core.max_limit("volume") or 1000
+        page, full = paginate(volumes, req, key=lambda v: v.id, default_limit=cap, max_limit=cap)
         if detail:
             items = [self.view(v) for v in page]
         else:

@@ -81,6 +81,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="create this many ACTIVE servers in the first project",
     )
+    os_parser.add_argument(
+        "--max-limit",
+        type=int,
+        default=None,
+        help="cap every list page at this many items, with a next link (Nova's max_limit)",
+    )
+    os_parser.add_argument(
+        "--max-microversion", default="2.100", help="newest compute microversion (e.g. 2.60)"
+    )
+    os_parser.add_argument(
+        "--ignore-filters",
+        action="store_true",
+        help="answer lists with everything, ignoring filters such as tags or port_id",
+    )
     os_parser.add_argument("--verbose", action="store_true")
     return parser
 
@@ -103,6 +117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         metadata_port=None if args.metadata_port < 0 else args.metadata_port,
         availability_zones=[z for z in args.availability_zones.split(",") if z],
         vnc_password=args.vnc_password,
+        max_limit=args.max_limit,
+        max_microversion=args.max_microversion,
+        ignore_filters=args.ignore_filters,
     )
     sim.start()
     if args.seed_servers:

@@ -40,6 +40,41 @@ QUOTA_ALIASES = {
 }
 
 
+#: Page caps as shipped: Nova ``[api] max_limit``, Glance ``api_limit_max``, Cinder
+#: ``osapi_max_limit``; Neutron's ``pagination_max_limit`` is off (-1) unless an operator sets it.
+DEFAULT_MAX_LIMITS: dict[str, int | None] = {
+    "compute": 1000,
+    "image": 1000,
+    "volume": 1000,
+    "network": None,
+}
+
+
+def normalize_max_limits(value: int | dict[str, int | None] | None) -> dict[str, int | None]:
+    """Page caps per service from one number (every service) or a mapping by service."""
+    limits = dict(DEFAULT_MAX_LIMITS)
+    if value is None:
+        return limits
+    if isinstance(value, int):
+        return {name: value for name in limits}
+    for name, cap in value.items():
+        if name not in limits:
+            raise ValueError(f"unknown service {name!r}; known: {', '.join(sorted(limits))}")
+        limits[name] = cap
+    for name, cap in limits.items():
+        if cap is not None and cap < 1:
+            raise ValueError(f"the page cap of {name} must be at least 1")
+    return limits
+
+
+def parse_version(text: str) -> tuple[int, int]:
+    """``"2.60"`` → ``(2, 60)``; anything else is a ValueError."""
+    major, dot, minor = str(text).partition(".")
+    if not dot or not major.isdigit() or not minor.isdigit():
+        raise ValueError(f"a microversion looks like 2.60, not {text!r}")
+    return int(major), int(minor)
+
+
 def normalize_quota(values: dict[str, int]) -> dict[str, int]:
     """Map aliases to canonical quota names and reject unknown ones."""
     out: dict[str, int] = {}
@@ -124,3 +159,7 @@ class SimConfig:
     request_log_size: int = 100_000
     seed: int = 0
     max_microversion: tuple[int, int] = (2, 100)
+    max_limits: dict[str, int | None] = field(default_factory=lambda: dict(DEFAULT_MAX_LIMITS))
+    # A cloud (or proxy) that ignores list filters such as ``tags`` or ``port_id`` and
+    # answers with everything: what a careful client must survive.
+    ignore_filters: bool = False

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from cloudsim.config import ProjectSpec, normalize_quota
+from cloudsim.config import ProjectSpec, normalize_max_limits, normalize_quota, parse_version
 from cloudsim.core import Core, Service
 from cloudsim.lifecycle import NetworkRequest, ServerSpec, status_of
 from cloudsim.state import AppCredential, Server
@@ -44,6 +44,35 @@ class Control:
         self.core.config.timings.update(**values)
         return self.core.config.timings.as_dict()
 
+    # -- behaviour ----------------------------------------------------------------------
+    def behaviour(self) -> dict[str, Any]:
+        """Page caps per service, whether list filters are ignored, the top microversion."""
+        core = self.core
+        top = core.max_microversion
+        return {
+            "max_limits": dict(core.max_limits),
+            "ignore_filters": core.ignore_filters,
+            "max_microversion": f"{top[0]}.{top[1]}",
+        }
+
+    def set_behaviour(
+        self,
+        *,
+        max_limit: int | dict[str, int | None] | None = None,
+        ignore_filters: bool | None = None,
+        max_microversion: str | None = None,
+    ) -> dict[str, Any]:
+        """Behave like another cloud until the next reset: lower page caps (a next link
+        whenever a page is full), filters ignored, an older compute API."""
+        core = self.core
+        if max_limit is not None:
+            core.max_limits = normalize_max_limits(max_limit)
+        if ignore_filters is not None:
+            core.ignore_filters = bool(ignore_filters)
+        if max_microversion is not None:
+            core.max_microversion = parse_version(max_microversion)
+        return self.behaviour()
+
     # -- reset --------------------------------------------------------------------------
     def reset(self) -> None:
         """Drop every resource, rule and log entry; identity and tokens survive."""
@@ -66,6 +95,7 @@ class Control:
         core.faults.clear_faults()
         core.faults.clear_latency()
         core.log.clear()
+        core.restore_behaviour()
 
     # -- seeding ------------------------------------------------------------------------
     def seed_servers(
@@ -144,7 +174,8 @@ class Control:
         return server
 
     def set_server_state(self, server_id: str, status: str, message: str | None = None) -> None:
-        """Force a status: ACTIVE, SHUTOFF, SUSPENDED, ERROR (with message) or DELETED."""
+        """Force a status: ACTIVE, SHUTOFF, SUSPENDED, ERROR (with message), SHELVED,
+        SHELVED_OFFLOADED or DELETED."""
         with self.state.lock:
             self.core.lifecycle.force(self._server(server_id), status, message)
 
@@ -298,6 +329,8 @@ class ControlService(Service):
         add("PUT", "/clock", self.put_clock)
         add("POST", "/clock", self.put_clock)
         add("GET", "/timings", lambda req: json_response(200, self.core.config.timings.as_dict()))
+        add("GET", "/behaviour", lambda req: json_response(200, ctl.behaviour()))
+        add("PUT", "/behaviour", self.put_behaviour)
         add("PUT", "/timings", self.put_timings)
         add("GET", "/faults", lambda req: json_response(200, {"faults": self.core.faults.faults()}))
         add("POST", "/faults", self.post_fault)
@@ -367,6 +400,22 @@ class ControlService(Service):
         except (TypeError, ValueError) as exc:
             raise ApiError(400, str(exc)) from exc
         return json_response(200, self.control.clock())
+
+    def put_behaviour(self, req: Request) -> Response:
+        """``{"max_limit": 2 | {"compute": 100}, "ignore_filters": true,
+        "max_microversion": "2.60"}``."""
+        body = self._body(req)
+        try:
+            return json_response(
+                200,
+                self.control.set_behaviour(
+                    max_limit=body.get("max_limit"),
+                    ignore_filters=body.get("ignore_filters"),
+                    max_microversion=body.get("max_microversion"),
+                ),
+            )
+        except (TypeError, ValueError) as exc:
+            raise ApiError(400, str(exc)) from exc
 
     def put_timings(self, req: Request) -> Response:
         """``{"build": 2.0, "stop": 0.5, ...}``."""

@@ -88,8 +88,22 @@ class Core:
         self.base_url = f"http://{config.host}:{config.port}"
         self.metadata_url: str | None = None
         self.state.default_quota.update(normalize_quota(config.quota))
+        self.max_limits: dict[str, int | None] = {}
+        self.ignore_filters = False
+        self.max_microversion = config.max_microversion
+        self.restore_behaviour()
         self._populate_identity()
         self.populate_resources()
+
+    def restore_behaviour(self) -> None:
+        """Page caps, filtering and microversion back to what the cloud started with."""
+        self.max_limits = dict(self.config.max_limits)
+        self.ignore_filters = self.config.ignore_filters
+        self.max_microversion = self.config.max_microversion
+
+    def max_limit(self, service: str) -> int | None:
+        """The page cap of a service (``None``: pages only when the client asks)."""
+        return self.max_limits.get(service)
 
     # -- time -----------------------------------------------------------------------------
     def settle(self) -> None:

@@ -11,7 +11,6 @@ from cloudsim.state import Image
 from cloudsim.web import ApiError, Request, Response, iso, json_response, paginate, text_response
 
 DEFAULT_LIMIT = 25
-MAX_LIMIT = 1000
 
 
 class Glance(Service):
@@ -103,11 +102,12 @@ class Glance(Service):
     def list_images(self, req: Request) -> Response:
         """GET /v2/images: newest first, 25 per page by default, ``next`` when full."""
         images = self._visible(req)
-        for field in ("name", "status", "visibility", "owner", "disk_format", "container_format"):
+        fields = ("name", "status", "visibility", "owner", "disk_format", "container_format")
+        for field in () if self.core.ignore_filters else fields:
             wanted = req.arg(field)
             if wanted:
                 images = [i for i in images if getattr(i, field) == wanted]
-        tag_filters = req.query.get("tag", [])
+        tag_filters = [] if self.core.ignore_filters else req.query.get("tag", [])
         if tag_filters:
             images = [i for i in images if all(t in i.tags for t in tag_filters)]
         sort_key = req.arg("sort_key") or "created_at"
@@ -124,8 +124,9 @@ class Glance(Service):
             return (getattr(image, sort_key), image.seq)
 
         images.sort(key=key, reverse=sort_dir == "desc")
+        cap = self.core.max_limit("image") or 1000
         page, full = paginate(
-            images, req, key=lambda i: i.id, default_limit=DEFAULT_LIMIT, max_limit=MAX_LIMIT
+            images, req, key=lambda i: i.id, default_limit=min(DEFAULT_LIMIT, cap), max_limit=cap
         )
         body: dict[str, Any] = {
             "images": [self.view(i) for i in page],

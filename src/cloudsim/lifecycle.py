@@ -11,6 +11,7 @@ from typing import Protocol
 
 from cloudsim.clock import Scheduler
 from cloudsim.config import Timings
+from cloudsim.shelving import SHELVED_STATUS, Shelving
 from cloudsim.state import (
     NOSTATE,
     RUNNING,
@@ -42,6 +43,7 @@ _STATUS: dict[str, dict[str | None, str]] = {
     "suspended": {None: "SUSPENDED"},
     "error": {None: "ERROR"},
     "deleted": {None: "DELETED"},
+    **SHELVED_STATUS,
 }
 
 #: Task states from which Nova accepts a hard reboot (task_states.ALLOW_REBOOT).
@@ -123,7 +125,7 @@ class ServerSpec:
     config_drive: str = ""
 
 
-class Lifecycle:
+class Lifecycle(Shelving):
     """Creates servers and moves them through Nova's vm/task/power states on the clock."""
 
     def __init__(
@@ -497,10 +499,13 @@ class Lifecycle:
         elif status == "DELETED":
             self._down(server)
             self._finish_delete(server, 0.0)
+        elif status in ("SHELVED", "SHELVED_OFFLOADED"):
+            self.force_shelved(server, offloaded=status == "SHELVED_OFFLOADED")
         else:
             raise ApiError(
                 400,
-                f"cannot force status {status!r}; use ACTIVE, SHUTOFF, SUSPENDED, ERROR or DELETED",
+                f"cannot force status {status!r}; use ACTIVE, SHUTOFF, SUSPENDED, ERROR, "
+                "SHELVED, SHELVED_OFFLOADED or DELETED",
             )
 
     def lock(self, server: Server, reason: str | None) -> None:

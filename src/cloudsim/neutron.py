@@ -180,7 +180,7 @@ class Neutron(NeutronResources, Service):
 
     def _ports(self, req: Request) -> Iterable[Port]:
         ctx = self._ctx(req)
-        device = req.arg("device_id")
+        device = None if self.core.ignore_filters else req.arg("device_id")
         ports: Iterable[Port] = (
             self.state.ports_by_device.get(device, [])
             if device is not None
@@ -357,7 +357,7 @@ class Neutron(NeutronResources, Service):
     # -- generic list/get -----------------------------------------------------------------
     def _page(self, req: Request, collection: str, views: list[View]) -> Response:
         for key, values in req.query.items():
-            if key in _RESERVED_PARAMS:
+            if key in _RESERVED_PARAMS or self.core.ignore_filters:
                 continue
             if key == "fixed_ips":
                 wanted = [v.split("=", 1)[1] for v in values if v.startswith("ip_address=")]
@@ -369,7 +369,11 @@ class Neutron(NeutronResources, Service):
             elif views and key in views[0]:
                 views = [v for v in views if _matches(v, key, values)]
         body: dict[str, Any] = {}
+        # As Neutron's pagination_max_limit: when set, every list is paged by it.
         limit = int_arg(req, "limit")
+        cap = self.core.max_limit("network")
+        if cap is not None:
+            limit = min(limit or cap, cap)
         if limit:
             views.sort(key=lambda v: str(v["id"]))
             marker = req.arg("marker")

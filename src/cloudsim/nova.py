@@ -29,7 +29,6 @@ from cloudsim.web import (
 )
 
 MIN_VERSION = (2, 1)
-MAX_LIMIT = 1000
 _LEGACY = "X-OpenStack-Nova-API-Version"
 _SORT_KEYS: dict[str, Callable[[Server], Any]] = {
     "created_at": lambda s: (s.created, s.seq),
@@ -58,8 +57,16 @@ class Nova(NovaCreate, NovaResources, Service):
 
     def __init__(self, core: Core) -> None:
         self.views = ServerViews(core)
-        self.max_version = core.config.max_microversion
         super().__init__(core)
+
+    @property
+    def max_version(self) -> tuple[int, int]:
+        """The newest microversion this cloud speaks (steerable while it runs)."""
+        return self.core.max_microversion
+
+    def page_cap(self) -> int:
+        """Nova's ``[api] max_limit``: the most items one page holds."""
+        return self.core.max_limit("compute") or 1000
 
     def register(self) -> None:
         """Add the Nova routes."""
@@ -176,6 +183,8 @@ class Nova(NovaCreate, NovaResources, Service):
             if "DELETED" in statuses:
                 include_deleted = True
             preds.append(lambda s: status_of(s) in statuses)
+        if self.core.ignore_filters:
+            return preds, include_deleted
         name = req.arg("name") or req.arg("display_name")
         if name:
             try:
@@ -258,7 +267,8 @@ class Nova(NovaCreate, NovaResources, Service):
         preds, include_deleted = self._filters(req, ctx)
         if not include_deleted:
             preds.insert(0, lambda s: not s.deleted)
-        limit = min(int_arg(req, "limit", MAX_LIMIT) or MAX_LIMIT, MAX_LIMIT)
+        cap = self.page_cap()
+        limit = min(int_arg(req, "limit", cap) or cap, cap)
         marker = req.arg("marker")
         order = self.state.server_order
         page: list[Server] = []
@@ -328,7 +338,8 @@ class Nova(NovaCreate, NovaResources, Service):
 
     # -- actions ------------------------------------------------------------------------------
     def action(self, req: Request) -> Response:
-        """POST /servers/{id}/action: start, stop, suspend, resume, reboot, lock, unlock."""
+        """POST /servers/{id}/action: start, stop, suspend, resume, reboot, shelve,
+        shelveOffload, unshelve, lock, unlock."""
         server = self.server_of(req)
         body = req.json_object()
         if len(body) != 1:
@@ -346,6 +357,12 @@ class Nova(NovaCreate, NovaResources, Service):
         elif name == "reboot":
             kind = str((arg or {}).get("type", "")) if isinstance(arg, dict) else ""
             life.reboot(server, kind.upper() if kind.lower() in ("soft", "hard") else kind)
+        elif name == "shelve":
+            life.shelve(server)
+        elif name == "shelveOffload":
+            life.shelve_offload(server)
+        elif name == "unshelve":
+            life.unshelve(server)
         elif name == "lock":
             reason = arg.get("locked_reason") if isinstance(arg, dict) else None
             life.lock(server, reason)

@@ -365,7 +365,8 @@ class NovaResources:
             flavors = [f for f in flavors if f.disk >= int(min_disk)]
         if min_ram and min_ram.isdigit():
             flavors = [f for f in flavors if f.ram >= int(min_ram)]
-        page, full = paginate(flavors, req, key=lambda f: f.id, default_limit=1000, max_limit=1000)
+        cap = self.core.max_limit("compute") or 1000
+        page, full = paginate(flavors, req, key=lambda f: f.id, default_limit=cap, max_limit=cap)
         base, minor = self.core.base_url, req.microversion[1]
         body: dict[str, Any] = {"flavors": [flavor_view(base, f, minor, detail) for f in page]}
         if full:

@@ -9,7 +9,14 @@ from typing import Any
 
 from cloudsim.app import ApiApp, Listener, MetadataApp
 from cloudsim.cinder import Cinder
-from cloudsim.config import ProjectSpec, SimConfig, Timings, normalize_quota
+from cloudsim.config import (
+    ProjectSpec,
+    SimConfig,
+    Timings,
+    normalize_max_limits,
+    normalize_quota,
+    parse_version,
+)
 from cloudsim.control import Control, ControlService
 from cloudsim.core import Core
 from cloudsim.faults import FaultRule, LatencyRule
@@ -19,11 +26,6 @@ from cloudsim.nat import PortForwarder
 from cloudsim.neutron import Neutron
 from cloudsim.nova import Nova
 from cloudsim.xvnc import XvncBacking
-
-
-def _parse_version(text: str) -> tuple[int, int]:
-    major, _, minor = text.partition(".")
-    return int(major), int(minor)
 
 
 class CloudSim:
@@ -61,6 +63,8 @@ class CloudSim:
         vnc_password: str | None = None,
         display_base: int = 100,
         max_microversion: str = "2.100",
+        max_limit: int | dict[str, int | None] | None = None,
+        ignore_filters: bool = False,
         request_log_size: int = 100_000,
         seed: int = 0,
     ) -> None:
@@ -91,7 +95,9 @@ class CloudSim:
             display_base=display_base,
             request_log_size=request_log_size,
             seed=seed,
-            max_microversion=_parse_version(max_microversion),
+            max_microversion=parse_version(max_microversion),
+            max_limits=normalize_max_limits(max_limit),
+            ignore_filters=ignore_filters,
         )
         self.backing: XvncBacking | None = None
         self.forwarder: PortForwarder | None = None
@@ -275,6 +281,24 @@ class CloudSim:
         """Durations in simulated seconds: build, start, stop, suspend, resume, reboot,
         delete, volume, error_after_build."""
         return self._control.set_timings(**values)
+
+    def behaviour(self) -> dict[str, Any]:
+        """Page caps per service, whether list filters are ignored, the top microversion."""
+        return self._control.behaviour()
+
+    def set_behaviour(
+        self,
+        *,
+        max_limit: int | dict[str, int | None] | None = None,
+        ignore_filters: bool | None = None,
+        max_microversion: str | None = None,
+    ) -> dict[str, Any]:
+        """Behave like another cloud until ``reset()``: ``max_limit`` caps pages (one
+        number, or by service: compute, network, image, volume), ``ignore_filters``
+        answers lists with everything, ``max_microversion`` refuses newer compute calls."""
+        return self._control.set_behaviour(
+            max_limit=max_limit, ignore_filters=ignore_filters, max_microversion=max_microversion
+        )
 
     def inject_fault(
         self,

@@ -80,7 +80,7 @@ def test_inventory_pages_through_raw_json(sim: CloudSim) -> None:
     machines = driver.inventory()
     elapsed = time.perf_counter() - started
     assert len(machines) == 2500
-    assert driver.session.requests == 3  # 1000 + 1000 + 500
+    assert driver.session.requests == 4  # the version document, then 1000 + 1000 + 500
     assert elapsed < 5
 
 
@@ -94,7 +94,7 @@ def test_incremental_sees_changes_and_tombstones(sim: CloudSim) -> None:
     assert since is not None
     nothing = driver.changes(since)
     assert nothing.machines == [] and nothing.gone == []
-    assert driver.session.requests == 2  # one page each
+    assert driver.session.requests == 3  # the version document, then one page each
     sim.set_server_state(ids[0], "SHUTOFF")
     sim.set_server_state(ids[1], "DELETED")
     seen = driver.changes(since)

@@ -344,7 +344,8 @@ def test_pool_status_in_numbers_and_words(api: Api, sim: CloudSim, engine: Engin
         assert key in status["counts"]
     assert status["status"] == "error"
     assert (
-        "1 failed builds" in status["summary"] and "last error: a build failed" in status["summary"]
+        "1 failed builds" in status["summary"]
+        and "1 build failed in a row, first: a build failed" in status["summary"]
     )
 
 

@@ -41,6 +41,23 @@ class Capability(StrEnum):
     VOLUMES = "volumes"
 
 
+class UnknownName(CenterError):
+    """A provisioning parameter names a flavor, image or network the center does not
+    have: trying again cannot help until the pool or the center changes."""
+
+    status = 422
+    title = "Unknown name"
+
+    def __init__(self, kind: str, name: str) -> None:
+        super().__init__(f"{kind} {name!r} not found")
+        self.kind = kind
+        self.name = name
+
+    def where(self, center: str) -> str:
+        """The message with the center named, e.g. "flavor 'm1.huge' not found in center X"."""
+        return f"{self.kind} {self.name!r} not found in center {center}"
+
+
 class PowerAction(StrEnum):
     START = "start"
     STOP = "stop"

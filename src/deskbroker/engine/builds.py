@@ -18,7 +18,13 @@ from typing import Any
 from sqlalchemy import bindparam, update
 from sqlalchemy.orm import Session
 
-from deskbroker.centers.base import Capability, CenterDriver, MachineInfo, ProvisionRequest
+from deskbroker.centers.base import (
+    Capability,
+    CenterDriver,
+    MachineInfo,
+    ProvisionRequest,
+    UnknownName,
+)
 from deskbroker.centers.openstack.driver import QuotaExceeded
 from deskbroker.domain.states import PROVISIONING_TRANSITIONS, Availability, PowerState, transition
 from deskbroker.engine.drivers import DriverCache
@@ -41,7 +47,17 @@ from deskbroker.engine.watch import BuildWatcher
 from deskbroker.errors import CenterError
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import events, leases
-from deskbroker.store.tables import Center, Desktop, utcnow
+from deskbroker.store.tables import Center, Desktop, Pool, utcnow
+
+# A pool whose builds keep failing waits longer after each: the quota back-off times
+# 2, 4, 8... up to this many times it.
+POOL_BACKOFF_STEPS = 64
+
+
+def pool_backoff_s(base_s: float, failures: int) -> float:
+    """How long a pool waits before building again after ``failures`` in a row."""
+    return base_s * min(2.0 ** max(0, failures - 1), float(POOL_BACKOFF_STEPS))
+
 
 _RECORD_EXTERNAL_ID = (
     update(DESKTOPS)
@@ -101,6 +117,7 @@ class TaskStep:
         self.task = task
         self.owner = owner
         self.watcher: BuildWatcher | None = None
+        self.center_name = ""
         self.state = S(task.state)
 
     def _save(
@@ -138,6 +155,7 @@ class TaskStep:
             return None  # the center's deletion cascades to its tasks
         driver = self.drivers.get(center)
         self.watcher = self.drivers.watcher(center)
+        self.center_name = center.name
         return center, driver
 
     def build(self) -> None:
@@ -172,6 +190,9 @@ class TaskStep:
             step()
         except QuotaExceeded as exc:
             self._quota(exc.detail)
+        except UnknownName as exc:
+            # Another try asks for the same missing name: fail now, the pool backs off.
+            self._fail(driver, exc.where(self.center_name), final=True)
         except CenterError as exc:
             self._fail(driver, exc.detail)
         except Exception as exc:  # a driver bug must not wedge the task forever
@@ -349,8 +370,9 @@ class TaskStep:
                 next_step_at=utcnow() + timedelta(seconds=self.ctx.settings.quota_backoff_s),
             )
 
-    def _fail(self, driver: CenterDriver, reason: str) -> None:
-        """A failed attempt: clean up the instance, retry with backoff, then quarantine."""
+    def _fail(self, driver: CenterDriver, reason: str, *, final: bool = False) -> None:
+        """A failed attempt: clean up the instance, retry with backoff, then quarantine
+        (at once when ``final``: another try cannot succeed)."""
         task = self.task
         attempts = task.attempts + 1
         deletable = bool((task.request or {}).get("deletable", True))
@@ -362,7 +384,7 @@ class TaskStep:
             except CenterError:
                 cleaned = False
         with self.ctx.db.write() as session:
-            if attempts < MAX_ATTEMPTS and cleaned:
+            if attempts < MAX_ATTEMPTS and cleaned and not final:
                 if task.desktop_id:
                     session.execute(
                         update(DESKTOPS)
@@ -398,12 +420,9 @@ class TaskStep:
                         **dict(desktop.attributes or {}),
                         "provisioning_error": reason,
                     }
-            if task.pool_id:
-                session.execute(
-                    update(POOLS)
-                    .where(POOLS.c.id == task.pool_id)
-                    .values(status="error", last_error=f"a build failed {attempts} times: {reason}")
-                )
+            self._pool_failed(
+                session, reason if final else f"a build failed {attempts} times: {reason}"
+            )
             events.append(
                 session,
                 "provision.failed",
@@ -424,6 +443,24 @@ class TaskStep:
                 last_error=reason,
                 desktop_id=None if cleaned else task.desktop_id,
             )
+
+    def _pool_failed(self, session: Session, cause: str) -> None:
+        """One more build of the pool failed for good: it waits before building again,
+        exponentially longer, and its status keeps the first cause of the streak (the
+        later ones are often only its symptoms)."""
+        if not self.task.pool_id:
+            return
+        pool = session.get(Pool, self.task.pool_id, with_for_update=True)
+        if pool is None:
+            return
+        failures = (pool.build_failures or 0) + 1
+        if failures == 1 or not pool.last_error:
+            pool.last_error = cause
+        pool.build_failures = failures
+        pool.builds_resume_at = utcnow() + timedelta(
+            seconds=pool_backoff_s(self.ctx.settings.quota_backoff_s, failures)
+        )
+        pool.status = "error"
 
 
 def advance_task(

@@ -68,9 +68,9 @@ _POOLS_OK = (
     update(POOLS)
     .where(
         POOLS.c.id.in_(bindparam("b_ids", expanding=True)),
-        or_(POOLS.c.status != "ok", POOLS.c.last_error != ""),
+        or_(POOLS.c.status != "ok", POOLS.c.last_error != "", POOLS.c.build_failures != 0),
     )
-    .values(status="ok", last_error="")
+    .values(status="ok", last_error="", build_failures=0, builds_resume_at=None)
 )
 _ANYONE_WAITING = select(QUEUE.c.id).where(QUEUE.c.tenant_id == bindparam("b_tenant")).limit(1)
 

@@ -20,7 +20,7 @@ from deskbroker.domain.provisioning import PoolCounts, Targets, targets, to_crea
 from deskbroker.domain.states import ACTIVE_SESSION_STATES, Availability, PowerState
 from deskbroker.engine import volumes
 from deskbroker.engine.drivers import DriverCache
-from deskbroker.engine.tasks import DESKTOPS, OPEN_STATES, TASKS, S
+from deskbroker.engine.tasks import DESKTOPS, OPEN_STATES, TASKS, S, aware
 from deskbroker.errors import CenterError
 from deskbroker.services import quotas
 from deskbroker.services.context import BrokerContext
@@ -105,7 +105,8 @@ def reconcile_pool(ctx: BrokerContext, drivers: DriverCache, pool_id: str, now: 
         limits = targets(provisioning, now)
         starts_unavailable = bool((provisioning.get("parameters") or {}).get("start_unavailable"))
         counts = pool_counts(session, pool.id, starts_unavailable=starts_unavailable)
-        wanted = to_create(limits, counts)
+        paused_s = builds_paused_s(pool, now)
+        wanted = 0 if paused_s else to_create(limits, counts)
         # The tenant's desktop quota spans all its pools: lock, count, build, commit.
         tenant = quotas.desktop_room(session, pool.tenant_id)
         create = wanted if tenant.room is None else min(wanted, tenant.room)
@@ -119,6 +120,11 @@ def reconcile_pool(ctx: BrokerContext, drivers: DriverCache, pool_id: str, now: 
             words += f"; {tenant.words(tenant.used + create)}"
             if create < wanted:
                 words += f", so {wanted - create} fewer built than the pool wants"
+        if paused_s:
+            words += (
+                f"; builds paused for {paused_s:.0f} s after {pool.build_failures} failed "
+                f"in a row, first: {pool.last_error}"
+            )
         pool.status_message = words
     if retire:
         _retire(ctx, drivers, center_id or "", retire)
@@ -126,6 +132,13 @@ def reconcile_pool(ctx: BrokerContext, drivers: DriverCache, pool_id: str, now: 
     if size and center is not None:
         volumes.follow_users(ctx, drivers, pool_id, center, int(size))
     return words
+
+
+def builds_paused_s(pool: Pool, now: datetime) -> float:
+    """Seconds the pool still waits before building again after failed builds."""
+    if pool.builds_resume_at is None:
+        return 0.0
+    return max(0.0, (aware(pool.builds_resume_at) - now).total_seconds())
 
 
 def _status_words(limits: Targets, counts: PoolCounts, create: int, retire: int) -> str:

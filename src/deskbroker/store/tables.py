@@ -160,6 +160,10 @@ class Pool(Base):
     status: Mapped[str] = mapped_column(String(20), default="ok")
     status_message: Mapped[str] = mapped_column(Text, default="")
     last_error: Mapped[str] = mapped_column(Text, default="")
+    # Builds that failed in a row: the pool builds no more until ``builds_resume_at``
+    # (exponentially later, capped), and ``last_error`` keeps the streak's first cause.
+    build_failures: Mapped[int] = mapped_column(Integer, default=0)
+    builds_resume_at: Mapped[datetime | None] = mapped_column(default=None)
     last_release_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = _updated()

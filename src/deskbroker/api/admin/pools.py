@@ -177,6 +177,9 @@ def _prepare_pool(
                 raise InvalidInput("a pool cannot be nested inside itself or its own sub-pool")
     if data.get("provisioning") is None:
         data.pop("provisioning", None)
+    elif existing is not None:
+        # New parameters may cure what made builds fail: try again at once.
+        data.update(build_failures=0, builds_resume_at=None)
     return data
 
 
@@ -292,7 +295,10 @@ def pool_status(session: Session, pool: Pool) -> dict[str, Any]:
         f"{counts['provisioning']} being built, {counts['failed']} failed builds, "
         f"{counts['queued']} users waiting"
     )
-    if pool.last_error:
+    if pool.build_failures:
+        n = pool.build_failures
+        words += f"; {n} build{'s' * (n != 1)} failed in a row, first: {pool.last_error}"
+    elif pool.last_error:
         words += f"; last error: {pool.last_error}"
     quota = tenant_quotas.read(session, pool.tenant_id)
     used = None
@@ -308,6 +314,8 @@ def pool_status(session: Session, pool: Pool) -> dict[str, Any]:
         "status": pool.status,
         "provisioning": pool.status_message,
         "last_error": pool.last_error,
+        "build_failures": pool.build_failures,
+        "builds_resume_at": pool.builds_resume_at,
         "tenant_desktops": {"limit": quota.desktops, "used": used},
     }
 

@@ -19,6 +19,7 @@ from deskbroker.centers.base import (
     MachineInfo,
     PowerAction,
     ProvisionRequest,
+    UnknownName,
 )
 from deskbroker.centers.openstack import mapping
 from deskbroker.centers.openstack.session import CloudFailure, OpenStackParams, ProjectSession
@@ -36,6 +37,9 @@ _ACTIONS: dict[PowerAction, dict[str, Any]] = {
     PowerAction.REBOOT: {"reboot": {"type": "SOFT"}},
     PowerAction.REBOOT_HARD: {"reboot": {"type": "HARD"}},
 }
+# A shelved server comes back with unshelve; os-start answers it with 409.
+_UNSHELVE: dict[str, Any] = {"unshelve": None}
+_WAKE = (PowerAction.START, PowerAction.RESUME)
 
 
 def _cursor_from(date_header: str | None) -> str | None:
@@ -101,22 +105,16 @@ class OpenStackCenter(CenterDriver):
         return mapping.machine(body["server"])
 
     def images(self) -> list[ImageInfo]:
-        found: list[ImageInfo] = []
-        query: dict[str, Any] = {"limit": 500}
-        while True:
-            body = self.session.image_get("/images", query)
-            images = body.get("images", [])
-            found.extend(mapping.image(i) for i in images)
-            if not body.get("next") or not images:
-                return found
-            query["marker"] = images[-1]["id"]
+        raw = self.session.every("/images", "images", {"limit": 500}, service="image")
+        return [mapping.image(i) for i in raw]
 
     def catalog(self) -> dict[str, list[dict[str, Any]]]:
         """What the admin's pickers offer: flavors, networks, zones, security groups."""
-        flavors = self.session.compute_get("/flavors/detail").get("flavors", [])
+        every = self.session.every
+        flavors = every("/flavors/detail", "flavors", {}, service="compute")
         zones = self.session.compute_get("/os-availability-zone").get("availabilityZoneInfo", [])
-        networks = self.session.network_get("/networks").get("networks", [])
-        groups = self.session.network_get("/security-groups").get("security_groups", [])
+        networks = every("/networks", "networks", {}, service="network")
+        groups = every("/security-groups", "security_groups", {}, service="network")
         return {
             "flavors": [
                 {"id": f["id"], "name": f["name"], "vcpus": f.get("vcpus"), "ram": f.get("ram")}
@@ -136,36 +134,53 @@ class OpenStackCenter(CenterDriver):
 
     # --- provisioning ----------------------------------------------------------------
     def _resolve(self, kind: str, value: str) -> str:
+        """The id of a flavor, image or network given by id or name, looked up in the
+        cloud's whole (paged) list; ``UnknownName`` says which name is missing."""
         if _UUID.match(value):
             return value
         key = (kind, value)
         if key not in self._names:
+            every = self.session.every
             if kind == "flavor":
-                items = self.session.compute_get("/flavors").get("flavors", [])
+                items = every("/flavors", "flavors", {}, service="compute")
             elif kind == "image":
-                items = self.session.image_get("/images", {"name": value}).get("images", [])
+                items = every("/images", "images", {"name": value}, service="image")
             else:
-                items = self.session.network_get("/networks", {"name": value}).get("networks", [])
-            for item in items:
-                if item.get("name") == value or item.get("id") == value:
-                    self._names[key] = str(item["id"])
-                    break
-            else:
-                raise CenterError(f"the cloud has no {kind} named {value!r}")
+                items = every("/networks", "networks", {"name": value}, service="network")
+            # The filter is only a hint: a cloud may ignore it and answer with everything.
+            named = [i for i in items if value in (i.get("name"), i.get("id"))]
+            ids = {str(i["id"]) for i in named}
+            if not ids:
+                raise UnknownName(kind, value)
+            if len(ids) > 1:
+                raise CenterError(
+                    f"{len(ids)} {kind}s are named {value!r} in the cloud: give the id instead"
+                )
+            self._names[key] = ids.pop()
         return self._names[key]
 
     def create(self, request: ProvisionRequest) -> str:
         if not request.image or not request.flavor:
             raise CenterError("an OpenStack desktop needs an image and a flavor")
         network = request.network or self.os_params.default_network
+        compute = self.session.compute
+        tags = [self.os_params.broker_tag, *request.tags]
+        metadata = {k: str(v)[:255] for k, v in request.metadata.items()}
+        # Tags also ride in metadata: clouds before 2.52 take no tags at creation, and
+        # the broker checks the instance itself before it adopts or deletes it.
+        metadata[mapping.TAGS_KEY] = ",".join(tags)[:255]
         server: dict[str, Any] = {
             "name": request.name,
             "imageRef": self._resolve("image", request.image),
             "flavorRef": self._resolve("flavor", request.flavor),
-            "networks": [{"uuid": self._resolve("network", network)}] if network else "auto",
-            "metadata": {k: str(v)[:255] for k, v in request.metadata.items()},
-            "tags": [self.os_params.broker_tag, *request.tags],
+            "metadata": metadata,
         }
+        if network:
+            server["networks"] = [{"uuid": self._resolve("network", network)}]
+        elif compute.needs_networks:
+            server["networks"] = "auto"
+        if compute.tags_on_create:
+            server["tags"] = tags
         if request.availability_zone:
             server["availability_zone"] = request.availability_zone
         if request.security_groups:
@@ -231,7 +246,7 @@ class OpenStackCenter(CenterDriver):
             raise CenterError(f"instance {external_id} disappeared while it was being addressed")
         if not request.floating_ip:
             return found.address
-        ports = self.session.network_get("/ports", {"device_id": external_id}).get("ports", [])
+        ports = self._ports_of(external_id)
         if not ports:
             raise CenterError(f"instance {external_id} has no network port for a floating IP")
         floating = self._free_floating_ip()
@@ -240,12 +255,19 @@ class OpenStackCenter(CenterDriver):
         ).json()
         return str(body["floatingip"]["floating_ip_address"])
 
+    def _ports_of(self, external_id: str) -> list[dict[str, Any]]:
+        """The instance's ports, checked one by one: a cloud that ignores the
+        ``device_id`` filter answers with every port of the project."""
+        ports = self.session.every("/ports", "ports", {"device_id": external_id}, service="network")
+        return [p for p in ports if p.get("device_id") == external_id]
+
     def _free_floating_ip(self) -> str:
         query: dict[str, Any] = {}
         if self.os_params.floating_network:
             query["floating_network_id"] = self._resolve("network", self.os_params.floating_network)
-        for ip in self.session.network_get("/floatingips", query).get("floatingips", []):
-            if not ip.get("port_id"):
+        wanted = query.get("floating_network_id")
+        for ip in self.session.every("/floatingips", "floatingips", query, service="network"):
+            if not ip.get("port_id") and wanted in (None, ip.get("floating_network_id")):
                 return str(ip["id"])
         network = query.get("floating_network_id") or self._external_network()
         try:
@@ -259,23 +281,41 @@ class OpenStackCenter(CenterDriver):
         return str(body["floatingip"]["id"])
 
     def _external_network(self) -> str:
-        networks = self.session.network_get("/networks", {"router:external": "true"})
-        for network in networks.get("networks", []):
-            return str(network["id"])
+        networks = self.session.every(
+            "/networks", "networks", {"router:external": "true"}, service="network"
+        )
+        for network in networks:
+            if network.get("router:external"):
+                return str(network["id"])
         raise CenterError("the cloud has no external network for floating IPs")
 
     # --- power and termination -------------------------------------------------------
     def power(self, machine: MachineInfo, action: PowerAction) -> None:
-        self.session.compute_post(f"/servers/{machine.external_id}/action", _ACTIONS[action])
+        path = f"/servers/{machine.external_id}/action"
+        if action in _WAKE and mapping.shelved(machine.driver_state):
+            self.session.compute_post(path, _UNSHELVE)
+            return
+        try:
+            self.session.compute_post(path, _ACTIONS[action])
+        except CloudFailure as exc:
+            if exc.cloud_status != 409 or action not in _WAKE:
+                raise
+            # Refused: perhaps shelved since the broker last looked.
+            current = self.machine(machine.external_id)
+            if current is None or not mapping.shelved(current.driver_state):
+                raise
+            self.session.compute_post(path, _UNSHELVE)
 
     def terminate(self, machine: MachineInfo) -> None:
-        ports = self.session.network_get("/ports", {"device_id": machine.external_id}).get(
-            "ports", []
-        )
-        for port in ports:
-            ips = self.session.network_get("/floatingips", {"port_id": port["id"]})
-            for ip in ips.get("floatingips", []):
-                self.session.network_send("DELETE", f"/floatingips/{ip['id']}")
+        for port in self._ports_of(machine.external_id):
+            ips = self.session.every(
+                "/floatingips", "floatingips", {"port_id": port["id"]}, service="network"
+            )
+            for ip in ips:
+                # Only an address on this instance's port is released, whatever the
+                # cloud made of the filter.
+                if ip.get("port_id") == port["id"]:
+                    self.session.network_send("DELETE", f"/floatingips/{ip['id']}")
         try:
             self.session.compute_delete(f"/servers/{machine.external_id}")
         except CloudFailure as exc:
@@ -283,13 +323,13 @@ class OpenStackCenter(CenterDriver):
                 raise
 
     def find_tagged(self, tag: str) -> list[MachineInfo]:
-        return [
-            mapping.machine(s)
-            for page, _ in self.session.pages(
-                "/servers/detail", "servers", {"limit": 1000, "tags": tag}
-            )
-            for s in page
-        ]
+        """Servers carrying ``tag``, each checked on the server itself: a cloud that
+        ignores the ``tags`` filter (or predates it) answers with every server."""
+        query: dict[str, Any] = {"limit": 1000}
+        if self.session.compute.tags_on_create:
+            query["tags"] = tag
+        servers = self.session.every("/servers/detail", "servers", query, service="compute")
+        return [mapping.machine(s) for s in servers if mapping.carries(s, tag)]
 
     def leaked(self, known_external_ids: set[str]) -> list[MachineInfo]:
         tagged = self.find_tagged(self.os_params.broker_tag)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from deskbroker.centers.base import ImageInfo, MachineInfo
@@ -23,6 +24,10 @@ _STATUS = {
     "HARD_REBOOT": PowerState.RUNNING,
 }
 
+_SHELVED = frozenset({"SHELVED", "SHELVED_OFFLOADED"})
+# Metadata key holding the tags the broker gave an instance (comma-separated).
+TAGS_KEY = "deskbroker_tags"
+
 _QUOTA = re.compile(r"Quota exceeded for (\w+).*?used (\d+) of (\d+)", re.IGNORECASE)
 
 
@@ -30,6 +35,20 @@ def power_state(server: dict[str, Any]) -> PowerState:
     if server.get("OS-EXT-STS:task_state") == "deleting":
         return PowerState.DELETING
     return _STATUS.get(str(server.get("status", "")).upper(), PowerState.UNKNOWN)
+
+
+def shelved(driver_state: Mapping[str, Any]) -> bool:
+    """Whether a server (by its ``driver_state``) is shelved: it wakes with unshelve."""
+    return str(driver_state.get("status") or "").upper() in _SHELVED
+
+
+def carries(server: Mapping[str, Any], tag: str) -> bool:
+    """Whether the server itself carries ``tag``, as a Nova tag or in the broker's
+    metadata: the check made before adopting or deleting what a filtered list returned."""
+    if tag in (server.get("tags") or []):
+        return True
+    metadata = server.get("metadata") or {}
+    return tag in str(metadata.get(TAGS_KEY) or "").split(",")
 
 
 def best_address(server: dict[str, Any]) -> str:

@@ -1,7 +1,8 @@
-"""The connection to one OpenStack project, with retries and raw-JSON paging.
+"""The connection to one OpenStack project, with retries, deadlines and raw-JSON paging.
 
 Bulk reads go through the proxies' raw ``get`` and parse JSON ourselves: building
-openstacksdk resource objects costs milliseconds per server (REFERENCE.md).
+openstacksdk resource objects costs milliseconds per server (REFERENCE.md). Every list
+follows the service's next links to the end: clouds cap pages at their own ``max_limit``.
 """
 
 from __future__ import annotations
@@ -9,19 +10,21 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar
+from urllib.parse import parse_qs, urlparse
 
 import openstack
 from keystoneauth1 import exceptions as ks_exceptions
 from pydantic import BaseModel, ConfigDict, Field
 
+from deskbroker.centers.openstack import microversion
 from deskbroker.errors import CenterError
 from deskbroker.outbound import OutboundRefused, Target
 from deskbroker.outbound_http import guard_requests
 
-COMPUTE_MICROVERSION = "2.79"
 log = logging.getLogger(__name__)
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 # A request that creates something is retried only when the cloud says it did nothing.
@@ -50,7 +53,13 @@ class OpenStackParams(BaseModel):
     application_credential_id: str | None = None
     interface: str = "public"
     verify_tls: bool = True
-    timeout_s: float = Field(default=30.0, gt=0, le=600)
+    timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=600,
+        description="the longest one call to the cloud may take, authentication and "
+        "retries included",
+    )
     retries: int = Field(default=4, ge=0, le=10)
     retry_base_s: float = Field(default=0.5, ge=0, le=30)
     broker_tag: str = Field(default="deskbroker", pattern=r"^[A-Za-z0-9_.:-]{1,40}$")
@@ -100,6 +109,8 @@ class ProjectSession:
         self.params = params
         self._secrets = dict(secrets)
         self._conn: openstack.connection.Connection | None = None
+        self._compute: microversion.Compute | None = None
+        self._lock = threading.Lock()
         self.requests = 0
 
     def connection(self) -> openstack.connection.Connection:
@@ -116,7 +127,9 @@ class ProjectSession:
             "region_name": p.region_name,
             "interface": p.interface,
             "verify": p.verify_tls,
-            "timeout": p.timeout_s,
+            # openstacksdk reads ``api_timeout``; a plain ``timeout`` is silently ignored
+            # and a silent cloud would hold the caller for ever.
+            "api_timeout": p.timeout_s,
             "compute_api_version": "2",
             "app_name": "deskbroker",
         }
@@ -152,16 +165,50 @@ class ProjectSession:
             auth_type = "password"
         return openstack.connection.Connection(auth=auth, auth_type=auth_type, **common)
 
+    def _authenticate(self, deadline: float) -> None:
+        """Get a token (when there is none, or it is about to expire) before ``deadline``.
+
+        keystoneauth may make two requests to authenticate (version discovery, then the
+        token), each allowed the whole timeout; waiting for it in a helper thread keeps
+        the caller's deadline whatever Keystone does. A thread given up on ends by itself
+        when its socket times out."""
+        conn = self.connection()
+        auth = conn.session.auth
+        ref = getattr(auth, "auth_ref", None)
+        if ref is not None and not ref.will_expire_soon(120):
+            return
+        failure: list[BaseException] = []
+
+        def authenticate() -> None:
+            try:
+                conn.session.get_auth_headers()
+            except BaseException as exc:  # handed to the caller's thread
+                failure.append(exc)
+
+        worker = threading.Thread(target=authenticate, name="keystone-auth", daemon=True)
+        worker.start()
+        worker.join(max(0.0, deadline - time.monotonic()))
+        if worker.is_alive():
+            raise CloudFailure(
+                f"the identity service ({self.params.auth_url or self.params.cloud}) did not "
+                f"answer within {self.params.timeout_s:g} s"
+            )
+        if failure:
+            raise failure[0]
+
     def call(self, fn: Callable[[], Any], what: str, *, idempotent: bool = True) -> Any:
-        """Run one API call, retrying 429/5xx and connection errors with backoff + jitter.
+        """Run one API call, retrying 429/5xx and connection errors with backoff + jitter,
+        authentication included, all within the center's ``timeout_s``.
 
         A call that is not ``idempotent`` (creating a server) is not retried after a
         connection error or a 500, which may have happened after the cloud acted."""
+        deadline = time.monotonic() + self.params.timeout_s
         attempt = 0
         while True:
             attempt += 1
             self.requests += 1
             try:
+                self._authenticate(deadline)
                 response = fn()
             except OutboundRefused as exc:
                 raise CloudFailure(f"{what}: {exc.detail}") from exc
@@ -172,20 +219,36 @@ class ProjectSession:
                     "password or application credential",
                     401,
                 ) from exc
+            except ks_exceptions.ConnectTimeout as exc:
+                # The whole budget went on waiting: another try would overrun it.
+                raise CloudFailure(
+                    f"{what}: the cloud did not answer within {self.params.timeout_s:g} s"
+                ) from exc
             except (
                 ks_exceptions.ConnectFailure,
                 ks_exceptions.ConnectionError,
                 ks_exceptions.RetriableConnectionFailure,
             ) as exc:
-                if attempt > self.params.retries or not idempotent:
+                if not idempotent or not self._may_retry(attempt, deadline, None):
                     raise CloudFailure(f"{what}: the cloud is unreachable: {exc}") from exc
-                self._sleep(attempt, None)
                 continue
+            except ks_exceptions.HttpError as exc:
+                # Raised by keystoneauth while authenticating: Keystone's 503 and 429
+                # are retried like any other service's.
+                status = int(exc.http_status or 0)
+                retry = RETRY_STATUS if idempotent else RETRY_STATUS_UNSAFE
+                if status in retry and self._may_retry(attempt, deadline, exc.retry_after):
+                    continue
+                # Its message can quote Keystone's body: log it, name only the status.
+                log.warning("%s: %s", what, exc.message)
+                raise CloudFailure(
+                    f"{what}: the identity service answered {status}", status
+                ) from exc
             except ks_exceptions.ClientException as exc:
                 # Its text can quote the remote's answer: name the failure, log the rest.
                 log.warning("%s: %s", what, exc)
-                status = getattr(exc, "http_status", None)
-                said = f"HTTP {status}" if status else type(exc).__name__
+                code = getattr(exc, "http_status", None)
+                said = f"HTTP {code}" if code else type(exc).__name__
                 raise CloudFailure(f"{what}: the cloud refused the request ({said})") from exc
             status = response.status_code
             if status < 400:
@@ -195,39 +258,90 @@ class ProjectSession:
                 self._conn = None
                 continue
             retry = RETRY_STATUS if idempotent else RETRY_STATUS_UNSAFE
-            if status in retry and attempt <= self.params.retries:
-                self._sleep(attempt, response.headers.get("Retry-After"))
+            if status in retry and self._may_retry(
+                attempt, deadline, response.headers.get("Retry-After")
+            ):
                 continue
             raise CloudFailure(f"{what}: {_message(response)} ({status})", status)
 
-    def _sleep(self, attempt: int, retry_after: str | None) -> None:
+    def _may_retry(self, attempt: int, deadline: float, retry_after: object) -> bool:
+        """Sleep before the next attempt and say yes, unless the attempts or the time
+        are used up."""
+        if attempt > self.params.retries:
+            return False
         delay = self.params.retry_base_s * (2 ** (attempt - 1))
         if retry_after is not None:
-            with contextlib.suppress(ValueError):
-                delay = max(delay, min(float(retry_after), 30.0))
-        time.sleep(delay * (0.5 + random.random() / 2))
+            with contextlib.suppress(TypeError, ValueError):
+                delay = max(delay, min(float(str(retry_after)), 30.0))
+        delay *= 0.5 + random.random() / 2
+        if time.monotonic() + delay >= deadline:
+            return False
+        time.sleep(delay)
+        return True
+
+    # --- compute microversion ---------------------------------------------------------
+    @property
+    def compute(self) -> microversion.Compute:
+        """The microversion agreed on with this cloud, asked for once."""
+        if self._compute is None:
+            with self._lock:
+                if self._compute is None:
+                    document = self._version_document()
+                    agreed = microversion.agree(document)
+                    if agreed is None:
+                        raise CloudFailure(
+                            "the cloud's compute API has no microversion this broker speaks "
+                            f"(it offers {document.get('version', document)})"
+                        )
+                    self._compute = agreed
+        return self._compute
+
+    def _version_document(self) -> Any:
+        """The compute endpoint's version document; when the endpoint answers 404 (a
+        catalog URL with the project id in it), what keystoneauth's discovery found."""
+        try:
+            return self.call(
+                lambda: self.connection().compute.get("/", microversion=None),
+                "GET the compute version document",
+            ).json()
+        except CloudFailure as exc:
+            if exc.cloud_status != 404:
+                raise
+        try:
+            found = self.connection().compute.get_endpoint_data()
+        except ks_exceptions.ClientException as exc:
+            raise CloudFailure(f"discovering the compute API failed: {exc}") from exc
+        newest = getattr(found, "max_microversion", None)
+        oldest = getattr(found, "min_microversion", None)
+        return {
+            "version": {
+                "version": ".".join(map(str, newest)) if newest else "",
+                "min_version": ".".join(map(str, oldest)) if oldest else "",
+            }
+        }
 
     # --- raw helpers ---------------------------------------------------------------
     def compute_get(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
+        version = self.compute.header
         return self.call(
             lambda: self.connection().compute.get(
-                path, params=dict(params or {}), microversion=COMPUTE_MICROVERSION
+                path, params=dict(params or {}), microversion=version
             ),
             f"GET {path}",
         ).json()
 
     def compute_post(self, path: str, body: Mapping[str, Any], *, idempotent: bool = True) -> Any:
+        version = self.compute.header
         return self.call(
-            lambda: self.connection().compute.post(
-                path, json=dict(body), microversion=COMPUTE_MICROVERSION
-            ),
+            lambda: self.connection().compute.post(path, json=dict(body), microversion=version),
             f"POST {path}",
             idempotent=idempotent,
         )
 
     def compute_delete(self, path: str) -> Any:
+        version = self.compute.header
         return self.call(
-            lambda: self.connection().compute.delete(path, microversion=COMPUTE_MICROVERSION),
+            lambda: self.connection().compute.delete(path, microversion=version),
             f"DELETE {path}",
         )
 
@@ -250,23 +364,61 @@ class ProjectSession:
             lambda: self.connection().image.get(path, params=dict(params or {})), f"GET {path}"
         ).json()
 
+    # --- paged lists ------------------------------------------------------------------
     def pages(
-        self, path: str, key: str, params: Mapping[str, Any]
+        self, path: str, key: str, params: Mapping[str, Any], *, service: str = "compute"
     ) -> Iterator[tuple[list[dict[str, Any]], str | None]]:
-        """Nova-style paging (``limit`` and ``marker`` until a short page); each page
-        comes with its response's Date header: the cloud's clock."""
+        """Every page of a list, each with its response's Date header (the cloud's clock).
+
+        ``limit`` is only a wish: a cloud caps pages at its own ``max_limit``, so a
+        short page proves nothing. The list goes on while the service gives a next link
+        (``<key>_links`` with ``rel: next``; Glance's ``next``), asking our own endpoint
+        for the marker that link names: a host written in a response body is never
+        sent the token."""
         query = dict(params)
-        limit = int(query.setdefault("limit", 1000))
+        seen: set[str] = set()
         while True:
-            response = self.call(
-                lambda: self.connection().compute.get(
-                    path, params=dict(query), microversion=COMPUTE_MICROVERSION
-                ),
-                f"GET {path}",
-            )
+            response = self.call(self._getter(service, path, dict(query)), f"GET {path}")
             body = response.json()
-            items: list[dict[str, Any]] = body.get(key, [])
+            items: list[dict[str, Any]] = list(body.get(key) or [])
             yield items, response.headers.get("Date")
-            if len(items) < limit or not body.get(f"{key}_links"):
+            marker = _next_marker(body, key, items)
+            if marker is None:
                 return
-            query["marker"] = items[-1]["id"]
+            if marker in seen:
+                raise CloudFailure(f"GET {path}: the cloud's paging went round in a circle")
+            seen.add(marker)
+            query["marker"] = marker
+
+    def every(
+        self, path: str, key: str, params: Mapping[str, Any], *, service: str
+    ) -> list[dict[str, Any]]:
+        """All items of a paged list."""
+        return [item for page, _ in self.pages(path, key, params, service=service) for item in page]
+
+    def _getter(self, service: str, path: str, query: dict[str, Any]) -> Callable[[], Any]:
+        conn = self.connection
+        if service == "compute":
+            version = self.compute.header
+            return lambda: conn().compute.get(path, params=query, microversion=version)
+        if service == "network":
+            return lambda: conn().network.get(path, params=query)
+        if service == "image":
+            return lambda: conn().image.get(path, params=query)
+        if service == "volume":
+            return lambda: conn().block_storage.get(path, params=query)
+        raise ValueError(f"unknown service {service!r}")
+
+
+def _next_marker(body: Any, key: str, items: list[dict[str, Any]]) -> str | None:
+    """The marker of the next page, or ``None`` when the service gives no next link."""
+    href: str | None = None
+    for link in body.get(f"{key}_links") or []:
+        if isinstance(link, dict) and link.get("rel") == "next":
+            href = str(link.get("href") or "")
+    if href is None and body.get("next"):
+        href = str(body["next"])  # Glance
+    if href is None or not items:
+        return None
+    named = parse_qs(urlparse(href).query).get("marker")
+    return named[-1] if named else str(items[-1]["id"])

@@ -200,6 +200,8 @@ def upgrade() -> None:
         sa.Column("status", sa.String(length=20), nullable=False),
         sa.Column("status_message", sa.Text(), nullable=False),
         sa.Column("last_error", sa.Text(), nullable=False),
+        sa.Column("build_failures", sa.Integer(), nullable=False),
+        sa.Column("builds_resume_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("last_release_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
