@@ -125,8 +125,8 @@ def test_an_ldap_login_stays_within_the_statement_budget(
     assert len(first) == 6, "\n".join(first)
     # Unchanged directory data: no upsert, as for a local user.
     assert len(returning) == 4, "\n".join(returning)
-    # A plain name first looks in the local source, which comes before.
-    assert len(plain) == 5, "\n".join(plain)
+    # A plain name: one read finds its owner among all the sources, as for a domain.
+    assert len(plain) == 4, "\n".join(plain)
 
 
 def test_lookup_and_params_validation(api: Api, slapd: Slapd) -> None:

@@ -10,9 +10,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Response
 from pydantic import Field, StringConstraints, field_validator
-from sqlalchemy import select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
+from deskbroker.api.admin import standing
 from deskbroker.api.admin.crud import ResourceSpec, add_routes, must_exist, scope
 from deskbroker.api.deps import AdminWriter, Ctx
 from deskbroker.api.permissions import catalog
@@ -146,6 +147,9 @@ class SourceOut(Stamped):
 def _prepare_source(
     session: Session, ctx: BrokerContext, tenant: str, data: dict[str, Any], existing: Any
 ) -> dict[str, Any]:
+    if existing is not None:
+        # Its servers, second factor and switch decide how its accounts sign in.
+        standing.check_source(session, existing, "change")
     kind = data.get("kind") or existing.kind
     if "params" in data or existing is None:
         data["params"] = validate_params(kind, data.get("params") or {})
@@ -172,6 +176,7 @@ def _source_out(session: Session, source: Any) -> dict[str, Any]:
 
 
 def _source_in_use(session: Session, source: Any) -> None:
+    standing.check_source(session, source, "delete")
     user = session.scalars(
         select(User.username).where(User.identity_source_id == source.id).limit(1)
     ).first()
@@ -251,7 +256,25 @@ def _prepare_rule(
         _grant_role(session, tenant, existing.role, "change a rule that grants")
     if "role" in data and data["role"] is not None:
         data["role"] = _grant_role(session, tenant, data["role"], "make a rule that grants")
+    named = {k: v for k, v in data.items() if v is not None}
+    if existing is None:
+        standing.check_rule(session, tenant, data["identity_source_id"], [named], "make")
+    else:
+        stored = standing.rule_columns(existing)
+        standing.check_rule(
+            session, tenant, existing.identity_source_id, [stored, {**stored, **named}], "change"
+        )
     return data
+
+
+def _rule_in_use(session: Session, rule: Any) -> None:
+    standing.check_rule(
+        session,
+        rule.tenant_id,
+        rule.identity_source_id,
+        [standing.rule_columns(rule)],
+        "delete",
+    )
 
 
 def _only_global_admin(session: Session, what: str) -> None:
@@ -319,6 +342,18 @@ def _prepare_user(
         must_exist(session, IdentitySource, data["identity_source_id"], tenant, "identity source")
     if existing is not None:
         may_manage(session, existing, "change")
+    else:
+        # The same name in a second source makes a bare login name ambiguous, and the
+        # owner of that source could then be sent the first account's password.
+        name = str(data.get("username") or "")
+        for other in session.scalars(
+            select(User).where(
+                User.tenant_id == tenant,
+                User.identity_source_id != data.get("identity_source_id"),
+                or_(User.username == name, func.lower(User.username) == name.lower()),
+            )
+        ).all():
+            may_manage(session, other, "make a second account of the name of")
     if "password" in data:
         password = data.pop("password")
         # Null removes the password: the user can no longer log in with one.
@@ -390,6 +425,7 @@ SPECS: list[ResourceSpec[Any]] = [
         update=RulePatch,
         filters={"identity_source_id": str, "policy_id": str, "role": str},
         prepare=_prepare_rule,
+        before_delete=_rule_in_use,
     ),
     ResourceSpec(
         path="users",
