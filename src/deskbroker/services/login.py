@@ -359,6 +359,7 @@ class LoginService:
             role=role,
             username=record.username,
             policy_id=policy.id if policy else None,
+            generation=record.token_generation,
         )
         return LoginResult(
             token=token,

@@ -378,6 +378,14 @@ def _prepare_user(
         )
         for granted in sorted(_rule_roles(session, source, username, groups, attributes)):
             _grant_role(session, tenant, granted, "make a user whom a rule gives")
+    if existing is not None and (
+        "password_hash" in data
+        or (data.get("disabled") and not existing.disabled)
+        or (data.get("role") is not None and data["role"] != existing.role)
+    ):
+        # A new password, a disabled account or another role: the session tokens the user
+        # holds stop working at their next request.
+        data["token_generation"] = (existing.token_generation or 0) + 1
     return data
 
 
