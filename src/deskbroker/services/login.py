@@ -38,6 +38,7 @@ from deskbroker.identity.base import (
 )
 from deskbroker.services.config_cache import ConfigView, PolicyView, SourceView
 from deskbroker.services.context import BrokerContext
+from deskbroker.services.failed_names import FailedNames
 from deskbroker.services.second_factor import Challenge, issue_challenge
 from deskbroker.services.source_choice import choose
 from deskbroker.services.throttle import Checked, SignInGuard
@@ -107,6 +108,7 @@ class LoginService:
         self.ctx = ctx
         self._drivers: dict[tuple[str, int], IdentitySourceDriver] = {}
         self.guard = SignInGuard(ctx.settings)
+        self.failed_names = FailedNames(ctx.settings.effective_secret_key)
 
     def _driver(self, source: SourceView, version: int) -> IdentitySourceDriver:
         key = (source.id, version)
@@ -394,7 +396,8 @@ class LoginService:
             _failure_event(
                 session,
                 tenant_id,
-                username,
+                # A password typed into the name field is not kept: see failed_names.
+                self.failed_names.for_audit(session, tenant_id, username),
                 client_address,
                 exc.extra.get("reason", "wrong_credentials"),
                 **({"locked_out": answer.extra["reason"]} if answer is not exc else {}),
