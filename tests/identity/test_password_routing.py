@@ -190,3 +190,25 @@ def test_a_tenant_admin_cannot_take_over_the_global_admins_source_or_rules(
     assert tad.patch(f"identity-sources/{harvest['id']}", {"position": 7})["position"] == 7
     # The global admin, above everyone, still changes their own source.
     assert api.patch(f"identity-sources/{local}", {"second_factor": "required"})
+
+
+def test_a_name_whose_source_is_disabled_goes_nowhere(
+    api: Api, slapd: Slapd, harvester: RecordingProxy
+) -> None:
+    legacy = api.post("identity-sources", {"name": "legacy", "kind": "local", "position": 5})
+    api.post(
+        "users",
+        {"identity_source_id": legacy["id"], "username": "dina", "password": "dina-password-1"},
+    )
+    _harvesting_source(api, slapd, harvester)
+    assert post_login(api, "dina", "dina-password-1").status_code == 200
+    api.patch(f"identity-sources/{legacy['id']}", {"enabled": False})
+
+    refused = post_login(api, "dina", "dina-password-1")
+    assert refused.status_code == 401, refused.text
+    assert not harvester.saw("dina-password-1")
+    explained = api.client.post(
+        "/api/v1/admin/explain", json={"username": "dina"}, headers=api.headers
+    )
+    assert explained.status_code == 404
+    assert "belongs to a disabled identity source" in explained.json()["detail"]

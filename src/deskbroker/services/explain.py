@@ -174,6 +174,11 @@ class ExplainService:
             choice = choose(session, view, tenant_id, username, source)
         if source is not None and not choice.candidates:
             raise NotFound(f"tenant {tenant_name} has no enabled identity source named {source!r}")
+        if not choice.candidates and choice.owners:
+            raise NotFound(
+                f"{username!r} belongs to a disabled identity source of tenant {tenant_name}: "
+                "a login would be refused without asking any other source"
+            )
         for candidate in choice.candidates:
             src = candidate.source
             record = choice.record(src.id, candidate.name)

@@ -11,7 +11,10 @@ password is reversed by a dictionary in seconds by whoever reads the table; a pr
 gives away the password's first characters. The tag still shows an administrator that
 one unknown name failed forty times (a spraying script), and nothing more; without the
 broker's secret it cannot be tested against guesses. A name that is a user's (any source
-of the tenant, any letter case) is stored as typed, since it is no secret.
+of the tenant, any letter case) or that a directory vouched is an account (it refused it
+as disabled, locked or expired) is stored as typed, since it is no secret. A directory
+user who never signed in and now mistypes their password is therefore a tag too: the
+directory does not say whether the name or the password was wrong.
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from deskbroker.identity.base import split_domain
 from deskbroker.services.throttle import account_name
+from deskbroker.store.claims import folded_name
 from deskbroker.store.tables import IdentitySource, User
 
 UNKNOWN = "unknown name #"
@@ -41,30 +45,27 @@ class FailedNames:
         digest = hmac.new(self._key, f"{tenant_id}:{folded}".encode(), hashlib.sha256)
         return UNKNOWN + digest.hexdigest()[:16]
 
-    def for_audit(self, session: Session, tenant_id: str, typed: str) -> str:
-        """``typed`` when it names a user of the tenant (as typed, or as name@domain of
-        a source with that domain), else its tag: one indexed read, on the refused path
+    def for_audit(self, session: Session, tenant_id: str, typed: str, *, account: bool) -> str:
+        """``typed`` when it names an account (``account``: a directory said so, as when
+        it refuses a disabled user), or a user of the tenant (as typed, or as name@domain
+        of a source with that domain); else its tag. One indexed read, on the refused path
         only (the login's statement budget is untouched)."""
+        if account:
+            return typed[:200]
         name = typed.strip()
         bare, domain = split_domain(name)
-        as_typed = or_(User.username == name, func.lower(User.username) == name.lower())
         query = select(User.id).where(User.tenant_id == tenant_id)
         if domain is None:
-            query = query.where(as_typed)
+            query = query.where(folded_name(name))
         else:
             # Only the domain of a source makes ``bare`` the account: "p@ssw0rd" is no
             # sign that user "p" typed it.
+            of_domain = or_(
+                IdentitySource.domain == domain,
+                IdentitySource.domain.startswith(domain + ".", autoescape=True),
+            )
             query = query.join(IdentitySource, IdentitySource.id == User.identity_source_id).where(
-                or_(
-                    as_typed,
-                    and_(
-                        or_(User.username == bare, func.lower(User.username) == bare.lower()),
-                        or_(
-                            IdentitySource.domain == domain,
-                            IdentitySource.domain.startswith(domain + ".", autoescape=True),
-                        ),
-                    ),
-                )
+                or_(folded_name(name), and_(folded_name(bare), of_domain))
             )
         known = session.scalar(query.limit(1))
         return typed[:200] if known is not None else self.tag(tenant_id, typed)

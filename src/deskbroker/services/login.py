@@ -397,7 +397,9 @@ class LoginService:
                 session,
                 tenant_id,
                 # A password typed into the name field is not kept: see failed_names.
-                self.failed_names.for_audit(session, tenant_id, username),
+                self.failed_names.for_audit(
+                    session, tenant_id, username, account=isinstance(exc, AccountRefused)
+                ),
                 client_address,
                 exc.extra.get("reason", "wrong_credentials"),
                 **({"locked_out": answer.extra["reason"]} if answer is not exc else {}),

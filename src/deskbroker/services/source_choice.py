@@ -95,6 +95,9 @@ def choose(
 ) -> Choice:
     """``candidates`` narrowed to the source that owns the name: one statement.
 
+    The owner is looked for in every source of the tenant, so a name whose source is
+    disabled goes nowhere rather than to the sources in front of it.
+
     Several password sources holding the name (two domains with a ``jdoe`` each) make it
     ambiguous, unless the name carries no domain and exactly one of them has none: the
     answer asks for the domain or the source rather than send one person's password to
@@ -104,11 +107,19 @@ def choose(
     if not routed:
         return Choice([])
     # Every candidate of one route is given the same name (bare after a domain).
-    owners = claims.find_owners(session, {c.source.id for c in routed}, routed[0].name)
+    name = routed[0].name
+    owners = claims.find_owners(session, tenant_id, name)
     owning = {r.identity_source_id for r in owners}
-    if source_name is not None or not owning:
+    if source_name is not None:
         return Choice(routed, owners)
     mine = [c for c in routed if c.source.id in owning]
+    if not mine:
+        if owning and name == username:
+            # In configured order, every enabled source was routed: the account's own
+            # source is switched off, and no other source is sent its password.
+            return Choice([], owners)
+        # Nobody's name (or, after a domain, not an account of that domain's sources).
+        return Choice(routed, owners)
     # A source that takes no password cannot receive one: it only says where to sign in.
     with_password = [c for c in mine if _takes_passwords(c.source)]
     if len(with_password) > 1 and source_name is None:

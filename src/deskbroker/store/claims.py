@@ -18,7 +18,6 @@ from sqlalchemy import (
     func,
     insert,
     literal,
-    or_,
     select,
     update,
 )
@@ -155,24 +154,24 @@ def find_user(session: Session, identity_source_id: str, username: str) -> UserR
     return None if row is None else _record(row)
 
 
-def find_owners(
-    session: Session, identity_source_ids: Collection[str], username: str
-) -> list[UserRecord]:
-    """Statement 1 of a password login: every user of these sources whose name is
-    ``username`` in any letter case, with what ``find_user`` reads beside each. Which
-    sources own the name decides where the password may go."""
-    if not identity_source_ids:
-        return []
+def find_owners(session: Session, tenant_id: str, username: str) -> list[UserRecord]:
+    """Statement 1 of a password login: every user of the tenant, in any of its sources
+    (enabled or not), whose name is ``username`` in any letter case, with what
+    ``find_user`` reads beside each. Which sources own the name decides where the
+    password may go. Both sides go through the database's own lower(), so SQLite (which
+    folds ASCII letters only) agrees with itself."""
     rows = session.execute(
         _user_query()
-        .where(
-            User.identity_source_id.in_(list(identity_source_ids)),
-            # The exact spelling too: SQLite's lower() folds ASCII letters only.
-            or_(User.username == username, func.lower(User.username) == username.lower()),
-        )
+        .where(User.tenant_id == tenant_id, folded_name(username))
         .order_by(User.identity_source_id, User.username)
     ).all()
     return [_record(row) for row in rows]
+
+
+def folded_name(username: str) -> ColumnElement[bool]:
+    """``users.username`` equals ``username`` but for letter case (index
+    ix_users_tenant_folded_name, with the tenant)."""
+    return func.lower(User.username) == func.lower(literal(username))
 
 
 def directory_user_changed(record: UserRecord | None, who: Identity) -> bool:

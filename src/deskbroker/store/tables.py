@@ -336,7 +336,7 @@ class User(Base):
         UniqueConstraint("identity_source_id", "username"),
         # Which sources hold a name, whatever its case: the login sends a password only
         # to the source that owns the account (services/source_choice.py).
-        Index("ix_users_source_folded_name", "identity_source_id", func.lower(text("username"))),
+        Index("ix_users_tenant_folded_name", "tenant_id", func.lower(text("username"))),
     )
     id: Mapped[str] = _id()
     tenant_id: Mapped[str] = _tenant()

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Response
 from pydantic import Field, StringConstraints, field_validator
-from sqlalchemy import func, or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from deskbroker.api.admin import standing
@@ -28,6 +28,7 @@ from deskbroker.services import access
 from deskbroker.services.config_cache import rule_from_row
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import events, totp
+from deskbroker.store.claims import folded_name
 from deskbroker.store.repository import Repository
 from deskbroker.store.tables import AssignmentRuleRow, Desktop, IdentitySource, Policy, User
 
@@ -350,7 +351,7 @@ def _prepare_user(
             select(User).where(
                 User.tenant_id == tenant,
                 User.identity_source_id != data.get("identity_source_id"),
-                or_(User.username == name, func.lower(User.username) == name.lower()),
+                folded_name(name),
             )
         ).all():
             may_manage(session, other, "make a second account of the name of")

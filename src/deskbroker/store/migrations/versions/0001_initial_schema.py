@@ -511,8 +511,8 @@ def upgrade() -> None:
         )
         batch_op.create_index(batch_op.f("ix_users_tenant_id"), ["tenant_id"], unique=False)
         batch_op.create_index(
-            "ix_users_source_folded_name",
-            ["identity_source_id", sa.text("lower(username)")],
+            "ix_users_tenant_folded_name",
+            ["tenant_id", sa.text("lower(username)")],
             unique=False,
         )
 
@@ -915,7 +915,7 @@ def downgrade() -> None:
 
     op.drop_table("api_tokens")
     with op.batch_alter_table("users", schema=None) as batch_op:
-        batch_op.drop_index("ix_users_source_folded_name")
+        batch_op.drop_index("ix_users_tenant_folded_name")
         batch_op.drop_index(batch_op.f("ix_users_tenant_id"))
         batch_op.drop_index(batch_op.f("ix_users_identity_source_id"))
 
