@@ -611,7 +611,15 @@ def _tenant_admin_cannot_make_or_touch_global_admins(api: Api) -> None:
     # A tenant admin still manages ordinary users and rules.
     made = ta.post("users", {"identity_source_id": source, "username": "y", "role": "tenant_admin"})
     assert made["role"] == "tenant_admin"
-    ta.post("assignment-rules", {"identity_source_id": source, "role": "helpdesk"})
+    ta.post(
+        "assignment-rules",
+        {"identity_source_id": source, "role": "helpdesk", "conditions": {"group": "desk"}},
+    )
+    # Not one the global administrator signs in through: it would choose their desktops.
+    catch_all = {"identity_source_id": source, "role": "helpdesk"}
+    assert (
+        "admin, whose role is global_admin" in ta.post("assignment-rules", catch_all, 403)["detail"]
+    )
     assert (
         ta.get("tenants", status=403)["detail"] == "only a global administrator can manage tenants"
     )

@@ -92,6 +92,10 @@ SIGN_IN_STEPS = (
 )
 # The caller's own account (their TOTP app): no object of any tenant can be named.
 SELF_SERVICE = ("/api/v1/me/totp", "/api/v1/me/totp/confirm")
+# Ends the caller's own session tokens: it names nothing, and the sweep's identities keep
+# theirs, so only callers without a person's token are sent (test_token_revocation.py
+# covers a real logout).
+LOGOUT = "/api/v1/auth/logout"
 EXPLAIN = "/api/v1/admin/explain"
 
 
@@ -695,6 +699,13 @@ def test_no_tenant_b_object_can_be_read_listed_changed_connected_to_or_powered(
                 if own.status_code >= 500 or s.leaks(own.text):
                     s.fail(f"{op} [{identity}]: {own.status_code} {own.text[:200]}")
             ways.append("the caller's own account")
+            continue
+        if op.path == LOGOUT:
+            for identity, status in ((None, 401), (AGENT, 403)):
+                answer = s.send(identity, op.method, op.path)
+                if answer.status_code != status or s.leaks(answer.text):
+                    s.fail(f"{op} [{identity}]: {answer.status_code} {answer.text[:200]}")
+            ways.append("the caller's own tokens, without one")
             continue
         if op.path in SIGN_IN_STEPS:
             for identity in IDENTITIES:

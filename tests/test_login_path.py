@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import select
 
 from deskbroker.bootstrap import add_local_user
 from deskbroker.errors import PayloadTooLarge, Unauthorized
 from deskbroker.services.context import BrokerContext
 from deskbroker.services.login import LoginService
+from deskbroker.store.tables import Event
 from tests.helpers import USER_PASSWORD, Api, counting
 
 
@@ -114,7 +116,9 @@ def test_refusals_are_clear_and_audited(api: Api, ctx: BrokerContext) -> None:
     with pytest.raises(PayloadTooLarge):
         service.login("user0", "x" * 10_000)
     failed = api.get("events?kind=login_failed")["items"]
-    assert {e["actor"] for e in failed} == {"user0", "nobody"}
+    actors = sorted(e["actor"] for e in failed)
+    # A name that is nobody's account is kept only as a keyed tag (it may be a password).
+    assert actors[0].startswith("unknown name #") and actors[1] == "user0"
     # Nothing was assigned by the failures.
     assert api.get("assignments")["total"] == 0
 
@@ -239,3 +243,32 @@ def test_a_connect_stays_within_three_statements(api: Api, ctx: BrokerContext) -
         response = api.client.post(path, json={}, headers=headers)
     assert response.status_code == 200, response.text
     assert len(statements) <= 3, "\n".join(statements)
+
+
+def test_a_password_typed_as_the_name_is_not_kept(api: Api, ctx: BrokerContext) -> None:
+    api.seed_pool(1, users=1)
+    add_local_user(ctx, "p", USER_PASSWORD)
+    service = LoginService(ctx)
+    secrets = ["Tr0ub4dor&3-horse", "p@ssw0rd-9", "CORP\\s3cret"]
+    for typed in [*secrets, secrets[0], "USER0", "user0@nowhere.example"]:
+        with pytest.raises(Unauthorized):
+            service.login(typed, "whatever-password")
+    with ctx.db.read() as session:
+        rows = session.scalars(
+            select(Event).where(Event.kind == "login_failed").order_by(Event.id)
+        ).all()
+        stored = [(e.actor, " ".join(str(v) for v in (e.detail or {}).values())) for e in rows]
+    everything = " ".join(f"{actor} {detail}" for actor, detail in stored).lower()
+    for secret in secrets:
+        assert secret.lower() not in everything
+        assert secret.lower()[:6] not in everything  # nor its start
+    actors = [actor for actor, _ in stored]
+    tags = actors[:4]
+    assert all(
+        t.startswith("unknown name #") and len(t) == len("unknown name #") + 16 for t in tags
+    )
+    # The same unknown name gets the same tag (a spraying script shows); others differ.
+    assert tags[0] == tags[3] and len(set(tags[:3])) == 3
+    # A user's name, in any case, is no secret: kept as typed. Not under a foreign domain.
+    assert actors[4] == "USER0"
+    assert actors[5].startswith("unknown name #")

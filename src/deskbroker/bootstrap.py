@@ -67,6 +67,9 @@ def add_local_user(
                 attributes={},
             )
             session.add(user)
+        else:
+            # A reset (password, role): the user's tokens stop working.
+            user.token_generation = (user.token_generation or 0) + 1
         user.password_hash = ctx.hashing.hash(password)
         user.role = role
         if groups is not None:

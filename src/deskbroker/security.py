@@ -60,6 +60,8 @@ class TokenClaims:
     desktop_id: str | None = None
     # Set only on an API token: the grants it is limited to, within its user's role.
     scopes: tuple[str, ...] | None = None
+    # A user token's generation: the user row's must still match (revocation).
+    generation: int = 0
 
     @property
     def is_api_token(self) -> bool:
@@ -108,6 +110,7 @@ class TokenSigner:
         role: str,
         username: str,
         policy_id: str | None = None,
+        generation: int = 0,
     ) -> tuple[str, int]:
         now = int(time.time())
         exp = now + self.ttl_s
@@ -121,6 +124,7 @@ class TokenSigner:
             "aud": TOKEN_AUDIENCE,
             "jti": uuid.uuid4().hex,
             "pid": policy_id,
+            "gen": generation,
         }
         return jwt.encode(payload, self._key, algorithm="HS256"), exp
 
@@ -183,6 +187,7 @@ class TokenSigner:
             token_id=str(data.get("jti", "")),
             policy_id=data.get("pid"),
             desktop_id=data.get("did") if data["role"] == AGENT_ROLE else None,
+            generation=int(data.get("gen") or 0),
         )
 
 

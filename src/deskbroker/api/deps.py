@@ -26,6 +26,23 @@ def principal(
     request: Request,
     creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> TokenClaims:
+    """The caller, checked against the database: an API token's row, or a user token's
+    user (disabled, role, token generation), so revocation takes effect at once."""
+    who = signed_principal(request, creds)
+    # An API token was just read with its row (it comes back with its scopes and its
+    # user's role); a person's session token is checked against their user row.
+    if who.scopes is None:
+        who = access.current_holder(context(request), who)
+    return who
+
+
+def signed_principal(
+    request: Request,
+    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> TokenClaims:
+    """The caller as the token's signature vouches for them; a user token's user row is
+    NOT read here. Only for a route whose own first statement reads that row and calls
+    ``access.check_holder`` (connecting to a desktop, the login's hot neighbour)."""
     if creds is None:
         raise Unauthorized("This needs a bearer token: log in at POST /api/v1/auth/login.")
     ctx = context(request)
@@ -113,6 +130,7 @@ def client_address(request: Request) -> str | None:
 
 Ctx = Annotated[BrokerContext, Depends(context)]
 Principal = Annotated[TokenClaims, Depends(principal)]
+SignedPrincipal = Annotated[TokenClaims, Depends(signed_principal)]
 AgentPrincipal = Annotated[TokenClaims, Depends(agent_principal)]
 AdminReader = Annotated[TokenClaims, Depends(admin_reader)]
 AdminWriter = Annotated[TokenClaims, Depends(admin_writer)]

@@ -95,6 +95,53 @@ def resolve_api_token(ctx: BrokerContext, who: TokenClaims) -> TokenClaims:
     return replace(who, role=str(row.role), tenant_id=str(row.tenant_id), scopes=tuple(row.scopes))
 
 
+# Why a user token no longer works, in words for the person holding it.
+REVOKED = (
+    "This session token was revoked: you logged out, or an administrator changed your "
+    "account (password, role or access). Log in again."
+)
+ACCOUNT_GONE = "The account this session token belongs to no longer exists."
+ACCOUNT_DISABLED = "Your account is disabled, so this session token no longer works."
+
+
+def check_holder(
+    who: TokenClaims, disabled: bool, role: str, generation: int, tenant_id: str
+) -> None:
+    """Refuse a user token whose user row (read by the caller, perhaps within a statement
+    the request makes anyway) says it is revoked: a newer generation (logout, new
+    password, role change, disabled), a disabled account, or another role or tenant."""
+    if disabled:
+        raise Unauthorized(ACCOUNT_DISABLED, reason="account_disabled")
+    # A role from an assignment rule rides on a stored role of ``user``.
+    role_moved = role != BuiltinRole.USER.value and role != who.role
+    if generation != who.generation or role_moved or tenant_id != who.tenant_id:
+        raise Unauthorized(REVOKED, reason="token_revoked")
+
+
+def current_holder(ctx: BrokerContext, who: TokenClaims) -> TokenClaims:
+    """A user token checked against its user row: one read on every request."""
+    with ctx.db.read() as session:
+        row = session.execute(
+            select(User.disabled, User.role, User.token_generation, User.tenant_id).where(
+                User.id == who.user_id
+            )
+        ).first()
+    if row is None:
+        raise Unauthorized(ACCOUNT_GONE, reason="token_revoked")
+    check_holder(who, bool(row[0]), str(row[1]), int(row[2] or 0), str(row[3]))
+    return who
+
+
+def revoke_tokens(session: Session, user_id: str) -> None:
+    """Every user token of this user stops working at its next request."""
+    session.execute(
+        update(User)
+        .where(User.id == user_id)
+        .values(token_generation=User.token_generation + 1)
+        .execution_options(synchronize_session=False)
+    )
+
+
 def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 

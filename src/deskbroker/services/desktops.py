@@ -15,11 +15,11 @@ from deskbroker.domain.states import PowerState
 from deskbroker.errors import Conflict, NotFound
 from deskbroker.protocols.descriptors import ConnectionDescriptor, build, choose
 from deskbroker.security import TokenClaims
-from deskbroker.services import quotas
+from deskbroker.services import access, quotas
 from deskbroker.services.context import BrokerContext
 from deskbroker.services.inventory import open_center
 from deskbroker.store import claims, desktop_sync, events, membership
-from deskbroker.store.tables import Center, Desktop, Pool, PoolMember, QueueEntry, utcnow
+from deskbroker.store.tables import Center, Desktop, Pool, PoolMember, QueueEntry, User, utcnow
 
 
 @dataclass(frozen=True)
@@ -118,15 +118,21 @@ def connect(
     descriptor once the center reports the desktop running.
     """
     with ctx.db.write() as session:
-        desktop = session.scalars(
-            select(Desktop).where(
+        # The holder's user row rides on the desktop's read: a revoked or disabled
+        # user's token connects to nothing, at no extra statement.
+        found = session.execute(
+            select(Desktop, User.disabled, User.role, User.token_generation, User.tenant_id)
+            .join(User, User.id == Desktop.assigned_user_id)
+            .where(
                 Desktop.id == desktop_id,
                 Desktop.tenant_id == who.tenant_id,
                 Desktop.assigned_user_id == who.user_id,
             )
         ).first()
-        if desktop is None:
+        if found is None:
             raise NotFound(f"desktop {desktop_id} is not assigned to you")
+        desktop = found[0]
+        access.check_holder(who, bool(found[1]), str(found[2]), int(found[3] or 0), str(found[4]))
         startable = desktop.power_state in _STARTABLE
         # A desktop is only started for a session the tenant's quota has room for; the
         # unit is taken when the descriptor is handed out.

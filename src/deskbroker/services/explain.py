@@ -19,7 +19,7 @@ from deskbroker.errors import DirectoryUnavailable, InvalidInput, NotFound
 from deskbroker.identity.base import source_kinds
 from deskbroker.services.config_cache import ConfigView, PolicyView, SourceView
 from deskbroker.services.context import BrokerContext
-from deskbroker.services.source_choice import candidates
+from deskbroker.services.source_choice import choose
 from deskbroker.store import claims
 from deskbroker.store.claims import UserRecord
 
@@ -170,13 +170,19 @@ class ExplainService:
     ) -> _Found:
         tried: list[SourceStep] = []
         unreachable: DirectoryUnavailable | None = None
-        chosen = candidates(view, tenant_id, username, source)
-        if source is not None and not chosen:
+        with self.ctx.db.read() as session:
+            # The login's own choice: a known name goes to its own source only.
+            choice = choose(session, view, tenant_id, username, source)
+        if source is not None and not choice.candidates:
             raise NotFound(f"tenant {tenant_name} has no enabled identity source named {source!r}")
-        for candidate in chosen:
+        if not choice.candidates and choice.owners:
+            raise NotFound(
+                f"{username!r} belongs to a disabled identity source of tenant {tenant_name}: "
+                "a login would be refused without asking any other source"
+            )
+        for candidate in choice.candidates:
             src = candidate.source
-            with self.ctx.db.read() as session:
-                record = claims.find_user(session, src.id, candidate.name)
+            record = choice.record(src.id, candidate.name)
             secrets: dict[str, str] = {}
             if src.secrets_sealed:
                 secrets = json.loads(self.ctx.secrets.open(src.secrets_sealed))
@@ -200,8 +206,10 @@ class ExplainService:
                 tried.append(SourceStep(src, candidate.why, "unknown", "does not know the user"))
                 continue
             if driver.provisions_users and who.username != candidate.name:
-                with self.ctx.db.read() as session:
-                    record = claims.find_user(session, src.id, who.username)
+                record = choice.record(src.id, who.username)
+                if record is None and who.username.lower() != candidate.name.lower():
+                    with self.ctx.db.read() as session:
+                        record = claims.find_user(session, src.id, who.username)
             step = SourceStep(
                 src,
                 candidate.why,

@@ -39,8 +39,9 @@ from deskbroker.identity.base import (
 )
 from deskbroker.services.config_cache import ConfigView, PolicyView, SourceView
 from deskbroker.services.context import BrokerContext
+from deskbroker.services.failed_names import FailedNames
 from deskbroker.services.second_factor import Challenge, issue_challenge
-from deskbroker.services.source_choice import candidates
+from deskbroker.services.source_choice import choose
 from deskbroker.services.source_guard import reached_directory
 from deskbroker.services.throttle import Checked, SignInGuard
 from deskbroker.store import claims, events
@@ -85,12 +86,6 @@ class _Verified:
     directory: bool
 
 
-def _candidate_sources(
-    view: ConfigView, tenant_id: str, username: str, source_name: str | None
-) -> list[tuple[SourceView, str]]:
-    return [(c.source, c.name) for c in candidates(view, tenant_id, username, source_name)]
-
-
 def _failure_event(
     session: Session,
     tenant_id: str,
@@ -115,6 +110,7 @@ class LoginService:
         self.ctx = ctx
         self._drivers: dict[tuple[str, int], IdentitySourceDriver] = {}
         self.guard = SignInGuard(ctx.settings)
+        self.failed_names = FailedNames(ctx.settings.effective_secret_key)
 
     def _driver(self, source: SourceView, version: int) -> IdentitySourceDriver:
         key = (source.id, version)
@@ -201,7 +197,12 @@ class LoginService:
         refused: AccountRefused | DirectoryUnavailable | None = None
         elsewhere: BadRequest | None = None
         tried = False
-        for candidate, name in _candidate_sources(view, tenant_id, username, source):
+        with self.ctx.db.read() as session:
+            # One statement: the name's rows at the routed sources, which decide where
+            # the password may go.
+            choice = choose(session, view, tenant_id, username, source)
+        for found in choice.candidates:
+            candidate, name = found.source, found.name
             kind = source_kinds().get(candidate.kind)
             if kind is not None and not kind.accepts_passwords:
                 # Its users sign in at their provider; say so only if no source took a password.
@@ -210,8 +211,7 @@ class LoginService:
                 )
                 continue
             tried = True
-            with self.ctx.db.read() as session:
-                record = claims.find_user(session, candidate.id, name)
+            record = choice.record(candidate.id, name)
             if record is not None and record.config_version != view.version:
                 view = self.ctx.cache.current(self.ctx.db, record.config_version)
             driver = self._driver(candidate, view.version)
@@ -227,8 +227,11 @@ class LoginService:
                 continue
             if driver.provisions_users:
                 if identity.username != name:  # the directory's spelling of the name
-                    with self.ctx.db.read() as session:
-                        record = claims.find_user(session, candidate.id, identity.username)
+                    record = choice.record(candidate.id, identity.username)
+                    if record is None and identity.username.lower() != name.lower():
+                        # Another name altogether, which the first read did not cover.
+                        with self.ctx.db.read() as session:
+                            record = claims.find_user(session, candidate.id, identity.username)
                 # A first login read no version with the user: check the view's age.
                 view = self.ctx.cache.current(
                     self.ctx.db, record.config_version if record else None
@@ -361,6 +364,7 @@ class LoginService:
             role=role,
             username=record.username,
             policy_id=policy.id if policy else None,
+            generation=record.token_generation,
         )
         return LoginResult(
             token=token,
@@ -399,7 +403,10 @@ class LoginService:
             _failure_event(
                 session,
                 tenant_id,
-                username,
+                # A password typed into the name field is not kept: see failed_names.
+                self.failed_names.for_audit(
+                    session, tenant_id, username, account=isinstance(exc, AccountRefused)
+                ),
                 client_address,
                 exc.extra.get("reason", "wrong_credentials"),
                 **({"locked_out": answer.extra["reason"]} if answer is not exc else {}),

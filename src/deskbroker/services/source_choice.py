@@ -1,11 +1,24 @@
-"""Which identity sources a login name goes to, and why: shared by login and explain."""
+"""Which identity sources a login name goes to, and why: shared by login and explain.
+
+A password goes only to the source that owns the account. A name the broker knows (a row
+in users, in any letter case) is tried at its own source and nowhere else, so a source
+added in front of it (a directory a tenant administrator runs) never sees that user's
+password; directories are tried in order only for names no source holds. A domain or
+the login form's selector routes first; the owner rule then applies within the route
+(a selector names one source, which is the user's own choice).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from deskbroker.identity.base import split_domain
+from sqlalchemy.orm import Session
+
+from deskbroker.errors import BadRequest
+from deskbroker.identity.base import source_kinds, split_domain
 from deskbroker.services.config_cache import ConfigView, SourceView
+from deskbroker.store import claims
+from deskbroker.store.claims import UserRecord
 
 
 @dataclass(frozen=True)
@@ -57,3 +70,80 @@ def candidates(
         else "tried in configured order"
     )
     return [Candidate(s, username, f"{why} (number {n + 1})") for n, s in enumerate(sources)]
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The sources a login tries, in order, and the broker's rows of the name."""
+
+    candidates: list[Candidate]
+    owners: list[UserRecord] = field(default_factory=list)
+
+    def record(self, source_id: str, username: str) -> UserRecord | None:
+        """The broker's row of exactly this name at this source, if it was read."""
+        mine = (r for r in self.owners if r.identity_source_id == source_id)
+        return next((r for r in mine if r.username == username), None)
+
+
+def _takes_passwords(source: SourceView) -> bool:
+    kind = source_kinds().get(source.kind)
+    return kind is None or kind.accepts_passwords
+
+
+def choose(
+    session: Session, view: ConfigView, tenant_id: str, username: str, source_name: str | None
+) -> Choice:
+    """``candidates`` narrowed to the source that owns the name: one statement.
+
+    The owner is looked for in every source of the tenant, so a name whose source is
+    disabled goes nowhere rather than to the sources in front of it.
+
+    Several password sources holding the name (two domains with a ``jdoe`` each) make it
+    ambiguous, unless the name carries no domain and exactly one of them has none: the
+    answer asks for the domain or the source rather than send one person's password to
+    the other's directory.
+    """
+    routed = candidates(view, tenant_id, username, source_name)
+    if not routed:
+        return Choice([])
+    # Every candidate of one route is given the same name (bare after a domain).
+    name = routed[0].name
+    owners = claims.find_owners(session, tenant_id, name)
+    owning = {r.identity_source_id for r in owners}
+    if source_name is not None:
+        return Choice(routed, owners)
+    mine = [c for c in routed if c.source.id in owning]
+    if not mine:
+        if owning and name == username:
+            # In configured order, every enabled source was routed: the account's own
+            # source is switched off, and no other source is sent its password.
+            return Choice([], owners)
+        # Nobody's name (or, after a domain, not an account of that domain's sources).
+        return Choice(routed, owners)
+    # A source that takes no password cannot receive one: it only says where to sign in.
+    with_password = [c for c in mine if _takes_passwords(c.source)]
+    if len(with_password) > 1 and source_name is None:
+        # A bare name belongs to the one owner without a domain: the others' users can
+        # (and for this name must) type theirs.
+        bare = [c for c in with_password if not c.source.domain]
+        if len(bare) == 1 and split_domain(username)[1] is None:
+            with_password = bare
+    if len(with_password) > 1:
+        names = ", ".join(c.source.name for c in with_password)
+        raise BadRequest(
+            f"{username!r} is the name of accounts in more than one identity source ({names}): "
+            "sign in with your domain (name@domain) or choose your source",
+            reason="ambiguous_name",
+        )
+    return Choice(
+        [
+            Candidate(
+                c.source,
+                c.name,
+                f"{c.why}; the account belongs to this source, so no other source is sent "
+                "the password",
+            )
+            for c in (with_password or mine)
+        ],
+        owners,
+    )

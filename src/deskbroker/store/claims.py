@@ -59,6 +59,8 @@ class UserRecord:
     email: str = ""
     # Whether the user confirmed a TOTP authenticator (their second factor).
     totp_enrolled: bool = False
+    # Named in the user's tokens: a token of an older generation is revoked.
+    token_generation: int = 0
 
 
 @dataclass(frozen=True)
@@ -95,8 +97,7 @@ def _held(row: Any) -> HeldDesktop:
     )
 
 
-def find_user(session: Session, identity_source_id: str, username: str) -> UserRecord | None:
-    """Statement 1: the user, the config version and whether they wait in a queue."""
+def _user_query() -> Any:
     version = select(BrokerState.config_version).where(BrokerState.id == 1).scalar_subquery()
     queued = (
         select(func.count())
@@ -104,26 +105,26 @@ def find_user(session: Session, identity_source_id: str, username: str) -> UserR
         .where(QueueEntry.user_id == User.id)
         .scalar_subquery()
     )
-    row = session.execute(
-        select(
-            User.id,
-            User.tenant_id,
-            User.identity_source_id,
-            User.username,
-            User.display_name,
-            User.password_hash,
-            User.role,
-            User.groups,
-            User.attributes,
-            User.disabled,
-            version,
-            queued,
-            User.email,
-            User.totp_enrolled_at.is_not(None),
-        ).where(User.identity_source_id == identity_source_id, User.username == username)
-    ).first()
-    if row is None:
-        return None
+    return select(
+        User.id,
+        User.tenant_id,
+        User.identity_source_id,
+        User.username,
+        User.display_name,
+        User.password_hash,
+        User.role,
+        User.groups,
+        User.attributes,
+        User.disabled,
+        version,
+        queued,
+        User.email,
+        User.totp_enrolled_at.is_not(None),
+        User.token_generation,
+    )
+
+
+def _record(row: Any) -> UserRecord:
     return UserRecord(
         id=row[0],
         tenant_id=row[1],
@@ -139,7 +140,38 @@ def find_user(session: Session, identity_source_id: str, username: str) -> UserR
         queued=int(row[11] or 0),
         email=row[12] or "",
         totp_enrolled=bool(row[13]),
+        token_generation=int(row[14] or 0),
     )
+
+
+def find_user(session: Session, identity_source_id: str, username: str) -> UserRecord | None:
+    """Statement 1: the user, the config version and whether they wait in a queue."""
+    row = session.execute(
+        _user_query().where(
+            User.identity_source_id == identity_source_id, User.username == username
+        )
+    ).first()
+    return None if row is None else _record(row)
+
+
+def find_owners(session: Session, tenant_id: str, username: str) -> list[UserRecord]:
+    """Statement 1 of a password login: every user of the tenant, in any of its sources
+    (enabled or not), whose name is ``username`` in any letter case, with what
+    ``find_user`` reads beside each. Which sources own the name decides where the
+    password may go. Both sides go through the database's own lower(), so SQLite (which
+    folds ASCII letters only) agrees with itself."""
+    rows = session.execute(
+        _user_query()
+        .where(User.tenant_id == tenant_id, folded_name(username))
+        .order_by(User.identity_source_id, User.username)
+    ).all()
+    return [_record(row) for row in rows]
+
+
+def folded_name(username: str) -> ColumnElement[bool]:
+    """``users.username`` equals ``username`` but for letter case (index
+    ix_users_tenant_folded_name, with the tenant)."""
+    return func.lower(User.username) == func.lower(literal(username))
 
 
 def directory_user_changed(record: UserRecord | None, who: Identity) -> bool:
@@ -186,7 +218,7 @@ def upsert_directory_user(
         ins.on_conflict_do_update(
             index_elements=[User.identity_source_id, User.username],
             set_={key: getattr(ins.excluded, key) for key in values},
-        ).returning(User.id, User.role, User.disabled, User.totp_enrolled_at)
+        ).returning(User.id, User.role, User.disabled, User.totp_enrolled_at, User.token_generation)
     ).one()
     return UserRecord(
         id=row[0],
@@ -203,6 +235,7 @@ def upsert_directory_user(
         queued=known.queued if known else 0,
         email=str(values["email"]),
         totp_enrolled=row[3] is not None,
+        token_generation=int(row[4] or 0),
     )
 
 

@@ -20,6 +20,8 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    func,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -344,6 +346,9 @@ class User(Base):
         UniqueConstraint(
             "identity_source_id", "oidc_issuer", "oidc_subject", name="uq_users_oidc_subject"
         ),
+        # Which sources hold a name, whatever its case: the login sends a password only
+        # to the source that owns the account (services/source_choice.py).
+        Index("ix_users_tenant_folded_name", "tenant_id", func.lower(text("username"))),
     )
     id: Mapped[str] = _id()
     tenant_id: Mapped[str] = _tenant()
@@ -368,6 +373,9 @@ class User(Base):
     totp_enrolled_at: Mapped[datetime | None] = mapped_column(default=None)
     # The last time step whose code was accepted: no code of it or before it passes again.
     totp_last_step: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    # Named in every user token this user holds; raising it (logout, disabled, demoted,
+    # new password) makes all of them stop working at the next request.
+    token_generation: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = _updated()
 

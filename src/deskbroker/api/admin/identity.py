@@ -13,6 +13,7 @@ from pydantic import Field, StringConstraints, field_validator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from deskbroker.api.admin import standing
 from deskbroker.api.admin.crud import ResourceSpec, add_routes, must_exist, scope
 from deskbroker.api.deps import AdminWriter, Ctx
 from deskbroker.api.permissions import catalog
@@ -27,6 +28,7 @@ from deskbroker.services import access, outbound_params
 from deskbroker.services.config_cache import rule_from_row
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import events, totp
+from deskbroker.store.claims import folded_name
 from deskbroker.store.repository import Repository
 from deskbroker.store.tables import AssignmentRuleRow, Desktop, IdentitySource, Policy, User
 
@@ -146,6 +148,9 @@ class SourceOut(Stamped):
 def _prepare_source(
     session: Session, ctx: BrokerContext, tenant: str, data: dict[str, Any], existing: Any
 ) -> dict[str, Any]:
+    if existing is not None:
+        # Its servers, second factor and switch decide how its accounts sign in.
+        standing.check_source(session, existing, "change")
     kind = data.get("kind") or existing.kind
     if "params" in data or existing is None:
         data["params"] = validate_params(kind, data.get("params") or {})
@@ -181,6 +186,7 @@ def _source_out(session: Session, source: Any) -> dict[str, Any]:
 
 
 def _source_in_use(session: Session, source: Any) -> None:
+    standing.check_source(session, source, "delete")
     user = session.scalars(
         select(User.username).where(User.identity_source_id == source.id).limit(1)
     ).first()
@@ -260,7 +266,25 @@ def _prepare_rule(
         _grant_role(session, tenant, existing.role, "change a rule that grants")
     if "role" in data and data["role"] is not None:
         data["role"] = _grant_role(session, tenant, data["role"], "make a rule that grants")
+    named = {k: v for k, v in data.items() if v is not None}
+    if existing is None:
+        standing.check_rule(session, tenant, data["identity_source_id"], [named], "make")
+    else:
+        stored = standing.rule_columns(existing)
+        standing.check_rule(
+            session, tenant, existing.identity_source_id, [stored, {**stored, **named}], "change"
+        )
     return data
+
+
+def _rule_in_use(session: Session, rule: Any) -> None:
+    standing.check_rule(
+        session,
+        rule.tenant_id,
+        rule.identity_source_id,
+        [standing.rule_columns(rule)],
+        "delete",
+    )
 
 
 def _only_global_admin(session: Session, what: str) -> None:
@@ -328,6 +352,18 @@ def _prepare_user(
         must_exist(session, IdentitySource, data["identity_source_id"], tenant, "identity source")
     if existing is not None:
         may_manage(session, existing, "change")
+    else:
+        # The same name in a second source makes a bare login name ambiguous, and the
+        # owner of that source could then be sent the first account's password.
+        name = str(data.get("username") or "")
+        for other in session.scalars(
+            select(User).where(
+                User.tenant_id == tenant,
+                User.identity_source_id != data.get("identity_source_id"),
+                folded_name(name),
+            )
+        ).all():
+            may_manage(session, other, "make a second account of the name of")
     if "password" in data:
         password = data.pop("password")
         # Null removes the password: the user can no longer log in with one.
@@ -352,6 +388,14 @@ def _prepare_user(
         )
         for granted in sorted(_rule_roles(session, source, username, groups, attributes)):
             _grant_role(session, tenant, granted, "make a user whom a rule gives")
+    if existing is not None and (
+        "password_hash" in data
+        or (data.get("disabled") and not existing.disabled)
+        or (data.get("role") is not None and data["role"] != existing.role)
+    ):
+        # A new password, a disabled account or another role: the session tokens the user
+        # holds stop working at their next request.
+        data["token_generation"] = (existing.token_generation or 0) + 1
     return data
 
 
@@ -399,6 +443,7 @@ SPECS: list[ResourceSpec[Any]] = [
         update=RulePatch,
         filters={"identity_source_id": str, "policy_id": str, "role": str},
         prepare=_prepare_rule,
+        before_delete=_rule_in_use,
     ),
     ResourceSpec(
         path="users",

@@ -10,14 +10,14 @@ from pydantic import BaseModel, Field, StringConstraints
 from sqlalchemy import select
 
 from deskbroker.api.client.challenge import SecondFactorOut, challenge_answer
-from deskbroker.api.deps import Ctx, Principal, client_address
+from deskbroker.api.deps import Ctx, Principal, SignedPrincipal, client_address
 from deskbroker.api.schemas import Body
 from deskbroker.domain.offers import queue_estimate_s
 from deskbroker.protocols.descriptors import ConnectionDescriptor
-from deskbroker.services import desktops
+from deskbroker.services import access, desktops
 from deskbroker.services.login import LoginResult, LoginService, Offer
 from deskbroker.services.second_factor import Challenge
-from deskbroker.store import claims
+from deskbroker.store import claims, events
 from deskbroker.store.claims import HeldDesktop
 from deskbroker.store.tables import Pool
 
@@ -183,6 +183,27 @@ def router() -> APIRouter:
             return challenge_answer(result)
         return login_out(result)
 
+    @r.post(
+        "/auth/logout",
+        tags=["client"],
+        status_code=204,
+        summary="Log out: every session token of yours stops working",
+        description="Revokes all of the caller's session tokens (on every device); API "
+        "tokens are revoked one by one at DELETE /api/v1/admin/api-tokens/{id}.",
+    )
+    def logout(ctx: Ctx, who: Principal) -> Response:
+        with ctx.db.write() as session:
+            access.revoke_tokens(session, who.user_id)
+            events.append(
+                session,
+                "logout",
+                tenant_id=who.tenant_id,
+                actor=who.username,
+                user_id=who.user_id,
+                detail={},
+            )
+        return Response(status_code=204)
+
     @r.get("/client/me", tags=["client"], summary="Who the token belongs to")
     def me(who: Principal) -> dict[str, Any]:
         return {
@@ -233,8 +254,9 @@ def router() -> APIRouter:
         responses={202: {"model": StartingOut, "description": "the desktop is starting"}},
     )
     def connect(
-        desktop_id: str, body: ConnectIn, request: Request, ctx: Ctx, who: Principal
+        desktop_id: str, body: ConnectIn, request: Request, ctx: Ctx, who: SignedPrincipal
     ) -> DescriptorOut | Response:
+        # The user row is checked in the connect's own first statement (its budget).
         result = desktops.connect(ctx, who, desktop_id, body.protocol, client_address(request))
         if isinstance(result, desktops.Starting):
             return _starting(result)
@@ -250,9 +272,10 @@ def router() -> APIRouter:
         desktop_id: str,
         request: Request,
         ctx: Ctx,
-        who: Principal,
+        who: SignedPrincipal,
         protocol: str | None = Query(None, max_length=20),
     ) -> Response:
+        # The user row is checked in the connect's own first statement.
         result = desktops.connect(ctx, who, desktop_id, protocol, client_address(request))
         if isinstance(result, desktops.Starting):
             return _starting(result)

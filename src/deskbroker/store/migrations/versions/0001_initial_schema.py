@@ -490,6 +490,7 @@ def upgrade() -> None:
         sa.Column("totp_sealed", sa.Text(), nullable=True),
         sa.Column("totp_enrolled_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("totp_last_step", sa.BigInteger(), nullable=True),
+        sa.Column("token_generation", sa.Integer(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
@@ -520,6 +521,11 @@ def upgrade() -> None:
             batch_op.f("ix_users_identity_source_id"), ["identity_source_id"], unique=False
         )
         batch_op.create_index(batch_op.f("ix_users_tenant_id"), ["tenant_id"], unique=False)
+        batch_op.create_index(
+            "ix_users_tenant_folded_name",
+            ["tenant_id", sa.text("lower(username)")],
+            unique=False,
+        )
 
     op.create_table(
         "api_tokens",
@@ -921,6 +927,7 @@ def downgrade() -> None:
 
     op.drop_table("api_tokens")
     with op.batch_alter_table("users", schema=None) as batch_op:
+        batch_op.drop_index("ix_users_tenant_folded_name")
         batch_op.drop_index(batch_op.f("ix_users_tenant_id"))
         batch_op.drop_index(batch_op.f("ix_users_identity_source_id"))
 

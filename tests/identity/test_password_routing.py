@@ -1,0 +1,214 @@
+"""A password goes only to the source that owns the account, and nobody below an account
+may change the source or rules it signs in through (issue 9, "harvesting").
+
+The harvesting directory is a real slapd behind a 127.0.0.1 proxy that records every byte
+the broker sends it: an LDAP simple bind carries the password in clear, so the record
+shows whether a password reached the directory.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import suppress
+from typing import Any
+
+import pytest
+
+from deskbroker.bootstrap import add_local_user
+from tests.helpers import ADMIN_PASSWORD, USER_PASSWORD, Api, post_login
+from tests.identity.directories import LDAP_SERVICE_PASSWORD, Slapd
+from tests.identity.support import add_source, ldap_params
+
+
+class RecordingProxy:
+    """A TCP relay to ``target`` on 127.0.0.1 that keeps what clients sent."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.sent = bytearray()
+        self._lock = threading.Lock()
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        self._threads: list[threading.Thread] = []
+        self._stopping = False
+
+    def start(self) -> RecordingProxy:
+        self._spawn(self._accept)
+        return self
+
+    def _spawn(self, target: Any, *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _accept(self) -> None:
+        while not self._stopping:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            self._spawn(self._pipe, client, upstream, True)
+            self._spawn(self._pipe, upstream, client, False)
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, record: bool) -> None:
+        try:
+            while chunk := source.recv(65536):
+                if record:
+                    with self._lock:
+                        self.sent += chunk
+                sink.sendall(chunk)
+        except OSError:
+            pass  # the other direction closed first
+        finally:
+            for end in (source, sink):
+                with suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+
+    def saw(self, secret: str) -> bool:
+        with self._lock:
+            return secret.encode() in self.sent
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._server.close()
+
+
+@pytest.fixture
+def harvester(slapd: Slapd) -> Iterator[RecordingProxy]:
+    proxy = RecordingProxy(slapd.port).start()
+    yield proxy
+    proxy.stop()
+
+
+def _tenant_admin(api: Api) -> Api:
+    """A tenant admin of the tenant that holds the global admin (the default tenant)."""
+    add_local_user(api.ctx, "tad", USER_PASSWORD, role="tenant_admin")
+    return Api(api.client, api.ctx, api.login("tad")["token"])
+
+
+def _harvesting_source(tad: Api, slapd: Slapd, proxy: RecordingProxy) -> dict[str, Any]:
+    """An LDAP source at position 0, no domain: in front of every other source."""
+    params = {**ldap_params(slapd), "servers": [f"ldap://127.0.0.1:{proxy.port}"]}
+    return add_source(tad, "harvest", "ldap", params, position=0, password=LDAP_SERVICE_PASSWORD)
+
+
+def test_the_global_admins_password_never_reaches_a_source_in_front_of_theirs(
+    api: Api, slapd: Slapd, harvester: RecordingProxy
+) -> None:
+    tad = _tenant_admin(api)
+    harvest = _harvesting_source(tad, slapd, harvester)
+    local = api.source_id()
+    assert harvest["position"] == 0 and harvest["id"] != local
+
+    response = post_login(api, "admin", ADMIN_PASSWORD)
+    assert response.status_code == 200, response.text
+    # A wrong password, and the name in another case, stay home too.
+    assert post_login(api, "admin", "typo-" + ADMIN_PASSWORD).status_code == 401
+    assert post_login(api, "ADMIN", ADMIN_PASSWORD).status_code == 401
+    assert not harvester.saw(ADMIN_PASSWORD)
+    assert not harvester.saw("typo-" + ADMIN_PASSWORD)
+
+    # The directory does take the passwords of names no source holds: the proxy records.
+    ann = post_login(api, "ann", "ann-password-1")
+    assert ann.status_code == 200, ann.text
+    assert harvester.saw("ann-password-1")
+
+    # Explain shows the same choice: the local source, and why no other was asked.
+    answer = api.client.post(
+        "/api/v1/admin/explain", json={"username": "admin"}, headers=api.headers
+    ).json()
+    assert [s["name"] for s in answer["sources_tried"]] == ["local"]
+    assert "no other source is sent the password" in answer["source"]["why"]
+
+
+def test_a_bare_name_held_by_two_sources_asks_which(api: Api) -> None:
+    """Two domains with a ``jdoe`` each: neither is sent the other's password."""
+    one = api.post("identity-sources", {"name": "one", "kind": "local", "domain": "one.example"})
+    two = api.post("identity-sources", {"name": "two", "kind": "local", "domain": "two.example"})
+    for source, password in ((one, "one-password-1"), (two, "two-password-1")):
+        api.post(
+            "users",
+            {"identity_source_id": source["id"], "username": "jdoe", "password": password},
+        )
+    refused = post_login(api, "jdoe", "one-password-1")
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["detail"] == (
+        "'jdoe' is the name of accounts in more than one identity source (one, two): sign in "
+        "with your domain (name@domain) or choose your source"
+    )
+    assert post_login(api, "jdoe@two.example", "two-password-1").status_code == 200
+    assert post_login(api, "jdoe", "one-password-1", source="one").status_code == 200
+    explained = api.client.post(
+        "/api/v1/admin/explain", json={"username": "jdoe"}, headers=api.headers
+    )
+    assert explained.status_code == 400 and "more than one" in explained.json()["detail"]
+
+
+def test_a_tenant_admin_cannot_take_over_the_global_admins_source_or_rules(
+    api: Api, slapd: Slapd, harvester: RecordingProxy
+) -> None:
+    local = api.source_id()
+    api.patch(f"identity-sources/{local}", {"second_factor": "optional"})
+    tad = _tenant_admin(api)
+    only_global = "only a global administrator can"
+    # Not the second factor, the servers, the switch or the order of the admins' source.
+    for change in (
+        {"second_factor": "off"},
+        {"enabled": False},
+        {"position": 50},
+        {"domain": "evil.example"},
+    ):
+        detail = tad.patch(f"identity-sources/{local}", change, status=403)["detail"]
+        assert detail == (
+            f"{only_global} change identity source local: accounts of role global_admin sign "
+            "in through it"
+        )
+    assert api.get(f"identity-sources/{local}")["second_factor"] == "optional"
+    assert only_global in tad.delete(f"identity-sources/{local}", status=403)["detail"]
+    # Not a rule the global admin signs in through (it picks their desktops) ...
+    policy = api.post("policies", {"name": "watched", "entries": []})
+    catch_all = {"identity_source_id": local, "name": "all", "policy_id": policy["id"]}
+    detail = tad.post("assignment-rules", catch_all, status=403)["detail"]
+    assert detail == (
+        f"{only_global} make this rule: admin, whose role is global_admin, signs in through it"
+    )
+    made = api.post("assignment-rules", catch_all)
+    assert (
+        only_global in tad.patch(f"assignment-rules/{made['id']}", {"position": 3}, 403)["detail"]
+    )
+    assert only_global in tad.delete(f"assignment-rules/{made['id']}", status=403)["detail"]
+    # ... nor a second account of the admin's name, which would make the name ambiguous.
+    harvest = _harvesting_source(tad, slapd, harvester)
+    twin = {"identity_source_id": harvest["id"], "username": "Admin"}
+    assert only_global in tad.post("users", twin, status=403)["detail"]
+    # A rule that does not reach the admin, and the tenant admin's own source, are theirs.
+    students = {**catch_all, "name": "students", "conditions": {"group": "students"}}
+    assert tad.post("assignment-rules", students)["name"] == "students"
+    assert tad.patch(f"identity-sources/{harvest['id']}", {"position": 7})["position"] == 7
+    # The global admin, above everyone, still changes their own source.
+    assert api.patch(f"identity-sources/{local}", {"second_factor": "required"})
+
+
+def test_a_name_whose_source_is_disabled_goes_nowhere(
+    api: Api, slapd: Slapd, harvester: RecordingProxy
+) -> None:
+    legacy = api.post("identity-sources", {"name": "legacy", "kind": "local", "position": 5})
+    api.post(
+        "users",
+        {"identity_source_id": legacy["id"], "username": "dina", "password": "dina-password-1"},
+    )
+    _harvesting_source(api, slapd, harvester)
+    assert post_login(api, "dina", "dina-password-1").status_code == 200
+    api.patch(f"identity-sources/{legacy['id']}", {"enabled": False})
+
+    refused = post_login(api, "dina", "dina-password-1")
+    assert refused.status_code == 401, refused.text
+    assert not harvester.saw("dina-password-1")
+    explained = api.client.post(
+        "/api/v1/admin/explain", json={"username": "dina"}, headers=api.headers
+    )
+    assert explained.status_code == 404
+    assert "belongs to a disabled identity source" in explained.json()["detail"]
