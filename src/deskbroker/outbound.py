@@ -61,14 +61,14 @@ def guard_methods(cls: type, names: Iterable[str]) -> None:
         method = cls.__dict__.get(name)
         if method is None or getattr(method, "_outbound_guarded", False):
             continue
-        setattr(cls, name, _guarded(f"{cls.__name__}.{name}", name, method))
+        setattr(cls, name, _guarded(name, method))
 
 
-def _guarded(what: str, name: str, method: F) -> F:
+def _guarded(name: str, method: F) -> F:
     @functools.wraps(method)
     def checked(self: Any, *args: Any, **kwargs: Any) -> Any:
         if name not in getattr(self, "offline", ()):
-            ensure_no_write_unit(what)
+            ensure_no_write_unit(f"{type(self).__name__}.{name}")
         return method(self, *args, **kwargs)
 
     checked.__dict__["_outbound_guarded"] = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from functools import cache
 from typing import Any
 
@@ -33,6 +34,8 @@ from deskbroker.services.second_factor import SecondFactorService
 from deskbroker.store.migrate import current_revision
 
 MAX_BODY_BYTES = 1024 * 1024
+
+log = logging.getLogger("deskbroker.api")
 
 
 class BodyLimit:
@@ -123,6 +126,12 @@ def api_router() -> APIRouter:
     return api
 
 
+def _not_ready(detail: str) -> JSONResponse:
+    answer = errors.problem(503, "Not ready", detail)
+    answer.headers["Retry-After"] = "5"
+    return answer
+
+
 def create_app(ctx: BrokerContext) -> FastAPI:
     app = FastAPI(
         title="deskbroker",
@@ -144,17 +153,26 @@ def create_app(ctx: BrokerContext) -> FastAPI:
     def healthz() -> dict[str, Any]:
         return {"status": "ok", "version": __version__}
 
-    @app.get("/readyz", tags=["health"], summary="The database answers and is migrated")
+    @app.get(
+        "/readyz",
+        tags=["health"],
+        summary="The database answers and is migrated, and the engine is not stuck",
+    )
     def readyz() -> JSONResponse:
         try:
             with ctx.db.read() as session:
                 session.execute(text("SELECT 1"))
             revision = current_revision(ctx.db)
-        except Exception as exc:
-            return errors.problem(503, "Not ready", f"the database is not reachable: {exc}")
+        except Exception:
+            # The driver's text names hosts, users and paths: it goes to the log only.
+            log.exception("readiness check: the database did not answer")
+            return _not_ready("the database is unreachable")
         if revision is None:
-            return errors.problem(
-                503, "Not ready", "the database has no schema: run deskbroker db upgrade"
+            return _not_ready("the database has no schema: run deskbroker db upgrade")
+        stalled = ctx.pulse.stalled_for()
+        if stalled is not None:
+            return _not_ready(
+                f"the background engine is stuck: its last tick was {stalled:.0f} seconds ago"
             )
         return JSONResponse({"status": "ready", "schema": revision})
 

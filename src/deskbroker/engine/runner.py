@@ -129,11 +129,14 @@ class Engine:
     # --- lifecycle -----------------------------------------------------------------
     def start(self) -> None:
         self.recover()
+        # A loop silent for longer than a lease lasts has let its leases run out.
+        self.ctx.pulse.start(self.ttl_s)
         self._thread = threading.Thread(target=self._loop, name="engine-loop", daemon=True)
         self._thread.start()
 
     def stop(self, wait: bool = True) -> None:
         self._stop.set()
+        self.ctx.pulse.stop()
         if self._thread is not None:
             self._thread.join(timeout=30)
         self._pool.shutdown(wait=wait, cancel_futures=True)
@@ -157,6 +160,8 @@ class Engine:
             except Exception:
                 log.exception("engine tick failed")
                 started = 0
+            else:
+                self.ctx.pulse.beat()
             wait = tick if started == 0 else min(tick, 0.05)
             # Wake for the next listing a watcher wants, rather than up to a tick late.
             wait = min(wait, max(0.005, self._next_listing - time.monotonic()))

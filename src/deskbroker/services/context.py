@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from deskbroker.config import Settings
 from deskbroker.security import PasswordHashing, SecretBox, TokenSigner
 from deskbroker.services.config_cache import ConfigCache
+from deskbroker.services.pulse import Pulse
 from deskbroker.store.db import Database
 
 
@@ -18,6 +19,7 @@ class BrokerContext:
     signer: TokenSigner
     secrets: SecretBox
     cache: ConfigCache = field(default_factory=lambda: ConfigCache())
+    pulse: Pulse = field(default_factory=Pulse)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> BrokerContext:
