@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -18,6 +19,7 @@ from deskbroker.engine import builds, handover, maintenance, plans, provisioner,
 from deskbroker.engine.drivers import DriverCache
 from deskbroker.engine.handover import Refill
 from deskbroker.engine.jobs import Intervals, JobKind, ensure_jobs
+from deskbroker.engine.watch import BuildWatcher
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import leases
 from deskbroker.store.tables import (
@@ -33,6 +35,9 @@ STATE = leases.table_of(BrokerState)
 JOBS = leases.table_of(Job)
 TIMERS = leases.table_of(Timer)
 
+
+# How long the loop waits for a listing of builds before it goes on without it.
+LISTING_WAIT_S = 0.25
 
 _NOW = bindparam("now", type_=JOBS.c.next_run_at.type)
 _TASK = tasks.TASKS.c
@@ -118,6 +123,9 @@ class Engine:
         self.workers = workers or settings.engine_workers
         self.ttl_s = settings.lease_ttl_s
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="engine")
+        # Listings of builds, one out per center at most (see _list_builds).
+        self._watch_pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="watch")
+        self._listings: dict[str, Future[bool]] = {}
         self._running: set[Future[None]] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -140,6 +148,7 @@ class Engine:
         if self._thread is not None:
             self._thread.join(timeout=30)
         self._pool.shutdown(wait=wait, cancel_futures=True)
+        self._watch_pool.shutdown(wait=wait, cancel_futures=True)
 
     def recover(self) -> None:
         """Free the leases an earlier incarnation of this broker held when it died."""
@@ -276,10 +285,7 @@ class Engine:
             return 0
         watcher = self.drivers.watcher(center)
         if work.waiting:
-            try:
-                watcher.refresh(work.waiting)
-            except Exception as exc:  # the builds are then looked at one by one
-                log.warning("watching builds on %s failed: %s", center.name, exc)
+            self._list_builds(watcher, center.id, center.name, work.waiting)
         limit = int(getattr(self.drivers.get(center).params, "max_in_flight", 20))
         refill = None
         if work.requested and self._free() > 0 and (work.in_flight < limit or watcher.finished()):
@@ -295,6 +301,23 @@ class Engine:
             wanted = watcher.next_listing(work.waiting - ready)
             self._next_listing = min(self._next_listing, wanted)
         return ready + len(claimed)
+
+    def _list_builds(self, watcher: BuildWatcher, center_id: str, name: str, waiting: int) -> None:
+        """List a center's builds on a watch thread, waited for briefly: a cloud slow to
+        answer (or never answering) must not stall the loop, so a listing still out
+        after ``LISTING_WAIT_S`` finishes on its own and its news is used next tick."""
+        with self._lock:
+            out = self._listings.get(center_id)
+            if out is not None and not out.done():
+                return
+            out = self._watch_pool.submit(watcher.refresh, waiting)
+            self._listings[center_id] = out
+        try:
+            out.result(timeout=LISTING_WAIT_S)
+        except FuturesTimeout:
+            log.warning("listing the builds on %s is slow; the engine goes on meanwhile", name)
+        except Exception as exc:  # the builds are then looked at one by one
+            log.warning("watching builds on %s failed: %s", name, exc)
 
     def _run_job(self, job_id: str, now: datetime) -> None:
         with self.ctx.db.read() as session:

@@ -33,11 +33,13 @@ class Pulse:
         with self._lock:
             self._last = None
 
+    def since_last_tick(self) -> float | None:
+        """Seconds since the engine's last tick; ``None`` when it does not run here."""
+        with self._lock:
+            return None if self._last is None else time.monotonic() - self._last
+
     def stalled_for(self) -> float | None:
         """Seconds since the last tick when that is past the limit; ``None`` when the
         engine is ticking (or does not run in this process)."""
-        with self._lock:
-            if self._last is None:
-                return None
-            gap = time.monotonic() - self._last
-            return gap if gap > self._limit_s else None
+        gap = self.since_last_tick()
+        return gap if gap is not None and gap > self._limit_s else None
