@@ -20,9 +20,9 @@ from deskbroker.config import Settings
 from deskbroker.engine.jobs import JobKind
 from deskbroker.engine.runner import Engine
 from deskbroker.identity.base import Credentials, source_kinds
-from deskbroker.outbound import HeldTransaction
 from deskbroker.services.context import BrokerContext
 from deskbroker.store.tables import Job, utcnow
+from deskbroker.write_guard import HeldTransaction
 from tests.helpers import USER_PASSWORD, Api, post_login
 from tests.tarpit import Tarpit, tarpit
 

@@ -26,7 +26,7 @@ from pydantic import BaseModel
 
 from deskbroker.domain.states import PowerState
 from deskbroker.errors import CenterError
-from deskbroker.outbound import guard_methods
+from deskbroker.write_guard import guard_methods
 
 
 class Capability(StrEnum):
@@ -132,7 +132,7 @@ class CenterDriver:
     """Base of every center driver; see the module docstring for the contract.
 
     Every call in ``OUTBOUND_CALLS`` refuses to run inside a database write unit
-    (``deskbroker.outbound``); a driver names in ``offline`` those of its calls that
+    (``deskbroker.write_guard``); a driver names in ``offline`` those of its calls that
     do no I/O at all (a static center's listing is its own params).
     """
 

@@ -21,9 +21,9 @@ from pydantic import BaseModel, ValidationError
 
 from deskbroker.domain.rules import Identity
 from deskbroker.errors import InvalidInput
-from deskbroker.outbound import guard_methods
 from deskbroker.security import PasswordHashing
 from deskbroker.store.claims import UserRecord
+from deskbroker.write_guard import guard_methods
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class IdentitySourceDriver:
     """Base of every identity source kind.
 
     Every call in ``OUTBOUND_CALLS`` refuses to run inside a database write unit
-    (``deskbroker.outbound``); a source names in ``offline`` those that do no I/O.
+    (``deskbroker.write_guard``); a source names in ``offline`` those that do no I/O.
     """
 
     kind: ClassVar[str] = ""

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from deskbroker import metrics
-from deskbroker.outbound import write_unit
+from deskbroker.write_guard import write_unit
 
 # Counts SQL statements for whoever set it (the login-path test, the benchmark).
 statement_counter: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
@@ -106,7 +106,7 @@ class Database:
         """A unit of work that commits on success and rolls back on any error.
 
         While it is open, center and identity calls on this thread are refused
-        (``deskbroker.outbound``): nothing slow may hold the write lock."""
+        (``deskbroker.write_guard``): nothing slow may hold the write lock."""
         if self._write_lock is None:
             with write_unit(), self._writer() as session, session.begin():
                 yield session

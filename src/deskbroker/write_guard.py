@@ -59,7 +59,7 @@ def guard_methods(cls: type, names: Iterable[str]) -> None:
     as a static center's listing of its own params) is let through."""
     for name in names:
         method = cls.__dict__.get(name)
-        if method is None or getattr(method, "_outbound_guarded", False):
+        if method is None or getattr(method, "_write_guarded", False):
             continue
         setattr(cls, name, _guarded(name, method))
 
@@ -71,5 +71,5 @@ def _guarded(name: str, method: F) -> F:
             ensure_no_write_unit(f"{type(self).__name__}.{name}")
         return method(self, *args, **kwargs)
 
-    checked.__dict__["_outbound_guarded"] = True
+    checked.__dict__["_write_guarded"] = True
     return checked  # type: ignore[return-value]
