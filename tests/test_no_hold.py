@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC
 from typing import Any
 
 import pytest
@@ -213,3 +214,26 @@ def test_readyz_never_shows_the_database_error(settings: Settings) -> None:
     assert answer.headers["Retry-After"]
     for leak in ("hunter2", "secretdb", "127.0.0.1", str(pit.port), "psycopg", "refused"):
         assert leak not in answer.text
+
+
+def test_scan_now_during_a_running_scan_is_not_lost(api: Api, ctx: BrokerContext) -> None:
+    with tarpit() as pit:
+        center = _tarpit_center(api, pit)
+        engine = Engine(ctx, workers=2)
+        try:
+            assert engine.run_once(wait=False) >= 1  # claims the queued scan
+            _wait_for("the scan to reach the tarpit", lambda: pit.accepted > 0)
+            asked = utcnow()
+            api.post(f"centers/{center['id']}/scan", {}, status=202)
+            pit.close()  # the running scan fails and its lease is released
+            engine.drain()
+        finally:
+            engine.stop()
+    with ctx.db.read() as session:
+        job = session.scalars(
+            select(Job).where(Job.kind == JobKind.SCAN_CENTER.value, Job.target_id == center["id"])
+        ).one()
+    assert job.runs == 1 and job.lease_owner is None
+    # Due at the admin's request, not an interval after the run that was out.
+    due = job.next_run_at if job.next_run_at.tzinfo else job.next_run_at.replace(tzinfo=UTC)
+    assert due <= utcnow() and due >= asked

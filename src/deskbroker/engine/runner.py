@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, func, literal, null, select, union_all, update
+from sqlalchemy import bindparam, case, func, literal, null, select, union_all, update
 
 from deskbroker.engine import builds, handover, maintenance, plans, provisioner, tasks
 from deskbroker.engine.drivers import DriverCache
@@ -84,6 +84,14 @@ HANDLERS: dict[str, Handler] = {
     JobKind.POOL_STATS.value: maintenance.pool_stats,
     JobKind.RETENTION.value: maintenance.retention,
 }
+
+
+def _unless_asked(job: Job, then: datetime) -> Any:
+    """The next run at ``then``, unless someone asked for an earlier one while this run
+    was out (an admin's "scan now" moves ``next_run_at`` on a leased job): then that."""
+    column = JOBS.c.next_run_at
+    seen, later = literal(job.next_run_at, column.type), literal(then, column.type)
+    return case(((column > seen) & (column < later), column), else_=later)
 
 
 @dataclass(frozen=True)
@@ -343,7 +351,7 @@ class Engine:
                     failures=failures,
                     last_error=str(exc)[:2000],
                     last_run_at=utcnow(),
-                    next_run_at=utcnow() + timedelta(seconds=delay),
+                    next_run_at=_unless_asked(job, utcnow() + timedelta(seconds=delay)),
                     runs=job.runs + 1,
                 )
             return
@@ -366,7 +374,7 @@ class Engine:
                 last_run_at=finished,
                 last_ok_at=finished,
                 runs=job.runs + 1,
-                next_run_at=finished + timedelta(seconds=job.interval_s),
+                next_run_at=_unless_asked(job, finished + timedelta(seconds=job.interval_s)),
             )
 
     def _run_timer(self, timer_id: str, now: datetime) -> None:
