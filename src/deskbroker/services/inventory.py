@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -21,6 +22,8 @@ from deskbroker.services.context import BrokerContext
 from deskbroker.store import desktop_sync
 from deskbroker.store.repository import Repository
 from deskbroker.store.tables import Center, Desktop, Image, utcnow
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -105,7 +108,9 @@ def look(driver: CenterDriver, center: Center, *, full: bool | None = None) -> L
     except DeskbrokerError as exc:
         return Listing(started, incremental, error=exc.detail)
     except Exception as exc:  # a driver's own failure becomes the center's status
-        return Listing(started, incremental, error=f"scan failed: {exc}")
+        # Its text may quote whatever the center's URL answered: logged, not shown.
+        log.warning("scan of center %s failed", center.id, exc_info=True)
+        return Listing(started, incremental, error=f"scan failed: {type(exc).__name__}")
     # Two machines with one id cannot both be stored; say so instead of failing.
     twice = _duplicate(seen.machines)
     if twice is not None:
