@@ -122,6 +122,25 @@ class Api:
         return result
 
 
+def run_queued_scan(api: Api, center_id: str) -> dict[str, Any]:
+    """Run a center's queued scan as the engine's scan job runs it (a cloud center is
+    scanned by the engine after a save, never in it); returns the center afterwards."""
+    from deskbroker.engine.drivers import DriverCache
+    from deskbroker.engine.maintenance import scan_center
+    from deskbroker.store.tables import utcnow
+
+    scan_center(api.ctx, DriverCache(api.ctx), center_id, utcnow())
+    center: dict[str, Any] = api.get(f"centers/{center_id}")
+    return center
+
+
+def scan_now(api: Api, center_id: str) -> dict[str, Any]:
+    """An admin's "scan now" (answered 202 at once), then the queued scan run."""
+    queued = api.post(f"centers/{center_id}/scan", {}, status=202)
+    assert queued["center_id"] == center_id and queued["job_id"]
+    return run_queued_scan(api, center_id)
+
+
 @contextmanager
 def counting() -> Iterator[list[str]]:
     """The SQL statements run inside the block, as text."""

@@ -26,7 +26,7 @@ from deskbroker.bootstrap import add_local_user
 from deskbroker.engine.runner import Engine
 from deskbroker.services.context import BrokerContext
 from deskbroker.store.tables import Job, Tenant
-from tests.helpers import ADMIN_PASSWORD, USER_PASSWORD, Api
+from tests.helpers import ADMIN_PASSWORD, USER_PASSWORD, Api, scan_now
 from tests.tools import XVNC, require
 
 # A tenant's people, by role; "waiting" is a plain user queued for a desktop.
@@ -299,7 +299,7 @@ def _stopped(w: TenantWorld, sim: CloudSim) -> None:
     a = w.admin
     a.post("assignments", {"desktop_id": w.cloud_desktop, "user_id": w.queued_user})
     sim.set_server_state(a.get(f"desktops/{w.cloud_desktop}")["external_id"], "SHUTOFF")
-    a.post(f"centers/{w.ids['centers'][1]}/scan", {}, status=200)
+    scan_now(a, w.ids["centers"][1])
     assert a.get(f"desktops/{w.cloud_desktop}")["power_state"] == "stopped"
 
 

@@ -13,7 +13,7 @@ from deskbroker.bootstrap import add_local_user
 from deskbroker.errors import InvalidInput
 from deskbroker.store.repository import Repository
 from deskbroker.store.tables import Center, IdentitySource, Image, SessionRow, Tenant
-from tests.helpers import ADMIN_PASSWORD, USER_PASSWORD, Api
+from tests.helpers import ADMIN_PASSWORD, USER_PASSWORD, Api, scan_now
 
 
 def static_center(api: Api, name: str, machines: list[dict[str, Any]], **extra: Any) -> Any:
@@ -110,8 +110,9 @@ def test_center_scan_and_inventory(api: Api) -> None:
     changed = api.patch(f"centers/{center['id']}", {"params": {"machines": machines("m", 4)}})
     assert changed["status"] == "ok"
     assert total(api, f"desktops?center_id={center['id']}") == 4
-    report = api.post(f"centers/{center['id']}/scan", {}, status=200)
-    assert report["status"] == "ok" and report["added"] == 0
+    scanned = scan_now(api, center["id"])
+    assert scanned["status"] == "ok" and scanned["last_scan_at"] > changed["last_scan_at"]
+    assert scanned["status_message"].endswith(", 0 new, 0 changed, 0 gone")
     assert [c["name"] for c in api.get("centers?kind=static")["items"]] == ["lab"]
 
 

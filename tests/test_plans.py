@@ -42,7 +42,7 @@ from tests.agent_support import (
     timers_of,
     with_plans,
 )
-from tests.helpers import USER_PASSWORD, Api
+from tests.helpers import USER_PASSWORD, Api, run_queued_scan, scan_now
 
 S = SessionState
 
@@ -363,6 +363,8 @@ def _cloud_pool(
             "secrets": {"password": "password"},
         },
     )
+    assert made["status"] == "pending", made["status_message"]
+    made = run_queued_scan(api, made["id"])
     assert made["status"] == "ok", made["status_message"]
     pool = api.post("pools", {"name": "cloud", "center_ids": [made["id"]]})
     policy = api.post("policies", {"name": "cloud", "entries": [{"pool_id": pool["id"]}]})
@@ -435,7 +437,7 @@ def test_a_stopped_desktop_is_started_on_connect(
     token = api.login("user0")["token"]
     desktop = assigned_desktop(api, "user0")
     cloud.set_server_state(_server(api, cloud, desktop)["id"], "SHUTOFF")
-    api.post(f"centers/{api.ids['center']}/scan", {}, status=200)
+    scan_now(api, api.ids["center"])
     assert api.get(f"desktops/{desktop}")["power_state"] == "stopped"
     assert _connect(client, token, desktop).status_code == 202
     assert _server(api, cloud, desktop)["task_state"] == "powering-on"

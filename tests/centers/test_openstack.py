@@ -15,7 +15,7 @@ from deskbroker.centers.openstack.session import CloudFailure
 from deskbroker.centers.registry import open_driver
 from deskbroker.domain.states import PowerState
 from tests.centers.conformance import CenterConformance, wait_until
-from tests.helpers import Api
+from tests.helpers import Api, run_queued_scan
 
 SPEED = 40.0
 
@@ -240,6 +240,7 @@ def test_a_center_with_failing_credentials_says_so(sim: CloudSim, api: Api) -> N
             "secrets": {"password": "wrong"},
         },
     )
+    center = run_queued_scan(api, center["id"])
     assert center["status"] == "error"
     assert "refused the center's credentials" in center["status_message"]
     assert "wrong" not in str(api.get(f"centers/{center['id']}"))
@@ -255,6 +256,7 @@ def test_scans_list_images_and_the_catalog_feeds_pickers(sim: CloudSim, api: Api
             "secrets": {"password": "password"},
         },
     )
+    run_queued_scan(api, center["id"])
     images = api.get(f"images?center_id={center['id']}")["items"]
     assert {"cirros-0.6.2-x86_64-disk", "ubuntu-22.04-desktop"} <= {i["name"] for i in images}
     catalog = api.get(f"centers/{center['id']}/catalog")

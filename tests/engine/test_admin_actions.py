@@ -8,13 +8,13 @@ from typing import Any
 from cloudsim.server import CloudSim
 from deskbroker.bootstrap import add_local_user
 from tests.engine.conftest import openstack_center
-from tests.helpers import USER_PASSWORD, Api
+from tests.helpers import USER_PASSWORD, Api, scan_now
 
 
 def _desktop(api: Api, sim: CloudSim) -> dict[str, Any]:
     [server_id] = sim.seed_servers(1)
     center = openstack_center(api, sim)
-    api.post(f"centers/{center['id']}/scan", {}, status=200)
+    scan_now(api, center["id"])
     [desktop] = [d for d in api.get("desktops")["items"] if d["external_id"] == server_id]
     return desktop
 

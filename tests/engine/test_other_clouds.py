@@ -14,7 +14,7 @@ from deskbroker.engine.runner import Engine
 from deskbroker.services.context import BrokerContext
 from deskbroker.store.tables import Center, ProvisioningTask, utcnow
 from tests.engine.conftest import openstack_center, provisioning_pool, run_until
-from tests.helpers import Api
+from tests.helpers import Api, run_queued_scan
 
 
 def _live(sim: CloudSim) -> set[str]:
@@ -48,6 +48,7 @@ def test_a_full_reconcile_at_page_cap_2_deletes_nothing_alive(
     sim.set_behaviour(max_limit=2)
     foreign = set(sim.seed_servers(9))
     center = openstack_center(api, sim)
+    run_queued_scan(api, center["id"])  # a save queues the center's first scan
     # The pool takes in the center's nine and builds three more.
     pool = provisioning_pool(api, center["id"], n=12, m=12)
     run_until(engine, lambda: _status(api, pool["id"])["counts"]["available"] == 12)
@@ -91,6 +92,7 @@ def test_a_retry_on_a_filter_ignoring_cloud_adopts_no_foreign_server(
     # what it may have made, by tag, and the cloud answers with every server.
     sim.inject_fault(500, method="POST", path="/servers$", times=1)
     center = openstack_center(api, sim)
+    run_queued_scan(api, center["id"])  # a save queues the center's first scan
     # The pool takes in the center's three and builds one more.
     pool = provisioning_pool(api, center["id"], n=4, m=4)
     run_until(engine, lambda: _status(api, pool["id"])["counts"]["available"] == 4)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from functools import cache
 from typing import Annotated, Any
 
@@ -41,6 +42,8 @@ DOCS_URL = "/api/v1/docs"
 metrics_bearer = HTTPBearer(
     auto_error=False, scheme_name="metricsToken", description="the setting metrics_token"
 )
+
+log = logging.getLogger("deskbroker.api")
 
 
 class BodyLimit:
@@ -131,6 +134,12 @@ def api_router() -> APIRouter:
     return api
 
 
+def _not_ready(detail: str) -> JSONResponse:
+    answer = errors.problem(503, "Not ready", detail)
+    answer.headers["Retry-After"] = "5"
+    return answer
+
+
 def create_app(ctx: BrokerContext) -> FastAPI:
     app = FastAPI(
         title="deskbroker",
@@ -152,17 +161,26 @@ def create_app(ctx: BrokerContext) -> FastAPI:
     def healthz() -> dict[str, Any]:
         return {"status": "ok", "version": __version__}
 
-    @app.get("/readyz", tags=["health"], summary="The database answers and is migrated")
+    @app.get(
+        "/readyz",
+        tags=["health"],
+        summary="The database answers and is migrated, and the engine is not stuck",
+    )
     def readyz() -> JSONResponse:
         try:
             with ctx.db.read() as session:
                 session.execute(text("SELECT 1"))
             revision = current_revision(ctx.db)
-        except Exception as exc:
-            return errors.problem(503, "Not ready", f"the database is not reachable: {exc}")
+        except Exception:
+            # The driver's text names hosts, users and paths: it goes to the log only.
+            log.exception("readiness check: the database did not answer")
+            return _not_ready("the database is unreachable")
         if revision is None:
-            return errors.problem(
-                503, "Not ready", "the database has no schema: run deskbroker db upgrade"
+            return _not_ready("the database has no schema: run deskbroker db upgrade")
+        stalled = ctx.pulse.stalled_for()
+        if stalled is not None:
+            return _not_ready(
+                f"the background engine is stuck: its last tick was {stalled:.0f} seconds ago"
             )
         return JSONResponse({"status": "ready", "schema": revision})
 

@@ -27,6 +27,7 @@ from pydantic import BaseModel
 from deskbroker import outbound
 from deskbroker.domain.states import PowerState
 from deskbroker.errors import CenterError
+from deskbroker.write_guard import guard_methods
 
 
 class Capability(StrEnum):
@@ -125,13 +126,43 @@ class ProbeResult:
     message: str
 
 
+# The seam's calls that may reach the center: none may run inside a database write unit.
+OUTBOUND_CALLS = (
+    "inventory",
+    "changes",
+    "images",
+    "catalog",
+    "create",
+    "machine",
+    "attach_address",
+    "power",
+    "terminate",
+    "leaked",
+    "find_tagged",
+    "create_volume",
+    "attach_volume",
+    "detach_volume",
+    "probe",
+)
+
+
 class CenterDriver:
-    """Base of every center driver; see the module docstring for the contract."""
+    """Base of every center driver; see the module docstring for the contract.
+
+    Every call in ``OUTBOUND_CALLS`` refuses to run inside a database write unit
+    (``deskbroker.write_guard``); a driver names in ``offline`` those of its calls that
+    do no I/O at all (a static center's listing is its own params).
+    """
 
     kind: ClassVar[str] = ""
+    offline: ClassVar[frozenset[str]] = frozenset()
     capabilities: ClassVar[frozenset[Capability]] = frozenset()
     # Pydantic model validating the center's ``params``; secrets are separate.
     Params: ClassVar[type[BaseModel]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        guard_methods(cls, OUTBOUND_CALLS)
 
     def __init__(self, params: Mapping[str, Any], secrets: Mapping[str, str]) -> None:
         self.params = self.Params.model_validate(dict(params))
@@ -234,3 +265,6 @@ class CenterDriver:
             return ProbeResult(False, None, f"{address}:{port} is not reachable: {exc}")
         latency = (time.perf_counter() - started) * 1000
         return ProbeResult(True, round(latency, 2), f"{address}:{port} accepted a connection")
+
+
+guard_methods(CenterDriver, OUTBOUND_CALLS)

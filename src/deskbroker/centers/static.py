@@ -59,6 +59,10 @@ class StaticCenter(CenterDriver):
         {Capability.INVENTORY, Capability.PROBE}
     )
     Params: ClassVar[type[BaseModel]] = StaticParams
+    # The listing is the center's own params: reading it reaches no host. (A probe does.)
+    offline: ClassVar[frozenset[str]] = frozenset(
+        {"inventory", "changes", "images", "catalog", "machine", "attach_address"}
+    )
 
     def inventory(self) -> list[MachineInfo]:
         params = self.params

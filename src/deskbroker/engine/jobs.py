@@ -70,3 +70,17 @@ def poke(session: Session, kind: JobKind, target_id: str) -> None:
         .values(next_run_at=utcnow())
         .execution_options(synchronize_session=False)
     )
+
+
+def request_scan(session: Session, center_id: str, interval_s: float) -> Job:
+    """Have the center's scan job run at the next tick (made now if the engine has not
+    made it yet): how an admin's "scan now" is answered without scanning in the request."""
+    job = session.scalars(
+        select(Job).where(Job.kind == JobKind.SCAN_CENTER.value, Job.target_id == center_id)
+    ).first()
+    if job is None:
+        job = Job(kind=JobKind.SCAN_CENTER.value, target_id=center_id, interval_s=interval_s)
+        session.add(job)
+    job.next_run_at = utcnow()
+    session.flush()
+    return job

@@ -30,12 +30,10 @@ from deskbroker.store.tables import (
 
 
 def scan_center(ctx: BrokerContext, drivers: DriverCache, center_id: str, now: datetime) -> str:
-    with ctx.db.write() as session:
-        center = session.get(Center, center_id)
-        if center is None:
-            return "center is gone"
-        report = inventory.scan(session, ctx, center, driver=drivers.get(center))
-        return report.message
+    """The scan job: the center is asked with no transaction open (a center that never
+    answers holds this worker, not the database)."""
+    report = inventory.scan_center(ctx, center_id, driver_of=drivers.get)
+    return "center is gone" if report is None else report.message
 
 
 def leak_sweep(ctx: BrokerContext, drivers: DriverCache, center_id: str, now: datetime) -> str:

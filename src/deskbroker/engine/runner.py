@@ -8,16 +8,18 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, func, literal, null, select, union_all, update
+from sqlalchemy import bindparam, case, func, literal, null, select, union_all, update
 
 from deskbroker.engine import builds, handover, maintenance, plans, provisioner, tasks
 from deskbroker.engine.drivers import DriverCache
 from deskbroker.engine.handover import Refill
 from deskbroker.engine.jobs import Intervals, JobKind, ensure_jobs
+from deskbroker.engine.watch import BuildWatcher
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import leases
 from deskbroker.store.tables import (
@@ -33,6 +35,9 @@ STATE = leases.table_of(BrokerState)
 JOBS = leases.table_of(Job)
 TIMERS = leases.table_of(Timer)
 
+
+# How long the loop waits for a listing of builds before it goes on without it.
+LISTING_WAIT_S = 0.25
 
 _NOW = bindparam("now", type_=JOBS.c.next_run_at.type)
 _TASK = tasks.TASKS.c
@@ -81,6 +86,14 @@ HANDLERS: dict[str, Handler] = {
 }
 
 
+def _unless_asked(job: Job, then: datetime) -> Any:
+    """The next run at ``then``, unless someone asked for an earlier one while this run
+    was out (an admin's "scan now" moves ``next_run_at`` on a leased job): then that."""
+    column = JOBS.c.next_run_at
+    seen, later = literal(job.next_run_at, column.type), literal(then, column.type)
+    return case(((column > seen) & (column < later), column), else_=later)
+
+
 @dataclass(frozen=True)
 class CenterWork:
     center_id: str
@@ -118,6 +131,9 @@ class Engine:
         self.workers = workers or settings.engine_workers
         self.ttl_s = settings.lease_ttl_s
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="engine")
+        # Listings of builds, one out per center at most (see _list_builds).
+        self._watch_pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="watch")
+        self._listings: dict[str, Future[bool]] = {}
         self._running: set[Future[None]] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -129,14 +145,18 @@ class Engine:
     # --- lifecycle -----------------------------------------------------------------
     def start(self) -> None:
         self.recover()
+        # A loop silent for longer than a lease lasts has let its leases run out.
+        self.ctx.pulse.start(self.ttl_s)
         self._thread = threading.Thread(target=self._loop, name="engine-loop", daemon=True)
         self._thread.start()
 
     def stop(self, wait: bool = True) -> None:
         self._stop.set()
+        self.ctx.pulse.stop()
         if self._thread is not None:
             self._thread.join(timeout=30)
         self._pool.shutdown(wait=wait, cancel_futures=True)
+        self._watch_pool.shutdown(wait=wait, cancel_futures=True)
 
     def recover(self) -> None:
         """Free the leases an earlier incarnation of this broker held when it died."""
@@ -157,6 +177,8 @@ class Engine:
             except Exception:
                 log.exception("engine tick failed")
                 started = 0
+            else:
+                self.ctx.pulse.beat()
             wait = tick if started == 0 else min(tick, 0.05)
             # Wake for the next listing a watcher wants, rather than up to a tick late.
             wait = min(wait, max(0.005, self._next_listing - time.monotonic()))
@@ -271,10 +293,7 @@ class Engine:
             return 0
         watcher = self.drivers.watcher(center)
         if work.waiting:
-            try:
-                watcher.refresh(work.waiting)
-            except Exception as exc:  # the builds are then looked at one by one
-                log.warning("watching builds on %s failed: %s", center.name, exc)
+            self._list_builds(watcher, center.id, center.name, work.waiting)
         limit = int(getattr(self.drivers.get(center).params, "max_in_flight", 20))
         refill = None
         if work.requested and self._free() > 0 and (work.in_flight < limit or watcher.finished()):
@@ -290,6 +309,23 @@ class Engine:
             wanted = watcher.next_listing(work.waiting - ready)
             self._next_listing = min(self._next_listing, wanted)
         return ready + len(claimed)
+
+    def _list_builds(self, watcher: BuildWatcher, center_id: str, name: str, waiting: int) -> None:
+        """List a center's builds on a watch thread, waited for briefly: a cloud slow to
+        answer (or never answering) must not stall the loop, so a listing still out
+        after ``LISTING_WAIT_S`` finishes on its own and its news is used next tick."""
+        with self._lock:
+            out = self._listings.get(center_id)
+            if out is not None and not out.done():
+                return
+            out = self._watch_pool.submit(watcher.refresh, waiting)
+            self._listings[center_id] = out
+        try:
+            out.result(timeout=LISTING_WAIT_S)
+        except FuturesTimeout:
+            log.warning("listing the builds on %s is slow; the engine goes on meanwhile", name)
+        except Exception as exc:  # the builds are then looked at one by one
+            log.warning("watching builds on %s failed: %s", name, exc)
 
     def _run_job(self, job_id: str, now: datetime) -> None:
         with self.ctx.db.read() as session:
@@ -315,7 +351,7 @@ class Engine:
                     failures=failures,
                     last_error=str(exc)[:2000],
                     last_run_at=utcnow(),
-                    next_run_at=utcnow() + timedelta(seconds=delay),
+                    next_run_at=_unless_asked(job, utcnow() + timedelta(seconds=delay)),
                     runs=job.runs + 1,
                 )
             return
@@ -338,7 +374,7 @@ class Engine:
                 last_run_at=finished,
                 last_ok_at=finished,
                 runs=job.runs + 1,
-                next_run_at=finished + timedelta(seconds=job.interval_s),
+                next_run_at=_unless_asked(job, finished + timedelta(seconds=job.interval_s)),
             )
 
     def _run_timer(self, timer_id: str, now: datetime) -> None:

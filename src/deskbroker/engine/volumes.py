@@ -8,6 +8,8 @@ login path.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -19,7 +21,32 @@ from deskbroker.store import events
 from deskbroker.store.tables import Center, Desktop, PoolMember, User, UserVolume
 
 
-def _detach_stale(session: Session, driver: CenterDriver, center_id: str) -> None:
+@dataclass(frozen=True)
+class _Stale:
+    """A volume recorded on a desktop that is no longer its user's."""
+
+    id: str
+    volume_id: str
+    attached_to: str | None
+    desktop_id: str | None
+
+
+@dataclass(frozen=True)
+class _Wanted:
+    """A holder's desktop that should carry their volume (``volume_id`` once made)."""
+
+    center_id: str
+    desktop_id: str
+    external_id: str
+    user_id: str
+    tenant_id: str
+    volume_row: str | None
+    volume_id: str | None
+    name: str
+
+
+def _stale(session: Session, center_id: str) -> list[_Stale]:
+    found: list[_Stale] = []
     for volume in session.scalars(
         select(UserVolume).where(
             UserVolume.center_id == center_id, UserVolume.desktop_id.is_not(None)
@@ -32,8 +59,56 @@ def _detach_stale(session: Session, driver: CenterDriver, center_id: str) -> Non
             and desktop.external_id == volume.attached_to
         ):
             continue
-        if volume.attached_to:
-            driver.detach_volume(volume.attached_to, volume.volume_id)
+        found.append(_Stale(volume.id, volume.volume_id, volume.attached_to, volume.desktop_id))
+    return found
+
+
+def _wanted(session: Session, pool_id: str, center_id: str) -> list[_Wanted]:
+    held = session.execute(
+        select(Desktop.id, Desktop.external_id, Desktop.assigned_user_id, Desktop.tenant_id)
+        .join(PoolMember, PoolMember.desktop_id == Desktop.id)
+        .where(
+            PoolMember.pool_id == pool_id,
+            Desktop.center_id == center_id,
+            Desktop.assigned_user_id.is_not(None),
+            Desktop.power_state == "running",
+        )
+    ).all()
+    wanted: list[_Wanted] = []
+    for desktop_id, external_id, user_id, tenant_id in held:
+        volume = session.scalars(
+            select(UserVolume).where(
+                UserVolume.user_id == user_id, UserVolume.center_id == center_id
+            )
+        ).first()
+        if volume is not None and volume.desktop_id is not None:
+            continue  # on this desktop already, or still on another one that is detached first
+        user = session.get(User, user_id) if volume is None else None
+        wanted.append(
+            _Wanted(
+                center_id,
+                desktop_id,
+                external_id,
+                str(user_id),
+                tenant_id,
+                volume.id if volume else None,
+                volume.volume_id if volume else None,
+                f"data-{user.username if user else user_id}"[:200],
+            )
+        )
+    return wanted
+
+
+def _detach(ctx: BrokerContext, driver: CenterDriver, stale: _Stale) -> None:
+    if stale.attached_to:
+        driver.detach_volume(stale.attached_to, stale.volume_id)
+    with ctx.db.write() as session:
+        volume = session.get(UserVolume, stale.id)
+        if volume is None or (volume.desktop_id, volume.attached_to) != (
+            stale.desktop_id,
+            stale.attached_to,
+        ):
+            return  # moved on while the center was asked
         volume.desktop_id = volume.attached_to = None
         events.append(
             session,
@@ -45,71 +120,67 @@ def _detach_stale(session: Session, driver: CenterDriver, center_id: str) -> Non
         )
 
 
+def _attach(ctx: BrokerContext, driver: CenterDriver, want: _Wanted, size_gb: int) -> bool:
+    """Make (if need be) and attach one holder's volume; the center is asked first, the
+    outcome recorded after, as it happened (a desktop that changed hands meanwhile has
+    the volume detached on the next run)."""
+    volume_id = want.volume_id or driver.create_volume(
+        want.name, size_gb, {"deskbroker_user": str(want.user_id)}
+    )
+    error = ""
+    try:
+        driver.attach_volume(want.external_id, volume_id)
+    except CenterError as exc:
+        error = exc.detail
+    with ctx.db.write() as session:
+        volume = session.get(UserVolume, want.volume_row) if want.volume_row else None
+        if volume is None:
+            volume = UserVolume(
+                tenant_id=want.tenant_id,
+                user_id=want.user_id,
+                center_id=want.center_id,
+                volume_id=volume_id,
+                size_gb=size_gb,
+            )
+            session.add(volume)
+        if error:
+            events.append(
+                session,
+                "volume.attach_failed",
+                tenant_id=want.tenant_id,
+                actor="engine",
+                user_id=want.user_id,
+                desktop_id=want.desktop_id,
+                detail={"error": error},
+            )
+            return False
+        volume.desktop_id, volume.attached_to = want.desktop_id, want.external_id
+        events.append(
+            session,
+            "volume.attach",
+            tenant_id=want.tenant_id,
+            actor="engine",
+            user_id=want.user_id,
+            desktop_id=want.desktop_id,
+            detail={"volume": volume.volume_id},
+        )
+    return True
+
+
 def follow_users(
     ctx: BrokerContext, drivers: DriverCache, pool_id: str, center: Center, size_gb: int
 ) -> int:
-    """Attach each holder's volume to their desktop in the pool; returns attachments made."""
+    """Attach each holder's volume to their desktop in the pool; returns attachments made.
+
+    What to do is read in one short unit; each center call runs with no transaction
+    open and its outcome is written in a short unit of its own."""
     driver = drivers.get(center)
     if Capability.VOLUMES not in driver.capabilities:
         return 0
-    attached = 0
-    with ctx.db.write() as session:
-        _detach_stale(session, driver, center.id)
-        held = session.execute(
-            select(Desktop.id, Desktop.external_id, Desktop.assigned_user_id, Desktop.tenant_id)
-            .join(PoolMember, PoolMember.desktop_id == Desktop.id)
-            .where(
-                PoolMember.pool_id == pool_id,
-                Desktop.center_id == center.id,
-                Desktop.assigned_user_id.is_not(None),
-                Desktop.power_state == "running",
-            )
-        ).all()
-        for desktop_id, external_id, user_id, tenant_id in held:
-            volume = session.scalars(
-                select(UserVolume).where(
-                    UserVolume.user_id == user_id, UserVolume.center_id == center.id
-                )
-            ).first()
-            if volume is not None and volume.desktop_id == desktop_id:
-                continue
-            if volume is not None and volume.desktop_id is not None:
-                continue  # still on another desktop of theirs; detached when that ends
-            if volume is None:
-                user = session.get(User, user_id)
-                name = f"data-{user.username if user else user_id}"[:200]
-                volume = UserVolume(
-                    tenant_id=tenant_id,
-                    user_id=user_id,
-                    center_id=center.id,
-                    volume_id=driver.create_volume(
-                        name, size_gb, {"deskbroker_user": str(user_id)}
-                    ),
-                    size_gb=size_gb,
-                )
-                session.add(volume)
-            try:
-                driver.attach_volume(external_id, volume.volume_id)
-            except CenterError as exc:
-                events.append(
-                    session,
-                    "volume.attach_failed",
-                    tenant_id=tenant_id,
-                    actor="engine",
-                    user_id=user_id,
-                    desktop_id=desktop_id,
-                    detail={"error": exc.detail},
-                )
-                continue
-            volume.desktop_id, volume.attached_to = desktop_id, external_id
-            events.append(
-                session,
-                "volume.attach",
-                tenant_id=tenant_id,
-                actor="engine",
-                user_id=user_id,
-                desktop_id=desktop_id,
-                detail={"volume": volume.volume_id},
-            )
-            attached += 1
-    return attached
+    with ctx.db.read() as session:
+        stale = _stale(session, center.id)
+    for item in stale:
+        _detach(ctx, driver, item)
+    with ctx.db.read() as session:
+        wanted = _wanted(session, pool_id, center.id)
+    return sum(_attach(ctx, driver, want, size_gb) for want in wanted)

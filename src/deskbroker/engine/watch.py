@@ -64,6 +64,7 @@ class BuildWatcher:
         self._mine: dict[str, list[int]] = {}
         self.lead_s: float | None = None
         self._lock = threading.Lock()
+        self._listing = False  # a listing is out (one at a time)
         # Builds requested before this moment may have changed unseen: poll them directly.
         self.watching_since: datetime | None = None
 
@@ -121,10 +122,19 @@ class BuildWatcher:
             due = self._last + self.min_interval_s
             if waiting is not None:
                 due = self._next_listing(waiting)
-            if asked < due:
+            if asked < due or self._listing:
                 return False
             self._last = asked  # a failed listing is not retried before the interval
-            seen = self.driver.changes(self._cursor)
+            self._listing = True
+            cursor = self._cursor
+        try:
+            # Asked with the lock let go: a cloud slow to list must not stall the steps
+            # and the hand-over that read what earlier listings saw.
+            seen = self.driver.changes(cursor)
+        finally:
+            with self._lock:
+                self._listing = False
+        with self._lock:
             self._listings += 1
             # Keep the window small: the next listing starts from now (cloud time).
             self._cursor = seen.cursor or self._cursor

@@ -23,6 +23,7 @@ from deskbroker.domain.rules import Identity
 from deskbroker.errors import InvalidInput
 from deskbroker.security import PasswordHashing
 from deskbroker.store.claims import UserRecord
+from deskbroker.write_guard import guard_methods
 
 
 @dataclass(frozen=True)
@@ -31,10 +32,20 @@ class Credentials:
     password: str
 
 
+# The seam's calls that may reach a directory or provider (``_request`` is the OpenID
+# Connect source's one way out): none may run inside a database write unit.
+OUTBOUND_CALLS = ("authenticate", "lookup", "_request")
+
+
 class IdentitySourceDriver:
-    """Base of every identity source kind."""
+    """Base of every identity source kind.
+
+    Every call in ``OUTBOUND_CALLS`` refuses to run inside a database write unit
+    (``deskbroker.write_guard``); a source names in ``offline`` those that do no I/O.
+    """
 
     kind: ClassVar[str] = ""
+    offline: ClassVar[frozenset[str]] = frozenset()
     Params: ClassVar[type[BaseModel]]
     # True when the source, not the broker, holds the users: the login path then creates
     # or refreshes the broker's row from what ``authenticate`` returns.
@@ -42,6 +53,10 @@ class IdentitySourceDriver:
     # False when users sign in at the source itself (OpenID Connect), never with a
     # password given to the broker: the password login then skips the source.
     accepts_passwords: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        guard_methods(cls, OUTBOUND_CALLS)
 
     def __init__(
         self, params: Mapping[str, Any], secrets: Mapping[str, str], hashing: PasswordHashing
@@ -112,3 +127,6 @@ def validate_params(kind: str, params: Mapping[str, Any]) -> dict[str, Any]:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise InvalidInput(f"identity source params: {where}: {first['msg']}") from exc
+
+
+guard_methods(IdentitySourceDriver, OUTBOUND_CALLS)

@@ -19,6 +19,8 @@ class LocalIdentitySource(IdentitySourceDriver):
     """Checks the password against the user's stored hash."""
 
     kind: ClassVar[str] = "local"
+    # The password hash is the broker's own: checking it reaches nothing.
+    offline: ClassVar[frozenset[str]] = frozenset({"authenticate", "lookup"})
     Params: ClassVar[type[BaseModel]] = LocalParams
 
     def authenticate(self, credentials: Credentials, known: UserRecord | None) -> Identity | None:

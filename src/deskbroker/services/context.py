@@ -8,6 +8,7 @@ from deskbroker import outbound
 from deskbroker.config import Settings
 from deskbroker.security import PasswordHashing, SecretBox, TokenSigner
 from deskbroker.services.config_cache import ConfigCache
+from deskbroker.services.pulse import Pulse
 from deskbroker.services.source_guard import SourceGuard
 from deskbroker.store.db import Database
 
@@ -20,6 +21,7 @@ class BrokerContext:
     signer: TokenSigner
     secrets: SecretBox
     cache: ConfigCache = field(default_factory=lambda: ConfigCache())
+    pulse: Pulse = field(default_factory=Pulse)
     # Per-process bulkheads of the directories, shared by login and explain.
     sources: SourceGuard = field(init=False)
 

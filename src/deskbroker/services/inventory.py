@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,7 +13,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from deskbroker.centers import registry
-from deskbroker.centers.base import Capability, CenterDriver, ImageInfo, MachineInfo
+from deskbroker.centers.base import Capability, CenterDriver, Changes, ImageInfo, MachineInfo
+from deskbroker.domain import scans
 from deskbroker.errors import DeskbrokerError, QuotaReached
 from deskbroker.protocols.descriptors import DEFAULT_PORTS
 from deskbroker.services import quotas
@@ -73,6 +74,52 @@ def _duplicate(machines: Sequence[MachineInfo]) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class Listing:
+    """What one look at a center found, taken with no transaction open."""
+
+    started: datetime
+    incremental: bool
+    changes: Changes | None = None
+    images: list[ImageInfo] | None = None
+    error: str = ""
+    # The listing is the broker's own (no cloud to page or filter it differently).
+    authoritative: bool = False
+
+
+def look(driver: CenterDriver, center: Center, *, full: bool | None = None) -> Listing:
+    """Ask the center what it has: the network half of a scan. Must run outside any
+    write unit (the driver's calls refuse otherwise); failures become ``error``."""
+    started = datetime.now(UTC)
+    incremental = (
+        not (full if full is not None else _full_scan_due(center, started))
+        and Capability.CHANGES in driver.capabilities
+        and center.scan_cursor is not None
+    )
+    authoritative = {"changes", "images"} <= driver.offline
+    try:
+        seen = driver.changes(center.scan_cursor if incremental else None)
+        # Images change rarely: read them on full scans only.
+        images = (
+            driver.images()
+            if not incremental and Capability.IMAGES in driver.capabilities
+            else None
+        )
+    except DeskbrokerError as exc:
+        return Listing(started, incremental, error=exc.detail)
+    except Exception as exc:  # a driver's own failure becomes the center's status
+        # Its text may quote whatever the center's URL answered: logged, not shown.
+        log.warning("scan of center %s failed", center.id, exc_info=True)
+        return Listing(started, incremental, error=f"scan failed: {type(exc).__name__}")
+    # Two machines with one id cannot both be stored; say so instead of failing.
+    twice = _duplicate(seen.machines)
+    if twice is not None:
+        return Listing(
+            started, incremental, error=f"the center lists the machine {twice} more than once"
+        )
+    return Listing(started, incremental, seen, images, authoritative=authoritative)
+
+
 def scan(
     session: Session,
     ctx: BrokerContext,
@@ -82,54 +129,94 @@ def scan(
     driver: CenterDriver | None = None,
     strict_quota: bool = False,
 ) -> ScanReport:
-    """Bring the center's desktops in line with what the center reports.
+    """Look and record in the caller's transaction: only for a center whose listing
+    reaches no host (a static center's params); any other driver refuses to be called
+    inside a write unit, so use ``scan_center`` for those."""
+    listing = look(driver or open_center(ctx, center), center, full=full)
+    return record(session, ctx, center, listing, strict_quota=strict_quota)
+
+
+def _stamp(center: Center) -> tuple[Any, ...]:
+    """What must not change between the look and the record: the connection, and the
+    last scan (another scan that finished in between saw later news than ours)."""
+    return (
+        center.kind,
+        center.secrets_sealed,
+        json.dumps(center.params, sort_keys=True),
+        center.scan_cursor,
+        center.last_scan_at,
+    )
+
+
+def scan_center(
+    ctx: BrokerContext,
+    center_id: str,
+    *,
+    driver_of: Callable[[Center], CenterDriver] | None = None,
+    full: bool | None = None,
+    strict_quota: bool = False,
+) -> ScanReport | None:
+    """A scan in three steps, none of which holds the database while the center is
+    asked: read the center, look with no transaction open, then record in a short unit
+    that first checks the center is still as read. ``None``: the center is gone."""
+    with ctx.db.read() as session:
+        center = session.get(Center, center_id)
+        if center is None:
+            return None
+        session.expunge(center)
+    driver = (driver_of or (lambda c: open_center(ctx, c)))(center)
+    listing = look(driver, center, full=full)
+    with ctx.db.write() as session:
+        row = session.get(Center, center_id, with_for_update=True)
+        if row is None:
+            return None
+        if _stamp(row) != _stamp(center):
+            return ScanReport(
+                center_id,
+                row.status,
+                "the center changed during the scan; the next scan looks again",
+                full=not listing.incremental,
+            )
+        return record(session, ctx, row, listing, strict_quota=strict_quota)
+
+
+def record(
+    session: Session,
+    ctx: BrokerContext,
+    center: Center,
+    listing: Listing,
+    *,
+    strict_quota: bool = False,
+) -> ScanReport:
+    """Bring the center's desktops in line with what ``listing`` saw: the database half
+    of a scan.
 
     Drivers that can list changes since a cursor get incremental scans, with a full
     reconcile every ``full_scan_interval_s`` (or when ``full`` is asked for).
 
     New machines beyond the tenant's desktop quota are not imported: a background scan
-    says so in the center's status, while ``strict_quota`` (an admin's request) refuses
+    says so in the center's status, while ``strict_quota`` (an admin's save) refuses
     the whole change with ``QuotaReached``, so nothing is half written.
+
+    A full listing of a cloud that sees far fewer machines than the broker knows removes
+    nothing: the center turns ``degraded`` and the next full scan must agree.
     """
     from deskbroker.services.desktops import refresh_pools
 
     report = ScanReport(center.id, "ok", "")
-    started = datetime.now(UTC)
-    try:
-        driver = driver or open_center(ctx, center)
-        incremental = (
-            not (full if full is not None else _full_scan_due(center, started))
-            and Capability.CHANGES in driver.capabilities
-            and center.scan_cursor is not None
-        )
-        seen = driver.changes(center.scan_cursor if incremental else None)
-        # Images change rarely: read them on full scans only.
-        images = (
-            driver.images()
-            if not incremental and Capability.IMAGES in driver.capabilities
-            else None
-        )
-    except DeskbrokerError as exc:
-        report.status, report.message = "error", exc.detail
-    except Exception as exc:  # a driver's own failure becomes the center's status
-        # Its text may quote whatever the center's URL answered: logged, not shown.
-        log.warning("scan of center %s failed", center.id, exc_info=True)
-        report.status, report.message = "error", f"scan failed: {type(exc).__name__}"
-    else:
-        # Two machines with one id cannot both be stored; say so instead of failing.
-        twice = _duplicate(seen.machines)
-        if twice is not None:
-            report.status = "error"
-            report.message = f"the center lists the machine {twice} more than once"
-    center.status, center.last_scan_at = report.status, utcnow()
-    if report.status != "ok":
-        center.status_message = report.message
+    started, incremental = listing.started, listing.incremental
+    center.last_scan_at = utcnow()
+    seen = listing.changes
+    if listing.error or seen is None:
+        center.status = report.status = "error"
+        center.status_message = report.message = listing.error
         return report
     report.full = not incremental
     machines = seen.machines
-    if images is not None:
-        sync_images(session, center, images)
+    if listing.images is not None:
+        sync_images(session, center, listing.images)
     quota = quotas.desktop_room(session, center.tenant_id)
+    confirmed = center.status == "degraded"
     result = desktop_sync.sync(
         session,
         tenant_id=center.tenant_id,
@@ -138,6 +225,9 @@ def scan(
         gone=seen.gone,
         complete=not incremental,
         room=quota.room,
+        hold=lambda known, count: scans.hold_removals(
+            known, count, authoritative=listing.authoritative, confirmed=confirmed
+        ),
     )
     if result.left_out:
         _over_quota(center, quota, len(result.added), result.left_out, strict_quota)
@@ -147,13 +237,21 @@ def scan(
     center.scan_cursor = seen.cursor or (started - timedelta(seconds=2)).strftime(
         "%Y-%m-%dT%H:%M:%SZ"
     )
-    if not incremental:
+    if not incremental and not result.held:
+        # A held scan leaves the next one full: that is the look that must agree.
         center.last_full_scan_at = started
     report.message = (
         f"{'full' if report.full else 'incremental'} scan: {len(machines)} machines seen, "
         f"{len(result.added)} new, {len(result.updated)} changed, {len(result.removed)} gone"
     )
-    if result.left_out:
+    if result.held:
+        report.status = "degraded"
+        report.message = (
+            f"full scan saw {len(machines)} machines where the broker knows {result.known}; "
+            f"{len(result.held)} unseen desktops kept until the next full scan agrees "
+            "(a cloud that pages or filters its listing differently looks like this)"
+        )
+    elif result.left_out:
         report.status = "quota"
         report.message += (
             f"; {len(result.left_out)} not imported: {quota.words(quota.used + len(result.added))}"

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from deskbroker import metrics
+from deskbroker.write_guard import write_unit
 
 # Counts SQL statements for whoever set it (the login-path test, the benchmark).
 statement_counter: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
@@ -107,14 +108,17 @@ class Database:
 
     @contextmanager
     def write(self) -> Iterator[Session]:
-        """A unit of work that commits on success and rolls back on any error."""
+        """A unit of work that commits on success and rolls back on any error.
+
+        While it is open, center and identity calls on this thread are refused
+        (``deskbroker.write_guard``): nothing slow may hold the write lock."""
         if self._write_lock is None:
-            with self._writer() as session, session.begin():
+            with write_unit(), self._writer() as session, session.begin():
                 yield session
             return
         # SQLite has one writer at a time; queueing on a lock in this process wakes the
         # next writer at once, where SQLite's busy handler would sleep and retry.
-        with self._write_lock, self._writer() as session, session.begin():
+        with write_unit(), self._write_lock, self._writer() as session, session.begin():
             yield session
 
     @contextmanager
@@ -128,10 +132,10 @@ class Database:
     def connect_write(self) -> Iterator[Connection]:
         """``write`` for Core statements: the same locking, commit and rollback."""
         if self._write_lock is None:
-            with self._write_engine.begin() as conn:
+            with write_unit(), self._write_engine.begin() as conn:
                 yield conn
             return
-        with self._write_lock, self._write_engine.begin() as conn:
+        with write_unit(), self._write_lock, self._write_engine.begin() as conn:
             yield conn
 
     def dispose(self) -> None:

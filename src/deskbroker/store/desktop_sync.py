@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -33,6 +33,9 @@ class SyncResult:
     orphans: list[str] = field(default_factory=list)
     # New machines not imported because the tenant's desktop quota had no room.
     left_out: list[str] = field(default_factory=list)
+    # Machines not seen but kept: the listing was too short to be believed.
+    held: list[str] = field(default_factory=list)
+    known: int = 0
 
     @property
     def changed(self) -> bool:
@@ -60,10 +63,12 @@ def sync(
     gone: Iterable[str] = (),
     complete: bool,
     room: int | None = None,
+    hold: Callable[[int, int], bool] | None = None,
 ) -> SyncResult:
     """Write what a scan saw. ``complete`` means ``machines`` is everything the center
     has, so anything else is gone; otherwise only ``gone`` ids are removed. At most
-    ``room`` new desktops are added (the tenant's quota); the rest are ``left_out``."""
+    ``room`` new desktops are added (the tenant's quota); the rest are ``left_out``.
+    ``hold(known, seen)`` true keeps the unseen desktops of a complete listing (``held``)."""
     result = SyncResult()
     gone = set(gone)
     query = select(
@@ -159,6 +164,14 @@ def sync(
     vanished = gone if not complete else set(existing) - seen
     # A desktop still being built has no instance to be seen yet.
     vanished = {e for e in vanished if not e.startswith(PENDING_PREFIX)}
+    result.known = sum(
+        1
+        for e, r in existing.items()
+        if not e.startswith(PENDING_PREFIX) and r.power_state != PowerState.DELETED.value
+    )
+    if complete and vanished and hold is not None and hold(result.known, len(machines)):
+        result.held = sorted(existing[e].name for e in vanished if e in existing)
+        return result
     _remove(session, [existing[e] for e in vanished if e in existing], result, now)
     return result
 

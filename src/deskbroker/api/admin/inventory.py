@@ -6,7 +6,7 @@ import json
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from pydantic import Field, StringConstraints
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -16,6 +16,7 @@ from deskbroker.api.deps import AdminWriter, Ctx
 from deskbroker.api.schemas import Body, Id, Name, Out, Secrets, Stamped
 from deskbroker.centers import registry
 from deskbroker.domain.states import Availability
+from deskbroker.engine import jobs
 from deskbroker.errors import Conflict, InvalidInput
 from deskbroker.protocols.descriptors import Protocol
 from deskbroker.services import inventory as inventory_service
@@ -150,8 +151,16 @@ def _center_out(session: Session, center: Any) -> dict[str, Any]:
 
 
 def _scan_after_write(session: Session, ctx: BrokerContext, center: Any) -> None:
-    # An admin's change that would import desktops beyond the tenant's quota is refused.
-    inventory_service.scan(session, ctx, center, strict_quota=True)
+    driver = inventory_service.open_center(ctx, center)
+    if {"changes", "images"} <= driver.offline:
+        # The listing is the params just saved (no host to ask): scanned in the save, so
+        # a change that would import desktops beyond the tenant's quota is refused whole.
+        listing = inventory_service.look(driver, center)
+        inventory_service.record(session, ctx, center, listing, strict_quota=True)
+        return
+    # A cloud is never asked inside the save's transaction: the engine scans it next.
+    center.status, center.status_message = "pending", "a scan is queued"
+    jobs.request_scan(session, center.id, center.scan_interval_s)
 
 
 def _center_in_use(session: Session, center: Any) -> None:
@@ -178,6 +187,13 @@ def _center_in_use(session: Session, center: Any) -> None:
     for desktop in session.scalars(select(Desktop).where(Desktop.center_id == center.id)).all():
         session.delete(desktop)
     session.flush()
+
+
+class ScanQueued(Out):
+    center_id: str
+    job_id: str
+    last_scan_at: datetime | None = Field(description="the last scan before this one")
+    message: str
 
 
 # --- images --------------------------------------------------------------------------
@@ -322,27 +338,40 @@ def router() -> APIRouter:
     for spec in SPECS:
         add_routes(r, spec)
 
-    @r.post("/centers/{center_id}/scan", tags=["centers"], summary="Scan a center now")
-    def scan_center(center_id: str, ctx: Ctx, who: AdminWriter) -> dict[str, Any]:
+    @r.post(
+        "/centers/{center_id}/scan",
+        tags=["centers"],
+        summary="Scan a center now",
+        status_code=202,
+        response_model=ScanQueued,
+    )
+    def scan_center(
+        center_id: str, ctx: Ctx, who: AdminWriter, response: Response
+    ) -> dict[str, Any]:
+        """Queue a scan for the engine's next tick and answer at once: a center that
+        is slow or never answers must hold neither this request nor the database.
+        Poll the center (``Location``): its ``last_scan_at`` moves on and its
+        ``status`` and ``status_message`` tell what the scan found."""
         with ctx.db.write() as session:
             center = Repository(Center, "center").get(session, center_id, scope(who))
-            report = inventory_service.scan(session, ctx, center, strict_quota=True)
+            job = jobs.request_scan(session, center.id, center.scan_interval_s)
             bump_config_version(session)
-            found = report.as_dict()
             events.append(
                 session,
                 "admin.scan",
                 tenant_id=center.tenant_id,
                 actor=who.username,
                 user_id=who.user_id,
-                detail={
-                    "resource": "centers",
-                    "id": center.id,
-                    "name": center.name,
-                    **{k: v for k, v in found.items() if isinstance(v, int)},
-                },
+                detail={"resource": "centers", "id": center.id, "name": center.name},
             )
-        return found
+            queued = {
+                "center_id": center.id,
+                "job_id": job.id,
+                "last_scan_at": center.last_scan_at,
+                "message": "scan queued; the center's last_scan_at moves on when it is done",
+            }
+        response.headers["Location"] = f"/api/v1/admin/centers/{center_id}"
+        return queued
 
     @r.post("/desktops/{desktop_id}/probe", tags=["desktops"], summary="Probe protocol ports")
     def probe_desktop(desktop_id: str, ctx: Ctx, who: AdminWriter) -> dict[str, Any]:

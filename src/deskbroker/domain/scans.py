@@ -1,0 +1,22 @@
+"""When a center's full listing is trusted to say that machines are gone."""
+
+from __future__ import annotations
+
+# A full listing that sees fewer than this share of the machines the broker knows is held.
+SHORTFALL_RATIO = 0.5
+
+
+def looks_short(known: int, seen: int, ratio: float = SHORTFALL_RATIO) -> bool:
+    """A listing of ``seen`` machines where the broker knows ``known``: far fewer is more
+    likely a cloud that pages, filters or half-answers than half a fleet gone at once."""
+    return known > 0 and seen < known * ratio
+
+
+def hold_removals(known: int, seen: int, *, authoritative: bool, confirmed: bool) -> bool:
+    """Whether a full scan must not remove the machines it did not see.
+
+    ``authoritative``: the listing is the broker's own (a static center's params), so a
+    shorter list is the operator's word. ``confirmed``: the previous full scan was held
+    for the same reason, so this is the second look that agrees.
+    """
+    return not authoritative and not confirmed and looks_short(known, seen)

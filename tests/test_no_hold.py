@@ -1,0 +1,239 @@
+"""No network call may hold the broker: a center or directory that accepts a connection
+and never answers costs a worker, never the database, the logins or an admin's request."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select, text, update
+
+from deskbroker.api.app import create_app
+from deskbroker.bootstrap import ensure_defaults
+from deskbroker.centers.base import MachineInfo, PowerAction
+from deskbroker.centers.registry import open_driver
+from deskbroker.config import Settings
+from deskbroker.engine.jobs import JobKind
+from deskbroker.engine.runner import Engine
+from deskbroker.identity.base import Credentials, source_kinds
+from deskbroker.services.context import BrokerContext
+from deskbroker.store.tables import Job, utcnow
+from deskbroker.write_guard import HeldTransaction
+from tests.helpers import USER_PASSWORD, Api, post_login
+from tests.tarpit import Tarpit, tarpit
+
+
+def _tarpit_center(api: Api, pit: Tarpit, name: str = "tarpit") -> dict[str, Any]:
+    return api.post(
+        "centers",
+        {
+            "name": name,
+            "kind": "openstack",
+            "params": {
+                "auth_url": f"{pit.url}/v3",
+                "project_name": "demo",
+                "username": "demo",
+                "retry_base_s": 0.01,
+            },
+            "secrets": {"password": "password"},
+            "scan_interval_s": 5,
+        },
+    )
+
+
+def _wait_for(what: str, check: Any, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"waited {timeout_s} s for {what}"
+        time.sleep(0.02)
+
+
+def _p(latencies: list[float], share: float) -> float:
+    ordered = sorted(latencies)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * share))]
+
+
+def test_a_tarpit_center_leaves_logins_fast_and_scan_now_answers_at_once(
+    api: Api, ctx: BrokerContext
+) -> None:
+    api.seed_pool(4, users=4)
+    with tarpit() as pit:
+        started = time.monotonic()
+        center = _tarpit_center(api, pit)
+        # The save queues the scan: the cloud is not asked in the request.
+        assert time.monotonic() - started < 2.0
+        assert center["status"] == "pending"
+        engine = Engine(ctx, workers=4)
+        engine.start()
+        try:
+            # The engine's scan is now hanging on the tarpit, holding one worker.
+            _wait_for("the scan to reach the tarpit", lambda: pit.accepted > 0)
+            latencies = []
+            for i in range(100):
+                begun = time.perf_counter()
+                response = post_login(api, f"user{i % 4}", USER_PASSWORD)
+                latencies.append((time.perf_counter() - begun) * 1000)
+                assert response.status_code == 200, response.text
+            asked = time.monotonic()
+            queued = api.client.post(
+                f"/api/v1/admin/centers/{center['id']}/scan", headers=api.headers
+            )
+            answered_s = time.monotonic() - asked
+            # Still hanging: the logins above ran while the scan held a worker.
+            assert api.get(f"centers/{center['id']}")["last_scan_at"] is None
+        finally:
+            pit.close()  # lets the hanging scan go
+            engine.stop(wait=True)
+    assert queued.status_code == 202, queued.text
+    assert queued.headers["Location"] == f"/api/v1/admin/centers/{center['id']}"
+    assert queued.json()["job_id"] and answered_s < 1.0
+    p50, p99 = _p(latencies, 0.5), _p(latencies, 0.99)
+    assert p99 < 100, f"login p50 {p50:.1f} ms, p99 {p99:.1f} ms with a tarpit center"
+
+
+def test_a_center_call_inside_a_write_unit_is_refused(ctx: BrokerContext) -> None:
+    """The guard: a center's call that may leave the host refuses to run while this
+    thread holds a write unit, before it opens any connection."""
+    static = open_driver("static", {"machines": [{"name": "m", "address": "127.0.0.1"}]}, {})
+    with tarpit() as pit:
+        cloud = open_driver(
+            "openstack",
+            {"auth_url": f"{pit.url}/v3", "project_name": "p", "username": "u"},
+            {"password": "x"},
+        )
+        machine = MachineInfo(external_id="x", name="x")
+        with ctx.db.write():
+            # A static center's listing is its own params: nothing leaves the host.
+            assert [m.name for m in static.inventory()] == ["m"]
+            with pytest.raises(HeldTransaction, match=r"StaticCenter\.probe"):
+                static.probe("127.0.0.1", pit.port)
+            for call in (
+                lambda: cloud.changes(None),
+                lambda: cloud.images(),
+                lambda: cloud.power(machine, PowerAction.START),
+                lambda: cloud.attach_volume("x", "v"),
+            ):
+                with pytest.raises(HeldTransaction, match="inside a database write unit"):
+                    call()
+        assert pit.accepted == 0
+        # Between units the same calls go out (and hang on the tarpit until it closes).
+        with ctx.db.read():
+            assert static.probe("127.0.0.1", pit.port, timeout_s=1.0).reachable
+
+
+def test_a_directory_call_inside_a_write_unit_is_refused(ctx: BrokerContext) -> None:
+    with tarpit() as pit:
+        source = source_kinds()["ldap"](
+            {"servers": [f"ldap://127.0.0.1:{pit.port}"], "base_dn": "dc=example,dc=org"},
+            {},
+            ctx.hashing,
+        )
+        with ctx.db.write(), pytest.raises(HeldTransaction, match="LdapIdentitySource"):
+            source.authenticate(Credentials("alice", "secret"), None)
+        assert pit.accepted == 0
+
+
+@pytest.fixture
+def watched(settings: Settings) -> Iterator[tuple[BrokerContext, TestClient, Engine]]:
+    """A broker whose engine ticks every 50 ms and whose leases last 5 s."""
+    ctx = BrokerContext.from_settings(
+        settings.model_copy(update={"engine_tick_s": 0.05, "lease_ttl_s": 5.0})
+    )
+    ensure_defaults(ctx)
+    engine = Engine(ctx, workers=2)
+    engine.start()
+    with TestClient(create_app(ctx)) as client:
+        yield ctx, client, engine
+    engine.stop()
+    ctx.db.dispose()
+
+
+def test_readyz_reports_a_stuck_engine(
+    watched: tuple[BrokerContext, TestClient, Engine],
+) -> None:
+    ctx, client, _ = watched
+    _wait_for("the engine's first tick", lambda: client.get("/readyz").status_code == 200)
+
+    def retention_ran() -> bool:
+        with ctx.db.read() as session:
+            return bool(session.scalar(select(Job.runs).where(Job.kind == JobKind.RETENTION.value)))
+
+    _wait_for("the engine's first retention run", retention_ran)
+    # The retention job falls due in a moment, while another unit holds the job table:
+    # the engine's tick waits on its claim.
+    with ctx.db.write() as session:
+        session.execute(
+            update(Job)
+            .where(Job.kind == JobKind.RETENTION.value)
+            .values(next_run_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+    released = threading.Event()
+
+    def hold() -> None:
+        with ctx.db.write() as session:
+            if ctx.db.is_postgres:
+                session.execute(text("LOCK TABLE jobs IN EXCLUSIVE MODE"))
+            released.wait(12)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        answers: list[Any] = []
+
+        def stuck() -> bool:
+            answers.append(client.get("/readyz"))
+            return bool(answers[-1].status_code == 503)
+
+        _wait_for("readyz to see the stuck engine", stuck, timeout_s=10)
+    finally:
+        released.set()
+        holder.join()
+    problem = answers[-1].json()
+    assert "background engine is stuck" in problem["detail"]
+    assert answers[-1].headers["Retry-After"]
+    _wait_for("the engine to tick again", lambda: client.get("/readyz").status_code == 200)
+
+
+def test_readyz_never_shows_the_database_error(settings: Settings) -> None:
+    with tarpit() as pit:
+        pit.close()  # a port nobody listens on any more
+        url = f"postgresql+psycopg://deskbroker:hunter2@127.0.0.1:{pit.port}/secretdb"
+        ctx = BrokerContext.from_settings(settings.model_copy(update={"database_url": url}))
+        try:
+            answer = TestClient(create_app(ctx)).get("/readyz")
+        finally:
+            ctx.db.dispose()
+    assert answer.status_code == 503
+    assert answer.json()["detail"] == "the database is unreachable"
+    assert answer.headers["Retry-After"]
+    for leak in ("hunter2", "secretdb", "127.0.0.1", str(pit.port), "psycopg", "refused"):
+        assert leak not in answer.text
+
+
+def test_scan_now_during_a_running_scan_is_not_lost(api: Api, ctx: BrokerContext) -> None:
+    with tarpit() as pit:
+        center = _tarpit_center(api, pit)
+        engine = Engine(ctx, workers=2)
+        try:
+            assert engine.run_once(wait=False) >= 1  # claims the queued scan
+            _wait_for("the scan to reach the tarpit", lambda: pit.accepted > 0)
+            asked = utcnow()
+            api.post(f"centers/{center['id']}/scan", {}, status=202)
+            pit.close()  # the running scan fails and its lease is released
+            engine.drain()
+        finally:
+            engine.stop()
+    with ctx.db.read() as session:
+        job = session.scalars(
+            select(Job).where(Job.kind == JobKind.SCAN_CENTER.value, Job.target_id == center["id"])
+        ).one()
+    assert job.runs == 1 and job.lease_owner is None
+    # Due at the admin's request, not an interval after the run that was out.
+    due = job.next_run_at if job.next_run_at.tzinfo else job.next_run_at.replace(tzinfo=UTC)
+    assert due <= utcnow() and due >= asked
