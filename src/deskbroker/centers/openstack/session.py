@@ -310,7 +310,11 @@ class ProjectSession:
         try:
             found = self.connection().compute.get_endpoint_data()
         except ks_exceptions.ClientException as exc:
-            raise CloudFailure(f"discovering the compute API failed: {exc}") from exc
+            # Its text can quote the remote's answer: name the failure, log the rest.
+            log.warning("discovering the compute API failed: %s", exc)
+            code = getattr(exc, "http_status", None)
+            said = f"HTTP {code}" if code else type(exc).__name__
+            raise CloudFailure(f"discovering the compute API failed ({said})") from exc
         newest = getattr(found, "max_microversion", None)
         oldest = getattr(found, "min_microversion", None)
         return {
