@@ -13,6 +13,8 @@ from collections.abc import Callable
 import pytest
 
 from deskbroker.centers.base import (
+    DESKTOP_KEY,
+    BuildLimits,
     Capability,
     CenterDriver,
     MachineInfo,
@@ -70,6 +72,11 @@ class CenterConformance:
             with pytest.raises(CenterError, match="cannot terminate"):
                 driver.terminate(machine)
 
+    def test_limits_are_declared(self, driver: CenterDriver) -> None:
+        limits = driver.limits()
+        assert isinstance(limits, BuildLimits)
+        assert limits.max_in_flight >= 1 and limits.build_timeout_s > 0
+
     def test_probe_tells_open_from_closed(self, driver: CenterDriver) -> None:
         with socket.socket() as listener:
             listener.bind(("127.0.0.1", 0))
@@ -96,6 +103,9 @@ class CenterConformance:
             )
         )
         assert isinstance(running, MachineInfo)
+        # The desktop the engine built it for comes back typed, and it is no fault.
+        assert running.desktop_id == provision_request.metadata.get(DESKTOP_KEY, "")
+        assert running.desktop_id and not running.fault and not running.gone
         assert driver.attach_address(machine_id, provision_request)
         driver.power(running, PowerAction.STOP)
         wait_until(

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel
 
 from deskbroker.centers.base import (
+    BuildLimits,
     Capability,
     CenterDriver,
     Changes,
@@ -19,6 +20,7 @@ from deskbroker.centers.base import (
     MachineInfo,
     PowerAction,
     ProvisionRequest,
+    QuotaExceeded,
     UnknownName,
 )
 from deskbroker.centers.openstack import mapping
@@ -52,11 +54,6 @@ def _cursor_from(date_header: str | None) -> str | None:
     return (moment - timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class QuotaExceeded(CenterError):
-    status = 409
-    title = "Quota exceeded"
-
-
 class OpenStackCenter(CenterDriver):
     """One OpenStack project: inventory, images, provisioning, power, leak sweeps."""
 
@@ -70,6 +67,9 @@ class OpenStackCenter(CenterDriver):
         self.os_params: OpenStackParams = self.params
         self.session = ProjectSession(self.os_params, secrets)
         self._names: dict[tuple[str, str], str] = {}
+
+    def limits(self) -> BuildLimits:
+        return BuildLimits(self.os_params.max_in_flight, self.os_params.build_timeout_s)
 
     # --- inventory -------------------------------------------------------------------
     def changes(self, since: str | None) -> Changes:
