@@ -4,14 +4,13 @@ the entry points, never by importing one."""
 from __future__ import annotations
 
 import ast
-import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import deskbroker
 from deskbroker.centers.registry import DriverContractError, drivers
+from tests.centers.plugins import install
 
 ROOT = Path(deskbroker.__file__).parent
 
@@ -52,43 +51,11 @@ def test_no_core_module_imports_a_driver() -> None:
     assert offenders == []
 
 
-@pytest.fixture
-def plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A third-party distribution on ``sys.path`` whose module and entry points the
-    test writes; the registry reads the installed entry points afresh."""
-    dist = tmp_path / "acme_centers-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-centers\nVersion: 1.0\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    drivers.cache_clear()
-    yield tmp_path
-    drivers.cache_clear()
-
-
-def _install(root: Path, module: str, body: str, entries: dict[str, str]) -> None:
-    (root / f"{module}.py").write_text(textwrap.dedent(body))
-    lines = "".join(f"{name} = {module}:{cls}\n" for name, cls in entries.items())
-    (root / "acme_centers-1.0.dist-info" / "entry_points.txt").write_text(
-        f"[deskbroker.centers]\n{lines}"
-    )
-
-
-_HEAD = """
-from typing import ClassVar
-from pydantic import BaseModel
-from deskbroker.centers.base import Capability, CenterDriver, MachineInfo
-
-class Params(BaseModel):
-    pass
-"""
-
-
 def test_a_driver_declaring_provision_without_create_fails_to_load(plugin: Path) -> None:
-    _install(
+    install(
         plugin,
         "acme_hollow",
-        _HEAD
-        + """
+        """
 class Hollow(CenterDriver):
     kind: ClassVar[str] = "hollow"
     Params: ClassVar[type[BaseModel]] = Params
@@ -105,6 +72,7 @@ class Hollow(CenterDriver):
         drivers()
     assert str(refused.value) == (
         "center driver 'hollow' (acme_hollow:Hollow) cannot be loaded: "
+        "it declares provision but has no ProvisionParams model; "
         "it declares power but does not implement power(); "
         "it declares provision but does not implement create(); "
         "it declares provision without leak_sweep, terminate"
@@ -114,11 +82,10 @@ class Hollow(CenterDriver):
 def test_a_conforming_third_party_driver_loads_beside_the_first_party_ones(
     plugin: Path,
 ) -> None:
-    _install(
+    install(
         plugin,
         "acme_lab",
-        _HEAD
-        + """
+        """
 class Lab(CenterDriver):
     kind: ClassVar[str] = "lab"
     Params: ClassVar[type[BaseModel]] = Params

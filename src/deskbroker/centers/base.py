@@ -150,6 +150,9 @@ class ProvisionRequest:
     tags: tuple[str, ...] = ()
     data_volume_gb: int | None = None
     data_volume_id: str | None = None
+    # The pool's provisioning parameters as stored (the broker's and the center's):
+    # a driver reads its own with ``CenterDriver.provision_params``.
+    parameters: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -192,6 +195,10 @@ class CenterDriver:
     capabilities: ClassVar[frozenset[Capability]] = frozenset()
     # Pydantic model validating the center's ``params``; secrets are separate.
     Params: ClassVar[type[BaseModel]]
+    # Pydantic model of what a pool may set for the machines this center builds (image,
+    # size, network...), beside the broker's own provisioning parameters; a driver with
+    # ``Capability.PROVISION`` must set it. The pool's API checks them with it.
+    ProvisionParams: ClassVar[type[BaseModel] | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -236,6 +243,15 @@ class CenterDriver:
             "availability_zones": [],
             "security_groups": [],
         }
+
+    def provision_params(self, request: ProvisionRequest) -> BaseModel:
+        """The center's part of the request's pool parameters, as ``ProvisionParams``."""
+        self.require(Capability.PROVISION)
+        model = self.ProvisionParams
+        if model is None:
+            raise CenterError(f"a {self.kind} center declares no provisioning parameters")
+        own = {k: v for k, v in request.parameters.items() if k in model.model_fields}
+        return model.model_validate(own)
 
     def create(self, request: ProvisionRequest) -> str:
         """Ask the center for a new machine; returns its id at once, without waiting."""

@@ -48,6 +48,8 @@ def contract_faults(cls: type[CenterDriver]) -> list[str]:
         faults.append("it sets no kind")
     if not isinstance(getattr(cls, "Params", None), type):
         faults.append("it has no Params model")
+    if Capability.PROVISION in cls.capabilities and cls.ProvisionParams is None:
+        faults.append("it declares provision but has no ProvisionParams model")
     for capability in sorted(cls.capabilities):
         for method in NEEDS_METHODS.get(capability, ()):
             if getattr(cls, method) is getattr(CenterDriver, method):
@@ -100,3 +102,22 @@ def validate_params(kind: str, params: Mapping[str, Any]) -> dict[str, Any]:
 
 def open_driver(kind: str, params: Mapping[str, Any], secrets: Mapping[str, str]) -> CenterDriver:
     return driver_class(kind)(params, secrets)
+
+
+def validate_provision_params(kind: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Check the center's part of a pool's provisioning parameters against the driver's
+    ``ProvisionParams``; the message names the field as the admin wrote it."""
+    model = driver_class(kind).ProvisionParams
+    if model is None:
+        if params:
+            raise InvalidInput(
+                f"provisioning.parameters: a {kind} center cannot provision; "
+                f"it takes no {', '.join(sorted(params))}"
+            )
+        return {}
+    try:
+        return model.model_validate(dict(params)).model_dump(mode="json")
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise InvalidInput(f"provisioning.parameters.{where}: {first['msg']}") from exc

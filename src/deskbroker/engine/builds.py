@@ -107,6 +107,7 @@ def _request_of(task: TaskRow) -> ProvisionRequest:
             "deskbroker_task": task.id,
         },
         tags=(task_tag(task.id),),
+        parameters=dict(params),
     )
 
 

@@ -24,6 +24,7 @@ from deskbroker.centers.base import (
     UnknownName,
 )
 from deskbroker.centers.openstack import mapping
+from deskbroker.centers.openstack.provision_params import OpenStackProvisionParams
 from deskbroker.centers.openstack.session import CloudFailure, OpenStackParams, ProjectSession
 from deskbroker.errors import CenterError
 
@@ -60,6 +61,7 @@ class OpenStackCenter(CenterDriver):
     kind: ClassVar[str] = "openstack"
     capabilities: ClassVar[frozenset[Capability]] = frozenset(set(Capability))
     Params: ClassVar[type[BaseModel]] = OpenStackParams
+    ProvisionParams: ClassVar[type[BaseModel] | None] = OpenStackProvisionParams
 
     def __init__(self, params: Mapping[str, Any], secrets: Mapping[str, str]) -> None:
         super().__init__(params, secrets)
