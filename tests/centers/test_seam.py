@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 
 import deskbroker
-from deskbroker.centers.registry import DriverContractError, drivers
+import deskbroker.centers._template
+from deskbroker.centers._template.driver import TemplateCenter
+from deskbroker.centers.base import BuildLimits
+from deskbroker.centers.registry import DriverContractError, contract_faults, drivers
 from tests.centers.plugins import install
 
 ROOT = Path(deskbroker.__file__).parent
@@ -99,3 +102,12 @@ class Lab(CenterDriver):
     loaded = drivers()
     assert {"lab", "openstack", "static"} <= set(loaded)
     assert loaded["lab"].__module__ == "acme_lab"
+
+
+def test_the_template_driver_loads_clean_and_is_not_registered() -> None:
+    assert contract_faults(TemplateCenter) == []
+    assert TemplateCenter.kind not in drivers()
+    assert TemplateCenter not in drivers().values()
+    driver = TemplateCenter({"url": "https://hypervisor.example/api", "username": "u"}, {})
+    assert driver.limits() == BuildLimits(max_in_flight=10)
+    assert (Path(deskbroker.centers._template.__file__).parent / "README.md").is_file()
