@@ -48,8 +48,3 @@ class CenterDrivers:
             driver = registry.open_driver(center.kind, center.params or {}, secrets)
             self._opened[center.id] = (stamp, driver)
             return driver
-
-    def forget(self, center_id: str) -> None:
-        """Drop a deleted center's driver (and the session it holds)."""
-        with self._lock:
-            self._opened.pop(center_id, None)
