@@ -310,7 +310,10 @@ class ProjectSession:
         try:
             found = self.connection().compute.get_endpoint_data()
         except ks_exceptions.ClientException as exc:
-            raise CloudFailure(f"discovering the compute API failed: {exc}") from exc
+            # keystoneauth's text quotes the body the URL answered: name only the status.
+            status = getattr(exc, "http_status", None)
+            said = f"HTTP {status}" if status else type(exc).__name__
+            raise CloudFailure(f"discovering the compute API failed ({said})", status) from exc
         newest = getattr(found, "max_microversion", None)
         oldest = getattr(found, "min_microversion", None)
         return {
