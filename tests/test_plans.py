@@ -439,10 +439,13 @@ def test_a_stopped_desktop_is_started_on_connect(
     cloud.set_server_state(_server(api, cloud, desktop)["id"], "SHUTOFF")
     scan_now(api, api.ids["center"])
     assert api.get(f"desktops/{desktop}")["power_state"] == "stopped"
+    tokens = cloud.request_count(method="POST", path=r"/v3/auth/tokens$")
     assert _connect(client, token, desktop).status_code == 202
     assert _server(api, cloud, desktop)["task_state"] == "powering-on"
     cloud.advance_clock(SLOW * 2)
     assert _connect(client, token, desktop).status_code == 200
+    # Both connects asked the center through the scan's driver: no new Keystone token.
+    assert cloud.request_count(method="POST", path=r"/v3/auth/tokens$") == tokens
 
 
 def test_a_plan_never_stops_a_desktop_in_use(api: Api, cloud: CloudSim) -> None:

@@ -13,13 +13,15 @@ from collections.abc import Callable
 import pytest
 
 from deskbroker.centers.base import (
+    DESKTOP_KEY,
+    BuildLimits,
     Capability,
     CenterDriver,
     MachineInfo,
     PowerAction,
     ProvisionRequest,
 )
-from deskbroker.centers.registry import drivers
+from deskbroker.centers.registry import contract_faults, drivers
 from deskbroker.domain.states import PowerState
 from deskbroker.errors import CenterError
 
@@ -36,11 +38,49 @@ def wait_until(
     raise AssertionError("condition not reached in time")
 
 
+def _attached(driver: CenterDriver, machine_id: str, volume_id: str) -> bool:
+    try:
+        driver.attach_volume(machine_id, volume_id)
+    except CenterError:
+        return False
+    return True
+
+
 class CenterConformance:
     """The contract of ``deskbroker.centers.base.CenterDriver``."""
 
     def test_registered_through_entry_points(self, driver: CenterDriver) -> None:
         assert drivers()[driver.kind] is type(driver)
+
+    def test_keeps_the_contract_of_its_capabilities(self, driver: CenterDriver) -> None:
+        assert contract_faults(type(driver)) == []
+        assert isinstance(driver.params, type(driver).Params)
+
+    def test_images_only_where_it_can_provision(self, driver: CenterDriver) -> None:
+        images = driver.images()
+        if Capability.IMAGES not in driver.capabilities:
+            assert images == []
+        for image in images:
+            assert image.external_id and image.name
+        catalog = driver.catalog()
+        pickers = {"images", "flavors", "networks", "availability_zones", "security_groups"}
+        assert pickers <= set(catalog)
+        assert {i["id"] for i in catalog["images"]} == {i.external_id for i in images}
+
+    def test_changes_from_nothing_list_everything(self, driver: CenterDriver) -> None:
+        first = driver.changes(None)
+        assert {m.external_id for m in first.machines} == {
+            m.external_id for m in driver.inventory()
+        }
+        assert first.gone == []
+        if Capability.CHANGES in driver.capabilities:
+            # A driver that lists changes gives a cursor to list from next time, and
+            # what changed since is among what it has.
+            assert first.cursor is not None
+            since = driver.changes(first.cursor)
+            assert {m.external_id for m in since.machines} <= {
+                m.external_id for m in first.machines
+            }
 
     def test_inventory_reports_unique_machines(self, driver: CenterDriver) -> None:
         machines = driver.inventory()
@@ -69,6 +109,19 @@ class CenterConformance:
         if Capability.TERMINATE not in driver.capabilities:
             with pytest.raises(CenterError, match="cannot terminate"):
                 driver.terminate(machine)
+        if Capability.LEAK_SWEEP not in driver.capabilities:
+            with pytest.raises(CenterError, match="cannot leak_sweep"):
+                driver.leaked(set())
+            with pytest.raises(CenterError, match="cannot leak_sweep"):
+                driver.find_tagged("x")
+        if Capability.VOLUMES not in driver.capabilities:
+            with pytest.raises(CenterError, match="cannot volumes"):
+                driver.create_volume("x", 1, {})
+
+    def test_limits_are_declared(self, driver: CenterDriver) -> None:
+        limits = driver.limits()
+        assert isinstance(limits, BuildLimits)
+        assert limits.max_in_flight >= 1 and limits.build_timeout_s > 0
 
     def test_probe_tells_open_from_closed(self, driver: CenterDriver) -> None:
         with socket.socket() as listener:
@@ -96,6 +149,9 @@ class CenterConformance:
             )
         )
         assert isinstance(running, MachineInfo)
+        # The desktop the engine built it for comes back typed, and it is no fault.
+        assert running.desktop_id == provision_request.metadata.get(DESKTOP_KEY, "")
+        assert running.desktop_id and not running.fault and not running.gone
         assert driver.attach_address(machine_id, provision_request)
         driver.power(running, PowerAction.STOP)
         wait_until(
@@ -111,6 +167,15 @@ class CenterConformance:
                 and m.power_state is PowerState.RUNNING
             )
         )
+        for tag in provision_request.tags:
+            assert machine_id in {m.external_id for m in driver.find_tagged(tag)}
+        if Capability.VOLUMES in driver.capabilities:
+            volume = driver.create_volume(f"{provision_request.name}-data", 1, {})
+            assert volume
+            # A new volume may take a moment to be ready: the engine tries again, so here.
+            wait_until(lambda: _attached(driver, machine_id, volume))
+            driver.detach_volume(machine_id, volume)
+            driver.detach_volume(machine_id, volume)  # already detached: not an error
         assert machine_id in {m.external_id for m in driver.leaked(set())}
         assert machine_id not in {m.external_id for m in driver.leaked({machine_id})}
         driver.terminate(running)

@@ -9,8 +9,15 @@ from pathlib import Path
 import pytest
 
 from cloudsim.server import CloudSim
-from deskbroker.centers.base import CenterDriver, PowerAction, ProvisionRequest
-from deskbroker.centers.openstack.driver import OpenStackCenter, QuotaExceeded
+from deskbroker.centers.base import (
+    BuildLimits,
+    CenterDriver,
+    MachineInfo,
+    PowerAction,
+    ProvisionRequest,
+    QuotaExceeded,
+)
+from deskbroker.centers.openstack.driver import OpenStackCenter
 from deskbroker.centers.openstack.session import CloudFailure
 from deskbroker.centers.registry import open_driver
 from deskbroker.domain.states import PowerState
@@ -64,7 +71,7 @@ def provision_request() -> ProvisionRequest | None:
         name="conf-001",
         image="cirros-0.6.2-x86_64-disk",
         flavor="m1.tiny",
-        metadata={"deskbroker_pool": "p1"},
+        metadata={"deskbroker_pool": "p1", "deskbroker_desktop": "d1"},
         tags=("task-conformance",),
     )
 
@@ -110,6 +117,29 @@ def test_quota_is_reported_in_words(sim: CloudSim) -> None:
         driver.create(
             ProvisionRequest(name="x", image="cirros-0.6.2-x86_64-disk", flavor="m1.tiny")
         )
+
+
+def test_limits_come_from_the_centers_params(sim: CloudSim) -> None:
+    assert _open(sim).limits() == BuildLimits(max_in_flight=20, build_timeout_s=900.0)
+    tight = _open(sim, max_in_flight=3, build_timeout_s=60)
+    assert tight.limits() == BuildLimits(max_in_flight=3, build_timeout_s=60.0)
+
+
+def test_a_failed_build_reports_its_fault_typed(sim: CloudSim) -> None:
+    driver = _open(sim)
+    sim.inject_fault("build_error", times=1)
+    machine_id = driver.create(
+        ProvisionRequest(name="x", image="cirros-0.6.2-x86_64-disk", flavor="m1.tiny")
+    )
+    failed = wait_until(
+        lambda: (
+            (m := driver.machine(machine_id)) is not None
+            and m.power_state is PowerState.ERROR
+            and m
+        )
+    )
+    assert isinstance(failed, MachineInfo)
+    assert failed.fault.startswith("No valid host") and failed.desktop_id == ""
 
 
 def test_bad_credentials_are_explained(sim: CloudSim) -> None:

@@ -73,3 +73,32 @@ def test_helpdesk_powers_a_desktop_and_ends_a_stale_session(api: Api, sim: Cloud
     assert kinds.count("admin.power") == 3 and "admin.session_end" in kinds
     helpdesk.post("desktops/unknown/power", {"action": "start"}, status=404)
     helpdesk.post(path, {"action": "explode"}, status=422)
+
+
+def _tokens(sim: CloudSim) -> int:
+    return sim.request_count(method="POST", path=r"/v3/auth/tokens$")
+
+
+def test_power_actions_reuse_the_centers_authenticated_driver(api: Api, sim: CloudSim) -> None:
+    desktop = _desktop(api, sim)
+    path = f"desktops/{desktop['id']}/power"
+    # The scan opened (and authenticated) the center's driver: power uses that one.
+    before = _tokens(sim)
+    assert before >= 1
+    assert api.post(path, {"action": "stop"}, status=200)["power_state"] == "stopped"
+    _wait(sim, desktop["external_id"], "SHUTOFF")
+    assert api.post(path, {"action": "start"}, status=200)["power_state"] == "running"
+    _wait(sim, desktop["external_id"], "ACTIVE")
+    assert _tokens(sim) == before
+
+    # Changing how the center connects opens (and authenticates) a new driver, once.
+    center_id = desktop["center_id"]
+    api.patch(f"centers/{center_id}", {"params": {**_params(api, center_id), "timeout_s": 29}})
+    assert api.post(path, {"action": "stop"}, status=200)["power_state"] == "stopped"
+    _wait(sim, desktop["external_id"], "SHUTOFF")
+    assert api.post(path, {"action": "start"}, status=200)["power_state"] == "running"
+    assert _tokens(sim) == before + 1
+
+
+def _params(api: Api, center_id: str) -> dict[str, Any]:
+    return dict(api.get(f"centers/{center_id}")["params"])

@@ -59,6 +59,30 @@ class UnknownName(CenterError):
         return f"{self.kind} {self.name!r} not found in center {center}"
 
 
+class QuotaExceeded(CenterError):
+    """The center has no room for what a build asked (instances, cores, addresses):
+    the same request may succeed later, so the engine backs the pool off instead of
+    failing the build. Every driver raises this one, whatever its cloud calls it."""
+
+    status = 409
+    title = "Quota exceeded"
+
+
+# The metadata keys the engine gives every machine it asks for: a driver stores them
+# with the machine and reports them back as ``MachineInfo.desktop_id``.
+DESKTOP_KEY = "deskbroker_desktop"
+POOL_KEY = "deskbroker_pool"
+
+
+@dataclass(frozen=True)
+class BuildLimits:
+    """What a center can take: how many builds at once, and how long one may take
+    before the engine gives up on it."""
+
+    max_in_flight: int = 20
+    build_timeout_s: float = 900.0
+
+
 class PowerAction(StrEnum):
     START = "start"
     STOP = "stop"
@@ -70,7 +94,13 @@ class PowerAction(StrEnum):
 
 @dataclass(frozen=True)
 class MachineInfo:
-    """One machine as the center reports it."""
+    """One machine as the center reports it.
+
+    ``attributes`` are shown to administrators and matched by pool filters; what the
+    broker itself acts on is a typed field: ``fault`` (why the center put it in ERROR),
+    ``desktop_id`` (the desktop it was built for, from ``DESKTOP_KEY`` in the request's
+    metadata; empty for a machine the broker did not build) and ``gone`` (the center no
+    longer has it)."""
 
     external_id: str
     name: str
@@ -80,6 +110,9 @@ class MachineInfo:
     power_state: PowerState = PowerState.UNKNOWN
     attributes: Mapping[str, Any] = field(default_factory=dict)
     driver_state: Mapping[str, Any] = field(default_factory=dict)
+    fault: str = ""
+    desktop_id: str = ""
+    gone: bool = False
 
 
 @dataclass(frozen=True)
@@ -117,6 +150,9 @@ class ProvisionRequest:
     tags: tuple[str, ...] = ()
     data_volume_gb: int | None = None
     data_volume_id: str | None = None
+    # The pool's provisioning parameters as stored (the broker's and the center's):
+    # a driver reads its own with ``CenterDriver.provision_params``.
+    parameters: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -159,6 +195,10 @@ class CenterDriver:
     capabilities: ClassVar[frozenset[Capability]] = frozenset()
     # Pydantic model validating the center's ``params``; secrets are separate.
     Params: ClassVar[type[BaseModel]]
+    # Pydantic model of what a pool may set for the machines this center builds (image,
+    # size, network...), beside the broker's own provisioning parameters; a driver with
+    # ``Capability.PROVISION`` must set it. The pool's API checks them with it.
+    ProvisionParams: ClassVar[type[BaseModel] | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -167,6 +207,11 @@ class CenterDriver:
     def __init__(self, params: Mapping[str, Any], secrets: Mapping[str, str]) -> None:
         self.params = self.Params.model_validate(dict(params))
         self.secrets = dict(secrets)
+
+    def limits(self) -> BuildLimits:
+        """How many builds the center takes at once and how long one may take; a
+        driver whose params let an administrator set them overrides this."""
+        return BuildLimits()
 
     def supports(self, capability: Capability) -> bool:
         return capability in self.capabilities
@@ -198,6 +243,15 @@ class CenterDriver:
             "availability_zones": [],
             "security_groups": [],
         }
+
+    def provision_params(self, request: ProvisionRequest) -> BaseModel:
+        """The center's part of the request's pool parameters, as ``ProvisionParams``."""
+        self.require(Capability.PROVISION)
+        model = self.ProvisionParams
+        if model is None:
+            raise CenterError(f"a {self.kind} center declares no provisioning parameters")
+        own = {k: v for k, v in request.parameters.items() if k in model.model_fields}
+        return model.model_validate(own)
 
     def create(self, request: ProvisionRequest) -> str:
         """Ask the center for a new machine; returns its id at once, without waiting."""

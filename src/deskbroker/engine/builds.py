@@ -19,13 +19,15 @@ from sqlalchemy import bindparam, update
 from sqlalchemy.orm import Session
 
 from deskbroker.centers.base import (
+    DESKTOP_KEY,
+    POOL_KEY,
     Capability,
     CenterDriver,
     MachineInfo,
     ProvisionRequest,
+    QuotaExceeded,
     UnknownName,
 )
-from deskbroker.centers.openstack.driver import QuotaExceeded
 from deskbroker.domain.states import PROVISIONING_TRANSITIONS, Availability, PowerState, transition
 from deskbroker.engine.drivers import DriverCache
 from deskbroker.engine.handover import hand_over
@@ -100,11 +102,12 @@ def _request_of(task: TaskRow) -> ProvisionRequest:
         user_data=render_user_data(params.get("user_data") or "", task),
         metadata={
             **{str(k): str(v) for k, v in (params.get("metadata") or {}).items()},
-            "deskbroker_pool": task.pool_id or "",
-            "deskbroker_desktop": task.desktop_id or "",
+            POOL_KEY: task.pool_id or "",
+            DESKTOP_KEY: task.desktop_id or "",
             "deskbroker_task": task.id,
         },
         tags=(task_tag(task.id),),
+        parameters=dict(params),
     )
 
 
@@ -201,7 +204,7 @@ class TaskStep:
     def _create(self, center: Center, driver: CenterDriver) -> None:
         """A requested task handed to a step directly (the engine claims builds with
         ``claim_builds`` instead): the same in-flight gate, then the same creation."""
-        limit = int(getattr(driver.params, "max_in_flight", 20))
+        limit = driver.limits().max_in_flight
         with self.ctx.db.write() as session:
             lock_center(session, center.id)
             if in_flight(session, center.id) >= limit:
@@ -306,7 +309,7 @@ class TaskStep:
             machine = driver.machine(task.external_id or "")
             if machine is None:
                 raise CenterError("the instance disappeared while it was being built")
-        if machine is not None and machine.attributes.get("gone"):
+        if machine is not None and machine.gone:
             raise CenterError("the instance disappeared while it was being built")
         if machine is not None and machine.power_state is PowerState.RUNNING:
             if self.watcher is not None:
@@ -317,9 +320,9 @@ class TaskStep:
                 self._finish(machine, machine.address)
             return
         if machine is not None and machine.power_state is PowerState.ERROR:
-            fault = machine.attributes.get("fault") or "the cloud reported ERROR"
+            fault = machine.fault or "the cloud reported ERROR"
             raise CenterError(f"build failed: {fault}")
-        timeout = float(getattr(driver.params, "build_timeout_s", 900.0))
+        timeout = driver.limits().build_timeout_s
         if waited > timeout:
             raise CenterError(f"the instance stayed in BUILD for more than {timeout:.0f} s")
         self._save(delay_s=self._next_look(blind))

@@ -1,12 +1,10 @@
-"""Center drivers opened once per center version and shared by the engine's workers."""
+"""The engine's center rows and build watchers over the broker's shared drivers."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 
-from deskbroker.centers import registry
 from deskbroker.centers.base import CenterDriver
 from deskbroker.engine.watch import BuildWatcher
 from deskbroker.services.context import BrokerContext
@@ -16,11 +14,12 @@ CENTER_TTL_S = 5.0
 
 
 class DriverCache:
-    """Keeps a driver (and its authenticated session) per center until the center changes."""
+    """The engine's view of the broker's shared drivers (``ctx.drivers``), plus what
+    only the engine needs: each center's row read at most every few seconds, and a
+    build watcher per center sharing the center's driver."""
 
     def __init__(self, ctx: BrokerContext) -> None:
         self.ctx = ctx
-        self._drivers: dict[str, tuple[object, CenterDriver]] = {}
         self._watchers: dict[str, BuildWatcher] = {}
         self._centers: dict[str, tuple[float, Center]] = {}
         self._by_row: dict[str, tuple[Center, CenterDriver]] = {}
@@ -32,26 +31,10 @@ class DriverCache:
             if known is not None and known[0] is center:
                 # The very row ``center`` handed out and this returned for before.
                 return known[1]
-        # Only what changes the connection counts: a scan touching the row must not
-        # throw away an authenticated session (and the build watcher with it).
-        stamp = (
-            center.kind,
-            center.secrets_sealed,
-            json.dumps(center.params, sort_keys=True),
-        )
+        driver = self.ctx.drivers.get(center)
         with self._lock:
-            cached = self._drivers.get(center.id)
-            if cached is not None and cached[0] == stamp:
-                self._remember(center, cached[1])
-                return cached[1]
-            secrets: dict[str, str] = {}
-            if center.secrets_sealed:
-                secrets = json.loads(self.ctx.secrets.open(center.secrets_sealed))
-            driver = registry.open_driver(center.kind, center.params or {}, secrets)
-            self._drivers[center.id] = (stamp, driver)
             self._remember(center, driver)
-            self._watchers.pop(center.id, None)
-            return driver
+        return driver
 
     def _remember(self, center: Center, driver: CenterDriver) -> None:
         """Skip the stamp next time for a detached row of ``center``'s own cache (the

@@ -194,7 +194,7 @@ def finish_and_refill(
                     continue  # a step has it
                 elif (
                     machine.power_state is PowerState.RUNNING
-                    and not machine.attributes.get("gone")
+                    and not machine.gone
                     and not (row.request or {}).get("floating_ip")
                 ):
                     ready.append(row)

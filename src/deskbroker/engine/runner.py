@@ -294,7 +294,7 @@ class Engine:
         watcher = self.drivers.watcher(center)
         if work.waiting:
             self._list_builds(watcher, center.id, center.name, work.waiting)
-        limit = int(getattr(self.drivers.get(center).params, "max_in_flight", 20))
+        limit = self.drivers.get(center).limits().max_in_flight
         refill = None
         if work.requested and self._free() > 0 and (work.in_flight < limit or watcher.finished()):
             refill = Refill(limit, self._free(), self.owner, now, self.ttl_s)

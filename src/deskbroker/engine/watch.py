@@ -154,7 +154,7 @@ class BuildWatcher:
         for external_id in gone:
             self._gone.add(external_id)
             if external_id not in self._settled:
-                lost = MachineInfo(external_id=external_id, name="", attributes={"gone": True})
+                lost = MachineInfo(external_id=external_id, name="", gone=True)
                 self._finished[external_id] = (lost, number)
         self._judge(done, asked)
         horizon = number - KEEP_LISTINGS
@@ -219,7 +219,7 @@ class BuildWatcher:
         """The newest state seen for a build, or ``None`` when there is no news."""
         with self._lock:
             if external_id in self._gone:
-                return MachineInfo(external_id=external_id, name="", attributes={"gone": True})
+                return MachineInfo(external_id=external_id, name="", gone=True)
             return self._seen.pop(external_id, None)
 
     def learned(self, seconds: float) -> None:

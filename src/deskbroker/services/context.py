@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from deskbroker import outbound
 from deskbroker.config import Settings
 from deskbroker.security import PasswordHashing, SecretBox, TokenSigner
+from deskbroker.services.center_drivers import CenterDrivers
 from deskbroker.services.config_cache import ConfigCache
 from deskbroker.services.pulse import Pulse
 from deskbroker.services.source_guard import SourceGuard
@@ -24,9 +25,12 @@ class BrokerContext:
     pulse: Pulse = field(default_factory=Pulse)
     # Per-process bulkheads of the directories, shared by login and explain.
     sources: SourceGuard = field(init=False)
+    # Every opened center driver of the process: one authentication per center.
+    drivers: CenterDrivers = field(init=False)
 
     def __post_init__(self) -> None:
         self.sources = SourceGuard(self.settings)
+        self.drivers = CenterDrivers(self.secrets)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> BrokerContext:

@@ -12,7 +12,6 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from deskbroker.centers import registry
 from deskbroker.centers.base import Capability, CenterDriver, Changes, ImageInfo, MachineInfo
 from deskbroker.domain import scans
 from deskbroker.errors import DeskbrokerError, QuotaReached
@@ -49,10 +48,8 @@ class ScanReport:
 
 
 def open_center(ctx: BrokerContext, center: Center) -> CenterDriver:
-    secrets: dict[str, str] = {}
-    if center.secrets_sealed:
-        secrets = json.loads(ctx.secrets.open(center.secrets_sealed))
-    return registry.open_driver(center.kind, center.params or {}, secrets)
+    """The center's driver from the process's shared cache (authenticated once)."""
+    return ctx.drivers.get(center)
 
 
 def _full_scan_due(center: Center, now: datetime) -> bool:

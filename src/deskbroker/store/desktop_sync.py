@@ -98,7 +98,7 @@ def sync(
         seen.add(machine.external_id)
         row = existing.get(machine.external_id)
         if row is None:
-            owner = pending.pop(str(machine.attributes.get("meta.deskbroker_desktop", "")), None)
+            owner = pending.pop(machine.desktop_id, None)
             if owner is not None:
                 # Leave the power state to the provisioner until it calls the desktop ready.
                 updates.append(
@@ -112,7 +112,7 @@ def sync(
                 )
                 result.updated.append(machine.name)
                 continue
-            if machine.attributes.get("meta.deskbroker_desktop"):
+            if machine.desktop_id:
                 # Built for a desktop this broker no longer has: a leak for the sweep to
                 # report or reap, never a desktop to hand out.
                 result.orphans.append(machine.external_id)

@@ -6,13 +6,14 @@ import zoneinfo
 from typing import Annotated, Any
 
 from fastapi import APIRouter
-from pydantic import Field, StringConstraints, field_validator, model_validator
+from pydantic import ConfigDict, Field, StringConstraints, field_validator, model_validator
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from deskbroker.api.admin.crud import ResourceSpec, add_routes, must_exist, scope
 from deskbroker.api.deps import AdminReader, Ctx
 from deskbroker.api.schemas import Body, FilterIn, Id, Name, Stamped, Text
+from deskbroker.centers import registry
 from deskbroker.domain import tags
 from deskbroker.domain.membership import creates_cycle
 from deskbroker.domain.quotas import words as quota_words
@@ -36,8 +37,6 @@ from deskbroker.store.tables import (
 )
 
 Clock = Annotated[str, StringConstraints(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")]
-# A name or id on the center: an image, a flavor, a zone, a network.
-Ref = Annotated[str, StringConstraints(min_length=1, max_length=255)]
 
 
 class Window(Body):
@@ -49,18 +48,15 @@ class Window(Body):
 
 
 class ProvisioningParameters(Body):
+    """The broker's own provisioning parameters. Any other key (an image, a flavor...)
+    is the provisioning center's, checked against its driver's ``ProvisionParams``."""
+
+    model_config = ConfigDict(extra="allow")
+
     name_template: Annotated[str, StringConstraints(min_length=1, max_length=63)] = (
         "{POOL}-{SEQUENCE:3}"
     )
     sequence_start: int = Field(default=1, ge=0, le=1_000_000_000)
-    image: Ref | None = None
-    flavor: Ref | None = None
-    availability_zone: Ref | None = None
-    network: Ref | None = None
-    floating_ip: bool = False
-    security_groups: list[Annotated[str, StringConstraints(max_length=255)]] = Field(
-        default_factory=list, max_length=20
-    )
     user_data: Annotated[str, StringConstraints(max_length=65535)] = ""
     metadata: dict[str, Annotated[str, StringConstraints(max_length=255)]] = Field(
         default_factory=dict
@@ -177,10 +173,35 @@ def _prepare_pool(
                 raise InvalidInput("a pool cannot be nested inside itself or its own sub-pool")
     if data.get("provisioning") is None:
         data.pop("provisioning", None)
-    elif existing is not None:
-        # New parameters may cure what made builds fail: try again at once.
-        data.update(build_failures=0, builds_resume_at=None)
+    else:
+        _check_center_parameters(session, data, existing)
+        if existing is not None:
+            # New parameters may cure what made builds fail: try again at once.
+            data.update(build_failures=0, builds_resume_at=None)
     return data
+
+
+def _check_center_parameters(session: Session, data: dict[str, Any], existing: Any) -> None:
+    """Validate the center's part of the parameters with the provisioning center's
+    driver (the one the engine builds on: the named center, else the pool's first)."""
+    provisioning = data["provisioning"]
+    parameters = dict(provisioning.get("parameters") or {})
+    own = {k: v for k, v in parameters.items() if k in ProvisioningParameters.model_fields}
+    theirs = {k: v for k, v in parameters.items() if k not in own}
+    center_ids = data["center_ids"] if "center_ids" in data else getattr(existing, "center_ids", [])
+    center_id = provisioning.get("center_id") or next(iter(center_ids or []), None)
+    center = session.get(Center, center_id) if center_id else None
+    if center is None:
+        if theirs:
+            raise InvalidInput(
+                f"provisioning.parameters.{min(theirs)}: a center's parameter, and the pool "
+                "has no center; give it one first"
+            )
+        return
+    provisioning["parameters"] = {
+        **own,
+        **registry.validate_provision_params(center.kind, theirs),
+    }
 
 
 def _pool_after(session: Session, ctx: BrokerContext, pool: Any) -> None:

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel
 
 from deskbroker.centers.base import (
+    BuildLimits,
     Capability,
     CenterDriver,
     Changes,
@@ -19,9 +20,11 @@ from deskbroker.centers.base import (
     MachineInfo,
     PowerAction,
     ProvisionRequest,
+    QuotaExceeded,
     UnknownName,
 )
 from deskbroker.centers.openstack import mapping
+from deskbroker.centers.openstack.provision_params import OpenStackProvisionParams
 from deskbroker.centers.openstack.session import CloudFailure, OpenStackParams, ProjectSession
 from deskbroker.errors import CenterError
 
@@ -52,17 +55,13 @@ def _cursor_from(date_header: str | None) -> str | None:
     return (moment - timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class QuotaExceeded(CenterError):
-    status = 409
-    title = "Quota exceeded"
-
-
 class OpenStackCenter(CenterDriver):
     """One OpenStack project: inventory, images, provisioning, power, leak sweeps."""
 
     kind: ClassVar[str] = "openstack"
     capabilities: ClassVar[frozenset[Capability]] = frozenset(set(Capability))
     Params: ClassVar[type[BaseModel]] = OpenStackParams
+    ProvisionParams: ClassVar[type[BaseModel] | None] = OpenStackProvisionParams
 
     def __init__(self, params: Mapping[str, Any], secrets: Mapping[str, str]) -> None:
         super().__init__(params, secrets)
@@ -70,6 +69,9 @@ class OpenStackCenter(CenterDriver):
         self.os_params: OpenStackParams = self.params
         self.session = ProjectSession(self.os_params, secrets)
         self._names: dict[tuple[str, str], str] = {}
+
+    def limits(self) -> BuildLimits:
+        return BuildLimits(self.os_params.max_in_flight, self.os_params.build_timeout_s)
 
     # --- inventory -------------------------------------------------------------------
     def changes(self, since: str | None) -> Changes:

@@ -6,7 +6,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from deskbroker.centers.base import ImageInfo, MachineInfo
+from deskbroker.centers.base import DESKTOP_KEY, ImageInfo, MachineInfo
 from deskbroker.domain.states import PowerState
 
 _STATUS = {
@@ -77,8 +77,9 @@ def machine(server: dict[str, Any]) -> MachineInfo:
         **{f"meta.{k}": v for k, v in metadata.items()},
     }
     fault = server.get("fault")
-    if isinstance(fault, dict) and fault.get("message"):
-        attributes["fault"] = fault["message"]
+    message = str(fault.get("message") or "") if isinstance(fault, dict) else ""
+    if message:
+        attributes["fault"] = message
     return MachineInfo(
         external_id=str(server["id"]),
         name=str(server.get("name", "")),
@@ -92,6 +93,8 @@ def machine(server: dict[str, Any]) -> MachineInfo:
             "task_state": server.get("OS-EXT-STS:task_state"),
             "updated": server.get("updated"),
         },
+        fault=message,
+        desktop_id=str(metadata.get(DESKTOP_KEY) or ""),
     )
 
 
