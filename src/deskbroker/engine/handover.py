@@ -13,7 +13,12 @@ from sqlalchemy.orm import Session
 
 from deskbroker.centers.base import MachineInfo
 from deskbroker.domain.states import PROVISIONING_TRANSITIONS, Availability, PowerState, transition
-from deskbroker.engine.tasks import (
+from deskbroker.engine.watch import BuildWatcher
+from deskbroker.services.context import BrokerContext
+from deskbroker.services.queues import serve_queues
+from deskbroker.store import leases, membership
+from deskbroker.store.tables import utcnow
+from deskbroker.store.tasks import (
     DESKTOPS,
     EVENTS,
     POOLS,
@@ -25,11 +30,6 @@ from deskbroker.engine.tasks import (
     aware,
     claim_builds,
 )
-from deskbroker.engine.watch import BuildWatcher
-from deskbroker.services.context import BrokerContext
-from deskbroker.services.desktops import serve_queues
-from deskbroker.store import leases, membership
-from deskbroker.store.tables import utcnow
 
 _WATCHED = (
     select(*TASK_COLUMNS, TASKS.c.lease_expires_at)

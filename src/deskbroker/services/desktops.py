@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from deskbroker import metrics
 from deskbroker.centers.base import Capability, PowerAction
-from deskbroker.domain.offers import OfferOrdering, next_release_interval
+from deskbroker.domain.offers import next_release_interval
 from deskbroker.domain.states import PowerState
 from deskbroker.errors import Conflict, NotFound
 from deskbroker.protocols.descriptors import ConnectionDescriptor, build, choose
@@ -18,8 +18,9 @@ from deskbroker.security import TokenClaims
 from deskbroker.services import access, quotas
 from deskbroker.services.context import BrokerContext
 from deskbroker.services.inventory import open_center
-from deskbroker.store import claims, desktop_sync, events, membership
-from deskbroker.store.tables import Center, Desktop, Pool, PoolMember, QueueEntry, User, utcnow
+from deskbroker.services.queues import serve_queues
+from deskbroker.store import claims, desktop_sync, events
+from deskbroker.store.tables import Center, Desktop, Pool, PoolMember, User, utcnow
 
 
 @dataclass(frozen=True)
@@ -286,48 +287,6 @@ def release(
     serve_queues(session, tenant_id)
 
 
-def serve_queues(session: Session, tenant_id: str) -> int:
-    """Give free desktops to waiting users, oldest ticket first; returns how many."""
-    served = 0
-    pool_ids = session.scalars(
-        select(QueueEntry.pool_id).where(QueueEntry.tenant_id == tenant_id).distinct()
-    ).all()
-    for pool_id in pool_ids:
-        while True:
-            head = claims.next_in_queue(session, pool_id)
-            if head is None:
-                break
-            entry_id, user_id = head.entry_id, head.user_id
-            got = claims.claim(
-                session,
-                pool_id=pool_id,
-                user_id=user_id,
-                kind=head.assignment,
-                ordering=OfferOrdering(head.ordering),
-            )
-            if got is None:
-                break
-            claims.serve_entry(session, entry_id, pool_id)
-            events.append(
-                session,
-                "assign",
-                tenant_id=tenant_id,
-                actor="queue",
-                user_id=user_id,
-                desktop_id=got.id,
-                pool_id=pool_id,
-                detail={"reason": "queue"},
-            )
-            served += 1
-    return served
-
-
-def refresh_pools(session: Session, tenant_id: str) -> None:
-    """After desktops or pools change: fix membership, then serve waiting users."""
-    membership.refresh(session, tenant_id)
-    serve_queues(session, tenant_id)
-
-
 def is_member(session: Session, pool_id: str, desktop_id: str) -> bool:
     return (
         session.scalar(
@@ -337,7 +296,3 @@ def is_member(session: Session, pool_id: str, desktop_id: str) -> bool:
         )
         is not None
     )
-
-
-def mark_used(session: Session, desktop_id: str) -> None:
-    session.execute(update(Desktop).where(Desktop.id == desktop_id).values(last_used_at=utcnow()))

@@ -19,6 +19,7 @@ from deskbroker.errors import DeskbrokerError, QuotaReached
 from deskbroker.protocols.descriptors import DEFAULT_PORTS
 from deskbroker.services import quotas
 from deskbroker.services.context import BrokerContext
+from deskbroker.services.queues import refresh_pools
 from deskbroker.store import desktop_sync
 from deskbroker.store.repository import Repository
 from deskbroker.store.tables import Center, Desktop, Image, utcnow
@@ -201,8 +202,6 @@ def record(
     A full listing of a cloud that sees far fewer machines than the broker knows removes
     nothing: the center turns ``degraded`` and the next full scan must agree.
     """
-    from deskbroker.services.desktops import refresh_pools
-
     report = ScanReport(center.id, "ok", "")
     started, incremental = listing.started, listing.incremental
     center.last_scan_at = utcnow()

@@ -26,6 +26,7 @@ import pyotp
 from sqlalchemy.orm import Session
 
 from deskbroker import metrics
+from deskbroker.domain.accounts import UserRecord
 from deskbroker.domain.rules import Identity
 from deskbroker.domain.second_factor import SecondFactorMode, SecondFactorStep
 from deskbroker.errors import (
@@ -42,7 +43,6 @@ from deskbroker.services.context import BrokerContext
 from deskbroker.services.throttle import Checked
 from deskbroker.store import claims, events
 from deskbroker.store import totp as store
-from deskbroker.store.claims import UserRecord
 
 if TYPE_CHECKING:
     from deskbroker.services.login import LoginResult, LoginService
