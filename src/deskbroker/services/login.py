@@ -38,10 +38,10 @@ from deskbroker.identity.base import (
     password_refusal,
     source_kinds,
 )
+from deskbroker.services.challenges import Challenge, issue_challenge
 from deskbroker.services.config_cache import ConfigView, PolicyView, SourceView
 from deskbroker.services.context import BrokerContext
 from deskbroker.services.failed_names import FailedNames
-from deskbroker.services.second_factor import Challenge, issue_challenge
 from deskbroker.services.source_choice import choose
 from deskbroker.services.source_guard import reached_directory
 from deskbroker.services.throttle import Checked, SignInGuard
