@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from deskbroker import metrics
 from deskbroker.centers.base import Capability, PowerAction
+from deskbroker.domain import scans
 from deskbroker.domain.offers import next_release_interval
 from deskbroker.domain.states import PowerState
 from deskbroker.errors import Conflict, NotFound
@@ -19,7 +20,7 @@ from deskbroker.services import access, quotas
 from deskbroker.services.context import BrokerContext
 from deskbroker.services.inventory import open_center
 from deskbroker.services.queues import serve_queues
-from deskbroker.store import claims, desktop_sync, events
+from deskbroker.store import claims, events
 from deskbroker.store.tables import Center, Desktop, Pool, PoolMember, User, utcnow
 
 
@@ -205,7 +206,7 @@ def _start(
         ).first()
         if row is None or row.assigned_user_id != who.user_id:
             raise NotFound(f"desktop {desktop.id} is not assigned to you")
-        row.power_state = desktop_sync.next_power(row.power_state, reported)
+        row.power_state = scans.next_power(row.power_state, reported)
         if reported is PowerState.RUNNING:
             if seen.address:
                 row.address = seen.address
