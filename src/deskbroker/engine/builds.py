@@ -27,6 +27,7 @@ from deskbroker.centers.base import (
 )
 from deskbroker.centers.openstack.driver import QuotaExceeded
 from deskbroker.domain.states import PROVISIONING_TRANSITIONS, Availability, PowerState, transition
+from deskbroker.domain.timestamps import aware
 from deskbroker.engine.drivers import DriverCache
 from deskbroker.engine.handover import hand_over
 from deskbroker.engine.watch import BuildWatcher
@@ -42,7 +43,6 @@ from deskbroker.store.tasks import (
     TASKS,
     S,
     TaskRow,
-    aware,
     in_flight,
     lock_center,
     read_task,

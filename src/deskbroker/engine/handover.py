@@ -10,13 +10,14 @@ from typing import Any
 
 from deskbroker.centers.base import MachineInfo
 from deskbroker.domain.states import Availability, PowerState
+from deskbroker.domain.timestamps import aware
 from deskbroker.engine.watch import BuildWatcher
 from deskbroker.services.context import BrokerContext
 from deskbroker.services.queues import serve_queues
 from deskbroker.store import handover as store
 from deskbroker.store import leases, membership
 from deskbroker.store.tables import utcnow
-from deskbroker.store.tasks import S, TaskRow, aware, claim_builds
+from deskbroker.store.tasks import S, TaskRow, claim_builds
 
 
 def hand_over(unit: leases.Unit, built: Sequence[tuple[TaskRow, MachineInfo | None, str]]) -> None:

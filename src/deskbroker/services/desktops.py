@@ -13,6 +13,7 @@ from deskbroker.centers.base import Capability, PowerAction
 from deskbroker.domain import scans
 from deskbroker.domain.offers import next_release_interval
 from deskbroker.domain.states import PowerState
+from deskbroker.domain.timestamps import aware
 from deskbroker.errors import Conflict, NotFound
 from deskbroker.protocols.descriptors import ConnectionDescriptor, build, choose
 from deskbroker.security import TokenClaims
@@ -153,7 +154,7 @@ def _starting(
     ctx: BrokerContext, desktop: Desktop, power_state: str, since: datetime | None
 ) -> Starting:
     estimate = ctx.settings.start_estimate_s
-    elapsed = 0.0 if since is None else (utcnow() - _aware(since)).total_seconds()
+    elapsed = 0.0 if since is None else (utcnow() - aware(since)).total_seconds()
     remaining = max(5, round(estimate - elapsed))
     late = elapsed > estimate
     return Starting(
@@ -168,10 +169,6 @@ def _starting(
             + f"; it should be ready in about {remaining} seconds"
         ),
     )
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def _start(
@@ -213,7 +210,7 @@ def _start(
         elif reported in (PowerState.STOPPED, PowerState.SUSPENDED):
             since = row.starting_since
             resend = ctx.settings.start_estimate_s * _RESEND_AFTER_ESTIMATES
-            if since is None or (now - _aware(since)).total_seconds() > resend:
+            if since is None or (now - aware(since)).total_seconds() > resend:
                 # Claimed under the row lock: of several retrying clients one sends it.
                 action = (
                     PowerAction.RESUME if reported is PowerState.SUSPENDED else PowerAction.START
@@ -251,9 +248,7 @@ def _note_release(session: Session, pool_id: str) -> None:
         return
     now = datetime.now(UTC)
     if pool.last_release_at is not None:
-        last = pool.last_release_at
-        if last.tzinfo is None:
-            last = last.replace(tzinfo=UTC)
+        last = aware(pool.last_release_at)
         pool.release_interval_s = next_release_interval(
             pool.release_interval_s, max(1.0, (now - last).total_seconds())
         )

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from deskbroker.centers import registry
 from deskbroker.centers.base import Capability, CenterDriver, Changes, ImageInfo, MachineInfo
 from deskbroker.domain import scans
+from deskbroker.domain.timestamps import aware
 from deskbroker.errors import DeskbrokerError, QuotaReached
 from deskbroker.protocols.descriptors import DEFAULT_PORTS
 from deskbroker.services import quotas
@@ -59,9 +60,7 @@ def open_center(ctx: BrokerContext, center: Center) -> CenterDriver:
 def _full_scan_due(center: Center, now: datetime) -> bool:
     if center.scan_cursor is None or center.last_full_scan_at is None:
         return True
-    last = center.last_full_scan_at
-    if last.tzinfo is None:
-        last = last.replace(tzinfo=UTC)
+    last = aware(center.last_full_scan_at)
     return (now - last).total_seconds() >= center.full_scan_interval_s
 
 
