@@ -19,6 +19,9 @@ from pathlib import Path
 
 import grimp
 import pytest
+from fastapi import FastAPI
+
+from deskbroker.api.app import api_router
 
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src"
@@ -215,3 +218,13 @@ def test_the_cycle_check_sees_one() -> None:
         ["x.login", "x.second_factor", "x.login"],
         ["x.second_factor", "x.login", "x.second_factor"],
     ]
+
+
+def test_one_power_action_in_the_api() -> None:
+    # A driver's power verbs and a power plan's actions are different words: two enums
+    # of one name showed in the API reference as module-qualified schema names.
+    app = FastAPI()
+    app.include_router(api_router())
+    names = set(app.openapi()["components"]["schemas"])
+    assert {"PowerAction", "PlanPowerAction"} <= names
+    assert not [n for n in names if n.endswith("__PowerAction")]
