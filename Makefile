@@ -52,6 +52,7 @@ LINT_PATHS := src tests $(wildcard benchmarks scripts)
 lint: setup
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) scripts/gen_api_docs.py --check
 
 # The API reference is generated from the OpenAPI document.

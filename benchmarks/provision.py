@@ -28,7 +28,7 @@ from sqlalchemy import func, select
 from _cloud import add_center, broker, cloud, emit, sim
 from deskbroker.engine.runner import Engine
 from deskbroker.metrics import SQL_STATEMENTS
-from deskbroker.services.desktops import refresh_pools
+from deskbroker.services.queues import refresh_pools
 from deskbroker.store.tables import Desktop, Pool, ProvisioningTask
 
 

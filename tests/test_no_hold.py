@@ -18,10 +18,10 @@ from deskbroker.bootstrap import ensure_defaults
 from deskbroker.centers.base import MachineInfo, PowerAction
 from deskbroker.centers.registry import open_driver
 from deskbroker.config import Settings
-from deskbroker.engine.jobs import JobKind
 from deskbroker.engine.runner import Engine
 from deskbroker.identity.base import Credentials, source_kinds
 from deskbroker.services.context import BrokerContext
+from deskbroker.store.jobs import JobKind
 from deskbroker.store.tables import Job, utcnow
 from deskbroker.write_guard import HeldTransaction
 from tests.helpers import USER_PASSWORD, Api, post_login

@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from deskbroker.bootstrap import add_local_user
 from deskbroker.domain.second_factor import SecondFactorStep
-from deskbroker.services.second_factor import ChallengeSigner
+from deskbroker.services.challenges import ChallengeSigner
 from deskbroker.store.tables import Base, Event, User
 from tests.helpers import ADMIN_PASSWORD, USER_PASSWORD, Api
 from tests.totp_support import Authenticator

@@ -134,6 +134,9 @@ def api_router() -> APIRouter:
     return api
 
 
+permissions.read_catalog_from(api_router)
+
+
 def _not_ready(detail: str) -> JSONResponse:
     answer = errors.problem(503, "Not ready", detail)
     answer.headers["Retry-After"] = "5"

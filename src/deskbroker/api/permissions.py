@@ -12,13 +12,25 @@ covered, listed and grantable without a table to keep in step.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 
+from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 
 ADMIN_PREFIX = "/api/v1/admin/"
 PERMISSION_KEY = "x-permission"
+
+# The routes the catalog is read from. The routers that check grants need the catalog
+# of all routes, and the app module assembles them: it hands its router here when it is
+# imported, so this module (which every router imports) imports no router.
+_routes: list[Callable[[], APIRouter]] = []
+
+
+def read_catalog_from(routes: Callable[[], APIRouter]) -> None:
+    """Name the function that builds every /api/v1 route (``app.api_router``)."""
+    _routes[:] = [routes]
 
 
 def required(path: str, method: str, extra: dict[str, Any] | None = None) -> str:
@@ -48,13 +60,12 @@ def route_permission(route: APIRoute, method: str) -> str:
 @cache
 def catalog() -> dict[str, frozenset[str]]:
     """Every admin resource with the actions its operations need, read off the OpenAPI
-    document (where each operation's ``x-permission`` is shown too)."""
-    from fastapi import FastAPI
-
-    from deskbroker.api.app import api_router  # built once; the routes are static
-
+    document (where each operation's ``x-permission`` is shown too). Built once: the
+    routes are static."""
+    if not _routes:
+        raise RuntimeError("the permission catalog is read before the API's routes exist")
     app = FastAPI()
-    app.include_router(api_router())
+    app.include_router(_routes[0]())
     found: dict[str, set[str]] = {}
     for path, operations in app.openapi().get("paths", {}).items():
         if not path.startswith(ADMIN_PREFIX):

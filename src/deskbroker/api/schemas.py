@@ -98,7 +98,10 @@ class PlanEvent(StrEnum):
     IDLE = "idle"
 
 
-class PowerAction(StrEnum):
+class PlanPowerAction(StrEnum):
+    """What a power plan's rule does to the desktop; the driver's verbs (start, stop,
+    resume...) are ``centers.base.PowerAction``."""
+
     SUSPEND = "suspend"
     SHUTDOWN = "shutdown"
     REBOOT = "reboot"
@@ -119,7 +122,7 @@ class ReleaseAction(StrEnum):
 class PowerRule(Body):
     event: PlanEvent
     after_minutes: int = Field(ge=0, le=60 * 24 * 30)
-    action: PowerAction
+    action: PlanPowerAction
 
 
 class ReleaseRule(Body):

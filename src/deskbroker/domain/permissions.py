@@ -108,10 +108,6 @@ BUILTIN: dict[str, Permissions] = {
 }
 
 
-def is_builtin(role: str) -> bool:
-    return role in BUILTIN
-
-
 def check_grants(texts: Iterable[str], catalog: Mapping[str, frozenset[str]]) -> list[str]:
     """Validate grants against the API's resources and actions; returns them normalised."""
     out: list[str] = []

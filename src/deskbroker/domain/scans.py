@@ -1,6 +1,9 @@
-"""When a center's full listing is trusted to say that machines are gone."""
+"""What the broker records of a center's report: the power state it saw, and when a full
+listing is trusted to say that machines are gone."""
 
 from __future__ import annotations
+
+from deskbroker.domain.states import POWER_TRANSITIONS, PowerState
 
 # A full listing that sees fewer than this share of the machines the broker knows is held.
 SHORTFALL_RATIO = 0.5
@@ -20,3 +23,12 @@ def hold_removals(known: int, seen: int, *, authoritative: bool, confirmed: bool
     for the same reason, so this is the second look that agrees.
     """
     return not authoritative and not confirmed and looks_short(known, seen)
+
+
+def next_power(current: str, reported: PowerState) -> str:
+    """The power state a center's report (a scan, a start) records: the reported one
+    when the power table allows the move, else ``unknown`` (an unexpected jump)."""
+    now = PowerState(current) if current in PowerState._value2member_map_ else PowerState.UNKNOWN
+    if now == reported or reported in POWER_TRANSITIONS[now]:
+        return reported.value
+    return PowerState.UNKNOWN.value

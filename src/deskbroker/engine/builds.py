@@ -29,9 +29,15 @@ from deskbroker.centers.base import (
     UnknownName,
 )
 from deskbroker.domain.states import PROVISIONING_TRANSITIONS, Availability, PowerState, transition
+from deskbroker.domain.timestamps import aware
 from deskbroker.engine.drivers import DriverCache
 from deskbroker.engine.handover import hand_over
-from deskbroker.engine.tasks import (
+from deskbroker.engine.watch import BuildWatcher
+from deskbroker.errors import CenterError
+from deskbroker.services.context import BrokerContext
+from deskbroker.store import events, leases
+from deskbroker.store.tables import Center, Desktop, Pool, utcnow
+from deskbroker.store.tasks import (
     DESKTOPS,
     MAX_ATTEMPTS,
     OPEN_STATES,
@@ -39,17 +45,11 @@ from deskbroker.engine.tasks import (
     TASKS,
     S,
     TaskRow,
-    aware,
     in_flight,
     lock_center,
     read_task,
     task_tag,
 )
-from deskbroker.engine.watch import BuildWatcher
-from deskbroker.errors import CenterError
-from deskbroker.services.context import BrokerContext
-from deskbroker.store import events, leases
-from deskbroker.store.tables import Center, Desktop, Pool, utcnow
 
 # A pool whose builds keep failing waits longer after each: the quota back-off times
 # 2, 4, 8... up to this many times it.

@@ -8,71 +8,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, or_, select, update
-from sqlalchemy.orm import Session
-
 from deskbroker.centers.base import MachineInfo
-from deskbroker.domain.states import PROVISIONING_TRANSITIONS, Availability, PowerState, transition
-from deskbroker.engine.tasks import (
-    DESKTOPS,
-    EVENTS,
-    POOLS,
-    QUEUE,
-    TASK_COLUMNS,
-    TASKS,
-    S,
-    TaskRow,
-    aware,
-    claim_builds,
-)
+from deskbroker.domain.states import Availability, PowerState
+from deskbroker.domain.timestamps import aware
 from deskbroker.engine.watch import BuildWatcher
 from deskbroker.services.context import BrokerContext
-from deskbroker.services.desktops import serve_queues
+from deskbroker.services.queues import serve_queues
+from deskbroker.store import handover as store
 from deskbroker.store import leases, membership
 from deskbroker.store.tables import utcnow
-
-_WATCHED = (
-    select(*TASK_COLUMNS, TASKS.c.lease_expires_at)
-    .where(
-        TASKS.c.center_id == bindparam("b_center"),
-        TASKS.c.external_id.in_(bindparam("b_external", expanding=True)),
-    )
-    .with_for_update(skip_locked=True)
-)
-_READY = (
-    update(TASKS)
-    .where(
-        TASKS.c.id.in_(bindparam("b_ids", expanding=True)),
-        TASKS.c.state == S.WAITING.value,
-        leases.lease_free(TASKS, bindparam("b_now", type_=TASKS.c.lease_expires_at.type)),
-    )
-    .values(
-        state=transition(PROVISIONING_TRANSITIONS, S.WAITING, S.READY).value,
-        step_started_at=bindparam("b_now"),
-        next_step_at=bindparam("b_now"),
-        lease_owner=None,
-        lease_expires_at=None,
-    )
-    .returning(TASKS.c.id)
-)
-_WAKE = (
-    update(TASKS)
-    .where(TASKS.c.id.in_(bindparam("b_ids", expanding=True)), TASKS.c.state == S.WAITING.value)
-    .values(next_step_at=bindparam("b_now"))
-)
-
-
-_DESKTOP_BY_ID = update(DESKTOPS).where(DESKTOPS.c.id == bindparam("b_id"))
-_EVENT = insert(EVENTS)
-_POOLS_OK = (
-    update(POOLS)
-    .where(
-        POOLS.c.id.in_(bindparam("b_ids", expanding=True)),
-        or_(POOLS.c.status != "ok", POOLS.c.last_error != "", POOLS.c.build_failures != 0),
-    )
-    .values(status="ok", last_error="", build_failures=0, builds_resume_at=None)
-)
-_ANYONE_WAITING = select(QUEUE.c.id).where(QUEUE.c.tenant_id == bindparam("b_tenant")).limit(1)
+from deskbroker.store.tasks import S, TaskRow, claim_builds
 
 
 def hand_over(unit: leases.Unit, built: Sequence[tuple[TaskRow, MachineInfo | None, str]]) -> None:
@@ -117,14 +62,9 @@ def hand_over(unit: leases.Unit, built: Sequence[tuple[TaskRow, MachineInfo | No
             }
             values["driver_state"] = dict(machine.driver_state)
             with_machine.append(values)
-    for group in (with_machine, bare):
-        if group:
-            unit.execute(_DESKTOP_BY_ID, group)
-    unit.execute(_EVENT, happened)
+    # A build that got through clears its pool's quota or failure status.
     pool_ids = sorted({t.pool_id for t, _, _ in built if t.pool_id})
-    if pool_ids:
-        # A build that got through clears a quota or failure status.
-        unit.execute(_POOLS_OK, {"b_ids": pool_ids})
+    store.record_built(unit, (with_machine, bare), happened, pool_ids)
     tenants: dict[str, list[str]] = {}
     for task, _, _ in built:
         ids = tenants.setdefault(task.tenant_id, [])
@@ -133,19 +73,8 @@ def hand_over(unit: leases.Unit, built: Sequence[tuple[TaskRow, MachineInfo | No
     for tenant_id, desktop_ids in tenants.items():
         if desktop_ids:
             membership.refresh_desktops(unit, tenant_id, desktop_ids)
-        _serve_waiting(unit, tenant_id)
-
-
-def _serve_waiting(unit: leases.Unit, tenant_id: str) -> None:
-    """Hand the new desktops to users waiting in the tenant's queues, if any."""
-    if isinstance(unit, Session):
-        serve_queues(unit, tenant_id)
-        return
-    if unit.execute(_ANYONE_WAITING, {"b_tenant": tenant_id}).first() is None:
-        return  # the usual case, and one indexed read
-    with Session(bind=unit) as session:  # joins the connection's transaction
-        serve_queues(session, tenant_id)
-        session.commit()
+        # Hand the new desktops to users waiting in the tenant's queues, if any.
+        store.serve_waiting(unit, tenant_id, serve_queues)
 
 
 @dataclass
@@ -180,12 +109,8 @@ def finish_and_refill(
     matched: set[str] = set()
     with ctx.db.connect_write() as conn:
         if finished:
-            found = conn.execute(
-                _WATCHED, {"b_center": center_id, "b_external": list(finished)}
-            ).all()
-            for raw in found:
-                row = TaskRow(*raw[:-1])
-                leased = raw[-1] is not None and aware(raw[-1]) >= now
+            for row, lease_expires_at in store.watched(conn, center_id, list(finished)):
+                leased = lease_expires_at is not None and aware(lease_expires_at) >= now
                 machine = finished[row.external_id or ""]
                 matched.add(row.external_id or "")
                 if row.state != S.WAITING.value:
@@ -204,7 +129,7 @@ def finish_and_refill(
             # Locked by the read on PostgreSQL, by the one writer on SQLite; checked
             # again all the same: a task a step holds is left to it.
             ids = [r.id for r in ready]
-            taken = set(conn.scalars(_READY, {"b_ids": ids, "b_now": now}).all())
+            taken = store.mark_ready(conn, ids, now)
             ready = [r for r in ready if r.id in taken]
             hand_over(
                 conn,
@@ -214,7 +139,7 @@ def finish_and_refill(
                 ],
             )
         if wake:
-            conn.execute(_WAKE, {"b_ids": [r.id for r in wake], "b_now": now})
+            store.wake(conn, [r.id for r in wake], now)
         claimed: list[TaskRow] = []
         if refill is not None:
             claimed = claim_builds(

@@ -11,7 +11,6 @@ from sqlalchemy.orm import Session
 from deskbroker.centers.base import Capability
 from deskbroker.engine.drivers import DriverCache
 from deskbroker.engine.provisioner import pool_counts
-from deskbroker.engine.tasks import OPEN_STATES
 from deskbroker.services import inventory
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import events
@@ -27,6 +26,7 @@ from deskbroker.store.tables import (
     ProvisioningTask,
     SessionRow,
 )
+from deskbroker.store.tasks import OPEN_STATES
 
 
 def scan_center(ctx: BrokerContext, drivers: DriverCache, center_id: str, now: datetime) -> str:

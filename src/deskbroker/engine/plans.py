@@ -11,7 +11,7 @@ that one request.
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, select
@@ -21,6 +21,7 @@ from deskbroker.centers.base import Capability, CenterDriver, MachineInfo, Power
 from deskbroker.domain import plans
 from deskbroker.domain.plans import FireFacts, Outcome, PlanAction, Trigger, Verdict
 from deskbroker.domain.states import POWER_TRANSITIONS, Availability, PowerState, SessionState
+from deskbroker.domain.timestamps import aware
 from deskbroker.engine.drivers import DriverCache
 from deskbroker.services import desktops
 from deskbroker.services.context import BrokerContext
@@ -43,10 +44,6 @@ _AFTER: dict[PlanAction, PowerState] = {
     PlanAction.REBOOT: PowerState.RUNNING,
     PlanAction.TERMINATE: PowerState.DELETING,
 }
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def _power_state(value: str) -> PowerState:
@@ -73,7 +70,7 @@ def _facts(session: Session, timer: Timer, desktop: Desktop, driver: CenterDrive
         trigger_state=trigger_state,
         other_states=tuple(SessionState(s) for s in others),
         assigned=desktop.assigned_user_id is not None,
-        reassigned=assigned_at is not None and _aware(assigned_at) > _aware(timer.created_at),
+        reassigned=assigned_at is not None and aware(assigned_at) > aware(timer.created_at),
         power_state=_power_state(desktop.power_state),
         deletable=desktop.deletable,
         can_power=driver.supports(Capability.POWER),
@@ -205,7 +202,7 @@ def execute_timer(
     ``last_error`` and a later ``due_at``; after ``plan_max_attempts`` it is dropped
     with a ``plan.failed`` event. Never raises for a center's failure.
     """
-    now = _aware(now)
+    now = aware(now)
     with ctx.db.read() as session:
         timer = session.get(Timer, timer_id)
         if timer is None or timer.lease_owner != owner:

@@ -18,9 +18,9 @@ from deskbroker.centers.base import MachineInfo
 from deskbroker.domain import tags as name_tags
 from deskbroker.domain.provisioning import PoolCounts, Targets, targets, to_create, to_retire
 from deskbroker.domain.states import ACTIVE_SESSION_STATES, Availability, PowerState
+from deskbroker.domain.timestamps import aware
 from deskbroker.engine import volumes
 from deskbroker.engine.drivers import DriverCache
-from deskbroker.engine.tasks import DESKTOPS, OPEN_STATES, TASKS, S, aware
 from deskbroker.errors import CenterError
 from deskbroker.services import quotas
 from deskbroker.services.context import BrokerContext
@@ -37,6 +37,7 @@ from deskbroker.store.tables import (
     new_id,
     utcnow,
 )
+from deskbroker.store.tasks import DESKTOPS, OPEN_STATES, TASKS, S
 
 
 def pool_counts(session: Session, pool_id: str, *, starts_unavailable: bool = False) -> PoolCounts:

@@ -15,13 +15,13 @@ from typing import Any
 
 from sqlalchemy import bindparam, case, func, literal, null, select, union_all, update
 
-from deskbroker.engine import builds, handover, maintenance, plans, provisioner, tasks
+from deskbroker.engine import builds, handover, maintenance, plans, provisioner
 from deskbroker.engine.drivers import DriverCache
 from deskbroker.engine.handover import Refill
-from deskbroker.engine.jobs import Intervals, JobKind, ensure_jobs
 from deskbroker.engine.watch import BuildWatcher
 from deskbroker.services.context import BrokerContext
-from deskbroker.store import leases
+from deskbroker.store import leases, tasks
+from deskbroker.store.jobs import Intervals, JobKind, ensure_jobs
 from deskbroker.store.tables import (
     BrokerState,
     Job,

@@ -19,10 +19,10 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ValidationError
 
+from deskbroker.domain.accounts import UserRecord
 from deskbroker.domain.rules import Identity
 from deskbroker.errors import InvalidInput
 from deskbroker.security import PasswordHashing
-from deskbroker.store.claims import UserRecord
 from deskbroker.write_guard import guard_methods
 
 

@@ -35,13 +35,13 @@ from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import parse_dn
 from pydantic import BaseModel
 
+from deskbroker.domain.accounts import UserRecord
 from deskbroker.domain.rules import Identity
 from deskbroker.errors import AccountRefused, DeskbrokerError, DirectoryUnavailable
 from deskbroker.identity.base import Credentials, IdentitySourceDriver
 from deskbroker.identity.ldap_params import ActiveDirectoryParams, GroupMode, LdapParams
 from deskbroker.identity.ldap_pool import Directory
 from deskbroker.security import PasswordHashing
-from deskbroker.store.claims import UserRecord
 
 log = logging.getLogger("deskbroker.identity.ldap")
 

@@ -6,9 +6,9 @@ from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from deskbroker.domain.accounts import UserRecord
 from deskbroker.domain.rules import Identity
 from deskbroker.identity.base import Credentials, IdentitySourceDriver
-from deskbroker.store.claims import UserRecord
 
 
 class LocalParams(BaseModel):

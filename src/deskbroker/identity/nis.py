@@ -31,6 +31,7 @@ from typing import Any, ClassVar, cast
 
 from pydantic import BaseModel
 
+from deskbroker.domain.accounts import UserRecord
 from deskbroker.domain.rules import Identity
 from deskbroker.errors import AccountRefused
 from deskbroker.identity import unixcrypt
@@ -46,7 +47,6 @@ from deskbroker.identity.nis_params import NisParams
 from deskbroker.identity.nis_servers import NisServers
 from deskbroker.identity.yp import MAX_RECORD, all_entries, match
 from deskbroker.security import PasswordHashing
-from deskbroker.store.claims import UserRecord
 
 log = logging.getLogger("deskbroker.identity.nis")
 

@@ -35,6 +35,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from deskbroker.domain.accounts import UserRecord
 from deskbroker.domain.rules import Identity
 from deskbroker.errors import (
     BadRequest,
@@ -47,7 +48,6 @@ from deskbroker.identity.base import Credentials, IdentitySourceDriver, password
 from deskbroker.outbound import OutboundRefused, Target
 from deskbroker.outbound_http import guarded_transport
 from deskbroker.security import PasswordHashing
-from deskbroker.store.claims import UserRecord
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 # Only asymmetric signatures: an HS256 ID token would be signed with the client secret,

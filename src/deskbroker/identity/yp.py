@@ -52,12 +52,6 @@ def _status(value: int) -> YpStatus:
         return YpStatus.YPERR
 
 
-def serves_domain(conn: Connection, domain: str) -> bool:
-    """YPPROC_DOMAIN: whether this server has maps for ``domain``."""
-    args = Packer().string(domain).data()
-    return conn.call(YPPROG, YPVERS, YPPROC_DOMAIN, args, limit=64).boolean()
-
-
 def match(conn: Connection, domain: str, map_name: str, key: bytes) -> bytes | None:
     """YPPROC_MATCH: the value of ``key`` in ``map_name``, or None when there is none."""
     args = Packer().string(domain).string(map_name).opaque(key).data()

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from deskbroker.domain.permissions import BUILTIN, BuiltinRole, Permissions
+from deskbroker.domain.timestamps import aware
 from deskbroker.errors import Forbidden, InvalidInput, Unauthorized
 from deskbroker.security import TokenClaims
 from deskbroker.services.context import BrokerContext
@@ -83,11 +84,11 @@ def resolve_api_token(ctx: BrokerContext, who: TokenClaims) -> TokenClaims:
         ).first()
     if row is None or row.revoked_at is not None:
         raise Unauthorized("This API token has been revoked; ask for a new one.")
-    if _aware(row.expires_at) <= now:
+    if aware(row.expires_at) <= now:
         raise Unauthorized("This API token has expired; ask for a new one.")
     if row.disabled:
         raise Unauthorized("The account this API token acts for is disabled.")
-    if row.last_used_at is None or now - _aware(row.last_used_at) > LAST_USED_EVERY:
+    if row.last_used_at is None or now - aware(row.last_used_at) > LAST_USED_EVERY:
         with ctx.db.write() as session:
             session.execute(
                 update(ApiToken).where(ApiToken.id == who.token_id).values(last_used_at=now)
@@ -140,10 +141,6 @@ def revoke_tokens(session: Session, user_id: str) -> None:
         .values(token_generation=User.token_generation + 1)
         .execution_options(synchronize_session=False)
     )
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def check_grantable(held: Permissions, grants: Permissions, what: str, catalog: Catalog) -> None:

@@ -10,16 +10,19 @@ from sqlalchemy.orm import Session
 
 from deskbroker import metrics
 from deskbroker.centers.base import Capability, PowerAction
-from deskbroker.domain.offers import OfferOrdering, next_release_interval
+from deskbroker.domain import scans
+from deskbroker.domain.offers import next_release_interval
 from deskbroker.domain.states import PowerState
+from deskbroker.domain.timestamps import aware
 from deskbroker.errors import Conflict, NotFound
 from deskbroker.protocols.descriptors import ConnectionDescriptor, build, choose
 from deskbroker.security import TokenClaims
 from deskbroker.services import access, quotas
 from deskbroker.services.context import BrokerContext
 from deskbroker.services.inventory import open_center
-from deskbroker.store import claims, desktop_sync, events, membership
-from deskbroker.store.tables import Center, Desktop, Pool, PoolMember, QueueEntry, User, utcnow
+from deskbroker.services.queues import serve_queues
+from deskbroker.store import claims, events
+from deskbroker.store.tables import Center, Desktop, Pool, PoolMember, User, utcnow
 
 
 @dataclass(frozen=True)
@@ -151,7 +154,7 @@ def _starting(
     ctx: BrokerContext, desktop: Desktop, power_state: str, since: datetime | None
 ) -> Starting:
     estimate = ctx.settings.start_estimate_s
-    elapsed = 0.0 if since is None else (utcnow() - _aware(since)).total_seconds()
+    elapsed = 0.0 if since is None else (utcnow() - aware(since)).total_seconds()
     remaining = max(5, round(estimate - elapsed))
     late = elapsed > estimate
     return Starting(
@@ -166,10 +169,6 @@ def _starting(
             + f"; it should be ready in about {remaining} seconds"
         ),
     )
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def _start(
@@ -204,14 +203,14 @@ def _start(
         ).first()
         if row is None or row.assigned_user_id != who.user_id:
             raise NotFound(f"desktop {desktop.id} is not assigned to you")
-        row.power_state = desktop_sync.next_power(row.power_state, reported)
+        row.power_state = scans.next_power(row.power_state, reported)
         if reported is PowerState.RUNNING:
             if seen.address:
                 row.address = seen.address
         elif reported in (PowerState.STOPPED, PowerState.SUSPENDED):
             since = row.starting_since
             resend = ctx.settings.start_estimate_s * _RESEND_AFTER_ESTIMATES
-            if since is None or (now - _aware(since)).total_seconds() > resend:
+            if since is None or (now - aware(since)).total_seconds() > resend:
                 # Claimed under the row lock: of several retrying clients one sends it.
                 action = (
                     PowerAction.RESUME if reported is PowerState.SUSPENDED else PowerAction.START
@@ -249,9 +248,7 @@ def _note_release(session: Session, pool_id: str) -> None:
         return
     now = datetime.now(UTC)
     if pool.last_release_at is not None:
-        last = pool.last_release_at
-        if last.tzinfo is None:
-            last = last.replace(tzinfo=UTC)
+        last = aware(pool.last_release_at)
         pool.release_interval_s = next_release_interval(
             pool.release_interval_s, max(1.0, (now - last).total_seconds())
         )
@@ -286,48 +283,6 @@ def release(
     serve_queues(session, tenant_id)
 
 
-def serve_queues(session: Session, tenant_id: str) -> int:
-    """Give free desktops to waiting users, oldest ticket first; returns how many."""
-    served = 0
-    pool_ids = session.scalars(
-        select(QueueEntry.pool_id).where(QueueEntry.tenant_id == tenant_id).distinct()
-    ).all()
-    for pool_id in pool_ids:
-        while True:
-            head = claims.next_in_queue(session, pool_id)
-            if head is None:
-                break
-            entry_id, user_id = head.entry_id, head.user_id
-            got = claims.claim(
-                session,
-                pool_id=pool_id,
-                user_id=user_id,
-                kind=head.assignment,
-                ordering=OfferOrdering(head.ordering),
-            )
-            if got is None:
-                break
-            claims.serve_entry(session, entry_id, pool_id)
-            events.append(
-                session,
-                "assign",
-                tenant_id=tenant_id,
-                actor="queue",
-                user_id=user_id,
-                desktop_id=got.id,
-                pool_id=pool_id,
-                detail={"reason": "queue"},
-            )
-            served += 1
-    return served
-
-
-def refresh_pools(session: Session, tenant_id: str) -> None:
-    """After desktops or pools change: fix membership, then serve waiting users."""
-    membership.refresh(session, tenant_id)
-    serve_queues(session, tenant_id)
-
-
 def is_member(session: Session, pool_id: str, desktop_id: str) -> bool:
     return (
         session.scalar(
@@ -337,7 +292,3 @@ def is_member(session: Session, pool_id: str, desktop_id: str) -> bool:
         )
         is not None
     )
-
-
-def mark_used(session: Session, desktop_id: str) -> None:
-    session.execute(update(Desktop).where(Desktop.id == desktop_id).values(last_used_at=utcnow()))

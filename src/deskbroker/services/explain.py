@@ -14,6 +14,7 @@ from datetime import UTC, datetime, time, tzinfo
 from functools import partial
 
 from deskbroker.domain import rules as rule_model
+from deskbroker.domain.accounts import UserRecord
 from deskbroker.domain.rules import AssignmentRule, Identity, RuleVerdict, client_ip, zone
 from deskbroker.errors import DirectoryUnavailable, InvalidInput, NotFound
 from deskbroker.identity.base import source_kinds
@@ -21,7 +22,6 @@ from deskbroker.services.config_cache import ConfigView, PolicyView, SourceView
 from deskbroker.services.context import BrokerContext
 from deskbroker.services.source_choice import choose
 from deskbroker.store import claims
-from deskbroker.store.claims import UserRecord
 
 _CLOCK = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 

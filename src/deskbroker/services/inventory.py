@@ -14,10 +14,12 @@ from sqlalchemy.orm import Session
 
 from deskbroker.centers.base import Capability, CenterDriver, Changes, ImageInfo, MachineInfo
 from deskbroker.domain import scans
+from deskbroker.domain.timestamps import aware
 from deskbroker.errors import DeskbrokerError, QuotaReached
 from deskbroker.protocols.descriptors import DEFAULT_PORTS
 from deskbroker.services import quotas
 from deskbroker.services.context import BrokerContext
+from deskbroker.services.queues import refresh_pools
 from deskbroker.store import desktop_sync
 from deskbroker.store.repository import Repository
 from deskbroker.store.tables import Center, Desktop, Image, utcnow
@@ -55,9 +57,7 @@ def open_center(ctx: BrokerContext, center: Center) -> CenterDriver:
 def _full_scan_due(center: Center, now: datetime) -> bool:
     if center.scan_cursor is None or center.last_full_scan_at is None:
         return True
-    last = center.last_full_scan_at
-    if last.tzinfo is None:
-        last = last.replace(tzinfo=UTC)
+    last = aware(center.last_full_scan_at)
     return (now - last).total_seconds() >= center.full_scan_interval_s
 
 
@@ -198,8 +198,6 @@ def record(
     A full listing of a cloud that sees far fewer machines than the broker knows removes
     nothing: the center turns ``degraded`` and the next full scan must agree.
     """
-    from deskbroker.services.desktops import refresh_pools
-
     report = ScanReport(center.id, "ok", "")
     started, incremental = listing.started, listing.incremental
     center.last_scan_at = utcnow()

@@ -17,6 +17,7 @@ from typing import Any, overload
 from sqlalchemy.orm import Session
 
 from deskbroker import metrics
+from deskbroker.domain.accounts import UserRecord
 from deskbroker.domain.offers import queue_estimate_s
 from deskbroker.domain.rules import Identity, decide
 from deskbroker.domain.second_factor import second_factor_due
@@ -37,15 +38,15 @@ from deskbroker.identity.base import (
     password_refusal,
     source_kinds,
 )
+from deskbroker.services.challenges import Challenge, issue_challenge
 from deskbroker.services.config_cache import ConfigView, PolicyView, SourceView
 from deskbroker.services.context import BrokerContext
 from deskbroker.services.failed_names import FailedNames
-from deskbroker.services.second_factor import Challenge, issue_challenge
 from deskbroker.services.source_choice import choose
 from deskbroker.services.source_guard import reached_directory
 from deskbroker.services.throttle import Checked, SignInGuard
 from deskbroker.store import claims, events
-from deskbroker.store.claims import HeldDesktop, UserRecord
+from deskbroker.store.claims import HeldDesktop
 
 WRONG_CREDENTIALS = "Wrong username or password."
 DISABLED = "This account is disabled; ask your administrator."

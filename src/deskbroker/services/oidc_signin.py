@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 from deskbroker import metrics
 from deskbroker.config import PORTAL_PATH
+from deskbroker.domain.timestamps import aware
 from deskbroker.errors import (
     BadRequest,
     DeskbrokerError,
@@ -42,7 +43,7 @@ from deskbroker.services.context import BrokerContext
 from deskbroker.services.login import LoginResult, LoginService
 from deskbroker.services.throttle import address_key
 from deskbroker.store import oidc_flows, oidc_subjects, throttle
-from deskbroker.store.oidc_flows import FlowRecord, aware, flow_key
+from deskbroker.store.oidc_flows import FlowRecord, flow_key
 from deskbroker.store.tables import utcnow
 
 UNKNOWN_STATE = (

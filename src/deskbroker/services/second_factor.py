@@ -1,10 +1,8 @@
 """TOTP second factor: enrolment, one-time codes and the login challenge between them.
 
-A password login whose identity source asks for a second factor ends in a ``Challenge``:
-a short-lived token signed for this purpose alone (its own key and audience, so no
-endpoint takes it for a bearer token), bound to the user and the source, backed by a
-row that its one success consumes. ``POST /auth/login/totp`` with the challenge and a
-code then completes the login through the same ``LoginService.admit`` as any login.
+A password login whose identity source asks for a second factor ends in a ``Challenge``
+(``challenges``). ``POST /auth/login/totp`` with the challenge and a code then completes
+the login here, through the same ``LoginService.admit`` as any login.
 
 Codes are RFC 6238 TOTP (SHA-1, 6 digits, 30 s: what every authenticator app speaks),
 checked one step either side, and each step's code passes once per user.
@@ -12,20 +10,16 @@ checked one step either side, and each step's code passes once per user.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
 
-import jwt
 import pyotp
 from sqlalchemy.orm import Session
 
 from deskbroker import metrics
+from deskbroker.domain.accounts import UserRecord
 from deskbroker.domain.rules import Identity
 from deskbroker.domain.second_factor import SecondFactorMode, SecondFactorStep
 from deskbroker.errors import (
@@ -37,18 +31,15 @@ from deskbroker.errors import (
     Unauthorized,
 )
 from deskbroker.security import TokenClaims
+from deskbroker.services.challenges import ChallengeClaims, signer
 from deskbroker.services.config_cache import ConfigView, SourceView
 from deskbroker.services.context import BrokerContext
+from deskbroker.services.login import LoginResult, LoginService
 from deskbroker.services.throttle import Checked
 from deskbroker.store import claims, events
 from deskbroker.store import totp as store
-from deskbroker.store.claims import UserRecord
-
-if TYPE_CHECKING:
-    from deskbroker.services.login import LoginResult, LoginService
 
 ISSUER = "deskbroker"
-CHALLENGE_AUDIENCE = "deskbroker:second-factor"
 # Wrong codes one challenge takes before the user must give their password again.
 MAX_CHALLENGE_FAILURES = 5
 # One step either side forgives a phone clock 30 s off and a code typed as it turned.
@@ -58,21 +49,7 @@ WRONG_CODE = "Wrong one-time code."
 REPLAYED_CODE = "This one-time code was already used; wait for the next one."
 LAST_TRY = " That was the last try of this login: log in again with your password."
 SPENT = "This login challenge was used up or has expired; log in again with your password."
-EXPIRED = "This login waited too long for its one-time code; log in again with your password."
-FORGED = "This login challenge is not valid; log in again with your password."
 DISABLED = "This account is disabled; ask your administrator."
-
-
-@dataclass(frozen=True)
-class Challenge:
-    """A password login that waits for its second factor: no token, no desktops yet."""
-
-    token: str
-    expires_at: int
-    step: SecondFactorStep
-    user_id: str
-    username: str
-    tenant_id: str
 
 
 @dataclass(frozen=True)
@@ -85,75 +62,6 @@ class Enrolment:
     account: str
     digits: int = 6
     period_s: int = 30
-
-
-@dataclass(frozen=True)
-class ChallengeClaims:
-    challenge_id: str
-    user_id: str
-    username: str
-    tenant_id: str
-    source_id: str
-    step: SecondFactorStep
-
-
-class ChallengeSigner:
-    """Signs and checks challenges with a key of their own, derived from the broker's."""
-
-    def __init__(self, secret: str) -> None:
-        self._key = hashlib.sha256(("second-factor:" + secret).encode()).digest()
-
-    def issue(
-        self,
-        *,
-        user_id: str,
-        username: str,
-        tenant_id: str,
-        source_id: str,
-        step: SecondFactorStep,
-        ttl_s: int,
-    ) -> tuple[str, int, str]:
-        """(challenge, expiry, challenge id)."""
-        now = int(time.time())
-        challenge_id = uuid.uuid4().hex
-        payload = {
-            "sub": user_id,
-            "name": username,
-            "tid": tenant_id,
-            "src": source_id,
-            "step": step.value,
-            "jti": challenge_id,
-            "iat": now,
-            "exp": now + ttl_s,
-            "aud": CHALLENGE_AUDIENCE,
-        }
-        return jwt.encode(payload, self._key, algorithm="HS256"), now + ttl_s, challenge_id
-
-    def verify(self, token: str) -> ChallengeClaims:
-        try:
-            data: dict[str, Any] = jwt.decode(
-                token,
-                self._key,
-                algorithms=["HS256"],
-                audience=CHALLENGE_AUDIENCE,
-                options={"require": ["exp", "sub", "tid", "src", "jti", "step"]},
-            )
-        except jwt.ExpiredSignatureError as exc:
-            raise Unauthorized(EXPIRED) from exc
-        except jwt.PyJWTError as exc:
-            raise Unauthorized(FORGED) from exc
-        try:
-            step = SecondFactorStep(data["step"])
-        except ValueError as exc:
-            raise Unauthorized(FORGED) from exc
-        return ChallengeClaims(
-            challenge_id=str(data["jti"]),
-            user_id=str(data["sub"]),
-            username=str(data.get("name", "")),
-            tenant_id=str(data["tid"]),
-            source_id=str(data["src"]),
-            step=step,
-        )
 
 
 def new_secret() -> str:
@@ -177,38 +85,6 @@ def matching_step(secret: str, code: str, at: float) -> int | None:
     return None
 
 
-def _signer(ctx: BrokerContext) -> ChallengeSigner:
-    return ChallengeSigner(ctx.settings.effective_secret_key)
-
-
-def issue_challenge(
-    ctx: BrokerContext,
-    session: Session,
-    source: SourceView,
-    record: UserRecord,
-    ou: str,
-    step: SecondFactorStep,
-) -> Challenge:
-    """In the password login's transaction: the challenge that stands in for its token."""
-    token, expires, challenge_id = _signer(ctx).issue(
-        user_id=record.id,
-        username=record.username,
-        tenant_id=record.tenant_id,
-        source_id=source.id,
-        step=step,
-        ttl_s=ctx.settings.second_factor_challenge_ttl_s,
-    )
-    store.add_challenge(
-        session,
-        challenge_id=challenge_id,
-        tenant_id=record.tenant_id,
-        user_id=record.id,
-        ou=ou,
-        expires_at=datetime.fromtimestamp(expires, UTC),
-    )
-    return Challenge(token, expires, step, record.id, record.username, record.tenant_id)
-
-
 def _source(view: ConfigView, tenant_id: str, source_id: str) -> SourceView | None:
     return next((s for s in view.sources_by_tenant.get(tenant_id, []) if s.id == source_id), None)
 
@@ -223,7 +99,7 @@ class SecondFactorService:
     def __init__(self, ctx: BrokerContext, login: LoginService) -> None:
         self.ctx = ctx
         self.login = login
-        self.signer = _signer(ctx)
+        self.signer = signer(ctx)
 
     def _open(self, sealed: str) -> str:
         try:

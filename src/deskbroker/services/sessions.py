@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from deskbroker.domain import plans
 from deskbroker.domain.plans import AgentEvent, PlanKind, PlanRule
 from deskbroker.domain.states import SESSION_TRANSITIONS, AgentState, SessionState, transition
+from deskbroker.domain.timestamps import aware
 from deskbroker.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from deskbroker.security import TokenClaims
 from deskbroker.services.context import BrokerContext
@@ -47,10 +48,6 @@ class SessionOutcome:
     changed: bool
     scheduled: tuple[TimerInfo, ...]
     cancelled: int
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def bare_username(name: str) -> str:
@@ -100,7 +97,7 @@ def _within_clock_window(at: datetime | None, now: datetime, window_s: int) -> d
     plans at once) or date them far ahead."""
     if at is None:
         return now
-    at = _aware(at)
+    at = aware(at)
     off = (at - now).total_seconds()
     if abs(off) > window_s:
         direction = "behind" if off < 0 else "ahead of"
@@ -193,7 +190,7 @@ def record(
     disconnected session, anything after a logout) and ``NotFound`` for an unknown
     desktop. A repeated report (the state would not change) changes nothing.
     """
-    now = _aware(now or datetime.now(UTC))
+    now = aware(now or datetime.now(UTC))
     at = _within_clock_window(at, now, ctx.settings.agent_clock_window_s)
     # Within the window, an agent whose clock runs ahead must not set timers in the
     # future of the broker's.
@@ -289,7 +286,7 @@ def record(
         session.add_all(timers)
         session.flush()
         scheduled = tuple(
-            TimerInfo(t.id, t.plan, t.trigger, t.action, _aware(t.due_at)) for t in timers
+            TimerInfo(t.id, t.plan, t.trigger, t.action, aware(t.due_at)) for t in timers
         )
         events.append(
             session,

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session
 
+from deskbroker.domain.accounts import UserRecord
 from deskbroker.errors import BadRequest
 from deskbroker.identity.base import source_kinds, split_domain
 from deskbroker.services.config_cache import ConfigView, SourceView
 from deskbroker.store import claims
-from deskbroker.store.claims import UserRecord
 
 
 @dataclass(frozen=True)

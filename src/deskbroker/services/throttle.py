@@ -18,12 +18,12 @@ import unicodedata
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from datetime import datetime
 
 from sqlalchemy.orm import Session
 
 from deskbroker import metrics
 from deskbroker.config import Settings
+from deskbroker.domain.timestamps import aware
 from deskbroker.errors import DeskbrokerError, TooManyAttempts
 from deskbroker.identity.base import split_domain
 from deskbroker.store import throttle
@@ -112,10 +112,6 @@ class _AccountLocks:
                     self._held[key] = (lock, users - 1)
 
 
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=utcnow().tzinfo)
-
-
 def _minutes(seconds: float) -> str:
     minutes = max(1, math.ceil(seconds / 60))
     return "1 minute" if minutes == 1 else f"{minutes} minutes"
@@ -155,7 +151,7 @@ class SignInGuard:
             state = states.get(key or "")
             if state is None or state.locked_until is None:
                 continue
-            left = (_aware(state.locked_until) - now).total_seconds()
+            left = (aware(state.locked_until) - now).total_seconds()
             if left > 0:
                 metrics.LOGINS_THROTTLED.labels(key=key.partition(":")[0] if key else "").inc()
                 raise self._refusal(key == account, address, left)

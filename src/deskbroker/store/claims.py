@@ -25,6 +25,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from deskbroker.domain.accounts import UserRecord
 from deskbroker.domain.offers import OfferOrdering
 from deskbroker.domain.rules import Identity
 from deskbroker.domain.states import CLAIMABLE_POWER, Availability, PowerState
@@ -38,29 +39,6 @@ from deskbroker.store.tables import (
     new_id,
     utcnow,
 )
-
-
-@dataclass(frozen=True)
-class UserRecord:
-    """The broker's row for a user, with what the login path needs beside it."""
-
-    id: str
-    tenant_id: str
-    identity_source_id: str
-    username: str
-    display_name: str
-    password_hash: str | None
-    role: str
-    groups: list[str]
-    attributes: dict[str, Any]
-    disabled: bool
-    config_version: int
-    queued: int
-    email: str = ""
-    # Whether the user confirmed a TOTP authenticator (their second factor).
-    totp_enrolled: bool = False
-    # Named in the user's tokens: a token of an older generation is revoked.
-    token_generation: int = 0
 
 
 @dataclass(frozen=True)
@@ -426,6 +404,14 @@ class Waiting:
     tenant_id: str
     assignment: str
     ordering: str
+
+
+def pools_with_queue(session: Session, tenant_id: str) -> list[str]:
+    """The tenant's pools where someone waits."""
+    found = session.scalars(
+        select(QueueEntry.pool_id).where(QueueEntry.tenant_id == tenant_id).distinct()
+    )
+    return list(found.all())
 
 
 def next_in_queue(session: Session, pool_id: str) -> Waiting | None:

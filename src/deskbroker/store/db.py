@@ -17,6 +17,10 @@ from sqlalchemy.pool import StaticPool
 from deskbroker import metrics
 from deskbroker.write_guard import write_unit
 
+# The unit of work a service hands to store functions: named here so that code outside
+# store/ types it without importing SQLAlchemy (the import contract's "only store").
+Unit = Session
+
 # Counts SQL statements for whoever set it (the login-path test, the benchmark).
 statement_counter: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
     "statement_counter", default=None

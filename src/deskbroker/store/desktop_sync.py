@@ -10,19 +10,12 @@ from sqlalchemy import Table, bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from deskbroker.centers.base import MachineInfo
-from deskbroker.domain.states import POWER_TRANSITIONS, Availability, PowerState
+from deskbroker.domain.scans import next_power
+from deskbroker.domain.states import Availability, PowerState
 from deskbroker.store.tables import Desktop, new_id, utcnow
 
 PENDING_PREFIX = "task:"
 _FIELDS = ("name", "address", "hostname", "os", "attributes", "power_state", "driver_state")
-
-
-def next_power(current: str, reported: PowerState) -> str:
-    """The power state a scan records; an unexpected jump passes through ``unknown``."""
-    now = PowerState(current) if current in PowerState._value2member_map_ else PowerState.UNKNOWN
-    if now == reported or reported in POWER_TRANSITIONS[now]:
-        return reported.value
-    return PowerState.UNKNOWN.value
 
 
 @dataclass

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.orm import Session
 
+from deskbroker.domain.timestamps import aware
 from deskbroker.store.tables import OidcFlow
 
 # How long a finished or expired flow is kept to recognise a replay.
@@ -39,11 +40,6 @@ class FlowRecord:
 
     def expired(self, now: datetime) -> bool:
         return aware(self.expires_at) <= now
-
-
-def aware(moment: datetime) -> datetime:
-    """SQLite hands back naive datetimes; every time the broker writes is UTC."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def flow_key(secret: str) -> str:

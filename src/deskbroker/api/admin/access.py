@@ -151,14 +151,6 @@ def _token_out(row: ApiToken) -> dict[str, Any]:
 
 
 # --- lockouts ------------------------------------------------------------------------
-class LockoutOut(Out):
-    key: str
-    kind: str
-    subject: str
-    failures: int
-    locked_until: datetime | None
-
-
 def _lockout_out(row: LoginThrottle) -> dict[str, Any]:
     kind, _, rest = row.key.partition(":")
     subject = rest.partition(":")[2] if kind == "account" else rest

@@ -16,13 +16,13 @@ from deskbroker.api.deps import AdminWriter, Ctx
 from deskbroker.api.schemas import Body, Id, Name, Out, Secrets, Stamped
 from deskbroker.centers import registry
 from deskbroker.domain.states import Availability
-from deskbroker.engine import jobs
 from deskbroker.errors import Conflict, InvalidInput
 from deskbroker.protocols.descriptors import Protocol
 from deskbroker.services import inventory as inventory_service
 from deskbroker.services import outbound_params
 from deskbroker.services.context import BrokerContext
-from deskbroker.store import events
+from deskbroker.services.queues import refresh_pools
+from deskbroker.store import events, jobs
 from deskbroker.store.repository import Repository, bump_config_version
 from deskbroker.store.tables import (
     Center,
@@ -267,8 +267,6 @@ def _prepare_desktop(
 
 
 def _desktop_after(session: Session, ctx: BrokerContext, desktop: Any) -> None:
-    from deskbroker.services.desktops import refresh_pools
-
     refresh_pools(session, desktop.tenant_id)
 
 

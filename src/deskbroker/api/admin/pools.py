@@ -18,15 +18,16 @@ from deskbroker.domain import tags
 from deskbroker.domain.membership import creates_cycle
 from deskbroker.domain.quotas import words as quota_words
 from deskbroker.domain.states import ACTIVE_SESSION_STATES
-from deskbroker.engine import jobs
 from deskbroker.errors import Conflict, InvalidInput
 from deskbroker.services.context import BrokerContext
-from deskbroker.services.desktops import refresh_pools
+from deskbroker.services.queues import refresh_pools
+from deskbroker.store import jobs
 from deskbroker.store import quotas as tenant_quotas
 from deskbroker.store.repository import Repository
 from deskbroker.store.tables import (
     Center,
     Desktop,
+    Policy,
     PolicyEntry,
     Pool,
     PoolMember,
@@ -216,8 +217,6 @@ def _pool_in_use(session: Session, pool: Any) -> None:
         )
     ).all()
     if uses:
-        from deskbroker.store.tables import Policy
-
         names = session.scalars(select(Policy.name).where(Policy.id.in_(uses))).all()
         raise Conflict(
             f"pool {pool.name} is used by polic{'y' if len(names) == 1 else 'ies'} "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, field_validator
@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 
 from deskbroker.api.admin.crud import MAX_OFFSET, scope
 from deskbroker.api.deps import AdminReader, AdminWriter, Ctx
+from deskbroker.domain.timestamps import aware
 from deskbroker.services import sessions
 from deskbroker.store.tables import Timer
 
@@ -38,7 +39,7 @@ class TimerOut(BaseModel):
     @classmethod
     def _utc(cls, value: datetime) -> datetime:
         # SQLite hands back naive datetimes; every stored time is UTC.
-        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        return aware(value)
 
 
 class TimerPage(BaseModel):

@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from deskbroker.domain.second_factor import SecondFactorStep
-from deskbroker.services.second_factor import Challenge
+from deskbroker.services.challenges import Challenge
 
 
 class SecondFactorOut(BaseModel):

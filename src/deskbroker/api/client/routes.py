@@ -15,8 +15,8 @@ from deskbroker.api.schemas import Body
 from deskbroker.domain.offers import queue_estimate_s
 from deskbroker.protocols.descriptors import ConnectionDescriptor
 from deskbroker.services import access, desktops
+from deskbroker.services.challenges import Challenge
 from deskbroker.services.login import LoginResult, LoginService, Offer
-from deskbroker.services.second_factor import Challenge
 from deskbroker.store import claims, events
 from deskbroker.store.claims import HeldDesktop
 from deskbroker.store.tables import Pool

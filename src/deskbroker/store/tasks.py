@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, func, select
@@ -59,10 +59,6 @@ TASK_COLUMNS = tuple(TASKS.c[name] for name in TaskRow.__slots__)
 
 def rows_of(result: Sequence[Any]) -> list[TaskRow]:
     return [TaskRow(*row) for row in result]
-
-
-def aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 # The statements of the hot path, built once: building and keying a statement costs
