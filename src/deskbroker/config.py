@@ -111,6 +111,27 @@ class Settings(BaseSettings):
         le=1000,
         description="calls one directory (LDAP, AD, NIS) may have in flight; more get 503",
     )
+    tenant_max_concurrent: int = Field(
+        default=16,
+        ge=1,
+        le=1000,
+        description="calls all the directories and identity providers of one tenant may "
+        "have in flight together; more get 503",
+    )
+    source_call_deadline_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=600,
+        description="the longest one call to a directory or identity provider may take as a "
+        "whole (a server that drips its answer byte by byte is given up on after this)",
+    )
+    source_threads_max: int = Field(
+        default=64,
+        ge=1,
+        le=10000,
+        description="directory and identity provider calls in flight in one broker process, "
+        "counting calls given up on that have not ended yet; more get 503",
+    )
     source_breaker_failures: int = Field(
         default=5,
         ge=1,
