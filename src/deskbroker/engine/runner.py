@@ -179,6 +179,7 @@ class Engine:
                 started = 0
             else:
                 self.ctx.pulse.beat()
+            self.ctx.pulse.workers(self._busy(), self.workers)
             wait = tick if started == 0 else min(tick, 0.05)
             # Wake for the next listing a watcher wants, rather than up to a tick late.
             wait = min(wait, max(0.005, self._next_listing - time.monotonic()))
