@@ -157,6 +157,13 @@ class Settings(BaseSettings):
     engine: bool = Field(default=True, description="run background work in this broker")
     engine_tick_s: float = Field(default=0.5, gt=0, le=60)
     engine_workers: int = Field(default=24, ge=1, le=256)
+    engine_center_workers: int = Field(
+        default=2,
+        ge=1,
+        le=256,
+        description="engine workers one center's work (scans, leak sweeps, builds, build "
+        "steps) may hold at once; the rest waits its turn without holding a worker",
+    )
     lease_ttl_s: float = Field(default=60.0, ge=5, le=3600)
     provision_interval_s: float = Field(default=5.0, gt=0, le=3600)
     stats_interval_s: float = Field(default=300.0, gt=0, le=86400)
