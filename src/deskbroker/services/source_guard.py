@@ -48,7 +48,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
 from deskbroker.config import Settings
-from deskbroker.errors import DeskbrokerError, DirectoryUnavailable, IdentityProviderUnavailable
+from deskbroker.errors import (
+    DeskbrokerError,
+    DirectoryUnavailable,
+    IdentityProviderUnavailable,
+    Unavailable,
+)
 
 if TYPE_CHECKING:
     from deskbroker.identity.base import IdentitySourceDriver
@@ -73,6 +78,13 @@ class SourceBusy(DirectoryUnavailable):
 class TenantBusy(SourceBusy):
     """The tenant's sources together already have as many calls in flight as one tenant
     may hold, or the broker as many helper threads as it allows."""
+
+
+class TenantCloudsBusy(Unavailable):
+    """A tenant already has as many calls in flight to its clouds and directories, on
+    request paths, as one tenant may hold."""
+
+    title = "Too many calls waiting"
 
 
 class SourceTimedOut(DirectoryUnavailable):
@@ -230,6 +242,24 @@ class SourceGuard:
             raise
         self._settle(head, name, failed=False)
         return result
+
+    def tenant_call(self, tenant_id: str, what: str, work: Callable[[], T]) -> T:
+        """``work``, a blocking call to one of the tenant's centers on a request path
+        (``what`` names it to the user), counted against the tenant's cap shared with
+        its directories: a tenant whose clouds hang holds at most that many request
+        threads. The call keeps its own deadline (the center's ``timeout_s``)."""
+        slots = self._tenant(tenant_id)
+        if not slots.acquire(blocking=False):
+            raise TenantCloudsBusy(
+                f"Cannot {what} now: {self.tenant_limit} requests of this tenant are already "
+                f"waiting for its clouds and directories. Try again in {BUSY_RETRY_S} seconds.",
+                reason="tenant_busy",
+                retry_after=BUSY_RETRY_S,
+            )
+        try:
+            return work()
+        finally:
+            slots.release()
 
     @staticmethod
     def _take(
