@@ -54,6 +54,7 @@ from deskbroker.errors import (
     IdentityProviderUnavailable,
     Unavailable,
 )
+from deskbroker.write_guard import ensure_no_write_unit
 
 if TYPE_CHECKING:
     from deskbroker.identity.base import IdentitySourceDriver
@@ -192,6 +193,9 @@ class SourceGuard:
         logs, of tenant ``tenant_id``) within the source's and the tenant's bounds and the
         whole-call deadline; ``SourceBusy``, ``TenantBusy`` or ``SourceSuspended`` when it
         may not run now, ``SourceTimedOut`` when it did not end in time."""
+        # Checked here: the drivers' own write-unit guard is per thread, and the call
+        # runs on a helper thread.
+        ensure_no_write_unit(f"a call to identity source {name}")
         head = self._of(source_id)
         probe = self._admit(head)
         held: list[threading.BoundedSemaphore] = []

@@ -16,6 +16,8 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar
 
+from deskbroker.write_guard import ensure_no_write_unit
+
 T = TypeVar("T")
 
 #: Helper threads (calls running, or given up on and not ended yet) in one process.
@@ -49,6 +51,8 @@ class Helpers:
     def run(self, work: Callable[[], T], timeout_s: float, name: str) -> T:
         """``work``'s result or exception, if it ends within ``timeout_s``; otherwise
         ``Overdue``. ``NoHelperLeft`` at once when every place is taken."""
+        # The write-unit guard is per thread: checked on the caller's, before handing off.
+        ensure_no_write_unit(name)
         if not self._places.acquire(blocking=False):
             raise NoHelperLeft(f"{self.limit} calls to clouds are still hanging")
         outcome: list[tuple[bool, object]] = []
