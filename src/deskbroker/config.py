@@ -111,6 +111,27 @@ class Settings(BaseSettings):
         le=1000,
         description="calls one directory (LDAP, AD, NIS) may have in flight; more get 503",
     )
+    tenant_max_concurrent: int = Field(
+        default=16,
+        ge=1,
+        le=1000,
+        description="calls all the directories and identity providers of one tenant may "
+        "have in flight together; more get 503",
+    )
+    source_call_deadline_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=600,
+        description="the longest one call to a directory or identity provider may take as a "
+        "whole (a server that drips its answer byte by byte is given up on after this)",
+    )
+    source_threads_max: int = Field(
+        default=64,
+        ge=1,
+        le=10000,
+        description="directory and identity provider calls in flight in one broker process, "
+        "counting calls given up on that have not ended yet; more get 503",
+    )
     source_breaker_failures: int = Field(
         default=5,
         ge=1,
@@ -136,6 +157,13 @@ class Settings(BaseSettings):
     engine: bool = Field(default=True, description="run background work in this broker")
     engine_tick_s: float = Field(default=0.5, gt=0, le=60)
     engine_workers: int = Field(default=24, ge=1, le=256)
+    engine_center_workers: int = Field(
+        default=2,
+        ge=1,
+        le=256,
+        description="engine workers one center's work (scans, leak sweeps, builds, build "
+        "steps) may hold at once; the rest waits its turn without holding a worker",
+    )
     lease_ttl_s: float = Field(default=60.0, ge=5, le=3600)
     provision_interval_s: float = Field(default=5.0, gt=0, le=3600)
     stats_interval_s: float = Field(default=300.0, gt=0, le=86400)

@@ -185,6 +185,14 @@ def create_app(ctx: BrokerContext) -> FastAPI:
             return _not_ready(
                 f"the background engine is stuck: its last tick was {stalled:.0f} seconds ago"
             )
+        saturated = ctx.pulse.saturated_for()
+        if saturated is not None:
+            busy_s, workers = saturated
+            return _not_ready(
+                f"every one of the {workers} background engine workers has been busy for "
+                f"{busy_s:.0f} seconds (waiting on clouds that do not answer, most likely): "
+                "builds, timers and retention wait for all tenants"
+            )
         return JSONResponse({"status": "ready", "schema": revision})
 
     @app.get("/metrics", tags=["health"], summary="Prometheus metrics (needs the metrics token)")

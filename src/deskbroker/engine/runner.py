@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
@@ -84,6 +85,10 @@ HANDLERS: dict[str, Handler] = {
     JobKind.POOL_STATS.value: maintenance.pool_stats,
     JobKind.RETENTION.value: maintenance.retention,
 }
+# Jobs whose target is a center: they talk to that center's cloud all along.
+CENTER_JOBS = frozenset({JobKind.SCAN_CENTER.value, JobKind.LEAK_SWEEP.value})
+# How long work refused a turn waits before it is claimed again.
+TURN_WAIT_S = 1.0
 
 
 def _unless_asked(job: Job, then: datetime) -> Any:
@@ -130,6 +135,10 @@ class Engine:
         )
         self.workers = workers or settings.engine_workers
         self.ttl_s = settings.lease_ttl_s
+        # One center's work holds at most this many workers: a center whose cloud drips
+        # its answers cannot take the workers every tenant's builds and timers need.
+        self.center_workers = settings.engine_center_workers
+        self._center_busy: Counter[str] = Counter()
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="engine")
         # Listings of builds, one out per center at most (see _list_builds).
         self._watch_pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="watch")
@@ -179,6 +188,7 @@ class Engine:
                 started = 0
             else:
                 self.ctx.pulse.beat()
+            self.ctx.pulse.workers(self._busy(), self.workers)
             wait = tick if started == 0 else min(tick, 0.05)
             # Wake for the next listing a watcher wants, rather than up to a tick late.
             wait = min(wait, max(0.005, self._next_listing - time.monotonic()))
@@ -296,14 +306,17 @@ class Engine:
             self._list_builds(watcher, center.id, center.name, work.waiting)
         limit = self.drivers.get(center).limits().max_in_flight
         refill = None
-        if work.requested and self._free() > 0 and (work.in_flight < limit or watcher.finished()):
-            refill = Refill(limit, self._free(), self.owner, now, self.ttl_s)
+        room = min(self._free(), self._center_room(center.id))
+        if work.requested and room > 0 and (work.in_flight < limit or watcher.finished()):
+            refill = Refill(limit, room, self.owner, now, self.ttl_s)
         try:
             ready, claimed = handover.finish_and_refill(self.ctx, watcher, center.id, refill)
         except Exception:
             log.exception("handing over or starting builds on %s failed", center.name)
             return 0
         for row in claimed:
+            with self._lock:  # counted before it runs: the next tick's room sees it
+                self._center_busy[row.center_id] += 1
             self._submit(self._run_build, row)
         if work.waiting:
             wanted = watcher.next_listing(work.waiting - ready)
@@ -327,11 +340,45 @@ class Engine:
         except Exception as exc:  # the builds are then looked at one by one
             log.warning("watching builds on %s failed: %s", name, exc)
 
+    # --- one center's turns ------------------------------------------------------------
+    def _center_room(self, center_id: str) -> int:
+        with self._lock:
+            return max(0, self.center_workers - self._center_busy[center_id])
+
+    def _take_turn(self, center_id: str) -> bool:
+        """A worker for ``center_id``'s work, unless the center already holds its share."""
+        with self._lock:
+            if self._center_busy[center_id] >= self.center_workers:
+                return False
+            self._center_busy[center_id] += 1
+            return True
+
+    def _end_turn(self, center_id: str) -> None:
+        with self._lock:
+            self._center_busy[center_id] -= 1
+            if self._center_busy[center_id] <= 0:
+                del self._center_busy[center_id]
+
     def _run_job(self, job_id: str, now: datetime) -> None:
         with self.ctx.db.read() as session:
             job = session.get(Job, job_id)
         if job is None:
             return
+        if job.kind not in CENTER_JOBS:
+            self._do_job(job, job_id, now)
+            return
+        if not self._take_turn(job.target_id):
+            # The center holds its share of workers: the job waits its turn unleased.
+            with self.ctx.db.write() as session:
+                later = utcnow() + timedelta(seconds=TURN_WAIT_S)
+                leases.release(session, Job, job_id, self.owner, next_run_at=later)
+            return
+        try:
+            self._do_job(job, job_id, now)
+        finally:
+            self._end_turn(job.target_id)
+
+    def _do_job(self, job: Job, job_id: str, now: datetime) -> None:
         handler = HANDLERS.get(job.kind)
         started = time.monotonic()
         try:
@@ -384,13 +431,23 @@ class Engine:
             log.exception("timer %s failed", timer_id)
 
     def _run_build(self, task: tasks.TaskRow) -> None:
+        # Claimed within the center's room, its turn counted (see _builds).
         try:
             builds.TaskStep(self.ctx, self.drivers, task, self.owner).build()
         except Exception:
             log.exception("provisioning task %s failed", task.id)
+        finally:
+            self._end_turn(task.center_id)
 
     def _run_step(self, task: tasks.TaskRow) -> None:
+        if not self._take_turn(task.center_id):
+            with self.ctx.db.write() as session:
+                later = utcnow() + timedelta(seconds=TURN_WAIT_S)
+                leases.release(session, ProvisioningTask, task.id, self.owner, next_step_at=later)
+            return
         try:
             builds.TaskStep(self.ctx, self.drivers, task, self.owner).run(utcnow())
         except Exception:
             log.exception("provisioning task %s failed", task.id)
+        finally:
+            self._end_turn(task.center_id)

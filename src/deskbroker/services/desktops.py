@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -189,7 +190,9 @@ def _start(
             f"desktop {desktop.name} is {desktop.power_state} and its center cannot start "
             "machines; ask an administrator to start it"
         )
-    seen = driver.machine(desktop.external_id)
+    seen = ctx.sources.tenant_call(
+        center.tenant_id, "look at your desktop", partial(driver.machine, desktop.external_id)
+    )
     if seen is None:
         raise Conflict(f"desktop {desktop.name} no longer exists in its center")
     reported = seen.power_state
@@ -221,7 +224,9 @@ def _start(
         return connect(ctx, who, desktop.id, protocol, client, _after_start=True)
     if action is not None:
         try:
-            driver.power(seen, action)
+            ctx.sources.tenant_call(
+                center.tenant_id, "start your desktop", partial(driver.power, seen, action)
+            )
         except Exception:
             with ctx.db.write() as session:
                 session.execute(

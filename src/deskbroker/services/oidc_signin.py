@@ -23,9 +23,11 @@ import json
 import math
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import partial
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from deskbroker import metrics
@@ -45,6 +47,8 @@ from deskbroker.services.throttle import address_key
 from deskbroker.store import oidc_flows, oidc_subjects, throttle
 from deskbroker.store.oidc_flows import FlowRecord, flow_key
 from deskbroker.store.tables import utcnow
+
+T = TypeVar("T")
 
 UNKNOWN_STATE = (
     "this sign-in's state is not one the broker issued (it was altered, or is older than an "
@@ -165,6 +169,12 @@ class OidcSignIn:
             )
         return view.tenant_id, view.id, driver
 
+    def _ask(self, tenant_id: str, source_id: str, work: Callable[[], T]) -> T:
+        """``work``, a call to the provider, within the bounds every remote identity
+        source has: per source and per tenant concurrency, the breaker, the deadline. An
+        anonymous start or poll never waits on a provider that does not answer."""
+        return self.ctx.sources.call(source_id, f"oidc:{source_id}", work, tenant_id=tenant_id)
+
     def _flow_driver(self, flow: FlowRecord) -> OidcIdentitySource:
         driver = self.login.driver_by_id(flow.identity_source_id)
         if not isinstance(driver, OidcIdentitySource):
@@ -226,8 +236,16 @@ class OidcSignIn:
         redirect_uri = driver.config.redirect_uri or callback_url
         # Asks the provider's discovery document first: when the provider is down, the
         # user hears so and no flow is written (the start still counted above).
-        url = driver.authorization_url(
-            state=state, nonce=nonce, code_challenge=_challenge(verifier), redirect_uri=redirect_uri
+        url = self._ask(
+            tenant_id,
+            source_id,
+            partial(
+                driver.authorization_url,
+                state=state,
+                nonce=nonce,
+                code_challenge=_challenge(verifier),
+                redirect_uri=redirect_uri,
+            ),
         )
         with self.ctx.db.write() as session:
             oidc_flows.create(
@@ -300,10 +318,20 @@ class OidcSignIn:
             if not code:
                 raise BadRequest("the callback carries no authorization code")
             verifier = json.loads(self.ctx.secrets.open(flow.sealed))["code_verifier"]
-            tokens = driver.exchange_code(
-                code=code, code_verifier=verifier, redirect_uri=flow.redirect_uri
+            tokens = self._ask(
+                flow.tenant_id,
+                flow.identity_source_id,
+                partial(
+                    driver.exchange_code,
+                    code=code,
+                    code_verifier=verifier,
+                    redirect_uri=flow.redirect_uri,
+                ),
             )
-            user = driver.sign_in(tokens, flow.nonce)
+            # Checking the ID token may fetch the provider's keys.
+            user = self._ask(
+                flow.tenant_id, flow.identity_source_id, partial(driver.sign_in, tokens, flow.nonce)
+            )
         except DeskbrokerError as exc:
             self.login.refused(
                 flow.tenant_id, actor, client_address, exc.extra.get("reason", "oidc_refused")
@@ -379,7 +407,7 @@ class OidcSignIn:
     ) -> DeviceStart:
         tenant_id, source_id, driver = self._oidc(tenant, source)
         self._throttle_start(client_address)
-        grant = driver.start_device()
+        grant = self._ask(tenant_id, source_id, driver.start_device)
         handle = secrets.token_urlsafe(32)
         with self.ctx.db.write() as session:
             oidc_flows.create(
@@ -424,7 +452,9 @@ class OidcSignIn:
         driver = self._flow_driver(flow)
         device_code = json.loads(self.ctx.secrets.open(flow.sealed))["device_code"]
         try:
-            answer = driver.poll_device(device_code)
+            answer = self._ask(
+                flow.tenant_id, flow.identity_source_id, partial(driver.poll_device, device_code)
+            )
         except (BadRequest, Forbidden) as exc:
             # The provider ended this sign-in for good (declined, expired).
             with self.ctx.db.write() as session:
@@ -446,7 +476,9 @@ class OidcSignIn:
             if not oidc_flows.consume(session, key):
                 raise BadRequest("this device sign-in was finished already; start a new one")
         try:
-            user = driver.sign_in(answer, None)
+            user = self._ask(
+                flow.tenant_id, flow.identity_source_id, partial(driver.sign_in, answer, None)
+            )
         except DeskbrokerError as exc:
             self.login.refused(
                 flow.tenant_id, actor, client_address, exc.extra.get("reason", "oidc_refused")

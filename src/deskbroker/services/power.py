@@ -9,6 +9,7 @@ with ``force``: the person on it loses their work.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 from sqlalchemy import select
 
@@ -94,7 +95,10 @@ def power(
         address=desktop.address,
         power_state=was,
     )
-    driver.power(machine, action)  # a center's refusal is a CenterError, a 502 in words
+    # A center's refusal is a CenterError, a 502 in words.
+    ctx.sources.tenant_call(
+        center.tenant_id, f"{action.value} the desktop", partial(driver.power, machine, action)
+    )
     target = _AFTER[action]
     with ctx.db.write() as session:
         row = session.scalars(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter
@@ -25,6 +26,8 @@ def router() -> APIRouter:
         with ctx.db.read() as session:
             center = Repository(Center, "center").get(session, center_id, scope(who))
             session.expunge(center)
-        return catalog(ctx, center)
+        return ctx.sources.tenant_call(
+            center.tenant_id, "list the center's catalog", partial(catalog, ctx, center)
+        )
 
     return r

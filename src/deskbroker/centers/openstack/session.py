@@ -21,6 +21,7 @@ from keystoneauth1 import exceptions as ks_exceptions
 from pydantic import BaseModel, ConfigDict, Field
 
 from deskbroker.centers.openstack import microversion
+from deskbroker.centers.openstack.overdue import CLOUD_CALLS, NoHelperLeft, Overdue
 from deskbroker.errors import CenterError
 from deskbroker.outbound import OutboundRefused, Target
 from deskbroker.outbound_http import guard_requests
@@ -177,24 +178,23 @@ class ProjectSession:
         ref = getattr(auth, "auth_ref", None)
         if ref is not None and not ref.will_expire_soon(120):
             return
-        failure: list[BaseException] = []
+        what = f"the identity service ({self.params.auth_url or self.params.cloud})"
+        self._bounded(conn.session.get_auth_headers, deadline, what, "keystone-auth")
 
-        def authenticate() -> None:
-            try:
-                conn.session.get_auth_headers()
-            except BaseException as exc:  # handed to the caller's thread
-                failure.append(exc)
-
-        worker = threading.Thread(target=authenticate, name="keystone-auth", daemon=True)
-        worker.start()
-        worker.join(max(0.0, deadline - time.monotonic()))
-        if worker.is_alive():
+    def _bounded(self, work: Callable[[], Any], deadline: float, what: str, name: str) -> Any:
+        """``work`` on a capped helper thread, given up on at ``deadline``: the client
+        libraries bound each read, not the call, and a cloud that drips its answer
+        would hold the caller for ever."""
+        try:
+            return CLOUD_CALLS.run(work, deadline - time.monotonic(), name)
+        except Overdue:
             raise CloudFailure(
-                f"the identity service ({self.params.auth_url or self.params.cloud}) did not "
-                f"answer within {self.params.timeout_s:g} s"
-            )
-        if failure:
-            raise failure[0]
+                f"{what} did not answer within {self.params.timeout_s:g} s"
+            ) from None
+        except NoHelperLeft as exc:
+            raise CloudFailure(
+                f"{what}: not asked, since {exc}; the broker waits for them to end first"
+            ) from None
 
     def call(self, fn: Callable[[], Any], what: str, *, idempotent: bool = True) -> Any:
         """Run one API call, retrying 429/5xx and connection errors with backoff + jitter,
@@ -209,7 +209,7 @@ class ProjectSession:
             self.requests += 1
             try:
                 self._authenticate(deadline)
-                response = fn()
+                response = self._bounded(fn, deadline, f"{what}: the cloud", "cloud-call")
             except OutboundRefused as exc:
                 raise CloudFailure(f"{what}: {exc.detail}") from exc
             except ks_exceptions.Unauthorized as exc:

@@ -1,0 +1,68 @@
+"""One center's work holds at most ``engine_center_workers`` engine workers: a center
+whose cloud never answers keeps its scan, sweep and builds waiting their turn, and
+another center's builds go on meanwhile on the workers left."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from cloudsim.server import CloudSim
+from deskbroker.config import Settings
+from deskbroker.engine.runner import Engine
+from deskbroker.services.context import BrokerContext
+from tests.engine.conftest import openstack_center, provisioning_pool
+from tests.helpers import Api
+from tests.tarpit import tarpit
+
+WORKERS = 4
+SILENT_TIMEOUT_S = 8.0
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return settings.model_copy(update={"engine_center_workers": 2, "engine_tick_s": 0.05})
+
+
+@pytest.fixture
+def small_engine(ctx: BrokerContext) -> Iterator[Engine]:
+    engine = Engine(ctx, workers=WORKERS)
+    yield engine
+    engine.stop(wait=False)
+
+
+def test_a_silent_center_leaves_workers_for_the_others(
+    api: Api, sim: CloudSim, small_engine: Engine
+) -> None:
+    with tarpit() as pit:
+        silent = api.post(
+            "centers",
+            {
+                "name": "silent",
+                "kind": "openstack",
+                "params": {
+                    "auth_url": f"{pit.url}/v3",
+                    "project_name": "demo",
+                    "username": "demo",
+                    "timeout_s": SILENT_TIMEOUT_S,
+                },
+                "secrets": {"password": "password"},
+            },
+        )
+        # Its scan, leak sweep and four builds would take all four workers.
+        silent_pool = provisioning_pool(api, silent["id"], n=4, m=4)
+        api.patch(f"pools/{silent_pool['id']}", {"name": "silent-pool"})
+        small_engine.start()
+        time.sleep(1.0)  # the silent center's work is out, waiting on the tarpit
+        cloud = openstack_center(api, sim)
+        pool = provisioning_pool(api, cloud["id"], n=2, m=2)
+        started = time.monotonic()
+        while api.get(f"pools/{pool['id']}/status")["counts"]["available"] < 2:
+            waited = time.monotonic() - started
+            assert waited < SILENT_TIMEOUT_S - 2, "the other center's builds waited"
+            time.sleep(0.1)
+        # Each of the silent center's calls hangs on its own connection (none has ended
+        # yet): it never held more than its share of workers.
+        assert 1 <= pit.accepted <= 2, pit.accepted

@@ -1,0 +1,86 @@
+"""/readyz tells an engine whose every worker has been busy for longer than the lease TTL
+(each waiting on a cloud that does not answer), though its loop still ticks: nothing else
+runs for any tenant meanwhile. Once the clouds' deadlines pass, it is ready again."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from deskbroker.api.app import create_app
+from deskbroker.bootstrap import ensure_defaults
+from deskbroker.config import Settings
+from deskbroker.engine.runner import Engine
+from deskbroker.services.context import BrokerContext
+from tests.helpers import Api
+from tests.tarpit import tarpit
+
+LEASE_TTL_S = 3.0
+CLOUD_TIMEOUT_S = 8.0
+WORKERS = 2
+
+
+@pytest.fixture
+def watched(settings: Settings) -> Iterator[tuple[BrokerContext, TestClient, Engine]]:
+    ctx = BrokerContext.from_settings(
+        settings.model_copy(update={"engine_tick_s": 0.05, "lease_ttl_s": LEASE_TTL_S})
+    )
+    ensure_defaults(ctx)
+    engine = Engine(ctx, workers=WORKERS)
+    engine.start()
+    with TestClient(create_app(ctx)) as client:
+        yield ctx, client, engine
+    engine.stop()
+    ctx.db.dispose()
+
+
+def _until(what: str, check: Any, timeout_s: float) -> float:
+    started = time.monotonic()
+    while not check():
+        assert time.monotonic() - started < timeout_s, f"waited {timeout_s} s for {what}"
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+def test_readyz_reports_every_engine_worker_busy_past_the_lease_ttl(
+    watched: tuple[BrokerContext, TestClient, Engine],
+) -> None:
+    ctx, client, _ = watched
+    _until("the engine's first tick", lambda: client.get("/readyz").status_code == 200, 10)
+    api = Api.with_admin(client, ctx)
+    with tarpit() as pit:
+        for n in range(WORKERS):
+            api.post(
+                "centers",
+                {
+                    "name": f"silent-{n}",
+                    "kind": "openstack",
+                    "params": {
+                        "auth_url": f"{pit.url}/v3",
+                        "project_name": "demo",
+                        "username": "demo",
+                        "timeout_s": CLOUD_TIMEOUT_S,
+                    },
+                    "secrets": {"password": "password"},
+                },
+            )
+        answers: list[Any] = []
+
+        def saturated() -> bool:
+            answers.append(client.get("/readyz"))
+            return bool(answers[-1].status_code == 503)
+
+        # The scans of both centers take both workers; past the TTL readyz says so.
+        took = _until("readyz to see the saturated engine", saturated, CLOUD_TIMEOUT_S)
+        assert took >= LEASE_TTL_S - 0.5, took
+        problem = answers[-1].json()
+        assert f"every one of the {WORKERS} background engine workers" in problem["detail"]
+        assert answers[-1].headers["Retry-After"]
+        # The loop itself still ticks: the old check alone saw nothing wrong.
+        assert ctx.pulse.stalled_for() is None
+        # The cloud calls end at their deadline; a worker frees up and readyz is green.
+        _until("readyz to be ready again", lambda: client.get("/readyz").status_code == 200, 15)

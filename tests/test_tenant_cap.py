@@ -1,0 +1,59 @@
+"""A tenant's requests that wait on its clouds share the tenant's cap with its
+directories: once a tenant holds that many, its next catalog listing, power action or
+start is refused at once (503, Retry-After, in words) instead of taking another thread."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import pytest
+
+from deskbroker.config import Settings
+from tests.helpers import Api
+from tests.tarpit import tarpit
+
+TIMEOUT_S = 3.0
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return settings.model_copy(update={"tenant_max_concurrent": 1})
+
+
+def test_a_tenant_waiting_on_a_silent_cloud_is_refused_more_at_once(api: Api) -> None:
+    with tarpit() as pit:
+        center = api.post(
+            "centers",
+            {
+                "name": "silent",
+                "kind": "openstack",
+                "params": {
+                    "auth_url": f"{pit.url}/v3",
+                    "project_name": "demo",
+                    "username": "demo",
+                    "timeout_s": TIMEOUT_S,
+                },
+                "secrets": {"password": "password"},
+            },
+        )
+        path = f"/api/v1/admin/centers/{center['id']}/catalog"
+        first: list[httpx.Response] = []
+        waiting = threading.Thread(
+            target=lambda: first.append(api.client.get(path, headers=api.headers))
+        )
+        waiting.start()
+        deadline = time.monotonic() + 5
+        while pit.accepted == 0:  # the first listing is in the cloud
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        started = time.perf_counter()
+        second = api.client.get(path, headers=api.headers)
+        took = time.perf_counter() - started
+        waiting.join(10)
+    assert second.status_code == 503 and took < 0.5, (took, second.text)
+    assert second.json()["reason"] == "tenant_busy"
+    assert second.headers["Retry-After"] == "5"
+    assert "catalog" in second.json()["detail"]
+    assert first and first[0].status_code != 200  # the silent cloud failed it in time
