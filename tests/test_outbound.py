@@ -424,3 +424,16 @@ def test_a_desktop_probe_does_not_scan_the_brokers_own_host(strict: Api) -> None
             server.accept()  # not even a TCP handshake reached the port
     finally:
         server.close()
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["169.254.169.254", "fd00:ec2::254", "100.100.100.200", "127.0.0.1", "::1"],
+)
+def test_the_default_policy_denies_every_cloud_metadata_service(address: str) -> None:
+    policy = outbound.OutboundPolicy()
+    refusal = policy.refusal(address)
+    assert refusal is not None and "outbound policy denies" in refusal
+    # Their neighbours are ordinary addresses.
+    assert policy.refusal("100.100.100.201") is None
+    assert policy.refusal("fd00:ec2::253") is None
