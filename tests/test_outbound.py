@@ -309,6 +309,79 @@ def test_a_bind_password_is_dropped_when_the_directory_servers_change(api: Api) 
     assert api.patch(f"identity-sources/{source['id']}", {"params": moved})["has_secrets"] is False
 
 
+def _default_tenant_admin(api: Api) -> Api:
+    add_local_user(api.ctx, "boss-a", ADMIN_PASSWORD, role="tenant_admin")
+    api.ctx.cache.invalidate()
+    response = api.client.post(
+        "/api/v1/auth/login", json={"username": "boss-a", "password": ADMIN_PASSWORD}
+    )
+    assert response.status_code == 200, response.text
+    return Api(api.client, api.ctx, response.json()["token"])
+
+
+@pytest.mark.parametrize(
+    ("kind", "params", "secrets", "weakened"),
+    [
+        ("center", {}, {"password": "password"}, {"verify_tls": False}),
+        (
+            "ldap",
+            {"servers": ["ldap://ldap.example.org"], "base_dn": "dc=x", "start_tls": True},
+            {"bind_password": "pw"},
+            {"start_tls": False},
+        ),
+        (
+            "ldap",
+            {"servers": ["ldaps://ldap.example.org"], "base_dn": "dc=x"},
+            {"bind_password": "pw"},
+            {"verify_tls": False},
+        ),
+        (
+            "oidc",
+            {"issuer": "https://login.example.org", "client_id": "broker"},
+            {"client_secret": "s3cret"},
+            {"verify_tls": False},
+        ),
+    ],
+)
+def test_secrets_are_dropped_when_a_tenant_admin_weakens_tls(
+    api: Api,
+    sim: CloudSim,
+    kind: str,
+    params: dict[str, Any],
+    secrets: dict[str, Any],
+    weakened: dict[str, Any],
+) -> None:
+    """A password given over verified TLS is not sent once a tenant admin turns it off."""
+    if kind == "center":
+        body = _center(sim, **params)
+        path = "centers"
+    else:
+        body = {"name": "dir", "kind": kind, "params": params, "secrets": secrets}
+        path = "identity-sources"
+    made = api.post(path, body)
+    assert made["has_secrets"], made
+    boss = _default_tenant_admin(api)
+    changed = boss.patch(f"{path}/{made['id']}", {"params": {**made["params"], **weakened}})
+    assert changed["has_secrets"] is False
+    assert api.get(f"{path}/{made['id']}")["has_secrets"] is False
+    # Given anew with the change, they are kept.
+    again = boss.patch(
+        f"{path}/{made['id']}", {"params": {**made["params"], **weakened}, "secrets": secrets}
+    )
+    assert again["has_secrets"]
+
+
+def test_secrets_are_dropped_when_another_ca_is_trusted(api: Api) -> None:
+    params = {"servers": ["ldaps://ldap.example.org"], "base_dn": "dc=x", "ca_file": "/etc/a.pem"}
+    made = api.post(
+        "identity-sources",
+        {"name": "dir", "kind": "ldap", "params": params, "secrets": {"bind_password": "pw"}},
+    )
+    assert made["has_secrets"]
+    moved = {**made["params"], "ca_file": "/etc/b.pem"}
+    assert api.patch(f"identity-sources/{made['id']}", {"params": moved})["has_secrets"] is False
+
+
 # --- OpenID providers -----------------------------------------------------------------
 @pytest.fixture
 def provider() -> Iterator[dict[str, Any]]:

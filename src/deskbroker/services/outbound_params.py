@@ -15,10 +15,18 @@ from deskbroker.errors import Forbidden
 from deskbroker.services.context import BrokerContext
 
 
+# The params that decide whether a connection is private and goes to the server it names:
+# a secret given over verified TLS must not go out once someone switches TLS off, drops
+# StartTLS on ldap:// or trusts another CA.
+_TLS_PARAMS = ("verify_tls", "start_tls", "ca_file")
+
+
 def _connection(model: BaseModel) -> list[tuple[str, str]]:
-    """What a stored secret was given for: every URL or host, and host-side settings."""
+    """What a stored secret was given for: every URL or host, host-side settings and the
+    TLS settings of the connection."""
     found = [(t.param, t.value) for t in outbound.targets_of(model)]
     found += [(name, str(getattr(model, name))) for name in outbound.host_side_of(model)]
+    found += [(name, str(getattr(model, name))) for name in _TLS_PARAMS if hasattr(model, name)]
     return sorted(found)
 
 
@@ -39,7 +47,8 @@ def vet(
       a CA file) are for a global admin only: a tenant admin would borrow the operator's.
     - Every host written in them passes the outbound policy (names are checked again,
       resolved, on every connection).
-    - When a URL or host changes and the request gives no new secrets, the stored ones
+    - When a URL or host, or a TLS setting (``verify_tls``, ``start_tls``, ``ca_file``),
+      changes and the request gives no new secrets, the stored ones
       are dropped (``secrets_sealed`` set to ``None`` in ``data``): a password given for
       one server must not be sent to another.
     """
