@@ -134,6 +134,27 @@ def test_a_tenant_admin_cannot_change_a_center_that_uses_host_side_credentials(
     assert boss.patch(f"centers/{made['id']}", {"scan_interval_s": 300})["scan_interval_s"] == 300
 
 
+def test_a_global_admins_api_token_cannot_use_the_broker_hosts_credentials(api: Api) -> None:
+    made = api.post(
+        "api-tokens",
+        {"name": "automation", "scopes": ["centers:*", "identity-sources:*"], "expires_in_days": 1},
+    )
+    bot = Api(api.client, api.ctx, made["token"])
+    borrowed = {"name": "borrowed", "kind": "openstack", "params": {"cloud": "operator"}}
+    refused = bot.post("centers", borrowed, status=403)
+    assert "not with an API token" in refused["detail"]
+    ldap = {
+        "name": "dir",
+        "kind": "ldap",
+        "params": {"servers": ["ldaps://ldap.example.org"], "base_dn": "dc=x", "ca_file": "/a"},
+    }
+    assert "ca_file" in bot.post("identity-sources", ldap, status=403)["detail"]
+    assert api.get("centers?name=borrowed")["items"] == []
+    # What reads nothing of the host stays the token's to do; the admin signed in may do all.
+    bot.post("centers", {**borrowed, "params": {"auth_url": "https://keystone.example.org/v3"}})
+    api.post("identity-sources", ldap)
+
+
 @pytest.mark.parametrize(
     ("kind", "params", "host_side"),
     [

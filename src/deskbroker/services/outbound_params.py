@@ -30,6 +30,13 @@ def _connection(model: BaseModel) -> list[tuple[str, str]]:
     return sorted(found)
 
 
+def _scoped(session: Session) -> bool:
+    """Whether the write is made with an API token (its scopes set), not a person's
+    session token."""
+    actor = session.info.get("actor")
+    return getattr(actor, "scopes", None) is not None
+
+
 def vet(
     session: Session,
     ctx: BrokerContext,
@@ -44,7 +51,8 @@ def vet(
     session carries; ``previous`` are the stored params of an update.
 
     - Params that read the broker host's own files or credentials (a clouds.yaml entry,
-      a CA file) are for a global admin only: a tenant admin would borrow the operator's.
+      a CA file) are for a global admin only, signed in (never an API token, whatever
+      its scopes): a tenant admin or a script would borrow the operator's.
     - Every host written in them passes the outbound policy (names are checked again,
       resolved, on every connection).
     - When a URL or host, or a TLS setting (``verify_tls``, ``start_tls``, ``ca_file``),
@@ -59,6 +67,13 @@ def vet(
             f"only a global administrator may set {what} params {', '.join(host_side)}: "
             "they use the broker host's own files and credentials; give the connection "
             "details and secrets of your own account instead"
+        )
+    if host_side and _scoped(session):
+        # A scoped token is automation holding a slice of the admin's power; the host's
+        # own credentials are not in any slice, whatever its scopes say.
+        raise Forbidden(
+            f"{what} params {', '.join(host_side)} use the broker host's own files and "
+            "credentials: a global administrator sets them signed in, not with an API token"
         )
     policy = ctx.settings.outbound_policy
     for target in outbound.targets_of(model):
