@@ -14,7 +14,6 @@ from deskbroker import outbound
 from deskbroker.errors import Forbidden
 from deskbroker.services.context import BrokerContext
 
-
 # The params that decide whether a connection is private and goes to the server it names:
 # a secret given over verified TLS must not go out once someone switches TLS off, drops
 # StartTLS on ldap:// or trusts another CA.
