@@ -13,6 +13,7 @@ from collections.abc import Callable
 import pytest
 
 from deskbroker.centers.base import (
+    CENTER_KEY,
     Capability,
     CenterDriver,
     MachineInfo,
@@ -111,7 +112,14 @@ class CenterConformance:
                 and m.power_state is PowerState.RUNNING
             )
         )
-        assert machine_id in {m.external_id for m in driver.leaked(set())}
-        assert machine_id not in {m.external_id for m in driver.leaked({machine_id})}
+        # The engine marks each build with its center; the sweep takes only its own.
+        center_id = provision_request.metadata[CENTER_KEY]
+        assert machine_id in {m.external_id for m in driver.leaked(set(), center_id=center_id)}
+        assert machine_id not in {
+            m.external_id for m in driver.leaked({machine_id}, center_id=center_id)
+        }
+        assert machine_id not in {
+            m.external_id for m in driver.leaked(set(), center_id=center_id + "-other")
+        }
         driver.terminate(running)
         wait_until(lambda: driver.machine(machine_id) is None)

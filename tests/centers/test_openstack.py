@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cloudsim.server import CloudSim
-from deskbroker.centers.base import CenterDriver, PowerAction, ProvisionRequest
+from deskbroker.centers.base import CENTER_KEY, CenterDriver, PowerAction, ProvisionRequest
 from deskbroker.centers.openstack.driver import OpenStackCenter, QuotaExceeded
 from deskbroker.centers.openstack.session import CloudFailure
 from deskbroker.centers.registry import open_driver
@@ -64,7 +64,7 @@ def provision_request() -> ProvisionRequest | None:
         name="conf-001",
         image="cirros-0.6.2-x86_64-disk",
         flavor="m1.tiny",
-        metadata={"deskbroker_pool": "p1"},
+        metadata={"deskbroker_pool": "p1", CENTER_KEY: "c-conformance"},
         tags=("task-conformance",),
     )
 

@@ -19,6 +19,7 @@ from sqlalchemy import bindparam, update
 from sqlalchemy.orm import Session
 
 from deskbroker.centers.base import (
+    CENTER_KEY,
     Capability,
     CenterDriver,
     MachineInfo,
@@ -100,6 +101,7 @@ def _request_of(task: TaskRow) -> ProvisionRequest:
         user_data=render_user_data(params.get("user_data") or "", task),
         metadata={
             **{str(k): str(v) for k, v in (params.get("metadata") or {}).items()},
+            CENTER_KEY: task.center_id,
             "deskbroker_pool": task.pool_id or "",
             "deskbroker_desktop": task.desktop_id or "",
             "deskbroker_task": task.id,
