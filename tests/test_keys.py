@@ -190,3 +190,46 @@ def test_the_cli_refuses_a_weak_key_in_words(tmp_path: Path) -> None:
     assert weak.exit_code == 2, weak.output
     assert "DESKBROKER_SECRET_KEY is too weak" in weak.output
     assert "Traceback" not in weak.output
+
+
+def test_a_redeemed_oidc_hand_off_does_not_stop_a_reseal(settings: Settings) -> None:
+    """A redeemed hand-off keeps an empty ``sealed``; the reseal skips it and moves the rest."""
+    from sqlalchemy import select
+
+    from deskbroker.services.keys import reseal
+    from deskbroker.store import oidc_flows
+    from deskbroker.store.tables import IdentitySource, OidcFlow, Tenant
+
+    old = _broker(settings, OLD_KEY)
+    ensure_defaults(old)
+    with old.db.write() as session:
+        tenant_id = session.scalars(select(Tenant.id)).first()
+        source_id = session.scalars(select(IdentitySource.id)).first()
+        assert tenant_id is not None and source_id is not None
+        for key in ("redeemed", "waiting"):
+            oidc_flows.create(
+                session,
+                key=oidc_flows.flow_key(key),
+                kind="handoff",
+                tenant_id=tenant_id,
+                identity_source_id=source_id,
+                sealed=old.secrets.seal(json.dumps({"token": key})),
+                ttl_s=60,
+            )
+        assert oidc_flows.redeem(session, oidc_flows.flow_key("redeemed"))
+    old.db.dispose()
+    rotating = _broker(settings, NEW_KEY, previous=OLD_KEY)
+    try:
+        assert reseal(rotating) == 1
+    finally:
+        rotating.db.dispose()
+    rotated = _broker(settings, NEW_KEY)
+    try:
+        with rotated.db.read() as session:
+            waiting = session.get(OidcFlow, oidc_flows.flow_key("waiting"))
+            redeemed = session.get(OidcFlow, oidc_flows.flow_key("redeemed"))
+            assert waiting is not None and redeemed is not None
+            assert json.loads(rotated.secrets.open(waiting.sealed)) == {"token": "waiting"}
+            assert redeemed.sealed == ""
+    finally:
+        rotated.db.dispose()

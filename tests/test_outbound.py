@@ -134,6 +134,27 @@ def test_a_tenant_admin_cannot_change_a_center_that_uses_host_side_credentials(
     assert boss.patch(f"centers/{made['id']}", {"scan_interval_s": 300})["scan_interval_s"] == 300
 
 
+def test_a_global_admins_api_token_cannot_use_the_broker_hosts_credentials(api: Api) -> None:
+    made = api.post(
+        "api-tokens",
+        {"name": "automation", "scopes": ["centers:*", "identity-sources:*"], "expires_in_days": 1},
+    )
+    bot = Api(api.client, api.ctx, made["token"])
+    borrowed = {"name": "borrowed", "kind": "openstack", "params": {"cloud": "operator"}}
+    refused = bot.post("centers", borrowed, status=403)
+    assert "not with an API token" in refused["detail"]
+    ldap = {
+        "name": "dir",
+        "kind": "ldap",
+        "params": {"servers": ["ldaps://ldap.example.org"], "base_dn": "dc=x", "ca_file": "/a"},
+    }
+    assert "ca_file" in bot.post("identity-sources", ldap, status=403)["detail"]
+    assert api.get("centers?name=borrowed")["items"] == []
+    # What reads nothing of the host stays the token's to do; the admin signed in may do all.
+    bot.post("centers", {**borrowed, "params": {"auth_url": "https://keystone.example.org/v3"}})
+    api.post("identity-sources", ldap)
+
+
 @pytest.mark.parametrize(
     ("kind", "params", "host_side"),
     [
@@ -309,6 +330,79 @@ def test_a_bind_password_is_dropped_when_the_directory_servers_change(api: Api) 
     assert api.patch(f"identity-sources/{source['id']}", {"params": moved})["has_secrets"] is False
 
 
+def _default_tenant_admin(api: Api) -> Api:
+    add_local_user(api.ctx, "boss-a", ADMIN_PASSWORD, role="tenant_admin")
+    api.ctx.cache.invalidate()
+    response = api.client.post(
+        "/api/v1/auth/login", json={"username": "boss-a", "password": ADMIN_PASSWORD}
+    )
+    assert response.status_code == 200, response.text
+    return Api(api.client, api.ctx, response.json()["token"])
+
+
+@pytest.mark.parametrize(
+    ("kind", "params", "secrets", "weakened"),
+    [
+        ("center", {}, {"password": "password"}, {"verify_tls": False}),
+        (
+            "ldap",
+            {"servers": ["ldap://ldap.example.org"], "base_dn": "dc=x", "start_tls": True},
+            {"bind_password": "pw"},
+            {"start_tls": False},
+        ),
+        (
+            "ldap",
+            {"servers": ["ldaps://ldap.example.org"], "base_dn": "dc=x"},
+            {"bind_password": "pw"},
+            {"verify_tls": False},
+        ),
+        (
+            "oidc",
+            {"issuer": "https://login.example.org", "client_id": "broker"},
+            {"client_secret": "s3cret"},
+            {"verify_tls": False},
+        ),
+    ],
+)
+def test_secrets_are_dropped_when_a_tenant_admin_weakens_tls(
+    api: Api,
+    sim: CloudSim,
+    kind: str,
+    params: dict[str, Any],
+    secrets: dict[str, Any],
+    weakened: dict[str, Any],
+) -> None:
+    """A password given over verified TLS is not sent once a tenant admin turns it off."""
+    if kind == "center":
+        body = _center(sim, **params)
+        path = "centers"
+    else:
+        body = {"name": "dir", "kind": kind, "params": params, "secrets": secrets}
+        path = "identity-sources"
+    made = api.post(path, body)
+    assert made["has_secrets"], made
+    boss = _default_tenant_admin(api)
+    changed = boss.patch(f"{path}/{made['id']}", {"params": {**made["params"], **weakened}})
+    assert changed["has_secrets"] is False
+    assert api.get(f"{path}/{made['id']}")["has_secrets"] is False
+    # Given anew with the change, they are kept.
+    again = boss.patch(
+        f"{path}/{made['id']}", {"params": {**made["params"], **weakened}, "secrets": secrets}
+    )
+    assert again["has_secrets"]
+
+
+def test_secrets_are_dropped_when_another_ca_is_trusted(api: Api) -> None:
+    params = {"servers": ["ldaps://ldap.example.org"], "base_dn": "dc=x", "ca_file": "/etc/a.pem"}
+    made = api.post(
+        "identity-sources",
+        {"name": "dir", "kind": "ldap", "params": params, "secrets": {"bind_password": "pw"}},
+    )
+    assert made["has_secrets"]
+    moved = {**made["params"], "ca_file": "/etc/b.pem"}
+    assert api.patch(f"identity-sources/{made['id']}", {"params": moved})["has_secrets"] is False
+
+
 # --- OpenID providers -----------------------------------------------------------------
 @pytest.fixture
 def provider() -> Iterator[dict[str, Any]]:
@@ -424,3 +518,16 @@ def test_a_desktop_probe_does_not_scan_the_brokers_own_host(strict: Api) -> None
             server.accept()  # not even a TCP handshake reached the port
     finally:
         server.close()
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["169.254.169.254", "fd00:ec2::254", "100.100.100.200", "127.0.0.1", "::1"],
+)
+def test_the_default_policy_denies_every_cloud_metadata_service(address: str) -> None:
+    policy = outbound.OutboundPolicy()
+    refusal = policy.refusal(address)
+    assert refusal is not None and "outbound policy denies" in refusal
+    # Their neighbours are ordinary addresses.
+    assert policy.refusal("100.100.100.201") is None
+    assert policy.refusal("fd00:ec2::253") is None

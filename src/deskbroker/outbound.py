@@ -7,7 +7,8 @@ broker at its own host (loopback services, the cloud metadata service at 169.254
 and read what comes back (server-side request forgery).
 
 The policy is two lists of networks from the settings: ``outbound_deny`` (by default
-loopback, link-local and the unspecified address) and ``outbound_allow``. The most
+loopback, link-local, the unspecified address and the cloud metadata services outside
+link-local) and ``outbound_allow``. The most
 specific network that holds an address decides; a tie goes to ``allow``, so
 ``outbound_allow=127.0.0.0/8`` opens loopback again (the demo and the tests do) and
 ``outbound_deny=0.0.0.0/0,::/0`` with ``outbound_allow=10.0.0.0/8`` permits only one
@@ -39,7 +40,13 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # Loopback, link-local (the cloud metadata service lives there) and "this host".
-DEFAULT_DENY = "127.0.0.0/8,::1/128,169.254.0.0/16,fe80::/10,0.0.0.0/8,::/128"
+# Loopback, link-local (the usual metadata service, 169.254.169.254), the unspecified
+# address, and the metadata services that live elsewhere: AWS's IPv6 one (fd00:ec2::254)
+# and Alibaba Cloud's (100.100.100.200).
+DEFAULT_DENY = (
+    "127.0.0.0/8,::1/128,169.254.0.0/16,fe80::/10,0.0.0.0/8,::/128,"
+    "fd00:ec2::254/128,100.100.100.200/32"
+)
 _LOCAL_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
 
 

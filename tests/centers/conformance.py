@@ -13,6 +13,7 @@ from collections.abc import Callable
 import pytest
 
 from deskbroker.centers.base import (
+    CENTER_KEY,
     DESKTOP_KEY,
     BuildLimits,
     Capability,
@@ -111,7 +112,7 @@ class CenterConformance:
                 driver.terminate(machine)
         if Capability.LEAK_SWEEP not in driver.capabilities:
             with pytest.raises(CenterError, match="cannot leak_sweep"):
-                driver.leaked(set())
+                driver.leaked(set(), center_id="c")
             with pytest.raises(CenterError, match="cannot leak_sweep"):
                 driver.find_tagged("x")
         if Capability.VOLUMES not in driver.capabilities:
@@ -176,7 +177,14 @@ class CenterConformance:
             wait_until(lambda: _attached(driver, machine_id, volume))
             driver.detach_volume(machine_id, volume)
             driver.detach_volume(machine_id, volume)  # already detached: not an error
-        assert machine_id in {m.external_id for m in driver.leaked(set())}
-        assert machine_id not in {m.external_id for m in driver.leaked({machine_id})}
+        # The engine marks each build with its center; the sweep takes only its own.
+        center_id = provision_request.metadata[CENTER_KEY]
+        assert machine_id in {m.external_id for m in driver.leaked(set(), center_id=center_id)}
+        assert machine_id not in {
+            m.external_id for m in driver.leaked({machine_id}, center_id=center_id)
+        }
+        assert machine_id not in {
+            m.external_id for m in driver.leaked(set(), center_id=center_id + "-other")
+        }
         driver.terminate(running)
         wait_until(lambda: driver.machine(machine_id) is None)

@@ -10,6 +10,7 @@ import pytest
 
 from cloudsim.server import CloudSim
 from deskbroker.centers.base import (
+    CENTER_KEY,
     BuildLimits,
     CenterDriver,
     MachineInfo,
@@ -71,7 +72,7 @@ def provision_request() -> ProvisionRequest | None:
         name="conf-001",
         image="cirros-0.6.2-x86_64-disk",
         flavor="m1.tiny",
-        metadata={"deskbroker_pool": "p1", "deskbroker_desktop": "d1"},
+        metadata={"deskbroker_pool": "p1", "deskbroker_desktop": "d1", CENTER_KEY: "c-conformance"},
         tags=("task-conformance",),
     )
 

@@ -11,7 +11,13 @@ from collections.abc import Iterator
 import pytest
 
 from cloudsim.server import CloudSim
-from deskbroker.centers.base import MachineInfo, PowerAction, ProvisionRequest, UnknownName
+from deskbroker.centers.base import (
+    CENTER_KEY,
+    MachineInfo,
+    PowerAction,
+    ProvisionRequest,
+    UnknownName,
+)
 from deskbroker.centers.openstack import microversion
 from deskbroker.centers.openstack.driver import OpenStackCenter
 from deskbroker.centers.openstack.session import CloudFailure
@@ -53,11 +59,16 @@ def _open(sim: CloudSim, **params: object) -> OpenStackCenter:
     return driver
 
 
+# The center the driver's builds are made for, as the engine marks them.
+CENTER = "c-1"
+
+
 def _request(name: str, tag: str, **extra: object) -> ProvisionRequest:
     return ProvisionRequest(
         name=name,
         image="cirros-0.6.2-x86_64-disk",
         flavor="m1.tiny",
+        metadata={CENTER_KEY: CENTER},
         tags=(tag,),
         **extra,  # type: ignore[arg-type]
     )
@@ -80,13 +91,13 @@ def _running(driver: OpenStackCenter, server_id: str) -> MachineInfo:
 def test_every_list_is_complete_whatever_the_page_cap(
     sim: CloudSim, cap: int, servers: int
 ) -> None:
-    ids = sim.seed_servers(servers, tags=["deskbroker"])
+    ids = sim.seed_servers(servers, tags=["deskbroker"], metadata={CENTER_KEY: CENTER})
     sim.seed_images(5)
     sim.set_behaviour(max_limit=cap)
     driver = _open(sim)
     assert sorted(m.external_id for m in driver.inventory()) == sorted(ids)
     assert len(driver.images()) == 9
-    assert len(driver.leaked(set())) == servers
+    assert len(driver.leaked(set(), center_id=CENTER)) == servers
     catalog = driver.catalog()
     assert len(catalog["flavors"]) == 7
     assert {"public", "private"} <= {n["name"] for n in catalog["networks"]}
@@ -122,14 +133,25 @@ def test_a_cloud_that_ignores_filters_gets_nothing_foreign_adopted_or_deleted(
     sim.set_behaviour(ignore_filters=True)
     assert [m.external_id for m in driver.find_tagged("task-1")] == [ours]
     assert driver.find_tagged("task-9") == []
-    assert {m.external_id for m in driver.leaked(set())} == {ours, theirs}
-    assert not {m.external_id for m in driver.leaked(set())} & set(foreign)
+    assert {m.external_id for m in driver.leaked(set(), center_id=CENTER)} == {ours, theirs}
+    assert not {m.external_id for m in driver.leaked(set(), center_id=CENTER)} & set(foreign)
     machine = driver.machine(ours)
     assert machine is not None
     driver.terminate(machine)
     # Only the terminated instance's own address went; the other's stays associated.
     left = driver.session.network_get("/floatingips")["floatingips"]
     assert [(f["floating_ip_address"], bool(f["port_id"])) for f in left] == [(kept, True)]
+
+
+def test_a_leak_is_only_what_the_asking_center_built(sim: CloudSim) -> None:
+    """Centers sharing a project share the broker tag: the mark of the center decides."""
+    driver = _open(sim)
+    ours = driver.create(_request("ours-1", "task-1"))
+    [other] = sim.seed_servers(1, tags=["deskbroker"], metadata={CENTER_KEY: "c-2"})
+    [unmarked] = sim.seed_servers(1, tags=["deskbroker"])
+    assert [m.external_id for m in driver.leaked(set(), center_id=CENTER)] == [ours]
+    assert [m.external_id for m in driver.leaked(set(), center_id="c-2")] == [other]
+    assert unmarked not in {m.external_id for m in driver.leaked(set(), center_id="")}
 
 
 def test_a_name_filter_ignored_still_resolves_the_right_image(sim: CloudSim) -> None:
@@ -149,7 +171,7 @@ def test_the_microversion_is_agreed_with_the_cloud(sim: CloudSim, top: str, agre
     server_id = driver.create(_request("old-1", "task-old"))
     machine = _running(driver, server_id)
     assert [m.external_id for m in driver.find_tagged("task-old")] == [server_id]
-    assert [m.external_id for m in driver.leaked(set())] == [server_id]
+    assert [m.external_id for m in driver.leaked(set(), center_id=CENTER)] == [server_id]
     driver.power(machine, PowerAction.STOP)
     wait_until(
         lambda: (m := driver.machine(server_id)) is not None and m.power_state is PowerState.STOPPED

@@ -63,7 +63,7 @@ class Hypervisor(CenterDriver):
     def terminate(self, machine: MachineInfo) -> None:
         MACHINES.pop(machine.external_id, None)
 
-    def leaked(self, known_external_ids: set[str]) -> list[MachineInfo]:
+    def leaked(self, known_external_ids: set[str], *, center_id: str) -> list[MachineInfo]:
         return [m for m in self.inventory() if m.external_id not in known_external_ids]
 
     def find_tagged(self, tag: str) -> list[MachineInfo]:

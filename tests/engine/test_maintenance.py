@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import func, select
 
 from cloudsim.server import CloudSim
+from deskbroker.centers.base import CENTER_KEY
 from deskbroker.engine.runner import Engine
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import events
 from deskbroker.store.tables import Event, Job, LoginThrottle, PoolStat, SessionRow
 from tests.agent_support import Agent, assigned_desktop
-from tests.engine.conftest import openstack_center, provisioning_pool
+from tests.engine.conftest import openstack_center, provisioning_pool, run_until
 from tests.helpers import Api
 
 
@@ -56,10 +58,14 @@ def test_pool_statistics_are_sampled(api: Api, ctx: BrokerContext, engine: Engin
 def test_leak_sweep_finds_and_reaps_untracked_instances(
     api: Api, sim: CloudSim, engine: Engine
 ) -> None:
-    # An instance this broker built for a desktop it no longer has (say a desktop row
+    # An instance this center built for a desktop it no longer has (say a desktop row
     # deleted by hand): scans leave it alone, the sweep reports it.
-    [stray] = sim.seed_servers(1, tags=["deskbroker"], metadata={"deskbroker_desktop": "gone"})
     center = openstack_center(api, sim)
+    [stray] = sim.seed_servers(
+        1,
+        tags=["deskbroker"],
+        metadata={"deskbroker_desktop": "gone", CENTER_KEY: center["id"]},
+    )
     assert api.get("desktops")["total"] == 0
     engine.run_once()
     engine.run_once()
@@ -74,6 +80,74 @@ def test_leak_sweep_finds_and_reaps_untracked_instances(
     assert any(e["detail"]["removed"] for e in api.get("events?kind=leak")["items"])
     gone = [s for s in sim.servers("demo") if s["id"] == stray]
     assert gone[0]["status"] == "DELETED" or gone[0]["task_state"] == "deleting"
+
+
+def _live(sim: CloudSim) -> set[str]:
+    return {
+        str(s["id"])
+        for s in sim.servers("demo")
+        if s["status"] != "DELETED" and s["task_state"] != "deleting"
+    }
+
+
+def test_a_reaping_center_leaves_another_centers_desktops_on_the_same_project_alone(
+    api: Api, sim: CloudSim, engine: Engine
+) -> None:
+    """Two centers on one cloud project share the broker tag; one reaps its leaks. It
+    terminates only instances marked as built by itself, never the other's desktops nor
+    an instance that names no center."""
+
+    def center(name: str, **params: object) -> dict[str, Any]:
+        made: dict[str, Any] = api.post(
+            "centers",
+            {
+                "name": name,
+                "kind": "openstack",
+                "params": {
+                    "auth_url": sim.auth_url,
+                    "project_name": "demo",
+                    "username": "demo",
+                    "default_network": "private",
+                    "retry_base_s": 0.01,
+                    **params,
+                },
+                "secrets": {"password": "password"},
+                "scan_interval_s": 5,
+            },
+        )
+        return made
+
+    reaper = center("reaper", reap_leaks=True)
+    other = center("other")
+    pool = provisioning_pool(api, other["id"], n=2, m=2)
+    run_until(engine, lambda: api.get(f"pools/{pool['id']}/status")["counts"]["available"] == 2)
+    others = {d["external_id"] for d in api.get(f"desktops?center_id={other['id']}")["items"]}
+    assert len(others) == 2
+    # Built for desktops no center has any more: one by the reaper, one unmarked (as
+    # by a broker before centers marked their builds); scans import neither.
+    [own_leak] = sim.seed_servers(
+        1,
+        name_prefix="own",
+        tags=["deskbroker"],
+        metadata={"deskbroker_desktop": "gone", CENTER_KEY: reaper["id"]},
+    )
+    [unmarked] = sim.seed_servers(
+        1, name_prefix="unmarked", tags=["deskbroker"], metadata={"deskbroker_desktop": "gone"}
+    )
+    with api.ctx.db.write() as session:
+        session.execute(Job.__table__.update().values(next_run_at=datetime.now(UTC)))
+    engine.run_once()
+    engine.run_once()
+    reaped = [
+        e["detail"]
+        for e in api.get("events?kind=leak")["items"]
+        if e["detail"]["center"] == "reaper"
+    ]
+    assert reaped and all(d["instances"] == [own_leak] and d["removed"] for d in reaped)
+    live = _live(sim)
+    assert own_leak not in live
+    assert others | {unmarked} <= live
+    assert api.get(f"pools/{pool['id']}/status")["counts"]["available"] == 2
 
 
 def test_a_failing_job_is_retried_with_backoff_and_its_error_shown(

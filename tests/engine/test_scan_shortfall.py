@@ -5,13 +5,23 @@ on one look."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
+
+from sqlalchemy import select
 
 from cloudsim.server import CloudSim
-from deskbroker.centers.base import MachineInfo
+from deskbroker.centers.base import Changes, MachineInfo
 from deskbroker.centers.registry import open_driver
-from deskbroker.store.tables import Center
+from deskbroker.services import inventory
+from deskbroker.store.tables import Center, Desktop
 from tests.engine.conftest import openstack_center
 from tests.helpers import Api, run_queued_scan
+
+
+def _external_ids(api: Api, center_id: str) -> set[str]:
+    with api.ctx.db.read() as session:
+        found = session.scalars(select(Desktop.external_id).where(Desktop.center_id == center_id))
+        return set(found)
 
 
 def _names(api: Api, center_id: str) -> set[str]:
@@ -60,6 +70,50 @@ def test_a_short_full_scan_keeps_the_desktops_until_a_second_one_agrees(
     assert second["status"] == "ok", second["status_message"]
     assert ", 4 gone" in second["status_message"]
     assert len(_names(api, center["id"])) == 2
+
+
+def test_a_second_short_scan_removes_only_what_both_scans_missed(api: Api, sim: CloudSim) -> None:
+    """Two short listings that miss different machines agree on nothing they saw: each
+    look is a cloud's real answer, cut as a cloud that filters differently would cut it."""
+    sim.seed_servers(100, name_prefix="vdi")
+    center = openstack_center(api, sim)
+    assert run_queued_scan(api, center["id"])["status"] == "ok"
+    assert len(_external_ids(api, center["id"])) == 100
+    with api.ctx.db.read() as session:
+        row = session.get(Center, center["id"])
+        assert row is not None
+        session.expunge(row)
+    full = inventory.look(inventory.open_center(api.ctx, row), row, full=True)
+    assert full.changes is not None and len(full.changes.machines) == 100
+    machines = sorted(full.changes.machines, key=lambda m: m.external_id)
+    first_seen, second_seen = machines[:10], machines[10:50]
+
+    def record(seen: list[MachineInfo]) -> inventory.ScanReport:
+        assert full.changes is not None
+        changes = Changes(machines=seen, gone=[], cursor=full.changes.cursor)
+        with api.ctx.db.write() as session:
+            center_row = session.get(Center, center["id"])
+            assert center_row is not None
+            return inventory.record(session, api.ctx, center_row, replace(full, changes=changes))
+
+    held = record(first_seen)
+    assert held.status == "degraded" and held.removed == []
+    assert len(_external_ids(api, center["id"])) == 100
+
+    second = record(second_seen)
+    # Missed by both: the last 50. Seen by either: kept, whatever the second look says.
+    assert second.status == "degraded", second.message
+    assert "10 unseen desktops kept" in second.message
+    assert "50 gone that the previous full scan missed as well" in second.message
+    left = _external_ids(api, center["id"])
+    assert left == {m.external_id for m in first_seen + second_seen}
+
+    # A third look that sees all of them again believes them all and removes nothing.
+    third = record(first_seen + second_seen)
+    assert third.status == "ok" and third.removed == []
+    with api.ctx.db.read() as session:
+        center_row = session.get(Center, center["id"])
+        assert center_row is not None and center_row.held_unseen == []
 
 
 def test_a_static_center_is_its_own_list(api: Api) -> None:

@@ -76,6 +76,33 @@ def test_an_ldap_server_on_a_denied_network_never_receives_the_bind(
     assert bytes(received) == b""
 
 
+@pytest.mark.parametrize("host", ["localhost", "127.0.0.1"])
+def test_an_ldaps_server_on_a_denied_network_never_sees_a_client_hello(
+    listener: tuple[int, bytearray], host: str
+) -> None:
+    # ldaps:// starts TLS as it connects: the address is checked before the socket opens,
+    # so a denied server sees no connection, not even the ClientHello.
+    port, received = listener
+    outbound.install(outbound.OutboundPolicy())
+    driver = _ldap(f"ldaps://{host}:{port}")
+    with pytest.raises(DirectoryUnavailable):
+        driver.authenticate(Credentials("ann", PASSWORD), None)
+    driver.close()
+    assert bytes(received) == b""
+
+
+def test_an_ldaps_server_on_an_allowed_network_is_sent_the_client_hello(
+    listener: tuple[int, bytearray],
+) -> None:
+    # The control: with loopback allowed, the same listener hears a TLS handshake start.
+    port, received = listener
+    driver = _ldap(f"ldaps://localhost:{port}")
+    with pytest.raises(DirectoryUnavailable):
+        driver.authenticate(Credentials("ann", PASSWORD), None)
+    driver.close()
+    assert received[:1] == b"\x16"  # a TLS handshake record
+
+
 def test_the_same_server_on_an_allowed_network_gets_the_bind(
     listener: tuple[int, bytearray],
 ) -> None:

@@ -5,7 +5,7 @@ A driver implements:
 - ``inventory()``: every machine the center has, as ``MachineInfo``.
 - ``images()``: what the center can provision from (empty without ``Capability.PROVISION``).
 - ``provision(request)``, ``power(machine, action)``, ``terminate(machine)``,
-  ``leaked(known_ids)``: only when the matching capability is in ``capabilities``.
+  ``leaked(known_ids, center_id=...)``: only when the matching capability is in ``capabilities``.
 - ``probe(machine, port)``: is the machine reachable on a protocol port.
 
 Drivers are registered through the ``deskbroker.centers`` entry-point group. Blocking
@@ -131,6 +131,11 @@ class ImageInfo:
     name: str
     os: str = ""
     attributes: Mapping[str, Any] = field(default_factory=dict)
+
+
+# Metadata naming the center whose build made a machine. Several centers may share one
+# cloud project (and broker tag): a leak sweep takes only what its own center built.
+CENTER_KEY = "deskbroker_center"
 
 
 @dataclass(frozen=True)
@@ -275,8 +280,10 @@ class CenterDriver:
         """Destroy a machine the broker created."""
         self.require(Capability.TERMINATE)
 
-    def leaked(self, known_external_ids: set[str]) -> list[MachineInfo]:
-        """Machines tagged as this broker's that the broker no longer knows."""
+    def leaked(self, known_external_ids: set[str], *, center_id: str) -> list[MachineInfo]:
+        """Machines that center ``center_id`` built (tagged as this broker's, with
+        ``CENTER_KEY`` naming that center on the machine itself) and no longer knows. A
+        machine without that mark is never a leak: another center, or a person, owns it."""
         self.require(Capability.LEAK_SWEEP)
         return []
 

@@ -15,14 +15,14 @@ def looks_short(known: int, seen: int, ratio: float = SHORTFALL_RATIO) -> bool:
     return known > 0 and seen < known * ratio
 
 
-def hold_removals(known: int, seen: int, *, authoritative: bool, confirmed: bool) -> bool:
-    """Whether a full scan must not remove the machines it did not see.
+def hold_removals(known: int, seen: int, *, authoritative: bool) -> bool:
+    """Whether a full scan must not simply remove the machines it did not see: only
+    those the previous short scan missed as well (two looks that agree) may go.
 
     ``authoritative``: the listing is the broker's own (a static center's params), so a
-    shorter list is the operator's word. ``confirmed``: the previous full scan was held
-    for the same reason, so this is the second look that agrees.
+    shorter list is the operator's word.
     """
-    return not authoritative and not confirmed and looks_short(known, seen)
+    return not authoritative and looks_short(known, seen)
 
 
 def next_power(current: str, reported: PowerState) -> str:

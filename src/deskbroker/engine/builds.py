@@ -19,6 +19,7 @@ from sqlalchemy import bindparam, update
 from sqlalchemy.orm import Session
 
 from deskbroker.centers.base import (
+    CENTER_KEY,
     DESKTOP_KEY,
     POOL_KEY,
     Capability,
@@ -102,6 +103,7 @@ def _request_of(task: TaskRow) -> ProvisionRequest:
         user_data=render_user_data(params.get("user_data") or "", task),
         metadata={
             **{str(k): str(v) for k, v in (params.get("metadata") or {}).items()},
+            CENTER_KEY: task.center_id,
             POOL_KEY: task.pool_id or "",
             DESKTOP_KEY: task.desktop_id or "",
             "deskbroker_task": task.id,

@@ -65,7 +65,7 @@ def leak_sweep(ctx: BrokerContext, drivers: DriverCache, center_id: str, now: da
     driver = drivers.get(center)
     if Capability.LEAK_SWEEP not in driver.capabilities or creating is not None:
         return "nothing to sweep"
-    leaked = driver.leaked(known)
+    leaked = driver.leaked(known, center_id=center_id)
     reap = bool((center.params or {}).get("reap_leaks", False))
     for machine in leaked:
         if reap:

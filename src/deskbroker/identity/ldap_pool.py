@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -46,7 +47,6 @@ UNREACHABLE = (
 @dataclass
 class _Server:
     url: str
-    server: Server
     dead_until: float = 0.0
 
 
@@ -55,28 +55,27 @@ def close_quietly(conn: Connection) -> None:
         conn.unbind()
 
 
+def _check_resolved(server: Server, what: str) -> None:
+    """Resolve the server's name now and refuse it when any address is on a network the
+    outbound policy denies. ldap3 keeps these addresses on ``server`` and connects to
+    them in the ``open`` that follows (it resolves again only minutes later), so the
+    address checked is the address reached, before a TLS handshake sends anything."""
+    policy = outbound.current()
+    for family, _type, _proto, _name, sockaddr, *_availability in server.address_info:
+        if family in (socket.AF_INET, socket.AF_INET6):
+            policy.check_address(str(sockaddr[0]), what)
+
+
 class Directory:
     """The servers of one identity source, in failover order, and its idle connections."""
 
     def __init__(self, params: LdapParams) -> None:
         self.params = params
-        tls = Tls(
+        self._tls = Tls(
             validate=ssl.CERT_REQUIRED if params.verify_tls else ssl.CERT_NONE,
             ca_certs_file=params.ca_file,
         )
-        self._servers = [
-            _Server(
-                url,
-                Server(
-                    url,
-                    use_ssl=url.lower().startswith("ldaps://"),
-                    tls=tls,
-                    get_info=NONE,
-                    connect_timeout=params.connect_timeout_s,
-                ),
-            )
-            for url in params.servers
-        ]
+        self._servers = [_Server(url) for url in params.servers]
         self._turn = 0
         self._lock = threading.Lock()
         self._idle: dict[str, list[Connection]] = {}
@@ -94,12 +93,24 @@ class Directory:
             s for s in ordered if s.dead_until > now
         ]
 
+    def _server(self, url: str) -> Server:
+        """A fresh ldap3 server, so that its name is resolved anew on each open (and
+        checked, see ``_check_resolved``) instead of from an earlier lookup."""
+        return Server(
+            url,
+            use_ssl=url.lower().startswith("ldaps://"),
+            tls=self._tls,
+            get_info=NONE,
+            connect_timeout=self.params.connect_timeout_s,
+        )
+
     def open(self) -> Connection:
         """A connection to the first server that answers (TLS set up, not yet bound)."""
         failures: list[str] = []
         for entry in self._order():
+            server = self._server(entry.url)
             conn = Connection(
-                entry.server,
+                server,
                 client_strategy=SYNC,
                 auto_referrals=False,
                 raise_exceptions=False,
@@ -107,10 +118,12 @@ class Directory:
                 receive_timeout=int(max(1, self.params.timeout_s)),
             )
             try:
+                # Before any byte is sent (an ldaps:// open sends the TLS ClientHello).
+                _check_resolved(server, entry.url)
                 conn.open()
                 # Before any bind sends a password: the address the socket reached.
                 outbound.current().check_socket(conn.socket, entry.url)
-                if self.params.start_tls and not entry.server.ssl:
+                if self.params.start_tls and not server.ssl:
                     conn.start_tls()
             except (LDAPCommunicationError, LDAPStartTLSError, OSError, OutboundRefused) as exc:
                 close_quietly(conn)

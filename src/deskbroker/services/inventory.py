@@ -196,7 +196,8 @@ def record(
     the whole change with ``QuotaReached``, so nothing is half written.
 
     A full listing of a cloud that sees far fewer machines than the broker knows removes
-    nothing: the center turns ``degraded`` and the next full scan must agree.
+    nothing on its own: the center turns ``degraded``, the unseen ids are kept in
+    ``held_unseen``, and the next full scan removes only those it misses too.
     """
     report = ScanReport(center.id, "ok", "")
     started, incremental = listing.started, listing.incremental
@@ -211,7 +212,6 @@ def record(
     if listing.images is not None:
         sync_images(session, center, listing.images)
     quota = quotas.desktop_room(session, center.tenant_id)
-    confirmed = center.status == "degraded"
     result = desktop_sync.sync(
         session,
         tenant_id=center.tenant_id,
@@ -221,8 +221,9 @@ def record(
         complete=not incremental,
         room=quota.room,
         hold=lambda known, count: scans.hold_removals(
-            known, count, authoritative=listing.authoritative, confirmed=confirmed
+            known, count, authoritative=listing.authoritative
         ),
+        held_before=center.held_unseen or (),
     )
     if result.left_out:
         _over_quota(center, quota, len(result.added), result.left_out, strict_quota)
@@ -232,6 +233,9 @@ def record(
     center.scan_cursor = seen.cursor or (started - timedelta(seconds=2)).strftime(
         "%Y-%m-%dT%H:%M:%SZ"
     )
+    if not incremental:
+        # What this look kept is what the next full one must miss too before it goes.
+        center.held_unseen = result.held_ids
     if not incremental and not result.held:
         # A held scan leaves the next one full: that is the look that must agree.
         center.last_full_scan_at = started
@@ -246,6 +250,10 @@ def record(
             f"{len(result.held)} unseen desktops kept until the next full scan agrees "
             "(a cloud that pages or filters its listing differently looks like this)"
         )
+        if result.removed:
+            report.message += (
+                f"; {len(result.removed)} gone that the previous full scan missed as well"
+            )
     elif result.left_out:
         report.status = "quota"
         report.message += (

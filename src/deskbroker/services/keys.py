@@ -32,7 +32,9 @@ def reseal(ctx: BrokerContext) -> int:
     with ctx.db.write() as session:
         for model, column in _SEALED:
             attribute = getattr(model, column)
-            for row in session.scalars(select(model).where(attribute.is_not(None))):
+            # A redeemed OIDC hand-off keeps an empty ``sealed``: nothing to move.
+            found = select(model).where(attribute.is_not(None), attribute != "")
+            for row in session.scalars(found):
                 try:
                     setattr(row, column, ctx.secrets.reseal(getattr(row, column)))
                 except ValueError as exc:

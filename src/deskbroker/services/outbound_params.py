@@ -14,12 +14,26 @@ from deskbroker import outbound
 from deskbroker.errors import Forbidden
 from deskbroker.services.context import BrokerContext
 
+# The params that decide whether a connection is private and goes to the server it names:
+# a secret given over verified TLS must not go out once someone switches TLS off, drops
+# StartTLS on ldap:// or trusts another CA.
+_TLS_PARAMS = ("verify_tls", "start_tls", "ca_file")
+
 
 def _connection(model: BaseModel) -> list[tuple[str, str]]:
-    """What a stored secret was given for: every URL or host, and host-side settings."""
+    """What a stored secret was given for: every URL or host, host-side settings and the
+    TLS settings of the connection."""
     found = [(t.param, t.value) for t in outbound.targets_of(model)]
     found += [(name, str(getattr(model, name))) for name in outbound.host_side_of(model)]
+    found += [(name, str(getattr(model, name))) for name in _TLS_PARAMS if hasattr(model, name)]
     return sorted(found)
+
+
+def _scoped(session: Session) -> bool:
+    """Whether the write is made with an API token (its scopes set), not a person's
+    session token."""
+    actor = session.info.get("actor")
+    return getattr(actor, "scopes", None) is not None
 
 
 def vet(
@@ -36,10 +50,12 @@ def vet(
     session carries; ``previous`` are the stored params of an update.
 
     - Params that read the broker host's own files or credentials (a clouds.yaml entry,
-      a CA file) are for a global admin only: a tenant admin would borrow the operator's.
+      a CA file) are for a global admin only, signed in (never an API token, whatever
+      its scopes): a tenant admin or a script would borrow the operator's.
     - Every host written in them passes the outbound policy (names are checked again,
       resolved, on every connection).
-    - When a URL or host changes and the request gives no new secrets, the stored ones
+    - When a URL or host, or a TLS setting (``verify_tls``, ``start_tls``, ``ca_file``),
+      changes and the request gives no new secrets, the stored ones
       are dropped (``secrets_sealed`` set to ``None`` in ``data``): a password given for
       one server must not be sent to another.
     """
@@ -50,6 +66,13 @@ def vet(
             f"only a global administrator may set {what} params {', '.join(host_side)}: "
             "they use the broker host's own files and credentials; give the connection "
             "details and secrets of your own account instead"
+        )
+    if host_side and _scoped(session):
+        # A scoped token is automation holding a slice of the admin's power; the host's
+        # own credentials are not in any slice, whatever its scopes say.
+        raise Forbidden(
+            f"{what} params {', '.join(host_side)} use the broker host's own files and "
+            "credentials: a global administrator sets them signed in, not with an API token"
         )
     policy = ctx.settings.outbound_policy
     for target in outbound.targets_of(model):

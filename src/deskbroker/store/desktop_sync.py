@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -26,8 +26,10 @@ class SyncResult:
     orphans: list[str] = field(default_factory=list)
     # New machines not imported because the tenant's desktop quota had no room.
     left_out: list[str] = field(default_factory=list)
-    # Machines not seen but kept: the listing was too short to be believed.
+    # Machines not seen but kept: the listing was too short to be believed (names, and
+    # the external ids the next full scan must miss too before they go).
     held: list[str] = field(default_factory=list)
+    held_ids: list[str] = field(default_factory=list)
     known: int = 0
 
     @property
@@ -57,11 +59,14 @@ def sync(
     complete: bool,
     room: int | None = None,
     hold: Callable[[int, int], bool] | None = None,
+    held_before: Collection[str] = (),
 ) -> SyncResult:
     """Write what a scan saw. ``complete`` means ``machines`` is everything the center
     has, so anything else is gone; otherwise only ``gone`` ids are removed. At most
     ``room`` new desktops are added (the tenant's quota); the rest are ``left_out``.
-    ``hold(known, seen)`` true keeps the unseen desktops of a complete listing (``held``)."""
+    ``hold(known, seen)`` true says a complete listing is too short to believe: of its
+    unseen desktops only those in ``held_before`` (what the previous short listing
+    missed) are removed; the rest are kept (``held``, ``held_ids``)."""
     result = SyncResult()
     gone = set(gone)
     query = select(
@@ -163,8 +168,10 @@ def sync(
         if not e.startswith(PENDING_PREFIX) and r.power_state != PowerState.DELETED.value
     )
     if complete and vanished and hold is not None and hold(result.known, len(machines)):
-        result.held = sorted(existing[e].name for e in vanished if e in existing)
-        return result
+        kept = vanished - set(held_before)
+        result.held_ids = sorted(e for e in kept if e in existing)
+        result.held = sorted(existing[e].name for e in result.held_ids)
+        vanished -= kept
     _remove(session, [existing[e] for e in vanished if e in existing], result, now)
     return result
 

@@ -122,6 +122,9 @@ class Center(Base):
     scan_cursor: Mapped[str | None] = mapped_column(String(64), default=None)
     full_scan_interval_s: Mapped[int] = mapped_column(Integer, default=3600)
     last_full_scan_at: Mapped[datetime | None] = mapped_column(default=None)
+    # External ids a short full scan did not see and kept: the next full scan removes
+    # only those it misses too (two looks that agree), never what one look alone missed.
+    held_unseen: Mapped[list[Any]] = mapped_column(default=list)
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = _updated()
 

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel
 
 from deskbroker.centers.base import (
+    CENTER_KEY,
     BuildLimits,
     Capability,
     CenterDriver,
@@ -333,6 +334,11 @@ class OpenStackCenter(CenterDriver):
         servers = self.session.every("/servers/detail", "servers", query, service="compute")
         return [mapping.machine(s) for s in servers if mapping.carries(s, tag)]
 
-    def leaked(self, known_external_ids: set[str]) -> list[MachineInfo]:
+    def leaked(self, known_external_ids: set[str], *, center_id: str) -> list[MachineInfo]:
         tagged = self.find_tagged(self.os_params.broker_tag)
-        return [m for m in tagged if m.external_id not in known_external_ids]
+        built_here = f"meta.{CENTER_KEY}"
+        return [
+            m
+            for m in tagged
+            if m.attributes.get(built_here) == center_id and m.external_id not in known_external_ids
+        ]

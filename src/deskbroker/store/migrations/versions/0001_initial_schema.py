@@ -98,6 +98,7 @@ def upgrade() -> None:
         sa.Column("scan_cursor", sa.String(length=64), nullable=True),
         sa.Column("full_scan_interval_s", sa.Integer(), nullable=False),
         sa.Column("last_full_scan_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("held_unseen", sa.JSON(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
