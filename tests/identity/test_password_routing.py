@@ -305,3 +305,23 @@ def test_a_tenant_admin_cannot_steer_a_global_admins_desktops(api: Api) -> None:
     assert tad.patch(f"pools/{own['id']}", {"description": "mine"})["description"] == "mine"
     # The global admin, above everyone, still edits them.
     assert api.patch(f"pools/{ids['pool']}", {"description": "ok"})["description"] == "ok"
+
+
+def test_a_directory_a_tenant_admin_last_changed_is_sent_no_unknown_name(
+    api: Api, slapd: Slapd, harvester: RecordingProxy
+) -> None:
+    """A directory the global admin set up takes unknown bare names; once a tenant admin
+    has changed it (its servers, say), it takes them only by domain or selector."""
+    params = {**ldap_params(slapd), "servers": [f"ldap://127.0.0.1:{harvester.port}"]}
+    corp = add_source(api, "corp", "ldap", params, password=LDAP_SERVICE_PASSWORD)
+    assert corp["set_by_global_admin"] is True
+    assert post_login(api, "ann", "ann-password-1").status_code == 200
+    tad = _tenant_admin(api)
+    changed = tad.patch(f"identity-sources/{corp['id']}", {"position": 0})
+    assert changed["set_by_global_admin"] is False
+    assert post_login(api, "ben", "ben-password-1").status_code == 401
+    assert post_login(api, "admni", "typo3-" + ADMIN_PASSWORD).status_code == 401
+    assert not harvester.saw("ben-password-1") and not harvester.saw("typo3-")
+    # Known names still go to their own source; the rest choose it.
+    assert post_login(api, "ann", "ann-password-1").status_code == 200
+    assert post_login(api, "ben", "ben-password-1", source="corp").status_code == 200

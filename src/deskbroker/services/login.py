@@ -104,17 +104,28 @@ def _failure_event(
 
 
 def _refuse_a_twin(
-    view: ConfigView, tenant_id: str, source: SourceView, username: str, owners: list[UserRecord]
+    view: ConfigView,
+    tenant_id: str,
+    source: SourceView,
+    username: str,
+    owners: list[UserRecord],
+    by_domain: bool,
 ) -> None:
     """A directory's first sign-in of ``username`` makes no second account of a name
     another password source of the tenant holds (any letter case): a tenant
     administrator's directory, asked by selector or answering any name with ``admin``,
     would otherwise make a twin of the global administrator that routing then has to
-    choose between. Refused as a wrong password is, with its own audit reason."""
+    choose between. Refused as a wrong password is, with its own audit reason.
+
+    One exception keeps two untrusted domains' namesakes apart as two users: an ordinary
+    user's name (role ``user``) may have a twin in a directory that the typed domain
+    chose. A staff account's name (any other role) has none, however it was typed."""
     enabled = {s.id: s for s in view.sources_by_tenant.get(tenant_id, [])}
     folded = username.casefold()
     for row in owners:
         if row.identity_source_id == source.id or row.username.casefold() != folded:
+            continue
+        if by_domain and row.role == "user":
             continue
         other = enabled.get(row.identity_source_id)
         # A disabled source's account still holds its name (its kind is not at hand).
@@ -263,7 +274,10 @@ class LoginService:
                             None,
                         )
                 if record is None:
-                    _refuse_a_twin(view, tenant_id, candidate, identity.username, owners)
+                    # A domain routed the bare name here (name != typed): the user named
+                    # this directory themselves.
+                    by_domain = name != username
+                    _refuse_a_twin(view, tenant_id, candidate, identity.username, owners, by_domain)
                 # A first login read no version with the user: check the view's age.
                 view = self.ctx.cache.current(
                     self.ctx.db, record.config_version if record else None

@@ -123,7 +123,8 @@ def choose(
     session: Session, view: ConfigView, tenant_id: str, username: str, source_name: str | None
 ) -> Choice:
     """``candidates`` narrowed to the source that owns the name: one statement (two for
-    a name nobody holds, in a tenant that may hold global administrators).
+    a name nobody holds when a source that a global administrator did not set up would
+    be tried).
 
     The owner is looked for in every source of the tenant, so a name whose source is
     disabled goes nowhere rather than to the sources in front of it. A typed name that
@@ -135,10 +136,11 @@ def choose(
     person's password to the other's directory. No source wins a tie by having no
     domain: a tenant administrator can make a twin of any name in a source of theirs.
 
-    A name no source holds, typed without a domain or a selector, goes to no directory
-    in a tenant that holds a global administrator: that is what a global administrator's
-    mistyped name looks like, and the directories in front may be a tenant
-    administrator's. Such a tenant's directory users name their domain or source.
+    A name no source holds, typed without a domain or a selector, goes in a tenant that
+    holds a global administrator only to the sources a global administrator last set up:
+    that is what a global administrator's mistyped name looks like, and a tenant
+    administrator's directory must not be sent it. Its users name their domain or source
+    on their first sign-in.
     """
     bare, domain = split_domain(username)
     whole: list[Candidate] | None = None
@@ -166,8 +168,15 @@ def choose(
             # In configured order, every enabled source was routed: the account's own
             # source is switched off, and no other source is sent its password.
             return Choice([], owners)
-        if domain is None and _holds_global_admin(session, tenant_id):
-            return Choice([], owners)
+        if (
+            domain is None
+            and source_name is None
+            and any(not c.source.set_by_global_admin for c in routed)
+            and _holds_global_admin(session, tenant_id)
+        ):
+            # A global admin's typo looks like this: only sources a global admin set up
+            # are sent it.
+            routed = [c for c in routed if c.source.set_by_global_admin]
         # Nobody's name (or, after a domain, not an account of that domain's sources).
         return Choice(routed, owners)
     # A source that takes no password cannot receive one: it only says where to sign in.
