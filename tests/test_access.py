@@ -10,7 +10,7 @@ from sqlalchemy import select, update
 
 from deskbroker.bootstrap import add_local_user
 from deskbroker.services.context import BrokerContext
-from deskbroker.store.tables import ApiToken, Event, utcnow
+from deskbroker.store.tables import ApiToken, Event, LoginThrottle, utcnow
 from tests.helpers import USER_PASSWORD, Api
 
 
@@ -247,6 +247,31 @@ def test_an_account_locks_after_repeated_failures(api: Api, ctx: BrokerContext) 
     assert reasons.count("wrong_credentials") == 5
 
 
+def test_a_password_typed_as_the_name_is_not_kept_by_the_lockout_counter(
+    api: Api, ctx: BrokerContext
+) -> None:
+    """The account counter is keyed by a tag of the name: a password typed into the name
+    field shows neither in ``/admin/lockouts`` nor in the table; a user's name does."""
+    add_local_user(ctx, "lena", USER_PASSWORD)
+    assert _login(api, "Sup3r-Secret-Pw!", "lena").status_code == 401
+    assert _login(api, "lena", "wrong-password").status_code == 401
+    listed = api.get("lockouts")["items"]
+    accounts = [item for item in listed if item["kind"] == "account"]
+    assert sorted(item["subject"].startswith("unknown name #") for item in accounts) == [
+        False,
+        True,
+    ]
+    assert any(item["subject"] == "lena" for item in accounts)
+    with ctx.db.read() as session:
+        keys = session.scalars(select(LoginThrottle.key)).all()
+    for text in (str(listed), " ".join(keys)):
+        assert "Sup3r" not in text and "sup3r" not in text
+    # The tag is the audit event's stand-in for the same name.
+    with ctx.db.read() as session:
+        actors = set(session.scalars(select(Event.actor).where(Event.kind == "login_failed")))
+    assert {item["subject"] for item in accounts} == actors
+
+
 def test_a_good_sign_in_clears_the_count_and_lockouts_expire(api: Api, ctx: BrokerContext) -> None:
     add_local_user(ctx, "sam", USER_PASSWORD)
     for _ in range(4):
@@ -412,7 +437,9 @@ def test_the_cli_unlocks_when_every_administrator_is_locked_out(
         _login(api, "admin", "not-the-password")
     assert _login(api, "admin", "admin-password-1").status_code == 429
     common = ["--db", ctx.settings.effective_database_url, "--data-dir", str(tmp_path / "cli")]
-    result = CliRunner().invoke(cli_app, ["user", "unlock", "ADMIN", *common])
+    # The CLI runs with the broker's configuration: its secret keys the lockout counters.
+    broker = {"DESKBROKER_SECRET_KEY": ctx.settings.effective_secret_key}
+    result = CliRunner(env=broker).invoke(cli_app, ["user", "unlock", "ADMIN", *common])
     assert result.exit_code == 0, result.output
     assert "ADMIN: unlocked" in result.output
     assert _login(api, "admin", "admin-password-1").status_code == 200

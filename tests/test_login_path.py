@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import select
 
 from deskbroker.bootstrap import add_local_user
-from deskbroker.errors import PayloadTooLarge, Unauthorized
+from deskbroker.errors import BadRequest, PayloadTooLarge, Unauthorized
 from deskbroker.services.context import BrokerContext
 from deskbroker.services.login import LoginService
 from deskbroker.store.tables import Event
@@ -158,7 +158,11 @@ def test_domain_suffix_picks_the_identity_source(api: Api, ctx: BrokerContext) -
         {"identity_source_id": source["id"], "username": "alice", "password": "corp-password-1"},
     )
     service = LoginService(ctx)
-    plain = service.login("alice", USER_PASSWORD)
+    # Two sources hold the bare name: it names neither (no tie-break for the one without
+    # a domain), and the user chooses.
+    with pytest.raises(BadRequest, match="more than one identity source"):
+        service.login("alice", USER_PASSWORD)
+    plain = service.login("alice", USER_PASSWORD, source="local")
     corp = service.login("alice@corp.example", "corp-password-1")
     down_level = service.login("CORP.EXAMPLE\\alice", "corp-password-1")
     assert plain.user_id != corp.user_id

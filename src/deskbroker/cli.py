@@ -150,7 +150,7 @@ def user_unlock(
             console.print(f"[red]tenant {tenant!r} does not exist[/]")
             raise typer.Exit(2)
         else:
-            key = account_key(tenant_id, username)
+            key = account_key(ctx.settings.effective_secret_key, tenant_id, username)
         cleared = throttle.forget(session, [key])
         events.append(
             session,

@@ -15,8 +15,10 @@ from contextlib import suppress
 from typing import Any
 
 import pytest
+from sqlalchemy import func, select
 
 from deskbroker.bootstrap import add_local_user
+from deskbroker.store.tables import Event, User
 from tests.helpers import ADMIN_PASSWORD, USER_PASSWORD, Api, post_login
 from tests.identity.directories import LDAP_SERVICE_PASSWORD, Slapd
 from tests.identity.support import add_source, ldap_params
@@ -111,8 +113,14 @@ def test_the_global_admins_password_never_reaches_a_source_in_front_of_theirs(
     assert not harvester.saw(ADMIN_PASSWORD)
     assert not harvester.saw("typo-" + ADMIN_PASSWORD)
 
-    # The directory does take the passwords of names no source holds: the proxy records.
-    ann = post_login(api, "ann", "ann-password-1")
+    # In a tenant that holds a global admin, a name nobody holds goes to no directory
+    # unless its domain or the selector routes it there: the admin's typo stays home.
+    assert post_login(api, "admni", "typo2-" + ADMIN_PASSWORD).status_code == 401
+    assert not harvester.saw("typo2-" + ADMIN_PASSWORD)
+    assert post_login(api, "ann", "ann-password-1").status_code == 401
+    assert not harvester.saw("ann-password-1")
+    # The directory does take the passwords of its users who choose it: the proxy records.
+    ann = post_login(api, "ann", "ann-password-1", source="harvest")
     assert ann.status_code == 200, ann.text
     assert harvester.saw("ann-password-1")
 
@@ -212,3 +220,108 @@ def test_a_name_whose_source_is_disabled_goes_nowhere(
     )
     assert explained.status_code == 404
     assert "belongs to a disabled identity source" in explained.json()["detail"]
+
+
+def test_a_whole_name_with_an_at_goes_to_its_own_source_before_any_domain(
+    api: Api, slapd: Slapd, harvester: RecordingProxy
+) -> None:
+    """A local ``alice@example.org``: a directory given the domain example.org by a
+    tenant admin is not sent her password."""
+    add_local_user(api.ctx, "alice@example.org", "alice-secret-9", role="global_admin")
+    tad = _tenant_admin(api)
+    params = {**ldap_params(slapd), "servers": [f"ldap://127.0.0.1:{harvester.port}"]}
+    add_source(tad, "corp", "ldap", params, domain="example.org", password=LDAP_SERVICE_PASSWORD)
+    answer = post_login(api, "alice@example.org", "alice-secret-9")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["username"] == "alice@example.org"
+    assert post_login(api, "alice@example.org", "alice-typo-9").status_code == 401
+    assert not harvester.saw("alice-secret-9") and not harvester.saw("alice-typo-9")
+    # The domain still routes the directory's own users.
+    assert post_login(api, "ann@example.org", "ann-password-1").status_code == 200
+    assert harvester.saw("ann-password-1")
+
+
+def test_a_directory_sign_in_makes_no_twin_of_another_sources_account(
+    api: Api, slapd: Slapd, harvester: RecordingProxy
+) -> None:
+    """A global admin ``ben`` of the local source; a tenant admin's directory also has a
+    ``ben`` whose password they know. Signing in there by selector makes no second
+    ``ben``, so the global admin's plain ``ben`` still goes home (and only home)."""
+    add_local_user(api.ctx, "ben", "ben-global-secret", role="global_admin")
+    tad = _tenant_admin(api)
+    _harvesting_source(tad, slapd, harvester)
+    for typed in ("ben", "BEN"):
+        twin = post_login(api, typed, "ben-password-1", source="harvest")
+        assert twin.status_code == 401, twin.text
+        assert twin.json()["detail"] == "Wrong username or password."
+    with api.ctx.db.read() as session:
+        bens = session.scalars(select(User.role).where(func.lower(User.username) == "ben")).all()
+        reasons = [
+            e.detail.get("reason")
+            for e in session.scalars(select(Event).where(Event.kind == "login_failed"))
+        ]
+    assert bens == ["global_admin"]
+    assert reasons.count("name_held_by_another_source") == 2
+    answer = post_login(api, "ben", "ben-global-secret")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["role"] == "global_admin"
+    assert not harvester.saw("ben-global-secret")
+
+
+def test_a_tenant_admin_cannot_steer_a_global_admins_desktops(api: Api) -> None:
+    """Neither by assigning the global admin a desktop (its address is where their client
+    connects), nor by editing the policy, pool or center their rule reaches."""
+    ids = api.seed_pool(3, users=1)  # a catch-all rule of the local source: admin too
+    tad = _tenant_admin(api)  # whose sign-in took a desktop of the pool
+    users = {u["username"]: u["id"] for u in api.get("users")["items"]}
+    taken = {a["desktop_id"] for a in api.get("assignments")["items"]}
+    desktops = [d["id"] for d in api.get("desktops")["items"] if d["id"] not in taken]
+    to_admin = {"desktop_id": desktops[0], "user_id": users["admin"]}
+    assert tad.post("assignments", to_admin, status=403)["detail"] == (
+        "only a global administrator can assign a desktop to admin, who can be global administrator"
+    )
+    assert api.get(f"assignments?user_id={users['admin']}")["total"] == 0
+    # An ordinary user is the tenant admin's to serve.
+    to_user = {"desktop_id": desktops[1], "user_id": users["user0"]}
+    assert tad.post("assignments", to_user)["user_id"] == users["user0"]
+
+    reached = (
+        ("policies", ids["policy"], "policy lab-policy", {"description": "x"}),
+        ("pools", ids["pool"], "pool lab", {"description": "x"}),
+        ("centers", ids["center"], "center lab-center", {"scan_interval_s": 300}),
+    )
+    for path, item, named, change in reached:
+        detail = tad.patch(f"{path}/{item}", change, status=403)["detail"]
+        assert detail == (
+            f"only a global administrator can change {named}: admin, whose role is "
+            "global_admin, gets desktops through it"
+        ), detail
+        assert (
+            "only a global administrator can delete"
+            in (tad.delete(f"{path}/{item}", status=403)["detail"])
+        )
+    # A pool no stronger account reaches is the tenant admin's.
+    own = tad.post("pools", {"name": "tads"})
+    assert tad.patch(f"pools/{own['id']}", {"description": "mine"})["description"] == "mine"
+    # The global admin, above everyone, still edits them.
+    assert api.patch(f"pools/{ids['pool']}", {"description": "ok"})["description"] == "ok"
+
+
+def test_a_directory_a_tenant_admin_last_changed_is_sent_no_unknown_name(
+    api: Api, slapd: Slapd, harvester: RecordingProxy
+) -> None:
+    """A directory the global admin set up takes unknown bare names; once a tenant admin
+    has changed it (its servers, say), it takes them only by domain or selector."""
+    params = {**ldap_params(slapd), "servers": [f"ldap://127.0.0.1:{harvester.port}"]}
+    corp = add_source(api, "corp", "ldap", params, password=LDAP_SERVICE_PASSWORD)
+    assert corp["set_by_global_admin"] is True
+    assert post_login(api, "ann", "ann-password-1").status_code == 200
+    tad = _tenant_admin(api)
+    changed = tad.patch(f"identity-sources/{corp['id']}", {"position": 0})
+    assert changed["set_by_global_admin"] is False
+    assert post_login(api, "ben", "ben-password-1").status_code == 401
+    assert post_login(api, "admni", "typo3-" + ADMIN_PASSWORD).status_code == 401
+    assert not harvester.saw("ben-password-1") and not harvester.saw("typo3-")
+    # Known names still go to their own source; the rest choose it.
+    assert post_login(api, "ann", "ann-password-1").status_code == 200
+    assert post_login(api, "ben", "ben-password-1", source="corp").status_code == 200

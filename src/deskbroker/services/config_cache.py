@@ -28,6 +28,8 @@ class SourceView:
     rules: tuple[AssignmentRule, ...]
     # off | optional | required (deskbroker.domain.second_factor.SecondFactorMode)
     second_factor: str = "off"
+    # Sent unknown names in a tenant that holds a global administrator (source_choice).
+    set_by_global_admin: bool = True
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,7 @@ def build_view(rows: snapshot.ConfigRows) -> ConfigView:
                 secrets_sealed=src["secrets_sealed"],
                 rules=tuple(rules_by_source.get(src["id"], [])),
                 second_factor=src.get("second_factor") or "off",
+                set_by_global_admin=bool(src.get("set_by_global_admin", True)),
             )
         )
     view.pools = {

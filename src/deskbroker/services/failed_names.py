@@ -19,14 +19,11 @@ directory does not say whether the name or the password was wrong.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from deskbroker.identity.base import split_domain
-from deskbroker.services.throttle import account_name
+from deskbroker.services.throttle import name_tag
 from deskbroker.store.claims import folded_name
 from deskbroker.store.tables import IdentitySource, User
 
@@ -37,13 +34,12 @@ class FailedNames:
     """Names refused sign-ins as the audit trail may keep them."""
 
     def __init__(self, secret: str) -> None:
-        self._key = hashlib.sha256(("failed-sign-in-names:" + secret).encode()).digest()
+        self._secret = secret
 
     def tag(self, tenant_id: str, typed: str) -> str:
-        """The stored stand-in for a name that is nobody's account."""
-        folded = account_name(typed)
-        digest = hmac.new(self._key, f"{tenant_id}:{folded}".encode(), hashlib.sha256)
-        return UNKNOWN + digest.hexdigest()[:16]
+        """The stored stand-in for a name that is nobody's account (the same tag as the
+        name's lockout counter, so the two can be matched)."""
+        return UNKNOWN + name_tag(self._secret, tenant_id, typed)
 
     def for_audit(self, session: Session, tenant_id: str, typed: str, *, account: bool) -> str:
         """``typed`` when it names an account (``account``: a directory said so, as when

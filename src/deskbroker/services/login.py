@@ -104,6 +104,37 @@ def _failure_event(
     )
 
 
+def _refuse_a_twin(
+    view: ConfigView,
+    tenant_id: str,
+    source: SourceView,
+    username: str,
+    owners: list[UserRecord],
+    by_domain: bool,
+) -> None:
+    """A directory's first sign-in of ``username`` makes no second account of a name
+    another password source of the tenant holds (any letter case): a tenant
+    administrator's directory, asked by selector or answering any name with ``admin``,
+    would otherwise make a twin of the global administrator that routing then has to
+    choose between. Refused as a wrong password is, with its own audit reason.
+
+    One exception keeps two untrusted domains' namesakes apart as two users: an ordinary
+    user's name (role ``user``) may have a twin in a directory that the typed domain
+    chose. A staff account's name (any other role) has none, however it was typed."""
+    enabled = {s.id: s for s in view.sources_by_tenant.get(tenant_id, [])}
+    folded = username.casefold()
+    for row in owners:
+        if row.identity_source_id == source.id or row.username.casefold() != folded:
+            continue
+        if by_domain and row.role == "user":
+            continue
+        other = enabled.get(row.identity_source_id)
+        # A disabled source's account still holds its name (its kind is not at hand).
+        kind = source_kinds().get(other.kind) if other is not None else None
+        if other is None or kind is None or kind.accepts_passwords:
+            raise Unauthorized(WRONG_CREDENTIALS, reason="name_held_by_another_source")
+
+
 class LoginService:
     """Runs the login path for one broker node."""
 
@@ -227,12 +258,27 @@ class LoginService:
             if identity is None or (record is None and not driver.provisions_users):
                 continue
             if driver.provisions_users:
+                owners = choice.owners
                 if identity.username != name:  # the directory's spelling of the name
                     record = choice.record(candidate.id, identity.username)
                     if record is None and identity.username.lower() != name.lower():
                         # Another name altogether, which the first read did not cover.
                         with self.ctx.db.read() as session:
-                            record = claims.find_user(session, candidate.id, identity.username)
+                            owners = claims.find_owners(session, tenant_id, identity.username)
+                        record = next(
+                            (
+                                r
+                                for r in owners
+                                if r.identity_source_id == candidate.id
+                                and r.username == identity.username
+                            ),
+                            None,
+                        )
+                if record is None:
+                    # A domain routed the bare name here (name != typed): the user named
+                    # this directory themselves.
+                    by_domain = name != username
+                    _refuse_a_twin(view, tenant_id, candidate, identity.username, owners, by_domain)
                 # A first login read no version with the user: check the view's age.
                 view = self.ctx.cache.current(
                     self.ctx.db, record.config_version if record else None

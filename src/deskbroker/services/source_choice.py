@@ -12,13 +12,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from deskbroker.domain.accounts import UserRecord
+from deskbroker.domain.permissions import BuiltinRole
 from deskbroker.errors import BadRequest
 from deskbroker.identity.base import source_kinds, split_domain
 from deskbroker.services.config_cache import ConfigView, SourceView
 from deskbroker.store import claims
+from deskbroker.store.tables import User
 
 
 @dataclass(frozen=True)
@@ -90,26 +93,73 @@ def _takes_passwords(source: SourceView) -> bool:
     return kind is None or kind.accepts_passwords
 
 
+def _holds_global_admin(session: Session, tenant_id: str) -> bool:
+    query = select(User.id).where(
+        User.tenant_id == tenant_id, User.role == BuiltinRole.GLOBAL_ADMIN.value
+    )
+    return session.scalar(query.limit(1)) is not None
+
+
+def _whole_name_owners(
+    session: Session, view: ConfigView, tenant_id: str, username: str, bare: str
+) -> tuple[list[Candidate] | None, list[UserRecord]]:
+    """The sources of accounts whose name is the whole typed name (``alice@example.org``
+    of a local source), read with the bare name's owners in one statement. Such an
+    account wins over domain routing: a directory given that domain by whoever may add
+    sources must not be sent its password."""
+    owners = claims.find_owners(session, tenant_id, username, bare)
+    whole = {r.identity_source_id for r in owners if split_domain(r.username)[1] is not None}
+    if not whole:
+        return None, owners
+    mine = [
+        Candidate(s, username, f"{username!r} is, as typed, the name of an account of this source")
+        for s in view.sources_by_tenant.get(tenant_id, [])
+        if s.id in whole
+    ]
+    return mine, owners
+
+
 def choose(
     session: Session, view: ConfigView, tenant_id: str, username: str, source_name: str | None
 ) -> Choice:
-    """``candidates`` narrowed to the source that owns the name: one statement.
+    """``candidates`` narrowed to the source that owns the name: one statement (two for
+    a name nobody holds when a source that a global administrator did not set up would
+    be tried).
 
     The owner is looked for in every source of the tenant, so a name whose source is
-    disabled goes nowhere rather than to the sources in front of it.
+    disabled goes nowhere rather than to the sources in front of it. A typed name that
+    is, with its ``@domain``, an account's whole name goes to that account's source
+    before any domain routing.
 
     Several password sources holding the name (two domains with a ``jdoe`` each) make it
-    ambiguous, unless the name carries no domain and exactly one of them has none: the
-    answer asks for the domain or the source rather than send one person's password to
-    the other's directory.
+    ambiguous: the answer asks for the domain or the source rather than send one
+    person's password to the other's directory. No source wins a tie by having no
+    domain: a tenant administrator can make a twin of any name in a source of theirs.
+
+    A name no source holds, typed without a domain or a selector, goes in a tenant that
+    holds a global administrator only to the sources a global administrator last set up:
+    that is what a global administrator's mistyped name looks like, and a tenant
+    administrator's directory must not be sent it. Its users name their domain or source
+    on their first sign-in.
     """
-    routed = candidates(view, tenant_id, username, source_name)
-    if not routed:
-        return Choice([])
+    bare, domain = split_domain(username)
+    whole: list[Candidate] | None = None
+    if source_name is None and domain is not None:
+        whole, owners = _whole_name_owners(session, view, tenant_id, username, bare)
+        routed = whole if whole is not None else candidates(view, tenant_id, username, None)
+        if not routed:
+            return Choice([], owners)
+    else:
+        routed = candidates(view, tenant_id, username, source_name)
+        if not routed:
+            return Choice([])
+        owners = claims.find_owners(session, tenant_id, routed[0].name)
     # Every candidate of one route is given the same name (bare after a domain).
     name = routed[0].name
-    owners = claims.find_owners(session, tenant_id, name)
-    owning = {r.identity_source_id for r in owners}
+    # The statement read both spellings after a domain; the route's own is the one.
+    whole_route = name == username and domain is not None
+    named = [r for r in owners if (split_domain(r.username)[1] is not None) == whole_route]
+    owning = {r.identity_source_id for r in named}
     if source_name is not None:
         return Choice(routed, owners)
     mine = [c for c in routed if c.source.id in owning]
@@ -118,16 +168,19 @@ def choose(
             # In configured order, every enabled source was routed: the account's own
             # source is switched off, and no other source is sent its password.
             return Choice([], owners)
+        if (
+            domain is None
+            and source_name is None
+            and any(not c.source.set_by_global_admin for c in routed)
+            and _holds_global_admin(session, tenant_id)
+        ):
+            # A global admin's typo looks like this: only sources a global admin set up
+            # are sent it.
+            routed = [c for c in routed if c.source.set_by_global_admin]
         # Nobody's name (or, after a domain, not an account of that domain's sources).
         return Choice(routed, owners)
     # A source that takes no password cannot receive one: it only says where to sign in.
     with_password = [c for c in mine if _takes_passwords(c.source)]
-    if len(with_password) > 1 and source_name is None:
-        # A bare name belongs to the one owner without a domain: the others' users can
-        # (and for this name must) type theirs.
-        bare = [c for c in with_password if not c.source.domain]
-        if len(bare) == 1 and split_domain(username)[1] is None:
-            with_password = bare
     if len(with_password) > 1:
         names = ", ".join(c.source.name for c in with_password)
         raise BadRequest(

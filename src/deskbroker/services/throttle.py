@@ -11,6 +11,8 @@ A directory that cannot be reached is not the user's failure and counts nothing.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import ipaddress
 import math
 import threading
@@ -46,8 +48,20 @@ def account_name(username: str) -> str:
     return name.casefold()[:200]
 
 
-def account_key(tenant_id: str, username: str) -> str:
-    return f"account:{tenant_id}:{account_name(username)}"
+def name_tag(secret: str, tenant_id: str, username: str) -> str:
+    """A keyed hash (HMAC-SHA256 with a key derived from the broker's secret, 16 hex
+    digits) of the name as its failures count: what the lockout table and the audit
+    trail keep instead of a typed name, which may be a password typed one field early.
+    Without the broker's secret it cannot be tested against guesses."""
+    key = hashlib.sha256(("failed-sign-in-names:" + secret).encode()).digest()
+    digest = hmac.new(key, f"{tenant_id}:{account_name(username)}".encode(), hashlib.sha256)
+    return digest.hexdigest()[:16]
+
+
+def account_key(secret: str, tenant_id: str, username: str) -> str:
+    """The throttle key of an account: its tenant and the tag of its name, never the
+    name as typed (a lockout listing shows the name only of a user it matches)."""
+    return f"account:{tenant_id}:#{name_tag(secret, tenant_id, username)}"
 
 
 def address_key(address: str) -> str:
@@ -137,13 +151,13 @@ class SignInGuard:
     def serial(self, tenant_id: str, username: str) -> AbstractContextManager[None]:
         """Held from the check to the counted failure: an account's attempts on this
         broker go one at a time."""
-        return self.locks.of(account_key(tenant_id, username))
+        return self.locks.of(account_key(self.settings.effective_secret_key, tenant_id, username))
 
     def check(
         self, session: Session, tenant_id: str, username: str, address: str | None
     ) -> Checked:
         """Refuse (``TooManyAttempts``) while the account or the address is locked."""
-        account = account_key(tenant_id, username)
+        account = account_key(self.settings.effective_secret_key, tenant_id, username)
         addr = address_key(address) if address else None
         states = throttle.read(session, [account, *([addr] if addr else [])])
         now = utcnow()

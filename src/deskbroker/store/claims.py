@@ -18,6 +18,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    or_,
     select,
     update,
 )
@@ -132,15 +133,16 @@ def find_user(session: Session, identity_source_id: str, username: str) -> UserR
     return None if row is None else _record(row)
 
 
-def find_owners(session: Session, tenant_id: str, username: str) -> list[UserRecord]:
+def find_owners(session: Session, tenant_id: str, username: str, *also: str) -> list[UserRecord]:
     """Statement 1 of a password login: every user of the tenant, in any of its sources
-    (enabled or not), whose name is ``username`` in any letter case, with what
+    (enabled or not), whose name is ``username`` (or one of ``also``) in any letter case,
+    with what
     ``find_user`` reads beside each. Which sources own the name decides where the
     password may go. Both sides go through the database's own lower(), so SQLite (which
     folds ASCII letters only) agrees with itself."""
     rows = session.execute(
         _user_query()
-        .where(User.tenant_id == tenant_id, folded_name(username))
+        .where(User.tenant_id == tenant_id, or_(*(folded_name(n) for n in (username, *also))))
         .order_by(User.identity_source_id, User.username)
     ).all()
     return [_record(row) for row in rows]

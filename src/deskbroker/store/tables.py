@@ -318,6 +318,10 @@ class IdentitySource(Base):
     secrets_sealed: Mapped[str | None] = mapped_column(Text, default=None)
     # off | optional (users who enrolled give a code) | required (everyone does).
     second_factor: Mapped[str] = mapped_column(String(20), default="off")
+    # Last created or changed by a global administrator (or the operator's CLI): only
+    # such a source is sent unknown names in a tenant that holds a global administrator
+    # (services/source_choice.py), since a global admin's typo is one.
+    set_by_global_admin: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = _updated()
 

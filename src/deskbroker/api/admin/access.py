@@ -22,6 +22,7 @@ from deskbroker.errors import Conflict, Forbidden, InvalidInput, NotFound
 from deskbroker.security import AGENT_ROLE, API_TOKEN_ROLE, TokenClaims
 from deskbroker.services import access
 from deskbroker.services.context import BrokerContext
+from deskbroker.services.failed_names import UNKNOWN
 from deskbroker.services.throttle import account_key, address_key
 from deskbroker.store import events, throttle
 from deskbroker.store.repository import Repository
@@ -151,9 +152,26 @@ def _token_out(row: ApiToken) -> dict[str, Any]:
 
 
 # --- lockouts ------------------------------------------------------------------------
-def _lockout_out(row: LoginThrottle) -> dict[str, Any]:
+def _known_accounts(session: Session, secret: str, rows: list[LoginThrottle]) -> dict[str, str]:
+    """The throttle keys of the users of the tenants ``rows`` name, to their names.
+
+    An account's counter is keyed by a tag of the name (services/throttle.py), since the
+    name typed may be a password; a listing names it only when it is a user's."""
+    tenants = {row.key.split(":")[1] for row in rows if row.key.startswith("account:")}
+    if not tenants:
+        return {}
+    users = session.execute(
+        select(User.tenant_id, User.username).where(User.tenant_id.in_(tenants))
+    ).all()
+    return {account_key(secret, t, name): name for t, name in users}
+
+
+def _lockout_out(row: LoginThrottle, known: dict[str, str]) -> dict[str, Any]:
     kind, _, rest = row.key.partition(":")
-    subject = rest.partition(":")[2] if kind == "account" else rest
+    if kind == "account":
+        subject = known.get(row.key) or UNKNOWN + rest.partition(":")[2].lstrip("#")
+    else:
+        subject = rest
     return {
         "key": row.key,
         "kind": kind,
@@ -298,7 +316,9 @@ def router() -> APIRouter:
             # A tenant sees its accounts; addresses span tenants.
             query = query.where(LoginThrottle.key.startswith(f"account:{tenant}:", autoescape=True))
         with ctx.db.read() as session:
-            items = [_lockout_out(row) for row in session.scalars(query.limit(1000)).all()]
+            rows = list(session.scalars(query.limit(1000)).all())
+            known = _known_accounts(session, ctx.settings.effective_secret_key, rows)
+            items = [_lockout_out(row, known) for row in rows]
         return {"items": items, "total": len(items)}
 
     @r.post(
@@ -312,7 +332,8 @@ def router() -> APIRouter:
             # Clearing a stronger account's failed guesses would help whoever guesses.
             session.info.update(access.actor_info(ctx, who))
             may_manage(session, user, "unlock")
-            cleared = throttle.forget(session, [account_key(user.tenant_id, user.username)])
+            key = account_key(ctx.settings.effective_secret_key, user.tenant_id, user.username)
+            cleared = throttle.forget(session, [key])
             _audit(
                 session,
                 who,

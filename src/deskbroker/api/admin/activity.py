@@ -10,10 +10,12 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from deskbroker.api.admin.crud import MAX_OFFSET, scope
+from deskbroker.api.admin.identity import may_manage
 from deskbroker.api.deps import AdminReader, AdminWriter, Ctx
 from deskbroker.api.schemas import Body, Id
 from deskbroker.domain.offers import AssignmentKind
 from deskbroker.errors import Conflict, InvalidInput, NotFound
+from deskbroker.services import access
 from deskbroker.services.desktops import is_member, release
 from deskbroker.store import claims, events
 from deskbroker.store.tables import Desktop, Event, Pool, SessionRow, User
@@ -86,6 +88,10 @@ def router() -> APIRouter:
             user = session.get(User, body.user_id)
             if user is None or (tenant is not None and user.tenant_id != tenant):
                 raise InvalidInput(f"user {body.user_id} does not exist")
+            # The desktop's address is where the user's client connects and types: only
+            # someone at or above the user's standing may choose it for them.
+            session.info.update(access.actor_info(ctx, who))
+            may_manage(session, user, "assign a desktop to")
             if user.tenant_id != desktop.tenant_id:
                 # Only a global admin sees both: say why, rather than deny what they see.
                 raise InvalidInput(

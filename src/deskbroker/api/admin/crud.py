@@ -13,6 +13,7 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
+from deskbroker.api.admin import standing
 from deskbroker.api.deps import AdminReader, AdminWriter, Ctx
 from deskbroker.errors import Forbidden, InvalidInput, NotFound
 from deskbroker.security import TokenClaims
@@ -48,6 +49,9 @@ class ResourceSpec(Generic[M]):
     to_read: ToRead | None = None
     global_only: bool = False
     deletable: bool = True
+    # Reaches the users of an assignment rule (a policy, pool, center, plan): the
+    # stronger-account rule applies to its changes (standing.check_reach).
+    reaches_users: bool = False
 
 
 class Page(BaseModel):
@@ -268,6 +272,8 @@ def add_routes(router: APIRouter, spec: ResourceSpec[Any]) -> None:
             with ctx.db.write() as session:
                 session.info.update(access.actor_info(ctx, who))
                 obj = repo.get(session, item_id, None if spec.global_only else scope(who))
+                if spec.reaches_users:
+                    standing.check_reach(session, obj, spec.label, "change")
                 if spec.prepare:
                     data = spec.prepare(session, ctx, getattr(obj, "tenant_id", ""), data, obj)
                 reject_nulls(spec.model, data)
@@ -299,6 +305,8 @@ def add_routes(router: APIRouter, spec: ResourceSpec[Any]) -> None:
             with ctx.db.write() as session:
                 session.info.update(access.actor_info(ctx, who))
                 obj = repo.get(session, item_id, None if spec.global_only else scope(who))
+                if spec.reaches_users:
+                    standing.check_reach(session, obj, spec.label, "delete")
                 if spec.before_delete:
                     spec.before_delete(session, obj)
                 audit(session, who, "delete", obj)

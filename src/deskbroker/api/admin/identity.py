@@ -143,6 +143,10 @@ class SourceOut(Stamped):
     params: dict[str, Any]
     has_secrets: bool
     second_factor: SecondFactorMode
+    set_by_global_admin: bool = Field(
+        description="last created or changed by a global administrator: only such a source "
+        "is sent unknown names in a tenant that holds a global administrator"
+    )
 
 
 def _prepare_source(
@@ -176,6 +180,12 @@ def _prepare_source(
     if "secrets" in data:
         secrets = data.pop("secrets")
         data["secrets_sealed"] = ctx.secrets.seal(json.dumps(secrets)) if secrets else None
+    # Whoever last set it up vouches for it: a tenant administrator's directory is not
+    # sent the unknown names of a tenant that holds a global administrator.
+    actor: TokenClaims = session.info["actor"]
+    data["set_by_global_admin"] = (
+        actor.role == BuiltinRole.GLOBAL_ADMIN.value and actor.scopes is None
+    )
     return {k: v for k, v in data.items() if v is not None or k == "secrets_sealed"}
 
 

@@ -299,6 +299,7 @@ SPECS: list[ResourceSpec[Any]] = [
         after_write=_scan_after_write,
         to_read=_center_out,
         before_delete=_center_in_use,
+        reaches_users=True,
     ),
     ResourceSpec(
         path="images",

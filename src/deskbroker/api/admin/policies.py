@@ -227,6 +227,7 @@ SPECS: list[ResourceSpec[Any]] = [
         update=ProtocolPlanPatch,
         filters={"name": str},
         before_delete=_plan_in_use(PolicyEntry.protocol_plan_id, "protocol plan"),
+        reaches_users=True,
     ),
     ResourceSpec(
         path="power-plans",
@@ -237,6 +238,7 @@ SPECS: list[ResourceSpec[Any]] = [
         update=PowerPlanPatch,
         filters={"name": str},
         before_delete=_plan_in_use(PolicyEntry.power_plan_id, "power plan"),
+        reaches_users=True,
     ),
     ResourceSpec(
         path="release-plans",
@@ -247,6 +249,7 @@ SPECS: list[ResourceSpec[Any]] = [
         update=ReleasePlanPatch,
         filters={"name": str},
         before_delete=_plan_in_use(PolicyEntry.release_plan_id, "release plan"),
+        reaches_users=True,
     ),
     ResourceSpec(
         path="policies",
@@ -260,6 +263,7 @@ SPECS: list[ResourceSpec[Any]] = [
         after_write=_write_entries,
         to_read=_policy_out,
         before_delete=_policy_in_use,
+        reaches_users=True,
     ),
 ]
 

@@ -245,6 +245,7 @@ SPEC: ResourceSpec[Any] = ResourceSpec(
     prepare=_prepare_pool,
     after_write=_pool_after,
     before_delete=_pool_in_use,
+    reaches_users=True,
 )
 
 

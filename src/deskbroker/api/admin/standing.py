@@ -15,7 +15,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from deskbroker.api.permissions import catalog
@@ -25,7 +25,18 @@ from deskbroker.errors import Forbidden, InvalidInput
 from deskbroker.security import TokenClaims
 from deskbroker.services import access
 from deskbroker.services.config_cache import rule_from_row
-from deskbroker.store.tables import AssignmentRuleRow, IdentitySource, User
+from deskbroker.store.tables import (
+    AssignmentRuleRow,
+    Center,
+    IdentitySource,
+    Policy,
+    PolicyEntry,
+    Pool,
+    PowerPlan,
+    ProtocolPlan,
+    ReleasePlan,
+    User,
+)
 
 
 def _stronger(session: Session, tenant_id: str, role: str) -> bool:
@@ -126,3 +137,71 @@ def check_rule(
 def rule_columns(row: AssignmentRuleRow) -> dict[str, Any]:
     """A stored rule as the column dict ``check_rule`` compares."""
     return {c.key: getattr(row, c.key) for c in AssignmentRuleRow.__table__.columns}
+
+
+def _policies_reaching(session: Session, obj: Any) -> set[str]:
+    """The policies through which ``obj`` (a policy, pool, center or plan) reaches the
+    users those policies serve."""
+    if isinstance(obj, Policy):
+        return {obj.id}
+    entries = select(PolicyEntry.policy_id)
+    if isinstance(obj, ProtocolPlan):
+        return set(session.scalars(entries.where(PolicyEntry.protocol_plan_id == obj.id)))
+    if isinstance(obj, PowerPlan):
+        return set(session.scalars(entries.where(PolicyEntry.power_plan_id == obj.id)))
+    if isinstance(obj, ReleasePlan):
+        return set(session.scalars(entries.where(PolicyEntry.release_plan_id == obj.id)))
+    if isinstance(obj, Pool):
+        pools = {obj.id}
+    elif isinstance(obj, Center):
+        # A pool names its centers in a list: read the tenant's pools (a handful).
+        tenant_pools = session.execute(
+            select(Pool.id, Pool.center_ids).where(Pool.tenant_id == obj.tenant_id)
+        ).all()
+        pools = {pid for pid, centers in tenant_pools if obj.id in (centers or [])}
+    else:
+        return set()
+    if not pools:
+        return set()
+    return set(
+        session.scalars(
+            entries.where(
+                or_(PolicyEntry.pool_id.in_(pools), PolicyEntry.backup_pool_id.in_(pools))
+            )
+        )
+    )
+
+
+def check_reach(session: Session, obj: Any, label: str, what: str) -> None:
+    """Refuse to ``what`` (change, delete) a policy, pool, center or plan that an
+    assignment rule reaches when that rule grants a role stronger than the actor's, or a
+    user stronger than the actor signs in through it: whoever edits the pool or center
+    a global administrator's desktops come from chooses the host they connect to."""
+    policies = _policies_reaching(session, obj)
+    if not policies:
+        return
+    rules = session.scalars(
+        select(AssignmentRuleRow).where(AssignmentRuleRow.policy_id.in_(policies))
+    ).all()
+    name = getattr(obj, "name", obj.id)
+    for row in rules:
+        if _stronger(session, row.tenant_id, row.role):
+            raise _refuse(
+                row.role,
+                f"{what} {label} {name}: the rule {row.name or row.id} gives it to accounts "
+                f"of role {row.role}",
+            )
+        staff = session.scalars(
+            select(User).where(
+                User.identity_source_id == row.identity_source_id,
+                User.role != BuiltinRole.USER.value,
+            )
+        ).all()
+        rule = _rule(rule_columns(row))
+        for user in staff:
+            if _stronger(session, row.tenant_id, user.role) and _matches(rule, user):
+                raise _refuse(
+                    user.role,
+                    f"{what} {label} {name}: {user.username}, whose role is {user.role}, "
+                    f"gets desktops through it",
+                )

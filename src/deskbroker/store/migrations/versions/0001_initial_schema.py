@@ -146,6 +146,7 @@ def upgrade() -> None:
         sa.Column("params", sa.JSON(), nullable=False),
         sa.Column("secrets_sealed", sa.Text(), nullable=True),
         sa.Column("second_factor", sa.String(length=20), nullable=False),
+        sa.Column("set_by_global_admin", sa.Boolean(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
