@@ -20,7 +20,14 @@ from sqlalchemy.orm import Session
 from deskbroker.centers.base import Capability, CenterDriver, MachineInfo, PowerAction
 from deskbroker.domain import plans
 from deskbroker.domain.plans import FireFacts, Outcome, PlanAction, Trigger, Verdict
-from deskbroker.domain.states import POWER_TRANSITIONS, Availability, PowerState, SessionState
+from deskbroker.domain.states import (
+    AVAILABILITY_TRANSITIONS,
+    Availability,
+    PowerState,
+    SessionState,
+    settle,
+    transition,
+)
 from deskbroker.engine.drivers import DriverCache
 from deskbroker.services import desktops
 from deskbroker.services.context import BrokerContext
@@ -102,9 +109,7 @@ def _event(session: Session, kind: str, timer: Timer, desktop: Desktop, **detail
 
 
 def _set_power(desktop: Desktop, target: PowerState) -> None:
-    current = _power_state(desktop.power_state)
-    if current == target or target in POWER_TRANSITIONS[current]:
-        desktop.power_state = target.value
+    desktop.power_state = settle(desktop.power_state, target).value
 
 
 def _release(session: Session, desktop: Desktop, actor: str) -> None:
@@ -161,7 +166,12 @@ def _record_done(ctx: BrokerContext, timer: Timer, verdict: Verdict) -> None:
         _event(session, f"plan.{verdict.action.value}", timer, desktop, reason=verdict.reason)
         if verdict.action is PlanAction.TERMINATE:
             # Out of every offer first, so releasing it cannot hand it to the next user.
-            desktop.availability = Availability.UNAVAILABLE.value
+            desktop.availability = transition(
+                AVAILABILITY_TRANSITIONS,
+                Availability(desktop.availability),
+                Availability.UNAVAILABLE,
+                subject=f"desktop {desktop.name}",
+            ).value
             session.flush()
             _release(session, desktop, f"{timer.plan} plan")
         session.execute(delete(Timer).where(Timer.id == timer.id))

@@ -17,7 +17,14 @@ from sqlalchemy.orm import Session
 from deskbroker.centers.base import MachineInfo
 from deskbroker.domain import tags as name_tags
 from deskbroker.domain.provisioning import PoolCounts, Targets, targets, to_create, to_retire
-from deskbroker.domain.states import ACTIVE_SESSION_STATES, Availability, PowerState
+from deskbroker.domain.states import (
+    ACTIVE_SESSION_STATES,
+    AVAILABILITY_TRANSITIONS,
+    POWER_TRANSITIONS,
+    Availability,
+    PowerState,
+    from_any,
+)
 from deskbroker.engine import volumes
 from deskbroker.engine.drivers import DriverCache
 from deskbroker.engine.tasks import DESKTOPS, OPEN_STATES, TASKS, S, aware
@@ -227,6 +234,10 @@ def _request(
     )
 
 
+# Power states a free desktop may be retired from (marked ``deleting``).
+_RETIRABLE = (PowerState.RUNNING, PowerState.STOPPED, PowerState.SUSPENDED, PowerState.UNKNOWN)
+
+
 def _mark_for_retirement(session: Session, pool_id: str, count: int) -> list[str]:
     """Pick free, deletable desktops without sessions; mark them so nobody claims them."""
     members = select(PoolMember.desktop_id).where(PoolMember.pool_id == pool_id)
@@ -240,14 +251,7 @@ def _mark_for_retirement(session: Session, pool_id: str, count: int) -> list[str
                 Desktop.id.in_(members),
                 Desktop.assigned_user_id.is_(None),
                 Desktop.deletable.is_(True),
-                Desktop.power_state.in_(
-                    (
-                        PowerState.RUNNING.value,
-                        PowerState.STOPPED.value,
-                        PowerState.SUSPENDED.value,
-                        PowerState.UNKNOWN.value,
-                    )
-                ),
+                Desktop.power_state.in_([s.value for s in _RETIRABLE]),
                 Desktop.id.not_in(busy),
             )
             .order_by(Desktop.power_state.desc(), Desktop.name.desc())
@@ -260,7 +264,8 @@ def _mark_for_retirement(session: Session, pool_id: str, count: int) -> list[str
             update(Desktop)
             .where(Desktop.id.in_(picked), Desktop.assigned_user_id.is_(None))
             .values(
-                power_state=PowerState.DELETING.value, availability=Availability.UNAVAILABLE.value
+                power_state=from_any(POWER_TRANSITIONS, PowerState.DELETING, _RETIRABLE).value,
+                availability=from_any(AVAILABILITY_TRANSITIONS, Availability.UNAVAILABLE).value,
             )
             .execution_options(synchronize_session=False)
         )

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 
 from deskbroker.centers.base import Capability, MachineInfo, PowerAction
-from deskbroker.domain.states import POWER_TRANSITIONS, PowerState, SessionState
+from deskbroker.domain.states import PowerState, SessionState, settle
 from deskbroker.errors import Conflict
 from deskbroker.security import TokenClaims
 from deskbroker.services.context import BrokerContext
@@ -101,9 +101,7 @@ def power(
             select(Desktop).where(Desktop.id == desktop_id).with_for_update()
         ).first()
         if row is not None:
-            current = _state(row.power_state)
-            if current == target or target in POWER_TRANSITIONS[current]:
-                row.power_state = target.value
+            row.power_state = settle(row.power_state, target).value
             events.append(
                 session,
                 "admin.power",

@@ -10,7 +10,14 @@ from sqlalchemy import Table, bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from deskbroker.centers.base import MachineInfo
-from deskbroker.domain.states import POWER_TRANSITIONS, Availability, PowerState
+from deskbroker.domain.states import (
+    AVAILABILITY_TRANSITIONS,
+    POWER_TRANSITIONS,
+    Availability,
+    PowerState,
+    from_any,
+    observe,
+)
 from deskbroker.store.tables import Desktop, new_id, utcnow
 
 PENDING_PREFIX = "task:"
@@ -19,10 +26,7 @@ _FIELDS = ("name", "address", "hostname", "os", "attributes", "power_state", "dr
 
 def next_power(current: str, reported: PowerState) -> str:
     """The power state a scan records; an unexpected jump passes through ``unknown``."""
-    now = PowerState(current) if current in PowerState._value2member_map_ else PowerState.UNKNOWN
-    if now == reported or reported in POWER_TRANSITIONS[now]:
-        return reported.value
-    return PowerState.UNKNOWN.value
+    return observe(current, reported).value
 
 
 @dataclass
@@ -187,8 +191,8 @@ def _remove(session: Session, rows: list[Any], result: SyncResult, now: Any) -> 
             update(Desktop)
             .where(Desktop.id.in_(held))
             .values(
-                power_state=PowerState.DELETED.value,
-                availability=Availability.UNAVAILABLE.value,
+                power_state=from_any(POWER_TRANSITIONS, PowerState.DELETED).value,
+                availability=from_any(AVAILABILITY_TRANSITIONS, Availability.UNAVAILABLE).value,
                 updated_at=now,
             )
             .execution_options(synchronize_session=False)
