@@ -156,6 +156,30 @@ def from_any(table: dict[E, frozenset[E]], target: E, among: Iterable[E] | None 
 
 # Power states in which a desktop can be handed to a user right away or after a start.
 CLAIMABLE_POWER = (P.RUNNING, P.STOPPED, P.SUSPENDED, P.UNKNOWN)
+
+
+def is_free(power: str, availability: str, assigned: bool) -> bool:
+    """A free desktop: nobody holds it, it is in service (available), and its power state
+    lets a login hand it out now or after a start. The login claim, the provisioner's
+    counts and the pool status all count this (``store.claims.free_desktop`` in SQL)."""
+    return (
+        not assigned
+        and availability == Availability.AVAILABLE.value
+        and power in {s.value for s in CLAIMABLE_POWER}
+    )
+
+
+def is_coming_free(power: str, availability: str, assigned: bool, starts_unavailable: bool) -> bool:
+    """What the provisioner counts on top of the free desktops, so it does not build twice:
+    an unassigned desktop being built, and (in a pool whose desktops start unavailable
+    until an administrator releases them) a finished one waiting for that."""
+    if assigned:
+        return False
+    return power == P.BUILDING.value or (
+        starts_unavailable and power in {s.value for s in CLAIMABLE_POWER}
+    )
+
+
 ACTIVE_SESSION_STATES = (S.LOGGED_IN, S.CONNECTED, S.LOCKED, S.IDLE, S.DISCONNECTED)
 
 # Each machine's table by the column it governs: the docs generator and the database's

@@ -32,6 +32,7 @@ from deskbroker.errors import CenterError
 from deskbroker.services import quotas
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import events
+from deskbroker.store.claims import coming_free, free_desktop
 from deskbroker.store.tables import (
     Center,
     Desktop,
@@ -53,9 +54,6 @@ def pool_counts(session: Session, pool_id: str, *, starts_unavailable: bool = Fa
     makes each one available), a finished, unassigned desktop waiting for that counts as
     unassigned; otherwise every reconcile would build more, up to the pool's maximum."""
     members = select(PoolMember.desktop_id).where(PoolMember.pool_id == pool_id)
-    usable = (Desktop.availability == Availability.AVAILABLE.value) | (
-        Desktop.power_state == PowerState.BUILDING.value
-    )
     gone = (PowerState.DELETED.value, PowerState.DELETING.value)
     total = (
         session.scalar(
@@ -71,9 +69,7 @@ def pool_counts(session: Session, pool_id: str, *, starts_unavailable: bool = Fa
             .select_from(Desktop)
             .where(
                 Desktop.id.in_(members),
-                Desktop.assigned_user_id.is_(None),
-                Desktop.power_state.not_in((*gone, PowerState.ERROR.value)),
-                *(() if starts_unavailable else (usable,)),
+                free_desktop() | coming_free(starts_unavailable=starts_unavailable),
             )
         )
         or 0

@@ -22,6 +22,7 @@ from deskbroker.errors import Conflict, InvalidInput
 from deskbroker.services.context import BrokerContext
 from deskbroker.services.desktops import refresh_pools
 from deskbroker.store import quotas as tenant_quotas
+from deskbroker.store.claims import free_desktop
 from deskbroker.store.repository import Repository
 from deskbroker.store.tables import (
     Center,
@@ -237,6 +238,7 @@ def pool_status(session: Session, pool: Pool) -> dict[str, Any]:
             Desktop.availability,
             Desktop.assigned_user_id.is_not(None),
             func.count(),
+            func.count().filter(free_desktop()),
         )
         .where(Desktop.id.in_(select(members.c.desktop_id)))
         .group_by(Desktop.power_state, Desktop.availability, Desktop.assigned_user_id.is_not(None))
@@ -252,12 +254,12 @@ def pool_status(session: Session, pool: Pool) -> dict[str, Any]:
         "building": 0,
         "error": 0,
     }
-    for power, availability, assigned, n in rows:
+    for power, availability, assigned, n, free in rows:
         counts["total"] += n
         if assigned:
             counts["assigned"] += n
-        elif availability == "available":
-            counts["available"] += n
+        # "available" is the free desktops a login could be given: the claim's definition.
+        counts["available"] += free
         if availability != "available":
             counts["unavailable"] += n
         if power in counts:
