@@ -98,8 +98,8 @@ AVAILABILITY_TRANSITIONS: dict[Availability, frozenset[Availability]] = {
 }
 
 A = AgentState
-# ``lost``: the agent stopped reporting (see ``Settings.agent_lost_after_s``); any report
-# brings it back to ``running``.
+# ``lost``: the machine under a running agent was seen not running (``agent_after_power``);
+# the agent's next report brings it back to ``running``.
 AGENT_TRANSITIONS: dict[AgentState, frozenset[AgentState]] = {
     A.UNKNOWN: frozenset({A.RUNNING, A.LOST}),
     A.RUNNING: frozenset({A.LOST}),
@@ -140,6 +140,21 @@ def settle(current: str, target: PowerState) -> PowerState:
     now = power_state(current)
     if now == target or target in POWER_TRANSITIONS[now]:
         return target
+    return now
+
+
+# Power states in which an agent may still be running (``unknown``: nobody knows yet).
+AGENT_MAY_RUN = frozenset({P.RUNNING, P.BUILDING, P.UNKNOWN})
+
+
+def agent_after_power(agent: str, power: PowerState) -> AgentState:
+    """The agent's state once the desktop is known to be ``power``: an agent cannot run on
+    a machine that is stopped, suspended, in error or gone, so a running one is ``lost``.
+    The agent reports only session events (no heartbeat), so silence alone proves nothing:
+    an idle session sends nothing for hours."""
+    now = AgentState(agent) if agent in AgentState._value2member_map_ else AgentState.UNKNOWN
+    if now is AgentState.RUNNING and power not in AGENT_MAY_RUN:
+        return transition(AGENT_TRANSITIONS, now, AgentState.LOST)
     return now
 
 

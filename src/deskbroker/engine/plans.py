@@ -25,6 +25,7 @@ from deskbroker.domain.states import (
     Availability,
     PowerState,
     SessionState,
+    agent_after_power,
     settle,
     transition,
 )
@@ -109,7 +110,9 @@ def _event(session: Session, kind: str, timer: Timer, desktop: Desktop, **detail
 
 
 def _set_power(desktop: Desktop, target: PowerState) -> None:
-    desktop.power_state = settle(desktop.power_state, target).value
+    power = settle(desktop.power_state, target)
+    desktop.power_state = power.value
+    desktop.agent_state = agent_after_power(desktop.agent_state, power).value
 
 
 def _release(session: Session, desktop: Desktop, actor: str) -> None:

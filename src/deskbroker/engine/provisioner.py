@@ -16,7 +16,14 @@ from sqlalchemy.orm import Session
 
 from deskbroker.centers.base import MachineInfo
 from deskbroker.domain import tags as name_tags
-from deskbroker.domain.provisioning import PoolCounts, Targets, targets, to_create, to_retire
+from deskbroker.domain.provisioning import (
+    PoolCounts,
+    Targets,
+    targets,
+    to_create,
+    to_retire,
+    unwanted,
+)
 from deskbroker.domain.states import (
     ACTIVE_SESSION_STATES,
     AVAILABILITY_TRANSITIONS,
@@ -32,6 +39,7 @@ from deskbroker.errors import CenterError
 from deskbroker.services import quotas
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import events
+from deskbroker.store.cancellations import cancel_unstarted
 from deskbroker.store.claims import coming_free, free_desktop
 from deskbroker.store.tables import (
     Center,
@@ -115,10 +123,22 @@ def reconcile_pool(ctx: BrokerContext, drivers: DriverCache, pool_id: str, now: 
         create = wanted if tenant.room is None else min(wanted, tenant.room)
         if create:
             _request(session, pool, center, provisioning, create)
-        surplus = to_retire(limits, counts)
-        if surplus:
+        # Builds not yet in the cloud that the pool no longer wants go first: cancelled,
+        # they cost nothing, where a built desktop would have to be retired.
+        cancelled = cancel_unstarted(
+            session,
+            pool_id=pool.id,
+            tenant_id=pool.tenant_id,
+            limit=unwanted(limits, counts),
+            reason="the pool's targets dropped",
+            now=now,
+        )
+        surplus = to_retire(limits, counts) - len(cancelled)
+        if surplus > 0:
             retire = _mark_for_retirement(session, pool.id, surplus)
         words = _status_words(limits, counts, create, len(retire))
+        if cancelled:
+            words += f"; {len(cancelled)} unstarted builds cancelled"
         if tenant.limit is not None:
             words += f"; {tenant.words(tenant.used + create)}"
             if create < wanted:

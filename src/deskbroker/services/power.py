@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 
 from deskbroker.centers.base import Capability, MachineInfo, PowerAction
-from deskbroker.domain.states import PowerState, SessionState, settle
+from deskbroker.domain.states import PowerState, SessionState, agent_after_power, settle
 from deskbroker.errors import Conflict
 from deskbroker.security import TokenClaims
 from deskbroker.services.context import BrokerContext
@@ -101,7 +101,9 @@ def power(
             select(Desktop).where(Desktop.id == desktop_id).with_for_update()
         ).first()
         if row is not None:
-            row.power_state = settle(row.power_state, target).value
+            power = settle(row.power_state, target)
+            row.power_state = power.value
+            row.agent_state = agent_after_power(row.agent_state, power).value
             events.append(
                 session,
                 "admin.power",

@@ -22,6 +22,7 @@ from deskbroker.errors import Conflict, InvalidInput
 from deskbroker.services.context import BrokerContext
 from deskbroker.services.desktops import refresh_pools
 from deskbroker.store import quotas as tenant_quotas
+from deskbroker.store.cancellations import cancel_unstarted
 from deskbroker.store.claims import free_desktop
 from deskbroker.store.repository import Repository
 from deskbroker.store.tables import (
@@ -34,6 +35,7 @@ from deskbroker.store.tables import (
     QueueEntry,
     SessionRow,
     User,
+    utcnow,
 )
 
 Clock = Annotated[str, StringConstraints(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")]
@@ -189,6 +191,20 @@ def _pool_after(session: Session, ctx: BrokerContext, pool: Any) -> None:
     jobs.poke(session, jobs.JobKind.POOL_PROVISION, pool.id)
 
 
+def _pool_going(session: Session, pool: Any) -> None:
+    """A pool still in use is refused; a deleted pool's unstarted builds are cancelled
+    (in the same unit: no task outlives its pool without being told)."""
+    _pool_in_use(session, pool)
+    cancel_unstarted(
+        session,
+        pool_id=pool.id,
+        tenant_id=pool.tenant_id,
+        limit=None,
+        reason=f"pool {pool.name} was deleted",
+        now=utcnow(),
+    )
+
+
 def _pool_in_use(session: Session, pool: Any) -> None:
     uses = session.scalars(
         select(PolicyEntry.policy_id).where(
@@ -225,7 +241,7 @@ SPEC: ResourceSpec[Any] = ResourceSpec(
     filters={"name": str, "parent_pool_id": str},
     prepare=_prepare_pool,
     after_write=_pool_after,
-    before_delete=_pool_in_use,
+    before_delete=_pool_going,
 )
 
 
