@@ -12,7 +12,15 @@ from sqlalchemy import bindparam, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from deskbroker.centers.base import MachineInfo
-from deskbroker.domain.states import PROVISIONING_TRANSITIONS, Availability, PowerState, transition
+from deskbroker.domain.states import (
+    AVAILABILITY_TRANSITIONS,
+    POWER_TRANSITIONS,
+    PROVISIONING_TRANSITIONS,
+    Availability,
+    PowerState,
+    from_any,
+    transition,
+)
 from deskbroker.engine.tasks import (
     DESKTOPS,
     EVENTS,
@@ -30,6 +38,9 @@ from deskbroker.services.context import BrokerContext
 from deskbroker.services.desktops import serve_queues
 from deskbroker.store import leases, membership
 from deskbroker.store.tables import utcnow
+
+# What a built desktop's power state moves from at handover.
+_BUILT_FROM = (PowerState.BUILDING,)
 
 _WATCHED = (
     select(*TASK_COLUMNS, TASKS.c.lease_expires_at)
@@ -101,12 +112,12 @@ def hand_over(unit: leases.Unit, built: Sequence[tuple[TaskRow, MachineInfo | No
         values: dict[str, Any] = {
             "b_id": task.desktop_id,
             "address": address,
-            "power_state": PowerState.RUNNING.value,
-            "availability": (
-                Availability.UNAVAILABLE.value
-                if start_unavailable
-                else Availability.AVAILABLE.value
-            ),
+            # The desktop was made ``building`` with its task, and only the task moves it.
+            "power_state": from_any(POWER_TRANSITIONS, PowerState.RUNNING, _BUILT_FROM).value,
+            "availability": from_any(
+                AVAILABILITY_TRANSITIONS,
+                Availability.UNAVAILABLE if start_unavailable else Availability.AVAILABLE,
+            ).value,
         }
         if machine is None:
             bare.append(values)

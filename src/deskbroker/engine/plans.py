@@ -26,6 +26,7 @@ from deskbroker.domain.states import (
     PowerState,
     SessionState,
     agent_after_power,
+    power_state,
     settle,
     transition,
 )
@@ -57,11 +58,6 @@ def _aware(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
-def _power_state(value: str) -> PowerState:
-    known = PowerState._value2member_map_
-    return PowerState(value) if value in known else PowerState.UNKNOWN
-
-
 def _facts(session: Session, timer: Timer, desktop: Desktop, driver: CenterDriver) -> FireFacts:
     trigger_state: SessionState | None = None
     if timer.session_id is not None:
@@ -82,7 +78,7 @@ def _facts(session: Session, timer: Timer, desktop: Desktop, driver: CenterDrive
         other_states=tuple(SessionState(s) for s in others),
         assigned=desktop.assigned_user_id is not None,
         reassigned=assigned_at is not None and _aware(assigned_at) > _aware(timer.created_at),
-        power_state=_power_state(desktop.power_state),
+        power_state=power_state(desktop.power_state),
         deletable=desktop.deletable,
         can_power=driver.supports(Capability.POWER),
         can_terminate=driver.supports(Capability.TERMINATE),
@@ -237,7 +233,7 @@ def execute_timer(
             external_id=desktop.external_id,
             name=desktop.name,
             address=desktop.address,
-            power_state=_power_state(desktop.power_state),
+            power_state=power_state(desktop.power_state),
         )
         if verdict.action is PlanAction.TERMINATE:
             driver.terminate(machine)
