@@ -23,6 +23,8 @@ from deskbroker.services.context import BrokerContext
 from deskbroker.services.queues import refresh_pools
 from deskbroker.store import jobs
 from deskbroker.store import quotas as tenant_quotas
+from deskbroker.store.cancellations import cancel_unstarted
+from deskbroker.store.claims import free_desktop
 from deskbroker.store.repository import Repository
 from deskbroker.store.tables import (
     Center,
@@ -35,6 +37,7 @@ from deskbroker.store.tables import (
     QueueEntry,
     SessionRow,
     User,
+    utcnow,
 )
 
 Clock = Annotated[str, StringConstraints(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")]
@@ -210,6 +213,20 @@ def _pool_after(session: Session, ctx: BrokerContext, pool: Any) -> None:
     jobs.poke(session, jobs.JobKind.POOL_PROVISION, pool.id)
 
 
+def _pool_going(session: Session, pool: Any) -> None:
+    """A pool still in use is refused; a deleted pool's unstarted builds are cancelled
+    (in the same unit: no task outlives its pool without being told)."""
+    _pool_in_use(session, pool)
+    cancel_unstarted(
+        session,
+        pool_id=pool.id,
+        tenant_id=pool.tenant_id,
+        limit=None,
+        reason=f"pool {pool.name} was deleted",
+        now=utcnow(),
+    )
+
+
 def _pool_in_use(session: Session, pool: Any) -> None:
     uses = session.scalars(
         select(PolicyEntry.policy_id).where(
@@ -244,7 +261,7 @@ SPEC: ResourceSpec[Any] = ResourceSpec(
     filters={"name": str, "parent_pool_id": str},
     prepare=_prepare_pool,
     after_write=_pool_after,
-    before_delete=_pool_in_use,
+    before_delete=_pool_going,
 )
 
 
@@ -257,6 +274,7 @@ def pool_status(session: Session, pool: Pool) -> dict[str, Any]:
             Desktop.availability,
             Desktop.assigned_user_id.is_not(None),
             func.count(),
+            func.count().filter(free_desktop()),
         )
         .where(Desktop.id.in_(select(members.c.desktop_id)))
         .group_by(Desktop.power_state, Desktop.availability, Desktop.assigned_user_id.is_not(None))
@@ -272,12 +290,12 @@ def pool_status(session: Session, pool: Pool) -> dict[str, Any]:
         "building": 0,
         "error": 0,
     }
-    for power, availability, assigned, n in rows:
+    for power, availability, assigned, n, free in rows:
         counts["total"] += n
         if assigned:
             counts["assigned"] += n
-        elif availability == "available":
-            counts["available"] += n
+        # "available" is the free desktops a login could be given: the claim's definition.
+        counts["available"] += free
         if availability != "available":
             counts["unavailable"] += n
         if power in counts:
