@@ -19,12 +19,11 @@ from deskbroker.domain.membership import creates_cycle
 from deskbroker.domain.quotas import words as quota_words
 from deskbroker.domain.states import ACTIVE_SESSION_STATES
 from deskbroker.errors import Conflict, InvalidInput
+from deskbroker.services import pools as pool_service
 from deskbroker.services.context import BrokerContext
 from deskbroker.services.queues import refresh_pools
 from deskbroker.store import jobs
 from deskbroker.store import quotas as tenant_quotas
-from deskbroker.store.cancellations import cancel_unstarted
-from deskbroker.store.claims import free_desktop
 from deskbroker.store.repository import Repository
 from deskbroker.store.tables import (
     Center,
@@ -37,7 +36,6 @@ from deskbroker.store.tables import (
     QueueEntry,
     SessionRow,
     User,
-    utcnow,
 )
 
 Clock = Annotated[str, StringConstraints(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")]
@@ -217,13 +215,8 @@ def _pool_going(session: Session, pool: Any) -> None:
     """A pool still in use is refused; a deleted pool's unstarted builds are cancelled
     (in the same unit: no task outlives its pool without being told)."""
     _pool_in_use(session, pool)
-    cancel_unstarted(
-        session,
-        pool_id=pool.id,
-        tenant_id=pool.tenant_id,
-        limit=None,
-        reason=f"pool {pool.name} was deleted",
-        now=utcnow(),
+    pool_service.cancel_builds_of_deleted(
+        session, pool_id=pool.id, tenant_id=pool.tenant_id, name=pool.name
     )
 
 
@@ -274,7 +267,6 @@ def pool_status(session: Session, pool: Pool) -> dict[str, Any]:
             Desktop.availability,
             Desktop.assigned_user_id.is_not(None),
             func.count(),
-            func.count().filter(free_desktop()),
         )
         .where(Desktop.id.in_(select(members.c.desktop_id)))
         .group_by(Desktop.power_state, Desktop.availability, Desktop.assigned_user_id.is_not(None))
@@ -290,12 +282,10 @@ def pool_status(session: Session, pool: Pool) -> dict[str, Any]:
         "building": 0,
         "error": 0,
     }
-    for power, availability, assigned, n, free in rows:
+    for power, availability, assigned, n in rows:
         counts["total"] += n
         if assigned:
             counts["assigned"] += n
-        # "available" is the free desktops a login could be given: the claim's definition.
-        counts["available"] += free
         if availability != "available":
             counts["unavailable"] += n
         if power in counts:
@@ -306,6 +296,8 @@ def pool_status(session: Session, pool: Pool) -> dict[str, Any]:
         )
         or 0
     )
+    # "available" is the free desktops a login could be given: the claim's definition.
+    counts["available"] = pool_service.free_count(session, pool.id)
     counts["queued"] = int(waiting)
     tasks = dict(
         session.execute(
