@@ -53,6 +53,9 @@ def test_a_scan_records_a_surprise_as_unknown_and_an_action_keeps_a_deleted_desk
     assert observe("deleting", P.RUNNING) is P.UNKNOWN
     assert observe("unknown", P.RUNNING) is P.RUNNING
     assert observe("a value from an older broker", P.STOPPED) is P.STOPPED
+    # Deleted is final for every writer; a machine the cloud still reports comes back as
+    # unknown rather than failing the scan.
+    assert observe("deleted", P.RUNNING) is P.UNKNOWN
     assert settle("running", P.STOPPED) is P.STOPPED
     assert settle("deleted", P.RUNNING) is P.DELETED
 

@@ -127,10 +127,14 @@ def power_state(value: str) -> PowerState:
 def observe(current: str, reported: PowerState) -> PowerState:
     """The power state a scan records: what the cloud reports when the table allows it,
     else ``unknown`` first, so a surprise is visible rather than silent (the next scan
-    moves on from ``unknown``, which may go anywhere)."""
+    moves on from ``unknown``, which may go anywhere). From ``deleted`` too, though the
+    table has no way out of it: a machine the broker gave up on that the cloud still
+    reports is the cloud's last word, and a scan must record it rather than fail."""
     now = power_state(current)
     if now == reported or reported in POWER_TRANSITIONS[now]:
         return reported
+    if now is PowerState.DELETED:
+        return PowerState.UNKNOWN
     return transition(POWER_TRANSITIONS, now, PowerState.UNKNOWN)
 
 
