@@ -54,10 +54,12 @@ lint: setup
 	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 	$(VENV)/bin/lint-imports --no-cache
 	$(PY) scripts/gen_api_docs.py --check
+	$(PY) scripts/gen_state_docs.py --check
 
 # The API reference is generated from the OpenAPI document.
 docs: setup
 	$(PY) scripts/gen_api_docs.py
+	$(PY) scripts/gen_state_docs.py
 
 typecheck: setup
 	$(VENV)/bin/mypy

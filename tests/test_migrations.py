@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from sqlalchemy import CheckConstraint, inspect, select, update
+from sqlalchemy.exc import IntegrityError
 
 from deskbroker.services.context import BrokerContext
 from deskbroker.store.migrate import current_revision, upgrade
-from deskbroker.store.tables import Base
+from deskbroker.store.tables import Base, Desktop, ProvisioningTask, SessionRow
+from tests.helpers import Api
 
 
 def test_schema_matches_models(ctx: BrokerContext) -> None:
@@ -20,3 +24,60 @@ def test_upgrade_is_idempotent(ctx: BrokerContext) -> None:
     before = current_revision(ctx.db)
     upgrade(ctx.db)
     assert current_revision(ctx.db) == before == "0001"
+
+
+# Every state column, with a value its machine does not have.
+_STATE_COLUMNS = [
+    ("desktops", "power_state"),
+    ("desktops", "availability"),
+    ("desktops", "agent_state"),
+    ("sessions", "state"),
+    ("provisioning_tasks", "state"),
+]
+
+
+def _normal(sql: str) -> str:
+    # PostgreSQL reflects ``IN (...)`` as ``= ANY (ARRAY[...::character varying])``.
+    for noise in ("::character varying", "::text", "(", ")", "[", "]", " ", '"'):
+        sql = sql.replace(noise, "")
+    return sql.replace("=ANYARRAY", "IN").lower()
+
+
+def test_migration_checks_match_models(ctx: BrokerContext) -> None:
+    """compare_metadata does not see CHECK constraints: compare the state checks directly."""
+    inspector = inspect(ctx.db.engine)
+    for table, column in _STATE_COLUMNS:
+        name = f"ck_{table}_{column}"
+        reflected = {c["name"]: c["sqltext"] for c in inspector.get_check_constraints(table)}
+        assert name in reflected, f"{table} has no {name}: {sorted(reflected)}"
+        model = next(
+            str(c.sqltext)
+            for c in Base.metadata.tables[table].constraints
+            if isinstance(c, CheckConstraint) and c.name == name
+        )
+        assert _normal(reflected[name]) == _normal(model)
+
+
+@pytest.mark.parametrize(("table", "column"), _STATE_COLUMNS)
+def test_database_refuses_a_state_outside_its_machine(
+    ctx: BrokerContext, api: Api, table: str, column: str
+) -> None:
+    ids = api.seed_pool(1, name="chk")
+    with ctx.db.write() as session:
+        desktop = session.scalars(select(Desktop).where(Desktop.name == "chk-000")).one()
+        session.add(SessionRow(tenant_id=desktop.tenant_id, desktop_id=desktop.id))
+        session.add(
+            ProvisioningTask(
+                tenant_id=desktop.tenant_id,
+                center_id=desktop.center_id,
+                pool_id=ids["pool"],
+                name="chk-002",
+            )
+        )
+    rows = Base.metadata.tables[table]
+    refused = pytest.raises(IntegrityError, match=f"ck_{table}_{column}|CHECK constraint")
+    with refused, ctx.db.write() as session:
+        session.execute(update(rows).values({column: "sideways"}))
+    with ctx.db.read() as session:
+        values = session.scalars(select(rows.c[column])).all()
+    assert values and "sideways" not in values

@@ -102,3 +102,35 @@ def test_power_actions_reuse_the_centers_authenticated_driver(api: Api, sim: Clo
 
 def _params(api: Api, center_id: str) -> dict[str, Any]:
     return dict(api.get(f"centers/{center_id}")["params"])
+
+
+def test_an_agent_is_lost_when_its_machine_is_seen_off_and_found_on_its_next_report(
+    api: Api, sim: CloudSim
+) -> None:
+    desktop = _desktop(api, sim)
+    path = f"desktops/{desktop['id']}"
+    assert api.get(path)["agent_state"] == "unknown"
+    token = api.post(f"{path}/agent-token", {})["token"]
+
+    def report(event: str) -> None:
+        response = api.client.post(
+            "/api/v1/agent/events",
+            json={"event": event, "user": "alice", "session_key": "s1"},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert response.status_code in (200, 201), response.text
+
+    report("login")
+    assert api.get(path)["agent_state"] == "running"
+    # The machine is shut off behind the broker's back: the next scan sees it, and no
+    # agent can be running on it any more.
+    sim.set_server_state(desktop["external_id"], "SHUTOFF")
+    scan_now(api, desktop["center_id"])
+    seen = api.get(path)
+    assert (seen["power_state"], seen["agent_state"]) == ("stopped", "lost")
+    # Back on, the agent's next report finds it again.
+    sim.set_server_state(desktop["external_id"], "ACTIVE")
+    scan_now(api, desktop["center_id"])
+    assert api.get(path)["agent_state"] == "lost"
+    report("logout")
+    assert api.get(path)["agent_state"] == "running"

@@ -72,6 +72,15 @@ def to_create(limits: Targets, counts: PoolCounts) -> int:
     return max(0, min(short, room))
 
 
+def unwanted(limits: Targets, counts: PoolCounts) -> int:
+    """Desktops (built or coming) beyond what the pool wants: above M in all, or more free
+    than N plus waiting users. Unstarted builds up to this many are cancelled; never
+    positive in a pass that creates."""
+    above_max = counts.total - limits.max_total
+    above_free = counts.unassigned - (limits.min_unassigned + counts.waiting_users)
+    return max(0, above_max, above_free)
+
+
 def to_retire(limits: Targets, counts: PoolCounts) -> int:
     """Free desktops to remove when the pool is above M (e.g. scale to zero at night)."""
     surplus = counts.total - limits.max_total

@@ -3,7 +3,7 @@ listing is trusted to say that machines are gone."""
 
 from __future__ import annotations
 
-from deskbroker.domain.states import POWER_TRANSITIONS, PowerState
+from deskbroker.domain.states import PowerState, observe
 
 # A full listing that sees fewer than this share of the machines the broker knows is held.
 SHORTFALL_RATIO = 0.5
@@ -28,7 +28,4 @@ def hold_removals(known: int, seen: int, *, authoritative: bool) -> bool:
 def next_power(current: str, reported: PowerState) -> str:
     """The power state a center's report (a scan, a start) records: the reported one
     when the power table allows the move, else ``unknown`` (an unexpected jump)."""
-    now = PowerState(current) if current in PowerState._value2member_map_ else PowerState.UNKNOWN
-    if now == reported or reported in POWER_TRANSITIONS[now]:
-        return reported.value
-    return PowerState.UNKNOWN.value
+    return observe(current, reported).value

@@ -1,9 +1,15 @@
-"""State enums with their transition tables. Only ``transition`` moves a state."""
+"""State enums with their transition tables.
+
+Every state machine (desktop power, availability, agent, session, provisioning task) has
+one table here, and every writer moves a state through ``transition`` (or, where the
+infrastructure has the last word, ``observe`` and ``settle``, which read the same table).
+``scripts/gen_state_docs.py`` writes these tables into docs/architecture.md."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import StrEnum
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from deskbroker.errors import Conflict
 
@@ -76,9 +82,11 @@ SESSION_TRANSITIONS: dict[SessionState, frozenset[SessionState]] = {
 T = ProvisioningState
 PROVISIONING_TRANSITIONS: dict[ProvisioningState, frozenset[ProvisioningState]] = {
     T.REQUESTED: frozenset({T.CREATING, T.CANCELLED, T.FAILED}),
-    T.CREATING: frozenset({T.WAITING, T.FAILED, T.CANCELLED}),
-    T.WAITING: frozenset({T.ADDRESSING, T.READY, T.FAILED, T.CANCELLED}),
-    T.ADDRESSING: frozenset({T.READY, T.FAILED, T.CANCELLED}),
+    # Back to ``requested`` is a retry: a build that never reached the cloud (quota, a
+    # lost lease) or a failed attempt cleaned up for another try.
+    T.CREATING: frozenset({T.REQUESTED, T.WAITING, T.FAILED, T.CANCELLED}),
+    T.WAITING: frozenset({T.REQUESTED, T.ADDRESSING, T.READY, T.FAILED, T.CANCELLED}),
+    T.ADDRESSING: frozenset({T.REQUESTED, T.READY, T.FAILED, T.CANCELLED}),
     T.READY: frozenset(),
     T.FAILED: frozenset(),
     T.CANCELLED: frozenset(),
@@ -89,16 +97,116 @@ AVAILABILITY_TRANSITIONS: dict[Availability, frozenset[Availability]] = {
     Availability.UNAVAILABLE: frozenset({Availability.AVAILABLE}),
 }
 
-E = TypeVar("E", PowerState, SessionState, ProvisioningState, Availability)
+A = AgentState
+# ``lost``: the machine under a running agent was seen not running (``agent_after_power``);
+# the agent's next report brings it back to ``running``.
+AGENT_TRANSITIONS: dict[AgentState, frozenset[AgentState]] = {
+    A.UNKNOWN: frozenset({A.RUNNING, A.LOST}),
+    A.RUNNING: frozenset({A.LOST}),
+    A.LOST: frozenset({A.RUNNING}),
+}
+
+E = TypeVar("E", PowerState, SessionState, ProvisioningState, Availability, AgentState)
 
 
-def transition(table: dict[E, frozenset[E]], current: E, target: E) -> E:
-    """Return ``target`` if the table allows ``current -> target``; staying put is allowed."""
+def transition(table: dict[E, frozenset[E]], current: E, target: E, *, subject: str = "") -> E:
+    """Return ``target`` if the table allows ``current -> target``; staying put is allowed.
+    An illegal move is a Conflict naming both states (and ``subject``, e.g. "desktop lab-001")."""
     if current == target or target in table[current]:
         return target
-    raise Conflict(f"cannot go from {current.value} to {target.value}")
+    who = f"{subject} " if subject else ""
+    raise Conflict(f"{who}cannot go from {current.value} to {target.value}")
+
+
+def power_state(value: str) -> PowerState:
+    """A stored power state; a value this broker does not know reads as ``unknown``."""
+    known = PowerState._value2member_map_
+    return PowerState(value) if value in known else PowerState.UNKNOWN
+
+
+def observe(current: str, reported: PowerState) -> PowerState:
+    """The power state a scan records: what the cloud reports when the table allows it,
+    else ``unknown`` first, so a surprise is visible rather than silent (the next scan
+    moves on from ``unknown``, which may go anywhere). From ``deleted`` too, though the
+    table has no way out of it: a machine the broker gave up on that the cloud still
+    reports is the cloud's last word, and a scan must record it rather than fail."""
+    now = power_state(current)
+    if now == reported or reported in POWER_TRANSITIONS[now]:
+        return reported
+    if now is PowerState.DELETED:
+        return PowerState.UNKNOWN
+    return transition(POWER_TRANSITIONS, now, PowerState.UNKNOWN)
+
+
+def settle(current: str, target: PowerState) -> PowerState:
+    """The power state after an action that did run: ``target`` when the table allows it;
+    otherwise the desktop moved meanwhile (e.g. it was deleted) and keeps that state."""
+    now = power_state(current)
+    if now == target or target in POWER_TRANSITIONS[now]:
+        return target
+    return now
+
+
+# Power states in which an agent may still be running (``unknown``: nobody knows yet).
+AGENT_MAY_RUN = frozenset({P.RUNNING, P.BUILDING, P.UNKNOWN})
+
+
+def agent_after_power(agent: str, power: PowerState) -> AgentState:
+    """The agent's state once the desktop is known to be ``power``: an agent cannot run on
+    a machine that is stopped, suspended, in error or gone, so a running one is ``lost``.
+    The agent reports only session events (no heartbeat), so silence alone proves nothing:
+    an idle session sends nothing for hours."""
+    now = AgentState(agent) if agent in AgentState._value2member_map_ else AgentState.UNKNOWN
+    if now is AgentState.RUNNING and power not in AGENT_MAY_RUN:
+        return transition(AGENT_TRANSITIONS, now, AgentState.LOST)
+    return now
+
+
+def from_any(table: dict[E, frozenset[E]], target: E, among: Iterable[E] | None = None) -> E:
+    """``target`` for a bulk write over rows in any state (or any of ``among``, which the
+    write's WHERE clause selects): the table must allow it from each of them (checked here,
+    so a narrowed table fails loudly rather than writing an illegal move)."""
+    sources = table.keys() if among is None else among
+    refused = [s.value for s in sources if s != target and target not in table[s]]
+    if refused:
+        raise Conflict(f"cannot go from {', '.join(refused)} to {target.value}")
+    return target
 
 
 # Power states in which a desktop can be handed to a user right away or after a start.
 CLAIMABLE_POWER = (P.RUNNING, P.STOPPED, P.SUSPENDED, P.UNKNOWN)
+
+
+def is_free(power: str, availability: str, assigned: bool) -> bool:
+    """A free desktop: nobody holds it, it is in service (available), and its power state
+    lets a login hand it out now or after a start. The login claim, the provisioner's
+    counts and the pool status all count this (``store.claims.free_desktop`` in SQL)."""
+    return (
+        not assigned
+        and availability == Availability.AVAILABLE.value
+        and power in {s.value for s in CLAIMABLE_POWER}
+    )
+
+
+def is_coming_free(power: str, availability: str, assigned: bool, starts_unavailable: bool) -> bool:
+    """What the provisioner counts on top of the free desktops, so it does not build twice:
+    an unassigned desktop being built, and (in a pool whose desktops start unavailable
+    until an administrator releases them) a finished one waiting for that."""
+    if assigned:
+        return False
+    return power == P.BUILDING.value or (
+        starts_unavailable and power in {s.value for s in CLAIMABLE_POWER}
+    )
+
+
 ACTIVE_SESSION_STATES = (S.LOGGED_IN, S.CONNECTED, S.LOCKED, S.IDLE, S.DISCONNECTED)
+
+# Each machine's table by the column it governs: the docs generator and the database's
+# CHECK constraints read this, so a new state reaches both.
+MACHINES: dict[str, tuple[type[StrEnum], dict[Any, frozenset[Any]]]] = {
+    "desktop power (desktops.power_state)": (PowerState, POWER_TRANSITIONS),
+    "desktop availability (desktops.availability)": (Availability, AVAILABILITY_TRANSITIONS),
+    "desktop agent (desktops.agent_state)": (AgentState, AGENT_TRANSITIONS),
+    "session (sessions.state)": (SessionState, SESSION_TRANSITIONS),
+    "provisioning task (provisioning_tasks.state)": (ProvisioningState, PROVISIONING_TRANSITIONS),
+}

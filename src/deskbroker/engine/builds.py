@@ -29,7 +29,15 @@ from deskbroker.centers.base import (
     QuotaExceeded,
     UnknownName,
 )
-from deskbroker.domain.states import PROVISIONING_TRANSITIONS, Availability, PowerState, transition
+from deskbroker.domain.states import (
+    AVAILABILITY_TRANSITIONS,
+    POWER_TRANSITIONS,
+    PROVISIONING_TRANSITIONS,
+    Availability,
+    PowerState,
+    power_state,
+    transition,
+)
 from deskbroker.domain.timestamps import aware
 from deskbroker.engine.drivers import DriverCache
 from deskbroker.engine.handover import hand_over
@@ -125,6 +133,13 @@ class TaskStep:
         self.center_name = ""
         self.state = S(task.state)
 
+    def _moved(self, target: S) -> str:
+        """The task's next state through the table (we hold the lease, so the state read
+        with it still holds)."""
+        return transition(
+            PROVISIONING_TRANSITIONS, self.state, target, subject=f"task {self.task.name}"
+        ).value
+
     def _save(
         self,
         state: S | None = None,
@@ -139,8 +154,7 @@ class TaskStep:
             delay_s = self.ctx.settings.provision_poll_s
         now = utcnow()
         if state is not None:
-            # We hold the lease, so the state read with it still holds.
-            values["state"] = transition(PROVISIONING_TRANSITIONS, self.state, state).value
+            values["state"] = self._moved(state)
             values["step_started_at"] = now
         with self.ctx.db.write() as session:
             if also is not None:
@@ -251,7 +265,7 @@ class TaskStep:
         """The cloud has the build: record its id on the task and the desktop (so a scan
         meeting the instance knows it) and wait for it, in one Core transaction."""
         task = self.task
-        state = transition(PROVISIONING_TRANSITIONS, self.state, S.WAITING).value
+        state = self._moved(S.WAITING)
         now = utcnow()
         # The watcher wakes the build when it finishes; the first look is a safety net.
         after = timedelta(seconds=self._next_look(False))
@@ -284,15 +298,14 @@ class TaskStep:
         self._created(keep.external_id)
 
     def _back_to_requested(self) -> None:
-        # creating → requested is not a forward step; it undoes one that never reached
-        # the cloud, so it is written directly rather than through the table.
+        # creating → requested undoes a step that never reached the cloud.
         with self.ctx.db.write() as session:
             leases.release(
                 session,
                 TASKS,
                 self.task.id,
                 self.owner,
-                state=S.REQUESTED.value,
+                state=self._moved(S.REQUESTED),
                 next_step_at=utcnow(),
             )
 
@@ -370,7 +383,7 @@ class TaskStep:
                 TASKS,
                 task.id,
                 self.owner,
-                state=S.REQUESTED.value,
+                state=self._moved(S.REQUESTED),
                 last_error=words,
                 next_step_at=utcnow() + timedelta(seconds=self.ctx.settings.quota_backoff_s),
             )
@@ -401,7 +414,7 @@ class TaskStep:
                     TASKS,
                     task.id,
                     self.owner,
-                    state=S.REQUESTED.value,
+                    state=self._moved(S.REQUESTED),
                     attempts=attempts,
                     last_error=reason,
                     external_id=None,
@@ -419,8 +432,19 @@ class TaskStep:
                     session.delete(desktop)
                 else:
                     # The instance is still there (not ours to delete): quarantine it.
-                    desktop.power_state = PowerState.ERROR.value
-                    desktop.availability = Availability.UNAVAILABLE.value
+                    subject = f"desktop {desktop.name}"
+                    desktop.power_state = transition(
+                        POWER_TRANSITIONS,
+                        power_state(desktop.power_state),
+                        PowerState.ERROR,
+                        subject=subject,
+                    ).value
+                    desktop.availability = transition(
+                        AVAILABILITY_TRANSITIONS,
+                        Availability(desktop.availability),
+                        Availability.UNAVAILABLE,
+                        subject=subject,
+                    ).value
                     desktop.attributes = {
                         **dict(desktop.attributes or {}),
                         "provisioning_error": reason,
@@ -443,7 +467,7 @@ class TaskStep:
                 TASKS,
                 task.id,
                 self.owner,
-                state=S.FAILED.value,
+                state=self._moved(S.FAILED),
                 attempts=attempts,
                 last_error=reason,
                 desktop_id=None if cleaned else task.desktop_id,

@@ -9,7 +9,13 @@ from datetime import datetime
 from typing import Any
 
 from deskbroker.centers.base import MachineInfo
-from deskbroker.domain.states import Availability, PowerState
+from deskbroker.domain.states import (
+    AVAILABILITY_TRANSITIONS,
+    POWER_TRANSITIONS,
+    Availability,
+    PowerState,
+    from_any,
+)
 from deskbroker.domain.timestamps import aware
 from deskbroker.engine.watch import BuildWatcher
 from deskbroker.services.context import BrokerContext
@@ -18,6 +24,9 @@ from deskbroker.store import handover as store
 from deskbroker.store import leases, membership
 from deskbroker.store.tables import utcnow
 from deskbroker.store.tasks import S, TaskRow, claim_builds
+
+# What a built desktop's power state moves from at handover.
+_BUILT_FROM = (PowerState.BUILDING,)
 
 
 def hand_over(unit: leases.Unit, built: Sequence[tuple[TaskRow, MachineInfo | None, str]]) -> None:
@@ -46,12 +55,12 @@ def hand_over(unit: leases.Unit, built: Sequence[tuple[TaskRow, MachineInfo | No
         values: dict[str, Any] = {
             "b_id": task.desktop_id,
             "address": address,
-            "power_state": PowerState.RUNNING.value,
-            "availability": (
-                Availability.UNAVAILABLE.value
-                if start_unavailable
-                else Availability.AVAILABLE.value
-            ),
+            # The desktop was made ``building`` with its task, and only the task moves it.
+            "power_state": from_any(POWER_TRANSITIONS, PowerState.RUNNING, _BUILT_FROM).value,
+            "availability": from_any(
+                AVAILABILITY_TRANSITIONS,
+                Availability.UNAVAILABLE if start_unavailable else Availability.AVAILABLE,
+            ).value,
         }
         if machine is None:
             bare.append(values)

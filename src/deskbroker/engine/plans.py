@@ -20,7 +20,16 @@ from sqlalchemy.orm import Session
 from deskbroker.centers.base import Capability, CenterDriver, MachineInfo, PowerAction
 from deskbroker.domain import plans
 from deskbroker.domain.plans import FireFacts, Outcome, PlanAction, Trigger, Verdict
-from deskbroker.domain.states import POWER_TRANSITIONS, Availability, PowerState, SessionState
+from deskbroker.domain.states import (
+    AVAILABILITY_TRANSITIONS,
+    Availability,
+    PowerState,
+    SessionState,
+    agent_after_power,
+    power_state,
+    settle,
+    transition,
+)
 from deskbroker.domain.timestamps import aware
 from deskbroker.engine.drivers import DriverCache
 from deskbroker.services import desktops
@@ -46,11 +55,6 @@ _AFTER: dict[PlanAction, PowerState] = {
 }
 
 
-def _power_state(value: str) -> PowerState:
-    known = PowerState._value2member_map_
-    return PowerState(value) if value in known else PowerState.UNKNOWN
-
-
 def _facts(session: Session, timer: Timer, desktop: Desktop, driver: CenterDriver) -> FireFacts:
     trigger_state: SessionState | None = None
     if timer.session_id is not None:
@@ -71,7 +75,7 @@ def _facts(session: Session, timer: Timer, desktop: Desktop, driver: CenterDrive
         other_states=tuple(SessionState(s) for s in others),
         assigned=desktop.assigned_user_id is not None,
         reassigned=assigned_at is not None and aware(assigned_at) > aware(timer.created_at),
-        power_state=_power_state(desktop.power_state),
+        power_state=power_state(desktop.power_state),
         deletable=desktop.deletable,
         can_power=driver.supports(Capability.POWER),
         can_terminate=driver.supports(Capability.TERMINATE),
@@ -99,9 +103,9 @@ def _event(session: Session, kind: str, timer: Timer, desktop: Desktop, **detail
 
 
 def _set_power(desktop: Desktop, target: PowerState) -> None:
-    current = _power_state(desktop.power_state)
-    if current == target or target in POWER_TRANSITIONS[current]:
-        desktop.power_state = target.value
+    power = settle(desktop.power_state, target)
+    desktop.power_state = power.value
+    desktop.agent_state = agent_after_power(desktop.agent_state, power).value
 
 
 def _release(session: Session, desktop: Desktop, actor: str) -> None:
@@ -158,7 +162,12 @@ def _record_done(ctx: BrokerContext, timer: Timer, verdict: Verdict) -> None:
         _event(session, f"plan.{verdict.action.value}", timer, desktop, reason=verdict.reason)
         if verdict.action is PlanAction.TERMINATE:
             # Out of every offer first, so releasing it cannot hand it to the next user.
-            desktop.availability = Availability.UNAVAILABLE.value
+            desktop.availability = transition(
+                AVAILABILITY_TRANSITIONS,
+                Availability(desktop.availability),
+                Availability.UNAVAILABLE,
+                subject=f"desktop {desktop.name}",
+            ).value
             session.flush()
             _release(session, desktop, f"{timer.plan} plan")
         session.execute(delete(Timer).where(Timer.id == timer.id))
@@ -221,7 +230,7 @@ def execute_timer(
             external_id=desktop.external_id,
             name=desktop.name,
             address=desktop.address,
-            power_state=_power_state(desktop.power_state),
+            power_state=power_state(desktop.power_state),
         )
         if verdict.action is PlanAction.TERMINATE:
             driver.terminate(machine)

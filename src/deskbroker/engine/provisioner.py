@@ -16,8 +16,22 @@ from sqlalchemy.orm import Session
 
 from deskbroker.centers.base import MachineInfo
 from deskbroker.domain import tags as name_tags
-from deskbroker.domain.provisioning import PoolCounts, Targets, targets, to_create, to_retire
-from deskbroker.domain.states import ACTIVE_SESSION_STATES, Availability, PowerState
+from deskbroker.domain.provisioning import (
+    PoolCounts,
+    Targets,
+    targets,
+    to_create,
+    to_retire,
+    unwanted,
+)
+from deskbroker.domain.states import (
+    ACTIVE_SESSION_STATES,
+    AVAILABILITY_TRANSITIONS,
+    POWER_TRANSITIONS,
+    Availability,
+    PowerState,
+    from_any,
+)
 from deskbroker.domain.timestamps import aware
 from deskbroker.engine import volumes
 from deskbroker.engine.drivers import DriverCache
@@ -25,6 +39,8 @@ from deskbroker.errors import CenterError
 from deskbroker.services import quotas
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import events
+from deskbroker.store.cancellations import cancel_unstarted
+from deskbroker.store.claims import coming_free, free_desktop
 from deskbroker.store.tables import (
     Center,
     Desktop,
@@ -47,9 +63,6 @@ def pool_counts(session: Session, pool_id: str, *, starts_unavailable: bool = Fa
     makes each one available), a finished, unassigned desktop waiting for that counts as
     unassigned; otherwise every reconcile would build more, up to the pool's maximum."""
     members = select(PoolMember.desktop_id).where(PoolMember.pool_id == pool_id)
-    usable = (Desktop.availability == Availability.AVAILABLE.value) | (
-        Desktop.power_state == PowerState.BUILDING.value
-    )
     gone = (PowerState.DELETED.value, PowerState.DELETING.value)
     total = (
         session.scalar(
@@ -65,9 +78,7 @@ def pool_counts(session: Session, pool_id: str, *, starts_unavailable: bool = Fa
             .select_from(Desktop)
             .where(
                 Desktop.id.in_(members),
-                Desktop.assigned_user_id.is_(None),
-                Desktop.power_state.not_in((*gone, PowerState.ERROR.value)),
-                *(() if starts_unavailable else (usable,)),
+                free_desktop() | coming_free(starts_unavailable=starts_unavailable),
             )
         )
         or 0
@@ -113,10 +124,22 @@ def reconcile_pool(ctx: BrokerContext, drivers: DriverCache, pool_id: str, now: 
         create = wanted if tenant.room is None else min(wanted, tenant.room)
         if create:
             _request(session, pool, center, provisioning, create)
-        surplus = to_retire(limits, counts)
-        if surplus:
+        # Builds not yet in the cloud that the pool no longer wants go first: cancelled,
+        # they cost nothing, where a built desktop would have to be retired.
+        cancelled = cancel_unstarted(
+            session,
+            pool_id=pool.id,
+            tenant_id=pool.tenant_id,
+            limit=unwanted(limits, counts),
+            reason="the pool's targets dropped",
+            now=now,
+        )
+        surplus = to_retire(limits, counts) - len(cancelled)
+        if surplus > 0:
             retire = _mark_for_retirement(session, pool.id, surplus)
         words = _status_words(limits, counts, create, len(retire))
+        if cancelled:
+            words += f"; {len(cancelled)} unstarted builds cancelled"
         if tenant.limit is not None:
             words += f"; {tenant.words(tenant.used + create)}"
             if create < wanted:
@@ -228,6 +251,10 @@ def _request(
     )
 
 
+# Power states a free desktop may be retired from (marked ``deleting``).
+_RETIRABLE = (PowerState.RUNNING, PowerState.STOPPED, PowerState.SUSPENDED, PowerState.UNKNOWN)
+
+
 def _mark_for_retirement(session: Session, pool_id: str, count: int) -> list[str]:
     """Pick free, deletable desktops without sessions; mark them so nobody claims them."""
     members = select(PoolMember.desktop_id).where(PoolMember.pool_id == pool_id)
@@ -241,14 +268,7 @@ def _mark_for_retirement(session: Session, pool_id: str, count: int) -> list[str
                 Desktop.id.in_(members),
                 Desktop.assigned_user_id.is_(None),
                 Desktop.deletable.is_(True),
-                Desktop.power_state.in_(
-                    (
-                        PowerState.RUNNING.value,
-                        PowerState.STOPPED.value,
-                        PowerState.SUSPENDED.value,
-                        PowerState.UNKNOWN.value,
-                    )
-                ),
+                Desktop.power_state.in_([s.value for s in _RETIRABLE]),
                 Desktop.id.not_in(busy),
             )
             .order_by(Desktop.power_state.desc(), Desktop.name.desc())
@@ -261,7 +281,8 @@ def _mark_for_retirement(session: Session, pool_id: str, count: int) -> list[str
             update(Desktop)
             .where(Desktop.id.in_(picked), Desktop.assigned_user_id.is_(None))
             .values(
-                power_state=PowerState.DELETING.value, availability=Availability.UNAVAILABLE.value
+                power_state=from_any(POWER_TRANSITIONS, PowerState.DELETING, _RETIRABLE).value,
+                availability=from_any(AVAILABILITY_TRANSITIONS, Availability.UNAVAILABLE).value,
             )
             .execution_options(synchronize_session=False)
         )

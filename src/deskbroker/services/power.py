@@ -14,7 +14,13 @@ from functools import partial
 from sqlalchemy import select
 
 from deskbroker.centers.base import Capability, MachineInfo, PowerAction
-from deskbroker.domain.states import POWER_TRANSITIONS, PowerState, SessionState
+from deskbroker.domain.states import (
+    PowerState,
+    SessionState,
+    agent_after_power,
+    power_state,
+    settle,
+)
 from deskbroker.errors import Conflict
 from deskbroker.security import TokenClaims
 from deskbroker.services.context import BrokerContext
@@ -53,10 +59,6 @@ class PowerResult:
     power_state: str
 
 
-def _state(value: str) -> PowerState:
-    return PowerState(value) if value in PowerState._value2member_map_ else PowerState.UNKNOWN
-
-
 def power(
     ctx: BrokerContext,
     who: TokenClaims,
@@ -78,7 +80,7 @@ def power(
         ).all()
     if center is None:
         raise Conflict(f"desktop {desktop.name} has no center")
-    was = _state(desktop.power_state)
+    was = power_state(desktop.power_state)
     if was not in _FROM[action]:
         raise Conflict(f"desktop {desktop.name} is {was.value}: it cannot {action.value}")
     if action in _DISRUPTIVE and users and not force:
@@ -105,9 +107,9 @@ def power(
             select(Desktop).where(Desktop.id == desktop_id).with_for_update()
         ).first()
         if row is not None:
-            current = _state(row.power_state)
-            if current == target or target in POWER_TRANSITIONS[current]:
-                row.power_state = target.value
+            power = settle(row.power_state, target)
+            row.power_state = power.value
+            row.agent_state = agent_after_power(row.agent_state, power).value
             events.append(
                 session,
                 "admin.power",

@@ -14,7 +14,13 @@ from sqlalchemy.orm import Session
 
 from deskbroker.domain import plans
 from deskbroker.domain.plans import AgentEvent, PlanKind, PlanRule
-from deskbroker.domain.states import SESSION_TRANSITIONS, AgentState, SessionState, transition
+from deskbroker.domain.states import (
+    AGENT_TRANSITIONS,
+    SESSION_TRANSITIONS,
+    AgentState,
+    SessionState,
+    transition,
+)
 from deskbroker.domain.timestamps import aware
 from deskbroker.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from deskbroker.security import TokenClaims
@@ -203,7 +209,10 @@ def record(
         ).first()
         if desktop is None:
             raise NotFound(f"desktop {desktop_id} does not exist")
-        desktop.agent_state = AgentState.RUNNING.value
+        # Any report shows the agent alive.
+        desktop.agent_state = transition(
+            AGENT_TRANSITIONS, AgentState(desktop.agent_state), AgentState.RUNNING
+        ).value
         row = _open_session(session, desktop.id, user, session_key, event)
         target = plans.EVENT_STATE[event]
         previous: SessionState | None
@@ -253,7 +262,7 @@ def record(
                     (),
                     0,
                 )
-            row.state = target.value
+            row.state = transition(SESSION_TRANSITIONS, previous, target).value
             if protocol:
                 row.protocol = protocol
             if client_address:

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    and_,
     case,
     delete,
     func,
@@ -246,12 +247,27 @@ def _order(ordering: OfferOrdering) -> list[Any]:
 
 
 def claimable() -> tuple[ColumnElement[bool], ...]:
-    """What makes a desktop free to claim: the claim and the explain answer share it."""
+    """What makes a desktop free to claim (``domain.states.is_free`` in SQL): the claim,
+    the explain answer, the provisioner's counts and the pool status all share it."""
     return (
         Desktop.assigned_user_id.is_(None),
         Desktop.availability == Availability.AVAILABLE.value,
         Desktop.power_state.in_([s.value for s in CLAIMABLE_POWER]),
     )
+
+
+def free_desktop() -> ColumnElement[bool]:
+    """``claimable()`` as one expression, for a count or a filter."""
+    return and_(*claimable())
+
+
+def coming_free(*, starts_unavailable: bool) -> ColumnElement[bool]:
+    """``domain.states.is_coming_free`` in SQL: counted with the free desktops by the
+    provisioner only."""
+    soon = Desktop.power_state == PowerState.BUILDING.value
+    if starts_unavailable:
+        soon = or_(soon, Desktop.power_state.in_([s.value for s in CLAIMABLE_POWER]))
+    return and_(Desktop.assigned_user_id.is_(None), soon)
 
 
 def free_desktops(session: Session, pool_ids: Collection[str]) -> dict[str, int]:

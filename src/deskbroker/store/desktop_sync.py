@@ -11,11 +11,28 @@ from sqlalchemy.orm import Session
 
 from deskbroker.centers.base import MachineInfo
 from deskbroker.domain.scans import next_power
-from deskbroker.domain.states import Availability, PowerState
+from deskbroker.domain.states import (
+    AVAILABILITY_TRANSITIONS,
+    POWER_TRANSITIONS,
+    AgentState,
+    Availability,
+    PowerState,
+    agent_after_power,
+    from_any,
+)
 from deskbroker.store.tables import Desktop, new_id, utcnow
 
 PENDING_PREFIX = "task:"
-_FIELDS = ("name", "address", "hostname", "os", "attributes", "power_state", "driver_state")
+_FIELDS = (
+    "name",
+    "address",
+    "hostname",
+    "os",
+    "attributes",
+    "power_state",
+    "agent_state",
+    "driver_state",
+)
 
 
 @dataclass
@@ -37,14 +54,16 @@ class SyncResult:
         return bool(self.added or self.updated or self.removed)
 
 
-def _values(machine: MachineInfo, current_power: str) -> dict[str, Any]:
+def _values(machine: MachineInfo, current_power: str, current_agent: str) -> dict[str, Any]:
+    power = next_power(current_power, machine.power_state)
     return {
         "name": machine.name,
         "address": machine.address,
         "hostname": machine.hostname,
         "os": machine.os,
         "attributes": dict(machine.attributes),
-        "power_state": next_power(current_power, machine.power_state),
+        "power_state": power,
+        "agent_state": agent_after_power(current_agent, PowerState(power)).value,
         "driver_state": dict(machine.driver_state),
     }
 
@@ -103,7 +122,7 @@ def sync(
                     {
                         "b_id": owner.id,
                         "updated_at": now,
-                        **_values(machine, owner.power_state),
+                        **_values(machine, owner.power_state, owner.agent_state),
                         "power_state": owner.power_state,
                         "external_id": machine.external_id,
                     }
@@ -118,7 +137,7 @@ def sync(
             if room is not None and len(inserts) >= room:
                 result.left_out.append(machine.name)
                 continue
-            values = _values(machine, PowerState.UNKNOWN.value)
+            values = _values(machine, PowerState.UNKNOWN.value, AgentState.UNKNOWN.value)
             inserts.append(
                 {
                     "id": new_id(),
@@ -126,7 +145,6 @@ def sync(
                     "center_id": center_id,
                     "external_id": machine.external_id,
                     "availability": Availability.AVAILABLE.value,
-                    "agent_state": "unknown",
                     "deletable": False,
                     "created_at": now,
                     "updated_at": now,
@@ -135,7 +153,7 @@ def sync(
             )
             result.added.append(machine.name)
             continue
-        values = _values(machine, row.power_state)
+        values = _values(machine, row.power_state, row.agent_state)
         if any(getattr(row, f) != values[f] for f in _FIELDS):
             updates.append({"b_id": row.id, "updated_at": now, **values})
             result.updated.append(machine.name)
@@ -187,8 +205,8 @@ def _remove(session: Session, rows: list[Any], result: SyncResult, now: Any) -> 
             update(Desktop)
             .where(Desktop.id.in_(held))
             .values(
-                power_state=PowerState.DELETED.value,
-                availability=Availability.UNAVAILABLE.value,
+                power_state=from_any(POWER_TRANSITIONS, PowerState.DELETED).value,
+                availability=from_any(AVAILABILITY_TRANSITIONS, Availability.UNAVAILABLE).value,
                 updated_at=now,
             )
             .execution_options(synchronize_session=False)

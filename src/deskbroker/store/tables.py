@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
     Float,
     ForeignKey,
@@ -26,6 +28,14 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from deskbroker.domain.states import (
+    AgentState,
+    Availability,
+    PowerState,
+    ProvisioningState,
+    SessionState,
+)
+
 NAMING = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -33,6 +43,12 @@ NAMING = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+
+def _one_of(column: str, states: type[StrEnum]) -> CheckConstraint:
+    """The database refuses a state its machine does not have (``ck_<table>_<column>``)."""
+    allowed = ", ".join(f"'{s.value}'" for s in states)
+    return CheckConstraint(f"{column} IN ({allowed})", name=column)
 
 
 def new_id() -> str:
@@ -179,6 +195,9 @@ class Desktop(Base):
     __table_args__ = (
         UniqueConstraint("center_id", "external_id"),
         Index("ix_desktops_assigned_user", "assigned_user_id"),
+        _one_of("power_state", PowerState),
+        _one_of("availability", Availability),
+        _one_of("agent_state", AgentState),
     )
     id: Mapped[str] = _id()
     tenant_id: Mapped[str] = _tenant()
@@ -462,6 +481,7 @@ class QueueEntry(Base):
 
 class SessionRow(Base):
     __tablename__ = "sessions"
+    __table_args__ = (_one_of("state", SessionState),)
     id: Mapped[str] = _id()
     tenant_id: Mapped[str] = _tenant()
     desktop_id: Mapped[str] = mapped_column(
@@ -542,6 +562,7 @@ class ProvisioningTask(Base):
     """One desktop being built: a state machine persisted after every step."""
 
     __tablename__ = "provisioning_tasks"
+    __table_args__ = (_one_of("state", ProvisioningState),)
     id: Mapped[str] = _id()
     tenant_id: Mapped[str] = _tenant()
     pool_id: Mapped[str | None] = mapped_column(

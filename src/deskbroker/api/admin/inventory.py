@@ -15,7 +15,7 @@ from deskbroker.api.admin.crud import ResourceSpec, add_routes, scope
 from deskbroker.api.deps import AdminWriter, Ctx
 from deskbroker.api.schemas import Body, Id, Name, Out, Secrets, Stamped
 from deskbroker.centers import registry
-from deskbroker.domain.states import Availability
+from deskbroker.domain.states import AVAILABILITY_TRANSITIONS, Availability, transition
 from deskbroker.errors import Conflict, InvalidInput
 from deskbroker.protocols.descriptors import Protocol
 from deskbroker.services import inventory as inventory_service
@@ -256,7 +256,15 @@ def _prepare_desktop(
     session: Session, ctx: BrokerContext, tenant: str, data: dict[str, Any], existing: Any
 ) -> dict[str, Any]:
     if "availability" in data and data["availability"] is not None:
-        data["availability"] = Availability(data["availability"]).value
+        wanted = Availability(data["availability"])
+        if existing is not None:
+            wanted = transition(
+                AVAILABILITY_TRANSITIONS,
+                Availability(existing.availability),
+                wanted,
+                subject=f"desktop {existing.name}",
+            )
+        data["availability"] = wanted.value
     attributes = data.get("attributes")
     if attributes is not None:
         if len(json.dumps(attributes)) > 65536:

@@ -19,6 +19,7 @@ from deskbroker.domain.membership import creates_cycle
 from deskbroker.domain.quotas import words as quota_words
 from deskbroker.domain.states import ACTIVE_SESSION_STATES
 from deskbroker.errors import Conflict, InvalidInput
+from deskbroker.services import pools as pool_service
 from deskbroker.services.context import BrokerContext
 from deskbroker.services.queues import refresh_pools
 from deskbroker.store import jobs
@@ -210,6 +211,15 @@ def _pool_after(session: Session, ctx: BrokerContext, pool: Any) -> None:
     jobs.poke(session, jobs.JobKind.POOL_PROVISION, pool.id)
 
 
+def _pool_going(session: Session, pool: Any) -> None:
+    """A pool still in use is refused; a deleted pool's unstarted builds are cancelled
+    (in the same unit: no task outlives its pool without being told)."""
+    _pool_in_use(session, pool)
+    pool_service.cancel_builds_of_deleted(
+        session, pool_id=pool.id, tenant_id=pool.tenant_id, name=pool.name
+    )
+
+
 def _pool_in_use(session: Session, pool: Any) -> None:
     uses = session.scalars(
         select(PolicyEntry.policy_id).where(
@@ -244,7 +254,7 @@ SPEC: ResourceSpec[Any] = ResourceSpec(
     filters={"name": str, "parent_pool_id": str},
     prepare=_prepare_pool,
     after_write=_pool_after,
-    before_delete=_pool_in_use,
+    before_delete=_pool_going,
     reaches_users=True,
 )
 
@@ -277,8 +287,6 @@ def pool_status(session: Session, pool: Pool) -> dict[str, Any]:
         counts["total"] += n
         if assigned:
             counts["assigned"] += n
-        elif availability == "available":
-            counts["available"] += n
         if availability != "available":
             counts["unavailable"] += n
         if power in counts:
@@ -289,6 +297,8 @@ def pool_status(session: Session, pool: Pool) -> dict[str, Any]:
         )
         or 0
     )
+    # "available" is the free desktops a login could be given: the claim's definition.
+    counts["available"] = pool_service.free_count(session, pool.id)
     counts["queued"] = int(waiting)
     tasks = dict(
         session.execute(

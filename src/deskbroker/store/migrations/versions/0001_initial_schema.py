@@ -608,6 +608,19 @@ def upgrade() -> None:
             ondelete="RESTRICT",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_desktops")),
+        sa.CheckConstraint(
+            "power_state IN ('unknown', 'building', 'running', 'stopped', 'suspended', "
+            "'error', 'deleting', 'deleted')",
+            name=op.f("ck_desktops_power_state"),
+        ),
+        sa.CheckConstraint(
+            "availability IN ('available', 'unavailable')",
+            name=op.f("ck_desktops_availability"),
+        ),
+        sa.CheckConstraint(
+            "agent_state IN ('unknown', 'running', 'lost')",
+            name=op.f("ck_desktops_agent_state"),
+        ),
         sa.UniqueConstraint("center_id", "external_id", name=op.f("uq_desktops_center_id")),
     )
     with op.batch_alter_table("desktops", schema=None) as batch_op:
@@ -786,6 +799,11 @@ def upgrade() -> None:
             ondelete="RESTRICT",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_provisioning_tasks")),
+        sa.CheckConstraint(
+            "state IN ('requested', 'creating', 'waiting', 'addressing', 'ready', "
+            "'failed', 'cancelled')",
+            name=op.f("ck_provisioning_tasks_state"),
+        ),
     )
     with op.batch_alter_table("provisioning_tasks", schema=None) as batch_op:
         batch_op.create_index(
@@ -832,6 +850,10 @@ def upgrade() -> None:
             ["user_id"], ["users.id"], name=op.f("fk_sessions_user_id_users"), ondelete="SET NULL"
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_sessions")),
+        sa.CheckConstraint(
+            "state IN ('logged_in', 'connected', 'disconnected', 'locked', 'idle', 'logged_out')",
+            name=op.f("ck_sessions_state"),
+        ),
     )
     with op.batch_alter_table("sessions", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_sessions_desktop_id"), ["desktop_id"], unique=False)
