@@ -106,7 +106,10 @@ def _assert_fast(a_times: list[float], a_statuses: list[int]) -> None:
     """Tenant A did not notice."""
     assert set(a_statuses) == {200} and len(a_times) >= 20, (a_statuses, len(a_times))
     p99 = statistics.quantiles(a_times, n=100)[98]
-    assert p99 < 0.5, f"tenant A's p99 was {p99:.3f} s (max {max(a_times):.3f} s)"
+    # Without the bulkheads A's p99 was 2-4 s (57 s in the report that found it); with them
+    # it is 0.1-0.6 s on a 2-core machine, where B's 45 request threads still share the
+    # CPU and the GIL with A's argon2 checks.
+    assert p99 < 1.0, f"tenant A's p99 was {p99:.3f} s (max {max(a_times):.3f} s)"
 
 
 @pytest.mark.parametrize("settings", [{"login_max_failures_per_address": 10000}], indirect=True)
