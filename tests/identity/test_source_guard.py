@@ -134,7 +134,9 @@ def test_a_tarpit_directory_in_tenant_b_leaves_tenant_a_fast(api: Api, slapd: Sl
         for took, response in refused:
             body = response.json()
             assert body["reason"] in ("source_busy", "source_suspended"), body
-            assert took < 1.0, f"a refused login took {took:.2f} s"
+            # Refused without waiting for the directory (a waiting login takes two
+            # timeouts): the storm's threads share two cores, hence no tighter bound.
+            assert took < TIMEOUT_S, f"a refused login took {took:.2f} s"
             assert int(response.headers["retry-after"]) >= 1
             assert "Try again in" in body["detail"] and body["title"].startswith("Directory")
 
