@@ -74,10 +74,13 @@ def test_a_tarpit_center_leaves_logins_fast_and_scan_now_answers_at_once(
             # The engine's scan is now hanging on the tarpit, holding one worker.
             _wait_for("the scan to reach the tarpit", lambda: pit.accepted > 0)
             latencies = []
-            for i in range(100):
+            # The first 20 pay for the engine's first round of jobs and the database
+            # pool's new connections, which a tarpit has nothing to do with.
+            for i in range(220):
                 begun = time.perf_counter()
                 response = post_login(api, f"user{i % 4}", USER_PASSWORD)
-                latencies.append((time.perf_counter() - begun) * 1000)
+                if i >= 20:
+                    latencies.append((time.perf_counter() - begun) * 1000)
                 assert response.status_code == 200, response.text
             asked = time.monotonic()
             queued = api.client.post(
