@@ -3,9 +3,10 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-SYSTEM_PACKAGES := python3-venv tigervnc-standalone-server tigervnc-tools postgresql postgresql-client \
+SYSTEM_PACKAGES := python3-venv tigervnc-standalone-server tigervnc-tools tigervnc-viewer postgresql postgresql-client \
   slapd ldap-utils samba samba-ad-dc samba-dsdb-modules samba-ad-provision winbind krb5-user \
-  ypserv rpcbind libcrypt1 whois openssl util-linux nodejs $(NPM_PACKAGE)
+  ypserv rpcbind libcrypt1 whois openssl util-linux nodejs libxss1 x11-utils $(NPM_PACKAGE) \
+  chromium openssh-server xrdp xorgxrdp freerdp2-x11
 # Debian's npm conflicts with a NodeSource nodejs, which brings its own npm: ask apt for
 # npm only when no npm runs.
 NPM_PACKAGE := $(if $(shell command -v npm 2>/dev/null),,npm)
@@ -19,9 +20,9 @@ krb5-config krb5-config/add_servers_realm string EXAMPLE.INVALID
 SYSTEM_SERVICES := slapd samba samba-ad-dc smbd nmbd winbind ypserv yppasswdd ypxfrd rpcbind
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup system demo test lint typecheck test-sqlite test-postgresql bench docs clean
+.PHONY: viewer-assets portal-assets setup system demo test lint typecheck test-sqlite test-postgresql bench docs clean agent
 
-setup: system $(VENV)/.installed $(OIDC_PROVIDER)/node_modules/.installed
+setup: system $(VENV)/.installed $(OIDC_PROVIDER)/node_modules/.installed viewer-assets portal-assets
 
 # System packages through apt-get, only when one is missing (apt-get update is slow).
 system:
@@ -43,6 +44,41 @@ $(VENV)/.installed: pyproject.toml
 $(OIDC_PROVIDER)/node_modules/.installed: $(OIDC_PROVIDER)/package-lock.json
 	cd $(OIDC_PROVIDER) && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
+
+# The HTML5 viewers the gateway serves (noVNC, xterm.js, guacamole-common-js), pinned by
+# web/viewer/package-lock.json and copied into the installed package: no page loads
+# anything from another host.
+VIEWER := web/viewer
+VIEWER_VENDOR := src/deskbroker/gateway/pages/vendor
+viewer-assets: $(VIEWER_VENDOR)/.installed
+
+$(VIEWER_VENDOR)/.installed: $(VIEWER)/package-lock.json
+	cd $(VIEWER) && npm ci --no-audit --no-fund --loglevel=error
+	rm -rf $(VIEWER_VENDOR) && mkdir -p $(VIEWER_VENDOR)/novnc $(VIEWER_VENDOR)/xterm $(VIEWER_VENDOR)/guacamole
+	cp -r $(VIEWER)/node_modules/@novnc/novnc/core $(VIEWER)/node_modules/@novnc/novnc/vendor \
+	  $(VIEWER)/node_modules/@novnc/novnc/LICENSE.txt $(VIEWER_VENDOR)/novnc/
+	cp $(VIEWER)/node_modules/@xterm/xterm/lib/xterm.js $(VIEWER)/node_modules/@xterm/xterm/css/xterm.css \
+	  $(VIEWER)/node_modules/@xterm/xterm/LICENSE $(VIEWER_VENDOR)/xterm/
+	cp $(VIEWER)/node_modules/guacamole-common-js/dist/esm/guacamole-common.js \
+	  $(VIEWER)/node_modules/guacamole-common-js/LICENSE $(VIEWER_VENDOR)/guacamole/
+	@touch $@
+
+# The browser assets of the portal, the console and the API docs page (Chart.js, Swagger UI,
+# a QR code generator), pinned by web/portal/package-lock.json and copied into the package,
+# so no page loads anything from another host. Install scripts are not run (one of them
+# only phones home).
+PORTAL_NPM := web/portal
+PORTAL_VENDOR := src/deskbroker/web/static/vendor
+PORTAL_FILES := chart.js/dist/chart.umd.min.js qrcode-generator/dist/qrcode.js \
+  swagger-ui-dist/swagger-ui-bundle.js swagger-ui-dist/swagger-ui.css
+
+$(PORTAL_NPM)/node_modules/.installed: $(PORTAL_NPM)/package-lock.json
+	cd $(PORTAL_NPM) && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	@touch $@
+
+portal-assets: $(PORTAL_NPM)/node_modules/.installed
+	@mkdir -p $(PORTAL_VENDOR)
+	@for f in $(PORTAL_FILES); do cp $(PORTAL_NPM)/node_modules/$$f $(PORTAL_VENDOR)/; done
 
 demo: setup
 	$(VENV)/bin/deskbroker demo
@@ -77,6 +113,18 @@ test-postgresql: setup
 	@$(call pytest_on,postgresql)
 
 test: lint typecheck test-sqlite test-postgresql
+
+# The desktop agent: standard library only, one zipapp that any python3 (3.11+) runs, with
+# its systemd unit and an example config (docs/agent.md says how to install them).
+AGENT_DIST := dist/agent
+agent:
+	rm -rf build/agent $(AGENT_DIST) && mkdir -p build/agent $(AGENT_DIST)
+	cp -r src/deskbroker_agent build/agent/
+	find build/agent -name __pycache__ -prune -exec rm -rf {} +
+	$(PYTHON) -m zipapp build/agent -p '/usr/bin/env python3' -m 'deskbroker_agent.service:cli' \
+	  -o $(AGENT_DIST)/deskbroker-agent.pyz
+	cp packaging/agent/deskbroker-agent.service packaging/agent/deskbroker-agent.conf $(AGENT_DIST)/
+	@echo "built $(AGENT_DIST)/deskbroker-agent.pyz"
 
 bench: setup
 	$(PY) benchmarks/login.py --json

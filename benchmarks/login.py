@@ -19,6 +19,7 @@ Usage::
     .venv/bin/python benchmarks/login.py                       # a table
     .venv/bin/python benchmarks/login.py --json                # one JSON object
     .venv/bin/python benchmarks/login.py --json --db postgresql://postgres@127.0.0.1:5432/postgres
+    .venv/bin/python benchmarks/login.py --json --db --workers 2    # two HTTP workers
 
 With ``--db postgresql://...`` the URL names a server and a database to connect to for
 administration; the benchmark creates ``deskbroker_bench_<random>`` there and drops it at
@@ -53,8 +54,10 @@ import psycopg
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
+import _claims
 from deskbroker.bootstrap import add_local_user
 from deskbroker.config import Settings
+from deskbroker.domain.offers import OfferOrdering
 from deskbroker.services.context import BrokerContext
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -63,6 +66,7 @@ USER_PASSWORD = "bench-user-password"
 # The statement counts are read from /metrics, which asks for the metrics token.
 METRICS_TOKEN = "bench-metrics-token-" + "x" * 16
 SQL_METRIC = re.compile(r"^deskbroker_sql_statements_total\s+(\S+)$", re.MULTILINE)
+CLAIM_METRIC = re.compile(r"^deskbroker_claim_seconds_(sum|count)\s+(\S+)$", re.MULTILINE)
 
 
 class BenchError(Exception):
@@ -200,6 +204,8 @@ def running_broker(args: argparse.Namespace, backend: Backend, data_dir: Path) -
         backend.url,
         "--data-dir",
         str(data_dir),
+        "--workers",
+        str(args.workers),
     ]
     with log.open("wb") as sink:
         process = subprocess.Popen(
@@ -207,7 +213,7 @@ def running_broker(args: argparse.Namespace, backend: Backend, data_dir: Path) -
         )
     broker = Broker(process, f"http://127.0.0.1:{port}", log)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180
         while True:
             if process.poll() is not None:
                 raise BenchError(
@@ -219,7 +225,7 @@ def running_broker(args: argparse.Namespace, backend: Backend, data_dir: Path) -
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                raise BenchError(f"the broker was not ready after 60 s:\n{broker.log_tail()}")
+                raise BenchError(f"the broker was not ready after 180 s:\n{broker.log_tail()}")
             time.sleep(0.1)
         yield broker
     finally:
@@ -347,6 +353,13 @@ async def sql_total(http: httpx.AsyncClient) -> float:
     return float(match.group(1))
 
 
+async def claim_mean_ms(http: httpx.AsyncClient) -> float:
+    """The claim statement's mean time in the broker, from ``deskbroker_claim_seconds``."""
+    response = await http.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+    found = {kind: float(value) for kind, value in CLAIM_METRIC.findall(response.text)}
+    return 1000 * found["sum"] / found["count"] if found.get("count") else 0.0
+
+
 async def measure(
     http: httpx.AsyncClient,
     backend: Backend,
@@ -404,6 +417,7 @@ async def storm(broker: Broker, backend: Backend, args: argparse.Namespace) -> d
 
         names = [f"bench-user-{i:05d}" for i in range(args.users)]
         await measure(http, backend, args.concurrency, [login_job(n) for n in names], logins)
+        claim_ms = await claim_mean_ms(http)
 
         connects = Phase()
 
@@ -434,6 +448,7 @@ async def storm(broker: Broker, backend: Backend, args: argparse.Namespace) -> d
         "users": args.users,
         "desktops": args.desktops,
         "concurrency": args.concurrency,
+        "workers": args.workers,
         "argon2_time_cost": args.argon2_time_cost,
         "argon2_memory_kib": args.argon2_memory_kib,
         "engine": args.engine,
@@ -445,6 +460,7 @@ async def storm(broker: Broker, backend: Backend, args: argparse.Namespace) -> d
         "p50_ms": round(percentile(logins.latencies_ms, 50), 1),
         "p99_ms": round(percentile(logins.latencies_ms, 99), 1),
         "sql_per_login": round(logins.per_request(logins.sql), 2),
+        "claim_ms": round(claim_ms, 3),
         "db_bytes_per_login": round(logins.per_request(logins.db_bytes)),
         "connects": connects.done,
         "connect_errors": len(connects.errors),
@@ -462,8 +478,12 @@ async def storm(broker: Broker, backend: Backend, args: argparse.Namespace) -> d
 
 
 # --- the whole run ---------------------------------------------------------------------
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    data_dir = Path(tempfile.mkdtemp(prefix="deskbroker-bench-"))
+@contextlib.contextmanager
+def prepared_broker(args: argparse.Namespace, prefix: str) -> Iterator[tuple[Broker, Backend]]:
+    """A fresh database (SQLite, or ``--db``'s PostgreSQL server), its first
+    administrator, and a running broker on it; all removed afterwards. Shared by the
+    benchmarks that drive a real broker (``login.py``, ``tarpit.py``)."""
+    data_dir = Path(tempfile.mkdtemp(prefix=prefix))
     backend: Backend | None = None
     try:
         backend = (
@@ -488,16 +508,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             ctx.db.dispose()
         with running_broker(args, backend, data_dir) as broker:
-            try:
-                return asyncio.run(asyncio.wait_for(storm(broker, backend, args), args.timeout))
-            except TimeoutError as exc:
-                raise BenchError(f"the benchmark took longer than {args.timeout} s") from exc
-            except BenchError as exc:
-                raise BenchError(f"{exc}\n--- broker log ---\n{broker.log_tail()}") from exc
+            yield broker, backend
     finally:
         if backend is not None:
             backend.cleanup()
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    with prepared_broker(args, "deskbroker-bench-") as (broker, backend):
+        try:
+            return asyncio.run(asyncio.wait_for(storm(broker, backend, args), args.timeout))
+        except TimeoutError as exc:
+            raise BenchError(f"the benchmark took longer than {args.timeout} s") from exc
+        except BenchError as exc:
+            raise BenchError(f"{exc}\n--- broker log ---\n{broker.log_tail()}") from exc
 
 
 def show_table(result: dict[str, Any]) -> None:
@@ -557,7 +582,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--users", type=int, default=200, help="users who log in (200)")
     parser.add_argument("--concurrency", type=int, default=20, help="requests in flight (20)")
     parser.add_argument(
-        "--desktops", type=int, default=None, help="desktops in the pool (default: one per user)"
+        "--desktops",
+        type=_sizes,
+        default=None,
+        help="desktops in the pool (default: one per user); a list (50,20000) measures "
+        "the claim against the pool's size instead of the storm",
+    )
+    parser.add_argument("--claims", type=int, default=300, help="claims timed per pool size (300)")
+    parser.add_argument(
+        "--ordering",
+        default=OfferOrdering.RUNNING_FIRST.value,
+        choices=[o.value for o in OfferOrdering],
+        help="the pool ordering the claims use (running_first)",
     )
     parser.add_argument("--argon2-memory-kib", type=int, default=8192, help="argon2id memory")
     parser.add_argument("--argon2-time-cost", type=int, default=1, help="argon2id passes")
@@ -566,19 +602,80 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="run the broker's background engine too (its SQL then counts in the figures)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="the broker's HTTP worker processes (serve --workers; more than 1 needs --db)",
+    )
     parser.add_argument("--timeout", type=float, default=600, help="give up after this many s")
     args = parser.parse_args(argv)
+    if args.workers < 1 or (args.workers > 1 and args.db is None):
+        parser.error("--workers must be at least 1, and more than 1 only on PostgreSQL (--db)")
     if args.users < 1 or args.concurrency < 1:
         parser.error("--users and --concurrency must be at least 1")
-    if args.desktops is None:
-        args.desktops = args.users
+    args.pool_sizes = args.desktops or []
+    if len(args.pool_sizes) > 1:
+        if args.claims < 20:
+            parser.error("--claims must be at least 20")
+        return args
+    args.desktops = args.pool_sizes[0] if args.pool_sizes else args.users
     if not 1 <= args.desktops <= 10000:
         parser.error("--desktops must be between 1 and 10000 (a static center's limit)")
     return args
 
 
+def _sizes(value: str) -> list[int]:
+    try:
+        sizes = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a list of numbers such as 50,20000"
+        ) from None
+    if not sizes or min(sizes) < 1 or max(sizes) > 100000:
+        raise argparse.ArgumentTypeError("pool sizes go from 1 to 100000 desktops")
+    return sorted(sizes)
+
+
+def run_claims(args: argparse.Namespace) -> dict[str, Any]:
+    """The claim's latency in a fresh pool of each size (see ``_claims``)."""
+    backends: list[Backend] = []
+    pools: list[_claims.PoolUnderTest] = []
+    data_dir = Path(tempfile.mkdtemp(prefix="deskbroker-claim-"))
+    try:
+        for size in args.pool_sizes:
+            place = data_dir / str(size)
+            place.mkdir()
+            backend = PostgresBackend(args.db) if args.db else SqliteBackend(place)
+            backends.append(backend)
+            pools.append(_claims.PoolUnderTest(backend.url, place, size, args.claims + 10))
+        per_size = _claims.measure(pools, args.claims + 10, OfferOrdering(args.ordering))
+    finally:
+        for pool in pools:
+            pool.ctx.db.dispose()
+        for backend in backends:
+            backend.cleanup()
+        shutil.rmtree(data_dir, ignore_errors=True)
+    return {
+        "benchmark": "claim",
+        "backend": "postgresql" if args.db else "sqlite",
+        "ordering": args.ordering,
+        "claim_ms": {str(r["desktops"]): r["claim_ms"] for r in per_size},
+        "claim_spread": _claims.spread(per_size),
+        "sizes": per_size,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if len(args.pool_sizes) > 1:
+        try:
+            claimed = run_claims(args)
+        except BenchError as exc:
+            print(f"benchmark failed: {exc}", file=sys.stderr)
+            return 2
+        print(json.dumps(claimed) if args.json else json.dumps(claimed, indent=2))
+        return 0
     try:
         result = run(args)
     except BenchError as exc:

@@ -20,10 +20,8 @@ import argparse
 import asyncio
 import contextlib
 import json
-import shutil
 import socket
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -33,20 +31,13 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from deskbroker.bootstrap import add_local_user
-from deskbroker.config import Settings
-from deskbroker.services.context import BrokerContext
 from login import (  # a sibling script, found through sys.path above
-    ADMIN,
     DEFAULT_PG,
     USER_PASSWORD,
-    Backend,
     BenchError,
-    PostgresBackend,
-    SqliteBackend,
     expect,
     percentile,
-    running_broker,
+    prepared_broker,
     seed,
 )
 
@@ -172,27 +163,11 @@ async def measure(url: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    data_dir = Path(tempfile.mkdtemp(prefix="deskbroker-tarpit-"))
-    backend: Backend | None = None
-    try:
-        backend = PostgresBackend(args.db) if args.db else SqliteBackend(data_dir)
-        ctx = BrokerContext.from_settings(
-            Settings(
-                data_dir=data_dir,
-                database_url=backend.url,
-                argon2_time_cost=args.argon2_time_cost,
-                argon2_memory_kib=args.argon2_memory_kib,
-            )
-        )
+    with prepared_broker(args, "deskbroker-tarpit-") as (broker, backend):
         try:
-            add_local_user(ctx, ADMIN[0], ADMIN[1], role="global_admin")
-        finally:
-            ctx.db.dispose()
-        with running_broker(args, backend, data_dir) as broker:
-            try:
-                result = asyncio.run(asyncio.wait_for(measure(broker.url, args), args.timeout))
-            except TimeoutError as exc:
-                raise BenchError(f"the benchmark took longer than {args.timeout} s") from exc
+            result = asyncio.run(asyncio.wait_for(measure(broker.url, args), args.timeout))
+        except TimeoutError as exc:
+            raise BenchError(f"the benchmark took longer than {args.timeout} s") from exc
         return {
             "backend": backend.name,
             "users": args.users,
@@ -202,10 +177,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "argon2_memory_kib": args.argon2_memory_kib,
             **result,
         }
-    finally:
-        if backend is not None:
-            backend.cleanup()
-        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -37,6 +37,7 @@ EXPECTED = (
     '"status": "assigned"',
     "[Connection]",
     "is yours",
+    "launch file for demo-",
     "you are number 1 in the queue",
     '"username":"bob"',
     "204",
@@ -126,7 +127,14 @@ def main(argv: list[str] | None = None) -> int:
             result = subprocess.run(
                 ["bash", "-c", script],
                 cwd=tmp,
-                env={**env, "BROKER": url},
+                # The tour's `deskbroker connect` keeps its config, token and launch files
+                # in the temporary directory, not in the home of whoever runs the check.
+                env={
+                    **env,
+                    "BROKER": url,
+                    "XDG_CONFIG_HOME": f"{tmp}/config",
+                    "XDG_CACHE_HOME": f"{tmp}/cache",
+                },
                 capture_output=True,
                 text=True,
                 timeout=300,

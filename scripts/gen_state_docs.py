@@ -32,12 +32,36 @@ def render_machine(title: str, states: Any, table: dict[Any, frozenset[Any]]) ->
     return out
 
 
+def render_power_actions() -> list[str]:
+    """The power machine's action table: admin power and power plans ask an action only
+    from the states it allows; a connect starts a desktop in the listed states."""
+    from deskbroker.domain.states import POWER_ACTIONS, START_ON_CONNECT, PowerState
+
+    out = [
+        "#### desktop power actions",
+        "",
+        "| action | may be asked from | records | disrupts a session |",
+        "|---|---|---|---|",
+    ]
+    for action, rule in POWER_ACTIONS.items():
+        allowed = [f"`{s.value}`" for s in PowerState if s in rule.allowed_from]
+        out.append(
+            f"| `{action.value}` | {', '.join(allowed)} | `{rule.leads_to.value}` | "
+            f"{'yes (needs force)' if rule.disruptive else 'no'} |"
+        )
+    starts = ", ".join(f"`{s.value}` by `{a.value}`" for s, a in START_ON_CONNECT.items())
+    out += ["", f"A user's connect starts a desktop that is {starts}.", ""]
+    return out
+
+
 def render() -> str:
     from deskbroker.domain.states import MACHINES
 
     out = [BEGIN, ""]
     for title, (states, table) in MACHINES.items():
         out += render_machine(title, states, table)
+        if title.startswith("desktop power"):
+            out += render_power_actions()
     out.append(END)
     return "\n".join(out)
 

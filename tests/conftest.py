@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import uuid
@@ -22,12 +23,47 @@ from deskbroker.services.context import BrokerContext
 from deskbroker.store.db import Database
 from deskbroker.store.migrate import upgrade
 from deskbroker.store.tables import Base
+from tests import backend_legs
 from tests.helpers import Api
+from tests.oidc.provider import OidcProvider, running_provider
 
 # Tests run every server on loopback, which the outbound policy denies by default.
 LOOPBACK = "127.0.0.0/8,::1/128"
 BACKEND = os.environ.get("DESKBROKER_TEST_DB", "sqlite")
 PG_ADMIN = os.environ.get("DESKBROKER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def pytest_report_header() -> str:
+    """Which database this leg runs on, and whether it runs every test."""
+    if BACKEND == "postgresql" and not backend_legs.every_leg():
+        return (
+            "database: postgresql (tests that do not use the database ran on the SQLite leg; "
+            f"{backend_legs.EVERY_LEG_ENV}=1 runs them here too)"
+        )
+    return f"database: {BACKEND}"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On the PostgreSQL leg, leave out the tests ``tests/backend_legs.py`` lists that do
+    not use the test database: they ran, unchanged, on the SQLite leg."""
+    if BACKEND != "postgresql" or backend_legs.every_leg():
+        return
+    kept: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        (dropped if backend_legs.one_leg_only(item.nodeid, fixtures) else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The run is over: spare the interpreter its last full garbage collection over
+    everything the suite left in memory (several hundred MB), which on a loaded machine
+    kept a finished run alive for minutes after its summary."""
+    gc.freeze()
 
 
 def _pg_url(name: str) -> str:
@@ -122,3 +158,11 @@ def client(ctx: BrokerContext) -> Iterator[TestClient]:
 @pytest.fixture
 def api(client: TestClient, ctx: BrokerContext) -> Api:
     return Api.with_admin(client, ctx)
+
+
+@pytest.fixture(scope="session")
+def oidc_provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OidcProvider]:
+    """One OpenID provider for the session (the OpenID tests and the identity
+    conformance suite), started on first use and stopped at the end."""
+    with running_provider(tmp_path_factory.mktemp("oidc")) as provider:
+        yield provider

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from fastapi.testclient import TestClient
@@ -14,8 +15,32 @@ from deskbroker.bootstrap import add_local_user
 from deskbroker.services.context import BrokerContext
 from deskbroker.store.db import statement_counter
 
+T = TypeVar("T")
+
 ADMIN_PASSWORD = "admin-password-1"
 USER_PASSWORD = "user-password-1"
+
+
+def wait_until(
+    check: Callable[[], T],
+    what: str | Callable[[], str] = "the condition",
+    *,
+    timeout_s: float = 20.0,
+    interval_s: float = 0.05,
+) -> T:
+    """Calls ``check`` until it answers something true, and returns that answer; fails
+    the test after ``timeout_s``, saying it waited for ``what`` (a callable is asked at
+    that moment, so the message can show the state that did not come). The one wait of
+    the tests: every poll loop goes through it."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        answer = check()
+        if answer:
+            return answer
+        if time.monotonic() >= deadline:
+            said = what() if callable(what) else what
+            raise AssertionError(f"waited {timeout_s:g} s for {said}")
+        time.sleep(interval_s)
 
 
 @dataclass

@@ -375,7 +375,7 @@ def test_plans_crud_and_validation(api: Api) -> None:
             "each protocol may appear once",
         ),
         ({"protocols": []}, "protocols"),
-        ({"protocols": [{"protocol": "spice"}]}, "protocols.0.protocol"),
+        ({"protocols": [{"protocol": "telnet"}]}, "protocols.0.protocol"),
         ({"protocols": [{"protocol": "rdp", "settings": {"color_depth": 7}}]}, "color_depth"),
         ({"protocols": [{"protocol": "vnc", "settings": {"x": 1}}]}, "vnc has no setting 'x'"),
         ({"protocols": [{"protocol": "ssh", "port": 70000}]}, "port"),
@@ -388,7 +388,9 @@ def test_plans_crud_and_validation(api: Api) -> None:
         "power-plans",
         {"name": "thrifty", "rules": [{"event": "idle", "after_minutes": 30, "action": "suspend"}]},
     )
-    assert power["rules"] == [{"event": "idle", "after_minutes": 30, "action": "suspend"}]
+    assert power["rules"] == [
+        {"event": "idle", "after_minutes": 30, "action": "suspend", "warn_minutes": None}
+    ]
     bad_rule = {"event": "reboot", "after_minutes": -1, "action": "explode"}
     text = api.post("power-plans", {"name": "x", "rules": [bad_rule]}, status=422)["detail"]
     assert "rules.0.event" in text and "rules.0.after_minutes" in text
@@ -398,7 +400,7 @@ def test_plans_crud_and_validation(api: Api) -> None:
     )
     api.post(
         "release-plans",
-        {"name": "x", "rules": [{"event": "idle", "after_minutes": 0, "action": "release"}]},
+        {"name": "x", "rules": [{"event": "lock", "after_minutes": 0, "action": "release"}]},
         status=422,
     )
     assert api.patch(f"release-plans/{release['id']}", {"rules": []})["rules"] == []
@@ -427,6 +429,9 @@ def test_policy_with_entries(api: Api) -> None:
         "protocol_plan_id": proto["id"],
         "power_plan_id": power["id"],
         "release_plan_id": release["id"],
+        "skip_lost_agents": False,
+        "rogue_users": "flag",
+        "user_power_actions": ["start", "reboot"],
     }
     policy = api.post("policies", {"name": "full", "max_desktops_per_user": 3, "entries": [entry]})
     assert policy["entries"] == [entry]

@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 
 from deskbroker.bootstrap import add_local_user
 from deskbroker.security import TOKEN_AUDIENCE
-from tests.agent_support import Agent, assigned_desktop
+from tests.desktop_agent import Agent, assigned_desktop
 from tests.helpers import USER_PASSWORD, Api
 
 EVENTS = "/api/v1/agent/events"

@@ -45,7 +45,20 @@ OIDC_SIGN_IN = {
 }
 # The second step of a password login takes a challenge, not a bearer token.
 SECOND_FACTOR = {"/api/v1/auth/login/totp", "/api/v1/auth/login/totp/enrol"}
-PUBLIC = {"/api/v1/auth/login", "/healthz", "/readyz", "/metrics", *OIDC_SIGN_IN, *SECOND_FACTOR}
+# An agent enrols with its secret and refreshes with its refresh secret: no token yet.
+AGENT_CREDENTIALS = {"/api/v1/agent/enrol", "/api/v1/agent/token", "/api/v1/agent/enrol/poll"}
+# The login page's choices (GET /api/v1/auth/sources) are asked before anyone signs in.
+SIGN_IN_CHOICES = "/api/v1/auth/sources"
+PUBLIC = {
+    "/api/v1/auth/login",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    SIGN_IN_CHOICES,
+    *OIDC_SIGN_IN,
+    *SECOND_FACTOR,
+    *AGENT_CREDENTIALS,
+}
 # Seeds that pass validation and are then refused, as they must be: a wrong password, a
 # challenge no broker signed, a code with no enrolment to confirm.
 REFUSED_SEEDS = {
@@ -53,6 +66,13 @@ REFUSED_SEEDS = {
     "/api/v1/auth/login/totp": 401,
     "/api/v1/auth/login/totp/enrol": 401,
     "/api/v1/me/totp/confirm": 409,
+    "/api/v1/agent/enrol": 401,
+    "/api/v1/agent/token": 401,
+    "/api/v1/agent/enrol/poll": 401,
+    # Signed by a gateway, never by a token; this broker has no gateway key.
+    "/api/v1/gateway/reports": 401,
+    # The world's policy lets its users power nothing: valid, and refused for that alone.
+    "/api/v1/client/desktops/{desktop_id}/power": 403,
 }
 
 
@@ -116,6 +136,15 @@ class World:
             "/api/v1/auth/oidc/device/poll": {"device_handle": "no-such-device-sign-in"},
             "/api/v1/client/desktops/{desktop_id}/connect": {"protocol": "rdp"},
             "/api/v1/agent/events": {"event": "login", "user": "user0"},
+            "/api/v1/agent/heartbeat": {},
+            "/api/v1/agent/enrol": {"secret": "not-an-enrolment-secret"},
+            "/api/v1/agent/token": {"desktop_id": ids["desktops"], "refresh_secret": "guess"},
+            "/api/v1/agent/enrol/poll": {"poll_handle": "dbp1.not-a-handle"},
+            "/api/v1/admin/enrolment-keys": {"name": "sweep"},
+            "/api/v1/admin/pending-enrolments/{pending_id}/approve": {
+                "desktop_id": ids["desktops"]
+            },
+            "/api/v1/admin/pending-enrolments/{pending_id}/deny": {"reason": "sweep"},
             "/api/v1/admin/tenants": {"name": "sweep"},
             "/api/v1/admin/centers": {"name": "sweep", "kind": "static", "params": {}},
             "/api/v1/admin/pools": {"name": "sweep", "center_ids": [ids["centers"]]},
@@ -139,7 +168,27 @@ class World:
             "/api/v1/admin/users/{user_id}/unlock": {},
             "/api/v1/admin/desktops/{desktop_id}/power": {"action": "reboot"},
             "/api/v1/admin/sessions/{session_id}/end": {"reason": "sweep"},
+            "/api/v1/admin/sessions/{session_id}/message": {"message": "sweep"},
+            "/api/v1/admin/pools/preview": {"name": "sweep", "center_ids": [ids["centers"]]},
+            "/api/v1/client/desktops/{desktop_id}/power": {"action": "start"},
             "/api/v1/admin/explain": {"username": "user1", "client_address": "10.1.2.3"},
+            # A document that manages no section: valid, and changes nothing.
+            "/api/v1/admin/config/plan": {},
+            "/api/v1/admin/config/apply": {},
+            "/api/v1/gateway/reports": {
+                "gateway_id": "gateway",
+                "event": "gateway.close",
+                "ticket_id": "t",
+                "tenant_id": "t",
+                "user_id": "u",
+                "desktop_id": ids["desktops"],
+                "protocol": "vnc",
+                "kind": "forward",
+                "started_at": 0,
+                "duration_s": 1,
+                "bytes_up": 1,
+                "bytes_down": 1,
+            },
         }
         return seeds[op.path]
 
@@ -171,6 +220,15 @@ def world(api: Api) -> Iterator[World]:
         ("release-plans", {"rules": [{"event": "logout", "after_minutes": 5, "action": "keep"}]}),
     ):
         ids[plan] = api.post(plan, {"name": f"{plan}-1", **body})["id"]
+    # An enrolment key and an agent enrolment it holds for approval.
+    key = api.post("enrolment-keys", {"name": "seeded"})
+    ids["enrolment-keys"] = key["id"]
+    waiting = api.client.post(
+        "/api/v1/agent/enrol",
+        json={"secret": key["key"], "identity": {"addresses": ["192.0.2.99"]}},
+    )
+    assert waiting.status_code == 202, waiting.text
+    ids["pending-enrolments"] = waiting.json()["pending_id"]
     doc = openapi_document(api)
     agent_token = api.post(f"desktops/{held}/agent-token", {})["token"]
     reported = api.client.post(
@@ -295,10 +353,21 @@ def test_seed_bodies_are_accepted(world: World) -> None:
             # The world's desktops are static machines: valid, and refused for that alone.
             assert response.status_code == 409, response.text
             assert "cannot power machines" in response.json()["detail"]
+        elif op.path.startswith("/api/v1/admin/pending-enrolments/"):
+            # One held enrolment: approved or denied, whichever comes first; the other is
+            # refused because it is decided.
+            assert response.status_code in (200, 409), f"{op}: {response.text}"
+            if response.status_code == 409:
+                assert "decided already" in response.json()["detail"]
         elif op.path in OIDC_SIGN_IN:  # the world has no OpenID source: refused in words
             assert response.status_code in (400, 404), f"{op}: {response.text}"
+        elif op.path.startswith("/api/v1/admin/sessions/{session_id}/"):
+            # Queued for the agent (202), or the session the /end seed ended before: valid.
+            assert response.status_code in (200, 202) or (
+                response.status_code == 409 and "has already ended" in response.text
+            ), f"{op}: {response.text}"
         else:
-            assert response.status_code in (200, 201), f"{op}: {response.text}"
+            assert response.status_code in (200, 201, 202), f"{op}: {response.text}"
 
 
 def test_malformed_bodies(world: World) -> None:

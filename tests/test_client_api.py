@@ -112,7 +112,10 @@ def test_descriptors_for_rdp_vnc_and_ssh(api: Api) -> None:
     # Without a choice the plan's first protocol; the default plan starts with RDP.
     assert connect({})["protocol"] == "rdp"
     text = connect({"protocol": "spice"}, status=422)["detail"]
-    assert text == "protocol 'spice' is not offered for this desktop; offered: rdp, vnc, ssh"
+    assert (
+        text == "protocol 'spice' is not offered for this desktop; "
+        "offered: rdp, vnc, ssh, html5-vnc, html5-ssh"
+    )
     connects = api.get("events?kind=connect")["items"]
     assert [e["detail"]["protocol"] for e in connects] == ["rdp", "ssh", "vnc", "rdp"]
 

@@ -28,7 +28,7 @@ from deskbroker.bootstrap import ensure_defaults
 from deskbroker.config import Settings
 from deskbroker.services.context import BrokerContext
 from deskbroker.store.migrate import upgrade
-from tests.helpers import USER_PASSWORD, Api
+from tests.helpers import USER_PASSWORD, Api, wait_until
 from tests.pg_cluster import ThrowawayCluster, throwaway_cluster
 
 USERS = 40
@@ -73,13 +73,11 @@ class Load:
 
 
 def _wait(condition: Load, status: int, at_least: int, since: float, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while condition.count(status, since) < at_least:
-        assert time.monotonic() < deadline, (
-            f"fewer than {at_least} answers {status} in {timeout} s: "
-            f"{Counter(a[2] for a in condition.answers)}"
-        )
-        time.sleep(0.05)
+    wait_until(
+        lambda: condition.count(status, since) >= at_least,
+        lambda: f"{at_least} answers {status}, got {Counter(a[2] for a in condition.answers)}",
+        timeout_s=timeout,
+    )
 
 
 @pytest.fixture

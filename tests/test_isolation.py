@@ -96,7 +96,14 @@ SELF_SERVICE = ("/api/v1/me/totp", "/api/v1/me/totp/confirm")
 # theirs, so only callers without a person's token are sent (test_token_revocation.py
 # covers a real logout).
 LOGOUT = "/api/v1/auth/logout"
+# An agent's enrolment and token refresh: no token, a secret that names its desktop.
+AGENT_CREDENTIAL_STEPS = ("/api/v1/agent/enrol", "/api/v1/agent/token", "/api/v1/agent/enrol/poll")
+# Signed by the gateway's own key, never by a token: every identity is refused.
+GATEWAY_REPORTS = "/api/v1/gateway/reports"
 EXPLAIN = "/api/v1/admin/explain"
+# What a tenant's login page shows anyone, by design (the domain selector): its sources'
+# names, domains and kinds, and nothing else of it: no id, no setting.
+SIGN_IN_CHOICES = "/api/v1/auth/sources"
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +204,13 @@ def snapshot(ctx: BrokerContext) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     with ctx.db.read() as session:
         for table in Base.metadata.sorted_tables:
-            out[table.name] = sorted(repr(tuple(r)) for r in session.execute(select(table)))
+            # An agent's liveness stamp moves with every call of A's own agent: not a change.
+            columns = [
+                c
+                for c in table.c
+                if not (table.name == "desktops" and c.name in ("agent_seen_at", "updated_at"))
+            ]
+            out[table.name] = sorted(repr(tuple(r)) for r in session.execute(select(*columns)))
     return out
 
 
@@ -239,6 +252,14 @@ def create_seeds(a: TenantWorld) -> dict[str, dict[str, Any]]:
             "parent_pool_id": a.spare_pool,
             "provisioning": {"center_id": a.ids["centers"][1]},
         },
+        "/api/v1/admin/pools/preview": {
+            "name": "alpha-seed",
+            "pool_id": a.ids["pools"][4],
+            "center_ids": [a.first("centers")],
+            "desktop_ids": [a.free_desktop],
+            "parent_pool_id": a.spare_pool,
+            "provisioning": {"center_id": a.ids["centers"][1]},
+        },
         "/api/v1/admin/protocol-plans": {"name": "alpha-seed", "protocols": [{"protocol": "vnc"}]},
         "/api/v1/admin/power-plans": {"name": "alpha-seed"},
         "/api/v1/admin/release-plans": {"name": "alpha-seed"},
@@ -262,6 +283,10 @@ def create_seeds(a: TenantWorld) -> dict[str, dict[str, Any]]:
         },
         "/api/v1/admin/users": {"identity_source_id": a.source, "username": "alpha-seed"},
         "/api/v1/admin/roles": {"name": "alpha-seed", "permissions": ["pools:read"]},
+        # Documents name objects by name, never by id (tests/test_config_code.py aims
+        # them at tenant B); one that manages no section changes nothing.
+        "/api/v1/admin/config/plan": {},
+        "/api/v1/admin/config/apply": {},
         "/api/v1/admin/api-tokens": {
             "name": "alpha-seed",
             "scopes": ["pools:read"],
@@ -272,6 +297,10 @@ def create_seeds(a: TenantWorld) -> dict[str, dict[str, Any]]:
             "user_id": a.ids["users"][3],
             "pool_id": a.spare_pool,
         },
+        "/api/v1/admin/enrolment-keys": {"name": "alpha-seed"},
+        # Sent to A's own held enrolment (s_path), never by ``controls``: it has a path id.
+        "/api/v1/admin/pending-enrolments/{pending_id}/approve": {"desktop_id": a.free_desktop},
+        "/api/v1/agent/heartbeat": {"identity": {"instance": "alpha-instance"}},
         "/api/v1/agent/events": {
             # A repeat of the session's state: accepted, and changes nothing.
             "event": "disconnect",
@@ -369,8 +398,11 @@ KNOWN_KINDS = {
     "assignments",
     "jobs",
     "provisioning-tasks",
+    "nodes",
     "roles",
     "api-tokens",
+    "enrolment-keys",
+    "pending-enrolments",
 }
 
 
@@ -519,6 +551,22 @@ def sweep_references(s: Sweep, op: Operation, seed: dict[str, Any]) -> None:
                 )
 
 
+def check_agent_credentials(s: Sweep, op: Operation) -> None:
+    """Enrolment and refresh naming B's desktop with a made-up secret: 401, nothing told."""
+    for b_desktop in (s.b.held_desktop, s.b.cloud_desktop):
+        body = (
+            {"desktop_id": b_desktop, "refresh_secret": "guessed"}
+            if op.path.endswith("/token")
+            else {"poll_handle": "dbp1.guessed"}
+            if op.path.endswith("/poll")
+            else {"secret": f"dbe1.{b_desktop}.9999999999.Zm9yZ2Vk"}
+        )
+        for identity in (None, *IDENTITIES):
+            answer = s.send(identity, op.method, op.path, body)
+            if answer.status_code != 401 or s.leaks(answer.text):
+                s.fail(f"{op} [{identity}]: {answer.status_code} {answer.text[:200]}")
+
+
 def fresh(s: Sweep, seed: dict[str, Any]) -> dict[str, Any]:
     """The seed under a new name: were B's object accepted, the create would succeed
     rather than clash with the seed's own object."""
@@ -540,7 +588,7 @@ def controls(s: Sweep, seeds: dict[str, dict[str, Any]]) -> dict[str, dict[str, 
     returns the PATCH seeds made from them (objects A just created are their targets)."""
     patch_seeds: dict[str, dict[str, Any]] = {}
     for op in operations(s.doc):
-        if op.method == "POST" and op.path in seeds:
+        if op.method == "POST" and op.path in seeds and "{" not in op.path:
             identity = AGENT if op.path.startswith("/api/v1/agent/") else "tenant_admin"
             response = s.send(identity, "POST", op.path, seeds[op.path])
             if response.status_code == 403:
@@ -706,6 +754,47 @@ def test_no_tenant_b_object_can_be_read_listed_changed_connected_to_or_powered(
                 if answer.status_code != status or s.leaks(answer.text):
                     s.fail(f"{op} [{identity}]: {answer.status_code} {answer.text[:200]}")
             ways.append("the caller's own tokens, without one")
+            continue
+        if op.path in AGENT_CREDENTIAL_STEPS:
+            check_agent_credentials(s, op)
+            ways.append("B's desktop named with a guessed secret")
+            continue
+        if op.path == GATEWAY_REPORTS:
+            report = {
+                "gateway_id": "gateway",
+                "event": "gateway.close",
+                "ticket_id": "t",
+                "tenant_id": s.b.tenant_id,
+                "user_id": s.b.user,
+                "desktop_id": s.b.held_desktop,
+                "protocol": "vnc",
+                "kind": "forward",
+                "started_at": 0,
+                "duration_s": 1,
+                "bytes_up": 1,
+                "bytes_down": 1,
+            }
+            for identity in (None, *IDENTITIES):
+                answer = s.send(identity, op.method, op.path, report)
+                if answer.status_code != 401 or s.leaks(answer.text):
+                    s.fail(f"{op} [{identity}]: {answer.status_code} {answer.text[:200]}")
+            ways.append("B's desktop in a report no token may sign")
+            continue
+        if op.path == SIGN_IN_CHOICES:
+            # Source names are what the page shows; every other kept value is an id.
+            b_ids = {
+                i for kind, ids in s.b.ids.items() if kind != "identity-source-names" for i in ids
+            } | {s.b.tenant_id}
+            for identity in (None, *IDENTITIES):
+                shown = s.send(identity, "GET", op.path, query={"tenant": s.b.name})
+                sources = shown.json().get("sources") if shown.status_code == 200 else None
+                if (
+                    not sources
+                    or any(set(x) != {"name", "domain", "kind"} for x in sources)
+                    or any(i in shown.text for i in b_ids)
+                ):
+                    s.fail(f"{op} [{identity}]: {shown.status_code} {shown.text[:200]}")
+            ways.append("a login page's public choices: names and kinds, no ids")
             continue
         if op.path in SIGN_IN_STEPS:
             for identity in IDENTITIES:

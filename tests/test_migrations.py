@@ -2,22 +2,71 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import CheckConstraint, inspect, select, update
+from sqlalchemy import CheckConstraint, inspect, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from deskbroker.services.context import BrokerContext
 from deskbroker.store.migrate import current_revision, upgrade
-from deskbroker.store.tables import Base, Desktop, ProvisioningTask, SessionRow
+from deskbroker.store.tables import (
+    CLAIM_ORDER,
+    FREE_DESKTOP,
+    Base,
+    Desktop,
+    ProvisioningTask,
+    SessionRow,
+)
 from tests.helpers import Api
+
+
+def _not_a_claim_index(obj: object, name: str | None, kind: str, *_: object) -> bool:
+    # Alembic cannot compare expression indexes (PostgreSQL reflects CASE with casts and
+    # parentheses of its own): test_claim_indexes_match_models compares those.
+    return not (kind == "index" and (name or "").startswith("ix_desktops_free_"))
 
 
 def test_schema_matches_models(ctx: BrokerContext) -> None:
     with ctx.db.engine.connect() as connection:
-        diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+        context = MigrationContext.configure(
+            connection, opts={"include_object": _not_a_claim_index}
+        )
+        diff = compare_metadata(context, Base.metadata)
     assert diff == [], f"models and migrations differ: {diff}"
+
+
+def _spelled(sql: str) -> str:
+    return _normal(sql).replace("\n", "")
+
+
+def test_claim_indexes_match_models(ctx: BrokerContext) -> None:
+    """The migration's claim indexes are tables.CLAIM_ORDER and tables.FREE_DESKTOP,
+    and the database holds one per ordering with that predicate."""
+    migration = importlib.import_module("deskbroker.store.migrations.versions.0001_initial_schema")
+    dialect = ctx.db.engine.dialect
+    for ordering, rank in CLAIM_ORDER.items():
+        model = [
+            str(r.compile(dialect=dialect, compile_kwargs={"literal_binds": True})) for r in rank
+        ]
+        assert [_spelled(m.replace("desktops.", "")) for m in model] == [
+            _spelled(r) for r in migration._CLAIM_RANKS[ordering.value]
+        ], ordering
+    free = str(FREE_DESKTOP.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+    assert _spelled(free.replace("desktops.", "")) == _spelled(migration._FREE)
+    # SQLite's inspector leaves expression indexes out: ask each catalogue itself.
+    catalogue = (
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'desktops'"
+        if ctx.db.is_sqlite
+        else "SELECT indexname FROM pg_indexes WHERE tablename = 'desktops'"
+    )
+    with ctx.db.engine.connect() as connection:
+        indexes = set(connection.execute(text(catalogue)).scalars())
+    for ordering in CLAIM_ORDER:
+        assert f"ix_desktops_free_{ordering.value}" in indexes, sorted(indexes)
+    assert "uq_desktops_user_pool_slot" in indexes
 
 
 def test_upgrade_is_idempotent(ctx: BrokerContext) -> None:

@@ -3,6 +3,8 @@ and never answers costs a worker, never the database, the logins or an admin's r
 
 from __future__ import annotations
 
+import re
+import statistics
 import threading
 import time
 from collections.abc import Iterator
@@ -24,7 +26,7 @@ from deskbroker.services.context import BrokerContext
 from deskbroker.store.jobs import JobKind
 from deskbroker.store.tables import Job, utcnow
 from deskbroker.write_guard import HeldTransaction
-from tests.helpers import USER_PASSWORD, Api, post_login
+from tests.helpers import USER_PASSWORD, Api, post_login, wait_until
 from tests.tarpit import Tarpit, tarpit
 
 
@@ -46,18 +48,6 @@ def _tarpit_center(api: Api, pit: Tarpit, name: str = "tarpit") -> dict[str, Any
     )
 
 
-def _wait_for(what: str, check: Any, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"waited {timeout_s} s for {what}"
-        time.sleep(0.02)
-
-
-def _p(latencies: list[float], share: float) -> float:
-    ordered = sorted(latencies)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * share))]
-
-
 def test_a_tarpit_center_leaves_logins_fast_and_scan_now_answers_at_once(
     api: Api, ctx: BrokerContext
 ) -> None:
@@ -72,7 +62,7 @@ def test_a_tarpit_center_leaves_logins_fast_and_scan_now_answers_at_once(
         engine.start()
         try:
             # The engine's scan is now hanging on the tarpit, holding one worker.
-            _wait_for("the scan to reach the tarpit", lambda: pit.accepted > 0)
+            wait_until(lambda: pit.accepted > 0, "the scan to reach the tarpit", interval_s=0.02)
             latencies = []
             # The first 20 pay for the engine's first round of jobs and the database
             # pool's new connections, which a tarpit has nothing to do with.
@@ -95,8 +85,14 @@ def test_a_tarpit_center_leaves_logins_fast_and_scan_now_answers_at_once(
     assert queued.status_code == 202, queued.text
     assert queued.headers["Location"] == f"/api/v1/admin/centers/{center['id']}"
     assert queued.json()["job_id"] and answered_s < 1.0
-    p50, p99 = _p(latencies, 0.5), _p(latencies, 0.99)
-    assert p99 < 100, f"login p50 {p50:.1f} ms, p99 {p99:.1f} ms with a tarpit center"
+    # A login that waited on the hanging scan would wait as long as the tarpit holds it
+    # (until the test closes it): the slowest login bounds that. Speed itself (p50 ~45 ms,
+    # p99 ~100 ms on an idle 2-core machine) is benchmarks/tarpit.py's to measure; a loaded
+    # CI machine stretches single logins several times over, so the bounds are loose.
+    median, slowest = statistics.median(latencies), max(latencies)
+    assert slowest < 1000 and median < 200, (
+        f"with a tarpit center, login median {median:.1f} ms, slowest {slowest:.1f} ms"
+    )
 
 
 def test_a_center_call_inside_a_write_unit_is_refused(ctx: BrokerContext) -> None:
@@ -160,13 +156,15 @@ def test_readyz_reports_a_stuck_engine(
     watched: tuple[BrokerContext, TestClient, Engine],
 ) -> None:
     ctx, client, _ = watched
-    _wait_for("the engine's first tick", lambda: client.get("/readyz").status_code == 200)
+    wait_until(
+        lambda: client.get("/readyz").status_code == 200, "the engine's first tick", interval_s=0.02
+    )
 
     def retention_ran() -> bool:
         with ctx.db.read() as session:
             return bool(session.scalar(select(Job.runs).where(Job.kind == JobKind.RETENTION.value)))
 
-    _wait_for("the engine's first retention run", retention_ran)
+    wait_until(retention_ran, "the engine's first retention run", interval_s=0.02)
     # The retention job falls due in a moment, while another unit holds the job table:
     # the engine's tick waits on its claim.
     with ctx.db.write() as session:
@@ -182,7 +180,7 @@ def test_readyz_reports_a_stuck_engine(
         with ctx.db.write() as session:
             if ctx.db.is_postgres:
                 session.execute(text("LOCK TABLE jobs IN EXCLUSIVE MODE"))
-            released.wait(12)
+            released.wait(40)
 
     holder = threading.Thread(target=hold)
     holder.start()
@@ -193,14 +191,27 @@ def test_readyz_reports_a_stuck_engine(
             answers.append(client.get("/readyz"))
             return bool(answers[-1].status_code == 503)
 
-        _wait_for("readyz to see the stuck engine", stuck, timeout_s=10)
+        # The limit is the 5 s lease; the deadline only matters when readyz never sees it
+        # (a loaded machine may take a while to get the tick to its claim).
+        wait_until(stuck, "readyz to see the stuck engine", timeout_s=30, interval_s=0.02)
     finally:
         released.set()
         holder.join()
     problem = answers[-1].json()
-    assert "background engine is stuck" in problem["detail"]
+    # Which unit notices first depends on where the held lock catches the engine: the tick
+    # itself (stuck) or the retention run it handed to every worker (saturated). Both name
+    # the engine and say why the broker is not ready.
+    assert re.search(
+        r"background engine is stuck: its last tick was \d+ seconds ago"
+        r"|background engine workers has been busy for \d+ seconds",
+        problem["detail"],
+    ), problem["detail"]
     assert answers[-1].headers["Retry-After"]
-    _wait_for("the engine to tick again", lambda: client.get("/readyz").status_code == 200)
+    wait_until(
+        lambda: client.get("/readyz").status_code == 200,
+        "the engine to tick again",
+        interval_s=0.02,
+    )
 
 
 def test_readyz_never_shows_the_database_error(settings: Settings) -> None:
@@ -225,7 +236,7 @@ def test_scan_now_during_a_running_scan_is_not_lost(api: Api, ctx: BrokerContext
         engine = Engine(ctx, workers=2)
         try:
             assert engine.run_once(wait=False) >= 1  # claims the queued scan
-            _wait_for("the scan to reach the tarpit", lambda: pit.accepted > 0)
+            wait_until(lambda: pit.accepted > 0, "the scan to reach the tarpit", interval_s=0.02)
             asked = utcnow()
             api.post(f"centers/{center['id']}/scan", {}, status=202)
             pit.close()  # the running scan fails and its lease is released

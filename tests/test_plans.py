@@ -33,7 +33,7 @@ from deskbroker.engine.plans import execute_timer
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import leases
 from deskbroker.store.tables import Timer
-from tests.agent_support import (
+from tests.desktop_agent import (
     OWNER,
     Agent,
     assigned_desktop,
@@ -71,7 +71,31 @@ def test_rules_parse_leaving_out_what_does_nothing() -> None:
     assert parsed == (
         PlanRule(PlanKind.POWER, Trigger.DISCONNECT, timedelta(minutes=5), PlanAction.SUSPEND),
     )
-    assert plans.parse_rules(PlanKind.RELEASE, [{"event": "idle", "action": "release"}]) == ()
+    assert plans.parse_rules(PlanKind.RELEASE, [{"event": "lock", "action": "release"}]) == ()
+    # Release on idle and the session time limit, each with its warning (never before the
+    # trigger itself).
+    assert plans.parse_rules(
+        PlanKind.RELEASE,
+        [
+            {"event": "idle", "after_minutes": 30, "action": "release", "warn_minutes": 5},
+            {"event": "session_limit", "after_minutes": 2, "action": "release", "warn_minutes": 9},
+        ],
+    ) == (
+        PlanRule(
+            PlanKind.RELEASE,
+            Trigger.IDLE,
+            timedelta(minutes=30),
+            PlanAction.RELEASE,
+            timedelta(minutes=5),
+        ),
+        PlanRule(
+            PlanKind.RELEASE,
+            Trigger.SESSION_LIMIT,
+            timedelta(minutes=2),
+            PlanAction.RELEASE,
+            timedelta(minutes=2),
+        ),
+    )
 
 
 def test_session_changes_set_and_cancel_timers() -> None:
@@ -216,6 +240,41 @@ def test_reconnecting_cancels_the_pending_action(api: Api) -> None:
     assert agent.send("active")["timers_cancelled"] == 1
     assert fire_due(api.ctx, DriverCache(api.ctx), start + timedelta(days=1)) == 0
     assert events_of(api, desktop) == []
+
+
+def test_a_power_plan_warns_the_user_first_and_coming_back_cancels_it(api: Api) -> None:
+    api.seed_pool(1, users=1)
+    rule = {"event": "idle", "after_minutes": 30, "action": "suspend", "warn_minutes": 5}
+    with_plans(api, power=[rule])
+    assert api.get(f"power-plans/{api.ids['power_plan']}")["rules"] == [rule]
+    too_early = {**rule, "warn_minutes": 0}
+    api.post("power-plans", {"name": "bad", "rules": [too_early]}, 422)
+    desktop = assigned_desktop(api, "user0")
+    agent = Agent.mint(api, desktop)
+    start = _now()
+    agent.send("login", at=start)
+    timers = agent.send("idle", at=start)["timers_set"]
+    due = {t["action"]: datetime.fromisoformat(t["due_at"]) for t in timers}
+    assert due == {
+        "suspend": start + timedelta(minutes=30),
+        "warn": start + timedelta(minutes=25),
+    }
+    drivers = DriverCache(api.ctx)
+    assert fire_due(api.ctx, drivers, start + timedelta(minutes=26)) == 1
+    [warned] = events_of(api, desktop)
+    assert warned["kind"] == "plan.warn"
+    message = warned["detail"]["message"]
+    assert "in 5 minutes" in message and "will be suspended" in message
+    assert "released" not in message
+    # The message waits for the agent's next heartbeat.
+    beat = api.client.post(
+        "/api/v1/agent/heartbeat", json={}, headers={"Authorization": f"Bearer {agent.token}"}
+    ).json()
+    assert [(a["kind"], a["message"]) for a in beat["actions"]] == [("message", message)]
+    # The user comes back within the grace period: the suspend is off.
+    assert agent.send("active")["timers_cancelled"] == 1
+    assert fire_due(api.ctx, drivers, start + timedelta(minutes=31)) == 0
+    assert [e["kind"] for e in events_of(api, desktop)] == ["plan.warn"]
 
 
 def test_release_on_logout_hands_the_desktop_to_the_queue(api: Api) -> None:
@@ -552,3 +611,33 @@ def test_an_action_that_keeps_failing_is_given_up_and_reported(api: Api, cloud: 
     failed = events_of(api, desktop)[-1]["detail"]
     assert failed["attempts"] == 2 and failed["error"]
     assert api.get(f"desktops/{desktop}")["power_state"] == "running"
+
+
+def test_a_pooled_desktop_returns_to_its_pool_at_logout(api: Api) -> None:
+    """A pooled assignment ends at logout (no release plan needed); a persistent one is
+    kept; a release plan that acts on a logout has its own way."""
+    api.seed_pool(1, users=2, assignment="pooled")
+    desktop = assigned_desktop(api, "user0")
+    assert api.get(f"desktops/{desktop}")["assignment_kind"] == "pooled"
+    waiting = api.login("user1")["offers"][0]
+    assert waiting["status"] == "queued"
+    agent = Agent.mint(api, desktop)
+    start = _now()
+    agent.send("login", at=start)
+    assert agent.send("disconnect", at=start)["timers_set"] == []  # only a logout ends it
+    agent.send("reconnect", at=start)
+    [timer] = agent.send("logout", at=start)["timers_set"]
+    assert (timer["plan"], timer["trigger"], timer["action"]) == ("release", "logout", "release")
+    assert fire_due(api.ctx, DriverCache(api.ctx), start + timedelta(seconds=1)) == 1
+    user1 = api.get("users?username=user1")["items"][0]["id"]
+    [holder] = api.get("assignments")["items"]
+    assert (holder["desktop_id"], holder["user_id"]) == (desktop, user1)
+    assert [e["kind"] for e in events_of(api, desktop)] == ["plan.release"]
+
+
+def test_a_release_plan_on_logout_overrides_the_pooled_release() -> None:
+    ten = [{"event": "logout", "after_minutes": 10, "action": "release"}]
+    planned = plans.parse_rules(plans.PlanKind.RELEASE, ten)
+    assert plans.with_pooled_release(planned, pooled=True) == list(planned)
+    assert plans.with_pooled_release([], pooled=True) == [plans.POOLED_RELEASE]
+    assert plans.with_pooled_release([], pooled=False) == []

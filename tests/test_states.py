@@ -14,11 +14,15 @@ from sqlalchemy import select
 from deskbroker.domain.states import (
     AGENT_TRANSITIONS,
     MACHINES,
+    POWER_ACTIONS,
     POWER_TRANSITIONS,
     PROVISIONING_TRANSITIONS,
+    START_ON_CONNECT,
     Availability,
+    PowerAction,
     PowerState,
     ProvisioningState,
+    check_action,
     from_any,
     is_coming_free,
     is_free,
@@ -58,6 +62,23 @@ def test_a_scan_records_a_surprise_as_unknown_and_an_action_keeps_a_deleted_desk
     assert observe("deleted", P.RUNNING) is P.UNKNOWN
     assert settle("running", P.STOPPED) is P.STOPPED
     assert settle("deleted", P.RUNNING) is P.DELETED
+
+
+def test_every_power_action_leads_where_the_power_table_allows() -> None:
+    assert set(POWER_ACTIONS) == set(PowerAction)
+    for action, rule in POWER_ACTIONS.items():
+        for was in rule.allowed_from:
+            # What an action records is a move the power table allows (or no move).
+            assert rule.leads_to == was or rule.leads_to in POWER_TRANSITIONS[was], (action, was)
+            assert check_action(was.value, action, subject="desktop d") is was
+        refused = set(PowerState) - rule.allowed_from
+        assert PowerState.DELETED in refused
+        for was in refused:
+            with pytest.raises(Conflict, match=f"desktop d is {was.value}: it cannot"):
+                check_action(was.value, action, subject="desktop d")
+    for state, action in START_ON_CONNECT.items():
+        assert state in POWER_ACTIONS[action].allowed_from
+        assert POWER_ACTIONS[action].leads_to is PowerState.RUNNING
 
 
 def test_a_bulk_write_is_checked_against_every_state_it_may_touch() -> None:

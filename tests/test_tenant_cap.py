@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from deskbroker.config import Settings
-from tests.helpers import Api
+from tests.helpers import Api, wait_until
 from tests.tarpit import tarpit
 
 TIMEOUT_S = 3.0
@@ -44,10 +44,12 @@ def test_a_tenant_waiting_on_a_silent_cloud_is_refused_more_at_once(api: Api) ->
             target=lambda: first.append(api.client.get(path, headers=api.headers))
         )
         waiting.start()
-        deadline = time.monotonic() + 5
-        while pit.accepted == 0:  # the first listing is in the cloud
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        wait_until(
+            lambda: pit.accepted,
+            "the first listing to be in the cloud",
+            timeout_s=5,
+            interval_s=0.02,
+        )
         started = time.perf_counter()
         second = api.client.get(path, headers=api.headers)
         took = time.perf_counter() - started

@@ -18,7 +18,7 @@ from deskbroker.errors import QuotaReached
 from deskbroker.services import desktops, inventory
 from deskbroker.services.context import BrokerContext
 from deskbroker.store.tables import Center, Tenant
-from tests.agent_support import Agent
+from tests.desktop_agent import Agent
 from tests.helpers import ADMIN_PASSWORD, USER_PASSWORD, Api, scan_now
 
 

@@ -17,8 +17,8 @@ from deskbroker.bootstrap import add_local_user
 from deskbroker.domain.second_factor import SecondFactorStep
 from deskbroker.services.challenges import ChallengeSigner
 from deskbroker.store.tables import Base, Event, User
+from tests.authenticator import Authenticator
 from tests.helpers import ADMIN_PASSWORD, USER_PASSWORD, Api
-from tests.totp_support import Authenticator
 
 LOGIN = "/api/v1/auth/login"
 LOGIN_TOTP = "/api/v1/auth/login/totp"

@@ -204,6 +204,7 @@ class ApiApp:
         """Answer one API request."""
         core = self.core
         started = time.time()
+        cpu_started = time.thread_time()
         req.base_url = core.base_url
         segment = req.path.split("/", 2)[1] if req.path != "/" else ""
         if segment == "_sim":
@@ -231,6 +232,7 @@ class ApiApp:
             route=req.route,
             client=req.client_ip,
             fault=fault_kind,
+            cpu_started=cpu_started,
         )
         return resp
 
@@ -262,6 +264,7 @@ class MetadataApp:
     def handle(self, req: Request) -> Response | None:
         """Answer one metadata request."""
         started = time.time()
+        cpu_started = time.thread_time()
         faulted, resp = _apply_fault(self.core, req, "metadata", MetadataService.render_error)
         if not faulted:
             try:
@@ -287,5 +290,6 @@ class MetadataApp:
             route=f"{req.method} metadata",
             client=req.client_ip,
             fault=None if not faulted else ("reset" if resp is None else "status"),
+            cpu_started=cpu_started,
         )
         return resp

@@ -259,6 +259,8 @@ class LoggedRequest:
     route: str
     client: str
     fault: str | None = None
+    #: CPU seconds the answering thread spent on it (what a loaded machine does not stretch).
+    cpu: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         """Plain-dict view for the control API."""
@@ -270,6 +272,7 @@ class LoggedRequest:
             "query": self.query,
             "status": self.status,
             "duration_ms": round(self.duration * 1000, 3),
+            "cpu_ms": round(self.cpu * 1000, 3),
             "service": self.service,
             "route": self.route,
             "client": self.client,
@@ -300,9 +303,12 @@ class RequestLog:
         route: str,
         client: str,
         fault: str | None = None,
+        cpu_started: float | None = None,
     ) -> None:
-        """Append an entry; ``started`` is the time.time() the request arrived."""
+        """Append an entry; ``started`` is the time.time() the request arrived and
+        ``cpu_started`` the answering thread's ``time.thread_time()`` then."""
         now = time.time()
+        cpu = time.thread_time() - cpu_started if cpu_started is not None else 0.0
         with self._lock:
             self._seq += 1
             self._entries.append(
@@ -318,6 +324,7 @@ class RequestLog:
                     route or f"{method} {path}",
                     client,
                     fault,
+                    cpu,
                 )
             )
             self.by_route[route or f"{method} {path}"] += 1

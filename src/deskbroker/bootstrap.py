@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import select
-
 from deskbroker.services.context import BrokerContext
-from deskbroker.store import events
+from deskbroker.store import accounts, events
 from deskbroker.store.migrate import upgrade
 from deskbroker.store.repository import bump_config_version
 from deskbroker.store.tables import IdentitySource, Tenant, User
@@ -23,16 +21,12 @@ def ensure_defaults(ctx: BrokerContext, tenant_name: str = "default") -> Default
     """Migrate, then make sure a tenant and its local identity source exist (idempotent)."""
     upgrade(ctx.db)
     with ctx.db.write() as session:
-        tenant = session.scalars(select(Tenant).where(Tenant.name == tenant_name)).first()
+        tenant = accounts.tenant_named(session, tenant_name)
         if tenant is None:
             tenant = Tenant(name=tenant_name, display_name=tenant_name.title())
             session.add(tenant)
             session.flush()
-        source = session.scalars(
-            select(IdentitySource).where(
-                IdentitySource.tenant_id == tenant.id, IdentitySource.kind == "local"
-            )
-        ).first()
+        source = accounts.local_source(session, tenant.id)
         if source is None:
             source = IdentitySource(tenant_id=tenant.id, name="local", kind="local", params={})
             session.add(source)
@@ -53,11 +47,7 @@ def add_local_user(
     """Create or reset a local user; returns the user id."""
     defaults = ensure_defaults(ctx, tenant_name)
     with ctx.db.write() as session:
-        user = session.scalars(
-            select(User).where(
-                User.identity_source_id == defaults.local_source_id, User.username == username
-            )
-        ).first()
+        user = accounts.user_named(session, defaults.local_source_id, username)
         if user is None:
             user = User(
                 tenant_id=defaults.tenant_id,

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import getpass
+import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
 
 from deskbroker import __version__
+from deskbroker.client.app import connect_app
+from deskbroker.client.config_cli import config_app
 from deskbroker.config import Settings
 
 app = typer.Typer(no_args_is_help=True, help="deskbroker: a vendor-neutral VDI connection broker")
@@ -19,6 +22,8 @@ db_app = typer.Typer(no_args_is_help=True, help="Database schema")
 user_app = typer.Typer(no_args_is_help=True, help="Local users")
 app.add_typer(db_app, name="db")
 app.add_typer(user_app, name="user")
+app.add_typer(connect_app, name="connect")
+app.add_typer(config_app, name="config")
 console = Console()
 
 
@@ -52,42 +57,130 @@ def version() -> None:
     console.print(f"deskbroker {__version__}")
 
 
+Workers = Annotated[
+    int | None,
+    typer.Option(
+        "--workers",
+        help="HTTP worker processes behind the one socket (default: the cores, up to 4, "
+        "on PostgreSQL; SQLite serves one)",
+    ),
+]
+MAX_DEFAULT_WORKERS = 4
+WORKER_HEALTHCHECK_S = 60
+
+
+def http_workers(settings: Settings, asked: int | None) -> int:
+    """How many HTTP workers this node runs; ValueError in words when it cannot."""
+    sqlite = settings.effective_database_url.startswith("sqlite")
+    count = asked if asked is not None else settings.http_workers
+    if count is None:
+        return 1 if sqlite else max(1, min(os.cpu_count() or 1, MAX_DEFAULT_WORKERS))
+    if count < 1:
+        raise ValueError(f"--workers must be at least 1, not {count}")
+    if sqlite and count > 1:
+        raise ValueError(
+            f"SQLite has one writer at a time, so a broker on it runs one HTTP worker, not "
+            f"{count}: drop --workers (or DESKBROKER_HTTP_WORKERS), or move to PostgreSQL "
+            "(--db postgresql+psycopg://...) to use more cores"
+        )
+    return count
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to listen on")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on")] = None,
     data_dir: DataDir = None,
     db: DbUrl = None,
+    workers: Workers = None,
 ) -> None:
-    """Run the broker: REST API, portal and background work."""
+    """Run the broker node: REST API, portal and background work.
+
+    With several workers, each is a process of its own behind one socket; the engine
+    and the node's heartbeat run once, in this process."""
+    settings = _settings(data_dir, db)
+    try:
+        count = http_workers(settings, workers)
+    except ValueError as exc:
+        console.print(f"[bold red]cannot serve:[/] {exc}")
+        raise typer.Exit(2) from exc
+    if count > 1:
+        # Before the metrics are first imported, here and in the workers (see metrics).
+        _multiprocess_metrics(settings.data_dir / "metrics" / settings.broker_id)
+
     import uvicorn
 
     from deskbroker.api.app import create_app
     from deskbroker.bootstrap import ensure_defaults
+    from deskbroker.engine.nodes import NodeHeartbeat
     from deskbroker.engine.runner import Engine
     from deskbroker.services.context import BrokerContext
 
-    settings = _settings(data_dir, db)
     ctx = BrokerContext.from_settings(settings)
     ensure_defaults(ctx)
     engine = Engine(ctx) if settings.engine else None
+    node = NodeHeartbeat(ctx, engine.owner if engine else new_node_id(settings), http_workers=count)
+    node.start()
     if engine is not None:
         engine.start()
-    console.print(f"[bold]deskbroker[/] on http://{host or settings.host}:{port or settings.port}")
+    host = host or settings.host
+    port = port or settings.port
+    console.print(
+        f"[bold]deskbroker[/] node {node.node_id} on http://{host}:{port} "
+        f"({count} HTTP worker{'s' if count > 1 else ''})"
+    )
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "log_level": settings.log_level,
+        "access_log": False,
+        # X-Forwarded-For is read by the app, from the proxies of trusted_proxies only
+        # (uvicorn's own default trusts any caller on 127.0.0.1).
+        "proxy_headers": False,
+        # Longer than clients and load balancers keep idle connections (60 s is common):
+        # uvicorn's 5 s closed connections a client was about to reuse, and the client
+        # saw its request dropped unanswered.
+        "timeout_keep_alive": settings.keep_alive_s,
+    }
     try:
-        uvicorn.run(
-            create_app(ctx),
-            host=host or settings.host,
-            port=port or settings.port,
-            log_level=settings.log_level,
-            access_log=False,
-            # X-Forwarded-For is read by the app, from the proxies of trusted_proxies only
-            # (uvicorn's own default trusts any caller on 127.0.0.1).
-            proxy_headers=False,
-        )
+        if count == 1:
+            uvicorn.run(create_app(ctx), **options)
+        else:
+            # The workers are fresh interpreters: they read the settings from the
+            # environment, so the command line's overrides go there.
+            os.environ["DESKBROKER_DATA_DIR"] = str(settings.data_dir)
+            os.environ["DESKBROKER_DATABASE_URL"] = settings.effective_database_url
+            uvicorn.run(
+                "deskbroker.api.worker:app",
+                factory=True,
+                workers=count,
+                # A worker imports and builds the app (seconds of CPU, more on a busy
+                # machine) before it can answer the supervisor's ping: uvicorn's 5 s
+                # killed slow starters and started them again, for ever.
+                timeout_worker_healthcheck=WORKER_HEALTHCHECK_S,
+                **options,
+            )
     finally:
         if engine is not None:
             engine.stop(wait=False)
+        node.stop()
+
+
+def _multiprocess_metrics(folder: Path) -> None:
+    """Every process of the node writes its metrics under ``folder`` (emptied first:
+    figures of an earlier run are not this run's), so /metrics answers for the node."""
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+
+
+def new_node_id(settings: Settings) -> str:
+    """A node id for a node without an engine (it holds no leases)."""
+    import uuid
+
+    return f"{settings.broker_id}:{uuid.uuid4().hex[:8]}"
 
 
 @db_app.command("upgrade")
@@ -131,19 +224,16 @@ def user_unlock(
 ) -> None:
     """Clear an account's (or an address's) failed sign-ins and lockout: the way back in
     when every administrator is locked out."""
-    from sqlalchemy import select
-
     from deskbroker.services.context import BrokerContext
     from deskbroker.services.throttle import account_key, address_key
-    from deskbroker.store import events, throttle
-    from deskbroker.store.tables import Tenant
+    from deskbroker.store import accounts, events, throttle
 
     if not username and address is None:
         console.print("[red]name a user, or give --address[/]")
         raise typer.Exit(2)
     ctx = BrokerContext.from_settings(_settings(data_dir, db))
     with ctx.db.write() as session:
-        tenant_id = session.scalar(select(Tenant.id).where(Tenant.name == tenant))
+        tenant_id = accounts.tenant_id_named(session, tenant)
         if address is not None:
             key, tenant_id = address_key(address), None
         elif tenant_id is None:
@@ -272,6 +362,36 @@ def demo(
     if selftest:
         sys.exit(demo_module.selftest(url=url, desktops=desktops))
     demo_module.run(port=port, desktops=desktops, data_dir=data_dir)
+
+
+@app.command()
+def gateway(
+    host: Annotated[str | None, typer.Option(help="Address of the HTML5 listener")] = None,
+    port: Annotated[int | None, typer.Option(help="Port of the HTML5 listener")] = None,
+) -> None:
+    """Run the gateway: HTML5 viewers and TCP port forwards into private networks.
+
+    Configured by DESKBROKER_GATEWAY_* variables (or gateway.conf); see docs/gateway.md."""
+    import asyncio
+
+    from deskbroker.gateway.server import serve as serve_gateway
+    from deskbroker.gateway.settings import GatewaySettings
+
+    overrides: dict[str, object] = {}
+    if host is not None:
+        overrides["host"] = host
+    if port is not None:
+        overrides["port"] = port
+    try:
+        settings = GatewaySettings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        console.print(f"[bold red]bad configuration:[/] {exc.errors()[0]['msg']}")
+        raise typer.Exit(2) from exc
+    console.print(
+        f"[bold]deskbroker gateway[/] {settings.id} on http://{settings.host}:{settings.port}, "
+        f"forwards {settings.forward_ports} on {settings.forward_host}"
+    )
+    asyncio.run(serve_gateway(settings))
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ import secrets
 import socket
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -165,6 +166,39 @@ class Settings(BaseSettings):
         "steps) may hold at once; the rest waits its turn without holding a worker",
     )
     lease_ttl_s: float = Field(default=60.0, ge=5, le=3600)
+    # The cluster: each node's heartbeat, and when its silence makes it dead.
+    heartbeat_interval_s: float = Field(
+        default=1.0, gt=0, le=60, description="how often a node writes its heartbeat"
+    )
+    node_dead_after_s: float = Field(
+        default=5.0,
+        ge=1,
+        le=3600,
+        description="a node silent this long is dead: another node reaps it and frees its "
+        "leases, so its jobs, timers and builds are taken over at once",
+    )
+    # The HTTP side of a node.
+    http_workers: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="HTTP worker processes behind the node's one socket (default: the "
+        "number of cores up to 4 on PostgreSQL; SQLite allows 1)",
+    )
+    max_requests_in_flight: int = Field(
+        default=256,
+        ge=1,
+        le=100000,
+        description="requests one HTTP worker serves at once; more are answered 503 with "
+        "Retry-After instead of queueing until their clients give up",
+    )
+    keep_alive_s: int = Field(
+        default=75,
+        gt=0,
+        le=3600,
+        description="how long an idle client connection stays open: longer than clients "
+        "and load balancers keep theirs, so a client never reuses one the broker closed",
+    )
     provision_interval_s: float = Field(default=5.0, gt=0, le=3600)
     stats_interval_s: float = Field(default=300.0, gt=0, le=86400)
     provision_retry_base_s: float = Field(default=2.0, ge=0, le=600)
@@ -177,6 +211,42 @@ class Settings(BaseSettings):
     )
     agent_token_ttl_s: int = Field(
         default=30 * 86400, ge=300, le=366 * 86400, description="lifetime of a desktop agent token"
+    )
+    agent_enrol_ttl_s: int = Field(
+        default=3600,
+        ge=60,
+        le=30 * 86400,
+        description="how long the enrolment secret of a desktop the engine builds stays valid",
+    )
+    agent_heartbeat_s: int = Field(
+        default=60, ge=1, le=3600, description="how often agents are asked to beat"
+    )
+    agent_pending_enrol_ttl_s: int = Field(
+        default=7 * 86400,
+        ge=60,
+        le=90 * 86400,
+        description="how long an agent that enrolled with a tenant's enrolment key and "
+        "matched no desktop waits for an administrator's approval (and, once approved, "
+        "for its credential to be collected)",
+    )
+    agent_pending_enrol_max: int = Field(
+        default=1000,
+        ge=1,
+        le=100_000,
+        description="at most this many enrolments wait for approval in one tenant: a "
+        "leaked enrolment key cannot fill the table",
+    )
+    agent_lost_after_s: int = Field(
+        default=300,
+        ge=3,
+        le=86400,
+        description="an agent silent for this long (no heartbeat, no event) is `lost`",
+    )
+    rogue_users: Literal["record", "assign", "flag"] = Field(
+        default="record",
+        description="a user who logs into a desktop without the broker handing it to them: "
+        "record (an event), assign (the desktop, when free, becomes theirs) or flag (an "
+        "event, and the desktop leaves every offer until an administrator looks)",
     )
     agent_clock_window_s: int = Field(
         default=300,
@@ -228,6 +298,40 @@ class Settings(BaseSettings):
         "in oidc_start_window_s",
     )
     oidc_start_window_s: int = Field(default=60, ge=1, le=3600)
+    gateway_url: str = Field(
+        default="",
+        description="the gateway's base URL as browsers reach it (https://gw.example.com); "
+        "empty: no gateway, every client connects directly and HTML5 desktops are off",
+    )
+    gateway_key: str = Field(
+        default="",
+        description="the secret shared with the gateway (its DESKBROKER_GATEWAY_KEY): signs "
+        "tickets and checks the gateway's reports; never the same as secret_key",
+    )
+    gateway_id: str = Field(default="gateway", min_length=1, max_length=64)
+    gateway_forward_host: str = Field(
+        default="",
+        description="the host native viewers reach the gateway's port forwards at; empty: "
+        "the host of gateway_url",
+    )
+    gateway_direct_networks: str = Field(
+        default="",
+        description="client networks (CIDRs, comma-separated) inside the desktops' network: "
+        "their native viewers connect directly, everyone else through the gateway",
+    )
+    gateway_bind_client: bool = Field(
+        default=True,
+        description="a port forward accepts only the client address the broker saw",
+    )
+    gateway_ssh_learn_host_keys: bool = Field(
+        default=False,
+        description="SSH in the browser to a desktop whose host key nobody gave: accept the "
+        "key the gateway first sees and pin it (trust on first use); false: such a login is "
+        "refused until an administrator sets the desktop's ssh_host_keys",
+    )
+    ticket_ttl_s: int = Field(
+        default=60, ge=5, le=600, description="how long a gateway ticket may wait to be used"
+    )
 
     @field_validator("oidc_portal_paths")
     @classmethod
@@ -256,6 +360,22 @@ class Settings(BaseSettings):
                 check_secret_key(key, "DESKBROKER_SECRET_KEY_PREVIOUS")
         return value
 
+    @field_validator("gateway_key")
+    @classmethod
+    def _strong_gateway_key(cls, value: str) -> str:
+        if value:
+            check_secret_key(value, "DESKBROKER_GATEWAY_KEY")
+        return value
+
+    @field_validator("gateway_url")
+    @classmethod
+    def _gateway_url(cls, value: str) -> str:
+        if value and not re.match(r"^https?://[^/?#\s]+/?$", value):
+            raise ValueError(
+                f"gateway_url: {value!r} is not a base URL such as https://gw.example.com"
+            )
+        return value.rstrip("/")
+
     @field_validator("metrics_token")
     @classmethod
     def _long_metrics_token(cls, value: str) -> str:
@@ -263,7 +383,9 @@ class Settings(BaseSettings):
             raise ValueError("DESKBROKER_METRICS_TOKEN needs at least 16 characters")
         return value
 
-    @field_validator("outbound_deny", "outbound_allow", "trusted_proxies")
+    @field_validator(
+        "outbound_deny", "outbound_allow", "trusted_proxies", "gateway_direct_networks"
+    )
     @classmethod
     def _networks(cls, value: str, info: ValidationInfo) -> str:
         outbound.parse_networks(value, str(info.field_name))

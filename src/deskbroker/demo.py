@@ -19,7 +19,6 @@ import httpx
 import uvicorn
 from rich.console import Console
 from rich.progress import Progress
-from sqlalchemy import func, select
 
 from deskbroker import xvnc
 from deskbroker.api.app import create_app
@@ -27,7 +26,7 @@ from deskbroker.bootstrap import add_local_user, ensure_defaults
 from deskbroker.config import Settings
 from deskbroker.engine.runner import Engine
 from deskbroker.services.context import BrokerContext
-from deskbroker.store.tables import Desktop
+from deskbroker.store.desktop_rows import count_ready_named
 
 console = Console()
 ADMIN = ("admin", "deskbroker-admin")
@@ -114,18 +113,7 @@ def _wait_for_cloud_desktops(ctx: BrokerContext, quiet: bool) -> None:
         deadline = time.monotonic() + 120
         while True:
             with ctx.db.read() as session:
-                ready = (
-                    session.scalar(
-                        select(func.count())
-                        .select_from(Desktop)
-                        .where(
-                            Desktop.name.like("demo-vm-%"),
-                            Desktop.power_state == "running",
-                            Desktop.availability == "available",
-                        )
-                    )
-                    or 0
-                )
+                ready = count_ready_named(session, "demo-vm-")
             progress.update(task, completed=min(ready, CLOUD_DESKTOPS))
             if ready >= CLOUD_DESKTOPS:
                 return

@@ -137,12 +137,6 @@ class OutboundPolicy:
             if reason is not None:
                 raise InvalidInput(f"{what}: {host} is refused: {reason}")
 
-    def check_url(self, url: str, what: str) -> None:
-        """At save time: ``check_host`` for the host of a URL."""
-        host = urlsplit(url).hostname
-        if host:
-            self.check_host(host, what)
-
     def check_socket(self, sock: socket.socket, what: str) -> None:
         """At connection time: the address a connected socket reached; closes it when
         refused, before a byte is sent."""

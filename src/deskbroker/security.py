@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import time
 import uuid
 from collections.abc import Sequence
@@ -70,6 +71,12 @@ class TokenClaims:
     @property
     def is_agent(self) -> bool:
         return self.role == AGENT_ROLE
+
+
+# How an engine-built desktop's enrolment secret begins (a tenant key never does).
+ENROLMENT_PREFIX = "dbe1."
+# ... and one an administrator minted for a machine the broker did not build.
+ADMIN_ENROLMENT_PREFIX = "dba1."
 
 
 def _token_key(secret: str) -> bytes:
@@ -168,6 +175,53 @@ class TokenSigner:
             "jti": token_id,
         }
         return jwt.encode(payload, self._key, algorithm="HS256")
+
+    def enrolment_secret(
+        self, *, desktop_id: str, tenant_id: str, expires_at: int, by_admin: bool = False
+    ) -> str:
+        """A short-lived enrolment secret for one desktop: the engine's for a desktop it
+        builds, or an administrator's for a machine it did not (``by_admin``).
+
+        Stateless (an HMAC of the kind, the desktop, its tenant and the expiry), so the
+        engine can put it into the build request without a database write; single use is
+        enforced by the desktop's ``agent_enrolled_at`` when the agent presents it."""
+        prefix = ADMIN_ENROLMENT_PREFIX if by_admin else ENROLMENT_PREFIX
+        mac = self._enrolment_mac(self._key, prefix, desktop_id, tenant_id, expires_at)
+        return f"{prefix}{desktop_id}.{expires_at}.{mac}"
+
+    @staticmethod
+    def _enrolment_mac(
+        key: bytes, prefix: str, desktop_id: str, tenant_id: str, expires_at: int
+    ) -> str:
+        message = f"enrol|{prefix}|{desktop_id}|{tenant_id}|{expires_at}".encode()
+        digest = hmac.new(key, message, "sha256")
+        return base64.urlsafe_b64encode(digest.digest()).decode().rstrip("=")
+
+    @staticmethod
+    def read_enrolment(secret: str) -> tuple[str, int, bool] | None:
+        """(desktop id, expiry, minted by an administrator) an enrolment secret names,
+        None when it is not one."""
+        for prefix in (ENROLMENT_PREFIX, ADMIN_ENROLMENT_PREFIX):
+            if secret.startswith(prefix):
+                parts = secret[len(prefix) :].split(".")
+                if len(parts) != 3 or not parts[1].isdigit() or len(parts[1]) > 12:
+                    return None
+                return parts[0], int(parts[1]), prefix == ADMIN_ENROLMENT_PREFIX
+        return None
+
+    def enrolment_valid(self, secret: str, tenant_id: str) -> bool:
+        """The secret was signed by this cluster for a desktop of ``tenant_id``."""
+        named = self.read_enrolment(secret)
+        if named is None:
+            return False
+        prefix = ADMIN_ENROLMENT_PREFIX if named[2] else ENROLMENT_PREFIX
+        given = secret.rsplit(".", 1)[1]
+        return any(
+            hmac.compare_digest(
+                given, self._enrolment_mac(key, prefix, named[0], tenant_id, named[1])
+            )
+            for key in (self._key, *self._previous)
+        )
 
     def verify(self, token: str) -> TokenClaims:
         try:

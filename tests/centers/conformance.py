@@ -7,8 +7,6 @@ fixture (plus ``provision_request`` when the driver can provision).
 from __future__ import annotations
 
 import socket
-import time
-from collections.abc import Callable
 
 import pytest
 
@@ -25,18 +23,7 @@ from deskbroker.centers.base import (
 from deskbroker.centers.registry import contract_faults, drivers
 from deskbroker.domain.states import PowerState
 from deskbroker.errors import CenterError
-
-
-def wait_until(
-    check: Callable[[], MachineInfo | bool | None], timeout_s: float = 20.0
-) -> MachineInfo | bool | None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not reached in time")
+from tests.helpers import wait_until
 
 
 def _attached(driver: CenterDriver, machine_id: str, volume_id: str) -> bool:

@@ -16,7 +16,8 @@ from deskbroker.centers.openstack.driver import OpenStackCenter
 from deskbroker.centers.openstack.overdue import Helpers, NoHelperLeft, Overdue
 from deskbroker.centers.openstack.session import CloudFailure
 from deskbroker.centers.registry import open_driver
-from tests.drip import HTTP_HEAD, drip
+from tests.helpers import wait_until
+from tests.tarpit import HTTP_HEAD, drip
 
 TIMEOUT_S = 2.0
 SLACK_S = 1.0
@@ -74,9 +75,6 @@ def test_calls_given_up_on_hold_at_most_the_cap_of_threads() -> None:
         assert time.monotonic() - started < 0.5  # refused at once, no thread started
         assert helpers.live == 3
     # The drip closed its connections: the helpers end and their places come back.
-    deadline = time.monotonic() + 10
-    while helpers.live and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert helpers.live == 0
+    wait_until(lambda: not helpers.live, "the helper threads to end", timeout_s=10)
     assert threading.active_count() <= before + 1
     assert helpers.run(lambda: "answered", 1.0, "cloud-call") == "answered"

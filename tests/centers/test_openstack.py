@@ -22,8 +22,8 @@ from deskbroker.centers.openstack.driver import OpenStackCenter
 from deskbroker.centers.openstack.session import CloudFailure
 from deskbroker.centers.registry import open_driver
 from deskbroker.domain.states import PowerState
-from tests.centers.conformance import CenterConformance, wait_until
-from tests.helpers import Api, run_queued_scan
+from tests.centers.conformance import CenterConformance
+from tests.helpers import Api, run_queued_scan, wait_until
 
 SPEED = 40.0
 
@@ -70,8 +70,7 @@ def driver(sim: CloudSim) -> CenterDriver:
 def provision_request() -> ProvisionRequest | None:
     return ProvisionRequest(
         name="conf-001",
-        image="cirros-0.6.2-x86_64-disk",
-        flavor="m1.tiny",
+        parameters={"image": "cirros-0.6.2-x86_64-disk", "flavor": "m1.tiny"},
         metadata={"deskbroker_pool": "p1", "deskbroker_desktop": "d1", CENTER_KEY: "c-conformance"},
         tags=("task-conformance",),
     )
@@ -84,12 +83,14 @@ class TestOpenStackCenter(CenterConformance):
 def test_inventory_pages_through_raw_json(sim: CloudSim) -> None:
     sim.seed_servers(2500)
     driver = _open(sim)
-    started = time.perf_counter()
+    # CPU time of the process (the driver, its helper thread and the simulator): a loaded
+    # machine stretches wall time, not the work.
+    started = time.process_time()
     machines = driver.inventory()
-    elapsed = time.perf_counter() - started
+    elapsed = time.process_time() - started
     assert len(machines) == 2500
     assert driver.session.requests == 4  # the version document, then 1000 + 1000 + 500
-    assert elapsed < 5
+    assert elapsed < 5, f"listing 2500 servers took {elapsed:.2f} s of CPU"
 
 
 def test_incremental_sees_changes_and_tombstones(sim: CloudSim) -> None:
@@ -116,7 +117,9 @@ def test_quota_is_reported_in_words(sim: CloudSim) -> None:
     sim.seed_servers(10)
     with pytest.raises(QuotaExceeded, match="quota exceeded: instances 10 of 10"):
         driver.create(
-            ProvisionRequest(name="x", image="cirros-0.6.2-x86_64-disk", flavor="m1.tiny")
+            ProvisionRequest(
+                name="x", parameters={"image": "cirros-0.6.2-x86_64-disk", "flavor": "m1.tiny"}
+            )
         )
 
 
@@ -130,7 +133,9 @@ def test_a_failed_build_reports_its_fault_typed(sim: CloudSim) -> None:
     driver = _open(sim)
     sim.inject_fault("build_error", times=1)
     machine_id = driver.create(
-        ProvisionRequest(name="x", image="cirros-0.6.2-x86_64-disk", flavor="m1.tiny")
+        ProvisionRequest(
+            name="x", parameters={"image": "cirros-0.6.2-x86_64-disk", "flavor": "m1.tiny"}
+        )
     )
     failed = wait_until(
         lambda: (
@@ -175,13 +180,17 @@ def test_floating_ip_is_allocated_associated_and_released(sim: CloudSim) -> None
     driver = _open(sim)
     request = ProvisionRequest(
         name="fip-001",
-        image="cirros-0.6.2-x86_64-disk",
-        flavor="m1.tiny",
-        floating_ip=True,
-        security_groups=("default",),
+        parameters={
+            "image": "cirros-0.6.2-x86_64-disk",
+            "flavor": "m1.tiny",
+            "floating_ip": True,
+            "security_groups": ["default"],
+        },
         user_data="#cloud-config\n",
         tags=("task-fip",),
     )
+    assert driver.needs_address(request)
+    assert not driver.needs_address(ProvisionRequest(name="plain", parameters={"image": "i"}))
     server_id = driver.create(request)
     wait_until(
         lambda: (m := driver.machine(server_id)) is not None and m.power_state is PowerState.RUNNING

@@ -23,7 +23,7 @@ from deskbroker.centers.openstack.driver import OpenStackCenter
 from deskbroker.centers.openstack.session import CloudFailure
 from deskbroker.centers.registry import open_driver
 from deskbroker.domain.states import PowerState
-from tests.centers.conformance import wait_until
+from tests.helpers import wait_until
 
 SPEED = 40.0
 
@@ -64,13 +64,12 @@ CENTER = "c-1"
 
 
 def _request(name: str, tag: str, **extra: object) -> ProvisionRequest:
+    """A build of ``name`` marked with ``tag``; ``extra`` is the cloud's own parameters."""
     return ProvisionRequest(
         name=name,
-        image="cirros-0.6.2-x86_64-disk",
-        flavor="m1.tiny",
         metadata={CENTER_KEY: CENTER},
         tags=(tag,),
-        **extra,  # type: ignore[arg-type]
+        parameters={"image": "cirros-0.6.2-x86_64-disk", "flavor": "m1.tiny", **extra},
     )
 
 
@@ -284,15 +283,24 @@ def test_an_unknown_name_says_which(sim: CloudSim) -> None:
     driver = _open(sim)
     with pytest.raises(UnknownName, match=r"flavor 'm1\.huge' not found") as caught:
         driver.create(
-            ProvisionRequest(name="x", image="cirros-0.6.2-x86_64-disk", flavor="m1.huge")
+            ProvisionRequest(
+                name="x", parameters={"image": "cirros-0.6.2-x86_64-disk", "flavor": "m1.huge"}
+            )
         )
     assert caught.value.where("lab") == "flavor 'm1.huge' not found in center lab"
     with pytest.raises(UnknownName, match="network 'nowhere' not found"):
         driver.create(
             ProvisionRequest(
-                name="x", image="cirros-0.6.2-x86_64-disk", flavor="1", network="nowhere"
+                name="x",
+                parameters={
+                    "image": "cirros-0.6.2-x86_64-disk",
+                    "flavor": "1",
+                    "network": "nowhere",
+                },
             )
         )
     with pytest.raises(UnknownName, match="image 'windows-95' not found"):
-        driver.create(ProvisionRequest(name="x", image="windows-95", flavor="m1.tiny"))
+        driver.create(
+            ProvisionRequest(name="x", parameters={"image": "windows-95", "flavor": "m1.tiny"})
+        )
     assert sim.request_count(method="POST", path="/servers") == 0

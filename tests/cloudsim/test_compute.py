@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -15,20 +14,29 @@ from tests.cloudsim.conftest import POLL, http, token_for
 
 
 def _states(
-    sim: CloudSim, conn: Any, server_id: str, until: str, limit: float = 10
+    sim: CloudSim, conn: Any, server_id: str, until: str, step: float = 0.05
 ) -> list[tuple[str, str | None]]:
-    """Poll GET /servers/{id} and collect distinct (status, task_state) pairs."""
+    """Walk the simulated clock forward ``step`` seconds at a time, reading GET
+    /servers/{id} at each stop, and collect the distinct (status, task_state) pairs until
+    ``until`` settles. The caller stops the clock first (``_stopped_clock``): every phase
+    is seen however slowly this machine answers, where polling a running clock can miss
+    one on a loaded machine."""
     seen: list[tuple[str, str | None]] = []
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
+    for _ in range(int(30 / step)):  # thirty simulated seconds: far past any operation
         body = conn.compute.get(f"/servers/{server_id}", microversion="2.96").json()["server"]
         pair = (body["status"], body["OS-EXT-STS:task_state"])
         if not seen or seen[-1] != pair:
             seen.append(pair)
         if body["status"] == until and pair[1] is None:
             return seen
-        time.sleep(0.002)
+        sim.advance_clock(step)
     raise AssertionError(f"never reached {until}: {seen}")
+
+
+def _stopped_clock(sim: CloudSim) -> None:
+    """Slow the simulated clock until it as good as stands (a simulated millisecond per
+    ten real seconds): only ``advance_clock`` moves it."""
+    sim.set_clock_speed(1e-4)
 
 
 def test_full_lifecycle_through_the_proxy_layer(conn: Any, boot: Callable[..., Any]) -> None:
@@ -82,7 +90,7 @@ def _image(sim: CloudSim) -> str:
 def test_build_phases_and_power_task_states(
     sim: CloudSim, conn: Any, boot: Callable[..., Any]
 ) -> None:
-    sim.set_clock_speed(4)
+    _stopped_clock(sim)
     server = boot("phases", wait=False)
     seen = _states(sim, conn, server.id, "ACTIVE")
     assert seen[0] == ("BUILD", "scheduling")

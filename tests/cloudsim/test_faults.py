@@ -156,6 +156,7 @@ def test_request_log_and_counts(sim: CloudSim, conn: Any) -> None:
     entry = sim.requests(path=r"/flavors/42$")[0]
     assert entry["method"] == "GET" and entry["status"] == 200
     assert entry["duration_ms"] >= 0 and entry["time"] > 0
+    assert 0 < entry["cpu_ms"] <= entry["duration_ms"] + 1
     assert sim.request_count(method="GET", path="flavors") == 2
 
 

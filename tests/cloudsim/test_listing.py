@@ -130,21 +130,26 @@ def test_name_regex_and_status_filters(sim: CloudSim, conn: Any) -> None:
 
 
 def test_ten_thousand_servers_list_fast(sim: CloudSim, conn: Any) -> None:
-    started = time.perf_counter()
+    # CPU time, not wall time: on a loaded machine a thread waits for a core (and the GIL)
+    # however little work it has, and that wait is not the simulator's cost. The seeding
+    # runs in this thread (the simulator is in process); each request's CPU time is the
+    # answering thread's, from the request log.
+    started = time.thread_time()
     sim.seed_servers(10_000, project="demo", tags=["deskbroker"])
-    seeded = time.perf_counter() - started
+    seeded = time.thread_time() - started
     mark = sim.last_request_seq
     pages = _pages(conn, "/servers/detail?limit=1000&tags=deskbroker")
     assert sum(len(p) for p in pages) == 10_000
     served = [e for e in sim.requests(since=mark) if "/servers/detail" in e["path"]]
-    sim_seconds = sum(e["duration_ms"] for e in served) / 1000
-    # Generous bounds for a loaded CI box; typical: seed 0.6 s, cold listing 0.3 s.
-    assert seeded < 5
-    assert sim_seconds < 1.5, f"simulator spent {sim_seconds:.2f}s on 10k servers"
+    assert len(served) == len(pages)
+    sim_seconds = sum(e["cpu_ms"] for e in served) / 1000
+    # Typical on an idle 2-core machine: seed 0.6 s, cold listing 0.3 s of CPU.
+    assert seeded < 3, f"seeding 10k servers took {seeded:.2f} s of CPU"
+    assert 0 < sim_seconds < 1.5, f"simulator spent {sim_seconds:.2f} s of CPU on 10k servers"
     mark = sim.last_request_seq
     _pages(conn, "/servers/detail?limit=1000&tags=deskbroker")
-    warm = sum(e["duration_ms"] for e in sim.requests(since=mark)) / 1000
-    assert warm < 0.5
+    warm = sum(e["cpu_ms"] for e in sim.requests(since=mark)) / 1000
+    assert warm < 0.5, f"a warm listing of 10k servers took {warm:.2f} s of CPU"
 
 
 @pytest.mark.parametrize("admin_query", ["all_tenants=1", "all_tenants=1&project_id={other}"])

@@ -34,11 +34,15 @@ def security_types(address: str, port: int = 5900) -> list[int]:
         sock.recv(12)
         sock.sendall(b"RFB 003.008\n")
         count = sock.recv(1)[0]
+        if count == 0:  # RFB: the server refused, and says why
+            length = int.from_bytes(sock.recv(4), "big")
+            raise AssertionError(f"the desktop refused: {sock.recv(length)!r}")
         return list(sock.recv(count))
 
 
-def closed(address: str, port: int = 5900, timeout: float = 10.0) -> bool:
-    """Wait until nothing listens on the address any more."""
+def closed(address: str, port: int = 5900, timeout: float = 30.0) -> bool:
+    """Wait until nothing listens on the address any more (a loaded machine may take a
+    while to end an Xvnc: the deadline only matters when it never ends)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -11,7 +11,7 @@ import pytest
 from cloudsim.server import CloudSim
 from deskbroker.engine.runner import Engine
 from deskbroker.services.context import BrokerContext
-from tests.helpers import Api
+from tests.helpers import Api, wait_until
 
 SPEED = 40.0
 
@@ -82,15 +82,23 @@ def provisioning_pool(api: Api, center_id: str, *, n: int, m: int, **extra: Any)
 
 
 def run_until(
-    engine: Engine, done: Callable[[], bool], timeout_s: float = 60.0, tick_s: float = 0.05
+    engine: Engine,
+    done: Callable[[], bool],
+    timeout_s: float = 60.0,
+    tick_s: float = 0.05,
+    clock: Callable[[], datetime] | None = None,
+    what: str | Callable[[], str] = "the engine to get there",
 ) -> int:
-    """Tick the engine until ``done()``; returns the ticks it took."""
-    deadline = time.monotonic() + timeout_s
+    """Tick the engine until ``done()``; returns the ticks it took. Each tick is told the
+    time by ``clock`` when given (a test that moved the engine to another moment keeps it
+    there), else the engine reads the real one."""
     ticks = 0
-    while time.monotonic() < deadline:
-        engine.run_once()
+
+    def tick() -> bool:
+        nonlocal ticks
+        engine.run_once(clock() if clock else None)
         ticks += 1
-        if done():
-            return ticks
-        time.sleep(tick_s)
-    raise AssertionError("the engine did not get there in time")
+        return done()
+
+    wait_until(tick, what, timeout_s=timeout_s, interval_s=tick_s)
+    return ticks

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from cloudsim.server import CloudSim
 from deskbroker.bootstrap import add_local_user
 from tests.engine.conftest import openstack_center
-from tests.helpers import USER_PASSWORD, Api, scan_now
+from tests.helpers import USER_PASSWORD, Api, scan_now, wait_until
 
 
 def _desktop(api: Api, sim: CloudSim) -> dict[str, Any]:
@@ -24,10 +23,10 @@ def _status(sim: CloudSim, server_id: str) -> str:
 
 
 def _wait(sim: CloudSim, server_id: str, status: str) -> None:
-    deadline = time.monotonic() + 20
-    while _status(sim, server_id) != status and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert _status(sim, server_id) == status
+    wait_until(
+        lambda: _status(sim, server_id) == status,
+        lambda: f"server {server_id} to be {status}, not {_status(sim, server_id)}",
+    )
 
 
 def test_helpdesk_powers_a_desktop_and_ends_a_stale_session(api: Api, sim: CloudSim) -> None:

@@ -4,7 +4,6 @@ for both, and no build is made or recorded twice."""
 from __future__ import annotations
 
 import threading
-import time
 
 from sqlalchemy import func, select
 
@@ -14,7 +13,7 @@ from deskbroker.engine.runner import Engine
 from deskbroker.services.context import BrokerContext
 from deskbroker.store.tables import Desktop, ProvisioningTask
 from tests.engine.conftest import openstack_center, provisioning_pool
-from tests.helpers import Api
+from tests.helpers import Api, wait_until
 
 DESKTOPS = 24
 LIMIT = 4
@@ -90,9 +89,9 @@ def test_two_brokers_keep_to_the_in_flight_limit_and_build_each_desktop_once(
     for engine in engines:
         engine.start()
     try:
-        deadline = time.monotonic() + 90
-        while ready() < DESKTOPS and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(
+            lambda: ready() >= DESKTOPS, lambda: f"{ready()} of {DESKTOPS} ready", timeout_s=90
+        )
     finally:
         for engine in engines:
             engine.stop()

@@ -7,8 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -18,7 +16,7 @@ from deskbroker.config import Settings
 from deskbroker.services.context import BrokerContext
 from deskbroker.store.tables import Desktop, PoolMember, ProvisioningTask
 from tests.engine.conftest import openstack_center, provisioning_pool
-from tests.helpers import Api
+from tests.helpers import Api, wait_until
 
 DESKTOPS = 50
 
@@ -59,15 +57,6 @@ def _broker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
     )
 
 
-def _wait(check: Callable[[], bool], timeout_s: float, what: Callable[[], str]) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out: {what()}")
-
-
 def test_sigkill_mid_provisioning_leaves_no_orphan_and_no_duplicate(
     api: Api, ctx: BrokerContext, settings: Settings, sim: CloudSim, tmp_path: Path
 ) -> None:
@@ -93,10 +82,10 @@ def test_sigkill_mid_provisioning_leaves_no_orphan_and_no_duplicate(
 
     broker = _broker(settings, log)
     try:
-        _wait(
+        wait_until(
             lambda: servers() >= 10 and in_flight() > 0,
-            60,
             lambda: f"{servers()} servers, {in_flight()} in flight\n{log.read_text()[-2000:]}",
+            timeout_s=60,
         )
     finally:
         broker.send_signal(signal.SIGKILL)
@@ -121,7 +110,9 @@ def test_sigkill_mid_provisioning_leaves_no_orphan_and_no_duplicate(
                 )
             return ready == DESKTOPS
 
-        _wait(converged, 120, lambda: f"{servers()} servers\n{log.read_text()[-2000:]}")
+        wait_until(
+            converged, lambda: f"{servers()} servers\n{log.read_text()[-2000:]}", timeout_s=120
+        )
     finally:
         broker.terminate()
         broker.wait(20)

@@ -16,7 +16,7 @@ from deskbroker.bootstrap import ensure_defaults
 from deskbroker.config import Settings
 from deskbroker.engine.runner import Engine
 from deskbroker.services.context import BrokerContext
-from tests.helpers import Api
+from tests.helpers import Api, wait_until
 from tests.tarpit import tarpit
 
 LEASE_TTL_S = 3.0
@@ -39,10 +39,9 @@ def watched(settings: Settings) -> Iterator[tuple[BrokerContext, TestClient, Eng
 
 
 def _until(what: str, check: Any, timeout_s: float) -> float:
+    """How long ``check`` took to come true."""
     started = time.monotonic()
-    while not check():
-        assert time.monotonic() - started < timeout_s, f"waited {timeout_s} s for {what}"
-        time.sleep(0.05)
+    wait_until(check, what, timeout_s=timeout_s)
     return time.monotonic() - started
 
 

@@ -9,11 +9,23 @@ from sqlalchemy import func, select
 
 from cloudsim.server import CloudSim
 from deskbroker.centers.base import CENTER_KEY
+from deskbroker.domain.states import Availability
+from deskbroker.engine import maintenance
+from deskbroker.engine.provisioner import pool_counts
 from deskbroker.engine.runner import Engine
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import events
-from deskbroker.store.tables import Event, Job, LoginThrottle, PoolStat, SessionRow
-from tests.agent_support import Agent, assigned_desktop
+from deskbroker.store.tables import (
+    Desktop,
+    Event,
+    Job,
+    LoginThrottle,
+    Pool,
+    PoolMember,
+    PoolStat,
+    SessionRow,
+)
+from tests.desktop_agent import Agent, assigned_desktop
 from tests.engine.conftest import openstack_center, provisioning_pool, run_until
 from tests.helpers import Api
 
@@ -53,6 +65,50 @@ def test_pool_statistics_are_sampled(api: Api, ctx: BrokerContext, engine: Engin
         sample = session.scalars(select(PoolStat).where(PoolStat.pool_id == pool_id)).one()
     assert sample.counts["total"] == 3 and sample.counts["unassigned"] == 3
     assert _job(api, "pool_stats")["runs"] == 1
+
+
+def test_a_pool_that_builds_unavailable_is_sampled_as_the_provisioner_counts_it(
+    api: Api, ctx: BrokerContext, engine: Engine
+) -> None:
+    """A finished desktop waiting for an administrator to release it counts as unassigned
+    in the samples, as it does for the provisioner (operators-guide: ``start_unavailable``)."""
+    pool_id = api.seed_pool(3)["pool"]
+    with ctx.db.write() as session:
+        pool = session.get(Pool, pool_id)
+        assert pool is not None
+        pool.provisioning = {
+            "enabled": True,
+            "min_unassigned": 0,
+            "max_total": 3,
+            "parameters": {"start_unavailable": True},
+        }
+        waiting = session.scalars(
+            select(Desktop)
+            .join(PoolMember, PoolMember.desktop_id == Desktop.id)
+            .where(PoolMember.pool_id == pool_id)
+            .order_by(Desktop.name)
+            .limit(2)
+        ).all()
+        for desktop in waiting:
+            desktop.availability = Availability.UNAVAILABLE.value
+    engine.run_once()
+    engine.run_once()
+    with ctx.db.read() as session:
+        sample = session.scalars(select(PoolStat).where(PoolStat.pool_id == pool_id)).one()
+        counted = pool_counts(session, pool_id, starts_unavailable=True)
+    assert sample.counts["total"] == 3 and sample.counts["unassigned"] == 3
+    assert counted.unassigned == 3
+    # Without ``start_unavailable`` the two desktops out of service are not unassigned.
+    with ctx.db.write() as session:
+        pool = session.get(Pool, pool_id)
+        assert pool is not None
+        pool.provisioning = {**pool.provisioning, "parameters": {}}
+    assert maintenance.pool_stats(ctx, engine.drivers, pool_id, datetime.now(UTC)) == "sampled"
+    with ctx.db.read() as session:
+        newest = session.scalars(
+            select(PoolStat).where(PoolStat.pool_id == pool_id).order_by(PoolStat.id.desc())
+        ).first()
+    assert newest is not None and newest.counts["unassigned"] == 1
 
 
 def test_leak_sweep_finds_and_reaps_untracked_instances(

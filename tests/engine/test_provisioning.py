@@ -7,10 +7,16 @@ from zoneinfo import ZoneInfo
 
 from cloudsim.server import CloudSim
 from deskbroker.centers.openstack.driver import OpenStackCenter
+from deskbroker.engine.builds import TaskStep
+from deskbroker.engine.provisioner import reconcile_pool
 from deskbroker.engine.runner import Engine
+from deskbroker.services.context import BrokerContext
+from deskbroker.services.inventory import scan_center
+from deskbroker.store.tables import Desktop
+from deskbroker.store.tasks import claim_builds
 from tests.cloudsim.test_metadata import fetch
 from tests.engine.conftest import openstack_center, provisioning_pool, run_until
-from tests.helpers import Api
+from tests.helpers import Api, wait_until
 
 
 def _status(api: Api, pool_id: str) -> dict[str, int]:
@@ -79,10 +85,26 @@ def test_schedule_window_changes_targets(api: Api, sim: CloudSim, engine: Engine
         ],
     )
     run_until(engine, lambda: _status(api, pool["id"])["available"] == 2)
-    # At the window's start the targets change (the engine is told the time).
+    # At the window's start the targets change (the engine is told the time), and the
+    # engine stays on that clock until the builds are done: a tick on the real clock,
+    # still before the window, would be one in which the window has not opened.
     at_start = now.replace(second=0, microsecond=0) + timedelta(minutes=1, seconds=5)
-    engine.run_once(at_start)
-    run_until(engine, lambda: _status(api, pool["id"])["available"] == 6)
+    ahead = at_start - datetime.now(UTC)
+
+    def window_clock() -> datetime:
+        return datetime.now(UTC) + ahead
+
+    engine.run_once(window_clock())
+    run_until(
+        engine,
+        lambda: _status(api, pool["id"])["available"] == 6,
+        clock=window_clock,
+        what=lambda: (
+            f"six available desktops at {window_clock():%H:%M:%S} in the window "
+            f"{start}-{end}: {_status(api, pool['id'])}, "
+            f"{api.get('pools/' + pool['id'])['status_message']!r}"
+        ),
+    )
     assert "schedule 1" in api.get(f"pools/{pool['id']}")["status_message"]
 
 
@@ -380,3 +402,74 @@ def test_user_data_gets_each_desktops_values(api: Api, sim: CloudSim, engine: En
     assert body.decode() == (
         f"#cloud-config\nhostname: tpl-01\nruncmd: [[echo, '{pool['id']}', $HOME, $SHELL]]\n"
     )
+
+
+def test_a_floating_ip_pool_takes_the_driver_s_addressing_step(
+    api: Api, sim: CloudSim, engine: Engine
+) -> None:
+    """The engine asks the driver whether a build needs an address step (the OpenStack
+    driver: when the pool asked for a floating IP) and hands the desktop over with the
+    address that step gave; a pool without one keeps the listing's address."""
+    center = openstack_center(api, sim)
+    pool = provisioning_pool(
+        api,
+        center["id"],
+        n=2,
+        m=2,
+        parameters={
+            "name_template": "fip-{SEQUENCE:3}",
+            "image": "cirros-0.6.2-x86_64-disk",
+            "flavor": "m1.tiny",
+            "floating_ip": True,
+        },
+    )
+    run_until(engine, lambda: _status(api, pool["id"])["available"] == 2)
+    members = api.get(f"pools/{pool['id']}/members")["items"]
+    desktops = [api.get(f"desktops/{d['id']}") for d in members]
+    floating = {s["floating_ip"] for s in _live(sim)}
+    assert {d["address"] for d in desktops} == floating and len(floating) == 2
+    assert all(str(address).startswith("127.200.") for address in floating)
+
+
+def test_a_scan_before_the_handover_leaves_the_build_counted(
+    api: Api, sim: CloudSim, engine: Engine, ctx: BrokerContext
+) -> None:
+    """A scan that meets a build the cloud finished before the provisioner handed it
+    over leaves its desktop ``building``: recorded ``running`` while still unavailable,
+    it was neither free nor coming free, and the pool built a replacement for it (a
+    window asking for 6 got 7 or 8)."""
+    center = openstack_center(api, sim)
+    pool = provisioning_pool(api, center["id"], n=1, m=3)
+    assert reconcile_pool(ctx, engine.drivers, pool["id"], datetime.now(UTC)).endswith(
+        "requested 1 more"
+    )
+    # The build is asked of the cloud and recorded, as the engine's refill does it...
+    with ctx.db.connect_write() as conn:
+        (row,) = claim_builds(
+            conn,
+            center["id"],
+            limit=10,
+            most=10,
+            owner=engine.owner,
+            now=datetime.now(UTC),
+            ttl_s=60,
+        )
+    TaskStep(ctx, engine.drivers, row, engine.owner).build()
+    # ... and the cloud finishes it before the provisioner hears of it.
+    (server,) = _live(sim)
+    wait_until(
+        lambda: sim.servers("demo")[0]["status"] == "ACTIVE", "the build to finish in the cloud"
+    )
+    report = scan_center(ctx, center["id"], driver_of=engine.drivers.get)
+    assert report is not None and report.status == "ok", report
+    with ctx.db.read() as session:
+        desktop = session.get(Desktop, row.desktop_id)
+        assert desktop is not None
+        assert (desktop.power_state, desktop.external_id) == ("building", server["id"])
+    words = reconcile_pool(ctx, engine.drivers, pool["id"], datetime.now(UTC))
+    assert "requested" not in words, words
+    assert _status(api, pool["id"])["total"] == 1
+    # The provisioner still hands the build over, and the pool holds the one desktop.
+    run_until(engine, lambda: _status(api, pool["id"])["available"] == 1)
+    assert _status(api, pool["id"])["total"] == 1
+    assert len(_live(sim)) == 1

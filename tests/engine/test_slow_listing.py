@@ -8,7 +8,7 @@ from cloudsim.server import CloudSim
 from deskbroker.engine.runner import Engine
 from deskbroker.services.context import BrokerContext
 from tests.engine.conftest import openstack_center, provisioning_pool
-from tests.helpers import Api
+from tests.helpers import Api, wait_until
 
 
 def test_the_loop_ticks_on_while_a_listing_of_builds_hangs(
@@ -20,10 +20,10 @@ def test_the_loop_ticks_on_while_a_listing_of_builds_hangs(
     engine = Engine(ctx, workers=4)
     engine.start()
     try:
-        deadline = time.monotonic() + 20
-        while not api.get("provisioning-tasks?state=waiting")["total"]:
-            assert time.monotonic() < deadline, "the build never reached waiting"
-            time.sleep(0.05)
+        wait_until(
+            lambda: api.get("provisioning-tasks?state=waiting")["total"],
+            "the build to reach waiting",
+        )
         listings = sim.request_count(method="GET", path="/servers/detail")
         sim.add_latency(4, method="GET", path="/servers/detail")
         gaps: list[float] = []
@@ -36,4 +36,6 @@ def test_the_loop_ticks_on_while_a_listing_of_builds_hangs(
         sim.clear_latency()
     slow = sim.request_count(method="GET", path="/servers/detail") - listings
     assert slow >= 1, "the engine did not list the builds while the cloud was slow"
-    assert max(gaps) < 1.0, f"the loop stood still for {max(gaps):.1f} s"
+    # A loop waiting on the listing would stand still for the whole 4 s of latency; a
+    # loaded machine stretches a healthy gap (ticks of 0.2-0.3 s) past 1 s now and then.
+    assert max(gaps) < 2.5, f"the loop stood still for {max(gaps):.1f} s"

@@ -7,7 +7,6 @@ import fcntl
 import socket
 import ssl
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 
 from ldap3 import MODIFY_REPLACE, Connection, Server, Tls
 
+from tests.helpers import wait_until
 from tests.tools import SAMBA, SAMBA_TOOL, SLAPD, require
 
 LDAP_BASE = "dc=example,dc=org"
@@ -40,16 +40,14 @@ def free_port() -> int:
 
 
 def wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def listening() -> bool:
         if proc.poll() is not None:
             raise RuntimeError(f"the server exited ({proc.returncode}): {log.read_text()[-2000:]}")
         with socket.socket() as s:
             s.settimeout(0.2)
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    wait_until(listening, f"something to listen on 127.0.0.1:{port}", timeout_s=timeout)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:

@@ -9,7 +9,7 @@ from deskbroker.identity.ldap_pool import UNREACHABLE
 from deskbroker.services.login import WRONG_CREDENTIALS
 from tests.helpers import Api
 from tests.identity.directories import AD_DOMAIN, SambaDc, Slapd, free_port
-from tests.identity.support import (
+from tests.identity.sources import (
     ad_params,
     add_ad_source,
     add_ldap_source,

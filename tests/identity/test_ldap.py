@@ -21,7 +21,7 @@ from tests.identity.directories import (
     free_port,
     running_slapd,
 )
-from tests.identity.support import add_ldap_source, group_policy, ldap_params
+from tests.identity.sources import add_ldap_source, group_policy, ldap_params
 
 
 def test_a_member_of_an_ldap_group_gets_its_policy(api: Api, slapd: Slapd) -> None:

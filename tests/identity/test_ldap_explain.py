@@ -7,7 +7,7 @@ from typing import Any
 
 from tests.helpers import Api
 from tests.identity.directories import LDAP_BASE, LDAP_SERVICE_PASSWORD, Slapd, free_port
-from tests.identity.support import add_ldap_source, add_source, group_policy, ldap_params
+from tests.identity.sources import add_ldap_source, add_source, group_policy, ldap_params
 
 
 def explain(api: Api, **body: Any) -> Any:

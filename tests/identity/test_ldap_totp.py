@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from tests.authenticator import Authenticator
 from tests.helpers import Api
 from tests.identity.directories import Slapd
-from tests.identity.support import add_ldap_source, group_policy
-from tests.totp_support import Authenticator
+from tests.identity.sources import add_ldap_source, group_policy
 
 
 def post(api: Api, path: str, body: dict[str, Any], status: int) -> dict[str, Any]:

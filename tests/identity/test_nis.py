@@ -25,7 +25,7 @@ from tests.identity.nis_users import (
     nis_params,
     nis_users,
 )
-from tests.identity.support import group_policy
+from tests.identity.sources import group_policy
 from tests.identity.unprivileged import staged
 
 

@@ -16,7 +16,7 @@ from deskbroker.security import PasswordHashing
 from tests.identity.directories import LDAP_SERVICE_PASSWORD, Slapd
 from tests.identity.nis_server import NisSite
 from tests.identity.nis_users import nis_params
-from tests.identity.support import ldap_params
+from tests.identity.sources import ldap_params
 
 PASSWORD = "typed-by-the-user-0042"
 

@@ -21,7 +21,7 @@ from deskbroker.bootstrap import add_local_user
 from deskbroker.store.tables import Event, User
 from tests.helpers import ADMIN_PASSWORD, USER_PASSWORD, Api, post_login
 from tests.identity.directories import LDAP_SERVICE_PASSWORD, Slapd
-from tests.identity.support import add_source, ldap_params
+from tests.identity.sources import add_source, ldap_params
 
 
 class RecordingProxy:

@@ -14,8 +14,8 @@ import pytest
 
 from deskbroker.config import Settings
 from deskbroker.services.source_guard import SourceGuard, SourceTimedOut, TenantBusy
-from tests.drip import HTTP_HEAD, LDAP_HEAD, drip
-from tests.helpers import Api
+from tests.helpers import Api, wait_until
+from tests.tarpit import HTTP_HEAD, LDAP_HEAD, drip
 
 DEADLINE_S = 2.0
 SLACK_S = 1.5
@@ -68,9 +68,7 @@ def test_one_tenant_s_sources_share_a_cap_that_other_tenants_do_not() -> None:
         assert guard.call("ldap-9", "ldap-9", lambda: "yes", tenant_id="tenant-a") == "yes"
     finally:
         release.set()
-    deadline = time.monotonic() + 10
-    while guard.live_threads and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: not guard.live_threads, "the helper threads to end", timeout_s=10)
     assert guard.call("ldap-3", "ldap-3", lambda: "free", tenant_id="tenant-b") == "free"
 
 
@@ -101,10 +99,7 @@ def test_calls_given_up_on_stay_bounded_and_end() -> None:
         assert refused.value.extra["reason"] == "broker_busy"
     finally:
         release.set()
-    deadline = time.monotonic() + 10
-    while guard.live_threads and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert guard.live_threads == 0
+    wait_until(lambda: not guard.live_threads, "the helper threads to end", timeout_s=10)
     assert guard.call("s9", "s9", lambda: "answered", tenant_id="t99") == "answered"
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import statistics
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -21,8 +22,8 @@ from deskbroker.services.throttle import IN_LINE_RETRY_S, MAX_IN_LINE
 from deskbroker.store.tables import LoginThrottle
 from tests.helpers import USER_PASSWORD, Api
 from tests.identity.directories import LDAP_SERVICE_PASSWORD, Slapd, free_port
-from tests.identity.support import ldap_params
-from tests.identity.tarpit import tarpit
+from tests.identity.sources import ldap_params
+from tests.tarpit import tarpit
 
 COOLDOWN_S = 3.0
 STORM = 45
@@ -63,13 +64,20 @@ def _login_b(api: Api, username: str, password: str = "guess") -> tuple[float, h
     return time.perf_counter() - started, response
 
 
-def _storm(
-    api: Api, names: list[str]
-) -> tuple[list[float], list[int], list[tuple[float, httpx.Response]]]:
+@dataclass
+class Storm:
+    """What a storm of tenant B logins did, and what tenant A saw meanwhile."""
+
+    a_logins: list[tuple[float, float, int]] = field(default_factory=list)  # start, end, status
+    b_answers: list[tuple[float, httpx.Response]] = field(default_factory=list)  # took, answer
+    b_answered_at: list[float] = field(default_factory=list)
+
+
+def _storm(api: Api, names: list[str]) -> Storm:
     """Logins of ``names`` to tenant B, all at once, while tenant A's user0 logs in over
-    and over: A's times and statuses, and B's answers."""
-    a_times: list[float] = []
-    a_statuses: list[int] = []
+    and over."""
+    storm = Storm()
+    lock = threading.Lock()
     storm_over = threading.Event()
 
     def tenant_a() -> None:
@@ -78,50 +86,79 @@ def _storm(
             response = api.client.post(
                 "/api/v1/auth/login", json={"username": "user0", "password": USER_PASSWORD}
             )
-            a_times.append(time.perf_counter() - started)
-            a_statuses.append(response.status_code)
+            storm.a_logins.append((started, time.perf_counter(), response.status_code))
             time.sleep(0.02)
 
-    b_answers: list[tuple[float, httpx.Response]] = []
     start = threading.Barrier(len(names))
 
     def tenant_b(name: str) -> None:
         start.wait()
-        b_answers.append(_login_b(api, name))
+        answer = _login_b(api, name)
+        with lock:
+            storm.b_answers.append(answer)
+            storm.b_answered_at.append(time.perf_counter())
 
     a_thread = threading.Thread(target=tenant_a)
     a_thread.start()
-    storm = [threading.Thread(target=tenant_b, args=(name,)) for name in names]
-    for thread in storm:
+    threads = [threading.Thread(target=tenant_b, args=(name,)) for name in names]
+    for thread in threads:
         thread.start()
-    for thread in storm:
+    for thread in threads:
         thread.join(timeout=120)
     storm_over.set()
     a_thread.join(timeout=30)
-    assert len(b_answers) == len(names)
-    return a_times, a_statuses, b_answers
+    assert len(storm.b_answers) == len(names)
+    return storm
 
 
-def _assert_fast(a_times: list[float], a_statuses: list[int]) -> None:
-    """Tenant A did not notice."""
-    assert set(a_statuses) == {200} and len(a_times) >= 20, (a_statuses, len(a_times))
-    p99 = statistics.quantiles(a_times, n=100)[98]
-    # Without the bulkheads A's p99 was 2-4 s (57 s in the report that found it); with them
-    # it is 0.1-0.6 s on a 2-core machine, where B's 45 request threads still share the
-    # CPU and the GIL with A's argon2 checks.
-    assert p99 < 1.0, f"tenant A's p99 was {p99:.3f} s (max {max(a_times):.3f} s)"
+def _assert_fast(storm: Storm, waiting_status: int, waiting_reason: str | None = None) -> None:
+    """Tenant A did not wait for tenant B's directory.
+
+    The storm has two phases. First B's 45 requests arrive at once and most are refused
+    at once: that burst costs CPU, which A shares on a 2-core machine, so A may be slowed
+    there whatever the bulkheads do (up to 1.6 s seen under a loaded CI run). Then only
+    the few logins let through hold B's hung directory, for two timeouts each: a login of
+    A's in this phase is the test. Without the bulkheads every one of them waited for a
+    thread that B's directory held (2-4 s, 57 s in the report that found it).
+    """
+    statuses = {status for _, _, status in storm.a_logins}
+    assert statuses == {200} and len(storm.a_logins) >= 10, (statuses, len(storm.a_logins))
+    answers = list(zip(storm.b_answers, storm.b_answered_at, strict=True))
+
+    def is_waiting(response: httpx.Response) -> bool:
+        if response.status_code != waiting_status:
+            return False
+        return waiting_reason is None or response.json()["reason"] == waiting_reason
+
+    refused_at = [at for (_, r), at in answers if not is_waiting(r)]
+    waiting_at = [at for (_, r), at in answers if is_waiting(r)]
+    assert refused_at and waiting_at
+    burst_over, hang_over = max(refused_at), max(waiting_at)
+    during_hang = [
+        end - begin for begin, end, _ in storm.a_logins if begin >= burst_over and end <= hang_over
+    ]
+    assert len(during_hang) >= 2, f"A logged in {len(during_hang)} times while B's directory hung"
+    slowest = max(during_hang)
+    assert slowest < 1.0, (
+        f"while B's directory hung, A's slowest login took {slowest:.3f} s "
+        f"(median {statistics.median(during_hang):.3f} s of {len(during_hang)})"
+    )
+    # Even in the burst, no login of A's waited as long as B's directory did.
+    slowest_overall = max(end - begin for begin, end, _ in storm.a_logins)
+    assert slowest_overall < 2 * TIMEOUT_S, f"A's slowest login took {slowest_overall:.3f} s"
 
 
 @pytest.mark.parametrize("settings", [{"login_max_failures_per_address": 10000}], indirect=True)
 def test_a_tarpit_directory_in_tenant_b_leaves_tenant_a_fast(api: Api, slapd: Slapd) -> None:
     api.seed_pool(3, users=1)
     api.login("user0")  # warm: A's first login pays for the caches
-    with tarpit() as port:
-        source = _directory_in_tenant_b(api, [f"ldap://127.0.0.1:{port}"])
+    with tarpit() as pit:
+        source = _directory_in_tenant_b(api, [f"ldap://127.0.0.1:{pit.port}"])
 
-        a_times, a_statuses, b_answers = _storm(api, [f"anon{n}" for n in range(STORM)])
+        storm = _storm(api, [f"anon{n}" for n in range(STORM)])
 
-        _assert_fast(a_times, a_statuses)
+        _assert_fast(storm, 503, "unreachable")
+        b_answers = storm.b_answers
 
         # Tenant B: at most LIMIT logins waited for the directory; the rest were refused
         # at once, in words, with Retry-After.
@@ -179,10 +216,11 @@ def test_a_flood_of_one_name_waits_in_a_short_line(api: Api) -> None:
     sign-ins are checked one at a time), the rest are refused at once."""
     api.seed_pool(3, users=1)
     api.login("user0")
-    with tarpit() as port:
-        _directory_in_tenant_b(api, [f"ldap://127.0.0.1:{port}"], timeout_s=1)
-        a_times, a_statuses, b_answers = _storm(api, ["administrator"] * STORM)
-    _assert_fast(a_times, a_statuses)
+    with tarpit() as pit:
+        _directory_in_tenant_b(api, [f"ldap://127.0.0.1:{pit.port}"], timeout_s=1)
+        storm = _storm(api, ["administrator"] * STORM)
+    _assert_fast(storm, 503)
+    b_answers = storm.b_answers
     in_line = [(t, r) for t, r in b_answers if r.status_code == 503]
     refused = [(t, r) for t, r in b_answers if r.status_code == 429]
     assert 1 <= len(in_line) <= MAX_IN_LINE and len(in_line) + len(refused) == STORM
@@ -259,11 +297,13 @@ def test_the_breaker_opens_half_opens_and_closes() -> None:
     assert guard.call("s", "s", lambda: "free again") == "free again"
 
 
-@pytest.mark.parametrize("settings", [{"source_breaker_failures": 1}], indirect=True)
+@pytest.mark.parametrize(
+    "settings", [{"source_breaker_failures": 1, "source_breaker_cooldown_s": 30}], indirect=True
+)
 def test_explain_and_login_share_a_directory_s_circuit(api: Api) -> None:
     """Explain asks the directory through the same guard as the login path: once it
     found the directory hung, neither waits for it again during the cool-down."""
-    with tarpit() as port:
+    with tarpit() as pit:
         api.post(
             "identity-sources",
             {
@@ -271,7 +311,7 @@ def test_explain_and_login_share_a_directory_s_circuit(api: Api) -> None:
                 "kind": "ldap",
                 "domain": "hung.example",
                 "params": {
-                    "servers": [f"ldap://127.0.0.1:{port}"],
+                    "servers": [f"ldap://127.0.0.1:{pit.port}"],
                     "base_dn": "ou=people,dc=example,dc=org",
                     "timeout_s": 1,
                     "connect_timeout_s": 1,
@@ -286,11 +326,19 @@ def test_explain_and_login_share_a_directory_s_circuit(api: Api) -> None:
             )
             return time.perf_counter() - started, response
 
-        took, first = explain()
-        assert first.status_code == 503 and took >= 1, first.text
-        took, second = explain()
-        assert second.status_code == 503 and took < 0.5, (took, second.text)
-        assert "Try again in" in second.json()["detail"]
+        first_took, first = explain()
+        assert first.status_code == 503 and first_took >= 1, first.text
+        # Refused by the circuit, not by waiting: every later call is quicker than the one
+        # that waited, and the quickest of three takes no directory time at all. (One CI
+        # run saw a single refusal take 1.27 s on an idle machine, cause not found; a
+        # call that waited for the directory would take the first call's time each time.)
+        refused = [explain() for _ in range(3)]
+        for took, second in refused:
+            assert second.status_code == 503, second.text
+            assert second.json()["reason"] == "source_suspended", second.text
+            assert "Try again in" in second.json()["detail"]
+            assert took < first_took, (took, first_took)
+        assert min(took for took, _ in refused) < 0.5, refused
         started = time.perf_counter()
         login = api.client.post(
             "/api/v1/auth/login", json={"username": "ann@hung.example", "password": "x"}

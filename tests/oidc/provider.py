@@ -6,7 +6,6 @@ import json
 import os
 import select
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import wait_until
 from tests.identity.directories import free_port
 from tests.tools import NODE, require, require_node_modules
 
@@ -68,11 +68,13 @@ ACCOUNTS: dict[str, dict[str, Any]] = {
 }
 
 
-def _client(client_id: str, secret: str | None) -> dict[str, Any]:
+def _client(
+    client_id: str, secret: str | None, callbacks: tuple[str, ...] = (BROKER_CALLBACK,)
+) -> dict[str, Any]:
     return {
         "client_id": client_id,
         **({"client_secret": secret} if secret else {}),
-        "redirect_uris": [BROKER_CALLBACK],
+        "redirect_uris": list(callbacks),
         "grant_types": ["authorization_code", DEVICE_GRANT],
         "response_types": ["code"],
         "token_endpoint_auth_method": "client_secret_basic" if secret else "none",
@@ -86,7 +88,11 @@ class OidcProvider:
 
 
 @contextmanager
-def running_provider(directory: Path) -> Iterator[OidcProvider]:
+def running_provider(
+    directory: Path, callbacks: tuple[str, ...] = (BROKER_CALLBACK,)
+) -> Iterator[OidcProvider]:
+    """The provider; ``callbacks`` are the broker callback URLs its main client accepts
+    (a broker on a real port, for a real browser, adds its own)."""
     [node] = require(NODE)
     require_node_modules(PROVIDER_DIR, "oidc-provider")
     port = free_port()
@@ -96,7 +102,7 @@ def running_provider(directory: Path) -> Iterator[OidcProvider]:
             {
                 "port": port,
                 "clients": [
-                    _client(CLIENT_ID, CLIENT_SECRET),
+                    _client(CLIENT_ID, CLIENT_SECRET, callbacks),
                     _client(OTHER_CLIENT, "other-app-secret-0123456789abcdef"),
                     _client(SHORT_LIVED_CLIENT, "short-lived-secret-0123456789abcd"),
                     _client(PUBLIC_CLIENT, None),
@@ -116,16 +122,23 @@ def running_provider(directory: Path) -> Iterator[OidcProvider]:
         )
     try:
         assert proc.stdout is not None
-        deadline = time.monotonic() + 20
-        line = b""
-        while time.monotonic() < deadline and not line.startswith(b"ready"):
-            ready, _, _ = select.select([proc.stdout], [], [], 0.2)
-            if ready:
-                line = proc.stdout.readline()
-            if proc.poll() is not None:
-                break
-        if not line.startswith(b"ready"):
-            pytest.fail(f"the OpenID provider did not start: {log.read_text()[-2000:]}")
+        stdout = proc.stdout
+        said: dict[str, bytes] = {"line": b""}
+
+        def ready() -> bool:
+            if select.select([stdout], [], [], 0.2)[0]:
+                said["line"] = stdout.readline()
+            if proc.poll() is not None and not said["line"].startswith(b"ready"):
+                pytest.fail(f"the OpenID provider exited: {log.read_text()[-2000:]}")
+            return said["line"].startswith(b"ready")
+
+        wait_until(
+            ready,
+            lambda: f"the OpenID provider to start: {log.read_text()[-2000:]}",
+            timeout_s=20,
+            interval_s=0,
+        )
+        line = said["line"]
         yield OidcProvider(line.split()[1].decode(), proc)
     finally:
         proc.terminate()

@@ -20,12 +20,12 @@ import uvicorn
 from deskbroker.api.app import create_app
 from deskbroker.services.context import BrokerContext
 from deskbroker.store.tables import User
-from tests.helpers import Api
+from tests.helpers import Api, wait_until
 from tests.identity.directories import free_port
-from tests.identity.support import group_policy
+from tests.identity.sources import group_policy
 from tests.oidc.browser import Browser
+from tests.oidc.flows import add_oidc_source
 from tests.oidc.provider import ACCOUNTS, PUBLIC_CLIENT, OidcProvider
-from tests.oidc.support import add_oidc_source
 
 POLL = "/api/v1/auth/oidc/device/poll"
 
@@ -102,9 +102,7 @@ def live_broker(ctx: BrokerContext) -> Iterator[str]:
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: server.started, "the broker to listen", timeout_s=10, interval_s=0.02)
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(10)

@@ -24,16 +24,9 @@ from deskbroker.services.oidc_signin import (
 from deskbroker.store.tables import Event, OidcFlow, User
 from tests.helpers import Api
 from tests.identity.directories import free_port
-from tests.identity.support import group_policy
+from tests.identity.sources import group_policy
 from tests.oidc.browser import Browser
-from tests.oidc.provider import (
-    ACCOUNTS,
-    BROKER_CALLBACK,
-    OTHER_CLIENT,
-    SHORT_LIVED_CLIENT,
-    OidcProvider,
-)
-from tests.oidc.support import (
+from tests.oidc.flows import (
     EXCHANGE,
     add_oidc_source,
     callback_path,
@@ -42,6 +35,13 @@ from tests.oidc.support import (
     provider_callback,
     query_of,
     start,
+)
+from tests.oidc.provider import (
+    ACCOUNTS,
+    BROKER_CALLBACK,
+    OTHER_CLIENT,
+    SHORT_LIVED_CLIENT,
+    OidcProvider,
 )
 
 ANN = ("ann", ACCOUNTS["ann"]["password"])

@@ -11,8 +11,8 @@ from sqlalchemy import select
 from deskbroker.services.context import BrokerContext
 from deskbroker.store.tables import Event, User
 from tests.helpers import Api
+from tests.oidc.flows import add_oidc_source, finish, provider_callback, start
 from tests.oidc.provider import ACCOUNTS, OidcProvider
-from tests.oidc.support import add_oidc_source, finish, provider_callback, start
 
 
 def sign_in(api: Api, account: str) -> dict[str, Any]:

@@ -23,8 +23,10 @@ def driver(cloud_driver: OpenStackCenter) -> CenterDriver:
 def provision_request() -> ProvisionRequest | None:
     return ProvisionRequest(
         name=f"{RUN_TAG}-conformance",
-        image=os.environ.get("DESKBROKER_TEST_IMAGE", "cirros-0.6.2-x86_64-disk"),
-        flavor=os.environ.get("DESKBROKER_TEST_FLAVOR", "m1.tiny"),
+        parameters={
+            "image": os.environ.get("DESKBROKER_TEST_IMAGE", "cirros-0.6.2-x86_64-disk"),
+            "flavor": os.environ.get("DESKBROKER_TEST_FLAVOR", "m1.tiny"),
+        },
         tags=(f"{RUN_TAG}-conformance",),
     )
 

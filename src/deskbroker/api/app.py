@@ -7,38 +7,39 @@ from functools import cache
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI
-from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deskbroker import __version__, metrics
-from deskbroker.api import agent, edge, errors, permissions
+from deskbroker.api import agent, edge, errors, gateway, permissions, web
 from deskbroker.api.admin import access as admin_access
 from deskbroker.api.admin import actions as admin_actions
-from deskbroker.api.admin import activity, identity, inventory, policies, pools
+from deskbroker.api.admin import activity, identity, inventory, policies, pool_history, pools
 from deskbroker.api.admin import catalog as admin_catalog
+from deskbroker.api.admin import config as admin_config
 from deskbroker.api.admin import engine as admin_engine
+from deskbroker.api.admin import enrolments as admin_enrolments
 from deskbroker.api.admin import explain as admin_explain
 from deskbroker.api.admin import quotas as admin_quotas
 from deskbroker.api.admin import sessions as admin_sessions
+from deskbroker.api.client import grants as client_grants
 from deskbroker.api.client import oidc as client_oidc
+from deskbroker.api.client import plans as client_plans
 from deskbroker.api.client import routes as client_routes
 from deskbroker.api.client import second_factor as client_second_factor
+from deskbroker.api.client import sign_in as client_sign_in
 from deskbroker.api.deps import strict_request
 from deskbroker.api.edge import ForwardedFor, SecurityHeaders
+from deskbroker.api.overload import InFlightLimit
+from deskbroker.services import database_health
 from deskbroker.services.context import BrokerContext
-from deskbroker.services.login import LoginService
-from deskbroker.services.oidc_signin import OidcSignIn
-from deskbroker.services.second_factor import SecondFactorService
-from deskbroker.store.migrate import current_revision
+from deskbroker.services.sign_in_services import SignInServices
 
 MAX_BODY_BYTES = 1024 * 1024
 OPENAPI_URL = "/api/v1/openapi.json"
-DOCS_URL = "/api/v1/docs"
 metrics_bearer = HTTPBearer(
     auto_error=False, scheme_name="metricsToken", description="the setting metrics_token"
 )
@@ -108,12 +109,16 @@ class StatusCounter:
 
 @cache
 def api_router() -> APIRouter:
-    """Every /api/v1 route. The routes find the broker through ``request.app.state``, so
+    """Every /api/v1 route. The routes find the broker through the dependencies of
+    ``api/deps.py`` (which read ``request.app.state``), so
     one router serves every app of the process and is built once (it is not cheap)."""
     api = APIRouter(prefix="/api/v1", dependencies=[Depends(strict_request)])
     api.include_router(client_routes.router())
     api.include_router(client_oidc.router())
     api.include_router(client_second_factor.router())
+    api.include_router(client_grants.router())
+    api.include_router(client_sign_in.router())
+    api.include_router(client_plans.router())
     # One level of nesting fewer: every level rebuilds each route's dependencies.
     for module in (
         inventory,
@@ -128,9 +133,13 @@ def api_router() -> APIRouter:
         admin_actions,
         admin_explain,
         admin_quotas,
+        pool_history,
+        admin_enrolments,
+        admin_config,
     ):
         api.include_router(module.router(), prefix="/admin")
     api.include_router(agent.router())
+    api.include_router(gateway.router())
     return api
 
 
@@ -149,13 +158,12 @@ def create_app(ctx: BrokerContext) -> FastAPI:
         version=__version__,
         description="An open, vendor-neutral connection broker for virtual desktops.",
         openapi_url=OPENAPI_URL,
-        docs_url=None,  # served below, with its own content security policy
+        docs_url=None,  # served by api.web from the package, not from a CDN
         redoc_url=None,
     )
+    # Read back by the dependencies of api/deps.py only: routers never touch app.state.
     app.state.ctx = ctx
-    app.state.login = LoginService(ctx)
-    app.state.oidc = OidcSignIn(ctx, app.state.login)
-    app.state.second_factor = SecondFactorService(ctx, app.state.login)
+    app.state.sign_in = SignInServices.build(ctx)
     errors.install(app)
 
     app.include_router(api_router())
@@ -171,9 +179,7 @@ def create_app(ctx: BrokerContext) -> FastAPI:
     )
     def readyz() -> JSONResponse:
         try:
-            with ctx.db.read() as session:
-                session.execute(text("SELECT 1"))
-            revision = current_revision(ctx.db)
+            revision = database_health.schema_revision(ctx.db)
         except Exception:
             # The driver's text names hosts, users and paths: it goes to the log only.
             log.exception("readiness check: the database did not answer")
@@ -200,14 +206,10 @@ def create_app(ctx: BrokerContext) -> FastAPI:
         creds: Annotated[HTTPAuthorizationCredentials | None, Depends(metrics_bearer)],
     ) -> Response:
         edge.check_metrics_token(ctx.settings.metrics_token, creds.credentials if creds else None)
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
-    docs_page = get_swagger_ui_html(openapi_url=OPENAPI_URL, title="deskbroker - API docs")
-    docs_csp = edge.docs_policy(bytes(docs_page.body).decode())
-
-    @app.get(DOCS_URL, include_in_schema=False)
-    def docs() -> HTMLResponse:
-        return HTMLResponse(docs_page.body, headers={"Content-Security-Policy": docs_csp})
+    # The portal, the console and the API docs page, from the installed package.
+    app.include_router(web.router())
 
     plain_openapi = app.openapi
 
@@ -225,6 +227,9 @@ def create_app(ctx: BrokerContext) -> FastAPI:
 
     app.openapi = openapi_with_permissions  # type: ignore[method-assign]
     app.add_middleware(BodyLimit)
+    # Outside the body limit, inside the headers and the status count: a shed request
+    # is answered like any other and counted as a 5xx.
+    app.add_middleware(InFlightLimit, limit=ctx.settings.max_requests_in_flight)
     app.add_middleware(SecurityHeaders)
     app.add_middleware(StatusCounter)
     # Outermost: everything inside sees the client's address, not the proxy's.

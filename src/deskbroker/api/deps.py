@@ -1,4 +1,9 @@
-"""Request dependencies: the broker context and the authenticated principal."""
+"""Request dependencies: the broker context, its services and the authenticated principal.
+
+The only module of the API that reads ``request.app.state`` (``api/app.py`` fills it);
+routers name what they need (``Ctx``, ``Login``, ``Oidc``, ``SecondFactor``...) and
+FastAPI hands it to them (tests/test_architecture.py checks that no router looks).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,10 @@ from deskbroker.errors import Forbidden, InvalidInput, Unauthorized
 from deskbroker.security import TokenClaims
 from deskbroker.services import access
 from deskbroker.services.context import BrokerContext
+from deskbroker.services.login import LoginService
+from deskbroker.services.oidc_signin import OidcSignIn
+from deskbroker.services.second_factor import SecondFactorService
+from deskbroker.services.sign_in_services import SignInServices
 
 bearer = HTTPBearer(auto_error=False, description="A token from POST /api/v1/auth/login")
 
@@ -20,6 +29,29 @@ bearer = HTTPBearer(auto_error=False, description="A token from POST /api/v1/aut
 def context(request: Request) -> BrokerContext:
     ctx: BrokerContext = request.app.state.ctx
     return ctx
+
+
+def context_if_any(request: Request) -> BrokerContext | None:
+    """The broker context, or None in an app built without one (an error handler's view)."""
+    ctx: BrokerContext | None = getattr(request.app.state, "ctx", None)
+    return ctx
+
+
+def sign_in_services(request: Request) -> SignInServices:
+    services: SignInServices = request.app.state.sign_in
+    return services
+
+
+def login_service(request: Request) -> LoginService:
+    return sign_in_services(request).login
+
+
+def oidc_service(request: Request) -> OidcSignIn:
+    return sign_in_services(request).oidc
+
+
+def second_factor_service(request: Request) -> SecondFactorService:
+    return sign_in_services(request).second_factor
 
 
 def principal(
@@ -129,6 +161,9 @@ def client_address(request: Request) -> str | None:
 
 
 Ctx = Annotated[BrokerContext, Depends(context)]
+Login = Annotated[LoginService, Depends(login_service)]
+Oidc = Annotated[OidcSignIn, Depends(oidc_service)]
+SecondFactor = Annotated[SecondFactorService, Depends(second_factor_service)]
 Principal = Annotated[TokenClaims, Depends(principal)]
 SignedPrincipal = Annotated[TokenClaims, Depends(signed_principal)]
 AgentPrincipal = Annotated[TokenClaims, Depends(agent_principal)]

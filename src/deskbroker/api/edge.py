@@ -3,11 +3,8 @@ proxies, the security headers of every response, and the /metrics bearer token."
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import hmac
 import ipaddress
-import re
 
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -18,23 +15,6 @@ from deskbroker.outbound import Network
 # A JSON API renders nothing and embeds nothing: no source of anything, framed by nobody.
 API_POLICY = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 HSTS = "max-age=31536000"
-_INLINE_SCRIPT = re.compile(r"<script>(.*?)</script>", re.DOTALL)
-
-
-def docs_policy(html: str) -> str:
-    """The policy of the interactive API docs page: Swagger UI from its CDN, the page's
-    own inline start-up script by its hash (no other inline script runs), calls to this
-    broker only."""
-    hashes = " ".join(
-        "'sha256-" + base64.b64encode(hashlib.sha256(script.encode()).digest()).decode() + "'"
-        for script in _INLINE_SCRIPT.findall(html)
-    )
-    return (
-        f"default-src 'none'; script-src https://cdn.jsdelivr.net {hashes}; "
-        "style-src https://cdn.jsdelivr.net 'unsafe-inline'; "
-        "img-src 'self' data: https://fastapi.tiangolo.com; connect-src 'self'; "
-        "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
-    )
 
 
 class SecurityHeaders:

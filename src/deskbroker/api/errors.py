@@ -9,11 +9,16 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from deskbroker.api import deps
 from deskbroker.errors import DeskbrokerError
+from deskbroker.services.database_health import (
+    DATABASE_BUSY,
+    DATABASE_DOWN,
+    OUTAGE_TYPES,
+    database_outage,
+)
 
 log = logging.getLogger("deskbroker.api")
 PROBLEM = "application/problem+json"
@@ -41,43 +46,12 @@ def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
     return JSONResponse(body, status_code=status, media_type=PROBLEM)
 
 
-DATABASE_DOWN = (
-    "The broker cannot reach its database just now. Try again in {wait} seconds (asking "
-    "again is safe); if it persists, tell your administrator."
-)
-DATABASE_BUSY = (
-    "The database is busy with other changes and this request waited too long for its "
-    "turn, so nothing was changed. Try again in {wait} seconds."
-)
-# What the handler is registered for; ``database_outage`` decides on each (another
-# DBAPIError, an IntegrityError say, is a bug and stays a 500).
-_OUTAGE_TYPES = (OperationalError, InterfaceError, DisconnectionError, PoolTimeout)
-
-
-def database_outage(exc: BaseException) -> str | None:
-    """The words for a failure that means the database cannot be used right now (down,
-    restarting, the connection lost, the pool exhausted, SQLite locked past its busy
-    timeout), or None for any other error. Looks through the causes, since a failure
-    may be re-raised as another."""
-    seen: BaseException | None = exc
-    for _ in range(5):
-        if seen is None or isinstance(seen, DeskbrokerError):
-            return None
-        if isinstance(seen, OperationalError) and "database is locked" in str(seen.orig):
-            return DATABASE_BUSY
-        if isinstance(seen, (OperationalError, InterfaceError, DisconnectionError, PoolTimeout)):
-            return DATABASE_DOWN
-        if isinstance(seen, DBAPIError) and seen.connection_invalidated:
-            return DATABASE_DOWN
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
 def _outage_answer(request: Request, words: str, exc: Exception) -> JSONResponse:
-    # The driver's message only: SQLAlchemy's own text carries the statement's parameters.
+    # The driver's message only: the database library's own text carries the statement's
+    # parameters.
     reason = getattr(exc, "orig", None) or type(exc).__name__
     log.warning("database unavailable on %s %s: %s", request.method, request.url.path, reason)
-    ctx = getattr(request.app.state, "ctx", None)
+    ctx = deps.context_if_any(request)
     wait = ctx.settings.db_retry_after_s if ctx is not None else 5
     # No database error text: it may name hosts, users and statements.
     response = problem(503, "Database unavailable", words.format(wait=wait))
@@ -160,7 +134,9 @@ def install(app: FastAPI) -> None:
             return await _unexpected(request, exc)
         return _outage_answer(request, words, exc)
 
-    for kind in _OUTAGE_TYPES:
+    # What the handler is registered for; ``database_outage`` decides on each (another
+    # database error, an integrity error say, is a bug and stays a 500).
+    for kind in OUTAGE_TYPES:
         app.add_exception_handler(kind, _database)
 
     @app.exception_handler(Exception)
@@ -170,3 +146,15 @@ def install(app: FastAPI) -> None:
             return _outage_answer(request, words, exc)
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return problem(500, "Internal error", "the broker hit an unexpected error; it is logged")
+
+
+__all__ = [
+    "DATABASE_BUSY",
+    "DATABASE_DOWN",
+    "PARSE_FAILED",
+    "PROBLEM",
+    "database_outage",
+    "install",
+    "problem",
+    "readable",
+]

@@ -19,6 +19,8 @@ from typing import Any
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 
+from deskbroker.services import permission_catalog
+
 ADMIN_PREFIX = "/api/v1/admin/"
 PERMISSION_KEY = "x-permission"
 
@@ -74,3 +76,8 @@ def catalog() -> dict[str, frozenset[str]]:
             resource, _, action = required(path, method.upper(), operation).partition(":")
             found.setdefault(resource, set()).add(action)
     return {resource: frozenset(actions) for resource, actions in sorted(found.items())}
+
+
+# The services that check grants (services/standing.py, services/admin_access.py) read
+# the catalog through their own seam: they sit below the API.
+permission_catalog.provide(catalog)

@@ -25,6 +25,9 @@ from typing import Any, ClassVar
 from pydantic import BaseModel
 
 from deskbroker import outbound
+
+# PowerAction is the power state machine's (domain/states.py); drivers name it from here.
+from deskbroker.domain.states import PowerAction as PowerAction
 from deskbroker.domain.states import PowerState
 from deskbroker.errors import CenterError
 from deskbroker.write_guard import guard_methods
@@ -83,15 +86,6 @@ class BuildLimits:
     build_timeout_s: float = 900.0
 
 
-class PowerAction(StrEnum):
-    START = "start"
-    STOP = "stop"
-    SUSPEND = "suspend"
-    RESUME = "resume"
-    REBOOT = "reboot"
-    REBOOT_HARD = "reboot_hard"
-
-
 @dataclass(frozen=True)
 class MachineInfo:
     """One machine as the center reports it.
@@ -140,15 +134,12 @@ CENTER_KEY = "deskbroker_center"
 
 @dataclass(frozen=True)
 class ProvisionRequest:
-    """Everything the reference architecture lets a pool set for a new desktop."""
+    """A new desktop as the broker asks for it: its name, the broker's own parameters
+    (user data, metadata, tags, a data volume) and the pool's parameters as stored. What
+    to build it from (an image, a size, a network...) is the center's own business: a
+    driver reads it with ``CenterDriver.provision_params``."""
 
     name: str
-    image: str | None = None
-    flavor: str | None = None
-    availability_zone: str | None = None
-    network: str | None = None
-    floating_ip: bool = False
-    security_groups: tuple[str, ...] = ()
     user_data: str = ""
     metadata: Mapping[str, str] = field(default_factory=dict)
     # Identify broker, pool and desktop so a leak sweep can find what we made.
@@ -263,12 +254,19 @@ class CenterDriver:
         self.require(Capability.PROVISION)
         return ""
 
+    def needs_address(self, request: ProvisionRequest) -> bool:
+        """Whether a machine built for ``request`` needs ``attach_address`` once it runs
+        (OpenStack: a floating IP the pool asked for). The engine then takes an
+        addressing step before it hands the desktop over; otherwise the address the
+        listing reports is the desktop's. Answered from the request alone: no I/O."""
+        return False
+
     def machine(self, external_id: str) -> MachineInfo | None:
         """One machine's current state; ``None`` once it is gone."""
         return next((m for m in self.inventory() if m.external_id == external_id), None)
 
     def attach_address(self, external_id: str, request: ProvisionRequest) -> str:
-        """Give a new machine its reachable address (a floating IP where asked)."""
+        """Give a new machine its reachable address (asked when ``needs_address``)."""
         found = self.machine(external_id)
         return found.address if found else ""
 

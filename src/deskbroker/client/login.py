@@ -102,3 +102,26 @@ def device_login(
                 body = answer.json()
                 return StoredToken(base, body["token"], int(body["expires_at"]), body["username"])
     raise LoginFailed("the sign-in was not approved in time; run the command again")
+
+
+def load_token(path: Path) -> StoredToken | None:
+    """The cached token, or None. A cache others can read is closed to 0600 first: a
+    bearer token is a secret (a copy or an editor may have widened its mode)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return None
+    if mode & 0o077:
+        os.chmod(path, 0o600)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return StoredToken(
+            str(data["url"]), str(data["token"]), int(data["expires_at"]), str(data["username"])
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def forget_token(path: Path) -> None:
+    """Removes the token cache (after a logout)."""
+    path.unlink(missing_ok=True)

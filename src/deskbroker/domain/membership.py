@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import StringConstraints
+
+from deskbroker.domain.stored import StoredModel
 
 
 class FilterOp(StrEnum):
@@ -46,6 +50,23 @@ class AttributeFilter:
             case FilterOp.ENDS_WITH:
                 return text.endswith(want)
         return False  # pragma: no cover - the enum is exhaustive
+
+
+class FilterSpec(StoredModel):
+    """An attribute filter as an administrator writes it (a pool's ``filters``, a rule's
+    ``attributes``) and as it is stored."""
+
+    attribute: Annotated[str, StringConstraints(min_length=1, max_length=100)]
+    op: FilterOp
+    value: Annotated[str, StringConstraints(max_length=500)] = ""
+
+    def rule(self) -> AttributeFilter:
+        return AttributeFilter(self.attribute, self.op, self.value)
+
+
+def filters_from_stored(stored: Iterable[Mapping[str, Any]] | None) -> tuple[AttributeFilter, ...]:
+    """A stored list of filters (a pool's, a rule's) as the filters that test desktops."""
+    return tuple(FilterSpec.from_stored(f).rule() for f in stored or ())
 
 
 @dataclass(frozen=True)
@@ -115,3 +136,23 @@ def creates_cycle(pool_id: str, parent_id: str | None, parents: Mapping[str, str
         seen.add(current)
         current = parents.get(current)
     return False
+
+
+def nested_under(pool_ids: Collection[str], parents: Mapping[str, str | None]) -> set[str]:
+    """These pools and every pool nested under one of them, at any depth.
+
+    A nested pool hands out only its parent's members, so whoever changes a parent
+    changes what each pool below it offers. ``parents`` maps pool id to parent id; a
+    nesting loop (refused when written) cannot make this run forever."""
+    found = set(pool_ids)
+    children: dict[str, list[str]] = {}
+    for child, parent in parents.items():
+        if parent is not None:
+            children.setdefault(parent, []).append(child)
+    todo = list(found)
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found

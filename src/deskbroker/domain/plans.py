@@ -3,7 +3,8 @@
 An agent event moves a session (``EVENT_STATE``); ``on_session_change`` says which plan
 timers that sets and which pending ones lose their reason; ``judge`` decides, when a
 timer is due, whether its action may still run. The engine and the session service
-only carry out what these functions say.
+only carry out what these functions say. A plan's rules are stored as an administrator
+wrote them (``PowerRule``, ``ReleaseRule``) and read back with ``parse_rules``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
+from pydantic import Field, ValidationError
+
 from deskbroker.domain.states import PowerState, SessionState
+from deskbroker.domain.stored import StoredModel
 
 S = SessionState
 
@@ -49,10 +53,35 @@ EVENT_STATE: dict[AgentEvent, SessionState] = {
 IN_USE_STATES = frozenset({S.LOGGED_IN, S.CONNECTED, S.LOCKED})
 
 
+class RogueUsers(StrEnum):
+    """What the broker does when an agent reports a login the broker did not hand out."""
+
+    RECORD = "record"  # a ``session.rogue`` event, nothing more
+    ASSIGN = "assign"  # the free desktop becomes the user's (a broker user only)
+    FLAG = "flag"  # the desktop leaves every offer until an administrator looks
+
+
+# The stricter of two answers wins: flagging shows the most, assigning the least caution.
+_ROGUE_STRICTNESS = {RogueUsers.ASSIGN: 0, RogueUsers.RECORD: 1, RogueUsers.FLAG: 2}
+
+
+def rogue_policy(entries: Iterable[str | None], default: str) -> RogueUsers:
+    """The answer for a desktop from the ``rogue_users`` of the policy entries that offer
+    its pools (``None``: the entry leaves it to the broker's ``default``). Several
+    policies may offer one pool; the strictest wins, so one policy's ``assign`` cannot
+    hand a desktop that another wants flagged."""
+    chosen = [RogueUsers(e if e is not None else default) for e in entries]
+    if not chosen:
+        return RogueUsers(default)
+    return max(chosen, key=lambda r: _ROGUE_STRICTNESS[r])
+
+
 class Trigger(StrEnum):
     DISCONNECT = "disconnect"
     LOGOUT = "logout"
     IDLE = "idle"
+    # The session's time limit: counted from its login, whatever the user does.
+    SESSION_LIMIT = "session_limit"
 
 
 class PlanKind(StrEnum):
@@ -66,11 +95,80 @@ class PlanAction(StrEnum):
     REBOOT = "reboot"
     RELEASE = "release"
     TERMINATE = "terminate"
+    # Tell the user (through the desktop's agent) that a rule's action is coming.
+    WARN = "warn"
 
 
 POWER_ACTIONS = frozenset({PlanAction.SUSPEND, PlanAction.SHUTDOWN, PlanAction.REBOOT})
+
+
+# --- the rules as an administrator writes them (stored as JSON in the plan's row) ------
+class PlanEvent(StrEnum):
+    DISCONNECT = "disconnect"
+    LOGOUT = "logout"
+    IDLE = "idle"
+
+
+class PlanPowerAction(StrEnum):
+    """What a power plan's rule does to the desktop; the driver's verbs (start, stop,
+    resume...) are ``centers.base.PowerAction``."""
+
+    SUSPEND = "suspend"
+    SHUTDOWN = "shutdown"
+    REBOOT = "reboot"
+    NOTHING = "nothing"
+
+
+class ReleaseEvent(StrEnum):
+    DISCONNECT = "disconnect"
+    LOGOUT = "logout"
+    IDLE = "idle"
+    SESSION_LIMIT = "session_limit"
+
+
+class ReleaseAction(StrEnum):
+    RELEASE = "release"
+    TERMINATE = "terminate"
+    KEEP = "keep"
+
+
+class PowerRule(StoredModel):
+    event: PlanEvent
+    after_minutes: int = Field(ge=0, le=60 * 24 * 30)
+    action: PlanPowerAction
+    warn_minutes: int | None = Field(
+        default=None,
+        ge=1,
+        le=60 * 24,
+        description="warn the user through the desktop's agent this many minutes before "
+        "the desktop is suspended, shut down or rebooted (at most after_minutes); coming "
+        "back in that grace period cancels it",
+    )
+
+
+class ReleaseRule(StoredModel):
+    event: ReleaseEvent = Field(
+        description="disconnect, logout, idle (release on idle; the session is logged off) "
+        "or session_limit (after_minutes from the login; the session is logged off)"
+    )
+    after_minutes: int = Field(ge=0, le=60 * 24 * 30)
+    action: ReleaseAction
+    warn_minutes: int | None = Field(
+        default=None,
+        ge=1,
+        le=60 * 24,
+        description="warn the user through the desktop's agent this many minutes before "
+        "the action (at most after_minutes); activity in that grace period cancels an "
+        "idle rule",
+    )
+
+
 # Rules whose action is "do nothing" set no timer at all.
-NO_OP_ACTIONS = frozenset({"nothing", "keep"})
+NO_OP_ACTIONS = frozenset({PlanPowerAction.NOTHING.value, ReleaseAction.KEEP.value})
+_RULE_MODEL: dict[PlanKind, type[PowerRule] | type[ReleaseRule]] = {
+    PlanKind.POWER: PowerRule,
+    PlanKind.RELEASE: ReleaseRule,
+}
 
 # The session state that starts each trigger's clock.
 STATE_TRIGGER: dict[SessionState, Trigger] = {
@@ -86,7 +184,11 @@ TRIGGER_HOLDS: dict[Trigger, frozenset[SessionState]] = {
     Trigger.DISCONNECT: frozenset({S.DISCONNECTED, S.IDLE}),
     Trigger.IDLE: frozenset({S.IDLE, S.DISCONNECTED}),
     Trigger.LOGOUT: frozenset({S.LOGGED_OUT}),
+    Trigger.SESSION_LIMIT: frozenset(set(S) - {S.LOGGED_OUT}),
 }
+# Triggers whose release also logs the session off through the agent: the user is
+# still logged in (idle, or over the time limit) and the desktop goes to someone else.
+LOGOFF_TRIGGERS = frozenset({Trigger.IDLE, Trigger.SESSION_LIMIT})
 
 _ALLOWED: dict[PlanKind, tuple[frozenset[Trigger], frozenset[PlanAction]]] = {
     PlanKind.POWER: (
@@ -94,7 +196,7 @@ _ALLOWED: dict[PlanKind, tuple[frozenset[Trigger], frozenset[PlanAction]]] = {
         POWER_ACTIONS,
     ),
     PlanKind.RELEASE: (
-        frozenset({Trigger.DISCONNECT, Trigger.LOGOUT}),
+        frozenset({Trigger.DISCONNECT, Trigger.LOGOUT, Trigger.IDLE, Trigger.SESSION_LIMIT}),
         frozenset({PlanAction.RELEASE, PlanAction.TERMINATE}),
     ),
 }
@@ -108,32 +210,47 @@ class PlanRule:
     trigger: Trigger
     after: timedelta
     action: PlanAction
+    # Warn the user this long before the action (None: no warning).
+    warn: timedelta | None = None
 
 
 def parse_rules(plan: PlanKind, rules: Iterable[Mapping[str, Any]]) -> tuple[PlanRule, ...]:
-    """The actionable rules of a stored plan.
+    """The actionable rules of a stored plan, read back through the plan's rule model.
 
     Rules were validated when the admin wrote them; a rule this version does not
     understand is left out rather than failing the agent event that consults it.
     """
     triggers, actions = _ALLOWED[plan]
+    model = _RULE_MODEL[plan]
     parsed: list[PlanRule] = []
-    for rule in rules:
-        action = str(rule.get("action", ""))
-        trigger = str(rule.get("event", ""))
-        minutes = rule.get("after_minutes", 0)
-        if action in NO_OP_ACTIONS or isinstance(minutes, bool):
+    for stored in rules:
+        try:
+            rule = model.from_stored(stored)
+        except ValidationError:
             continue
-        if action not in PlanAction._value2member_map_ or trigger not in Trigger._value2member_map_:
+        if rule.action.value in NO_OP_ACTIONS:
             continue
-        if PlanAction(action) not in actions or Trigger(trigger) not in triggers:
+        trigger, action = Trigger(rule.event.value), PlanAction(rule.action.value)
+        if action not in actions or trigger not in triggers:
             continue
-        if not isinstance(minutes, int | float) or minutes < 0:
-            continue
-        parsed.append(
-            PlanRule(plan, Trigger(trigger), timedelta(minutes=minutes), PlanAction(action))
-        )
+        warn_minutes = getattr(rule, "warn_minutes", None)
+        warn = timedelta(minutes=min(warn_minutes, rule.after_minutes)) if warn_minutes else None
+        parsed.append(PlanRule(plan, trigger, timedelta(minutes=rule.after_minutes), action, warn))
     return tuple(parsed)
+
+
+# A pooled assignment ends at logout: the desktop goes back to its pool (a release plan
+# that says what a logout does has its own way).
+POOLED_RELEASE = PlanRule(PlanKind.RELEASE, Trigger.LOGOUT, timedelta(0), PlanAction.RELEASE)
+
+
+def with_pooled_release(rules: Iterable[PlanRule], pooled: bool) -> list[PlanRule]:
+    """The rules a session event consults: a pooled desktop's plans plus the release at
+    logout its assignment implies, unless its release plan already acts on a logout."""
+    found = list(rules)
+    if not pooled or any(r.plan is PlanKind.RELEASE and r.trigger is Trigger.LOGOUT for r in found):
+        return found
+    return [*found, POOLED_RELEASE]
 
 
 @dataclass(frozen=True)
@@ -192,14 +309,25 @@ def on_session_change(
         else:
             kept.append(timer)
     add: list[NewTimer] = []
-    trigger = STATE_TRIGGER.get(new)
-    if trigger is not None and new != previous:
-        have = {(t.session_id, t.plan, t.trigger, t.action) for t in kept}
-        for rule in rules:
-            key = (session_id, rule.plan.value, rule.trigger.value, rule.action.value)
-            if rule.trigger is trigger and key not in have:
-                have.add(key)
-                add.append(NewTimer(rule.plan, rule.trigger, rule.action, at + rule.after))
+    starting = set()
+    if STATE_TRIGGER.get(new) is not None and new != previous:
+        starting.add(STATE_TRIGGER[new])
+    if previous is None and new is not S.LOGGED_OUT:
+        starting.add(Trigger.SESSION_LIMIT)  # the time limit counts from the login
+    have = {(t.session_id, t.plan, t.trigger, t.action) for t in kept}
+    for rule in rules:
+        if rule.trigger not in starting:
+            continue
+        key = (session_id, rule.plan.value, rule.trigger.value, rule.action.value)
+        if key in have:
+            continue
+        have.add(key)
+        due = at + rule.after
+        add.append(NewTimer(rule.plan, rule.trigger, rule.action, due))
+        warn_key = (session_id, rule.plan.value, rule.trigger.value, PlanAction.WARN.value)
+        if rule.warn is not None and warn_key not in have:
+            have.add(warn_key)
+            add.append(NewTimer(rule.plan, rule.trigger, PlanAction.WARN, due - rule.warn))
     return TimerChanges(tuple(add), tuple(cancel))
 
 
@@ -263,6 +391,8 @@ def judge(facts: FireFacts) -> Verdict:
         return Verdict(
             Outcome.CANCEL, action, "the desktop was assigned again after the timer was set"
         )
+    if action is PlanAction.WARN:
+        return Verdict(Outcome.RUN, action)
     if facts.power_state in (PowerState.DELETING, PowerState.DELETED):
         return Verdict(Outcome.SKIP, action, f"the desktop is {facts.power_state.value}")
     if action in POWER_ACTIONS:

@@ -1,13 +1,113 @@
-"""How many desktops a pool should create or retire now. Pure arithmetic."""
+"""A pool's provisioning: the stored model, and how many desktops to create or retire now.
+
+``Provisioning`` is what an administrator writes on a pool and the engine reads back
+(``Provisioning.from_stored``); the rest is pure arithmetic over it."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import zoneinfo
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, time
-from typing import Any
+from typing import Annotated
 
-from deskbroker.domain.rules import TimeWindow, zone
+from pydantic import (
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from deskbroker.domain import tags
+from deskbroker.domain.rules import TimeWindow
+from deskbroker.domain.stored import StoredModel, reading
+
+Clock = Annotated[str, StringConstraints(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")]
+
+
+class Window(StoredModel):
+    """A schedule window of a pool: on these days, between these times (the pool's time
+    zone), keep these targets instead of the pool's own."""
+
+    days: list[Annotated[int, Field(ge=0, le=6)]] = Field(min_length=1, max_length=7)
+    start: Clock
+    end: Clock
+    min_unassigned: int = Field(ge=0, le=100000)
+    max_total: int = Field(ge=0, le=100000)
+
+
+class ProvisioningParameters(StoredModel):
+    """The broker's own provisioning parameters. Any other key (an image, a flavor...)
+    is the provisioning center's, checked against its driver's ``ProvisionParams``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name_template: Annotated[str, StringConstraints(min_length=1, max_length=63)] = (
+        tags.DEFAULT_TEMPLATE
+    )
+    sequence_start: int = Field(default=1, ge=0, le=1_000_000_000)
+    user_data: Annotated[str, StringConstraints(max_length=65535)] = ""
+    metadata: dict[str, Annotated[str, StringConstraints(max_length=255)]] = Field(
+        default_factory=dict
+    )
+    deletable: bool = True
+    start_unavailable: bool = False
+    data_volume_gb: int | None = Field(
+        default=None,
+        ge=1,
+        le=16384,
+        description="a data volume per user of this size, attached to whichever desktop "
+        "of the pool they hold",
+    )
+
+    @model_validator(mode="after")
+    def _template(self) -> ProvisioningParameters:
+        tags.validate_template(self.name_template)
+        return self
+
+
+class Provisioning(StoredModel):
+    """A pool's provisioning: whether the engine builds desktops for it, where, how many
+    (``min_unassigned`` free, at most ``max_total``; a schedule window may say otherwise)
+    and with which parameters."""
+
+    enabled: bool = False
+    center_id: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = Field(
+        default=None, description="where to build desktops; default the pool's first center"
+    )
+    timezone: Annotated[str, StringConstraints(max_length=64)] = Field(
+        default="UTC", description="IANA time zone of the schedule windows"
+    )
+    min_unassigned: int = Field(default=0, ge=0, le=100000)
+    max_total: int = Field(default=0, ge=0, le=100000)
+    schedules: list[Window] = Field(default_factory=list, max_length=50)
+    parameters: ProvisioningParameters = Field(default_factory=ProvisioningParameters)
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str, info: ValidationInfo) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            if reading(info):
+                return "UTC"  # the admin API refuses unknown zones; a stored one may predate that
+            raise ValueError(f"unknown time zone {value!r}; use e.g. Europe/Paris") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _limits(self) -> Provisioning:
+        if self.min_unassigned > self.max_total and self.enabled:
+            raise ValueError("min_unassigned cannot be larger than max_total")
+        for window in self.schedules:
+            if window.min_unassigned > window.max_total:
+                raise ValueError("a schedule's min_unassigned cannot be larger than its max_total")
+        return self
+
+    def center_for(self, pool_center_ids: Sequence[str] | None) -> str | None:
+        """The center the engine builds in: the one named, else the pool's first."""
+        return self.center_id or next(iter(pool_center_ids or []), None)
 
 
 @dataclass(frozen=True)
@@ -24,35 +124,22 @@ def _clock(text: str) -> time:
     return time(int(hours), int(minutes or 0))
 
 
-def _zone_name(provisioning: Mapping[str, Any]) -> str:
-    name = str(provisioning.get("timezone") or "UTC")
-    try:
-        zone(name)
-    except ValueError:
-        return "UTC"  # the admin API refuses unknown zones; a stored one may predate that
-    return name
-
-
-def targets(provisioning: Mapping[str, Any], moment: datetime) -> Targets:
+def targets(provisioning: Provisioning, moment: datetime) -> Targets:
     """The pool's limits at ``moment``: the first schedule window that contains it wins.
 
     Windows are read on the clock of the pool's ``timezone``; an aware ``moment`` (the
     engine passes UTC) is converted into it, a naive one is taken as that zone's time."""
-    schedules: Sequence[Mapping[str, Any]] = provisioning.get("schedules") or []
-    where = _zone_name(provisioning)
-    for index, window in enumerate(schedules):
+    for index, window in enumerate(provisioning.schedules):
         span = TimeWindow(
-            frozenset(window["days"]), _clock(window["start"]), _clock(window["end"]), where
+            frozenset(window.days), _clock(window.start), _clock(window.end), provisioning.timezone
         )
         if span.contains(moment):
             return Targets(
-                int(window["min_unassigned"]),
-                int(window["max_total"]),
-                f"schedule {index + 1} ({window['start']}-{window['end']})",
+                window.min_unassigned,
+                window.max_total,
+                f"schedule {index + 1} ({window.start}-{window.end})",
             )
-    return Targets(
-        int(provisioning.get("min_unassigned", 0)), int(provisioning.get("max_total", 0))
-    )
+    return Targets(provisioning.min_unassigned, provisioning.max_total)
 
 
 @dataclass(frozen=True)

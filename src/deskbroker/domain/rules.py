@@ -13,8 +13,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, time, tzinfo
 from functools import cache
+from typing import Annotated
 
-from deskbroker.domain.membership import AttributeFilter, FilterOp
+from pydantic import Field, StringConstraints, field_validator
+
+from deskbroker.domain.membership import AttributeFilter, FilterOp, FilterSpec
+from deskbroker.domain.stored import StoredModel
 
 DAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 
@@ -151,6 +155,55 @@ def _time_check(window: TimeWindow, moment: datetime) -> Check:
     inside = window.contains(moment)
     when = f"{local:%H:%M} {DAY_NAMES[local.weekday()]}"
     return Check("time", inside, f"{when} {'inside' if inside else 'outside'} {window.words()}")
+
+
+Clock = Annotated[str, StringConstraints(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")]
+
+
+def clock(text: str) -> time:
+    """``"08:30"`` as a time of day."""
+    hours, _, minutes = text.partition(":")
+    return time(int(hours) % 24, int(minutes or 0))
+
+
+class RuleWindow(StoredModel):
+    """When a rule holds, as an administrator writes it: days, start and end, in a zone."""
+
+    days: list[Annotated[int, Field(ge=0, le=6)]] = Field(min_length=1, max_length=7)
+    start: Clock
+    end: Clock
+    timezone: Annotated[str, StringConstraints(min_length=1, max_length=64)] = Field(
+        default="UTC", description="IANA time zone the window is read in, e.g. Europe/Paris"
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        zone(value)  # raises ValueError in words
+        return value
+
+    def time_window(self) -> TimeWindow:
+        return TimeWindow(frozenset(self.days), clock(self.start), clock(self.end), self.timezone)
+
+
+class Conditions(StoredModel):
+    """An assignment rule's conditions as written and stored; all given must hold."""
+
+    group: Annotated[str, StringConstraints(min_length=1, max_length=500)] | None = None
+    attributes: list[FilterSpec] = Field(default_factory=list, max_length=20)
+    ou: Annotated[str, StringConstraints(min_length=1, max_length=500)] | None = None
+    client_cidr: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    window: RuleWindow | None = None
+
+    @field_validator("client_cidr")
+    @classmethod
+    def _cidr(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{value!r} is not a network such as 10.0.0.0/8") from exc
+        return value
 
 
 @dataclass(frozen=True)

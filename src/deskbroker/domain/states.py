@@ -3,11 +3,14 @@
 Every state machine (desktop power, availability, agent, session, provisioning task) has
 one table here, and every writer moves a state through ``transition`` (or, where the
 infrastructure has the last word, ``observe`` and ``settle``, which read the same table).
+The power machine also has an action table (``POWER_ACTIONS``, ``START_ON_CONNECT``):
+which power actions may be asked of a desktop in which state, and what they lead to.
 ``scripts/gen_state_docs.py`` writes these tables into docs/architecture.md."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeVar
 
@@ -25,6 +28,17 @@ class PowerState(StrEnum):
     DELETED = "deleted"
 
 
+# What the broker may ask a center to do to a machine's power. (A comment, not a
+# docstring: the API reference shows an enum's docstring.)
+class PowerAction(StrEnum):
+    START = "start"
+    STOP = "stop"
+    SUSPEND = "suspend"
+    RESUME = "resume"
+    REBOOT = "reboot"
+    REBOOT_HARD = "reboot_hard"
+
+
 class Availability(StrEnum):
     AVAILABLE = "available"
     UNAVAILABLE = "unavailable"
@@ -34,6 +48,17 @@ class AgentState(StrEnum):
     UNKNOWN = "unknown"
     RUNNING = "running"
     LOST = "lost"
+
+
+class EnrolmentState(StrEnum):
+    """An agent that enrolled with a tenant's enrolment key and matched no desktop row:
+    it waits for an administrator (``pending_enrolments.state``)."""
+
+    PENDING = "pending"
+    APPROVED = "approved"  # an administrator named its desktop; the agent has not polled
+    COLLECTED = "collected"  # the agent took its credential (once)
+    DENIED = "denied"
+    EXPIRED = "expired"
 
 
 class SessionState(StrEnum):
@@ -68,6 +93,45 @@ POWER_TRANSITIONS: dict[PowerState, frozenset[PowerState]] = {
     P.DELETING: frozenset({P.DELETED, P.ERROR, P.UNKNOWN}),
     P.DELETED: frozenset(),
 }
+
+
+@dataclass(frozen=True)
+class ActionRule:
+    """When a power action may be asked, and what the broker records once it was done."""
+
+    # The states it makes sense from (``unknown``: let the center decide).
+    allowed_from: frozenset[PowerState]
+    # The state recorded once the center accepted it (the next scan corrects it).
+    leads_to: PowerState
+    # It takes the desktop away from whoever is working on it.
+    disruptive: bool
+
+
+POWER_ACTIONS: dict[PowerAction, ActionRule] = {
+    PowerAction.START: ActionRule(frozenset({P.STOPPED, P.UNKNOWN, P.ERROR}), P.RUNNING, False),
+    PowerAction.RESUME: ActionRule(frozenset({P.SUSPENDED, P.UNKNOWN}), P.RUNNING, False),
+    PowerAction.STOP: ActionRule(frozenset({P.RUNNING, P.SUSPENDED, P.UNKNOWN}), P.STOPPED, True),
+    PowerAction.SUSPEND: ActionRule(frozenset({P.RUNNING, P.UNKNOWN}), P.SUSPENDED, True),
+    PowerAction.REBOOT: ActionRule(frozenset({P.RUNNING, P.UNKNOWN}), P.RUNNING, True),
+    PowerAction.REBOOT_HARD: ActionRule(
+        frozenset({P.RUNNING, P.ERROR, P.UNKNOWN}), P.RUNNING, True
+    ),
+}
+# A desktop in one of these states is started when its user connects, by this action.
+START_ON_CONNECT: dict[PowerState, PowerAction] = {
+    P.STOPPED: PowerAction.START,
+    P.SUSPENDED: PowerAction.RESUME,
+}
+
+
+def check_action(current: str, action: PowerAction, *, subject: str) -> PowerState:
+    """The desktop's power state, when ``action`` may be asked of it; ``Conflict`` in
+    words otherwise ("desktop lab-001 is deleted: it cannot start")."""
+    was = power_state(current)
+    if was not in POWER_ACTIONS[action].allowed_from:
+        raise Conflict(f"{subject} is {was.value}: it cannot {action.value}")
+    return was
+
 
 S = SessionState
 SESSION_TRANSITIONS: dict[SessionState, frozenset[SessionState]] = {
@@ -106,7 +170,20 @@ AGENT_TRANSITIONS: dict[AgentState, frozenset[AgentState]] = {
     A.LOST: frozenset({A.RUNNING}),
 }
 
-E = TypeVar("E", PowerState, SessionState, ProvisioningState, Availability, AgentState)
+EN = EnrolmentState
+# A decision is final: an approval is collected once (its credential is shown once), a
+# denial stands, and either lapses unless acted on within the pending lifetime.
+ENROLMENT_TRANSITIONS: dict[EnrolmentState, frozenset[EnrolmentState]] = {
+    EN.PENDING: frozenset({EN.APPROVED, EN.DENIED, EN.EXPIRED}),
+    EN.APPROVED: frozenset({EN.COLLECTED, EN.DENIED, EN.EXPIRED}),
+    EN.COLLECTED: frozenset(),
+    EN.DENIED: frozenset(),
+    EN.EXPIRED: frozenset(),
+}
+
+E = TypeVar(
+    "E", PowerState, SessionState, ProvisioningState, Availability, AgentState, EnrolmentState
+)
 
 
 def transition(table: dict[E, frozenset[E]], current: E, target: E, *, subject: str = "") -> E:
@@ -209,4 +286,5 @@ MACHINES: dict[str, tuple[type[StrEnum], dict[Any, frozenset[Any]]]] = {
     "desktop agent (desktops.agent_state)": (AgentState, AGENT_TRANSITIONS),
     "session (sessions.state)": (SessionState, SESSION_TRANSITIONS),
     "provisioning task (provisioning_tasks.state)": (ProvisioningState, PROVISIONING_TRANSITIONS),
+    "pending agent enrolment (pending_enrolments.state)": (EnrolmentState, ENROLMENT_TRANSITIONS),
 }

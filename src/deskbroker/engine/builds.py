@@ -12,20 +12,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from string import Template
 from typing import Any
 
-from sqlalchemy import bindparam, update
-from sqlalchemy.orm import Session
-
 from deskbroker.centers.base import (
-    CENTER_KEY,
-    DESKTOP_KEY,
-    POOL_KEY,
     Capability,
     CenterDriver,
     MachineInfo,
-    ProvisionRequest,
     QuotaExceeded,
     UnknownName,
 )
@@ -41,22 +33,23 @@ from deskbroker.domain.states import (
 from deskbroker.domain.timestamps import aware
 from deskbroker.engine.drivers import DriverCache
 from deskbroker.engine.handover import hand_over
+from deskbroker.engine.requests import request_of
 from deskbroker.engine.watch import BuildWatcher
 from deskbroker.errors import CenterError
+from deskbroker.services import agents
+from deskbroker.services.agents import ENROL_KEY
 from deskbroker.services.context import BrokerContext
-from deskbroker.store import events, leases
-from deskbroker.store.tables import Center, Desktop, Pool, utcnow
+from deskbroker.store import build_steps, events, leases
+from deskbroker.store.db import Unit
+from deskbroker.store.tables import Center, Desktop, utcnow
 from deskbroker.store.tasks import (
-    DESKTOPS,
     MAX_ATTEMPTS,
     OPEN_STATES,
-    POOLS,
     TASKS,
     S,
     TaskRow,
     in_flight,
     lock_center,
-    read_task,
     task_tag,
 )
 
@@ -68,57 +61,6 @@ POOL_BACKOFF_STEPS = 64
 def pool_backoff_s(base_s: float, failures: int) -> float:
     """How long a pool waits before building again after ``failures`` in a row."""
     return base_s * min(2.0 ** max(0, failures - 1), float(POOL_BACKOFF_STEPS))
-
-
-_RECORD_EXTERNAL_ID = (
-    update(DESKTOPS)
-    .where(DESKTOPS.c.id == bindparam("b_desktop"))
-    .values(external_id=bindparam("b_external"))
-)
-_CREATED = (
-    update(TASKS)
-    .where(TASKS.c.id == bindparam("b_task"), TASKS.c.lease_owner == bindparam("b_owner"))
-    .values(
-        lease_owner=None,
-        lease_expires_at=None,
-        state=bindparam("b_state"),
-        step_started_at=bindparam("b_now"),
-        next_step_at=bindparam("b_next"),
-        external_id=bindparam("b_external"),
-    )
-)
-
-
-def render_user_data(template: str, task: TaskRow) -> str:
-    """A pool's user data with this desktop's values put in: ``$DESKTOP_NAME``,
-    ``$DESKTOP_ID``, ``$POOL_ID`` (``${...}`` works too; ``$$`` is a plain ``$``). Any
-    other ``$NAME`` is left alone, so a shell script's own variables survive."""
-    return Template(template).safe_substitute(
-        DESKTOP_NAME=task.name, DESKTOP_ID=task.desktop_id or "", POOL_ID=task.pool_id or ""
-    )
-
-
-def _request_of(task: TaskRow) -> ProvisionRequest:
-    params = task.request or {}
-    return ProvisionRequest(
-        name=task.name,
-        image=params.get("image"),
-        flavor=params.get("flavor"),
-        availability_zone=params.get("availability_zone"),
-        network=params.get("network"),
-        floating_ip=bool(params.get("floating_ip")),
-        security_groups=tuple(params.get("security_groups") or ()),
-        user_data=render_user_data(params.get("user_data") or "", task),
-        metadata={
-            **{str(k): str(v) for k, v in (params.get("metadata") or {}).items()},
-            CENTER_KEY: task.center_id,
-            POOL_KEY: task.pool_id or "",
-            DESKTOP_KEY: task.desktop_id or "",
-            "deskbroker_task": task.id,
-        },
-        tags=(task_tag(task.id),),
-        parameters=dict(params),
-    )
 
 
 class TaskStep:
@@ -145,7 +87,7 @@ class TaskStep:
         state: S | None = None,
         *,
         delay_s: float | None = None,
-        also: Callable[[Session], None] | None = None,
+        also: Callable[[Unit], None] | None = None,
         **values: Any,
     ) -> None:
         """Persist the outcome of this step (and ``also`` in the same transaction), and
@@ -233,13 +175,11 @@ class TaskStep:
                 )
                 return
             # Persist the intent before the call: a crash from here on is resumed by tag.
-            session.execute(
-                update(TASKS)
-                .where(TASKS.c.id == self.task.id)
-                .values(
-                    state=transition(PROVISIONING_TRANSITIONS, S.REQUESTED, S.CREATING).value,
-                    step_started_at=utcnow(),
-                )
+            build_steps.mark_creating(
+                session,
+                self.task.id,
+                transition(PROVISIONING_TRANSITIONS, S.REQUESTED, S.CREATING).value,
+                utcnow(),
             )
         self.state = S.CREATING
         self._start(driver)
@@ -256,7 +196,12 @@ class TaskStep:
         if self.watcher is not None:
             self.watcher.start_cursor()
         asked_at = time.monotonic()
-        external_id = driver.create(_request_of(task))
+        secret = (
+            agents.enrolment_secret(self.ctx, task.desktop_id, task.tenant_id)
+            if task.desktop_id
+            else ""
+        )
+        external_id = driver.create(request_of(task, {ENROL_KEY: secret} if secret else None))
         if self.watcher is not None:
             self.watcher.building(external_id, asked_at)
         self._created(external_id)
@@ -270,20 +215,15 @@ class TaskStep:
         # The watcher wakes the build when it finishes; the first look is a safety net.
         after = timedelta(seconds=self._next_look(False))
         with self.ctx.db.connect_write() as conn:
-            if task.desktop_id:
-                conn.execute(
-                    _RECORD_EXTERNAL_ID, {"b_desktop": task.desktop_id, "b_external": external_id}
-                )
-            conn.execute(
-                _CREATED,
-                {
-                    "b_task": task.id,
-                    "b_owner": self.owner,
-                    "b_state": state,
-                    "b_now": now,
-                    "b_next": now + after,
-                    "b_external": external_id,
-                },
+            build_steps.record_created(
+                conn,
+                task_id=task.id,
+                owner=self.owner,
+                desktop_id=task.desktop_id,
+                external_id=external_id,
+                state=state,
+                now=now,
+                next_step_at=now + after,
             )
         self.state = S.WAITING
 
@@ -329,7 +269,7 @@ class TaskStep:
         if machine is not None and machine.power_state is PowerState.RUNNING:
             if self.watcher is not None:
                 self.watcher.learned(waited)
-            if (task.request or {}).get("floating_ip"):
+            if driver.needs_address(request_of(task)):
                 self._save(S.ADDRESSING, delay_s=0)
             else:
                 self._finish(machine, machine.address)
@@ -354,7 +294,7 @@ class TaskStep:
 
     def _address(self, driver: CenterDriver) -> None:
         task = self.task
-        address = driver.attach_address(task.external_id or "", _request_of(task))
+        address = driver.attach_address(task.external_id or "", request_of(task))
         self._finish(driver.machine(task.external_id or ""), address)
 
     def _finish(self, machine: MachineInfo | None, address: str) -> None:
@@ -373,11 +313,7 @@ class TaskStep:
         task = self.task
         with self.ctx.db.write() as session:
             if task.pool_id:
-                session.execute(
-                    update(POOLS)
-                    .where(POOLS.c.id == task.pool_id)
-                    .values(status="quota", last_error=words)
-                )
+                build_steps.pool_over_quota(session, task.pool_id, words)
             leases.release(
                 session,
                 TASKS,
@@ -404,11 +340,7 @@ class TaskStep:
         with self.ctx.db.write() as session:
             if attempts < MAX_ATTEMPTS and cleaned and not final:
                 if task.desktop_id:
-                    session.execute(
-                        update(DESKTOPS)
-                        .where(DESKTOPS.c.id == task.desktop_id)
-                        .values(external_id=f"task:{task.id}")
-                    )
+                    build_steps.desktop_awaits_build(session, task.desktop_id, task.id)
                 leases.release(
                     session,
                     TASKS,
@@ -473,13 +405,13 @@ class TaskStep:
                 desktop_id=None if cleaned else task.desktop_id,
             )
 
-    def _pool_failed(self, session: Session, cause: str) -> None:
+    def _pool_failed(self, session: Unit, cause: str) -> None:
         """One more build of the pool failed for good: it waits before building again,
         exponentially longer, and its status keeps the first cause of the streak (the
         later ones are often only its symptoms)."""
         if not self.task.pool_id:
             return
-        pool = session.get(Pool, self.task.pool_id, with_for_update=True)
+        pool = build_steps.lock_pool(session, self.task.pool_id)
         if pool is None:
             return
         failures = (pool.build_failures or 0) + 1
@@ -490,13 +422,3 @@ class TaskStep:
             seconds=pool_backoff_s(self.ctx.settings.quota_backoff_s, failures)
         )
         pool.status = "error"
-
-
-def advance_task(
-    ctx: BrokerContext, drivers: DriverCache, task_id: str, owner: str, now: datetime
-) -> None:
-    """Run one step of one leased provisioning task."""
-    with ctx.db.read() as session:
-        task = read_task(session, task_id)
-    if task is not None:
-        TaskStep(ctx, drivers, task, owner).run(now)

@@ -17,6 +17,7 @@ from deskbroker.domain.states import (
     from_any,
 )
 from deskbroker.domain.timestamps import aware
+from deskbroker.engine.requests import request_of
 from deskbroker.engine.watch import BuildWatcher
 from deskbroker.services.context import BrokerContext
 from deskbroker.services.queues import serve_queues
@@ -129,7 +130,7 @@ def finish_and_refill(
                 elif (
                     machine.power_state is PowerState.RUNNING
                     and not machine.gone
-                    and not (row.request or {}).get("floating_ip")
+                    and not watcher.driver.needs_address(request_of(row))
                 ):
                     ready.append(row)
                 else:

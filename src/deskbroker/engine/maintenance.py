@@ -2,31 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
-from typing import Any
-
-from sqlalchemy import delete, or_, select
-from sqlalchemy.orm import Session
+from datetime import datetime
 
 from deskbroker.centers.base import Capability
 from deskbroker.engine.drivers import DriverCache
-from deskbroker.engine.provisioner import pool_counts
+from deskbroker.engine.provisioner import builds_unavailable, pool_counts
 from deskbroker.services import inventory
 from deskbroker.services.context import BrokerContext
-from deskbroker.store import events
-from deskbroker.store.tables import (
-    Center,
-    Desktop,
-    Event,
-    LoginChallenge,
-    LoginThrottle,
-    OidcFlow,
-    Pool,
-    PoolStat,
-    ProvisioningTask,
-    SessionRow,
-)
-from deskbroker.store.tasks import OPEN_STATES
+from deskbroker.store import events, upkeep
+from deskbroker.store.tables import Center, Pool
 
 
 def scan_center(ctx: BrokerContext, drivers: DriverCache, center_id: str, now: datetime) -> str:
@@ -43,29 +27,12 @@ def leak_sweep(ctx: BrokerContext, drivers: DriverCache, center_id: str, now: da
         center = session.get(Center, center_id)
         if center is None:
             return "center is gone"
-        known = set(
-            session.scalars(select(Desktop.external_id).where(Desktop.center_id == center_id)).all()
-        )
-        known |= {
-            e
-            for e in session.scalars(
-                select(ProvisioningTask.external_id).where(
-                    ProvisioningTask.center_id == center_id,
-                    ProvisioningTask.state.in_(OPEN_STATES),
-                )
-            ).all()
-            if e
-        }
-        # A task still creating may own an instance we have not recorded yet.
-        creating = session.scalar(
-            select(ProvisioningTask.id)
-            .where(ProvisioningTask.center_id == center_id, ProvisioningTask.state == "creating")
-            .limit(1)
-        )
+        seen = upkeep.accounted(session, center_id)
     driver = drivers.get(center)
-    if Capability.LEAK_SWEEP not in driver.capabilities or creating is not None:
+    # A task still creating may own an instance we have not recorded yet.
+    if Capability.LEAK_SWEEP not in driver.capabilities or seen.creating:
         return "nothing to sweep"
-    leaked = driver.leaked(known, center_id=center_id)
+    leaked = driver.leaked(seen.external_ids, center_id=center_id)
     reap = bool((center.params or {}).get("reap_leaks", False))
     for machine in leaked:
         if reap:
@@ -91,19 +58,12 @@ def pool_stats(ctx: BrokerContext, drivers: DriverCache, pool_id: str, now: date
         pool = session.get(Pool, pool_id)
         if pool is None:
             return "pool is gone"
-        counts = pool_counts(session, pool_id)
-        session.add(
-            PoolStat(
-                pool_id=pool_id,
-                at=now,
-                counts={
-                    "total": counts.total,
-                    "unassigned": counts.unassigned,
-                    "in_flight": counts.in_flight,
-                    "waiting_users": counts.waiting_users,
-                },
-            )
+        # Counted as the provisioner counts them: in a pool that builds its desktops
+        # unavailable, a finished one waiting for an administrator is unassigned.
+        counts = pool_counts(
+            session, pool_id, starts_unavailable=builds_unavailable(pool.provisioning)
         )
+        upkeep.add_pool_stat(session, pool_id, now, counts)
     return "sampled"
 
 
@@ -111,52 +71,15 @@ def retention(ctx: BrokerContext, drivers: DriverCache, target: str, now: dateti
     """Drop events, statistics and ended sessions older than their retention; finished
     tasks and spent sign-in leftovers too."""
     settings = ctx.settings
-    with ctx.db.write() as session:
-        old_events = _purge(
-            session, Event, Event.at, now - timedelta(days=settings.event_retention_days)
-        )
-        old_stats = _purge(
-            session, PoolStat, PoolStat.at, now - timedelta(days=settings.stats_retention_days)
-        )
-        # Only ended sessions: an open one is live state, however old (a week-long
-        # disconnected session still holds its desktop and a unit of the tenant's quota).
-        result = session.execute(
-            delete(SessionRow).where(
-                SessionRow.ended_at.is_not(None),
-                SessionRow.ended_at < now - timedelta(days=settings.session_retention_days),
-            )
-        )
-        old_sessions = int(result.rowcount or 0)  # type: ignore[attr-defined]
-        session.execute(
-            delete(ProvisioningTask).where(
-                ProvisioningTask.state.in_(("ready", "cancelled")),
-                ProvisioningTask.updated_at < now - timedelta(days=1),
-            )
-        )
-        # Sign-in leftovers: challenges and OpenID flows past their expiry, and failure
-        # counts whose window and lockout are both over (a spray of made-up names would
-        # otherwise leave a row per name for ever).
-        spent = _purge(session, LoginChallenge, LoginChallenge.expires_at, now)
-        spent += _purge(session, OidcFlow, OidcFlow.expires_at, now)
-        window = now - timedelta(seconds=settings.login_failure_window_s)
-        result = session.execute(
-            delete(LoginThrottle).where(
-                LoginThrottle.window_started_at < window,
-                or_(LoginThrottle.locked_until.is_(None), LoginThrottle.locked_until < now),
-                # A key locked before keeps its count of lockouts for a day: repeats double.
-                or_(
-                    LoginThrottle.lockouts == 0,
-                    LoginThrottle.window_started_at < now - timedelta(days=1),
-                ),
-            )
-        )
-        spent += int(result.rowcount or 0)  # type: ignore[attr-defined]
-    return (
-        f"removed {old_events} events, {old_stats} samples, {old_sessions} ended sessions "
-        f"and {spent} sign-in leftovers"
+    keep = upkeep.Retention(
+        event_days=settings.event_retention_days,
+        stats_days=settings.stats_retention_days,
+        session_days=settings.session_retention_days,
+        login_failure_window_s=settings.login_failure_window_s,
     )
-
-
-def _purge(session: Session, model: type, column: Any, before: datetime) -> int:
-    result = session.execute(delete(model).where(column < before))
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    with ctx.db.write() as session:
+        purged = upkeep.purge(session, now, keep)
+    return (
+        f"removed {purged.events} events, {purged.samples} samples, {purged.sessions} ended "
+        f"sessions and {purged.sign_in_leftovers} sign-in leftovers"
+    )

@@ -14,14 +14,12 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select
-from sqlalchemy.orm import Session
-
 from deskbroker.centers.base import Capability, CenterDriver, MachineInfo, PowerAction
 from deskbroker.domain import plans
 from deskbroker.domain.plans import FireFacts, Outcome, PlanAction, Trigger, Verdict
 from deskbroker.domain.states import (
     AVAILABILITY_TRANSITIONS,
+    POWER_ACTIONS,
     Availability,
     PowerState,
     SessionState,
@@ -32,10 +30,12 @@ from deskbroker.domain.states import (
 )
 from deskbroker.domain.timestamps import aware
 from deskbroker.engine.drivers import DriverCache
-from deskbroker.services import desktops
+from deskbroker.services import agents, desktops
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import events, leases
-from deskbroker.store.tables import Center, Desktop, SessionRow, Timer
+from deskbroker.store import sessions as rows
+from deskbroker.store.db import Unit as Session
+from deskbroker.store.tables import Desktop, Timer
 
 log = logging.getLogger("deskbroker.engine.plans")
 
@@ -47,10 +47,9 @@ _DRIVER_ACTION: dict[PlanAction, PowerAction] = {
 # The power state the broker records once the center accepted the action; the next
 # scan corrects it if the center disagrees. Recording it at once matters: a user who
 # connects next must get "starting", not a descriptor for a suspended machine.
+# The power action table says it for the actions a driver carries out.
 _AFTER: dict[PlanAction, PowerState] = {
-    PlanAction.SUSPEND: PowerState.SUSPENDED,
-    PlanAction.SHUTDOWN: PowerState.STOPPED,
-    PlanAction.REBOOT: PowerState.RUNNING,
+    **{plan: POWER_ACTIONS[action].leads_to for plan, action in _DRIVER_ACTION.items()},
     PlanAction.TERMINATE: PowerState.DELETING,
 }
 
@@ -58,15 +57,9 @@ _AFTER: dict[PlanAction, PowerState] = {
 def _facts(session: Session, timer: Timer, desktop: Desktop, driver: CenterDriver) -> FireFacts:
     trigger_state: SessionState | None = None
     if timer.session_id is not None:
-        state = session.scalar(select(SessionRow.state).where(SessionRow.id == timer.session_id))
+        state = rows.session_state(session, timer.session_id)
         trigger_state = SessionState(state) if state is not None else None
-    others = session.scalars(
-        select(SessionRow.state).where(
-            SessionRow.desktop_id == desktop.id,
-            SessionRow.ended_at.is_(None),
-            SessionRow.id != (timer.session_id or ""),
-        )
-    ).all()
+    others = rows.other_open_states(session, desktop.id, timer.session_id)
     assigned_at = desktop.assigned_at
     return FireFacts(
         trigger=Trigger(timer.trigger),
@@ -119,6 +112,80 @@ def _release(session: Session, desktop: Desktop, actor: str) -> None:
         )
 
 
+def _minutes(delta_s: float) -> str:
+    minutes = max(1, round(delta_s / 60))
+    return "1 minute" if minutes == 1 else f"{minutes} minutes"
+
+
+# What a warning tells the user of the action it announces (release: the default).
+_ANNOUNCED = {
+    PlanAction.SUSPEND.value: "will be suspended",
+    PlanAction.SHUTDOWN.value: "will be shut down",
+    PlanAction.REBOOT.value: "will be restarted",
+}
+
+
+def _warn(session: Session, timer: Timer, desktop: Desktop) -> None:
+    """Queue the warning message for the session, through the desktop's agent."""
+    row = rows.session_row(session, timer.session_id) if timer.session_id else None
+    if row is None:
+        return
+    # The action this warning announces: the rule's timer of the same session and trigger.
+    found = rows.due_of(session, desktop.id, timer.session_id or "", timer.plan, timer.trigger)
+    left = (
+        _minutes((aware(found[0]) - aware(timer.due_at)).total_seconds())
+        if found
+        else "a few minutes"
+    )
+    why = {
+        Trigger.IDLE.value: "this session has been idle",
+        Trigger.SESSION_LIMIT.value: "this session reaches its time limit",
+        Trigger.DISCONNECT.value: "this session is disconnected",
+    }.get(timer.trigger, "a plan of your administrator applies")
+    # A power plan's action keeps the user's desktop; a release plan's takes it away.
+    what = _ANNOUNCED.get(found[1] if found else "", "will be released and you will be logged off")
+    text = (
+        f"{why}: in {left} the desktop {desktop.name} {what}. Save your work; any activity "
+        "now keeps your session."
+        if timer.trigger in (Trigger.IDLE.value, Trigger.DISCONNECT.value)
+        else f"{why}: in {left} the desktop {desktop.name} {what}. Save your work now."
+    )
+    action = agents.queue_action(
+        session,
+        desktop,
+        "message",
+        session_id=row.id,
+        session_key=row.session_key,
+        message=text,
+        actor=f"{timer.plan} plan",
+    )
+    _event(session, "plan.warn", timer, desktop, action_id=action.id, message=text)
+
+
+def _log_off(session: Session, timer: Timer, desktop: Desktop) -> None:
+    """After a release on idle or time limit, the user's session goes too."""
+    if Trigger(timer.trigger) not in plans.LOGOFF_TRIGGERS or timer.session_id is None:
+        return
+    row = rows.session_row(session, timer.session_id)
+    if row is None or row.ended_at is not None:
+        return
+    action = agents.queue_action(
+        session,
+        desktop,
+        "logoff",
+        session_id=row.id,
+        session_key=row.session_key,
+        actor=f"{timer.plan} plan",
+    )
+    _event(session, "plan.logoff", timer, desktop, action_id=action.id)
+
+
+def watch_agents(ctx: BrokerContext, drivers: DriverCache, target: str, now: datetime) -> str:
+    """The periodic job that marks silent agents ``lost``."""
+    sweep = agents.mark_lost(ctx, now)
+    return f"{len(sweep.marked)} agents lost"
+
+
 def _judge_and_release(
     ctx: BrokerContext, timer_id: str, owner: str, driver: CenterDriver
 ) -> tuple[Verdict, Timer] | None:
@@ -128,12 +195,10 @@ def _judge_and_release(
     ``None`` when all is done.
     """
     with ctx.db.write() as session:
-        timer = session.get(Timer, timer_id)
+        timer = rows.timer(session, timer_id)
         if timer is None or timer.lease_owner != owner:
             return None  # cancelled by a session event, or another broker took it over
-        desktop = session.scalars(
-            select(Desktop).where(Desktop.id == timer.desktop_id).with_for_update()
-        ).first()
+        desktop = rows.lock_desktop(session, timer.desktop_id)
         if desktop is None:
             session.delete(timer)
             return None
@@ -143,9 +208,14 @@ def _judge_and_release(
             _event(session, kind, timer, desktop, reason=verdict.reason)
             session.delete(timer)
             return None
+        if verdict.action is PlanAction.WARN:
+            _warn(session, timer, desktop)
+            session.delete(timer)
+            return None
         if verdict.action is PlanAction.RELEASE:
             _event(session, "plan.release", timer, desktop, reason=verdict.reason)
             _release(session, desktop, f"{timer.plan} plan")
+            _log_off(session, timer, desktop)
             session.delete(timer)
             return None
         return verdict, timer
@@ -155,7 +225,7 @@ def _record_done(ctx: BrokerContext, timer: Timer, verdict: Verdict) -> None:
     # ``timer`` is the row as judged: a session event may have deleted it since, and the
     # action, which did run, is recorded all the same.
     with ctx.db.write() as session:
-        desktop = session.get(Desktop, timer.desktop_id)
+        desktop = rows.desktop(session, timer.desktop_id)
         if desktop is None:
             return
         _set_power(desktop, _AFTER[verdict.action])
@@ -170,7 +240,7 @@ def _record_done(ctx: BrokerContext, timer: Timer, verdict: Verdict) -> None:
             ).value
             session.flush()
             _release(session, desktop, f"{timer.plan} plan")
-        session.execute(delete(Timer).where(Timer.id == timer.id))
+        rows.delete_timers(session, [timer.id])
 
 
 def _record_failure(
@@ -178,10 +248,10 @@ def _record_failure(
 ) -> None:
     message = str(error)[:2000] or type(error).__name__
     with ctx.db.write() as session:
-        timer = session.get(Timer, timer_id)
+        timer = rows.timer(session, timer_id)
         if timer is None:
             return
-        desktop = session.get(Desktop, timer.desktop_id)
+        desktop = rows.desktop(session, timer.desktop_id)
         failures = timer.failures + 1
         if failures >= ctx.settings.plan_max_attempts:
             if desktop is not None:
@@ -213,11 +283,11 @@ def execute_timer(
     """
     now = aware(now)
     with ctx.db.read() as session:
-        timer = session.get(Timer, timer_id)
+        timer = rows.timer(session, timer_id)
         if timer is None or timer.lease_owner != owner:
             return
-        desktop = session.get(Desktop, timer.desktop_id)
-        center = session.get(Center, desktop.center_id) if desktop is not None else None
+        desktop = rows.desktop(session, timer.desktop_id)
+        center = rows.center_of(session, desktop.center_id) if desktop is not None else None
     if desktop is None or center is None:
         return  # the desktop's deletion cascades to its timers
     try:

@@ -11,27 +11,18 @@ import secrets as random_tokens
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
-from sqlalchemy.orm import Session
-
 from deskbroker.centers.base import MachineInfo
 from deskbroker.domain import tags as name_tags
 from deskbroker.domain.provisioning import (
     PoolCounts,
+    Provisioning,
     Targets,
     targets,
     to_create,
     to_retire,
     unwanted,
 )
-from deskbroker.domain.states import (
-    ACTIVE_SESSION_STATES,
-    AVAILABILITY_TRANSITIONS,
-    POWER_TRANSITIONS,
-    Availability,
-    PowerState,
-    from_any,
-)
+from deskbroker.domain.states import Availability, PowerState
 from deskbroker.domain.timestamps import aware
 from deskbroker.engine import volumes
 from deskbroker.engine.drivers import DriverCache
@@ -39,65 +30,24 @@ from deskbroker.errors import CenterError
 from deskbroker.services import quotas
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import events
+from deskbroker.store import provisioning as store
 from deskbroker.store.cancellations import cancel_unstarted
-from deskbroker.store.claims import coming_free, free_desktop
-from deskbroker.store.tables import (
-    Center,
-    Desktop,
-    Pool,
-    PoolMember,
-    ProvisioningTask,
-    QueueEntry,
-    SessionRow,
-    Tenant,
-    new_id,
-    utcnow,
-)
-from deskbroker.store.tasks import DESKTOPS, OPEN_STATES, TASKS, S
+from deskbroker.store.db import Unit
+from deskbroker.store.tables import Center, Desktop, Pool, Tenant, new_id, utcnow
+from deskbroker.store.tasks import S
 
 
-def pool_counts(session: Session, pool_id: str, *, starts_unavailable: bool = False) -> PoolCounts:
-    """The pool's desktops by what matters to provisioning.
+def pool_counts(session: Unit, pool_id: str, *, starts_unavailable: bool = False) -> PoolCounts:
+    """The pool's desktops by what matters to provisioning (``store.provisioning``)."""
+    return store.pool_counts(session, pool_id, starts_unavailable=starts_unavailable)
 
-    In a pool that builds its desktops unavailable (``start_unavailable``: an administrator
-    makes each one available), a finished, unassigned desktop waiting for that counts as
-    unassigned; otherwise every reconcile would build more, up to the pool's maximum."""
-    members = select(PoolMember.desktop_id).where(PoolMember.pool_id == pool_id)
-    gone = (PowerState.DELETED.value, PowerState.DELETING.value)
-    total = (
-        session.scalar(
-            select(func.count())
-            .select_from(Desktop)
-            .where(Desktop.id.in_(members), Desktop.power_state.not_in(gone))
-        )
-        or 0
-    )
-    free = (
-        session.scalar(
-            select(func.count())
-            .select_from(Desktop)
-            .where(
-                Desktop.id.in_(members),
-                free_desktop() | coming_free(starts_unavailable=starts_unavailable),
-            )
-        )
-        or 0
-    )
-    in_flight = (
-        session.scalar(
-            select(func.count())
-            .select_from(ProvisioningTask)
-            .where(ProvisioningTask.pool_id == pool_id, ProvisioningTask.state.in_(OPEN_STATES))
-        )
-        or 0
-    )
-    waiting = (
-        session.scalar(
-            select(func.count()).select_from(QueueEntry).where(QueueEntry.pool_id == pool_id)
-        )
-        or 0
-    )
-    return PoolCounts(int(total), int(free), int(waiting), int(in_flight))
+
+def builds_unavailable(stored: dict[str, Any] | None) -> bool:
+    """Whether the pool builds its desktops unavailable (``start_unavailable``), so that
+    a finished one waiting for an administrator counts as unassigned. The provisioner and
+    the statistics sampler both ask this: a chart shows what the provisioner counted."""
+    provisioning = Provisioning.from_stored(stored)
+    return provisioning.enabled and provisioning.parameters.start_unavailable
 
 
 def reconcile_pool(ctx: BrokerContext, drivers: DriverCache, pool_id: str, now: datetime) -> str:
@@ -105,18 +55,19 @@ def reconcile_pool(ctx: BrokerContext, drivers: DriverCache, pool_id: str, now: 
     retire: list[str] = []
     with ctx.db.write() as session:
         pool = session.get(Pool, pool_id)
-        if pool is None or not (pool.provisioning or {}).get("enabled"):
+        provisioning = Provisioning.from_stored(pool.provisioning) if pool else None
+        if pool is None or provisioning is None or not provisioning.enabled:
             return "provisioning is off"
-        provisioning: dict[str, Any] = pool.provisioning
-        center_id = provisioning.get("center_id") or next(iter(pool.center_ids or []), None)
+        center_id = provisioning.center_for(pool.center_ids)
         center = session.get(Center, center_id) if center_id else None
         if center is None:
             pool.status, pool.last_error = "error", "no center to provision in"
             return pool.last_error
         # Schedule windows are read in the pool's time zone by ``targets`` itself.
         limits = targets(provisioning, now)
-        starts_unavailable = bool((provisioning.get("parameters") or {}).get("start_unavailable"))
-        counts = pool_counts(session, pool.id, starts_unavailable=starts_unavailable)
+        counts = pool_counts(
+            session, pool.id, starts_unavailable=builds_unavailable(pool.provisioning)
+        )
         paused_s = builds_paused_s(pool, now)
         wanted = 0 if paused_s else to_create(limits, counts)
         # The tenant's desktop quota spans all its pools: lock, count, build, commit.
@@ -152,9 +103,9 @@ def reconcile_pool(ctx: BrokerContext, drivers: DriverCache, pool_id: str, now: 
         pool.status_message = words
     if retire:
         _retire(ctx, drivers, center_id or "", retire)
-    size = (provisioning.get("parameters") or {}).get("data_volume_gb")
+    size = provisioning.parameters.data_volume_gb
     if size and center is not None:
-        volumes.follow_users(ctx, drivers, pool_id, center, int(size))
+        volumes.follow_users(ctx, drivers, pool_id, center, size)
     return words
 
 
@@ -180,16 +131,19 @@ def _status_words(limits: Targets, counts: PoolCounts, create: int, retire: int)
 
 
 def _request(
-    session: Session, pool: Pool, center: Center, provisioning: dict[str, Any], count: int
+    session: Unit, pool: Pool, center: Center, provisioning: Provisioning, count: int
 ) -> None:
     """Add ``count`` desktops in building state and their tasks.
 
     A pool builds ahead of whoever will hold the desktop (the queue is served by claim
     order when a build finishes), so ``{USER}`` has no value here and renders as nothing;
     ``tags.render`` never lets that leave an empty name."""
-    params: dict[str, Any] = dict(provisioning.get("parameters") or {})
-    template = params.get("name_template") or name_tags.DEFAULT_TEMPLATE
-    sequence = pool.sequence_next or int(params.get("sequence_start", 1))
+    params = provisioning.parameters
+    # The task keeps the parameters as the administrator set them (the center's part
+    # too): the build hands them to the driver, which reads its own.
+    request = params.model_dump(mode="json", exclude_unset=True)
+    template = params.name_template
+    sequence = pool.sequence_next or params.sequence_start
     tenant = session.get(Tenant, pool.tenant_id)
     members: list[dict[str, Any]] = []
     desktops: list[dict[str, Any]] = []
@@ -217,7 +171,7 @@ def _request(
                 "name": name,
                 "power_state": PowerState.BUILDING.value,
                 "availability": Availability.UNAVAILABLE.value,
-                "deletable": bool(params.get("deletable", True)),
+                "deletable": params.deletable,
                 "attributes": {"meta.deskbroker_pool": pool.id},
                 "driver_state": {},
             }
@@ -232,15 +186,13 @@ def _request(
                 "desktop_id": desktop_id,
                 "name": name,
                 "state": S.REQUESTED.value,
-                "request": params,
+                "request": request,
                 "next_step_at": now,
             }
         )
     pool.sequence_next = sequence
     # A batch of a thousand is a statement per table, not a thousand ORM objects.
-    session.execute(insert(DESKTOPS), desktops)
-    session.execute(insert(TASKS), tasks)
-    session.execute(insert(PoolMember), members)
+    store.add_builds(session, desktops, tasks, members)
     events.append(
         session,
         "provision.requested",
@@ -255,38 +207,9 @@ def _request(
 _RETIRABLE = (PowerState.RUNNING, PowerState.STOPPED, PowerState.SUSPENDED, PowerState.UNKNOWN)
 
 
-def _mark_for_retirement(session: Session, pool_id: str, count: int) -> list[str]:
+def _mark_for_retirement(session: Unit, pool_id: str, count: int) -> list[str]:
     """Pick free, deletable desktops without sessions; mark them so nobody claims them."""
-    members = select(PoolMember.desktop_id).where(PoolMember.pool_id == pool_id)
-    busy = select(SessionRow.desktop_id).where(
-        SessionRow.state.in_([s.value for s in ACTIVE_SESSION_STATES])
-    )
-    picked = list(
-        session.scalars(
-            select(Desktop.id)
-            .where(
-                Desktop.id.in_(members),
-                Desktop.assigned_user_id.is_(None),
-                Desktop.deletable.is_(True),
-                Desktop.power_state.in_([s.value for s in _RETIRABLE]),
-                Desktop.id.not_in(busy),
-            )
-            .order_by(Desktop.power_state.desc(), Desktop.name.desc())
-            .limit(count)
-            .with_for_update(skip_locked=True)
-        ).all()
-    )
-    if picked:
-        session.execute(
-            update(Desktop)
-            .where(Desktop.id.in_(picked), Desktop.assigned_user_id.is_(None))
-            .values(
-                power_state=from_any(POWER_TRANSITIONS, PowerState.DELETING, _RETIRABLE).value,
-                availability=from_any(AVAILABILITY_TRANSITIONS, Availability.UNAVAILABLE).value,
-            )
-            .execution_options(synchronize_session=False)
-        )
-    return picked
+    return store.mark_for_retirement(session, pool_id, count, _RETIRABLE)
 
 
 def _retire(
@@ -294,7 +217,7 @@ def _retire(
 ) -> None:
     with ctx.db.read() as session:
         center = session.get(Center, center_id)
-        rows = session.scalars(select(Desktop).where(Desktop.id.in_(desktop_ids))).all()
+        rows = store.desktops_by_id(session, desktop_ids)
         machines = [(d.id, d.tenant_id, _machine_of(d)) for d in rows]
     if center is None:
         return

@@ -10,11 +10,8 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
-
-from sqlalchemy import bindparam, case, func, literal, null, select, union_all, update
 
 from deskbroker.engine import builds, handover, maintenance, plans, provisioner
 from deskbroker.engine.drivers import DriverCache
@@ -22,60 +19,14 @@ from deskbroker.engine.handover import Refill
 from deskbroker.engine.watch import BuildWatcher
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import leases, tasks
+from deskbroker.store.due import CenterWork, Due, free_leases_of, read_due, unless_asked
 from deskbroker.store.jobs import Intervals, JobKind, ensure_jobs
-from deskbroker.store.tables import (
-    BrokerState,
-    Job,
-    ProvisioningTask,
-    Timer,
-    utcnow,
-)
+from deskbroker.store.tables import Job, ProvisioningTask, Timer, utcnow
 
 log = logging.getLogger("deskbroker.engine")
-STATE = leases.table_of(BrokerState)
-JOBS = leases.table_of(Job)
-TIMERS = leases.table_of(Timer)
-
 
 # How long the loop waits for a listing of builds before it goes on without it.
 LISTING_WAIT_S = 0.25
-
-_NOW = bindparam("now", type_=JOBS.c.next_run_at.type)
-_TASK = tasks.TASKS.c
-
-
-def _count_free(table: Any, *where: Any) -> Any:
-    free = leases.lease_free(table, _NOW)
-    return select(func.count()).select_from(table).where(free, *where).scalar_subquery()
-
-
-# Built once, run every tick: what is due (one row, ``center_id`` NULL), then one row per
-# center with open builds: in flight, waiting on the cloud, requested and due. One
-# statement, so an idle tick costs a single read.
-_DUE = union_all(
-    select(
-        null().label("center_id"),
-        select(STATE.c.config_version).where(STATE.c.id == 1).scalar_subquery(),
-        _count_free(JOBS, JOBS.c.next_run_at <= _NOW),
-        _count_free(TIMERS, TIMERS.c.due_at <= _NOW),
-        _count_free(
-            tasks.TASKS, _TASK.next_step_at <= _NOW, _TASK.state.in_(tasks.IN_FLIGHT_STATES)
-        ),
-    ),
-    select(
-        _TASK.center_id,
-        func.count().filter(_TASK.state.in_(tasks.IN_FLIGHT_STATES)),
-        func.count().filter(_TASK.state == tasks.S.WAITING.value),
-        func.count().filter(
-            _TASK.state == tasks.S.REQUESTED.value,
-            _TASK.next_step_at <= _NOW,
-            leases.lease_free(tasks.TASKS, _NOW),
-        ),
-        literal(0),
-    )
-    .where(_TASK.state.in_(tasks.OPEN_STATES))
-    .group_by(_TASK.center_id),
-)
 
 Handler = Callable[[BrokerContext, DriverCache, str, datetime], str]
 HANDLERS: dict[str, Handler] = {
@@ -84,6 +35,7 @@ HANDLERS: dict[str, Handler] = {
     JobKind.POOL_PROVISION.value: provisioner.reconcile_pool,
     JobKind.POOL_STATS.value: maintenance.pool_stats,
     JobKind.RETENTION.value: maintenance.retention,
+    JobKind.AGENT_WATCH.value: plans.watch_agents,
 }
 # Jobs whose target is a center: they talk to that center's cloud all along.
 CENTER_JOBS = frozenset({JobKind.SCAN_CENTER.value, JobKind.LEAK_SWEEP.value})
@@ -94,26 +46,7 @@ TURN_WAIT_S = 1.0
 def _unless_asked(job: Job, then: datetime) -> Any:
     """The next run at ``then``, unless someone asked for an earlier one while this run
     was out (an admin's "scan now" moves ``next_run_at`` on a leased job): then that."""
-    column = JOBS.c.next_run_at
-    seen, later = literal(job.next_run_at, column.type), literal(then, column.type)
-    return case(((column > seen) & (column < later), column), else_=later)
-
-
-@dataclass(frozen=True)
-class CenterWork:
-    center_id: str
-    in_flight: int
-    waiting: int
-    requested: int
-
-
-@dataclass(frozen=True)
-class Due:
-    version: int
-    jobs: int
-    timers: int
-    steps: int
-    centers: list[CenterWork]
+    return unless_asked(job.next_run_at, then)
 
 
 class Engine:
@@ -170,13 +103,7 @@ class Engine:
     def recover(self) -> None:
         """Free the leases an earlier incarnation of this broker held when it died."""
         with self.ctx.db.write() as session:
-            for model in (Job, Timer, ProvisioningTask):
-                session.execute(
-                    update(model)
-                    .where(model.lease_owner.like(f"{self.broker_id}:%"))
-                    .values(lease_owner=None, lease_expires_at=None)
-                    .execution_options(synchronize_session=False)
-                )
+            free_leases_of(session, self.broker_id)
 
     def _loop(self) -> None:
         tick = self.ctx.settings.engine_tick_s
@@ -237,16 +164,7 @@ class Engine:
         """What there is to do, in one read: counts of unleased, due rows, and the open
         builds per center."""
         with self.ctx.db.connect_read() as conn:
-            rows = conn.execute(_DUE, {"now": now}).all()
-        due = Due(0, 0, 0, 0, [])
-        centers: list[CenterWork] = []
-        for row in rows:
-            if row[0] is None:
-                version, jobs, timers, steps = (int(v or 0) for v in row[1:5])
-                due = Due(version, jobs, timers, steps, centers)
-            else:
-                centers.append(CenterWork(str(row[0]), int(row[1]), int(row[2]), int(row[3])))
-        return due
+            return read_due(conn, now)
 
     def drain(self, timeout_s: float = 120.0) -> None:
         deadline = time.monotonic() + timeout_s

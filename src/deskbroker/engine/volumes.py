@@ -10,15 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
 from deskbroker.centers.base import Capability, CenterDriver
 from deskbroker.engine.drivers import DriverCache
 from deskbroker.errors import CenterError
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import events
-from deskbroker.store.tables import Center, Desktop, PoolMember, User, UserVolume
+from deskbroker.store import volumes as store
+from deskbroker.store.db import Unit
+from deskbroker.store.tables import Center, User, UserVolume
 
 
 @dataclass(frozen=True)
@@ -45,14 +44,9 @@ class _Wanted:
     name: str
 
 
-def _stale(session: Session, center_id: str) -> list[_Stale]:
+def _stale(session: Unit, center_id: str) -> list[_Stale]:
     found: list[_Stale] = []
-    for volume in session.scalars(
-        select(UserVolume).where(
-            UserVolume.center_id == center_id, UserVolume.desktop_id.is_not(None)
-        )
-    ).all():
-        desktop = session.get(Desktop, volume.desktop_id) if volume.desktop_id else None
+    for volume, desktop in store.attachments(session, center_id):
         if (
             desktop is not None
             and desktop.assigned_user_id == volume.user_id
@@ -63,34 +57,21 @@ def _stale(session: Session, center_id: str) -> list[_Stale]:
     return found
 
 
-def _wanted(session: Session, pool_id: str, center_id: str) -> list[_Wanted]:
-    held = session.execute(
-        select(Desktop.id, Desktop.external_id, Desktop.assigned_user_id, Desktop.tenant_id)
-        .join(PoolMember, PoolMember.desktop_id == Desktop.id)
-        .where(
-            PoolMember.pool_id == pool_id,
-            Desktop.center_id == center_id,
-            Desktop.assigned_user_id.is_not(None),
-            Desktop.power_state == "running",
-        )
-    ).all()
+def _wanted(session: Unit, pool_id: str, center_id: str) -> list[_Wanted]:
     wanted: list[_Wanted] = []
-    for desktop_id, external_id, user_id, tenant_id in held:
-        volume = session.scalars(
-            select(UserVolume).where(
-                UserVolume.user_id == user_id, UserVolume.center_id == center_id
-            )
-        ).first()
+    for held in store.held_running(session, pool_id, center_id):
+        user_id = held.user_id
+        volume = store.of_user(session, user_id, center_id)
         if volume is not None and volume.desktop_id is not None:
             continue  # on this desktop already, or still on another one that is detached first
         user = session.get(User, user_id) if volume is None else None
         wanted.append(
             _Wanted(
                 center_id,
-                desktop_id,
-                external_id,
-                str(user_id),
-                tenant_id,
+                held.desktop_id,
+                held.external_id,
+                user_id,
+                held.tenant_id,
                 volume.id if volume else None,
                 volume.volume_id if volume else None,
                 f"data-{user.username if user else user_id}"[:200],
@@ -135,14 +116,14 @@ def _attach(ctx: BrokerContext, driver: CenterDriver, want: _Wanted, size_gb: in
     with ctx.db.write() as session:
         volume = session.get(UserVolume, want.volume_row) if want.volume_row else None
         if volume is None:
-            volume = UserVolume(
+            volume = store.add(
+                session,
                 tenant_id=want.tenant_id,
                 user_id=want.user_id,
                 center_id=want.center_id,
                 volume_id=volume_id,
                 size_gb=size_gb,
             )
-            session.add(volume)
         if error:
             events.append(
                 session,

@@ -18,7 +18,6 @@ import re
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar
 from urllib.parse import urlencode, urlsplit
 
@@ -44,7 +43,19 @@ from deskbroker.errors import (
     IdentityProviderUnavailable,
     Unauthorized,
 )
-from deskbroker.identity.base import Credentials, IdentitySourceDriver, password_refusal
+from deskbroker.identity.base import (
+    Credentials,
+    IdentitySourceDriver,
+    SourceCapability,
+    password_refusal,
+)
+from deskbroker.identity.sign_in import (
+    DeviceGrant,
+    DevicePending,
+    ProviderSignIn,
+    ProviderUser,
+    TokenSet,
+)
 from deskbroker.outbound import OutboundRefused, Target
 from deskbroker.outbound_http import guarded_transport
 from deskbroker.security import PasswordHashing
@@ -147,50 +158,16 @@ class OidcParams(BaseModel):
         return trusted
 
 
-@dataclass(frozen=True)
-class TokenSet:
-    """What the provider's token endpoint answers."""
-
-    id_token: str
-    access_token: str | None
-
-
-@dataclass(frozen=True)
-class DeviceGrant:
-    """The provider's answer to a device authorization request (RFC 8628 §3.2)."""
-
-    device_code: str
-    user_code: str
-    verification_uri: str
-    verification_uri_complete: str | None
-    expires_in: int
-    interval: int
-
-
-@dataclass(frozen=True)
-class ProviderUser:
-    """A verified sign-in: who the provider says the user is, and the account (issuer and
-    ``sub``) that says it, by which the broker matches its user."""
-
-    identity: Identity
-    issuer: str
-    subject: str
-
-
-@dataclass(frozen=True)
-class DevicePending:
-    """The user has not approved yet; ``slow_down`` asks for a longer interval."""
-
-    slow_down: bool
-
-
-class OidcIdentitySource(IdentitySourceDriver):
+class OidcIdentitySource(IdentitySourceDriver, ProviderSignIn):
     """A relying party of one OpenID provider; users are created from verified claims."""
 
     kind: ClassVar[str] = "oidc"
     Params: ClassVar[type[BaseModel]] = OidcParams
     provisions_users: ClassVar[bool] = True
-    accepts_passwords: ClassVar[bool] = False
+    # Users sign in at the provider, never with a password given to the broker.
+    capabilities: ClassVar[frozenset[SourceCapability]] = frozenset(
+        {SourceCapability.BROWSER_SIGN_IN, SourceCapability.DEVICE_SIGN_IN}
+    )
 
     def __init__(
         self, params: Mapping[str, Any], secrets: Mapping[str, str], hashing: PasswordHashing
@@ -218,6 +195,19 @@ class OidcIdentitySource(IdentitySourceDriver):
 
     def close(self) -> None:
         self._http.close()
+
+    # --- ProviderSignIn -----------------------------------------------------------
+    @property
+    def issuer(self) -> str:
+        return self.config.issuer
+
+    @property
+    def redirect_uri(self) -> str | None:
+        return self.config.redirect_uri
+
+    @property
+    def sign_in_ttl_s(self) -> int:
+        return self.config.sign_in_ttl_s
 
     # --- talking to the provider ---------------------------------------------------
     def _request(self, method: str, url: str, what: str, **kwargs: Any) -> httpx.Response:

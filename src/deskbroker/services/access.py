@@ -13,15 +13,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import timedelta
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
-
 from deskbroker.domain.permissions import BUILTIN, BuiltinRole, Permissions
 from deskbroker.domain.timestamps import aware
 from deskbroker.errors import Forbidden, InvalidInput, Unauthorized
 from deskbroker.security import TokenClaims
 from deskbroker.services.context import BrokerContext
-from deskbroker.store.tables import ApiToken, CustomRole, User, utcnow
+from deskbroker.store import grants as custom_roles
+from deskbroker.store import holders
+from deskbroker.store.db import Unit
+from deskbroker.store.tables import utcnow
 
 Catalog = Mapping[str, frozenset[str]]
 # A token's last use is written at most this often: not a write per request.
@@ -69,19 +69,7 @@ def resolve_api_token(ctx: BrokerContext, who: TokenClaims) -> TokenClaims:
     """An API token's claims with its user's current role and the token's scopes."""
     now = utcnow()
     with ctx.db.read() as session:
-        row = session.execute(
-            select(
-                ApiToken.scopes,
-                ApiToken.revoked_at,
-                ApiToken.expires_at,
-                ApiToken.last_used_at,
-                User.role,
-                User.disabled,
-                User.tenant_id,
-            )
-            .join(User, User.id == ApiToken.user_id)
-            .where(ApiToken.id == who.token_id, ApiToken.user_id == who.user_id)
-        ).first()
+        row = holders.api_token_holder(session, who.token_id, who.user_id)
     if row is None or row.revoked_at is not None:
         raise Unauthorized("This API token has been revoked; ask for a new one.")
     if aware(row.expires_at) <= now:
@@ -90,9 +78,7 @@ def resolve_api_token(ctx: BrokerContext, who: TokenClaims) -> TokenClaims:
         raise Unauthorized("The account this API token acts for is disabled.")
     if row.last_used_at is None or now - aware(row.last_used_at) > LAST_USED_EVERY:
         with ctx.db.write() as session:
-            session.execute(
-                update(ApiToken).where(ApiToken.id == who.token_id).values(last_used_at=now)
-            )
+            holders.note_api_token_use(session, who.token_id, now)
     return replace(who, role=str(row.role), tenant_id=str(row.tenant_id), scopes=tuple(row.scopes))
 
 
@@ -122,25 +108,16 @@ def check_holder(
 def current_holder(ctx: BrokerContext, who: TokenClaims) -> TokenClaims:
     """A user token checked against its user row: one read on every request."""
     with ctx.db.read() as session:
-        row = session.execute(
-            select(User.disabled, User.role, User.token_generation, User.tenant_id).where(
-                User.id == who.user_id
-            )
-        ).first()
+        row = holders.user_holder(session, who.user_id)
     if row is None:
         raise Unauthorized(ACCOUNT_GONE, reason="token_revoked")
-    check_holder(who, bool(row[0]), str(row[1]), int(row[2] or 0), str(row[3]))
+    check_holder(who, row.disabled, row.role, row.token_generation, row.tenant_id)
     return who
 
 
-def revoke_tokens(session: Session, user_id: str) -> None:
+def revoke_tokens(session: Unit, user_id: str) -> None:
     """Every user token of this user stops working at its next request."""
-    session.execute(
-        update(User)
-        .where(User.id == user_id)
-        .values(token_generation=User.token_generation + 1)
-        .execution_options(synchronize_session=False)
-    )
+    holders.bump_token_generation(session, user_id)
 
 
 def check_grantable(held: Permissions, grants: Permissions, what: str, catalog: Catalog) -> None:
@@ -151,31 +128,17 @@ def check_grantable(held: Permissions, grants: Permissions, what: str, catalog: 
         raise Forbidden(f"you cannot {what}: it allows {shown}, which you may not do yourself")
 
 
-def actor_info(ctx: BrokerContext, who: TokenClaims) -> dict[str, object]:
-    """What the admin API's write hooks know of the actor (kept in ``session.info``)."""
-    return {
-        "actor_role": who.role,
-        "actor_id": who.user_id,
-        "actor": who,
-        "actor_permissions": effective(ctx, who),
-    }
-
-
 def known_role(
-    session: Session, tenant_id: str, role: str, builtin_ok: Callable[[str], bool]
+    session: Unit, tenant_id: str, role: str, builtin_ok: Callable[[str], bool]
 ) -> Permissions:
     """The grants of a role name a user or rule of ``tenant_id`` may be given."""
     if role in BUILTIN:
         if not builtin_ok(role):
             raise Forbidden(f"only a global administrator can grant the role {role}")
         return BUILTIN[role]
-    grants = session.scalar(
-        select(CustomRole.permissions).where(
-            CustomRole.tenant_id == tenant_id, CustomRole.name == role
-        )
-    )
-    if grants is None:
-        custom = session.scalars(select(CustomRole.name).where(CustomRole.tenant_id == tenant_id))
+    found = custom_roles.custom_role_grants(session, tenant_id, role)
+    if found is None:
+        custom = custom_roles.custom_role_names(session, tenant_id)
         names = sorted([*(r.value for r in BuiltinRole), *custom])
         raise InvalidInput(f"unknown role {role!r}; roles of this tenant: {', '.join(names)}")
-    return Permissions.of(grants)
+    return Permissions.of(found)

@@ -5,12 +5,10 @@ from __future__ import annotations
 import threading
 import time as clock
 from dataclasses import dataclass, field
-from datetime import time
 from typing import Any
 
-from deskbroker.domain.membership import AttributeFilter, FilterOp
 from deskbroker.domain.offers import AssignmentKind, OfferOrdering
-from deskbroker.domain.rules import AssignmentRule, TimeWindow
+from deskbroker.domain.rules import AssignmentRule, Conditions
 from deskbroker.store import snapshot
 from deskbroker.store.claims import config_version
 from deskbroker.store.db import Database
@@ -43,6 +41,9 @@ class EntryView:
     protocol_plan_id: str | None
     power_plan_id: str | None = None
     release_plan_id: str | None = None
+    skip_lost_agents: bool = False
+    # What the holder of a desktop of this pool may ask of its power (start, stop, reboot).
+    user_power_actions: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -75,34 +76,18 @@ class ConfigView:
     roles: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
 
 
-def _parse_clock(text: str) -> time:
-    hours, _, minutes = text.partition(":")
-    return time(int(hours) % 24, int(minutes or 0))
-
-
 def rule_from_row(row: dict[str, Any]) -> AssignmentRule:
-    """The domain rule for a stored rule row (conditions were validated on write)."""
-    cond = row.get("conditions") or {}
-    window = cond.get("window")
+    """The domain rule for a stored rule row (its conditions read back as ``Conditions``)."""
+    cond = Conditions.from_stored(row.get("conditions"))
     return AssignmentRule(
         rule_id=row["id"],
         policy_id=row.get("policy_id"),
         role=row.get("role") or "user",
-        group=cond.get("group"),
-        attributes=tuple(
-            AttributeFilter(a["attribute"], FilterOp(a["op"]), str(a.get("value", "")))
-            for a in cond.get("attributes") or []
-        ),
-        ou=cond.get("ou"),
-        client_cidr=cond.get("client_cidr"),
-        window=None
-        if not window
-        else TimeWindow(
-            days=frozenset(window.get("days", range(7))),
-            start=_parse_clock(window.get("start", "00:00")),
-            end=_parse_clock(window.get("end", "00:00")),
-            zone=window.get("timezone") or "UTC",
-        ),
+        group=cond.group,
+        attributes=tuple(a.rule() for a in cond.attributes),
+        ou=cond.ou,
+        client_cidr=cond.client_cidr,
+        window=cond.window.time_window() if cond.window else None,
         name=row.get("name") or "",
     )
 
@@ -150,6 +135,8 @@ def build_view(rows: snapshot.ConfigRows) -> ConfigView:
                 protocol_plan_id=e["protocol_plan_id"],
                 power_plan_id=e.get("power_plan_id"),
                 release_plan_id=e.get("release_plan_id"),
+                skip_lost_agents=bool(e.get("skip_lost_agents")),
+                user_power_actions=frozenset(e.get("user_power_actions") or ()),
             )
         )
     view.policies = {

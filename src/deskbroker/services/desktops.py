@@ -2,28 +2,35 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
-
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
 
 from deskbroker import metrics
 from deskbroker.centers.base import Capability, PowerAction
 from deskbroker.domain import scans
 from deskbroker.domain.offers import next_release_interval
-from deskbroker.domain.states import PowerState
+from deskbroker.domain.states import START_ON_CONNECT, PowerState
 from deskbroker.domain.timestamps import aware
 from deskbroker.errors import Conflict, NotFound
-from deskbroker.protocols.descriptors import ConnectionDescriptor, build, choose
+from deskbroker.protocols.descriptors import (
+    HTML5_NATIVE,
+    ClientKind,
+    ConnectionDescriptor,
+    Protocol,
+    build,
+    choose,
+    with_launch_url,
+)
 from deskbroker.security import TokenClaims
-from deskbroker.services import access, quotas
+from deskbroker.services import access, gateway, quotas
 from deskbroker.services.context import BrokerContext
 from deskbroker.services.inventory import open_center
 from deskbroker.services.queues import serve_queues
-from deskbroker.store import claims, events
-from deskbroker.store.tables import Center, Desktop, Pool, PoolMember, User, utcnow
+from deskbroker.store import claims, desktop_rows, events
+from deskbroker.store.db import Unit
+from deskbroker.store.tables import Center, Desktop, Pool, utcnow
 
 
 @dataclass(frozen=True)
@@ -31,6 +38,31 @@ class ConnectResult:
     desktop_id: str
     desktop_name: str
     descriptor: ConnectionDescriptor
+    # "direct": the viewer reaches the desktop itself; "gateway": through the gateway.
+    route: gateway.Route = "direct"
+    # An HTML5 desktop's page on the gateway, carrying its ticket.
+    launch_url: str | None = None
+    # When the gateway stops honouring this connection's ticket (unix time).
+    ticket_expires_at: int | None = None
+    # A native viewer through the gateway: the ticket to redeem for a port forward, and
+    # how to rebuild the descriptor for the gateway's host and port (after the write unit).
+    forward_ticket: str = ""
+    rebuild: Callable[[str, int], ConnectionDescriptor] | None = None
+    # What the connect's unit changed on the desktop, to undo should the forward fail,
+    # and the ``connect`` event, written once the forward is open.
+    undo: _Undo | None = None
+    event_detail: dict[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class _Undo:
+    """The desktop's fields before a connect through a port forward, and what it set."""
+
+    granted_before: datetime | None
+    granted: datetime | None
+    used_before: datetime | None
+    used: datetime | None
+    pool_id: str | None
 
 
 @dataclass(frozen=True)
@@ -45,8 +77,14 @@ class Starting:
     message: str
 
 
-# A stopped or suspended desktop is started when its user connects.
-_STARTABLE = (PowerState.STOPPED.value, PowerState.SUSPENDED.value)
+@dataclass(frozen=True)
+class _Asked:
+    """What the client said of itself, for the protocol plan's choice."""
+
+    client_kind: ClientKind | None
+    accepts: tuple[str, ...]
+
+
 # A start that has not shown a running desktop after this many estimates is sent again.
 _RESEND_AFTER_ESTIMATES = 3
 # Clients poll at least this often while a desktop starts, whatever the estimate says.
@@ -68,11 +106,13 @@ def _protocol_plan(
 
 def _describe(
     ctx: BrokerContext,
-    session: Session,
+    session: Unit,
     who: TokenClaims,
     desktop: Desktop,
     protocol: str | None,
     client: str | None,
+    how: _Asked,
+    granted_before: datetime | None,
 ) -> ConnectResult:
     if desktop.power_state not in (PowerState.RUNNING.value, PowerState.UNKNOWN.value):
         raise Conflict(
@@ -80,7 +120,14 @@ def _describe(
         )
     if not desktop.address:
         raise Conflict(f"desktop {desktop.name} has no network address yet")
-    chosen, entry = choose(_protocol_plan(ctx, who, desktop.assigned_pool_id), protocol)  # type: ignore[arg-type]
+    chosen, entry = choose(
+        _protocol_plan(ctx, who, desktop.assigned_pool_id),
+        protocol,
+        how.client_kind,
+        how.accepts,
+        # Without a gateway no page can reach a desktop: a browser downloads a file.
+        in_page=gateway.configured(ctx.settings),
+    )
     descriptor = build(
         chosen,
         entry,
@@ -89,21 +136,138 @@ def _describe(
         desktop_ports=(desktop.attributes or {}).get("ports") or {},
         username=who.username,
     )
+    direct_networks: list[str] = []
+    if gateway.configured(ctx.settings) and chosen not in HTML5_NATIVE:
+        # Only a native viewer can connect directly: the center's client networks matter.
+        center = session.get(Center, desktop.center_id)
+        direct_networks = list(center.direct_networks or []) if center is not None else []
+    path = gateway.route(ctx.settings, chosen, client, direct_networks)
+    plan = gateway.Plan(route="direct")
+    if path == "gateway":
+        plan = gateway.mint(
+            ctx.settings,
+            user_id=who.user_id,
+            username=who.username,
+            tenant_id=who.tenant_id,
+            desktop_id=desktop.id,
+            desktop_name=desktop.name,
+            protocol=chosen,
+            host=descriptor.host,
+            port=descriptor.port,
+            client=client,
+            host_keys=list(desktop.ssh_host_keys or []) if chosen is Protocol.HTML5_SSH else (),
+        )
+    launch_url = None
+    if chosen in HTML5_NATIVE:
+        launch_url = gateway.launch_url(ctx.settings, chosen, plan.ticket)
+        descriptor = with_launch_url(descriptor, launch_url)
+    used_before = desktop.last_used_at
     desktop.last_used_at = utcnow()
     if desktop.starting_since is not None:
         # Started on connect and now seen running: the marker has done its work.
         desktop.starting_since = None
+    detail = {"protocol": chosen.value, "client": client or "", "route": path}
+    forward = path == "gateway" and launch_url is None
+    if not forward:
+        _connect_event(session, who, desktop.id, desktop.assigned_pool_id, detail)
+    desktop_name, username = desktop.name, who.username
+    return ConnectResult(
+        desktop.id,
+        desktop.name,
+        descriptor,
+        route=path,
+        launch_url=launch_url,
+        ticket_expires_at=plan.expires_at,
+        forward_ticket=plan.ticket if forward else "",
+        rebuild=(
+            lambda host, port: build(
+                chosen,
+                entry,
+                desktop_name=desktop_name,
+                address=host,
+                desktop_ports={chosen.value: port},
+                username=username,
+            )
+        )
+        if forward
+        else None,
+        undo=_Undo(
+            granted_before,
+            desktop.connect_granted_at,
+            used_before,
+            desktop.last_used_at,
+            desktop.assigned_pool_id,
+        )
+        if forward
+        else None,
+        event_detail=detail if forward else None,
+    )
+
+
+def _connect_event(
+    session: Unit, who: TokenClaims, desktop_id: str, pool_id: str | None, detail: dict[str, str]
+) -> None:
     events.append(
         session,
         "connect",
         tenant_id=who.tenant_id,
         actor=who.username,
         user_id=who.user_id,
-        desktop_id=desktop.id,
-        pool_id=desktop.assigned_pool_id,
-        detail={"protocol": chosen.value, "client": client or ""},
+        desktop_id=desktop_id,
+        pool_id=pool_id,
+        detail=detail,
     )
-    return ConnectResult(desktop.id, desktop.name, descriptor)
+
+
+def _through_gateway(ctx: BrokerContext, who: TokenClaims, result: ConnectResult) -> ConnectResult:
+    """A native viewer's descriptor pointed at the gateway's port forward (a network call
+    to the gateway, made after the write unit).
+
+    Should the gateway refuse or not answer, what the connect's unit changed is undone
+    (the quota unit it held, ``last_used_at``) and no ``connect`` event is written: a
+    connection that never happened leaves nothing behind but a ``connect.failed`` event.
+    """
+    if not result.forward_ticket or result.rebuild is None:
+        return result
+    try:
+        port = gateway.open_forward(ctx.settings, result.forward_ticket)
+    except Exception as exc:
+        _undo_connect(ctx, who, result, exc)
+        raise
+    descriptor = result.rebuild(gateway.forward_host(ctx.settings), port)
+    pool_id = result.undo.pool_id if result.undo is not None else None
+    with ctx.db.write() as session:
+        _connect_event(session, who, result.desktop_id, pool_id, result.event_detail or {})
+    return replace(result, descriptor=descriptor, forward_ticket="", rebuild=None)
+
+
+def _same(stored: datetime | None, mine: datetime | None) -> bool:
+    return stored is not None and mine is not None and aware(stored) == aware(mine)
+
+
+def _undo_connect(
+    ctx: BrokerContext, who: TokenClaims, result: ConnectResult, exc: Exception
+) -> None:
+    undo = result.undo
+    with ctx.db.write() as session:
+        row = desktop_rows.lock(session, result.desktop_id)
+        if row is None or undo is None:
+            return
+        # Only what is still this connect's own: a connect that came since keeps its mark.
+        if _same(row.connect_granted_at, undo.granted):
+            row.connect_granted_at = undo.granted_before
+        if _same(row.last_used_at, undo.used):
+            row.last_used_at = undo.used_before
+        events.append(
+            session,
+            "connect.failed",
+            tenant_id=who.tenant_id,
+            actor=who.username,
+            user_id=who.user_id,
+            desktop_id=row.id,
+            pool_id=row.assigned_pool_id,
+            detail={**(result.event_detail or {}), "reason": str(exc)[:300]},
+        )
 
 
 def connect(
@@ -113,40 +277,40 @@ def connect(
     protocol: str | None,
     client: str | None,
     *,
+    client_kind: ClientKind | None = None,
+    accepts: Sequence[str] | None = None,
     _after_start: bool = False,
 ) -> ConnectResult | Starting:
     """A descriptor for a desktop the user holds; never for anyone else's.
 
     A stopped or suspended desktop is started (or resumed) through its center instead,
     and the answer is ``Starting`` with an estimate; the client asks again and gets the
-    descriptor once the center reports the desktop running.
+    descriptor once the center reports the desktop running. Without ``protocol`` the
+    plan's choice follows ``client_kind`` and the protocols the client ``accepts``.
     """
+    how = _Asked(client_kind, tuple(accepts or ()))
     with ctx.db.write() as session:
         # The holder's user row rides on the desktop's read: a revoked or disabled
         # user's token connects to nothing, at no extra statement.
-        found = session.execute(
-            select(Desktop, User.disabled, User.role, User.token_generation, User.tenant_id)
-            .join(User, User.id == Desktop.assigned_user_id)
-            .where(
-                Desktop.id == desktop_id,
-                Desktop.tenant_id == who.tenant_id,
-                Desktop.assigned_user_id == who.user_id,
-            )
-        ).first()
+        found = desktop_rows.held_with_holder(session, desktop_id, who.tenant_id, who.user_id)
         if found is None:
             raise NotFound(f"desktop {desktop_id} is not assigned to you")
-        desktop = found[0]
-        access.check_holder(who, bool(found[1]), str(found[2]), int(found[3] or 0), str(found[4]))
-        startable = desktop.power_state in _STARTABLE
+        desktop, holder = found
+        access.check_holder(
+            who, holder.disabled, holder.role, holder.token_generation, holder.tenant_id
+        )
+        startable = desktop.power_state in START_ON_CONNECT
+        granted_before = desktop.connect_granted_at
         # A desktop is only started for a session the tenant's quota has room for; the
         # unit is taken when the descriptor is handed out.
         quotas.admit_session(session, ctx, desktop, grant=not startable)
         if not startable:
-            result = _describe(ctx, session, who, desktop, protocol, client)
+            result = _describe(ctx, session, who, desktop, protocol, client, how, granted_before)
     if startable:
         if _after_start:  # seen running a moment ago, stopped again since: don't loop
             return _starting(ctx, desktop, desktop.power_state, desktop.starting_since)
-        return _start(ctx, who, desktop, protocol, client)
+        return _start(ctx, who, desktop, protocol, client, how)
+    result = _through_gateway(ctx, who, result)
     metrics.CONNECTIONS.labels(protocol=result.descriptor.protocol).inc()
     return result
 
@@ -178,6 +342,7 @@ def _start(
     desktop: Desktop,
     protocol: str | None,
     client: str | None,
+    how: _Asked,
 ) -> ConnectResult | Starting:
     """Poll the center once; start the desktop if nobody has just asked for that."""
     with ctx.db.read() as session:
@@ -201,27 +366,32 @@ def _start(
     now = utcnow()
     action: PowerAction | None = None
     with ctx.db.write() as session:
-        row = session.scalars(
-            select(Desktop).where(Desktop.id == desktop.id).with_for_update()
-        ).first()
+        row = desktop_rows.lock(session, desktop.id)
         if row is None or row.assigned_user_id != who.user_id:
             raise NotFound(f"desktop {desktop.id} is not assigned to you")
         row.power_state = scans.next_power(row.power_state, reported)
         if reported is PowerState.RUNNING:
             if seen.address:
                 row.address = seen.address
-        elif reported in (PowerState.STOPPED, PowerState.SUSPENDED):
+        elif reported in START_ON_CONNECT:
             since = row.starting_since
             resend = ctx.settings.start_estimate_s * _RESEND_AFTER_ESTIMATES
             if since is None or (now - aware(since)).total_seconds() > resend:
                 # Claimed under the row lock: of several retrying clients one sends it.
-                action = (
-                    PowerAction.RESUME if reported is PowerState.SUSPENDED else PowerAction.START
-                )
+                action = START_ON_CONNECT[reported]
                 row.starting_since = now
         since_now = row.starting_since
     if reported is PowerState.RUNNING:
-        return connect(ctx, who, desktop.id, protocol, client, _after_start=True)
+        return connect(
+            ctx,
+            who,
+            desktop.id,
+            protocol,
+            client,
+            client_kind=how.client_kind,
+            accepts=how.accepts,
+            _after_start=True,
+        )
     if action is not None:
         try:
             ctx.sources.tenant_call(
@@ -229,9 +399,7 @@ def _start(
             )
         except Exception:
             with ctx.db.write() as session:
-                session.execute(
-                    update(Desktop).where(Desktop.id == desktop.id).values(starting_since=None)
-                )
+                desktop_rows.clear_starting(session, desktop.id)
             raise
         with ctx.db.write() as session:
             events.append(
@@ -247,7 +415,7 @@ def _start(
     return _starting(ctx, desktop, reported.value, since_now)
 
 
-def _note_release(session: Session, pool_id: str) -> None:
+def _note_release(session: Unit, pool_id: str) -> None:
     pool = session.get(Pool, pool_id)
     if pool is None:
         return
@@ -261,12 +429,10 @@ def _note_release(session: Session, pool_id: str) -> None:
 
 
 def release(
-    session: Session, *, desktop_id: str, tenant_id: str, user_id: str | None, actor: str
+    session: Unit, *, desktop_id: str, tenant_id: str, user_id: str | None, actor: str
 ) -> None:
     """End an assignment and hand the desktop to whoever waits longest for its pool."""
-    desktop = session.scalars(
-        select(Desktop).where(Desktop.id == desktop_id, Desktop.tenant_id == tenant_id)
-    ).first()
+    desktop = desktop_rows.of_tenant(session, desktop_id, tenant_id)
     if desktop is None or (user_id is not None and desktop.assigned_user_id != user_id):
         raise NotFound(f"desktop {desktop_id} is not assigned to you")
     if desktop.assigned_user_id is None:
@@ -288,12 +454,6 @@ def release(
     serve_queues(session, tenant_id)
 
 
-def is_member(session: Session, pool_id: str, desktop_id: str) -> bool:
-    return (
-        session.scalar(
-            select(PoolMember.desktop_id).where(
-                PoolMember.pool_id == pool_id, PoolMember.desktop_id == desktop_id
-            )
-        )
-        is not None
-    )
+def is_member(session: Unit, pool_id: str, desktop_id: str) -> bool:
+    """Whether the desktop is a member of the pool."""
+    return desktop_rows.is_member(session, pool_id, desktop_id)

@@ -19,13 +19,10 @@ directory does not say whether the name or the password was wrong.
 
 from __future__ import annotations
 
-from sqlalchemy import and_, or_, select
-from sqlalchemy.orm import Session
-
 from deskbroker.identity.base import split_domain
 from deskbroker.services.throttle import name_tag
-from deskbroker.store.claims import folded_name
-from deskbroker.store.tables import IdentitySource, User
+from deskbroker.store import accounts
+from deskbroker.store.db import Unit
 
 UNKNOWN = "unknown name #"
 
@@ -41,7 +38,7 @@ class FailedNames:
         name's lockout counter, so the two can be matched)."""
         return UNKNOWN + name_tag(self._secret, tenant_id, typed)
 
-    def for_audit(self, session: Session, tenant_id: str, typed: str, *, account: bool) -> str:
+    def for_audit(self, session: Unit, tenant_id: str, typed: str, *, account: bool) -> str:
         """``typed`` when it names an account (``account``: a directory said so, as when
         it refuses a disabled user), or a user of the tenant (as typed, or as name@domain
         of a source with that domain); else its tag. One indexed read, on the refused path
@@ -50,18 +47,7 @@ class FailedNames:
             return typed[:200]
         name = typed.strip()
         bare, domain = split_domain(name)
-        query = select(User.id).where(User.tenant_id == tenant_id)
-        if domain is None:
-            query = query.where(folded_name(name))
-        else:
-            # Only the domain of a source makes ``bare`` the account: "p@ssw0rd" is no
-            # sign that user "p" typed it.
-            of_domain = or_(
-                IdentitySource.domain == domain,
-                IdentitySource.domain.startswith(domain + ".", autoescape=True),
-            )
-            query = query.join(IdentitySource, IdentitySource.id == User.identity_source_id).where(
-                or_(folded_name(name), and_(folded_name(bare), of_domain))
-            )
-        known = session.scalar(query.limit(1))
-        return typed[:200] if known is not None else self.tag(tenant_id, typed)
+        # Only the domain of a source makes ``bare`` the account: "p@ssw0rd" is no
+        # sign that user "p" typed it.
+        known = accounts.is_account_name(session, tenant_id, name, bare, domain)
+        return typed[:200] if known else self.tag(tenant_id, typed)

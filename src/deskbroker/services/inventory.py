@@ -9,9 +9,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
 from deskbroker.centers.base import Capability, CenterDriver, Changes, ImageInfo, MachineInfo
 from deskbroker.domain import scans
 from deskbroker.domain.timestamps import aware
@@ -20,9 +17,10 @@ from deskbroker.protocols.descriptors import DEFAULT_PORTS
 from deskbroker.services import quotas
 from deskbroker.services.context import BrokerContext
 from deskbroker.services.queues import refresh_pools
-from deskbroker.store import desktop_sync
+from deskbroker.store import desktop_sync, images
+from deskbroker.store.db import Unit
 from deskbroker.store.repository import Repository
-from deskbroker.store.tables import Center, Desktop, Image, utcnow
+from deskbroker.store.tables import Center, Desktop, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +116,7 @@ def look(driver: CenterDriver, center: Center, *, full: bool | None = None) -> L
 
 
 def scan(
-    session: Session,
+    session: Unit,
     ctx: BrokerContext,
     center: Center,
     *,
@@ -178,7 +176,7 @@ def scan_center(
 
 
 def record(
-    session: Session,
+    session: Unit,
     ctx: BrokerContext,
     center: Center,
     listing: Listing,
@@ -216,7 +214,7 @@ def record(
         session,
         tenant_id=center.tenant_id,
         center_id=center.id,
-        machines=machines,
+        machines=[seen_machine(m) for m in machines],
         gone=seen.gone,
         complete=not incremental,
         room=quota.room,
@@ -287,32 +285,28 @@ def catalog(ctx: BrokerContext, center: Center) -> dict[str, Any]:
     return dict(open_center(ctx, center).catalog())
 
 
-def sync_images(session: Session, center: Center, images: list[ImageInfo]) -> None:
+def seen_machine(machine: MachineInfo) -> desktop_sync.SeenMachine:
+    """The store's record of a machine a center reported."""
+    return desktop_sync.SeenMachine(
+        external_id=machine.external_id,
+        name=machine.name,
+        address=machine.address,
+        hostname=machine.hostname,
+        os=machine.os,
+        power_state=machine.power_state,
+        attributes=machine.attributes,
+        driver_state=machine.driver_state,
+        desktop_id=machine.desktop_id,
+    )
+
+
+def sync_images(session: Unit, center: Center, offered: list[ImageInfo]) -> None:
     """Keep the center's image rows in line with what it offers."""
-    existing = {
-        i.external_id: i
-        for i in session.scalars(select(Image).where(Image.center_id == center.id)).all()
-    }
-    for info in images:
-        row = existing.pop(info.external_id, None)
-        if row is None:
-            session.add(
-                Image(
-                    tenant_id=center.tenant_id,
-                    center_id=center.id,
-                    external_id=info.external_id,
-                    name=info.name,
-                    os=info.os,
-                    attributes=dict(info.attributes),
-                )
-            )
-        elif (row.name, row.os, row.attributes) != (info.name, info.os, dict(info.attributes)):
-            row.name, row.os, row.attributes = info.name, info.os, dict(info.attributes)
-    for gone in existing.values():
-        session.delete(gone)
+    seen = [images.SeenImage(i.external_id, i.name, i.os, i.attributes) for i in offered]
+    images.sync(session, center.tenant_id, center.id, seen)
 
 
-def scoped_desktop(session: Session, desktop_id: str, tenant_id: str | None) -> Desktop:
+def scoped_desktop(session: Unit, desktop_id: str, tenant_id: str | None) -> Desktop:
     """A desktop by id as an administrator of ``tenant_id`` (``None``: every tenant) may
     see it; another tenant's is as missing as one that never existed."""
     return Repository(Desktop, "desktop").get(session, desktop_id, tenant_id)

@@ -8,20 +8,8 @@ password, a client secret or an enrolled authenticator.
 
 from __future__ import annotations
 
-from typing import Any
-
-from sqlalchemy import select
-
 from deskbroker.services.context import BrokerContext
-from deskbroker.store.tables import Center, IdentitySource, OidcFlow, User
-
-# (table, column) of every value sealed with the SecretBox.
-_SEALED: tuple[tuple[Any, str], ...] = (
-    (Center, "secrets_sealed"),
-    (IdentitySource, "secrets_sealed"),
-    (User, "totp_sealed"),
-    (OidcFlow, "sealed"),
-)
+from deskbroker.store.sealed import sealed_rows
 
 
 def reseal(ctx: BrokerContext) -> int:
@@ -30,18 +18,14 @@ def reseal(ctx: BrokerContext) -> int:
     ``ValueError``, naming where it is."""
     count = 0
     with ctx.db.write() as session:
-        for model, column in _SEALED:
-            attribute = getattr(model, column)
-            # A redeemed OIDC hand-off keeps an empty ``sealed``: nothing to move.
-            found = select(model).where(attribute.is_not(None), attribute != "")
-            for row in session.scalars(found):
-                try:
-                    setattr(row, column, ctx.secrets.reseal(getattr(row, column)))
-                except ValueError as exc:
-                    raise ValueError(
-                        f"{model.__tablename__} {row.id}: {column} opens with none of the "
-                        "broker's keys; give the key it was sealed with in "
-                        "DESKBROKER_SECRET_KEY_PREVIOUS"
-                    ) from exc
-                count += 1
+        for row, column in sealed_rows(session):
+            try:
+                setattr(row, column, ctx.secrets.reseal(getattr(row, column)))
+            except ValueError as exc:
+                raise ValueError(
+                    f"{row.__tablename__} {row.id}: {column} opens with none of the "
+                    "broker's keys; give the key it was sealed with in "
+                    "DESKBROKER_SECRET_KEY_PREVIOUS"
+                ) from exc
+            count += 1
     return count

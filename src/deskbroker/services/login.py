@@ -14,8 +14,6 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, overload
 
-from sqlalchemy.orm import Session
-
 from deskbroker import metrics
 from deskbroker.domain.accounts import UserRecord
 from deskbroker.domain.offers import queue_estimate_s
@@ -47,6 +45,7 @@ from deskbroker.services.source_guard import reached_directory
 from deskbroker.services.throttle import Checked, SignInGuard
 from deskbroker.store import claims, events
 from deskbroker.store.claims import HeldDesktop
+from deskbroker.store.db import Unit
 
 WRONG_CREDENTIALS = "Wrong username or password."
 DISABLED = "This account is disabled; ask your administrator."
@@ -88,7 +87,7 @@ class _Verified:
 
 
 def _failure_event(
-    session: Session,
+    session: Unit,
     tenant_id: str,
     actor: str,
     client_address: str | None,
@@ -361,9 +360,19 @@ class LoginService:
         check, the assignment rule, claims, the login event and the token. ``checked``
         is the password path's lockout check, whose failures a success clears; a password
         sign-in may owe a second factor, and then answers with a ``Challenge``."""
-        src, who, view = found.source, found.identity, found.view
         if found.record is not None and found.record.disabled:
             raise Forbidden(DISABLED)
+        try:
+            return self._complete_once(found, client_address, checked)
+        except claims.ConcurrentClaim:
+            # The same user's other sign-in took the desktop a moment ago: this unit was
+            # rolled back, and its second go finds that desktop held and hands it back.
+            return self._complete_once(found, client_address, checked)
+
+    def _complete_once(
+        self, found: _Verified, client_address: str | None, checked: Checked | None
+    ) -> LoginResult | Challenge:
+        src, who, view = found.source, found.identity, found.view
         with self.ctx.db.write() as session:
             record = found.record
             if found.directory and claims.directory_user_changed(record, who):
@@ -390,7 +399,7 @@ class LoginService:
 
     def admit(
         self,
-        session: Session,
+        session: Unit,
         src: SourceView,
         who: Identity,
         record: UserRecord,
@@ -462,7 +471,7 @@ class LoginService:
 
     def _claim_all(
         self,
-        session: Session,
+        session: Unit,
         record: UserRecord,
         policy: PolicyView | None,
         view: ConfigView,
@@ -482,21 +491,28 @@ class LoginService:
             for _ in range(max(0, need)):
                 got = claims.claim(
                     session,
+                    tenant_id=record.tenant_id,
                     pool_id=entry.pool_id,
                     user_id=record.id,
                     kind=entry.assignment.value,
                     ordering=entry.ordering,
+                    skip_lost=entry.skip_lost_agents,
+                    slot=claims.free_slot(held, entry.pool_id),
                 )
                 if got is None and entry.backup_pool_id:
                     got = claims.claim(
                         session,
+                        tenant_id=record.tenant_id,
                         pool_id=entry.backup_pool_id,
                         user_id=record.id,
                         kind=entry.assignment.value,
                         ordering=entry.ordering,
+                        skip_lost=entry.skip_lost_agents,
+                        slot=claims.free_slot(held, entry.backup_pool_id),
                     )
                 if got is not None:
                     metrics.CLAIMS.labels(result="assigned").inc()
+                    held.append(got)
                     total += 1
                     if record.queued:
                         claims.leave_queue(session, pool_id=entry.pool_id, user_id=record.id)
@@ -511,6 +527,7 @@ class LoginService:
                     user_id=record.id,
                     assignment=entry.assignment.value,
                     ordering=entry.ordering.value,
+                    skip_lost=entry.skip_lost_agents,
                 )
                 pool = view.pools.get(entry.pool_id)
                 estimate = queue_estimate_s(position, pool.release_interval_s if pool else None)

@@ -40,7 +40,8 @@ from deskbroker.errors import (
     SignInPending,
     TooManySignInsStarted,
 )
-from deskbroker.identity.oidc import DevicePending, OidcIdentitySource, ProviderUser
+from deskbroker.identity.base import SourceCapability, provider_sign_in
+from deskbroker.identity.sign_in import DevicePending, ProviderSignIn, ProviderUser
 from deskbroker.services.context import BrokerContext
 from deskbroker.services.login import LoginResult, LoginService
 from deskbroker.services.throttle import address_key
@@ -160,14 +161,21 @@ class OidcSignIn:
         self.ctx = ctx
         self.login = login
 
-    def _oidc(self, tenant: str | None, source: str) -> tuple[str, str, OidcIdentitySource]:
+    def _oidc(
+        self, tenant: str | None, source: str, capability: SourceCapability
+    ) -> tuple[str, str, ProviderSignIn]:
+        """The source's sign-in at its provider, when it offers ``capability``."""
         view, driver = self.login.source_driver(tenant, source)
-        if not isinstance(driver, OidcIdentitySource):
+        signer = provider_sign_in(driver, capability)
+        if signer is not None:
+            return view.tenant_id, view.id, signer
+        if SourceCapability.PASSWORD in driver.capabilities:
             raise BadRequest(
                 f"identity source {source!r} is of kind {view.kind!r}: it takes a username and "
                 "password at POST /api/v1/auth/login, not an OpenID Connect sign-in"
             )
-        return view.tenant_id, view.id, driver
+        how = "in a browser" if capability is SourceCapability.BROWSER_SIGN_IN else "by device"
+        raise BadRequest(f"identity source {source!r} (kind {view.kind!r}) offers no sign-in {how}")
 
     def _ask(self, tenant_id: str, source_id: str, work: Callable[[], T]) -> T:
         """``work``, a call to the provider, within the bounds every remote identity
@@ -175,11 +183,18 @@ class OidcSignIn:
         anonymous start or poll never waits on a provider that does not answer."""
         return self.ctx.sources.call(source_id, f"oidc:{source_id}", work, tenant_id=tenant_id)
 
-    def _flow_driver(self, flow: FlowRecord) -> OidcIdentitySource:
+    def _flow_driver(self, flow: FlowRecord) -> ProviderSignIn:
+        """The sign-in of the flow's source, if it still offers the flow's kind."""
         driver = self.login.driver_by_id(flow.identity_source_id)
-        if not isinstance(driver, OidcIdentitySource):
+        capability = (
+            SourceCapability.DEVICE_SIGN_IN
+            if flow.kind == "device"
+            else SourceCapability.BROWSER_SIGN_IN
+        )
+        signer = provider_sign_in(driver, capability)
+        if signer is None:
             raise BadRequest("the identity source of this sign-in no longer uses OpenID Connect")
-        return driver
+        return signer
 
     def _throttle_start(self, client_address: str | None) -> None:
         """Counts a sign-in start against the client address, before the provider is
@@ -229,11 +244,11 @@ class OidcSignIn:
         ``browser`` is the secret of the browser's binding cookie; only its hash is kept,
         and the callback must present it."""
         return_to = check_return_to(return_to, self.ctx.settings.oidc_portal_paths)
-        tenant_id, source_id, driver = self._oidc(tenant, source)
+        tenant_id, source_id, driver = self._oidc(tenant, source, SourceCapability.BROWSER_SIGN_IN)
         self._throttle_start(client_address)
         state, nonce = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         verifier = secrets.token_urlsafe(64)
-        redirect_uri = driver.config.redirect_uri or callback_url
+        redirect_uri = driver.redirect_uri or callback_url
         # Asks the provider's discovery document first: when the provider is down, the
         # user hears so and no flow is written (the start still counted above).
         url = self._ask(
@@ -255,7 +270,7 @@ class OidcSignIn:
                 tenant_id=tenant_id,
                 identity_source_id=source_id,
                 sealed=self.ctx.secrets.seal(json.dumps({"code_verifier": verifier})),
-                ttl_s=driver.config.sign_in_ttl_s,
+                ttl_s=driver.sign_in_ttl_s,
                 nonce=nonce,
                 redirect_uri=redirect_uri,
                 return_to=return_to,
@@ -310,9 +325,9 @@ class OidcSignIn:
                     f"the identity provider did not sign you in ({said})", reason="provider_refused"
                 )
             # RFC 9207: an answer carrying another issuer is a mix-up attack.
-            if issuer is not None and issuer != driver.config.issuer:
+            if issuer is not None and issuer != driver.issuer:
                 raise BadRequest(
-                    f"the callback comes from issuer {issuer!r}, not {driver.config.issuer!r}",
+                    f"the callback comes from issuer {issuer!r}, not {driver.issuer!r}",
                     reason="issuer_mismatch",
                 )
             if not code:
@@ -405,7 +420,7 @@ class OidcSignIn:
     def start_device(
         self, *, tenant: str | None, source: str, client_address: str | None = None
     ) -> DeviceStart:
-        tenant_id, source_id, driver = self._oidc(tenant, source)
+        tenant_id, source_id, driver = self._oidc(tenant, source, SourceCapability.DEVICE_SIGN_IN)
         self._throttle_start(client_address)
         grant = self._ask(tenant_id, source_id, driver.start_device)
         handle = secrets.token_urlsafe(32)

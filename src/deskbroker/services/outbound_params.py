@@ -8,11 +8,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy.orm import Session
 
 from deskbroker import outbound
 from deskbroker.errors import Forbidden
+from deskbroker.services import write_context
 from deskbroker.services.context import BrokerContext
+from deskbroker.store.db import Unit
 
 # The params that decide whether a connection is private and goes to the server it names:
 # a secret given over verified TLS must not go out once someone switches TLS off, drops
@@ -29,15 +30,15 @@ def _connection(model: BaseModel) -> list[tuple[str, str]]:
     return sorted(found)
 
 
-def _scoped(session: Session) -> bool:
+def _scoped(session: Unit) -> bool:
     """Whether the write is made with an API token (its scopes set), not a person's
     session token."""
-    actor = session.info.get("actor")
-    return getattr(actor, "scopes", None) is not None
+    actor = write_context.actor_if_any(session)
+    return actor is not None and actor.scoped
 
 
 def vet(
-    session: Session,
+    session: Unit,
     ctx: BrokerContext,
     *,
     what: str,
@@ -61,7 +62,8 @@ def vet(
     """
     model = params_model.model_validate(dict(params))
     host_side = outbound.host_side_of(model)
-    if host_side and session.info.get("actor_role") != "global_admin":
+    actor = write_context.actor_if_any(session)
+    if host_side and (actor is None or not actor.is_global_admin):
         raise Forbidden(
             f"only a global administrator may set {what} params {', '.join(host_side)}: "
             "they use the broker host's own files and credentials; give the connection "

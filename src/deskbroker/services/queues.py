@@ -22,10 +22,12 @@ def serve_queues(session: Session, tenant_id: str) -> int:
             entry_id, user_id = head.entry_id, head.user_id
             got = claims.claim(
                 session,
+                tenant_id=tenant_id,
                 pool_id=pool_id,
                 user_id=user_id,
                 kind=head.assignment,
                 ordering=OfferOrdering(head.ordering),
+                skip_lost=head.skip_lost,
             )
             if got is None:
                 break

@@ -9,13 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy.orm import Session
-
 from deskbroker.domain import quotas as words_for
 from deskbroker.domain.quotas import TenantQuota, room
 from deskbroker.errors import QuotaReached
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import quotas as store
+from deskbroker.store.db import Unit
 from deskbroker.store.tables import Desktop, utcnow
 
 
@@ -31,7 +30,7 @@ class DesktopRoom:
         return words_for.words(self.used if used is None else used, self.limit, "desktops")
 
 
-def desktop_room(session: Session, tenant_id: str) -> DesktopRoom:
+def desktop_room(session: Unit, tenant_id: str) -> DesktopRoom:
     """Lock the tenant (when it has a desktop quota) and count its desktops."""
     quota = store.read(session, tenant_id)
     if quota.desktops is None:
@@ -42,7 +41,7 @@ def desktop_room(session: Session, tenant_id: str) -> DesktopRoom:
 
 
 def admit_session(
-    session: Session,
+    session: Unit,
     ctx: BrokerContext,
     desktop: Desktop,
     *,
@@ -78,7 +77,7 @@ def admit_session(
         desktop.connect_granted_at = now
 
 
-def usage(session: Session, ctx: BrokerContext, tenant_id: str) -> dict[str, object]:
+def usage(session: Unit, ctx: BrokerContext, tenant_id: str) -> dict[str, object]:
     """The tenant's limits and what it uses now, in numbers and words."""
     quota: TenantQuota = store.read(session, tenant_id)
     since = utcnow() - timedelta(seconds=ctx.settings.session_grant_s)

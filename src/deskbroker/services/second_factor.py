@@ -16,7 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyotp
-from sqlalchemy.orm import Session
 
 from deskbroker import metrics
 from deskbroker.domain.accounts import UserRecord
@@ -38,6 +37,7 @@ from deskbroker.services.login import LoginResult, LoginService
 from deskbroker.services.throttle import Checked
 from deskbroker.store import claims, events
 from deskbroker.store import totp as store
+from deskbroker.store.db import Unit
 
 ISSUER = "deskbroker"
 # Wrong codes one challenge takes before the user must give their password again.
@@ -175,7 +175,7 @@ class SecondFactorService:
 
     def _complete(
         self,
-        session: Session,
+        session: Unit,
         found: ChallengeClaims,
         code: str,
         record: UserRecord,
@@ -219,13 +219,13 @@ class SecondFactorService:
         return self.login.admit(session, source, who, record, view, client_address)
 
     @staticmethod
-    def _enrolled_event(session: Session, tenant_id: str, username: str, user_id: str) -> None:
+    def _enrolled_event(session: Unit, tenant_id: str, username: str, user_id: str) -> None:
         events.append(
             session, "totp_enrolled", tenant_id=tenant_id, actor=username, user_id=user_id
         )
 
     # --- a logged-in user's own second factor ----------------------------------------
-    def _state(self, session: Session, who: TokenClaims) -> store.TotpState:
+    def _state(self, session: Unit, who: TokenClaims) -> store.TotpState:
         state = store.state(session, who.user_id)
         if state is None or state.tenant_id != who.tenant_id:
             raise Unauthorized("Your account no longer exists; log in again.")
@@ -250,7 +250,7 @@ class SecondFactorService:
             store.save_pending(session, state.user_id, self.ctx.secrets.seal(secret))
         return enrolment(secret, state.username, _tenant_name(view, state.tenant_id))
 
-    def _check_code(self, session: Session, state: store.TotpState, code: str) -> None:
+    def _check_code(self, session: Unit, state: store.TotpState, code: str) -> None:
         assert state.sealed is not None
         step = matching_step(self._open(state.sealed), code, time.time())
         if step is None:
@@ -262,7 +262,7 @@ class SecondFactorService:
         if not store.accept_step(session, state.user_id, step):
             raise InvalidInput(REPLAYED_CODE, reason="replayed_second_factor")
 
-    def _guarded(self, who: TokenClaims, act: Callable[[Session], None]) -> None:
+    def _guarded(self, who: TokenClaims, act: Callable[[Unit], None]) -> None:
         """Run ``act`` (which checks a code) as a sign-in attempt: refused while the
         account is locked, and a wrong code counted like a wrong password, so a stolen
         session token cannot try every code to remove or replace the second factor."""
@@ -284,7 +284,7 @@ class SecondFactorService:
     def confirm(self, who: TokenClaims, code: str) -> None:
         """Proves the app holds the secret: from now on, logins ask for its codes."""
 
-        def act(session: Session) -> None:
+        def act(session: Unit) -> None:
             state = self._state(session, who)
             if state.enrolled:
                 raise Conflict("Your authenticator app is enrolled already.")
@@ -299,7 +299,7 @@ class SecondFactorService:
     def remove(self, who: TokenClaims, code: str) -> None:
         """The user drops their own second factor, proving they hold it."""
 
-        def act(session: Session) -> None:
+        def act(session: Unit) -> None:
             state = self._state(session, who)
             if not state.enrolled:
                 raise Conflict("You have no authenticator app enrolled.")

@@ -6,18 +6,19 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, func, select
-from sqlalchemy.orm import Session
-
 from deskbroker.domain import plans
+from deskbroker.domain.offers import AssignmentKind
 from deskbroker.domain.plans import AgentEvent, PlanKind, PlanRule
 from deskbroker.domain.states import (
     AGENT_TRANSITIONS,
+    AVAILABILITY_TRANSITIONS,
     SESSION_TRANSITIONS,
     AgentState,
+    Availability,
     SessionState,
     transition,
 )
@@ -25,8 +26,12 @@ from deskbroker.domain.timestamps import aware
 from deskbroker.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from deskbroker.security import TokenClaims
 from deskbroker.services.context import BrokerContext
-from deskbroker.store import events
-from deskbroker.store.tables import Desktop, PowerPlan, ReleasePlan, SessionRow, Timer, User
+from deskbroker.store import claims, events
+from deskbroker.store import sessions as rows
+from deskbroker.store.db import Unit as Session
+from deskbroker.store.tables import Desktop, SessionRow, Timer
+
+log = logging.getLogger("deskbroker.sessions")
 
 # How far ahead of the broker's clock an event's time is taken as reported.
 CLOCK_SKEW = timedelta(seconds=60)
@@ -54,6 +59,8 @@ class SessionOutcome:
     changed: bool
     scheduled: tuple[TimerInfo, ...]
     cancelled: int
+    # Why the event was not applied (a replay or a late event), empty when it was.
+    ignored: str = ""
 
 
 def bare_username(name: str) -> str:
@@ -65,35 +72,21 @@ def _user_id(session: Session, desktop: Desktop, username: str) -> str | None:
     """The broker user behind a desktop account, when that is unambiguous."""
     bare = bare_username(username)
     if desktop.assigned_user_id is not None:
-        holder = session.get(User, desktop.assigned_user_id)
+        holder = rows.user_named(session, desktop.assigned_user_id)
         if holder is not None and bare_username(holder.username) == bare:
             return holder.id
-    found = session.scalars(
-        select(User.id)
-        .where(
-            User.tenant_id == desktop.tenant_id,
-            func.lower(User.username).in_({username.lower(), bare}),
-        )
-        .limit(2)
-    ).all()
+    found = rows.users_named(session, desktop.tenant_id, {username.lower(), bare})
     return found[0] if len(found) == 1 else None
 
 
 def _open_session(
     session: Session, desktop_id: str, username: str, key: str | None, event: AgentEvent
 ) -> SessionRow | None:
-    query = select(SessionRow).where(
-        SessionRow.desktop_id == desktop_id, SessionRow.ended_at.is_(None)
+    # Without a key only a repeated report of the same login is the same session;
+    # a login after a disconnect is a new session (the old one lingers).
+    return rows.open_session(
+        session, desktop_id, username, key, only_logged_in=event is AgentEvent.LOGIN
     )
-    if key:
-        query = query.where(SessionRow.session_key == key)
-    else:
-        query = query.where(func.lower(SessionRow.username) == username.lower())
-        if event is AgentEvent.LOGIN:
-            # Without a key only a repeated report of the same login is the same session;
-            # a login after a disconnect is a new session (the old one lingers).
-            query = query.where(SessionRow.state == SessionState.LOGGED_IN.value)
-    return session.scalars(query.order_by(SessionRow.started_at.desc()).limit(1)).first()
 
 
 def _within_clock_window(at: datetime | None, now: datetime, window_s: int) -> datetime:
@@ -127,12 +120,7 @@ def _duration_words(seconds: float) -> str:
 def _room_for_session(session: Session, desktop: Desktop, user: str) -> None:
     """Refuse a login beyond the sessions the desktop's kind allows (one on a single-user
     desktop): one desktop's token must not fill the tenant's session quota."""
-    open_rows = session.execute(
-        select(SessionRow.username, SessionRow.session_key, SessionRow.state)
-        .where(SessionRow.desktop_id == desktop.id, SessionRow.ended_at.is_(None))
-        .order_by(SessionRow.started_at)
-        .limit(desktop.max_sessions + 1)
-    ).all()
+    open_rows = rows.open_rows(session, desktop.id, desktop.max_sessions + 1)
     if len(open_rows) < desktop.max_sessions:
         return
     held = ", ".join(
@@ -144,6 +132,61 @@ def _room_for_session(session: Session, desktop: Desktop, user: str) -> None:
         f"a login of {user} must follow their logout (an administrator can end a session "
         "the agent missed, or raise the desktop's max_sessions for a multi-session host)",
         max_sessions=desktop.max_sessions,
+    )
+
+
+def _rogue(session: Session, ctx: BrokerContext, desktop: Desktop, row: SessionRow) -> None:
+    """A login the broker did not hand out: recorded, and per the ``rogue_users`` of the
+    policies offering the desktop's pool (else the broker's setting) the desktop is
+    assigned to the user (when it is free and the account is a broker user) or flagged
+    (taken out of every offer)."""
+    policy = plans.rogue_policy(
+        rows.rogue_settings(session, desktop.id), ctx.settings.rogue_users
+    ).value
+    holder = desktop.assigned_user_id
+    outcome = "recorded"
+    if policy == "assign" and holder is None and row.user_id is not None:
+        pool_id = rows.first_pool_of(session, desktop.id)
+        # The assignment is one statement on the row: what this event changed so far is
+        # written first, so that reading the row back keeps it.
+        session.flush()
+        if claims.assign(
+            session, desktop_id=desktop.id, user_id=row.user_id, pool_id=pool_id, kind="persistent"
+        ):
+            session.refresh(desktop)
+            outcome = "assigned"
+            events.append(
+                session,
+                "assign",
+                tenant_id=desktop.tenant_id,
+                actor=f"agent@{desktop.name}",
+                user_id=row.user_id,
+                desktop_id=desktop.id,
+                pool_id=pool_id,
+                detail={"reason": "rogue login"},
+            )
+    elif policy == "flag":
+        desktop.availability = transition(
+            AVAILABILITY_TRANSITIONS,
+            Availability(desktop.availability),
+            Availability.UNAVAILABLE,
+            subject=f"desktop {desktop.name}",
+        ).value
+        outcome = "flagged"
+    events.append(
+        session,
+        "session.rogue",
+        tenant_id=desktop.tenant_id,
+        actor=f"agent@{desktop.name}",
+        user_id=row.user_id,
+        desktop_id=desktop.id,
+        pool_id=desktop.assigned_pool_id,
+        detail={
+            "session_id": row.id,
+            "user": row.username,
+            "holder_id": holder,
+            "outcome": outcome,
+        },
     )
 
 
@@ -159,23 +202,15 @@ def _rules(session: Session, ctx: BrokerContext, pool_id: str | None) -> list[Pl
     if pool_id is None:
         return []
     power_id, release_id = ctx.cache.plans_for_pool(ctx.db, pool_id)
-    rules: list[PlanRule] = []
-    power = session.get(PowerPlan, power_id) if power_id else None
-    if power is not None:
-        rules.extend(plans.parse_rules(PlanKind.POWER, power.rules or []))
-    release = session.get(ReleasePlan, release_id) if release_id else None
-    if release is not None:
-        rules.extend(plans.parse_rules(PlanKind.RELEASE, release.rules or []))
-    return rules
+    power, release = rows.plan_rules(session, power_id, release_id)
+    return [
+        *plans.parse_rules(PlanKind.POWER, power),
+        *plans.parse_rules(PlanKind.RELEASE, release),
+    ]
 
 
 def _pending(session: Session, desktop_id: str) -> list[plans.PendingTimer]:
-    rows = session.execute(
-        select(Timer.id, Timer.session_id, Timer.plan, Timer.trigger, Timer.action).where(
-            Timer.desktop_id == desktop_id
-        )
-    ).all()
-    return [plans.PendingTimer(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+    return [plans.PendingTimer(*r) for r in rows.timers_of(session, desktop_id)]
 
 
 def record(
@@ -188,13 +223,21 @@ def record(
     at: datetime | None = None,
     protocol: str = "",
     client_address: str = "",
+    seq: int | None = None,
     now: datetime | None = None,
+    key: str | None = None,
 ) -> SessionOutcome:
     """Apply one agent event to the desktop's sessions.
 
     Raises ``Conflict`` when the event cannot follow the session's state (a lock of a
     disconnected session, anything after a logout) and ``NotFound`` for an unknown
     desktop. A repeated report (the state would not change) changes nothing.
+
+    ``seq`` is the agent's sequence number of the event: one not above the highest
+    taken from the desktop is a replay (its answer was lost) or arrived late, and is
+    ignored (logged, reported in ``ignored``), never applied out of order. ``key``, the
+    event's idempotency key, is kept in the event log with ``seq``, so that what an
+    agent queued can be found there exactly once.
     """
     now = aware(now or datetime.now(UTC))
     at = _within_clock_window(at, now, ctx.settings.agent_clock_window_s)
@@ -204,15 +247,26 @@ def record(
     # Warm the per-node config cache outside the write transaction.
     ctx.cache.current(ctx.db)
     with ctx.db.write() as session:
-        desktop = session.scalars(
-            select(Desktop).where(Desktop.id == desktop_id).with_for_update()
-        ).first()
+        desktop = rows.lock_desktop(session, desktop_id)
         if desktop is None:
             raise NotFound(f"desktop {desktop_id} does not exist")
         # Any report shows the agent alive.
         desktop.agent_state = transition(
             AGENT_TRANSITIONS, AgentState(desktop.agent_state), AgentState.RUNNING
         ).value
+        desktop.agent_seen_at = now
+        if seq is not None:
+            if seq <= desktop.agent_seq:
+                why = (
+                    f"event {seq} ({event.value} of {user}) is not after event "
+                    f"{desktop.agent_seq}, the last one taken from desktop {desktop.name}: "
+                    "a replay or a late arrival, ignored"
+                )
+                log.info("%s", why)
+                return SessionOutcome(
+                    "", desktop.id, user, None, "", None, False, (), 0, ignored=why
+                )
+            desktop.agent_seq = seq
         row = _open_session(session, desktop.id, user, session_key, event)
         target = plans.EVENT_STATE[event]
         previous: SessionState | None
@@ -235,9 +289,10 @@ def record(
                 client_address=client_address,
                 started_at=at,
             )
-            session.add(row)
-            session.flush()
+            rows.add(session, [row])
             previous = None
+            if row.user_id is None or row.user_id != desktop.assigned_user_id:
+                _rogue(session, ctx, desktop, row)
         else:
             previous = SessionState(row.state)
             try:
@@ -275,11 +330,13 @@ def record(
             previous=previous,
             new=target,
             at=at,
-            rules=_rules(session, ctx, desktop.assigned_pool_id),
+            rules=plans.with_pooled_release(
+                _rules(session, ctx, desktop.assigned_pool_id),
+                desktop.assignment_kind == AssignmentKind.POOLED,
+            ),
             pending=_pending(session, desktop.id),
         )
-        if changes.cancel:
-            session.execute(delete(Timer).where(Timer.id.in_(changes.cancel)))
+        rows.delete_timers(session, changes.cancel)
         timers = [
             Timer(
                 tenant_id=desktop.tenant_id,
@@ -292,8 +349,7 @@ def record(
             )
             for t in changes.add
         ]
-        session.add_all(timers)
-        session.flush()
+        rows.add(session, timers)
         scheduled = tuple(
             TimerInfo(t.id, t.plan, t.trigger, t.action, aware(t.due_at)) for t in timers
         )
@@ -316,6 +372,8 @@ def record(
                     for t in scheduled
                 ],
                 "cancelled": len(changes.cancel),
+                "seq": seq,
+                "key": key,
             },
         )
         return SessionOutcome(
@@ -337,7 +395,7 @@ def issue_agent_token(
 ) -> tuple[str, int, Desktop]:
     """Mint the desktop's agent token; any earlier token of the desktop stops working."""
     with ctx.db.write() as session:
-        desktop = session.get(Desktop, desktop_id)
+        desktop = rows.desktop(session, desktop_id)
         if desktop is None or (tenant_scope is not None and desktop.tenant_id != tenant_scope):
             raise NotFound(f"desktop {desktop_id} does not exist")
         token, expires, token_id = ctx.signer.issue_agent(
@@ -364,9 +422,7 @@ def check_agent(ctx: BrokerContext, who: TokenClaims, desktop_id: str | None) ->
     if desktop_id is not None and desktop_id != who.desktop_id:
         raise Forbidden(f"this agent token belongs to desktop {who.desktop_id}, not {desktop_id}")
     with ctx.db.read() as session:
-        row = session.execute(
-            select(Desktop.tenant_id, Desktop.agent_token_id).where(Desktop.id == who.desktop_id)
-        ).first()
+        row = rows.token_of(session, who.desktop_id)
     if row is None or row[0] != who.tenant_id:
         raise Unauthorized("the desktop this agent token was minted for no longer exists")
     if row[1] is None:

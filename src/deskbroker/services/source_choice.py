@@ -12,16 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
 from deskbroker.domain.accounts import UserRecord
-from deskbroker.domain.permissions import BuiltinRole
 from deskbroker.errors import BadRequest
 from deskbroker.identity.base import source_kinds, split_domain
 from deskbroker.services.config_cache import ConfigView, SourceView
-from deskbroker.store import claims
-from deskbroker.store.tables import User
+from deskbroker.store import accounts, claims
+from deskbroker.store.db import Unit
 
 
 @dataclass(frozen=True)
@@ -93,15 +89,8 @@ def _takes_passwords(source: SourceView) -> bool:
     return kind is None or kind.accepts_passwords
 
 
-def _holds_global_admin(session: Session, tenant_id: str) -> bool:
-    query = select(User.id).where(
-        User.tenant_id == tenant_id, User.role == BuiltinRole.GLOBAL_ADMIN.value
-    )
-    return session.scalar(query.limit(1)) is not None
-
-
 def _whole_name_owners(
-    session: Session, view: ConfigView, tenant_id: str, username: str, bare: str
+    session: Unit, view: ConfigView, tenant_id: str, username: str, bare: str
 ) -> tuple[list[Candidate] | None, list[UserRecord]]:
     """The sources of accounts whose name is the whole typed name (``alice@example.org``
     of a local source), read with the bare name's owners in one statement. Such an
@@ -120,7 +109,7 @@ def _whole_name_owners(
 
 
 def choose(
-    session: Session, view: ConfigView, tenant_id: str, username: str, source_name: str | None
+    session: Unit, view: ConfigView, tenant_id: str, username: str, source_name: str | None
 ) -> Choice:
     """``candidates`` narrowed to the source that owns the name: one statement (two for
     a name nobody holds when a source that a global administrator did not set up would
@@ -172,7 +161,7 @@ def choose(
             domain is None
             and source_name is None
             and any(not c.source.set_by_global_admin for c in routed)
-            and _holds_global_admin(session, tenant_id)
+            and accounts.holds_global_admin(session, tenant_id)
         ):
             # A global admin's typo looks like this: only sources a global admin set up
             # are sent it.

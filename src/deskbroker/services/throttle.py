@@ -21,14 +21,13 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
-from sqlalchemy.orm import Session
-
 from deskbroker import metrics
 from deskbroker.config import Settings
 from deskbroker.domain.timestamps import aware
 from deskbroker.errors import DeskbrokerError, TooManyAttempts
 from deskbroker.identity.base import split_domain
 from deskbroker.store import throttle
+from deskbroker.store.db import Unit
 from deskbroker.store.tables import utcnow
 
 # A lockout doubles on each repeat, up to this many times the first.
@@ -153,9 +152,7 @@ class SignInGuard:
         broker go one at a time."""
         return self.locks.of(account_key(self.settings.effective_secret_key, tenant_id, username))
 
-    def check(
-        self, session: Session, tenant_id: str, username: str, address: str | None
-    ) -> Checked:
+    def check(self, session: Unit, tenant_id: str, username: str, address: str | None) -> Checked:
         """Refuse (``TooManyAttempts``) while the account or the address is locked."""
         account = account_key(self.settings.effective_secret_key, tenant_id, username)
         addr = address_key(address) if address else None
@@ -188,7 +185,7 @@ class SignInGuard:
         )
 
     def failed(
-        self, session: Session, checked: Checked, *, account: bool = True
+        self, session: Unit, checked: Checked, *, account: bool = True
     ) -> TooManyAttempts | None:
         """Count a failure against the account (unless ``account`` is false) and the
         address, in the caller's transaction; returns the refusal to give instead when
@@ -216,7 +213,7 @@ class SignInGuard:
                 )
         return locked
 
-    def succeeded(self, session: Session, checked: Checked) -> None:
+    def succeeded(self, session: Unit, checked: Checked) -> None:
         """A good sign-in clears the account's failures (only when it had some: no write
         on the usual path)."""
         if checked.account_counted:

@@ -6,6 +6,8 @@ path has a budget of six statements.
 
 from __future__ import annotations
 
+import hashlib
+import time
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
@@ -13,11 +15,10 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    Select,
     and_,
-    case,
     delete,
     func,
-    insert,
     literal,
     or_,
     select,
@@ -25,22 +26,32 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Session
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, aliased
 
+from deskbroker import metrics
 from deskbroker.domain.accounts import UserRecord
 from deskbroker.domain.offers import OfferOrdering
 from deskbroker.domain.rules import Identity
-from deskbroker.domain.states import CLAIMABLE_POWER, Availability, PowerState
+from deskbroker.domain.states import CLAIMABLE_POWER, AgentState, PowerState
+from deskbroker.errors import Conflict
 from deskbroker.store.tables import (
+    CLAIM_ORDER,
+    FREE_DESKTOP,
     BrokerState,
     Desktop,
-    Pool,
     PoolMember,
     QueueEntry,
     User,
     new_id,
     utcnow,
 )
+
+
+class ConcurrentClaim(Conflict):
+    """Two sign-ins of one user at the same moment both claimed "their first desktop"
+    of a pool (``uq_desktops_user_pool_slot``): the later one's unit is rolled back; the
+    login path tries once more, and then finds the desktop the other one took."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +63,9 @@ class HeldDesktop:
     pool_id: str | None
     center_id: str
     attributes: dict[str, Any]
+    # Which of the user's desktops from the pool this is (``Desktop.assignment_slot``);
+    # None for one an administrator or the queue handed over.
+    slot: int | None = None
 
 
 _DESKTOP_COLUMNS = (
@@ -62,6 +76,7 @@ _DESKTOP_COLUMNS = (
     Desktop.assigned_pool_id,
     Desktop.center_id,
     Desktop.attributes,
+    Desktop.assignment_slot,
 )
 
 
@@ -74,6 +89,7 @@ def _held(row: Any) -> HeldDesktop:
         pool_id=row[4],
         center_id=row[5],
         attributes=row[6] or {},
+        slot=row[7],
     )
 
 
@@ -232,28 +248,11 @@ def held_desktops(session: Session, user_id: str) -> list[HeldDesktop]:
     return [_held(r) for r in rows]
 
 
-def _order(ordering: OfferOrdering) -> list[Any]:
-    never_used = case((Desktop.last_used_at.is_(None), 0), else_=1)
-    running = case((Desktop.power_state == PowerState.RUNNING.value, 0), else_=1)
-    match ordering:
-        case OfferOrdering.LEAST_RECENTLY_USED:
-            return [never_used, Desktop.last_used_at.asc(), Desktop.name]
-        case OfferOrdering.MOST_RECENTLY_USED:
-            return [never_used.desc(), Desktop.last_used_at.desc(), Desktop.name]
-        case OfferOrdering.NAME:
-            return [Desktop.name]
-        case _:
-            return [running, never_used, Desktop.last_used_at.asc(), Desktop.name]
-
-
 def claimable() -> tuple[ColumnElement[bool], ...]:
     """What makes a desktop free to claim (``domain.states.is_free`` in SQL): the claim,
-    the explain answer, the provisioner's counts and the pool status all share it."""
-    return (
-        Desktop.assigned_user_id.is_(None),
-        Desktop.availability == Availability.AVAILABLE.value,
-        Desktop.power_state.in_([s.value for s in CLAIMABLE_POWER]),
-    )
+    the explain answer, the provisioner's counts and the pool status all share it. The
+    terms of ``tables.FREE_DESKTOP``, the claim's partial indexes' predicate."""
+    return tuple(FREE_DESKTOP.clauses)
 
 
 def free_desktop() -> ColumnElement[bool]:
@@ -284,44 +283,106 @@ def free_desktops(session: Session, pool_ids: Collection[str]) -> dict[str, int]
     return {pool: found.get(pool, 0) for pool in pool_ids}
 
 
+def claim_candidate(
+    *, tenant_id: str, pool_id: str, ordering: OfferOrdering, skip_lost: bool = False
+) -> Select[str]:
+    """The claim's choice: the pool's best free desktop, locked (skipping locked ones).
+    Its own function so that a test can ask the database how it plans it."""
+    lost = (Desktop.agent_state != AgentState.LOST.value,) if skip_lost else ()
+    member = (
+        select(PoolMember.desktop_id)
+        .where(PoolMember.pool_id == pool_id, PoolMember.desktop_id == Desktop.id)
+        .exists()
+    )
+    return (
+        select(Desktop.id)
+        .where(Desktop.tenant_id == tenant_id, FREE_DESKTOP, member, *lost)
+        .order_by(*CLAIM_ORDER[ordering])
+        .limit(1)
+        .with_for_update(skip_locked=True, of=Desktop)
+    )
+
+
 def claim(
     session: Session,
     *,
+    tenant_id: str,
     pool_id: str,
     user_id: str,
     kind: str,
     ordering: OfferOrdering,
     now: datetime | None = None,
+    skip_lost: bool = False,
+    slot: int | None = None,
 ) -> HeldDesktop | None:
     """Statement 3: hand one free desktop of the pool to the user, atomically.
+
+    The candidate is the first free desktop of the tenant, in the pool's order, that is a
+    member of the pool: the tenant and the order are the columns of the partial index
+    ``ix_desktops_free_<ordering>``, so the database walks that index and stops at the
+    first member instead of sorting the pool (the cost does not grow with the pool).
+
+    ``skip_lost`` (the policy entry's ``skip_lost_agents``) passes over desktops whose
+    agent missed its heartbeats. ``slot`` (a login's claim) is which of the user's
+    desktops from this pool this is: a second login of the same user at the same moment
+    claiming the same slot fails on ``uq_desktops_user_pool_slot`` (``ConcurrentClaim``).
 
     PostgreSQL skips rows another claim has locked; SQLite serialises writers, so the
     same statement is safe there without the locking clause.
     """
     now = now or utcnow()
-    candidate = (
-        select(Desktop.id)
-        .join(PoolMember, PoolMember.desktop_id == Desktop.id)
-        .where(PoolMember.pool_id == pool_id, *claimable())
-        .order_by(*_order(ordering))
-        .limit(1)
-        .with_for_update(skip_locked=True, of=Desktop)
-        .scalar_subquery()
-    )
-    row = session.execute(
+    candidate = claim_candidate(
+        tenant_id=tenant_id, pool_id=pool_id, ordering=ordering, skip_lost=skip_lost
+    ).scalar_subquery()
+    started = time.perf_counter()
+    statement = (
         update(Desktop)
         .where(Desktop.id == candidate, Desktop.assigned_user_id.is_(None))
         .values(
             assigned_user_id=user_id,
             assigned_pool_id=pool_id,
             assignment_kind=kind,
+            assignment_slot=slot,
             assigned_at=now,
             updated_at=now,
         )
         .returning(*_DESKTOP_COLUMNS)
         .execution_options(synchronize_session=False)
-    ).first()
+    )
+    try:
+        row = session.execute(statement).first()
+    except IntegrityError as exc:
+        if not _is_double_claim(exc):
+            raise
+        raise ConcurrentClaim(
+            "another sign-in of this user took a desktop from this pool at the same moment; "
+            "sign in again to get it"
+        ) from exc
+    metrics.CLAIM_SECONDS.observe(time.perf_counter() - started)
     return None if row is None else _held(row)
+
+
+def free_slot(held: Collection[HeldDesktop], pool_id: str) -> int:
+    """The lowest slot the user's claimed desktops from ``pool_id`` leave free."""
+    taken = {d.slot for d in held if d.pool_id == pool_id and d.slot is not None}
+    return next(n for n in range(len(taken) + 1) if n not in taken)
+
+
+def _is_double_claim(exc: IntegrityError) -> bool:
+    text = str(exc.orig)
+    return "uq_desktops_user_pool_slot" in text or "desktops.assignment_slot" in text
+
+
+def _queue_lock(session: Session, pool_id: str) -> None:
+    """On PostgreSQL, one enqueuer of the pool at a time until it commits, so that each
+    counts every place before its own (a transaction's new entry is invisible to others
+    until then). A transaction-scoped advisory lock, not the pool's row: nothing else
+    (releases, the engine, an administrator's edit) waits on it, and nothing is written.
+    SQLite's single writer already orders enqueuers."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    digest = hashlib.blake2b(f"queue:{pool_id}".encode(), digest_size=8).digest()
+    session.execute(select(func.pg_advisory_xact_lock(int.from_bytes(digest, "big", signed=True))))
 
 
 def enqueue(
@@ -332,87 +393,76 @@ def enqueue(
     user_id: str,
     assignment: str = "persistent",
     ordering: str = "running_first",
+    skip_lost: bool = False,
 ) -> int:
-    """Statement 4: a queue ticket for the user; returns their position (1 = next).
+    """Statements 4 and 5: a place in the pool's queue for the user; returns their
+    position (1 = next).
 
-    The pool row is the ticket counter (its lock orders concurrent callers); a user who
-    already waits keeps their ticket and does not move the counter."""
-    now = utcnow()
-    waiting = (
-        select(QueueEntry.id)
-        .where(QueueEntry.pool_id == pool_id, QueueEntry.user_id == user_id)
-        .exists()
-    )
-    tick_stmt = (
-        update(Pool)
-        .where(Pool.id == pool_id, ~waiting)
-        .values(queue_tail=Pool.queue_tail + 1)
-        .returning(Pool.queue_tail, Pool.queue_head)
-    )
+    ``skip_lost`` (the policy entry's ``skip_lost_agents``) travels with the entry so
+    that serving it later passes over desktops whose agent is lost.
+
+    The place is the entry's id: the position counts the pool's entries with a lower id.
+    A user who already waits keeps their entry and their place."""
+    _queue_lock(session, pool_id)
     entry = {
         "tenant_id": tenant_id,
         "pool_id": pool_id,
         "user_id": user_id,
         "assignment": assignment,
         "ordering": ordering,
-        "created_at": now,
+        "created_at": utcnow(),
+        "skip_lost_agents": skip_lost,
     }
-    existing = (
-        select(QueueEntry.ticket)
+    waiting = (
+        select(QueueEntry.id)
         .where(QueueEntry.pool_id == pool_id, QueueEntry.user_id == user_id)
         .scalar_subquery()
     )
-    head_now = select(Pool.queue_head).where(Pool.id == pool_id).scalar_subquery()
     if session.get_bind().dialect.name == "postgresql":
-        tick = tick_stmt.cte("tick")
         ins = (
             pg_insert(QueueEntry)
-            .from_select(
-                [*entry, "ticket"],
-                select(*(literal(v) for v in entry.values()), tick.c.queue_tail),
-            )
+            .values(**entry)
             .on_conflict_do_nothing(index_elements=["pool_id", "user_id"])
-            .returning(QueueEntry.ticket)
+            .returning(QueueEntry.id)
             .cte("ins")
         )
-        row = session.execute(
-            select(
-                func.coalesce(select(ins.c.ticket).scalar_subquery(), existing),
-                func.coalesce(select(tick.c.queue_head).scalar_subquery(), head_now),
-            )
-        ).one()
-        return max(1, int(row[0] or 0) - int(row[1] or 0))
-    ticked = session.execute(tick_stmt).first()
-    if ticked is None:
-        row = session.execute(select(existing, head_now)).one()
-        return max(1, int(row[0] or 0) - int(row[1] or 0))
-    session.execute(insert(QueueEntry).values(**entry, ticket=ticked[0]))
-    return max(1, int(ticked[0]) - int(ticked[1]))
+        # The new entry is not visible to the rest of its own statement: count those
+        # with a lower id, and add the user's own place.
+        mine: ColumnElement[Any] = func.coalesce(select(ins.c.id).scalar_subquery(), waiting)
+    else:
+        session.execute(
+            sqlite_insert(QueueEntry)
+            .values(**entry)
+            .on_conflict_do_nothing(index_elements=["pool_id", "user_id"])
+        )
+        mine = waiting
+    ahead = session.scalar(
+        select(func.count()).where(QueueEntry.pool_id == pool_id, QueueEntry.id < mine)
+    )
+    return int(ahead or 0) + 1
 
 
 def leave_queue(session: Session, *, pool_id: str, user_id: str) -> None:
     """A queued user got a desktop some other way (a re-login found one free)."""
-    removed = session.execute(
+    session.execute(
         delete(QueueEntry).where(QueueEntry.pool_id == pool_id, QueueEntry.user_id == user_id)
-    ).rowcount  # type: ignore[attr-defined]
-    if removed:
-        session.execute(
-            update(Pool).where(Pool.id == pool_id).values(queue_head=Pool.queue_head + 1)
-        )
+    )
 
 
 def queue_positions(session: Session, user_id: str) -> list[tuple[str, int]]:
-    """Exact positions of the user in every queue they wait in."""
-    mine = select(QueueEntry.pool_id, QueueEntry.ticket).where(QueueEntry.user_id == user_id)
-    result: list[tuple[str, int]] = []
-    for pool_id, ticket in session.execute(mine).all():
-        ahead = session.scalar(
-            select(func.count())
-            .select_from(QueueEntry)
-            .where(QueueEntry.pool_id == pool_id, QueueEntry.ticket < ticket)
-        )
-        result.append((pool_id, int(ahead or 0) + 1))
-    return result
+    """Exact positions of the user in every queue they wait in (one statement)."""
+    before = aliased(QueueEntry)
+    ahead = (
+        select(func.count())
+        .where(before.pool_id == QueueEntry.pool_id, before.id < QueueEntry.id)
+        .scalar_subquery()
+    )
+    rows = session.execute(
+        select(QueueEntry.pool_id, ahead)
+        .where(QueueEntry.user_id == user_id)
+        .order_by(QueueEntry.id)
+    ).all()
+    return [(str(pool_id), int(n or 0) + 1) for pool_id, n in rows]
 
 
 @dataclass(frozen=True)
@@ -422,6 +472,7 @@ class Waiting:
     tenant_id: str
     assignment: str
     ordering: str
+    skip_lost: bool = False
 
 
 def pools_with_queue(session: Session, tenant_id: str) -> list[str]:
@@ -433,7 +484,7 @@ def pools_with_queue(session: Session, tenant_id: str) -> list[str]:
 
 
 def next_in_queue(session: Session, pool_id: str) -> Waiting | None:
-    """The waiting user with the lowest ticket."""
+    """The waiting user with the lowest place (entry id)."""
     row = session.execute(
         select(
             QueueEntry.id,
@@ -441,18 +492,23 @@ def next_in_queue(session: Session, pool_id: str) -> Waiting | None:
             QueueEntry.tenant_id,
             QueueEntry.assignment,
             QueueEntry.ordering,
+            QueueEntry.skip_lost_agents,
         )
         .where(QueueEntry.pool_id == pool_id)
-        .order_by(QueueEntry.ticket)
+        .order_by(QueueEntry.id)
         .limit(1)
         .with_for_update(skip_locked=True)
     ).first()
-    return None if row is None else Waiting(int(row[0]), str(row[1]), str(row[2]), row[3], row[4])
+    if row is None:
+        return None
+    return Waiting(int(row[0]), str(row[1]), str(row[2]), row[3], row[4], bool(row[5]))
 
 
 def serve_entry(session: Session, entry_id: int, pool_id: str) -> None:
-    session.execute(delete(QueueEntry).where(QueueEntry.id == entry_id))
-    session.execute(update(Pool).where(Pool.id == pool_id).values(queue_head=Pool.queue_head + 1))
+    """The waiting user got their desktop: everyone behind moves up (positions count)."""
+    session.execute(
+        delete(QueueEntry).where(QueueEntry.id == entry_id, QueueEntry.pool_id == pool_id)
+    )
 
 
 def assign(
@@ -467,6 +523,7 @@ def assign(
             assigned_user_id=user_id,
             assigned_pool_id=pool_id,
             assignment_kind=kind,
+            assignment_slot=None,
             assigned_at=now,
             updated_at=now,
         )
@@ -485,6 +542,7 @@ def unassign(session: Session, *, desktop_id: str, user_id: str | None) -> bool:
             assigned_user_id=None,
             assigned_pool_id=None,
             assignment_kind=None,
+            assignment_slot=None,
             assigned_at=None,
             # The desktop changes hands: its agent token (which the previous holder may have
             # read on the machine) stops working; an administrator mints the next one.

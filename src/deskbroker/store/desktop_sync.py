@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
-from deskbroker.centers.base import MachineInfo
 from deskbroker.domain.scans import next_power
 from deskbroker.domain.states import (
     AVAILABILITY_TRANSITIONS,
@@ -20,7 +19,8 @@ from deskbroker.domain.states import (
     agent_after_power,
     from_any,
 )
-from deskbroker.store.tables import Desktop, new_id, utcnow
+from deskbroker.store.tables import Desktop, ProvisioningTask, new_id, utcnow
+from deskbroker.store.tasks import OPEN_STATES
 
 PENDING_PREFIX = "task:"
 _FIELDS = (
@@ -33,6 +33,23 @@ _FIELDS = (
     "agent_state",
     "driver_state",
 )
+
+
+@dataclass(frozen=True)
+class SeenMachine:
+    """One machine as a scan saw it: the store's copy of what the center's driver
+    reported (the store does not read the driver seam's types)."""
+
+    external_id: str
+    name: str
+    address: str = ""
+    hostname: str = ""
+    os: str = ""
+    power_state: PowerState = PowerState.UNKNOWN
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+    driver_state: Mapping[str, Any] = field(default_factory=dict)
+    # The desktop it was built for (empty for a machine the broker did not build).
+    desktop_id: str = ""
 
 
 @dataclass
@@ -54,7 +71,7 @@ class SyncResult:
         return bool(self.added or self.updated or self.removed)
 
 
-def _values(machine: MachineInfo, current_power: str, current_agent: str) -> dict[str, Any]:
+def _values(machine: SeenMachine, current_power: str, current_agent: str) -> dict[str, Any]:
     power = next_power(current_power, machine.power_state)
     return {
         "name": machine.name,
@@ -68,12 +85,31 @@ def _values(machine: MachineInfo, current_power: str, current_agent: str) -> dic
     }
 
 
+def _being_built(session: Session, center_id: str) -> set[str]:
+    """The center's desktops still ``building`` with a provisioning task open: their
+    power state is the provisioner's until it hands them over."""
+    return {
+        str(desktop_id)
+        for desktop_id in session.scalars(
+            select(ProvisioningTask.desktop_id).where(
+                ProvisioningTask.state.in_(OPEN_STATES),
+                ProvisioningTask.desktop_id.in_(
+                    select(Desktop.id).where(
+                        Desktop.center_id == center_id,
+                        Desktop.power_state == PowerState.BUILDING.value,
+                    )
+                ),
+            )
+        ).all()
+    }
+
+
 def sync(
     session: Session,
     *,
     tenant_id: str,
     center_id: str,
-    machines: Sequence[MachineInfo],
+    machines: Sequence[SeenMachine],
     gone: Iterable[str] = (),
     complete: bool,
     room: int | None = None,
@@ -107,6 +143,7 @@ def sync(
     # Rows of desktops still being provisioned, by desktop id: a scan that meets their
     # instance before the provisioner recorded it adopts it instead of adding a twin.
     pending = {r.id: r for r in rows if r.external_id.startswith(PENDING_PREFIX)}
+    being_built = _being_built(session, center_id)
     now = utcnow()
     inserts: list[dict[str, Any]] = []
     updates: list[dict[str, Any]] = []
@@ -154,6 +191,12 @@ def sync(
             result.added.append(machine.name)
             continue
         values = _values(machine, row.power_state, row.agent_state)
+        if row.id in being_built:
+            # A build the cloud finished but the provisioner has not handed over yet: it
+            # stays ``building`` (counted as coming free) until the provisioner calls it
+            # ready. Recorded ``running`` but still unavailable, it would count as neither
+            # free nor coming, and the pool would build a replacement for it.
+            values["power_state"] = row.power_state
         if any(getattr(row, f) != values[f] for f in _FIELDS):
             updates.append({"b_id": row.id, "updated_at": now, **values})
             result.updated.append(machine.name)

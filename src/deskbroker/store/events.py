@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
-from deskbroker.store.tables import Event
+from deskbroker.store.tables import Desktop, Event
 
 
 def append(
@@ -33,3 +33,35 @@ def append(
             detail=detail or {},
         )
     )
+
+
+def append_for_desktop(
+    session: Session,
+    kind: str,
+    *,
+    tenant_id: str,
+    desktop_id: str,
+    actor: str,
+    user_id: str | None,
+    detail: dict[str, Any],
+) -> bool:
+    """An event about a desktop of ``tenant_id`` (its pool looked up); False, and nothing
+    written, when the tenant has no such desktop."""
+    found = session.execute(
+        select(Desktop.assigned_pool_id).where(
+            Desktop.id == desktop_id, Desktop.tenant_id == tenant_id
+        )
+    ).first()
+    if found is None:
+        return False
+    append(
+        session,
+        kind,
+        tenant_id=tenant_id,
+        actor=actor,
+        user_id=user_id,
+        desktop_id=desktop_id,
+        pool_id=found[0],
+        detail=detail,
+    )
+    return True

@@ -17,6 +17,7 @@ class JobKind(StrEnum):
     POOL_PROVISION = "pool_provision"
     POOL_STATS = "pool_stats"
     RETENTION = "retention"
+    AGENT_WATCH = "agent_watch"
 
 
 @dataclass(frozen=True)
@@ -27,11 +28,15 @@ class Intervals:
     stats_s: float = 300.0
     retention_s: float = 3600.0
     leak_sweep_s: float = 600.0
+    agent_watch_s: float = 30.0
 
 
 def ensure_jobs(session: Session, intervals: Intervals) -> int:
     """Create the jobs every center and pool needs and drop those of deleted ones."""
-    wanted: dict[tuple[str, str], float] = {(JobKind.RETENTION.value, ""): intervals.retention_s}
+    wanted: dict[tuple[str, str], float] = {
+        (JobKind.RETENTION.value, ""): intervals.retention_s,
+        (JobKind.AGENT_WATCH.value, ""): intervals.agent_watch_s,
+    }
     for center_id, scan_s in session.execute(select(Center.id, Center.scan_interval_s)).all():
         wanted[(JobKind.SCAN_CENTER.value, center_id)] = float(scan_s)
         wanted[(JobKind.LEAK_SWEEP.value, center_id)] = intervals.leak_sweep_s

@@ -8,24 +8,21 @@ from sqlalchemy import bindparam, delete, insert, select
 from sqlalchemy.orm import Session
 
 from deskbroker.domain.membership import (
-    AttributeFilter,
     DesktopFacts,
-    FilterOp,
     PoolDefinition,
+    filters_from_stored,
     members,
 )
 from deskbroker.store import leases
-from deskbroker.store.tables import Desktop, Pool, PoolMember
+from deskbroker.store.planner import refresh_statistics
+from deskbroker.store.tables import Desktop, Pool, PoolMember, User
 
 
 def definition(pool: Pool) -> PoolDefinition:
     return PoolDefinition(
         pool_id=pool.id,
         center_ids=frozenset(pool.center_ids or []),
-        filters=tuple(
-            AttributeFilter(f["attribute"], FilterOp(f["op"]), str(f.get("value", "")))
-            for f in pool.filters or []
-        ),
+        filters=filters_from_stored(pool.filters),
         desktop_ids=frozenset(pool.desktop_ids or []),
         parent_pool_id=pool.parent_pool_id,
     )
@@ -69,9 +66,11 @@ def refresh(session: Session, tenant_id: str) -> dict[str, set[str]]:
         ).all():
             current[pid].add(did)
     joined: dict[str, set[str]] = {}
+    written = 0
     for pid in pool_ids:
         add = wanted.get(pid, set()) - current[pid]
         drop = current[pid] - wanted.get(pid, set())
+        written += len(add) + len(drop)
         if drop:
             session.execute(
                 delete(PoolMember).where(PoolMember.pool_id == pid, PoolMember.desktop_id.in_(drop))
@@ -81,6 +80,9 @@ def refresh(session: Session, tenant_id: str) -> dict[str, set[str]]:
                 insert(PoolMember), [{"pool_id": pid, "desktop_id": did} for did in sorted(add)]
             )
             joined[pid] = add
+    # An import, a first scan or a new pool over a large center: the claim's plan needs
+    # statistics that know these members (store/planner.py).
+    refresh_statistics(session, written=written)
     return joined
 
 
@@ -132,10 +134,7 @@ def refresh_desktops(session: leases.Unit, tenant_id: str, desktop_ids: list[str
         PoolDefinition(
             pool_id=p.id,
             center_ids=frozenset(p.center_ids or []),
-            filters=tuple(
-                AttributeFilter(f["attribute"], FilterOp(f["op"]), str(f.get("value", "")))
-                for f in p.filters or []
-            ),
+            filters=filters_from_stored(p.filters),
             desktop_ids=frozenset(p.desktop_ids or []),
             parent_pool_id=p.parent_pool_id,
         )
@@ -153,3 +152,49 @@ def refresh_desktops(session: leases.Unit, tenant_id: str, desktop_ids: list[str
     add = sorted(wanted - current)
     if add:
         session.execute(insert(_MEMBERS), [{"pool_id": p, "desktop_id": d} for p, d in add])
+
+
+def preview(
+    session: Session, tenant_id: str, candidate: PoolDefinition, replacing: str | None
+) -> tuple[list[Any], dict[str, list[str]]]:
+    """What ``candidate`` would hold among the tenant's desktops, the other pools kept as
+    they are (``replacing``: the pool whose definition it stands in for). Returns its
+    desktops (id, name, power_state, availability, assigned_user_id, username) by name,
+    and for each of them the names of the other pools that hold it now. Reads only."""
+    pools = [
+        definition(p)
+        for p in session.scalars(select(Pool).where(Pool.tenant_id == tenant_id)).all()
+        if p.id != replacing
+    ]
+    rows = session.execute(
+        select(
+            Desktop.id,
+            Desktop.center_id,
+            Desktop.name,
+            Desktop.address,
+            Desktop.hostname,
+            Desktop.os,
+            Desktop.power_state,
+            Desktop.attributes,
+            Desktop.availability,
+            Desktop.assigned_user_id,
+            User.username,
+        )
+        .outerjoin(User, User.id == Desktop.assigned_user_id)
+        .where(Desktop.tenant_id == tenant_id, Desktop.power_state != "deleted")
+        .order_by(Desktop.name)
+    ).all()
+    taken = members([*pools, candidate], [_facts(r) for r in rows]).get(candidate.pool_id, set())
+    chosen = [r for r in rows if r.id in taken]
+    others: dict[str, list[str]] = {}
+    if chosen:
+        held = session.execute(
+            select(PoolMember.desktop_id, Pool.name)
+            .join(Pool, Pool.id == PoolMember.pool_id)
+            .where(Pool.tenant_id == tenant_id, Pool.id != (replacing or ""))
+            .order_by(Pool.name)
+        ).all()
+        for desktop_id, name in held:
+            if desktop_id in taken:
+                others.setdefault(desktop_id, []).append(name)
+    return chosen, others

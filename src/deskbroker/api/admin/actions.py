@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter
-from pydantic import Field
+from pydantic import BaseModel, Field, StringConstraints
 
 from deskbroker.api.admin.crud import scope
 from deskbroker.api.deps import AdminWriter, Ctx
 from deskbroker.api.schemas import Body
-from deskbroker.centers.base import PowerAction
-from deskbroker.domain.plans import AgentEvent
-from deskbroker.domain.states import SessionState
-from deskbroker.errors import Conflict
+from deskbroker.services import helpdesk
 from deskbroker.services import power as power_service
-from deskbroker.services import sessions as session_service
-from deskbroker.store import events
-from deskbroker.store.repository import Repository
-from deskbroker.store.tables import SessionRow
+from deskbroker.services.helpdesk import PowerAction
 
 
 class PowerIn(Body):
@@ -26,6 +20,23 @@ class PowerIn(Body):
     force: bool = Field(
         default=False, description="stop, suspend or reboot even with a session in use"
     )
+
+
+class SessionMessageIn(Body):
+    message: Annotated[str, StringConstraints(min_length=1, max_length=1000)] = Field(
+        description="shown to the user on their desktop"
+    )
+
+
+class SessionOrderOut(BaseModel):
+    action_id: str
+    session_id: str
+    kind: str = Field(description="message, lock or logoff")
+    desktop_id: str
+    desktop_name: str
+    username: str
+    agent_state: str = Field(description="running, lost or unknown: a lost agent gets it later")
+    message: str = Field(description="what happens next, in words")
 
 
 class SessionEndIn(Body):
@@ -59,30 +70,61 @@ def router() -> APIRouter:
     def end_session(
         session_id: str, body: SessionEndIn, ctx: Ctx, who: AdminWriter
     ) -> dict[str, Any]:
-        with ctx.db.read() as session:
-            row = Repository(SessionRow, "session").get(session, session_id, scope(who))
-            desktop_id, username, key, state = (
-                row.desktop_id,
-                row.username,
-                row.session_key,
-                row.state,
-            )
-        if state == SessionState.LOGGED_OUT.value:
-            raise Conflict(f"session {session_id} of {username} has already ended")
-        # As if the agent had reported the logout: the release and power plans follow.
-        outcome = session_service.record(
-            ctx, desktop_id, AgentEvent.LOGOUT, user=username, session_key=key or None
+        ended = helpdesk.end_session(ctx, who, session_id, scope(who), body.reason)
+        return {"session_id": ended.session_id, "state": ended.state, "was": ended.was}
+
+    def _order_out(order: helpdesk.SessionOrder) -> SessionOrderOut:
+        return SessionOrderOut(
+            action_id=order.action_id,
+            session_id=order.session_id,
+            kind=order.kind,
+            desktop_id=order.desktop_id,
+            desktop_name=order.desktop_name,
+            username=order.username,
+            agent_state=order.agent_state,
+            message=order.message,
         )
-        with ctx.db.write() as session:
-            events.append(
-                session,
-                "admin.session_end",
-                tenant_id=row.tenant_id,
-                actor=who.username,
-                user_id=who.user_id,
-                desktop_id=desktop_id,
-                detail={"session": session_id, "user": username, "reason": body.reason},
-            )
-        return {"session_id": outcome.session_id, "state": outcome.state, "was": state}
+
+    order_doc = (
+        "Queued for the desktop's agent, which pulls it with its next heartbeat (202): the "
+        "answer says so, not that it is done. The outcome comes back in the agent's "
+        "next heartbeat; the audit log keeps who sent it."
+    )
+
+    @r.post(
+        "/sessions/{session_id}/message",
+        tags=["sessions"],
+        status_code=202,
+        summary="Show the session's user a message, through the desktop's agent",
+        description=order_doc,
+    )
+    def message_session(
+        session_id: str, body: SessionMessageIn, ctx: Ctx, who: AdminWriter
+    ) -> SessionOrderOut:
+        return _order_out(
+            helpdesk.order_session(ctx, who, session_id, scope(who), "message", body.message)
+        )
+
+    @r.post(
+        "/sessions/{session_id}/lock",
+        tags=["sessions"],
+        status_code=202,
+        summary="Lock the session's screen, through the desktop's agent",
+        description=order_doc,
+    )
+    def lock_session(session_id: str, ctx: Ctx, who: AdminWriter) -> SessionOrderOut:
+        return _order_out(helpdesk.order_session(ctx, who, session_id, scope(who), "lock"))
+
+    @r.post(
+        "/sessions/{session_id}/logoff",
+        tags=["sessions"],
+        status_code=202,
+        summary="Log the session's user off, through the desktop's agent",
+        description=order_doc + " When the agent reports the logout, the release and "
+        "power plans follow as for any logout. An agent that no longer reports: "
+        "POST /sessions/{session_id}/end.",
+    )
+    def logoff_session(session_id: str, ctx: Ctx, who: AdminWriter) -> SessionOrderOut:
+        return _order_out(helpdesk.order_session(ctx, who, session_id, scope(who), "logoff"))
 
     return r

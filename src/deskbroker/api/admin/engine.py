@@ -1,4 +1,5 @@
-"""Admin views of background work: jobs and provisioning tasks, with their errors."""
+"""Admin views of background work: jobs and provisioning tasks, with their errors, and
+the cluster's nodes that run it."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter
+from pydantic import Field
 
 from deskbroker.api.admin.crud import ResourceSpec, add_routes
 from deskbroker.api.schemas import Out
-from deskbroker.store.tables import Job, ProvisioningTask
+from deskbroker.services import engine_catalog
 
 
 class JobOut(Out):
@@ -42,23 +44,38 @@ class TaskOut(Out):
     updated_at: datetime
 
 
+class NodeOut(Out):
+    id: str = Field(description="the node's lease owner: the leases it holds name it")
+    broker_id: str
+    host: str
+    pid: int
+    http_workers: int
+    version: str
+    started_at: datetime
+    heartbeat_at: datetime = Field(
+        description="its last heartbeat; a node silent for node_dead_after_s is reaped by "
+        "another and its work taken over"
+    )
+
+
 SPECS: list[ResourceSpec[Any]] = [
     ResourceSpec(
         path="jobs",
-        label="job",
-        model=Job,
+        resource=engine_catalog.JOBS,
         read=JobOut,
         filters={"kind": str, "target_id": str},
-        global_only=True,
-        affects_config=False,
     ),
     ResourceSpec(
         path="provisioning-tasks",
-        label="provisioning task",
-        model=ProvisioningTask,
+        resource=engine_catalog.PROVISIONING_TASKS,
         read=TaskOut,
         filters={"pool_id": str, "state": str, "center_id": str},
-        affects_config=False,
+    ),
+    ResourceSpec(
+        path="nodes",
+        resource=engine_catalog.NODES,
+        read=NodeOut,
+        filters={"broker_id": str},
     ),
 ]
 

@@ -2,36 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter
-from pydantic import Field, model_validator
-from sqlalchemy import delete, select
-from sqlalchemy.orm import Session
+from pydantic import Field, field_validator, model_validator
 
-from deskbroker.api.admin.crud import ResourceSpec, add_routes, must_exist
-from deskbroker.api.schemas import (
-    Body,
-    Id,
-    Name,
-    PowerRule,
-    ProtocolEntry,
-    ReleaseRule,
-    Stamped,
-    Text,
-)
+from deskbroker.api.admin.crud import ResourceSpec, add_routes
+from deskbroker.api.schemas import Body, Id, Name, ProtocolEntry, Stamped, Text
 from deskbroker.domain.offers import AssignmentKind, OfferOrdering
-from deskbroker.errors import Conflict, InvalidInput
-from deskbroker.services.context import BrokerContext
-from deskbroker.store.tables import (
-    AssignmentRuleRow,
-    Policy,
-    PolicyEntry,
-    Pool,
-    PowerPlan,
-    ProtocolPlan,
-    ReleasePlan,
-)
+from deskbroker.domain.plans import PowerRule, ReleaseRule, RogueUsers
+from deskbroker.services import policy_catalog
 
 
 # --- plans ---------------------------------------------------------------------------
@@ -90,19 +70,6 @@ class ReleasePlanOut(Stamped):
     rules: list[dict[str, Any]]
 
 
-def _plan_in_use(column: Any, label: str) -> Any:
-    def check(session: Session, plan: Any) -> None:
-        used = session.scalars(
-            select(Policy.name)
-            .join(PolicyEntry, PolicyEntry.policy_id == Policy.id)
-            .where(column == plan.id)
-        ).first()
-        if used is not None:
-            raise Conflict(f"{label} {plan.name} is used by policy {used}; change the policy first")
-
-    return check
-
-
 # --- policies ------------------------------------------------------------------------
 class EntryIn(Body):
     pool_id: Id
@@ -113,6 +80,30 @@ class EntryIn(Body):
     protocol_plan_id: Id | None = None
     power_plan_id: Id | None = None
     release_plan_id: Id | None = None
+    skip_lost_agents: bool = Field(
+        default=False,
+        description="the claim passes over desktops whose agent is lost (missed heartbeats)",
+    )
+    rogue_users: RogueUsers | None = Field(
+        default=None,
+        description="a login the broker did not hand out on a desktop of this pool: record, "
+        "assign (the free desktop becomes the user's) or flag (it leaves every offer); "
+        "none: DESKBROKER_ROGUE_USERS. Where several policies offer the pool the strictest "
+        "wins (flag, record, assign)",
+    )
+    user_power_actions: list[Literal["start", "stop", "reboot"]] = Field(
+        default_factory=list,
+        max_length=3,
+        description="what the user holding a desktop of this pool may do to its power "
+        "(POST /api/v1/client/desktops/{id}/power and the portal's buttons); empty: nothing",
+    )
+
+    @field_validator("user_power_actions")
+    @classmethod
+    def _once_each(cls, value: list[str]) -> list[str]:
+        if len(value) != len(set(value)):
+            raise ValueError("each power action may appear once")
+        return value
 
 
 class PolicyIn(Body):
@@ -144,126 +135,38 @@ class PolicyOut(Stamped):
     entries: list[dict[str, Any]]
 
 
-_ENTRY_REFS = (
-    ("pool_id", Pool, "pool"),
-    ("backup_pool_id", Pool, "backup pool"),
-    ("protocol_plan_id", ProtocolPlan, "protocol plan"),
-    ("power_plan_id", PowerPlan, "power plan"),
-    ("release_plan_id", ReleasePlan, "release plan"),
-)
-
-
-def _prepare_policy(
-    session: Session, ctx: BrokerContext, tenant: str, data: dict[str, Any], existing: Any
-) -> dict[str, Any]:
-    entries = data.pop("entries", None)
-    if entries is not None:
-        pools = [e["pool_id"] for e in entries]
-        if len(pools) != len(set(pools)):
-            raise InvalidInput("a pool may appear once in a policy")
-        for entry in entries:
-            for key, model, label in _ENTRY_REFS:
-                must_exist(session, model, entry.get(key), tenant, label)
-        # Written by the after-write hook, once the policy has its id.
-        session.info["policy_entries"] = entries
-    return data
-
-
-def _write_entries(session: Session, ctx: BrokerContext, policy: Any) -> None:
-    entries = session.info.pop("policy_entries", None)
-    if entries is None:
-        return
-    session.execute(delete(PolicyEntry).where(PolicyEntry.policy_id == policy.id))
-    for position, entry in enumerate(entries):
-        session.add(
-            PolicyEntry(
-                policy_id=policy.id,
-                position=position,
-                **{k: (v.value if hasattr(v, "value") else v) for k, v in entry.items()},
-            )
-        )
-    session.flush()
-
-
-def _policy_out(session: Session, policy: Any) -> dict[str, Any]:
-    out = {c.key: getattr(policy, c.key) for c in Policy.__table__.columns}
-    rows = session.scalars(
-        select(PolicyEntry).where(PolicyEntry.policy_id == policy.id).order_by(PolicyEntry.position)
-    ).all()
-    out["entries"] = [
-        {
-            k: getattr(r, k)
-            for k in (
-                "pool_id",
-                "desktops",
-                "assignment",
-                "ordering",
-                "backup_pool_id",
-                "protocol_plan_id",
-                "power_plan_id",
-                "release_plan_id",
-            )
-        }
-        for r in rows
-    ]
-    return out
-
-
-def _policy_in_use(session: Session, policy: Any) -> None:
-    rule = session.scalars(
-        select(AssignmentRuleRow.name).where(AssignmentRuleRow.policy_id == policy.id)
-    ).first()
-    if rule is not None:
-        raise Conflict(f"policy {policy.name} is used by the assignment rule {rule or '(unnamed)'}")
-
-
 SPECS: list[ResourceSpec[Any]] = [
     ResourceSpec(
         path="protocol-plans",
-        label="protocol plan",
-        model=ProtocolPlan,
+        resource=policy_catalog.PROTOCOL_PLANS,
         read=ProtocolPlanOut,
         create=ProtocolPlanIn,
         update=ProtocolPlanPatch,
         filters={"name": str},
-        before_delete=_plan_in_use(PolicyEntry.protocol_plan_id, "protocol plan"),
-        reaches_users=True,
     ),
     ResourceSpec(
         path="power-plans",
-        label="power plan",
-        model=PowerPlan,
+        resource=policy_catalog.POWER_PLANS,
         read=PowerPlanOut,
         create=PowerPlanIn,
         update=PowerPlanPatch,
         filters={"name": str},
-        before_delete=_plan_in_use(PolicyEntry.power_plan_id, "power plan"),
-        reaches_users=True,
     ),
     ResourceSpec(
         path="release-plans",
-        label="release plan",
-        model=ReleasePlan,
+        resource=policy_catalog.RELEASE_PLANS,
         read=ReleasePlanOut,
         create=ReleasePlanIn,
         update=ReleasePlanPatch,
         filters={"name": str},
-        before_delete=_plan_in_use(PolicyEntry.release_plan_id, "release plan"),
-        reaches_users=True,
     ),
     ResourceSpec(
         path="policies",
-        label="policy",
-        model=Policy,
+        resource=policy_catalog.POLICIES,
         read=PolicyOut,
         create=PolicyIn,
         update=PolicyPatch,
         filters={"name": str},
-        prepare=_prepare_policy,
-        after_write=_write_entries,
-        to_read=_policy_out,
-        before_delete=_policy_in_use,
-        reaches_users=True,
     ),
 ]
 

@@ -8,9 +8,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from deskbroker.api.deps import AdminReader, Ctx
-from deskbroker.errors import Forbidden, NotFound
-from deskbroker.services import quotas
-from deskbroker.store.tables import Tenant
+from deskbroker.services.tenant_quota import quota_of
 
 
 class Usage(BaseModel):
@@ -43,13 +41,6 @@ def router() -> APIRouter:
         ),
     )
     def get_quota(ctx: Ctx, who: AdminReader, tenant_id: str | None = None) -> dict[str, Any]:
-        wanted = tenant_id or who.tenant_id
-        if wanted != who.tenant_id and who.role != "global_admin":
-            raise Forbidden("you can only see your own tenant's quota")
-        with ctx.db.read() as session:
-            tenant = session.get(Tenant, wanted)
-            if tenant is None:
-                raise NotFound(f"tenant {wanted} does not exist")
-            return {"tenant_name": tenant.name, **quotas.usage(session, ctx, tenant.id)}
+        return quota_of(ctx, who, tenant_id)
 
     return r

@@ -5,19 +5,24 @@ from __future__ import annotations
 from datetime import datetime
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, field_validator
-from sqlalchemy import func, select
+from pydantic import BaseModel, Field, field_validator
 
 from deskbroker.api.admin.crud import MAX_OFFSET, scope
 from deskbroker.api.deps import AdminReader, AdminWriter, Ctx
 from deskbroker.domain.timestamps import aware
-from deskbroker.services import sessions
-from deskbroker.store.tables import Timer
+from deskbroker.services import admin_views, agents, sessions
 
 
 class AgentTokenOut(BaseModel):
     token: str
     token_type: str = "bearer"
+    expires_at: int
+    desktop_id: str
+    desktop_name: str
+
+
+class EnrolmentSecretOut(BaseModel):
+    secret: str = Field(description="the agent's enrolment_token; single use")
     expires_at: int
     desktop_id: str
     desktop_name: str
@@ -68,6 +73,24 @@ def router() -> APIRouter:
             token=token, expires_at=expires, desktop_id=desktop.id, desktop_name=desktop.name
         )
 
+    @r.post(
+        "/desktops/{desktop_id}/enrolment-secret",
+        tags=["desktops"],
+        status_code=201,
+        summary="Mint a single-use enrolment secret for the desktop's agent",
+        description="For a machine the broker did not build (desktops it builds get one in "
+        "their instance metadata), or an agent that must enrol again: set it as the "
+        "agent's enrolment_token. Valid DESKBROKER_AGENT_ENROL_TTL_S, once.",
+    )
+    def enrolment_secret(desktop_id: str, ctx: Ctx, who: AdminWriter) -> EnrolmentSecretOut:
+        issued = agents.issue_enrolment_secret(ctx, desktop_id, scope(who), who.username)
+        return EnrolmentSecretOut(
+            secret=issued.secret,
+            expires_at=issued.expires_at,
+            desktop_id=issued.desktop_id,
+            desktop_name=issued.desktop_name,
+        )
+
     @r.get("/timers", tags=["sessions"], summary="Plan actions waiting to fire")
     def list_timers(
         ctx: Ctx,
@@ -77,20 +100,10 @@ def router() -> APIRouter:
         limit: int = Query(50, ge=1, le=1000),
         offset: int = Query(0, ge=0, le=MAX_OFFSET),
     ) -> TimerPage:
-        query = select(Timer)
-        tenant = scope(who)
-        if tenant is not None:
-            query = query.where(Timer.tenant_id == tenant)
-        if desktop_id:
-            query = query.where(Timer.desktop_id == desktop_id)
-        if plan:
-            query = query.where(Timer.plan == plan)
-        with ctx.db.read() as session:
-            total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-            rows = session.scalars(
-                query.order_by(Timer.due_at, Timer.id).limit(limit).offset(offset)
-            ).all()
-            items = [TimerOut.model_validate(t, from_attributes=True) for t in rows]
+        rows, total = admin_views.timers(
+            ctx, scope(who), desktop_id=desktop_id, plan=plan, limit=limit, offset=offset
+        )
+        items = [TimerOut.model_validate(t) for t in rows]
         return TimerPage(items=items, total=int(total), limit=limit, offset=offset)
 
     return r

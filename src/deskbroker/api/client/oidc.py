@@ -25,10 +25,10 @@ from pydantic import BaseModel, Field, StringConstraints
 
 from deskbroker.api import errors
 from deskbroker.api.client.routes import LoginOut, login_out
-from deskbroker.api.deps import client_address
+from deskbroker.api.deps import Oidc, client_address
 from deskbroker.api.schemas import Body
 from deskbroker.errors import SignInPending
-from deskbroker.services.oidc_signin import HANDOFF_TTL_S, OidcSignIn, browser_secret
+from deskbroker.services.oidc_signin import HANDOFF_TTL_S, browser_secret
 
 BROWSER_COOKIE = "deskbroker_oidc_browser"
 HANDOFF_COOKIE = "deskbroker_oidc_signin"
@@ -61,11 +61,6 @@ class PollIn(Body):
     device_handle: Annotated[str, StringConstraints(min_length=1, max_length=200)]
 
 
-def _service(request: Request) -> OidcSignIn:
-    service: OidcSignIn = request.app.state.oidc
-    return service
-
-
 def _cookie_path(request: Request, tail: str) -> str:
     # Behind a proxy that mounts the broker under a prefix, the browser sees the prefix.
     return f"{request.scope.get('root_path', '')}/api/v1/auth/oidc/{tail}"
@@ -91,11 +86,12 @@ def router() -> APIRouter:
     def start(
         source: Annotated[str, StringConstraints(min_length=1, max_length=100)],
         request: Request,
+        service: Oidc,
         tenant: Annotated[TenantName | None, Query()] = None,
         redirect: Annotated[str | None, Query(max_length=1000)] = None,
     ) -> RedirectResponse:
         browser = browser_secret(request.cookies.get(BROWSER_COOKIE))
-        started = _service(request).start(
+        started = service.start(
             tenant=tenant,
             source=source,
             return_to=redirect,
@@ -137,6 +133,7 @@ def router() -> APIRouter:
     )
     def callback(
         request: Request,
+        service: Oidc,
         state: Annotated[Param | None, Query()] = None,
         code: Annotated[Param | None, Query()] = None,
         error: Annotated[Param | None, Query()] = None,
@@ -144,7 +141,6 @@ def router() -> APIRouter:
         error_uri: Annotated[Param | None, Query()] = None,
         iss: Annotated[Param | None, Query()] = None,
     ) -> RedirectResponse:
-        service = _service(request)
         done = service.finish(
             state=state,
             code=code,
@@ -177,8 +173,8 @@ def router() -> APIRouter:
         "cookie.",
         response_model=LoginOut,
     )
-    def exchange(request: Request) -> Response:
-        answer = _service(request).redeem(request.cookies.get(HANDOFF_COOKIE))
+    def exchange(request: Request, service: Oidc) -> Response:
+        answer = service.redeem(request.cookies.get(HANDOFF_COOKIE))
         response = Response(answer, media_type="application/json", headers=NO_STORE)
         response.delete_cookie(
             HANDOFF_COOKIE,
@@ -200,8 +196,9 @@ def router() -> APIRouter:
         source: Annotated[str, StringConstraints(min_length=1, max_length=100)],
         body: DeviceIn,
         request: Request,
+        service: Oidc,
     ) -> DeviceOut:
-        started = _service(request).start_device(
+        started = service.start_device(
             tenant=body.tenant, source=source, client_address=client_address(request)
         )
         where = started.verification_uri_complete or started.verification_uri
@@ -224,9 +221,9 @@ def router() -> APIRouter:
         response_model=LoginOut,
         responses={428: {"description": "not approved yet; ask again after Retry-After"}},
     )
-    def poll(body: PollIn, request: Request) -> LoginOut | Response:
+    def poll(body: PollIn, request: Request, service: Oidc) -> LoginOut | Response:
         try:
-            result = _service(request).poll_device(
+            result = service.poll_device(
                 handle=body.device_handle, client_address=client_address(request)
             )
         except SignInPending as exc:

@@ -7,19 +7,16 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, StringConstraints
-from sqlalchemy import select
 
 from deskbroker.api.client.challenge import SecondFactorOut, challenge_answer
-from deskbroker.api.deps import Ctx, Principal, SignedPrincipal, client_address
+from deskbroker.api.deps import Ctx, Login, Principal, SignedPrincipal, client_address
 from deskbroker.api.schemas import Body
-from deskbroker.domain.offers import queue_estimate_s
-from deskbroker.protocols.descriptors import ConnectionDescriptor
-from deskbroker.services import access, desktops
+from deskbroker.domain.states import PowerAction
+from deskbroker.protocols.descriptors import ClientKind, ConnectionDescriptor
+from deskbroker.services import client_desktops, desktops, power
 from deskbroker.services.challenges import Challenge
-from deskbroker.services.login import LoginResult, LoginService, Offer
-from deskbroker.store import claims, events
-from deskbroker.store.claims import HeldDesktop
-from deskbroker.store.tables import Pool
+from deskbroker.services.client_desktops import HeldDesktop
+from deskbroker.services.login import LoginResult, Offer
 
 # Long enough for any real password, short enough that nobody hashes a megabyte.
 Password = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
@@ -38,6 +35,22 @@ class DesktopOut(BaseModel):
     address: str
     power_state: str
     pool_id: str | None
+    power_actions: list[str] = Field(
+        default_factory=list,
+        description="what your policy lets you do to its power (start, stop, reboot) at "
+        "POST /api/v1/client/desktops/{id}/power",
+    )
+
+
+class UserPowerIn(Body):
+    action: Literal["start", "stop", "reboot"]
+
+
+class UserPowerOut(BaseModel):
+    desktop_id: str
+    action: str
+    was: str = Field(description="the power state before")
+    power_state: str = Field(description="the power state the action leads to")
 
 
 class OfferOut(BaseModel):
@@ -61,8 +74,23 @@ class LoginOut(BaseModel):
     offers: list[OfferOut]
 
 
+ProtocolText = Annotated[str, StringConstraints(min_length=1, max_length=20)]
+
+
 class ConnectIn(Body):
-    protocol: Annotated[str, StringConstraints(min_length=1, max_length=20)] | None = None
+    protocol: ProtocolText | None = Field(
+        default=None, description="a protocol of the desktop's plan; without it the plan chooses"
+    )
+    client: ClientKind | None = Field(
+        default=None,
+        description="browser (the plan's first HTML5 protocol) or native (the first the "
+        "client has a viewer for); without it the plan's first protocol",
+    )
+    accepts: list[ProtocolText] | None = Field(
+        default=None,
+        max_length=20,
+        description="with client native: the protocols the client can launch a viewer for",
+    )
 
 
 class DescriptorOut(BaseModel):
@@ -75,6 +103,25 @@ class DescriptorOut(BaseModel):
     filename: str
     media_type: str
     content: str
+    route: Literal["direct", "gateway"] = Field(
+        default="direct",
+        description="direct: the viewer reaches the desktop itself; gateway: host and port "
+        "are the gateway's (a port forward, or an HTML5 page)",
+    )
+    launch_url: str | None = Field(
+        default=None,
+        description="an HTML5 protocol's viewer page on the gateway, its single-use ticket in "
+        "the fragment: open it in the browser before ticket_expires_at",
+    )
+    ticket_expires_at: int | None = Field(
+        default=None,
+        description="unix time after which the gateway refuses this connection's ticket",
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the plan's settings for this protocol, defaults filled in (what an "
+        "HTML5 page or a client shaping the connection itself needs)",
+    )
 
 
 class StartingOut(BaseModel):
@@ -154,6 +201,10 @@ def _descriptor(result: desktops.ConnectResult) -> DescriptorOut:
         filename=d.filename,
         media_type=d.media_type,
         content=d.content,
+        route=result.route,
+        launch_url=result.launch_url,
+        ticket_expires_at=result.ticket_expires_at,
+        options=dict(d.options),
     )
 
 
@@ -170,8 +221,7 @@ def router() -> APIRouter:
         response_model=LoginOut,
         responses={202: {"model": SecondFactorOut, "description": "a one-time code is due"}},
     )
-    def login(body: LoginIn, request: Request, ctx: Ctx) -> LoginOut | Response:
-        service: LoginService = request.app.state.login
+    def login(body: LoginIn, request: Request, ctx: Ctx, service: Login) -> LoginOut | Response:
         result = service.login(
             body.username,
             body.password,
@@ -192,16 +242,7 @@ def router() -> APIRouter:
         "tokens are revoked one by one at DELETE /api/v1/admin/api-tokens/{id}.",
     )
     def logout(ctx: Ctx, who: Principal) -> Response:
-        with ctx.db.write() as session:
-            access.revoke_tokens(session, who.user_id)
-            events.append(
-                session,
-                "logout",
-                tenant_id=who.tenant_id,
-                actor=who.username,
-                user_id=who.user_id,
-                detail={},
-            )
+        client_desktops.logout(ctx, who)
         return Response(status_code=204)
 
     @r.get("/client/me", tags=["client"], summary="Who the token belongs to")
@@ -216,32 +257,16 @@ def router() -> APIRouter:
 
     @r.get("/client/desktops", tags=["client"], summary="Your desktops and queue places")
     def my_desktops(ctx: Ctx, who: Principal) -> dict[str, Any]:
-        with ctx.db.read() as session:
-            held = claims.held_desktops(session, who.user_id)
-            waiting = claims.queue_positions(session, who.user_id)
-            names = (
-                dict(
-                    session.execute(
-                        select(Pool.id, Pool.name).where(Pool.id.in_([p for p, _ in waiting]))
-                    ).all()
-                )
-                if waiting
-                else {}
-            )
-        view = ctx.cache.current(ctx.db)
-        queue = []
-        for pool_id, position in waiting:
-            pool = view.pools.get(pool_id)
-            offer = Offer(
-                pool_id,
-                names.get(pool_id, ""),
-                "queued",
-                None,
-                position,
-                queue_estimate_s(position, pool.release_interval_s if pool else None),
-            )
-            queue.append(_offer(offer).model_dump())
-        return {"desktops": [_desktop(d).model_dump() for d in held], "queue": queue}
+        mine = client_desktops.my_desktops(ctx, who)
+        held = []
+        for d in mine.held:
+            out = _desktop(d)
+            out.power_actions = power.user_actions(ctx, who, d.pool_id)
+            held.append(out.model_dump())
+        return {
+            "desktops": held,
+            "queue": [_offer(o).model_dump() for o in mine.queue],
+        }
 
     @r.post(
         "/client/desktops/{desktop_id}/connect",
@@ -257,7 +282,15 @@ def router() -> APIRouter:
         desktop_id: str, body: ConnectIn, request: Request, ctx: Ctx, who: SignedPrincipal
     ) -> DescriptorOut | Response:
         # The user row is checked in the connect's own first statement (its budget).
-        result = desktops.connect(ctx, who, desktop_id, body.protocol, client_address(request))
+        result = desktops.connect(
+            ctx,
+            who,
+            desktop_id,
+            body.protocol,
+            client_address(request),
+            client_kind=body.client,
+            accepts=body.accepts,
+        )
         if isinstance(result, desktops.Starting):
             return _starting(result)
         return _descriptor(result)
@@ -287,20 +320,36 @@ def router() -> APIRouter:
         )
 
     @r.post(
+        "/client/desktops/{desktop_id}/power",
+        tags=["client"],
+        summary="Start, stop or reboot a desktop you hold, where your policy allows it",
+        description="The actions allowed are the desktop's `power_actions` in GET "
+        "/api/v1/client/desktops (the policy entry's `user_power_actions`). Stopping or "
+        "rebooting ends your own session on it; a desktop with somebody else's session in "
+        "use is refused (409).",
+        responses={
+            403: {"description": "your policy does not allow this action"},
+            404: {"description": "not a desktop you hold"},
+            409: {"description": "the desktop's state does not allow it now"},
+        },
+    )
+    def power_desktop(desktop_id: str, body: UserPowerIn, ctx: Ctx, who: Principal) -> UserPowerOut:
+        done = power.user_power(ctx, who, desktop_id, PowerAction(body.action))
+        return UserPowerOut(
+            desktop_id=done.desktop_id,
+            action=done.action,
+            was=done.was,
+            power_state=done.power_state,
+        )
+
+    @r.post(
         "/client/desktops/{desktop_id}/release",
         tags=["client"],
         status_code=204,
         summary="Give a desktop back",
     )
     def release(desktop_id: str, ctx: Ctx, who: Principal) -> Response:
-        with ctx.db.write() as session:
-            desktops.release(
-                session,
-                desktop_id=desktop_id,
-                tenant_id=who.tenant_id,
-                user_id=who.user_id,
-                actor=who.username,
-            )
+        client_desktops.release(ctx, who, desktop_id)
         return Response(status_code=204)
 
     return r

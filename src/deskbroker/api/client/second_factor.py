@@ -12,9 +12,9 @@ from fastapi import APIRouter, Request, Response
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 
 from deskbroker.api.client.routes import LoginOut, login_out
-from deskbroker.api.deps import Principal, client_address
+from deskbroker.api.deps import Principal, SecondFactor, client_address
 from deskbroker.api.schemas import Body
-from deskbroker.services.second_factor import Enrolment, SecondFactorService
+from deskbroker.services.second_factor import Enrolment
 
 # A challenge is a compact JWS of a few hundred characters.
 ChallengeText = Annotated[
@@ -72,11 +72,6 @@ def _enrolment_out(found: Enrolment, next_step: str) -> EnrolmentOut:
     )
 
 
-def _service(request: Request) -> SecondFactorService:
-    service: SecondFactorService = request.app.state.second_factor
-    return service
-
-
 def router() -> APIRouter:
     r = APIRouter()
 
@@ -87,8 +82,8 @@ def router() -> APIRouter:
         description="The challenge of a 202 from POST /api/v1/auth/login and the 6-digit "
         "code of the user's authenticator app; the answer is that of a login.",
     )
-    def login_with_code(body: TotpLoginIn, request: Request) -> LoginOut:
-        result = _service(request).complete(body.challenge, body.code, client_address(request))
+    def login_with_code(body: TotpLoginIn, request: Request, service: SecondFactor) -> LoginOut:
+        result = service.complete(body.challenge, body.code, client_address(request))
         return login_out(result)
 
     @r.post(
@@ -99,8 +94,8 @@ def router() -> APIRouter:
         "second factor and the user has none yet): the secret for the app. Then finish "
         "the login at POST /api/v1/auth/login/totp with its first code.",
     )
-    def enrol_at_login(body: ChallengeIn, request: Request) -> EnrolmentOut:
-        found = _service(request).enrol_at_login(body.challenge)
+    def enrol_at_login(body: ChallengeIn, request: Request, service: SecondFactor) -> EnrolmentOut:
+        found = service.enrol_at_login(body.challenge)
         return _enrolment_out(found, "finish logging in with its code")
 
     @r.post(
@@ -111,8 +106,8 @@ def router() -> APIRouter:
         description="A new secret, pending until POST /api/v1/me/totp/confirm; starting "
         "again replaces a pending one.",
     )
-    def start_enrolment(request: Request, who: Principal) -> EnrolmentOut:
-        found = _service(request).start_enrolment(who)
+    def start_enrolment(request: Request, who: Principal, service: SecondFactor) -> EnrolmentOut:
+        found = service.start_enrolment(who)
         return _enrolment_out(found, "confirm with its code at POST /api/v1/me/totp/confirm")
 
     @r.post(
@@ -121,8 +116,8 @@ def router() -> APIRouter:
         status_code=204,
         summary="Confirm the enrolment with a code",
     )
-    def confirm(body: CodeIn, request: Request, who: Principal) -> Response:
-        _service(request).confirm(who, body.code)
+    def confirm(body: CodeIn, request: Request, who: Principal, service: SecondFactor) -> Response:
+        service.confirm(who, body.code)
         return Response(status_code=204)
 
     @r.delete(
@@ -131,8 +126,8 @@ def router() -> APIRouter:
         status_code=204,
         summary="Remove your authenticator app, with one of its codes",
     )
-    def remove(body: CodeIn, request: Request, who: Principal) -> Response:
-        _service(request).remove(who, body.code)
+    def remove(body: CodeIn, request: Request, who: Principal, service: SecondFactor) -> Response:
+        service.remove(who, body.code)
         return Response(status_code=204)
 
     return r

@@ -162,10 +162,20 @@ class OpenStackCenter(CenterDriver):
             self._names[key] = ids.pop()
         return self._names[key]
 
+    def _wanted(self, request: ProvisionRequest) -> OpenStackProvisionParams:
+        """The cloud's side of the request: image, flavor, zone, network, floating IP."""
+        wanted = self.provision_params(request)
+        assert isinstance(wanted, OpenStackProvisionParams)
+        return wanted
+
+    def needs_address(self, request: ProvisionRequest) -> bool:
+        return self._wanted(request).floating_ip
+
     def create(self, request: ProvisionRequest) -> str:
-        if not request.image or not request.flavor:
+        wanted = self._wanted(request)
+        if not wanted.image or not wanted.flavor:
             raise CenterError("an OpenStack desktop needs an image and a flavor")
-        network = request.network or self.os_params.default_network
+        network = wanted.network or self.os_params.default_network
         compute = self.session.compute
         tags = [self.os_params.broker_tag, *request.tags]
         metadata = {k: str(v)[:255] for k, v in request.metadata.items()}
@@ -174,8 +184,8 @@ class OpenStackCenter(CenterDriver):
         metadata[mapping.TAGS_KEY] = ",".join(tags)[:255]
         server: dict[str, Any] = {
             "name": request.name,
-            "imageRef": self._resolve("image", request.image),
-            "flavorRef": self._resolve("flavor", request.flavor),
+            "imageRef": self._resolve("image", wanted.image),
+            "flavorRef": self._resolve("flavor", wanted.flavor),
             "metadata": metadata,
         }
         if network:
@@ -184,10 +194,10 @@ class OpenStackCenter(CenterDriver):
             server["networks"] = "auto"
         if compute.tags_on_create:
             server["tags"] = tags
-        if request.availability_zone:
-            server["availability_zone"] = request.availability_zone
-        if request.security_groups:
-            server["security_groups"] = [{"name": g} for g in request.security_groups]
+        if wanted.availability_zone:
+            server["availability_zone"] = wanted.availability_zone
+        if wanted.security_groups:
+            server["security_groups"] = [{"name": g} for g in wanted.security_groups]
         if request.user_data:
             server["user_data"] = base64.b64encode(request.user_data.encode()).decode()
         volume = request.data_volume_id
@@ -247,16 +257,12 @@ class OpenStackCenter(CenterDriver):
         found = self.machine(external_id)
         if found is None:
             raise CenterError(f"instance {external_id} disappeared while it was being addressed")
-        if not request.floating_ip:
+        if not self.needs_address(request):
             return found.address
         ports = self._ports_of(external_id)
         if not ports:
             raise CenterError(f"instance {external_id} has no network port for a floating IP")
-        floating = self._free_floating_ip()
-        body = self.session.network_send(
-            "PUT", f"/floatingips/{floating}", {"floatingip": {"port_id": ports[0]["id"]}}
-        ).json()
-        return str(body["floatingip"]["floating_ip_address"])
+        return self._allocate_floating_ip(ports[0]["id"])
 
     def _ports_of(self, external_id: str) -> list[dict[str, Any]]:
         """The instance's ports, checked one by one: a cloud that ignores the
@@ -264,24 +270,36 @@ class OpenStackCenter(CenterDriver):
         ports = self.session.every("/ports", "ports", {"device_id": external_id}, service="network")
         return [p for p in ports if p.get("device_id") == external_id]
 
-    def _free_floating_ip(self) -> str:
+    def _allocate_floating_ip(self, port_id: str) -> str:
+        """A new floating IP created already bound to the port, in one call.
+
+        Taking an unbound floating IP of the project and binding it in a second call
+        races: two builds (or two brokers) see the same free address and the second
+        binding silently moves it, leaving one desktop without an address. The floating
+        IPs a desktop holds are released with it, so nothing is left to reuse. A retried
+        step (the broker stopped after the cloud bound the address) finds the address the
+        port already has; the filter is checked by hand, as some clouds ignore it."""
+        bound = self.session.every(
+            "/floatingips", "floatingips", {"port_id": port_id}, service="network"
+        )
+        for ip in bound:
+            if ip.get("port_id") == port_id:
+                return str(ip["floating_ip_address"])
         query: dict[str, Any] = {}
         if self.os_params.floating_network:
             query["floating_network_id"] = self._resolve("network", self.os_params.floating_network)
-        wanted = query.get("floating_network_id")
-        for ip in self.session.every("/floatingips", "floatingips", query, service="network"):
-            if not ip.get("port_id") and wanted in (None, ip.get("floating_network_id")):
-                return str(ip["id"])
         network = query.get("floating_network_id") or self._external_network()
         try:
             body = self.session.network_send(
-                "POST", "/floatingips", {"floatingip": {"floating_network_id": network}}
+                "POST",
+                "/floatingips",
+                {"floatingip": {"floating_network_id": network, "port_id": port_id}},
             ).json()
         except CloudFailure as exc:
             if exc.cloud_status == 409:
                 raise QuotaExceeded(f"quota exceeded: floating IPs ({exc.detail})") from exc
             raise
-        return str(body["floatingip"]["id"])
+        return str(body["floatingip"]["floating_ip_address"])
 
     def _external_network(self) -> str:
         networks = self.session.every(

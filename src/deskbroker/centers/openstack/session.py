@@ -363,11 +363,6 @@ class ProjectSession:
 
         return self.call(send, f"{method} {path}")
 
-    def image_get(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
-        return self.call(
-            lambda: self.connection().image.get(path, params=dict(params or {})), f"GET {path}"
-        ).json()
-
     # --- paged lists ------------------------------------------------------------------
     def pages(
         self, path: str, key: str, params: Mapping[str, Any], *, service: str = "compute"

@@ -10,6 +10,21 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+# What makes a desktop free to claim, and each pool ordering's rank (tables.FREE_DESKTOP
+# and tables.CLAIM_ORDER, spelled out: a migration does not change with the models).
+_FREE = (
+    "assigned_user_id IS NULL AND availability = 'available' "
+    "AND power_state IN ('running', 'stopped', 'suspended', 'unknown')"
+)
+_RUNNING = "(CASE WHEN (power_state = 'running') THEN 0 ELSE 1 END)"
+_NEVER_USED = "(CASE WHEN (last_used_at IS NULL) THEN 0 ELSE 1 END)"
+_CLAIM_RANKS = {
+    "running_first": (_RUNNING, _NEVER_USED, "last_used_at", "name"),
+    "least_recently_used": (_NEVER_USED, "last_used_at", "name"),
+    "most_recently_used": (f"{_NEVER_USED} DESC", "last_used_at DESC", "name"),
+    "name": ("name",),
+}
+
 revision = "0001"
 down_revision = None
 branch_labels = None
@@ -101,6 +116,7 @@ def upgrade() -> None:
         sa.Column("held_unseen", sa.JSON(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("direct_networks", sa.JSON(), nullable=False),
         sa.ForeignKeyConstraint(
             ["tenant_id"],
             ["tenants.id"],
@@ -195,8 +211,6 @@ def upgrade() -> None:
         sa.Column("desktop_ids", sa.JSON(), nullable=False),
         sa.Column("parent_pool_id", sa.String(length=32), nullable=True),
         sa.Column("provisioning", sa.JSON(), nullable=False),
-        sa.Column("queue_tail", sa.BigInteger(), nullable=False),
-        sa.Column("queue_head", sa.BigInteger(), nullable=False),
         sa.Column("release_interval_s", sa.Float(), nullable=True),
         sa.Column("sequence_next", sa.BigInteger(), nullable=True),
         sa.Column("status", sa.String(length=20), nullable=False),
@@ -412,6 +426,9 @@ def upgrade() -> None:
         sa.Column("protocol_plan_id", sa.String(length=32), nullable=True),
         sa.Column("power_plan_id", sa.String(length=32), nullable=True),
         sa.Column("release_plan_id", sa.String(length=32), nullable=True),
+        sa.Column("skip_lost_agents", sa.Boolean(), nullable=False),
+        sa.Column("rogue_users", sa.String(length=20), nullable=True),
+        sa.Column("user_power_actions", sa.JSON(), nullable=False),
         sa.ForeignKeyConstraint(
             ["backup_pool_id"],
             ["pools.id"],
@@ -575,14 +592,20 @@ def upgrade() -> None:
         sa.Column("assigned_user_id", sa.String(length=32), nullable=True),
         sa.Column("assigned_pool_id", sa.String(length=32), nullable=True),
         sa.Column("assignment_kind", sa.String(length=20), nullable=True),
+        sa.Column("assignment_slot", sa.Integer(), nullable=True),
         sa.Column("assigned_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("last_used_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("starting_since", sa.DateTime(timezone=True), nullable=True),
         sa.Column("connect_granted_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("agent_token_id", sa.String(length=32), nullable=True),
         sa.Column("max_sessions", sa.Integer(), nullable=False),
+        sa.Column("agent_enrolled_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("agent_refresh_hash", sa.String(length=64), nullable=True),
+        sa.Column("agent_seen_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("agent_seq", sa.BigInteger(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("ssh_host_keys", sa.JSON(), nullable=False),
         sa.ForeignKeyConstraint(
             ["assigned_pool_id"],
             ["pools.id"],
@@ -626,6 +649,22 @@ def upgrade() -> None:
     with op.batch_alter_table("desktops", schema=None) as batch_op:
         batch_op.create_index("ix_desktops_assigned_user", ["assigned_user_id"], unique=False)
         batch_op.create_index(batch_op.f("ix_desktops_tenant_id"), ["tenant_id"], unique=False)
+        # The claim's partial indexes, one per pool ordering (tables.CLAIM_ORDER).
+        for ordering, rank in _CLAIM_RANKS.items():
+            batch_op.create_index(
+                f"ix_desktops_free_{ordering}",
+                ["tenant_id", *(sa.text(r) for r in rank)],
+                unique=False,
+                postgresql_where=sa.text(_FREE),
+                sqlite_where=sa.text(_FREE),
+            )
+        batch_op.create_index(
+            "uq_desktops_user_pool_slot",
+            ["assigned_user_id", "assigned_pool_id", "assignment_slot"],
+            unique=True,
+            postgresql_where=sa.text("assignment_slot IS NOT NULL"),
+            sqlite_where=sa.text("assignment_slot IS NOT NULL"),
+        )
 
     op.create_table(
         "login_challenges",
@@ -665,10 +704,10 @@ def upgrade() -> None:
         sa.Column("tenant_id", sa.String(length=32), nullable=False),
         sa.Column("pool_id", sa.String(length=32), nullable=False),
         sa.Column("user_id", sa.String(length=32), nullable=False),
-        sa.Column("ticket", sa.BigInteger(), nullable=False),
         sa.Column("assignment", sa.String(length=20), nullable=False),
         sa.Column("ordering", sa.String(length=40), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("skip_lost_agents", sa.Boolean(), nullable=False),
         sa.ForeignKeyConstraint(
             ["pool_id"],
             ["pools.id"],
@@ -894,11 +933,156 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_timers_due_at"), ["due_at"], unique=False)
         batch_op.create_index(batch_op.f("ix_timers_tenant_id"), ["tenant_id"], unique=False)
 
+    op.create_table(
+        "agent_actions",
+        sa.Column("id", sa.String(length=32), nullable=False),
+        sa.Column("tenant_id", sa.String(length=32), nullable=False),
+        sa.Column("desktop_id", sa.String(length=32), nullable=False),
+        sa.Column("session_id", sa.String(length=32), nullable=True),
+        sa.Column("session_key", sa.String(length=200), nullable=False),
+        sa.Column("kind", sa.String(length=20), nullable=False),
+        sa.Column("message", sa.Text(), nullable=False),
+        sa.Column("actor", sa.String(length=200), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("delivered_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("done_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("ok", sa.Boolean(), nullable=True),
+        sa.Column("detail", sa.Text(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["desktop_id"],
+            ["desktops.id"],
+            name=op.f("fk_agent_actions_desktop_id_desktops"),
+            ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["tenant_id"],
+            ["tenants.id"],
+            name=op.f("fk_agent_actions_tenant_id_tenants"),
+            ondelete="RESTRICT",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_agent_actions")),
+    )
+    with op.batch_alter_table("agent_actions", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_agent_actions_desktop_id"), ["desktop_id"], unique=False
+        )
+        batch_op.create_index(batch_op.f("ix_agent_actions_tenant_id"), ["tenant_id"], unique=False)
+
+    op.create_table(
+        "enrolment_keys",
+        sa.Column("id", sa.String(length=32), nullable=False),
+        sa.Column("tenant_id", sa.String(length=32), nullable=False),
+        sa.Column("name", sa.String(length=100), nullable=False),
+        sa.Column("key_hash", sa.String(length=64), nullable=False),
+        sa.Column("prefix", sa.String(length=16), nullable=False),
+        sa.Column("created_by", sa.String(length=200), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["tenant_id"],
+            ["tenants.id"],
+            name=op.f("fk_enrolment_keys_tenant_id_tenants"),
+            ondelete="RESTRICT",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_enrolment_keys")),
+        sa.UniqueConstraint("key_hash", name=op.f("uq_enrolment_keys_key_hash")),
+        sa.UniqueConstraint("tenant_id", "name", name=op.f("uq_enrolment_keys_tenant_id")),
+    )
+    with op.batch_alter_table("enrolment_keys", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_enrolment_keys_tenant_id"), ["tenant_id"], unique=False
+        )
+
+    op.create_table(
+        "pending_enrolments",
+        sa.Column("id", sa.String(length=32), nullable=False),
+        sa.Column("tenant_id", sa.String(length=32), nullable=False),
+        sa.Column("key_id", sa.String(length=32), nullable=False),
+        sa.Column("poll_hash", sa.String(length=64), nullable=False),
+        sa.Column("state", sa.String(length=20), nullable=False),
+        sa.Column("identity", sa.JSON(), nullable=False),
+        sa.Column("desktop_id", sa.String(length=32), nullable=True),
+        sa.Column("reason", sa.Text(), nullable=False),
+        sa.Column("decided_by", sa.String(length=200), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("decided_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["desktop_id"],
+            ["desktops.id"],
+            name=op.f("fk_pending_enrolments_desktop_id_desktops"),
+            ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["key_id"],
+            ["enrolment_keys.id"],
+            name=op.f("fk_pending_enrolments_key_id_enrolment_keys"),
+            ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["tenant_id"],
+            ["tenants.id"],
+            name=op.f("fk_pending_enrolments_tenant_id_tenants"),
+            ondelete="RESTRICT",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_pending_enrolments")),
+        sa.UniqueConstraint("poll_hash", name=op.f("uq_pending_enrolments_poll_hash")),
+        sa.CheckConstraint(
+            "state IN ('pending', 'approved', 'collected', 'denied', 'expired')",
+            name=op.f("ck_pending_enrolments_state"),
+        ),
+    )
+    with op.batch_alter_table("pending_enrolments", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_pending_enrolments_desktop_id"), ["desktop_id"], unique=False
+        )
+        batch_op.create_index(batch_op.f("ix_pending_enrolments_key_id"), ["key_id"], unique=False)
+        batch_op.create_index(
+            batch_op.f("ix_pending_enrolments_tenant_id"), ["tenant_id"], unique=False
+        )
+
+    op.create_table(
+        "broker_nodes",
+        sa.Column("id", sa.String(length=100), nullable=False),
+        sa.Column("broker_id", sa.String(length=100), nullable=False),
+        sa.Column("host", sa.String(length=255), nullable=False),
+        sa.Column("pid", sa.Integer(), nullable=False),
+        sa.Column("http_workers", sa.Integer(), nullable=False),
+        sa.Column("version", sa.String(length=40), nullable=False),
+        sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_broker_nodes")),
+    )
+    with op.batch_alter_table("broker_nodes", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_broker_nodes_heartbeat_at"), ["heartbeat_at"], unique=False
+        )
+
     # ### end Alembic commands ###
 
 
 def downgrade() -> None:
     # ### commands auto generated by Alembic - please adjust! ###
+    with op.batch_alter_table("pending_enrolments", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_pending_enrolments_tenant_id"))
+        batch_op.drop_index(batch_op.f("ix_pending_enrolments_key_id"))
+        batch_op.drop_index(batch_op.f("ix_pending_enrolments_desktop_id"))
+
+    op.drop_table("pending_enrolments")
+    with op.batch_alter_table("enrolment_keys", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_enrolment_keys_tenant_id"))
+
+    op.drop_table("enrolment_keys")
+    with op.batch_alter_table("broker_nodes", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_broker_nodes_heartbeat_at"))
+
+    op.drop_table("broker_nodes")
+    with op.batch_alter_table("agent_actions", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_agent_actions_tenant_id"))
+        batch_op.drop_index(batch_op.f("ix_agent_actions_desktop_id"))
+
+    op.drop_table("agent_actions")
     with op.batch_alter_table("timers", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_timers_tenant_id"))
         batch_op.drop_index(batch_op.f("ix_timers_due_at"))
@@ -941,6 +1125,9 @@ def downgrade() -> None:
 
     op.drop_table("login_challenges")
     with op.batch_alter_table("desktops", schema=None) as batch_op:
+        batch_op.drop_index("uq_desktops_user_pool_slot")
+        for ordering in _CLAIM_RANKS:
+            batch_op.drop_index(f"ix_desktops_free_{ordering}")
         batch_op.drop_index(batch_op.f("ix_desktops_tenant_id"))
         batch_op.drop_index("ix_desktops_assigned_user")
 

@@ -1,0 +1,88 @@
+"""The writes of a provisioning task's steps (``engine.builds``) beyond the lease's own
+release: the intent recorded before the cloud is asked, the cloud's id once it answered,
+and what a pool learns from a build that failed or hit the cloud's quota."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import bindparam, update
+
+from deskbroker.store import leases
+from deskbroker.store.db import Unit
+from deskbroker.store.tables import Pool
+from deskbroker.store.tasks import DESKTOPS, POOLS, TASKS
+
+_RECORD_EXTERNAL_ID = (
+    update(DESKTOPS)
+    .where(DESKTOPS.c.id == bindparam("b_desktop"))
+    .values(external_id=bindparam("b_external"))
+)
+_CREATED = (
+    update(TASKS)
+    .where(TASKS.c.id == bindparam("b_task"), TASKS.c.lease_owner == bindparam("b_owner"))
+    .values(
+        lease_owner=None,
+        lease_expires_at=None,
+        state=bindparam("b_state"),
+        step_started_at=bindparam("b_now"),
+        next_step_at=bindparam("b_next"),
+        external_id=bindparam("b_external"),
+    )
+)
+
+
+def mark_creating(session: Unit, task_id: str, state: str, now: datetime) -> None:
+    """Persist the intent before the cloud is asked: a crash from here on is resumed by
+    the task's tag."""
+    session.execute(
+        update(TASKS).where(TASKS.c.id == task_id).values(state=state, step_started_at=now)
+    )
+
+
+def record_created(
+    conn: leases.Unit,
+    *,
+    task_id: str,
+    owner: str,
+    desktop_id: str | None,
+    external_id: str,
+    state: str,
+    now: datetime,
+    next_step_at: datetime,
+) -> None:
+    """The cloud has the build: its id on the desktop (so a scan meeting the instance
+    knows it) and on the task, moved to ``state`` with its lease let go."""
+    if desktop_id:
+        conn.execute(_RECORD_EXTERNAL_ID, {"b_desktop": desktop_id, "b_external": external_id})
+    conn.execute(
+        _CREATED,
+        {
+            "b_task": task_id,
+            "b_owner": owner,
+            "b_state": state,
+            "b_now": now,
+            "b_next": next_step_at,
+            "b_external": external_id,
+        },
+    )
+
+
+def desktop_awaits_build(session: Unit, desktop_id: str, task_id: str) -> None:
+    """The desktop's instance is gone (a failed attempt cleaned up): it waits for the
+    task's next attempt, as a desktop being built does."""
+    session.execute(
+        update(DESKTOPS).where(DESKTOPS.c.id == desktop_id).values(external_id=f"task:{task_id}")
+    )
+
+
+def pool_over_quota(session: Unit, pool_id: str, words: str) -> None:
+    """The cloud refused a build of the pool for its quota: the pool's status says so."""
+    session.execute(
+        update(POOLS).where(POOLS.c.id == pool_id).values(status="quota", last_error=words)
+    )
+
+
+def lock_pool(session: Unit, pool_id: str) -> Pool | None:
+    """The pool's row, locked until the unit ends."""
+    return session.get(Pool, pool_id, with_for_update=True)

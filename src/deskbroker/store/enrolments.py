@@ -1,0 +1,110 @@
+"""Tenant enrolment keys and the agents waiting for an administrator: their SQL."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from deskbroker.domain.states import EnrolmentState, PowerState
+from deskbroker.store.tables import Desktop, EnrolmentKey, PendingEnrolment
+
+# Desktops an enrolling machine cannot be: being deleted, or gone.
+_GONE = (PowerState.DELETING.value, PowerState.DELETED.value)
+
+
+def key_by_hash(session: Session, key_hash: str) -> EnrolmentKey | None:
+    return session.scalars(select(EnrolmentKey).where(EnrolmentKey.key_hash == key_hash)).first()
+
+
+def key(session: Session, key_id: str) -> EnrolmentKey | None:
+    return session.get(EnrolmentKey, key_id)
+
+
+def key_named(session: Session, tenant_id: str, name: str) -> EnrolmentKey | None:
+    return session.scalars(
+        select(EnrolmentKey).where(EnrolmentKey.tenant_id == tenant_id, EnrolmentKey.name == name)
+    ).first()
+
+
+def keys(session: Session, tenant_id: str | None) -> list[EnrolmentKey]:
+    """The keys of a tenant (every tenant's for ``None``), newest first."""
+    query = select(EnrolmentKey).order_by(EnrolmentKey.created_at.desc(), EnrolmentKey.id)
+    if tenant_id is not None:
+        query = query.where(EnrolmentKey.tenant_id == tenant_id)
+    return list(session.scalars(query).all())
+
+
+def matching_desktops(
+    session: Session, tenant_id: str, instance_id: str, addresses: Sequence[str]
+) -> list[Desktop]:
+    """The tenant's desktops (not deleted) with that instance id, else with one of those
+    addresses: at most two, enough to tell one from several."""
+    live = (Desktop.tenant_id == tenant_id, Desktop.power_state.notin_(_GONE))
+    if instance_id:
+        found = session.scalars(
+            select(Desktop).where(*live, Desktop.external_id == instance_id).limit(2)
+        ).all()
+        if found:
+            return list(found)
+    wanted = sorted({a for a in addresses if a})
+    if not wanted:
+        return []
+    return list(
+        session.scalars(select(Desktop).where(*live, Desktop.address.in_(wanted)).limit(2)).all()
+    )
+
+
+def pending_by_poll(session: Session, poll_hash: str) -> PendingEnrolment | None:
+    return session.scalars(
+        select(PendingEnrolment).where(PendingEnrolment.poll_hash == poll_hash).with_for_update()
+    ).first()
+
+
+def pending(session: Session, pending_id: str) -> PendingEnrolment | None:
+    return session.scalars(
+        select(PendingEnrolment).where(PendingEnrolment.id == pending_id).with_for_update()
+    ).first()
+
+
+def waiting_count(session: Session, tenant_id: str, now: datetime) -> int:
+    """Enrolments of the tenant still waiting for an administrator."""
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(PendingEnrolment)
+            .where(
+                PendingEnrolment.tenant_id == tenant_id,
+                PendingEnrolment.state == EnrolmentState.PENDING.value,
+                PendingEnrolment.expires_at > now,
+            )
+        )
+        or 0
+    )
+
+
+def pendings(
+    session: Session,
+    tenant_id: str | None,
+    state: str | None,
+    limit: int,
+    offset: int,
+) -> tuple[list[PendingEnrolment], int]:
+    """Enrolments (of a tenant, or every tenant's for ``None``), newest first, and their
+    number."""
+    where = []
+    if tenant_id is not None:
+        where.append(PendingEnrolment.tenant_id == tenant_id)
+    if state is not None:
+        where.append(PendingEnrolment.state == state)
+    total = session.scalar(select(func.count()).select_from(PendingEnrolment).where(*where))
+    rows = session.scalars(
+        select(PendingEnrolment)
+        .where(*where)
+        .order_by(PendingEnrolment.created_at.desc(), PendingEnrolment.id)
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    return list(rows), int(total or 0)

@@ -1,0 +1,129 @@
+"""The statements of a pool's provisioning: its desktops counted by what matters to it,
+builds added in bulk, and free desktops picked and marked for retirement."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import func, insert, select, update
+
+from deskbroker.domain.provisioning import PoolCounts
+from deskbroker.domain.states import (
+    ACTIVE_SESSION_STATES,
+    AVAILABILITY_TRANSITIONS,
+    POWER_TRANSITIONS,
+    Availability,
+    PowerState,
+    from_any,
+)
+from deskbroker.store.claims import coming_free, free_desktop
+from deskbroker.store.db import Unit
+from deskbroker.store.tables import (
+    Desktop,
+    PoolMember,
+    ProvisioningTask,
+    QueueEntry,
+    SessionRow,
+)
+from deskbroker.store.tasks import DESKTOPS, OPEN_STATES, TASKS
+
+
+def pool_counts(session: Unit, pool_id: str, *, starts_unavailable: bool = False) -> PoolCounts:
+    """The pool's desktops by what matters to provisioning.
+
+    In a pool that builds its desktops unavailable (``start_unavailable``: an administrator
+    makes each one available), a finished, unassigned desktop waiting for that counts as
+    unassigned; otherwise every reconcile would build more, up to the pool's maximum."""
+    members = select(PoolMember.desktop_id).where(PoolMember.pool_id == pool_id)
+    gone = (PowerState.DELETED.value, PowerState.DELETING.value)
+    total = (
+        session.scalar(
+            select(func.count())
+            .select_from(Desktop)
+            .where(Desktop.id.in_(members), Desktop.power_state.not_in(gone))
+        )
+        or 0
+    )
+    free = (
+        session.scalar(
+            select(func.count())
+            .select_from(Desktop)
+            .where(
+                Desktop.id.in_(members),
+                free_desktop() | coming_free(starts_unavailable=starts_unavailable),
+            )
+        )
+        or 0
+    )
+    in_flight = (
+        session.scalar(
+            select(func.count())
+            .select_from(ProvisioningTask)
+            .where(ProvisioningTask.pool_id == pool_id, ProvisioningTask.state.in_(OPEN_STATES))
+        )
+        or 0
+    )
+    waiting = (
+        session.scalar(
+            select(func.count()).select_from(QueueEntry).where(QueueEntry.pool_id == pool_id)
+        )
+        or 0
+    )
+    return PoolCounts(int(total), int(free), int(waiting), int(in_flight))
+
+
+def add_builds(
+    session: Unit,
+    desktops: Sequence[dict[str, Any]],
+    tasks: Sequence[dict[str, Any]],
+    members: Sequence[dict[str, Any]],
+) -> None:
+    """Desktops in building state, their tasks and their pool memberships: a batch of a
+    thousand is a statement per table, not a thousand ORM objects."""
+    session.execute(insert(DESKTOPS), list(desktops))
+    session.execute(insert(TASKS), list(tasks))
+    session.execute(insert(PoolMember), list(members))
+
+
+def mark_for_retirement(
+    session: Unit, pool_id: str, count: int, retirable: Sequence[PowerState]
+) -> list[str]:
+    """Pick up to ``count`` free, deletable desktops of the pool without sessions, in a
+    ``retirable`` power state (skipping rows another broker holds), and mark them
+    ``deleting`` and unavailable so nobody claims them."""
+    members = select(PoolMember.desktop_id).where(PoolMember.pool_id == pool_id)
+    busy = select(SessionRow.desktop_id).where(
+        SessionRow.state.in_([s.value for s in ACTIVE_SESSION_STATES])
+    )
+    picked = list(
+        session.scalars(
+            select(Desktop.id)
+            .where(
+                Desktop.id.in_(members),
+                Desktop.assigned_user_id.is_(None),
+                Desktop.deletable.is_(True),
+                Desktop.power_state.in_([s.value for s in retirable]),
+                Desktop.id.not_in(busy),
+            )
+            .order_by(Desktop.power_state.desc(), Desktop.name.desc())
+            .limit(count)
+            .with_for_update(skip_locked=True)
+        ).all()
+    )
+    if picked:
+        session.execute(
+            update(Desktop)
+            .where(Desktop.id.in_(picked), Desktop.assigned_user_id.is_(None))
+            .values(
+                power_state=from_any(POWER_TRANSITIONS, PowerState.DELETING, retirable).value,
+                availability=from_any(AVAILABILITY_TRANSITIONS, Availability.UNAVAILABLE).value,
+            )
+            .execution_options(synchronize_session=False)
+        )
+    return picked
+
+
+def desktops_by_id(session: Unit, desktop_ids: Sequence[str]) -> list[Desktop]:
+    """The desktops with these ids (those that still exist)."""
+    return list(session.scalars(select(Desktop).where(Desktop.id.in_(desktop_ids))).all())

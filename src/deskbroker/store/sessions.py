@@ -1,0 +1,237 @@
+"""Sessions, their plan timers and the desktops' agents: the SQL of the session service."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+
+from deskbroker.domain.states import AgentState, SessionState
+from deskbroker.store.tables import (
+    AgentAction,
+    Center,
+    Desktop,
+    PolicyEntry,
+    PoolMember,
+    PowerPlan,
+    ReleasePlan,
+    SessionRow,
+    Timer,
+    User,
+)
+
+
+def lock_desktop(session: Session, desktop_id: str) -> Desktop | None:
+    """The desktop row, locked until the end of the write (one event at a time per desktop)."""
+    return session.scalars(
+        select(Desktop).where(Desktop.id == desktop_id).with_for_update()
+    ).first()
+
+
+def user_named(session: Session, user_id: str) -> User | None:
+    return session.get(User, user_id)
+
+
+def users_named(session: Session, tenant_id: str, names: Iterable[str]) -> Sequence[str]:
+    """Ids of the tenant's users whose name (folded) is one of ``names``; at most two."""
+    return session.scalars(
+        select(User.id)
+        .where(User.tenant_id == tenant_id, func.lower(User.username).in_(set(names)))
+        .limit(2)
+    ).all()
+
+
+def open_session(
+    session: Session, desktop_id: str, username: str, key: str | None, only_logged_in: bool
+) -> SessionRow | None:
+    """The newest open session of the desktop with ``key`` (else of ``username``)."""
+    query = select(SessionRow).where(
+        SessionRow.desktop_id == desktop_id, SessionRow.ended_at.is_(None)
+    )
+    if key:
+        query = query.where(SessionRow.session_key == key)
+    else:
+        query = query.where(func.lower(SessionRow.username) == username.lower())
+        if only_logged_in:
+            query = query.where(SessionRow.state == SessionState.LOGGED_IN.value)
+    return session.scalars(query.order_by(SessionRow.started_at.desc()).limit(1)).first()
+
+
+def open_rows(session: Session, desktop_id: str, limit: int) -> list[tuple[str, str, str]]:
+    """(username, session key, state) of the desktop's open sessions, oldest first."""
+    rows = session.execute(
+        select(SessionRow.username, SessionRow.session_key, SessionRow.state)
+        .where(SessionRow.desktop_id == desktop_id, SessionRow.ended_at.is_(None))
+        .order_by(SessionRow.started_at)
+        .limit(limit)
+    ).all()
+    return [(r[0], r[1], r[2]) for r in rows]
+
+
+def plan_rules(
+    session: Session, power_id: str | None, release_id: str | None
+) -> tuple[list[Any], list[Any]]:
+    """The stored rules of a power plan and a release plan (either may be absent)."""
+    power = session.get(PowerPlan, power_id) if power_id else None
+    release = session.get(ReleasePlan, release_id) if release_id else None
+    return (list(power.rules or []) if power else []), (
+        list(release.rules or []) if release else []
+    )
+
+
+def timers_of(session: Session, desktop_id: str) -> list[tuple[str, str | None, str, str, str]]:
+    """(id, session id, plan, trigger, action) of every timer set on the desktop."""
+    rows = session.execute(
+        select(Timer.id, Timer.session_id, Timer.plan, Timer.trigger, Timer.action).where(
+            Timer.desktop_id == desktop_id
+        )
+    ).all()
+    return [(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+
+
+def delete_timers(session: Session, ids: Sequence[str]) -> None:
+    if ids:
+        session.execute(delete(Timer).where(Timer.id.in_(ids)))
+
+
+def add(session: Session, rows: Sequence[Any]) -> None:
+    """Insert new rows and give them their ids."""
+    session.add_all(rows)
+    session.flush()
+
+
+# --- agents ---------------------------------------------------------------------------
+def token_of(session: Session, desktop_id: str) -> tuple[str, str | None] | None:
+    """(tenant id, accepted agent token id) of a desktop, None when it does not exist."""
+    row = session.execute(
+        select(Desktop.tenant_id, Desktop.agent_token_id).where(Desktop.id == desktop_id)
+    ).first()
+    return (row[0], row[1]) if row is not None else None
+
+
+def desktop(session: Session, desktop_id: str) -> Desktop | None:
+    return session.get(Desktop, desktop_id)
+
+
+def open_actions(session: Session, desktop_id: str, limit: int = 20) -> list[AgentAction]:
+    """Actions the agent has not answered yet, oldest first (sent again until answered)."""
+    return list(
+        session.scalars(
+            select(AgentAction)
+            .where(AgentAction.desktop_id == desktop_id, AgentAction.done_at.is_(None))
+            .order_by(AgentAction.created_at, AgentAction.id)
+            .limit(limit)
+        )
+    )
+
+
+def action(session: Session, desktop_id: str, action_id: str) -> AgentAction | None:
+    """One of the desktop's actions (another desktop's id finds nothing)."""
+    row = session.get(AgentAction, action_id)
+    return row if row is not None and row.desktop_id == desktop_id else None
+
+
+def silent_agents(session: Session, cutoff: datetime, limit: int = 500) -> list[Desktop]:
+    """Running agents whose last word is older than ``cutoff``, locked for the write."""
+    return list(
+        session.scalars(
+            select(Desktop)
+            .where(
+                Desktop.agent_state == AgentState.RUNNING.value,
+                Desktop.agent_seen_at.is_not(None),
+                Desktop.agent_seen_at < cutoff,
+            )
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+    )
+
+
+def cancel_actions(session: Session, desktop_id: str, session_id: str, kinds: Sequence[str]) -> int:
+    """Drop the session's unanswered actions of ``kinds`` (a warning the user made moot)."""
+    done = session.execute(
+        update(AgentAction)
+        .where(
+            AgentAction.desktop_id == desktop_id,
+            AgentAction.session_id == session_id,
+            AgentAction.kind.in_(kinds),
+            AgentAction.delivered_at.is_(None),
+        )
+        .values(done_at=func.now(), ok=False, detail="cancelled: the session is in use again")
+    )
+    return int(getattr(done, "rowcount", 0) or 0)
+
+
+# --- plan timers firing ---------------------------------------------------------------
+def session_state(session: Session, session_id: str) -> str | None:
+    return session.scalar(select(SessionRow.state).where(SessionRow.id == session_id))
+
+
+def session_row(session: Session, session_id: str) -> SessionRow | None:
+    return session.get(SessionRow, session_id)
+
+
+def other_open_states(session: Session, desktop_id: str, except_id: str | None) -> list[str]:
+    """States of the desktop's open sessions other than ``except_id``."""
+    return list(
+        session.scalars(
+            select(SessionRow.state).where(
+                SessionRow.desktop_id == desktop_id,
+                SessionRow.ended_at.is_(None),
+                SessionRow.id != (except_id or ""),
+            )
+        )
+    )
+
+
+def timer(session: Session, timer_id: str) -> Timer | None:
+    return session.get(Timer, timer_id)
+
+
+def center_of(session: Session, center_id: str) -> Center | None:
+    return session.get(Center, center_id)
+
+
+def due_of(
+    session: Session, desktop_id: str, session_id: str, plan: str, trigger: str
+) -> tuple[datetime, str] | None:
+    """When the session's first pending non-warning timer of this plan and trigger is
+    due, and its action: what a warning announces."""
+    row = session.execute(
+        select(Timer.due_at, Timer.action)
+        .where(
+            Timer.desktop_id == desktop_id,
+            Timer.session_id == session_id,
+            Timer.plan == plan,
+            Timer.trigger == trigger,
+            Timer.action != "warn",
+        )
+        .order_by(Timer.due_at)
+        .limit(1)
+    ).first()
+    return None if row is None else (row[0], str(row[1]))
+
+
+def rogue_settings(session: Session, desktop_id: str) -> list[str | None]:
+    """The ``rogue_users`` of every policy entry that offers one of the desktop's pools
+    (the desktop's tenant's: pools and policies never cross tenants)."""
+    return list(
+        session.scalars(
+            select(PolicyEntry.rogue_users)
+            .join(PoolMember, PoolMember.pool_id == PolicyEntry.pool_id)
+            .where(PoolMember.desktop_id == desktop_id)
+        ).all()
+    )
+
+
+def first_pool_of(session: Session, desktop_id: str) -> str | None:
+    """A pool the desktop belongs to (the one a rogue user's assignment is made in)."""
+    return session.scalar(
+        select(PoolMember.pool_id)
+        .where(PoolMember.desktop_id == desktop_id)
+        .order_by(PoolMember.pool_id)
+        .limit(1)
+    )
