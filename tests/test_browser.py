@@ -7,6 +7,8 @@ reached with the keyboard."""
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import pytest
 from cloudsim.server import CloudSim
 from deskbroker.bootstrap import add_local_user
 from deskbroker.config import Settings
+from deskbroker.engine.nodes import NodeHeartbeat
 from deskbroker.engine.runner import Engine
 from deskbroker.services.context import BrokerContext
 from tests.authenticator import Authenticator
@@ -60,12 +63,15 @@ def broker(ctx: BrokerContext) -> Iterator[str]:
     add_local_user(ctx, "admin", ADMIN_PASSWORD, role="global_admin")
     add_local_user(ctx, "alice", USER_PASSWORD)
     engine = Engine(ctx, workers=8)
+    node = NodeHeartbeat(ctx, engine.owner)
+    node.start()
     engine.start()
     try:
         with live_broker(ctx) as url:
             yield url
     finally:
         engine.stop()
+        node.stop()
 
 
 def _login(w: Watched, username: str, password: str) -> None:
@@ -311,10 +317,35 @@ def test_admin_builds_a_pool_user_connects_admin_logs_them_off(
         _fill(
             page,
             "Add a power plan",
-            {"Name": "nightly", "On": "disconnect", "After (minutes)": "30", "Do": "suspend"},
+            {
+                "Name": "nightly",
+                "Rule 1: on": "disconnect",
+                "Rule 1: after (minutes)": "30",
+                "Rule 1: do": "suspend",
+            },
         )
         page.get_by_role("form", name="Add a power plan").get_by_role("button").click()
         expect(page.get_by_text("The power plan nightly is saved.")).to_be_visible()
+        # Every rule of a plan is in its form, with a row to add one.
+        page.get_by_role("button", name="Edit nightly", exact=True).click()
+        _fill(
+            page,
+            "Edit power plan nightly",
+            {"Rule 2: on": "logout", "Rule 2: after (minutes)": "5", "Rule 2: do": "shutdown"},
+        )
+        page.get_by_role("form", name="Edit power plan nightly").get_by_role(
+            "button", name="Save changes"
+        ).click()
+        # The same words as the add's: wait for the save itself before the view redraws.
+        wait_until(
+            lambda: (
+                len(admin_http.get("/admin/power-plans?name=nightly").json()["items"][0]["rules"])
+                == 2
+            ),
+            timeout_s=20,
+            what="the second rule saved",
+        )
+        expect(page.get_by_role("form", name="Edit power plan nightly")).to_have_count(0)
         _fill(
             page,
             "Add a protocol plan",
@@ -324,9 +355,9 @@ def test_admin_builds_a_pool_user_connects_admin_logs_them_off(
         expect(page.get_by_text("The protocol plan browser is saved.")).to_be_visible()
         page.get_by_role("button", name="Edit policy staff").click()
         page.get_by_role("form", name="Edit policy staff").get_by_label(
-            "Users may shut it down"
+            "Entry 1: Users may shut it down"
         ).check()
-        _fill(page, "Edit policy staff", {"Power plan": "nightly"})
+        _fill(page, "Edit policy staff", {"Entry 1: power plan": "nightly"})
         admin.shoot("console-policy-edit")
         page.get_by_role("button", name="Save changes").click()
         expect(page.get_by_text("Policy staff is saved.")).to_be_visible()
@@ -334,8 +365,10 @@ def test_admin_builds_a_pool_user_connects_admin_logs_them_off(
         assert staff["entries"][0]["user_power_actions"] == ["stop", "reboot"]
         nightly = admin_http.get("/admin/power-plans?name=nightly").json()["items"][0]
         assert nightly["rules"] == [
-            {"event": "disconnect", "after_minutes": 30, "action": "suspend", "warn_minutes": None}
+            {"event": "disconnect", "after_minutes": 30, "action": "suspend", "warn_minutes": None},
+            {"event": "logout", "after_minutes": 5, "action": "shutdown", "warn_minutes": None},
         ]
+        assert len(staff["entries"]) == 1, "the empty group added no entry"
         browser_plan = admin_http.get("/admin/protocol-plans?name=browser").json()["items"][0]
         assert [p["protocol"] for p in browser_plan["protocols"]] == ["html5-vnc", "vnc"]
 
@@ -348,6 +381,11 @@ def test_admin_builds_a_pool_user_connects_admin_logs_them_off(
                 expect(page.locator("#view-title")).to_be_visible()
                 page.wait_for_load_state("networkidle")
                 expect(page.locator(".note.error")).to_have_count(0)
+                if view == "jobs":
+                    # The node serving the console is listed with its own host and pid.
+                    nodes = page.get_by_role("table", name="cluster nodes")
+                    expect(nodes).to_contain_text(socket.gethostname())
+                    expect(nodes).to_contain_text(str(os.getpid()))
                 admin.shoot(f"console-{view}-{size}")
             portal.reload()
             expect(connect).to_be_visible()

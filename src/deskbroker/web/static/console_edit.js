@@ -145,17 +145,29 @@ const PLAN_CHOICES = {
   "release-plans": { events: ["disconnect", "logout", "idle", "session_limit"], actions: ["release", "terminate", "keep"], noun: "release plan" },
 };
 
-// A power or release plan of one rule: add one (plan undefined) or change its first rule.
+// A power or release plan: every rule it has, one row each, and one empty row to add a
+// rule. Choosing "(remove this rule)" drops a rule; what a row does not show (a power
+// rule's warning) is kept as it is.
 export function planEditor(kind, onSaved, plan) {
   const choice = PLAN_CHOICES[kind];
-  const rule = (plan && plan.rules && plan.rules[0]) || {};
+  const old = (plan && plan.rules) || [];
+  const rows = [...old, {}];
+  const fields = rows.flatMap((rule, i) => {
+    const n = `Rule ${i + 1}`;
+    const none = i < old.length ? "(remove this rule)" : "(no new rule)";
+    return [
+      { name: `event_${i}`, label: `${n}: on`, options: [["", none], ...choice.events.map((e) => [e, e])], value: rule.event || (plan || i ? "" : choice.events[0]) },
+      { name: `after_${i}`, label: `${n}: after (minutes)`, type: "number", value: rule.after_minutes ?? 0, min: 0 },
+      { name: `action_${i}`, label: `${n}: do`, options: choice.actions.map((a) => [a, a]), value: rule.action },
+    ];
+  });
   return form(plan ? `Edit ${choice.noun} ${plan.name}` : `Add a ${choice.noun}`, [
     { name: "name", label: "Name", required: true, value: plan ? plan.name : "" },
-    { name: "event", label: "On", options: choice.events.map((e) => [e, e]), value: rule.event },
-    { name: "after_minutes", label: "After (minutes)", type: "number", value: rule.after_minutes ?? 0, min: 0 },
-    { name: "action", label: "Do", options: choice.actions.map((a) => [a, a]), value: rule.action },
+    ...fields,
   ], plan ? "Save changes" : "Add plan", async (v) => {
-    const rules = [{ event: v.event, after_minutes: v.after_minutes ?? 0, action: v.action }, ...((plan && plan.rules) || []).slice(1)];
+    const rules = rows.map((rule, i) => (v[`event_${i}`]
+      ? { ...rule, event: v[`event_${i}`], after_minutes: v[`after_${i}`] ?? 0, action: v[`action_${i}`] }
+      : null)).filter(Boolean);
     const saved = plan
       ? await api("PATCH", `/admin/${kind}/${q(plan.id)}`, { name: v.name, rules })
       : await api("POST", `/admin/${kind}`, { name: v.name, rules });
@@ -183,35 +195,45 @@ export function protocolPlanEditor(onSaved, plan) {
 
 const USER_POWER = [["start", "Users may start their desktop"], ["stop", "Users may shut it down"], ["reboot", "Users may restart it"]];
 
-// A policy's name, desktops per user, and its first pool's entry (its plans, and what
-// its users may do to their desktops' power); the other entries are kept as they are.
-// plans: [protocol plans, power plans, release plans], or null when the role cannot read
-// them (the entry's plans are then kept, not shown).
+// A policy's name, desktops per user, and every pool entry it has (the pool, how many of
+// its desktops, persistent or pooled, its plans, and what its users may do to their
+// desktops' power), one group of fields each, and one empty group to add a pool.
+// Choosing "(remove this entry)" as the pool drops an entry; what the form does not show
+// of an entry is kept as it is. plans: [protocol plans, power plans, release plans], or
+// null when the role cannot read them (the entries' plans are then kept, not shown).
 export function policyEditor(policy, pools, plans, onSaved) {
-  const entries = policy.entries || [];
-  const first = entries[0] || {};
-  const allowed = new Set(first.user_power_actions || []);
-  const planKeys = [["protocol_plan_id", "Protocol plan"], ["power_plan_id", "Power plan"], ["release_plan_id", "Release plan"]];
-  const planFields = plans ? planKeys.map(([key, label], i) => ({ name: key, label, options: [["", "none"], ...plans[i].map((r) => [r.id, r.name])], value: first[key] || "" })) : [];
+  const old = policy.entries || [];
+  const groups = [...old, {}];
+  const planKeys = [["protocol_plan_id", "protocol plan"], ["power_plan_id", "power plan"], ["release_plan_id", "release plan"]];
+  const fields = groups.flatMap((entry, i) => {
+    const n = `Entry ${i + 1}`;
+    const allowed = new Set(entry.user_power_actions || []);
+    const none = i < old.length ? "(remove this entry)" : "(no new entry)";
+    return [
+      { name: `pool_${i}`, label: `${n}: pool`, options: [["", none], ...pools.map((p) => [p.id, p.name])], value: entry.pool_id || "" },
+      { name: `desktops_${i}`, label: `${n}: desktops of this pool per user`, type: "number", value: entry.desktops ?? 1, min: 1 },
+      { name: `assignment_${i}`, label: `${n}: assignment`, options: [["persistent", "persistent"], ["pooled", "pooled"]], value: entry.assignment },
+      ...(plans ? planKeys.map(([key, label], k) => ({ name: `${key}_${i}`, label: `${n}: ${label}`, options: [["", "none"], ...plans[k].map((r) => [r.id, r.name])], value: entry[key] || "" })) : []),
+      ...USER_POWER.map(([action, label]) => ({ name: `user_${action}_${i}`, label: `${n}: ${label}`, type: "checkbox", value: allowed.has(action) })),
+    ];
+  });
   return form(`Edit policy ${policy.name}`, [
     { name: "name", label: "Name", required: true, value: policy.name },
     { name: "max_desktops_per_user", label: "Desktops per user (all pools)", type: "number", value: policy.max_desktops_per_user, min: 0 },
-    { name: "pool_id", label: "Pool", options: pools.map((p) => [p.id, p.name]), value: first.pool_id },
-    { name: "desktops", label: "Desktops of this pool per user", type: "number", value: first.desktops ?? 1, min: 1 },
-    { name: "assignment", label: "Assignment", options: [["persistent", "persistent"], ["pooled", "pooled"]], value: first.assignment },
-    ...planFields,
-    ...USER_POWER.map(([action, label]) => ({ name: `user_${action}`, label, type: "checkbox", value: allowed.has(action) })),
+    ...fields,
   ], "Save changes", async (v) => {
-    const entry = {
-      ...first,
-      ...Object.fromEntries(planFields.map((f) => [f.name, v[f.name] || null])),
-      pool_id: v.pool_id,
-      desktops: v.desktops || 1,
-      assignment: v.assignment,
-      user_power_actions: USER_POWER.map(([action]) => action).filter((a) => v[`user_${a}`]),
-    };
+    const entries = groups.map((entry, i) => (v[`pool_${i}`]
+      ? {
+        ...entry,
+        ...(plans ? Object.fromEntries(planKeys.map(([key]) => [key, v[`${key}_${i}`] || null])) : {}),
+        pool_id: v[`pool_${i}`],
+        desktops: v[`desktops_${i}`] || 1,
+        assignment: v[`assignment_${i}`],
+        user_power_actions: USER_POWER.map(([action]) => action).filter((a) => v[`user_${a}_${i}`]),
+      }
+      : null)).filter(Boolean);
     const saved = await api("PATCH", `/admin/policies/${q(policy.id)}`, {
-      name: v.name, max_desktops_per_user: v.max_desktops_per_user ?? 1, entries: [entry, ...entries.slice(1)],
+      name: v.name, max_desktops_per_user: v.max_desktops_per_user ?? 1, entries,
     });
     await onSaved(`Policy ${saved.name} is saved.`);
     return "";

@@ -185,6 +185,17 @@ async function events(body, ctx) {
 }
 
 async function jobs(body, ctx) {
+  if (ctx.can("nodes:read")) {
+    // A node whose heartbeat is older than a few seconds is about to be reaped by another.
+    const age = (n) => Math.round((Date.now() - new Date(n.heartbeat_at)) / 1000);
+    body.append(section("Cluster nodes", table([
+      { key: "id", label: "Node" }, { key: "host", label: "Host" }, { key: "pid", label: "PID" },
+      { key: "http_workers", label: "HTTP workers" }, { key: "version", label: "Version" },
+      { key: "started_at", label: "Started", render: (n) => when(n.started_at) },
+      { key: "heartbeat_at", label: "Last heartbeat", render: (n) => `${age(n)} s ago` },
+    ], await all("nodes"), { caption: "cluster nodes" })));
+  }
+  if (!ctx.can("jobs:read")) return;
   body.append(section("Background jobs", table([
     { key: "kind", label: "Kind" }, { key: "target_id", label: "Target" }, { key: "lease_owner", label: "Node" },
     { key: "next_run_at", label: "Next run", render: (j) => when(j.next_run_at) }, { key: "runs", label: "Runs" },
@@ -204,5 +215,5 @@ export const VIEWS = [
   { id: "sessions", title: "Sessions", needs: ["sessions:read"], draw: sessions },
   ...CONFIG_VIEWS,
   { id: "events", title: "Events and audit", needs: ["events:read"], draw: events },
-  { id: "jobs", title: "Nodes and jobs", needs: ["jobs:read"], draw: jobs },
+  { id: "jobs", title: "Nodes and jobs", needs: ["jobs:read", "nodes:read"], draw: jobs },
 ];
