@@ -9,7 +9,6 @@ import struct
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,11 +21,6 @@ from tests.helpers import wait_until
 from tests.identity.directories import free_port
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-
-
-def wait_for(check: Callable[[], Any], timeout_s: float = 30.0, what: str = "") -> Any:
-    """``helpers.wait_until`` with the agent tests' argument order (they call it often)."""
-    return wait_until(check, what or "the condition", timeout_s=timeout_s, interval_s=0.1)
 
 
 class LiveBroker:
@@ -46,7 +40,9 @@ class LiveBroker:
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
         self._thread.start()
-        wait_for(lambda: self._server is not None and self._server.started, 15, "the broker")
+        wait_until(
+            lambda: self._server is not None and self._server.started, "the broker", timeout_s=15
+        )
         return self
 
     def stop(self) -> None:

@@ -13,9 +13,9 @@ from cloudsim.server import CloudSim
 from deskbroker.bootstrap import add_local_user
 from deskbroker.engine.runner import Engine
 from deskbroker.services.context import BrokerContext
-from tests.agent_process import AgentProcess, LiveBroker, wait_for
+from tests.agent_process import AgentProcess, LiveBroker
 from tests.engine.conftest import openstack_center, provisioning_pool, run_until
-from tests.helpers import USER_PASSWORD, Api
+from tests.helpers import USER_PASSWORD, Api, wait_until
 from tests.tools import VNCPASSWD, XVNC, require
 
 
@@ -107,7 +107,7 @@ def xvnc_of(sim: CloudSim, server_id: str) -> dict[str, Any]:
     # Under load the Xvnc start (and its retries on another display) can take long: wait
     # for it to finish, so the display read below is the one that stays.
     assert sim.backing.wait_idle(60), "the Xvnc starts did not finish"
-    found = wait_for(
+    found = wait_until(
         lambda: (
             next(
                 (d for d in sim.backing.desktops() if d["server_id"] == server_id and d["running"]),
@@ -116,9 +116,10 @@ def xvnc_of(sim: CloudSim, server_id: str) -> dict[str, Any]:
             if sim.backing is not None
             else None
         ),
-        30,
         f"the Xvnc desktop of {server_id}",
+        timeout_s=30,
     )
+    assert found is not None
     display = found["display"]
     return {**found, "log": str(sim.backing.workdir / f"xvnc-{display}.log")}
 

@@ -18,9 +18,9 @@ from cloudsim.server import CloudSim
 from deskbroker.engine.drivers import DriverCache
 from deskbroker.engine.runner import Engine
 from tests.agent.conftest import agent_for, built_pool, xvnc_of
-from tests.agent_process import AgentProcess, LiveBroker, Viewer, wait_for
+from tests.agent_process import AgentProcess, LiveBroker, Viewer
 from tests.desktop_agent import events_of, fire_due, timers_of
-from tests.helpers import Api
+from tests.helpers import Api, wait_until
 from tests.test_client_api import bearer
 from tests.xactivity import KeepActive
 
@@ -66,7 +66,7 @@ def _state_is(api: Api, desktop_id: str, state: str) -> Any:
 
     # The agent is a real process reporting over HTTP: on a loaded machine its report may
     # take a while; the deadline only matters when it never comes.
-    return wait_for(check, 60, f"the session to be {state}")
+    return wait_until(check, f"the session to be {state}", timeout_s=60)
 
 
 def test_the_agent_reports_real_viewers_and_the_power_plan_follows(
@@ -84,10 +84,10 @@ def test_the_agent_reports_real_viewers_and_the_power_plan_follows(
     agents.append(agent.start())
     # Enrolled with no admin action: the secret came through the metadata service,
     # which knew the instance by the agent's source address.
-    wait_for(
+    wait_until(
         lambda: api.get(f"desktops/{desktop['id']}")["agent_state"] == "running",
-        30,
         "the agent to enrol",
+        timeout_s=30,
     )
     [enrolled] = events_of(api, desktop["id"], "agent.enrolled")
     assert enrolled["detail"]["identity"]["instance"] == desktop["external_id"]
@@ -119,24 +119,24 @@ def test_the_agent_reports_real_viewers_and_the_power_plan_follows(
         # The viewer leaves: disconnected, and the power plan's timer is set.
         viewer.close()
         _state_is(api, desktop["id"], "disconnected")
-        wait_for(lambda: timers_of(api, desktop["id"]), 10, "the plan's timer")
+        wait_until(lambda: timers_of(api, desktop["id"]), "the plan's timer", timeout_s=10)
         # A reconnect within the window cancels it.
         again = Viewer(target["host"], int(target["port"]))
         _state_is(api, desktop["id"], "connected")
         assert timers_of(api, desktop["id"]) == []
         again.close()
         _state_is(api, desktop["id"], "disconnected")
-    [timer] = wait_for(lambda: timers_of(api, desktop["id"]), 10, "the plan's timer")
+    [timer] = wait_until(lambda: timers_of(api, desktop["id"]), "the plan's timer", timeout_s=10)
     assert timer["action"] == "suspend"
 
     # The plan's clock, shortened: the timer fires 30 minutes on.
     later = datetime.now(UTC) + timedelta(minutes=31)
     assert fire_due(api.ctx, DriverCache(api.ctx), later) == 1
     assert [e["kind"] for e in events_of(api, desktop["id"])][-1] == "plan.suspend"
-    wait_for(
+    wait_until(
         lambda: api.get(f"desktops/{desktop['id']}")["power_state"] == "suspended",
-        10,
         "the desktop to be suspended",
+        timeout_s=10,
     )
     # Every session event once, in the order the viewers made them: the idle period the
     # test waited for right after the login and its end...
@@ -177,10 +177,10 @@ def test_the_broker_down_the_agent_queues_and_replays_every_event_once(
     [desktop] = built_pool(api, sim, engine, 1)
     agent = agent_for(tmp_path, sim, broker, desktop, idle_threshold_s=3600)
     agents.append(agent.start())
-    wait_for(
+    wait_until(
         lambda: api.get(f"desktops/{desktop['id']}")["agent_state"] == "running",
-        30,
         "the agent to enrol",
+        timeout_s=30,
     )
     api.login("user0")
     viewer = Viewer(desktop["address"])
@@ -189,13 +189,13 @@ def test_the_broker_down_the_agent_queues_and_replays_every_event_once(
     broker.stop()
     down_at = time.monotonic()
     viewer.close()
-    wait_for(lambda: agent.queued() == 1, 20, "the disconnect queued")
+    wait_until(lambda: agent.queued() == 1, "the disconnect queued", timeout_s=20)
     viewer = Viewer(desktop["address"])
-    wait_for(lambda: agent.queued() == 2, 20, "the reconnect queued")
+    wait_until(lambda: agent.queued() == 2, "the reconnect queued", timeout_s=20)
     viewer.close()
-    wait_for(lambda: agent.queued() == 3, 20, "the second disconnect queued")
+    wait_until(lambda: agent.queued() == 3, "the second disconnect queued", timeout_s=20)
     viewer = Viewer(desktop["address"])
-    wait_for(lambda: agent.queued() == 4, 20, "the second reconnect queued")
+    wait_until(lambda: agent.queued() == 4, "the second reconnect queued", timeout_s=20)
     # On disk, in order, each with its sequence number and idempotency key...
     queued = _queued_on_disk(agent)
     assert [q["event"] for q in queued] == ["disconnect", "reconnect", "disconnect", "reconnect"]
@@ -210,7 +210,7 @@ def test_the_broker_down_the_agent_queues_and_replays_every_event_once(
     assert "broker: " in agent.log()  # it noticed, and kept trying
     broker.start()
 
-    wait_for(lambda: agent.queued() == 0, 60, "the queue to drain")
+    wait_until(lambda: agent.queued() == 0, "the queue to drain", timeout_s=60)
     _state_is(api, desktop["id"], "connected")
     logged = events_of(api, desktop["id"], "session.")
     assert [e["kind"] for e in logged] == [
@@ -248,10 +248,10 @@ def test_idle_release_warns_first_and_activity_cancels_it(
     agent = agent_for(tmp_path, sim, broker, desktop, idle_threshold_s=IDLE_S)
     display = f":{xvnc_of(sim, desktop['external_id'])['display']}"
     agents.append(agent.start())
-    wait_for(
+    wait_until(
         lambda: api.get(f"desktops/{desktop['id']}")["agent_state"] == "running",
-        30,
         "the agent to enrol",
+        timeout_s=30,
     )
     user = api.login("user0")["offers"][0]["desktop"]
     assert user["id"] == desktop["id"]
@@ -262,14 +262,14 @@ def test_idle_release_warns_first_and_activity_cancels_it(
 
     def idle_timers() -> dict[str, Any]:
         _state_is(api, desktop["id"], "idle")
-        found = wait_for(lambda: timers_of(api, desktop["id"]), 10, "the idle timers")
+        found = wait_until(lambda: timers_of(api, desktop["id"]), "the idle timers", timeout_s=10)
         return {t["action"]: t for t in found}
 
     def warned(count: int) -> list[dict[str, Any]]:
-        return wait_for(
+        return wait_until(
             lambda: [e for e in events_of(api, desktop["id"], "agent.message")][count - 1 :],
-            20,
             "the agent to deliver the warning",
+            timeout_s=20,
         )
 
     # Idle past the threshold: a warning 25 minutes on, the release 30 minutes on.
@@ -298,20 +298,20 @@ def test_idle_release_warns_first_and_activity_cancels_it(
     kinds = [e["kind"] for e in events_of(api, desktop["id"])]
     assert kinds[-2:] == ["plan.release", "plan.logoff"], kinds
     assert api.get(f"desktops/{desktop['id']}")["assigned_user_id"] is None
-    [logged_off] = wait_for(
-        lambda: events_of(api, desktop["id"], "agent.logoff"), 20, "the agent to log off"
+    [logged_off] = wait_until(
+        lambda: events_of(api, desktop["id"], "agent.logoff"), "the agent to log off", timeout_s=20
     )
     assert logged_off["detail"]["ok"] is True
     # The viewer was disconnected by the desktop, and the session ended.
     viewer.sock.settimeout(10)
     assert _drained(viewer)
     session = api.get(f"sessions?desktop_id={desktop['id']}")["items"][0]
-    wait_for(
+    wait_until(
         lambda: (
             api.get(f"sessions?desktop_id={desktop['id']}")["items"][0]["state"] == "logged_out"
         ),
-        20,
         "the session to be logged out",
+        timeout_s=20,
     )
     assert session["username"] == "user0"
 

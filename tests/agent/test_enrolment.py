@@ -19,9 +19,9 @@ from deskbroker.engine.runner import Engine
 from deskbroker.services import agents
 from deskbroker_agent.identity import discover
 from tests.agent.conftest import built_pool
-from tests.agent_process import AgentProcess, LiveBroker, wait_for
+from tests.agent_process import AgentProcess, LiveBroker
 from tests.desktop_agent import events_of
-from tests.helpers import USER_PASSWORD, Api
+from tests.helpers import USER_PASSWORD, Api, wait_until
 from tests.identity.directories import free_port
 
 ENROL = "/api/v1/agent/enrol"
@@ -201,10 +201,10 @@ def test_a_machine_the_broker_did_not_build_enrols_with_an_admin_secret(
             },
         ).start()
         try:
-            wait_for(
+            wait_until(
                 lambda: api.get(f"desktops/{static}")["agent_state"] == "running",
-                30,
                 "the static machine's agent to enrol",
+                timeout_s=30,
             )
         finally:
             agent.stop()

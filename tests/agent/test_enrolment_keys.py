@@ -19,9 +19,9 @@ from deskbroker.store.tables import EnrolmentKey, PendingEnrolment
 from deskbroker_agent.broker import BrokerClient, Credential
 from deskbroker_agent.config import AgentConfig
 from deskbroker_agent.identity import Identity
-from tests.agent_process import AgentProcess, LiveBroker, wait_for
+from tests.agent_process import AgentProcess, LiveBroker
 from tests.desktop_agent import events_of
-from tests.helpers import USER_PASSWORD, Api
+from tests.helpers import USER_PASSWORD, Api, wait_until
 from tests.identity.directories import free_port
 
 ENROL = "/api/v1/agent/enrol"
@@ -221,17 +221,17 @@ def test_the_real_agent_waits_for_approval_then_runs(api: Api, tmp_path: Path) -
         ).start()
         try:
             # The host's own addresses match no desktop of the tenant: it waits.
-            wait_for(
+            wait_until(
                 lambda: bool(api.get("pending-enrolments?state=pending")["items"]),
-                30,
                 "the agent's enrolment to be held",
+                timeout_s=30,
             )
             [pending] = api.get("pending-enrolments?state=pending")["items"]
             api.post(f"pending-enrolments/{pending['id']}/approve", {"desktop_id": lab}, 200)
-            wait_for(
+            wait_until(
                 lambda: api.get(f"desktops/{lab}")["agent_state"] == "running",
-                30,
                 "the approved agent to collect its credential and beat",
+                timeout_s=30,
             )
         finally:
             agent.stop()
@@ -281,14 +281,16 @@ def test_a_denied_agent_does_not_ask_again_with_the_same_token(api: Api, tmp_pat
             },
         ).start()
         try:
-            wait_for(
+            wait_until(
                 lambda: bool(api.get("pending-enrolments?state=pending")["items"]),
-                30,
                 "the agent's enrolment to be held",
+                timeout_s=30,
             )
             [pending] = api.get("pending-enrolments")["items"]
             api.post(f"pending-enrolments/{pending['id']}/deny", {"reason": "not ours"}, 200)
-            wait_for(lambda: "denied" in agent.log(), 30, "the agent to hear of the denial")
+            wait_until(
+                lambda: "denied" in agent.log(), "the agent to hear of the denial", timeout_s=30
+            )
             # Many back-offs later, still the one request in the administrator's list.
             time.sleep(3)
             assert api.get("pending-enrolments")["total"] == 1
