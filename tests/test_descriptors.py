@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from deskbroker.errors import Conflict
-from deskbroker.protocols.descriptors import Protocol, build, usable_host
+from deskbroker.protocols.descriptors import PlanEntry, Protocol, build, usable_host
 
 
 @pytest.mark.parametrize(
@@ -25,7 +25,7 @@ def test_an_address_that_could_break_a_file_is_refused(address: str) -> None:
     with pytest.raises(Conflict, match="has no usable address"):
         build(
             Protocol.RDP,
-            {"protocol": "rdp"},
+            PlanEntry(Protocol.RDP),
             desktop_name="desk\r\n1",
             address=address,
             desktop_ports={},
@@ -36,7 +36,7 @@ def test_an_address_that_could_break_a_file_is_refused(address: str) -> None:
 def test_a_username_with_line_breaks_stays_on_its_line() -> None:
     rdp = build(
         Protocol.RDP,
-        {"protocol": "rdp"},
+        PlanEntry(Protocol.RDP),
         desktop_name="desk-1",
         address="10.0.0.5",
         desktop_ports={},

@@ -17,9 +17,11 @@ from deskbroker.protocols.descriptors import (
     BUILDERS,
     ClientKind,
     ConnectionDescriptor,
+    PlanEntry,
     Protocol,
     build,
     choose,
+    entries_of,
     with_launch_url,
 )
 from tests.helpers import Api
@@ -34,10 +36,9 @@ def _build(
     user: str = "alice",
     address: str = "10.0.0.5",
 ) -> ConnectionDescriptor:
-    entry: dict[str, Any] = {"protocol": protocol, "port": port, "settings": settings or {}}
     return build(
         Protocol(protocol),
-        entry,
+        PlanEntry(Protocol(protocol), port, settings or {}),
         desktop_name="desk-01",
         address=address,
         desktop_ports=ports or {},
@@ -283,7 +284,7 @@ PLAN = [
 
 
 def _chosen(plan: list[dict[str, Any]] | None, requested: str | None = None, **how: Any) -> str:
-    protocol, _ = choose(plan, requested, **how)
+    protocol, _ = choose(None if plan is None else entries_of(plan), requested, **how)
     return protocol.value
 
 
@@ -308,11 +309,14 @@ def test_the_plan_order_decides_per_kind_of_client() -> None:
     # A protocol asked by name wins whatever the client.
     assert _chosen(PLAN, "ssh", client=ClientKind.BROWSER) == "ssh"
     with pytest.raises(InvalidInput, match="offered: rdp, html5-vnc, vnc, ssh"):
-        choose(PLAN, "spice")
+        choose(entries_of(PLAN), "spice")
     # No plan: RDP, then VNC, then SSH.
     assert _chosen(None, client=ClientKind.NATIVE, accepts=["ssh"]) == "ssh"
     # A protocol a later version stored is skipped, not an error.
     assert _chosen([{"protocol": "future"}, {"protocol": "vnc"}]) == "vnc"
+    # ...but a plan of nothing this broker knows offers nothing (not the default plan).
+    with pytest.raises(InvalidInput, match="offers no protocol this broker knows"):
+        _chosen([{"protocol": "future"}])
 
 
 def test_connect_follows_the_plan_for_browser_and_native_clients(api: Api) -> None:

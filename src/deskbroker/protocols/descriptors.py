@@ -37,7 +37,7 @@ from deskbroker.protocols.launchers import (
     TgxBuilder,
 )
 from deskbroker.protocols.native import RdpBuilder, SpiceBuilder, SshBuilder, VncBuilder
-from deskbroker.protocols.plans import DEFAULT_PLAN, choose
+from deskbroker.protocols.plans import DEFAULT_PLAN, PlanEntry, choose, entries_of
 
 __all__ = [
     "BUILDERS",
@@ -48,10 +48,12 @@ __all__ = [
     "IN_BROWSER",
     "ClientKind",
     "ConnectionDescriptor",
+    "PlanEntry",
     "Protocol",
     "Target",
     "build",
     "choose",
+    "entries_of",
     "usable_host",
     "with_launch_url",
 ]
@@ -77,7 +79,7 @@ BUILDERS: dict[Protocol, ProtocolBuilder] = {
 
 def build(
     protocol: Protocol,
-    plan_entry: Mapping[str, Any],
+    plan_entry: PlanEntry,
     *,
     desktop_name: str,
     address: str,
@@ -86,7 +88,7 @@ def build(
 ) -> ConnectionDescriptor:
     """The descriptor for one desktop; a port on the desktop beats the plan's."""
     port = int(
-        desktop_ports.get(service_of(protocol)) or plan_entry.get("port") or DEFAULT_PORTS[protocol]
+        desktop_ports.get(service_of(protocol)) or plan_entry.port or DEFAULT_PORTS[protocol]
     )
     if not usable_host(address):
         raise Conflict(
@@ -96,7 +98,7 @@ def build(
     # A center's or directory's name never carries a line break into a launch file.
     target = Target(desktop_name=CONTROL.sub("", desktop_name), host=address, port=port)
     clean_user = CONTROL.sub("", username)
-    return BUILDERS[protocol].descriptor(target, clean_user, plan_entry.get("settings") or {})
+    return BUILDERS[protocol].descriptor(target, clean_user, plan_entry.settings)
 
 
 def with_launch_url(descriptor: ConnectionDescriptor, url: str) -> ConnectionDescriptor:

@@ -9,35 +9,53 @@ it writes for the user. A protocol asked for by name is honoured when the plan o
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from deskbroker.errors import InvalidInput
 from deskbroker.protocols.kinds import IN_BROWSER, ClientKind, Protocol
 
-DEFAULT_PLAN: list[dict[str, Any]] = [
-    {"protocol": "rdp"},
-    {"protocol": "vnc"},
-    {"protocol": "ssh"},
-    {"protocol": "html5-vnc"},
-    {"protocol": "html5-ssh"},
-]
+
+@dataclass(frozen=True)
+class PlanEntry:
+    """One protocol of a plan: its port when the plan sets one, and its settings (checked
+    by ``protocols.settings`` when the plan was written)."""
+
+    protocol: Protocol
+    port: int | None = None
+    settings: Mapping[str, Any] = field(default_factory=dict)
 
 
-def _protocol(entry: Mapping[str, Any]) -> Protocol | None:
-    name = str(entry.get("protocol"))
-    # A plan stored by a later version may name a protocol this one does not know.
-    return Protocol(name) if name in Protocol._value2member_map_ else None
+def entries_of(stored: Iterable[Mapping[str, Any]] | None) -> list[PlanEntry]:
+    """A stored plan (its JSON entries) read back typed. A protocol this version does not
+    know (a plan written by a later version) is left out, not an error."""
+    out: list[PlanEntry] = []
+    for raw in stored or ():
+        name = str(raw.get("protocol"))
+        if name not in Protocol._value2member_map_:
+            continue
+        port = raw.get("port")
+        out.append(
+            PlanEntry(Protocol(name), int(port) if port else None, dict(raw.get("settings") or {}))
+        )
+    return out
+
+
+DEFAULT_PLAN: tuple[PlanEntry, ...] = tuple(
+    PlanEntry(p)
+    for p in (Protocol.RDP, Protocol.VNC, Protocol.SSH, Protocol.HTML5_VNC, Protocol.HTML5_SSH)
+)
 
 
 def choose(
-    plan: Sequence[Mapping[str, Any]] | None,
+    plan: Sequence[PlanEntry] | None,
     requested: str | None,
     client: ClientKind | None = None,
     accepts: Sequence[str] | None = None,
     *,
     in_page: bool = True,
-) -> tuple[Protocol, Mapping[str, Any]]:
+) -> tuple[Protocol, PlanEntry]:
     """The protocol and plan entry for one connection.
 
     ``client`` None keeps the plan's first protocol (a caller that says nothing of itself
@@ -45,7 +63,8 @@ def choose(
     to carry a page's desktop) gives a browser the plan's first native protocol: its
     launch file, downloaded, rather than a page that could not connect.
     """
-    entries = [(p, e) for e in (plan or DEFAULT_PLAN) if (p := _protocol(e)) is not None]
+    # No plan gives the default; a plan of protocols this version does not know, none.
+    entries = [(e.protocol, e) for e in (DEFAULT_PLAN if plan is None else plan)]
     if not entries:
         raise InvalidInput("this desktop's protocol plan offers no protocol this broker knows")
     if requested is not None:
@@ -71,6 +90,6 @@ def choose(
     return entries[0]
 
 
-def offered(plan: Sequence[Mapping[str, Any]] | None) -> list[str]:
+def offered(plan: Sequence[PlanEntry] | None) -> list[str]:
     """The protocols a plan offers, in its order."""
-    return [p.value for e in (plan or DEFAULT_PLAN) if (p := _protocol(e)) is not None]
+    return [e.protocol.value for e in (DEFAULT_PLAN if plan is None else plan)]

@@ -9,6 +9,7 @@ from typing import Any
 
 from deskbroker.domain.offers import AssignmentKind, OfferOrdering
 from deskbroker.domain.rules import AssignmentRule, Conditions
+from deskbroker.protocols.plans import PlanEntry, entries_of
 from deskbroker.store import snapshot
 from deskbroker.store.claims import config_version
 from deskbroker.store.db import Database
@@ -69,7 +70,7 @@ class ConfigView:
     sources_by_tenant: dict[str, list[SourceView]] = field(default_factory=dict)
     policies: dict[str, PolicyView] = field(default_factory=dict)
     pools: dict[str, PoolView] = field(default_factory=dict)
-    protocol_plans: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    protocol_plans: dict[str, list[PlanEntry]] = field(default_factory=dict)
     # Tenants that have a concurrent-session quota (its value may be newer in the row).
     session_quota_tenants: frozenset[str] = frozenset()
     # Custom roles' grants by (tenant id, role name).
@@ -148,7 +149,7 @@ def build_view(rows: snapshot.ConfigRows) -> ConfigView:
         )
         for p in rows.policies
     }
-    view.protocol_plans = {p["id"]: list(p["protocols"] or []) for p in rows.protocol_plans}
+    view.protocol_plans = {p["id"]: entries_of(p["protocols"]) for p in rows.protocol_plans}
     view.roles = {(r["tenant_id"], r["name"]): tuple(r["permissions"] or []) for r in rows.roles}
     return view
 

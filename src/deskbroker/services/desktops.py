@@ -23,6 +23,7 @@ from deskbroker.protocols.descriptors import (
     choose,
     with_launch_url,
 )
+from deskbroker.protocols.plans import PlanEntry
 from deskbroker.security import TokenClaims
 from deskbroker.services import access, gateway, quotas
 from deskbroker.services.context import BrokerContext
@@ -93,7 +94,7 @@ _POLL_S = 10
 
 def _protocol_plan(
     ctx: BrokerContext, claims_: TokenClaims, pool_id: str | None
-) -> list[dict[str, object]] | None:
+) -> list[PlanEntry] | None:
     view = ctx.cache.current(ctx.db)
     policy = view.policies.get(claims_.policy_id or "")
     if policy is None:
