@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 SYSTEM_PACKAGES := python3-venv tigervnc-standalone-server tigervnc-tools tigervnc-viewer postgresql postgresql-client \
   slapd ldap-utils samba samba-ad-dc samba-dsdb-modules samba-ad-provision winbind krb5-user \
   ypserv rpcbind libcrypt1 whois openssl util-linux nodejs libxss1 x11-utils $(NPM_PACKAGE) \
-  chromium openssh-server xrdp xorgxrdp freerdp2-x11
+  chromium openssh-server xrdp xorgxrdp freerdp2-x11 pgbouncer
 # Debian's npm conflicts with a NodeSource nodejs, which brings its own npm: ask apt for
 # npm only when no npm runs.
 NPM_PACKAGE := $(if $(shell command -v npm 2>/dev/null),,npm)
@@ -17,7 +17,7 @@ OIDC_PROVIDER := tests/oidc/provider
 DEBCONF_PRESEED := slapd slapd/no_configuration boolean true\n\
 krb5-config krb5-config/default_realm string EXAMPLE.INVALID\n\
 krb5-config krb5-config/add_servers_realm string EXAMPLE.INVALID
-SYSTEM_SERVICES := slapd samba samba-ad-dc smbd nmbd winbind ypserv yppasswdd ypxfrd rpcbind
+SYSTEM_SERVICES := slapd samba samba-ad-dc smbd nmbd winbind ypserv yppasswdd ypxfrd rpcbind pgbouncer
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: viewer-assets portal-assets setup system demo test lint typecheck test-sqlite test-postgresql bench docs clean agent

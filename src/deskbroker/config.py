@@ -154,6 +154,12 @@ class Settings(BaseSettings):
     )
     api_token_max_days: int = Field(default=366, ge=1, le=3660)
     db_pool_size: int = 10
+    db_pgbouncer: bool = Field(
+        default=False,
+        description="the database URL names a PgBouncer in transaction mode: no server-side "
+        "prepared statements (a statement prepared on one server connection is unknown to "
+        "the next transaction's)",
+    )
     log_level: str = "info"
     engine: bool = Field(default=True, description="run background work in this broker")
     engine_tick_s: float = Field(default=0.5, gt=0, le=60)

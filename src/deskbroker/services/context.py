@@ -39,7 +39,11 @@ class BrokerContext:
         outbound.install(settings.outbound_policy)
         return cls(
             settings=settings,
-            db=Database(settings.effective_database_url, settings.db_pool_size),
+            db=Database(
+                settings.effective_database_url,
+                settings.db_pool_size,
+                pgbouncer=settings.db_pgbouncer,
+            ),
             hashing=PasswordHashing(
                 settings.argon2_time_cost, settings.argon2_memory_kib, settings.argon2_parallelism
             ),

@@ -48,7 +48,7 @@ class Database:
     queue for the write lock instead of failing on a stale snapshot.
     """
 
-    def __init__(self, url: str, pool_size: int = 10) -> None:
+    def __init__(self, url: str, pool_size: int = 10, *, pgbouncer: bool = False) -> None:
         self.url = url
         parsed = make_url(url)
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
@@ -56,6 +56,7 @@ class Database:
         if self.is_postgres and parsed.drivername == "postgresql":
             url = str(parsed.set(drivername="postgresql+psycopg"))
             self.url = url
+        self.pgbouncer = pgbouncer
         self.engine = self._make_engine(url, pool_size)
         event.listen(self.engine, "before_cursor_execute", _count_statement)
         self._write_lock = threading.Lock() if self.is_sqlite else None
@@ -65,8 +66,18 @@ class Database:
 
     def _make_engine(self, url: str, pool_size: int) -> Engine:
         if not self.is_sqlite:
+            # Behind PgBouncer in transaction mode each transaction may run on another
+            # server connection: psycopg's server-side prepared statements (made after a
+            # statement's fifth run) would be unknown there. The broker keeps no other
+            # session state (no SET, LISTEN or session advisory locks; its advisory locks
+            # are the transaction's), so this is all transaction pooling needs.
+            connect_args: dict[str, Any] = {"prepare_threshold": None} if self.pgbouncer else {}
             return create_engine(
-                url, pool_size=pool_size, max_overflow=pool_size * 2, pool_pre_ping=True
+                url,
+                pool_size=pool_size,
+                max_overflow=pool_size * 2,
+                pool_pre_ping=True,
+                connect_args=connect_args,
             )
         database = make_url(url).database
         memory = database in (None, "", ":memory:")
