@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from deskbroker.services.context import BrokerContext
@@ -9,6 +10,8 @@ from deskbroker.store import accounts, events
 from deskbroker.store.migrate import upgrade
 from deskbroker.store.repository import bump_config_version
 from deskbroker.store.tables import IdentitySource, Tenant, User
+
+log = logging.getLogger("deskbroker.schema")
 
 
 @dataclass(frozen=True)
@@ -19,7 +22,18 @@ class Defaults:
 
 def ensure_defaults(ctx: BrokerContext, tenant_name: str = "default") -> Defaults:
     """Migrate, then make sure a tenant and its local identity source exist (idempotent)."""
-    upgrade(ctx.db)
+    outcome = upgrade(ctx.db)
+    if outcome.ahead:
+        log.warning(
+            "the database schema (%s) is newer than this node knows: a newer node migrated "
+            "it; this node runs on it as it is (expand migrations keep it compatible)",
+            outcome.revision,
+        )
+    if outcome.contract_pending:
+        log.info(
+            "contract migrations wait for `deskbroker db upgrade --contract`: %s",
+            ", ".join(outcome.contract_pending),
+        )
     with ctx.db.write() as session:
         tenant = accounts.tenant_named(session, tenant_name)
         if tenant is None:

@@ -184,16 +184,54 @@ def new_node_id(settings: Settings) -> str:
 
 
 @db_app.command("upgrade")
-def db_upgrade(data_dir: DataDir = None, db: DbUrl = None) -> None:
-    """Bring the database schema up to date."""
+def db_upgrade(
+    data_dir: DataDir = None,
+    db: DbUrl = None,
+    contract: Annotated[
+        bool,
+        typer.Option(
+            "--contract",
+            help="also apply contract migrations (they remove what older nodes use): "
+            "refused while a node of another version runs",
+        ),
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="with --contract: do not check the running nodes")
+    ] = False,
+) -> None:
+    """Bring the database schema up to date; safe while nodes of the previous version run.
+
+    Expand migrations (they only add) are applied; contract migrations wait for
+    --contract, once every node runs this version."""
     from deskbroker.bootstrap import ensure_defaults
+    from deskbroker.errors import Conflict
+    from deskbroker.services import schema
     from deskbroker.services.context import BrokerContext
-    from deskbroker.store.migrate import current_revision
 
     ctx = BrokerContext.from_settings(_settings(data_dir, db))
-    with console.status("migrating"):
-        ensure_defaults(ctx)
-    console.print(f"schema at revision [bold]{current_revision(ctx.db)}[/]")
+    todo = schema.plan(ctx)
+    try:
+        with console.status("migrating"):
+            outcome = schema.upgrade(ctx, contract=contract, force=force)
+            ensure_defaults(ctx)
+    except Conflict as exc:
+        console.print(f"[bold red]not upgraded:[/] {exc.detail}")
+        raise typer.Exit(1) from exc
+    if outcome.ahead:
+        console.print(
+            f"the schema ({outcome.revision}) is newer than this version knows: left as it is"
+        )
+        return
+    done = [r for r in (*todo.expand, *todo.contract) if r not in outcome.contract_pending]
+    console.print(
+        f"schema at revision [bold]{outcome.revision}[/]; applied: {', '.join(done) or 'nothing'}"
+    )
+    if outcome.contract_pending:
+        console.print(
+            "contract migrations waiting: "
+            + ", ".join(outcome.contract_pending)
+            + ". Run `deskbroker db upgrade --contract` once every node runs this version."
+        )
 
 
 @db_app.command("reseal")

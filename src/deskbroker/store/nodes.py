@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, insert, update
+from sqlalchemy import delete, insert, select, update
 
 from deskbroker.store import leases
 from deskbroker.store.tables import BrokerNode, Job, ProvisioningTask, Timer
@@ -98,3 +98,10 @@ def leave(conn: leases.Unit, node_id: str) -> None:
     """A node stopping cleanly: its row goes, and its leases with it."""
     conn.execute(delete(NODES).where(NODES.c.id == node_id))
     free_leases(conn, [node_id])
+
+
+def live_versions(conn: leases.Unit, now: datetime, dead_after_s: float) -> dict[str, str]:
+    """The version each node that beat within ``dead_after_s`` runs, by node id."""
+    since = now - timedelta(seconds=dead_after_s)
+    rows = conn.execute(select(NODES.c.id, NODES.c.version).where(NODES.c.heartbeat_at >= since))
+    return {str(node_id): str(version) for node_id, version in rows}

@@ -26,6 +26,8 @@ _CLAIM_RANKS = {
 }
 
 revision = "0001"
+# The first schema: it only creates (see store/migrate.py on phases).
+phase = "expand"
 down_revision = None
 branch_labels = None
 depends_on = None
