@@ -29,7 +29,7 @@ NODE_XML = """<node>
     <target><path>/var/lib/libvirt/desktops</path></target>
     <volume type='file'>
       <name>win11-base.qcow2</name>
-      <capacity unit='GiB'>40</capacity>
+      <capacity unit='GiB'>4</capacity>
       <target><path>/var/lib/libvirt/desktops/win11-base.qcow2</path><format type='qcow2'/></target>
     </volume>
   </pool>

@@ -62,7 +62,7 @@ class TestLibvirtCenter(CenterConformance):
         self, driver: CenterDriver
     ) -> None:
         assert isinstance(driver, LibvirtCenter)
-        machine_id = driver.create(_request(disk_gb=60))
+        machine_id = driver.create(_request(disk_gb=20))
         conn = driver.hypervisor.connection()
         dom = conn.lookupByUUIDString(machine_id)
         xml = dom.XMLDesc(0)
@@ -74,7 +74,7 @@ class TestLibvirtCenter(CenterConformance):
         described = volume.XMLDesc(0)
         assert "<backingStore>" in described
         assert "/var/lib/libvirt/desktops/win11-base.qcow2" in described
-        assert str(60 * 1024**3) in described
+        assert str(20 * 1024**3) in described
         found = driver.machine(machine_id)
         assert found is not None
         assert found.attributes["meta.department"] == "R&D <lab>"
@@ -178,3 +178,12 @@ def test_a_remote_host_the_policy_denies_is_never_connected(
     driver = open_driver("libvirt", {"uri": "qemu+tcp://127.0.0.1:1/system", "timeout_s": 5}, {})
     with pytest.raises(OutboundRefused, match=r"libvirt host 127\.0\.0\.1"):
         driver.inventory()
+
+
+def test_a_full_storage_pool_is_a_quota(tmp_path: Path) -> None:
+    # The test driver's pools hold 100 GiB, allocated in full by each volume.
+    driver = open_driver("libvirt", center_params(tmp_path), {})
+    driver.create(_request("vdi-001", disk_gb=80))
+    with pytest.raises(QuotaExceeded, match="storage pool 'desktops' has no room"):
+        driver.create(_request("vdi-002", disk_gb=80))
+    assert "vdi-002" not in {m.name for m in driver.inventory()}

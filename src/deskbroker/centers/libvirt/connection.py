@@ -5,15 +5,17 @@ thread until libvirt's keepalive gives up (or for ever on a local socket). So ea
 runs on a capped helper thread (``Helpers``, the pattern of the OpenStack driver) that
 the caller waits for at most ``timeout_s``; a helper given up on ends by itself.
 
-The connection is opened lazily, once, and kept: the broker opens one driver per center
-and shares it, and libvirt connections are thread-safe. (It matters for the test driver
-too, whose state lives in its connection.) A connection libvirt reports dead is dropped
-and opened again on the next call.
+The connection is opened lazily, once, and kept for the process: libvirt connections
+are thread-safe, so every driver of one URI and one set of credentials shares one (the
+engine's, the API's and the plans' caches each open a driver). It matters for libvirt's
+test driver too, whose whole state lives in the connection that loaded it. A connection
+libvirt reports dead is dropped and opened again on the next call.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import socket
 import threading
@@ -54,15 +56,32 @@ def words(exc: libvirt.libvirtError) -> str:
     return " ".join(str(exc.get_error_message() or exc).split())[:300]
 
 
+class _Link:
+    """One process-wide connection to a URI with one set of credentials."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.conn: libvirt.virConnect | None = None
+
+
+_links: dict[tuple[str, str, str], _Link] = {}
+_links_lock = threading.Lock()
+
+
 class Hypervisor:
     """The connection to one libvirt host and the deadline around each call."""
 
     def __init__(self, params: LibvirtParams, secrets: Mapping[str, str]) -> None:
         self.params = params
         self._password = secrets.get("password", "")
-        self._conn: libvirt.virConnect | None = None
-        self._lock = threading.Lock()
+        # Connections are shared by URI and credentials (a digest: the key is no secret).
+        digest = hashlib.sha256(self._password.encode()).hexdigest()
+        self._key = (params.uri, params.username or "", digest)
         self.calls = 0
+
+    def _link(self) -> _Link:
+        with _links_lock:
+            return _links.setdefault(self._key, _Link())
 
     def _check_outbound(self) -> None:
         """Every address the host name resolves to must pass the outbound policy:
@@ -105,8 +124,9 @@ class Hypervisor:
 
     def connection(self) -> libvirt.virConnect:
         """The shared connection, opened on first use or after it was lost."""
-        with self._lock:
-            conn = self._conn
+        link = self._link()
+        with link.lock:
+            conn = link.conn
             if conn is not None:
                 try:
                     alive = conn.isAlive() == 1
@@ -114,9 +134,9 @@ class Hypervisor:
                     alive = False
                 if alive:
                     return conn
-                self._conn = None
-            self._conn = self._open()
-            return self._conn
+                link.conn = None
+            link.conn = self._open()
+            return link.conn
 
     def call(self, work: Callable[[libvirt.virConnect], T], what: str) -> T:
         """``work(connection)`` on a helper thread, given up on after ``timeout_s``
@@ -142,15 +162,21 @@ class Hypervisor:
         except libvirt.libvirtError as exc:
             number = code(exc)
             if number in _CONNECTION_LOST:
-                with self._lock:
-                    self._conn = None
+                link = self._link()
+                with link.lock:
+                    link.conn = None
             log.warning("%s: libvirt error %s: %s", what, number, words(exc))
             raise CenterError(f"{what}: {words(exc)}") from exc
 
     def close(self) -> None:
-        """Close the connection (a test's clean-up; the broker keeps it for the process)."""
-        with self._lock:
-            conn, self._conn = self._conn, None
+        """Close the shared connection (a test's clean-up; the broker keeps it for the
+        process). A later call opens it again."""
+        with _links_lock:
+            link = _links.pop(self._key, None)
+        if link is None:
+            return
+        with link.lock:
+            conn, link.conn = link.conn, None
         if conn is not None:
             with contextlib.suppress(libvirt.libvirtError):
                 conn.close()

@@ -58,6 +58,8 @@ _ADDRESS_SOURCES = {
 # anyone who can read the host's domain XML could.
 _KEPT = frozenset({CENTER_KEY, POOL_KEY, DESKTOP_KEY, "deskbroker_task"})
 _GIB = 1024**3
+# How libvirt's storage backends say a pool is full.
+_NO_SPACE = re.compile(r"not enough (free )?space|no space left|insufficient space", re.I)
 log = logging.getLogger(__name__)
 
 
@@ -233,9 +235,17 @@ class LibvirtCenter(CenterDriver):
                     raise UnknownName("network", wanted.network) from exc
             size = max(base.capacity_bytes, (wanted.disk_gb or 0) * _GIB)
             disks = _pool(conn, params.storage_pool)
-            overlay = disks.createXML(
-                domxml.overlay_xml(volume_name, size, base.path, base.format), 0
-            )
+            try:
+                overlay = disks.createXML(
+                    domxml.overlay_xml(volume_name, size, base.path, base.format), 0
+                )
+            except libvirt.libvirtError as exc:
+                if _NO_SPACE.search(words(exc)):
+                    # The same build may fit once desktops are deleted: the pool waits.
+                    raise QuotaExceeded(
+                        f"storage pool {params.storage_pool!r} has no room: {words(exc)}"
+                    ) from exc
+                raise
             spec = domxml.DomainSpec(
                 name=request.name,
                 domain_type=params.domain_type,
