@@ -20,10 +20,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from tests.centers.libvirt_node import NODE_XML
+
 from _cloud import emit
 from deskbroker.centers.base import CENTER_KEY, DESKTOP_KEY, PowerAction, ProvisionRequest
 from deskbroker.centers.libvirt import LibvirtCenter
-from tests.centers.libvirt_node import NODE_XML
 
 
 def main() -> int:
