@@ -104,7 +104,8 @@ class TestLibvirtCenter(CenterConformance):
         driver.power(machine, PowerAction.REBOOT)
         driver.power(machine, PowerAction.REBOOT_HARD)
         assert state() is PowerState.RUNNING
-        driver.power(machine, PowerAction.STOP)
+        driver.power(machine, PowerAction.SUSPEND)
+        driver.power(machine, PowerAction.STOP)  # resumed first, so the guest hears it
         assert state() is PowerState.STOPPED
         driver.power(machine, PowerAction.STOP)  # already off: nothing to do
         with pytest.raises(CenterError, match="off: start it"):

@@ -159,6 +159,9 @@ class Hypervisor:
             raise CenterError(
                 f"{what}: not asked, since {exc}; the broker waits for them to end first"
             ) from None
+        except ValueError as exc:
+            # XML libvirt returned that the broker will not read (domxml refuses a DTD).
+            raise CenterError(f"{what}: {exc}") from exc
         except libvirt.libvirtError as exc:
             number = code(exc)
             if number in _CONNECTION_LOST:

@@ -306,6 +306,9 @@ class LibvirtCenter(CenterDriver):
                 elif off:
                     raise CenterError(f"domain {machine.name} is off: start it, not resume")
             elif action is PowerAction.STOP:
+                if state == libvirt.VIR_DOMAIN_PAUSED:
+                    # A paused guest hears no ACPI: let it run to shut itself down.
+                    dom.resume()
                 if not off:
                     dom.shutdown()
             elif action is PowerAction.SUSPEND:
