@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from deskbroker.centers.base import (
     UnknownName,
 )
 from deskbroker.centers.libvirt import LibvirtCenter
+from deskbroker.centers.libvirt.connection import LIBVIRT_CALLS
 from deskbroker.centers.libvirt.params import LibvirtParams
 from deskbroker.centers.registry import open_driver, validate_params
 from deskbroker.domain.states import PowerState
@@ -27,6 +30,7 @@ from deskbroker.errors import CenterError, InvalidInput
 from deskbroker.outbound import DEFAULT_DENY, OutboundPolicy, OutboundRefused, host_side_of
 from tests.centers.conformance import CenterConformance
 from tests.centers.libvirt_node import center_params
+from tests.helpers import wait_until
 
 
 @pytest.fixture
@@ -188,3 +192,24 @@ def test_a_full_storage_pool_is_a_quota(tmp_path: Path) -> None:
     with pytest.raises(QuotaExceeded, match="storage pool 'desktops' has no room"):
         driver.create(_request("vdi-002", disk_gb=80))
     assert "vdi-002" not in {m.name for m in driver.inventory()}
+
+
+def test_a_host_that_never_answers_is_given_up_on_at_the_deadline() -> None:
+    # A libvirt "host" that accepts the connection and then says nothing: libvirt's own
+    # call would wait for its handshake for ever; the driver's deadline ends the wait.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        driver = open_driver(
+            "libvirt", {"uri": f"qemu+tcp://127.0.0.1:{port}/system", "timeout_s": 1}, {}
+        )
+        started = time.monotonic()
+        with pytest.raises(CenterError, match="did not answer within 1 s"):
+            driver.inventory()
+        # Given up on at the deadline, not at some library timeout (generous bound for a
+        # loaded machine: the point is that it ends).
+        assert time.monotonic() - started < 30
+        accepted, _ = silent.accept()
+        accepted.close()  # the helper left waiting sees the end and finishes
+    wait_until(lambda: LIBVIRT_CALLS.live == 0, "the abandoned libvirt call to end")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -211,3 +212,34 @@ def test_through_the_api_a_scan_reads_the_bmc_and_an_admin_starts_the_machine(
     assert desktop["power_state"] == "stopped"
     done = api.post(f"desktops/{desktop['id']}/power", {"action": "start"}, status=200)
     assert done["power_state"] == "running" and bmc.resets == ["On"]
+
+
+def test_a_bmc_that_drips_its_answer_is_given_up_on_at_the_deadline() -> None:
+    # One byte every 0.2 s beats every read timeout; only a whole-call deadline ends it.
+    stop = threading.Event()
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+
+        def drip() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.sendall(b"HTTP/1.1 200 OK\r\n")
+                while not stop.wait(0.2):
+                    try:
+                        conn.sendall(b"X")
+                    except OSError:
+                        return
+
+        dripper = threading.Thread(target=drip, daemon=True)
+        dripper.start()
+        redfish = {"url": f"http://127.0.0.1:{port}", "username": "u", "timeout_s": 1}
+        params = {"machines": [{"name": "m", "address": "10.0.0.5", "redfish": redfish}]}
+        driver = open_driver("static", params, {"redfish_password": "p"})
+        try:
+            with pytest.raises(CenterError, match="no answer within 1 s"):
+                driver.power(_machine("m"), PowerAction.START)
+        finally:
+            stop.set()
+            dripper.join(timeout=10)
