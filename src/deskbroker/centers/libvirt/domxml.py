@@ -177,10 +177,21 @@ class DomainFacts:
     marks: Marks | None
 
 
+_UNITS = {"b": 1, "bytes": 1, "KiB": 1024, "k": 1024, "MiB": 1024**2, "M": 1024**2}
+_UNITS |= {"GiB": 1024**3, "G": 1024**3}
+
+
+def _kib(element: ET.Element | None) -> int:
+    """A libvirt memory size in KiB (libvirt answers in KiB; a unit may say otherwise)."""
+    if element is None or not (element.text or "").strip().isdigit():
+        return 0
+    return int(element.text or 0) * _UNITS.get(element.get("unit", "KiB"), 1024) // 1024
+
+
 def domain_facts(xml: str) -> DomainFacts:
     root = _parse(xml)
     return DomainFacts(
-        memory_kib=int((root.findtext("memory") or "0").strip() or 0),
+        memory_kib=_kib(root.find("memory")),
         vcpus=int((root.findtext("vcpu") or "0").strip() or 0),
         macs=tuple(
             str(m.get("address"))
