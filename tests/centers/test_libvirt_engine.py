@@ -14,12 +14,15 @@ import pytest
 from fastapi.testclient import TestClient
 
 from deskbroker.bootstrap import add_local_user
+from deskbroker.centers.base import CENTER_KEY, ProvisionRequest
 from deskbroker.centers.libvirt import LibvirtCenter
 from deskbroker.centers.libvirt.domxml import domain_facts
 from deskbroker.centers.registry import open_driver
 from deskbroker.engine.drivers import DriverCache
+from deskbroker.engine.maintenance import leak_sweep
 from deskbroker.engine.runner import Engine
 from deskbroker.services.context import BrokerContext
+from deskbroker.store.tables import utcnow
 from tests.centers.libvirt_node import center_params
 from tests.desktop_agent import Agent, assigned_desktop, events_of, fire_due, with_plans
 from tests.helpers import USER_PASSWORD, Api, run_queued_scan, wait_until
@@ -163,3 +166,34 @@ def test_a_pool_fills_and_power_plans_act_on_libvirt_domains(
     assert fire_due(api.ctx, drivers, datetime.now(UTC)) == 1
     assert [e["kind"] for e in events_of(api, desktop)][-1] == "plan.shutdown"
     assert _state(host, external) == libvirt.VIR_DOMAIN_SHUTOFF
+
+
+def test_the_leak_sweep_finds_and_reaps_only_this_centers_domains(
+    api: Api, host: LibvirtCenter, tmp_path: Path
+) -> None:
+    center = api.post(
+        "centers",
+        {"name": "kvm", "kind": "libvirt", "params": center_params(tmp_path, reap_leaks=True)},
+    )
+    assert run_queued_scan(api, center["id"])["status"] == "ok"
+
+    # A build whose desktop the broker lost (a crash between the call and the record),
+    # and one of another center sharing the host.
+    def build(name: str, center_id: str) -> str:
+        return host.create(
+            ProvisionRequest(
+                name=name,
+                metadata={CENTER_KEY: center_id},
+                parameters={"image": "win11-base.qcow2", "memory_mib": 256, "vcpus": 1},
+            )
+        )
+
+    lost = build("lost-1", center["id"])
+    other = build("other-1", "another-center")
+    said = leak_sweep(api.ctx, DriverCache(api.ctx), center["id"], utcnow())
+    assert said == "1 leaked instance(s) removed"
+    remaining = _domains(host)
+    assert lost not in remaining and other in remaining
+    assert "11111111-2222-3333-4444-555555555555" in remaining  # hand-made: never touched
+    [event] = api.get("events?kind=leak")["items"]
+    assert event["detail"]["instances"] == [lost] and event["detail"]["removed"] is True

@@ -55,6 +55,9 @@ class LibvirtParams(BaseModel):
     max_desktops: int | None = Field(
         default=None, ge=0, le=100000, description="builds beyond this many are over quota"
     )
+    reap_leaks: bool = Field(
+        default=False, description="delete domains marked as this center's that no desktop owns"
+    )
     timeout_s: float = Field(
         default=30.0, gt=0, le=600, description="the longest one call to libvirt may take"
     )
