@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 SYSTEM_PACKAGES := python3-venv tigervnc-standalone-server tigervnc-tools tigervnc-viewer postgresql postgresql-client \
   slapd ldap-utils samba samba-ad-dc samba-dsdb-modules samba-ad-provision winbind krb5-user \
   ypserv rpcbind libcrypt1 whois openssl util-linux nodejs libxss1 x11-utils $(NPM_PACKAGE) \
-  chromium openssh-server xrdp xorgxrdp freerdp2-x11 pgbouncer
+  chromium openssh-server xrdp xorgxrdp freerdp2-x11 pgbouncer libvirt-dev pkg-config
 # Debian's npm conflicts with a NodeSource nodejs, which brings its own npm: ask apt for
 # npm only when no npm runs.
 NPM_PACKAGE := $(if $(shell command -v npm 2>/dev/null),,npm)
