@@ -236,7 +236,27 @@ def test_a_pool_in_use_is_not_deleted_and_the_plan_says_why(api: Api) -> None:
     failed = api.client.post(f"{CONFIG}/apply", json=document, headers=api.headers)
     assert failed.status_code == 409, failed.text
     assert failed.json()["detail"] == refused["detail"]
+    assert "--force" in refused["detail"]
     assert rows(api.ctx) == before  # all or nothing: the policy and rules are still there
+
+    # With force the plan shows the assignment it would release, and the apply does it.
+    forced = api.client.post(
+        f"{CONFIG}/plan", params={"force": "true"}, json=document, headers=api.headers
+    ).json()
+    assert forced["refused"] is None, forced
+    releases = [c for c in forced["changes"] if c["action"] == "release"]
+    assert releases == [
+        {"action": "release", "section": "desktops", "name": held["name"], "fields": ["user0"]}
+    ]
+    assert rows(api.ctx) == before
+    done = api.client.post(
+        f"{CONFIG}/apply", params={"force": "true"}, json=document, headers=api.headers
+    )
+    assert done.status_code == 200, done.text
+    assert api.get(f"desktops/{held['id']}")["assigned_user_id"] is None
+    assert not api.get("pools?name=lab")["items"]
+    released = api.get(f"events?kind=release&desktop_id={held['id']}")["items"]
+    assert released and released[0]["detail"]["reason"] == "config apply deleted the pool"
 
 
 @pytest.mark.parametrize(

@@ -72,13 +72,17 @@ def _call(
     token: str | None,
     tenant_id: str | None,
     body: dict[str, Any] | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     base, bearer = _endpoint(url, token)
+    params: dict[str, str] = {"tenant_id": tenant_id} if tenant_id else {}
+    if force:
+        params["force"] = "true"
     try:
         response = httpx.request(
             method,
             f"{base}/api/v1/admin/config{path}",
-            params={"tenant_id": tenant_id} if tenant_id else None,
+            params=params or None,
             json=body,
             headers={"Authorization": f"Bearer {bearer}"},
             timeout=120,
@@ -130,7 +134,12 @@ def read_document(path: Path, environ: dict[str, str] | None = None) -> dict[str
 
 def show_outcome(outcome: dict[str, Any], out: Console) -> None:
     """The changes, object by object, as a plan shows them."""
-    signs = {"create": ("+", "green"), "update": ("~", "yellow"), "delete": ("-", "red")}
+    signs = {
+        "create": ("+", "green"),
+        "update": ("~", "yellow"),
+        "delete": ("-", "red"),
+        "release": ("!", "red"),
+    }
     if outcome["changes"]:
         table = Table(show_header=True, header_style="bold", box=None)
         for column in ("", "what", "name", "fields"):
@@ -148,10 +157,10 @@ def show_outcome(outcome: dict[str, Any], out: Console) -> None:
     verb = "changed" if outcome["applied"] else "to change"
     out.print(
         f"{counts['create']} to create, {counts['update']} to update, {counts['delete']} to "
-        f"delete; {outcome['unchanged']} unchanged"
+        f"delete, {counts['release']} assignments to release; {outcome['unchanged']} unchanged"
         if not outcome["applied"]
         else f"{counts['create']} created, {counts['update']} updated, {counts['delete']} "
-        f"deleted; {outcome['unchanged']} unchanged",
+        f"deleted, {counts['release']} assignments released; {outcome['unchanged']} unchanged",
         highlight=False,
     )
     if not outcome["changes"] and not outcome["refused"]:
@@ -191,14 +200,26 @@ def export_command(
         err.print(f"wrote {output}")
 
 
+Force = Annotated[
+    bool,
+    typer.Option(
+        "--force", help="release the assignments of a pool the document deletes, not refuse"
+    ),
+]
+
+
 @config_app.command("plan")
 def plan_command(
-    file: File, url: Url = None, token: Token = None, tenant_id: TenantId = None
+    file: File,
+    url: Url = None,
+    token: Token = None,
+    tenant_id: TenantId = None,
+    force: Force = False,
 ) -> None:
     """Show what applying FILE would change, object by object; changes nothing.
     Exits 2 when the broker would refuse it."""
     try:
-        outcome = _call("POST", "/plan", url, token, tenant_id, read_document(file))
+        outcome = _call("POST", "/plan", url, token, tenant_id, read_document(file), force)
     except ConfigError as exc:
         err.print(f"[red]{exc}[/]", highlight=False)
         raise typer.Exit(1) from exc
@@ -209,12 +230,16 @@ def plan_command(
 
 @config_app.command("apply")
 def apply_command(
-    file: File, url: Url = None, token: Token = None, tenant_id: TenantId = None
+    file: File,
+    url: Url = None,
+    token: Token = None,
+    tenant_id: TenantId = None,
+    force: Force = False,
 ) -> None:
     """Make the tenant's configuration what FILE says: every change in one transaction,
     or none."""
     try:
-        outcome = _call("POST", "/apply", url, token, tenant_id, read_document(file))
+        outcome = _call("POST", "/apply", url, token, tenant_id, read_document(file), force)
     except ConfigError as exc:
         err.print(f"[red]nothing applied:[/] {exc}", highlight=False)
         raise typer.Exit(1) from exc

@@ -15,6 +15,9 @@ object; ``apply`` makes those changes in one unit of work, all or nothing.
   sets new ones; null removes them.
 - ``plan`` rehearses the apply in a unit that is rolled back, so what it reports
   (including a refusal, e.g. a pool still in use) is exactly what ``apply`` would do.
+- A pool the document deletes while users hold desktops from it is refused, naming
+  them; with ``force`` those assignments are released first (each shown in the plan as a
+  ``release``), as an administrator's release would, stronger accounts excepted.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from deskbroker.errors import DeskbrokerError, InvalidInput
+from deskbroker.errors import Conflict, DeskbrokerError, InvalidInput
 from deskbroker.security import TokenClaims
 from deskbroker.services import access
 from deskbroker.services.catalog_crud import Catalog, audit_event
@@ -39,9 +42,11 @@ from deskbroker.services.config_document import (
     Outcome,
 )
 from deskbroker.services.context import BrokerContext
+from deskbroker.services.standing import may_manage
 from deskbroker.services.write_context import attach_actor
-from deskbroker.store import config_rows
+from deskbroker.store import claims, config_rows, events, references
 from deskbroker.store.db import Unit
+from deskbroker.store.tables import User
 
 
 class _Rehearsed(Exception):
@@ -59,6 +64,8 @@ def plan(
     tenant_id: str,
     document: Mapping[str, Any],
     catalogs: Mapping[str, Catalog[Any]],
+    *,
+    force: bool = False,
 ) -> Outcome:
     """What applying ``document`` would change; rehearsed and rolled back, so a refusal
     the apply would meet is reported (``refused``) instead of raised."""
@@ -66,7 +73,7 @@ def plan(
     try:
         with ctx.db.write() as session:
             attach_actor(session, ctx, who)
-            converge = _Converge(session, ctx, who, tenant_id, catalogs)
+            converge = _Converge(session, ctx, who, tenant_id, catalogs, force=force)
             try:
                 converge.run(document)
             except DeskbrokerError as exc:
@@ -82,13 +89,15 @@ def apply(
     tenant_id: str,
     document: Mapping[str, Any],
     catalogs: Mapping[str, Catalog[Any]],
+    *,
+    force: bool = False,
 ) -> Outcome:
     """Make the tenant's configuration what ``document`` says, in one unit of work:
     every change or none (the first refusal is raised, naming the object)."""
     _readable(ctx, who, document)
     with ctx.db.write() as session:
         attach_actor(session, ctx, who)
-        converge = _Converge(session, ctx, who, tenant_id, catalogs)
+        converge = _Converge(session, ctx, who, tenant_id, catalogs, force=force)
         converge.run(document)
         if converge.changes:
             audit_event(
@@ -135,8 +144,11 @@ class _Converge:
         who: TokenClaims,
         tenant_id: str,
         catalogs: Mapping[str, Catalog[Any]],
+        *,
+        force: bool = False,
     ) -> None:
         self.session = session
+        self.force = force
         self.ctx = ctx
         self.who = who
         self.tenant_id = tenant_id
@@ -314,11 +326,45 @@ class _Converge:
         path = CATALOG.get(path_or_section, path_or_section)
         try:
             access.authorize(self.ctx, self.who, f"{path}:delete")
+            if path_or_section == "pools":
+                self._release_held(row)
             self._catalog(path).delete_in(self.session, self.who, row)
         except DeskbrokerError as exc:
             raise _located(where, f"{name}, deleted as the document leaves it out", exc) from exc
         section = path_or_section if path_or_section in CATALOG else "rules"
         self.changes.append(Change("delete", section, name))
+
+    def _release_held(self, pool: Any) -> None:
+        """The assignments of a pool the document deletes: refused in words, or released
+        first with ``force``."""
+        held = references.assigned_desktops_of_pool(self.session, pool.id)
+        if not held:
+            return
+        if not self.force:
+            names = ", ".join(name for _, name, _ in held[:5]) + (", ..." if len(held) > 5 else "")
+            raise Conflict(
+                f"pool {pool.name} still has {len(held)} assigned desktops ({names}); "
+                "release them first, or apply with force (--force) to release them"
+            )
+        access.authorize(self.ctx, self.who, "assignments:delete")
+        for desktop_id, desktop_name, user_id in held:
+            holder = self.session.get(User, user_id)
+            if holder is not None:
+                # Taking a stronger account's desktop away is choosing its next one.
+                may_manage(self.session, holder, "release the desktop of")
+            claims.unassign(self.session, desktop_id=desktop_id, user_id=user_id)
+            events.append(
+                self.session,
+                "release",
+                tenant_id=pool.tenant_id,
+                actor=self.who.username,
+                user_id=user_id,
+                desktop_id=desktop_id,
+                pool_id=pool.id,
+                detail={"reason": "config apply deleted the pool"},
+            )
+            who = holder.username if holder is not None else user_id
+            self.changes.append(Change("release", "desktops", desktop_name, [who]))
 
     # -- rules ----------------------------------------------------------------------------
     def _converge_rules(self, where: str, source: str, rules: list[dict[str, Any]]) -> None:

@@ -112,6 +112,16 @@ def assigned_desktop_of_pool(session: Session, pool_id: str) -> str | None:
     ).first()
 
 
+def assigned_desktops_of_pool(session: Session, pool_id: str) -> list[tuple[str, str, str]]:
+    """Every desktop a user holds from the pool: (desktop id, desktop name, user id)."""
+    rows = session.execute(
+        select(Desktop.id, Desktop.name, Desktop.assigned_user_id)
+        .where(Desktop.assigned_pool_id == pool_id, Desktop.assigned_user_id.is_not(None))
+        .order_by(Desktop.name)
+    ).all()
+    return [(str(i), str(n), str(u)) for i, n, u in rows]
+
+
 def policy_using_plan(session: Session, kind: str, plan_id: str) -> str | None:
     """The name of one policy whose entries use the plan (``kind``: protocol, power or
     release), or None."""

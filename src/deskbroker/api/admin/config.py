@@ -218,10 +218,15 @@ class ConfigDocument(Body):
 
 
 class ChangeOut(Out):
-    action: str = Field(description="create, update or delete")
+    action: str = Field(
+        description="create, update or delete; release (with force): an assignment of a "
+        "deleted pool ended, the desktop named, its holder in fields"
+    )
     section: str
     name: str
-    fields: list[str] = Field(description="what a create sets or an update changes")
+    fields: list[str] = Field(
+        description="what a create sets or an update changes; a release: who held it"
+    )
 
 
 class RefusalOut(Out):
@@ -269,6 +274,15 @@ def _catalogs() -> dict[str, Catalog[Any]]:
     }
 
 
+Force = Annotated[
+    bool,
+    Query(
+        description="release the assignments of a pool the document deletes, instead of "
+        "refusing (needs assignments:delete; stronger accounts' desktops still refuse)"
+    ),
+]
+
+
 def _document(body: ConfigDocument) -> dict[str, Any]:
     named = body.model_fields_set
     return {k: v for k, v in body.model_dump(mode="json").items() if k in named}
@@ -299,11 +313,15 @@ def router() -> APIRouter:
         openapi_extra={"x-permission": "config:read"},
     )
     def plan_config(
-        body: ConfigDocument, ctx: Ctx, who: AdminReader, tenant_id: TenantParam = None
+        body: ConfigDocument,
+        ctx: Ctx,
+        who: AdminReader,
+        tenant_id: TenantParam = None,
+        force: Force = False,
     ) -> dict[str, Any]:
         """Rehearsed and rolled back: the changes, and what would refuse them."""
         tenant = config_document.tenant_of(ctx, who, tenant_id)
-        outcome = config_code.plan(ctx, who, tenant, _document(body), catalogs)
+        outcome = config_code.plan(ctx, who, tenant, _document(body), catalogs, force=force)
         return outcome.as_dict(applied=False)
 
     @r.post(
@@ -313,12 +331,16 @@ def router() -> APIRouter:
         response_model=OutcomeOut,
     )
     def apply_config(
-        body: ConfigDocument, ctx: Ctx, who: AdminWriter, tenant_id: TenantParam = None
+        body: ConfigDocument,
+        ctx: Ctx,
+        who: AdminWriter,
+        tenant_id: TenantParam = None,
+        force: Force = False,
     ) -> dict[str, Any]:
         """Every change in one transaction, or none; applying the same document again
         changes nothing."""
         tenant = config_document.tenant_of(ctx, who, tenant_id)
-        outcome = config_code.apply(ctx, who, tenant, _document(body), catalogs)
+        outcome = config_code.apply(ctx, who, tenant, _document(body), catalogs, force=force)
         return outcome.as_dict(applied=True)
 
     return r
