@@ -289,3 +289,33 @@ def test_cli_backs_up_and_restores(
         check=False,
     )
     assert fresh.returncode == 0 and "restored" in fresh.stdout, fresh.stdout + fresh.stderr
+
+
+def test_an_older_backup_is_restored_and_upgraded(
+    tmp_path: Path, fresh_db: Callable[[], str]
+) -> None:
+    """A backup taken at the first revision comes back at this version's, its rows kept."""
+    old = Database(fresh_db())
+    file = tmp_path / "old.backup"
+    try:
+        upgrade(old, "0001")
+        with old.engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO tenants (id, name, display_name, created_at, updated_at) "
+                    "VALUES ('t1', 'acme', '', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+                )
+            )
+        assert backup(old, file).revision == "0001"
+    finally:
+        old.dispose()
+    assert code_revision() != "0001"
+    new = Database(fresh_db())
+    try:
+        outcome = restore(new, file)
+        assert outcome.upgraded and outcome.backup.revision == "0001"
+        assert outcome.revision_after == code_revision() == current_revision(new)
+        with new.engine.connect() as conn:
+            assert conn.execute(text("SELECT name FROM tenants")).scalars().all() == ["acme"]
+    finally:
+        new.dispose()

@@ -22,6 +22,7 @@ from deskbroker.store.tables.base import (
     new_id,
     utcnow,
 )
+from deskbroker.store.tables.lifecycle import ForgottenDesktop
 from deskbroker.store.tables.engine import (
     BrokerNode,
     Job,
@@ -68,6 +69,7 @@ __all__ = [
     "BrokerNode",
     "BrokerState",
     "Center",
+    "ForgottenDesktop",
     "CustomRole",
     "Desktop",
     "EnrolmentKey",
