@@ -22,7 +22,6 @@ from deskbroker.store.tables.base import (
     new_id,
     utcnow,
 )
-from deskbroker.store.tables.lifecycle import ForgottenDesktop
 from deskbroker.store.tables.engine import (
     BrokerNode,
     Job,
@@ -50,6 +49,7 @@ from deskbroker.store.tables.inventory import (
     PoolStat,
     UserVolume,
 )
+from deskbroker.store.tables.lifecycle import ForgottenDesktop
 from deskbroker.store.tables.policies import (
     Policy,
     PolicyEntry,
@@ -69,11 +69,11 @@ __all__ = [
     "BrokerNode",
     "BrokerState",
     "Center",
-    "ForgottenDesktop",
     "CustomRole",
     "Desktop",
     "EnrolmentKey",
     "Event",
+    "ForgottenDesktop",
     "IdentitySource",
     "Image",
     "Job",

@@ -19,9 +19,7 @@ class ForgottenDesktop(Base):
     __table_args__ = (UniqueConstraint("center_id", "external_id"),)
     id: Mapped[str] = _id()
     tenant_id: Mapped[str] = _tenant()
-    center_id: Mapped[str] = mapped_column(
-        ForeignKey("centers.id", ondelete="CASCADE"), index=True
-    )
+    center_id: Mapped[str] = mapped_column(ForeignKey("centers.id", ondelete="CASCADE"), index=True)
     external_id: Mapped[str] = mapped_column(String(200))
     # The name it had, so that the list of forgotten machines reads as words.
     name: Mapped[str] = mapped_column(String(200), default="")
