@@ -20,6 +20,7 @@ from deskbroker.api.admin import actions as admin_actions
 from deskbroker.api.admin import activity, identity, inventory, policies, pool_history, pools
 from deskbroker.api.admin import catalog as admin_catalog
 from deskbroker.api.admin import config as admin_config
+from deskbroker.api.admin import drain as admin_drain
 from deskbroker.api.admin import engine as admin_engine
 from deskbroker.api.admin import enrolments as admin_enrolments
 from deskbroker.api.admin import explain as admin_explain
@@ -131,6 +132,7 @@ def api_router() -> APIRouter:
         admin_catalog,
         admin_access,
         admin_actions,
+        admin_drain,
         admin_explain,
         admin_quotas,
         pool_history,
