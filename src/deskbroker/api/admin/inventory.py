@@ -193,6 +193,8 @@ SPECS: list[ResourceSpec[Any]] = [
         resource=inventory_catalog.DESKTOPS,
         read=DesktopOut,
         update=DesktopPatch,
+        # DELETE is admin/removal.py's: terminate what the broker built, forget the rest.
+        deletable=False,
         filters={
             "center_id": str,
             "name": str,

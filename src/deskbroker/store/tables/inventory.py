@@ -182,6 +182,9 @@ class Desktop(Base):
     ssh_host_keys: Mapped[list[Any]] = mapped_column(default=list)
     # Drained: no login is given this desktop (its holder keeps it); migration 0002.
     drained_at: Mapped[datetime | None] = mapped_column(default=None)
+    # An administrator deleted this broker-built desktop: it stays ``deleting`` (whatever
+    # a scan sees meanwhile) until the engine's removal job saw its instance gone.
+    delete_requested_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 # --- the claim's order ----------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""day-two operations: drain (centers, pools, desktops), forgotten desktops
+"""day-two operations: drain (centers, pools, desktops), delete from disk, forgotten desktops
 
 Revision ID: 0002_backup
 Revises: 0001
@@ -21,6 +21,9 @@ _DRAINED = ("centers", "pools", "desktops")
 def upgrade() -> None:
     for table in _DRAINED:
         op.add_column(table, sa.Column("drained_at", sa.DateTime(timezone=True), nullable=True))
+    op.add_column(
+        "desktops", sa.Column("delete_requested_at", sa.DateTime(timezone=True), nullable=True)
+    )
     op.create_table(
         "forgotten_desktops",
         sa.Column("id", sa.String(length=32), nullable=False),
@@ -59,6 +62,8 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_forgotten_desktops_tenant_id"), table_name="forgotten_desktops")
     op.drop_index(op.f("ix_forgotten_desktops_center_id"), table_name="forgotten_desktops")
     op.drop_table("forgotten_desktops")
+    with op.batch_alter_table("desktops") as batch:
+        batch.drop_column("delete_requested_at")
     for table in _DRAINED:
         with op.batch_alter_table(table) as batch:
             batch.drop_column("drained_at")
