@@ -123,3 +123,23 @@ def test_a_tenant_admin_cannot_drain_another_tenants_objects(api: Api, ctx: Brok
     too_long = api.post(f"pools/{ids['pool']}/drain", {"message": "x" * 1001}, status=422)
     assert "message" in too_long["detail"]
     api.post(f"pools/{ids['pool']}/drain", {"colour": "red"}, status=422)
+
+
+def test_draining_what_a_stronger_account_gets_desktops_from_is_refused(api: Api) -> None:
+    """The stronger-account rule: a tenant admin may not drain the pool or center the
+    global admin (caught by the catch-all rule) gets desktops from; the global admin may."""
+    ids = api.seed_pool(2)
+    add_local_user(api.ctx, "tad", "user-password-1", role="tenant_admin")
+    tad = Api(api.client, api.ctx, api.login("tad", "user-password-1")["token"])
+    for path, named in (
+        (f"pools/{ids['pool']}", "pool lab"),
+        (f"centers/{ids['center']}", "center lab-center"),
+    ):
+        for verb in ("drain", "undrain"):
+            detail = tad.post(f"{path}/{verb}", {}, status=403)["detail"]
+            assert detail.startswith(f"only a global administrator can {verb} {named}"), detail
+        assert api.get(path)["drained_at"] is None
+    # A desktop is not a route to anyone's desktops: the tenant admin drains one.
+    desktop = api.get("desktops")["items"][0]["id"]
+    assert tad.post(f"desktops/{desktop}/drain", {}, status=200)["drained"]
+    assert api.post(f"pools/{ids['pool']}/drain", {}, status=200)["drained"]

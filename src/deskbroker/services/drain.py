@@ -15,7 +15,7 @@ from typing import Literal
 
 from deskbroker.domain.states import AgentState
 from deskbroker.security import TokenClaims
-from deskbroker.services import agents
+from deskbroker.services import agents, standing, write_context
 from deskbroker.services.context import BrokerContext
 from deskbroker.services.queues import serve_queues
 from deskbroker.store import drain as drain_rows
@@ -48,9 +48,21 @@ class DrainOutcome:
 
 
 def _target(
-    session: Unit, kind: str, object_id: str, tenant_scope: str | None
+    session: Unit,
+    ctx: BrokerContext,
+    who: TokenClaims,
+    kind: str,
+    object_id: str,
+    tenant_scope: str | None,
+    what: str,
 ) -> Desktop | Pool | Center:
-    return _REPOSITORIES[kind].get(session, object_id, tenant_scope)
+    target = _REPOSITORIES[kind].get(session, object_id, tenant_scope)
+    if kind != "desktop":
+        # The stronger-account rule, as for a change: whoever may not edit the pool or
+        # center a stronger account's desktops come from may not cut it off either.
+        write_context.attach_actor(session, ctx, who)
+        standing.check_reach(session, target, kind, what)
+    return target
 
 
 def _event_ids(target: Desktop | Pool | Center) -> dict[str, str | None]:
@@ -73,7 +85,7 @@ def drain(
     object changes nothing and sends nothing again. ``tenant_scope`` None: a global
     administrator (any tenant); another tenant's object is a 404 like a made-up id."""
     with ctx.db.write() as session:
-        target = _target(session, kind, object_id, tenant_scope)
+        target = _target(session, ctx, who, kind, object_id, tenant_scope, "drain")
         already = target.drained_at is not None
         if not already:
             target.drained_at = utcnow()
@@ -131,7 +143,7 @@ def undrain(
 ) -> DrainOutcome:
     """Put ``kind`` ``object_id`` back in the claim and serve the users who queued."""
     with ctx.db.write() as session:
-        target = _target(session, kind, object_id, tenant_scope)
+        target = _target(session, ctx, who, kind, object_id, tenant_scope, "undrain")
         was = target.drained_at is not None
         target.drained_at = None
         served = 0
