@@ -345,6 +345,19 @@ def _built(worlds: list[TenantWorld], ctx: BrokerContext) -> None:
         assert w.ids["images"], "the cloud center's scan found no images"
 
 
+def _forgotten(w: TenantWorld, sim: CloudSim) -> None:
+    """A machine of the tenant's cloud the broker did not build, deleted by its admin:
+    forgotten (its scans leave it out), for the sweep to aim at."""
+    a, cloud = w.admin, w.ids["centers"][1]
+    [external] = sim.seed_servers(1, project=w.name, name_prefix=f"{w.name}-legacy")
+    scan_now(a, cloud)
+    found = a.get(f"desktops?center_id={cloud}")["items"]
+    legacy = next(d["id"] for d in found if d["external_id"] == external)
+    a.delete(f"desktops/{legacy}")
+    w.ids["forgotten-desktops"] = [f["id"] for f in a.get("forgotten-desktops")["items"]]
+    assert len(w.ids["forgotten-desktops"]) == 1
+
+
 def build(
     api: Api, sim: CloudSim, vnc_ports: list[int], names: tuple[str, ...]
 ) -> list[TenantWorld]:
@@ -366,6 +379,7 @@ def build(
         world.ids["assignments"] = [d["desktop_id"] for d in a.get("assignments")["items"]]
         world.ids["tenants"] = [world.tenant_id]
         world.ids["sessions"] = [x["id"] for x in a.get("sessions")["items"]]
+        _forgotten(world, sim)
         owned = set(world.ids["pools"]) | set(world.ids["centers"])
         with api.ctx.db.read() as session:
             jobs = session.scalars(select(Job.id).where(Job.target_id.in_(owned))).all()

@@ -70,9 +70,9 @@ def test_a_plan_made_without_the_tenant_and_pool_walks_the_index(
     with ctx.db.read() as session:
         if ctx.db.is_sqlite:
             cursor = session.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
-            rows = cursor.execute(
-                "EXPLAIN QUERY PLAN " + sql, (large_pool["tenant"], large_pool["pool"])
-            ).fetchall()
+            # The tenant, then the pool for each place that names it (membership, drain).
+            marks_given = (large_pool["tenant"], *[large_pool["pool"]] * (sql.count("?") - 1))
+            rows = cursor.execute("EXPLAIN QUERY PLAN " + sql, marks_given).fetchall()
             plan = "\n".join(str(r[-1]) for r in rows)
         else:
             session.execute(text("SET LOCAL plan_cache_mode = force_generic_plan"))

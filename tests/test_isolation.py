@@ -402,6 +402,7 @@ KNOWN_KINDS = {
     "roles",
     "api-tokens",
     "enrolment-keys",
+    "forgotten-desktops",
     "pending-enrolments",
 }
 

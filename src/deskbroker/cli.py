@@ -432,6 +432,78 @@ def gateway(
     asyncio.run(serve_gateway(settings))
 
 
+def _progress_bar(what: str) -> Any:
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+
+    return Progress(
+        TextColumn(f"[bold]{what}[/]"), BarColumn(), TaskProgressColumn(), console=console
+    )
+
+
+@app.command()
+def backup(
+    file: Annotated[Path, typer.Argument(help="The backup file to write")],
+    data_dir: DataDir = None,
+    db: DbUrl = None,
+) -> None:
+    """Back up the database while the broker runs: SQLite's online backup, or pg_dump -Fc
+    on PostgreSQL (docs/operators-guide.md, "Backup and restore")."""
+    from deskbroker.errors import DeskbrokerError
+    from deskbroker.store import backup as backups
+    from deskbroker.store.db import Database
+
+    database = Database(_settings(data_dir, db).effective_database_url)
+    try:
+        with _progress_bar("backing up") as bar:
+            task = bar.add_task("copy", total=None)
+            info = backups.backup(
+                database, file, lambda done, total: bar.update(task, completed=done, total=total)
+            )
+    except DeskbrokerError as exc:
+        console.print(f"[bold red]no backup:[/] {exc.detail}")
+        raise typer.Exit(1) from exc
+    finally:
+        database.dispose()
+    console.print(
+        f"backed up the {info.kind} database at schema revision [bold]{info.revision}[/] "
+        f"to {info.path} ({info.size} bytes)"
+    )
+
+
+@app.command()
+def restore(
+    file: Annotated[Path, typer.Argument(help="A file `deskbroker backup` wrote")],
+    force: Annotated[
+        bool, typer.Option(help="Replace what the database holds (it must be empty otherwise)")
+    ] = False,
+    data_dir: DataDir = None,
+    db: DbUrl = None,
+) -> None:
+    """Restore a backup into the configured database (stop the broker first) and bring an
+    older backup's schema up to this version's."""
+    from deskbroker.errors import DeskbrokerError
+    from deskbroker.store import backup as backups
+    from deskbroker.store.db import Database
+
+    database = Database(_settings(data_dir, db).effective_database_url)
+    try:
+        with _progress_bar("restoring") as bar:
+            task = bar.add_task("copy", total=None)
+            info = backups.restore(
+                database,
+                file,
+                force=force,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+    except DeskbrokerError as exc:
+        console.print(f"[bold red]nothing restored:[/] {exc.detail}")
+        raise typer.Exit(2 if exc.status < 500 else 1) from exc
+    finally:
+        database.dispose()
+    upgraded = f", upgraded to [bold]{info.revision_after}[/]" if info.upgraded else ""
+    console.print(f"restored {info.backup.path} (schema revision {info.backup.revision}){upgraded}")
+
+
 def main() -> None:
     app()
 

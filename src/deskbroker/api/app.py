@@ -20,10 +20,12 @@ from deskbroker.api.admin import actions as admin_actions
 from deskbroker.api.admin import activity, identity, inventory, policies, pool_history, pools
 from deskbroker.api.admin import catalog as admin_catalog
 from deskbroker.api.admin import config as admin_config
+from deskbroker.api.admin import drain as admin_drain
 from deskbroker.api.admin import engine as admin_engine
 from deskbroker.api.admin import enrolments as admin_enrolments
 from deskbroker.api.admin import explain as admin_explain
 from deskbroker.api.admin import quotas as admin_quotas
+from deskbroker.api.admin import removal as admin_removal
 from deskbroker.api.admin import sessions as admin_sessions
 from deskbroker.api.client import grants as client_grants
 from deskbroker.api.client import oidc as client_oidc
@@ -131,6 +133,8 @@ def api_router() -> APIRouter:
         admin_catalog,
         admin_access,
         admin_actions,
+        admin_drain,
+        admin_removal,
         admin_explain,
         admin_quotas,
         pool_history,

@@ -13,7 +13,7 @@ from concurrent.futures import TimeoutError as FuturesTimeout
 from datetime import datetime, timedelta
 from typing import Any
 
-from deskbroker.engine import builds, handover, maintenance, plans, provisioner
+from deskbroker.engine import builds, handover, maintenance, plans, provisioner, removals
 from deskbroker.engine.drivers import DriverCache
 from deskbroker.engine.handover import Refill
 from deskbroker.engine.watch import BuildWatcher
@@ -36,8 +36,11 @@ HANDLERS: dict[str, Handler] = {
     JobKind.POOL_STATS.value: maintenance.pool_stats,
     JobKind.RETENTION.value: maintenance.retention,
     JobKind.AGENT_WATCH.value: plans.watch_agents,
+    JobKind.REMOVE_DESKTOPS.value: removals.remove_desktops,
 }
 # Jobs whose target is a center: they talk to that center's cloud all along.
+# (``remove_desktops`` is not one: it calls its cloud only after an administrator's
+# delete, and waiting for a turn behind every idle pass would delay scans and sweeps.)
 CENTER_JOBS = frozenset({JobKind.SCAN_CENTER.value, JobKind.LEAK_SWEEP.value})
 # How long work refused a turn waits before it is claimed again.
 TURN_WAIT_S = 1.0

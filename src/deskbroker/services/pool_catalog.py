@@ -19,6 +19,7 @@ from deskbroker.services import pools as pool_service
 from deskbroker.services.catalog_crud import Resource, must_exist
 from deskbroker.services.context import BrokerContext
 from deskbroker.services.queues import refresh_pools
+from deskbroker.store import drain as drain_rows
 from deskbroker.store import jobs, pool_status, references
 from deskbroker.store import quotas as tenant_quotas
 from deskbroker.store.db import Unit
@@ -154,6 +155,11 @@ def _status(session: Unit, pool: Pool) -> dict[str, Any]:
         session, pool.id, [s.value for s in ACTIVE_SESSION_STATES]
     )
     counts = status_counts(rows, free=free, queued=queued, tasks=tasks, in_session=in_session)
+    # Out of the claim by a drain: every member of a drained pool, else the members
+    # drained themselves or by their center.
+    counts["drained"] = (
+        counts["total"] if pool.drained_at else drain_rows.drained_members(session, pool.id)
+    )
     quota = tenant_quotas.read(session, pool.tenant_id)
     used = None
     tenant_desktops = None
@@ -167,11 +173,16 @@ def _status(session: Unit, pool: Pool) -> dict[str, Any]:
         last_error=pool.last_error,
         tenant_desktops=tenant_desktops,
     )
+    if pool.drained_at:
+        words = f"drained: no login gets a desktop from it; {words}"
+    elif counts["drained"]:
+        words += f"; {counts['drained']} drained"
     return {
         "pool_id": pool.id,
         "name": pool.name,
         "counts": counts,
         "summary": words,
+        "drained_at": pool.drained_at,
         "status": pool.status,
         "provisioning": pool.status_message,
         "last_error": pool.last_error,

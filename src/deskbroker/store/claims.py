@@ -39,7 +39,9 @@ from deskbroker.store.tables import (
     CLAIM_ORDER,
     FREE_DESKTOP,
     BrokerState,
+    Center,
     Desktop,
+    Pool,
     PoolMember,
     QueueEntry,
     User,
@@ -269,14 +271,34 @@ def coming_free(*, starts_unavailable: bool) -> ColumnElement[bool]:
     return and_(Desktop.assigned_user_id.is_(None), soon)
 
 
+def undrained() -> tuple[ColumnElement[bool], ...]:
+    """What a drain takes out of the claim, beyond ``claimable()``: a drained desktop, a
+    desktop of a drained center (a drained pool is the claim's own check). Not in the
+    claim's index predicate: drains are rare, and a drained desktop the index yields is
+    passed over by the first of these terms. The provisioner does not use them: a drained
+    desktop still fills its pool's targets (draining is not a reason to build more)."""
+    # NOT IN, not NOT EXISTS: PostgreSQL turns the latter into an anti-join that drops
+    # the walk of the claim's index for a sort of the pool; NOT IN stays one hashed
+    # filter over the (few) drained centers (center_id is never NULL).
+    drained_centers = select(Center.id).where(Center.drained_at.is_not(None))
+    return (Desktop.drained_at.is_(None), Desktop.center_id.not_in(drained_centers))
+
+
 def free_desktops(session: Session, pool_ids: Collection[str]) -> dict[str, int]:
-    """How many desktops a claim could take now, per pool (one grouped read)."""
+    """How many desktops a claim could take now, per pool (one grouped read): none in
+    a drained pool."""
     if not pool_ids:
         return {}
     rows = session.execute(
         select(PoolMember.pool_id, func.count())
         .join(Desktop, Desktop.id == PoolMember.desktop_id)
-        .where(PoolMember.pool_id.in_(list(pool_ids)), *claimable())
+        .join(Pool, Pool.id == PoolMember.pool_id)
+        .where(
+            PoolMember.pool_id.in_(list(pool_ids)),
+            Pool.drained_at.is_(None),
+            *claimable(),
+            *undrained(),
+        )
         .group_by(PoolMember.pool_id)
     ).all()
     found = {str(pool): int(n) for pool, n in rows}
@@ -294,9 +316,12 @@ def claim_candidate(
         .where(PoolMember.pool_id == pool_id, PoolMember.desktop_id == Desktop.id)
         .exists()
     )
+    pool_drained = select(Pool.id).where(Pool.id == pool_id, Pool.drained_at.is_not(None)).exists()
     return (
         select(Desktop.id)
-        .where(Desktop.tenant_id == tenant_id, FREE_DESKTOP, member, *lost)
+        .where(
+            Desktop.tenant_id == tenant_id, FREE_DESKTOP, member, *lost, *undrained(), ~pool_drained
+        )
         .order_by(*CLAIM_ORDER[ordering])
         .limit(1)
         .with_for_update(skip_locked=True, of=Desktop)

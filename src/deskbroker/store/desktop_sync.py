@@ -19,6 +19,7 @@ from deskbroker.domain.states import (
     agent_after_power,
     from_any,
 )
+from deskbroker.store import removals
 from deskbroker.store.tables import Desktop, ProvisioningTask, new_id, utcnow
 from deskbroker.store.tasks import OPEN_STATES
 
@@ -65,6 +66,8 @@ class SyncResult:
     held: list[str] = field(default_factory=list)
     held_ids: list[str] = field(default_factory=list)
     known: int = 0
+    # Machines the center has that an administrator told the broker to forget.
+    forgotten: int = 0
 
     @property
     def changed(self) -> bool:
@@ -144,11 +147,18 @@ def sync(
     # instance before the provisioner recorded it adopts it instead of adding a twin.
     pending = {r.id: r for r in rows if r.external_id.startswith(PENDING_PREFIX)}
     being_built = _being_built(session, center_id)
+    # Machines an administrator deleted: forgotten ones are not imported again, and the
+    # ones being deleted stay ``deleting`` until the removal job sees them gone.
+    forgotten = removals.forgotten_ids(session, center_id)
+    deleting = removals.delete_requested_ids(session, center_id)
     now = utcnow()
     inserts: list[dict[str, Any]] = []
     updates: list[dict[str, Any]] = []
     seen: set[str] = set()
     for machine in machines:
+        if machine.external_id in forgotten:
+            result.forgotten += 1
+            continue
         seen.add(machine.external_id)
         row = existing.get(machine.external_id)
         if row is None:
@@ -197,6 +207,9 @@ def sync(
             # ready. Recorded ``running`` but still unavailable, it would count as neither
             # free nor coming, and the pool would build a replacement for it.
             values["power_state"] = row.power_state
+        if row.id in deleting:
+            values["power_state"] = row.power_state
+            values["agent_state"] = row.agent_state
         if any(getattr(row, f) != values[f] for f in _FIELDS):
             updates.append({"b_id": row.id, "updated_at": now, **values})
             result.updated.append(machine.name)

@@ -18,6 +18,9 @@ class JobKind(StrEnum):
     POOL_STATS = "pool_stats"
     RETENTION = "retention"
     AGENT_WATCH = "agent_watch"
+    # Terminates the instances of desktops an administrator deleted, and forgets the rows
+    # once the center says they are gone (engine/removals.py); poked by each delete.
+    REMOVE_DESKTOPS = "remove_desktops"
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,7 @@ class Intervals:
     retention_s: float = 3600.0
     leak_sweep_s: float = 600.0
     agent_watch_s: float = 30.0
+    removal_s: float = 30.0
 
 
 def ensure_jobs(session: Session, intervals: Intervals) -> int:
@@ -40,6 +44,7 @@ def ensure_jobs(session: Session, intervals: Intervals) -> int:
     for center_id, scan_s in session.execute(select(Center.id, Center.scan_interval_s)).all():
         wanted[(JobKind.SCAN_CENTER.value, center_id)] = float(scan_s)
         wanted[(JobKind.LEAK_SWEEP.value, center_id)] = intervals.leak_sweep_s
+        wanted[(JobKind.REMOVE_DESKTOPS.value, center_id)] = intervals.removal_s
     for (pool_id,) in session.execute(select(Pool.id)).all():
         wanted[(JobKind.POOL_PROVISION.value, pool_id)] = intervals.provision_s
         wanted[(JobKind.POOL_STATS.value, pool_id)] = intervals.stats_s

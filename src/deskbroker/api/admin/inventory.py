@@ -92,6 +92,9 @@ class CenterOut(Stamped):
     status_message: str
     last_scan_at: datetime | None
     direct_networks: list[str]
+    drained_at: datetime | None = Field(
+        default=None, description="since when no login gets a desktop of it (null: not drained)"
+    )
 
 
 class ScanQueued(Out):
@@ -157,6 +160,9 @@ class DesktopOut(Stamped):
     assigned_at: datetime | None
     last_used_at: datetime | None
     ssh_host_keys: list[str]
+    drained_at: datetime | None = Field(
+        default=None, description="since when no login gets it (null: not drained)"
+    )
 
 
 SPECS: list[ResourceSpec[Any]] = [
@@ -187,6 +193,8 @@ SPECS: list[ResourceSpec[Any]] = [
         resource=inventory_catalog.DESKTOPS,
         read=DesktopOut,
         update=DesktopPatch,
+        # DELETE is admin/removal.py's: terminate what the broker built, forget the rest.
+        deletable=False,
         filters={
             "center_id": str,
             "name": str,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter
@@ -50,6 +51,9 @@ class PoolOut(Stamped):
     status: str
     status_message: str
     last_error: str
+    drained_at: datetime | None = Field(
+        default=None, description="since when no login gets a desktop from it (null: not drained)"
+    )
 
 
 class PoolPreviewIn(PoolIn):

@@ -49,6 +49,7 @@ from deskbroker.store.tables.inventory import (
     PoolStat,
     UserVolume,
 )
+from deskbroker.store.tables.lifecycle import ForgottenDesktop
 from deskbroker.store.tables.policies import (
     Policy,
     PolicyEntry,
@@ -72,6 +73,7 @@ __all__ = [
     "Desktop",
     "EnrolmentKey",
     "Event",
+    "ForgottenDesktop",
     "IdentitySource",
     "Image",
     "Job",

@@ -67,6 +67,8 @@ class Center(Base):
     # viewer there connects directly, any other through the gateway (with the broker's
     # own DESKBROKER_GATEWAY_DIRECT_NETWORKS).
     direct_networks: Mapped[list[Any]] = mapped_column(default=list)
+    # Drained: no login is given a desktop of this center (sessions go on); migration 0002.
+    drained_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class Image(Base):
@@ -109,6 +111,8 @@ class Pool(Base):
     last_release_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = _updated()
+    # Drained: no login is given a desktop from this pool (sessions go on); migration 0002.
+    drained_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class Desktop(Base):
@@ -176,6 +180,11 @@ class Desktop(Base):
     # learned on the gateway's first SSH login: the gateway's SSH client accepts only these.
     # Scans never write it (a center's listing cannot vouch for a key).
     ssh_host_keys: Mapped[list[Any]] = mapped_column(default=list)
+    # Drained: no login is given this desktop (its holder keeps it); migration 0002.
+    drained_at: Mapped[datetime | None] = mapped_column(default=None)
+    # An administrator deleted this broker-built desktop: it stays ``deleting`` (whatever
+    # a scan sees meanwhile) until the engine's removal job saw its instance gone.
+    delete_requested_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 # --- the claim's order ----------------------------------------------------------------

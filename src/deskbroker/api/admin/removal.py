@@ -1,0 +1,99 @@
+"""Deleting a desktop (from disk, or forgotten) and the machines scans leave out."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, Query, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from deskbroker.api.admin.crud import MAX_OFFSET, scope
+from deskbroker.api.deps import AdminReader, AdminWriter, Ctx
+from deskbroker.services import desktop_removal
+from deskbroker.services.desktop_removal import Forgotten
+
+
+class RemovalOut(BaseModel):
+    desktop_id: str
+    name: str
+    outcome: str = Field(description="deleting: the engine terminates its instance")
+    power_state: str = Field(description="deleting until the center confirms it is gone")
+    message: str
+
+
+class ForgottenOut(BaseModel):
+    id: str
+    tenant_id: str
+    center_id: str
+    external_id: str = Field(description="the center's own id of the machine")
+    name: str = Field(description="the name the desktop had")
+    actor: str = Field(description="who deleted it")
+    forgotten_at: datetime
+
+
+def _forgotten_out(row: Forgotten) -> dict[str, Any]:
+    return ForgottenOut(**row.__dict__).model_dump(mode="json")
+
+
+def router() -> APIRouter:
+    r = APIRouter()
+
+    @r.delete(
+        "/desktops/{item_id}",
+        tags=["desktops"],
+        status_code=204,
+        summary="Delete a desktop: terminate it if the broker built it, else forget it",
+        description=(
+            "A deletable desktop (what the broker built, unless its pool says otherwise) "
+            "on a center that can delete machines is marked `deleting` and its instance "
+            "terminated by the engine (202, the desktop stays `deleting` until the center "
+            "confirms it is gone). Any other desktop is forgotten (204): its machine is "
+            "left alone and its center's scans leave it out until it is un-forgotten "
+            "(`/forgotten-desktops`). 409 while it is assigned or being built."
+        ),
+        responses={202: {"model": RemovalOut, "description": "the engine deletes it"}},
+    )
+    def delete_desktop(item_id: str, ctx: Ctx, who: AdminWriter) -> Response:
+        done = desktop_removal.delete_desktop(ctx, who, item_id, scope(who))
+        if done.outcome != "deleting":
+            return Response(status_code=204)
+        body = RemovalOut(
+            desktop_id=done.desktop_id,
+            name=done.name,
+            outcome=done.outcome,
+            power_state="deleting",
+            message=done.words,
+        )
+        return JSONResponse(body.model_dump(mode="json"), status_code=202)
+
+    @r.get(
+        "/forgotten-desktops",
+        tags=["desktops"],
+        summary="Machines an administrator deleted that scans leave out",
+    )
+    def list_forgotten(
+        ctx: Ctx,
+        who: AdminReader,
+        center_id: str | None = None,
+        limit: int = Query(50, ge=1, le=1000),
+        offset: int = Query(0, ge=0, le=MAX_OFFSET),
+    ) -> dict[str, Any]:
+        rows, total = desktop_removal.list_forgotten(
+            ctx, scope(who), center_id=center_id, limit=limit, offset=offset
+        )
+        items = [_forgotten_out(row) for row in rows]
+        return {"items": items, "total": total, "limit": limit, "offset": offset}
+
+    @r.delete(
+        "/forgotten-desktops/{item_id}",
+        tags=["desktops"],
+        status_code=204,
+        summary="Un-forget a machine: its center's next scan (a full one, now) imports it",
+    )
+    def unforget(item_id: str, ctx: Ctx, who: AdminWriter) -> Response:
+        desktop_removal.unforget(ctx, who, item_id, scope(who))
+        return Response(status_code=204)
+
+    return r

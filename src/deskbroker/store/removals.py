@@ -1,0 +1,63 @@
+"""The reads and writes of desktops removed from disk and of forgotten machines."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from deskbroker.domain.states import PowerState
+from deskbroker.store.tables import Center, Desktop, ForgottenDesktop
+
+
+def center(session: Session, center_id: str) -> Center | None:
+    return session.get(Center, center_id)
+
+
+def requested(session: Session, center_id: str) -> list[tuple[str, str, str, str, dict[str, Any]]]:
+    """The center's desktops an administrator deleted: (id, tenant, name, external id,
+    driver state)."""
+    rows = session.execute(
+        select(
+            Desktop.id, Desktop.tenant_id, Desktop.name, Desktop.external_id, Desktop.driver_state
+        )
+        .where(Desktop.center_id == center_id, Desktop.delete_requested_at.is_not(None))
+        .order_by(Desktop.name)
+    ).all()
+    return [(i, t, n, e, dict(s or {})) for i, t, n, e, s in rows]
+
+
+def forget_removed(session: Session, desktop_id: str) -> bool:
+    """Drop the row of a desktop whose instance the center no longer has; False when it
+    is no longer one to drop (restored, or assigned meanwhile)."""
+    done = session.execute(
+        delete(Desktop).where(
+            Desktop.id == desktop_id,
+            Desktop.delete_requested_at.is_not(None),
+            Desktop.power_state == PowerState.DELETING.value,
+            Desktop.assigned_user_id.is_(None),
+        )
+    )
+    return bool(getattr(done, "rowcount", 0))
+
+
+def forgotten_ids(session: Session, center_id: str) -> set[str]:
+    """The external ids of a center's machines that scans leave out."""
+    return set(
+        session.scalars(
+            select(ForgottenDesktop.external_id).where(ForgottenDesktop.center_id == center_id)
+        )
+    )
+
+
+def delete_requested_ids(session: Session, center_id: str) -> set[str]:
+    """The desktops of a center being deleted at an administrator's word (their power
+    state stays ``deleting`` whatever a scan sees, until the removal job confirms)."""
+    return set(
+        session.scalars(
+            select(Desktop.id).where(
+                Desktop.center_id == center_id, Desktop.delete_requested_at.is_not(None)
+            )
+        )
+    )
