@@ -12,6 +12,8 @@ from alembic import op
 
 revision = "0002_backup"
 down_revision = "0001"
+# Adds a table and nullable columns: older nodes run on it unchanged.
+phase = "expand"
 branch_labels = None
 depends_on = None
 
