@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import socket
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -276,3 +279,22 @@ def _machine(driver: AwsCenter, instance_id: str) -> MachineInfo:
     found = driver.machine(instance_id)
     assert found is not None
     return found
+
+
+def test_the_documented_iam_policy_allows_every_call_the_driver_makes() -> None:
+    """docs/centers/aws-iam-policy.json (and the copy in aws.md) name every EC2 operation
+    the driver's code calls, and no operation it never calls."""
+    root = Path(__file__).resolve().parents[2]
+    code = "".join(p.read_text() for p in (root / "src/deskbroker/centers/aws").glob("*.py"))
+    called = set(re.findall(r'(?:call|pages)\(\s*"([A-Z][A-Za-z]+)"', code))
+    assert {"RunInstances", "DescribeInstances", "TerminateInstances"} <= called
+    policy = json.loads((root / "docs/centers/aws-iam-policy.json").read_text())
+    allowed: set[str] = set()
+    for statement in policy["Statement"]:
+        actions = statement["Action"]
+        allowed |= {actions} if isinstance(actions, str) else set(actions)
+    # CreateTags is what tagging at creation (TagSpecifications) is authorised as.
+    assert {f"ec2:{op}" for op in called} | {"ec2:CreateTags"} == allowed
+    page = (root / "docs/centers/aws.md").read_text()
+    inline = json.loads(page.split("```json\n", 1)[1].split("```", 1)[0])
+    assert inline == policy
