@@ -49,6 +49,7 @@ from deskbroker.store.tables.inventory import (
     PoolStat,
     UserVolume,
 )
+from deskbroker.store.tables.placement import CenterRoom
 from deskbroker.store.tables.policies import (
     Policy,
     PolicyEntry,
@@ -68,6 +69,7 @@ __all__ = [
     "BrokerNode",
     "BrokerState",
     "Center",
+    "CenterRoom",
     "CustomRole",
     "Desktop",
     "EnrolmentKey",
