@@ -19,6 +19,7 @@ from tests.ec2sim import Ec2Sim
 from tests.engine.conftest import openstack_center, run_until
 from tests.engine.test_aws_pool import aws_center
 from tests.helpers import Api, wait_until
+from tests.test_config_code import export, send
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +153,43 @@ def test_placement_rules() -> None:
     assert overflow("a", Placement.FILL_IN_ORDER, full_a) == "b"
     assert place(1, Placement.SPREAD, [CenterLoad("a", 0, 0, full=True)]) == []
     assert overflow("a", Placement.SPREAD, [CenterLoad("a", 0, 0)]) is None
+
+
+def test_a_spanning_pool_round_trips_through_config_as_code(
+    api: Api, sim: CloudSim, ec2: Ec2Sim
+) -> None:
+    openstack = openstack_center(api, sim)
+    aws = aws_center(api, ec2)
+    _spanning_pool(api, openstack["id"], aws["id"], "ami-12345678", placement="most_free")
+    document = export(api)
+    (pool,) = [p for p in document["pools"] if p["name"] == "everywhere"]
+    # Centers by name, as everything in the document.
+    assert pool["provisioning"]["centers"] == ["cloud", "aws"]
+    assert pool["provisioning"]["center_parameters"]["aws"]["instance_type"] == "t3.micro"
+    assert pool["provisioning"]["placement"] == "most_free"
+    planned = send(api, "plan", document)
+    assert planned["changes"] == [], planned
+    pool["provisioning"]["placement"] = "spread"
+    send(api, "apply", document)
+    stored = api.get("pools")["items"][0]["provisioning"]
+    assert stored["placement"] == "spread" and stored["centers"] == [openstack["id"], aws["id"]]
+
+
+def test_a_failing_center_is_passed_over(
+    api: Api, sim: CloudSim, ec2: Ec2Sim, engine: Engine, ctx: BrokerContext
+) -> None:
+    """An OpenStack center whose scans fail (its password refused) gets no new builds
+    while AWS has room."""
+    openstack = openstack_center(api, sim)
+    aws = aws_center(api, ec2)
+    api.patch(f"centers/{openstack['id']}", {"secrets": {"password": "wrong"}})
+    center_url = f"centers/{openstack['id']}"
+    run_until(
+        engine,
+        lambda: api.get(center_url)["status"] == "error",
+        what=lambda: f"the center to fail its scan: {api.get(center_url)['status']}",
+    )
+    pool = _spanning_pool(api, openstack["id"], aws["id"], ec2.image())
+    run_until(engine, lambda: _available(api, pool["id"]) == 4, timeout_s=90)
+    assert _where(api, pool["id"]) == {"aws": 4}
+    assert _live_openstack(sim) == []

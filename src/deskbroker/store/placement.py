@@ -10,14 +10,14 @@ from sqlalchemy import delete, func, select
 
 from deskbroker.domain.placement import CenterLoad
 from deskbroker.store.db import Unit
-from deskbroker.store.tables import CenterRoom, Desktop, PoolMember
+from deskbroker.store.tables import Center, CenterRoom, Desktop, PoolMember
 
 
 def loads(
     session: Unit, pool_id: str, center_ids: Sequence[str], now: datetime
 ) -> list[CenterLoad]:
     """Each center's load, in ``center_ids``' order: the pool's desktops there, all
-    desktops there, and whether it is full at ``now``. Three statements, whatever the
+    desktops there, and whether it is full at ``now`` (or failing). Four statements, whatever the
     number of centers."""
     ids = list(center_ids)
     if not ids:
@@ -44,6 +44,11 @@ def loads(
                 CenterRoom.center_id.in_(ids), CenterRoom.full_until > now
             )
         )
+    )
+    # A center whose last scan failed (unreachable, credentials refused) is passed over
+    # too while another has room: its builds would fail the same way.
+    full |= set(
+        session.scalars(select(Center.id).where(Center.id.in_(ids), Center.status == "error"))
     )
     return [CenterLoad(c, int(mine.get(c, 0)), int(every.get(c, 0)), c in full) for c in ids]
 
