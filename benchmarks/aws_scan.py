@@ -24,8 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import boto3
-from _cloud import emit
 
+from _cloud import emit
 from deskbroker import outbound
 from deskbroker.centers.aws.driver import AwsCenter
 from deskbroker.centers.registry import open_driver
