@@ -19,7 +19,6 @@ from deskbroker.centers.base import (
     CENTER_KEY,
     DESKTOP_KEY,
     CenterDriver,
-    MachineInfo,
     PowerAction,
     ProvisionRequest,
     QuotaExceeded,
@@ -273,12 +272,6 @@ def test_outbound_policy_refuses_a_denied_endpoint(ec2: Ec2Sim) -> None:
             _open(ec2).inventory()
     finally:
         outbound.install(before)
-
-
-def _machine(driver: AwsCenter, instance_id: str) -> MachineInfo:
-    found = driver.machine(instance_id)
-    assert found is not None
-    return found
 
 
 def test_the_documented_iam_policy_allows_every_call_the_driver_makes() -> None:
