@@ -160,6 +160,15 @@ def _a_tenant_admin_cannot_point_at_another_tenants_objects(tenants: Any) -> Non
     ):
         text = b.post(path, body, status=422)["detail"]
         assert words in text and text.endswith("does not exist"), text
+    # A pool spanning centers builds only in centers of its own (so of its tenant).
+    spanning = {"enabled": True, "min_unassigned": 1, "max_total": 1}
+    for provisioning in (
+        {**spanning, "centers": [b_ids["centers"], a_ids["centers"]]},
+        {**spanning, "centers": [b_ids["centers"]], "center_parameters": {a_ids["centers"]: {}}},
+    ):
+        body = {"name": "x", "center_ids": [b_ids["centers"]], "provisioning": provisioning}
+        text = b.post("pools", body, status=422)["detail"]
+        assert a_ids["centers"] in text and "not one of" in text, text
     text = b.post("pools", {"name": "x", "tenant_id": a_tenant}, status=403)["detail"]
     assert text == "you can only create objects in your own tenant"
     assert b.get("pools")["total"] == 1

@@ -9,7 +9,7 @@ import zoneinfo
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, time
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import (
     ConfigDict,
@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from deskbroker.domain import tags
+from deskbroker.domain.placement import Placement
 from deskbroker.domain.rules import TimeWindow
 from deskbroker.domain.stored import StoredModel, reading
 
@@ -77,6 +78,26 @@ class Provisioning(StoredModel):
     center_id: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = Field(
         default=None, description="where to build desktops; default the pool's first center"
     )
+    centers: list[Annotated[str, StringConstraints(min_length=1, max_length=64)]] = Field(
+        default_factory=list,
+        max_length=20,
+        description="the centers to build in, in order (each one of the pool's): new "
+        "desktops are placed by `placement` and overflow to the next center when one is "
+        "full; empty: `center_id`, else the pool's first center",
+    )
+    placement: Placement = Field(
+        default=Placement.FILL_IN_ORDER,
+        description="how new desktops are shared out over `centers`: fill_in_order, "
+        "spread (fewest of the pool's desktops), most_free (fewest desktops of any pool)",
+    )
+    center_parameters: dict[
+        Annotated[str, StringConstraints(min_length=1, max_length=64)], dict[str, Any]
+    ] = Field(
+        default_factory=dict,
+        max_length=20,
+        description="per center of `centers`: that center's own provisioning parameters "
+        "(an OpenStack flavor, an AWS instance type), over the shared `parameters`",
+    )
     timezone: Annotated[str, StringConstraints(max_length=64)] = Field(
         default="UTC", description="IANA time zone of the schedule windows"
     )
@@ -97,6 +118,19 @@ class Provisioning(StoredModel):
         return value
 
     @model_validator(mode="after")
+    def _spread(self) -> Provisioning:
+        if len(set(self.centers)) != len(self.centers):
+            raise ValueError("centers: a center is named twice")
+        strangers = sorted(set(self.center_parameters) - set(self.centers))
+        if strangers:
+            raise ValueError(
+                f"center_parameters: {strangers[0]} is not one of the provisioning centers"
+            )
+        if self.centers and self.center_id and self.center_id not in self.centers:
+            raise ValueError("center_id must be one of centers, or left out")
+        return self
+
+    @model_validator(mode="after")
     def _limits(self) -> Provisioning:
         if self.min_unassigned > self.max_total and self.enabled:
             raise ValueError("min_unassigned cannot be larger than max_total")
@@ -106,8 +140,24 @@ class Provisioning(StoredModel):
         return self
 
     def center_for(self, pool_center_ids: Sequence[str] | None) -> str | None:
-        """The center the engine builds in: the one named, else the pool's first."""
+        """The center the engine builds in: the first of ``centers``, else the one
+        named, else the pool's first."""
+        if self.centers:
+            return self.centers[0]
         return self.center_id or next(iter(pool_center_ids or []), None)
+
+    def build_centers(self, pool_center_ids: Sequence[str] | None) -> list[str]:
+        """Every center the engine may build in, in the administrator's order."""
+        if self.centers:
+            return list(self.centers)
+        first = self.center_for(pool_center_ids)
+        return [first] if first else []
+
+    def request_for(self, center_id: str) -> dict[str, Any]:
+        """The parameters a build in ``center_id`` gets: the shared ones as set, with
+        that center's own over them."""
+        shared = self.parameters.model_dump(mode="json", exclude_unset=True)
+        return {**shared, **self.center_parameters.get(center_id, {})}
 
 
 @dataclass(frozen=True)

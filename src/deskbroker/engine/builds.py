@@ -31,6 +31,7 @@ from deskbroker.domain.states import (
     transition,
 )
 from deskbroker.domain.timestamps import aware
+from deskbroker.engine import spread
 from deskbroker.engine.drivers import DriverCache
 from deskbroker.engine.handover import hand_over
 from deskbroker.engine.requests import request_of
@@ -311,9 +312,14 @@ class TaskStep:
 
     def _quota(self, words: str) -> None:
         task = self.task
+        now = utcnow()
+        backoff = self.ctx.settings.quota_backoff_s
         with self.ctx.db.write() as session:
+            moved = None
             if task.pool_id:
                 build_steps.pool_over_quota(session, task.pool_id, words)
+                # A pool building in several centers tries the next one at once.
+                moved = spread.overflow_build(session, task, words, now, backoff)
             leases.release(
                 session,
                 TASKS,
@@ -321,7 +327,7 @@ class TaskStep:
                 self.owner,
                 state=self._moved(S.REQUESTED),
                 last_error=words,
-                next_step_at=utcnow() + timedelta(seconds=self.ctx.settings.quota_backoff_s),
+                next_step_at=now if moved else now + timedelta(seconds=backoff),
             )
 
     def _fail(self, driver: CenterDriver, reason: str, *, final: bool = False) -> None:

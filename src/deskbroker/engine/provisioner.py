@@ -24,7 +24,7 @@ from deskbroker.domain.provisioning import (
 )
 from deskbroker.domain.states import Availability, PowerState
 from deskbroker.domain.timestamps import aware
-from deskbroker.engine import volumes
+from deskbroker.engine import spread, volumes
 from deskbroker.engine.drivers import DriverCache
 from deskbroker.errors import CenterError
 from deskbroker.services import quotas
@@ -58,11 +58,15 @@ def reconcile_pool(ctx: BrokerContext, drivers: DriverCache, pool_id: str, now: 
         provisioning = Provisioning.from_stored(pool.provisioning) if pool else None
         if pool is None or provisioning is None or not provisioning.enabled:
             return "provisioning is off"
-        center_id = provisioning.center_for(pool.center_ids)
-        center = session.get(Center, center_id) if center_id else None
-        if center is None:
+        centers = [
+            c
+            for c in (session.get(Center, i) for i in provisioning.build_centers(pool.center_ids))
+            if c is not None
+        ]
+        if not centers:
             pool.status, pool.last_error = "error", "no center to provision in"
             return pool.last_error
+        center = centers[0]
         # Schedule windows are read in the pool's time zone by ``targets`` itself.
         limits = targets(provisioning, now)
         counts = pool_counts(
@@ -73,8 +77,13 @@ def reconcile_pool(ctx: BrokerContext, drivers: DriverCache, pool_id: str, now: 
         # The tenant's desktop quota spans all its pools: lock, count, build, commit.
         tenant = quotas.desktop_room(session, pool.tenant_id)
         create = wanted if tenant.room is None else min(wanted, tenant.room)
+        placed = 0
         if create:
-            _request(session, pool, center, provisioning, create)
+            for where, count in spread.plan_builds(
+                session, pool, provisioning, centers, create, now
+            ):
+                _request(session, pool, where, provisioning, count)
+                placed += count
         # Builds not yet in the cloud that the pool no longer wants go first: cancelled,
         # they cost nothing, where a built desktop would have to be retired.
         cancelled = cancel_unstarted(
@@ -88,7 +97,9 @@ def reconcile_pool(ctx: BrokerContext, drivers: DriverCache, pool_id: str, now: 
         surplus = to_retire(limits, counts) - len(cancelled)
         if surplus > 0:
             retire = _mark_for_retirement(session, pool.id, surplus)
-        words = _status_words(limits, counts, create, len(retire))
+        words = _status_words(limits, counts, placed, len(retire))
+        if placed < create:
+            words += f"; {create - placed} not requested: {spread.full_words(session, centers)}"
         if cancelled:
             words += f"; {len(cancelled)} unstarted builds cancelled"
         if tenant.limit is not None:
@@ -102,7 +113,7 @@ def reconcile_pool(ctx: BrokerContext, drivers: DriverCache, pool_id: str, now: 
             )
         pool.status_message = words
     if retire:
-        _retire(ctx, drivers, center_id or "", retire)
+        _retire(ctx, drivers, retire)
     size = provisioning.parameters.data_volume_gb
     if size and center is not None:
         volumes.follow_users(ctx, drivers, pool_id, center, size)
@@ -140,8 +151,9 @@ def _request(
     ``tags.render`` never lets that leave an empty name."""
     params = provisioning.parameters
     # The task keeps the parameters as the administrator set them (the center's part
-    # too): the build hands them to the driver, which reads its own.
-    request = params.model_dump(mode="json", exclude_unset=True)
+    # too, that center's own over the shared ones): the build hands them to the
+    # driver, which reads its own.
+    request = provisioning.request_for(center.id)
     template = params.name_template
     sequence = pool.sequence_next or params.sequence_start
     tenant = session.get(Tenant, pool.tenant_id)
@@ -212,17 +224,17 @@ def _mark_for_retirement(session: Unit, pool_id: str, count: int) -> list[str]:
     return store.mark_for_retirement(session, pool_id, count, _RETIRABLE)
 
 
-def _retire(
-    ctx: BrokerContext, drivers: DriverCache, center_id: str, desktop_ids: list[str]
-) -> None:
+def _retire(ctx: BrokerContext, drivers: DriverCache, desktop_ids: list[str]) -> None:
+    """Terminate the marked desktops, each in its own center (a pool may span several)."""
     with ctx.db.read() as session:
-        center = session.get(Center, center_id)
         rows = store.desktops_by_id(session, desktop_ids)
-        machines = [(d.id, d.tenant_id, _machine_of(d)) for d in rows]
-    if center is None:
-        return
-    driver = drivers.get(center)
-    for desktop_id, tenant_id, machine in machines:
+        machines = [(d.id, d.tenant_id, d.center_id, _machine_of(d)) for d in rows]
+        centers = {c: session.get(Center, c) for c in {m[2] for m in machines}}
+    for desktop_id, tenant_id, center_id, machine in machines:
+        center = centers.get(center_id)
+        if center is None:
+            continue
+        driver = drivers.get(center)
         try:
             driver.terminate(machine)
         except CenterError as exc:

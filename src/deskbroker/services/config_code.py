@@ -443,10 +443,20 @@ class _Converge:
             elif section == "pools" and key == "provisioning":
                 provisioning = dict(value)
                 center = provisioning.pop("center", None)
+                spread = provisioning.pop("centers", None) or []
+                per = provisioning.pop("center_parameters", None) or {}
                 data["provisioning"] = {
                     **provisioning,
                     "center_id": self._ref(f"{at}.center", "centers", center),
                 }
+                if spread or per:  # a pool building in several centers, named by name
+                    data["provisioning"]["centers"] = [
+                        self._ref(f"{at}.centers[{n}]", "centers", c) for n, c in enumerate(spread)
+                    ]
+                    data["provisioning"]["center_parameters"] = {
+                        self._ref(f"{at}.center_parameters.{c}", "centers", c): v
+                        for c, v in per.items()
+                    }
             elif section == "policies" and key == "entries":
                 data["entries"] = [self._entry(f"{at}[{n}]", e) for n, e in enumerate(value)]
             else:

@@ -211,7 +211,17 @@ class DocumentState:
     def _pools(self, r: Any) -> dict[str, Any]:
         provisioning = dict(r.provisioning or {})
         center_id = provisioning.pop("center_id", None)
+        # A pool building in several centers names them, and their own parameters, by name.
+        spread = [self._name("centers", c) for c in provisioning.pop("centers", None) or []]
+        per = {
+            self._name("centers", c): v
+            for c, v in (provisioning.pop("center_parameters", None) or {}).items()
+        }
         if provisioning:
+            # Always written, as the document's model defaults them: a pool stored before
+            # pools could span centers reads the same as one saved since.
+            provisioning.update(centers=spread, center_parameters=per)
+            provisioning.setdefault("placement", "fill_in_order")
             provisioning = {"center": self._name("centers", center_id), **provisioning}
         desktops = []
         for desktop_id in r.desktop_ids or []:

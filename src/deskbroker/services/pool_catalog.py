@@ -88,6 +88,10 @@ def _check_center_parameters(
     own = {k: v for k, v in parameters.items() if k in own_keys}
     theirs = {k: v for k, v in parameters.items() if k not in own}
     center_ids = data["center_ids"] if "center_ids" in data else getattr(existing, "center_ids", [])
+    spread = list(provisioning.get("centers") or [])
+    if spread:
+        _check_spread(session, provisioning, spread, list(center_ids or []), own, theirs)
+        return
     center_id = provisioning.get("center_id") or next(iter(center_ids or []), None)
     center = session.get(Center, center_id) if center_id else None
     if center is None:
@@ -101,6 +105,36 @@ def _check_center_parameters(
         **own,
         **registry.validate_provision_params(center.kind, theirs),
     }
+
+
+def _check_spread(
+    session: Unit,
+    provisioning: dict[str, Any],
+    spread: list[str],
+    center_ids: list[str],
+    own: dict[str, Any],
+    theirs: dict[str, Any],
+) -> None:
+    """A pool building in several centers: each is one of the pool's own centers (so of
+    its tenant), and the shared parameters with that center's own must satisfy its
+    driver; each center's validated set is stored as its ``center_parameters``."""
+    per = dict(provisioning.get("center_parameters") or {})
+    checked: dict[str, dict[str, Any]] = {}
+    for index, cid in enumerate(spread):
+        if cid not in center_ids:
+            raise InvalidInput(
+                f"provisioning.centers.{index}: {cid} is not one of the pool's center_ids"
+            )
+        center = session.get(Center, cid)
+        if center is None:  # the pool's centers were checked in its tenant just before
+            raise InvalidInput(f"provisioning.centers.{index}: center {cid} does not exist")
+        extra = {k: v for k, v in (per.get(cid) or {}).items() if k not in own}
+        try:
+            checked[cid] = registry.validate_provision_params(center.kind, {**theirs, **extra})
+        except InvalidInput as exc:
+            raise InvalidInput(f"center {center.name}: {exc.detail}") from exc
+    provisioning["parameters"] = {**own, **theirs}
+    provisioning["center_parameters"] = checked
 
 
 def _pool_after(session: Unit, ctx: BrokerContext, pool: Any) -> None:

@@ -26,6 +26,7 @@ from deskbroker.api.schemas import (
 )
 from deskbroker.domain.membership import FilterSpec
 from deskbroker.domain.offers import AssignmentKind, OfferOrdering
+from deskbroker.domain.placement import Placement
 from deskbroker.domain.plans import PowerRule, ReleaseRule
 from deskbroker.domain.provisioning import ProvisioningParameters, Window
 from deskbroker.domain.rules import Conditions
@@ -108,6 +109,17 @@ class ProvisioningDoc(Body):
     enabled: bool = False
     center: Name | None = Field(
         default=None, description="the center to build on, by name; default the pool's first"
+    )
+    centers: list[Name] = Field(
+        default_factory=list,
+        max_length=20,
+        description="the centers to build in, in order, by name (a pool spanning centers)",
+    )
+    placement: Placement = Placement.FILL_IN_ORDER
+    center_parameters: dict[Name, dict[str, Any]] = Field(
+        default_factory=dict,
+        max_length=20,
+        description="per center of `centers`, by name: its own provisioning parameters",
     )
     timezone: Annotated[str, StringConstraints(max_length=64)] = Field(
         default="UTC", description="IANA time zone of the schedule windows"

@@ -50,6 +50,7 @@ from deskbroker.store.tables.inventory import (
     UserVolume,
 )
 from deskbroker.store.tables.lifecycle import ForgottenDesktop
+from deskbroker.store.tables.placement import CenterRoom
 from deskbroker.store.tables.policies import (
     Policy,
     PolicyEntry,
@@ -69,6 +70,7 @@ __all__ = [
     "BrokerNode",
     "BrokerState",
     "Center",
+    "CenterRoom",
     "CustomRole",
     "Desktop",
     "EnrolmentKey",
