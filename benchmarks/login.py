@@ -609,7 +609,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the broker's HTTP worker processes (serve --workers; more than 1 needs --db)",
     )
     parser.add_argument("--timeout", type=float, default=600, help="give up after this many s")
+    cluster = parser.add_argument_group(
+        "cluster mode", "K nodes on PostgreSQL, users in a real slapd, the whole flow"
+    )
+    cluster.add_argument(
+        "--nodes", type=int, default=0, help="broker nodes (cluster mode when given)"
+    )
+    cluster.add_argument("--rounds", type=int, default=2, help="times each user's flow runs (2)")
+    cluster.add_argument(
+        "--calibrate", type=int, default=20, help="users run step by step to count SQL (20)"
+    )
+    cluster.add_argument(
+        "--rate", type=float, default=0.0, help="start this many flows per second (open loop)"
+    )
+    cluster.add_argument(
+        "--private-pg",
+        action="store_true",
+        help="a throwaway PostgreSQL with pg_stat_statements loaded, instead of --db",
+    )
     args = parser.parse_args(argv)
+    if args.nodes:
+        if args.nodes < 1 or args.rounds < 1 or args.calibrate < 0 or args.rate < 0:
+            parser.error("--nodes and --rounds must be at least 1, --calibrate and --rate >= 0")
+        if args.users < 1 or args.concurrency < 1 or args.users + args.calibrate > 10000:
+            parser.error("--users and --concurrency must be at least 1, users + calibrate <= 10000")
+        args.db = args.db or DEFAULT_PG
+        args.desktops = args.users + args.calibrate
+        args.pool_sizes = []
+        return args
     if args.workers < 1 or (args.workers > 1 and args.db is None):
         parser.error("--workers must be at least 1, and more than 1 only on PostgreSQL (--db)")
     if args.users < 1 or args.concurrency < 1:
@@ -676,6 +703,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(json.dumps(claimed) if args.json else json.dumps(claimed, indent=2))
         return 0
+    if args.nodes:
+        return _run_cluster(args)
     try:
         result = run(args)
     except BenchError as exc:
@@ -686,6 +715,21 @@ def main(argv: list[str] | None = None) -> int:
     else:
         show_table(result)
     return 1 if result["login_errors"] or result["connect_errors"] else 0
+
+
+def _run_cluster(args: argparse.Namespace) -> int:
+    import _cluster  # imports the tests' directory helpers: only in cluster mode
+
+    try:
+        result = _cluster.run(args)
+    except BenchError as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result))
+    else:
+        _cluster.show(result)
+    return 1 if result["errors"] else 0
 
 
 if __name__ == "__main__":
