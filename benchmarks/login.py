@@ -627,6 +627,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="a throwaway PostgreSQL with pg_stat_statements loaded, instead of --db",
     )
+    cluster.add_argument(
+        "--top-statements",
+        type=int,
+        default=0,
+        help="list the N most called statements (with pg_stat_statements)",
+    )
     args = parser.parse_args(argv)
     if args.nodes:
         if args.nodes < 1 or args.rounds < 1 or args.calibrate < 0 or args.rate < 0:
