@@ -33,9 +33,9 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -43,260 +43,20 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
-from ldap3 import Connection
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests' helpers
-
-from tests.identity.directories import (
-    LDAP_BASE,
-    LDAP_SERVICE_PASSWORD,
-    Slapd,
-    running_slapd,
-)
+from tests.identity.directories import LDAP_SERVICE_PASSWORD
 from tests.identity.sources import ldap_params
 
-from deskbroker.bootstrap import add_local_user
-from deskbroker.config import Settings
-from deskbroker.services.context import BrokerContext
-from login import (
-    ADMIN,
-    METRICS_TOKEN,
-    BenchError,
-    PostgresBackend,
-    broker_env,
-    expect,
-    free_port,
-    machine_address,
-    percentile,
-    sql_total,
+from _cluster_setup import (
+    LDAP_DOMAIN,
+    STEPS,
+    TARGETS,
+    Node,
+    World,
+    cluster,
+    password_of,
+    username_of,
 )
-
-LDAP_DOMAIN = "example.org"
-STEPS = ("login", "offers", "connect", "agent_login", "agent_logout")
-# Targets from issue 14, on these 2-core machines with everything on one machine.
-TARGETS = {
-    "logins_per_s": (">=", 300.0),
-    "sql_per_login": ("<=", 6.0),
-    "db_bytes_per_login": ("<=", 1024.0),
-    "p99_ms_at_150_per_s": ("<=", 100.0),
-}
-# Statements that are not the broker's work: transaction control, the per-node heartbeat
-# (a node's own liveness, a fixed cost per second whatever the load) and our own readings.
-NOT_COUNTED = (
-    "query ~* '^\\s*(BEGIN|COMMIT|ROLLBACK|SAVEPOINT|RELEASE|SET|SHOW|DISCARD)\\y' "
-    "OR query ILIKE '%broker_nodes%' OR query ILIKE '%pg_stat%'"
-)
-
-
-def password_of(i: int) -> str:
-    return f"bench-ldap-password-{i}"
-
-
-def username_of(i: int) -> str:
-    return f"bench{i:05d}"
-
-
-# --- PostgreSQL, and how it counts ----------------------------------------------------------
-class PrivateServer:
-    """A throwaway PostgreSQL server with ``pg_stat_statements`` preloaded."""
-
-    def __init__(self) -> None:
-        from tests.pg_cluster import ThrowawayCluster, throwaway_cluster
-
-        self._context = throwaway_cluster()
-        self.cluster: ThrowawayCluster = self._context.__enter__()
-        # throwaway_cluster started it without the library: restart with it loaded.
-        self.cluster._run("pg_ctl", "-D", str(self.cluster.data), "-m", "fast", "-w", "stop")
-        options = (
-            f"-p {self.cluster.port} -c listen_addresses=127.0.0.1 -k {self.cluster.root} "
-            "-c max_connections=400 -c shared_preload_libraries=pg_stat_statements "
-            # Statements the clients sent; not the foreign-key checks run inside them.
-            "-c pg_stat_statements.track=top"
-        )
-        self.cluster._run(
-            "pg_ctl", "-D", str(self.cluster.data), "-l", str(self.cluster.log),
-            "-w", "-o", options, "start",
-        )  # fmt: skip
-        self.url = f"postgresql://postgres@127.0.0.1:{self.cluster.port}/postgres"
-
-    def close(self) -> None:
-        self._context.__exit__(None, None, None)
-
-
-class Counter:
-    """PostgreSQL's own count of the work done in one database."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        with psycopg.connect(url, autocommit=True) as conn:
-            try:
-                conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-                conn.execute("SELECT count(*) FROM pg_stat_statements").fetchone()
-                self.by = "pg_stat_statements"
-            except psycopg.Error:
-                # Installed but not preloaded: the view refuses to answer.
-                self.by = "pg_stat_database"
-
-    def read(self) -> dict[str, float]:
-        """Statements (when countable), transactions and rows written so far."""
-        with psycopg.connect(self.url, autocommit=True) as conn:
-            out: dict[str, float] = {}
-            if self.by == "pg_stat_statements":
-                row = conn.execute(
-                    "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements s "  # noqa: S608
-                    "JOIN pg_database d ON d.oid = s.dbid "
-                    f"WHERE d.datname = current_database() AND NOT ({NOT_COUNTED})"
-                ).fetchone()
-                out["statements"] = float(row[0]) if row else 0.0
-            row = conn.execute(
-                "SELECT xact_commit + xact_rollback, tup_inserted + tup_updated + tup_deleted "
-                "FROM pg_stat_database WHERE datname = current_database()"
-            ).fetchone()
-            out["transactions"] = float(row[0]) if row else 0.0
-            out["rows_written"] = float(row[1]) if row else 0.0
-            size = conn.execute("SELECT pg_database_size(current_database())").fetchone()
-            out["db_bytes"] = float(size[0]) if size else 0.0
-        return out
-
-    def top(self, limit: int) -> list[tuple[int, str]]:
-        """The most called statements of the database so far (pg_stat_statements only)."""
-        if self.by != "pg_stat_statements" or limit <= 0:
-            return []
-        with psycopg.connect(self.url, autocommit=True) as conn:
-            rows = conn.execute(
-                "SELECT calls, left(regexp_replace(query, '\\s+', ' ', 'g'), 160) "  # noqa: S608
-                "FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid "
-                f"WHERE d.datname = current_database() AND NOT ({NOT_COUNTED}) "
-                f"ORDER BY calls DESC LIMIT {int(limit)}"
-            ).fetchall()
-        return [(int(calls), str(query)) for calls, query in rows]
-
-    def settle(self) -> None:
-        """pg_stat_database is flushed by each backend when idle, at most every 10 s
-        (PostgreSQL 15); pg_stat_statements is current at once."""
-        if self.by != "pg_stat_statements":
-            time.sleep(11)
-
-
-# --- the directory ----------------------------------------------------------------------------
-def load_users(slapd: Slapd, count: int) -> None:
-    people = f"ou=people,{LDAP_BASE}"
-    with slapd.admin() as conn:
-        assert isinstance(conn, Connection)
-        for i in range(count):
-            conn.add(
-                f"uid={username_of(i)},{people}",
-                ["inetOrgPerson"],
-                {
-                    "uid": username_of(i),
-                    "cn": f"Bench User {i}",
-                    "sn": "User",
-                    "userPassword": password_of(i),
-                },
-            )
-
-
-# --- the nodes --------------------------------------------------------------------------------
-@dataclass
-class Node:
-    name: str
-    process: subprocess.Popen[bytes]
-    url: str
-    log: Path
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def tail(self) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-20:])
-        return ""
-
-
-def start_nodes(args: argparse.Namespace, db_url: str, data_dir: Path) -> list[Node]:
-    nodes = []
-    for k in range(args.nodes):
-        port = free_port()
-        name = f"node{k + 1}"
-        log = data_dir / f"{name}.log"
-        env = broker_env(args)
-        env.update(DESKBROKER_BROKER_ID=name)
-        command = [
-            sys.executable, "-m", "deskbroker.cli", "serve", "--host", "127.0.0.1",
-            "--port", str(port), "--db", db_url, "--data-dir", str(data_dir),
-            "--workers", str(args.workers),
-        ]  # fmt: skip
-        with log.open("wb") as sink:
-            process = subprocess.Popen(
-                command, cwd=data_dir, env=env, stdout=sink, stderr=subprocess.STDOUT
-            )
-        nodes.append(Node(name, process, f"http://127.0.0.1:{port}", log))
-    deadline = time.monotonic() + 180
-    for node in nodes:
-        while True:
-            if node.process.poll() is not None:
-                raise BenchError(f"{node.name} exited:\n{node.tail()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{node.url}/readyz", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise BenchError(f"{node.name} was not ready after 180 s:\n{node.tail()}")
-            time.sleep(0.1)
-    return nodes
-
-
-@dataclass
-class World:
-    """Everything a run drives."""
-
-    nodes: list[Node]
-    counter: Counter
-    slapd: Slapd
-    agent_tokens: dict[str, str] = field(default_factory=dict)  # desktop id -> token
-
-
-@contextlib.contextmanager
-def cluster(args: argparse.Namespace) -> Iterator[World]:
-    """The database, the directory with its users, the first administrator, the nodes."""
-    data_dir = Path(tempfile.mkdtemp(prefix="deskbroker-cluster-"))
-    private = PrivateServer() if args.private_pg else None
-    backend: PostgresBackend | None = None
-    nodes: list[Node] = []
-    try:
-        backend = PostgresBackend(private.url if private else args.db)
-        settings = Settings(
-            data_dir=data_dir,
-            database_url=backend.url,
-            argon2_time_cost=args.argon2_time_cost,
-            argon2_memory_kib=args.argon2_memory_kib,
-            outbound_allow="127.0.0.0/8",
-            metrics_token=METRICS_TOKEN,
-        )
-        ctx = BrokerContext.from_settings(settings)
-        try:
-            add_local_user(ctx, ADMIN[0], ADMIN[1], role="global_admin")
-        finally:
-            ctx.db.dispose()
-        counter = Counter(backend.url)
-        with running_slapd(data_dir / "slapd") as slapd:
-            load_users(slapd, args.users + args.calibrate)
-            nodes = start_nodes(args, backend.url, data_dir)
-            yield World(nodes, counter, slapd)
-    finally:
-        for node in nodes:
-            node.stop()
-        if backend is not None:
-            backend.cleanup()
-        if private is not None:
-            private.close()
-        shutil.rmtree(data_dir, ignore_errors=True)
+from login import ADMIN, BenchError, expect, machine_address, percentile, sql_total
 
 
 # --- seeding, as an operator would ------------------------------------------------------------
@@ -381,6 +141,7 @@ class Round:
     errors: list[str] = field(default_factory=list)
     wall_s: float = 0.0
     late_starts: int = 0  # paced flows that started over 10 ms after their slot
+    retried_503: int = 0
     before: dict[str, float] = field(default_factory=dict)
     after: dict[str, float] = field(default_factory=dict)
     broker_sql: float = 0.0
@@ -395,6 +156,20 @@ class Flow:
 
     def client(self, i: int, step: int) -> httpx.AsyncClient:
         return self.clients[(i + step) % len(self.clients)]
+
+    async def send(
+        self, i: int, step: int, record: Round, method: str, url: str, **kwargs: Any
+    ) -> httpx.Response:
+        """One request of a step; a 503 (the broker shedding load, or its directory
+        busy) is retried after its Retry-After as a real client or balancer would, up to
+        three times, and counted. Latencies include the waits."""
+        for attempt in range(4):
+            response = await self.client(i, step).request(method, url, **kwargs)
+            if response.status_code != 503 or attempt == 3:
+                return response
+            record.retried_503 += 1
+            await asyncio.sleep(min(5.0, float(response.headers.get("retry-after", "1"))))
+        raise AssertionError("unreachable")
 
     async def run(self, i: int, record: Round) -> None:
         """The whole flow of user ``i``; a failure is recorded, not raised."""
@@ -412,7 +187,11 @@ class Flow:
         calibration reads the counters between them)."""
         username = username_of(i)
         started = time.perf_counter()
-        r = await self.client(i, 0).post(
+        r = await self.send(
+            i,
+            0,
+            record,
+            "POST",
             "/api/v1/auth/login",
             json={"username": f"{username}@{LDAP_DOMAIN}", "password": password_of(i)},
         )
@@ -421,14 +200,22 @@ class Flow:
         auth = {"Authorization": f"Bearer {body['token']}"}
         yield "login"
         mine = expect(
-            await self.client(i, 1).get("/api/v1/client/desktops", headers=auth), 200, "offers"
+            await self.send(i, 1, record, "GET", "/api/v1/client/desktops", headers=auth),
+            200,
+            "offers",
         )
         if not mine["desktops"]:
             raise BenchError(f"no desktop held after log in: {str(mine)[:300]}")
         desktop_id = mine["desktops"][0]["id"]
         yield "offers"
-        r = await self.client(i, 2).post(
-            f"/api/v1/client/desktops/{desktop_id}/connect", json={"protocol": "vnc"}, headers=auth
+        r = await self.send(
+            i,
+            2,
+            record,
+            "POST",
+            f"/api/v1/client/desktops/{desktop_id}/connect",
+            json={"protocol": "vnc"},
+            headers=auth,
         )
         if r.status_code != 200 or "[Connection]" not in r.text:
             raise BenchError(f"connect: HTTP {r.status_code}: {r.text[:300]}")
@@ -436,7 +223,11 @@ class Flow:
         agent = {"Authorization": f"Bearer {self.world.agent_tokens[desktop_id]}"}
         for n, event in enumerate(("login", "logout")):
             expect(
-                await self.client(i, 3 + n).post(
+                await self.send(
+                    i,
+                    3 + n,
+                    record,
+                    "POST",
                     "/api/v1/agent/events",
                     json={"event": event, "user": username, "protocol": "vnc"},
                     headers=agent,
@@ -520,9 +311,34 @@ def figures(record: Round, users: int) -> dict[str, Any]:
         "db_bytes_per_login": round(grew["db_bytes"] / per),
         "wall_s": round(record.wall_s, 2),
         "late_starts": record.late_starts,
+        "retried_503": record.retried_503,
         "first_errors": record.errors[:3],
     }
     return out
+
+
+@contextlib.contextmanager
+def profiled(node: Node, out: str | None) -> Iterator[None]:
+    """Sample the node (and its workers) with py-spy while the rounds run; collapsed
+    stacks go to ``out`` (``py-spy record --format raw``), a summary is printed after."""
+    if not out:
+        yield
+        return
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    command = [spy, "record", "--pid", str(node.process.pid), "--subprocesses"]
+    command += ["--nonblocking", "--format", "raw", "--output", out, "--rate", "50"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        yield
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            _, err = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            _, err = process.communicate()
+        if process.returncode not in (0, -signal.SIGINT):
+            print(f"py-spy: {err.decode(errors='replace')[-500:]}", file=sys.stderr)
 
 
 def load_average() -> list[float]:
@@ -566,9 +382,10 @@ async def storm(world: World, args: argparse.Namespace) -> dict[str, Any]:
         per_step = (
             await calibrate(flow, world, args.users, args.calibrate) if args.calibrate else {}
         )
-        rounds = [figures(await one_round(flow, world, args), args.users)]
-        for _ in range(args.rounds - 1):
-            rounds.append(figures(await one_round(flow, world, args), args.users))
+        with profiled(world.nodes[0], args.profile):
+            rounds = [figures(await one_round(flow, world, args), args.users)]
+            for _ in range(args.rounds - 1):
+                rounds.append(figures(await one_round(flow, world, args), args.users))
     finally:
         for client in clients:
             await client.aclose()
@@ -606,9 +423,12 @@ async def storm(world: World, args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """The cluster benchmark, the machine's load average before and after."""
     load_start = load_average()
+    started = time.perf_counter()
     with cluster(args) as world:
+        setup_s = time.perf_counter() - started
         try:
             result = asyncio.run(asyncio.wait_for(storm(world, args), args.timeout))
+            result["setup_s"] = round(setup_s, 2)
         except TimeoutError as exc:
             raise BenchError(f"the benchmark took longer than {args.timeout} s") from exc
         except BenchError as exc:

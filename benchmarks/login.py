@@ -633,6 +633,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0,
         help="list the N most called statements (with pg_stat_statements)",
     )
+    cluster.add_argument(
+        "--profile",
+        metavar="FILE",
+        default=None,
+        help="py-spy the first node during the rounds; collapsed stacks to FILE",
+    )
     args = parser.parse_args(argv)
     if args.nodes:
         if args.nodes < 1 or args.rounds < 1 or args.calibrate < 0 or args.rate < 0:
@@ -724,7 +730,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_cluster(args: argparse.Namespace) -> int:
-    import _cluster  # imports the tests' directory helpers: only in cluster mode
+    # Cluster mode reuses the tests' slapd helpers (tests/identity): the checkout's root
+    # goes on the path, and only in this mode.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    import _cluster
 
     try:
         result = _cluster.run(args)
