@@ -53,6 +53,7 @@ from _cluster_setup import (
     Node,
     World,
     cluster,
+    cpu_reading,
     password_of,
     username_of,
 )
@@ -142,6 +143,8 @@ class Round:
     wall_s: float = 0.0
     late_starts: int = 0  # paced flows that started over 10 ms after their slot
     retried_503: int = 0
+    cpu_before: dict[str, float] = field(default_factory=dict)
+    cpu_after: dict[str, float] = field(default_factory=dict)
     before: dict[str, float] = field(default_factory=dict)
     after: dict[str, float] = field(default_factory=dict)
     broker_sql: float = 0.0
@@ -272,6 +275,7 @@ async def one_round(flow: Flow, world: World, args: argparse.Namespace) -> Round
     await asyncio.to_thread(world.counter.settle)
     record.before = await asyncio.to_thread(world.counter.read)
     sql_before = await broker_sql(flow.clients)
+    record.cpu_before = await asyncio.to_thread(cpu_reading, world)
     gate = asyncio.Semaphore(args.concurrency)
     started = time.perf_counter()
 
@@ -286,6 +290,7 @@ async def one_round(flow: Flow, world: World, args: argparse.Namespace) -> Round
 
     await asyncio.gather(*(user(i) for i in range(args.users)))
     record.wall_s = time.perf_counter() - started
+    record.cpu_after = await asyncio.to_thread(cpu_reading, world)
     record.broker_sql = await broker_sql(flow.clients) - sql_before
     await asyncio.to_thread(world.counter.settle)
     record.after = await asyncio.to_thread(world.counter.read)
@@ -312,6 +317,18 @@ def figures(record: Round, users: int) -> dict[str, Any]:
         "wall_s": round(record.wall_s, 2),
         "late_starts": record.late_starts,
         "retried_503": record.retried_503,
+        # CPU milliseconds per flow of each part, and the share of the machine's cores
+        # the part kept busy during the round: what the rate is bound by.
+        "cpu_ms_per_flow": {
+            part: round(1000 * (record.cpu_after[part] - record.cpu_before[part]) / per, 2)
+            for part in record.cpu_after
+        },
+        "cpu_cores_busy": {
+            part: round((record.cpu_after[part] - record.cpu_before[part]) / record.wall_s, 2)
+            for part in record.cpu_after
+        }
+        if record.wall_s
+        else {},
         "first_errors": record.errors[:3],
     }
     return out

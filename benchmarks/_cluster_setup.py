@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import shutil
 import subprocess
 import sys
@@ -219,6 +220,7 @@ class World:
     nodes: list[Node]
     counter: Counter
     slapd: Slapd
+    pg_pid: int | None = None  # the private server's postmaster
     agent_tokens: dict[str, str] = field(default_factory=dict)  # desktop id -> token
 
 
@@ -248,7 +250,8 @@ def cluster(args: argparse.Namespace) -> Iterator[World]:
         with running_slapd(data_dir / "slapd") as slapd:
             load_users(slapd, args.users + args.calibrate)
             nodes = start_nodes(args, backend.url, data_dir)
-            yield World(nodes, counter, slapd)
+            pg_pid = postmaster_pid(private.cluster.data) if private else None
+            yield World(nodes, counter, slapd, pg_pid)
     finally:
         for node in nodes:
             node.stop()
@@ -257,3 +260,58 @@ def cluster(args: argparse.Namespace) -> Iterator[World]:
         if private is not None:
             private.close()
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+# --- where the CPU goes -------------------------------------------------------------------
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int) -> tuple[int, float] | None:
+    """(parent pid, CPU seconds of the process and its reaped children) from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    # After the command: state ppid ... utime(12) stime(13) cutime(14) cstime(15).
+    return int(fields[1]), sum(int(v) for v in fields[11:15]) / TICKS
+
+
+def cpu_seconds(roots: list[int]) -> float:
+    """CPU time of the processes ``roots`` and all their descendants, including exited
+    children their parents have reaped (PostgreSQL backends, uvicorn workers)."""
+    table: dict[int, tuple[int, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (found := _stat(int(entry.name))) is not None:
+            table[int(entry.name)] = found
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _) in table.items():
+        children.setdefault(parent, []).append(pid)
+    total, todo, seen = 0.0, list(roots), set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen or pid not in table:
+            continue
+        seen.add(pid)
+        total += table[pid][1]
+        todo += children.get(pid, [])
+    return total
+
+
+def postmaster_pid(data_dir: Path) -> int | None:
+    """The server's main process, from its ``postmaster.pid``."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        return int((data_dir / "postmaster.pid").read_text().splitlines()[0])
+    return None
+
+
+def cpu_reading(world: World) -> dict[str, float]:
+    """CPU seconds so far of each part of the benchmark (PostgreSQL's only when it is
+    the benchmark's own server: the shared one serves others too)."""
+    out = {
+        "nodes": cpu_seconds([n.process.pid for n in world.nodes]),
+        "slapd": cpu_seconds([world.slapd.proc.pid] if world.slapd.proc else []),
+        "load_generator": sum(os.times()[:2]),
+    }
+    if world.pg_pid is not None:
+        out["postgresql"] = cpu_seconds([world.pg_pid])
+    return out
