@@ -144,6 +144,8 @@ class Round:
     late_starts: int = 0  # paced flows that started over 10 ms after their slot
     retried_503: int = 0
     cpu_before: dict[str, float] = field(default_factory=dict)
+    tables_before: dict[str, float] = field(default_factory=dict)
+    tables_after: dict[str, float] = field(default_factory=dict)
     cpu_after: dict[str, float] = field(default_factory=dict)
     before: dict[str, float] = field(default_factory=dict)
     after: dict[str, float] = field(default_factory=dict)
@@ -274,6 +276,7 @@ async def one_round(flow: Flow, world: World, args: argparse.Namespace) -> Round
     record = Round()
     await asyncio.to_thread(world.counter.settle)
     record.before = await asyncio.to_thread(world.counter.read)
+    record.tables_before = await asyncio.to_thread(world.counter.tables)
     sql_before = await broker_sql(flow.clients)
     record.cpu_before = await asyncio.to_thread(cpu_reading, world)
     gate = asyncio.Semaphore(args.concurrency)
@@ -294,7 +297,21 @@ async def one_round(flow: Flow, world: World, args: argparse.Namespace) -> Round
     record.broker_sql = await broker_sql(flow.clients) - sql_before
     await asyncio.to_thread(world.counter.settle)
     record.after = await asyncio.to_thread(world.counter.read)
+    record.tables_after = await asyncio.to_thread(world.counter.tables)
     return record
+
+
+def growth_by_table(record: Round, per: int) -> dict[str, float]:
+    """The five tables that grew most per flow (bytes, indexes included), and the
+    share of row updates that were HOT (pg_stat counters are flushed lazily: the
+    share is approximate)."""
+    before, after = record.tables_before, record.tables_after
+    grew = {t: (after[t] - before.get(t, 0.0)) / per for t in after if not t.startswith("(")}
+    top = dict(sorted(grew.items(), key=lambda kv: -kv[1])[:5])
+    updates = after["(updates)"] - before.get("(updates)", 0.0)
+    hot = after["(hot updates)"] - before.get("(hot updates)", 0.0)
+    top["(hot update share)"] = round(hot / updates, 2) if updates else 0.0
+    return {t: round(v, 1) for t, v in top.items()}
 
 
 def figures(record: Round, users: int) -> dict[str, Any]:
@@ -329,6 +346,7 @@ def figures(record: Round, users: int) -> dict[str, Any]:
         }
         if record.wall_s
         else {},
+        "table_bytes_per_flow": growth_by_table(record, per),
         "first_errors": record.errors[:3],
     }
     return out

@@ -133,6 +133,21 @@ class Counter:
             ).fetchall()
         return [(int(calls), str(query)) for calls, query in rows]
 
+    def tables(self) -> dict[str, float]:
+        """Each table's size with its indexes and TOAST, and the database-wide share of
+        row updates that were HOT (no new index entries), for where the growth goes."""
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT relname, pg_total_relation_size(relid) FROM pg_stat_user_tables"
+            ).fetchall()
+            hot = conn.execute(
+                "SELECT coalesce(sum(n_tup_upd), 0), coalesce(sum(n_tup_hot_upd), 0) "
+                "FROM pg_stat_user_tables"
+            ).fetchone()
+        out = {str(name): float(size) for name, size in rows}
+        out["(updates)"], out["(hot updates)"] = (float(hot[0]), float(hot[1])) if hot else (0, 0)
+        return out
+
     def settle(self) -> None:
         """pg_stat_database is flushed by each backend when idle, at most every 10 s
         (PostgreSQL 15); pg_stat_statements is current at once."""
