@@ -46,7 +46,8 @@ TARGETS = {
 # (a node's own liveness, a fixed cost per second whatever the load) and our own readings.
 NOT_COUNTED = (
     "query ~* '^\\s*(BEGIN|COMMIT|ROLLBACK|SAVEPOINT|RELEASE|SET|SHOW|DISCARD)\\y' "
-    "OR query ILIKE '%broker_nodes%' OR query ILIKE '%pg_stat%'"
+    "OR query ILIKE '%broker_nodes%' OR query ILIKE '%pg_stat%' "
+    "OR query ILIKE '%pg_database_size%' OR query ILIKE '%pg_total_relation_size%'"
 )
 
 
