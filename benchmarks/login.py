@@ -21,6 +21,13 @@ Usage::
     .venv/bin/python benchmarks/login.py --json --db postgresql://postgres@127.0.0.1:5432/postgres
     .venv/bin/python benchmarks/login.py --json --db --workers 2    # two HTTP workers
 
+Cluster mode (``--nodes K``, see ``_cluster.py`` and docs/scaling.md "Cluster mode"): K
+nodes on one PostgreSQL, the users in a real slapd, each doing log in, offers, connect and
+the agent's login and logout::
+
+    .venv/bin/python benchmarks/login.py --json --nodes 2 --users 1000 --private-pg
+    .venv/bin/python benchmarks/login.py --json --nodes 1 --users 750 --rate 150 --private-pg
+
 With ``--db postgresql://...`` the URL names a server and a database to connect to for
 administration; the benchmark creates ``deskbroker_bench_<random>`` there and drops it at
 the end. Password hashing (argon2id) dominates the cost of a login, so its cost is a flag
