@@ -21,6 +21,13 @@ Usage::
     .venv/bin/python benchmarks/login.py --json --db postgresql://postgres@127.0.0.1:5432/postgres
     .venv/bin/python benchmarks/login.py --json --db --workers 2    # two HTTP workers
 
+Cluster mode (``--nodes K``, see ``_cluster.py`` and docs/scaling.md "Cluster mode"): K
+nodes on one PostgreSQL, the users in a real slapd, each doing log in, offers, connect and
+the agent's login and logout::
+
+    .venv/bin/python benchmarks/login.py --json --nodes 2 --users 1000 --private-pg
+    .venv/bin/python benchmarks/login.py --json --nodes 1 --users 750 --rate 150 --private-pg
+
 With ``--db postgresql://...`` the URL names a server and a database to connect to for
 administration; the benchmark creates ``deskbroker_bench_<random>`` there and drops it at
 the end. Password hashing (argon2id) dominates the cost of a login, so its cost is a flag
@@ -609,7 +616,46 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the broker's HTTP worker processes (serve --workers; more than 1 needs --db)",
     )
     parser.add_argument("--timeout", type=float, default=600, help="give up after this many s")
+    cluster = parser.add_argument_group(
+        "cluster mode", "K nodes on PostgreSQL, users in a real slapd, the whole flow"
+    )
+    cluster.add_argument(
+        "--nodes", type=int, default=0, help="broker nodes (cluster mode when given)"
+    )
+    cluster.add_argument("--rounds", type=int, default=2, help="times each user's flow runs (2)")
+    cluster.add_argument(
+        "--calibrate", type=int, default=20, help="users run step by step to count SQL (20)"
+    )
+    cluster.add_argument(
+        "--rate", type=float, default=0.0, help="start this many flows per second (open loop)"
+    )
+    cluster.add_argument(
+        "--private-pg",
+        action="store_true",
+        help="a throwaway PostgreSQL with pg_stat_statements loaded, instead of --db",
+    )
+    cluster.add_argument(
+        "--top-statements",
+        type=int,
+        default=0,
+        help="list the N most called statements (with pg_stat_statements)",
+    )
+    cluster.add_argument(
+        "--profile",
+        metavar="FILE",
+        default=None,
+        help="py-spy the first node during the rounds; collapsed stacks to FILE",
+    )
     args = parser.parse_args(argv)
+    if args.nodes:
+        if args.nodes < 1 or args.rounds < 1 or args.calibrate < 0 or args.rate < 0:
+            parser.error("--nodes and --rounds must be at least 1, --calibrate and --rate >= 0")
+        if args.users < 1 or args.concurrency < 1 or args.users + args.calibrate > 10000:
+            parser.error("--users and --concurrency must be at least 1, users + calibrate <= 10000")
+        args.db = args.db or DEFAULT_PG
+        args.desktops = args.users + args.calibrate
+        args.pool_sizes = []
+        return args
     if args.workers < 1 or (args.workers > 1 and args.db is None):
         parser.error("--workers must be at least 1, and more than 1 only on PostgreSQL (--db)")
     if args.users < 1 or args.concurrency < 1:
@@ -676,6 +722,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(json.dumps(claimed) if args.json else json.dumps(claimed, indent=2))
         return 0
+    if args.nodes:
+        return _run_cluster(args)
     try:
         result = run(args)
     except BenchError as exc:
@@ -686,6 +734,24 @@ def main(argv: list[str] | None = None) -> int:
     else:
         show_table(result)
     return 1 if result["login_errors"] or result["connect_errors"] else 0
+
+
+def _run_cluster(args: argparse.Namespace) -> int:
+    # Cluster mode reuses the tests' slapd helpers (tests/identity): the checkout's root
+    # goes on the path, and only in this mode.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    import _cluster
+
+    try:
+        result = _cluster.run(args)
+    except BenchError as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result))
+    else:
+        _cluster.show(result)
+    return 1 if result["errors"] else 0
 
 
 if __name__ == "__main__":
