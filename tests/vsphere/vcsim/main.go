@@ -2,6 +2,7 @@
 // (Debian's golang-github-vmware-govmomi-dev) by `make setup`: one datacenter, one cluster
 // of -hosts hosts, -datastores datastores, -vms powered-on VMs and -templates templates
 // (the first with a snapshot "base", so linked clones can be made from it).
+// With -trace FILE it writes the SOAP traffic to FILE.
 // It prints one JSON line {"url": ..., "ca_file": ...} once it listens, and runs until
 // its standard input closes or it is signalled.
 package main
@@ -41,7 +42,17 @@ func main() {
 	datastores := flag.Int("datastores", 2, "datastores")
 	vms := flag.Int("vms", 2, "powered-on virtual machines")
 	templates := flag.Int("templates", 2, "templates (the first has a snapshot)")
+	trace := flag.String("trace", "", "write the SOAP requests and answers to this file")
 	flag.Parse()
+	if *trace != "" {
+		// The tests read what the broker asked when the simulator does not act on it
+		// (a linked clone's disk backing, a revert).
+		out, err := os.Create(*trace)
+		if err != nil {
+			log.Fatal(err)
+		}
+		simulator.Trace, simulator.TraceFile = true, out
+	}
 
 	model := simulator.VPX()
 	model.Host = 0

@@ -69,6 +69,9 @@ class VsphereParams(BaseModel):
     max_desktops: int | None = Field(
         default=None, ge=0, le=100000, description="builds beyond this many are over quota"
     )
+    reap_leaks: bool = Field(
+        default=False, description="destroy VMs marked as this center's that no desktop owns"
+    )
     timeout_s: float = Field(
         default=60.0, gt=0, le=600, description="the longest one call to vCenter may take"
     )
