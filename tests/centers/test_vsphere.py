@@ -338,3 +338,27 @@ def test_revert_to_snapshot(traced: tuple[Vcsim, Path]) -> None:
     wait_until(lambda: _properties(driver, machine_id, ["snapshot"]).get("snapshot"))
     driver.revert_to_snapshot(machine)
     assert "RevertToCurrentSnapshot_Task" in trace.read_text()
+
+
+def test_capacity_faults_are_the_shared_quota_error(vcsim: Vcsim) -> None:
+    """vCenter's ways of saying "no room" (which the simulator never says) become
+    ``QuotaExceeded``, so the pool waits; any other fault is a ``CenterError``."""
+    driver = open_driver("vsphere", vcsim.params(), {"password": PASSWORD})
+    assert isinstance(driver, VsphereCenter)
+
+    def answering(fault: Exception) -> Any:
+        def work(si: Any) -> None:
+            assert si.content.about.name  # a real session: the fault is vCenter's answer
+            raise fault
+
+        return work
+
+    for fault in (
+        vim.fault.InsufficientResourcesFault(msg="not enough CPU in the pool"),
+        vim.fault.NoDiskSpace(msg="no space on ssd-01", datastore="ssd-01"),
+    ):
+        with pytest.raises(QuotaExceeded, match="has no room"):
+            driver.vcenter.call(answering(fault), "clone")
+    with pytest.raises(CenterError, match="clone: no permission") as raised:
+        driver.vcenter.call(answering(vim.fault.NoPermission(msg="no permission")), "clone")
+    assert not isinstance(raised.value, QuotaExceeded)
