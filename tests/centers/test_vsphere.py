@@ -84,6 +84,11 @@ class TestVsphereCenter(CenterConformance):
         names = {m.name for m in driver.inventory()}
         assert not names & set(images)
         assert {m.power_state for m in driver.inventory()} == {PowerState.RUNNING}
+        catalog = driver.catalog()
+        assert [d["name"] for d in catalog["datastores"]] == ["LocalDS_0", "LocalDS_1"]
+        assert all(d["free_gb"] > 0 for d in catalog["datastores"])
+        # One cluster of the simulator's two hosts (its -hosts default).
+        assert [c["hosts"] for c in catalog["clusters"]] == [2]
 
     def test_every_power_action_reaches_the_vm(self, driver: CenterDriver) -> None:
         machine_id = driver.create(request())

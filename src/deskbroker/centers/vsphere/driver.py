@@ -160,6 +160,45 @@ class VsphereCenter(CenterDriver):
 
         return self.vcenter.call(listing, "list templates")
 
+    def catalog(self) -> dict[str, list[dict[str, Any]]]:
+        """The pickers' lists, with the datacenter's datastores (free space), clusters
+        and hosts (for the center's ``datastores`` and ``resource_pool``)."""
+        base = super().catalog()
+
+        def listing(si: vim.ServiceInstance) -> dict[str, list[dict[str, Any]]]:
+            dc = inventory.datacenter(si, self.vs_params.datacenter)
+            stores = inventory.collect(
+                si, dc.datastoreFolder, vim.Datastore, ["name", "summary.freeSpace"]
+            )
+            computes = inventory.collect(si, dc.hostFolder, vim.ComputeResource, ["name", "host"])
+            return {
+                "datastores": sorted(
+                    (
+                        {
+                            "id": str(p["name"]),
+                            "name": str(p["name"]),
+                            "free_gb": round(int(p.get("summary.freeSpace") or 0) / _GIB, 1),
+                        }
+                        for _, p in stores
+                    ),
+                    key=lambda d: str(d["name"]),
+                ),
+                "clusters": sorted(
+                    (
+                        {
+                            "id": str(p["name"]),
+                            "name": str(p["name"]),
+                            "hosts": len(p.get("host") or []),
+                        }
+                        for _, p in computes
+                    ),
+                    key=lambda d: str(d["name"]),
+                ),
+            }
+
+        base.update(self.vcenter.call(listing, "list datastores and clusters"))
+        return base
+
     # --- building ---------------------------------------------------------------------
     def create(self, request: ProvisionRequest) -> str:
         """Clone the pool's template into a new VM marked as the broker's, powered on.
