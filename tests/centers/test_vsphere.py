@@ -253,6 +253,9 @@ def test_tls_is_verified_unless_a_global_admin_says_otherwise(
     assert host_side_of(VsphereParams.model_validate(vcsim.params())) == []
     with pytest.raises(ValidationError, match="PEM"):
         VsphereParams.model_validate(vcsim.params(ca_pem="not a certificate"))
+    broken = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+    with pytest.raises(ValidationError, match="not a usable PEM"):
+        VsphereParams.model_validate(vcsim.params(ca_pem=broken))
     assert secret not in caplog.text
 
 

@@ -11,6 +11,7 @@ so only a global administrator may set it (``host_side_params``, checked by
 from __future__ import annotations
 
 import re
+import ssl
 from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -89,8 +90,16 @@ class VsphereParams(BaseModel):
     @field_validator("ca_pem")
     @classmethod
     def _pem(cls, text: str | None) -> str | None:
-        if text is not None and "-----BEGIN CERTIFICATE-----" not in text:
+        if text is None:
+            return None
+        if "-----BEGIN CERTIFICATE-----" not in text:
             raise ValueError("not a PEM certificate bundle")
+        try:
+            # Loaded as the connection will load it: a bundle OpenSSL refuses is a 422
+            # now, not a failed scan later.
+            ssl.create_default_context(cadata=text)
+        except (ssl.SSLError, ValueError) as exc:
+            raise ValueError(f"not a usable PEM certificate bundle: {exc}") from None
         return text
 
     def outbound_targets(self) -> list[Target]:
