@@ -111,6 +111,13 @@ def test_a_pool_fills_to_its_target_by_cloning(
         machine = look.machine(desktop["external_id"])
         assert machine is not None and machine.power_state.value == "running"
         assert machine.name.startswith("vdi-")
+    # An administrator's power action reaches the VM in vCenter, and back.
+    external = api.get(f"desktops/{members[0]['id']}")["external_id"]
+    for action, state in (("suspend", "suspended"), ("resume", "running")):
+        done = api.post(f"desktops/{members[0]['id']}/power", {"action": action}, status=200)
+        assert done["action"] == action
+        seen = look.machine(external)
+        assert seen is not None and seen.power_state.value == state
     # Running the engine again builds nothing more: the pool is at its target.
     engine.run_once()
     assert len(_annotations(look)) == TARGET
