@@ -6,7 +6,8 @@ PY := $(VENV)/bin/python
 SYSTEM_PACKAGES := python3-venv tigervnc-standalone-server tigervnc-tools tigervnc-viewer postgresql postgresql-client \
   slapd ldap-utils samba samba-ad-dc samba-dsdb-modules samba-ad-provision winbind krb5-user \
   ypserv rpcbind libcrypt1 whois openssl util-linux nodejs libxss1 x11-utils $(NPM_PACKAGE) \
-  chromium openssh-server xrdp xorgxrdp freerdp2-x11 pgbouncer libvirt-dev pkg-config
+  chromium openssh-server xrdp xorgxrdp freerdp2-x11 pgbouncer libvirt-dev pkg-config \
+  golang-go golang-github-vmware-govmomi-dev
 # Debian's npm conflicts with a NodeSource nodejs, which brings its own npm: ask apt for
 # npm only when no npm runs.
 NPM_PACKAGE := $(if $(shell command -v npm 2>/dev/null),,npm)
@@ -22,7 +23,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: viewer-assets portal-assets setup system demo test lint typecheck test-sqlite test-postgresql bench docs clean agent
 
-setup: system $(VENV)/.installed $(OIDC_PROVIDER)/node_modules/.installed viewer-assets portal-assets
+setup: system $(VENV)/.installed $(OIDC_PROVIDER)/node_modules/.installed viewer-assets portal-assets $(VCSIM)
 
 # System packages through apt-get, only when one is missing (apt-get update is slow).
 system:
@@ -40,6 +41,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $@
+
+# govmomi's vCenter simulator, built offline from Debian's Go sources (no module download):
+# the vSphere tests start it. Rebuilt only when its main.go changes.
+VCSIM := build/vcsim
+$(VCSIM): tests/vsphere/vcsim/main.go | system
+	@mkdir -p build
+	GO111MODULE=off GOPATH=/usr/share/gocode GOCACHE=$(CURDIR)/build/gocache \
+	  go build -o $@ ./tests/vsphere/vcsim/
 
 $(OIDC_PROVIDER)/node_modules/.installed: $(OIDC_PROVIDER)/package-lock.json
 	cd $(OIDC_PROVIDER) && npm ci --no-audit --no-fund --loglevel=error

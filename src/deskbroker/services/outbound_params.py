@@ -17,8 +17,9 @@ from deskbroker.store.db import Unit
 
 # The params that decide whether a connection is private and goes to the server it names:
 # a secret given over verified TLS must not go out once someone switches TLS off, drops
-# StartTLS on ldap:// or trusts another CA.
-_TLS_PARAMS = ("verify_tls", "start_tls", "ca_file")
+# StartTLS on ldap:// or trusts another CA (a file on the broker host, or a PEM bundle
+# given in the params, as the vSphere driver's).
+_TLS_PARAMS = ("verify_tls", "start_tls", "ca_file", "ca_pem", "insecure")
 
 
 def _connection(model: BaseModel) -> list[tuple[str, str]]:
@@ -55,8 +56,8 @@ def vet(
       its scopes): a tenant admin or a script would borrow the operator's.
     - Every host written in them passes the outbound policy (names are checked again,
       resolved, on every connection).
-    - When a URL or host, or a TLS setting (``verify_tls``, ``start_tls``, ``ca_file``),
-      changes and the request gives no new secrets, the stored ones
+    - When a URL or host, or a TLS setting (``verify_tls``, ``start_tls``, ``ca_file``,
+      ``ca_pem``, ``insecure``), changes and the request gives no new secrets, the stored ones
       are dropped (``secrets_sealed`` set to ``None`` in ``data``): a password given for
       one server must not be sent to another.
     """

@@ -1,0 +1,215 @@
+"""One vCenter session per center, every call under a whole-call deadline.
+
+pyvmomi's calls block on HTTPS; a vCenter that stops answering would hold the calling
+thread. So each call runs on a capped helper thread (``Helpers``, the pattern of the
+OpenStack and libvirt drivers) that the caller waits for at most ``timeout_s``; the
+socket timeout is the same, so a helper given up on ends by itself.
+
+The session is opened lazily and shared by every driver of one host, user and password
+(the engine's, the API's and the plans' caches each open a driver); a session vCenter
+forgot (``NotAuthenticated``) is dropped and opened again on the next call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from pyVim.connect import Disconnect, SmartConnect
+from pyVmomi import vim, vmodl
+
+from deskbroker import outbound
+from deskbroker.centers.base import QuotaExceeded
+from deskbroker.centers.openstack.overdue import Helpers, NoHelperLeft, Overdue
+from deskbroker.centers.vsphere.params import VsphereParams
+from deskbroker.errors import CenterError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Helper threads for vCenter calls in one process: their own places, so a hung vCenter
+#: cannot take a cloud's or a libvirt host's.
+VSPHERE_CALLS = Helpers(32)
+
+# vCenter's ways of saying there is no room: the build may fit later, so the pool waits.
+CAPACITY_FAULTS: tuple[type[Exception], ...] = (
+    vim.fault.InsufficientResourcesFault,
+    vim.fault.NoDiskSpace,
+    vim.fault.OutOfBounds,
+)
+
+
+def words(fault: BaseException) -> str:
+    """A fault's message on one line and short; vCenter's messages name objects, never
+    the credentials (a login fault is reported by the broker's own words)."""
+    text = getattr(fault, "msg", None) or type(fault).__name__
+    return " ".join(str(text).split())[:300]
+
+
+class _Link:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.si: vim.ServiceInstance | None = None
+
+
+_links: dict[tuple[str, int, str, str], _Link] = {}
+_links_lock = threading.Lock()
+
+
+class Vcenter:
+    """The session with one vCenter and the deadline around each call."""
+
+    def __init__(self, params: VsphereParams, secrets: Mapping[str, str]) -> None:
+        self.params = params
+        self._password = secrets.get("password", "")
+        # The TLS settings are part of the key: a session opened trusting one CA is not
+        # reused by a center that trusts another.
+        digest = hashlib.sha256(
+            "\0".join([self._password, params.ca_pem or "", str(params.insecure)]).encode()
+        ).hexdigest()
+        self._key = (params.host, params.port, params.username, digest)
+        self.calls = 0
+
+    def _link(self) -> _Link:
+        with _links_lock:
+            return _links.setdefault(self._key, _Link())
+
+    def _check_outbound(self) -> None:
+        """Every address vCenter's name resolves to passes the outbound policy: pyvmomi
+        opens its own sockets, so the broker checks before it connects."""
+        host = self.params.host.strip("[]")
+        try:
+            found = socket.getaddrinfo(host, self.params.port, type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError) as exc:
+            raise CenterError(f"vCenter {host} does not resolve: {exc}") from exc
+        policy = outbound.current()
+        for *_, target in found:
+            policy.check_address(str(target[0]), f"vCenter {host}")
+
+    def _tls(self) -> ssl.SSLContext:
+        if self.params.insecure:
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            return context
+        if self.params.ca_pem:
+            return ssl.create_default_context(cadata=self.params.ca_pem)
+        return ssl.create_default_context()
+
+    def _open(self) -> vim.ServiceInstance:
+        self._check_outbound()
+        try:
+            return SmartConnect(
+                host=self.params.host.strip("[]"),
+                port=self.params.port,
+                user=self.params.username,
+                pwd=self._password,
+                sslContext=self._tls(),
+                connectionPoolTimeout=self.params.timeout_s,
+            )
+        except vim.fault.InvalidLogin:
+            raise CenterError(
+                f"vCenter {self.params.host} refused user {self.params.username!r}: "
+                "check the user name and the password secret"
+            ) from None
+        except ssl.SSLError as exc:
+            raise CenterError(
+                f"vCenter {self.params.host}: TLS verification failed ({exc.reason}); "
+                "give its CA in ca_pem"
+            ) from None
+        except (OSError, vmodl.MethodFault) as exc:
+            raise CenterError(
+                f"cannot connect to vCenter {self.params.host}: {words(exc)}"
+            ) from None
+
+    def service(self) -> vim.ServiceInstance:
+        """The shared session, opened on first use or after it was lost."""
+        link = self._link()
+        with link.lock:
+            if link.si is None:
+                link.si = self._open()
+            return link.si
+
+    def _drop(self) -> None:
+        link = self._link()
+        with link.lock:
+            link.si = None
+
+    def call(
+        self,
+        work: Callable[[vim.ServiceInstance], T],
+        what: str,
+        *,
+        timeout_s: float | None = None,
+    ) -> T:
+        """``work(service instance)`` on a helper thread, given up on after
+        ``timeout_s`` (the center's, or the one given: a clone's is the build's),
+        logging in included. vCenter faults become ``CenterError``
+        naming ``what`` (``QuotaExceeded`` for the capacity faults); the broker's own
+        errors raised by ``work`` pass as they are."""
+        self.calls += 1
+        limit = timeout_s or self.params.timeout_s
+        deadline = time.monotonic() + limit
+
+        def run() -> T:
+            si = self.service()
+            try:
+                return work(si)
+            except vim.fault.NotAuthenticated:
+                # vCenter forgot the session (expired, restarted): once more, anew.
+                self._drop()
+                return work(self.service())
+
+        try:
+            return VSPHERE_CALLS.run(run, deadline - time.monotonic(), "vsphere-call")
+        except Overdue:
+            raise CenterError(
+                f"{what}: vCenter {self.params.host} did not answer within {limit:g} s"
+            ) from None
+        except NoHelperLeft as exc:
+            raise CenterError(
+                f"{what}: not asked, since {exc}; the broker waits for them to end first"
+            ) from None
+        except CAPACITY_FAULTS as exc:
+            raise QuotaExceeded(f"{what}: vCenter has no room: {words(exc)}") from None
+        except vmodl.MethodFault as exc:
+            log.warning("%s: vCenter fault %s: %s", what, type(exc).__name__, words(exc))
+            raise CenterError(f"{what}: {words(exc)}") from None
+        except OSError as exc:
+            self._drop()
+            raise CenterError(f"{what}: vCenter {self.params.host}: {exc}") from None
+
+    def close(self) -> None:
+        """Log out of the shared session (a test's clean-up; the broker keeps it)."""
+        with _links_lock:
+            link = _links.pop(self._key, None)
+        if link is None:
+            return
+        with link.lock:
+            si, link.si = link.si, None
+        if si is not None:
+            with contextlib.suppress(Exception):
+                Disconnect(si)
+
+
+def wait_task(task: vim.Task, deadline: float, what: str) -> Any:
+    """The result of a vCenter task, raising its fault; gives up at ``deadline`` (the
+    call's own), so a helper never outlives the call that started it by long."""
+    pause = 0.05
+    while True:
+        info = task.info
+        if info.state == vim.TaskInfo.State.success:
+            return info.result
+        if info.state == vim.TaskInfo.State.error:
+            raise info.error
+        if time.monotonic() >= deadline:
+            raise CenterError(f"{what}: vCenter task {task._moId} still running at the deadline")
+        time.sleep(pause)
+        pause = min(pause * 2, 1.0)
