@@ -80,9 +80,7 @@ def center_params(directory: Path, slots: int = 3, **more: Any) -> dict[str, Any
 
 
 def open_local(directory: Path, **more: Any) -> LocalCenter:
-    driver = open_driver(
-        "local", center_params(directory, **more), {"vnc_password": VNC_PASSWORD}
-    )
+    driver = open_driver("local", center_params(directory, **more), {"vnc_password": VNC_PASSWORD})
     assert isinstance(driver, LocalCenter)
     return driver
 
@@ -125,7 +123,7 @@ def vnc_login(address: str, port: int, password: str) -> tuple[bytes, list[int],
         sock.sendall(bytes([2]))
         challenge = _recv(sock, 16)
         # Single DES: triple DES with one key three times (cryptography has no DES).
-        cipher = Cipher(TripleDES(_vnc_key(password) * 3), modes.ECB())
+        cipher = Cipher(TripleDES(_vnc_key(password) * 3), modes.ECB())  # noqa: S305 - the RFB protocol's own
         encryptor = cipher.encryptor()
         sock.sendall(encryptor.update(challenge) + encryptor.finalize())
         result = int.from_bytes(_recv(sock, 4), "big")

@@ -396,9 +396,7 @@ class LocalCenter(CenterDriver):
 
     def find_tagged(self, tag: str) -> list[MachineInfo]:
         return [
-            self._describe(s)
-            for s in self._all()
-            if self._ours(s) and tag in (s.get("tags") or [])
+            self._describe(s) for s in self._all() if self._ours(s) and tag in (s.get("tags") or [])
         ]
 
     def leaked(self, known_external_ids: set[str], *, center_id: str) -> list[MachineInfo]:

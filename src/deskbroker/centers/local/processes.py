@@ -9,6 +9,7 @@ of an earlier broker process belong to init, which reaps them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import signal
@@ -119,11 +120,10 @@ def spawn(argv: list[str], who: RunAs, display: int | None, log: Path) -> tuple[
                 start_new_session=True,
                 umask=0o077,
                 close_fds=True,
-                **(
-                    {"user": who.uid, "group": who.gid, "extra_groups": list(who.groups)}
-                    if who.switch
-                    else {}
-                ),
+                # None: no change (a broker that is not root runs them as itself).
+                user=who.uid if who.switch else None,
+                group=who.gid if who.switch else None,
+                extra_groups=list(who.groups) if who.switch else None,
             )
         except OSError as exc:
             raise CenterError(f"cannot start {argv[0]}: {exc.strerror or exc}") from exc
@@ -172,18 +172,14 @@ def signal_group(pid: int, start: int, signum: int) -> None:
     leader = state(pid, start)
     if leader == "gone" and started_at(pid) is not None:
         return  # the pid is someone else's now
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signum)
-    except ProcessLookupError:
-        pass
 
 
 def signal_one(pid: int, start: int, signum: int) -> None:
     if pid > 0 and state(pid, start) != "gone":
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signum)
-        except ProcessLookupError:
-            pass
 
 
 def stop(pid: int, start: int, *, group: bool, grace_s: float = 5.0) -> None:
@@ -203,8 +199,5 @@ def stop(pid: int, start: int, *, group: bool, grace_s: float = 5.0) -> None:
     if group and started_at(pid) is None:
         # Members that outlived their leader (a shell's children) go too; the group id
         # is no new process's while no process has that pid.
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-
