@@ -4,7 +4,10 @@ environment, stop and start on the same port, nothing half-made, slots as quota.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -216,3 +219,36 @@ def test_a_root_broker_never_runs_sessions_as_root(tmp_path: Path) -> None:
         driver = open_local(tmp_path, session_user=user)
         with pytest.raises(CenterError, match=words):
             driver.create(_request("as-root"))
+
+
+def test_a_new_broker_process_finds_and_stops_the_sessions_of_the_last(state: Path) -> None:
+    """The sessions outlive the broker process that started them (they are not its
+    children any more): the next one reads their state, sees them run, stops them."""
+    params = center_params(state)
+    script = (
+        "import json, sys\n"
+        "from deskbroker.centers.registry import open_driver\n"
+        "from deskbroker.centers.base import ProvisionRequest\n"
+        "d = open_driver('local', json.loads(sys.argv[1]), {'vnc_password': sys.argv[2]})\n"
+        "print(d.create(ProvisionRequest(name='from-before', tags=('t-1',))))\n"
+    )
+    made = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(params), VNC_PASSWORD],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    machine_id = made.stdout.strip()
+    driver = open_driver("local", params, {"vnc_password": VNC_PASSWORD})
+    try:
+        machine = _running(driver, machine_id)
+        assert [m.external_id for m in driver.find_tagged("t-1")] == [machine_id]
+        assert vnc_login("127.0.0.1", machine.attributes["ports"]["vnc"], VNC_PASSWORD)[2] == 0
+        driver.power(machine, PowerAction.STOP)
+        stopped = driver.machine(machine_id)
+        assert stopped is not None and stopped.power_state is PowerState.STOPPED
+    finally:
+        assert isinstance(driver, LocalCenter)
+        local_host.stop_all(driver)
+    assert driver.inventory() == []

@@ -108,7 +108,8 @@ def spawn(argv: list[str], who: RunAs, display: int | None, log: Path) -> tuple[
     """Start ``argv`` as ``who`` in its own session (so the whole group can be signalled)
     with a clean environment; returns its pid and start time."""
     cwd = who.home if who.home and Path(who.home).is_dir() else "/"
-    with log.open("ab") as out:
+    # The log is the broker's (0600): the child writes through the inherited descriptor.
+    with os.fdopen(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as out:
         try:
             process = subprocess.Popen(
                 argv,
