@@ -176,6 +176,14 @@ class TestLocalCenter(CenterConformance):
         assert driver.inventory() == []
         assert sorted(p.name for p in state.iterdir()) == [".lock"]
 
+    def test_a_state_dir_anyone_may_write_is_refused_and_left_alone(self, state: Path) -> None:
+        state.mkdir(mode=0o777)
+        state.chmod(0o777)
+        driver = open_local(state)
+        with pytest.raises(CenterError, match="writable by no one else"):
+            driver.create(_request("shared"))
+        assert state.stat().st_mode & 0o777 == 0o777 and list(state.iterdir()) == []
+
     def test_no_desktop_without_a_vnc_password(self, state: Path) -> None:
         driver = open_driver("local", center_params(state), {})
         with pytest.raises(CenterError, match="no secret vnc_password"):

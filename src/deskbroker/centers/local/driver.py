@@ -89,11 +89,22 @@ class LocalCenter(CenterDriver):
 
     # --- state files ------------------------------------------------------------------
     def _ready_dir(self) -> Path:
-        """The state directory, made if missing: 0711, so a session user reaches its own
-        password file by name but lists nothing."""
+        """The state directory: made 0711 if missing (a session user reaches its own
+        password file by name but lists nothing). One that exists is used as it is, and
+        only if it is the broker's own and writable by no one else: a misnamed system
+        directory is refused, never re-moded."""
         try:
-            self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
-            self.state_dir.chmod(0o711)
+            self.state_dir.mkdir(parents=True, mode=0o711)
+            self.state_dir.chmod(0o711)  # whatever the umask took away
+        except FileExistsError:
+            found = self.state_dir.stat()
+            if not self.state_dir.is_dir():
+                raise CenterError(f"state_dir {self.state_dir} is not a directory") from None
+            if found.st_uid != os.geteuid() or found.st_mode & 0o022:
+                raise CenterError(
+                    f"state_dir {self.state_dir} must belong to the broker's user and be "
+                    "writable by no one else: use a directory of its own"
+                ) from None
         except OSError as exc:
             raise CenterError(f"state_dir {self.state_dir} is not usable: {exc}") from exc
         return self.state_dir
@@ -154,6 +165,8 @@ class LocalCenter(CenterDriver):
             return PowerState.RUNNING, ""
         if found == "paused":
             return PowerState.SUSPENDED, ""
+        if state.get("wanted") == "building":
+            return PowerState.BUILDING, ""
         if state.get("wanted") == "running":
             return PowerState.ERROR, f"Xvnc ended on its own: {self._log_tail(state['id'])}"
         return PowerState.STOPPED, ""
@@ -223,7 +236,8 @@ class LocalCenter(CenterDriver):
             # The engine's marks, never secrets (the agent's enrolment secret stays out).
             "metadata": {k: v for k, v in request.metadata.items() if "enrol" not in k},
             "tags": list(request.tags),
-            "wanted": "running",
+            # Until its Xvnc listens, a scan sees a build, not a desktop that crashed.
+            "wanted": "building",
         }
         with self._locked():
             if not processes.reachable(self._path(state["id"], ".passwd"), who):
@@ -312,7 +326,7 @@ class LocalCenter(CenterDriver):
             None,
             log_file,
         )
-        state.update(xvnc=[pid, start], session=[0, 0], user=who.name, wanted="running")
+        state.update(xvnc=[pid, start], session=[0, 0], user=who.name)
         self._save(state)
         try:
             xvnc.wait_for_port(params.address, port, params.start_timeout_s)
@@ -327,8 +341,12 @@ class LocalCenter(CenterDriver):
             raise CenterError(
                 f"Xvnc of local desktop {state['name']} ended at start: {self._log_tail(desktop)}"
             )
-        session = processes.spawn(list(params.session_command), who, display, log_file)
-        state.update(session=list(session))
+        try:
+            session = processes.spawn(list(params.session_command), who, display, log_file)
+        except CenterError:
+            processes.stop(pid, start, group=False)  # no display without its session
+            raise
+        state.update(session=list(session), wanted="running")
         self._save(state)
 
     # --- power ------------------------------------------------------------------------
