@@ -169,6 +169,33 @@ class TestLocalCenter(CenterConformance):
         finally:
             local_host.stop_all(driver)
 
+    def test_a_changed_range_never_reuses_a_stopped_desktops_port(self, state: Path) -> None:
+        first = open_local(state, slots=2)
+        try:
+            kept = _running(first, first.create(_request("kept-1")))
+            first.power(kept, PowerAction.STOP)
+            port, display = kept.attributes["ports"]["vnc"], kept.attributes["display"]
+            # The range moves down by one: its slot 1 is now the stopped desktop's port.
+            moved = {
+                **first.local_params.model_dump(),
+                "first_port": port - 1,
+                "first_display": display - 1,
+            }
+            second = open_driver("local", moved, {"vnc_password": VNC_PASSWORD})
+            new = second.machine(second.create(_request("new-1")))
+            assert new is not None
+            assert (new.attributes["ports"]["vnc"], new.attributes["display"]) == (
+                port - 1,
+                display - 1,
+            )
+            # Two desktops held: the two slots are the quota, whatever their numbers.
+            with pytest.raises(QuotaExceeded):
+                second.create(_request("new-2"))
+            second.power(kept, PowerAction.START)
+            assert vnc_login("127.0.0.1", port, VNC_PASSWORD)[2] == 0
+        finally:
+            local_host.stop_all(first)
+
     def test_a_failed_start_leaves_nothing(self, state: Path) -> None:
         driver = open_local(state, session_command=["/no/such/program"])
         with pytest.raises(CenterError, match="cannot start /no/such/program"):
@@ -212,6 +239,7 @@ def test_params_are_checked_and_all_host_side(tmp_path: Path) -> None:
         {"state_dir": "relative/dir"},
         {"state_dir": "/var/../etc"},
         {"state_dir": "/x", "address": "localhost"},
+        {"state_dir": "/x", "address": "0.0.0.0"},
         {"state_dir": "/x", "first_port": 65530, "max_desktops": 20},
         {"state_dir": "/x", "session_command": []},
         {"state_dir": "/x", "session_user": "Robert'); DROP"},

@@ -245,8 +245,12 @@ class LocalCenter(CenterDriver):
                     f"session_user {who.name} cannot reach {self.state_dir}: every "
                     "directory above it must be searchable (x) by that user"
                 )
-            used = {s["slot"] for s in self._all()}
-            slot = next((k for k in range(params.max_desktops) if self._free(k, used)), None)
+            held = self._all()
+            # Desktops keep the display and port they were built with, even after the
+            # center's range changes: a new one takes neither, stopped or not.
+            used = {("display", s["display"]) for s in held} | {("port", s["port"]) for s in held}
+            slots = range(params.max_desktops) if len(held) < params.max_desktops else range(0)
+            slot = next((k for k in slots if self._free(k, used)), None)
             if slot is None:
                 raise QuotaExceeded(
                     f"the local center's {params.max_desktops} slots are all in use (or "
@@ -264,14 +268,13 @@ class LocalCenter(CenterDriver):
                 raise
         return str(state["id"])
 
-    def _free(self, slot: int, used: set[int]) -> bool:
-        """A slot no desktop holds, whose display and port no other program has."""
-        if slot in used:
+    def _free(self, slot: int, used: set[tuple[str, int]]) -> bool:
+        """A slot whose display and port no desktop holds and no other program has."""
+        display = self.local_params.first_display + slot
+        port = self.local_params.first_port + slot
+        if ("display", display) in used or ("port", port) in used:
             return False
-        params = self.local_params
-        return not _display_taken(params.first_display + slot) and _port_free(
-            params.address, params.first_port + slot
-        )
+        return not _display_taken(display) and _port_free(self.local_params.address, port)
 
     def _password(self) -> str:
         password = self.secrets.get("vnc_password", "")

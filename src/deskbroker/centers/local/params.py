@@ -73,9 +73,13 @@ class LocalParams(BaseModel):
     @classmethod
     def _ip(cls, value: str) -> str:
         try:
-            return str(ipaddress.ip_address(value))
+            found = ipaddress.ip_address(value)
         except ValueError:
             raise ValueError("address must be an IP address, e.g. 127.0.0.1") from None
+        if found.is_unspecified or found.is_multicast:
+            # It is also the address viewers are sent to: it must be one they can reach.
+            raise ValueError("address must be one of the host's own addresses, not any")
+        return str(found)
 
     @field_validator("depth")
     @classmethod
