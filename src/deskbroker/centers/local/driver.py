@@ -24,6 +24,7 @@ import re
 import shutil
 import signal
 import socket
+import subprocess
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -47,7 +48,7 @@ from deskbroker.centers.local import processes
 from deskbroker.centers.local.params import NAME, LocalParams, LocalProvisionParams
 from deskbroker.centers.local.processes import RunAs
 from deskbroker.domain.states import PowerState
-from deskbroker.errors import CenterError
+from deskbroker.errors import CenterError, DeskbrokerError
 
 _ID = re.compile(r"^[0-9a-f]{32}$")
 # X servers claim a display through these files (the same as deskbroker.xvnc's).
@@ -298,7 +299,15 @@ class LocalCenter(CenterDriver):
         binary = _which("Xvnc", "tigervnc-standalone-server")
         # A fresh password file from the current secret at every start (a rotated
         # secret applies from the next start), readable only by the session user.
-        password_file = xvnc.write_password_file(self._path(desktop, ".passwd"), self._password())
+        password_file = self._path(desktop, ".passwd")
+        password_file.unlink(missing_ok=True)
+        # Made 0600 before vncpasswd's output is written into it: never readable by others.
+        os.close(os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        try:
+            xvnc.write_password_file(password_file, self._password())
+        except (DeskbrokerError, subprocess.CalledProcessError, OSError) as exc:
+            password_file.unlink(missing_ok=True)
+            raise CenterError(f"cannot write the VNC password file: {exc}") from exc
         if who.switch:
             os.chown(password_file, who.uid, who.gid)
         password_file.chmod(0o400)
