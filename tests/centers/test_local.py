@@ -249,9 +249,14 @@ def test_params_are_checked_and_all_host_side(tmp_path: Path) -> None:
             LocalParams.model_validate(bad)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="only a broker running as root drops privileges")
-def test_a_root_broker_never_runs_sessions_as_root(tmp_path: Path) -> None:
-    for user, words in ((None, "set the local center's session_user"), ("root", "not be root")):
+def test_sessions_never_run_as_root_nor_as_a_user_the_broker_cannot_become(
+    tmp_path: Path,
+) -> None:
+    if os.geteuid() == 0:
+        refusals = ((None, "set the local center's session_user"), ("root", "not be root"))
+    else:  # a broker that is not root cannot switch to anyone
+        refusals = (("daemon", "cannot run sessions as daemon"),)
+    for user, words in refusals:
         driver = open_local(tmp_path, session_user=user)
         with pytest.raises(CenterError, match=words):
             driver.create(_request("as-root"))
@@ -288,3 +293,57 @@ def test_a_new_broker_process_finds_and_stops_the_sessions_of_the_last(state: Pa
         assert isinstance(driver, LocalCenter)
         local_host.stop_all(driver)
     assert driver.inventory() == []
+
+
+AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+def test_a_broker_that_is_not_root_runs_sessions_as_itself() -> None:
+    """The same driver in a broker process that is not root (``nobody`` when the tests
+    run as root): sessions run as that user without any switch, and asking for another
+    user is refused in words."""
+    script = (
+        "import json, os, shutil, sys, tempfile\n"
+        "from deskbroker.centers.registry import open_driver\n"
+        "from deskbroker.centers.base import ProvisionRequest\n"
+        "from tests.centers.local_host import vnc_login\n"
+        "params = json.loads(sys.argv[1])\n"
+        "params['state_dir'] = tempfile.mkdtemp() + '/state'\n"
+        "params['session_user'] = None\n"
+        "d = open_driver('local', params, {'vnc_password': sys.argv[2]})\n"
+        "m = d.machine(d.create(ProvisionRequest(name='mine')))\n"
+        "pid = json.loads(open(params['state_dir'] + f'/{m.external_id}.json').read())\n"
+        "uid = os.stat(f'/proc/{pid[\"session\"][0]}').st_uid\n"
+        "login = vnc_login('127.0.0.1', m.attributes['ports']['vnc'], sys.argv[2])[2]\n"
+        "d.terminate(m)\n"
+        "other = open_driver('local', {**params, 'session_user': 'daemon'}, "
+        "{'vnc_password': sys.argv[2]})\n"
+        "try:\n"
+        "    other.create(ProvisionRequest(name='theirs'))\n"
+        "    refused = ''\n"
+        "except Exception as exc:\n"
+        "    refused = str(exc)\n"
+        "left = d.inventory()\n"
+        "shutil.rmtree(os.path.dirname(params['state_dir']))\n"
+        "print(json.dumps([m.power_state.value, uid, login, left, refused]))\n"
+    )
+    params = center_params(Path("/unused"))
+    done = subprocess.run(
+        [
+            *(AS_NOBODY if os.geteuid() == 0 else []),
+            sys.executable,
+            "-c",
+            script,
+            json.dumps(params),
+            VNC_PASSWORD,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+        env={"PATH": os.environ["PATH"], "HOME": "/tmp", "PYTHONPATH": "."},
+    )
+    assert done.returncode == 0, done.stderr
+    power, uid, login, left, refused = json.loads(done.stdout)
+    assert (power, uid, login, left) == ("running", os.geteuid() or 65534, 0, [])
+    assert "cannot run sessions as daemon" in refused
