@@ -23,6 +23,10 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: viewer-assets portal-assets setup system demo test lint typecheck test-sqlite test-postgresql bench docs clean agent
 
+# govmomi's vCenter simulator for the vSphere tests (built below). Defined before the
+# setup rule: make expands a rule's prerequisites as it reads them.
+VCSIM := build/vcsim
+
 setup: system $(VENV)/.installed $(OIDC_PROVIDER)/node_modules/.installed viewer-assets portal-assets $(VCSIM)
 
 # System packages through apt-get, only when one is missing (apt-get update is slow).
@@ -44,7 +48,6 @@ $(VENV)/.installed: pyproject.toml
 
 # govmomi's vCenter simulator, built offline from Debian's Go sources (no module download):
 # the vSphere tests start it. Rebuilt only when its main.go changes.
-VCSIM := build/vcsim
 $(VCSIM): tests/vsphere/vcsim/main.go | system
 	@mkdir -p build
 	GO111MODULE=off GOPATH=/usr/share/gocode GOCACHE=$(CURDIR)/build/gocache \
