@@ -56,6 +56,7 @@ from deskbroker.store.tables.policies import (
     ProtocolPlan,
     ReleasePlan,
 )
+from deskbroker.store.tables.webhooks import EventCursor, Webhook, WebhookDelivery
 
 __all__ = [
     "CLAIM_ORDER",
@@ -72,6 +73,7 @@ __all__ = [
     "Desktop",
     "EnrolmentKey",
     "Event",
+    "EventCursor",
     "IdentitySource",
     "Image",
     "Job",
@@ -95,6 +97,8 @@ __all__ = [
     "User",
     "UserVolume",
     "UtcDateTime",
+    "Webhook",
+    "WebhookDelivery",
     "new_id",
     "utcnow",
 ]
