@@ -144,8 +144,10 @@ def month_bounds(month: str) -> tuple[datetime, datetime]:
         start = datetime.strptime(month, "%Y-%m").replace(tzinfo=UTC)
     except ValueError:
         raise ValueError(f"month must be written YYYY-MM, e.g. 2026-11, not {month!r}") from None
-    after = start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(
-        month=start.month + 1
+    after = (
+        start.replace(year=start.year + 1, month=1)
+        if start.month == 12
+        else start.replace(month=start.month + 1)
     )
     return start, after
 

@@ -18,6 +18,7 @@ class JobKind(StrEnum):
     POOL_STATS = "pool_stats"
     RETENTION = "retention"
     AGENT_WATCH = "agent_watch"
+    WEBHOOKS = "webhooks"
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class Intervals:
     retention_s: float = 3600.0
     leak_sweep_s: float = 600.0
     agent_watch_s: float = 30.0
+    webhooks_s: float = 1.0
 
 
 def ensure_jobs(session: Session, intervals: Intervals) -> int:
@@ -36,6 +38,7 @@ def ensure_jobs(session: Session, intervals: Intervals) -> int:
     wanted: dict[tuple[str, str], float] = {
         (JobKind.RETENTION.value, ""): intervals.retention_s,
         (JobKind.AGENT_WATCH.value, ""): intervals.agent_watch_s,
+        (JobKind.WEBHOOKS.value, ""): intervals.webhooks_s,
     }
     for center_id, scan_s in session.execute(select(Center.id, Center.scan_interval_s)).all():
         wanted[(JobKind.SCAN_CENTER.value, center_id)] = float(scan_s)
