@@ -74,7 +74,7 @@ def test_a_receiver_failing_half_its_deliveries_gets_every_event_once_after_dedu
         hook = _hook(api, receiver.url, ["login", "connect"])
         assert "secret" not in hook and "secret_sealed" not in hook and hook["has_secret"]
         start = _newest_event(api)
-        for round_ in range(4):
+        for _ in range(4):
             for i in range(3):
                 api.login(f"user{i}")
         expected = _event_ids(api, ("login",), start)

@@ -70,7 +70,7 @@ def receiving(secret: str, *, fail_every_other: bool = False) -> Iterator[Receiv
     receiver = Receiver(secret, fail_every_other)
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             status = receiver.handle(self.headers, body)
             self.send_response(status)

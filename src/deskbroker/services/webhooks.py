@@ -189,6 +189,11 @@ USAGE_FIELDS = (
 )
 
 
+def this_month() -> str:
+    """The current month (UTC) as ``YYYY-MM``."""
+    return utcnow().strftime("%Y-%m")
+
+
 def usage(
     ctx: BrokerContext, who: TokenClaims, month: str, tenant_id: str | None
 ) -> list[dict[str, Any]]:

@@ -96,7 +96,7 @@ class Requeued(BaseModel):
     requeued: int
 
 
-class UsageOut(BaseModel):
+class UsageRow(BaseModel):
     tenant_id: str
     tenant: str
     month: str
@@ -108,6 +108,11 @@ class UsageOut(BaseModel):
     desktops: int = Field(description="desktops that had a session")
     peak_concurrent_sessions: int
     peak_at: datetime | None = Field(description="the first moment of the peak")
+
+
+class UsageOut(BaseModel):
+    month: str
+    items: list[UsageRow] = Field(description="one row per tenant")
 
 
 SPEC = ResourceSpec(
@@ -196,7 +201,8 @@ def router() -> APIRouter:
 
         async def lines() -> AsyncIterator[str]:
             after = start
-            yield "retry: 2000\n\n"
+            # The id first: a client that reconnects before any event resumes from here.
+            yield f"retry: 2000\nid: {start}\n\n"
             ends = time.monotonic() + max_s
             quiet_since = time.monotonic()
             while True:
@@ -232,10 +238,13 @@ def router() -> APIRouter:
     def get_usage(
         ctx: Ctx,
         who: AdminReader,
-        month: str = Query(..., min_length=7, max_length=7, description="YYYY-MM"),
+        month: str | None = Query(
+            None, min_length=7, max_length=7, description="YYYY-MM (default: this month)"
+        ),
         tenant_id: str | None = Query(None, max_length=64),
         format: str = Query("json", pattern="^(json|csv)$"),
     ) -> Any:
+        month = month or webhooks.this_month()
         rows = webhooks.usage(ctx, who, month, tenant_id)
         if format == "csv":
             return PlainTextResponse(
@@ -243,6 +252,6 @@ def router() -> APIRouter:
                 media_type="text/csv",
                 headers={"Content-Disposition": f'attachment; filename="usage-{month}.csv"'},
             )
-        return [UsageOut(**row) for row in rows]
+        return UsageOut(month=month, items=[UsageRow(**row) for row in rows])
 
     return r
