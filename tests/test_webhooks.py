@@ -18,7 +18,7 @@ from deskbroker.engine.runner import Engine
 from deskbroker.engine.webhooks import body_of
 from deskbroker.services.context import BrokerContext
 from deskbroker.store.tables import WebhookDelivery
-from tests.helpers import Api, wait_until
+from tests.helpers import Api, scan_now, wait_until
 from tests.tarpit import tarpit
 from tests.webhook_receiver import receiving, verify
 
@@ -221,3 +221,46 @@ def test_a_dead_receiver_does_not_slow_logins(api: Api, engine: Engine) -> None:
     # Loosely: each post waits 2 s for an answer that never comes, and logins take
     # no part in it (a login waiting for a post would take 2 s or more).
     assert statistics.median(loud) < max(3 * quiet, quiet + 0.5), (quiet, loud)
+
+
+def test_quota_reached_and_center_degraded_reach_their_webhooks(api: Api, engine: Engine) -> None:
+    api.seed_pool(2, users=2, ports={"vnc": 5901})
+    tenant = api.get("tenants?name=default")["items"][0]["id"]
+    api.patch(f"tenants/{tenant}", {"quota_sessions": 1})
+    with receiving(SECRET) as receiver:
+        _hook(api, receiver.url, ["quota_reached", "center_degraded"])
+        users = [api.login(f"user{i}") for i in range(2)]
+        for i, user in enumerate(users):
+            answer = api.client.post(
+                f"/api/v1/client/desktops/{user['offers'][0]['desktop']['id']}/connect",
+                json={"protocol": "vnc"},
+                headers={"Authorization": f"Bearer {user['token']}"},
+            )
+            assert answer.status_code == (200 if i == 0 else 409), answer.text
+        # A cloud that does not answer: its scan fails, the center is degraded (once).
+        center = api.post(
+            "centers",
+            {
+                "name": "gone-cloud",
+                "kind": "openstack",
+                "params": {
+                    "auth_url": "http://127.0.0.1:9/v3",
+                    "project_name": "demo",
+                    "username": "demo",
+                    "retry_base_s": 0.01,
+                },
+                "secrets": {"password": "password"},
+            },
+        )
+        for _ in range(2):
+            assert scan_now(api, center["id"])["status"] == "error"
+
+        def kinds() -> list[str]:
+            return sorted(e["kind"] for e in receiver.accepted)
+
+        wait_until(lambda: kinds() == ["center.degraded", "quota.reached"], lambda: str(kinds()))
+        by_kind = {e["kind"]: e for e in receiver.accepted}
+        assert by_kind["quota.reached"]["detail"]["quota"] == "sessions"
+        assert by_kind["quota.reached"]["actor"] == "user1"
+        assert by_kind["center.degraded"]["detail"]["center_id"] == center["id"]
+        assert receiver.bad_signatures == 0
