@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 
 import httpx
 
-from deskbroker import outbound_http
+from deskbroker import outbound_http, write_guard
 from deskbroker.domain import webhooks as rules
 from deskbroker.engine.drivers import DriverCache
 from deskbroker.outbound import OutboundRefused
@@ -130,6 +130,9 @@ class Dispatcher:
     def post(self, delivery: store.Claimed) -> tuple[int | None, str]:
         """Post one delivery with no transaction open; its HTTP status and, when it
         failed, why. The secret is opened here and goes nowhere but into the HMAC."""
+        # The write guard: a post inside a write unit would hold its locks for as long
+        # as the receiver takes to answer.
+        write_guard.ensure_no_write_unit("a webhook delivery")
         body = body_of(delivery.payload)
         stamp = int(time.time())
         secret = self.ctx.secrets.open(delivery.secret_sealed)

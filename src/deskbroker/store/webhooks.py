@@ -12,6 +12,7 @@ so no event is skipped for being committed late.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -162,39 +163,49 @@ def claim(
     limit: int,
 ) -> list[Claimed]:
     """Lease up to ``limit`` due deliveries, at most ``per_webhook`` leased at once per
-    webhook (those leased by any broker counted), oldest first."""
+    webhook (those leased by any broker counted), each webhook's oldest first.
+
+    Chosen webhook by webhook, in random order: the due deliveries of a receiver that
+    is down (at its bound, or with a long backlog) never stand in front of another
+    webhook's, so one tenant's dead receiver delays nobody else's events."""
     if limit <= 0:
         return []
     free = or_(WebhookDelivery.lease_expires_at.is_(None), WebhookDelivery.lease_expires_at < now)
+    pending = WebhookDelivery.state == DeliveryState.PENDING.value
     busy = dict(
         session.execute(
             select(WebhookDelivery.webhook_id, func.count())
-            .where(
-                WebhookDelivery.state == DeliveryState.PENDING.value,
-                WebhookDelivery.lease_expires_at >= now,
-            )
+            .where(pending, WebhookDelivery.lease_expires_at >= now)
             .group_by(WebhookDelivery.webhook_id)
         ).all()
     )
-    candidates = session.execute(
-        select(WebhookDelivery.id, WebhookDelivery.webhook_id)
-        .where(
-            WebhookDelivery.state == DeliveryState.PENDING.value,
-            WebhookDelivery.next_attempt_at <= now,
-            free,
-        )
-        .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.event_id)
-        .limit(limit * 4 + 50)
-        .with_for_update(skip_locked=True)
-    ).all()
+    due = [
+        hook_id
+        for (hook_id,) in session.execute(
+            select(WebhookDelivery.webhook_id)
+            .where(pending, WebhookDelivery.next_attempt_at <= now, free)
+            .group_by(WebhookDelivery.webhook_id)
+        ).all()
+        if busy.get(hook_id, 0) < per_webhook
+    ]
+    random.shuffle(due)
     picked: list[str] = []
-    for delivery_id, hook_id in candidates:
-        if len(picked) >= limit:
+    for hook_id in due:
+        room = min(per_webhook - busy.get(hook_id, 0), limit - len(picked))
+        if room <= 0:
             break
-        if busy.get(hook_id, 0) >= per_webhook:
-            continue
-        busy[hook_id] = busy.get(hook_id, 0) + 1
-        picked.append(delivery_id)
+        picked += session.scalars(
+            select(WebhookDelivery.id)
+            .where(
+                WebhookDelivery.webhook_id == hook_id,
+                pending,
+                WebhookDelivery.next_attempt_at <= now,
+                free,
+            )
+            .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.event_id)
+            .limit(room)
+            .with_for_update(skip_locked=True)
+        ).all()
     if not picked:
         return []
     session.execute(
