@@ -154,7 +154,7 @@ def stream_start(ctx: BrokerContext, last_event_id: str | None) -> int:
             raise InvalidInput("Last-Event-ID must be an event id from this stream")
         return start
     with ctx.db.read() as session:
-        return store.horizon(session)
+        return store.stream_origin(session)
 
 
 def stream_batch(

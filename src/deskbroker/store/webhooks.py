@@ -84,6 +84,15 @@ def horizon(session: Session) -> int:
     return int(found[0]) if found is not None else 0
 
 
+def stream_origin(session: Session) -> int:
+    """Where a new stream starts: the cursor, or before the first fan-out the newest
+    event (where the cursor will start), so a new stream never replays history."""
+    found = session.execute(select(EventCursor.last_id).where(EventCursor.name == FANOUT)).first()
+    if found is not None:
+        return int(found[0])
+    return int(session.execute(select(func.coalesce(func.max(Event.id), 0))).scalar_one())
+
+
 def fan_out(session: Session, now: datetime, settle_s: float, batch: int = 500) -> int:
     """Outbox rows for the events after the cursor that some webhook chose; advances the
     cursor in the same transaction. Returns how many deliveries were made."""
