@@ -84,11 +84,12 @@ class Dispatcher:
         self._purge()
         return f"{made} deliveries queued, {started} started"
 
-    def pump(self) -> int:
-        """Claim as many due deliveries as this node has free threads, and post them."""
+    def pump(self, finishing: bool = False) -> int:
+        """Claim as many due deliveries as this node has free threads, and post them;
+        ``finishing``: called by a delivery thread about to be free (its own slot counts)."""
         if self._closed:
             return 0
-        free = self.workers - self.busy()
+        free = self.workers - self.busy() + (1 if finishing else 0)
         if free <= 0:
             return 0
         with self.ctx.db.write() as session:
@@ -125,7 +126,7 @@ class Dispatcher:
         except Exception:
             log.exception("webhook delivery %s failed unexpectedly", delivery.id)
             return
-        self.pump()
+        self.pump(finishing=True)
 
     def post(self, delivery: store.Claimed) -> tuple[int | None, str]:
         """Post one delivery with no transaction open; its HTTP status and, when it
