@@ -26,7 +26,8 @@ from deskbroker.bootstrap import add_local_user
 from deskbroker.engine.nodes import NodeHeartbeat
 from deskbroker.engine.runner import Engine
 from deskbroker.services.context import BrokerContext
-from deskbroker.store.tables import Job, Tenant
+from deskbroker.store import webhooks as webhook_store
+from deskbroker.store.tables import Job, Tenant, utcnow
 from tests.helpers import ADMIN_PASSWORD, USER_PASSWORD, Api, scan_now, wait_until
 from tests.tools import XVNC, require
 
@@ -272,6 +273,18 @@ def _objects(w: TenantWorld, sim: CloudSim, vnc_port: int) -> None:
     w.add("pending-enrolments", held_enrolment.json()["pending_id"])
     # The approval's body is aimed at B's desktops through A's own held enrolment.
     w.add("seeded-pending-enrolments", held_enrolment.json()["pending_id"])
+    # A webhook (to a closed port: its deliveries stay pending), and a test event for it.
+    hook = a.post(
+        "webhooks",
+        {
+            "name": f"{n}-hook",
+            "url": "http://127.0.0.1:9/hook",
+            "kinds": ["login", "session"],
+            "secret": f"{n}-webhook-secret-0123456789",
+        },
+    )
+    w.add("webhooks", hook["id"])
+    a.post(f"webhooks/{hook['id']}/test", {}, status=202)
 
 
 def _activity(w: TenantWorld) -> None:
@@ -390,6 +403,10 @@ def build(
         node = NodeHeartbeat(api.ctx, f"{world.name}-node:{uuid.uuid4().hex[:8]}")
         node.beat_once()
         world.ids["nodes"] = [node.node_id]
+    # Every event so far fanned out into deliveries (as the engine's webhooks job does),
+    # so the event stream and the deliveries listing have each tenant's to show.
+    with api.ctx.db.write() as session:
+        webhook_store.fan_out(session, utcnow(), settle_s=0)
     return worlds
 
 

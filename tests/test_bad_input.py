@@ -141,6 +141,12 @@ class World:
             "/api/v1/agent/token": {"desktop_id": ids["desktops"], "refresh_secret": "guess"},
             "/api/v1/agent/enrol/poll": {"poll_handle": "dbp1.not-a-handle"},
             "/api/v1/admin/enrolment-keys": {"name": "sweep"},
+            "/api/v1/admin/webhooks": {
+                "name": "sweep",
+                "url": "http://127.0.0.1:9/sweep",
+                "kinds": ["login"],
+                "secret": "sweep-secret-0123456789",
+            },
             "/api/v1/admin/pending-enrolments/{pending_id}/approve": {
                 "desktop_id": ids["desktops"]
             },
@@ -232,6 +238,15 @@ def world(api: Api) -> Iterator[World]:
     )
     assert waiting.status_code == 202, waiting.text
     ids["pending-enrolments"] = waiting.json()["pending_id"]
+    ids["webhooks"] = api.post(
+        "webhooks",
+        {
+            "name": "seeded",
+            "url": "http://127.0.0.1:9/seeded",
+            "kinds": ["login"],
+            "secret": "seeded-secret-0123456789",
+        },
+    )["id"]
     doc = openapi_document(api)
     agent_token = api.post(f"desktops/{held}/agent-token", {})["token"]
     reported = api.client.post(
@@ -628,7 +643,9 @@ def _render_check(world: World, failures: list[str], label: str) -> None:
     for op in operations(world.doc):
         if op.method != "GET" or not op.path.startswith("/api/v1/admin/"):
             continue
-        response = world.sweeper.get(world.real_path(op), headers=world.api.headers)
+        # The event stream would stay open for minutes: asked to end at once.
+        query = "?max_s=0" if op.path.endswith("/event-stream") else ""
+        response = world.sweeper.get(world.real_path(op) + query, headers=world.api.headers)
         if response.status_code >= 500:
             failures.append(f"{label}: then {op} answered {response.status_code}")
 

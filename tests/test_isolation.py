@@ -104,6 +104,10 @@ EXPLAIN = "/api/v1/admin/explain"
 # What a tenant's login page shows anyone, by design (the domain selector): its sources'
 # names, domains and kinds, and nothing else of it: no id, no setting.
 SIGN_IN_CHOICES = "/api/v1/auth/sources"
+# The event stream (text/event-stream, not a JSON listing) and the usage report (one row
+# per tenant, CSV too): their own checks below.
+EVENT_STREAM = "/api/v1/admin/event-stream"
+USAGE = "/api/v1/admin/usage"
 
 
 @pytest.fixture(scope="module")
@@ -150,8 +154,11 @@ class Sweep:
         path: str,
         body: Any = None,
         query: dict[str, str] | None = None,
+        last_event_id: str | None = None,
     ) -> httpx.Response:
         headers = {} if identity is None else {"Authorization": f"Bearer {self.token(identity)}"}
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = last_event_id
         request = self.http.request(
             method,
             path,
@@ -298,6 +305,12 @@ def create_seeds(a: TenantWorld) -> dict[str, dict[str, Any]]:
             "pool_id": a.spare_pool,
         },
         "/api/v1/admin/enrolment-keys": {"name": "alpha-seed"},
+        "/api/v1/admin/webhooks": {
+            "name": "alpha-seed",
+            "url": "http://127.0.0.1:9/seed",
+            "kinds": ["login"],
+            "secret": "alpha-seed-secret-0123456789",
+        },
         # Sent to A's own held enrolment (s_path), never by ``controls``: it has a path id.
         "/api/v1/admin/pending-enrolments/{pending_id}/approve": {"desktop_id": a.free_desktop},
         "/api/v1/agent/heartbeat": {"identity": {"instance": "alpha-instance"}},
@@ -404,6 +417,7 @@ KNOWN_KINDS = {
     "enrolment-keys",
     "forgotten-desktops",
     "pending-enrolments",
+    "webhooks",
 }
 
 
@@ -716,6 +730,40 @@ def check_explain(s: Sweep) -> None:
                 s.fail(f"POST {EXPLAIN} [{identity}] shows tenant B's {leaked[:5]}")
 
 
+def check_event_stream(s: Sweep) -> None:
+    """From the first event on (Last-Event-ID 0), whatever the kinds asked, the stream
+    shows A's events to A's readers and nothing of B's."""
+    for identity in IDENTITIES:
+        for kinds in ({}, {"kinds": "login"}, {"kinds": "session"}):
+            answer = s.send(
+                identity, "GET", EVENT_STREAM, query={"max_s": "0", **kinds}, last_event_id="0"
+            )
+            if answer.status_code == 403:
+                continue
+            if answer.status_code != 200 or s.leaks(answer.text):
+                shown = s.leaks(answer.text)
+                s.fail(f"event stream {kinds} [{identity}]: {answer.status_code} {shown}")
+            if identity == "tenant_admin" and not kinds and s.a.tenant_id not in answer.text:
+                s.fail(
+                    "the event stream shows nothing of tenant A either: the check proves nothing"
+                )
+
+
+def check_usage(s: Sweep) -> None:
+    """Usage shows A's row only, whatever the month or format; B's by id is a made-up id."""
+    ghost = uuid.uuid4().hex
+    for identity in IDENTITIES:
+        for query in ({}, {"format": "csv"}, {"month": "2000-01"}, {"tenant_id": s.a.tenant_id}):
+            answer = s.send(identity, "GET", USAGE, query=query)
+            if answer.status_code == 403:
+                continue
+            if answer.status_code != 200 or s.leaks(answer.text):
+                s.fail(f"usage {query} [{identity}]: {answer.status_code} {answer.text[:200]}")
+        real = s.send(identity, "GET", USAGE, query={"tenant_id": s.b.tenant_id})
+        made_up = s.send(identity, "GET", USAGE, query={"tenant_id": ghost})
+        same_refusal(s, f"usage of B [{identity}]", real, made_up, s.b.tenant_id, ghost)
+
+
 def test_no_tenant_b_object_can_be_read_listed_changed_connected_to_or_powered(
     sweep: Sweep, sim: CloudSim
 ) -> None:
@@ -796,6 +844,14 @@ def test_no_tenant_b_object_can_be_read_listed_changed_connected_to_or_powered(
                 ):
                     s.fail(f"{op} [{identity}]: {shown.status_code} {shown.text[:200]}")
             ways.append("a login page's public choices: names and kinds, no ids")
+            continue
+        if op.path == EVENT_STREAM:
+            check_event_stream(s)
+            ways.append("the whole stream from the first event, per kind")
+            continue
+        if op.path == USAGE:
+            check_usage(s)
+            ways.append("usage of every tenant, of B's by id, as JSON and CSV")
             continue
         if op.path in SIGN_IN_STEPS:
             for identity in IDENTITIES:

@@ -134,7 +134,7 @@ def test_the_cli_reseals_every_secret_under_the_new_key(settings: Settings, tmp_
     from typer.testing import CliRunner
 
     from deskbroker.cli import app as cli_app
-    from deskbroker.store.tables import Center
+    from deskbroker.store.tables import Center, Webhook
 
     old = _broker(settings, OLD_KEY)
     ensure_defaults(old)
@@ -148,6 +148,15 @@ def test_the_cli_reseals_every_secret_under_the_new_key(settings: Settings, tmp_
                 "kind": "static",
                 "params": {"machines": []},
                 "secrets": {"password": "cloud-password"},
+            },
+        )
+        hook = api.post(
+            "webhooks",
+            {
+                "name": "billing",
+                "url": "https://hooks.example.org/x",
+                "kinds": ["login"],
+                "secret": "webhook-secret-0123456789",
             },
         )
     old.db.dispose()
@@ -164,7 +173,7 @@ def test_the_cli_reseals_every_secret_under_the_new_key(settings: Settings, tmp_
         env={"DESKBROKER_SECRET_KEY": NEW_KEY, "DESKBROKER_SECRET_KEY_PREVIOUS": OLD_KEY},
     )
     assert done.exit_code == 0, done.output
-    assert "resealed 1 secrets" in done.output
+    assert "resealed 2 secrets" in done.output
     rotated = _broker(settings, NEW_KEY)
     try:
         with rotated.db.read() as session:
@@ -173,6 +182,9 @@ def test_the_cli_reseals_every_secret_under_the_new_key(settings: Settings, tmp_
             assert json.loads(rotated.secrets.open(row.secrets_sealed)) == {
                 "password": "cloud-password"
             }
+            webhook = session.get(Webhook, hook["id"])
+            assert webhook is not None
+            assert rotated.secrets.open(webhook.secret_sealed) == "webhook-secret-0123456789"
     finally:
         rotated.db.dispose()
 

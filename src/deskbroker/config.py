@@ -215,6 +215,39 @@ class Settings(BaseSettings):
     session_retention_days: int = Field(
         default=90, ge=1, le=3650, description="how long an ended session is kept"
     )
+    # Events out (docs/events.md): webhook deliveries run on their own threads, so a
+    # receiver that never answers holds at most these, never a request or the engine.
+    webhook_workers: int = Field(
+        default=4, ge=1, le=64, description="threads posting webhook deliveries, per node"
+    )
+    webhook_per_target: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="deliveries to one webhook in flight at once (in the whole cluster)",
+    )
+    webhook_timeout_s: float = Field(
+        default=5.0, gt=0, le=120, description="connect, send and read timeout of a delivery"
+    )
+    webhook_retry_base_s: float = Field(
+        default=5.0, ge=0, le=3600, description="wait after a first failed delivery; doubled"
+    )
+    webhook_retry_cap_s: float = Field(
+        default=3600.0, ge=0, le=86400, description="the longest wait between two attempts"
+    )
+    webhook_poll_s: float = Field(
+        default=1.0, gt=0, le=60, description="how often the event log is fanned out"
+    )
+    webhook_settle_s: float = Field(
+        default=5.0,
+        ge=0,
+        le=600,
+        description="how long a gap in event ids is waited for (a transaction committing "
+        "late) before it is taken for a rolled-back one",
+    )
+    webhook_retention_days: int = Field(
+        default=30, ge=1, le=3650, description="how long a finished delivery is listed"
+    )
     agent_token_ttl_s: int = Field(
         default=30 * 86400, ge=300, le=366 * 86400, description="lifetime of a desktop agent token"
     )

@@ -27,6 +27,7 @@ from deskbroker.api.admin import explain as admin_explain
 from deskbroker.api.admin import quotas as admin_quotas
 from deskbroker.api.admin import removal as admin_removal
 from deskbroker.api.admin import sessions as admin_sessions
+from deskbroker.api.admin import webhooks as admin_webhooks
 from deskbroker.api.client import grants as client_grants
 from deskbroker.api.client import oidc as client_oidc
 from deskbroker.api.client import plans as client_plans
@@ -140,6 +141,7 @@ def api_router() -> APIRouter:
         pool_history,
         admin_enrolments,
         admin_config,
+        admin_webhooks,
     ):
         api.include_router(module.router(), prefix="/admin")
     api.include_router(agent.router())

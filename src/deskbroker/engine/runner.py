@@ -17,6 +17,7 @@ from deskbroker.engine import builds, handover, maintenance, plans, provisioner,
 from deskbroker.engine.drivers import DriverCache
 from deskbroker.engine.handover import Refill
 from deskbroker.engine.watch import BuildWatcher
+from deskbroker.engine.webhooks import Dispatcher
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import leases, tasks
 from deskbroker.store.due import CenterWork, Due, free_leases_of, read_due, unless_asked
@@ -67,7 +68,9 @@ class Engine:
         self.owner = f"{settings.broker_id}:{uuid.uuid4().hex[:8]}"
         self.drivers = DriverCache(ctx)
         self.intervals = Intervals(
-            provision_s=settings.provision_interval_s, stats_s=settings.stats_interval_s
+            provision_s=settings.provision_interval_s,
+            stats_s=settings.stats_interval_s,
+            webhooks_s=settings.webhook_poll_s,
         )
         self.workers = workers or settings.engine_workers
         self.ttl_s = settings.lease_ttl_s
@@ -86,6 +89,12 @@ class Engine:
         self._jobs_version = -1
         self._jobs_checked = 0.0
         self._next_listing = float("inf")  # time.monotonic() of the next listing wanted
+        # Webhook deliveries post from threads of their own (engine/webhooks.py).
+        self.webhooks = Dispatcher(ctx, self.owner)
+        self.handlers: dict[str, Handler] = {
+            **HANDLERS,
+            JobKind.WEBHOOKS.value: self.webhooks.run,
+        }
 
     # --- lifecycle -----------------------------------------------------------------
     def start(self) -> None:
@@ -102,6 +111,7 @@ class Engine:
             self._thread.join(timeout=30)
         self._pool.shutdown(wait=wait, cancel_futures=True)
         self._watch_pool.shutdown(wait=wait, cancel_futures=True)
+        self.webhooks.close(wait=wait)
 
     def recover(self) -> None:
         """Free the leases an earlier incarnation of this broker held when it died."""
@@ -300,7 +310,7 @@ class Engine:
             self._end_turn(job.target_id)
 
     def _do_job(self, job: Job, job_id: str, now: datetime) -> None:
-        handler = HANDLERS.get(job.kind)
+        handler = self.handlers.get(job.kind)
         started = time.monotonic()
         try:
             if handler is None:

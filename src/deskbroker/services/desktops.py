@@ -13,7 +13,7 @@ from deskbroker.domain import scans
 from deskbroker.domain.offers import next_release_interval
 from deskbroker.domain.states import START_ON_CONNECT, PowerState
 from deskbroker.domain.timestamps import aware
-from deskbroker.errors import Conflict, NotFound
+from deskbroker.errors import Conflict, NotFound, QuotaReached
 from deskbroker.protocols.descriptors import (
     HTML5_NATIVE,
     ClientKind,
@@ -290,23 +290,30 @@ def connect(
     plan's choice follows ``client_kind`` and the protocols the client ``accepts``.
     """
     how = _Asked(client_kind, tuple(accepts or ()))
-    with ctx.db.write() as session:
-        # The holder's user row rides on the desktop's read: a revoked or disabled
-        # user's token connects to nothing, at no extra statement.
-        found = desktop_rows.held_with_holder(session, desktop_id, who.tenant_id, who.user_id)
-        if found is None:
-            raise NotFound(f"desktop {desktop_id} is not assigned to you")
-        desktop, holder = found
-        access.check_holder(
-            who, holder.disabled, holder.role, holder.token_generation, holder.tenant_id
-        )
-        startable = desktop.power_state in START_ON_CONNECT
-        granted_before = desktop.connect_granted_at
-        # A desktop is only started for a session the tenant's quota has room for; the
-        # unit is taken when the descriptor is handed out.
-        quotas.admit_session(session, ctx, desktop, grant=not startable)
-        if not startable:
-            result = _describe(ctx, session, who, desktop, protocol, client, how, granted_before)
+    try:
+        with ctx.db.write() as session:
+            # The holder's user row rides on the desktop's read: a revoked or disabled
+            # user's token connects to nothing, at no extra statement.
+            found = desktop_rows.held_with_holder(session, desktop_id, who.tenant_id, who.user_id)
+            if found is None:
+                raise NotFound(f"desktop {desktop_id} is not assigned to you")
+            desktop, holder = found
+            access.check_holder(
+                who, holder.disabled, holder.role, holder.token_generation, holder.tenant_id
+            )
+            startable = desktop.power_state in START_ON_CONNECT
+            granted_before = desktop.connect_granted_at
+            # A desktop is only started for a session the tenant's quota has room for;
+            # the unit is taken when the descriptor is handed out.
+            quotas.admit_session(session, ctx, desktop, grant=not startable)
+            if not startable:
+                result = _describe(
+                    ctx, session, who, desktop, protocol, client, how, granted_before
+                )
+    except QuotaReached as refused:
+        # The connect's unit is rolled back whole; the refusal is an event of its own.
+        quotas.record_refusal(ctx, who.tenant_id, who.username, who.user_id, desktop_id, refused)
+        raise
     if startable:
         if _after_start:  # seen running a moment ago, stopped again since: don't loop
             return _starting(ctx, desktop, desktop.power_state, desktop.starting_since)

@@ -17,7 +17,7 @@ from deskbroker.protocols.descriptors import DEFAULT_PORTS
 from deskbroker.services import quotas
 from deskbroker.services.context import BrokerContext
 from deskbroker.services.queues import refresh_pools
-from deskbroker.store import desktop_sync, images
+from deskbroker.store import desktop_sync, events, images
 from deskbroker.store.db import Unit
 from deskbroker.store.repository import Repository
 from deskbroker.store.tables import Center, Desktop, utcnow
@@ -202,6 +202,7 @@ def record(
     center.last_scan_at = utcnow()
     seen = listing.changes
     if listing.error or seen is None:
+        _note_degraded(session, center, "error", listing.error)
         center.status = report.status = "error"
         center.status_message = report.message = listing.error
         return report
@@ -257,10 +258,33 @@ def record(
         report.message += (
             f"; {len(result.left_out)} not imported: {quota.words(quota.used + len(result.added))}"
         )
+    _note_degraded(session, center, report.status, report.message)
     center.status, center.status_message = report.status, report.message
     if result.changed:
         refresh_pools(session, center.tenant_id)
     return report
+
+
+# A center in one of these has stopped being trustworthy; entering one is an event.
+_DEGRADED = frozenset({"error", "degraded"})
+
+
+def _note_degraded(session: Unit, center: Center, status: str, message: str) -> None:
+    """A ``center.degraded`` event when a scan takes the center into error or degraded
+    (once, on the way in: a center that stays down writes no event per scan)."""
+    if status in _DEGRADED and center.status not in _DEGRADED:
+        events.append(
+            session,
+            "center.degraded",
+            tenant_id=center.tenant_id,
+            actor="scan",
+            detail={
+                "center_id": center.id,
+                "center": center.name,
+                "status": status,
+                "message": message[:500],
+            },
+        )
 
 
 def _over_quota(

@@ -13,6 +13,7 @@ from deskbroker.domain import quotas as words_for
 from deskbroker.domain.quotas import TenantQuota, room
 from deskbroker.errors import QuotaReached
 from deskbroker.services.context import BrokerContext
+from deskbroker.store import events
 from deskbroker.store import quotas as store
 from deskbroker.store.db import Unit
 from deskbroker.store.tables import Desktop, utcnow
@@ -75,6 +76,28 @@ def admit_session(
             )
     if grant:
         desktop.connect_granted_at = now
+
+
+def record_refusal(
+    ctx: BrokerContext,
+    tenant_id: str,
+    actor: str,
+    user_id: str | None,
+    desktop_id: str | None,
+    refused: QuotaReached,
+) -> None:
+    """A ``quota.reached`` event (webhooks of kind ``quota_reached`` get it), written in
+    a unit of its own after the refused one rolled back."""
+    with ctx.db.write() as session:
+        events.append(
+            session,
+            "quota.reached",
+            tenant_id=tenant_id,
+            actor=actor,
+            user_id=user_id,
+            desktop_id=desktop_id,
+            detail={**refused.extra, "message": refused.detail},
+        )
 
 
 def usage(session: Unit, ctx: BrokerContext, tenant_id: str) -> dict[str, object]:

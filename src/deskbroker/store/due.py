@@ -16,7 +16,7 @@ from sqlalchemy import bindparam, case, func, literal, null, select, union_all, 
 
 from deskbroker.store import leases, tasks
 from deskbroker.store.db import Unit
-from deskbroker.store.tables import BrokerState, Job, ProvisioningTask, Timer
+from deskbroker.store.tables import BrokerState, Job, ProvisioningTask, Timer, WebhookDelivery
 
 STATE = leases.table_of(BrokerState)
 JOBS = leases.table_of(Job)
@@ -94,8 +94,9 @@ def read_due(conn: leases.Unit, now: datetime) -> Due:
 
 
 def free_leases_of(session: Unit, broker_id: str) -> None:
-    """Free every job, timer and task lease held by any incarnation of ``broker_id``."""
-    for model in (Job, Timer, ProvisioningTask):
+    """Free every job, timer, task and webhook delivery lease held by any incarnation
+    of ``broker_id``."""
+    for model in (Job, Timer, ProvisioningTask, WebhookDelivery):
         session.execute(
             update(model)
             .where(model.lease_owner.like(f"{broker_id}:%"))

@@ -21,6 +21,7 @@ class JobKind(StrEnum):
     # Terminates the instances of desktops an administrator deleted, and forgets the rows
     # once the center says they are gone (engine/removals.py); poked by each delete.
     REMOVE_DESKTOPS = "remove_desktops"
+    WEBHOOKS = "webhooks"
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class Intervals:
     leak_sweep_s: float = 600.0
     agent_watch_s: float = 30.0
     removal_s: float = 30.0
+    webhooks_s: float = 1.0
 
 
 def ensure_jobs(session: Session, intervals: Intervals) -> int:
@@ -40,6 +42,7 @@ def ensure_jobs(session: Session, intervals: Intervals) -> int:
     wanted: dict[tuple[str, str], float] = {
         (JobKind.RETENTION.value, ""): intervals.retention_s,
         (JobKind.AGENT_WATCH.value, ""): intervals.agent_watch_s,
+        (JobKind.WEBHOOKS.value, ""): intervals.webhooks_s,
     }
     for center_id, scan_s in session.execute(select(Center.id, Center.scan_interval_s)).all():
         wanted[(JobKind.SCAN_CENTER.value, center_id)] = float(scan_s)

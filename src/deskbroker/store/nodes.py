@@ -15,10 +15,11 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, insert, select, update
 
 from deskbroker.store import leases
-from deskbroker.store.tables import BrokerNode, Job, ProvisioningTask, Timer
+from deskbroker.store.tables import BrokerNode, Job, ProvisioningTask, Timer, WebhookDelivery
 
 NODES = leases.table_of(BrokerNode)
-LEASED = (Job, Timer, ProvisioningTask)
+# Webhook deliveries too: a dead node's posts are made again at once (receivers dedup).
+LEASED = (Job, Timer, ProvisioningTask, WebhookDelivery)
 
 
 @dataclass(frozen=True)

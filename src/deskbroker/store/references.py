@@ -21,6 +21,7 @@ from deskbroker.store.tables import (
     ProtocolPlan,
     ReleasePlan,
     User,
+    Webhook,
 )
 
 # What a tenant owns, in the order a delete names what is left.
@@ -33,6 +34,7 @@ _TENANT_OWNED: tuple[tuple[Any, str], ...] = (
     (ReleasePlan, "release plans"),
     (User, "users"),
     (IdentitySource, "identity sources"),
+    (Webhook, "webhooks"),
 )
 
 # The policy entry column that refers to each kind of plan.

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import select
 
 from deskbroker.store.db import Unit
-from deskbroker.store.tables import Center, IdentitySource, OidcFlow, User
+from deskbroker.store.tables import Center, IdentitySource, OidcFlow, User, Webhook
 
 # (table, column) of every value sealed with the SecretBox.
 SEALED: tuple[tuple[Any, str], ...] = (
@@ -16,6 +16,7 @@ SEALED: tuple[tuple[Any, str], ...] = (
     (IdentitySource, "secrets_sealed"),
     (User, "totp_sealed"),
     (OidcFlow, "sealed"),
+    (Webhook, "secret_sealed"),
 )
 
 

@@ -58,6 +58,7 @@ from deskbroker.store.tables.policies import (
     ProtocolPlan,
     ReleasePlan,
 )
+from deskbroker.store.tables.webhooks import EventCursor, Webhook, WebhookDelivery
 
 __all__ = [
     "CLAIM_ORDER",
@@ -75,6 +76,7 @@ __all__ = [
     "Desktop",
     "EnrolmentKey",
     "Event",
+    "EventCursor",
     "ForgottenDesktop",
     "IdentitySource",
     "Image",
@@ -99,6 +101,8 @@ __all__ = [
     "User",
     "UserVolume",
     "UtcDateTime",
+    "Webhook",
+    "WebhookDelivery",
     "new_id",
     "utcnow",
 ]

@@ -1,0 +1,190 @@
+"""Events out, the delivery: the event log fanned out into the outbox, and its due
+deliveries posted, signed, from threads of their own.
+
+The ``webhooks`` job (one for the cluster, leased like every job) fans out the events
+since the last run and claims due deliveries by lease, then returns: the posts run on
+this module's pool (``webhook_workers`` threads), never on an engine worker or in a
+request, each with no transaction open. A receiver that never answers therefore holds
+at most ``webhook_per_target`` of those threads for ``webhook_timeout_s`` at a time;
+logins, connects and the engine's other work do not wait for it. A thread that finishes
+a delivery claims the next due ones at once, so a backlog drains without waiting for
+the job's next run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime, timedelta
+
+import httpx
+
+from deskbroker import outbound_http, write_guard
+from deskbroker.domain import webhooks as rules
+from deskbroker.engine.drivers import DriverCache
+from deskbroker.outbound import OutboundRefused
+from deskbroker.services.context import BrokerContext
+from deskbroker.store import webhooks as store
+from deskbroker.store.tables import utcnow
+
+log = logging.getLogger("deskbroker.webhooks")
+
+USER_AGENT = "deskbroker-webhooks/1"
+# Finished deliveries are purged at most this often (seconds).
+PURGE_EVERY_S = 3600.0
+
+
+def body_of(payload: dict[str, object]) -> bytes:
+    """The exact bytes posted and signed: compact JSON with sorted keys."""
+    return json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
+
+
+class Dispatcher:
+    """This node's webhook deliveries: the job's handler and the threads that post."""
+
+    def __init__(self, ctx: BrokerContext, owner: str) -> None:
+        settings = ctx.settings
+        self.ctx = ctx
+        self.owner = owner
+        self.workers = settings.webhook_workers
+        # The lease outlives a post that runs into every timeout (connect, send, read).
+        self.ttl_s = max(settings.lease_ttl_s, settings.webhook_timeout_s * 4)
+        self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="webhook")
+        self._running: set[Future[None]] = set()
+        self._lock = threading.Lock()
+        self._purged = 0.0
+        self._client = httpx.Client(
+            # Every connection checked against the outbound policy on the socket reached.
+            transport=outbound_http.guarded_transport(),
+            timeout=httpx.Timeout(settings.webhook_timeout_s),
+            follow_redirects=False,  # a redirect is a failure, never a second target
+            headers={"User-Agent": USER_AGENT},
+        )
+        self._closed = False
+
+    def close(self, wait: bool = True) -> None:
+        self._closed = True
+        self._pool.shutdown(wait=wait, cancel_futures=True)
+        self._client.close()
+
+    def busy(self) -> int:
+        with self._lock:
+            self._running = {f for f in self._running if not f.done()}
+            return len(self._running)
+
+    # --- the job ---------------------------------------------------------------------
+    def run(self, ctx: BrokerContext, drivers: DriverCache, target_id: str, now: datetime) -> str:
+        """The ``webhooks`` job: fan out, then start what is due. Quick: it posts nothing."""
+        with ctx.db.write() as session:
+            made = store.fan_out(session, utcnow(), ctx.settings.webhook_settle_s)
+        started = self.pump()
+        self._purge()
+        return f"{made} deliveries queued, {started} started"
+
+    def pump(self, finishing: bool = False) -> int:
+        """Claim as many due deliveries as this node has free threads, and post them;
+        ``finishing``: called by a delivery thread about to be free (its own slot counts)."""
+        if self._closed:
+            return 0
+        free = self.workers - self.busy() + (1 if finishing else 0)
+        if free <= 0:
+            return 0
+        with self.ctx.db.write() as session:
+            claimed = store.claim(
+                session,
+                owner=self.owner,
+                now=utcnow(),
+                ttl_s=self.ttl_s,
+                per_webhook=self.ctx.settings.webhook_per_target,
+                limit=free,
+            )
+        for delivery in claimed:
+            try:
+                future = self._pool.submit(self._deliver, delivery)
+            except RuntimeError:  # shut down meanwhile: the lease runs out, another posts
+                return 0
+            with self._lock:
+                self._running.add(future)
+        return len(claimed)
+
+    def _purge(self) -> None:
+        if time.monotonic() - self._purged < PURGE_EVERY_S:
+            return
+        self._purged = time.monotonic()
+        before = utcnow() - timedelta(days=self.ctx.settings.webhook_retention_days)
+        with self.ctx.db.write() as session:
+            store.purge_finished(session, before)
+
+    # --- one post --------------------------------------------------------------------
+    def _deliver(self, delivery: store.Claimed) -> None:
+        try:
+            status, error = self.post(delivery)
+            self._record(delivery, status, error)
+        except Exception:
+            log.exception("webhook delivery %s failed unexpectedly", delivery.id)
+            return
+        self.pump(finishing=True)
+
+    def post(self, delivery: store.Claimed) -> tuple[int | None, str]:
+        """Post one delivery with no transaction open; its HTTP status and, when it
+        failed, why. The secret is opened here and goes nowhere but into the HMAC."""
+        # The write guard: a post inside a write unit would hold its locks for as long
+        # as the receiver takes to answer.
+        write_guard.ensure_no_write_unit("a webhook delivery")
+        body = body_of(delivery.payload)
+        stamp = int(time.time())
+        secret = self.ctx.secrets.open(delivery.secret_sealed)
+        headers = {
+            "Content-Type": "application/json",
+            rules.EVENT_ID_HEADER: str(delivery.event_id),
+            rules.TIMESTAMP_HEADER: str(stamp),
+            rules.SIGNATURE_HEADER: rules.signature(secret, stamp, body),
+        }
+        try:
+            # Streamed and not read: a receiver cannot make the broker hold a large answer.
+            with self._client.stream("POST", delivery.url, content=body, headers=headers) as r:
+                status = r.status_code
+        except OutboundRefused as exc:
+            return None, str(exc)
+        except httpx.TimeoutException:
+            return None, f"no answer within {self.ctx.settings.webhook_timeout_s:g} s"
+        except httpx.HTTPError as exc:
+            return None, f"{type(exc).__name__}: {exc}"[:500]
+        if 200 <= status < 300:
+            return status, ""
+        return status, f"the receiver answered HTTP {status}"
+
+    def _record(self, delivery: store.Claimed, status: int | None, error: str) -> None:
+        settings = self.ctx.settings
+        now = utcnow()
+        delivered = not error
+        attempts = delivery.attempts + 1
+        retry_at = None
+        if not delivered and attempts < delivery.max_attempts:
+            wait = rules.next_attempt(
+                attempts, settings.webhook_retry_base_s, settings.webhook_retry_cap_s
+            )
+            retry_at = now + timedelta(seconds=wait)
+        if not delivered:
+            # The URL is the tenant's own; the secret never leaves post().
+            log.info(
+                "webhook %s: event %s attempt %d failed: %s",
+                delivery.webhook_id,
+                delivery.event_id,
+                attempts,
+                error,
+            )
+        with self.ctx.db.write() as session:
+            store.record(
+                session,
+                delivery,
+                owner=self.owner,
+                now=now,
+                status=status,
+                error=error,
+                delivered=delivered,
+                retry_at=retry_at,
+            )

@@ -1,0 +1,231 @@
+"""Events out, the use cases: webhooks as a catalog resource (URL through the outbound
+policy, secret sealed), a test event, a webhook's deliveries and their retry, the event
+stream's reads and the monthly usage report.
+
+Nothing here posts anything: a request only writes rows (a webhook, a test event in the
+event log); the engine's dispatcher (``engine/webhooks.py``) delivers, with no
+transaction open.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import asdict
+from typing import Any
+from urllib.parse import urlsplit
+
+from deskbroker.domain import webhooks as rules
+from deskbroker.domain.webhooks import Usage
+from deskbroker.errors import InvalidInput, NotFound
+from deskbroker.security import TokenClaims
+from deskbroker.services.catalog_crud import Resource, scope
+from deskbroker.services.context import BrokerContext
+from deskbroker.store import events
+from deskbroker.store import webhooks as store
+from deskbroker.store.db import Unit
+from deskbroker.store.repository import Repository
+from deskbroker.store.tables import Webhook, WebhookDelivery, utcnow
+
+
+def check_url(ctx: BrokerContext, url: str) -> str:
+    """A webhook URL: http(s), a host, no credentials in it, and a host the outbound
+    policy permits (a tenant admin must not aim the broker at its own loopback or the
+    cloud's metadata service; names are checked again on every connection)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        parts.port  # noqa: B018 - a bad port raises here, not at delivery
+    except ValueError as exc:
+        raise InvalidInput(f"url is not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise InvalidInput("url must be an http:// or https:// URL with a host")
+    if parts.username or parts.password:
+        raise InvalidInput("url must not carry a user or password; the signature authenticates")
+    ctx.settings.outbound_policy.check_host(host, "webhook url")
+    return url
+
+
+def _prepare(
+    session: Unit, ctx: BrokerContext, tenant: str, data: dict[str, Any], existing: Any
+) -> dict[str, Any]:
+    if "url" in data:
+        data["url"] = check_url(ctx, data["url"])
+    if "kinds" in data:
+        try:
+            data["kinds"] = rules.chosen(data["kinds"] or [])
+        except ValueError as exc:
+            raise InvalidInput(f"kinds: {exc}") from None
+    if "secret" in data:
+        secret = data.pop("secret")
+        if secret is None:
+            raise InvalidInput("secret cannot be null; give a new secret to rotate it")
+        data["secret_sealed"] = ctx.secrets.seal(secret)
+    elif existing is not None and "url" in data and data["url"] != existing.url:
+        # A secret given for one receiver is not handed to another one without the
+        # administrator saying so (as with a center's secrets).
+        raise InvalidInput("a new url needs a new secret: give secret with it")
+    return data
+
+
+def _read(session: Unit, hook: Any) -> dict[str, Any]:
+    # Never the sealed secret: only that there is one.
+    out = {c.key: getattr(hook, c.key) for c in Webhook.__table__.columns}
+    out.pop("secret_sealed")
+    out["has_secret"] = bool(hook.secret_sealed)
+    return out
+
+
+WEBHOOKS: Resource[Webhook] = Resource(
+    model=Webhook,
+    label="webhook",
+    affects_config=False,
+    prepare=_prepare,
+    to_read=_read,
+)
+
+
+def _hook(session: Unit, who: TokenClaims, webhook_id: str) -> Webhook:
+    found: Webhook = Repository(Webhook, "webhook").get(session, webhook_id, scope(who))
+    return found
+
+
+def send_test(ctx: BrokerContext, who: TokenClaims, webhook_id: str) -> dict[str, Any]:
+    """A ``webhook.test`` event in the log, for this webhook only: delivered like any
+    other (signed, retried), so it proves the whole path."""
+    with ctx.db.write() as session:
+        hook = _hook(session, who, webhook_id)
+        events.append(
+            session,
+            rules.TEST_KIND,
+            tenant_id=hook.tenant_id,
+            actor=who.username,
+            user_id=who.user_id,
+            detail={"webhook_id": hook.id, "name": hook.name},
+        )
+    return {"webhook_id": webhook_id, "message": "a test event is queued for delivery"}
+
+
+def deliveries(
+    ctx: BrokerContext,
+    who: TokenClaims,
+    webhook_id: str,
+    *,
+    state: str | None,
+    limit: int,
+    offset: int,
+) -> tuple[list[dict[str, Any]], int]:
+    """A webhook's recent deliveries, newest first."""
+    with ctx.db.read() as session:
+        _hook(session, who, webhook_id)
+        rows, total = store.deliveries(session, webhook_id, state=state, limit=limit, offset=offset)
+        columns = [c.key for c in WebhookDelivery.__table__.columns if c.key != "lease_owner"]
+        return [{c: getattr(r, c) for c in columns} for r in rows], total
+
+
+def retry_failed(ctx: BrokerContext, who: TokenClaims, webhook_id: str) -> dict[str, Any]:
+    """A webhook's failed deliveries tried again (its receiver is back)."""
+    with ctx.db.write() as session:
+        _hook(session, who, webhook_id)
+        count = store.retry(session, webhook_id, utcnow())
+    return {"webhook_id": webhook_id, "requeued": count}
+
+
+# --- the event stream ----------------------------------------------------------------
+def check_kinds(kinds: list[str]) -> list[str]:
+    """The event stream's ``kinds`` filter (none: every kind)."""
+    if not kinds:
+        return []
+    try:
+        return rules.chosen(kinds)
+    except ValueError as exc:
+        raise InvalidInput(f"kinds: {exc}") from None
+
+
+def stream_start(ctx: BrokerContext, last_event_id: str | None) -> int:
+    """Where a stream starts: after ``Last-Event-ID`` when the client resumes, else at
+    the newest fanned-out event (a new stream shows what happens from now on)."""
+    if last_event_id:
+        try:
+            start = int(last_event_id)
+        except ValueError:
+            raise InvalidInput("Last-Event-ID must be an event id from this stream") from None
+        if start < 0:
+            raise InvalidInput("Last-Event-ID must be an event id from this stream")
+        return start
+    with ctx.db.read() as session:
+        return store.stream_origin(session)
+
+
+def stream_batch(
+    ctx: BrokerContext, who: TokenClaims, after: int, kinds: list[str]
+) -> tuple[list[dict[str, Any]], int]:
+    """The next events of the caller's tenant (every tenant's for a global admin) whose
+    category is among ``kinds`` (every categorised kind when empty), and the id to
+    resume after. One indexed range over the event log."""
+    wanted = set(kinds)
+    with ctx.db.read() as session:
+        rows, resume = store.stream(session, scope(who), after)
+        out = [
+            store.payload_of(r)
+            for r in rows
+            if (category := rules.category(r.kind)) is not None
+            and (not wanted or category.value in wanted)
+        ]
+    return out, resume
+
+
+# --- usage ---------------------------------------------------------------------------
+USAGE_FIELDS = (
+    "tenant_id",
+    "tenant",
+    "month",
+    "sessions",
+    "session_hours",
+    "desktop_hours",
+    "desktops",
+    "peak_concurrent_sessions",
+    "peak_at",
+)
+
+
+def this_month() -> str:
+    """The current month (UTC) as ``YYYY-MM``."""
+    return utcnow().strftime("%Y-%m")
+
+
+def usage(
+    ctx: BrokerContext, who: TokenClaims, month: str, tenant_id: str | None
+) -> list[dict[str, Any]]:
+    """The month's figures per tenant: the caller's own, or for a global admin every
+    tenant's (or the one named)."""
+    try:
+        start, after = rules.month_bounds(month)
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None
+    mine = scope(who)
+    now = utcnow()
+    rows: list[dict[str, Any]] = []
+    with ctx.db.read() as session:
+        for t_id, t_name in store.tenants(session):
+            if mine is not None and t_id != mine:
+                continue
+            if tenant_id is not None and t_id != tenant_id:
+                continue
+            figures: Usage = rules.usage(month, store.sessions_in(session, t_id, start, after), now)
+            row = {"tenant_id": t_id, "tenant": t_name, **asdict(figures)}
+            row["peak_at"] = figures.peak_at.isoformat() if figures.peak_at else None
+            rows.append(row)
+    if tenant_id is not None and not rows:
+        raise NotFound(f"tenant {tenant_id} does not exist")
+    return rows
+
+
+def usage_csv(rows: list[dict[str, Any]]) -> str:
+    """The usage rows as CSV, one line per tenant, a header first."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=USAGE_FIELDS, lineterminator="\r\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if row[k] is None else row[k] for k in USAGE_FIELDS})
+    return out.getvalue()

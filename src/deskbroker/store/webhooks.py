@@ -1,0 +1,370 @@
+"""Events out, the SQL: the event log fanned out into webhook deliveries (the outbox),
+deliveries claimed by lease and their outcome recorded, the reads of the admin API, the
+event stream and the usage report.
+
+The event log is written by every request in its own transaction; nothing here runs on
+a request's path but the reads. Event ids come from one sequence, so the fan-out walks
+them in order behind a cursor. On PostgreSQL a transaction may commit an event with a
+lower id after one with a higher id is visible: the fan-out stops at a gap in the ids
+until the event after it is ``settle_s`` old (a gap that old is a rolled-back insert),
+so no event is skipped for being committed late.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy.orm import Session
+
+from deskbroker.domain import webhooks as rules
+from deskbroker.domain.timestamps import aware
+from deskbroker.domain.webhooks import DeliveryState
+from deskbroker.store.tables import (
+    Event,
+    EventCursor,
+    SessionRow,
+    Tenant,
+    Webhook,
+    WebhookDelivery,
+    new_id,
+)
+
+FANOUT = "webhooks"
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A delivery leased for posting, with what the post needs."""
+
+    id: str
+    webhook_id: str
+    event_id: int
+    url: str
+    secret_sealed: str
+    payload: dict[str, Any]
+    attempts: int
+    max_attempts: int
+
+
+def payload_of(event: Any) -> dict[str, Any]:
+    """An event as a webhook and the event stream send it. ``id`` is the event's id:
+    the same on every attempt, so a receiver deduplicates with it."""
+    return {
+        "id": str(event.id),
+        "kind": event.kind,
+        "category": str(rules.category(event.kind) or "test"),
+        "at": aware(event.at).isoformat(),
+        "tenant_id": event.tenant_id,
+        "actor": event.actor,
+        "user_id": event.user_id,
+        "desktop_id": event.desktop_id,
+        "pool_id": event.pool_id,
+        "detail": event.detail or {},
+    }
+
+
+def cursor(session: Session) -> int:
+    """The id up to which the event log has been fanned out (the event stream's horizon);
+    made at the newest event the first time, so history is not sent to new webhooks."""
+    found = session.execute(select(EventCursor.last_id).where(EventCursor.name == FANOUT)).first()
+    if found is not None:
+        return int(found[0])
+    newest = session.execute(select(func.coalesce(func.max(Event.id), 0))).scalar_one()
+    session.execute(insert(EventCursor).values(name=FANOUT, last_id=int(newest)))
+    return int(newest)
+
+
+def horizon(session: Session) -> int:
+    """The cursor as a read sees it (0 before the first fan-out)."""
+    found = session.execute(select(EventCursor.last_id).where(EventCursor.name == FANOUT)).first()
+    return int(found[0]) if found is not None else 0
+
+
+def stream_origin(session: Session) -> int:
+    """Where a new stream starts: the cursor, or before the first fan-out the newest
+    event (where the cursor will start), so a new stream never replays history."""
+    found = session.execute(select(EventCursor.last_id).where(EventCursor.name == FANOUT)).first()
+    if found is not None:
+        return int(found[0])
+    return int(session.execute(select(func.coalesce(func.max(Event.id), 0))).scalar_one())
+
+
+def fan_out(session: Session, now: datetime, settle_s: float, batch: int = 500) -> int:
+    """Outbox rows for the events after the cursor that some webhook chose; advances the
+    cursor in the same transaction. Returns how many deliveries were made."""
+    start = cursor(session)
+    rows = (
+        session.execute(select(Event).where(Event.id > start).order_by(Event.id).limit(batch))
+        .scalars()
+        .all()
+    )
+    if not rows:
+        return 0
+    hooks = session.execute(
+        select(Webhook.id, Webhook.tenant_id, Webhook.kinds).where(Webhook.enabled.is_(True))
+    ).all()
+    by_tenant: dict[str, list[tuple[str, list[Any]]]] = {}
+    for hook_id, tenant_id, kinds in hooks:
+        by_tenant.setdefault(tenant_id, []).append((hook_id, list(kinds or [])))
+    settled = now - timedelta(seconds=settle_s)
+    last = start
+    made: list[dict[str, Any]] = []
+    for event in rows:
+        if event.id != last + 1 and aware(event.at) > settled:
+            break  # a gap that may still be a transaction about to commit: wait
+        last = event.id
+        if event.tenant_id is None:
+            continue
+        for hook_id in _receivers(event, by_tenant.get(event.tenant_id, [])):
+            made.append(
+                {
+                    "tenant_id": event.tenant_id,
+                    "webhook_id": hook_id,
+                    "event_id": event.id,
+                    "kind": event.kind,
+                    "payload": payload_of(event),
+                    "state": DeliveryState.PENDING.value,
+                    "attempts": 0,
+                    "next_attempt_at": now,
+                    "last_error": "",
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            )
+    if last == start:
+        return 0
+    # Compare-and-set: a second broker fanning out the same events (a lease taken over)
+    # moves no cursor, and its transaction is rolled back by the caller.
+    moved = session.execute(
+        update(EventCursor)
+        .where(EventCursor.name == FANOUT, EventCursor.last_id == start)
+        .values(last_id=last, updated_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]
+    if moved != 1:
+        raise RuntimeError("the event cursor moved under this fan-out")
+    if made:
+        session.execute(insert(WebhookDelivery), [{"id": new_id(), **row} for row in made])
+    return len(made)
+
+
+def _receivers(event: Any, hooks: list[tuple[str, list[Any]]]) -> list[str]:
+    if event.kind == rules.TEST_KIND:
+        wanted = (event.detail or {}).get("webhook_id")
+        return [hook_id for hook_id, _ in hooks if hook_id == wanted]
+    category = rules.category(event.kind)
+    if category is None:
+        return []
+    return [hook_id for hook_id, kinds in hooks if category.value in kinds]
+
+
+def claim(
+    session: Session,
+    *,
+    owner: str,
+    now: datetime,
+    ttl_s: float,
+    per_webhook: int,
+    limit: int,
+) -> list[Claimed]:
+    """Lease up to ``limit`` due deliveries, at most ``per_webhook`` leased at once per
+    webhook (those leased by any broker counted), each webhook's oldest first.
+
+    Chosen webhook by webhook, in random order: the due deliveries of a receiver that
+    is down (at its bound, or with a long backlog) never stand in front of another
+    webhook's, so one tenant's dead receiver delays nobody else's events."""
+    if limit <= 0:
+        return []
+    free = or_(WebhookDelivery.lease_expires_at.is_(None), WebhookDelivery.lease_expires_at < now)
+    pending = WebhookDelivery.state == DeliveryState.PENDING.value
+    busy = dict(
+        session.execute(
+            select(WebhookDelivery.webhook_id, func.count())
+            .where(pending, WebhookDelivery.lease_expires_at >= now)
+            .group_by(WebhookDelivery.webhook_id)
+        ).all()
+    )
+    due = [
+        hook_id
+        for (hook_id,) in session.execute(
+            select(WebhookDelivery.webhook_id)
+            .where(pending, WebhookDelivery.next_attempt_at <= now, free)
+            .group_by(WebhookDelivery.webhook_id)
+        ).all()
+        if busy.get(hook_id, 0) < per_webhook
+    ]
+    random.shuffle(due)
+    picked: list[str] = []
+    for hook_id in due:
+        room = min(per_webhook - busy.get(hook_id, 0), limit - len(picked))
+        if room <= 0:
+            break
+        picked += session.scalars(
+            select(WebhookDelivery.id)
+            .where(
+                WebhookDelivery.webhook_id == hook_id,
+                pending,
+                WebhookDelivery.next_attempt_at <= now,
+                free,
+            )
+            .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.event_id)
+            .limit(room)
+            .with_for_update(skip_locked=True)
+        ).all()
+    if not picked:
+        return []
+    session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id.in_(picked), free)
+        .values(lease_owner=owner, lease_expires_at=now + timedelta(seconds=ttl_s))
+        .execution_options(synchronize_session=False)
+    )
+    rows = session.execute(
+        select(
+            WebhookDelivery.id,
+            WebhookDelivery.webhook_id,
+            WebhookDelivery.event_id,
+            Webhook.url,
+            Webhook.secret_sealed,
+            WebhookDelivery.payload,
+            WebhookDelivery.attempts,
+            Webhook.max_attempts,
+        )
+        .join(Webhook, Webhook.id == WebhookDelivery.webhook_id)
+        .where(WebhookDelivery.id.in_(picked), WebhookDelivery.lease_owner == owner)
+        .order_by(WebhookDelivery.event_id)
+    ).all()
+    return [Claimed(*row) for row in rows]
+
+
+def record(
+    session: Session,
+    delivery: Claimed,
+    *,
+    owner: str,
+    now: datetime,
+    status: int | None,
+    error: str,
+    delivered: bool,
+    retry_at: datetime | None,
+) -> None:
+    """One attempt's outcome, if this broker still holds the lease: delivered, tried
+    again at ``retry_at``, or failed for good (``retry_at`` None and not delivered)."""
+    if delivered:
+        state = DeliveryState.DELIVERED.value
+    elif retry_at is not None:
+        state = DeliveryState.PENDING.value
+    else:
+        state = DeliveryState.FAILED.value
+    session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id == delivery.id, WebhookDelivery.lease_owner == owner)
+        .values(
+            state=state,
+            attempts=WebhookDelivery.attempts + 1,
+            last_status=status,
+            last_error=error[:2000],
+            next_attempt_at=retry_at or now,
+            delivered_at=now if delivered else None,
+            lease_owner=None,
+            lease_expires_at=None,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+
+
+def deliveries(
+    session: Session,
+    webhook_id: str,
+    *,
+    state: str | None,
+    limit: int,
+    offset: int,
+) -> tuple[list[WebhookDelivery], int]:
+    """A webhook's deliveries, newest first, and how many there are."""
+    where = [WebhookDelivery.webhook_id == webhook_id]
+    if state is not None:
+        where.append(WebhookDelivery.state == state)
+    total = session.execute(select(func.count()).where(*where)).scalar_one()
+    rows = session.execute(
+        select(WebhookDelivery)
+        .where(*where)
+        .order_by(WebhookDelivery.event_id.desc(), WebhookDelivery.id)
+        .limit(limit)
+        .offset(offset)
+    ).scalars()
+    return list(rows), int(total)
+
+
+def retry(session: Session, webhook_id: str, now: datetime) -> int:
+    """Failed deliveries of a webhook pending again, from their first attempt."""
+    return int(
+        session.execute(
+            update(WebhookDelivery)
+            .where(
+                WebhookDelivery.webhook_id == webhook_id,
+                WebhookDelivery.state == DeliveryState.FAILED.value,
+            )
+            .values(state=DeliveryState.PENDING.value, attempts=0, next_attempt_at=now)
+            .execution_options(synchronize_session=False)
+        ).rowcount  # type: ignore[attr-defined]
+    )
+
+
+def stream(
+    session: Session, tenant_id: str | None, after: int, limit: int = 200
+) -> tuple[list[Event], int]:
+    """The events after ``after`` up to the fan-out's horizon, of ``tenant_id`` (every
+    tenant's for ``None``), at most ``limit``, and the id to resume after. Stops at the
+    horizon so the stream and the webhooks see the same events in the same order, none
+    skipped for being committed late."""
+    top = horizon(session)
+    if after >= top:
+        return [], after
+    where = [Event.id > after, Event.id <= top]
+    if tenant_id is not None:
+        where.append(Event.tenant_id == tenant_id)
+    rows = list(
+        session.execute(select(Event).where(*where).order_by(Event.id).limit(limit)).scalars()
+    )
+    return rows, (rows[-1].id if len(rows) >= limit else top)
+
+
+def tenants(session: Session) -> list[tuple[str, str]]:
+    """Every tenant's id and name, by name."""
+    return [
+        (r[0], r[1]) for r in session.execute(select(Tenant.id, Tenant.name).order_by(Tenant.name))
+    ]
+
+
+def sessions_in(
+    session: Session, tenant_id: str, start: datetime, after: datetime
+) -> list[rules.Interval]:
+    """The tenant's sessions open at some moment of ``[start, after)``."""
+    rows = session.execute(
+        select(SessionRow.desktop_id, SessionRow.started_at, SessionRow.ended_at).where(
+            SessionRow.tenant_id == tenant_id,
+            SessionRow.started_at < after,
+            or_(SessionRow.ended_at.is_(None), SessionRow.ended_at > start),
+        )
+    ).all()
+    return [rules.Interval(d, aware(s), aware(e) if e is not None else None) for d, s, e in rows]
+
+
+def purge_finished(session: Session, before: datetime) -> int:
+    """Delivered and failed deliveries older than ``before`` (retention)."""
+    return int(
+        session.execute(
+            delete(WebhookDelivery).where(
+                and_(
+                    WebhookDelivery.state != DeliveryState.PENDING.value,
+                    WebhookDelivery.updated_at < before,
+                )
+            )
+        ).rowcount  # type: ignore[attr-defined]
+    )
