@@ -72,7 +72,7 @@ def test_claim_indexes_match_models(ctx: BrokerContext) -> None:
 def test_upgrade_is_idempotent(ctx: BrokerContext) -> None:
     before = current_revision(ctx.db)
     upgrade(ctx.db)
-    assert current_revision(ctx.db) == before == "0001"
+    assert current_revision(ctx.db) == before == "0002_rollout"
 
 
 # Every state column, with a value its machine does not have.

@@ -13,7 +13,7 @@ from concurrent.futures import TimeoutError as FuturesTimeout
 from datetime import datetime, timedelta
 from typing import Any
 
-from deskbroker.engine import builds, handover, maintenance, plans, provisioner
+from deskbroker.engine import builds, handover, maintenance, plans, provisioner, rollouts
 from deskbroker.engine.drivers import DriverCache
 from deskbroker.engine.handover import Refill
 from deskbroker.engine.watch import BuildWatcher
@@ -36,6 +36,7 @@ HANDLERS: dict[str, Handler] = {
     JobKind.POOL_STATS.value: maintenance.pool_stats,
     JobKind.RETENTION.value: maintenance.retention,
     JobKind.AGENT_WATCH.value: plans.watch_agents,
+    JobKind.POOL_ROLLOUT.value: rollouts.advance_rollout,
 }
 # Jobs whose target is a center: they talk to that center's cloud all along.
 CENTER_JOBS = frozenset({JobKind.SCAN_CENTER.value, JobKind.LEAK_SWEEP.value})

@@ -56,6 +56,7 @@ from deskbroker.store.tables.policies import (
     ProtocolPlan,
     ReleasePlan,
 )
+from deskbroker.store.tables.rollouts import DesktopRebuild, PoolRollout
 
 __all__ = [
     "CLAIM_ORDER",
@@ -70,6 +71,7 @@ __all__ = [
     "Center",
     "CustomRole",
     "Desktop",
+    "DesktopRebuild",
     "EnrolmentKey",
     "Event",
     "IdentitySource",
@@ -83,6 +85,7 @@ __all__ = [
     "PolicyEntry",
     "Pool",
     "PoolMember",
+    "PoolRollout",
     "PoolStat",
     "PowerPlan",
     "ProtocolPlan",
