@@ -5,9 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from typer.testing import CliRunner
+
 from cloudsim.server import CloudSim
 from deskbroker.bootstrap import add_local_user
+from deskbroker.cli import app
 from deskbroker.engine.runner import Engine
+from tests.connect_support import live_broker
 from tests.desktop_agent import Agent, assigned_desktop
 from tests.engine.conftest import openstack_center, provisioning_pool, run_until
 from tests.helpers import USER_PASSWORD, Api
@@ -184,3 +188,54 @@ def test_rolling_image_update_spares_sessions_and_can_pause_and_roll_back(
     kinds = [e["kind"] for e in api.get(f"events?pool_id={world.pool}&limit=500")["items"]]
     assert kinds.count("rollout.rebuild") == 2 * TOTAL
     assert {"rollout.start", "rollout.pause", "rollout.resume", "rollout.roll_back"} <= set(kinds)
+
+
+def test_the_cli_rolls_a_pool_and_bad_requests_are_refused_in_words(
+    api: Api, sim: CloudSim, engine: Engine
+) -> None:
+    center = openstack_center(api, sim)
+    pool = provisioning_pool(api, center["id"], n=3, m=3)["id"]
+    run_until(engine, lambda: api.get(f"pools/{pool}/status")["counts"]["available"] == 3)
+    none = _rollout(api, pool)
+    assert (none["state"], none["image"]) == ("none", OLD)
+    sim.seed_images(1, name_prefix="golden")
+
+    # Refused before anything is written: an image the center lacks, a bad batch size,
+    # nothing to pause, another tenant's (or no) pool.
+    unknown = api.post(f"pools/{pool}/rollout", {"image": "no-such-image"}, status=422)
+    assert unknown["detail"] == "center cloud has no image 'no-such-image'"
+    api.post(f"pools/{pool}/rollout", {"image": "golden-00000", "batch_size": 0}, status=422)
+    assert (
+        "has no rollout to pause"
+        in api.post(f"pools/{pool}/rollout/pause", {}, status=409)["detail"]
+    )
+    api.post("pools/0123456789abcdef0123456789abcdef/rollout", {"image": OLD}, status=404)
+    static = api.post("pools", {"name": "static-only"})
+    assert (
+        "builds in no center"
+        in api.post(f"pools/{static['id']}/rollout", {"image": OLD}, status=409)["detail"]
+    )
+    assert api.get(f"pools/{pool}")["provisioning"]["parameters"]["image"] == OLD
+    assert _rollout(api, pool)["state"] == "none"
+
+    token = api.post("api-tokens", {"name": "ops", "scopes": ["*:*"], "expires_in_days": 1})
+    runner = CliRunner()
+    with live_broker(api.ctx) as url:
+        env = {"DESKBROKER_URL": url, "DESKBROKER_TOKEN": token["token"]}
+
+        def cli(*args: str) -> str:
+            result = runner.invoke(app, ["pool", *args], env=env)
+            assert result.exit_code == 0, result.output
+            return " ".join(result.output.split())
+
+        assert "rolling: 0 of 3 on the new image" in cli("rollout", "auto", "golden-00000")
+        cli("pause", "auto")
+        assert cli("status", "auto").startswith("paused: 0 of 3 on the new image")
+        cli("resume", "auto")
+        run_until(engine, lambda: _rollout(api, pool)["state"] == "done", what="done")
+        assert cli("status", "auto").startswith("done: 3 of 3 on the new image")
+        assert "0 of 3 on the previous image" in cli("roll-back", "auto")
+        run_until(engine, lambda: _rollout(api, pool)["state"] == "done", what="back")
+        missing = runner.invoke(app, ["pool", "status", "nope"], env=env)
+        assert missing.exit_code == 1 and "pool nope does not exist" in missing.output
+    assert {s["image_id"] for s in _servers(sim).values()} == {_image_ids(api, center["id"])[OLD]}

@@ -94,8 +94,30 @@ def _answer(rollout: PoolRollout, desktops: list[store.RolloutDesktop]) -> dict[
 def _read(session: Unit, pool: Pool) -> dict[str, Any]:
     rollout = store.rollout_of(session, pool.id)
     if rollout is None:
-        raise Conflict(f"pool {pool.name} has no rollout; start one with a new image")
+        return _none(pool)
     return _answer(rollout, store.pool_desktops(session, pool.id, rollout.center_id))
+
+
+def _none(pool: Pool) -> dict[str, Any]:
+    """A pool that never had a rollout: nothing under way, said so."""
+    zero = dict.fromkeys(
+        ("total", "on_image", "rebuilding", "to_rebuild", "waiting_for_users"), 0
+    ) | dict.fromkeys(("persistent_kept", "failed", "not_ready", "batch_size"), 0)
+    return {
+        "pool_id": pool.id,
+        "state": "none",
+        "image": str((pool.provisioning.get("parameters") or {}).get("image") or ""),
+        "image_id": "",
+        "previous_image": "",
+        "rolled_back": False,
+        "include_persistent": False,
+        **zero,
+        "summary": f"pool {pool.name} has had no rollout: start one with a new image",
+        "failures": [],
+        "last_error": "",
+        "started_by": "",
+        "updated_at": pool.updated_at.isoformat(),
+    }
 
 
 def status(ctx: BrokerContext, pool_id: str, who: TokenClaims) -> dict[str, Any]:

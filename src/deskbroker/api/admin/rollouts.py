@@ -36,7 +36,7 @@ class FailureOut(BaseModel):
 
 class RolloutOut(BaseModel):
     pool_id: str
-    state: str = Field(description="rolling, paused or done")
+    state: str = Field(description="rolling, paused or done; none before the first")
     image: str = Field(description="the image aimed at")
     image_id: str
     previous_image: str = Field(description="the image a roll back aims at")
