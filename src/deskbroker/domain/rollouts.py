@@ -94,14 +94,15 @@ def fate(desktop: DesktopView, target_image: str, *, include_persistent: bool) -
         return Fate.ON_TARGET
     if desktop.failed:
         return Fate.FAILED
-    if desktop.free:
+    persistent = desktop.assigned and desktop.kind == AssignmentKind.PERSISTENT.value
+    if persistent and not include_persistent:
+        return Fate.PERSISTENT_KEPT
+    if desktop.in_session:  # whoever is on it, held or not, is never interrupted
+        return Fate.WAITING_FOR_USER
+    if desktop.free or persistent:
         return Fate.REBUILD_NOW
     if not desktop.assigned:
         return Fate.NOT_READY
-    if desktop.kind == AssignmentKind.PERSISTENT.value:
-        if not include_persistent:
-            return Fate.PERSISTENT_KEPT
-        return Fate.WAITING_FOR_USER if desktop.in_session else Fate.REBUILD_NOW
     return Fate.WAITING_FOR_USER
 
 

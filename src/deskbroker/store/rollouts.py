@@ -26,6 +26,7 @@ from deskbroker.store.tables import (
     DesktopRebuild,
     PoolMember,
     PoolRollout,
+    PoolUpkeep,
     SessionRow,
     utcnow,
 )
@@ -152,7 +153,8 @@ def take_out(
         return False
     done = session.execute(
         update(Desktop)
-        .where(Desktop.id == desktop_id, free)
+        # Never one in use: a session open on it (however it came) keeps it.
+        .where(Desktop.id == desktop_id, free, ~_IN_SESSION)
         .values(
             availability=from_any(AVAILABILITY_TRANSITIONS, Availability.UNAVAILABLE).value,
             updated_at=now,
@@ -216,12 +218,98 @@ def mark_failed(session: Session, desktop_id: str, message: str) -> None:
     )
 
 
-def mark_building(session: Session, desktop_id: str, now: datetime) -> None:
-    """The center accepted the rebuild: the desktop is being built again."""
+def mark_started(
+    session: Session, desktop_id: str, *, image_id: str, rebuilt: bool, now: datetime
+) -> None:
+    """The center accepted the rebuild (or reboot): watched from now on; a rebuilt
+    desktop is being built again, from ``image_id`` (its id on the center)."""
+    session.execute(
+        update(DesktopRebuild)
+        .where(DesktopRebuild.desktop_id == desktop_id)
+        .values(started=True, image_id=image_id)
+        .execution_options(synchronize_session=False)
+    )
     desktop = session.get(Desktop, desktop_id, with_for_update=True)
-    if desktop is not None:
+    if desktop is not None and rebuilt:
         desktop.power_state = observe(desktop.power_state, PowerState.BUILDING).value
         desktop.updated_at = now
+
+
+@dataclass(frozen=True)
+class RebuildRow:
+    """A desktop taken out for a rebuild or reboot, with where to ask for it."""
+
+    desktop_id: str
+    tenant_id: str
+    pool_id: str
+    name: str
+    external_id: str
+    center_id: str
+    reason: str
+    image_id: str
+    started: bool
+    failed: bool
+
+
+def rebuilds_of(session: Session, pool_id: str) -> list[RebuildRow]:
+    """The pool's desktops out for a rebuild or reboot (failed ones too), by name."""
+    rows = session.execute(
+        select(
+            DesktopRebuild.desktop_id,
+            DesktopRebuild.tenant_id,
+            DesktopRebuild.pool_id,
+            Desktop.name,
+            Desktop.external_id,
+            Desktop.center_id,
+            DesktopRebuild.reason,
+            DesktopRebuild.image_id,
+            DesktopRebuild.started,
+            DesktopRebuild.failed,
+        )
+        .join(Desktop, Desktop.id == DesktopRebuild.desktop_id)
+        .where(DesktopRebuild.pool_id == pool_id)
+        .order_by(Desktop.name)
+    ).all()
+    return [
+        RebuildRow(
+            desktop_id=r.desktop_id,
+            tenant_id=r.tenant_id,
+            pool_id=r.pool_id,
+            name=r.name,
+            external_id=r.external_id,
+            center_id=r.center_id,
+            reason=r.reason,
+            image_id=r.image_id,
+            started=bool(r.started),
+            failed=bool(r.failed),
+        )
+        for r in rows
+    ]
+
+
+def free_members(session: Session, pool_id: str) -> list[str]:
+    """The pool's free desktops nobody has a session on and nothing is rebuilding."""
+    return list(
+        session.scalars(
+            select(Desktop.id)
+            .join(PoolMember, PoolMember.desktop_id == Desktop.id)
+            .where(
+                PoolMember.pool_id == pool_id,
+                FREE_DESKTOP,
+                ~_IN_SESSION,
+                ~exists().where(DesktopRebuild.desktop_id == Desktop.id),
+            )
+            .order_by(Desktop.name)
+        )
+    )
+
+
+def upkeep_of(session: Session, pool_id: str, *, lock: bool = False) -> PoolUpkeep | None:
+    """The pool's upkeep settings (None: the defaults, nothing scheduled)."""
+    query = select(PoolUpkeep).where(PoolUpkeep.pool_id == pool_id)
+    if lock:
+        query = query.with_for_update()
+    return session.scalars(query).first()
 
 
 def forget_failures(session: Session, pool_id: str) -> int:

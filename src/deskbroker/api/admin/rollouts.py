@@ -1,5 +1,6 @@
-"""A pool's rollout onto a new image: start, read its progress, pause, resume, roll back.
-Every operation needs ``pools:rollout`` (reading it, ``pools:read``)."""
+"""A pool's rollout onto a new image (start, read its progress, pause, resume, roll
+back; ``pools:rollout``) and its desktop upkeep (scheduled refresh or reboot, refresh on
+release; ``pools:upkeep``). Reading either needs ``pools:read``."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from pydantic import BaseModel, Field
 from deskbroker.api.deps import AdminReader, AdminWriter, Ctx
 from deskbroker.api.schemas import Body
 from deskbroker.domain.rollouts import RolloutStep
-from deskbroker.services import rollouts
+from deskbroker.domain.upkeep import Upkeep
+from deskbroker.services import pool_upkeep, rollouts
 
 _WRITE = {"x-permission": "pools:rollout"}
 
@@ -56,6 +58,11 @@ class RolloutOut(BaseModel):
     last_error: str
     started_by: str
     updated_at: str
+
+
+class UpkeepOut(Upkeep):
+    pool_id: str
+    last_scheduled_on: str = Field(description="the local date of the last window served")
 
 
 def _out(answer: dict[str, Any]) -> RolloutOut:
@@ -115,4 +122,22 @@ def router() -> APIRouter:
         "The rollout aims at the image the pool had before it (rolling again, by the "
         "same rules); a second roll back aims at the new image again.",
     )
+
+    @r.get("/pools/{pool_id}/upkeep", tags=["pools"], summary="A pool's desktop upkeep")
+    def get_upkeep(pool_id: str, ctx: Ctx, who: AdminReader) -> UpkeepOut:
+        return UpkeepOut.model_validate(pool_upkeep.read(ctx, pool_id, who))
+
+    @r.put(
+        "/pools/{pool_id}/upkeep",
+        tags=["pools"],
+        summary="Set a pool's desktop upkeep",
+        description="A daily refresh (rebuilt from the pool's image) or reboot of the "
+        "pool's free desktops in a time window, skipping desktops in use; and a refresh "
+        "of each desktop its user released before anyone else gets it (the equivalent "
+        "of reverting to a snapshot). Rebuilds need a center that can rebuild.",
+        openapi_extra={"x-permission": "pools:upkeep"},
+    )
+    def put_upkeep(pool_id: str, body: Upkeep, ctx: Ctx, who: AdminWriter) -> UpkeepOut:
+        return UpkeepOut.model_validate(pool_upkeep.write(ctx, pool_id, body, who))
+
     return r

@@ -56,7 +56,7 @@ from deskbroker.store.tables.policies import (
     ProtocolPlan,
     ReleasePlan,
 )
-from deskbroker.store.tables.rollouts import DesktopRebuild, PoolRollout
+from deskbroker.store.tables.rollouts import DesktopRebuild, PoolRollout, PoolUpkeep
 
 __all__ = [
     "CLAIM_ORDER",
@@ -87,6 +87,7 @@ __all__ = [
     "PoolMember",
     "PoolRollout",
     "PoolStat",
+    "PoolUpkeep",
     "PowerPlan",
     "ProtocolPlan",
     "ProvisioningTask",

@@ -1,4 +1,5 @@
-"""Golden images rolled out: a pool's rollout and the desktops being rebuilt."""
+"""Golden images rolled out: a pool's rollout, its upkeep settings (scheduled refresh or
+reboot, revert on release) and the desktops being rebuilt or rebooted."""
 
 from __future__ import annotations
 
@@ -51,11 +52,36 @@ class DesktopRebuild(Base):
     )
     tenant_id: Mapped[str] = _tenant()
     pool_id: Mapped[str] = mapped_column(ForeignKey("pools.id", ondelete="CASCADE"), index=True)
-    # Why: a rollout, a scheduled refresh, or a revert on release.
+    # Why: a rollout, a scheduled refresh or reboot, or a revert on release.
     reason: Mapped[str] = mapped_column(String(20))
+    # The image to rebuild from: an id, or (until the center named its id once the
+    # rebuild was asked) the pool's image as written. Empty for a reboot.
     image_id: Mapped[str] = mapped_column(String(255))
+    # The center was asked (taken out first, asked after: no call in a transaction).
+    started: Mapped[bool] = mapped_column(Boolean, default=False)
     # The desktop's availability before: what it gets back once rebuilt.
     was_available: Mapped[bool] = mapped_column(Boolean, default=True)
     failed: Mapped[bool] = mapped_column(Boolean, default=False)
     message: Mapped[str] = mapped_column(Text, default="")
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class PoolUpkeep(Base):
+    """A pool's desktop upkeep: free desktops rebuilt to the pool's image (or rebooted)
+    each day in a time window, and a released desktop rebuilt before anyone else gets
+    it (the equivalent of reverting to a snapshot)."""
+
+    __tablename__ = "pool_upkeep"
+    pool_id: Mapped[str] = mapped_column(
+        ForeignKey("pools.id", ondelete="CASCADE"), primary_key=True
+    )
+    tenant_id: Mapped[str] = _tenant()
+    refresh_on_release: Mapped[bool] = mapped_column(Boolean, default=False)
+    # none, refresh or reboot; at "HH:MM" in ``timezone``, for ``window_minutes``.
+    scheduled_action: Mapped[str] = mapped_column(String(20), default="none")
+    scheduled_at: Mapped[str] = mapped_column(String(5), default="02:00")
+    window_minutes: Mapped[int] = mapped_column(Integer, default=60)
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    # The local date of the window last served: once a day.
+    last_scheduled_on: Mapped[str] = mapped_column(String(10), default="")
+    updated_at: Mapped[datetime] = _updated()

@@ -1,4 +1,4 @@
-"""golden images rolled out: pool rollouts and desktop rebuilds
+"""golden images rolled out: pool rollouts, desktop rebuilds, pool upkeep
 
 Revision ID: 0002_rollout
 Revises: 0001
@@ -68,6 +68,7 @@ def upgrade() -> None:
         sa.Column("pool_id", sa.String(length=32), nullable=False),
         sa.Column("reason", sa.String(length=20), nullable=False),
         sa.Column("image_id", sa.String(length=255), nullable=False),
+        sa.Column("started", sa.Boolean(), nullable=False),
         sa.Column("was_available", sa.Boolean(), nullable=False),
         sa.Column("failed", sa.Boolean(), nullable=False),
         sa.Column("message", sa.Text(), nullable=False),
@@ -98,8 +99,39 @@ def upgrade() -> None:
             batch_op.f("ix_desktop_rebuilds_tenant_id"), ["tenant_id"], unique=False
         )
 
+    op.create_table(
+        "pool_upkeep",
+        sa.Column("pool_id", sa.String(length=32), nullable=False),
+        sa.Column("tenant_id", sa.String(length=32), nullable=False),
+        sa.Column("refresh_on_release", sa.Boolean(), nullable=False),
+        sa.Column("scheduled_action", sa.String(length=20), nullable=False),
+        sa.Column("scheduled_at", sa.String(length=5), nullable=False),
+        sa.Column("window_minutes", sa.Integer(), nullable=False),
+        sa.Column("timezone", sa.String(length=64), nullable=False),
+        sa.Column("last_scheduled_on", sa.String(length=10), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["pool_id"],
+            ["pools.id"],
+            name=op.f("fk_pool_upkeep_pool_id_pools"),
+            ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["tenant_id"],
+            ["tenants.id"],
+            name=op.f("fk_pool_upkeep_tenant_id_tenants"),
+            ondelete="RESTRICT",
+        ),
+        sa.PrimaryKeyConstraint("pool_id", name=op.f("pk_pool_upkeep")),
+    )
+    with op.batch_alter_table("pool_upkeep", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_pool_upkeep_tenant_id"), ["tenant_id"], unique=False)
+
 
 def downgrade() -> None:
+    with op.batch_alter_table("pool_upkeep", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_pool_upkeep_tenant_id"))
+    op.drop_table("pool_upkeep")
     with op.batch_alter_table("desktop_rebuilds", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_desktop_rebuilds_tenant_id"))
         batch_op.drop_index(batch_op.f("ix_desktop_rebuilds_pool_id"))
