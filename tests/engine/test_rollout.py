@@ -239,3 +239,68 @@ def test_the_cli_rolls_a_pool_and_bad_requests_are_refused_in_words(
         missing = runner.invoke(app, ["pool", "status", "nope"], env=env)
         assert missing.exit_code == 1 and "pool nope does not exist" in missing.output
     assert {s["image_id"] for s in _servers(sim).values()} == {_image_ids(api, center["id"])[OLD]}
+
+
+def test_persistent_desktops_only_on_request_keeping_their_users_data_volume(
+    api: Api, sim: CloudSim, engine: Engine
+) -> None:
+    center = openstack_center(api, sim)
+    pool = provisioning_pool(api, center["id"], n=3, m=3)["id"]
+    provisioning = api.get(f"pools/{pool}")["provisioning"]
+    provisioning["parameters"]["data_volume_gb"] = 2
+    api.patch(f"pools/{pool}", {"provisioning": provisioning})
+    policy = api.post("policies", {"name": "keep", "entries": [{"pool_id": pool}]})
+    api.post("assignment-rules", {"identity_source_id": api.source_id(), "policy_id": policy["id"]})
+    run_until(engine, lambda: api.get(f"pools/{pool}/status")["counts"]["available"] == 3)
+    add_local_user(api.ctx, "keeper", USER_PASSWORD)
+    kept = assigned_desktop(api, "keeper")
+    assert api.get(f"desktops/{kept}")["assignment_kind"] == "persistent"
+    server = api.get(f"desktops/{kept}")["external_id"]
+    driver = _driver(api, center["id"])
+
+    def volumes() -> list[str]:
+        body = driver.session.compute_get(f"/servers/{server}/os-volume_attachments")
+        return [a["volumeId"] for a in body["volumeAttachments"]]
+
+    run_until(engine, lambda: volumes() != [], what="the user's data volume attached")
+    [volume] = volumes()
+    agent = Agent.mint(api, kept)
+    agent.send("login", user="keeper")
+    sim.seed_images(2, name_prefix="golden")
+    images = _image_ids(api, center["id"])
+
+    # Not asked for: the persistent desktop keeps its image; the rollout is done without it.
+    api.post(f"pools/{pool}/rollout", {"image": "golden-00000"}, status=200)
+    run_until(engine, lambda: _rollout(api, pool)["state"] == "done", what="done")
+    first = _rollout(api, pool)
+    assert (first["on_image"], first["persistent_kept"]) == (2, 1)
+    assert first["summary"] == (
+        "done: 2 of 3 on the new image, 1 persistent kept on their image until asked"
+    )
+    assert _servers(sim)[server]["image_id"] == images[OLD]
+
+    # Asked for: rebuilt once nobody is on it, still its user's, with the same volume.
+    api.post(
+        f"pools/{pool}/rollout", {"image": "golden-00001", "include_persistent": True}, status=200
+    )
+    run_until(engine, lambda: _rollout(api, pool)["on_image"] == 2, what="the free ones")
+    for _ in range(5):
+        engine.run_once()
+    waiting = _rollout(api, pool)
+    assert (waiting["waiting_for_users"], waiting["state"]) == (1, "rolling")
+    assert _servers(sim)[server]["image_id"] == images[OLD]
+    agent.send("logout", user="keeper")
+    run_until(engine, lambda: _rollout(api, pool)["state"] == "done", what="done again")
+    assert _servers(sim)[server]["image_id"] == images["golden-00001"]
+    assert api.get(f"desktops/{kept}")["assigned_user_id"] is not None
+    assert volumes() == [volume]
+
+
+def _driver(api: Api, center_id: str) -> Any:
+    from deskbroker.services.inventory import open_center
+    from deskbroker.store.tables import Center
+
+    with api.ctx.db.read() as session:
+        center = session.get(Center, center_id)
+        assert center is not None
+        return open_center(api.ctx, center)
