@@ -25,16 +25,27 @@ from deskbroker.store.tables import Pool, PoolRollout
 
 
 def advance_rollout(ctx: BrokerContext, drivers: DriverCache, pool_id: str, now: datetime) -> str:
-    """The pool's rollout-and-upkeep job (``pool_rollout``): one round."""
+    """The pool's rollout-and-upkeep job (``pool_rollout``): one round. A pool with no
+    rollout under way, nothing scheduled and nothing out costs one read."""
     with ctx.db.read() as session:
-        rollout = store.rollout_of(session, pool_id)
+        work = store.pool_work(session, pool_id)
+        busy = (
+            work.rebuilds
+            or work.rollout_state in (RolloutState.ROLLING.value, RolloutState.PAUSED.value)
+            or work.scheduled_action not in (None, ScheduledAction.NONE.value)
+        )
+        rollout = store.rollout_of(session, pool_id) if busy else None
+    if not busy:
+        return "idle"
     taken = 0
     if rollout is not None and rollout.state == RolloutState.ROLLING.value:
         taken += _take_batch(ctx, rollout, now)
     scheduled = _scheduled(ctx, pool_id, now)
     done = rebuilds.run_round(ctx, drivers, pool_id, now)
-    outcome = f"{done.started} asked, {done.finished} back, {done.failed} refused" + (
-        f"; scheduled {scheduled}" if scheduled else ""
+    outcome = (
+        f"{taken} taken out, {done.started} asked, {done.finished} back, "
+        + (f"{done.failed} refused")
+        + (f"; scheduled {scheduled}" if scheduled else "")
     )
     if rollout is None:
         return outcome

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from deskbroker.domain.offers import AssignmentKind
@@ -323,3 +323,30 @@ def forget_failures(session: Session, pool_id: str) -> int:
     for desktop_id in rows:
         put_back(session, desktop_id, power=None, image_id=None, now=utcnow())
     return len(rows)
+
+
+@dataclass(frozen=True)
+class PoolWork:
+    """What the pool's rollout job may have to do, read in one statement: its rollout's
+    state, its scheduled action, and whether desktops are out for a rebuild or reboot."""
+
+    rollout_state: str | None
+    scheduled_action: str | None
+    rebuilds: int
+
+
+def pool_work(session: Session, pool_id: str) -> PoolWork:
+    """The idle pool's whole cost to the rollout job: this one read."""
+    row = session.execute(
+        select(
+            select(PoolRollout.state).where(PoolRollout.pool_id == pool_id).scalar_subquery(),
+            select(PoolUpkeep.scheduled_action)
+            .where(PoolUpkeep.pool_id == pool_id)
+            .scalar_subquery(),
+            select(func.count())
+            .select_from(DesktopRebuild)
+            .where(DesktopRebuild.pool_id == pool_id, DesktopRebuild.failed.is_(False))
+            .scalar_subquery(),
+        )
+    ).one()
+    return PoolWork(rollout_state=row[0], scheduled_action=row[1], rebuilds=int(row[2] or 0))
