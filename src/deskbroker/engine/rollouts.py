@@ -9,7 +9,7 @@ first (and it waits for its user to leave) or cannot get it until it is back.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from deskbroker.domain.rollouts import Fate, Progress, RolloutStep, move, words
 from deskbroker.domain.states import RolloutState
@@ -21,7 +21,7 @@ from deskbroker.services import rollouts as service
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import events
 from deskbroker.store import rollouts as store
-from deskbroker.store.tables import Pool, PoolRollout
+from deskbroker.store.tables import Pool, PoolRollout, utcnow
 
 
 def advance_rollout(ctx: BrokerContext, drivers: DriverCache, pool_id: str, now: datetime) -> str:
@@ -42,6 +42,7 @@ def advance_rollout(ctx: BrokerContext, drivers: DriverCache, pool_id: str, now:
         taken += _take_batch(ctx, rollout, now)
     scheduled = _scheduled(ctx, pool_id, now)
     done = rebuilds.run_round(ctx, drivers, pool_id, now)
+    _soon_if_busy(ctx, pool_id)
     outcome = (
         f"{taken} taken out, {done.started} asked, {done.finished} back, "
         + (f"{done.failed} refused")
@@ -50,6 +51,19 @@ def advance_rollout(ctx: BrokerContext, drivers: DriverCache, pool_id: str, now:
     if rollout is None:
         return outcome
     return f"{_finish_if_done(ctx, pool_id)}; {outcome}"
+
+
+# While desktops are out, the job looks again this soon (a GET per desktop out, at most a
+# batch of them), instead of after the whole provisioning interval.
+WATCH_S = 1.0
+
+
+def _soon_if_busy(ctx: BrokerContext, pool_id: str) -> None:
+    with ctx.db.read() as session:
+        work = store.pool_work(session, pool_id)
+    if work.rebuilds or work.rollout_state == RolloutState.ROLLING.value:
+        with ctx.db.write() as session:
+            store.watch_again(session, pool_id, utcnow() + timedelta(seconds=WATCH_S))
 
 
 def _take_batch(ctx: BrokerContext, rollout: PoolRollout, now: datetime) -> int:

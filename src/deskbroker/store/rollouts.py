@@ -20,10 +20,12 @@ from deskbroker.domain.states import (
     from_any,
     observe,
 )
+from deskbroker.store.jobs import JobKind
 from deskbroker.store.tables import (
     FREE_DESKTOP,
     Desktop,
     DesktopRebuild,
+    Job,
     PoolMember,
     PoolRollout,
     PoolUpkeep,
@@ -350,3 +352,16 @@ def pool_work(session: Session, pool_id: str) -> PoolWork:
         )
     ).one()
     return PoolWork(rollout_state=row[0], scheduled_action=row[1], rebuilds=int(row[2] or 0))
+
+
+def watch_again(session: Session, pool_id: str, at: datetime) -> None:
+    """Have the pool's rollout job run again at ``at`` (sooner than its interval) while
+    rebuilds are under way: a batch's end is seen within a second or so, not a whole
+    interval later. Set during the run, it survives the run's own release (the runner
+    keeps an earlier time asked for meanwhile)."""
+    session.execute(
+        update(Job)
+        .where(Job.kind == JobKind.POOL_ROLLOUT.value, Job.target_id == pool_id)
+        .values(next_run_at=at)
+        .execution_options(synchronize_session=False)
+    )
