@@ -73,6 +73,12 @@ REFUSED_SEEDS = {
     "/api/v1/gateway/reports": 401,
     # The world's policy lets its users power nothing: valid, and refused for that alone.
     "/api/v1/client/desktops/{desktop_id}/power": 403,
+    # The world's pools are on a static center, which cannot rebuild: valid, and refused
+    # for that alone; so nothing is rolling to pause, resume or roll back.
+    "/api/v1/admin/pools/{pool_id}/rollout": 409,
+    "/api/v1/admin/pools/{pool_id}/rollout/pause": 409,
+    "/api/v1/admin/pools/{pool_id}/rollout/resume": 409,
+    "/api/v1/admin/pools/{pool_id}/rollout/roll-back": 409,
 }
 
 
@@ -179,6 +185,8 @@ class World:
             "/api/v1/admin/sessions/{session_id}/end": {"reason": "sweep"},
             "/api/v1/admin/sessions/{session_id}/message": {"message": "sweep"},
             "/api/v1/admin/pools/preview": {"name": "sweep", "center_ids": [ids["centers"]]},
+            "/api/v1/admin/pools/{pool_id}/rollout": {"image": "sweep"},
+            "/api/v1/admin/pools/{pool_id}/upkeep": {"refresh_on_release": False},
             "/api/v1/client/desktops/{desktop_id}/power": {"action": "start"},
             "/api/v1/admin/explain": {"username": "user1", "client_address": "10.1.2.3"},
             # A document that manages no section: valid, and changes nothing.

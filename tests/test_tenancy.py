@@ -120,10 +120,12 @@ def _another_tenants_objects_do_not_exist_for_a_tenant_admin(tenants: Any) -> No
             body = {"attributes": {}}
         if op.path.endswith("/power"):
             body = {"action": "reboot", "force": True}
+        if op.path.endswith("/rollout") and op.method == "POST":
+            body = {"image": "stolen"}
         response = b.client.request(
             op.method,
             path,
-            json=body if op.method in ("POST", "PATCH") else None,
+            json=body if op.method in ("POST", "PATCH", "PUT") else None,
             headers=b.headers,
         )
         assert response.status_code == 404, f"{op}: {response.status_code} {response.text}"

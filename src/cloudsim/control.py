@@ -203,6 +203,7 @@ class Control:
                         "name": server.name,
                         "status": status_of(server),
                         "task_state": server.task_state,
+                        "image_id": server.image_id,
                         "project_id": server.project_id,
                         "address": ports[0].ip if ports else None,
                         "floating_ip": fip,

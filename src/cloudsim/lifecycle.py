@@ -11,6 +11,7 @@ from typing import Protocol
 
 from cloudsim.clock import Scheduler
 from cloudsim.config import Timings
+from cloudsim.rebuild import Rebuilding
 from cloudsim.shelving import SHELVED_STATUS, Shelving
 from cloudsim.state import (
     NOSTATE,
@@ -38,10 +39,11 @@ _STATUS: dict[str, dict[str | None, str]] = {
         "rebooting_hard": "HARD_REBOOT",
         "reboot_pending_hard": "HARD_REBOOT",
         "reboot_started_hard": "HARD_REBOOT",
+        "rebuilding": "REBUILD",
     },
-    "stopped": {None: "SHUTOFF"},
+    "stopped": {None: "SHUTOFF", "rebuilding": "REBUILD"},
     "suspended": {None: "SUSPENDED"},
-    "error": {None: "ERROR"},
+    "error": {None: "ERROR", "rebuilding": "REBUILD"},
     "deleted": {None: "DELETED"},
     **SHELVED_STATUS,
 }
@@ -125,7 +127,7 @@ class ServerSpec:
     config_drive: str = ""
 
 
-class Lifecycle(Shelving):
+class Lifecycle(Shelving, Rebuilding):
     """Creates servers and moves them through Nova's vm/task/power states on the clock."""
 
     def __init__(

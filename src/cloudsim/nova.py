@@ -338,7 +338,7 @@ class Nova(NovaCreate, NovaResources, Service):
 
     # -- actions ------------------------------------------------------------------------------
     def action(self, req: Request) -> Response:
-        """POST /servers/{id}/action: start, stop, suspend, resume, reboot, shelve,
+        """POST /servers/{id}/action: start, stop, suspend, resume, reboot, rebuild, shelve,
         shelveOffload, unshelve, lock, unlock."""
         server = self.server_of(req)
         body = req.json_object()
@@ -357,6 +357,10 @@ class Nova(NovaCreate, NovaResources, Service):
         elif name == "reboot":
             kind = str((arg or {}).get("type", "")) if isinstance(arg, dict) else ""
             life.reboot(server, kind.upper() if kind.lower() in ("soft", "hard") else kind)
+        elif name == "rebuild":
+            life.rebuild(server, arg)
+            # Nova answers a rebuild with the server as it is now (status REBUILD).
+            return self._detail_response(202, server, req)
         elif name == "shelve":
             life.shelve(server)
         elif name == "shelveOffload":

@@ -15,6 +15,7 @@ from rich.console import Console
 from deskbroker import __version__
 from deskbroker.client.app import connect_app
 from deskbroker.client.config_cli import config_app
+from deskbroker.client.pool_cli import pool_app
 from deskbroker.config import Settings
 
 app = typer.Typer(no_args_is_help=True, help="deskbroker: a vendor-neutral VDI connection broker")
@@ -24,6 +25,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(user_app, name="user")
 app.add_typer(connect_app, name="connect")
 app.add_typer(config_app, name="config")
+app.add_typer(pool_app, name="pool")
 console = Console()
 
 

@@ -105,6 +105,9 @@ class CenterConformance:
         if Capability.VOLUMES not in driver.capabilities:
             with pytest.raises(CenterError, match="cannot volumes"):
                 driver.create_volume("x", 1, {})
+        if Capability.REBUILD not in driver.capabilities:
+            with pytest.raises(CenterError, match="cannot rebuild"):
+                driver.rebuild(machine, "x")
 
     def test_limits_are_declared(self, driver: CenterDriver) -> None:
         limits = driver.limits()
@@ -157,6 +160,20 @@ class CenterConformance:
         )
         for tag in provision_request.tags:
             assert machine_id in {m.external_id for m in driver.find_tagged(tag)}
+        if Capability.REBUILD in driver.capabilities:
+            # From its own image (by id, as inventory reports it): the same machine comes
+            # back running on the image the rebuild named.
+            current = str(running.attributes.get("image") or "")
+            image = driver.rebuild(running, current)
+            assert image == current
+            wait_until(
+                lambda: (
+                    (m := driver.machine(machine_id)) is not None
+                    and m.power_state is PowerState.RUNNING
+                    and m.attributes.get("image") == image
+                    and not m.driver_state.get("task_state")
+                )
+            )
         if Capability.VOLUMES in driver.capabilities:
             volume = driver.create_volume(f"{provision_request.name}-data", 1, {})
             assert volume

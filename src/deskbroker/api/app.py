@@ -17,7 +17,15 @@ from deskbroker import __version__, metrics
 from deskbroker.api import agent, edge, errors, gateway, permissions, web
 from deskbroker.api.admin import access as admin_access
 from deskbroker.api.admin import actions as admin_actions
-from deskbroker.api.admin import activity, identity, inventory, policies, pool_history, pools
+from deskbroker.api.admin import (
+    activity,
+    identity,
+    inventory,
+    policies,
+    pool_history,
+    pools,
+    rollouts,
+)
 from deskbroker.api.admin import catalog as admin_catalog
 from deskbroker.api.admin import config as admin_config
 from deskbroker.api.admin import drain as admin_drain
@@ -139,6 +147,7 @@ def api_router() -> APIRouter:
         admin_explain,
         admin_quotas,
         pool_history,
+        rollouts,
         admin_enrolments,
         admin_config,
         admin_webhooks,

@@ -43,6 +43,9 @@ class Capability(StrEnum):
     PROBE = "probe"
     CHANGES = "changes"
     VOLUMES = "volumes"
+    # Give a machine a fresh system disk from an image, keeping its identity, address
+    # and attached volumes (OpenStack's rebuild). Without it a rollout replaces machines.
+    REBUILD = "rebuild"
 
 
 class UnknownName(CenterError):
@@ -174,6 +177,7 @@ OUTBOUND_CALLS = (
     "create_volume",
     "attach_volume",
     "detach_volume",
+    "rebuild",
     "probe",
 )
 
@@ -302,6 +306,13 @@ class CenterDriver:
     def detach_volume(self, external_id: str, volume_id: str) -> None:
         """Detach a data volume; a machine or attachment already gone is not an error."""
         self.require(Capability.VOLUMES)
+
+    def rebuild(self, machine: MachineInfo, image: str) -> str:
+        """Rebuild a machine from ``image`` (an id or a name); returns at once with the
+        image's id, the build itself is watched through ``machine``. ``UnknownName`` when
+        the center has no such image."""
+        self.require(Capability.REBUILD)
+        return ""
 
     def probe(self, address: str, port: int, timeout_s: float = 1.0) -> ProbeResult:
         """Open a TCP connection to a protocol port: the honest reachability test."""

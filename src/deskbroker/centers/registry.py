@@ -24,6 +24,7 @@ NEEDS_METHODS: dict[Capability, tuple[str, ...]] = {
     Capability.LEAK_SWEEP: ("leaked", "find_tagged"),
     Capability.CHANGES: ("changes",),
     Capability.VOLUMES: ("create_volume", "attach_volume", "detach_volume"),
+    Capability.REBUILD: ("rebuild",),
 }
 # Capabilities the engine uses together: a build lists the center's machines, finds a
 # resumed build's instance by its tag and removes a failed or duplicate one; volumes
@@ -33,6 +34,7 @@ NEEDS_CAPABILITIES: dict[Capability, frozenset[Capability]] = {
         {Capability.INVENTORY, Capability.TERMINATE, Capability.LEAK_SWEEP}
     ),
     Capability.VOLUMES: frozenset({Capability.PROVISION}),
+    Capability.REBUILD: frozenset({Capability.INVENTORY}),
 }
 
 

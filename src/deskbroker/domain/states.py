@@ -82,14 +82,18 @@ class ProvisioningState(StrEnum):
 
 P = PowerState
 # What the infrastructure may report next; a scan that sees anything else records
-# the desktop as ``unknown`` first, so a surprise is visible rather than silent.
+# the desktop as ``unknown`` first, so a surprise is visible rather than silent. A
+# running, stopped or failed machine goes back to ``building`` when it is rebuilt from
+# a new image (a rollout).
 POWER_TRANSITIONS: dict[PowerState, frozenset[PowerState]] = {
     P.UNKNOWN: frozenset(set(P) - {P.UNKNOWN}),
     P.BUILDING: frozenset({P.RUNNING, P.STOPPED, P.ERROR, P.DELETING, P.DELETED, P.UNKNOWN}),
-    P.RUNNING: frozenset({P.STOPPED, P.SUSPENDED, P.ERROR, P.DELETING, P.DELETED, P.UNKNOWN}),
-    P.STOPPED: frozenset({P.RUNNING, P.ERROR, P.DELETING, P.DELETED, P.UNKNOWN}),
+    P.RUNNING: frozenset(
+        {P.BUILDING, P.STOPPED, P.SUSPENDED, P.ERROR, P.DELETING, P.DELETED, P.UNKNOWN}
+    ),
+    P.STOPPED: frozenset({P.BUILDING, P.RUNNING, P.ERROR, P.DELETING, P.DELETED, P.UNKNOWN}),
     P.SUSPENDED: frozenset({P.RUNNING, P.STOPPED, P.ERROR, P.DELETING, P.DELETED, P.UNKNOWN}),
-    P.ERROR: frozenset({P.RUNNING, P.STOPPED, P.DELETING, P.DELETED, P.UNKNOWN}),
+    P.ERROR: frozenset({P.BUILDING, P.RUNNING, P.STOPPED, P.DELETING, P.DELETED, P.UNKNOWN}),
     P.DELETING: frozenset({P.DELETED, P.ERROR, P.UNKNOWN}),
     P.DELETED: frozenset(),
 }
@@ -181,8 +185,33 @@ ENROLMENT_TRANSITIONS: dict[EnrolmentState, frozenset[EnrolmentState]] = {
     EN.EXPIRED: frozenset(),
 }
 
+
+class RolloutState(StrEnum):
+    """A pool's rollout onto an image (``pool_rollouts.state``; domain/rollouts.py)."""
+
+    ROLLING = "rolling"
+    PAUSED = "paused"
+    DONE = "done"
+
+
+RO = RolloutState
+# Rolling to rolling is a roll back while under way (same state, the other image); a
+# finished rollout may still be rolled back. Moved only by ``rollouts.move``.
+ROLLOUT_TRANSITIONS: dict[RolloutState, frozenset[RolloutState]] = {
+    RO.ROLLING: frozenset({RO.PAUSED, RO.DONE}),
+    RO.PAUSED: frozenset({RO.ROLLING}),
+    RO.DONE: frozenset({RO.ROLLING}),
+}
+
 E = TypeVar(
-    "E", PowerState, SessionState, ProvisioningState, Availability, AgentState, EnrolmentState
+    "E",
+    PowerState,
+    SessionState,
+    ProvisioningState,
+    Availability,
+    AgentState,
+    EnrolmentState,
+    RolloutState,
 )
 
 
@@ -287,4 +316,5 @@ MACHINES: dict[str, tuple[type[StrEnum], dict[Any, frozenset[Any]]]] = {
     "session (sessions.state)": (SessionState, SESSION_TRANSITIONS),
     "provisioning task (provisioning_tasks.state)": (ProvisioningState, PROVISIONING_TRANSITIONS),
     "pending agent enrolment (pending_enrolments.state)": (EnrolmentState, ENROLMENT_TRANSITIONS),
+    "pool rollout (pool_rollouts.state)": (RolloutState, ROLLOUT_TRANSITIONS),
 }

@@ -13,7 +13,7 @@ from concurrent.futures import TimeoutError as FuturesTimeout
 from datetime import datetime, timedelta
 from typing import Any
 
-from deskbroker.engine import builds, handover, maintenance, plans, provisioner, removals
+from deskbroker.engine import builds, handover, maintenance, plans, provisioner, removals, rollouts
 from deskbroker.engine.drivers import DriverCache
 from deskbroker.engine.handover import Refill
 from deskbroker.engine.watch import BuildWatcher
@@ -38,6 +38,7 @@ HANDLERS: dict[str, Handler] = {
     JobKind.RETENTION.value: maintenance.retention,
     JobKind.AGENT_WATCH.value: plans.watch_agents,
     JobKind.REMOVE_DESKTOPS.value: removals.remove_desktops,
+    JobKind.POOL_ROLLOUT.value: rollouts.advance_rollout,
 }
 # Jobs whose target is a center: they talk to that center's cloud all along.
 # (``remove_desktops`` is not one: it calls its cloud only after an administrator's

@@ -25,7 +25,7 @@ from deskbroker.protocols.descriptors import (
 )
 from deskbroker.protocols.plans import PlanEntry
 from deskbroker.security import TokenClaims
-from deskbroker.services import access, gateway, quotas
+from deskbroker.services import access, gateway, pool_upkeep, quotas
 from deskbroker.services.context import BrokerContext
 from deskbroker.services.inventory import open_center
 from deskbroker.services.queues import serve_queues
@@ -459,6 +459,11 @@ def release(
     )
     if pool_id is not None:
         _note_release(session, pool_id)
+        # A pool that reverts desktops on release takes this one out before the queue
+        # is served: the next user gets it fresh, after the engine rebuilt it.
+        pool_upkeep.after_release(
+            session, desktop_id=desktop.id, tenant_id=tenant_id, pool_id=pool_id
+        )
     serve_queues(session, tenant_id)
 
 

@@ -22,6 +22,7 @@ class JobKind(StrEnum):
     # once the center says they are gone (engine/removals.py); poked by each delete.
     REMOVE_DESKTOPS = "remove_desktops"
     WEBHOOKS = "webhooks"
+    POOL_ROLLOUT = "pool_rollout"
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,8 @@ def ensure_jobs(session: Session, intervals: Intervals) -> int:
     for (pool_id,) in session.execute(select(Pool.id)).all():
         wanted[(JobKind.POOL_PROVISION.value, pool_id)] = intervals.provision_s
         wanted[(JobKind.POOL_STATS.value, pool_id)] = intervals.stats_s
+        # Rollouts, scheduled refreshes and reverts on release: cheap when there are none.
+        wanted[(JobKind.POOL_ROLLOUT.value, pool_id)] = intervals.provision_s
     existing = {
         (kind, target): (job_id, interval)
         for job_id, kind, target, interval in session.execute(

@@ -22,6 +22,8 @@ _STATUS = {
     "SOFT_DELETED": PowerState.DELETING,
     "REBOOT": PowerState.RUNNING,
     "HARD_REBOOT": PowerState.RUNNING,
+    # A rebuild gives the machine a new system disk: it is being built again.
+    "REBUILD": PowerState.BUILDING,
 }
 
 _SHELVED = frozenset({"SHELVED", "SHELVED_OFFLOADED"})

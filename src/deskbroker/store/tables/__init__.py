@@ -58,6 +58,7 @@ from deskbroker.store.tables.policies import (
     ProtocolPlan,
     ReleasePlan,
 )
+from deskbroker.store.tables.rollouts import DesktopRebuild, PoolRollout, PoolUpkeep
 from deskbroker.store.tables.webhooks import EventCursor, Webhook, WebhookDelivery
 
 __all__ = [
@@ -74,6 +75,7 @@ __all__ = [
     "CenterRoom",
     "CustomRole",
     "Desktop",
+    "DesktopRebuild",
     "EnrolmentKey",
     "Event",
     "EventCursor",
@@ -89,7 +91,9 @@ __all__ = [
     "PolicyEntry",
     "Pool",
     "PoolMember",
+    "PoolRollout",
     "PoolStat",
+    "PoolUpkeep",
     "PowerPlan",
     "ProtocolPlan",
     "ProvisioningTask",
