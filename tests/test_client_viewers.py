@@ -10,7 +10,7 @@ import pytest
 
 from deskbroker.client import viewers
 from deskbroker.client.config import ClientConfig, ClientError, load_config, save_config
-from deskbroker.protocols.descriptors import Protocol, build
+from deskbroker.protocols.descriptors import PlanEntry, Protocol, build
 
 
 def _programs(directory: Path, *names: str) -> str:
@@ -25,7 +25,7 @@ def _programs(directory: Path, *names: str) -> str:
 def _descriptor(protocol: str, **settings: object) -> dict[str, object]:
     built = build(
         Protocol(protocol),
-        {"protocol": protocol, "settings": settings},
+        PlanEntry(Protocol(protocol), None, settings),
         desktop_name="desk-01",
         address="10.0.0.5",
         desktop_ports={},
