@@ -149,13 +149,16 @@ class Engine:
         # Jobs of a center or pool made since the last tick run in this one: their first
         # run is due the moment they are made, after ``now``.
         created = self._ensure_jobs(due.version)
-        if (due.jobs or created) and self._free() > 0:
-            started += self._claim_and_submit(
-                Job, Job.next_run_at, utcnow() if created else now, self._free(), self._run_job
-            )
+        # Plan timers first: each is a user's power or release action, due once, while a
+        # periodic job that misses this tick runs at the next; jobs first let a few due
+        # jobs per center and pool take every worker and starve the timers.
         if due.timers and self._free() > 0:
             started += self._claim_and_submit(
                 Timer, Timer.due_at, now, self._free(), self._run_timer
+            )
+        if (due.jobs or created) and self._free() > 0:
+            started += self._claim_and_submit(
+                Job, Job.next_run_at, utcnow() if created else now, self._free(), self._run_job
             )
         for work in due.centers:
             started += self._builds(work, now)
