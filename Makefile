@@ -20,7 +20,7 @@ krb5-config krb5-config/add_servers_realm string EXAMPLE.INVALID
 SYSTEM_SERVICES := slapd samba samba-ad-dc smbd nmbd winbind ypserv yppasswdd ypxfrd rpcbind
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: viewer-assets portal-assets setup system demo test lint typecheck test-sqlite test-postgresql bench docs clean agent
+.PHONY: viewer-assets portal-assets setup system demo test lint typecheck test-sqlite test-postgresql test-legs bench docs clean agent
 
 setup: system $(VENV)/.installed $(OIDC_PROVIDER)/node_modules/.installed viewer-assets portal-assets
 
@@ -100,9 +100,16 @@ docs: setup
 typecheck: setup
 	$(VENV)/bin/mypy
 
+# The suite runs in parallel (docs/architecture.md, "Tests"): TEST_WORKERS pytest-xdist
+# workers per database leg, each taking whole test files (a module's servers start once),
+# and `make test` runs the two legs at the same time. The tests wait on servers more than
+# they compute, so this pays even on 2 cores. TEST_WORKERS=1 runs a leg in one process.
+TEST_WORKERS ?= 2
+XDIST := $(if $(filter-out 0 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile,-p no:xdist)
+
 # pytest exits 5 when it collected nothing; that is not a failure of the code.
 define pytest_on
-	DESKBROKER_TEST_DB=$(1) $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
+	DESKBROKER_TEST_DB=$(1) $(PY) -m pytest -q -p no:cacheprovider $(XDIST) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests collected on $(1)"; rc=0; fi; exit $$rc
 endef
 
@@ -112,7 +119,12 @@ test-sqlite: setup
 test-postgresql: setup
 	@$(call pytest_on,postgresql)
 
-test: lint typecheck test-sqlite test-postgresql
+# Both legs at once; each one's output is printed whole when it ends, and make fails when
+# either leg fails (after waiting for the other).
+test-legs: setup
+	@$(MAKE) --no-print-directory -j2 --output-sync=target test-sqlite test-postgresql
+
+test: lint typecheck test-legs
 
 # The desktop agent: standard library only, one zipapp that any python3 (3.11+) runs, with
 # its systemd unit and an example config (docs/agent.md says how to install them).
