@@ -142,7 +142,10 @@ test-legs: setup
 	$(call pytest_on,postgresql,$(SERIAL_PART)); c=$$?; \
 	exit $$(( a || b || c ))
 
-test: lint typecheck test-legs
+# ruff and mypy side by side (each prints when it ends), then the suite.
+test: setup
+	@$(MAKE) --no-print-directory -j2 --output-sync=target lint typecheck
+	@$(MAKE) --no-print-directory test-legs
 
 # The desktop agent: standard library only, one zipapp that any python3 (3.11+) runs, with
 # its systemd unit and an example config (docs/agent.md says how to install them).
