@@ -21,7 +21,7 @@ krb5-config krb5-config/add_servers_realm string EXAMPLE.INVALID
 SYSTEM_SERVICES := slapd samba samba-ad-dc smbd nmbd winbind ypserv yppasswdd ypxfrd rpcbind pgbouncer
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: viewer-assets portal-assets setup system demo test lint typecheck test-sqlite test-postgresql bench docs clean agent
+.PHONY: viewer-assets portal-assets setup system demo test lint typecheck test-sqlite test-postgresql test-sqlite-parallel test-postgresql-parallel test-legs bench docs clean agent
 
 # govmomi's vCenter simulator for the vSphere tests (built below). Defined before the
 # setup rule: make expands a rule's prerequisites as it reads them.
@@ -112,19 +112,52 @@ docs: setup
 typecheck: setup
 	$(VENV)/bin/mypy
 
-# pytest exits 5 when it collected nothing; that is not a failure of the code.
+# The suite runs in parallel (docs/architecture.md, "Tests"): TEST_WORKERS pytest-xdist
+# workers per database leg, each taking whole test files (a module's servers start once),
+# and `make test` runs the two legs at the same time. The tests wait on servers more than
+# they compute, so this pays even on 2 cores. Tests marked `serial` (short wall-clock
+# bounds) run afterwards, one at a time. TEST_WORKERS=1 runs a leg in one process.
+TEST_WORKERS ?= 2
+XDIST := $(if $(filter-out 0 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile,-p no:xdist)
+PARALLEL_PART := $(XDIST) -m 'not serial'
+SERIAL_PART := -p no:xdist -m serial
+
+# $(1) database, $(2) which tests and how. pytest exits 5 when it collected nothing; that
+# is not a failure of the code.
 define pytest_on
-	DESKBROKER_TEST_DB=$(1) $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "no tests collected on $(1)"; rc=0; fi; exit $$rc
+	(DESKBROKER_TEST_DB=$(1) $(PY) -m pytest -q -p no:cacheprovider $(2) $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "no tests collected on $(1)"; rc=0; fi; exit $$rc)
 endef
 
+# One whole leg: its parallel part, then its serial part (both run, either fails it).
 test-sqlite: setup
-	@$(call pytest_on,sqlite)
+	@$(call pytest_on,sqlite,$(PARALLEL_PART)); a=$$?; $(call pytest_on,sqlite,$(SERIAL_PART)); \
+	b=$$?; exit $$(( a || b ))
 
 test-postgresql: setup
-	@$(call pytest_on,postgresql)
+	@$(call pytest_on,postgresql,$(PARALLEL_PART)); a=$$?; $(call pytest_on,postgresql,$(SERIAL_PART)); \
+	b=$$?; exit $$(( a || b ))
 
-test: lint typecheck test-sqlite test-postgresql
+test-sqlite-parallel: setup
+	@$(call pytest_on,sqlite,$(PARALLEL_PART))
+
+test-postgresql-parallel: setup
+	@$(call pytest_on,postgresql,$(PARALLEL_PART))
+
+# Both legs' parallel parts at once (each one's output printed whole when it ends), then
+# the serial tests of each leg with nothing else of ours running; fails when any part
+# fails, after every part has run.
+test-legs: setup
+	@$(MAKE) --no-print-directory -j2 --output-sync=target test-sqlite-parallel \
+	  test-postgresql-parallel; a=$$?; \
+	$(call pytest_on,sqlite,$(SERIAL_PART)); b=$$?; \
+	$(call pytest_on,postgresql,$(SERIAL_PART)); c=$$?; \
+	exit $$(( a || b || c ))
+
+# ruff and mypy side by side (each prints when it ends), then the suite.
+test: setup
+	@$(MAKE) --no-print-directory -j2 --output-sync=target lint typecheck
+	@$(MAKE) --no-print-directory test-legs
 
 # The desktop agent: standard library only, one zipapp that any python3 (3.11+) runs, with
 # its systemd unit and an example config (docs/agent.md says how to install them).

@@ -27,6 +27,13 @@ from tests import backend_legs
 from tests.helpers import Api
 from tests.oidc.provider import OidcProvider, running_provider
 
+# pytest-xdist starts its workers with COLUMNS=80 and LINES=24 in their environment, which a
+# serial run does not have: rich consoles made at import (the CLI's) would then fix their
+# width at 80 and ignore the COLUMNS a test gives the command. Workers run as a serial run.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _variable in ("COLUMNS", "LINES"):
+        os.environ.pop(_variable, None)
+
 # Tests run every server on loopback, which the outbound policy denies by default.
 LOOPBACK = "127.0.0.0/8,::1/128"
 BACKEND = os.environ.get("DESKBROKER_TEST_DB", "sqlite")

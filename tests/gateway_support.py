@@ -221,7 +221,12 @@ def _unix_user() -> None:
         pytest.fail("the SSH gateway tests make a Unix user: run them as root", pytrace=False)
     exists = subprocess.run(["id", SSH_USER], capture_output=True).returncode == 0
     if not exists:
-        subprocess.run(["useradd", "-m", "-s", "/bin/bash", SSH_USER], check=True)
+        made = subprocess.run(
+            ["useradd", "-m", "-s", "/bin/bash", SSH_USER], capture_output=True, text=True
+        )
+        # 9: another test process (a parallel worker, the other leg) made it in between.
+        if made.returncode not in (0, 9):
+            raise RuntimeError(f"useradd {SSH_USER} failed: {made.stderr}")
     subprocess.run(["chpasswd"], input=f"{SSH_USER}:{SSH_PASSWORD}".encode(), check=True)
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import httpx
 from fastapi.testclient import TestClient
@@ -41,6 +42,41 @@ def wait_until(
             said = what() if callable(what) else what
             raise AssertionError(f"waited {timeout_s:g} s for {said}")
         time.sleep(interval_s)
+
+
+# The loopback networks of this process's simulated clouds, and the lock file that holds them.
+_CLOUD_NETWORKS: tuple[dict[str, str], IO[str]] | None = None
+_CLOUD_NETWORK_SLOTS = 48
+
+
+def cloud_networks() -> dict[str, str]:
+    """``fixed_cidr`` and ``floating_cidr`` for a CloudSim whose instances listen on their
+    addresses (``backing="xvnc"``: port 5900 on each instance's address), private to this
+    test process: parallel workers, both database legs and other runs on the machine would
+    otherwise all put their first desktop on 127.100.0.2:5900. A lock file per slot, held
+    until the process ends, keeps two processes off one slot."""
+    global _CLOUD_NETWORKS
+    if _CLOUD_NETWORKS is None:
+        for slot in range(_CLOUD_NETWORK_SLOTS):
+            handle = open(f"/tmp/deskbroker-test-cloud-net-{slot}.lock", "w")  # noqa: SIM115
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                continue
+            # Beside cloudsim's defaults (127.100.0.0/14, 127.200.0.0/16), not on them.
+            networks = {
+                "fixed_cidr": f"127.{104 + slot}.0.0/16",
+                "floating_cidr": f"127.{201 + slot}.0.0/16",
+            }
+            _CLOUD_NETWORKS = (networks, handle)
+            break
+        else:
+            raise RuntimeError(
+                f"all {_CLOUD_NETWORK_SLOTS} simulated-cloud network slots are held by other "
+                "test processes (/tmp/deskbroker-test-cloud-net-*.lock)"
+            )
+    return dict(_CLOUD_NETWORKS[0])
 
 
 @dataclass

@@ -29,6 +29,10 @@ from deskbroker.write_guard import HeldTransaction
 from tests.helpers import USER_PASSWORD, Api, post_login, wait_until
 from tests.tarpit import Tarpit, tarpit
 
+# Asserts latencies of a second or less: runs in the serial phase, after the parallel
+# workers (docs/architecture.md, "Tests").
+pytestmark = pytest.mark.serial
+
 
 def _tarpit_center(api: Api, pit: Tarpit, name: str = "tarpit") -> dict[str, Any]:
     return api.post(

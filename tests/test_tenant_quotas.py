@@ -135,6 +135,8 @@ def _connect(client: TestClient, token: str, desktop_id: str) -> Any:
     )
 
 
+# Its grants last one second: in the serial phase, where a loaded machine is less loaded.
+@pytest.mark.serial
 def test_a_new_session_beyond_the_quota_is_refused_but_a_reconnect_passes(
     api: Api, quick_grant: BrokerContext
 ) -> None:

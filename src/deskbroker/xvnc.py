@@ -59,13 +59,31 @@ def write_password_file(path: Path, password: str) -> Path:
     return path
 
 
-def wait_for_port(address: str, port: int, timeout_s: float = 10.0) -> None:
+#: Display numbers ``start`` tries when its Xvnc exits at once (the display was taken).
+DISPLAY_ATTEMPTS = 10
+
+
+class _ExitedEarly(Exception):
+    """The server process ended before its port answered."""
+
+
+def wait_for_port(
+    address: str,
+    port: int,
+    timeout_s: float = 10.0,
+    *,
+    process: subprocess.Popen[bytes] | None = None,
+) -> None:
+    """Wait until ``address:port`` accepts a connection; with ``process``, stop waiting as
+    soon as that server has exited (``_ExitedEarly``)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
             with socket.create_connection((address, port), timeout=0.5):
                 return
         except OSError:
+            if process is not None and process.poll() is not None:
+                raise _ExitedEarly from None
             time.sleep(0.05)
     raise TimeoutError(f"nothing listens on {address}:{port} after {timeout_s} s")
 
@@ -82,42 +100,53 @@ def start(
     binary = shutil.which("Xvnc")
     if binary is None:
         raise XvncUnavailable("Xvnc is missing: install tigervnc-standalone-server")
-    display = _free_display(first_display)
     security = (
         ["-SecurityTypes", "VncAuth", "-PasswordFile", str(password_file)]
         if password_file
         else ["-SecurityTypes", "None"]
     )
-    process = subprocess.Popen(
-        [
-            binary,
-            f":{display}",
-            "-rfbport",
-            str(port),
-            "-interface",
-            address,
-            "-geometry",
-            geometry,
-            "-depth",
-            "24",
-            "-nolisten",
-            "tcp",
-            *security,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    display = first_display
+    # Another process (a parallel test worker, a second run) may claim the display we found
+    # free before our Xvnc does: ours then exits at once, and we try the next number.
+    for _ in range(DISPLAY_ATTEMPTS):
+        display = _free_display(display)
+        process = subprocess.Popen(
+            [
+                binary,
+                f":{display}",
+                "-rfbport",
+                str(port),
+                "-interface",
+                address,
+                "-geometry",
+                geometry,
+                "-depth",
+                "24",
+                "-nolisten",
+                "tcp",
+                *security,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        desktop = XvncDesktop(display, address, port, process)
+        try:
+            wait_for_port(address, port, process=process)
+        except TimeoutError:
+            desktop.stop()
+            raise
+        except _ExitedEarly:
+            display += 1
+            continue
+        time.sleep(0.05)
+        if process.poll() is not None:
+            # Something else answered on the port and our server gave up.
+            raise XvncUnavailable(f"{address}:{port} is already taken by another server")
+        return desktop
+    raise XvncUnavailable(
+        f"Xvnc on {address}:{port} exited at once on {DISPLAY_ATTEMPTS} display numbers "
+        f"from :{first_display} (is the port taken, or every display?)"
     )
-    desktop = XvncDesktop(display, address, port, process)
-    try:
-        wait_for_port(address, port)
-    except TimeoutError:
-        desktop.stop()
-        raise
-    time.sleep(0.05)
-    if process.poll() is not None:
-        # Something else answered on the port and our server gave up.
-        raise XvncUnavailable(f"{address}:{port} is already taken by another server")
-    return desktop
 
 
 def read_banner(address: str, port: int, timeout_s: float = 5.0) -> str:

@@ -15,7 +15,7 @@ from deskbroker.engine.runner import Engine
 from deskbroker.services.context import BrokerContext
 from tests.agent_process import AgentProcess, LiveBroker
 from tests.engine.conftest import openstack_center, provisioning_pool, run_until
-from tests.helpers import USER_PASSWORD, Api, wait_until
+from tests.helpers import USER_PASSWORD, Api, cloud_networks, wait_until
 from tests.tools import VNCPASSWD, XVNC, require
 
 
@@ -27,6 +27,7 @@ def xsim() -> Iterator[CloudSim]:
         clock_speed=40.0,
         backing="xvnc",
         quota={"instances": 500, "cores": 2000, "ram": 10_000_000},
+        **cloud_networks(),
     ).start()
     yield simulator
     simulator.stop()

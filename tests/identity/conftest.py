@@ -10,7 +10,7 @@ import pytest
 from tests.identity.directories import (
     SambaDc,
     Slapd,
-    ad_lock,
+    ad_address,
     load_ad,
     provision_samba,
     running_slapd,
@@ -30,9 +30,11 @@ def slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slapd]:
 @pytest.fixture(scope="session")
 def samba_dc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SambaDc]:
     directory = tmp_path_factory.mktemp("samba")
-    provision_samba(directory)  # ~6 s, no ports: before taking the lock
-    with ad_lock():
-        dc = start_samba(directory)
+    # A loopback address of its own: AD's ports are fixed, and other test processes (xdist
+    # workers, the other database leg, other runs) may be running a DC of their own.
+    with ad_address() as host:
+        provision_samba(directory, host)  # ~6 s
+        dc = start_samba(directory, host)
         try:
             load_ad(dc)
             yield dc

@@ -1,4 +1,5 @@
-"""Real directories for the identity tests: a private slapd and a Samba AD DC on 127.0.0.1."""
+"""Real directories for the identity tests: a private slapd on 127.0.0.1 and a Samba AD DC
+on a loopback address of its own (AD's ports are fixed: each DC takes its own address)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,10 @@ AD_ADMIN_PASSWORD = "Admin-Passw0rd!"
 AD_SERVICE = f"CN=svc,CN=Users,{AD_BASE}"
 AD_SERVICE_PASSWORD = "Svc-Passw0rd!"
 AD_PORTS = (389, 636, 3268, 3269)
+#: The loopback addresses a DC may take (the whole 127.0.0.0/8 reaches ``lo``): one per
+#: concurrent DC, so parallel test workers, both database legs and other runs on the
+#: machine each start their own instead of queueing for 127.0.0.1's fixed ports.
+AD_HOSTS = tuple(f"127.0.88.{n}" for n in range(1, 255))
 
 
 def free_port() -> int:
@@ -39,15 +44,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes], log: Path) -> None:
+def wait_for_port(
+    port: int, timeout: float, proc: subprocess.Popen[bytes], log: Path, host: str = "127.0.0.1"
+) -> None:
     def listening() -> bool:
         if proc.poll() is not None:
             raise RuntimeError(f"the server exited ({proc.returncode}): {log.read_text()[-2000:]}")
         with socket.socket() as s:
             s.settimeout(0.2)
-            return s.connect_ex(("127.0.0.1", port)) == 0
+            return s.connect_ex((host, port)) == 0
 
-    wait_until(listening, f"something to listen on 127.0.0.1:{port}", timeout_s=timeout)
+    wait_until(listening, f"something to listen on {host}:{port}", timeout_s=timeout)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -195,9 +202,14 @@ def running_slapd(directory: Path) -> Iterator[Slapd]:
 class SambaDc:
     directory: Path
     proc: subprocess.Popen[bytes]
+    #: The loopback address the DC listens on (``ad_address``).
+    host: str
+
+    def url(self, scheme: str = "ldaps", port: int = 636) -> str:
+        return f"{scheme}://{self.host}:{port}"
 
     def admin(self) -> Connection:
-        server = Server("ldaps://127.0.0.1:636", tls=Tls(validate=ssl.CERT_NONE))
+        server = Server(self.url(), tls=Tls(validate=ssl.CERT_NONE))
         return Connection(
             server,
             f"Administrator@{AD_DOMAIN}",
@@ -207,28 +219,44 @@ class SambaDc:
         )
 
 
-def _port_taken(port: int) -> bool:
+def _port_taken(host: str, port: int) -> bool:
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind(("127.0.0.1", port))
+            s.bind((host, port))
         except OSError:
             return True
     return False
 
 
 @contextlib.contextmanager
-def ad_lock() -> Iterator[None]:
-    """AD's ports are fixed: concurrent test runs on one machine take turns."""
-    with open("/tmp/deskbroker-test-samba-ad.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def ad_address() -> Iterator[str]:
+    """A loopback address of ``AD_HOSTS`` whose AD ports are free, held (by a lock file
+    per address, which the kernel drops if the process dies) until the block ends."""
+    busy: dict[str, list[int]] = {}
+    for host in AD_HOSTS:
+        with open(f"/tmp/deskbroker-test-samba-ad-{host}.lock", "w") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # another test process's DC
+            taken = [p for p in AD_PORTS if _port_taken(host, p)]
+            if taken:
+                busy[host] = taken
+                continue
+            try:
+                yield host
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+            return
+    raise RuntimeError(
+        f"no loopback address of 127.0.88.0/24 has AD's ports {AD_PORTS} free ({busy}): "
+        "something listens on them on every address (a system samba or slapd on 0.0.0.0? "
+        "`ss -ltnp` names it)"
+    )
 
 
-def provision_samba(directory: Path) -> None:
+def provision_samba(directory: Path, host: str) -> None:
     [samba_tool, _] = require(SAMBA_TOOL, SAMBA)
     subprocess.run(
         [
@@ -242,7 +270,8 @@ def provision_samba(directory: Path) -> None:
             "--use-rfc2307",
             f"--adminpass={AD_ADMIN_PASSWORD}",
             f"--targetdir={directory}",
-            "--option=interfaces=127.0.0.1",
+            # An address with its mask: a bare one that no interface carries is ignored.
+            f"--option=interfaces={host}/8",
             "--option=bind interfaces only=yes",
             # LDAP alone: no DNS, Kerberos, SMB or RPC ports to collide with.
             "--option=server services=ldap",
@@ -255,13 +284,8 @@ def provision_samba(directory: Path) -> None:
     )
 
 
-def start_samba(directory: Path) -> SambaDc:
-    taken = [p for p in AD_PORTS if _port_taken(p)]
-    if taken:
-        raise RuntimeError(
-            f"127.0.0.1 ports {taken} are taken by another process (a system samba or slapd?); "
-            "the Samba AD tests need 389, 636, 3268 and 3269: stop it (`ss -ltnp` names it)"
-        )
+def start_samba(directory: Path, host: str) -> SambaDc:
+    """Samba on the ``host`` its ``provision_samba`` was given (held by ``ad_address``)."""
     [samba] = require(SAMBA)
     (directory / "run").mkdir(exist_ok=True)
     log = directory / "samba.out"
@@ -271,8 +295,8 @@ def start_samba(directory: Path) -> SambaDc:
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    wait_for_port(636, 30, proc, log)
-    return SambaDc(directory, proc)
+    wait_for_port(636, 30, proc, log, host=host)
+    return SambaDc(directory, proc, host)
 
 
 def _ad_user(c: Connection, name: str, password: str, **extra: Any) -> str:
@@ -318,6 +342,6 @@ def load_ad(dc: SambaDc) -> None:
         c.modify(bob, {"userAccountControl": [(MODIFY_REPLACE, ["514"])]})  # disabled
         c.modify(carl, {"pwdLastSet": [(MODIFY_REPLACE, ["0"])]})  # must change: expired
         c.modify(dave, {"accountExpires": [(MODIFY_REPLACE, ["1"])]})  # expired long ago
-    server = Server("ldaps://127.0.0.1:636", tls=Tls(validate=ssl.CERT_NONE))
+    server = Server(dc.url(), tls=Tls(validate=ssl.CERT_NONE))
     for _ in range(5):  # erin locks herself out
         Connection(server, f"erin@{AD_DOMAIN}", "not-her-password").bind()

@@ -13,6 +13,7 @@ from tests.identity.directories import (
     LDAP_BASE,
     LDAP_SERVICE,
     LDAP_SERVICE_PASSWORD,
+    SambaDc,
     Slapd,
 )
 
@@ -30,9 +31,9 @@ def ldap_params(slapd: Slapd, **extra: Any) -> dict[str, Any]:
     }
 
 
-def ad_params(**extra: Any) -> dict[str, Any]:
+def ad_params(dc: SambaDc, **extra: Any) -> dict[str, Any]:
     return {
-        "servers": ["ldaps://127.0.0.1:636"],
+        "servers": [dc.url()],
         "verify_tls": False,  # the DC's self-signed test certificate
         "base_dn": AD_BASE,
         "bind_dn": AD_SERVICE,
@@ -77,12 +78,12 @@ def add_ldap_source(api: Api, slapd: Slapd, **extra: Any) -> dict[str, Any]:
     )
 
 
-def add_ad_source(api: Api, **extra: Any) -> dict[str, Any]:
+def add_ad_source(api: Api, dc: SambaDc, **extra: Any) -> dict[str, Any]:
     return add_source(
         api,
         "corp",
         "activedirectory",
-        ad_params(**extra),
+        ad_params(dc, **extra),
         domain=AD_DOMAIN,
         password=AD_SERVICE_PASSWORD,
     )

@@ -23,7 +23,7 @@ def login(api: Api, username: str, password: str) -> Any:
 
 
 def test_an_ad_user_in_a_nested_group_gets_its_policy(api: Api, samba_dc: SambaDc) -> None:
-    source = add_ad_source(api)
+    source = add_ad_source(api, samba_dc)
     ids = group_policy(api, source["id"], "VDI-Users")
 
     upn = login(api, f"alice@{AD_DOMAIN}", "Alice-Passw0rd!")
@@ -44,7 +44,7 @@ def test_an_ad_user_in_a_nested_group_gets_its_policy(api: Api, samba_dc: SambaD
         api,
         "corp-flat",
         "activedirectory",
-        ad_params(group_mode="member_of"),
+        ad_params(samba_dc, group_mode="member_of"),
         domain="flat.test",
         password="Svc-Passw0rd!",
     )
@@ -53,12 +53,12 @@ def test_an_ad_user_in_a_nested_group_gets_its_policy(api: Api, samba_dc: SambaD
 
 
 def test_ad_refusals_are_four_clear_messages(api: Api, samba_dc: SambaDc) -> None:
-    add_ad_source(api)
+    add_ad_source(api, samba_dc)
     add_source(
         api,
         "down",
         "activedirectory",
-        ad_params(servers=[f"ldaps://127.0.0.1:{free_port()}"]),
+        ad_params(samba_dc, servers=[f"ldaps://127.0.0.1:{free_port()}"]),
         domain="down.test",
         password="Svc-Passw0rd!",
     )
@@ -103,7 +103,7 @@ def test_ad_refusals_are_four_clear_messages(api: Api, samba_dc: SambaDc) -> Non
 def test_the_same_name_in_two_untrusted_domains_is_two_users(
     api: Api, samba_dc: SambaDc, slapd: Slapd
 ) -> None:
-    corp = add_ad_source(api)
+    corp = add_ad_source(api, samba_dc)
     example = add_ldap_source(api, slapd)
     in_corp = login(api, f"ann@{AD_DOMAIN}", "Ann-Passw0rd!")
     in_example = login(api, "ann@example.org", "ann-password-1")
@@ -122,13 +122,13 @@ def test_the_same_name_in_two_untrusted_domains_is_two_users(
 
 
 def test_start_tls_and_a_plain_bind_that_ad_refuses(api: Api, samba_dc: SambaDc) -> None:
-    add_ad_source(api, servers=["ldap://127.0.0.1:389"], start_tls=True)
+    add_ad_source(api, samba_dc, servers=[samba_dc.url("ldap", 389)], start_tls=True)
     assert login(api, "CORP\\alice", "Alice-Passw0rd!").status_code == 200
     add_source(
         api,
         "plain",
         "activedirectory",
-        ad_params(servers=["ldap://127.0.0.1:389"]),
+        ad_params(samba_dc, servers=[samba_dc.url("ldap", 389)]),
         domain="plain.test",
         password="Svc-Passw0rd!",
     )

@@ -40,7 +40,12 @@ from deskbroker.identity.base import (
 from deskbroker.identity.sign_in import ProviderSignIn, TokenSet
 from deskbroker.security import PasswordHashing
 from deskbroker.write_guard import HeldTransaction, write_unit
-from tests.identity.directories import AD_SERVICE_PASSWORD, LDAP_SERVICE_PASSWORD, Slapd
+from tests.identity.directories import (
+    AD_SERVICE_PASSWORD,
+    LDAP_SERVICE_PASSWORD,
+    SambaDc,
+    Slapd,
+)
 from tests.identity.nis_server import NisSite
 from tests.identity.nis_users import nis_params
 from tests.identity.sources import ad_params, ldap_params
@@ -136,15 +141,15 @@ def _ldap(request: pytest.FixtureRequest) -> Case:
 
 
 def _ad(request: pytest.FixtureRequest) -> Case:
-    request.getfixturevalue("samba_dc")
+    dc: SambaDc = request.getfixturevalue("samba_dc")
     secrets = {"bind_password": AD_SERVICE_PASSWORD}
     return Case(
         "activedirectory", PASSWORD, True,
-        lambda: _open("activedirectory", ad_params(), secrets),
+        lambda: _open("activedirectory", ad_params(dc), secrets),
         lambda port: _open(
             "activedirectory",
             ad_params(
-                servers=[f"ldap://127.0.0.1:{port}"],
+                dc, servers=[f"ldap://127.0.0.1:{port}"],
                 timeout_s=TIMEOUT_S, connect_timeout_s=TIMEOUT_S,
             ),
             secrets,

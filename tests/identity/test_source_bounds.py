@@ -17,6 +17,10 @@ from deskbroker.services.source_guard import SourceGuard, SourceTimedOut, Tenant
 from tests.helpers import Api, wait_until
 from tests.tarpit import HTTP_HEAD, LDAP_HEAD, drip
 
+# Asserts latencies of a second or less: runs in the serial phase, after the parallel
+# workers (docs/architecture.md, "Tests").
+pytestmark = pytest.mark.serial
+
 DEADLINE_S = 2.0
 SLACK_S = 1.5
 

@@ -25,6 +25,10 @@ from tests.identity.directories import LDAP_SERVICE_PASSWORD, Slapd, free_port
 from tests.identity.sources import ldap_params
 from tests.tarpit import tarpit
 
+# Asserts latencies of a second or less: runs in the serial phase, after the parallel
+# workers (docs/architecture.md, "Tests").
+pytestmark = pytest.mark.serial
+
 COOLDOWN_S = 3.0
 STORM = 45
 TIMEOUT_S = 2  # per LDAP operation; the driver tries a hung directory twice
