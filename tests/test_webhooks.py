@@ -208,6 +208,7 @@ def _login_seconds(api: Api, rounds: int) -> list[float]:
     return spent
 
 
+@pytest.mark.serial
 def test_a_dead_receiver_does_not_slow_logins(api: Api, engine: Engine) -> None:
     api.seed_pool(3, users=3)
     _login_seconds(api, 6)  # warm: caches, first claims
