@@ -10,8 +10,10 @@ import hashlib
 import hmac
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
+
+from deskbroker.domain.timestamps import aware
 
 # The headers of a delivery (documented in docs/events.md).
 EVENT_ID_HEADER = "Deskbroker-Event-Id"
@@ -141,7 +143,7 @@ def month_bounds(month: str) -> tuple[datetime, datetime]:
     """``YYYY-MM`` as its first moment and the first moment of the next month (UTC);
     raises ValueError in words."""
     try:
-        start = datetime.strptime(month, "%Y-%m").replace(tzinfo=UTC)
+        start = aware(datetime.strptime(month, "%Y-%m"))
     except ValueError:
         raise ValueError(f"month must be written YYYY-MM, e.g. 2026-11, not {month!r}") from None
     after = (
