@@ -54,7 +54,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import psycopg
@@ -247,7 +247,19 @@ def machine_address(index: int) -> str:
     return f"127.0.{1 + index // 254}.{1 + index % 254}"
 
 
-def expect(response: httpx.Response, status: int, what: str) -> dict[str, Any]:
+class Reply(Protocol):
+    """What ``expect`` reads of a response: httpx's, or the cluster flow's aiohttp one."""
+
+    @property
+    def status_code(self) -> int: ...
+    @property
+    def text(self) -> str: ...
+    @property
+    def content(self) -> bytes: ...
+    def json(self) -> Any: ...
+
+
+def expect(response: Reply, status: int, what: str) -> dict[str, Any]:
     if response.status_code != status:
         raise BenchError(f"{what}: HTTP {response.status_code}: {response.text[:500]}")
     body: dict[str, Any] = response.json() if response.content else {}

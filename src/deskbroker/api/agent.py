@@ -232,11 +232,11 @@ def router() -> APIRouter:
         },
     )
     def post_event(body: AgentEventIn, ctx: Ctx, who: AgentPrincipal) -> AgentEventOut:
-        desktop_id = sessions.check_agent(ctx, who, body.desktop_id)
         outcome = sessions.record(
             ctx,
-            desktop_id,
+            sessions.agent_desktop(who, body.desktop_id),
             body.event,
+            agent=who,
             user=body.user,
             session_key=body.session_key,
             at=body.at,

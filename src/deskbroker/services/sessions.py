@@ -213,6 +213,40 @@ def _pending(session: Session, desktop_id: str) -> list[plans.PendingTimer]:
     return [plans.PendingTimer(*r) for r in rows.timers_of(session, desktop_id)]
 
 
+def _session_detail(
+    session_id: str,
+    user: str,
+    previous: SessionState | None,
+    at: datetime,
+    now: datetime,
+    scheduled: tuple[TimerInfo, ...],
+    cancelled: int,
+    seq: int | None,
+    key: str | None,
+) -> dict[str, object]:
+    """A session event's detail, only what the event's own columns do not say: two such
+    events come with every login and logout, and the event log is most of what a login
+    adds to the database. The new state is the event's kind; ``at`` appears when the
+    agent reported a time off the event's own (a queued event, a slow clock); timers,
+    cancellations, ``seq`` and ``key`` when there are any."""
+    detail: dict[str, object] = {"session_id": session_id, "user": user}
+    if previous is not None:
+        detail["previous"] = previous.value
+    if abs((at - now).total_seconds()) >= 1:
+        detail["at"] = at.isoformat()
+    if scheduled:
+        detail["timers"] = [
+            {"id": t.id, "action": t.action, "due_at": t.due_at.isoformat()} for t in scheduled
+        ]
+    if cancelled:
+        detail["cancelled"] = cancelled
+    if seq is not None:
+        detail["seq"] = seq
+    if key is not None:
+        detail["key"] = key
+    return detail
+
+
 def record(
     ctx: BrokerContext,
     desktop_id: str,
@@ -226,6 +260,7 @@ def record(
     seq: int | None = None,
     now: datetime | None = None,
     key: str | None = None,
+    agent: TokenClaims | None = None,
 ) -> SessionOutcome:
     """Apply one agent event to the desktop's sessions.
 
@@ -238,6 +273,10 @@ def record(
     ignored (logged, reported in ``ignored``), never applied out of order. ``key``, the
     event's idempotency key, is kept in the event log with ``seq``, so that what an
     agent queued can be found there exactly once.
+
+    ``agent``, the claims of the agent token that reported the event, is checked against
+    the locked desktop row (``check_agent_token``) in the same transaction: the check
+    costs no round trip of its own, and no token replaced before the lock passes.
     """
     now = aware(now or datetime.now(UTC))
     at = _within_clock_window(at, now, ctx.settings.agent_clock_window_s)
@@ -248,6 +287,10 @@ def record(
     ctx.cache.current(ctx.db)
     with ctx.db.write() as session:
         desktop = rows.lock_desktop(session, desktop_id)
+        if agent is not None:
+            check_agent_token(
+                agent, (desktop.tenant_id, desktop.agent_token_id) if desktop else None
+            )
         if desktop is None:
             raise NotFound(f"desktop {desktop_id} does not exist")
         # Any report shows the agent alive.
@@ -361,20 +404,9 @@ def record(
             user_id=row.user_id,
             desktop_id=desktop.id,
             pool_id=desktop.assigned_pool_id,
-            detail={
-                "session_id": row.id,
-                "user": user,
-                "state": target.value,
-                "previous": previous.value if previous else None,
-                "at": at.isoformat(),
-                "timers": [
-                    {"id": t.id, "action": t.action, "due_at": t.due_at.isoformat()}
-                    for t in scheduled
-                ],
-                "cancelled": len(changes.cancel),
-                "seq": seq,
-                "key": key,
-            },
+            detail=_session_detail(
+                row.id, user, previous, at, now, scheduled, len(changes.cancel), seq, key
+            ),
         )
         return SessionOutcome(
             row.id,
@@ -416,13 +448,17 @@ def issue_agent_token(
     return token, expires, desktop
 
 
-def check_agent(ctx: BrokerContext, who: TokenClaims, desktop_id: str | None) -> str:
-    """The desktop an agent token may report for; refuses replaced or foreign tokens."""
+def agent_desktop(who: TokenClaims, desktop_id: str | None) -> str:
+    """The desktop an agent token names; refuses a request about another desktop."""
     assert who.desktop_id is not None
     if desktop_id is not None and desktop_id != who.desktop_id:
         raise Forbidden(f"this agent token belongs to desktop {who.desktop_id}, not {desktop_id}")
-    with ctx.db.read() as session:
-        row = rows.token_of(session, who.desktop_id)
+    return who.desktop_id
+
+
+def check_agent_token(who: TokenClaims, row: tuple[str, str | None] | None) -> None:
+    """Refuses an agent token whose desktop (``row``: its tenant and accepted token id,
+    None when it is gone) no longer accepts it: deleted, released, or a newer token."""
     if row is None or row[0] != who.tenant_id:
         raise Unauthorized("the desktop this agent token was minted for no longer exists")
     if row[1] is None:
@@ -434,4 +470,11 @@ def check_agent(ctx: BrokerContext, who: TokenClaims, desktop_id: str | None) ->
         raise Unauthorized(
             "this agent token was replaced by a newer one; install the new token on the desktop"
         )
-    return who.desktop_id
+
+
+def check_agent(ctx: BrokerContext, who: TokenClaims, desktop_id: str | None) -> str:
+    """The desktop an agent token may report for; refuses replaced or foreign tokens."""
+    desktop_id = agent_desktop(who, desktop_id)
+    with ctx.db.read() as session:
+        check_agent_token(who, rows.token_of(session, desktop_id))
+    return desktop_id
