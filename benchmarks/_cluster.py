@@ -58,7 +58,16 @@ from _cluster_setup import (
     password_of,
     username_of,
 )
-from login import ADMIN, BenchError, expect, machine_address, percentile, sql_total
+from login import (
+    ADMIN,
+    Answer,
+    BenchError,
+    Wire,
+    expect,
+    machine_address,
+    percentile,
+    sql_total,
+)
 
 
 # --- seeding, as an operator would ------------------------------------------------------------
@@ -151,51 +160,6 @@ class Round:
     before: dict[str, float] = field(default_factory=dict)
     after: dict[str, float] = field(default_factory=dict)
     broker_sql: float = 0.0
-
-
-@dataclass(frozen=True)
-class Answer:
-    """A response as the flow reads it (what ``login.expect`` needs of one)."""
-
-    status_code: int
-    headers: dict[str, str]
-    content: bytes
-
-    @property
-    def text(self) -> str:
-        return self.content.decode("utf-8", "replace")
-
-    def json(self) -> Any:
-        return json.loads(self.content)
-
-
-class Wire:
-    """The load generator's HTTP client for the flows: aiohttp over keep-alive
-    connections to one node. httpx cost the generator 25 to 53 ms of CPU per flow (more
-    than the node it measured, on the same two cores); aiohttp a fraction of that."""
-
-    def __init__(self, base_url: str, connections: int) -> None:
-        self.base_url = base_url
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=connections, force_close=False),
-            timeout=aiohttp.ClientTimeout(total=60),
-        )
-
-    async def request(
-        self,
-        method: str,
-        url: str,
-        *,
-        json: dict[str, Any] | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> Answer:
-        async with self.session.request(
-            method, self.base_url + url, json=json, headers=headers
-        ) as response:
-            return Answer(response.status, dict(response.headers), await response.read())
-
-    async def close(self) -> None:
-        await self.session.close()
 
 
 class Flow:
