@@ -294,22 +294,28 @@ def record(
         if desktop is None:
             raise NotFound(f"desktop {desktop_id} does not exist")
         # Any report shows the agent alive.
-        desktop.agent_state = transition(
+        running = transition(
             AGENT_TRANSITIONS, AgentState(desktop.agent_state), AgentState.RUNNING
         ).value
-        desktop.agent_seen_at = now
-        if seq is not None:
-            if seq <= desktop.agent_seq:
-                why = (
-                    f"event {seq} ({event.value} of {user}) is not after event "
-                    f"{desktop.agent_seq}, the last one taken from desktop {desktop.name}: "
-                    "a replay or a late arrival, ignored"
-                )
-                log.info("%s", why)
-                return SessionOutcome(
-                    "", desktop.id, user, None, "", None, False, (), 0, ignored=why
-                )
-            desktop.agent_seq = seq
+
+        def seen(*, taken: bool) -> None:
+            # Assigned with the event's other changes to the row, just before they are
+            # written: assigned first, the flushes in between (the session's insert, the
+            # reads of sessions and timers) would update the desktop's row twice.
+            desktop.agent_state = running
+            desktop.agent_seen_at = now
+            if taken and seq is not None:
+                desktop.agent_seq = seq
+
+        if seq is not None and seq <= desktop.agent_seq:
+            why = (
+                f"event {seq} ({event.value} of {user}) is not after event "
+                f"{desktop.agent_seq}, the last one taken from desktop {desktop.name}: "
+                "a replay or a late arrival, ignored"
+            )
+            log.info("%s", why)
+            seen(taken=False)
+            return SessionOutcome("", desktop.id, user, None, "", None, False, (), 0, ignored=why)
         row = _open_session(session, desktop.id, user, session_key, event)
         target = plans.EVENT_STATE[event]
         previous: SessionState | None
@@ -349,6 +355,7 @@ def record(
                     state=previous.value,
                 ) from exc
             if previous == target:
+                seen(taken=True)
                 return SessionOutcome(
                     row.id,
                     desktop.id,
@@ -367,7 +374,6 @@ def record(
                 row.client_address = client_address
             if target is SessionState.LOGGED_OUT:
                 row.ended_at = at
-        desktop.last_used_at = at
         changes = plans.on_session_change(
             session_id=row.id,
             previous=previous,
@@ -393,6 +399,8 @@ def record(
             for t in changes.add
         ]
         rows.add(session, timers)
+        seen(taken=True)
+        desktop.last_used_at = at
         scheduled = tuple(
             TimerInfo(t.id, t.plan, t.trigger, t.action, aware(t.due_at)) for t in timers
         )
