@@ -41,6 +41,8 @@ ONE_LEG: tuple[str, ...] = (
     "tests/identity/test_outbound_directories.py",
     "tests/identity/test_source_bounds.py",
     "tests/test_architecture.py",
+    # The benchmarks choose their own databases (SQLite, a private PostgreSQL).
+    "tests/test_benchmarks.py",
     "tests/test_client_viewers.py",
     "tests/test_deadlines.py",
     # The demo runs its own broker on SQLite in its own data directory, whatever the leg.
