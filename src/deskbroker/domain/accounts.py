@@ -31,3 +31,6 @@ class UserRecord:
     totp_enrolled: bool = False
     # Named in the user's tokens: a token of an older generation is revoked.
     token_generation: int = 0
+    # Created by this very sign-in (not yet committed): it holds no desktop and waits in
+    # no queue, so the login need not read them.
+    created_now: bool = False

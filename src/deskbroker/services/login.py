@@ -480,7 +480,9 @@ class LoginService:
     ) -> list[Offer]:
         offers: list[Offer] = []
         detail: dict[str, Any] = {"client": client_address or "", "rule": rule_id}
-        held = claims.held_desktops(session, record.id)
+        # A user this sign-in created holds nothing yet: one statement less for every
+        # first sign-in of a directory user.
+        held = [] if record.created_now else claims.held_desktops(session, record.id)
         budget = policy.max_desktops_per_user if policy else 0
         total = len(held)
         for entry in policy.entries if policy else ():

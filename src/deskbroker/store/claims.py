@@ -205,8 +205,9 @@ def upsert_directory_user(
         "updated_at": now,
     }
     dialect = session.get_bind().dialect.name
+    fresh_id = new_id()
     ins = (pg_insert if dialect == "postgresql" else sqlite_insert)(User).values(
-        id=new_id(),
+        id=fresh_id,
         tenant_id=tenant_id,
         identity_source_id=identity_source_id,
         username=who.username[:200],
@@ -235,6 +236,9 @@ def upsert_directory_user(
         email=str(values["email"]),
         totp_enrolled=row[3] is not None,
         token_generation=int(row[4] or 0),
+        # The row answered is the one this statement inserted, not an existing one (a
+        # concurrent first sign-in of the same user that won the race included).
+        created_now=row[0] == fresh_id,
     )
 
 
