@@ -80,10 +80,15 @@ def watch(page: sync_api.Page, shots: Path) -> Watched:
 
     page.on("console", on_console)
     page.on("pageerror", lambda error: watched.errors.append(f"page error: {error}"))
-    page.on(
-        "requestfailed",
-        lambda request: watched.errors.append(f"request failed: {request.url} {request.failure}"),
-    )
+
+    def on_failed(request: sync_api.Request) -> None:
+        # ERR_ABORTED is the browser cancelling its own request: the portal's poll still
+        # in flight when the test reloads or leaves the page. It says nothing of the
+        # broker (whose errors arrive as statuses, above, or as connection failures).
+        if request.failure != "net::ERR_ABORTED":
+            watched.errors.append(f"request failed: {request.url} {request.failure}")
+
+    page.on("requestfailed", on_failed)
 
     def off_host(request: sync_api.Request) -> None:
         if not request.url.startswith(("http://127.0.0.1", "blob:", "data:")):
