@@ -293,6 +293,12 @@ class Wire:
     async def close(self) -> None:
         await self.session.close()
 
+    async def __aenter__(self) -> Wire:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
 
 class Reply(Protocol):
     """What ``expect`` reads of a response: httpx's, or the cluster flow's aiohttp one."""
@@ -453,71 +459,69 @@ async def measure(
 
 async def storm(broker: Broker, backend: Backend, args: argparse.Namespace) -> dict[str, Any]:
     limits = httpx.Limits(max_connections=args.concurrency + 4, max_keepalive_connections=None)
-    wire = Wire(broker.url, args.concurrency + 4)
-    try:
-        async with httpx.AsyncClient(base_url=broker.url, timeout=60, limits=limits) as http:
-            seed_started = time.perf_counter()
-            await seed(http, args)
-            seed_s = time.perf_counter() - seed_started
+    async with (
+        Wire(broker.url, args.concurrency + 4) as wire,
+        httpx.AsyncClient(base_url=broker.url, timeout=60, limits=limits) as http,
+    ):
+        seed_started = time.perf_counter()
+        await seed(http, args)
+        seed_s = time.perf_counter() - seed_started
 
-            logins = Phase()
-            tokens: dict[str, tuple[str, str]] = {}  # username -> (token, desktop id)
-            queued = 0
+        logins = Phase()
+        tokens: dict[str, tuple[str, str]] = {}  # username -> (token, desktop id)
+        queued = 0
 
-            def login_job(username: str) -> Callable[[], Awaitable[None]]:
-                async def job() -> None:
-                    nonlocal queued
-                    started = time.perf_counter()
-                    response = await wire.request(
-                        "POST",
-                        "/api/v1/auth/login",
-                        json={"username": username, "password": USER_PASSWORD},
-                    )
-                    elapsed = (time.perf_counter() - started) * 1000
-                    if response.status_code != 200:
-                        logins.errors.append(f"{username}: {response.status_code} {response.text}")
-                        return
-                    logins.latencies_ms.append(elapsed)
-                    body = response.json()
-                    offer = body["offers"][0] if body["offers"] else None
-                    if offer and offer["status"] == "assigned":
-                        tokens[username] = (body["token"], offer["desktop"]["id"])
-                    else:
-                        queued += 1
+        def login_job(username: str) -> Callable[[], Awaitable[None]]:
+            async def job() -> None:
+                nonlocal queued
+                started = time.perf_counter()
+                response = await wire.request(
+                    "POST",
+                    "/api/v1/auth/login",
+                    json={"username": username, "password": USER_PASSWORD},
+                )
+                elapsed = (time.perf_counter() - started) * 1000
+                if response.status_code != 200:
+                    logins.errors.append(f"{username}: {response.status_code} {response.text}")
+                    return
+                logins.latencies_ms.append(elapsed)
+                body = response.json()
+                offer = body["offers"][0] if body["offers"] else None
+                if offer and offer["status"] == "assigned":
+                    tokens[username] = (body["token"], offer["desktop"]["id"])
+                else:
+                    queued += 1
 
-                return job
+            return job
 
-            names = [f"bench-user-{i:05d}" for i in range(args.users)]
-            await measure(http, backend, args.concurrency, [login_job(n) for n in names], logins)
-            claim_ms = await claim_mean_ms(http)
+        names = [f"bench-user-{i:05d}" for i in range(args.users)]
+        await measure(http, backend, args.concurrency, [login_job(n) for n in names], logins)
+        claim_ms = await claim_mean_ms(http)
 
-            connects = Phase()
+        connects = Phase()
 
-            def connect_job(username: str) -> Callable[[], Awaitable[None]]:
-                token, desktop_id = tokens[username]
+        def connect_job(username: str) -> Callable[[], Awaitable[None]]:
+            token, desktop_id = tokens[username]
 
-                async def job() -> None:
-                    started = time.perf_counter()
-                    response = await wire.request(
-                        "POST",
-                        f"/api/v1/client/desktops/{desktop_id}/connect",
-                        json={"protocol": "vnc"},
-                        headers={"Authorization": f"Bearer {token}"},
-                    )
-                    elapsed = (time.perf_counter() - started) * 1000
-                    if response.status_code != 200 or "[Connection]" not in response.text:
-                        failed = f"{username}: {response.status_code} {response.text}"
-                        connects.errors.append(failed)
-                        return
-                    connects.latencies_ms.append(elapsed)
+            async def job() -> None:
+                started = time.perf_counter()
+                response = await wire.request(
+                    "POST",
+                    f"/api/v1/client/desktops/{desktop_id}/connect",
+                    json={"protocol": "vnc"},
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+                elapsed = (time.perf_counter() - started) * 1000
+                if response.status_code != 200 or "[Connection]" not in response.text:
+                    connects.errors.append(f"{username}: {response.status_code} {response.text}")
+                    return
+                connects.latencies_ms.append(elapsed)
 
-                return job
+            return job
 
-            await measure(
-                http, backend, args.concurrency, [connect_job(n) for n in sorted(tokens)], connects
-            )
-    finally:
-        await wire.close()
+        await measure(
+            http, backend, args.concurrency, [connect_job(n) for n in sorted(tokens)], connects
+        )
 
     return {
         "backend": backend.name,
