@@ -82,6 +82,11 @@ def test_a_new_password_a_cli_reset_and_a_deleted_account_end_old_tokens(api: Ap
     api.delete(f"users/{paul['id']}")
     gone = api.client.get("/api/v1/client/me", headers={"Authorization": f"Bearer {token}"})
     assert gone.status_code == 401 and gone.json()["detail"] == ACCOUNT_GONE
+    # The desktop listing checks the user row inside its own read: the same answer.
+    listing = api.client.get(
+        "/api/v1/client/desktops", headers={"Authorization": f"Bearer {token}"}
+    )
+    assert listing.status_code == 401 and listing.json()["detail"] == ACCOUNT_GONE
 
 
 def test_logout_ends_every_token_of_the_caller_and_no_one_elses(api: Api) -> None:

@@ -108,11 +108,18 @@ def check_holder(
 def current_holder(ctx: BrokerContext, who: TokenClaims) -> TokenClaims:
     """A user token checked against its user row: one read on every request."""
     with ctx.db.read() as session:
-        row = holders.user_holder(session, who.user_id)
+        check_current(session, who)
+    return who
+
+
+def check_current(session: Unit, who: TokenClaims) -> None:
+    """``current_holder`` inside the caller's unit of work: a route taking the
+    token's signature alone (``signed_principal``) reads the user row first thing in its
+    own transaction, which spares the request a transaction of its own."""
+    row = holders.user_holder(session, who.user_id)
     if row is None:
         raise Unauthorized(ACCOUNT_GONE, reason="token_revoked")
     check_holder(who, row.disabled, row.role, row.token_generation, row.tenant_id)
-    return who
 
 
 def revoke_tokens(session: Unit, user_id: str) -> None:

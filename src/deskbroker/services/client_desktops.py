@@ -23,8 +23,12 @@ class MyDesktops:
 
 
 def my_desktops(ctx: BrokerContext, who: TokenClaims) -> MyDesktops:
-    """What the user holds now and where they wait, with an estimate for each queue."""
+    """What the user holds now and where they wait, with an estimate for each queue.
+
+    ``who``'s user row is checked here (``access.check_current``), in the same read: the
+    route takes the token's signature alone."""
     with ctx.db.read() as session:
+        access.check_current(session, who)
         held = claims.held_desktops(session, who.user_id)
         waiting = claims.queue_positions(session, who.user_id)
         names = pool_names.names(session, [p for p, _ in waiting])

@@ -256,7 +256,8 @@ def router() -> APIRouter:
         }
 
     @r.get("/client/desktops", tags=["client"], summary="Your desktops and queue places")
-    def my_desktops(ctx: Ctx, who: Principal) -> dict[str, Any]:
+    def my_desktops(ctx: Ctx, who: SignedPrincipal) -> dict[str, Any]:
+        # The user row is checked in the listing's own read (one transaction, not two).
         mine = client_desktops.my_desktops(ctx, who)
         held = []
         for d in mine.held:
