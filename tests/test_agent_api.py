@@ -90,6 +90,28 @@ def test_a_repeated_report_changes_nothing(api: Api) -> None:
     assert repeat["changed"] is False and repeat["timers_set"] == []
 
 
+def test_a_full_host_takes_a_repeated_login_of_its_oldest_session(api: Api) -> None:
+    # One read finds the session a login repeats and counts the host's room: the match
+    # must be found even when it is the oldest of a full host's sessions.
+    desktop, agent = _setup(api)
+    api.patch(f"desktops/{desktop}", {"max_sessions": 3})
+    first = agent.send("login", user="u0")
+    for n in (1, 2):
+        agent.send("login", user=f"u{n}")
+    again = agent.send("login", user="U0")
+    assert (again["session_id"], again["changed"]) == (first["session_id"], False)
+    full = agent.send("login", user="u3", status=409)["detail"]
+    # The oldest sessions are named, oldest first.
+    assert "has u0 logged_in, u1 logged_in, u2 logged_in open" in full
+    agent.send("disconnect", user="u1")
+    # A disconnected session still takes its place on the host.
+    assert "allows 3 sessions" in agent.send("login", user="u3", status=409)["detail"]
+    # A login after a disconnect is a new session, for which the host has no room either.
+    assert "allows 3 sessions" in agent.send("login", user="u1", status=409)["detail"]
+    agent.send("logout", user="u1")
+    assert agent.send("login", user="u3")["changed"] is True
+
+
 def test_session_keys_tell_two_sessions_of_one_user_apart(api: Api) -> None:
     desktop, agent = _setup(api)
     api.patch(f"desktops/{desktop}", {"max_sessions": 3})  # a multi-session host

@@ -80,12 +80,20 @@ def _user_id(session: Session, desktop: Desktop, username: str) -> str | None:
 
 
 def _open_session(
-    session: Session, desktop_id: str, username: str, key: str | None, event: AgentEvent
-) -> SessionRow | None:
+    session: Session, desktop: Desktop, username: str, key: str | None, event: AgentEvent
+) -> tuple[SessionRow | None, list[SessionRow]]:
+    """The open session this event is about, and the desktop's open sessions (as many as
+    a login's room check needs)."""
+    login = event is AgentEvent.LOGIN
     # Without a key only a repeated report of the same login is the same session;
     # a login after a disconnect is a new session (the old one lingers).
-    return rows.open_session(
-        session, desktop_id, username, key, only_logged_in=event is AgentEvent.LOGIN
+    return rows.open_sessions(
+        session,
+        desktop.id,
+        username,
+        key,
+        only_logged_in=login,
+        limit=desktop.max_sessions + 1 if login else 1,
     )
 
 
@@ -117,14 +125,17 @@ def _duration_words(seconds: float) -> str:
     return f"{round(seconds / 3600)} hours"
 
 
-def _room_for_session(session: Session, desktop: Desktop, user: str) -> None:
+def _room_for_session(desktop: Desktop, open_rows: list[SessionRow], user: str) -> None:
     """Refuse a login beyond the sessions the desktop's kind allows (one on a single-user
-    desktop): one desktop's token must not fill the tenant's session quota."""
-    open_rows = rows.open_rows(session, desktop.id, desktop.max_sessions + 1)
+    desktop): one desktop's token must not fill the tenant's session quota.
+    ``open_rows``: the desktop's open sessions, at least ``max_sessions`` of them if it
+    has that many."""
     if len(open_rows) < desktop.max_sessions:
         return
+    oldest = sorted(open_rows, key=lambda r: aware(r.started_at))[:3]
     held = ", ".join(
-        f"{r[0]}" + (f" (key {r[1]!r})" if r[1] else "") + f" {r[2]}" for r in open_rows[:3]
+        f"{r.username}" + (f" (key {r.session_key!r})" if r.session_key else "") + f" {r.state}"
+        for r in oldest
     )
     allows = "one session" if desktop.max_sessions == 1 else f"{desktop.max_sessions} sessions"
     raise Conflict(
@@ -316,7 +327,7 @@ def record(
             log.info("%s", why)
             seen(taken=False)
             return SessionOutcome("", desktop.id, user, None, "", None, False, (), 0, ignored=why)
-        row = _open_session(session, desktop.id, user, session_key, event)
+        row, open_rows = _open_session(session, desktop, user, session_key, event)
         target = plans.EVENT_STATE[event]
         previous: SessionState | None
         if row is None:
@@ -326,7 +337,7 @@ def record(
                     + (f" with key {session_key!r}" if session_key else "")
                     + f"; a {event.value} must follow a login"
                 )
-            _room_for_session(session, desktop, user)
+            _room_for_session(desktop, open_rows, user)
             row = SessionRow(
                 tenant_id=desktop.tenant_id,
                 desktop_id=desktop.id,

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import and_, case, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from deskbroker.domain.states import AgentState, SessionState
@@ -44,31 +44,43 @@ def users_named(session: Session, tenant_id: str, names: Iterable[str]) -> Seque
     ).all()
 
 
-def open_session(
-    session: Session, desktop_id: str, username: str, key: str | None, only_logged_in: bool
-) -> SessionRow | None:
-    """The newest open session of the desktop with ``key`` (else of ``username``)."""
-    query = select(SessionRow).where(
-        SessionRow.desktop_id == desktop_id, SessionRow.ended_at.is_(None)
-    )
+def open_sessions(
+    session: Session,
+    desktop_id: str,
+    username: str,
+    key: str | None,
+    only_logged_in: bool,
+    limit: int,
+) -> tuple[SessionRow | None, list[SessionRow]]:
+    """The newest open session of the desktop with ``key`` (else of ``username``), and
+    up to ``limit`` of the desktop's open sessions (the match among them), in one read:
+    a login needs both, the match to repeat and the others to count room."""
     if key:
-        query = query.where(SessionRow.session_key == key)
+        match = SessionRow.session_key == key
     else:
-        query = query.where(func.lower(SessionRow.username) == username.lower())
+        match = func.lower(SessionRow.username) == username.lower()
         if only_logged_in:
-            query = query.where(SessionRow.state == SessionState.LOGGED_IN.value)
-    return session.scalars(query.order_by(SessionRow.started_at.desc()).limit(1)).first()
-
-
-def open_rows(session: Session, desktop_id: str, limit: int) -> list[tuple[str, str, str]]:
-    """(username, session key, state) of the desktop's open sessions, oldest first."""
-    rows = session.execute(
-        select(SessionRow.username, SessionRow.session_key, SessionRow.state)
+            match = and_(match, SessionRow.state == SessionState.LOGGED_IN.value)
+    found = session.scalars(
+        select(SessionRow)
         .where(SessionRow.desktop_id == desktop_id, SessionRow.ended_at.is_(None))
-        .order_by(SessionRow.started_at)
-        .limit(limit)
+        # Matches first, newest first: the first row is the match whenever there is one.
+        .order_by(case((match, 0), else_=1), SessionRow.started_at.desc())
+        .limit(max(1, limit))
     ).all()
-    return [(r[0], r[1], r[2]) for r in rows]
+    first = found[0] if found else None
+    if first is None or not _matches(first, username, key, only_logged_in):
+        return None, list(found)
+    return first, list(found)
+
+
+def _matches(row: SessionRow, username: str, key: str | None, only_logged_in: bool) -> bool:
+    # The statement's ``match``, for the row it ranked first.
+    if key:
+        return row.session_key == key
+    return row.username.lower() == username.lower() and (
+        not only_logged_in or row.state == SessionState.LOGGED_IN.value
+    )
 
 
 def plan_rules(
