@@ -66,3 +66,25 @@ def test_cluster_mode_counts_each_step() -> None:
     last = r["rounds"][-1]
     assert last["db_bytes_per_login"] >= 0 and last["cpu_ms_per_flow"]["nodes"] > 0
     assert r["logins_per_s"] > 0
+
+
+def test_floors_print_their_figures() -> None:
+    done = subprocess.run(
+        [
+            *(sys.executable, str(ROOT / "benchmarks" / "floors.py"), "--json"),
+            *("--requests", "60", "--rounds", "60", "--flows", "200"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    r = json.loads(done.stdout)
+    assert r["request"]["node_cpu_ms_per_request"] > 0 and r["request"]["requests_per_s"] > 0
+    assert r["unit_of_work"]["one_statement_unit_ms"] > 0
+    sizes = r["event_bytes_per_flow"]
+    # Four event rows of 32-character text ids against 16-byte uuids: the leaner shape is
+    # smaller, and none of them fits a whole flow in 1 KB with a session row beside it.
+    assert sizes["as_now"] > sizes["uuid_ids_no_user_index"] > 500, sizes
