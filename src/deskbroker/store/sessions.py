@@ -61,26 +61,17 @@ def open_sessions(
         match = func.lower(SessionRow.username) == username.lower()
         if only_logged_in:
             match = and_(match, SessionRow.state == SessionState.LOGGED_IN.value)
-    found = session.scalars(
-        select(SessionRow)
+    rank = case((match, 0), else_=1)
+    found = session.execute(
+        select(SessionRow, rank)
         .where(SessionRow.desktop_id == desktop_id, SessionRow.ended_at.is_(None))
-        # Matches first, newest first: the first row is the match whenever there is one.
-        .order_by(case((match, 0), else_=1), SessionRow.started_at.desc())
+        # Matches first, newest first: the first row is the match whenever there is one
+        # (its rank says so, as the database compared the names).
+        .order_by(rank, SessionRow.started_at.desc())
         .limit(max(1, limit))
     ).all()
-    first = found[0] if found else None
-    if first is None or not _matches(first, username, key, only_logged_in):
-        return None, list(found)
-    return first, list(found)
-
-
-def _matches(row: SessionRow, username: str, key: str | None, only_logged_in: bool) -> bool:
-    # The statement's ``match``, for the row it ranked first.
-    if key:
-        return row.session_key == key
-    return row.username.lower() == username.lower() and (
-        not only_logged_in or row.state == SessionState.LOGGED_IN.value
-    )
+    open_rows = [r[0] for r in found]
+    return (open_rows[0] if found and found[0][1] == 0 else None), open_rows
 
 
 def plan_rules(
