@@ -8,16 +8,18 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from cloudsim.server import CloudSim
 from deskbroker.engine.drivers import DriverCache
 from deskbroker.engine.provisioner import reconcile_pool
 from deskbroker.engine.runner import Engine
 from deskbroker.services.context import BrokerContext
+from deskbroker.services.inventory import scan_center
+from deskbroker.store import quotas as quota_store
 from deskbroker.store.tables import Desktop
 from tests.engine.conftest import openstack_center, run_until
-from tests.helpers import Api
+from tests.helpers import Api, wait_until
 
 
 def pool(api: Api, center_id: str, name: str, n: int, m: int) -> dict[str, Any]:
@@ -108,3 +110,58 @@ def test_two_brokers_reconciling_two_pools_at_once_stop_at_the_quota(
         broker.db.dispose()
     assert desktops(ctx) == 6
     assert api.get("quota")["desktops"] == {"limit": 6, "used": 6}
+
+
+def test_a_scan_and_a_build_holding_the_tenant_do_not_deadlock(
+    api: Api, sim: CloudSim, engine: Engine, ctx: BrokerContext
+) -> None:
+    # A build locks the tenant's row (the quota), then inserts a desktop of the center;
+    # a scan locks the center's row, then the tenant's. The scan's lock of the center
+    # must leave the insert's foreign-key check through, or each waits for the other
+    # (PostgreSQL broke such a deadlock in CI by failing the scan).
+    center = openstack_center(api, sim)
+    quota(api, 5)
+    tenant = api.get("tenants?name=default")["items"][0]["id"]
+    building, done = threading.Event(), threading.Event()
+    failures: list[BaseException] = []
+    reports: list[Any] = []
+
+    def scan() -> None:
+        building.wait(10)
+        try:
+            reports.append(scan_center(ctx, center["id"], driver_of=engine.drivers.get))
+        except BaseException as exc:
+            failures.append(exc)
+
+    def scan_waits_for_the_tenant() -> bool:
+        if not ctx.db.is_postgres:
+            # One writer at a time: the scan's unit waits for the build's as a whole.
+            time.sleep(0.5)
+            return True
+        with ctx.db.read() as session:
+            waiting = session.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND query ILIKE '%FROM tenants%FOR NO KEY UPDATE%'"
+                )
+            )
+        return bool(waiting)
+
+    scanner = threading.Thread(target=scan)
+    scanner.start()
+    try:
+        with ctx.db.write() as session:
+            quota_store.read(session, tenant, lock=True)
+            building.set()
+            wait_until(scan_waits_for_the_tenant, "the scan to wait for the tenant's row")
+            session.add(
+                Desktop(tenant_id=tenant, center_id=center["id"], external_id="x-1", name="x-1")
+            )
+            session.flush()
+        done.set()
+    finally:
+        building.set()
+        scanner.join(30)
+    assert done.is_set() and not scanner.is_alive()
+    assert not failures, failures
+    assert reports and reports[0] is not None

@@ -162,7 +162,12 @@ def scan_center(
     driver = (driver_of or (lambda c: open_center(ctx, c)))(center)
     listing = look(driver, center, full=full)
     with ctx.db.write() as session:
-        row = session.get(Center, center_id, with_for_update=True)
+        # FOR NO KEY UPDATE, not FOR UPDATE: scans of one center and its edits still take
+        # turns, but a build inserting a desktop of this center (its foreign key takes a
+        # KEY SHARE lock of the center's row) is not blocked. Provisioning holds the
+        # tenant's row while it inserts, and the scan takes the tenant's row after the
+        # center's: with FOR UPDATE the two waited for each other (a deadlock).
+        row = session.get(Center, center_id, with_for_update={"key_share": True})
         if row is None:
             return None
         if _stamp(row) != _stamp(center):
