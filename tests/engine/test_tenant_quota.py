@@ -142,6 +142,7 @@ def test_a_scan_and_a_build_holding_the_tenant_do_not_deadlock(
             waiting = session.scalar(
                 text(
                     "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND datname = current_database() "
                     "AND query ILIKE '%FROM tenants%FOR NO KEY UPDATE%'"
                 )
             )
