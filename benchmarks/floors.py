@@ -41,8 +41,6 @@ from sqlalchemy import literal, select
 from deskbroker.store.db import Database
 from login import DEFAULT_PG, PostgresBackend, free_port
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 def node_cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
