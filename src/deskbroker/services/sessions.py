@@ -132,7 +132,7 @@ def _room_for_session(desktop: Desktop, open_rows: list[SessionRow], user: str) 
     has that many."""
     if len(open_rows) < desktop.max_sessions:
         return
-    oldest = sorted(open_rows, key=lambda r: aware(r.started_at))[:3]
+    oldest = sorted(open_rows, key=lambda r: r.started_at)[:3]
     held = ", ".join(
         f"{r.username}" + (f" (key {r.session_key!r})" if r.session_key else "") + f" {r.state}"
         for r in oldest
