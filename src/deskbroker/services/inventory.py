@@ -228,6 +228,7 @@ def record(
             known, count, authoritative=listing.authoritative
         ),
         held_before=center.held_unseen or (),
+        listed_at=started,
     )
     if result.left_out:
         _over_quota(center, quota, len(result.added), result.left_out, strict_quota)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, delete, insert, select, update
@@ -24,6 +25,9 @@ from deskbroker.store.tables import Desktop, ProvisioningTask, new_id, utcnow
 from deskbroker.store.tasks import OPEN_STATES
 
 PENDING_PREFIX = "task:"
+# How far apart two brokers' clocks may be: a build another node recorded this much
+# before a listing began may still have reached the cloud after it.
+CLOCK_SKEW = timedelta(seconds=2)
 _FIELDS = (
     "name",
     "address",
@@ -118,13 +122,18 @@ def sync(
     room: int | None = None,
     hold: Callable[[int, int], bool] | None = None,
     held_before: Collection[str] = (),
+    listed_at: datetime | None = None,
 ) -> SyncResult:
     """Write what a scan saw. ``complete`` means ``machines`` is everything the center
     has, so anything else is gone; otherwise only ``gone`` ids are removed. At most
     ``room`` new desktops are added (the tenant's quota); the rest are ``left_out``.
     ``hold(known, seen)`` true says a complete listing is too short to believe: of its
     unseen desktops only those in ``held_before`` (what the previous short listing
-    missed) are removed; the rest are kept (``held``, ``held_ids``)."""
+    missed) are removed; the rest are kept (``held``, ``held_ids``).
+
+    ``listed_at``: when the complete listing was asked for. A desktop whose build moved
+    since then may have reached the cloud after the listing was taken, so the listing's
+    silence about it says nothing; the next full scan judges it."""
     result = SyncResult()
     gone = set(gone)
     query = select(
@@ -236,6 +245,8 @@ def sync(
     vanished = gone if not complete else set(existing) - seen
     # A desktop still being built has no instance to be seen yet.
     vanished = {e for e in vanished if not e.startswith(PENDING_PREFIX)}
+    if complete and vanished and listed_at is not None:
+        vanished -= _built_since(session, {existing[e].id: e for e in vanished}, listed_at)
     result.known = sum(
         1
         for e, r in existing.items()
@@ -248,6 +259,20 @@ def sync(
         vanished -= kept
     _remove(session, [existing[e] for e in vanished if e in existing], result, now)
     return result
+
+
+def _built_since(session: Session, unseen: Mapping[str, str], listed_at: datetime) -> set[str]:
+    """Of the ``unseen`` desktops (desktop id → external id), those whose build moved
+    since ``listed_at``: recorded in the cloud, waiting or handed over. Without this, a
+    scan whose listing was taken just before a build created its instance would delete
+    the new desktop's row and leave the instance running in the cloud, unowned."""
+    moved = session.scalars(
+        select(ProvisioningTask.desktop_id).where(
+            ProvisioningTask.desktop_id.in_(list(unseen)),
+            ProvisioningTask.updated_at >= listed_at - CLOCK_SKEW,
+        )
+    ).all()
+    return {unseen[str(d)] for d in moved}
 
 
 def _remove(session: Session, rows: list[Any], result: SyncResult, now: Any) -> None:

@@ -1,0 +1,88 @@
+"""A full scan's listing is a photograph taken when the scan began: a desktop whose build
+reached the cloud after that moment is not in it, and must not be taken for gone. Were
+it removed, its instance would run on in the cloud with no desktop row: a machine nobody
+hands out, watches or pays attention to, and the pool would build another in its place."""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy import select
+
+from cloudsim.server import CloudSim
+from deskbroker.engine.runner import Engine
+from deskbroker.services import inventory
+from deskbroker.services.context import BrokerContext
+from deskbroker.store.desktop_sync import CLOCK_SKEW
+from deskbroker.store.tables import Center, Desktop
+from tests.engine.conftest import openstack_center, provisioning_pool, run_until
+from tests.engine.test_scan_shortfall import _delete_in_the_cloud
+from tests.helpers import Api
+
+
+def _running(ctx: BrokerContext) -> set[str]:
+    with ctx.db.read() as session:
+        return set(
+            session.scalars(select(Desktop.name).where(Desktop.power_state == "running")).all()
+        )
+
+
+def _live_servers(sim: CloudSim) -> set[str]:
+    return {s["name"] for s in sim.servers("demo") if s["status"] != "DELETED"}
+
+
+def _look(ctx: BrokerContext, center_id: str) -> inventory.Listing:
+    """The network half of a full scan, as ``scan_center`` takes it."""
+    with ctx.db.read() as session:
+        center = session.get(Center, center_id)
+        assert center is not None
+        session.expunge(center)
+    return inventory.look(ctx.drivers.get(center), center, full=True)
+
+
+def _record(ctx: BrokerContext, center_id: str, listing: inventory.Listing) -> inventory.ScanReport:
+    """The database half, as ``scan_center`` records it (no other scan ran in between)."""
+    with ctx.db.write() as session:
+        center = session.get(Center, center_id, with_for_update={"key_share": True})
+        assert center is not None
+        return inventory.record(session, ctx, center, listing)
+
+
+def test_a_listing_taken_before_a_build_reached_the_cloud_keeps_its_desktop(
+    api: Api, sim: CloudSim, engine: Engine, ctx: BrokerContext
+) -> None:
+    center = openstack_center(api, sim)
+    provisioning = {
+        "enabled": True,
+        "min_unassigned": 3,
+        "max_total": 4,
+        "parameters": {
+            "name_template": "vdi-{SEQUENCE:3}",
+            "image": "cirros-0.6.2-x86_64-disk",
+            "flavor": "m1.tiny",
+        },
+    }
+    pool = provisioning_pool(api, center["id"], n=3, m=4)
+    run_until(engine, lambda: len(_running(ctx)) == 3)
+    listing = _look(ctx, center["id"])
+    assert listing.changes is not None and len(listing.changes.machines) == 3
+
+    # While that scan would be recording, the pool grows and its fourth desktop is built.
+    api.patch(f"pools/{pool['id']}", {"provisioning": {**provisioning, "min_unassigned": 4}})
+    run_until(engine, lambda: len(_running(ctx)) == 4)
+    built = _running(ctx)
+
+    report = _record(ctx, center["id"], listing)
+    assert report.status == "ok", report.message
+    assert report.removed == []
+    assert _running(ctx) == built
+    assert _live_servers(sim) == built
+
+    # The next look sees the fourth machine, and a machine really gone still goes once
+    # its build is older than the listing by more than two brokers' clocks may differ.
+    time.sleep(CLOCK_SKEW.total_seconds())
+    gone = sorted(built)[0]
+    _delete_in_the_cloud(sim, [next(s["id"] for s in sim.servers("demo") if s["name"] == gone)])
+    report = _record(ctx, center["id"], _look(ctx, center["id"]))
+    assert report.removed == [gone]
+    assert _running(ctx) == built - {gone}
