@@ -5,10 +5,17 @@ step, so a broker killed at any point leaves work another broker (or itself, res
 can finish: an instance created just before a crash is found again by its task tag.
 Builds a watcher sees finish are handed over together (``handover``); a step finishes
 only those it looks at itself.
+
+Every step's outcome is fenced: the unit that records it starts by checking this node
+still holds the task's lease (``leases.release_held``) and rolls back whole if not, and
+an instance is terminated only after the lease was renewed (``_renew``). A node that
+stalled past its lease therefore records nothing and deletes nothing; the holder finds
+whatever it created by the task's tag.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -42,6 +49,7 @@ from deskbroker.services.agents import ENROL_KEY
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import build_steps, events, leases
 from deskbroker.store.db import Unit
+from deskbroker.store.leases import LeaseLost
 from deskbroker.store.tables import Center, Desktop, utcnow
 from deskbroker.store.tasks import (
     MAX_ATTEMPTS,
@@ -53,6 +61,8 @@ from deskbroker.store.tasks import (
     lock_center,
     task_tag,
 )
+
+log = logging.getLogger("deskbroker.engine.builds")
 
 # A pool whose builds keep failing waits longer after each: the quota back-off times
 # 2, 4, 8... up to this many times it.
@@ -100,9 +110,8 @@ class TaskStep:
             values["state"] = self._moved(state)
             values["step_started_at"] = now
         with self.ctx.db.write() as session:
-            if also is not None:
-                also(session)
-            leases.release(
+            # The fence first: a step whose lease passed to another node writes nothing.
+            leases.release_held(
                 session,
                 TASKS,
                 self.task.id,
@@ -110,6 +119,8 @@ class TaskStep:
                 next_step_at=now + timedelta(seconds=delay_s),
                 **values,
             )
+            if also is not None:
+                also(session)
 
     def _open(self) -> tuple[Center, CenterDriver] | None:
         center = self.drivers.center(self.task.center_id)
@@ -149,16 +160,23 @@ class TaskStep:
 
     def _guarded(self, driver: CenterDriver, step: Callable[[], None]) -> None:
         try:
-            step()
-        except QuotaExceeded as exc:
-            self._quota(exc.detail)
-        except UnknownName as exc:
-            # Another try asks for the same missing name: fail now, the pool backs off.
-            self._fail(driver, exc.where(self.center_name), final=True)
-        except CenterError as exc:
-            self._fail(driver, exc.detail)
-        except Exception as exc:  # a driver bug must not wedge the task forever
-            self._fail(driver, f"unexpected error: {exc}")
+            try:
+                step()
+            except LeaseLost:
+                raise
+            except QuotaExceeded as exc:
+                self._quota(exc.detail)
+            except UnknownName as exc:
+                # Another try asks for the same missing name: fail now, the pool backs off.
+                self._fail(driver, exc.where(self.center_name), final=True)
+            except CenterError as exc:
+                self._fail(driver, exc.detail)
+            except Exception as exc:  # a driver bug must not wedge the task forever
+                self._fail(driver, f"unexpected error: {exc}")
+        except LeaseLost as lost:
+            # This node stalled past its lease (reaped, or the lease ran out) and another
+            # took the task over: whatever this step learned is the new holder's to find.
+            log.warning("build %s: %s; its outcome here was not recorded", self.task.name, lost)
 
     def _create(self, center: Center, driver: CenterDriver) -> None:
         """A requested task handed to a step directly (the engine claims builds with
@@ -179,6 +197,7 @@ class TaskStep:
             build_steps.mark_creating(
                 session,
                 self.task.id,
+                self.owner,
                 transition(PROVISIONING_TRANSITIONS, S.REQUESTED, S.CREATING).value,
                 utcnow(),
             )
@@ -234,14 +253,23 @@ class TaskStep:
             self._back_to_requested()
             return
         keep, *extra = sorted(found, key=lambda m: m.external_id)
+        if extra:
+            self._renew()
         for duplicate in extra:
             driver.terminate(duplicate)
         self._created(keep.external_id)
 
+    def _renew(self) -> None:
+        """Extend the lease before an act that cannot be undone (terminating an instance):
+        ``LeaseLost`` instead when another node holds the task now."""
+        until = utcnow() + timedelta(seconds=self.ctx.settings.lease_ttl_s)
+        with self.ctx.db.write() as session:
+            leases.renew_held(session, TASKS, self.task.id, self.owner, until)
+
     def _back_to_requested(self) -> None:
         # creating → requested undoes a step that never reached the cloud.
         with self.ctx.db.write() as session:
-            leases.release(
+            leases.release_held(
                 session,
                 TASKS,
                 self.task.id,
@@ -315,20 +343,20 @@ class TaskStep:
         now = utcnow()
         backoff = self.ctx.settings.quota_backoff_s
         with self.ctx.db.write() as session:
-            moved = None
-            if task.pool_id:
-                build_steps.pool_over_quota(session, task.pool_id, words)
-                # A pool building in several centers tries the next one at once.
-                moved = spread.overflow_build(session, task, words, now, backoff)
-            leases.release(
+            leases.release_held(
                 session,
                 TASKS,
                 task.id,
                 self.owner,
                 state=self._moved(S.REQUESTED),
                 last_error=words,
-                next_step_at=now if moved else now + timedelta(seconds=backoff),
+                next_step_at=now + timedelta(seconds=backoff),
             )
+            if task.pool_id:
+                build_steps.pool_over_quota(session, task.pool_id, words)
+                # A pool building in several centers tries the next one at once.
+                if spread.overflow_build(session, task, words, now, backoff):
+                    build_steps.step_now(session, task.id, now)
 
     def _fail(self, driver: CenterDriver, reason: str, *, final: bool = False) -> None:
         """A failed attempt: clean up the instance, retry with backoff, then quarantine
@@ -338,6 +366,7 @@ class TaskStep:
         deletable = bool((task.request or {}).get("deletable", True))
         cleaned = task.external_id is None
         if task.external_id and deletable:
+            self._renew()
             try:
                 driver.terminate(MachineInfo(external_id=task.external_id, name=task.name))
                 cleaned = True
@@ -345,9 +374,7 @@ class TaskStep:
                 cleaned = False
         with self.ctx.db.write() as session:
             if attempts < MAX_ATTEMPTS and cleaned and not final:
-                if task.desktop_id:
-                    build_steps.desktop_awaits_build(session, task.desktop_id, task.id)
-                leases.release(
+                leases.release_held(
                     session,
                     TASKS,
                     task.id,
@@ -363,7 +390,19 @@ class TaskStep:
                         )
                     ),
                 )
+                if task.desktop_id:
+                    build_steps.desktop_awaits_build(session, task.desktop_id, task.id)
                 return
+            leases.release_held(
+                session,
+                TASKS,
+                task.id,
+                self.owner,
+                state=self._moved(S.FAILED),
+                attempts=attempts,
+                last_error=reason,
+                desktop_id=None if cleaned else task.desktop_id,
+            )
             desktop = session.get(Desktop, task.desktop_id) if task.desktop_id else None
             if desktop is not None:
                 if cleaned:
@@ -398,17 +437,6 @@ class TaskStep:
                 pool_id=task.pool_id,
                 desktop_id=None if cleaned else task.desktop_id,
                 detail={"name": task.name, "reason": reason, "attempts": attempts},
-            )
-            session.flush()
-            leases.release(
-                session,
-                TASKS,
-                task.id,
-                self.owner,
-                state=self._moved(S.FAILED),
-                attempts=attempts,
-                last_error=reason,
-                desktop_id=None if cleaned else task.desktop_id,
             )
 
     def _pool_failed(self, session: Unit, cause: str) -> None:

@@ -32,12 +32,17 @@ _CREATED = (
 )
 
 
-def mark_creating(session: Unit, task_id: str, state: str, now: datetime) -> None:
+def mark_creating(session: Unit, task_id: str, owner: str, state: str, now: datetime) -> None:
     """Persist the intent before the cloud is asked: a crash from here on is resumed by
-    the task's tag."""
-    session.execute(
-        update(TASKS).where(TASKS.c.id == task_id).values(state=state, step_started_at=now)
+    the task's tag. ``LeaseLost`` when ``owner`` no longer holds the task (nothing is
+    asked of the cloud then)."""
+    moved = session.execute(
+        update(TASKS)
+        .where(TASKS.c.id == task_id, TASKS.c.lease_owner == owner)
+        .values(state=state, step_started_at=now)
     )
+    if not moved.rowcount:  # type: ignore[attr-defined]
+        raise leases.LeaseLost(TASKS, task_id)
 
 
 def record_created(
@@ -51,11 +56,11 @@ def record_created(
     now: datetime,
     next_step_at: datetime,
 ) -> None:
-    """The cloud has the build: its id on the desktop (so a scan meeting the instance
-    knows it) and on the task, moved to ``state`` with its lease let go."""
-    if desktop_id:
-        conn.execute(_RECORD_EXTERNAL_ID, {"b_desktop": desktop_id, "b_external": external_id})
-    conn.execute(
+    """The cloud has the build: its id on the task, moved to ``state`` with its lease let
+    go, and on the desktop (so a scan meeting the instance knows it). ``LeaseLost``, and
+    nothing written, when ``owner`` no longer holds the task: the node that took it over
+    finds the instance by the task's tag."""
+    moved = conn.execute(
         _CREATED,
         {
             "b_task": task_id,
@@ -66,6 +71,10 @@ def record_created(
             "b_external": external_id,
         },
     )
+    if not moved.rowcount:  # type: ignore[attr-defined]
+        raise leases.LeaseLost(TASKS, task_id)
+    if desktop_id:
+        conn.execute(_RECORD_EXTERNAL_ID, {"b_desktop": desktop_id, "b_external": external_id})
 
 
 def desktop_awaits_build(session: Unit, desktop_id: str, task_id: str) -> None:
@@ -74,6 +83,11 @@ def desktop_awaits_build(session: Unit, desktop_id: str, task_id: str) -> None:
     session.execute(
         update(DESKTOPS).where(DESKTOPS.c.id == desktop_id).values(external_id=f"task:{task_id}")
     )
+
+
+def step_now(session: Unit, task_id: str, now: datetime) -> None:
+    """The task's next step is due at once (its build moved to another center)."""
+    session.execute(update(TASKS).where(TASKS.c.id == task_id).values(next_step_at=now))
 
 
 def pool_over_quota(session: Unit, pool_id: str, words: str) -> None:

@@ -140,6 +140,30 @@ def release(session: Unit, model: Any, row_id: str, owner: str, **values: Any) -
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
+class LeaseLost(Exception):
+    """Raised inside a unit of work whose outcome belongs to a lease its writer no longer
+    holds (its node was reaped, or the lease ran out and another node took the row): the
+    unit rolls back whole, so nothing the lost work decided is committed (the fence)."""
+
+    def __init__(self, model: Any, row_id: str) -> None:
+        super().__init__(f"{table_of(model).name} {row_id}: the lease passed to another node")
+
+
+def release_held(session: Unit, model: Any, row_id: str, owner: str, **values: Any) -> None:
+    """``release``, for a unit whose other writes are the lease's outcome: called first in
+    the unit, it raises ``LeaseLost`` when another broker took the row over, so the
+    caller's unit rolls back and none of those writes is committed."""
+    if not release(session, model, row_id, owner, **values):
+        raise LeaseLost(model, row_id)
+
+
+def renew_held(session: Unit, model: Any, row_id: str, owner: str, until: datetime) -> None:
+    """``extend``, before an irreversible act done for the lease (terminating an
+    instance): raises ``LeaseLost`` when the row is another broker's now."""
+    if not extend(session, model, row_id, owner, until):
+        raise LeaseLost(model, row_id)
+
+
 def extend(session: Unit, model: Any, row_id: str, owner: str, until: datetime) -> bool:
     table = table_of(model)
     result = session.execute(
