@@ -33,6 +33,15 @@ def leak_sweep(ctx: BrokerContext, drivers: DriverCache, center_id: str, now: da
     if Capability.LEAK_SWEEP not in driver.capabilities or seen.creating:
         return "nothing to sweep"
     leaked = driver.leaked(seen.external_ids, center_id=center_id)
+    if leaked:
+        # The listing came after that read: a build may have created and recorded an
+        # instance in between, or begun creating one. Only what the broker still cannot
+        # account for after the listing is a leak.
+        with ctx.db.read() as session:
+            seen = upkeep.accounted(session, center_id)
+        if seen.creating:
+            return "nothing to sweep"
+        leaked = [m for m in leaked if m.external_id not in seen.external_ids]
     reap = bool((center.params or {}).get("reap_leaks", False))
     for machine in leaked:
         if reap:
