@@ -112,6 +112,14 @@ class Settings(BaseSettings):
         le=1000,
         description="calls one directory (LDAP, AD, NIS) may have in flight; more get 503",
     )
+    source_queue_wait_s: float = Field(
+        default=1.0,
+        ge=0,
+        le=30,
+        description="how long a call finding a directory full waits for a slot while the "
+        "directory is answering (a burst of sign-ins); one that has not answered lately is "
+        "refused at once; 0: never wait",
+    )
     tenant_max_concurrent: int = Field(
         default=16,
         ge=1,

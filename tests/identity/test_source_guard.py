@@ -17,10 +17,15 @@ from sqlalchemy import select
 from deskbroker.bootstrap import add_local_user
 from deskbroker.config import Settings
 from deskbroker.errors import DirectoryUnavailable, Unauthorized
-from deskbroker.services.source_guard import SourceBusy, SourceGuard, SourceSuspended
+from deskbroker.services.source_guard import (
+    ANSWERED_LATELY_S,
+    SourceBusy,
+    SourceGuard,
+    SourceSuspended,
+)
 from deskbroker.services.throttle import IN_LINE_RETRY_S, MAX_IN_LINE
 from deskbroker.store.tables import LoginThrottle
-from tests.helpers import USER_PASSWORD, Api
+from tests.helpers import USER_PASSWORD, Api, wait_until
 from tests.identity.directories import LDAP_SERVICE_PASSWORD, Slapd, free_port
 from tests.identity.sources import ldap_params
 from tests.tarpit import tarpit
@@ -282,7 +287,8 @@ def test_the_breaker_opens_half_opens_and_closes() -> None:
     assert guard.state("s") == "closed"
     assert guard.state("another") == "closed"  # one source's trouble is its own
 
-    # A full source refuses at once instead of queueing.
+    # A full source that has not answered lately refuses at once instead of queueing.
+    now[0] += ANSWERED_LATELY_S + 1
     inside = threading.Event()
     leave = threading.Event()
 
@@ -294,11 +300,74 @@ def test_the_breaker_opens_half_opens_and_closes() -> None:
     holder = threading.Thread(target=lambda: guard.call("s", "s", slow))
     holder.start()
     assert inside.wait(10)
+    started = time.perf_counter()
     with pytest.raises(SourceBusy):
         guard.call("s", "s", lambda: "never called")
+    assert time.perf_counter() - started < 0.5
     leave.set()
     holder.join(10)
     assert guard.call("s", "s", lambda: "free again") == "free again"
+
+
+def test_a_burst_on_a_directory_that_answers_takes_turns() -> None:
+    """A full source that answered a moment ago lets a call wait its turn (for at most
+    ``source_queue_wait_s``, with at most ``source_max_concurrent`` calls waiting);
+    without the line, a burst of sign-ins on a healthy directory bounced with 503s."""
+    now = [100.0]
+    guard = SourceGuard(
+        Settings(source_max_concurrent=1, source_queue_wait_s=0.5), clock=lambda: now[0]
+    )
+    assert guard.call("s", "s", lambda: "answered") == "answered"
+    inside, leave = threading.Event(), threading.Event()
+
+    def slow() -> str:
+        inside.set()
+        leave.wait(10)
+        return "slow"
+
+    outcomes: dict[str, object] = {}
+
+    def call(name: str, work: Any) -> None:
+        try:
+            outcomes[name] = guard.call("s", "s", work)
+        except SourceBusy as exc:
+            outcomes[name] = exc
+
+    holder = threading.Thread(target=call, args=("holder", slow))
+    holder.start()
+    assert inside.wait(10)
+    # The next call waits in line; the line (one call long here) is then full.
+    waiter = threading.Thread(target=call, args=("waiter", lambda: "its turn"))
+    waiter.start()
+    wait_until(lambda: guard._of("s").waiting == 1, "the call to wait in line")
+    started = time.perf_counter()
+    with pytest.raises(SourceBusy):
+        guard.call("s", "s", lambda: "never called")
+    assert time.perf_counter() - started < 0.25
+    leave.set()
+    holder.join(10)
+    waiter.join(10)
+    assert outcomes == {"holder": "slow", "waiter": "its turn"}
+
+    # A call waits no longer than the line allows.
+    leave.clear()
+    inside.clear()
+    holder = threading.Thread(target=call, args=("holder", slow))
+    holder.start()
+    assert inside.wait(10)
+    started = time.perf_counter()
+    with pytest.raises(SourceBusy):
+        guard.call("s", "s", lambda: "never called")
+    assert 0.4 < time.perf_counter() - started < 2.0
+    # Nor does it wait once the directory's last answer is old: it may be hanging now.
+    now[0] += ANSWERED_LATELY_S + 1
+    started = time.perf_counter()
+    with pytest.raises(SourceBusy):
+        guard.call("s", "s", lambda: "never called")
+    assert time.perf_counter() - started < 0.25
+    leave.set()
+    holder.join(10)
+    assert guard._of("s").waiting == 0
 
 
 @pytest.mark.parametrize(

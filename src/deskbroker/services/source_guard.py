@@ -5,9 +5,14 @@ Every call of a directory's driver (LDAP, Active Directory, NIS: the sources tha
 ``provisions_users``) goes through ``SourceGuard.call``, which bounds two things per
 source:
 
-- **concurrency**: at most ``source_max_concurrent`` calls are in the directory at once;
-  one more is refused at once (503, ``Retry-After``) instead of waiting for a thread,
-  so the request threads shared by every tenant are never all parked on one directory;
+- **concurrency**: at most ``source_max_concurrent`` calls are in the directory at once.
+  One more waits for a slot only while the directory is answering (a call of it ended
+  with an answer in the last ``ANSWERED_LATELY_S``), at most ``source_queue_wait_s`` and
+  with at most ``source_max_concurrent`` calls waiting: a burst of sign-ins on a healthy
+  directory takes turns instead of bouncing. A directory that has not answered lately
+  (hung, dripping, just started) gets no line: the call is refused at once (503,
+  ``Retry-After``), so the request threads shared by every tenant are never all parked
+  on one directory;
 - **repeated failures**: after ``source_breaker_failures`` timeouts or connection errors
   in a row the source's circuit opens, and calls are refused at once for
   ``source_breaker_cooldown_s``; then one call is let through as a probe (half-open):
@@ -68,6 +73,9 @@ T = TypeVar("T")
 _NO_ANSWER = frozenset({"unreachable", "busy", "deadline"})
 # What a refused call is told to wait when the source is merely full.
 BUSY_RETRY_S = 5
+# A source one of whose calls ended with an answer this recently is answering: a call
+# finding it full may wait its turn (a hung one's calls end with no answer, or not at all).
+ANSWERED_LATELY_S = 2.0
 
 
 class SourceBusy(DirectoryUnavailable):
@@ -131,6 +139,8 @@ class _Bulkhead:
     failures: int = 0  # in a row
     open_until: float = 0.0  # monotonic; 0 while closed
     probing: bool = False  # a half-open probe is in flight
+    answered_at: float = -math.inf  # monotonic: when a call last ended with an answer
+    waiting: int = 0  # calls waiting for a slot (of the source or of its tenant)
 
 
 class SourceGuard:
@@ -138,6 +148,7 @@ class SourceGuard:
 
     def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
         self.limit = settings.source_max_concurrent
+        self.queue_wait_s = settings.source_queue_wait_s
         self.threshold = settings.source_breaker_failures
         self.cooldown_s = settings.source_breaker_cooldown_s
         self.tenant_limit = settings.tenant_max_concurrent
@@ -203,6 +214,7 @@ class SourceGuard:
             self._take(
                 head.slots,
                 held,
+                head,
                 SourceBusy(
                     f"The directory that checks this sign-in is answering slowly: {self.limit} "
                     f"sign-ins are already waiting for it. Try again in {BUSY_RETRY_S} seconds.",
@@ -214,6 +226,7 @@ class SourceGuard:
                 self._take(
                     self._tenant(tenant_id),
                     held,
+                    head,
                     TenantBusy(
                         f"The directories of this tenant are answering slowly: {self.tenant_limit} "
                         f"sign-ins are already waiting for them. Try again in {BUSY_RETRY_S} "
@@ -225,6 +238,7 @@ class SourceGuard:
             self._take(
                 self._threads,
                 held,
+                None,
                 TenantBusy(
                     "The broker is already waiting for as many directory and identity provider "
                     f"answers as it allows. Try again in {BUSY_RETRY_S} seconds.",
@@ -265,14 +279,25 @@ class SourceGuard:
         finally:
             slots.release()
 
-    @staticmethod
     def _take(
+        self,
         slots: threading.BoundedSemaphore,
         held: list[threading.BoundedSemaphore],
+        head: _Bulkhead | None,
         refusal: SourceBusy,
     ) -> None:
+        """One of ``slots``, or ``refusal``: at once, unless ``head``'s source is answering
+        and its line has room, in which case after waiting its turn for a while."""
         if not slots.acquire(blocking=False):
-            raise refusal
+            if head is None or not self._queue(head):
+                raise refusal
+            try:
+                got = slots.acquire(timeout=self.queue_wait_s)
+            finally:
+                with head.lock:
+                    head.waiting -= 1
+            if not got:
+                raise refusal
         held.append(slots)
 
     def _within_deadline(
@@ -337,11 +362,26 @@ class SourceGuard:
             retry_after=wait,
         )
 
+    def _queue(self, head: _Bulkhead) -> bool:
+        """Whether a call finding the source (or its tenant) full may wait for a slot: the
+        source is answering, its circuit closed, and fewer calls than its limit wait."""
+        if self.queue_wait_s <= 0:
+            return False
+        with head.lock:
+            answering = (
+                head.open_until == 0.0 and self._clock() - head.answered_at <= ANSWERED_LATELY_S
+            )
+            if not answering or head.waiting >= self.limit:
+                return False
+            head.waiting += 1
+            return True
+
     def _settle(self, head: _Bulkhead, name: str, *, failed: bool) -> None:
         with head.lock:
             was_open = head.open_until != 0.0
             head.probing = False
             if not failed:
+                head.answered_at = self._clock()
                 head.failures = 0
                 head.open_until = 0.0
                 if was_open:
