@@ -127,15 +127,19 @@ class OutboundPolicy:
 
         Other names are checked when the broker connects, since they may not resolve
         yet and may resolve differently then."""
+        reason = self.host_refusal(host)
+        if reason is not None:
+            raise InvalidInput(f"{what}: {host} is refused: {reason}")
+
+    def host_refusal(self, host: str) -> str | None:
+        """Why a host written as an address (or naming this host) is refused; ``None``
+        when it is allowed or is a name, known only once resolved. No name lookup."""
         bare = host.strip("[]").rstrip(".").lower()
         if bare in _LOCAL_NAMES or bare.endswith(".localhost"):
             numeric = "127.0.0.1"
         else:
             numeric = _numeric(bare) or ""
-        if numeric:
-            reason = self.refusal(numeric)
-            if reason is not None:
-                raise InvalidInput(f"{what}: {host} is refused: {reason}")
+        return self.refusal(numeric) if numeric else None
 
     def check_socket(self, sock: socket.socket, what: str) -> None:
         """At connection time: the address a connected socket reached; closes it when

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import json
@@ -19,8 +20,8 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from deskbroker.domain.tickets import report_key, sign
-from deskbroker.errors import DeskbrokerError
+from deskbroker.domain.tickets import Ticket, report_key, sign
+from deskbroker.errors import Conflict, DeskbrokerError
 from deskbroker.gateway import guac, relay, ssh
 from deskbroker.gateway.accounting import SIGNATURE_HEADER
 from deskbroker.gateway.forward import Forwarder
@@ -93,6 +94,18 @@ def signed_ok(secret: str, header: str, body: bytes, now: int) -> bool:
 WsHandler = Callable[[WebSocket], Awaitable[None]]
 
 
+async def _refuse_denied(ticket: Ticket, timeout_s: float) -> None:
+    """A port forward to a desktop the outbound policy denies is never opened (the
+    connection through it would be refused anyway); a name that does not resolve yet
+    is left to the connection, as before."""
+    try:
+        await asyncio.wait_for(relay.checked_address(ticket), timeout_s)
+    except relay.TargetDenied as exc:
+        raise Conflict(str(exc)) from exc
+    except OSError:
+        return
+
+
 def create_app(settings: GatewaySettings) -> Starlette:
     """The gateway's ASGI application; its state lives on ``app.state.gateway``."""
     state = GatewayState(settings)
@@ -143,6 +156,8 @@ def create_app(settings: GatewaySettings) -> Starlette:
         address = settings.guacd_address
         if address is None:
             raise OSError("HTML5 RDP is not set up on this gateway (no guacd configured)")
+        # guacd connects on the gateway's behalf: the policy first (TargetDenied is OSError).
+        await relay.checked_address(ticket)  # type: ignore[arg-type]
         await guac.tunnel(ws, ticket, meter, address, timeout)  # type: ignore[arg-type]
 
     async def healthz(request: Request) -> Response:
@@ -163,6 +178,7 @@ def create_app(settings: GatewaySettings) -> Starlette:
             ticket_text = ""
         try:
             ticket = state.admit(ticket_text, protocols=NATIVE)
+            await _refuse_denied(ticket, settings.connect_timeout_s)
             forward = await forwarder.open(ticket)
         except DeskbrokerError as exc:
             return _problem(exc)

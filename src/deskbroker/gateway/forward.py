@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 
 from deskbroker.domain.tickets import Ticket
-from deskbroker.gateway.relay import CHUNK
+from deskbroker.gateway.relay import CHUNK, TargetDenied, open_target
 from deskbroker.gateway.state import Busy, GatewayState
 
 log = logging.getLogger("deskbroker.gateway")
@@ -115,11 +115,13 @@ class Forwarder:
         try:
             with self.state.metered(ticket, "forward") as meter:
                 try:
-                    target_reader, target_writer = await asyncio.wait_for(
-                        asyncio.open_connection(ticket.host, ticket.port),
-                        self.state.settings.connect_timeout_s,
+                    target_reader, target_writer = await open_target(
+                        ticket, self.state.settings.connect_timeout_s
                     )
-                except (OSError, TimeoutError):
+                except TargetDenied as exc:
+                    log.warning("forward port %s: %s", forward.port, exc)
+                    return
+                except OSError:
                     log.warning("forward to %s:%s: no answer", ticket.host, ticket.port)
                     return
                 sock = target_writer.get_extra_info("socket")

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from deskbroker import outbound
 from deskbroker.domain.tickets import Ticket
 from deskbroker.gateway.accounting import Meter
 
@@ -16,12 +18,42 @@ log = logging.getLogger("deskbroker.gateway")
 CHUNK = 256 * 1024
 
 
+class TargetDenied(OSError):
+    """The ticket's desktop resolves to an address the outbound policy denies."""
+
+
+async def checked_address(ticket: Ticket) -> str:
+    """The address the ticket's host resolves to (its first answer), refused with
+    ``TargetDenied`` when the process's outbound policy denies it: the broker checks
+    addresses written as numbers, a name is only known here, when it is resolved."""
+    loop = asyncio.get_running_loop()
+    found = await loop.getaddrinfo(ticket.host, ticket.port, type=socket.SOCK_STREAM)
+    if not found:
+        raise OSError(f"{ticket.host} resolves to no address")
+    address = str(found[0][4][0])
+    reason = outbound.current().refusal(address)
+    if reason is not None:
+        raise TargetDenied(
+            f"desktop {ticket.desktop_name} at {ticket.host} is not connected to: {reason}; "
+            "on the gateway the settings are DESKBROKER_GATEWAY_OUTBOUND_DENY and _ALLOW"
+        )
+    return address
+
+
 async def open_target(
     ticket: Ticket, timeout_s: float
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A TCP connection to the ticket's desktop; OSError in words if it does not answer."""
+    """A TCP connection to the ticket's desktop, at exactly the address the outbound
+    policy was checked against (a name may resolve differently the next time);
+    ``TargetDenied`` when the policy refuses it, OSError in words if it does not answer."""
+
+    async def checked_connection() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection(await checked_address(ticket), ticket.port)
+
     try:
-        return await asyncio.wait_for(asyncio.open_connection(ticket.host, ticket.port), timeout_s)
+        return await asyncio.wait_for(checked_connection(), timeout_s)
+    except TargetDenied:
+        raise
     except (OSError, TimeoutError) as exc:
         raise OSError(
             f"desktop {ticket.desktop_name} does not answer on {ticket.host}:{ticket.port}"

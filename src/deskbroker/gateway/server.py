@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import uvicorn
 
+from deskbroker import outbound
 from deskbroker.gateway.app import create_app
 from deskbroker.gateway.settings import GatewaySettings
 from deskbroker.gateway.state import GatewayState
@@ -28,6 +29,8 @@ class _Server(uvicorn.Server):
 async def serve(settings: GatewaySettings) -> None:
     """Serve until stopped. SIGUSR1 drains (refuse new connections, keep the open ones);
     SIGTERM drains and exits once the open connections end or ``drain_timeout_s`` passes."""
+    # Where tickets' desktops may be: checked on every connection the gateway opens.
+    outbound.install(settings.outbound_policy)
     app = create_app(settings)
     state: GatewayState = app.state.gateway
     config = uvicorn.Config(

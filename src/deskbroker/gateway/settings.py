@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from deskbroker import outbound
 from deskbroker.config import check_secret_key
 
 
@@ -71,6 +72,27 @@ class GatewaySettings(BaseSettings):
         "desktops against when the broker's ticket carries no host key for the desktop",
     )
     max_connections: int = Field(default=2000, ge=1, le=100000)
+    outbound_deny: str = Field(
+        default=outbound.DEFAULT_DENY,
+        description="networks no ticket's desktop is reached in (the broker's "
+        "DESKBROKER_OUTBOUND_DENY): the gateway host's loopback, link-local, metadata",
+    )
+    outbound_allow: str = Field(
+        default="",
+        description="networks allowed even inside a denied one (the broker's "
+        "DESKBROKER_OUTBOUND_ALLOW); the most specific network decides",
+    )
+
+    @field_validator("outbound_deny", "outbound_allow")
+    @classmethod
+    def _networks(cls, value: str, info: ValidationInfo) -> str:
+        outbound.parse_networks(value, str(info.field_name))
+        return value
+
+    @property
+    def outbound_policy(self) -> outbound.OutboundPolicy:
+        """What the gateway process installs: where a ticket's desktop may be."""
+        return outbound.OutboundPolicy.from_text(self.outbound_allow, self.outbound_deny)
 
     @field_validator("key")
     @classmethod

@@ -28,7 +28,7 @@ from starlette.websockets import WebSocket
 
 from deskbroker.domain.tickets import Ticket
 from deskbroker.gateway.accounting import Meter
-from deskbroker.gateway.relay import CHUNK, run_both
+from deskbroker.gateway.relay import CHUNK, TargetDenied, checked_address, run_both
 
 PASSWORD_TRIES = 3
 DEFAULT_SIZE = (80, 24)
@@ -96,8 +96,13 @@ async def _login(
 ) -> tuple[asyncssh.SSHClientConnection, tuple[int, int]] | None:
     try:
         trusted = known_hosts(ticket, known_hosts_file)
-    except HostKeyUnknown as exc:
+        # Before any password is asked: no login to an address the policy denies.
+        await asyncio.wait_for(checked_address(ticket), timeout_s)
+    except (HostKeyUnknown, TargetDenied) as exc:
         await _control(ws, "status", str(exc))
+        return None
+    except OSError as exc:
+        await _control(ws, "status", f"desktop {ticket.desktop_name} cannot be reached: {exc}")
         return None
     size = DEFAULT_SIZE
     for _ in range(PASSWORD_TRIES):

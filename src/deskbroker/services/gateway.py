@@ -160,6 +160,30 @@ def route(
     return "gateway"
 
 
+class TargetRefused(Conflict):
+    """A desktop whose address the outbound policy denies: no gateway connects to it."""
+
+    title = "Desktop address not allowed"
+
+
+def check_target(settings: Settings, desktop_name: str, host: str) -> None:
+    """Refuse (409) a gateway connection to an address the broker's outbound policy
+    denies: the gateway host's loopback services, the cloud metadata service. A tenant
+    admin writes a static desktop's address; it must not open a tunnel into the host.
+
+    Pure, as ``mint`` must be inside a write unit: an address written as a number or a
+    name of the local host is checked here; any other name is checked by the gateway
+    against the address it resolves to, before it connects."""
+    reason = settings.outbound_policy.host_refusal(host)
+    if reason is not None:
+        raise TargetRefused(
+            f"desktop {desktop_name}'s address {host} is not allowed by the broker's "
+            f"outbound policy: {reason}. No connection is made to it; an operator who "
+            "means it allows the network with DESKBROKER_OUTBOUND_ALLOW (and the "
+            "gateway's DESKBROKER_GATEWAY_OUTBOUND_ALLOW)"
+        )
+
+
 def mint(
     settings: Settings,
     *,
@@ -174,10 +198,12 @@ def mint(
     client: str | None,
     host_keys: Sequence[str] = (),
 ) -> Plan:
-    """A gateway ticket for one connection (pure: no I/O, fine inside a write unit).
+    """A gateway ticket for one connection (pure: no I/O, fine inside a write unit);
+    ``TargetRefused`` when the outbound policy denies ``host`` (see ``check_target``).
 
     ``host_keys``: an SSH desktop's known host keys; with none, the ticket lets the
     gateway learn the key when the broker is set to (``gateway_ssh_learn_host_keys``)."""
+    check_target(settings, desktop_name, host)
     text, ticket = tickets.mint(
         settings.gateway_key,
         now=int(time.time()),
