@@ -1,11 +1,15 @@
 """Per-user data volumes: which are recorded on a desktop, which holders want theirs, and
-a new volume's row."""
+a volume's row: reserved before the center is asked, its id recorded once made.
+
+A reserved row's ``volume_id`` is ``PENDING`` followed by the reservation's token: the
+unique key on (user, center) makes one run the only maker of a user's volume there, and a
+row with no cloud id yet never passes for one to attach or detach."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from deskbroker.domain.states import PowerState
 from deskbroker.store.db import Unit
@@ -37,7 +41,8 @@ class HeldRunning:
 
 
 def held_running(session: Unit, pool_id: str, center_id: str) -> list[HeldRunning]:
-    """The pool's running desktops on the center that someone holds."""
+    """The pool's running desktops on the center that someone holds, each holder's
+    earliest assigned first (the one their single volume goes to)."""
     rows = session.execute(
         select(Desktop.id, Desktop.external_id, Desktop.assigned_user_id, Desktop.tenant_id)
         .join(PoolMember, PoolMember.desktop_id == Desktop.id)
@@ -47,6 +52,7 @@ def held_running(session: Unit, pool_id: str, center_id: str) -> list[HeldRunnin
             Desktop.assigned_user_id.is_not(None),
             Desktop.power_state == PowerState.RUNNING.value,
         )
+        .order_by(Desktop.assigned_at, Desktop.id)
     ).all()
     return [HeldRunning(str(r[0]), str(r[1]), str(r[2]), str(r[3])) for r in rows]
 
@@ -58,16 +64,63 @@ def of_user(session: Unit, user_id: str, center_id: str) -> UserVolume | None:
     ).first()
 
 
-def add(
-    session: Unit, *, tenant_id: str, user_id: str, center_id: str, volume_id: str, size_gb: int
+PENDING = "creating:"
+
+
+def is_pending(volume_id: str) -> bool:
+    """Whether a row's ``volume_id`` is a reservation: no volume made (or recorded) yet."""
+    return volume_id.startswith(PENDING)
+
+
+def still_held(session: Unit, desktop_id: str, external_id: str, user_id: str) -> bool:
+    """Whether the desktop (as the same instance) is still held by the user."""
+    desktop = session.get(Desktop, desktop_id)
+    return (
+        desktop is not None
+        and desktop.assigned_user_id == user_id
+        and desktop.external_id == external_id
+    )
+
+
+def reserve(
+    session: Unit, *, tenant_id: str, user_id: str, center_id: str, token: str, size_gb: int
 ) -> UserVolume:
-    """The row of a volume just made in the center."""
+    """The row of a volume about to be asked for; flushed at once so a second reservation
+    for the same user and center breaks the unique key here (``IntegrityError``)."""
     volume = UserVolume(
         tenant_id=tenant_id,
         user_id=user_id,
         center_id=center_id,
-        volume_id=volume_id,
+        volume_id=PENDING + token,
         size_gb=size_gb,
     )
     session.add(volume)
+    session.flush()
     return volume
+
+
+def take_over(session: Unit, row_id: str, old: str, token: str) -> bool:
+    """Make an abandoned reservation ``token``'s; False when another run moved it on."""
+    done = session.execute(
+        update(UserVolume)
+        .where(UserVolume.id == row_id, UserVolume.volume_id == old)
+        .values(volume_id=PENDING + token)
+    )
+    return bool(done.rowcount)  # type: ignore[attr-defined]
+
+
+def made(session: Unit, row_id: str, token: str, volume_id: str) -> UserVolume | None:
+    """Record the id of the volume reservation ``token`` asked for; ``None`` when the
+    reservation is no longer that run's (taken over, or the user went away)."""
+    volume = session.get(UserVolume, row_id)
+    if volume is None or volume.volume_id != PENDING + token:
+        return None
+    volume.volume_id = volume_id
+    return volume
+
+
+def release(session: Unit, row_id: str, token: str) -> None:
+    """Drop reservation ``token`` when the center refused to make its volume."""
+    volume = session.get(UserVolume, row_id)
+    if volume is not None and volume.volume_id == PENDING + token:
+        session.delete(volume)
