@@ -8,9 +8,10 @@ only those it looks at itself.
 
 Every step's outcome is fenced: the unit that records it starts by checking this node
 still holds the task's lease (``leases.release_held``) and rolls back whole if not, and
-an instance is terminated only after the lease was renewed (``_renew``). A node that
-stalled past its lease therefore records nothing and deletes nothing; the holder finds
-whatever it created by the task's tag.
+an instance is created or terminated only after the lease was renewed (``_renew``). A
+node that stalled past its lease therefore records nothing and deletes nothing; the
+holder finds whatever it created by the task's tag, and does not start over while a
+create of the previous holder's could still land (``_resume_create``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
+
+from sqlalchemy import update
 
 from deskbroker.centers.base import (
     Capability,
@@ -67,6 +70,17 @@ log = logging.getLogger("deskbroker.engine.builds")
 # A pool whose builds keep failing waits longer after each: the quota back-off times
 # 2, 4, 8... up to this many times it.
 POOL_BACKOFF_STEPS = 64
+# How often a task in ``creating`` whose instance is not found yet is looked at again.
+RELOOK_S = 30.0
+
+
+def call_bound_s(driver: CenterDriver) -> float:
+    """The longest one call to the driver's center may take: its ``timeout_s`` when its
+    parameters have one (retries included), else the most any center may be given."""
+    timeout = getattr(getattr(driver, "params", None), "timeout_s", None)
+    if isinstance(timeout, int | float) and timeout > 0:
+        return min(float(timeout), leases.CLOUD_CALL_BOUND_S)
+    return leases.CLOUD_CALL_BOUND_S
 
 
 def pool_backoff_s(base_s: float, failures: int) -> float:
@@ -221,6 +235,9 @@ class TaskStep:
             if task.desktop_id
             else ""
         )
+        # The last moment before the cloud is asked: a node that stalled past its lease
+        # (the cursor above may take a while) asks nothing.
+        self._renew(asking=True)
         external_id = driver.create(request_of(task, {ENROL_KEY: secret} if secret else None))
         if self.watcher is not None:
             self.watcher.building(external_id, asked_at)
@@ -250,7 +267,11 @@ class TaskStep:
     def _resume_create(self, driver: CenterDriver) -> None:
         found = driver.find_tagged(task_tag(self.task.id))
         if not found:
-            self._back_to_requested()
+            landing = self._create_may_land_until(driver)
+            if landing > utcnow():
+                self._look_again(landing)
+            else:
+                self._back_to_requested()
             return
         keep, *extra = sorted(found, key=lambda m: m.external_id)
         if extra:
@@ -259,12 +280,39 @@ class TaskStep:
             driver.terminate(duplicate)
         self._created(keep.external_id)
 
-    def _renew(self) -> None:
-        """Extend the lease before an act that cannot be undone (terminating an instance):
-        ``LeaseLost`` instead when another node holds the task now."""
-        until = utcnow() + timedelta(seconds=self.ctx.settings.lease_ttl_s)
+    def _renew(self, *, asking: bool = False) -> None:
+        """Extend the lease before an act that cannot be undone (creating or terminating
+        an instance): ``LeaseLost`` instead when another node holds the task now. When
+        ``asking`` for the instance, the moment is kept as the step's start: a node that
+        takes the task over knows until when that create may land."""
+        now = utcnow()
+        until = now + timedelta(seconds=self.ctx.settings.lease_ttl_s)
         with self.ctx.db.write() as session:
-            leases.renew_held(session, TASKS, self.task.id, self.owner, until)
+            if not asking:
+                leases.renew_held(session, TASKS, self.task.id, self.owner, until)
+                return
+            renewed = session.execute(
+                update(TASKS)
+                .where(TASKS.c.id == self.task.id, TASKS.c.lease_owner == self.owner)
+                .values(lease_expires_at=until, step_started_at=now)
+            )
+            if not renewed.rowcount:  # type: ignore[attr-defined]
+                raise LeaseLost(TASKS, self.task.id)
+
+    def _create_may_land_until(self, driver: CenterDriver) -> datetime:
+        """Until when a previous holder's create may still land: it asked right after the
+        renewal that set ``step_started_at`` (no node can renew after this one took the
+        task over), and a call lasts at most the center's call timeout."""
+        asked = aware(self.task.step_started_at or utcnow())
+        return asked + timedelta(seconds=call_bound_s(driver))
+
+    def _look_again(self, landing: datetime) -> None:
+        """Nothing tagged yet, but a previous holder's create may still land: sending the
+        task back to ``requested`` now would build a second instance and leave that one
+        to nobody. Look again later (at the latest when no create can land any more)."""
+        later = min(landing, utcnow() + timedelta(seconds=RELOOK_S))
+        with self.ctx.db.write() as session:
+            leases.release_held(session, TASKS, self.task.id, self.owner, next_step_at=later)
 
     def _back_to_requested(self) -> None:
         # creating → requested undoes a step that never reached the cloud.

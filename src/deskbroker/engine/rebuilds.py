@@ -4,23 +4,31 @@ or on schedule): ask their center, watch them, and give them back.
 Every desktop here was taken out of the claim first (``store.rollouts.take_out``, in a
 unit of work of its own); the center is asked with no unit of work open, and each
 outcome is recorded in one. A rebuild is done when the center reports the machine on
-its new image and settled (running, or shut off as it was); a reboot when it runs."""
+its new image and settled (running, or shut off as it was); a reboot when it runs.
+
+The rows are read once per round, and a round may outlive its job's lease: each ask is
+therefore claimed first (``store.rollouts.claim_ask``, the intent written before the
+call), so a stale or duplicate run never asks twice, nor for a desktop given back and
+handed out meanwhile. An ask whose answer was never recorded is asked again once any
+call it made is surely over."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from deskbroker.centers.base import Capability, CenterDriver, MachineInfo, PowerAction
 from deskbroker.domain.states import PowerState
+from deskbroker.domain.timestamps import aware
 from deskbroker.domain.upkeep import RebuildReason
+from deskbroker.engine.builds import call_bound_s
 from deskbroker.engine.drivers import DriverCache
 from deskbroker.errors import CenterError
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import events
 from deskbroker.store import rollouts as store
-from deskbroker.store.tables import Center
+from deskbroker.store.tables import Center, utcnow
 
 log = logging.getLogger("deskbroker.engine.rebuilds")
 
@@ -51,16 +59,41 @@ def run_round(ctx: BrokerContext, drivers: DriverCache, pool_id: str, now: datet
         if center is None:
             continue
         driver = drivers.get(center)
-        if row.started:
+        if row.asking:
+            _asked_long_ago(ctx, driver, row, now)
+        elif row.started:
             done.finished += _watch(ctx, driver, row, now)
         else:
             started = _ask(ctx, driver, row, now)
-            done.started += started
-            done.failed += 1 - started
+            if started is not None:
+                done.started += started
+                done.failed += 1 - started
     return done
 
 
-def _ask(ctx: BrokerContext, driver: CenterDriver, row: store.RebuildRow, now: datetime) -> int:
+def _asked_long_ago(
+    ctx: BrokerContext, driver: CenterDriver, row: store.RebuildRow, now: datetime
+) -> None:
+    """An ask claimed but not answered: another run's call may still be out (it follows
+    the claim at once), so it is left alone until that call is surely over; then it is
+    asked again (its run died)."""
+    after = call_bound_s(driver)
+    if aware(now) - aware(row.asked_at) < timedelta(seconds=after):
+        return
+    with ctx.db.write() as session:
+        if store.ask_again(session, row.desktop_id, now - timedelta(seconds=after)):
+            log.warning("%s of %s: its ask was never answered; asking again", row.reason, row.name)
+
+
+def _ask(
+    ctx: BrokerContext, driver: CenterDriver, row: store.RebuildRow, now: datetime
+) -> int | None:
+    """Ask the center for one rebuild or reboot: 1 asked, 0 refused, None not ours to ask
+    (another run claimed it, or the desktop is no longer out for it)."""
+    with ctx.db.write() as session:
+        if not store.claim_ask(session, row.desktop_id, utcnow()):
+            log.info("%s of %s: asked by another run, or given back", row.reason, row.name)
+            return None
     machine = MachineInfo(external_id=row.external_id, name=row.name)
     reboot = row.reason == RebuildReason.REBOOT.value
     image = ""
@@ -75,7 +108,10 @@ def _ask(ctx: BrokerContext, driver: CenterDriver, row: store.RebuildRow, now: d
         _failed(ctx, row, exc.detail, now)
         return 0
     with ctx.db.write() as session:
-        store.mark_started(session, row.desktop_id, image_id=image, rebuilt=not reboot, now=now)
+        if not store.mark_started(
+            session, row.desktop_id, image_id=image, rebuilt=not reboot, now=now
+        ):
+            return None
         events.append(
             session,
             "desktop.reboot" if reboot else f"{row.reason}.rebuild",

@@ -84,6 +84,10 @@ class Engine:
         self._watch_pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="watch")
         self._listings: dict[str, Future[bool]] = {}
         self._running: set[Future[None]] = set()
+        # The jobs and timers this engine is running, by model: never claimed again while
+        # they run, and their leases renewed (see _renew_running).
+        self._held: dict[type, set[str]] = {Job: set(), Timer: set()}
+        self._renewed = time.monotonic()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -144,6 +148,7 @@ class Engine:
         are refilled in the same tick."""
         now = now or utcnow()
         self._next_listing = float("inf")
+        self._renew_running()
         due = self._due(now)
         started = 0
         # Jobs of a center or pool made since the last tick run in this one: their first
@@ -217,15 +222,64 @@ class Engine:
         limit: int,
         run: Callable[[str, datetime], None],
     ) -> int:
+        # A row this engine is still running is not claimed again, whatever its lease
+        # says: a slow run must not overlap a second run of itself.
+        with self._lock:
+            held = list(self._held[model])
+        where = [leases.table_of(model).c.id.not_in(held)] if held else []
         with self.ctx.db.write() as session:
             ids = leases.claim_due(
-                session, model, due, owner=self.owner, now=now, ttl_s=self.ttl_s, limit=limit
+                session,
+                model,
+                due,
+                owner=self.owner,
+                now=now,
+                ttl_s=self.ttl_s,
+                limit=limit,
+                where=where,
             )
         for row_id in ids:
-            future = self._pool.submit(run, row_id, now)
+            with self._lock:
+                self._held[model].add(row_id)
+            future = self._pool.submit(self._holding, model, run, row_id, now)
             with self._lock:
                 self._running.add(future)
         return len(ids)
+
+    def _holding(
+        self, model: type, run: Callable[[str, datetime], None], row_id: str, now: datetime
+    ) -> None:
+        """``run``, the row counted as held by this engine until it ends (released)."""
+        try:
+            run(row_id, now)
+        finally:
+            with self._lock:
+                self._held[model].discard(row_id)
+
+    def _renew_running(self) -> None:
+        """Extend the leases of the jobs and timers this engine is running, every third of
+        a lease: a run longer than a lease (a rollout round asking a cloud for hundreds
+        of rebuilds) keeps its row while this node is alive. A node that stalls stops
+        renewing with its loop, so its rows pass on as before; what a stale run does
+        then is fenced where it acts (a rebuild's ask is claimed on its row first)."""
+        if time.monotonic() - self._renewed < self.ttl_s / 3:
+            return
+        self._renewed = time.monotonic()
+        with self._lock:
+            held = {model: list(ids) for model, ids in self._held.items() if ids}
+        if not held:
+            return
+        until = utcnow() + timedelta(seconds=self.ttl_s)
+        with self.ctx.db.write() as session:
+            for model, ids in held.items():
+                kept = leases.extend_all(session, model, ids, self.owner, until)
+                if kept < len(ids):
+                    log.warning(
+                        "%d of %d running %s leases passed to another node",
+                        len(ids) - kept,
+                        len(ids),
+                        leases.table_of(model).name,
+                    )
 
     # --- builds --------------------------------------------------------------------
     def _builds(self, work: CenterWork, now: datetime) -> int:

@@ -220,21 +220,82 @@ def mark_failed(session: Session, desktop_id: str, message: str) -> None:
     )
 
 
-def mark_started(
-    session: Session, desktop_id: str, *, image_id: str, rebuilt: bool, now: datetime
-) -> None:
-    """The center accepted the rebuild (or reboot): watched from now on; a rebuilt
-    desktop is being built again, from ``image_id`` (its id on the center)."""
-    session.execute(
+# The message of a rebuild (or reboot) claimed for asking the center whose answer is not
+# recorded yet: the intent, written before the call (see ``claim_ask``).
+ASKING = "asking the center"
+
+
+def claim_ask(session: Session, desktop_id: str, now: datetime) -> bool:
+    """Claim a rebuild (or reboot) for asking the center, before it is asked: in one
+    statement, only while it is not asked yet nor failed and its desktop is still out of
+    the claim with nobody in it. False: another run asked already, or the desktop was
+    given back (and perhaps handed out again): a stale or duplicate run must not ask."""
+    desktop_out = exists().where(
+        Desktop.id == DesktopRebuild.desktop_id,
+        Desktop.availability == Availability.UNAVAILABLE.value,
+        or_(
+            Desktop.assigned_user_id.is_(None),
+            Desktop.assignment_kind == AssignmentKind.PERSISTENT.value,
+        ),
+    )
+    in_session = exists().where(
+        SessionRow.desktop_id == DesktopRebuild.desktop_id,
+        SessionRow.state.in_([s.value for s in ACTIVE_SESSION_STATES]),
+    )
+    claimed = session.execute(
         update(DesktopRebuild)
-        .where(DesktopRebuild.desktop_id == desktop_id)
-        .values(started=True, image_id=image_id)
+        .where(
+            DesktopRebuild.desktop_id == desktop_id,
+            DesktopRebuild.started.is_(False),
+            DesktopRebuild.failed.is_(False),
+            desktop_out,
+            ~in_session,
+        )
+        .values(started=True, message=ASKING, started_at=now)
         .execution_options(synchronize_session=False)
     )
+    return getattr(claimed, "rowcount", 0) == 1
+
+
+def ask_again(session: Session, desktop_id: str, asked_before: datetime) -> bool:
+    """A rebuild claimed for asking before ``asked_before`` whose answer was never
+    recorded (its run died, or stalled past any call's end): whether the center got the
+    ask is unknown, so it is asked again (a desktop out of the claim may be rebuilt
+    twice; a refresh must not be skipped)."""
+    again = session.execute(
+        update(DesktopRebuild)
+        .where(
+            DesktopRebuild.desktop_id == desktop_id,
+            DesktopRebuild.started.is_(True),
+            DesktopRebuild.failed.is_(False),
+            DesktopRebuild.message == ASKING,
+            DesktopRebuild.started_at < asked_before,
+        )
+        .values(started=False, message="")
+        .execution_options(synchronize_session=False)
+    )
+    return getattr(again, "rowcount", 0) == 1
+
+
+def mark_started(
+    session: Session, desktop_id: str, *, image_id: str, rebuilt: bool, now: datetime
+) -> bool:
+    """The center accepted the rebuild (or reboot) claimed with ``claim_ask``: watched
+    from now on; a rebuilt desktop is being built again, from ``image_id`` (its id on the
+    center). False (nothing written): the rebuild is no longer there to record."""
+    recorded = session.execute(
+        update(DesktopRebuild)
+        .where(DesktopRebuild.desktop_id == desktop_id, DesktopRebuild.started.is_(True))
+        .values(image_id=image_id, message="")
+        .execution_options(synchronize_session=False)
+    )
+    if getattr(recorded, "rowcount", 0) != 1:
+        return False
     desktop = session.get(Desktop, desktop_id, with_for_update=True)
     if desktop is not None and rebuilt:
         desktop.power_state = observe(desktop.power_state, PowerState.BUILDING).value
         desktop.updated_at = now
+    return True
 
 
 @dataclass(frozen=True)
@@ -251,6 +312,9 @@ class RebuildRow:
     image_id: str
     started: bool
     failed: bool
+    # Claimed for asking the center at ``asked_at``, its answer not recorded yet.
+    asking: bool
+    asked_at: datetime
 
 
 def rebuilds_of(session: Session, pool_id: str) -> list[RebuildRow]:
@@ -267,6 +331,8 @@ def rebuilds_of(session: Session, pool_id: str) -> list[RebuildRow]:
             DesktopRebuild.image_id,
             DesktopRebuild.started,
             DesktopRebuild.failed,
+            DesktopRebuild.message,
+            DesktopRebuild.started_at,
         )
         .join(Desktop, Desktop.id == DesktopRebuild.desktop_id)
         .where(DesktopRebuild.pool_id == pool_id)
@@ -284,6 +350,8 @@ def rebuilds_of(session: Session, pool_id: str) -> list[RebuildRow]:
             image_id=r.image_id,
             started=bool(r.started),
             failed=bool(r.failed),
+            asking=bool(r.started) and not r.failed and r.message == ASKING,
+            asked_at=r.started_at,
         )
         for r in rows
     ]
