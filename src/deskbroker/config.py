@@ -234,8 +234,19 @@ class Settings(BaseSettings):
         le=64,
         description="deliveries to one webhook in flight at once (in the whole cluster)",
     )
+    webhook_per_tenant: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="deliveries of one tenant in flight at once (in the whole cluster); "
+        "unset: half of webhook_workers, or webhook_per_target + 1 if more, leaving one "
+        "thread to other tenants",
+    )
     webhook_timeout_s: float = Field(
-        default=5.0, gt=0, le=120, description="connect, send and read timeout of a delivery"
+        default=5.0,
+        gt=0,
+        le=120,
+        description="deadline of a whole delivery: connecting, sending and the answer",
     )
     webhook_retry_base_s: float = Field(
         default=5.0, ge=0, le=3600, description="wait after a first failed delivery; doubled"

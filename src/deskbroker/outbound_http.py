@@ -5,11 +5,18 @@ address, or a redirect or catalog entry that points at one, is refused the same 
 
 Connections through a proxy from the environment reach the proxy, not the target: the
 proxy is then where outbound traffic is policed.
+
+An httpx call made inside ``deadline()`` keeps to it on every connection of a guarded
+transport: a whole-call deadline, not only httpx's per-read timeouts.
 """
 
 from __future__ import annotations
 
+import contextvars
 import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpcore
@@ -55,6 +62,64 @@ def guard_requests(session: requests.Session) -> None:
             }
 
 
+# When the call running in this context must be over (time.monotonic()), if it has one.
+_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "outbound_http_deadline", default=None
+)
+
+
+@contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """Within the block, every connect, send and read of a guarded httpx transport ends
+    by ``seconds`` from now, or fails as a timeout (its connection closed). Each read is
+    bounded by the time left, so a peer that drips its answer a byte at a time, which
+    beats every per-read timeout, is given up on at the deadline all the same."""
+    token = _DEADLINE.set(time.monotonic() + seconds)
+    try:
+        yield
+    finally:
+        _DEADLINE.reset(token)
+
+
+def _left(timeout: float | None, overdue: type[httpcore.TimeoutException]) -> float | None:
+    """The timeout of one network operation, cut to the time the deadline leaves."""
+    end = _DEADLINE.get()
+    if end is None:
+        return timeout
+    left = end - time.monotonic()
+    if left <= 0:
+        raise overdue("the deadline of the whole call passed")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A connection whose every operation keeps to the deadline of the call using it."""
+
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, _left(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, _left(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self,
+        ssl_context: Any,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        left = _left(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._inner.start_tls(ssl_context, server_hostname, left))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
 class _GuardedBackend(httpcore.NetworkBackend):
     """httpcore's network backend, with the policy checked on each new TCP connection."""
 
@@ -69,6 +134,7 @@ class _GuardedBackend(httpcore.NetworkBackend):
         local_address: str | None = None,
         socket_options: Any = None,
     ) -> httpcore.NetworkStream:
+        timeout = _left(timeout, httpcore.ConnectTimeout)
         stream = self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
         sock = stream.get_extra_info("socket")
         if isinstance(sock, socket.socket):
@@ -77,7 +143,7 @@ class _GuardedBackend(httpcore.NetworkBackend):
             except outbound.OutboundRefused:
                 stream.close()
                 raise
-        return stream
+        return _DeadlineStream(stream)
 
     def connect_unix_socket(
         self, path: str, timeout: float | None = None, socket_options: Any = None

@@ -4,9 +4,12 @@ deliveries posted, signed, from threads of their own.
 The ``webhooks`` job (one for the cluster, leased like every job) fans out the events
 since the last run and claims due deliveries by lease, then returns: the posts run on
 this module's pool (``webhook_workers`` threads), never on an engine worker or in a
-request, each with no transaction open. A receiver that never answers therefore holds
-at most ``webhook_per_target`` of those threads for ``webhook_timeout_s`` at a time;
-logins, connects and the engine's other work do not wait for it. A thread that finishes
+request, each with no transaction open. ``webhook_timeout_s`` is the deadline of a whole
+post (connect, send, the answer's head), so a receiver that never answers, or drips its
+answer a byte at a time, holds a thread that long and no longer, and at most
+``webhook_per_target`` threads at once; one tenant's deliveries hold at most
+``webhook_per_tenant`` of them, so every other tenant's find a free thread. Logins,
+connects and the engine's other work do not wait for any of it. A thread that finishes
 a delivery claims the next due ones at once, so a backlog drains without waiting for
 the job's next run.
 """
@@ -42,6 +45,16 @@ def body_of(payload: dict[str, object]) -> bytes:
     return json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
 
 
+def per_tenant(workers: int, per_target: int, setting: int | None) -> int:
+    """Deliveries of one tenant in flight at once: the setting, or else half the
+    threads, so one tenant never holds them all while others wait; but room beside one
+    receiver of the tenant at its own bound (a dead one) for its other webhooks, while
+    one thread is left to other tenants."""
+    if setting is not None:
+        return setting
+    return max(1, workers // 2, min(workers - 1, per_target + 1))
+
+
 class Dispatcher:
     """This node's webhook deliveries: the job's handler and the threads that post."""
 
@@ -50,6 +63,9 @@ class Dispatcher:
         self.ctx = ctx
         self.owner = owner
         self.workers = settings.webhook_workers
+        self.per_tenant = per_tenant(
+            settings.webhook_workers, settings.webhook_per_target, settings.webhook_per_tenant
+        )
         # The lease outlives a post that runs into every timeout (connect, send, read).
         self.ttl_s = max(settings.lease_ttl_s, settings.webhook_timeout_s * 4)
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="webhook")
@@ -59,6 +75,7 @@ class Dispatcher:
         self._client = httpx.Client(
             # Every connection checked against the outbound policy on the socket reached.
             transport=outbound_http.guarded_transport(),
+            # Per operation; the whole post is bounded by outbound_http.deadline() too.
             timeout=httpx.Timeout(settings.webhook_timeout_s),
             follow_redirects=False,  # a redirect is a failure, never a second target
             headers={"User-Agent": USER_AGENT},
@@ -99,6 +116,7 @@ class Dispatcher:
                 now=utcnow(),
                 ttl_s=self.ttl_s,
                 per_webhook=self.ctx.settings.webhook_per_target,
+                per_tenant=self.per_tenant,
                 limit=free,
             )
         for delivery in claimed:
@@ -145,7 +163,12 @@ class Dispatcher:
         }
         try:
             # Streamed and not read: a receiver cannot make the broker hold a large answer.
-            with self._client.stream("POST", delivery.url, content=body, headers=headers) as r:
+            # Under a deadline: a receiver dripping its answer's head beats every per-read
+            # timeout, and would hold this thread (and the tenant's slot) for ever.
+            with (
+                outbound_http.deadline(self.ctx.settings.webhook_timeout_s),
+                self._client.stream("POST", delivery.url, content=body, headers=headers) as r,
+            ):
                 status = r.status_code
         except OutboundRefused as exc:
             return None, str(exc)

@@ -276,6 +276,7 @@ class _Converge:
         if section == "identity_sources":
             stored.pop("rules")
         differ = {k for k, v in wanted.items() if stored.get(k) != v}
+        same_secrets = False
         if "secrets" in wanted:
             if wanted["secrets"] == STORED:
                 if not existing.secrets_sealed:
@@ -285,11 +286,12 @@ class _Converge:
                     )
                 differ.discard("secrets")
             elif isinstance(wanted["secrets"], dict) and existing.secrets_sealed:
+                # Written (so authorised and checked) whatever the broker holds: only a
+                # caller allowed to write them learns, as "unchanged", that they are equal.
+                # Otherwise a plan would be an oracle for stored secrets.
                 held = json.loads(self.ctx.secrets.open(existing.secrets_sealed))
-                if held == wanted["secrets"]:
-                    differ.discard("secrets")
-                else:
-                    differ.add("secrets")
+                same_secrets = held == wanted["secrets"]
+                differ.add("secrets")
         if not differ:
             self.unchanged += 1
             return
@@ -314,7 +316,11 @@ class _Converge:
                 "secrets cannot follow them; give them again"
             )
         after = self.state.refreshed(self.session, section, existing)
-        real = {k for k in differ if k == "secrets" or after.get(k) != stored.get(k)}
+        real = {
+            k
+            for k in differ
+            if (k == "secrets" and not same_secrets) or after.get(k) != stored.get(k)
+        }
         if not real:
             savepoint.rollback()
             self.unchanged += 1

@@ -169,41 +169,53 @@ def claim(
     now: datetime,
     ttl_s: float,
     per_webhook: int,
+    per_tenant: int,
     limit: int,
 ) -> list[Claimed]:
     """Lease up to ``limit`` due deliveries, at most ``per_webhook`` leased at once per
-    webhook (those leased by any broker counted), each webhook's oldest first.
+    webhook and ``per_tenant`` per tenant (those leased by any broker counted), each
+    webhook's oldest first.
 
     Chosen webhook by webhook, in random order: the due deliveries of a receiver that
     is down (at its bound, or with a long backlog) never stand in front of another
-    webhook's, so one tenant's dead receiver delays nobody else's events."""
+    webhook's, and a tenant at its bound (however many webhooks it has) is skipped, so
+    one tenant's dead receivers delay nobody else's events."""
     if limit <= 0:
         return []
     free = or_(WebhookDelivery.lease_expires_at.is_(None), WebhookDelivery.lease_expires_at < now)
     pending = WebhookDelivery.state == DeliveryState.PENDING.value
-    busy = dict(
-        session.execute(
-            select(WebhookDelivery.webhook_id, func.count())
-            .where(pending, WebhookDelivery.lease_expires_at >= now)
-            .group_by(WebhookDelivery.webhook_id)
-        ).all()
-    )
+    leased = session.execute(
+        select(WebhookDelivery.webhook_id, WebhookDelivery.tenant_id, func.count())
+        .where(pending, WebhookDelivery.lease_expires_at >= now)
+        .group_by(WebhookDelivery.webhook_id, WebhookDelivery.tenant_id)
+    ).all()
+    busy: dict[str, int] = {}
+    tenant_busy: dict[str, int] = {}
+    for hook_id, tenant_id, count in leased:
+        busy[hook_id] = busy.get(hook_id, 0) + count
+        tenant_busy[tenant_id] = tenant_busy.get(tenant_id, 0) + count
     due = [
-        hook_id
-        for (hook_id,) in session.execute(
-            select(WebhookDelivery.webhook_id)
+        (hook_id, tenant_id)
+        for hook_id, tenant_id in session.execute(
+            select(WebhookDelivery.webhook_id, WebhookDelivery.tenant_id)
             .where(pending, WebhookDelivery.next_attempt_at <= now, free)
-            .group_by(WebhookDelivery.webhook_id)
+            .group_by(WebhookDelivery.webhook_id, WebhookDelivery.tenant_id)
         ).all()
         if busy.get(hook_id, 0) < per_webhook
     ]
     random.shuffle(due)
     picked: list[str] = []
-    for hook_id in due:
-        room = min(per_webhook - busy.get(hook_id, 0), limit - len(picked))
-        if room <= 0:
+    for hook_id, tenant_id in due:
+        if len(picked) >= limit:
             break
-        picked += session.scalars(
+        room = min(
+            per_webhook - busy.get(hook_id, 0),
+            per_tenant - tenant_busy.get(tenant_id, 0),
+            limit - len(picked),
+        )
+        if room <= 0:
+            continue  # this tenant is at its bound: the next webhook may be another's
+        got = session.scalars(
             select(WebhookDelivery.id)
             .where(
                 WebhookDelivery.webhook_id == hook_id,
@@ -215,6 +227,8 @@ def claim(
             .limit(room)
             .with_for_update(skip_locked=True)
         ).all()
+        tenant_busy[tenant_id] = tenant_busy.get(tenant_id, 0) + len(got)
+        picked += got
     if not picked:
         return []
     session.execute(
