@@ -209,7 +209,8 @@ def test_an_abandoned_reservation_is_taken_over_a_fresh_one_is_left(
             center_id=center_id,
             token="stopped",
             size_gb=2,
-        ).id
+        )
+        assert row is not None
 
     follow()  # still fresh: that run may yet record it
     assert sim.request_count(method="POST", path=VOLUMES_POST) == 0

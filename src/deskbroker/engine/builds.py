@@ -22,8 +22,6 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import update
-
 from deskbroker.centers.base import (
     Capability,
     CenterDriver,
@@ -291,13 +289,7 @@ class TaskStep:
             if not asking:
                 leases.renew_held(session, TASKS, self.task.id, self.owner, until)
                 return
-            renewed = session.execute(
-                update(TASKS)
-                .where(TASKS.c.id == self.task.id, TASKS.c.lease_owner == self.owner)
-                .values(lease_expires_at=until, step_started_at=now)
-            )
-            if not renewed.rowcount:  # type: ignore[attr-defined]
-                raise LeaseLost(TASKS, self.task.id)
+            build_steps.renew_to_create(session, self.task.id, self.owner, until, now)
 
     def _create_may_land_until(self, driver: CenterDriver) -> datetime:
         """Until when a previous holder's create may still land: it asked right after the

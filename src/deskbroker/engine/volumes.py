@@ -18,8 +18,6 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy.exc import IntegrityError
-
 from deskbroker.centers.base import Capability, CenterDriver
 from deskbroker.domain.timestamps import aware
 from deskbroker.engine.drivers import DriverCache
@@ -135,22 +133,19 @@ def _detach(ctx: BrokerContext, driver: CenterDriver, stale: _Stale) -> None:
 
 def _reserve(ctx: BrokerContext, want: _Wanted, token: str, size_gb: int) -> str | None:
     """The row reserved for the volume as ``token``'s; ``None`` when another run holds it."""
-    try:
-        with ctx.db.write() as session:
-            if want.volume_row is not None and want.abandoned is not None:
-                taken = store.take_over(session, want.volume_row, want.abandoned, token)
-                return want.volume_row if taken else None
-            row = store.reserve(
-                session,
-                tenant_id=want.tenant_id,
-                user_id=want.user_id,
-                center_id=want.center_id,
-                token=token,
-                size_gb=size_gb,
-            )
-            return row.id
-    except IntegrityError:
-        return None  # another run (another pool, or this job twice) reserved it first
+    with ctx.db.write() as session:
+        if want.volume_row is not None and want.abandoned is not None:
+            taken = store.take_over(session, want.volume_row, want.abandoned, token)
+            return want.volume_row if taken else None
+        # None: another run (another pool, or this job twice) reserved it first.
+        return store.reserve(
+            session,
+            tenant_id=want.tenant_id,
+            user_id=want.user_id,
+            center_id=want.center_id,
+            token=token,
+            size_gb=size_gb,
+        )
 
 
 def _make(ctx: BrokerContext, driver: CenterDriver, want: _Wanted, size_gb: int) -> None:

@@ -45,6 +45,21 @@ def mark_creating(session: Unit, task_id: str, owner: str, state: str, now: date
         raise leases.LeaseLost(TASKS, task_id)
 
 
+def renew_to_create(
+    session: Unit, task_id: str, owner: str, until: datetime, now: datetime
+) -> None:
+    """The lease renewed right before the cloud is asked for the instance, the moment
+    kept as the step's start (a node taking the task over knows until when that create
+    may land); ``LeaseLost`` when ``owner`` no longer holds the task."""
+    renewed = session.execute(
+        update(TASKS)
+        .where(TASKS.c.id == task_id, TASKS.c.lease_owner == owner)
+        .values(lease_expires_at=until, step_started_at=now)
+    )
+    if not renewed.rowcount:  # type: ignore[attr-defined]
+        raise leases.LeaseLost(TASKS, task_id)
+
+
 def record_created(
     conn: leases.Unit,
     *,

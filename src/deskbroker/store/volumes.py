@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 
 from deskbroker.domain.states import PowerState
 from deskbroker.store.db import Unit
@@ -84,9 +85,10 @@ def still_held(session: Unit, desktop_id: str, external_id: str, user_id: str) -
 
 def reserve(
     session: Unit, *, tenant_id: str, user_id: str, center_id: str, token: str, size_gb: int
-) -> UserVolume:
-    """The row of a volume about to be asked for; flushed at once so a second reservation
-    for the same user and center breaks the unique key here (``IntegrityError``)."""
+) -> str | None:
+    """The id of the row of a volume about to be asked for; ``None`` when another run
+    reserved the user's volume in this center first (the unique key on user and center
+    decides, in a savepoint, so the caller's unit goes on)."""
     volume = UserVolume(
         tenant_id=tenant_id,
         user_id=user_id,
@@ -94,9 +96,12 @@ def reserve(
         volume_id=PENDING + token,
         size_gb=size_gb,
     )
-    session.add(volume)
-    session.flush()
-    return volume
+    try:
+        with session.begin_nested():
+            session.add(volume)
+    except IntegrityError:
+        return None
+    return volume.id
 
 
 def take_over(session: Unit, row_id: str, old: str, token: str) -> bool:
