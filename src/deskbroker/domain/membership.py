@@ -78,6 +78,9 @@ class PoolDefinition:
     filters: tuple[AttributeFilter, ...] = ()
     desktop_ids: frozenset[str] = frozenset()
     parent_pool_id: str | None = None
+    # The centers the pool builds in (its provisioning's): only there does a desktop's
+    # ``PROVISIONED_BY`` mark say the pool built it.
+    build_center_ids: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -91,11 +94,24 @@ class DesktopFacts:
 
 # Desktops a pool provisioned carry its id, so they belong to it whatever its filters.
 PROVISIONED_BY = "meta.deskbroker_pool"
+# The attributes the engine writes itself (``PROVISIONED_BY``...): never an
+# administrator's input.
+ENGINE_PREFIX = "meta.deskbroker_"
+
+
+def built_by(pool: PoolDefinition, desktop: DesktopFacts) -> bool:
+    """Whether the desktop carries the pool's ``PROVISIONED_BY`` mark in a center the pool
+    builds in or names. The mark is an attribute, which a cloud's metadata or another
+    center's listing can carry too: elsewhere it would let whoever controls that center
+    slip a machine into a pool they may not change."""
+    if desktop.fields.get(PROVISIONED_BY) != pool.pool_id:
+        return False
+    return desktop.center_id in pool.build_center_ids or desktop.center_id in pool.center_ids
 
 
 def matches_own_criteria(pool: PoolDefinition, desktop: DesktopFacts) -> bool:
     """The pool's own criteria, ignoring its parent."""
-    if desktop.fields.get(PROVISIONED_BY) == pool.pool_id:
+    if built_by(pool, desktop):
         return True
     if pool.desktop_ids:
         return desktop.desktop_id in pool.desktop_ids

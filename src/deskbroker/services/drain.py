@@ -57,11 +57,10 @@ def _target(
     what: str,
 ) -> Desktop | Pool | Center:
     target = _REPOSITORIES[kind].get(session, object_id, tenant_scope)
-    if kind != "desktop":
-        # The stronger-account rule, as for a change: whoever may not edit the pool or
-        # center a stronger account's desktops come from may not cut it off either.
-        write_context.attach_actor(session, ctx, who)
-        standing.check_reach(session, target, kind, what)
+    # The stronger-account rule, as for a change: whoever may not edit the pool, center
+    # or desktop a stronger account's desktops come from may not cut it off either.
+    write_context.attach_actor(session, ctx, who)
+    standing.check_reach(session, target, kind, what)
     return target
 
 

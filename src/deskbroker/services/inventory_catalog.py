@@ -11,13 +11,14 @@ from datetime import datetime
 from typing import Any
 
 from deskbroker.centers import registry
+from deskbroker.domain.membership import ENGINE_PREFIX
 from deskbroker.domain.provisioning import Provisioning
 from deskbroker.domain.states import AVAILABILITY_TRANSITIONS, Availability, transition
 from deskbroker.errors import Conflict, InvalidInput
 from deskbroker.protocols.descriptors import Protocol
 from deskbroker.security import TokenClaims
 from deskbroker.services import inventory as inventory_service
-from deskbroker.services import outbound_params
+from deskbroker.services import outbound_params, standing
 from deskbroker.services.catalog_crud import Resource, audit_event
 from deskbroker.services.context import BrokerContext
 from deskbroker.services.queues import refresh_pools
@@ -77,6 +78,9 @@ def _scan_after_write(session: Unit, ctx: BrokerContext, center: Any) -> None:
         # a change that would import desktops beyond the tenant's quota is refused whole.
         listing = inventory_service.look(driver, center)
         inventory_service.record(session, ctx, center, listing, strict_quota=True)
+        # Checked again with the pools its desktops joined: a new machine may match the
+        # filters of a pool a stronger account's rule hands out.
+        standing.check_reach(session, center, "center", "save")
         return
     # A cloud is never asked inside the save's transaction: the engine scans it next.
     center.status, center.status_message = "pending", "a scan is queued"
@@ -148,11 +152,33 @@ def _prepare_desktop(
             raise InvalidInput("attributes are larger than 64 KiB")
         if "ports" in attributes:
             _check_ports(attributes["ports"])
+        data["attributes"] = _keep_engine_marks(attributes, existing)
     return data
+
+
+def _keep_engine_marks(attributes: Any, existing: Any) -> Any:
+    """The ``meta.deskbroker_*`` attributes are the engine's (which pool built the
+    desktop): an edit may send them back as they are, or leave them out (they are
+    kept), but not set or change one, which would put the desktop in a pool."""
+    if not isinstance(attributes, dict):
+        raise InvalidInput("attributes must be an object")
+    stored = dict(existing.attributes or {}) if existing is not None else {}
+    for key, value in attributes.items():
+        if str(key).startswith(ENGINE_PREFIX) and stored.get(key) != value:
+            raise InvalidInput(
+                f"attributes.{key} is the broker's own (the pool that built the desktop) "
+                f"and cannot be set by an administrator; leave out every {ENGINE_PREFIX}* "
+                "attribute"
+            )
+    kept = {k: v for k, v in stored.items() if k.startswith(ENGINE_PREFIX)}
+    return {**attributes, **kept}
 
 
 def _desktop_after(session: Unit, ctx: BrokerContext, desktop: Any) -> None:
     refresh_pools(session, desktop.tenant_id)
+    # Checked again with the pools it holds now: new attributes may match the filters of
+    # a pool a stronger account's rule hands out.
+    standing.check_reach(session, desktop, "desktop", "change")
 
 
 def _desktop_delete(session: Unit, desktop: Any) -> None:
@@ -167,6 +193,7 @@ DESKTOPS: Resource[Desktop] = Resource(
     after_write=_desktop_after,
     before_delete=_desktop_delete,
     affects_config=False,
+    reaches_users=True,
 )
 
 

@@ -25,11 +25,12 @@ from deskbroker.domain.states import (
 from deskbroker.domain.timestamps import aware
 from deskbroker.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from deskbroker.security import TokenClaims
+from deskbroker.services import standing
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import claims, events
 from deskbroker.store import sessions as rows
 from deskbroker.store.db import Unit as Session
-from deskbroker.store.tables import Desktop, SessionRow, Timer
+from deskbroker.store.tables import Desktop, SessionRow, Timer, User
 
 log = logging.getLogger("deskbroker.sessions")
 
@@ -149,14 +150,22 @@ def _room_for_session(desktop: Desktop, open_rows: list[SessionRow], user: str) 
 def _rogue(session: Session, ctx: BrokerContext, desktop: Desktop, row: SessionRow) -> None:
     """A login the broker did not hand out: recorded, and per the ``rogue_users`` of the
     policies offering the desktop's pool (else the broker's setting) the desktop is
-    assigned to the user (when it is free and the account is a broker user) or flagged
+    assigned to the user (when it is free and the account is a plain broker user: an
+    administrator's account is ``refused``, the reason kept in the event) or flagged
     (taken out of every offer)."""
     policy = plans.rogue_policy(
         rows.rogue_settings(session, desktop.id), ctx.settings.rogue_users
     ).value
     holder = desktop.assigned_user_id
     outcome = "recorded"
+    refused = None
     if policy == "assign" and holder is None and row.user_id is not None:
+        # The agent's token is any tenant administrator's to mint: its word never hands
+        # a stronger account a desktop (services/standing.py).
+        refused = standing.rogue_refusal(session, session.get(User, row.user_id))
+    if refused is not None:
+        outcome = "refused"
+    elif policy == "assign" and holder is None and row.user_id is not None:
         pool_id = rows.first_pool_of(session, desktop.id)
         # The assignment is one statement on the row: what this event changed so far is
         # written first, so that reading the row back keeps it.
@@ -197,7 +206,8 @@ def _rogue(session: Session, ctx: BrokerContext, desktop: Desktop, row: SessionR
             "user": row.username,
             "holder_id": holder,
             "outcome": outcome,
-        },
+        }
+        | ({"refused": refused} if refused else {}),
     )
 
 

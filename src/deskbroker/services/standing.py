@@ -22,14 +22,18 @@ from deskbroker.domain.membership import nested_under
 from deskbroker.domain.permissions import BuiltinRole
 from deskbroker.domain.rules import AssignmentRule, Identity
 from deskbroker.errors import Forbidden, InvalidInput
+from deskbroker.security import TokenClaims
 from deskbroker.services import access, write_context
 from deskbroker.services.config_cache import rule_from_row
+from deskbroker.services.context import BrokerContext
 from deskbroker.services.permission_catalog import catalog
 from deskbroker.store import standing as reads
 from deskbroker.store.db import Unit
+from deskbroker.store.repository import Repository
 from deskbroker.store.standing import rule_columns
 from deskbroker.store.tables import (
     Center,
+    Desktop,
     IdentitySource,
     Policy,
     Pool,
@@ -41,12 +45,14 @@ from deskbroker.store.tables import (
 Role = BuiltinRole
 
 __all__ = [
+    "check_desktop_reach",
     "check_reach",
     "check_rule",
     "check_source",
     "grant_role",
     "may_manage",
     "only_global_admin",
+    "rogue_refusal",
     "rule_columns",
     "rule_roles",
 ]
@@ -205,34 +211,66 @@ _PLAN_KINDS: tuple[tuple[type[Any], str], ...] = (
 )
 
 
+def _pools_reaching(session: Unit, obj: Pool | Center | Desktop) -> set[str]:
+    """The pools a pool, center or desktop reaches: a center every pool that can hold
+    its desktops (by its centers, build centers, desktop list or filters), a desktop
+    every pool that holds or names it. A nested pool offers only its parent's members,
+    so the pools nested under these are reached too."""
+    if isinstance(obj, Pool):
+        chosen = {obj.id}
+    elif isinstance(obj, Center):
+        chosen = reads.pools_of_center(session, obj.tenant_id, obj.id)
+    else:
+        chosen = reads.pools_of_desktop(session, obj)
+    if not chosen:
+        return set()
+    pools = reads.tenant_pools(session, obj.tenant_id)
+    return nested_under(chosen, {pid: parent for pid, _, parent in pools})
+
+
 def _policies_reaching(session: Unit, obj: Any) -> set[str]:
-    """The policies through which ``obj`` (a policy, pool, center or plan) reaches the
-    users those policies serve."""
+    """The policies through which ``obj`` (a policy, pool, center, desktop or plan)
+    reaches the users those policies serve."""
     if isinstance(obj, Policy):
         return {obj.id}
     for model, kind in _PLAN_KINDS:
         if isinstance(obj, model):
             return reads.policies_with_plan(session, kind, obj.id)
-    if not isinstance(obj, Pool | Center):
+    if not isinstance(obj, Pool | Center | Desktop):
         return set()
-    # A pool names its centers in a list, and a nested pool offers only its parent's
-    # members: read the tenant's pools (a handful).
-    pools = reads.tenant_pools(session, obj.tenant_id)
-    if isinstance(obj, Pool):
-        chosen = {obj.id}
-    else:
-        chosen = {pid for pid, centers, _ in pools if obj.id in centers}
-    reached = nested_under(chosen, {pid: parent for pid, _, parent in pools})
+    reached = _pools_reaching(session, obj)
     if not reached:
         return set()
     return reads.policies_with_pools(session, reached)
 
 
+def _check_holders(session: Unit, obj: Any, label: str, what: str) -> None:
+    """Refuse when a desktop of ``obj`` (a center or desktop) is held by an account
+    stronger than the actor: its address, ports and host keys are where that account
+    connects, whichever way it got the desktop."""
+    if isinstance(obj, Desktop):
+        holders = reads.holder_roles(session, desktop_id=obj.id)
+    elif isinstance(obj, Center):
+        holders = reads.holder_roles(session, center_id=obj.id)
+    else:
+        return
+    for username, role in sorted(holders.items()):
+        if _stronger(session, obj.tenant_id, role):
+            raise _refuse(
+                role,
+                f"{what} {label} {obj.name}: {username}, whose role is {role}, holds "
+                f"{'it' if isinstance(obj, Desktop) else 'one of its desktops'}",
+            )
+
+
 def check_reach(session: Unit, obj: Any, label: str, what: str) -> None:
-    """Refuse to ``what`` (change, delete) a policy, pool, center or plan that an
-    assignment rule reaches when that rule grants a role stronger than the actor's, or a
-    user stronger than the actor signs in through it: whoever edits the pool or center
-    a global administrator's desktops come from chooses the host they connect to."""
+    """Refuse to ``what`` (change, delete, drain) a policy, pool, center, desktop or plan
+    that an assignment rule reaches when that rule grants a role stronger than the
+    actor's, or a user stronger than the actor signs in through it, or a center or
+    desktop one of whose desktops such a user holds: whoever edits the pool, center or
+    desktop a global administrator's desktops come from chooses the host they connect
+    to."""
+    _check_holders(session, obj, label, what)
     policies = _policies_reaching(session, obj)
     if not policies:
         return
@@ -252,3 +290,35 @@ def check_reach(session: Unit, obj: Any, label: str, what: str) -> None:
                     f"{what} {label} {name}: {user.username}, whose role is {user.role}, "
                     f"gets desktops through it",
                 )
+
+
+def rogue_refusal(session: Unit, user: Any) -> str | None:
+    """Why a rogue login (one the broker did not hand out, reported by a desktop's
+    agent) must not make ``user`` the desktop's holder, or None when it may. Whoever
+    mints a desktop's agent token (any administrator of its tenant) chooses what it
+    reports, so only plain users, whom every administrator may assign, get a desktop
+    this way: never an account whose stored role, or a role its source's rules could
+    give it, is more than ``user``."""
+    roles = {user.role} | rule_roles(
+        session, user.identity_source_id, user.username, user.groups, user.attributes
+    )
+    staff = sorted(roles - {Role.USER.value})
+    if not staff:
+        return None
+    return (
+        f"{user.username} can be {staff[0]}: a rogue login assigns desktops only to plain "
+        "users; an administrator assigns this account a desktop through the admin API"
+    )
+
+
+def check_desktop_reach(
+    ctx: BrokerContext, who: TokenClaims, desktop_id: str, tenant_scope: str | None, what: str
+) -> None:
+    """``check_reach`` on a desktop outside a catalog write: whoever mints its agent's
+    token or enrolment secret speaks for its sessions (and cuts off its agent), so a
+    stronger account's desktop is out of their reach. Another tenant's desktop is a
+    404 like a made-up id."""
+    with ctx.db.read() as session:
+        desktop = Repository(Desktop, "desktop").get(session, desktop_id, tenant_scope)
+        write_context.attach_actor(session, ctx, who)
+        check_reach(session, desktop, "desktop", what)

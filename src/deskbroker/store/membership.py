@@ -13,18 +13,31 @@ from deskbroker.domain.membership import (
     filters_from_stored,
     members,
 )
+from deskbroker.domain.provisioning import Provisioning
 from deskbroker.store import leases
 from deskbroker.store.planner import refresh_statistics
 from deskbroker.store.tables import Desktop, Pool, PoolMember, User
 
 
-def definition(pool: Pool) -> PoolDefinition:
+def build_centers(center_ids: list[str] | None, provisioning: Any) -> frozenset[str]:
+    """The centers a pool builds in, from its stored provisioning (a stored one that no
+    longer reads: none)."""
+    try:
+        return frozenset(Provisioning.from_stored(provisioning).build_centers(center_ids))
+    except ValueError:
+        return frozenset()
+
+
+def definition(pool: Any) -> PoolDefinition:
+    """A pool row (ORM or Core: id, center_ids, filters, desktop_ids, parent_pool_id,
+    provisioning) as the definition membership computes with."""
     return PoolDefinition(
         pool_id=pool.id,
         center_ids=frozenset(pool.center_ids or []),
         filters=filters_from_stored(pool.filters),
         desktop_ids=frozenset(pool.desktop_ids or []),
         parent_pool_id=pool.parent_pool_id,
+        build_center_ids=build_centers(pool.center_ids, pool.provisioning),
     )
 
 
@@ -102,6 +115,7 @@ _TENANT_POOLS = select(
     _POOLS.c.filters,
     _POOLS.c.desktop_ids,
     _POOLS.c.parent_pool_id,
+    _POOLS.c.provisioning,
 ).where(_POOLS.c.tenant_id == bindparam("b_tenant"))
 _DESKTOP_FACTS = select(
     _DESKTOPS.c.id,
@@ -130,16 +144,7 @@ def refresh_desktops(session: leases.Unit, tenant_id: str, desktop_ids: list[str
     if not desktops:
         return
     facts = [_facts(d) for d in desktops]
-    definitions = [
-        PoolDefinition(
-            pool_id=p.id,
-            center_ids=frozenset(p.center_ids or []),
-            filters=filters_from_stored(p.filters),
-            desktop_ids=frozenset(p.desktop_ids or []),
-            parent_pool_id=p.parent_pool_id,
-        )
-        for p in pools
-    ]
+    definitions = [definition(p) for p in pools]
     current = {
         (pid, did) for pid, did in session.execute(_MEMBERSHIPS, {"b_ids": desktop_ids}).all()
     }

@@ -11,7 +11,8 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from deskbroker.domain.permissions import BuiltinRole
-from deskbroker.store.tables import AssignmentRuleRow, PolicyEntry, Pool, User
+from deskbroker.store.membership import build_centers
+from deskbroker.store.tables import AssignmentRuleRow, Desktop, PolicyEntry, Pool, PoolMember, User
 
 # The policy entry columns through which a plan reaches a policy, by the plan's kind.
 PLAN_COLUMNS = {
@@ -93,3 +94,68 @@ def tenant_pools(session: Session, tenant_id: str) -> list[tuple[str, list[Any],
         select(Pool.id, Pool.center_ids, Pool.parent_pool_id).where(Pool.tenant_id == tenant_id)
     ).all()
     return [(str(pid), list(centers or []), parent) for pid, centers, parent in rows]
+
+
+def pools_holding(session: Session, desktop_ids: Collection[str]) -> set[str]:
+    """The pools whose members include any of these desktops now."""
+    if not desktop_ids:
+        return set()
+    return set(
+        session.scalars(
+            select(PoolMember.pool_id).where(PoolMember.desktop_id.in_(desktop_ids)).distinct()
+        )
+    )
+
+
+def center_desktops(session: Session, center_id: str) -> set[str]:
+    """The ids of the center's desktops."""
+    return set(session.scalars(select(Desktop.id).where(Desktop.center_id == center_id)))
+
+
+def pools_of_center(session: Session, tenant_id: str, center_id: str) -> set[str]:
+    """The pools that can hold a desktop of the center: those naming it among their
+    centers or their build centers, those naming one of its desktops, and those holding
+    one now (a pool of filters only takes any center's desktops)."""
+    desktops = center_desktops(session, center_id)
+    rows = session.execute(
+        select(Pool.id, Pool.center_ids, Pool.desktop_ids, Pool.provisioning).where(
+            Pool.tenant_id == tenant_id
+        )
+    ).all()
+    # By a join, not the ids: a center may have thousands of desktops.
+    found = set(
+        session.scalars(
+            select(PoolMember.pool_id)
+            .join(Desktop, Desktop.id == PoolMember.desktop_id)
+            .where(Desktop.center_id == center_id)
+            .distinct()
+        )
+    )
+    for pid, centers, named, provisioning in rows:
+        takes = set(centers or []) | build_centers(centers, provisioning)
+        if center_id in takes or desktops & set(named or []):
+            found.add(str(pid))
+    return found
+
+
+def pools_of_desktop(session: Session, desktop: Desktop) -> set[str]:
+    """The pools that hold the desktop now or name it in their list."""
+    named = session.execute(
+        select(Pool.id, Pool.desktop_ids).where(Pool.tenant_id == desktop.tenant_id)
+    ).all()
+    found = pools_holding(session, [desktop.id])
+    found |= {str(pid) for pid, ids in named if desktop.id in (ids or [])}
+    return found
+
+
+def holder_roles(session: Session, *, desktop_id: str = "", center_id: str = "") -> dict[str, str]:
+    """The staff (role above ``user``) holding the desktop, or a desktop of the center:
+    username -> role."""
+    where = Desktop.id == desktop_id if desktop_id else Desktop.center_id == center_id
+    rows = session.execute(
+        select(User.username, User.role)
+        .join(Desktop, Desktop.assigned_user_id == User.id)
+        .where(where, User.role != BuiltinRole.USER.value)
+        .distinct()
+    ).all()
+    return {str(name): str(role) for name, role in rows}

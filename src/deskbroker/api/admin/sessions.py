@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field, field_validator
 from deskbroker.api.admin.crud import MAX_OFFSET, scope
 from deskbroker.api.deps import AdminReader, AdminWriter, Ctx
 from deskbroker.domain.timestamps import aware
-from deskbroker.services import admin_views, agents, sessions
+from deskbroker.services import admin_views, agents, sessions, standing
 
 
 class AgentTokenOut(BaseModel):
@@ -63,9 +63,11 @@ def router() -> APIRouter:
         status_code=201,
         summary="Mint the desktop's agent token",
         description="The token the desktop's agent sends with its session events. Minting "
-        "a new one revokes the desktop's previous token.",
+        "a new one revokes the desktop's previous token. Refused (403) for a desktop a "
+        "stronger account holds or is offered (the stronger-account rule).",
     )
     def agent_token(desktop_id: str, ctx: Ctx, who: AdminWriter) -> AgentTokenOut:
+        standing.check_desktop_reach(ctx, who, desktop_id, scope(who), "mint the agent token of")
         token, expires, desktop = sessions.issue_agent_token(
             ctx, desktop_id, scope(who), who.username
         )
@@ -83,6 +85,9 @@ def router() -> APIRouter:
         "agent's enrolment_token. Valid DESKBROKER_AGENT_ENROL_TTL_S, once.",
     )
     def enrolment_secret(desktop_id: str, ctx: Ctx, who: AdminWriter) -> EnrolmentSecretOut:
+        standing.check_desktop_reach(
+            ctx, who, desktop_id, scope(who), "mint an enrolment secret for"
+        )
         issued = agents.issue_enrolment_secret(ctx, desktop_id, scope(who), who.username)
         return EnrolmentSecretOut(
             secret=issued.secret,

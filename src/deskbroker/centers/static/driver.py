@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from deskbroker.centers.base import Capability, CenterDriver, MachineInfo, PowerAction
 from deskbroker.centers.static import wol
 from deskbroker.centers.static.redfish import RedfishBMC, RedfishConfig
+from deskbroker.domain.membership import ENGINE_PREFIX
 from deskbroker.domain.states import PowerState
 from deskbroker.errors import CenterError
 from deskbroker.outbound import Target
@@ -75,6 +76,19 @@ class StaticMachine(BaseModel):
     attributes: dict[str, Any] = Field(default_factory=dict)
     wake_on_lan: WakeOnLan | None = None
     redfish: RedfishConfig | None = None
+
+    @field_validator("attributes")
+    @classmethod
+    def _not_the_engines(cls, attributes: dict[str, Any]) -> dict[str, Any]:
+        # ``meta.deskbroker_*`` say which pool built a desktop: the engine's to write, or
+        # a machine named here could join a pool its writer may not change.
+        for key in attributes:
+            if key.startswith(ENGINE_PREFIX):
+                raise ValueError(
+                    f"attribute {key!r} is the broker's own (the pool that built a "
+                    f"desktop); a machine's attributes cannot start with {ENGINE_PREFIX!r}"
+                )
+        return attributes
 
     @property
     def powered(self) -> bool:

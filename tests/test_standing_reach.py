@@ -1,0 +1,188 @@
+"""The stronger-account rule where a tenant administrator would reach a global
+administrator's desktop sideways: through an agent's rogue login, through the
+``meta.deskbroker_pool`` mark, through a desktop's own edit or drain, and through a
+center a pool names desktop by desktop."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from deskbroker.bootstrap import add_local_user
+from deskbroker.domain.membership import DesktopFacts, PoolDefinition, members
+from deskbroker.store import membership
+from deskbroker.store.tables import Desktop
+from tests.desktop_agent import Agent, events_of
+from tests.helpers import ADMIN_PASSWORD, USER_PASSWORD, Api
+
+
+def _tenant_admin(api: Api) -> Api:
+    """A tenant admin of the tenant that holds the global admin (the default tenant)."""
+    add_local_user(api.ctx, "tad", USER_PASSWORD, role="tenant_admin")
+    return Api(api.client, api.ctx, api.login("tad")["token"])
+
+
+def _static(api: Api, name: str, address: str, **extra: Any) -> tuple[str, str]:
+    """A static center of one machine: (center id, desktop id)."""
+    center = api.post(
+        "centers",
+        {
+            "name": name,
+            "kind": "static",
+            "params": {"machines": [{"name": f"{name}-1", "address": address, **extra}]},
+        },
+    )
+    [desktop] = api.get(f"desktops?center_id={center['id']}")["items"]
+    return center["id"], desktop["id"]
+
+
+def _member_names(api: Api, pool_id: str) -> set[str]:
+    return {m["name"] for m in api.get(f"pools/{pool_id}/members")["items"]}
+
+
+def test_a_rogue_login_never_hands_an_administrator_a_desktop(api: Api) -> None:
+    """The agent token is any tenant administrator's to mint, so its report of a login
+    assigns only plain users; the refusal is kept in the event, with its reason."""
+    tad = _tenant_admin(api)
+    add_local_user(api.ctx, "plain", USER_PASSWORD)
+    users = {u["username"]: u["id"] for u in api.get("users")["items"]}
+    center, desktop = _static(tad, "evil", "198.51.100.66")
+    _, other = _static(tad, "fair", "198.51.100.67")
+    pool = tad.post("pools", {"name": "evil-pool", "center_ids": [center]})
+    fair = tad.post("pools", {"name": "fair-pool", "desktop_ids": [other]})
+    for p in (pool, fair):
+        entry = {"pool_id": p["id"], "rogue_users": "assign"}
+        tad.post("policies", {"name": f"{p['name']}-pol", "entries": [entry]})
+    # The direct way is refused, and so is the agent's.
+    tad.post("assignments", {"desktop_id": desktop, "user_id": users["admin"]}, status=403)
+    Agent.mint(tad, desktop).send("login", user="admin", seq=1)
+    [rogue] = events_of(api, desktop, "session.rogue")
+    assert rogue["detail"]["outcome"] == "refused"
+    assert "admin can be global_admin" in rogue["detail"]["refused"]
+    assert tad.get(f"desktops/{desktop}")["assigned_user_id"] is None
+    assert api.get(f"assignments?user_id={users['admin']}")["items"] == []
+    # A plain user still gets the desktop their rogue login was on.
+    Agent.mint(tad, other).send("login", user="plain", seq=1)
+    [rogue] = events_of(api, other, "session.rogue")
+    assert rogue["detail"]["outcome"] == "assigned"
+    assert tad.get(f"desktops/{other}")["assigned_user_id"] == users["plain"]
+
+
+def test_the_engines_pool_mark_is_not_administrator_input(api: Api) -> None:
+    ids = api.seed_pool(1)  # the global admin's rule hands out "lab"
+    tad = _tenant_admin(api)
+    mark = {"meta.deskbroker_pool": ids["pool"]}
+    refused = tad.post(
+        "centers",
+        {
+            "name": "evil",
+            "kind": "static",
+            "params": {
+                "machines": [{"name": "evil-1", "address": "198.51.100.66", "attributes": mark}]
+            },
+        },
+        status=422,
+    )
+    assert "meta.deskbroker_" in refused["detail"]
+    _, spare = _static(api, "spare", "198.51.100.77")
+    refused = tad.patch(f"desktops/{spare}", {"attributes": mark}, status=422)
+    assert "cannot be set by an administrator" in refused["detail"]
+    assert _member_names(api, ids["pool"]) == {"lab-000"}
+
+
+def test_a_desktop_edit_keeps_the_engines_mark_as_it_is(api: Api) -> None:
+    """A mark the engine wrote may be sent back unchanged, or left out: it is kept."""
+    ids = api.seed_pool(1)
+    [lab] = api.get(f"desktops?center_id={ids['center']}")["items"]
+    with api.ctx.db.write() as session:
+        session.get(Desktop, lab["id"]).attributes = {"meta.deskbroker_pool": ids["pool"]}
+    kept = api.patch(f"desktops/{lab['id']}", {"attributes": {"rack": "b2"}})
+    assert kept["attributes"] == {"rack": "b2", "meta.deskbroker_pool": ids["pool"]}
+    again = api.patch(
+        f"desktops/{lab['id']}", {"attributes": {"meta.deskbroker_pool": ids["pool"]}}
+    )
+    assert again["attributes"] == {"meta.deskbroker_pool": ids["pool"]}
+    moved = api.patch(f"desktops/{lab['id']}", {"attributes": {"meta.deskbroker_pool": "x"}}, 422)
+    assert "meta.deskbroker_pool" in moved["detail"]
+
+
+def test_a_mark_from_a_center_the_pool_does_not_use_joins_nothing(api: Api) -> None:
+    """A cloud's metadata can carry the mark too: it counts only in a center the pool
+    takes desktops from or builds in."""
+    ids = api.seed_pool(1)
+    _, stray = _static(api, "stray", "198.51.100.88")
+    with api.ctx.db.write() as session:
+        row = session.get(Desktop, stray)
+        row.attributes = {"meta.deskbroker_pool": ids["pool"]}
+        membership.refresh(session, row.tenant_id)
+    assert _member_names(api, ids["pool"]) == {"lab-000"}
+    pool = PoolDefinition("p", filters=(), desktop_ids=frozenset({"none"}))
+    built = PoolDefinition("p", build_center_ids=frozenset({"c1"}), desktop_ids=pool.desktop_ids)
+    marked = [
+        DesktopFacts("in-c1", "c1", {"meta.deskbroker_pool": "p"}),
+        DesktopFacts("in-c2", "c2", {"meta.deskbroker_pool": "p"}),
+    ]
+    assert members([pool], marked) == {"p": set()}
+    assert members([built], marked) == {"p": {"in-c1"}}
+
+
+def test_a_stronger_accounts_desktop_cannot_be_edited_or_drained(api: Api) -> None:
+    ids = api.seed_pool(2)
+    login = api.login("admin", ADMIN_PASSWORD)
+    held = login["offers"][0]["desktop"]["id"]
+    tad = _tenant_admin(api)
+    for body in ({"attributes": {"ports": {"rdp": 3390}}}, {"availability": "unavailable"}):
+        refused = tad.patch(f"desktops/{held}", body, status=403)
+        assert "admin, whose role is global_admin, holds it" in refused["detail"]
+    tad.post(f"desktops/{held}/drain", {"message": ""}, status=403)
+    # Nor speak for its sessions through its agent (nor cut its agent off).
+    refused = tad.post(f"desktops/{held}/agent-token", {}, status=403)
+    assert refused["detail"].startswith("only a global administrator can mint the agent token")
+    tad.post(f"desktops/{held}/enrolment-secret", {}, status=403)
+    # The pool's free desktop is offered to the global admin: out of reach too.
+    lab = api.get(f"desktops?center_id={ids['center']}")["items"]
+    [free] = [d["id"] for d in lab if d["id"] != held]
+    refused = tad.post(f"desktops/{free}/drain", {"message": ""}, status=403)
+    assert "admin, whose role is global_admin, gets desktops through it" in refused["detail"]
+    # A global administrator may.
+    api.post(f"desktops/{free}/drain", {"message": ""}, status=200)
+
+
+def test_a_desktop_edit_cannot_join_a_stronger_accounts_pool_by_its_filters(api: Api) -> None:
+    center, _ = _static(api, "gold", "192.0.2.10", attributes={"tier": "gold"})
+    pool = api.post(
+        "pools",
+        {"name": "gold", "filters": [{"attribute": "tier", "op": "equals", "value": "gold"}]},
+    )
+    policy = api.post("policies", {"name": "gold", "entries": [{"pool_id": pool["id"]}]})
+    api.post(
+        "assignment-rules",
+        {"identity_source_id": api.source_id(), "name": "all", "policy_id": policy["id"]},
+    )
+    tad = _tenant_admin(api)
+    _, mine = _static(tad, "mine", "198.51.100.66")
+    tad.patch(f"desktops/{mine}", {"attributes": {"tier": "gold"}}, status=403)
+    # Nor by a new center whose machine matches them.
+    machine = {"name": "evil-1", "address": "198.51.100.67", "attributes": {"tier": "gold"}}
+    tad.post("centers", {"name": "evil", "kind": "static", "params": {"machines": [machine]}}, 403)
+    assert _member_names(api, pool["id"]) == {"gold-1"}
+    assert center in {c["id"] for c in api.get("centers")["items"]}
+
+
+def test_a_center_reaches_a_pool_that_names_its_desktops(api: Api) -> None:
+    """The pool lists gc-1 by id and names no center: the center still decides where
+    gc-1's users connect."""
+    center, desktop = _static(api, "gc", "192.0.2.10")
+    pool = api.post("pools", {"name": "gpool", "desktop_ids": [desktop]})
+    policy = api.post("policies", {"name": "gpol", "entries": [{"pool_id": pool["id"]}]})
+    api.post(
+        "assignment-rules",
+        {"identity_source_id": api.source_id(), "name": "all", "policy_id": policy["id"]},
+    )
+    tad = _tenant_admin(api)
+    moved = {"params": {"machines": [{"name": "gc-1", "address": "203.0.113.66"}]}}
+    refused = tad.patch(f"centers/{center}", moved, status=403)
+    assert "admin, whose role is global_admin, gets desktops through it" in refused["detail"]
+    api.login("admin", ADMIN_PASSWORD)  # the global admin holds gc-1 now
+    refused = tad.patch(f"centers/{center}", moved, status=403)
+    assert "center gc" in refused["detail"]
+    assert api.get(f"desktops/{desktop}")["address"] == "192.0.2.10"
