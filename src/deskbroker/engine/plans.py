@@ -5,13 +5,17 @@ worker thread. Whether the action may still run is decided by ``domain.plans.jud
 on facts read at fire time, inside a transaction that locks the desktop row, so a
 session event and a firing timer never both win. The center call itself runs outside
 any transaction (it may take seconds); the window between the check and the call is
-that one request.
+that one request. Two things guard that window: a desktop about to be terminated leaves
+the claim in the judging transaction (no login is handed a machine being deleted), and
+the timer's lease is renewed just before the call (a node that stalled past its lease,
+while another judged the timer again, calls nothing).
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from deskbroker.centers.base import Capability, CenterDriver, MachineInfo, PowerAction
@@ -186,13 +190,53 @@ def watch_agents(ctx: BrokerContext, drivers: DriverCache, target: str, now: dat
     return f"{len(sweep.marked)} agents lost"
 
 
+@dataclass(frozen=True)
+class _Judged:
+    """A verdict that needs a center call, with the timer as read when judged."""
+
+    verdict: Verdict
+    timer: Timer
+    # This judge took the desktop out of the claim (it was available): a call that does
+    # not happen puts it back. One an administrator had taken out stays out.
+    took_out: bool = False
+
+
+def _take_out(desktop: Desktop) -> bool:
+    """Out of every offer, before the terminate: a login during the call must not be
+    handed the machine being deleted. True if this changed the availability."""
+    if desktop.availability == Availability.UNAVAILABLE.value:
+        return False
+    desktop.availability = transition(
+        AVAILABILITY_TRANSITIONS,
+        Availability(desktop.availability),
+        Availability.UNAVAILABLE,
+        subject=f"desktop {desktop.name}",
+    ).value
+    return True
+
+
+def _put_back(session: Session, desktop_id: str) -> None:
+    """Undo ``_take_out`` when the terminate did not happen: the desktop is free again
+    (a retry judges anew, and finds it reassigned if a login took it meanwhile)."""
+    desktop = rows.lock_desktop(session, desktop_id)
+    if desktop is None or desktop.availability == Availability.AVAILABLE.value:
+        return
+    desktop.availability = transition(
+        AVAILABILITY_TRANSITIONS,
+        Availability(desktop.availability),
+        Availability.AVAILABLE,
+        subject=f"desktop {desktop.name}",
+    ).value
+
+
 def _judge_and_release(
     ctx: BrokerContext, timer_id: str, owner: str, driver: CenterDriver
-) -> tuple[Verdict, Timer] | None:
+) -> _Judged | None:
     """Decide under the desktop's row lock; carry out what needs no center call.
 
     Returns the verdict (and the timer as read) when a center call must follow,
-    ``None`` when all is done.
+    ``None`` when all is done. A terminate's desktop leaves the claim here, in the
+    same unit as the verdict.
     """
     with ctx.db.write() as session:
         timer = rows.timer(session, timer_id)
@@ -218,7 +262,33 @@ def _judge_and_release(
             _log_off(session, timer, desktop)
             session.delete(timer)
             return None
-        return verdict, timer
+        if verdict.action is PlanAction.TERMINATE:
+            return _Judged(verdict, timer, took_out=_take_out(desktop))
+        return _Judged(verdict, timer)
+
+
+def _still_held(ctx: BrokerContext, judged: _Judged, owner: str) -> bool:
+    """Renew the timer's lease just before the center call. False when another node
+    holds it (this one stalled past the lease and that node judges it again) or a
+    session event deleted it: then this node does nothing with its stale verdict."""
+    until = datetime.now(UTC) + timedelta(seconds=ctx.settings.lease_ttl_s)
+    try:
+        with ctx.db.write() as session:
+            leases.renew_held(session, Timer, judged.timer.id, owner, until)
+    except leases.LeaseLost:
+        log.info("plan timer %s: its lease passed on; not acting on it", judged.timer.id)
+        if judged.took_out:
+            _give_back_if_unclaimed(ctx, judged.timer)
+        return False
+    return True
+
+
+def _give_back_if_unclaimed(ctx: BrokerContext, timer: Timer) -> None:
+    # A timer another node holds is that node's to finish: its terminate relies on the
+    # desktop staying out. A deleted timer (its session came back) has nobody to finish.
+    with ctx.db.write() as session:
+        if rows.timer(session, timer.id) is None:
+            _put_back(session, timer.desktop_id)
 
 
 def _record_done(ctx: BrokerContext, timer: Timer, verdict: Verdict) -> None:
@@ -231,23 +301,29 @@ def _record_done(ctx: BrokerContext, timer: Timer, verdict: Verdict) -> None:
         _set_power(desktop, _AFTER[verdict.action])
         _event(session, f"plan.{verdict.action.value}", timer, desktop, reason=verdict.reason)
         if verdict.action is PlanAction.TERMINATE:
-            # Out of every offer first, so releasing it cannot hand it to the next user.
-            desktop.availability = transition(
-                AVAILABILITY_TRANSITIONS,
-                Availability(desktop.availability),
-                Availability.UNAVAILABLE,
-                subject=f"desktop {desktop.name}",
-            ).value
+            # Out of every offer (the judge took it out already, unless an administrator
+            # put it back meanwhile), so releasing it cannot hand it to the next user.
+            _take_out(desktop)
             session.flush()
             _release(session, desktop, f"{timer.plan} plan")
         rows.delete_timers(session, [timer.id])
 
 
 def _record_failure(
-    ctx: BrokerContext, timer_id: str, owner: str, now: datetime, error: Exception
+    ctx: BrokerContext,
+    timer_id: str,
+    owner: str,
+    now: datetime,
+    error: Exception,
+    *,
+    put_back: str | None = None,
 ) -> None:
+    """Retry later, or give up after ``plan_max_attempts``; ``put_back`` is a desktop the
+    judge took out of the claim for a terminate that did not happen."""
     message = str(error)[:2000] or type(error).__name__
     with ctx.db.write() as session:
+        if put_back is not None:
+            _put_back(session, put_back)
         timer = rows.timer(session, timer_id)
         if timer is None:
             return
@@ -279,7 +355,9 @@ def execute_timer(
     The timer row is deleted once its action ran, was skipped (recorded with a reason)
     or lost its reason. A failing center call releases the lease with ``failures + 1``,
     ``last_error`` and a later ``due_at``; after ``plan_max_attempts`` it is dropped
-    with a ``plan.failed`` event. Never raises for a center's failure.
+    with a ``plan.failed`` event; a terminate's desktop goes back in the claim either
+    way. A lease lost before the call leaves the timer to its new holder. Never raises
+    for a center's failure.
     """
     now = aware(now)
     with ctx.db.read() as session:
@@ -290,12 +368,13 @@ def execute_timer(
         center = rows.center_of(session, desktop.center_id) if desktop is not None else None
     if desktop is None or center is None:
         return  # the desktop's deletion cascades to its timers
+    judged: _Judged | None = None
     try:
         driver = drivers.get(center)
         judged = _judge_and_release(ctx, timer_id, owner, driver)
-        if judged is None:
+        if judged is None or not _still_held(ctx, judged, owner):
             return
-        verdict, timer = judged
+        verdict = judged.verdict
         machine = MachineInfo(
             external_id=desktop.external_id,
             name=desktop.name,
@@ -308,6 +387,7 @@ def execute_timer(
             driver.power(machine, _DRIVER_ACTION[verdict.action])
     except Exception as exc:  # a center's failure is retried, never lost
         log.warning("plan timer %s on desktop %s failed: %s", timer_id, desktop.name, exc)
-        _record_failure(ctx, timer_id, owner, now, exc)
+        taken = desktop.id if judged is not None and judged.took_out else None
+        _record_failure(ctx, timer_id, owner, now, exc, put_back=taken)
         return
-    _record_done(ctx, timer, verdict)
+    _record_done(ctx, judged.timer, verdict)

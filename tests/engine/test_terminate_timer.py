@@ -1,0 +1,203 @@
+"""A plan timer that terminates a desktop: the desktop leaves the claim before the center
+call (a login during the call must not be handed the machine being deleted), and a node
+that lost the timer's lease calls nothing (another node judges it again)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+import pytest
+
+from cloudsim.server import CloudSim
+from deskbroker.bootstrap import add_local_user
+from deskbroker.centers.base import CenterDriver, MachineInfo, PowerAction
+from deskbroker.engine import plans as engine_plans
+from deskbroker.engine.drivers import DriverCache
+from deskbroker.services.context import BrokerContext
+from deskbroker.store.tables import Timer
+from tests.desktop_agent import Agent, assigned_desktop, events_of, fire_due, timers_of, with_plans
+from tests.engine.conftest import openstack_center
+from tests.helpers import USER_PASSWORD, Api, run_queued_scan
+
+TERMINATE_AT_LOGOUT = [{"event": "logout", "after_minutes": 0, "action": "terminate"}]
+
+
+class _CallsLate:
+    """The center's own driver, except that ``first`` runs just before a terminate or a
+    power action reaches the center: what a login or another node did in that moment."""
+
+    def __init__(self, driver: CenterDriver, first: Callable[[], None], calls: list[str]) -> None:
+        self._driver = driver
+        self._first = first
+        self._calls = calls
+
+    def terminate(self, machine: MachineInfo) -> None:
+        self._first()
+        self._calls.append("terminate")
+        self._driver.terminate(machine)
+
+    def power(self, machine: MachineInfo, action: PowerAction) -> None:
+        self._first()
+        self._calls.append(action.value)
+        self._driver.power(machine, action)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._driver, name)
+
+
+class _Drivers(DriverCache):
+    def __init__(self, ctx: BrokerContext, first: Callable[[], None]) -> None:
+        super().__init__(ctx)
+        self._first = first
+        self.calls: list[str] = []
+
+    def get(self, center: Any) -> CenterDriver:
+        return cast(CenterDriver, _CallsLate(super().get(center), self._first, self.calls))
+
+
+def _one_deletable_desktop(api: Api, sim: CloudSim, *, users: int) -> None:
+    sim.seed_servers(1, name_prefix="vdi")
+    center = run_queued_scan(api, openstack_center(api, sim, retries=0)["id"])
+    assert center["status"] == "ok", center["status_message"]
+    pool = api.post("pools", {"name": "cloud", "center_ids": [center["id"]]})
+    policy = api.post("policies", {"name": "cloud", "entries": [{"pool_id": pool["id"]}]})
+    api.post("assignment-rules", {"identity_source_id": api.source_id(), "policy_id": policy["id"]})
+    for i in range(users):
+        add_local_user(api.ctx, f"user{i}", USER_PASSWORD)
+    api.ids.update(center=center["id"], pool=pool["id"], policy=policy["id"])
+    for desktop in api.get("desktops")["items"]:
+        api.patch(f"desktops/{desktop['id']}", {"deletable": True})
+
+
+def _logged_out_and_released(api: Api, **plans: Any) -> str:
+    """user0's desktop with a timer set by their logout, then released by an admin: a
+    free desktop in its pool while the timer is pending."""
+    with_plans(api, **plans)
+    desktop = assigned_desktop(api, "user0")
+    agent = Agent.mint(api, desktop)
+    agent.send("login")
+    agent.send("logout")
+    api.delete(f"assignments/{desktop}")
+    assert api.get("assignments")["items"] == [] and timers_of(api, desktop)
+    return desktop
+
+
+def _status(sim: CloudSim, api: Api, desktop: str) -> str:
+    external = api.get(f"desktops/{desktop}")["external_id"]
+    return str(next(s for s in sim.servers("demo") if s["id"] == external)["status"])
+
+
+def test_a_login_during_the_terminate_is_not_given_the_desktop(
+    api: Api, sim: CloudSim, ctx: BrokerContext
+) -> None:
+    _one_deletable_desktop(api, sim, users=2)
+    desktop = _logged_out_and_released(api, release=TERMINATE_AT_LOGOUT)
+    offered: list[dict[str, Any]] = []
+    drivers = _Drivers(ctx, lambda: offered.extend(api.login("user1")["offers"]))
+
+    assert fire_due(ctx, drivers, datetime.now(UTC) + timedelta(seconds=1)) == 1
+    assert drivers.calls == ["terminate"]
+    assert [o["status"] for o in offered] == ["queued"], offered
+    assert api.get("assignments")["items"] == []
+    row = api.get(f"desktops/{desktop}")
+    assert (row["power_state"], row["availability"]) == ("deleting", "unavailable")
+    assert [e["kind"] for e in events_of(api, desktop)] == ["plan.terminate"]
+
+
+def test_a_failed_terminate_puts_the_desktop_back_in_the_claim(
+    api: Api, sim: CloudSim, ctx: BrokerContext
+) -> None:
+    """The retry judges again; until then the desktop is free as before, and a login
+    that takes it cancels the retry (the desktop is someone else's now)."""
+    _one_deletable_desktop(api, sim, users=2)
+    desktop = _logged_out_and_released(api, release=TERMINATE_AT_LOGOUT)
+    sim.inject_fault(500, method="DELETE", path=r"/servers/", times=None)
+    now = datetime.now(UTC) + timedelta(seconds=1)
+
+    assert fire_due(ctx, DriverCache(ctx), now) == 1
+    assert api.get(f"desktops/{desktop}")["availability"] == "available"
+    [timer] = timers_of(api, desktop)
+    assert timer["failures"] == 1
+    assert [e["kind"] for e in events_of(api, desktop)] == ["plan.retry"]
+    assert assigned_desktop(api, "user1") == desktop
+
+    sim.clear_faults()
+    assert fire_due(ctx, DriverCache(ctx), now + timedelta(hours=2)) == 1
+    assert [e["kind"] for e in events_of(api, desktop)] == ["plan.retry", "plan.cancelled"]
+    assert _status(sim, api, desktop) == "ACTIVE"
+
+
+def _lease_to(ctx: BrokerContext, desktop: str, owner: str) -> None:
+    """Another node took the timer over: its lease ran out while this one stalled."""
+    with ctx.db.write() as session:
+        timer = session.query(Timer).filter_by(desktop_id=desktop).one()
+        timer.lease_owner = owner
+        timer.lease_expires_at = datetime.now(UTC) + timedelta(minutes=1)
+
+
+@pytest.mark.parametrize(
+    ("plans", "availability"),
+    [
+        ({"release": TERMINATE_AT_LOGOUT}, "unavailable"),
+        ({"power": [{"event": "logout", "after_minutes": 0, "action": "shutdown"}]}, "available"),
+    ],
+    ids=["terminate", "shutdown"],
+)
+def test_a_node_that_lost_the_timers_lease_calls_nothing(
+    api: Api,
+    sim: CloudSim,
+    ctx: BrokerContext,
+    monkeypatch: pytest.MonkeyPatch,
+    plans: dict[str, Any],
+    availability: str,
+) -> None:
+    """This node judged, then stalled past the lease; another node holds the timer now
+    and judges it again. Checked just before the call, so the center never hears of it."""
+    _one_deletable_desktop(api, sim, users=1)
+    desktop = _logged_out_and_released(api, **plans)
+    judge = engine_plans._judge_and_release
+
+    def judge_then_stall(*args: Any) -> Any:
+        judged = judge(*args)
+        _lease_to(ctx, desktop, "other-broker:1")
+        return judged
+
+    monkeypatch.setattr(engine_plans, "_judge_and_release", judge_then_stall)
+    drivers = _Drivers(ctx, lambda: None)
+
+    assert fire_due(ctx, drivers, datetime.now(UTC) + timedelta(seconds=1)) == 1
+    assert drivers.calls == []
+    assert _status(sim, api, desktop) == "ACTIVE"
+    [timer] = timers_of(api, desktop)
+    assert timer["failures"] == 0
+    assert events_of(api, desktop) == []
+    row = api.get(f"desktops/{desktop}")
+    # The other node decides; until it does a terminate's desktop stays out of the claim.
+    assert (row["power_state"], row["availability"]) == ("running", availability)
+
+
+def test_a_session_coming_back_before_the_call_stops_it_and_frees_the_desktop(
+    api: Api, sim: CloudSim, ctx: BrokerContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The user logs in on the machine between the judge and the call: the session
+    event deletes the timer, so nobody else will finish it, and the desktop the judge
+    took out of the claim is put back."""
+    _one_deletable_desktop(api, sim, users=1)
+    desktop = _logged_out_and_released(api, release=TERMINATE_AT_LOGOUT)
+    judge = engine_plans._judge_and_release
+
+    def judge_then_login(*args: Any) -> Any:
+        judged = judge(*args)
+        Agent.mint(api, desktop).send("login")
+        return judged
+
+    monkeypatch.setattr(engine_plans, "_judge_and_release", judge_then_login)
+    drivers = _Drivers(ctx, lambda: None)
+
+    assert fire_due(ctx, drivers, datetime.now(UTC) + timedelta(seconds=1)) == 1
+    assert drivers.calls == []
+    assert _status(sim, api, desktop) == "ACTIVE"
+    assert timers_of(api, desktop) == []
+    assert api.get(f"desktops/{desktop}")["availability"] == "available"
