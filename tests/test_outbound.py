@@ -403,6 +403,69 @@ def test_secrets_are_dropped_when_another_ca_is_trusted(api: Api) -> None:
     assert api.patch(f"identity-sources/{made['id']}", {"params": moved})["has_secrets"] is False
 
 
+def _static(*machines: dict[str, Any]) -> dict[str, Any]:
+    return {"name": "lab", "kind": "static", "params": {"machines": list(machines)}}
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "169.254.169.254", "::1", "localhost"])
+def test_a_static_machine_on_a_denied_network_is_refused_on_save(strict: Api, address: str) -> None:
+    machines = [{"name": "pc-1", "address": "10.0.0.5"}, {"name": "meta", "address": address}]
+    response = strict.client.post(
+        "/api/v1/admin/centers", json=_static(*machines), headers=strict.headers
+    )
+    assert response.status_code == 422, response.text
+    assert "params.machines.1.address (machine 'meta')" in _refusal(response)
+    assert "outbound policy" in _refusal(response)
+    assert strict.get("centers")["items"] == []
+    # Moving a saved machine there is refused too; a name is checked once resolved.
+    center = strict.post("centers", _static({"name": "meta", "address": "pc.lab.example"}))
+    moved = strict.client.patch(
+        f"/api/v1/admin/centers/{center['id']}",
+        json={"params": {"machines": [{"name": "meta", "address": address}]}},
+        headers=strict.headers,
+    )
+    assert moved.status_code == 422, moved.text
+
+
+def test_adding_or_moving_a_machine_keeps_the_bmc_password(api: Api) -> None:
+    bmc = {"url": "https://bmc-1.example.org", "username": "operator"}
+    made = api.post(
+        "centers",
+        {
+            **_static({"name": "pc-1", "address": "10.0.0.5", "redfish": bmc}),
+            "secrets": {"redfish_password": "pw"},
+        },
+    )
+    assert made["has_secrets"]
+    machines = [
+        {"name": "pc-1", "address": "10.0.0.6", "redfish": bmc},
+        {"name": "pc-2", "address": "pc-2.lab.example"},
+    ]
+    kept = api.patch(f"centers/{made['id']}", {"params": {"machines": machines}})
+    assert kept["has_secrets"] is True
+    # The BMC's own URL is what the password was given for.
+    machines[0]["redfish"] = {**bmc, "url": "https://bmc-1.evil.example.net"}
+    moved = api.patch(f"centers/{made['id']}", {"params": {"machines": machines}})
+    assert moved["has_secrets"] is False
+
+
+@pytest.mark.parametrize(
+    ("change", "kept"),
+    [({"port": 8443}, False), ({"host": "vc2.example.org"}, False), ({"timeout_s": 30}, True)],
+)
+def test_a_vcenter_password_follows_neither_another_port_nor_another_host(
+    api: Api, change: dict[str, Any], kept: bool
+) -> None:
+    params = {"host": "vc.example.org", "username": "broker@vsphere.local"}
+    made = api.post(
+        "centers",
+        {"name": "vc", "kind": "vsphere", "params": params, "secrets": {"password": "pw"}},
+    )
+    assert made["has_secrets"]
+    changed = api.patch(f"centers/{made['id']}", {"params": {**made["params"], **change}})
+    assert changed["has_secrets"] is kept
+
+
 # --- OpenID providers -----------------------------------------------------------------
 @pytest.fixture
 def provider() -> Iterator[dict[str, Any]]:
@@ -489,10 +552,17 @@ def test_a_providers_free_text_never_reaches_an_error(provider: dict[str, Any]) 
 
 
 # --- desktop probes -------------------------------------------------------------------
-def test_a_desktop_probe_does_not_scan_the_brokers_own_host(strict: Api) -> None:
+def test_a_desktop_probe_does_not_scan_the_brokers_own_host(
+    strict: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
     server = socket.create_server(("127.0.0.1", 0))
     server.settimeout(0.5)
     port = server.getsockname()[1]
+    real = socket.getaddrinfo
+
+    def resolve(host: Any, *args: Any, **kwargs: Any) -> Any:
+        return real("127.0.0.1" if host == "self.lab.example" else host, *args, **kwargs)
+
     try:
         center = strict.post(
             "centers",
@@ -503,13 +573,16 @@ def test_a_desktop_probe_does_not_scan_the_brokers_own_host(strict: Api) -> None
                     "machines": [
                         {
                             "name": "self",
-                            "address": "127.0.0.1",
+                            "address": "self.lab.example",
                             "ports": {"rdp": port, "vnc": port, "ssh": port},
                         }
                     ]
                 },
             },
         )
+        # A name is checked once resolved: by the time of the probe, it resolves to the
+        # broker's own host.
+        monkeypatch.setattr(socket, "getaddrinfo", resolve)
         desktop = strict.get(f"desktops?center_id={center['id']}")["items"][0]
         answer = strict.post(f"desktops/{desktop['id']}/probe", {}, status=200)
         assert answer["reachable"] is False

@@ -449,9 +449,12 @@ class Settings(BaseSettings):
         outbound.parse_networks(value, str(info.field_name))
         return value
 
-    @cached_property
+    @property
     def outbound_policy(self) -> outbound.OutboundPolicy:
-        """Where administrators' settings may make the broker connect."""
+        """Where administrators' settings may make the broker connect.
+
+        Computed on each use, never cached on the instance: ``model_copy`` copies what is
+        cached, so a copy with another ``outbound_allow`` would enforce the old policy."""
         return outbound.OutboundPolicy.from_text(self.outbound_allow, self.outbound_deny)
 
     @cached_property

@@ -158,11 +158,17 @@ class OutboundPolicy:
 @dataclass(frozen=True)
 class Target:
     """A host a driver's parameters make the broker connect to: ``param`` names where it
-    was written, ``value`` is as written (a URL, or host:port)."""
+    was written, ``value`` is as written (a URL, or host:port).
+
+    ``carries_secret`` says whether the center's or source's stored secrets are sent to
+    it, so that changing it drops them (``services/outbound_params.py``). A static
+    machine's address is checked by the policy but is given none of the center's
+    secrets (its BMC passwords go to the BMC's URL), so it is ``False`` there."""
 
     param: str
     value: str
     host: str
+    carries_secret: bool = True
 
     @classmethod
     def url(cls, param: str, url: str) -> Target:

@@ -120,13 +120,22 @@ class Catalog(Generic[M]):
         to_read = self.resource.to_read
         return render(to_read(session, obj) if to_read else obj)
 
+    def _event_tenant(self, who: TokenClaims, obj: Any) -> str | None:
+        """The tenant whose log records a change: the row's own. A global resource (a
+        tenant, a job, a node) is the platform's: its events go into no tenant's log, so
+        only global admins see them, never the admins, webhooks or stream of whichever
+        tenant the global admin happens to sign in to."""
+        if self.resource.global_only:
+            return None
+        return getattr(obj, "tenant_id", None) or who.tenant_id
+
     def _audit(self, session: Unit, who: TokenClaims, action: str, obj: Any) -> None:
         if self.resource.affects_config:
             bump_config_version(session)
         events.append(
             session,
             f"admin.{action}",
-            tenant_id=getattr(obj, "tenant_id", None) or who.tenant_id,
+            tenant_id=self._event_tenant(who, obj),
             actor=who.username,
             user_id=who.user_id,
             detail={

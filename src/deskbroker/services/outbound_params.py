@@ -23,9 +23,10 @@ _TLS_PARAMS = ("verify_tls", "start_tls", "ca_file", "ca_pem", "insecure")
 
 
 def _connection(model: BaseModel) -> list[tuple[str, str]]:
-    """What a stored secret was given for: every URL or host, host-side settings and the
-    TLS settings of the connection."""
-    found = [(t.param, t.value) for t in outbound.targets_of(model)]
+    """What a stored secret was given for: every URL or host it is sent to, host-side
+    settings and the TLS settings of the connection. Targets no secret goes to (a static
+    machine's address) are left out: adding or moving a machine keeps its BMC passwords."""
+    found = [(t.param, t.value) for t in outbound.targets_of(model) if t.carries_secret]
     found += [(name, str(getattr(model, name))) for name in outbound.host_side_of(model)]
     found += [(name, str(getattr(model, name))) for name in _TLS_PARAMS if hasattr(model, name)]
     return sorted(found)
@@ -56,10 +57,11 @@ def vet(
       its scopes): a tenant admin or a script would borrow the operator's.
     - Every host written in them passes the outbound policy (names are checked again,
       resolved, on every connection).
-    - When a URL or host, or a TLS setting (``verify_tls``, ``start_tls``, ``ca_file``,
-      ``ca_pem``, ``insecure``), changes and the request gives no new secrets, the stored ones
-      are dropped (``secrets_sealed`` set to ``None`` in ``data``): a password given for
-      one server must not be sent to another.
+    - When a URL or host a secret goes to (with its port), or a TLS setting
+      (``verify_tls``, ``start_tls``, ``ca_file``, ``ca_pem``, ``insecure``), changes and
+      the request gives no new secrets, the stored ones are dropped (``secrets_sealed``
+      set to ``None`` in ``data``): a password given for one server must not be sent to
+      another.
     """
     model = params_model.model_validate(dict(params))
     host_side = outbound.host_side_of(model)

@@ -130,9 +130,15 @@ class StaticParams(BaseModel):
         return machines
 
     def outbound_targets(self) -> list[Target]:
-        """The BMCs and the Wake-on-LAN broadcast addresses, checked by the policy."""
+        """The BMCs, the Wake-on-LAN broadcast addresses and the machines' own addresses,
+        checked by the policy. A machine's address is given none of the center's secrets
+        (``carries_secret=False``): adding or moving one keeps the BMC passwords."""
         found = []
         for i, m in enumerate(self.machines):
+            # Probes, the power check port and the gateway connect here: an address the
+            # policy denies is refused when it is saved, not only when a user connects.
+            param = f"machines.{i}.address (machine {m.name!r})"
+            found.append(Target(param, m.address, m.address, carries_secret=False))
             if m.redfish is not None:
                 url = str(m.redfish.url)
                 found.append(Target.url(f"machines.{i}.redfish.url", url))

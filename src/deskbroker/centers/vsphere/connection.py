@@ -53,6 +53,32 @@ def words(fault: BaseException) -> str:
     return " ".join(str(text).split())[:300]
 
 
+class _NamedTLS(ssl.SSLContext):
+    """A client context that verifies the server as ``server_name`` (and sends it as
+    SNI), though pyvmomi opens the socket to an address: the checked address is
+    connected to, the certificate must still be the one of the name in the params."""
+
+    server_name = ""
+
+    def wrap_socket(
+        self,
+        sock: socket.socket,
+        server_side: bool = False,
+        do_handshake_on_connect: bool = True,
+        suppress_ragged_eofs: bool = True,
+        server_hostname: str | bytes | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> ssl.SSLSocket:
+        return super().wrap_socket(
+            sock,
+            server_side=server_side,
+            do_handshake_on_connect=do_handshake_on_connect,
+            suppress_ragged_eofs=suppress_ragged_eofs,
+            server_hostname=self.server_name or server_hostname,
+            session=session,
+        )
+
+
 class _Link:
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -81,9 +107,11 @@ class Vcenter:
         with _links_lock:
             return _links.setdefault(self._key, _Link())
 
-    def _check_outbound(self) -> None:
-        """Every address vCenter's name resolves to passes the outbound policy: pyvmomi
-        opens its own sockets, so the broker checks before it connects."""
+    def _checked_address(self) -> str:
+        """The address to connect to: every address vCenter's name resolves to passes the
+        outbound policy, and the first is the one connected to. pyvmomi would resolve
+        the name again, and a name may answer differently the second time (DNS
+        rebinding), so it is given the checked address, never the name."""
         host = self.params.host.strip("[]")
         try:
             found = socket.getaddrinfo(host, self.params.port, type=socket.SOCK_STREAM)
@@ -92,22 +120,26 @@ class Vcenter:
         policy = outbound.current()
         for *_, target in found:
             policy.check_address(str(target[0]), f"vCenter {host}")
+        return str(found[0][4][0])
 
     def _tls(self) -> ssl.SSLContext:
+        """TLS as for the name written in the params, whatever address is connected to."""
+        context = _NamedTLS(ssl.PROTOCOL_TLS_CLIENT)  # verifies the chain and the name
+        context.server_name = self.params.host.strip("[]")
         if self.params.insecure:
-            context = ssl.create_default_context()
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
-            return context
-        if self.params.ca_pem:
-            return ssl.create_default_context(cadata=self.params.ca_pem)
-        return ssl.create_default_context()
+        elif self.params.ca_pem:
+            context.load_verify_locations(cadata=self.params.ca_pem)
+        else:
+            context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+        return context
 
     def _open(self) -> vim.ServiceInstance:
-        self._check_outbound()
+        address = self._checked_address()
         try:
             return SmartConnect(
-                host=self.params.host.strip("[]"),
+                host=address,
                 port=self.params.port,
                 user=self.params.username,
                 pwd=self._password,

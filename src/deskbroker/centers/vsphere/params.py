@@ -103,8 +103,11 @@ class VsphereParams(BaseModel):
         return text
 
     def outbound_targets(self) -> list[Target]:
-        """vCenter, checked against the outbound policy."""
-        return [Target("host", self.host, self.host.strip("[]"))]
+        """vCenter, checked against the outbound policy. Its value is host and port: the
+        password is given for that one service, so moving either drops it."""
+        bare = self.host.strip("[]")
+        where = f"[{bare}]:{self.port}" if ":" in bare else f"{bare}:{self.port}"
+        return [Target("host", where, bare)]
 
 
 class VsphereProvisionParams(BaseModel):
