@@ -6,7 +6,9 @@ a short-lived agent token that speaks only for its desktop, and a refresh secret
 only the machine's root can read. Heartbeats keep the token fresh; a token revoked when
 the desktop changes hands (or expired while the machine was off) is replaced by
 presenting the refresh secret, which is itself replaced on every use, so a copy taken
-by a past holder stops working at the agent's next refresh.
+by a past holder stops working at the agent's next refresh. After a release that secret
+buys one token only while the agent's last word is recent (the live agent's next beat),
+and an administrator's new token voids it.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from deskbroker.domain.states import AGENT_TRANSITIONS, AgentState, transition
+from deskbroker.domain.timestamps import aware
 from deskbroker.errors import Forbidden, InvalidInput, NotFound, Unauthorized
 from deskbroker.security import TokenClaims
 from deskbroker.services.context import BrokerContext
-from deskbroker.services.sessions import check_agent
+from deskbroker.services.sessions import check_agent, check_agent_token
 from deskbroker.store import events
 from deskbroker.store import sessions as rows
 from deskbroker.store.db import Unit as Session
@@ -138,13 +141,18 @@ def issue_enrolment_secret(
 ) -> IssuedSecret:
     """An administrator's enrolment secret for a machine the broker did not build (or one
     whose agent must enrol again): single use, valid ``agent_enrol_ttl_s``. The desktop's
-    current agent keeps working until the new one enrols."""
-    expires = int(time.time()) + ctx.settings.agent_enrol_ttl_s
+    current agent keeps working until the new one enrols; a secret issued before that
+    enrolment (this one, or an earlier one) is void from then on."""
     with ctx.db.write() as session:
         desktop = rows.desktop(session, desktop_id)
         if desktop is None or (tenant_scope is not None and desktop.tenant_id != tenant_scope):
             raise NotFound(f"desktop {desktop_id} does not exist")
-        desktop.agent_enrolled_at = None
+        # Issued at least a second after the last enrolment, so that the issue time the
+        # secret carries (its expiry less the TTL) tells it from the secrets used before.
+        issued = int(time.time())
+        if desktop.agent_enrolled_at is not None:
+            issued = max(issued, _second(desktop.agent_enrolled_at) + 1)
+        expires = issued + ctx.settings.agent_enrol_ttl_s
         secret = ctx.signer.enrolment_secret(
             desktop_id=desktop.id, tenant_id=desktop.tenant_id, expires_at=expires, by_admin=True
         )
@@ -157,6 +165,33 @@ def issue_enrolment_secret(
             detail={"expires_at": expires},
         )
         return IssuedSecret(desktop.id, desktop.name, secret, expires)
+
+
+def _second(moment: datetime) -> int:
+    return int(aware(moment).timestamp())
+
+
+def _used(ctx: BrokerContext, desktop: Desktop, expires: int) -> bool:
+    """The secret was issued before the desktop's agent last enrolled: it was used, or
+    an enrolment after it (with a newer secret) voided it. Each secret works once, and
+    minting a new one never brings an old one back."""
+    if desktop.agent_enrolled_at is None:
+        return False
+    return expires - ctx.settings.agent_enrol_ttl_s <= _second(desktop.agent_enrolled_at)
+
+
+def _check_instance(desktop: Desktop, identity: AgentIdentity) -> None:
+    """The engine's secret is for the instance it built: a machine presenting it must be
+    that instance. The real agent always reports the instance id it reads from the
+    metadata service, where it found the secret; saying none does not skip the check."""
+    if not desktop.external_id or identity.instance_id == desktop.external_id:
+        return
+    said = (
+        f"instance {identity.instance_id}"
+        if identity.instance_id
+        else "a machine that names no instance (identity.instance)"
+    )
+    raise Forbidden(f"this enrolment secret is desktop {desktop.name}'s, and this is {said}")
 
 
 def enrol(ctx: BrokerContext, secret: str, identity: AgentIdentity) -> Credential:
@@ -186,24 +221,22 @@ def enrol(ctx: BrokerContext, secret: str, identity: AgentIdentity) -> Credentia
                 f"this enrolment secret expired {ago} s ago; rebuild the desktop, or have an "
                 "administrator mint an agent token for it"
             )
-        if desktop.agent_enrolled_at is not None:
+        if _used(ctx, desktop, expires):
+            enrolled = aware(desktop.agent_enrolled_at or now).isoformat()
             raise Unauthorized(
-                f"this enrolment secret was used already (desktop {desktop.name} enrolled at "
-                f"{desktop.agent_enrolled_at.isoformat()}); an enrolment secret is single-use"
+                f"this enrolment secret was used already or replaced (desktop {desktop.name}'s "
+                f"agent enrolled at {enrolled}, after it was issued); an enrolment secret is "
+                "single-use: an administrator mints a new one"
             )
-        # The engine's secret names the instance it built; a machine the broker did not
-        # build has no instance id of the broker's to compare with.
-        if (
-            not by_admin
-            and identity.instance_id
-            and desktop.external_id
-            and identity.instance_id != desktop.external_id
-        ):
-            raise Forbidden(
-                f"this enrolment secret is desktop {desktop.name}'s, and this machine is "
-                f"instance {identity.instance_id}"
-            )
-        return grant(ctx, session, desktop, identity, now, "engine" if not by_admin else "admin")
+        # A machine the broker did not build has no instance id of the broker's to
+        # compare with: an administrator's secret skips the check.
+        if not by_admin:
+            _check_instance(desktop, identity)
+        # Never before the secret's issue second (an administrator's may be issued a
+        # second ahead, see issue_enrolment_secret): the enrolment must void it.
+        issued = datetime.fromtimestamp(expires - ctx.settings.agent_enrol_ttl_s, UTC)
+        how = "engine" if not by_admin else "admin"
+        return grant(ctx, session, desktop, identity, max(now, issued), how)
 
 
 def grant(
@@ -232,8 +265,26 @@ def grant(
     return Credential(desktop.id, desktop.name, token, token_expires, refresh)
 
 
+def _check_handover(ctx: BrokerContext, desktop: Desktop, now: datetime) -> None:
+    """A refresh after a release (the token was revoked, none minted since): the live
+    agent asks at its next beat, so its last word is recent. A secret presented later
+    (by a past holder who copied it, or an agent silent through the handover) is refused:
+    the desktop's agent enrols again."""
+    seen = aware(desktop.agent_seen_at) if desktop.agent_seen_at is not None else None
+    if seen is not None and (now - seen).total_seconds() <= ctx.settings.agent_lost_after_s:
+        return
+    raise Unauthorized(
+        f"desktop {desktop.name} changed hands while its agent was silent (for more than "
+        f"{ctx.settings.agent_lost_after_s} s): the refresh secret of the past holding no "
+        "longer buys a token; an administrator mints an enrolment secret "
+        "(POST /api/v1/admin/desktops/{id}/enrolment-secret) and the agent enrols again"
+    )
+
+
 def refresh(ctx: BrokerContext, desktop_id: str, refresh_secret: str) -> Credential:
-    """A new token (and a new refresh secret) for an enrolled agent."""
+    """A new token (and a new refresh secret) for an enrolled agent. After a release the
+    secret of the past holding buys one only at the live agent's next beat
+    (``_check_handover``)."""
     now = datetime.now(UTC)
     with ctx.db.write() as session:
         desktop = rows.lock_desktop(session, desktop_id)
@@ -247,6 +298,9 @@ def refresh(ctx: BrokerContext, desktop_id: str, refresh_secret: str) -> Credent
                 "this refresh secret is not (or no longer) the desktop's: the agent must "
                 "enrol again"
             )
+        handover = desktop.agent_token_id is None
+        if handover:
+            _check_handover(ctx, desktop, now)
         token, expires, fresh = _mint(ctx, session, desktop)
         _seen(desktop, now)
         events.append(
@@ -255,7 +309,8 @@ def refresh(ctx: BrokerContext, desktop_id: str, refresh_secret: str) -> Credent
             tenant_id=desktop.tenant_id,
             actor=f"agent@{desktop.name}",
             desktop_id=desktop.id,
-            detail={"expires_at": expires, "reason": "refresh"},
+            detail={"expires_at": expires, "reason": "refresh"}
+            | ({"after_release": True} if handover else {}),
         )
         return Credential(desktop.id, desktop.name, token, expires, fresh)
 
@@ -278,6 +333,9 @@ def heartbeat(
         desktop = rows.lock_desktop(session, desktop_id)
         if desktop is None:
             raise NotFound(f"desktop {desktop_id} does not exist")
+        # Again under the row's lock: a release (or a newer token) that landed since the
+        # check above must not be undone by the replacement token minted below.
+        check_agent_token(who, (desktop.tenant_id, desktop.agent_token_id))
         was_lost = desktop.agent_state == AgentState.LOST.value
         _seen(desktop, now)
         if was_lost:

@@ -29,6 +29,7 @@ from deskbroker.services import standing
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import claims, events
 from deskbroker.store import sessions as rows
+from deskbroker.store import standing as standing_reads
 from deskbroker.store.db import Unit as Session
 from deskbroker.store.tables import Desktop, SessionRow, Timer, User
 
@@ -36,6 +37,9 @@ log = logging.getLogger("deskbroker.sessions")
 
 # How far ahead of the broker's clock an event's time is taken as reported.
 CLOCK_SKEW = timedelta(seconds=60)
+# How far one event's sequence number may pass the last one taken: the agent numbers one
+# by one, so a greater jump is a token holder trying to blind the broker to what follows.
+SEQ_JUMP_MAX = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -147,12 +151,43 @@ def _room_for_session(desktop: Desktop, open_rows: list[SessionRow], user: str) 
     )
 
 
+def _rogue_refusal(
+    session: Session, ctx: BrokerContext, desktop: Desktop, user: User | None
+) -> str | None:
+    """Why a rogue login must not make ``user`` the desktop's holder, None when it may:
+    the account is disabled, or more than a plain user (``standing.rogue_refusal``), or
+    holds what a policy offering the desktop's pools allows already (its
+    ``max_desktops_per_user``, or its entry's ``desktops`` of that pool; the strictest
+    wins, as for ``rogue_users``). The entry's ``rogue_users: assign`` is the offer
+    itself: the user's own sign-in rules need not name the pool."""
+    if user is None or user.disabled:
+        name = user.username if user is not None else "the account"
+        return f"{name} is disabled in the broker: a rogue login assigns it nothing"
+    staff = standing.rogue_refusal(session, user)
+    if staff is not None:
+        return staff
+    pools = standing_reads.pools_holding(session, [desktop.id])
+    held = claims.held_desktops(session, user.id)
+    for policy in ctx.cache.current(ctx.db).policies.values():
+        for entry in policy.entries:
+            offered = {entry.pool_id, entry.backup_pool_id}
+            if not offered & pools:
+                continue
+            mine = sum(1 for d in held if d.pool_id in offered)
+            if len(held) >= policy.max_desktops_per_user or mine >= entry.desktops:
+                return (
+                    f"{user.username} holds {len(held)} desktops ({mine} of pool "
+                    f"{entry.pool_name}), what policy {policy.name} allows"
+                )
+    return None
+
+
 def _rogue(session: Session, ctx: BrokerContext, desktop: Desktop, row: SessionRow) -> None:
     """A login the broker did not hand out: recorded, and per the ``rogue_users`` of the
     policies offering the desktop's pool (else the broker's setting) the desktop is
-    assigned to the user (when it is free and the account is a plain broker user: an
-    administrator's account is ``refused``, the reason kept in the event) or flagged
-    (taken out of every offer)."""
+    assigned to the user (when it is free, the account an enabled plain broker user, and
+    within the limits of the policies offering the pool: else ``refused``, the reason kept
+    in the event) or flagged (taken out of every offer)."""
     policy = plans.rogue_policy(
         rows.rogue_settings(session, desktop.id), ctx.settings.rogue_users
     ).value
@@ -160,9 +195,10 @@ def _rogue(session: Session, ctx: BrokerContext, desktop: Desktop, row: SessionR
     outcome = "recorded"
     refused = None
     if policy == "assign" and holder is None and row.user_id is not None:
-        # The agent's token is any tenant administrator's to mint: its word never hands
-        # a stronger account a desktop (services/standing.py).
-        refused = standing.rogue_refusal(session, session.get(User, row.user_id))
+        # The agent's token is any tenant administrator's to mint (and a past holder's
+        # word while they held it): it never hands a stronger or disabled account a
+        # desktop, nor anyone more desktops than the pool's policies allow.
+        refused = _rogue_refusal(session, ctx, desktop, session.get(User, row.user_id))
     if refused is not None:
         outcome = "refused"
     elif policy == "assign" and holder is None and row.user_id is not None:
@@ -328,6 +364,13 @@ def record(
             if taken and seq is not None:
                 desktop.agent_seq = seq
 
+        if seq is not None and desktop.agent_seq and seq - desktop.agent_seq > SEQ_JUMP_MAX:
+            raise InvalidInput(
+                f"event {seq} jumps more than {SEQ_JUMP_MAX} past event {desktop.agent_seq}, "
+                f"the last one taken from desktop {desktop.name}: an agent numbers its "
+                "events one by one",
+                field="seq",
+            )
         if seq is not None and seq <= desktop.agent_seq:
             why = (
                 f"event {seq} ({event.value} of {user}) is not after event "
@@ -454,9 +497,11 @@ def record(
 def issue_agent_token(
     ctx: BrokerContext, desktop_id: str, tenant_scope: str | None, actor: str
 ) -> tuple[str, int, Desktop]:
-    """Mint the desktop's agent token; any earlier token of the desktop stops working."""
+    """Mint the desktop's agent token; any earlier token of the desktop stops working,
+    and so does the enrolled agent's refresh secret (which a past holder may have read
+    on the machine), and the event sequence starts again."""
     with ctx.db.write() as session:
-        desktop = rows.desktop(session, desktop_id)
+        desktop = rows.lock_desktop(session, desktop_id)
         if desktop is None or (tenant_scope is not None and desktop.tenant_id != tenant_scope):
             raise NotFound(f"desktop {desktop_id} does not exist")
         token, expires, token_id = ctx.signer.issue_agent(
@@ -466,6 +511,8 @@ def issue_agent_token(
             ttl_s=ctx.settings.agent_token_ttl_s,
         )
         desktop.agent_token_id = token_id
+        desktop.agent_refresh_hash = None
+        desktop.agent_seq = 0
         events.append(
             session,
             "agent.token",
@@ -493,7 +540,8 @@ def check_agent_token(who: TokenClaims, row: tuple[str, str | None] | None) -> N
     if row[1] is None:
         raise Unauthorized(
             "this agent token was revoked when the desktop was released (it changed "
-            "hands); an administrator mints a new one for the desktop's agent"
+            "hands); the agent gets a new one with its refresh secret within a few "
+            "minutes of the release, else it enrols again or an administrator mints one"
         )
     if row[1] != who.token_id:
         raise Unauthorized(

@@ -574,8 +574,12 @@ def unassign(session: Session, *, desktop_id: str, user_id: str | None) -> bool:
             assignment_slot=None,
             assigned_at=None,
             # The desktop changes hands: its agent token (which the previous holder may have
-            # read on the machine) stops working; an administrator mints the next one.
+            # read on the machine) stops working, and its refresh secret buys a new one only
+            # at the live agent's next beat (services/agents.refresh). The event sequence
+            # starts again: a number the previous holder pushed up cannot blind the broker
+            # to the next holder's sessions.
             agent_token_id=None,
+            agent_seq=0,
             updated_at=utcnow(),
         ).execution_options(synchronize_session=False)
     )
