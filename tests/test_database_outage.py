@@ -28,6 +28,7 @@ from deskbroker.bootstrap import ensure_defaults
 from deskbroker.config import Settings
 from deskbroker.services.context import BrokerContext
 from deskbroker.store.migrate import upgrade
+from tests.conftest import LOOPBACK
 from tests.helpers import USER_PASSWORD, Api, wait_until
 from tests.pg_cluster import ThrowawayCluster, throwaway_cluster
 
@@ -97,6 +98,8 @@ def test_a_database_stopped_and_restarted_under_login_load(
         argon2_memory_kib=64,
         db_pool_size=WORKERS,
         db_retry_after_s=RETRY_AFTER_S,
+        # The seeded static desktops sit on 127.0.1.x, which the default policy denies.
+        outbound_allow=LOOPBACK,
     )
     ctx = BrokerContext.from_settings(settings)
     upgrade(ctx.db)

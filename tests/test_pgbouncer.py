@@ -33,7 +33,7 @@ from deskbroker.services.context import BrokerContext
 from deskbroker.store.db import Database
 from deskbroker.store.migrate import upgrade
 from tests.browser_support import live_broker
-from tests.conftest import PG_ADMIN
+from tests.conftest import LOOPBACK, PG_ADMIN
 from tests.helpers import USER_PASSWORD, Api, wait_until
 from tests.identity.directories import free_port
 
@@ -108,6 +108,8 @@ def test_logins_connects_and_the_engine_through_pgbouncer_in_transaction_mode(
         db_pool_size=8,
         engine_tick_s=0.1,
         provision_interval_s=0.5,
+        # The seeded static desktops sit on 127.0.1.x, which the default policy denies.
+        outbound_allow=LOOPBACK,
     )
     ctx = BrokerContext.from_settings(settings)
     ensure_defaults(ctx)
