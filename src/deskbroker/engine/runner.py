@@ -161,9 +161,17 @@ class Engine:
             started += self._claim_and_submit(
                 Timer, Timer.due_at, now, self._free(), self._run_timer
             )
-        if (due.jobs or created) and self._free() > 0:
+        # Builds and build steps keep a worker: the periodic jobs of many pools, each due
+        # every few seconds, otherwise took every worker at every tick of a busy engine
+        # and no requested build was ever started.
+        kept = 1 if self.workers > 1 and (due.steps or any(w.requested for w in due.centers)) else 0
+        if (due.jobs or created) and self._free() - kept > 0:
             started += self._claim_and_submit(
-                Job, Job.next_run_at, utcnow() if created else now, self._free(), self._run_job
+                Job,
+                Job.next_run_at,
+                utcnow() if created else now,
+                self._free() - kept,
+                self._run_job,
             )
         for work in due.centers:
             started += self._builds(work, now)
