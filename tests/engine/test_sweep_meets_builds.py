@@ -18,7 +18,7 @@ from deskbroker.engine.requests import request_of
 from deskbroker.engine.runner import Engine
 from deskbroker.services.context import BrokerContext
 from deskbroker.store.tables import Center, Desktop
-from deskbroker.store.tasks import claim_builds
+from deskbroker.store.tasks import TaskRow, claim_builds
 from tests.engine.conftest import openstack_center, provisioning_pool
 from tests.helpers import Api
 
@@ -48,6 +48,15 @@ class _Drivers(DriverCache):
         return cast(CenterDriver, _ListsLate(super().get(center), self._before))
 
 
+def _claim(ctx: BrokerContext, center_id: str, owner: str) -> TaskRow:
+    """The center's one requested build, claimed as the engine's refill claims it."""
+    with ctx.db.connect_write() as conn:
+        (task,) = claim_builds(
+            conn, center_id, limit=1, most=1, owner=owner, now=datetime.now(UTC), ttl_s=60
+        )
+    return task
+
+
 def _live(sim: CloudSim) -> set[str]:
     return {
         str(s["id"])
@@ -67,16 +76,7 @@ def test_a_build_recorded_between_the_read_and_the_listing_is_not_reaped(
     built: list[str] = []
 
     def build() -> None:
-        with ctx.db.connect_write() as conn:
-            (task,) = claim_builds(
-                conn,
-                center["id"],
-                limit=1,
-                most=1,
-                owner=engine.owner,
-                now=datetime.now(UTC),
-                ttl_s=60,
-            )
+        task = _claim(ctx, center["id"], engine.owner)
         TaskStep(ctx, engine.drivers, task, engine.owner).build()
         with ctx.db.read() as session:
             desktop = session.get(Desktop, task.desktop_id)
@@ -100,16 +100,7 @@ def test_a_build_creating_its_instance_during_the_listing_stops_the_sweep(
     made: list[str] = []
 
     def create() -> None:
-        with ctx.db.connect_write() as conn:
-            (task,) = claim_builds(
-                conn,
-                center["id"],
-                limit=1,
-                most=1,
-                owner=engine.owner,
-                now=datetime.now(UTC),
-                ttl_s=60,
-            )
+        task = _claim(ctx, center["id"], engine.owner)
         with ctx.db.read() as session:
             row = session.get(Center, center["id"])
             assert row is not None

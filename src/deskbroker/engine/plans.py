@@ -201,32 +201,32 @@ class _Judged:
     took_out: bool = False
 
 
-def _take_out(desktop: Desktop) -> bool:
-    """Out of every offer, before the terminate: a login during the call must not be
-    handed the machine being deleted. True if this changed the availability."""
-    if desktop.availability == Availability.UNAVAILABLE.value:
+def _make(desktop: Desktop, availability: Availability) -> bool:
+    """The desktop's availability moved to ``availability`` through the table; True if
+    this changed it."""
+    if desktop.availability == availability.value:
         return False
     desktop.availability = transition(
         AVAILABILITY_TRANSITIONS,
         Availability(desktop.availability),
-        Availability.UNAVAILABLE,
+        availability,
         subject=f"desktop {desktop.name}",
     ).value
     return True
+
+
+def _take_out(desktop: Desktop) -> bool:
+    """Out of every offer, before the terminate: a login during the call must not be
+    handed the machine being deleted. True if this changed the availability."""
+    return _make(desktop, Availability.UNAVAILABLE)
 
 
 def _put_back(session: Session, desktop_id: str) -> None:
     """Undo ``_take_out`` when the terminate did not happen: the desktop is free again
     (a retry judges anew, and finds it reassigned if a login took it meanwhile)."""
     desktop = rows.lock_desktop(session, desktop_id)
-    if desktop is None or desktop.availability == Availability.AVAILABLE.value:
-        return
-    desktop.availability = transition(
-        AVAILABILITY_TRANSITIONS,
-        Availability(desktop.availability),
-        Availability.AVAILABLE,
-        subject=f"desktop {desktop.name}",
-    ).value
+    if desktop is not None:
+        _make(desktop, Availability.AVAILABLE)
 
 
 def _judge_and_release(
