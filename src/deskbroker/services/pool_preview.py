@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 from deskbroker.domain import provisioning
-from deskbroker.domain.membership import AttributeFilter, FilterOp, PoolDefinition
 from deskbroker.domain.provisioning import Provisioning
 from deskbroker.domain.states import is_free
 from deskbroker.security import TokenClaims
@@ -77,15 +77,17 @@ def preview(
         tenant = target_tenant(session, who, data.pop("tenant_id", None))
         existing = Repository(Pool, "pool").get(session, pool_id, tenant) if pool_id else None
         data = pool_catalog.check_definition(session, tenant, data, existing, frozenset(own_keys))
-        candidate = PoolDefinition(
-            pool_id=existing.id if existing else PREVIEW_ID,
-            center_ids=frozenset(data.get("center_ids") or []),
-            filters=tuple(
-                AttributeFilter(f["attribute"], FilterOp(f["op"]), str(f.get("value", "")))
-                for f in data.get("filters") or []
-            ),
-            desktop_ids=frozenset(data.get("desktop_ids") or []),
-            parent_pool_id=data.get("parent_pool_id"),
+        # Read as membership reads the saved row (``membership.definition``), so the
+        # preview takes what the pool will: its build centers' marked desktops too.
+        candidate = membership.definition(
+            SimpleNamespace(
+                id=existing.id if existing else PREVIEW_ID,
+                center_ids=data.get("center_ids"),
+                filters=data.get("filters"),
+                desktop_ids=data.get("desktop_ids"),
+                parent_pool_id=data.get("parent_pool_id"),
+                provisioning=data.get("provisioning"),
+            )
         )
         rows, others = membership.preview(session, tenant, candidate, pool_id)
         waiting = pool_status.queue_length(session, existing.id) if existing else 0
