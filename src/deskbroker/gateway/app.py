@@ -156,8 +156,8 @@ def create_app(settings: GatewaySettings) -> Starlette:
         address = settings.guacd_address
         if address is None:
             raise OSError("HTML5 RDP is not set up on this gateway (no guacd configured)")
-        # guacd connects on the gateway's behalf: the policy first (TargetDenied is OSError).
-        await relay.checked_address(ticket)  # type: ignore[arg-type]
+        # guac.tunnel checks the policy and hands guacd the checked address (TargetDenied
+        # is an OSError).
         await guac.tunnel(ws, ticket, meter, address, timeout)  # type: ignore[arg-type]
 
     async def healthz(request: Request) -> Response:

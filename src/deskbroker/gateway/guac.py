@@ -4,10 +4,12 @@ Debian ships no guacd, so the gateway talks to one the operator runs (its addres
 ``DESKBROKER_GATEWAY_GUACD``). The browser runs ``guacamole-common-js`` (from npm) with
 a ``Guacamole.WebSocketTunnel`` to ``/ws/rdp``; the gateway
 
-1. checks the ticket (an ``html5-rdp`` one),
+1. checks the ticket (an ``html5-rdp`` one) and the address its desktop resolves to
+   against the outbound policy,
 2. does the handshake with guacd for the ticket's target: ``select rdp``, reads ``args``,
    sends ``size``, ``audio``, ``video``, ``image`` and ``connect`` with a value for each
-   argument guacd asked for, waits for ``ready``,
+   argument guacd asked for, waits for ``ready``; the ``hostname`` is the checked address,
+   never the desktop's name (guacd would resolve it again, maybe elsewhere: DNS rebinding),
 3. tells the browser its tunnel id (the internal instruction ``0.,36.<uuid>;``), then relays
    whole instructions both ways, answering the tunnel's own pings itself.
 
@@ -26,7 +28,7 @@ from starlette.websockets import WebSocket
 
 from deskbroker.domain.tickets import Ticket
 from deskbroker.gateway.accounting import Meter
-from deskbroker.gateway.relay import CHUNK, run_both
+from deskbroker.gateway.relay import CHUNK, checked_address, run_both
 
 PROTOCOL_VERSION = "VERSION_1_5_0"
 # The largest instruction the gateway buffers; guacd's own limit is 8 KiB per element.
@@ -118,10 +120,14 @@ class InstructionReader:
             self._buffer += self._decoder.decode(data)
 
 
-def connect_values(ticket: Ticket, asked: Sequence[str], size: tuple[int, int, int]) -> list[str]:
-    """A value for each argument guacd asked for, in its order; unknown ones empty."""
+def connect_values(
+    ticket: Ticket, address: str, asked: Sequence[str], size: tuple[int, int, int]
+) -> list[str]:
+    """A value for each argument guacd asked for, in its order; unknown ones empty.
+
+    ``address``: where guacd connects, the one the outbound policy was checked against."""
     known: Mapping[str, str] = {
-        "hostname": ticket.host,
+        "hostname": address,
         "port": str(ticket.port),
         "username": ticket.username,
         # The user's password is typed into the desktop's own login screen.
@@ -145,10 +151,12 @@ async def handshake(
     reader: InstructionReader,
     writer: asyncio.StreamWriter,
     ticket: Ticket,
+    address: str,
     size: tuple[int, int, int],
     protocol: str = "rdp",
 ) -> str:
-    """Select the protocol, answer guacd's arguments and return its connection id."""
+    """Select the protocol, answer guacd's arguments (guacd connects to ``address``) and
+    return its connection id."""
     writer.write(encode("select", protocol).encode())
     await writer.drain()
     args = await reader.instruction()
@@ -160,7 +168,7 @@ async def handshake(
         encode("audio"),
         encode("video"),
         encode("image", "image/png", "image/jpeg", "image/webp"),
-        encode("connect", *connect_values(ticket, args[1:], size)),
+        encode("connect", *connect_values(ticket, address, args[1:], size)),
     ):
         writer.write(instruction.encode())
     await writer.drain()
@@ -186,14 +194,25 @@ def _size(query: Mapping[str, str]) -> tuple[int, int, int]:
 async def tunnel(
     ws: WebSocket, ticket: Ticket, meter: Meter, guacd: tuple[str, int], timeout_s: float
 ) -> None:
-    """Carry one Guacamole session between the browser and guacd."""
+    """Carry one Guacamole session between the browser and guacd, to the address the
+    ticket's desktop resolves to once the outbound policy allows it (``TargetDenied``,
+    an OSError, when it does not)."""
+    # Before guacd is asked anything: it connects on the gateway's behalf.
+    try:
+        address = await asyncio.wait_for(checked_address(ticket), timeout_s)
+    except TimeoutError as exc:
+        raise OSError(
+            f"desktop {ticket.desktop_name}'s name {ticket.host} does not resolve"
+        ) from exc
     try:
         guac_reader, writer = await asyncio.wait_for(asyncio.open_connection(*guacd), timeout_s)
     except (OSError, TimeoutError) as exc:
         raise OSError(f"guacd at {guacd[0]}:{guacd[1]} does not answer") from exc
     reader = InstructionReader(guac_reader)
     try:
-        await asyncio.wait_for(handshake(reader, writer, ticket, _size(ws.query_params)), timeout_s)
+        await asyncio.wait_for(
+            handshake(reader, writer, ticket, address, _size(ws.query_params)), timeout_s
+        )
         await ws.send_text(encode("", str(uuid.uuid4())))
 
         async def down() -> None:

@@ -13,6 +13,10 @@ own known_hosts file (``DESKBROKER_GATEWAY_SSH_KNOWN_HOSTS``) decides. A ticket 
 ``learn_host_key`` (the broker knows none and is set to learn) accepts the key the desktop
 shows and the gateway reports it to the broker, which pins it for the next logins. With
 none of these the login is refused: a password is never typed into an unknown host.
+
+asyncssh connects to the address the outbound policy was checked against, never to the
+desktop's name (a name may resolve elsewhere by the time the password is typed: DNS
+rebinding); host keys are still looked up under the name, as an ssh client would.
 """
 
 from __future__ import annotations
@@ -97,7 +101,7 @@ async def _login(
     try:
         trusted = known_hosts(ticket, known_hosts_file)
         # Before any password is asked: no login to an address the policy denies.
-        await asyncio.wait_for(checked_address(ticket), timeout_s)
+        address = await asyncio.wait_for(checked_address(ticket), timeout_s)
     except (HostKeyUnknown, TargetDenied) as exc:
         await _control(ws, "status", str(exc))
         return None
@@ -119,8 +123,11 @@ async def _login(
         try:
             conn = await asyncio.wait_for(
                 asyncssh.connect(
-                    ticket.host,
+                    address,
                     ticket.port,
+                    # known_hosts entries and host certificates name the desktop as the
+                    # ticket does, not by the address it was reached at.
+                    host_key_alias=ticket.host,
                     username=ticket.username,
                     password=value["value"],
                     known_hosts=trusted,
