@@ -1,6 +1,8 @@
 """A plan timer that terminates a desktop: the desktop leaves the claim before the center
-call (a login during the call must not be handed the machine being deleted), and a node
-that lost the timer's lease calls nothing (another node judges it again)."""
+call (a login during the call must not be handed the machine being deleted), a node
+that lost the timer's lease calls nothing (another node judges it again), and a node
+that died after taking the desktop out leaves it to the timer's next holder, who
+finishes the terminate or puts the desktop back (never one an administrator took out)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from deskbroker.centers.base import CenterDriver, MachineInfo, PowerAction
 from deskbroker.engine import plans as engine_plans
 from deskbroker.engine.drivers import DriverCache
 from deskbroker.services.context import BrokerContext
+from deskbroker.store import leases
 from deskbroker.store.tables import Timer
 from tests.desktop_agent import Agent, assigned_desktop, events_of, fire_due, timers_of, with_plans
 from tests.engine.conftest import openstack_center
@@ -84,9 +87,13 @@ def _logged_out_and_released(api: Api, **plans: Any) -> str:
     return desktop
 
 
-def _status(sim: CloudSim, api: Api, desktop: str) -> str:
+def _server(sim: CloudSim, api: Api, desktop: str) -> dict[str, Any]:
     external = api.get(f"desktops/{desktop}")["external_id"]
-    return str(next(s for s in sim.servers("demo") if s["id"] == external)["status"])
+    return dict(next(s for s in sim.servers("demo") if s["id"] == external))
+
+
+def _status(sim: CloudSim, api: Api, desktop: str) -> str:
+    return str(_server(sim, api, desktop)["status"])
 
 
 def test_a_login_during_the_terminate_is_not_given_the_desktop(
@@ -201,3 +208,133 @@ def test_a_session_coming_back_before_the_call_stops_it_and_frees_the_desktop(
     assert _status(sim, api, desktop) == "ACTIVE"
     assert timers_of(api, desktop) == []
     assert api.get(f"desktops/{desktop}")["availability"] == "available"
+
+
+class _Crash(BaseException):
+    """The node's process dies: nothing after this point of its work runs (a
+    ``BaseException``, so none of the engine's ``except Exception`` catches it)."""
+
+
+def _crash() -> None:
+    raise _Crash
+
+
+def _node_dies_before_the_call(ctx: BrokerContext, now: datetime) -> None:
+    """Node A claims the due timer, judges it (the desktop leaves the claim, committed)
+    and dies before its terminate reaches the center; its lease stays on the timer."""
+    with ctx.db.write() as session:
+        [timer_id] = leases.claim_due(
+            session, Timer, Timer.due_at, owner="node-a:1", now=now, ttl_s=60
+        )
+    drivers = _Drivers(ctx, _crash)
+    with pytest.raises(_Crash):
+        engine_plans.execute_timer(ctx, drivers, timer_id, "node-a:1", now)
+    assert drivers.calls == []
+
+
+def test_the_next_holder_finishes_a_terminate_whose_node_died(
+    api: Api, sim: CloudSim, ctx: BrokerContext
+) -> None:
+    _one_deletable_desktop(api, sim, users=1)
+    desktop = _logged_out_and_released(api, release=TERMINATE_AT_LOGOUT)
+    now = datetime.now(UTC) + timedelta(seconds=1)
+    _node_dies_before_the_call(ctx, now)
+    assert api.get(f"desktops/{desktop}")["availability"] == "unavailable"
+    with ctx.db.read() as session:
+        timer = session.query(Timer).filter_by(desktop_id=desktop).one()
+        # Marked in node A's judging unit: the take-out is the engine's, for this timer.
+        assert (timer.lease_owner, timer.took_out_at is not None) == ("node-a:1", True)
+    # Node A's lease still runs: nobody else may take the timer yet.
+    assert fire_due(ctx, DriverCache(ctx), now + timedelta(seconds=30)) == 0
+
+    assert fire_due(ctx, DriverCache(ctx), now + timedelta(minutes=2)) == 1
+    server = _server(sim, api, desktop)
+    # The simulator finishes a delete after half a second: either is the terminate.
+    assert server["task_state"] == "deleting" or server["status"] == "DELETED", server
+    assert timers_of(api, desktop) == []
+    row = api.get(f"desktops/{desktop}")
+    assert (row["power_state"], row["availability"]) == ("deleting", "unavailable")
+    assert [e["kind"] for e in events_of(api, desktop)] == ["plan.terminate"]
+
+
+def test_the_next_holder_puts_the_desktop_back_when_the_terminate_no_longer_applies(
+    api: Api, sim: CloudSim, ctx: BrokerContext
+) -> None:
+    """The administrator made the desktop not deletable while node A was dead: the
+    next holder skips the terminate and the desktop node A took out is free again."""
+    _one_deletable_desktop(api, sim, users=2)
+    desktop = _logged_out_and_released(api, release=TERMINATE_AT_LOGOUT)
+    now = datetime.now(UTC) + timedelta(seconds=1)
+    _node_dies_before_the_call(ctx, now)
+    api.patch(f"desktops/{desktop}", {"deletable": False})
+
+    assert fire_due(ctx, DriverCache(ctx), now + timedelta(minutes=2)) == 1
+    assert _status(sim, api, desktop) == "ACTIVE"
+    assert timers_of(api, desktop) == []
+    row = api.get(f"desktops/{desktop}")
+    assert (row["power_state"], row["availability"]) == ("running", "available")
+    assert [e["kind"] for e in events_of(api, desktop)] == ["plan.skipped"]
+    assert assigned_desktop(api, "user1") == desktop
+
+
+def test_the_next_holders_failed_terminate_puts_the_desktop_back(
+    api: Api, sim: CloudSim, ctx: BrokerContext
+) -> None:
+    """Node B finds the desktop already out (node A's doing): its failing call still
+    puts it back, and the retry that follows judges anew."""
+    _one_deletable_desktop(api, sim, users=1)
+    desktop = _logged_out_and_released(api, release=TERMINATE_AT_LOGOUT)
+    now = datetime.now(UTC) + timedelta(seconds=1)
+    _node_dies_before_the_call(ctx, now)
+    sim.inject_fault(500, method="DELETE", path=r"/servers/", times=None)
+
+    assert fire_due(ctx, DriverCache(ctx), now + timedelta(minutes=2)) == 1
+    assert api.get(f"desktops/{desktop}")["availability"] == "available"
+    [timer] = timers_of(api, desktop)
+    assert timer["failures"] == 1
+
+    sim.clear_faults()
+    assert fire_due(ctx, DriverCache(ctx), now + timedelta(hours=2)) == 1
+    row = api.get(f"desktops/{desktop}")
+    assert (row["power_state"], row["availability"]) == ("deleting", "unavailable")
+    assert [e["kind"] for e in events_of(api, desktop)] == ["plan.retry", "plan.terminate"]
+
+
+def test_a_login_after_the_node_died_puts_the_desktop_back(
+    api: Api, sim: CloudSim, ctx: BrokerContext
+) -> None:
+    """The session event that cancels the timer deletes it, and with it the only record
+    that the engine took the desktop out: that event puts the desktop back."""
+    _one_deletable_desktop(api, sim, users=1)
+    desktop = _logged_out_and_released(api, release=TERMINATE_AT_LOGOUT)
+    now = datetime.now(UTC) + timedelta(seconds=1)
+    _node_dies_before_the_call(ctx, now)
+
+    Agent.mint(api, desktop).send("login")
+    assert timers_of(api, desktop) == []
+    assert api.get(f"desktops/{desktop}")["availability"] == "available"
+    assert fire_due(ctx, DriverCache(ctx), now + timedelta(minutes=2)) == 0
+    assert _status(sim, api, desktop) == "ACTIVE"
+
+
+@pytest.mark.parametrize("when", ["before the timer fired", "while the node was dead"])
+def test_an_administrators_take_out_is_never_undone(
+    api: Api, sim: CloudSim, ctx: BrokerContext, when: str
+) -> None:
+    """Taken out by an administrator (before the judge, or over node A's take-out while
+    node A was dead), the desktop stays out when the terminate does not happen."""
+    _one_deletable_desktop(api, sim, users=1)
+    desktop = _logged_out_and_released(api, release=TERMINATE_AT_LOGOUT)
+    now = datetime.now(UTC) + timedelta(seconds=1)
+    if when == "before the timer fired":
+        api.patch(f"desktops/{desktop}", {"availability": "unavailable"})
+    _node_dies_before_the_call(ctx, now)
+    if when == "while the node was dead":
+        api.patch(f"desktops/{desktop}", {"availability": "unavailable"})
+    api.patch(f"desktops/{desktop}", {"deletable": False})
+
+    assert fire_due(ctx, DriverCache(ctx), now + timedelta(minutes=2)) == 1
+    assert timers_of(api, desktop) == []
+    assert [e["kind"] for e in events_of(api, desktop)] == ["plan.skipped"]
+    row = api.get(f"desktops/{desktop}")
+    assert (row["power_state"], row["availability"]) == ("running", "unavailable")

@@ -9,6 +9,12 @@ that one request. Two things guard that window: a desktop about to be terminated
 the claim in the judging transaction (no login is handed a machine being deleted), and
 the timer's lease is renewed just before the call (a node that stalled past its lease,
 while another judged the timer again, calls nothing).
+
+A terminate that took its desktop out marks its timer (``took_out_at``) in that same
+transaction. A node that dies between that commit and the end of the call leaves the
+timer with its lease; once the lease runs out the next holder judges it again and either
+finishes the terminate or, when it no longer applies, puts the desktop back. The mark
+tells the engine's take-out from an administrator's, which is never undone.
 """
 
 from __future__ import annotations
@@ -196,8 +202,9 @@ class _Judged:
 
     verdict: Verdict
     timer: Timer
-    # This judge took the desktop out of the claim (it was available): a call that does
-    # not happen puts it back. One an administrator had taken out stays out.
+    # The desktop is out of the claim by this timer's doing (this judge or an earlier
+    # holder's took it out, it was available): a call that does not happen puts it back.
+    # One an administrator had taken out stays out.
     took_out: bool = False
 
 
@@ -221,12 +228,28 @@ def _take_out(desktop: Desktop) -> bool:
     return _make(desktop, Availability.UNAVAILABLE)
 
 
+def _back(desktop: Desktop) -> None:
+    # A desktop being removed meanwhile (an administrator's removal marks it deleting)
+    # stays out: the claim must never offer it.
+    if power_state(desktop.power_state) not in (PowerState.DELETING, PowerState.DELETED):
+        _make(desktop, Availability.AVAILABLE)
+
+
 def _put_back(session: Session, desktop_id: str) -> None:
     """Undo ``_take_out`` when the terminate did not happen: the desktop is free again
     (a retry judges anew, and finds it reassigned if a login took it meanwhile)."""
     desktop = rows.lock_desktop(session, desktop_id)
     if desktop is not None:
-        _make(desktop, Availability.AVAILABLE)
+        _back(desktop)
+
+
+def _done_with(session: Session, timer: Timer, desktop: Desktop) -> None:
+    """Delete a timer whose action will not call the center, putting back the desktop
+    its terminate took out (a node died after taking it out, and the terminate no
+    longer applies)."""
+    if timer.took_out_at is not None:
+        _back(desktop)
+    session.delete(timer)
 
 
 def _judge_and_release(
@@ -250,20 +273,28 @@ def _judge_and_release(
         if verdict.outcome is not Outcome.RUN:
             kind = "plan.cancelled" if verdict.outcome is Outcome.CANCEL else "plan.skipped"
             _event(session, kind, timer, desktop, reason=verdict.reason)
-            session.delete(timer)
+            _done_with(session, timer, desktop)
             return None
         if verdict.action is PlanAction.WARN:
             _warn(session, timer, desktop)
-            session.delete(timer)
+            _done_with(session, timer, desktop)
             return None
         if verdict.action is PlanAction.RELEASE:
             _event(session, "plan.release", timer, desktop, reason=verdict.reason)
+            if timer.took_out_at is not None:
+                _back(desktop)  # before the release, which hands it back to its pool
             _release(session, desktop, f"{timer.plan} plan")
             _log_off(session, timer, desktop)
             session.delete(timer)
             return None
         if verdict.action is PlanAction.TERMINATE:
-            return _Judged(verdict, timer, took_out=_take_out(desktop))
+            # Marked in the unit that takes it out: a node dying after this commit
+            # leaves the next holder of the timer knowing the desktop is the engine's
+            # to put back. A mark already there is an earlier holder's, who died.
+            took = _take_out(desktop) or timer.took_out_at is not None
+            if took and timer.took_out_at is None:
+                timer.took_out_at = datetime.now(UTC)
+            return _Judged(verdict, timer, took_out=took)
         return _Judged(verdict, timer)
 
 
@@ -322,9 +353,13 @@ def _record_failure(
     judge took out of the claim for a terminate that did not happen."""
     message = str(error)[:2000] or type(error).__name__
     with ctx.db.write() as session:
-        if put_back is not None:
-            _put_back(session, put_back)
         timer = rows.timer(session, timer_id)
+        # A timer another node holds now is that node's: its terminate may be under way
+        # and relies on the desktop staying out (its mark stays for it).
+        if put_back is not None and (timer is None or timer.lease_owner == owner):
+            _put_back(session, put_back)
+            if timer is not None:
+                timer.took_out_at = None
         if timer is None:
             return
         desktop = rows.desktop(session, timer.desktop_id)

@@ -23,6 +23,7 @@ from deskbroker.services.catalog_crud import Resource, audit_event
 from deskbroker.services.context import BrokerContext
 from deskbroker.services.queues import refresh_pools
 from deskbroker.store import jobs, references
+from deskbroker.store import sessions as timer_rows
 from deskbroker.store.db import Unit
 from deskbroker.store.repository import Repository, bump_config_version
 from deskbroker.store.tables import Center, Desktop, Image, Tenant
@@ -145,6 +146,9 @@ def _prepare_desktop(
                 wanted,
                 subject=f"desktop {existing.name}",
             )
+            # The administrator's word from now on: a terminate timer that had taken the
+            # desktop out must not put it back.
+            timer_rows.disown_take_out(session, existing.id)
         data["availability"] = wanted.value
     attributes = data.get("attributes")
     if attributes is not None:

@@ -19,7 +19,9 @@ from deskbroker.domain.states import (
     SESSION_TRANSITIONS,
     AgentState,
     Availability,
+    PowerState,
     SessionState,
+    power_state,
     transition,
 )
 from deskbroker.domain.timestamps import aware
@@ -222,6 +224,9 @@ def _rogue(session: Session, ctx: BrokerContext, desktop: Desktop, row: SessionR
                 detail={"reason": "rogue login"},
             )
     elif policy == "flag":
+        # Out by this flag, which is the administrator's to lift: a terminate timer that
+        # had taken it out must not put it back.
+        rows.disown_take_out(session, desktop.id)
         desktop.availability = transition(
             AVAILABILITY_TRANSITIONS,
             Availability(desktop.availability),
@@ -264,6 +269,20 @@ def _rules(session: Session, ctx: BrokerContext, pool_id: str | None) -> list[Pl
         *plans.parse_rules(PlanKind.POWER, power),
         *plans.parse_rules(PlanKind.RELEASE, release),
     ]
+
+
+def _put_back(desktop: Desktop) -> None:
+    # A terminate timer this event cancels had taken the desktop out of the claim, and
+    # with the timer gone no engine run would put it back (its node may have died before
+    # the call). One being removed meanwhile stays out.
+    if power_state(desktop.power_state) in (PowerState.DELETING, PowerState.DELETED):
+        return
+    desktop.availability = transition(
+        AVAILABILITY_TRANSITIONS,
+        Availability(desktop.availability),
+        Availability.AVAILABLE,
+        subject=f"desktop {desktop.name}",
+    ).value
 
 
 def _pending(session: Session, desktop_id: str) -> list[plans.PendingTimer]:
@@ -449,6 +468,8 @@ def record(
             ),
             pending=_pending(session, desktop.id),
         )
+        if rows.took_out_any(session, changes.cancel):
+            _put_back(desktop)
         rows.delete_timers(session, changes.cancel)
         timers = [
             Timer(

@@ -100,6 +100,29 @@ def delete_timers(session: Session, ids: Sequence[str]) -> None:
         session.execute(delete(Timer).where(Timer.id.in_(ids)))
 
 
+def took_out_any(session: Session, ids: Sequence[str]) -> bool:
+    """Whether one of these timers took its desktop out of the claim (``took_out_at``)."""
+    if not ids:
+        return False
+    found = session.scalar(
+        select(Timer.id).where(Timer.id.in_(ids), Timer.took_out_at.is_not(None)).limit(1)
+    )
+    return found is not None
+
+
+def disown_take_out(session: Session, desktop_id: str) -> None:
+    """The desktop's availability is someone else's now (an administrator set it, or a
+    rogue login flagged it): no timer of it may put it back. Locks the desktop's row
+    first, as a judge marking a timer does, so the two are ordered."""
+    lock_desktop(session, desktop_id)
+    session.execute(
+        update(Timer)
+        .where(Timer.desktop_id == desktop_id, Timer.took_out_at.is_not(None))
+        .values(took_out_at=None)
+        .execution_options(synchronize_session="fetch")
+    )
+
+
 def add(session: Session, rows: Sequence[Any]) -> None:
     """Insert new rows and give them their ids."""
     session.add_all(rows)

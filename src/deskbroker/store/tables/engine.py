@@ -68,6 +68,11 @@ class Timer(Base):
     failures: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = _created()
+    # Set when this timer's terminate took the desktop out of the claim (it was
+    # available): whoever holds the timer next, after a node died mid-terminate, knows
+    # the desktop is out by the engine's doing, not an administrator's, and puts it back
+    # if the terminate does not happen. Cleared when an administrator sets availability.
+    took_out_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class ProvisioningTask(Base):
