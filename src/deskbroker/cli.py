@@ -113,6 +113,7 @@ def serve(
     import uvicorn
 
     from deskbroker.api.app import create_app
+    from deskbroker.api.worker import NODE_PID_VARIABLE
     from deskbroker.bootstrap import ensure_defaults
     from deskbroker.engine.nodes import NodeHeartbeat
     from deskbroker.engine.runner import Engine
@@ -143,6 +144,9 @@ def serve(
         # uvicorn's 5 s closed connections a client was about to reuse, and the client
         # saw its request dropped unanswered.
         "timeout_keep_alive": settings.keep_alive_s,
+        # uvicorn's default waits for ever: one request stuck on a silent client held a
+        # stopping node, and its service manager had to kill it.
+        "timeout_graceful_shutdown": settings.shutdown_grace_s,
     }
     try:
         if count == 1:
@@ -152,6 +156,7 @@ def serve(
             # environment, so the command line's overrides go there.
             os.environ["DESKBROKER_DATA_DIR"] = str(settings.data_dir)
             os.environ["DESKBROKER_DATABASE_URL"] = settings.effective_database_url
+            os.environ[NODE_PID_VARIABLE] = str(os.getpid())
             uvicorn.run(
                 "deskbroker.api.worker:app",
                 factory=True,

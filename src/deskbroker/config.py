@@ -213,6 +213,13 @@ class Settings(BaseSettings):
         description="how long an idle client connection stays open: longer than clients "
         "and load balancers keep theirs, so a client never reuses one the broker closed",
     )
+    shutdown_grace_s: int = Field(
+        default=20,
+        ge=0,
+        le=3600,
+        description="how long a stopping node waits for the requests under way before it "
+        "closes them (one stuck on a silent client or peer would otherwise hold it)",
+    )
     provision_interval_s: float = Field(default=5.0, gt=0, le=3600)
     stats_interval_s: float = Field(default=300.0, gt=0, le=86400)
     provision_retry_base_s: float = Field(default=2.0, ge=0, le=600)

@@ -9,6 +9,7 @@ the engine off whatever the configuration says.
 from __future__ import annotations
 
 import ctypes
+import os
 import signal
 import sys
 
@@ -19,6 +20,8 @@ from deskbroker.config import Settings
 from deskbroker.services.context import BrokerContext
 
 PR_SET_PDEATHSIG = 1
+# ``serve`` sets it to its own pid before it spawns the workers.
+NODE_PID_VARIABLE = "DESKBROKER_NODE_PID"
 
 
 def die_with_the_node() -> None:
@@ -28,6 +31,11 @@ def die_with_the_node() -> None:
     manager starts the node again whole."""
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    # The kernel signals only a death after the request: a node killed while this
+    # worker was starting has already left it to init.
+    node_pid = os.environ.get(NODE_PID_VARIABLE, "")
+    if node_pid.isdigit() and os.getppid() != int(node_pid):
+        raise SystemExit(f"the node (pid {node_pid}) is gone: this worker stops")
 
 
 def app() -> FastAPI:
