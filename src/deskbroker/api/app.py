@@ -130,6 +130,10 @@ def api_router() -> APIRouter:
     api.include_router(client_grants.router())
     api.include_router(client_sign_in.router())
     api.include_router(client_plans.router())
+    # Routes are matched one by one in this order: the agents' and the gateway's, called
+    # on every session and connection, come before the administrators' many.
+    api.include_router(agent.router())
+    api.include_router(gateway.router())
     # One level of nesting fewer: every level rebuilds each route's dependencies.
     for module in (
         inventory,
@@ -153,8 +157,6 @@ def api_router() -> APIRouter:
         admin_webhooks,
     ):
         api.include_router(module.router(), prefix="/admin")
-    api.include_router(agent.router())
-    api.include_router(gateway.router())
     return api
 
 
