@@ -130,6 +130,17 @@ def db_url(template_db: str, tmp_path: Path) -> str:
 
 
 @pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A migrated SQLite database of its own, whichever backend the suite runs on: for
+    tests that start broker processes of their own."""
+    url = f"sqlite:///{tmp_path / 'broker.db'}"
+    db = Database(url)
+    upgrade(db)
+    db.dispose()
+    return url
+
+
+@pytest.fixture
 def settings(db_url: str, tmp_path: Path) -> Settings:
     return Settings(
         data_dir=tmp_path / "data",

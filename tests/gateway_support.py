@@ -265,3 +265,39 @@ def private_sshd(directory: Path) -> Iterator[PrivateSshd]:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+async def ssh_page(url: str, command: str | None, until: str) -> list[str]:
+    """What the gateway's SSH page sees on ``url``: its control messages (the password
+    prompt answered with ``SSH_PASSWORD``), a "ran: ``command``" line when the shell's
+    prompt came and the command was typed, then the terminal's text once ``until``
+    shows in it."""
+    import json
+
+    import websockets
+
+    seen: list[str] = []
+    text = ""
+    typed = False
+    async with websockets.connect(url) as ws:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                message = await asyncio.wait_for(ws.recv(), 10)
+            except (websockets.ConnectionClosed, TimeoutError):
+                break
+            if isinstance(message, str):
+                control = json.loads(message)
+                seen.append(f"{control['type']}: {control['message']}")
+                if control["type"] == "prompt":
+                    await ws.send(json.dumps({"type": "password", "value": SSH_PASSWORD}))
+                continue
+            text += message.decode(errors="replace")
+            if command is not None and not typed and "$ " in text:
+                typed = True
+                seen.append(f"ran: {command}")
+                await ws.send(f"{command}\n".encode())
+            if until in text:
+                seen.append(text)
+                break
+    return seen

@@ -10,7 +10,6 @@ headers here): requests leave from 127.0.0.5 or 127.0.0.6, both local on Linux."
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import socket
 import time
@@ -21,7 +20,6 @@ from typing import Any
 import asyncssh
 import httpx
 import pytest
-import websockets
 
 from deskbroker import xvnc
 from deskbroker.bootstrap import add_local_user
@@ -36,6 +34,7 @@ from tests.gateway_support import (
     broker_and_gateway,
     free_port,
     private_sshd,
+    ssh_page,
     ticket_of,
     user_token,
 )
@@ -203,37 +202,9 @@ def ssh_desktop(api: Api, ctx: BrokerContext, tmp_path: Path) -> Iterator[dict[s
         yield {"id": desktop, "sshd": sshd}
 
 
-async def _ssh_session(url: str, command: str | None) -> list[str]:
-    """What the SSH page would see: its control messages, then (``command`` given) the
-    terminal's text up to the command's last line of output."""
-    seen: list[str] = []
-    async with websockets.connect(url) as ws:
-        text = ""
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                message = await asyncio.wait_for(ws.recv(), 10)
-            except (websockets.ConnectionClosed, TimeoutError):
-                break
-            if isinstance(message, str):
-                control = json.loads(message)
-                seen.append(f"{control['type']}: {control['message']}")
-                if control["type"] == "prompt":
-                    await ws.send(json.dumps({"type": "password", "value": SSH_PASSWORD}))
-                continue
-            text += message.decode(errors="replace")
-            if command is not None and "$ " in text and "ran:" not in seen[-1]:
-                seen.append(f"ran: {command}")
-                await ws.send(f"{command}\n".encode())
-            if "end-2\r\n" in text:
-                seen.append(text)
-                break
-    return seen
-
-
 def ssh_session(gateway: Running, launch_url: str, command: str | None = None) -> list[str]:
     url = f"ws://127.0.0.1:{gateway.port}/ws/ssh?ticket={ticket_of(launch_url)}"
-    return asyncio.run(_ssh_session(url, command))
+    return asyncio.run(ssh_page(url, command, "end-2\r\n"))
 
 
 # Terminal control sequences (colours, title, bracketed paste) between the lines.

@@ -9,7 +9,6 @@ gateway hands it."""
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 import threading
 import time
@@ -26,15 +25,17 @@ from deskbroker.outbound import OutboundPolicy
 from deskbroker.services.context import BrokerContext
 from tests.gateway_support import (
     GATEWAY_KEY,
-    SSH_PASSWORD,
     SSH_USER,
     PrivateSshd,
     broker_and_gateway,
     private_sshd,
+    ssh_page,
 )
 from tests.test_gateway_guac import GuacdStandIn
 
 NAME = "desktop.rebind.test"
+# The command typed once the shell is up, and the line its output ends with.
+REBIND_CHECK = ("echo rebind-$((6*7))-done", "rebind-42-done\r\n")
 
 
 def _resolver(monkeypatch: pytest.MonkeyPatch, answers: list[str]) -> list[str]:
@@ -104,34 +105,6 @@ def trap(sshd: PrivateSshd) -> Iterator[Trap]:
     found.server.close()
 
 
-async def _ssh(url: str) -> list[str]:
-    """The control messages of an SSH page that types the password and runs a command,
-    then the terminal's text once the command's output is back."""
-    seen: list[str] = []
-    text = ""
-    async with websockets.connect(url) as ws:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                message = await asyncio.wait_for(ws.recv(), 10)
-            except (websockets.ConnectionClosed, TimeoutError):
-                break
-            if isinstance(message, str):
-                control = json.loads(message)
-                seen.append(f"{control['type']}: {control['message']}")
-                if control["type"] == "prompt":
-                    await ws.send(json.dumps({"type": "password", "value": SSH_PASSWORD}))
-                continue
-            text += message.decode(errors="replace")
-            if "$ " in text and "ran" not in seen:
-                seen.append("ran")
-                await ws.send(b"echo rebind-$((6*7))-done\n")
-            if "rebind-42-done\r\n" in text:
-                seen.append(text)
-                break
-    return seen
-
-
 def _allow_only(address: str) -> None:
     """Only ``address`` of loopback is allowed: the rest stands for the gateway host's
     own services, which a rebound name must not reach."""
@@ -160,7 +133,9 @@ def test_ssh_logs_into_the_checked_address_not_the_rebound_name(
     _allow_only("127.0.1.1")
     looked = _resolver(monkeypatch, ["127.0.1.1", "127.0.0.1"])
     with broker_and_gateway(ctx, **extra) as (_broker, gateway):
-        seen = asyncio.run(_ssh(f"ws://127.0.0.1:{gateway.port}/ws/ssh?ticket={ticket}"))
+        seen = asyncio.run(
+            ssh_page(f"ws://127.0.0.1:{gateway.port}/ws/ssh?ticket={ticket}", *REBIND_CHECK)
+        )
     assert seen[0] == f"prompt: {SSH_USER}@desk's password: ", seen
     assert "rebind-42-done" in seen[-1], seen
     assert trap.accepted == 0
@@ -178,7 +153,7 @@ def test_ssh_host_keys_known_for_another_host_are_still_refused(
     _resolver(monkeypatch, ["127.0.1.1"])
     with broker_and_gateway(ctx, ssh_known_hosts=str(known)) as (_broker, gateway):
         url = f"ws://127.0.0.1:{gateway.port}/ws/ssh?ticket={_ticket('html5-ssh', sshd.port)}"
-        seen = asyncio.run(_ssh(url))
+        seen = asyncio.run(ssh_page(url, *REBIND_CHECK))
     assert seen[-1] == (
         "status: desktop desk showed an SSH host key that is not the one known for it; "
         "the login was stopped (ask an administrator)"

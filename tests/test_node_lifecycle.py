@@ -13,23 +13,10 @@ import time
 import uuid
 from pathlib import Path
 
-import pytest
-
 from deskbroker.api.worker import NODE_PID_VARIABLE
-from deskbroker.store.db import Database
-from deskbroker.store.migrate import upgrade
 from tests.broker_process import start_node
 
 SECRET = "test-secret-" + uuid.uuid4().hex
-
-
-@pytest.fixture
-def sqlite_url(tmp_path: Path) -> str:
-    url = f"sqlite:///{tmp_path / 'broker.db'}"
-    db = Database(url)
-    upgrade(db)
-    db.dispose()
-    return url
 
 
 def test_a_stop_closes_a_request_stuck_on_a_silent_client_after_the_grace(

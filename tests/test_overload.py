@@ -51,18 +51,6 @@ def _connect(node: BrokerNode) -> socket.socket:
 
 
 @pytest.fixture
-def sqlite_url(tmp_path: Path) -> str:
-    from deskbroker.store.db import Database
-    from deskbroker.store.migrate import upgrade
-
-    url = f"sqlite:///{tmp_path / 'broker.db'}"
-    db = Database(url)
-    upgrade(db)
-    db.dispose()
-    return url
-
-
-@pytest.fixture
 def node(tmp_path: Path, sqlite_url: str) -> Iterator[BrokerNode]:
     with running_node(
         tmp_path,

@@ -42,7 +42,7 @@ from deskbroker.domain.timestamps import aware
 from deskbroker.engine.drivers import DriverCache
 from deskbroker.services import agents, desktops
 from deskbroker.services.context import BrokerContext
-from deskbroker.store import events, leases
+from deskbroker.store import desktop_rows, events, leases
 from deskbroker.store import sessions as rows
 from deskbroker.store.db import Unit as Session
 from deskbroker.store.tables import Desktop, Timer
@@ -228,19 +228,12 @@ def _take_out(desktop: Desktop) -> bool:
     return _make(desktop, Availability.UNAVAILABLE)
 
 
-def _back(desktop: Desktop) -> None:
-    # A desktop being removed meanwhile (an administrator's removal marks it deleting)
-    # stays out: the claim must never offer it.
-    if power_state(desktop.power_state) not in (PowerState.DELETING, PowerState.DELETED):
-        _make(desktop, Availability.AVAILABLE)
-
-
 def _put_back(session: Session, desktop_id: str) -> None:
     """Undo ``_take_out`` when the terminate did not happen: the desktop is free again
     (a retry judges anew, and finds it reassigned if a login took it meanwhile)."""
     desktop = rows.lock_desktop(session, desktop_id)
     if desktop is not None:
-        _back(desktop)
+        desktop_rows.back_in_claim(desktop)
 
 
 def _done_with(session: Session, timer: Timer, desktop: Desktop) -> None:
@@ -248,7 +241,7 @@ def _done_with(session: Session, timer: Timer, desktop: Desktop) -> None:
     its terminate took out (a node died after taking it out, and the terminate no
     longer applies)."""
     if timer.took_out_at is not None:
-        _back(desktop)
+        desktop_rows.back_in_claim(desktop)
     session.delete(timer)
 
 
@@ -282,7 +275,8 @@ def _judge_and_release(
         if verdict.action is PlanAction.RELEASE:
             _event(session, "plan.release", timer, desktop, reason=verdict.reason)
             if timer.took_out_at is not None:
-                _back(desktop)  # before the release, which hands it back to its pool
+                # Before the release, which hands it back to its pool.
+                desktop_rows.back_in_claim(desktop)
             _release(session, desktop, f"{timer.plan} plan")
             _log_off(session, timer, desktop)
             session.delete(timer)

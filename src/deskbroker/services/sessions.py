@@ -19,9 +19,7 @@ from deskbroker.domain.states import (
     SESSION_TRANSITIONS,
     AgentState,
     Availability,
-    PowerState,
     SessionState,
-    power_state,
     transition,
 )
 from deskbroker.domain.timestamps import aware
@@ -29,7 +27,7 @@ from deskbroker.errors import Conflict, Forbidden, InvalidInput, NotFound, Unaut
 from deskbroker.security import TokenClaims
 from deskbroker.services import standing
 from deskbroker.services.context import BrokerContext
-from deskbroker.store import claims, events
+from deskbroker.store import claims, desktop_rows, events
 from deskbroker.store import sessions as rows
 from deskbroker.store import standing as standing_reads
 from deskbroker.store.db import Unit as Session
@@ -271,20 +269,6 @@ def _rules(session: Session, ctx: BrokerContext, pool_id: str | None) -> list[Pl
     ]
 
 
-def _put_back(desktop: Desktop) -> None:
-    # A terminate timer this event cancels had taken the desktop out of the claim, and
-    # with the timer gone no engine run would put it back (its node may have died before
-    # the call). One being removed meanwhile stays out.
-    if power_state(desktop.power_state) in (PowerState.DELETING, PowerState.DELETED):
-        return
-    desktop.availability = transition(
-        AVAILABILITY_TRANSITIONS,
-        Availability(desktop.availability),
-        Availability.AVAILABLE,
-        subject=f"desktop {desktop.name}",
-    ).value
-
-
 def _pending(session: Session, desktop_id: str) -> list[plans.PendingTimer]:
     return [plans.PendingTimer(*r) for r in rows.timers_of(session, desktop_id)]
 
@@ -468,9 +452,11 @@ def record(
             ),
             pending=_pending(session, desktop.id),
         )
-        if rows.took_out_any(session, changes.cancel):
-            _put_back(desktop)
-        rows.delete_timers(session, changes.cancel)
+        if rows.delete_timers(session, changes.cancel):
+            # A terminate timer this event cancels had taken the desktop out of the
+            # claim, and with the timer gone no engine run would put it back (its node
+            # may have died before the call).
+            desktop_rows.back_in_claim(desktop)
         timers = [
             Timer(
                 tenant_id=desktop.tenant_id,

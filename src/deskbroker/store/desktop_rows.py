@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from sqlalchemy import func, select, update
 
-from deskbroker.domain.states import Availability, PowerState, SessionState
+from deskbroker.domain.states import (
+    AVAILABILITY_TRANSITIONS,
+    Availability,
+    PowerState,
+    SessionState,
+    power_state,
+    transition,
+)
 from deskbroker.store.db import Unit
 from deskbroker.store.holders import UserHolder
 from deskbroker.store.tables import Desktop, PoolMember, SessionRow, User
@@ -91,3 +98,18 @@ def count_ready_named(session: Unit, prefix: str) -> int:
         )
         or 0
     )
+
+
+def back_in_claim(desktop: Desktop) -> None:
+    """The desktop available again, unless it is being removed (an administrator's
+    removal marks it deleting): the claim must never offer that one. For a take-out
+    that did not end in a terminate."""
+    if power_state(desktop.power_state) in (PowerState.DELETING, PowerState.DELETED):
+        return
+    if desktop.availability != Availability.AVAILABLE.value:
+        desktop.availability = transition(
+            AVAILABILITY_TRANSITIONS,
+            Availability(desktop.availability),
+            Availability.AVAILABLE,
+            subject=f"desktop {desktop.name}",
+        ).value

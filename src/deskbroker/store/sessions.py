@@ -95,19 +95,15 @@ def timers_of(session: Session, desktop_id: str) -> list[tuple[str, str | None, 
     return [(r[0], r[1], r[2], r[3], r[4]) for r in rows]
 
 
-def delete_timers(session: Session, ids: Sequence[str]) -> None:
-    if ids:
-        session.execute(delete(Timer).where(Timer.id.in_(ids)))
-
-
-def took_out_any(session: Session, ids: Sequence[str]) -> bool:
-    """Whether one of these timers took its desktop out of the claim (``took_out_at``)."""
+def delete_timers(session: Session, ids: Sequence[str]) -> bool:
+    """Delete these timers; whether one of them had taken its desktop out of the claim
+    (``took_out_at``), read from the deleted rows themselves."""
     if not ids:
         return False
-    found = session.scalar(
-        select(Timer.id).where(Timer.id.in_(ids), Timer.took_out_at.is_not(None)).limit(1)
-    )
-    return found is not None
+    marks = session.scalars(
+        delete(Timer).where(Timer.id.in_(ids)).returning(Timer.took_out_at)
+    ).all()
+    return any(mark is not None for mark in marks)
 
 
 def disown_take_out(session: Session, desktop_id: str) -> None:
