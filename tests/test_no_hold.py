@@ -3,6 +3,7 @@ and never answers costs a worker, never the database, the logins or an admin's r
 
 from __future__ import annotations
 
+import logging
 import re
 import statistics
 import threading
@@ -157,8 +158,9 @@ def watched(settings: Settings) -> Iterator[tuple[BrokerContext, TestClient, Eng
 
 
 def test_readyz_reports_a_stuck_engine(
-    watched: tuple[BrokerContext, TestClient, Engine],
+    watched: tuple[BrokerContext, TestClient, Engine], caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="deskbroker.engine")
     ctx, client, _ = watched
     wait_until(
         lambda: client.get("/readyz").status_code == 200, "the engine's first tick", interval_s=0.02
@@ -216,6 +218,12 @@ def test_readyz_reports_a_stuck_engine(
         "the engine to tick again",
         interval_s=0.02,
     )
+    if "is stuck" in problem["detail"]:
+        # The tick that waited is logged once it ends, with the step it waited in.
+        slow = [r.getMessage() for r in caplog.records if "an engine tick took" in r.getMessage()]
+        assert slow, caplog.text
+        steps = re.findall(r"([a-z ]+) (\d+\.\d\d) s", slow[-1].split("(", 1)[1])
+        assert max(float(took) for _, took in steps) >= 3.0, slow
 
 
 def test_readyz_never_shows_the_database_error(settings: Settings) -> None:

@@ -94,6 +94,8 @@ class Engine:
         self._jobs_version = -1
         self._jobs_checked = 0.0
         self._next_listing = float("inf")  # time.monotonic() of the next listing wanted
+        # When each step of the current tick ended, to tell what a slow tick waited on.
+        self._marks: list[tuple[str, float]] = []
         # Webhook deliveries post from threads of their own (engine/webhooks.py).
         self.webhooks = Dispatcher(ctx, self.owner)
         self.handlers: dict[str, Handler] = {
@@ -126,6 +128,7 @@ class Engine:
     def _loop(self) -> None:
         tick = self.ctx.settings.engine_tick_s
         while not self._stop.is_set():
+            began = time.monotonic()
             try:
                 started = self.run_once(wait=False)
             except Exception:
@@ -133,11 +136,33 @@ class Engine:
                 started = 0
             else:
                 self.ctx.pulse.beat()
+            self._warn_if_slow(began)
             self.ctx.pulse.workers(self._busy(), self.workers)
             wait = tick if started == 0 else min(tick, 0.05)
             # Wake for the next listing a watcher wants, rather than up to a tick late.
             wait = min(wait, max(0.005, self._next_listing - time.monotonic()))
             self._stop.wait(wait)
+
+    def _mark(self, step: str) -> None:
+        self._marks.append((step, time.monotonic()))
+
+    def _warn_if_slow(self, began: float) -> None:
+        """A tick past a third of a lease is logged with the time of each step: a loop
+        that slow is about to be reported stuck by /readyz, and the steps tell whether
+        the database (every step slow) or one step was to blame."""
+        took = time.monotonic() - began
+        if took <= self.ttl_s / 3:
+            return
+        steps, last = [], began
+        for step, at in self._marks:
+            steps.append(f"{step} {at - last:.2f} s")
+            last = at
+        log.warning(
+            "an engine tick took %.1f s (%s); past %.0f s /readyz reports the engine stuck",
+            took,
+            ", ".join(steps) or "no step ended",
+            self.ttl_s,
+        )
 
     # --- one tick ------------------------------------------------------------------
     def run_once(self, now: datetime | None = None, *, wait: bool = True) -> int:
@@ -148,12 +173,16 @@ class Engine:
         are refilled in the same tick."""
         now = now or utcnow()
         self._next_listing = float("inf")
+        self._marks = []
         self._renew_running()
+        self._mark("renewing leases")
         due = self._due(now)
+        self._mark("reading what is due")
         started = 0
         # Jobs of a center or pool made since the last tick run in this one: their first
         # run is due the moment they are made, after ``now``.
         created = self._ensure_jobs(due.version)
+        self._mark("checking jobs")
         # Plan timers first: each is a user's power or release action, due once, while a
         # periodic job that misses this tick runs at the next; jobs first let a few due
         # jobs per center and pool take every worker and starve the timers.
@@ -161,6 +190,7 @@ class Engine:
             started += self._claim_and_submit(
                 Timer, Timer.due_at, now, self._free(), self._run_timer
             )
+            self._mark("claiming timers")
         # Builds and build steps keep a worker: the periodic jobs of many pools, each due
         # every few seconds, otherwise took every worker at every tick of a busy engine
         # and no requested build was ever started.
@@ -173,8 +203,11 @@ class Engine:
                 self._free() - kept,
                 self._run_job,
             )
+            self._mark("claiming jobs")
         for work in due.centers:
             started += self._builds(work, now)
+        if due.centers:
+            self._mark("builds")
         if due.steps and self._free() > 0:
             with self.ctx.db.connect_write() as conn:
                 rows = tasks.claim_steps(
@@ -183,6 +216,7 @@ class Engine:
             for row in rows:
                 self._submit(self._run_step, row)
             started += len(rows)
+            self._mark("claiming build steps")
         if wait:
             self.drain()
         return started
