@@ -288,3 +288,25 @@ def test_the_broker_learns_a_host_key_on_first_use_when_told_to(
         )
         assert claims.host_keys == (" ".join(sshd.host_key.split()[:2]),)
         assert not claims.learn_host_key
+
+
+def test_the_gateways_ssh_reads_no_ssh_config_of_its_own_account(
+    api: Api,
+    ctx: BrokerContext,
+    ssh_desktop: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The gateway's account may have a ~/.ssh/config (an operator's own jump host, say):
+    the desktop's connection is the ticket's alone, never rerouted or re-pointed by it."""
+    desktop, sshd = ssh_desktop["id"], ssh_desktop["sshd"]
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "config").write_text(
+        f"Host *\n  ProxyJump nobody@127.0.0.1:{free_port()}\n  HostName 127.0.0.9\n"
+    )
+    monkeypatch.setenv("HOME", str(home))
+    api.patch(f"desktops/{desktop}", {"ssh_host_keys": [sshd.host_key]})
+    with broker_and_gateway(ctx) as (broker, gateway):
+        session = ssh_session(gateway, _ssh_connect(broker, desktop)["launch_url"], COMMAND)
+    assert output_lines(session[-1]) == ["gateway-42-ok", SSH_USER, "end-2"], session

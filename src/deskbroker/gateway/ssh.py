@@ -134,6 +134,9 @@ async def _login(
                     client_keys=[],
                     agent_path=None,
                     preferred_auth=("keyboard-interactive", "password"),
+                    # Not the gateway account's ~/.ssh/config: a ProxyJump or HostName
+                    # there would take the connection past the checked address.
+                    config=None,
                 ),
                 timeout_s,
             )
