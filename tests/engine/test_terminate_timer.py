@@ -244,6 +244,9 @@ def test_the_next_holder_finishes_a_terminate_whose_node_died(
         timer = session.query(Timer).filter_by(desktop_id=desktop).one()
         # Marked in node A's judging unit: the take-out is the engine's, for this timer.
         assert (timer.lease_owner, timer.took_out_at is not None) == ("node-a:1", True)
+    # An administrator sees why the desktop is out.
+    [listed] = api.get(f"timers?desktop_id={desktop}")["items"]
+    assert listed["took_out_at"] is not None and listed["took_out_at"].endswith("Z"), listed
     # Node A's lease still runs: nobody else may take the timer yet.
     assert fire_due(ctx, DriverCache(ctx), now + timedelta(seconds=30)) == 0
 

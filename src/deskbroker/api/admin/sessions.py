@@ -39,12 +39,18 @@ class TimerOut(BaseModel):
     failures: int
     last_error: str
     created_at: datetime
+    took_out_at: datetime | None = Field(
+        None,
+        description="When a terminate this timer is carrying out took its desktop out of "
+        "the claim (the desktop stays out until the terminate ends or the timer puts it "
+        "back); null for any other timer.",
+    )
 
-    @field_validator("due_at", "created_at")
+    @field_validator("due_at", "created_at", "took_out_at")
     @classmethod
-    def _utc(cls, value: datetime) -> datetime:
+    def _utc(cls, value: datetime | None) -> datetime | None:
         # SQLite hands back naive datetimes; every stored time is UTC.
-        return aware(value)
+        return None if value is None else aware(value)
 
 
 class TimerPage(BaseModel):
