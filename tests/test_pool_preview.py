@@ -76,3 +76,39 @@ def test_the_preview_takes_the_desktops_a_pool_built_in_its_build_center(api: Ap
     # A new pool with the same definition has built nothing: the mark is another pool's.
     fresh = api.post("pools/preview", definition, status=200)
     assert sorted(d["name"] for d in fresh["desktops"]) == ["lab-000", "lab-001"]
+
+
+def test_the_preview_counts_a_saved_pool_as_its_provisioner_does(api: Api) -> None:
+    """Desktops being removed are not the pool's any more and one being built is about
+    to be free: the preview of a saved pool's own definition builds exactly what the
+    engine's next reconcile would."""
+    ids = api.seed_pool(4)  # lab-000 .. lab-003, all free
+    definition: dict[str, Any] = {
+        "name": "lab",
+        "center_ids": [ids["center"]],
+        "provisioning": {
+            "enabled": True,
+            "center_id": ids["center"],
+            "min_unassigned": 5,
+            "max_total": 10,
+        },
+    }
+    api.patch(f"pools/{ids['pool']}", definition)
+    with api.ctx.db.write() as session:
+        by_name = {d.name: d for d in session.query(Desktop).filter_by(center_id=ids["center"])}
+        by_name["lab-000"].power_state = "deleting"
+        by_name["lab-000"].availability = "unavailable"
+        by_name["lab-001"].power_state = "building"
+
+    seen = api.post("pools/preview", {"pool_id": ids["pool"], **definition}, status=200)
+    assert sorted(d["name"] for d in seen["desktops"]) == ["lab-001", "lab-002", "lab-003"]
+    # Two free now and one being built: 5 - 3 = 2 more (it said 3 when the desktop
+    # being built did not count, and counted lab-000 in the total).
+    assert (seen["total"], seen["free"], seen["to_create"]) == (3, 2, 2), seen
+    with api.ctx.db.read() as session:
+        counts = pool_counts(session, ids["pool"])
+    limits = provisioning.targets(
+        Provisioning.from_stored(definition["provisioning"]), datetime.now(UTC)
+    )
+    assert counts.total == seen["total"]
+    assert provisioning.to_create(limits, counts) == seen["to_create"]

@@ -15,7 +15,7 @@ from typing import Any
 
 from deskbroker.domain import provisioning
 from deskbroker.domain.provisioning import Provisioning
-from deskbroker.domain.states import is_free
+from deskbroker.domain.states import is_coming_free, is_free
 from deskbroker.security import TokenClaims
 from deskbroker.services import pool_catalog
 from deskbroker.services.catalog_crud import target_tenant
@@ -101,8 +101,17 @@ def preview(
     limits = None
     if prov.enabled:
         limits = provisioning.targets(prov, now or datetime.now(UTC))
+        # Counted as the provisioner counts the saved pool (``store.provisioning``): a
+        # desktop being built, or (built unavailable) waiting for an administrator, is
+        # about to be free.
+        later = prov.parameters.start_unavailable
+        coming = sum(
+            1
+            for r in rows
+            if is_coming_free(r.power_state, r.availability, r.assigned_user_id is not None, later)
+        )
         counts = provisioning.PoolCounts(
-            total=len(rows), unassigned=free, waiting_users=waiting, in_flight=0
+            total=len(rows), unassigned=free + coming, waiting_users=waiting, in_flight=0
         )
         to_create = provisioning.to_create(limits, counts)
         to_retire = provisioning.to_retire(limits, counts)

@@ -14,6 +14,7 @@ from deskbroker.domain.membership import (
     members,
 )
 from deskbroker.domain.provisioning import Provisioning
+from deskbroker.domain.states import PowerState
 from deskbroker.store import leases
 from deskbroker.store.planner import refresh_statistics
 from deskbroker.store.tables import Desktop, Pool, PoolMember, User
@@ -186,7 +187,11 @@ def preview(
             User.username,
         )
         .outerjoin(User, User.id == Desktop.assigned_user_id)
-        .where(Desktop.tenant_id == tenant_id, Desktop.power_state != "deleted")
+        # Not those being removed: the provisioner no longer counts them either.
+        .where(
+            Desktop.tenant_id == tenant_id,
+            Desktop.power_state.not_in((PowerState.DELETING.value, PowerState.DELETED.value)),
+        )
         .order_by(Desktop.name)
     ).all()
     taken = members([*pools, candidate], [_facts(r) for r in rows]).get(candidate.pool_id, set())
