@@ -25,6 +25,11 @@ from deskbroker.services.sign_in_services import SignInServices
 
 bearer = HTTPBearer(auto_error=False, description="A token from POST /api/v1/auth/login")
 
+# A plain ``def`` dependency is handed to a worker thread and back, on every request that
+# names it: the dependencies that only read the app's state or check a signature are
+# ``async def`` (they never block), so the route's own call is the request's one thread
+# hand-off. Those that may read the database stay plain functions.
+
 
 def context(request: Request) -> BrokerContext:
     ctx: BrokerContext = request.app.state.ctx
@@ -68,32 +73,51 @@ def principal(
     return who
 
 
+def _signed(request: Request, creds: HTTPAuthorizationCredentials | None) -> TokenClaims:
+    """The token's claims as its signature vouches for them, nothing read: an agent's
+    token refused, and an API token off the admin API."""
+    if creds is None:
+        raise Unauthorized("This needs a bearer token: log in at POST /api/v1/auth/login.")
+    who = context(request).signer.verify(creds.credentials)
+    if who.is_agent:
+        # A token copied off a desktop must not act as a person.
+        raise Forbidden("An agent token only reports desktop events at /api/v1/agent/events.")
+    if who.is_api_token and not request.url.path.startswith(permissions.ADMIN_PREFIX):
+        # Automation administers; it does not sit at a desktop or enrol an authenticator.
+        raise Forbidden(
+            "An API token works only on the admin API (/api/v1/admin/); a person signs "
+            "in at POST /api/v1/auth/login for the rest."
+        )
+    return who
+
+
 def signed_principal(
     request: Request,
     creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> TokenClaims:
     """The caller as the token's signature vouches for them; a user token's user row is
-    NOT read here. Only for a route whose own first statement reads that row and calls
-    ``access.check_holder`` (connecting to a desktop, the login's hot neighbour)."""
-    if creds is None:
-        raise Unauthorized("This needs a bearer token: log in at POST /api/v1/auth/login.")
-    ctx = context(request)
-    who = ctx.signer.verify(creds.credentials)
-    if who.is_agent:
-        # A token copied off a desktop must not act as a person.
-        raise Forbidden("An agent token only reports desktop events at /api/v1/agent/events.")
+    NOT read here (an API token's row is: it carries the token's scopes)."""
+    who = _signed(request, creds)
     if who.is_api_token:
-        if not request.url.path.startswith(permissions.ADMIN_PREFIX):
-            # Automation administers; it does not sit at a desktop or enrol an authenticator.
-            raise Forbidden(
-                "An API token works only on the admin API (/api/v1/admin/); a person signs "
-                "in at POST /api/v1/auth/login for the rest."
-            )
-        who = access.resolve_api_token(ctx, who)
+        who = access.resolve_api_token(context(request), who)
     return who
 
 
-def agent_principal(
+async def signed_person(
+    request: Request,
+    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> TokenClaims:
+    """A person's token as its signature vouches for them; the user row is NOT read
+    here. Only for a route off the admin API whose own first statement reads that row
+    and calls ``access.check_holder`` (connecting to a desktop, the login's hot
+    neighbour). Reads nothing, so it runs on the event loop."""
+    who = _signed(request, creds)
+    if who.is_api_token:  # only on an admin path, which this is not for
+        raise Forbidden("An API token works only on the admin API's own routes.")
+    return who
+
+
+async def agent_principal(
     request: Request,
     creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> TokenClaims:
@@ -136,7 +160,7 @@ def _query_names(dependant: Any) -> set[str]:
     return names
 
 
-def strict_request(request: Request) -> None:
+async def strict_request(request: Request) -> None:
     """Unknown query parameters are an error, like unknown body fields; NUL never passes."""
     route = request.scope.get("route")
     if isinstance(route, APIRoute):
@@ -160,12 +184,28 @@ def client_address(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
-Ctx = Annotated[BrokerContext, Depends(context)]
-Login = Annotated[LoginService, Depends(login_service)]
-Oidc = Annotated[OidcSignIn, Depends(oidc_service)]
-SecondFactor = Annotated[SecondFactorService, Depends(second_factor_service)]
+async def _context(request: Request) -> BrokerContext:
+    return context(request)
+
+
+async def _login_service(request: Request) -> LoginService:
+    return login_service(request)
+
+
+async def _oidc_service(request: Request) -> OidcSignIn:
+    return oidc_service(request)
+
+
+async def _second_factor_service(request: Request) -> SecondFactorService:
+    return second_factor_service(request)
+
+
+Ctx = Annotated[BrokerContext, Depends(_context)]
+Login = Annotated[LoginService, Depends(_login_service)]
+Oidc = Annotated[OidcSignIn, Depends(_oidc_service)]
+SecondFactor = Annotated[SecondFactorService, Depends(_second_factor_service)]
 Principal = Annotated[TokenClaims, Depends(principal)]
-SignedPrincipal = Annotated[TokenClaims, Depends(signed_principal)]
+SignedPrincipal = Annotated[TokenClaims, Depends(signed_person)]
 AgentPrincipal = Annotated[TokenClaims, Depends(agent_principal)]
 AdminReader = Annotated[TokenClaims, Depends(admin_reader)]
 AdminWriter = Annotated[TokenClaims, Depends(admin_writer)]
