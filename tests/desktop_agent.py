@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 
 from deskbroker.engine.drivers import DriverCache
 from deskbroker.engine.plans import execute_timer
+from deskbroker.engine.turns import CenterTurns
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import leases
 from deskbroker.store.tables import Timer
@@ -74,14 +75,17 @@ def assigned_desktop(api: Api, username: str) -> str:
     return str(offers[0]["desktop"]["id"])
 
 
-def fire_due(ctx: BrokerContext, drivers: DriverCache, now: datetime) -> int:
-    """What the engine runner does with due timers: claim by lease, then execute."""
+def fire_due(
+    ctx: BrokerContext, drivers: DriverCache, now: datetime, turns: CenterTurns | None = None
+) -> int:
+    """What the engine runner does with due timers: claim by lease, then execute (taking
+    a turn of ``turns`` first, when given, as the runner does)."""
     with ctx.db.write() as session:
         ids = leases.claim_due(
             session, Timer, Timer.due_at, owner=OWNER, now=now, ttl_s=60, limit=100
         )
     for timer_id in ids:
-        execute_timer(ctx, drivers, timer_id, OWNER, now)
+        execute_timer(ctx, drivers, timer_id, OWNER, now, turns=turns)
     return len(ids)
 
 

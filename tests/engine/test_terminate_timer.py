@@ -17,6 +17,7 @@ from deskbroker.bootstrap import add_local_user
 from deskbroker.centers.base import CenterDriver, MachineInfo, PowerAction
 from deskbroker.engine import plans as engine_plans
 from deskbroker.engine.drivers import DriverCache
+from deskbroker.engine.turns import CenterTurns
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import leases
 from deskbroker.store.tables import Timer
@@ -341,3 +342,35 @@ def test_an_administrators_take_out_is_never_undone(
     assert [e["kind"] for e in events_of(api, desktop)] == ["plan.skipped"]
     row = api.get(f"desktops/{desktop}")
     assert (row["power_state"], row["availability"]) == ("running", "unavailable")
+
+
+def test_a_timer_waits_its_turn_while_its_center_holds_its_share_of_workers(
+    api: Api, sim: CloudSim, ctx: BrokerContext
+) -> None:
+    """Many users logging off a center whose cloud hangs must not hold every engine
+    worker: the center's timers take turns with its scans and builds, and one refused a
+    turn waits, unleased and not counted as a failure, calling nothing."""
+    _one_deletable_desktop(api, sim, users=1)
+    desktop = _logged_out_and_released(api, release=TERMINATE_AT_LOGOUT)
+    turns = CenterTurns(share=2)
+    held = [turns.take(api.ids["center"]) for _ in range(2)]  # two calls already out
+    assert held == [True, True]
+    drivers = _Drivers(ctx, lambda: None)
+    now = datetime.now(UTC) + timedelta(seconds=1)
+
+    assert fire_due(ctx, drivers, now, turns) == 1
+    assert drivers.calls == []
+    [timer] = timers_of(api, desktop)
+    assert timer["failures"] == 0
+    with ctx.db.read() as session:
+        row = session.get(Timer, timer["id"])
+        assert row is not None and row.lease_owner is None
+    # Due again a moment later, not at once: the loop does not spin on it.
+    assert fire_due(ctx, drivers, now) == 0
+    assert api.get(f"desktops/{desktop}")["availability"] == "available"
+
+    turns.end(api.ids["center"])
+    assert fire_due(ctx, drivers, now + timedelta(seconds=5), turns) == 1
+    assert drivers.calls == ["terminate"]
+    assert turns.room(api.ids["center"]) == 1  # its turn ended with the call
+    assert timers_of(api, desktop) == []

@@ -40,12 +40,13 @@ from deskbroker.domain.states import (
 )
 from deskbroker.domain.timestamps import aware
 from deskbroker.engine.drivers import DriverCache
+from deskbroker.engine.turns import TURN_WAIT_S, CenterTurns
 from deskbroker.services import agents, desktops
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import desktop_rows, events, leases
 from deskbroker.store import sessions as rows
 from deskbroker.store.db import Unit as Session
-from deskbroker.store.tables import Desktop, Timer
+from deskbroker.store.tables import Center, Desktop, Timer, utcnow
 
 log = logging.getLogger("deskbroker.engine.plans")
 
@@ -377,7 +378,13 @@ def _record_failure(
 
 
 def execute_timer(
-    ctx: BrokerContext, drivers: DriverCache, timer_id: str, owner: str, now: datetime
+    ctx: BrokerContext,
+    drivers: DriverCache,
+    timer_id: str,
+    owner: str,
+    now: datetime,
+    *,
+    turns: CenterTurns | None = None,
 ) -> None:
     """Carry out one due plan timer that ``owner`` holds the lease of.
 
@@ -397,6 +404,32 @@ def execute_timer(
         center = rows.center_of(session, desktop.center_id) if desktop is not None else None
     if desktop is None or center is None:
         return  # the desktop's deletion cascades to its timers
+    if turns is None:
+        _carry_out(ctx, drivers, timer_id, owner, now, desktop, center)
+        return
+    # A center's timers take turns with its other work: a thousand users logging off a
+    # cloud that never answers must not hold every worker of the engine.
+    if not turns.take(center.id):
+        with ctx.db.write() as session:
+            later = utcnow() + timedelta(seconds=TURN_WAIT_S)
+            leases.release(session, Timer, timer_id, owner, due_at=later)
+        return
+    try:
+        _carry_out(ctx, drivers, timer_id, owner, now, desktop, center)
+    finally:
+        turns.end(center.id)
+
+
+def _carry_out(
+    ctx: BrokerContext,
+    drivers: DriverCache,
+    timer_id: str,
+    owner: str,
+    now: datetime,
+    desktop: Desktop,
+    center: Center,
+) -> None:
+    """Judge the timer and, when its action still applies, call the center."""
     judged: _Judged | None = None
     try:
         driver = drivers.get(center)

@@ -6,7 +6,6 @@ import logging
 import threading
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
@@ -16,6 +15,7 @@ from typing import Any
 from deskbroker.engine import builds, handover, maintenance, plans, provisioner, removals, rollouts
 from deskbroker.engine.drivers import DriverCache
 from deskbroker.engine.handover import Refill
+from deskbroker.engine.turns import TURN_WAIT_S, CenterTurns
 from deskbroker.engine.watch import BuildWatcher
 from deskbroker.engine.webhooks import Dispatcher
 from deskbroker.services.context import BrokerContext
@@ -44,8 +44,6 @@ HANDLERS: dict[str, Handler] = {
 # (``remove_desktops`` is not one: it calls its cloud only after an administrator's
 # delete, and waiting for a turn behind every idle pass would delay scans and sweeps.)
 CENTER_JOBS = frozenset({JobKind.SCAN_CENTER.value, JobKind.LEAK_SWEEP.value})
-# How long work refused a turn waits before it is claimed again.
-TURN_WAIT_S = 1.0
 
 
 def _unless_asked(job: Job, then: datetime) -> Any:
@@ -78,7 +76,7 @@ class Engine:
         # One center's work holds at most this many workers: a center whose cloud drips
         # its answers cannot take the workers every tenant's builds and timers need.
         self.center_workers = settings.engine_center_workers
-        self._center_busy: Counter[str] = Counter()
+        self.turns = CenterTurns(self.center_workers)
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="engine")
         # Listings of builds, one out per center at most (see _list_builds).
         self._watch_pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="watch")
@@ -337,7 +335,7 @@ class Engine:
             self._list_builds(watcher, center.id, center.name, work.waiting)
         limit = self.drivers.get(center).limits().max_in_flight
         refill = None
-        room = min(self._free(), self._center_room(center.id))
+        room = min(self._free(), self.turns.room(center.id))
         if work.requested and room > 0 and (work.in_flight < limit or watcher.finished()):
             refill = Refill(limit, room, self.owner, now, self.ttl_s)
         try:
@@ -346,8 +344,7 @@ class Engine:
             log.exception("handing over or starting builds on %s failed", center.name)
             return 0
         for row in claimed:
-            with self._lock:  # counted before it runs: the next tick's room sees it
-                self._center_busy[row.center_id] += 1
+            self.turns.count(row.center_id)  # before it runs: the next tick's room sees it
             self._submit(self._run_build, row)
         if work.waiting:
             wanted = watcher.next_listing(work.waiting - ready)
@@ -371,25 +368,6 @@ class Engine:
         except Exception as exc:  # the builds are then looked at one by one
             log.warning("watching builds on %s failed: %s", name, exc)
 
-    # --- one center's turns ------------------------------------------------------------
-    def _center_room(self, center_id: str) -> int:
-        with self._lock:
-            return max(0, self.center_workers - self._center_busy[center_id])
-
-    def _take_turn(self, center_id: str) -> bool:
-        """A worker for ``center_id``'s work, unless the center already holds its share."""
-        with self._lock:
-            if self._center_busy[center_id] >= self.center_workers:
-                return False
-            self._center_busy[center_id] += 1
-            return True
-
-    def _end_turn(self, center_id: str) -> None:
-        with self._lock:
-            self._center_busy[center_id] -= 1
-            if self._center_busy[center_id] <= 0:
-                del self._center_busy[center_id]
-
     def _run_job(self, job_id: str, now: datetime) -> None:
         with self.ctx.db.read() as session:
             job = session.get(Job, job_id)
@@ -398,7 +376,7 @@ class Engine:
         if job.kind not in CENTER_JOBS:
             self._do_job(job, job_id, now)
             return
-        if not self._take_turn(job.target_id):
+        if not self.turns.take(job.target_id):
             # The center holds its share of workers: the job waits its turn unleased.
             with self.ctx.db.write() as session:
                 later = utcnow() + timedelta(seconds=TURN_WAIT_S)
@@ -407,7 +385,7 @@ class Engine:
         try:
             self._do_job(job, job_id, now)
         finally:
-            self._end_turn(job.target_id)
+            self.turns.end(job.target_id)
 
     def _do_job(self, job: Job, job_id: str, now: datetime) -> None:
         handler = self.handlers.get(job.kind)
@@ -457,7 +435,7 @@ class Engine:
 
     def _run_timer(self, timer_id: str, now: datetime) -> None:
         try:
-            plans.execute_timer(self.ctx, self.drivers, timer_id, self.owner, now)
+            plans.execute_timer(self.ctx, self.drivers, timer_id, self.owner, now, turns=self.turns)
         except Exception:
             log.exception("timer %s failed", timer_id)
 
@@ -468,10 +446,10 @@ class Engine:
         except Exception:
             log.exception("provisioning task %s failed", task.id)
         finally:
-            self._end_turn(task.center_id)
+            self.turns.end(task.center_id)
 
     def _run_step(self, task: tasks.TaskRow) -> None:
-        if not self._take_turn(task.center_id):
+        if not self.turns.take(task.center_id):
             with self.ctx.db.write() as session:
                 later = utcnow() + timedelta(seconds=TURN_WAIT_S)
                 leases.release(session, ProvisioningTask, task.id, self.owner, next_step_at=later)
@@ -481,4 +459,4 @@ class Engine:
         except Exception:
             log.exception("provisioning task %s failed", task.id)
         finally:
-            self._end_turn(task.center_id)
+            self.turns.end(task.center_id)
