@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 
 from cloudsim.server import CloudSim
 from deskbroker.centers.base import CENTER_KEY
+from deskbroker.centers.openstack.driver import OpenStackCenter
 from deskbroker.domain.states import Availability
 from deskbroker.engine import maintenance
 from deskbroker.engine.provisioner import pool_counts
@@ -16,6 +17,7 @@ from deskbroker.engine.runner import Engine
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import events
 from deskbroker.store.tables import (
+    Center,
     Desktop,
     Event,
     Job,
@@ -204,6 +206,48 @@ def test_a_reaping_center_leaves_another_centers_desktops_on_the_same_project_al
     assert own_leak not in live
     assert others | {unmarked} <= live
     assert api.get(f"pools/{pool['id']}/status")["counts"]["available"] == 2
+
+
+def test_a_leak_the_cloud_will_not_remove_leaves_the_others_removed_and_is_named(
+    api: Api, ctx: BrokerContext, sim: CloudSim, engine: Engine
+) -> None:
+    """A locked instance answers its delete with 409: the sweep removes the other leaks,
+    records the event with the refusal, and tries again at its next run."""
+    center = openstack_center(api, sim, reap_leaks=True)
+    sim.seed_servers(
+        3,
+        tags=["deskbroker"],
+        metadata={"deskbroker_desktop": "gone", CENTER_KEY: center["id"]},
+    )
+    with ctx.db.read() as session:
+        row = session.get(Center, center["id"])
+        assert row is not None
+        session.expunge(row)
+    driver = engine.drivers.get(row)
+    assert isinstance(driver, OpenStackCenter)
+    # The instance the sweep meets first (the listing's order is stable) is locked.
+    order = [m.external_id for m in driver.leaked(set(), center_id=center["id"])]
+    assert len(order) == 3
+    locked, *others = order
+    driver.session.compute_post(f"/servers/{locked}/action", {"lock": None})
+
+    said = maintenance.leak_sweep(ctx, engine.drivers, center["id"], datetime.now(UTC))
+    assert said == "3 leaked instance(s), 2 removed, 1 could not be removed"
+    live = _live(sim)
+    assert locked in live and not set(others) & live
+    [leak] = api.get("events?kind=leak")["items"]
+    assert sorted(leak["detail"]["instances"]) == sorted(order)
+    assert leak["detail"]["removed"] is True
+    [failure] = leak["detail"]["failed"]
+    assert failure["instance"] == locked
+    assert "locked" in failure["error"] and "password" not in failure["error"]
+
+    driver.session.compute_post(f"/servers/{locked}/action", {"unlock": None})
+    said = maintenance.leak_sweep(ctx, engine.drivers, center["id"], datetime.now(UTC))
+    assert said == "1 leaked instance(s) removed"
+    assert locked not in _live(sim)
+    newest = api.get("events?kind=leak")["items"][0]["detail"]
+    assert newest["instances"] == [locked] and newest["failed"] == []
 
 
 def test_a_failing_job_is_retried_with_backoff_and_its_error_shown(

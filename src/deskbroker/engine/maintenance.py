@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
+from typing import Any
 
 from deskbroker.centers.base import Capability
 from deskbroker.engine.drivers import DriverCache
 from deskbroker.engine.provisioner import builds_unavailable, pool_counts
+from deskbroker.errors import CenterError
 from deskbroker.services import inventory
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import events, upkeep
 from deskbroker.store.tables import Center, Pool
+
+log = logging.getLogger(__name__)
 
 
 def scan_center(ctx: BrokerContext, drivers: DriverCache, center_id: str, now: datetime) -> str:
@@ -43,23 +48,40 @@ def leak_sweep(ctx: BrokerContext, drivers: DriverCache, center_id: str, now: da
             return "nothing to sweep"
         leaked = [m for m in leaked if m.external_id not in seen.external_ids]
     reap = bool((center.params or {}).get("reap_leaks", False))
-    for machine in leaked:
-        if reap:
+    # One instance the center will not remove (locked, a network error) must not keep
+    # the others, nor the event, from every sweep: the listing comes in the same order.
+    failed: list[dict[str, str]] = []
+    for machine in leaked if reap else []:
+        try:
             driver.terminate(machine)
+        except CenterError as exc:
+            log.warning(
+                "removing leaked instance %s on center %s: %s",
+                machine.external_id,
+                center.name,
+                exc.detail,
+            )
+            failed.append({"instance": machine.external_id, "error": exc.detail[:500]})
     if leaked:
+        detail: dict[str, Any] = {
+            "center": center.name,
+            "instances": [m.external_id for m in leaked],
+            "removed": reap,
+        }
+        if reap:
+            detail["failed"] = failed
         with ctx.db.write() as session:
             events.append(
-                session,
-                "leak",
-                tenant_id=center.tenant_id,
-                actor="engine",
-                detail={
-                    "center": center.name,
-                    "instances": [m.external_id for m in leaked],
-                    "removed": reap,
-                },
+                session, "leak", tenant_id=center.tenant_id, actor="engine", detail=detail
             )
-    return f"{len(leaked)} leaked instance(s){' removed' if reap and leaked else ''}"
+    if not reap or not leaked:
+        return f"{len(leaked)} leaked instance(s)"
+    if failed:
+        return (
+            f"{len(leaked)} leaked instance(s), {len(leaked) - len(failed)} removed, "
+            f"{len(failed)} could not be removed"
+        )
+    return f"{len(leaked)} leaked instance(s) removed"
 
 
 def pool_stats(ctx: BrokerContext, drivers: DriverCache, pool_id: str, now: datetime) -> str:

@@ -32,6 +32,8 @@ GROUP_SHARE = 0.5
 MAX_QUIET_S = 2.0
 # How often a finished build of this broker's that no task has yet is offered again.
 REOFFERS = 20
+# Changes since a moment the center has not reached: none, but the center's clock.
+FAR_FUTURE = "2999-01-01T00:00:00Z"
 
 
 @dataclass
@@ -65,6 +67,8 @@ class BuildWatcher:
         self.lead_s: float | None = None
         self._lock = threading.Lock()
         self._listing = False  # a listing is out (one at a time)
+        self._starting = False  # the cursor is being asked for (by one thread at a time)
+        self._started = threading.Condition(self._lock)
         # Builds requested before this moment may have changed unseen: poll them directly.
         self.watching_since: datetime | None = None
 
@@ -73,14 +77,35 @@ class BuildWatcher:
         return Capability.CHANGES in self.driver.capabilities
 
     def start_cursor(self) -> None:
-        """Remember where to list from; called before a build is requested."""
+        """Remember where to list from; called before a build is requested.
+
+        One thread asks the center; others starting builds meanwhile wait for its answer
+        (and ask themselves only if it failed), so each returns with a cursor taken
+        before its build is requested. The center is asked with the lock let go: one
+        that never answers holds this build's worker, not the engine's loop, which reads
+        the watcher every tick."""
         if self._cursor is not None or not self.can_watch:
             return
         with self._lock:
-            if self._cursor is None:
-                # An empty listing from the far future still tells the center's clock.
-                self._cursor = self.driver.changes("2999-01-01T00:00:00Z").cursor
-                self.watching_since = datetime.now(UTC)
+            while self._cursor is None and self._starting:
+                self._started.wait()  # lets go of the lock while it waits
+            if self._cursor is not None:
+                return
+            self._starting = True
+        cursor: str | None = None
+        asked = False
+        try:
+            # An empty listing from the far future still tells the center's clock.
+            cursor = self.driver.changes(FAR_FUTURE).cursor
+            asked = True
+        finally:
+            with self._lock:
+                self._starting = False
+                # Never over a cursor a listing has moved on since.
+                if asked and self._cursor is None:
+                    self._cursor = cursor
+                    self.watching_since = datetime.now(UTC)
+                self._started.notify_all()
 
     def building(self, external_id: str, asked_at: float) -> None:
         """A build this broker asked for at ``asked_at`` (``time.monotonic()``)."""
