@@ -186,3 +186,57 @@ def test_a_center_reaches_a_pool_that_names_its_desktops(api: Api) -> None:
     refused = tad.patch(f"centers/{center}", moved, status=403)
     assert "center gc" in refused["detail"]
     assert api.get(f"desktops/{desktop}")["address"] == "192.0.2.10"
+
+
+def test_a_stronger_accounts_desktop_cannot_be_deleted_nor_its_machine_unforgotten(
+    api: Api,
+) -> None:
+    """Deleting a free desktop of a global administrator's pool terminates or forgets
+    the machine they would be handed; un-forgetting one puts a machine back into it."""
+    ids = api.seed_pool(4)
+    tad = _tenant_admin(api)  # signing in, they were handed one of the pool's desktops
+    lab = api.get(f"desktops?center_id={ids['center']}")["items"]
+    free, spare, forgotten = (d["id"] for d in lab if d["assigned_user_id"] is None)
+    refused = tad.delete(f"desktops/{free}", status=403)
+    assert refused["detail"].startswith("only a global administrator can delete desktop lab-")
+    assert "admin, whose role is global_admin, gets desktops through it" in refused["detail"]
+    assert api.get(f"desktops/{free}")["power_state"] != "deleting"
+    # The global administrator forgets a machine; the tenant admin may not bring it back.
+    api.delete(f"desktops/{forgotten}")
+    [row] = api.get("forgotten-desktops")["items"]
+    refused = tad.delete(f"forgotten-desktops/{row['id']}", status=403)
+    assert "un-forget a machine of center lab-center" in refused["detail"]
+    assert api.get("forgotten-desktops")["total"] == 1
+    # A global administrator may do both.
+    api.delete(f"forgotten-desktops/{row['id']}")
+    api.delete(f"desktops/{spare}")
+    # A desktop of the tenant admin's own, which no stronger account reaches, is theirs to
+    # delete and un-forget.
+    _, mine = _static(tad, "mine", "198.51.100.66")
+    tad.delete(f"desktops/{mine}")
+    [own] = [f for f in tad.get("forgotten-desktops")["items"] if f["name"] == "mine-1"]
+    tad.delete(f"forgotten-desktops/{own['id']}")
+
+
+def test_a_stronger_accounts_api_token_cannot_be_revoked(api: Api) -> None:
+    """Revoking the global administrator's automation is cutting off a stronger account."""
+    theirs = api.post(
+        "api-tokens", {"name": "nightly", "scopes": ["desktops:read"], "expires_in_days": 1}
+    )
+    tad = _tenant_admin(api)
+    refused = tad.delete(f"api-tokens/{theirs['id']}", status=403)
+    assert refused["detail"] == (
+        "only a global administrator can revoke the API token nightly of admin, "
+        "who can be global administrator"
+    )
+    bot = Api(api.client, api.ctx, theirs["token"])
+    assert bot.get("desktops")["total"] == 0  # still works
+    # Their own token is theirs to revoke, and the global administrator may revoke both.
+    own = tad.post("api-tokens", {"name": "own", "scopes": ["desktops:read"], "expires_in_days": 1})
+    tad.delete(f"api-tokens/{own['id']}")
+    again = tad.post(
+        "api-tokens", {"name": "again", "scopes": ["desktops:read"], "expires_in_days": 1}
+    )
+    api.delete(f"api-tokens/{again['id']}")
+    api.delete(f"api-tokens/{theirs['id']}")
+    assert "revoked" in bot.get("desktops", status=401)["detail"]

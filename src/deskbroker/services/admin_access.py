@@ -148,9 +148,17 @@ def api_tokens(
 def revoke_api_token(
     ctx: BrokerContext, who: TokenClaims, tenant_id: str | None, token_id: str
 ) -> None:
-    """Revoke an API token at once (a revoked one stays revoked, and is not logged again)."""
+    """Revoke an API token at once (a revoked one stays revoked, and is not logged again).
+    A token acts as its user, so revoking one of a user stronger than the actor is
+    refused like any other change of that user (``may_manage``); one's own is always
+    one's own to revoke."""
     with ctx.db.write() as session:
         row = Repository(ApiToken, "API token").get(session, token_id, tenant_id)
+        # Cutting off a stronger account's automation is acting on that account.
+        owner = session.get(User, row.user_id)
+        if owner is not None and owner.id != who.user_id:
+            write_context.attach_actor(session, ctx, who)
+            may_manage(session, owner, f"revoke the API token {row.name} of")
         if row.revoked_at is None:
             row.revoked_at = utcnow()
             session.flush()

@@ -26,7 +26,7 @@ from deskbroker.domain.states import (
 )
 from deskbroker.errors import Conflict, DeskbrokerError
 from deskbroker.security import TokenClaims
-from deskbroker.services import write_context
+from deskbroker.services import standing, write_context
 from deskbroker.services.catalog_crud import audit_event
 from deskbroker.services.context import BrokerContext
 from deskbroker.services.queues import refresh_pools
@@ -62,10 +62,14 @@ def delete_desktop(
     ctx: BrokerContext, who: TokenClaims, desktop_id: str, tenant_scope: str | None
 ) -> Removal:
     """Delete ``desktop_id`` as described above; refused (409) while it is assigned or
-    still being built. ``tenant_scope`` None: a global administrator."""
+    still being built, and (403) when it reaches an account stronger than the actor
+    (``standing.check_reach``). ``tenant_scope`` None: a global administrator."""
     with ctx.db.write() as session:
         write_context.attach_actor(session, ctx, who)
         desktop = _DESKTOPS.get(session, desktop_id, tenant_scope)
+        # The stronger-account rule, as for a change or a drain: a free desktop of a pool
+        # that serves a stronger account is one that account would be handed.
+        standing.check_reach(session, desktop, "desktop", "delete")
         if desktop.assigned_user_id is not None:
             raise Conflict(f"desktop {desktop.name} is assigned; release it first")
         power = PowerState(desktop.power_state)
@@ -196,13 +200,17 @@ def list_forgotten(
 def unforget(
     ctx: BrokerContext, who: TokenClaims, forgotten_id: str, tenant_scope: str | None
 ) -> Forgotten:
-    """Let scans import the machine again: its center's next scan is a full one, now."""
+    """Let scans import the machine again: its center's next scan is a full one, now.
+    Refused (403) when its center reaches an account stronger than the actor."""
     with ctx.db.write() as session:
         write_context.attach_actor(session, ctx, who)
         row = _FORGOTTEN.get(session, forgotten_id, tenant_scope)
         found = _forgotten(row)
         center = session.get(Center, row.center_id)
         if center is not None:
+            # The machine comes back as a desktop of its center, so into every pool that
+            # takes the center's desktops: adding it is a change of the center's.
+            standing.check_reach(session, center, "center", "un-forget a machine of")
             # An incremental scan lists only what changed: the machine did not.
             center.last_full_scan_at = None
             jobs.poke(session, JobKind.SCAN_CENTER, center.id)

@@ -10,6 +10,11 @@ desktop whose agent enrolled already, which a key holder must not be able to tak
 waits: the agent receives a poll handle (also kept hashed) and asks again until an
 administrator approves it for a desktop, denies it, or it expires
 (``domain.states.ENROLMENT_TRANSITIONS``).
+
+Either way the agent gets the desktop's agent token, so the stronger-account rule of
+minting that token (``standing.check_reach``) applies: an approval is refused for a
+desktop the approver may not reach, and a key never enrols at once the agent of a
+desktop an account stronger than its creator holds or is offered (``_key_refusal``).
 """
 
 from __future__ import annotations
@@ -21,15 +26,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from deskbroker.domain.permissions import BuiltinRole
 from deskbroker.domain.states import ENROLMENT_TRANSITIONS, EnrolmentState, transition
 from deskbroker.domain.timestamps import aware
 from deskbroker.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
+from deskbroker.security import TokenClaims
+from deskbroker.services import standing, write_context
 from deskbroker.services.agents import AgentIdentity, Credential, grant
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import enrolments as rows
 from deskbroker.store import events
 from deskbroker.store import sessions as desktops
-from deskbroker.store.tables import EnrolmentKey, PendingEnrolment, Tenant
+from deskbroker.store.tables import Desktop, EnrolmentKey, PendingEnrolment, Tenant
 
 log = logging.getLogger("deskbroker.enrolments")
 
@@ -103,13 +111,15 @@ def mint_key(
     tenant_id: str,
     name: str,
     expires_in_days: int | None,
-    actor: str,
-    *,
-    may_pick_tenant: bool,
-    own_tenant: str,
+    who: TokenClaims,
 ) -> MintedKey:
-    """A new enrolment key for ``tenant_id``; the key itself is in the answer only."""
+    """A new enrolment key for ``tenant_id`` (``who``'s own tenant unless ``who`` is a
+    global administrator); the key itself is in the answer only. The key remembers
+    ``who``'s role: it stands for them when a machine presents it (``_key_refusal``)."""
     key = KEY_PREFIX + secrets.token_urlsafe(32)
+    actor = who.username
+    may_pick_tenant = who.role == BuiltinRole.GLOBAL_ADMIN.value
+    own_tenant = who.tenant_id
     now = datetime.now(UTC)
     with ctx.db.write() as session:
         if tenant_id != own_tenant:
@@ -125,6 +135,7 @@ def mint_key(
             key_hash=_hash(key),
             prefix=key[: len(KEY_PREFIX) + 6],
             created_by=actor,
+            minted_by_role=who.role,
             created_at=now,
             expires_at=now + timedelta(days=expires_in_days) if expires_in_days else None,
         )
@@ -204,9 +215,12 @@ def enrol_with_key(ctx: BrokerContext, key: str, identity: AgentIdentity) -> Cre
         why = _why_waiting(found, identity)
         if not why:
             desktop = desktops.lock_desktop(session, found[0].id)
-            if desktop is not None and desktop.agent_enrolled_at is None:
+            if desktop is None or desktop.agent_enrolled_at is not None:
+                why = "its desktop changed while it enrolled"
+            else:
+                why = _key_refusal(ctx, session, row, desktop)
+            if desktop is not None and not why:
                 return grant(ctx, session, desktop, identity, now, f"key {row.name}")
-            why = "its desktop changed while it enrolled"
         if rows.waiting_count(session, row.tenant_id, now) >= ctx.settings.agent_pending_enrol_max:
             raise Conflict(
                 f"{ctx.settings.agent_pending_enrol_max} enrolments wait for an administrator "
@@ -249,6 +263,36 @@ def _why_waiting(found: list[Any], identity: AgentIdentity) -> str:
         return "several desktops of the tenant match it"
     if found[0].agent_enrolled_at is not None:
         return f"desktop {found[0].name} has an enrolled agent already"
+    return ""
+
+
+def _stand_in(tenant_id: str, name: str, role: str) -> TokenClaims:
+    """Claims for the stronger-account rule when only a role is known of who acts."""
+    return TokenClaims(
+        user_id="", tenant_id=tenant_id, role=role, username=name, expires_at=0, token_id=""
+    )
+
+
+def _key_refusal(ctx: BrokerContext, session: Any, row: EnrolmentKey, desktop: Desktop) -> str:
+    """Why the key may not enrol ``desktop``'s agent at once; empty when it may.
+
+    Whoever minted the key is not there when a machine presents it, so the key stands
+    for them in the role they had then (``minted_by_role``; a key older than that
+    column, for a tenant administrator). It enrols at once only the agent of a desktop
+    that one
+    may mint the token of (``standing.check_reach``, the refusal of ``POST
+    /admin/desktops/{id}/agent-token``): a desktop an account stronger than that (a
+    global administrator's) holds or is offered waits for an administrator who may reach
+    it to approve it. The words name no account: the agent reads them."""
+    minter = row.minted_by_role or BuiltinRole.TENANT_ADMIN.value
+    write_context.attach_actor(session, ctx, _stand_in(row.tenant_id, f"key {row.name}", minter))
+    try:
+        standing.check_reach(session, desktop, "desktop", "enrol an agent by key for")
+    except Forbidden:
+        return (
+            f"desktop {desktop.name} is held or offered by an account stronger than the "
+            "tenant's administrators: only an administrator who may reach it can approve this"
+        )
     return ""
 
 
@@ -359,11 +403,13 @@ def _decidable(session: Any, pending_id: str, scope: str | None, now: datetime) 
 
 
 def approve(
-    ctx: BrokerContext, pending_id: str, desktop_id: str, scope: str | None, actor: str
+    ctx: BrokerContext, pending_id: str, desktop_id: str, scope: str | None, who: TokenClaims
 ) -> PendingView:
     """The waiting agent is the agent of ``desktop_id`` (of the enrolment's own tenant);
     it gets the desktop's credential at its next poll, which ends the desktop's current
-    agent's."""
+    agent's. So it is refused (403), as minting that agent's token is, for a desktop an
+    account stronger than ``who`` holds or is offered (``standing.check_reach``)."""
+    actor = who.username
     now = datetime.now(UTC)
     with ctx.db.write() as session:
         row = _decidable(session, pending_id, scope, now)
@@ -376,6 +422,8 @@ def approve(
                     field="desktop_id",
                 )
             raise InvalidInput(f"desktop {desktop_id} does not exist", field="desktop_id")
+        write_context.attach_actor(session, ctx, who)
+        standing.check_reach(session, desktop, "desktop", "approve an agent enrolment for")
         row.state = transition(ENROLMENT_TRANSITIONS, EN.PENDING, EN.APPROVED).value
         row.desktop_id = desktop.id
         row.decided_by, row.decided_at = actor, now

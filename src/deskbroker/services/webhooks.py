@@ -17,8 +17,9 @@ from urllib.parse import urlsplit
 
 from deskbroker.domain import webhooks as rules
 from deskbroker.domain.webhooks import Usage
-from deskbroker.errors import InvalidInput, NotFound
+from deskbroker.errors import Forbidden, InvalidInput, NotFound
 from deskbroker.security import TokenClaims
+from deskbroker.services import access, write_context
 from deskbroker.services.catalog_crud import Resource, scope
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import events
@@ -46,9 +47,29 @@ def check_url(ctx: BrokerContext, url: str) -> str:
     return url
 
 
+# A webhook hands its receiver the event log (sign-ins, failed sign-ins with the names
+# typed and the client addresses, sessions), and its deliveries hold those events: the
+# webhook permission alone must not be a way round the event log's own.
+EVENTS_READ = "events:read"
+
+
+def check_events_read(ctx: BrokerContext, who: TokenClaims, what: str) -> None:
+    """Refuse ``what`` to a principal whose role (or API token) may not read events."""
+    try:
+        access.authorize(ctx, who, EVENTS_READ)
+    except Forbidden as exc:
+        raise Forbidden(
+            f"{what} needs {EVENTS_READ} as well: a webhook delivers the event log "
+            f"(sign-ins, failed sign-ins, sessions). {exc.detail}"
+        ) from None
+
+
 def _prepare(
     session: Unit, ctx: BrokerContext, tenant: str, data: dict[str, Any], existing: Any
 ) -> dict[str, Any]:
+    # Any change counts, enabling one included: it decides where events go.
+    what = "creating a webhook" if existing is None else "changing a webhook"
+    check_events_read(ctx, write_context.actor_of(session).actor, what)
     if "url" in data:
         data["url"] = check_url(ctx, data["url"])
     if "kinds" in data:
@@ -115,7 +136,8 @@ def deliveries(
     limit: int,
     offset: int,
 ) -> tuple[list[dict[str, Any]], int]:
-    """A webhook's recent deliveries, newest first."""
+    """A webhook's recent deliveries, newest first: the events themselves."""
+    check_events_read(ctx, who, "reading a webhook's deliveries")
     with ctx.db.read() as session:
         _hook(session, who, webhook_id)
         rows, total = store.deliveries(session, webhook_id, state=state, limit=limit, offset=offset)

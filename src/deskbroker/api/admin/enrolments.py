@@ -115,13 +115,7 @@ def router() -> APIRouter:
     )
     def create_key(body: EnrolmentKeyIn, ctx: Ctx, who: AdminWriter) -> EnrolmentKeyMade:
         minted = enrolments.mint_key(
-            ctx,
-            body.tenant_id or who.tenant_id,
-            body.name,
-            body.expires_in_days,
-            who.username,
-            may_pick_tenant=who.role == "global_admin",
-            own_tenant=who.tenant_id,
+            ctx, body.tenant_id or who.tenant_id, body.name, body.expires_in_days, who
         )
         return EnrolmentKeyMade(**_key(minted.view), key=minted.key)
 
@@ -169,9 +163,7 @@ def router() -> APIRouter:
     def approve(
         pending_id: str, body: ApproveIn, ctx: Ctx, who: AdminWriter
     ) -> PendingEnrolmentOut:
-        return _pending(
-            enrolments.approve(ctx, pending_id, body.desktop_id, scope(who), who.username)
-        )
+        return _pending(enrolments.approve(ctx, pending_id, body.desktop_id, scope(who), who))
 
     @r.post(
         "/pending-enrolments/{pending_id}/deny",

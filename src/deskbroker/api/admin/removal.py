@@ -51,7 +51,8 @@ def router() -> APIRouter:
             "terminated by the engine (202, the desktop stays `deleting` until the center "
             "confirms it is gone). Any other desktop is forgotten (204): its machine is "
             "left alone and its center's scans leave it out until it is un-forgotten "
-            "(`/forgotten-desktops`). 409 while it is assigned or being built."
+            "(`/forgotten-desktops`). 409 while it is assigned or being built; 403 when "
+            "a pool that serves an account stronger than the caller's takes it."
         ),
         responses={202: {"model": RemovalOut, "description": "the engine deletes it"}},
     )
@@ -91,6 +92,8 @@ def router() -> APIRouter:
         tags=["desktops"],
         status_code=204,
         summary="Un-forget a machine: its center's next scan (a full one, now) imports it",
+        description="403 when a pool that serves an account stronger than the caller's "
+        "takes the desktops of the machine's center.",
     )
     def unforget(item_id: str, ctx: Ctx, who: AdminWriter) -> Response:
         desktop_removal.unforget(ctx, who, item_id, scope(who))

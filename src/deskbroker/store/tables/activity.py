@@ -128,6 +128,10 @@ class EnrolmentKey(Base):
     # The key's first characters, so an administrator can tell which key a machine holds.
     prefix: Mapped[str] = mapped_column(String(16), default="")
     created_by: Mapped[str] = mapped_column(String(200), default="")
+    # The minter's role: the key stands for them when a machine presents it (it never
+    # enrols at once the agent of a desktop they could not mint the token of). None, a
+    # key older than this column: a tenant administrator's.
+    minted_by_role: Mapped[str | None] = mapped_column(String(100), default=None)
     created_at: Mapped[datetime] = _created()
     expires_at: Mapped[datetime | None] = mapped_column(default=None)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
