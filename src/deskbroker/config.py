@@ -206,6 +206,20 @@ class Settings(BaseSettings):
         description="requests one HTTP worker serves at once; more are answered 503 with "
         "Retry-After instead of queueing until their clients give up",
     )
+    event_streams_per_tenant: int = Field(
+        default=4,
+        ge=1,
+        le=1000,
+        description="event streams (GET /api/v1/admin/event-stream) one tenant may hold "
+        "open at once per HTTP worker; more are answered 429",
+    )
+    event_streams: int = Field(
+        default=64,
+        ge=1,
+        le=10000,
+        description="event streams one HTTP worker holds open at once, all tenants "
+        "together; streams do not count against max_requests_in_flight",
+    )
     keep_alive_s: int = Field(
         default=75,
         gt=0,

@@ -73,6 +73,14 @@ class TooManySignInsStarted(TooManyAttempts):
     title = "Too many sign-ins started"
 
 
+class TooManyRequests(DeskbrokerError):
+    """A per-tenant or per-broker limit of things open at once is reached; ``retry_after``
+    (in ``extra``) says when to try again."""
+
+    status = 429
+    title = "Too many requests"
+
+
 class Unavailable(DeskbrokerError):
     status = 503
     title = "Service unavailable"

@@ -10,8 +10,9 @@ from deskbroker import metrics
 from deskbroker.api import errors
 
 # Liveness must answer under load: an orchestrator that sees it fail restarts a node
-# that is merely busy.
-EXEMPT = frozenset({"/healthz"})
+# that is merely busy. An event stream holds its place for minutes: it has places of its
+# own (api/stream_slots.py), so that streams cannot take every login's.
+EXEMPT = frozenset({"/healthz", "/api/v1/admin/event-stream"})
 RETRY_AFTER_S = 1
 
 

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field, StringConstraints
 from deskbroker.api.admin.crud import MAX_OFFSET, ResourceSpec, add_routes
 from deskbroker.api.deps import AdminReader, AdminWriter, Ctx
 from deskbroker.api.schemas import Body, Id, Name, Stamped
+from deskbroker.api.stream_slots import HeldStream, StreamSlots
 from deskbroker.domain.webhooks import Category, DeliveryState
 from deskbroker.services import webhooks
 
@@ -28,9 +29,13 @@ Kinds = Annotated[list[Category], Field(min_length=1, max_length=len(Category))]
 # were none for a while (so proxies keep the connection open).
 STREAM_POLL_S = 0.5
 STREAM_KEEPALIVE_S = 15.0
+# The event streams open in this worker (every app of the process shares the router).
+SLOTS = StreamSlots()
 
 
 class WebhookIn(Body):
+    """Creating a webhook needs `events:read` as well: it delivers the event log."""
+
     name: Name
     url: Url = Field(description="http(s) URL the events are posted to")
     kinds: Kinds = Field(description="the event kinds this webhook receives")
@@ -44,6 +49,8 @@ class WebhookIn(Body):
 
 
 class WebhookPatch(Body):
+    """Changing a webhook needs `events:read` as well: it decides where events go."""
+
     name: Name | None = None
     url: Url | None = Field(default=None, description="a new url needs a new secret with it")
     kinds: Kinds | None = None
@@ -138,7 +145,8 @@ def router() -> APIRouter:
         tags=["webhooks"],
         summary="A webhook's recent deliveries",
         description="Newest event first, with their state (`pending`, `delivered`, "
-        "`failed` after `max_attempts`), attempts, the receiver's last status and error.",
+        "`failed` after `max_attempts`), attempts, the receiver's last status and error. "
+        "The deliveries carry the events, so this needs `events:read` as well.",
     )
     def list_webhook_deliveries(
         webhook_id: str,
@@ -198,6 +206,12 @@ def router() -> APIRouter:
     ) -> StreamingResponse:
         wanted = webhooks.check_kinds([k.value for k in kinds])
         start = await run_in_threadpool(webhooks.stream_start, ctx, last_event_id)
+        # Taken before the answer starts, so a refusal is a plain 429.
+        SLOTS.take(
+            who.tenant_id,
+            per_tenant=ctx.settings.event_streams_per_tenant,
+            in_all=ctx.settings.event_streams,
+        )
 
         async def lines() -> AsyncIterator[str]:
             after = start
@@ -220,8 +234,9 @@ def router() -> APIRouter:
                     return
                 await asyncio.sleep(min(STREAM_POLL_S, max(0.0, ends - time.monotonic())))
 
-        return StreamingResponse(
+        return HeldStream(
             lines(),
+            lambda: SLOTS.give_back(who.tenant_id),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
