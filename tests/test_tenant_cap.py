@@ -27,6 +27,7 @@ def settings(settings: Settings) -> Settings:
 
 
 def test_a_tenant_waiting_on_a_silent_cloud_is_refused_more_at_once(api: Api) -> None:
+    desktop = _one_desktop(api)
     with tarpit() as pit:
         center = api.post(
             "centers",
@@ -58,9 +59,23 @@ def test_a_tenant_waiting_on_a_silent_cloud_is_refused_more_at_once(api: Api) ->
         second = api.client.get(path, headers=api.headers)
         took = time.perf_counter() - started
         still_waiting = waiting.is_alive()
+        # A probe knocks on the desktop's ports from a request thread too: it waits its
+        # turn with the tenant's clouds.
+        probe = api.client.post(f"/api/v1/admin/desktops/{desktop}/probe", headers=api.headers)
         waiting.join(4 * TIMEOUT_S)
     assert second.status_code == 503 and took < 0.5, (took, still_waiting, second.text)
     assert second.json()["reason"] == "tenant_busy"
     assert second.headers["Retry-After"] == "5"
     assert "catalog" in second.json()["detail"]
     assert first and first[0].status_code != 200  # the silent cloud failed it in time
+    assert probe.status_code == 503 and probe.json()["reason"] == "tenant_busy", probe.text
+    assert "probe desktop" in probe.json()["detail"]
+    # Once the slot is free the probe runs (its ports are closed: not reachable).
+    again = api.post(f"desktops/{desktop}/probe", {}, status=200)
+    assert again["reachable"] is False
+
+
+def _one_desktop(api: Api) -> str:
+    api.seed_pool(1, address_base="127.0.9.")
+    [desktop] = api.get("desktops")["items"]
+    return str(desktop["id"])

@@ -351,16 +351,27 @@ def probe(ctx: BrokerContext, desktop_id: str, tenant_id: str | None) -> dict[st
         driver = open_center(ctx, center)
         ports = (desktop.attributes or {}).get("ports") or {}
         address = desktop.address
-    results: dict[str, Any] = {}
-    for protocol, default in DEFAULT_PORTS.items():
-        port = int(ports.get(protocol.value) or default)
-        outcome = driver.probe(address, port, timeout_s=1.0)
-        results[protocol.value] = {
-            "port": port,
-            "reachable": outcome.reachable,
-            "latency_ms": outcome.latency_ms,
-            "message": outcome.message,
-        }
+
+    def knock() -> dict[str, Any]:
+        # Each port once: protocols sharing a port (several on 22, say) share the answer.
+        by_port: dict[int, Any] = {}
+        results: dict[str, Any] = {}
+        for protocol, default in DEFAULT_PORTS.items():
+            port = int(ports.get(protocol.value) or default)
+            if port not in by_port:
+                by_port[port] = driver.probe(address, port, timeout_s=1.0)
+            outcome = by_port[port]
+            results[protocol.value] = {
+                "port": port,
+                "reachable": outcome.reachable,
+                "latency_ms": outcome.latency_ms,
+                "message": outcome.message,
+            }
+        return results
+
+    # A request thread per probe of an address that never answers (or a name that takes
+    # its resolver's time): counted against the tenant's cap, as its clouds' calls are.
+    results = ctx.sources.tenant_call(center.tenant_id, f"probe desktop {desktop_id}", knock)
     reachable = any(r["reachable"] for r in results.values())
     with ctx.db.write() as session:
         row = session.get(Desktop, desktop_id)

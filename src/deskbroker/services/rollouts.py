@@ -181,7 +181,11 @@ def start(
         before = str((pool.provisioning.get("parameters") or {}).get("image") or "")
     driver = _rebuilder(ctx, center)
     try:
-        images = driver.images()  # no unit of work is open: the center may be slow
+        # No unit of work is open (the center may be slow), and the wait counts
+        # against the tenant's share of request threads, as its catalog's does.
+        images = ctx.sources.tenant_call(
+            center.tenant_id, "list the center's images", driver.images
+        )
     except CenterError as exc:
         raise CenterError(f"center {center.name} did not list its images: {exc.detail}") from exc
     target = _find_image(images, request.image, center.name)
