@@ -78,3 +78,40 @@ def test_calls_given_up_on_hold_at_most_the_cap_of_threads() -> None:
     wait_until(lambda: not helpers.live, "the helper threads to end", timeout_s=10)
     assert threading.active_count() <= before + 1
     assert helpers.run(lambda: "answered", 1.0, "cloud-call") == "answered"
+
+
+def test_one_tenants_hanging_calls_hold_at_most_its_share_of_the_places() -> None:
+    """A tenant whose clouds drip their answers (a tenant administrator may point a
+    center's auth_url anywhere) keeps at most its share of the helpers; another
+    tenant's calls still find places."""
+    helpers = Helpers(4, per_owner=2)
+    with drip(HTTP_HEAD) as port:
+        url = f"http://127.0.0.1:{port}/servers"
+        for _ in range(2):
+            with pytest.raises(Overdue):
+                helpers.run(lambda: requests.get(url, timeout=5), 0.3, "cloud-call", "acme")
+        with pytest.raises(NoHelperLeft, match="this tenant's clouds"):
+            helpers.run(lambda: requests.get(url, timeout=5), 0.3, "cloud-call", "acme")
+        assert (helpers.live, helpers.live_of("acme")) == (2, 2)
+        assert helpers.run(lambda: "answered", 1.0, "cloud-call", "globex") == "answered"
+    wait_until(lambda: not helpers.live, "the helper threads to end", timeout_s=10)
+    assert helpers.live_of("acme") == 0
+    assert helpers.run(lambda: "answered", 1.0, "cloud-call", "acme") == "answered"
+
+
+def test_the_broker_opens_a_centers_driver_under_its_tenant(sim: CloudSim) -> None:
+    """The driver cache names each driver's tenant, so its cloud calls count there."""
+    from deskbroker.services.center_drivers import CenterDrivers
+    from deskbroker.store.tables import Center
+
+    center = Center(
+        id="c1",
+        tenant_id="acme",
+        name="cloud",
+        kind="openstack",
+        params={"auth_url": sim.auth_url, "project_name": "demo", "username": "demo"},
+        secrets_sealed=None,
+    )
+    driver = CenterDrivers(secrets=None).get(center)  # type: ignore[arg-type]
+    assert isinstance(driver, OpenStackCenter)
+    assert (driver.tenant_id, driver.session.owner) == ("acme", "acme")

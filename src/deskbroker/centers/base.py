@@ -207,6 +207,14 @@ class CenterDriver:
     def __init__(self, params: Mapping[str, Any], secrets: Mapping[str, str]) -> None:
         self.params = self.Params.model_validate(dict(params))
         self.secrets = dict(secrets)
+        self.tenant_id = ""
+
+    def belongs_to(self, tenant_id: str) -> None:
+        """The tenant whose center this driver talks to (the broker's driver cache says
+        so once it opens it). A driver that caps the calls left hanging on its clouds
+        per tenant (OpenStack and AWS: ``overdue.MAX_PER_OWNER``) counts them under it,
+        so one tenant's dripping clouds cannot take every tenant's places."""
+        self.tenant_id = tenant_id
 
     def limits(self) -> BuildLimits:
         """How many builds the center takes at once and how long one may take; a

@@ -46,5 +46,6 @@ class CenterDrivers:
             if center.secrets_sealed:
                 secrets = json.loads(self._secrets.open(center.secrets_sealed))
             driver = registry.open_driver(center.kind, center.params or {}, secrets)
+            driver.belongs_to(center.tenant_id)
             self._opened[center.id] = (stamp, driver)
             return driver

@@ -87,6 +87,10 @@ class AwsCenter(CenterDriver):
         # The client is made on first use: the broker opens one driver per center.
         self.session = Ec2Session(self.aws_params, secrets)
 
+    def belongs_to(self, tenant_id: str) -> None:
+        super().belongs_to(tenant_id)
+        self.session.owner = tenant_id
+
     def limits(self) -> BuildLimits:
         return BuildLimits(self.aws_params.max_in_flight, self.aws_params.build_timeout_s)
 

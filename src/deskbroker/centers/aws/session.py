@@ -94,6 +94,8 @@ class Ec2Session:
         self._client: Any = None
         self._lock = threading.Lock()
         self.requests = 0
+        # The tenant whose calls left hanging count against its share of helpers.
+        self.owner = ""
 
     def client(self) -> Any:
         if self._client is None:
@@ -171,7 +173,9 @@ class Ec2Session:
 
     def _bounded(self, work: Callable[[], dict[str, Any]], deadline: float, what: str) -> Any:
         try:
-            return CLOUD_CALLS.run(work, deadline - time.monotonic(), f"aws-{what}")
+            return CLOUD_CALLS.run(
+                work, deadline - time.monotonic(), f"aws-{what}", owner=self.owner
+            )
         except Overdue:
             raise AwsFailure(
                 f"{what}: AWS did not answer within {self.params.timeout_s:g} s"

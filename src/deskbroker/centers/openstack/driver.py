@@ -71,6 +71,10 @@ class OpenStackCenter(CenterDriver):
         self.session = ProjectSession(self.os_params, secrets)
         self._names: dict[tuple[str, str], str] = {}
 
+    def belongs_to(self, tenant_id: str) -> None:
+        super().belongs_to(tenant_id)
+        self.session.owner = tenant_id
+
     def limits(self) -> BuildLimits:
         return BuildLimits(self.os_params.max_in_flight, self.os_params.build_timeout_s)
 

@@ -6,13 +6,16 @@ thread for ever. So a call runs on a helper thread that its caller waits for at 
 time left; past it, the caller goes on with an error and the helper is left to end by
 itself (its socket's read timeout, or the remote closing). A helper that never ends
 still holds one of ``MAX_HELPERS`` places, so such threads cannot pile up: once they are
-all taken, calls are refused at once until one ends.
+all taken, calls are refused at once until one ends. One owner (a tenant: its centers'
+drivers name it) holds at most ``MAX_PER_OWNER`` of them, so a tenant whose clouds drip
+their answers cannot take every other tenant's places.
 """
 
 from __future__ import annotations
 
 import contextvars
 import threading
+from collections import Counter
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -22,6 +25,8 @@ T = TypeVar("T")
 
 #: Helper threads (calls running, or given up on and not ended yet) in one process.
 MAX_HELPERS = 64
+#: ... of which one owner's calls hold at most this many.
+MAX_PER_OWNER = 16
 
 
 class Overdue(Exception):
@@ -36,11 +41,13 @@ class NoHelperLeft(Exception):
 class Helpers:
     """A bounded set of helper threads for blocking calls with a deadline."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, per_owner: int | None = None) -> None:
         self.limit = limit
+        self.per_owner = per_owner or limit
         self._places = threading.BoundedSemaphore(limit)
         self._lock = threading.Lock()
         self._live = 0
+        self._owned: Counter[str] = Counter()
 
     @property
     def live(self) -> int:
@@ -48,12 +55,26 @@ class Helpers:
         with self._lock:
             return self._live
 
-    def run(self, work: Callable[[], T], timeout_s: float, name: str) -> T:
+    def live_of(self, owner: str) -> int:
+        """``owner``'s helpers that have not ended."""
+        with self._lock:
+            return self._owned[owner]
+
+    def run(self, work: Callable[[], T], timeout_s: float, name: str, owner: str = "") -> T:
         """``work``'s result or exception, if it ends within ``timeout_s``; otherwise
-        ``Overdue``. ``NoHelperLeft`` at once when every place is taken."""
+        ``Overdue``. ``NoHelperLeft`` at once when every place is taken, or ``owner``
+        (when named) holds its share of them."""
         # The write-unit guard is per thread: checked on the caller's, before handing off.
         ensure_no_write_unit(name)
+        if owner:
+            with self._lock:
+                if self._owned[owner] >= self.per_owner:
+                    raise NoHelperLeft(
+                        f"{self.per_owner} calls to this tenant's clouds are still hanging"
+                    )
+                self._owned[owner] += 1
         if not self._places.acquire(blocking=False):
+            self._disown(owner)
             raise NoHelperLeft(f"{self.limit} calls to clouds are still hanging")
         outcome: list[tuple[bool, object]] = []
         context = contextvars.copy_context()
@@ -67,6 +88,7 @@ class Helpers:
                 with self._lock:
                     self._live -= 1
                 self._places.release()
+                self._disown(owner)
 
         with self._lock:
             self._live += 1
@@ -81,6 +103,13 @@ class Helpers:
             raise value
         return value  # type: ignore[return-value]
 
+    def _disown(self, owner: str) -> None:
+        if owner:
+            with self._lock:
+                self._owned[owner] -= 1
+                if self._owned[owner] <= 0:
+                    del self._owned[owner]
+
 
 #: The process's helpers for cloud calls (Keystone authentication and API calls).
-CLOUD_CALLS = Helpers(MAX_HELPERS)
+CLOUD_CALLS = Helpers(MAX_HELPERS, MAX_PER_OWNER)

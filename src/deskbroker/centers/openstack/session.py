@@ -113,6 +113,8 @@ class ProjectSession:
         self._compute: microversion.Compute | None = None
         self._lock = threading.Lock()
         self.requests = 0
+        # The tenant whose calls left hanging count against its share of helpers.
+        self.owner = ""
 
     def connection(self) -> openstack.connection.Connection:
         if self._conn is None:
@@ -186,7 +188,7 @@ class ProjectSession:
         libraries bound each read, not the call, and a cloud that drips its answer
         would hold the caller for ever."""
         try:
-            return CLOUD_CALLS.run(work, deadline - time.monotonic(), name)
+            return CLOUD_CALLS.run(work, deadline - time.monotonic(), name, owner=self.owner)
         except Overdue:
             raise CloudFailure(
                 f"{what} did not answer within {self.params.timeout_s:g} s"
@@ -196,13 +198,22 @@ class ProjectSession:
                 f"{what}: not asked, since {exc}; the broker waits for them to end first"
             ) from None
 
-    def call(self, fn: Callable[[], Any], what: str, *, idempotent: bool = True) -> Any:
+    def call(
+        self,
+        fn: Callable[[], Any],
+        what: str,
+        *,
+        idempotent: bool = True,
+        deadline: float | None = None,
+    ) -> Any:
         """Run one API call, retrying 429/5xx and connection errors with backoff + jitter,
-        authentication included, all within the center's ``timeout_s``.
+        authentication included, all within the center's ``timeout_s`` (or by
+        ``deadline``, when the call is one step of a longer one).
 
         A call that is not ``idempotent`` (creating a server) is not retried after a
         connection error or a 500, which may have happened after the cloud acted."""
-        deadline = time.monotonic() + self.params.timeout_s
+        if deadline is None:
+            deadline = time.monotonic() + self.params.timeout_s
         attempt = 0
         while True:
             attempt += 1
@@ -282,39 +293,66 @@ class ProjectSession:
     # --- compute microversion ---------------------------------------------------------
     @property
     def compute(self) -> microversion.Compute:
-        """The microversion agreed on with this cloud, asked for once."""
-        if self._compute is None:
-            with self._lock:
-                if self._compute is None:
-                    document = self._version_document()
-                    agreed = microversion.agree(document)
-                    if agreed is None:
-                        raise CloudFailure(
-                            "the cloud's compute API has no microversion this broker speaks "
-                            f"(it offers {document.get('version', document)})"
-                        )
-                    self._compute = agreed
-        return self._compute
+        """The microversion agreed on with this cloud, asked for until it is known.
 
-    def _version_document(self) -> Any:
+        Asked without holding the lock, which only publishes the answer: the cloud
+        (whose catalog a tenant administrator's own Keystone may write) could take the
+        whole deadline, and every other caller of this center (engine workers, admin
+        requests) would wait behind it, one deadline each. Callers that race each ask
+        within their own deadline; the first answer published stays."""
+        agreed = self._compute
+        if agreed is not None:
+            return agreed
+        agreed = self._agree(time.monotonic() + self.params.timeout_s)
+        with self._lock:
+            if self._compute is None:
+                self._compute = agreed
+            return self._compute
+
+    def _agree(self, deadline: float) -> microversion.Compute:
+        """The microversion this broker and the cloud both speak, asked before
+        ``deadline``; a failure is not remembered, the next caller asks again."""
+        document = self._version_document(deadline)
+        agreed = microversion.agree(document)
+        if agreed is None:
+            raise CloudFailure(
+                "the cloud's compute API has no microversion this broker speaks "
+                f"(it offers {document.get('version', document)})"
+            )
+        return agreed
+
+    def _version_document(self, deadline: float) -> Any:
         """The compute endpoint's version document; when the endpoint answers 404 (a
-        catalog URL with the project id in it), what keystoneauth's discovery found."""
+        catalog URL with the project id in it), what keystoneauth's discovery found.
+
+        Both within ``deadline``, discovery on a helper thread like any call:
+        keystoneauth bounds each read of its requests, not the discovery, and an
+        endpoint that drips its answer would hold the caller for ever."""
         try:
             return self.call(
                 lambda: self.connection().compute.get("/", microversion=None),
                 "GET the compute version document",
+                deadline=deadline,
             ).json()
         except CloudFailure as exc:
             if exc.cloud_status != 404:
                 raise
+        what = "discovering the compute API"
         try:
-            found = self.connection().compute.get_endpoint_data()
+            found = self._bounded(
+                lambda: self.connection().compute.get_endpoint_data(),
+                deadline,
+                f"{what}: the cloud",
+                "cloud-call",
+            )
+        except OutboundRefused as exc:
+            raise CloudFailure(f"{what}: {exc.detail}") from exc
         except ks_exceptions.ClientException as exc:
             # Its text can quote the remote's answer: name the failure, log the rest.
-            log.warning("discovering the compute API failed: %s", exc)
+            log.warning("%s failed: %s", what, exc)
             code = getattr(exc, "http_status", None)
             said = f"HTTP {code}" if code else type(exc).__name__
-            raise CloudFailure(f"discovering the compute API failed ({said})") from exc
+            raise CloudFailure(f"{what} failed ({said})") from exc
         newest = getattr(found, "max_microversion", None)
         oldest = getattr(found, "min_microversion", None)
         return {
