@@ -28,9 +28,13 @@ def test_login_stays_within_seven_statements(api: Api, ctx: BrokerContext) -> No
         waiting = service.login("user2", USER_PASSWORD)
     assert waiting.offers[0].status == "queued"
 
+    # On PostgreSQL a claim that finds nothing free asks once more whether the pool has a
+    # free desktop that another unit holds locked for a moment (store.claims
+    # ``_claim_past_brief_locks``): one statement more, on the queue path only.
+    budget = {"claim": 7, "return": 7, "queue": 8 if ctx.db.is_postgres else 7}
     for name, statements in (("claim", fresh_claim), ("return", returning), ("queue", queued)):
-        assert len(statements) <= 7, f"{name} path used {len(statements)}:\n" + "\n".join(
-            statements
+        assert len(statements) <= budget[name], (
+            f"{name} path used {len(statements)}:\n" + "\n".join(statements)
         )
     # The claim path itself: lockout check, find user, held desktops, claim, event.
     assert len(fresh_claim) == 5
@@ -218,7 +222,8 @@ def test_logging_in_again_keeps_the_queue_place(api: Api, ctx: BrokerContext) ->
     assert service.login("user2", USER_PASSWORD).offers[0].position == 2
     with counting() as again:
         assert service.login("user2", USER_PASSWORD).offers[0].position == 2
-    assert len(again) <= 7
+    # One more on PostgreSQL: the check for free desktops locked a moment (see above).
+    assert len(again) <= (8 if ctx.db.is_postgres else 7)
 
 
 def test_queue_service_keeps_the_policy_assignment_kind(api: Api, ctx: BrokerContext) -> None:

@@ -93,7 +93,17 @@ def built_pool(
         items: list[dict[str, Any]] = api.get(f"desktops?center_id={center['id']}&limit=1000")[
             "items"
         ]
-        done = [d for d in items if d["power_state"] == "running" and d["address"]]
+        # Handed over to the pool, not only seen: a scan may import a finished build's
+        # machine before the engine hands it over, and a login then finds no desktop.
+        members = {m["id"] for m in api.get(f"pools/{pool['id']}/members")["items"]}
+        done = [
+            d
+            for d in items
+            if d["power_state"] == "running"
+            and d["address"]
+            and d["availability"] == "available"
+            and d["id"] in members
+        ]
         return items if len(done) == n else None
 
     run_until(engine, lambda: ready() is not None, timeout_s=240)

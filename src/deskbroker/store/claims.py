@@ -380,6 +380,8 @@ def claim(
     )
     try:
         row = session.execute(statement).first()
+        if row is None and session.get_bind().dialect.name == "postgresql":
+            row = _claim_past_brief_locks(session, statement, tenant_id, pool_id, skip_lost)
     except IntegrityError as exc:
         if not _is_double_claim(exc):
             raise
@@ -389,6 +391,49 @@ def claim(
         ) from exc
     metrics.CLAIM_SECONDS.observe(time.perf_counter() - started)
     return None if row is None else _held(row)
+
+
+# How long a claim that found every free desktop locked waits, in steps, for them.
+LOCKED_RETRIES_S = (0.02, 0.05, 0.1)
+
+
+def _claim_past_brief_locks(
+    session: Session, statement: Any, tenant_id: str, pool_id: str, skip_lost: bool
+) -> Any:
+    """The claim again, after a moment, while the pool still has free desktops that
+    another transaction holds locked: an agent's heartbeat or session event on a free
+    desktop locks its row for a moment, and a login that skipped it would be queued
+    though the desktop is free (with one desktop free, nothing would serve the queue
+    until the next release). Another claim's lock ends with that claim, which takes the
+    desktop: then none is free any more and this stops."""
+    for pause in LOCKED_RETRIES_S:
+        if not _free_in_pool(session, tenant_id, pool_id, skip_lost):
+            return None
+        time.sleep(pause)
+        row = session.execute(statement).first()
+        if row is not None:
+            return row
+    return None
+
+
+def _free_in_pool(session: Session, tenant_id: str, pool_id: str, skip_lost: bool) -> bool:
+    """Whether the pool has a free desktop, locked or not (a plain read never waits)."""
+    lost = (Desktop.agent_state != AgentState.LOST.value,) if skip_lost else ()
+    pool_drained = select(Pool.id).where(Pool.id == pool_id, Pool.drained_at.is_not(None)).exists()
+    found = session.scalar(
+        select(Desktop.id)
+        .join(PoolMember, PoolMember.desktop_id == Desktop.id)
+        .where(
+            PoolMember.pool_id == pool_id,
+            Desktop.tenant_id == tenant_id,
+            FREE_DESKTOP,
+            *lost,
+            *undrained(),
+            ~pool_drained,
+        )
+        .limit(1)
+    )
+    return found is not None
 
 
 def free_slot(held: Collection[HeldDesktop], pool_id: str) -> int:
