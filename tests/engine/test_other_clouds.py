@@ -91,7 +91,8 @@ def test_a_retry_on_a_filter_ignoring_cloud_adopts_no_foreign_server(
     # The first creation fails after the cloud may have acted; the retry first looks for
     # what it may have made, by tag, and the cloud answers with every server.
     sim.inject_fault(500, method="POST", path="/servers$", times=1)
-    center = openstack_center(api, sim)
+    # It waits the call's timeout_s for that instance to land before trying again.
+    center = openstack_center(api, sim, timeout_s=2)
     run_queued_scan(api, center["id"])  # a save queues the center's first scan
     # The pool takes in the center's three and builds one more.
     pool = provisioning_pool(api, center["id"], n=4, m=4)

@@ -11,12 +11,14 @@ still holds the task's lease (``leases.release_held``) and rolls back whole if n
 an instance is created or terminated only after the lease was renewed (``_renew``). A
 node that stalled past its lease therefore records nothing and deletes nothing; the
 holder finds whatever it created by the task's tag, and does not start over while a
-create of the previous holder's could still land (``_resume_create``).
+create of the previous holder's could still land (``_resume_create``), nor after a
+create whose outcome the cloud left unknown (``_hold_for_landing``).
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -45,6 +47,7 @@ from deskbroker.engine.handover import hand_over
 from deskbroker.engine.requests import request_of
 from deskbroker.engine.watch import BuildWatcher
 from deskbroker.errors import CenterError
+from deskbroker.outbound import OutboundRefused
 from deskbroker.services import agents
 from deskbroker.services.agents import ENROL_KEY
 from deskbroker.services.context import BrokerContext
@@ -59,6 +62,7 @@ from deskbroker.store.tasks import (
     S,
     TaskRow,
     in_flight,
+    last_error_of,
     lock_center,
     task_tag,
 )
@@ -84,6 +88,45 @@ def call_bound_s(driver: CenterDriver) -> float:
 def pool_backoff_s(base_s: float, failures: int) -> float:
     """How long a pool waits before building again after ``failures`` in a row."""
     return base_s * min(2.0 ** max(0, failures - 1), float(POOL_BACKOFF_STEPS))
+
+
+# In an error's chain, what shows that the request never left the broker: no connection
+# could be made (refused, the name not resolved), or the outbound policy refused the
+# address.
+_NOT_SENT: tuple[type[BaseException], ...] = (
+    ConnectionRefusedError,
+    socket.gaierror,
+    OutboundRefused,
+)
+# AWS's error codes that say the service failed, not that it refused the request.
+_SERVER_SIDE_CODES = frozenset({"InternalError", "InternalFailure", "ServiceUnavailable"})
+
+
+def made_nothing(exc: BaseException) -> bool:
+    """Whether a create that raised ``exc`` surely made nothing: the cloud refused it (a
+    4xx; a 503, which the OpenStack session too takes as nothing done; an AWS error code
+    but its own failure), the request never left, or the driver refused it before asking
+    (its own error, nothing under it). No answer in time, a 5xx, a connection dropped once
+    the request was out, a driver bug: the instance may exist. The seam has no word for
+    this: the answer is read where drivers' errors carry it (``cloud_status``, ``code``)."""
+    if isinstance(exc, QuotaExceeded | UnknownName):
+        return True
+    status = getattr(exc, "cloud_status", None)
+    if isinstance(status, int):
+        return 400 <= status < 500 or status == 503
+    code = getattr(exc, "code", None)
+    if isinstance(code, str) and code:
+        return code not in _SERVER_SIDE_CODES
+    seen: set[int] = set()
+    under: BaseException | None = exc.__cause__ or exc.__context__
+    if under is None:
+        return isinstance(exc, CenterError)
+    while under is not None and id(under) not in seen:
+        if isinstance(under, _NOT_SENT):
+            return True
+        seen.add(id(under))
+        under = under.__cause__ or under.__context__
+    return False
 
 
 class TaskStep:
@@ -236,7 +279,14 @@ class TaskStep:
         # The last moment before the cloud is asked: a node that stalled past its lease
         # (the cursor above may take a while) asks nothing.
         self._renew(asking=True)
-        external_id = driver.create(request_of(task, {ENROL_KEY: secret} if secret else None))
+        try:
+            external_id = driver.create(request_of(task, {ENROL_KEY: secret} if secret else None))
+        except Exception as exc:
+            if made_nothing(exc) or Capability.LEAK_SWEEP not in driver.capabilities:
+                raise
+            reason = exc.detail if isinstance(exc, CenterError) else f"unexpected error: {exc}"
+            self._hold_for_landing(driver, reason)
+            return
         if self.watcher is not None:
             self.watcher.building(external_id, asked_at)
         self._created(external_id)
@@ -262,12 +312,41 @@ class TaskStep:
             )
         self.state = S.WAITING
 
+    def _hold_for_landing(self, driver: CenterDriver, reason: str) -> None:
+        """The create failed, but the cloud may have made the instance all the same (a
+        retry now would make a second): the attempt counts, and the task stays
+        ``creating`` while the instance may land, counted from now (a call given up on
+        may still be on its way). ``_resume_create`` adopts it if it comes by its tag,
+        and tries again (or fails) only once none can land."""
+        task = self.task
+        now = utcnow()
+        log.warning("build %s: the cloud may have made it (%s): looking for it", task.name, reason)
+        self._look_again(
+            now + timedelta(seconds=call_bound_s(driver)),
+            attempts=task.attempts + 1,
+            last_error=reason,
+            step_started_at=now,
+        )
+
     def _resume_create(self, driver: CenterDriver) -> None:
-        found = driver.find_tagged(task_tag(self.task.id))
+        landing = self._create_may_land_until(driver)
+        try:
+            found = driver.find_tagged(task_tag(self.task.id))
+        except CenterError as exc:
+            if landing <= utcnow():
+                raise
+            # Not knowing is no reason to build another: look again.
+            log.warning("build %s: looking for its instance failed: %s", self.task.name, exc)
+            self._look_again(landing)
+            return
         if not found:
-            landing = self._create_may_land_until(driver)
             if landing > utcnow():
                 self._look_again(landing)
+            elif self.task.attempts >= MAX_ATTEMPTS:
+                # The last attempt's create left no instance: fail as it would have.
+                with self.ctx.db.read() as session:
+                    reason = last_error_of(session, self.task.id)
+                self._fail(driver, reason, counted=True)
             else:
                 self._back_to_requested()
             return
@@ -292,19 +371,23 @@ class TaskStep:
             build_steps.renew_to_create(session, self.task.id, self.owner, until, now)
 
     def _create_may_land_until(self, driver: CenterDriver) -> datetime:
-        """Until when a previous holder's create may still land: it asked right after the
+        """Until when a create may still land: a previous holder's asked right after the
         renewal that set ``step_started_at`` (no node can renew after this one took the
-        task over), and a call lasts at most the center's call timeout."""
+        task over), and a call lasts at most the center's call timeout; after a create
+        whose outcome is unknown, ``step_started_at`` is when that call was given up on
+        (``_hold_for_landing``)."""
         asked = aware(self.task.step_started_at or utcnow())
         return asked + timedelta(seconds=call_bound_s(driver))
 
-    def _look_again(self, landing: datetime) -> None:
-        """Nothing tagged yet, but a previous holder's create may still land: sending the
-        task back to ``requested`` now would build a second instance and leave that one
-        to nobody. Look again later (at the latest when no create can land any more)."""
+    def _look_again(self, landing: datetime, **values: Any) -> None:
+        """Nothing tagged yet, but a create may still land: sending the task back to
+        ``requested`` now would build a second instance and leave that one to nobody.
+        Look again later (at the latest when no create can land any more)."""
         later = min(landing, utcnow() + timedelta(seconds=RELOOK_S))
         with self.ctx.db.write() as session:
-            leases.release_held(session, TASKS, self.task.id, self.owner, next_step_at=later)
+            leases.release_held(
+                session, TASKS, self.task.id, self.owner, next_step_at=later, **values
+            )
 
     def _back_to_requested(self) -> None:
         # creating → requested undoes a step that never reached the cloud.
@@ -398,11 +481,14 @@ class TaskStep:
                 if spread.overflow_build(session, task, words, now, backoff):
                     build_steps.step_now(session, task.id, now)
 
-    def _fail(self, driver: CenterDriver, reason: str, *, final: bool = False) -> None:
+    def _fail(
+        self, driver: CenterDriver, reason: str, *, final: bool = False, counted: bool = False
+    ) -> None:
         """A failed attempt: clean up the instance, retry with backoff, then quarantine
-        (at once when ``final``: another try cannot succeed)."""
+        (at once when ``final``: another try cannot succeed). ``counted`` when the
+        attempt was counted already (a create whose outcome was waited for)."""
         task = self.task
-        attempts = task.attempts + 1
+        attempts = task.attempts if counted else task.attempts + 1
         deletable = bool((task.request or {}).get("deletable", True))
         cleaned = task.external_id is None
         if task.external_id and deletable:

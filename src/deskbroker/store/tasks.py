@@ -136,3 +136,9 @@ def claim_builds(
     params = leases.claim_params(owner=owner, now=now, ttl_s=ttl_s, limit=room)
     params.update(b_center=center_id, b_started=utcnow())
     return rows_of(conn.execute(_CLAIM_BUILDS, params).all())
+
+
+def last_error_of(session: Session, task_id: str) -> str:
+    """The task's last error (off the hot path: a failed attempt that was waited for)."""
+    found = session.execute(select(TASKS.c.last_error).where(TASKS.c.id == task_id)).scalar()
+    return str(found or "")
