@@ -14,8 +14,12 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tests.helpers import Api
 
 # An HTTP answer that never ends: a large body announced, then dripped.
 HTTP_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n{"
@@ -81,28 +85,16 @@ def tarpit() -> Iterator[Tarpit]:
 
 
 @contextmanager
-def drip(head: bytes, filler: bytes = b" ", interval_s: float = 1.0) -> Iterator[int]:
-    """The port of a listener that sends ``head`` then ``filler`` for ever, one byte per
-    ``interval_s``, on every connection; all are closed when the block ends."""
+def serving(handle: Callable[[socket.socket, threading.Event], None]) -> Iterator[int]:
+    """The port of a listener that hands each connection to ``handle`` (with the event
+    set once the block ends, for handlers that loop) on a thread of its own; all are
+    closed when the block ends."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(256)
     listener.settimeout(0.1)
     stopping = threading.Event()
     conns: list[socket.socket] = []
-
-    def feed(conn: socket.socket) -> None:
-        conn.settimeout(0.05)
-        sent = 0
-        while not stopping.wait(0 if sent == 0 else interval_s):
-            with suppress(TimeoutError, OSError):
-                conn.recv(65536)  # the request, whatever it is; never answered properly
-            byte = head[sent : sent + 1] if sent < len(head) else filler
-            try:
-                conn.sendall(byte)
-            except OSError:
-                return
-            sent += 1
 
     def accept() -> None:
         while not stopping.is_set():
@@ -113,7 +105,7 @@ def drip(head: bytes, filler: bytes = b" ", interval_s: float = 1.0) -> Iterator
             except OSError:
                 return
             conns.append(conn)
-            threading.Thread(target=feed, args=(conn,), daemon=True).start()
+            threading.Thread(target=handle, args=(conn, stopping), daemon=True).start()
 
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
@@ -125,3 +117,56 @@ def drip(head: bytes, filler: bytes = b" ", interval_s: float = 1.0) -> Iterator
         listener.close()
         for conn in conns:
             conn.close()
+
+
+def dripping(
+    conn: socket.socket, stopping: threading.Event, head: bytes, filler: bytes, interval_s: float
+) -> None:
+    """Send ``head`` then ``filler`` for ever on ``conn``, one byte per ``interval_s``."""
+    sent = 0
+    while not stopping.wait(0 if sent == 0 else interval_s):
+        byte = head[sent : sent + 1] if sent < len(head) else filler
+        try:
+            conn.sendall(byte)
+        except OSError:
+            return
+        sent += 1
+
+
+@contextmanager
+def drip(head: bytes, filler: bytes = b" ", interval_s: float = 1.0) -> Iterator[int]:
+    """The port of a listener that sends ``head`` then ``filler`` for ever, one byte per
+    ``interval_s``, on every connection; all are closed when the block ends."""
+
+    def feed(conn: socket.socket, stopping: threading.Event) -> None:
+        conn.settimeout(0.05)
+        with suppress(TimeoutError, OSError):
+            conn.recv(65536)  # the request, whatever it is; never answered properly
+        dripping(conn, stopping, head, filler, interval_s)
+
+    with serving(feed) as port:
+        yield port
+
+
+def silent_center(
+    api: Api, pit: Tarpit, *, name: str = "silent", timeout_s: float | None = None, **params: Any
+) -> dict[str, Any]:
+    """An OpenStack center (through the admin API) whose Keystone is ``pit``: every call
+    to it waits until its deadline (``timeout_s``, the driver's default when None)."""
+    values: dict[str, Any] = {
+        "auth_url": f"{pit.url}/v3",
+        "project_name": "demo",
+        "username": "demo",
+        **({"timeout_s": timeout_s} if timeout_s is not None else {}),
+        **params,
+    }
+    center: dict[str, Any] = api.post(
+        "centers",
+        {
+            "name": name,
+            "kind": "openstack",
+            "params": values,
+            "secrets": {"password": "password"},
+        },
+    )
+    return center

@@ -12,7 +12,7 @@ import pytest
 
 from deskbroker.config import Settings
 from tests.helpers import Api, wait_until
-from tests.tarpit import tarpit
+from tests.tarpit import silent_center, tarpit
 
 # Long enough that the first listing still holds the tenant's slot when the second comes,
 # even on a machine busy with the rest of the suite (the first holds it about this long,
@@ -29,20 +29,7 @@ def settings(settings: Settings) -> Settings:
 def test_a_tenant_waiting_on_a_silent_cloud_is_refused_more_at_once(api: Api) -> None:
     desktop = _one_desktop(api)
     with tarpit() as pit:
-        center = api.post(
-            "centers",
-            {
-                "name": "silent",
-                "kind": "openstack",
-                "params": {
-                    "auth_url": f"{pit.url}/v3",
-                    "project_name": "demo",
-                    "username": "demo",
-                    "timeout_s": TIMEOUT_S,
-                },
-                "secrets": {"password": "password"},
-            },
-        )
+        center = silent_center(api, pit, timeout_s=TIMEOUT_S)
         path = f"/api/v1/admin/centers/{center['id']}/catalog"
         first: list[httpx.Response] = []
         waiting = threading.Thread(

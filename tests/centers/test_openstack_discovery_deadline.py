@@ -21,7 +21,7 @@ from cloudsim.server import CloudSim
 from deskbroker.centers.openstack.driver import OpenStackCenter
 from deskbroker.centers.openstack.session import CloudFailure
 from deskbroker.centers.registry import open_driver
-from tests.tarpit import HTTP_HEAD, tarpit
+from tests.tarpit import HTTP_HEAD, dripping, serving, tarpit
 
 TIMEOUT_S = 2.0
 SLACK_S = 1.0
@@ -44,14 +44,8 @@ def no_version_document(interval_s: float = 0.5) -> Iterator[str]:
     catalog URL names the project does) and whose every other answer, version discovery
     included, drips one byte per ``interval_s`` for ever: each read beats the read
     timeout, only a deadline on the whole call gives up on it."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(64)
-    listener.settimeout(0.1)
-    stopping = threading.Event()
-    conns: list[socket.socket] = []
 
-    def serve(conn: socket.socket) -> None:
+    def serve(conn: socket.socket, stopping: threading.Event) -> None:
         conn.settimeout(0.05)
         request = b""
         while b"\r\n\r\n" not in request:
@@ -71,36 +65,10 @@ def no_version_document(interval_s: float = 0.5) -> Iterator[str]:
             with suppress(OSError):
                 conn.sendall(head + NOT_FOUND)
             return
-        sent = 0
-        while not stopping.wait(0 if sent < len(HTTP_HEAD) else interval_s):
-            byte = HTTP_HEAD[sent : sent + 1] if sent < len(HTTP_HEAD) else b" "
-            try:
-                conn.sendall(byte)
-            except OSError:
-                return
-            sent += 1
+        dripping(conn, stopping, HTTP_HEAD, b" ", interval_s)
 
-    def accept() -> None:
-        while not stopping.is_set():
-            try:
-                conn, _ = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            conns.append(conn)
-            threading.Thread(target=serve, args=(conn,), daemon=True).start()
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    finally:
-        stopping.set()
-        thread.join(timeout=5)
-        listener.close()
-        for conn in conns:
-            conn.close()
+    with serving(serve) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 @contextmanager

@@ -15,7 +15,7 @@ from deskbroker.engine.runner import Engine
 from deskbroker.services.context import BrokerContext
 from tests.engine.conftest import openstack_center, provisioning_pool
 from tests.helpers import Api, wait_until
-from tests.tarpit import tarpit
+from tests.tarpit import silent_center, tarpit
 
 WORKERS = 4
 SILENT_TIMEOUT_S = 8.0
@@ -37,20 +37,7 @@ def test_a_silent_center_leaves_workers_for_the_others(
     api: Api, sim: CloudSim, small_engine: Engine
 ) -> None:
     with tarpit() as pit:
-        silent = api.post(
-            "centers",
-            {
-                "name": "silent",
-                "kind": "openstack",
-                "params": {
-                    "auth_url": f"{pit.url}/v3",
-                    "project_name": "demo",
-                    "username": "demo",
-                    "timeout_s": SILENT_TIMEOUT_S,
-                },
-                "secrets": {"password": "password"},
-            },
-        )
+        silent = silent_center(api, pit, timeout_s=SILENT_TIMEOUT_S)
         # Its scan, leak sweep and four builds would take all four workers.
         silent_pool = provisioning_pool(api, silent["id"], n=4, m=4)
         api.patch(f"pools/{silent_pool['id']}", {"name": "silent-pool"})

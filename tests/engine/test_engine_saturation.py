@@ -18,7 +18,7 @@ from deskbroker.config import Settings
 from deskbroker.engine.runner import Engine
 from deskbroker.services.context import BrokerContext
 from tests.helpers import Api, wait_until
-from tests.tarpit import tarpit
+from tests.tarpit import silent_center, tarpit
 
 LEASE_TTL_S = 3.0
 CLOUD_TIMEOUT_S = 8.0
@@ -55,20 +55,7 @@ def test_readyz_reports_every_engine_worker_busy_past_the_lease_ttl(
     api = Api.with_admin(client, ctx)
     with tarpit() as pit:
         silent = [
-            api.post(
-                "centers",
-                {
-                    "name": f"silent-{n}",
-                    "kind": "openstack",
-                    "params": {
-                        "auth_url": f"{pit.url}/v3",
-                        "project_name": "demo",
-                        "username": "demo",
-                        "timeout_s": CLOUD_TIMEOUT_S,
-                    },
-                    "secrets": {"password": "password"},
-                },
-            )
+            silent_center(api, pit, name=f"silent-{n}", timeout_s=CLOUD_TIMEOUT_S)
             for n in range(WORKERS)
         ]
         answers: list[Any] = []

@@ -7,7 +7,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -23,27 +22,9 @@ from deskbroker.services.context import BrokerContext
 from deskbroker.store.tables import Center
 from tests.engine.conftest import openstack_center
 from tests.helpers import Api, wait_until
-from tests.tarpit import Tarpit, tarpit
+from tests.tarpit import silent_center, tarpit
 
 CLOUD_TIMEOUT_S = 6.0
-
-
-def _silent_center(api: Api, pit: Tarpit, **params: Any) -> dict[str, Any]:
-    return api.post(
-        "centers",
-        {
-            "name": "silent",
-            "kind": "openstack",
-            "params": {
-                "auth_url": f"{pit.url}/v3",
-                "project_name": "demo",
-                "username": "demo",
-                "timeout_s": CLOUD_TIMEOUT_S,
-                **params,
-            },
-            "secrets": {"password": "password"},
-        },
-    )
 
 
 @pytest.fixture
@@ -64,7 +45,7 @@ def test_the_loop_ticks_on_while_a_build_waits_for_its_cursor_on_a_silent_cloud(
     ctx = quick
     with TestClient(create_app(ctx)) as client, tarpit() as pit:
         api = Api.with_admin(client, ctx)
-        center = _silent_center(api, pit)
+        center = silent_center(api, pit, timeout_s=CLOUD_TIMEOUT_S)
         api.post(
             "pools",
             {
@@ -109,7 +90,7 @@ def test_a_cursor_started_against_a_silent_cloud_blocks_no_other_reader(
 ) -> None:
     """The same at the watcher: one thread stuck starting the cursor, another reads."""
     with tarpit() as pit:
-        center = _silent_center(api, pit, timeout_s=3.0)
+        center = silent_center(api, pit, timeout_s=3.0)
         with ctx.db.read() as session:
             found = session.get(Center, center["id"])
             assert found is not None
