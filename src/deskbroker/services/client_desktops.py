@@ -10,7 +10,7 @@ from deskbroker.security import TokenClaims
 from deskbroker.services import access, desktops
 from deskbroker.services.context import BrokerContext
 from deskbroker.services.login import Offer
-from deskbroker.store import claims, events, pool_names
+from deskbroker.store import claims, events, pool_names, queue_rows
 from deskbroker.store.claims import HeldDesktop
 
 
@@ -30,7 +30,7 @@ def my_desktops(ctx: BrokerContext, who: TokenClaims) -> MyDesktops:
     with ctx.db.read() as session:
         access.check_current(session, who)
         held = claims.held_desktops(session, who.user_id)
-        waiting = claims.queue_positions(session, who.user_id)
+        waiting = queue_rows.queue_positions(session, who.user_id)
         names = pool_names.names(session, [p for p, _ in waiting])
     view = ctx.cache.current(ctx.db)
     queue = []

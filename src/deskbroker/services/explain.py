@@ -21,7 +21,7 @@ from deskbroker.identity.base import source_kinds
 from deskbroker.services.config_cache import ConfigView, PolicyView, SourceView
 from deskbroker.services.context import BrokerContext
 from deskbroker.services.source_choice import choose
-from deskbroker.store import claims
+from deskbroker.store import claims, queue_rows
 
 _CLOCK = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 
@@ -238,8 +238,8 @@ class ExplainService:
         with self.ctx.db.read() as session:
             free = claims.free_desktops(session, pool_ids)
             held = claims.held_desktops(session, record.id) if record is not None else []
-            waiting = dict(claims.queue_positions(session, record.id)) if record else {}
-            queues = {p: claims.count_queue(session, p) for p in pool_ids}
+            waiting = dict(queue_rows.queue_positions(session, record.id)) if record else {}
+            queues = {p: queue_rows.count_queue(session, p) for p in pool_ids}
         budget, total = policy.max_desktops_per_user, len(held)
         offers: list[PoolOffer] = []
         # The same walk as the login's claims, on counts instead of rows.

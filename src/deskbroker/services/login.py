@@ -43,7 +43,7 @@ from deskbroker.services.failed_names import FailedNames
 from deskbroker.services.source_choice import choose
 from deskbroker.services.source_guard import reached_directory
 from deskbroker.services.throttle import Checked, SignInGuard
-from deskbroker.store import claims, events
+from deskbroker.store import claims, events, queue_rows
 from deskbroker.store.claims import HeldDesktop
 from deskbroker.store.db import Unit
 
@@ -517,12 +517,12 @@ class LoginService:
                     held.append(got)
                     total += 1
                     if record.queued:
-                        claims.leave_queue(session, pool_id=entry.pool_id, user_id=record.id)
+                        queue_rows.leave_queue(session, pool_id=entry.pool_id, user_id=record.id)
                     offers.append(Offer(entry.pool_id, entry.pool_name, "assigned", got))
                     detail.setdefault("assigned", []).append(got.id)
                     continue
                 metrics.CLAIMS.labels(result="queued").inc()
-                position = claims.enqueue(
+                position = queue_rows.enqueue(
                     session,
                     tenant_id=record.tenant_id,
                     pool_id=entry.pool_id,

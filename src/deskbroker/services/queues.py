@@ -7,16 +7,16 @@ an admin's edit) serve queues, and neither may import the other.
 from __future__ import annotations
 
 from deskbroker.domain.offers import OfferOrdering
-from deskbroker.store import claims, events, membership
+from deskbroker.store import claims, events, membership, queue_rows
 from deskbroker.store.db import Unit as Session
 
 
 def serve_queues(session: Session, tenant_id: str) -> int:
     """Give free desktops to waiting users, oldest ticket first; returns how many."""
     served = 0
-    for pool_id in claims.pools_with_queue(session, tenant_id):
+    for pool_id in queue_rows.pools_with_queue(session, tenant_id):
         while True:
-            head = claims.next_in_queue(session, pool_id)
+            head = queue_rows.next_in_queue(session, pool_id)
             if head is None:
                 break
             entry_id, user_id = head.entry_id, head.user_id
@@ -31,7 +31,7 @@ def serve_queues(session: Session, tenant_id: str) -> int:
             )
             if got is None:
                 break
-            claims.serve_entry(session, entry_id, pool_id)
+            queue_rows.serve_entry(session, entry_id, pool_id)
             events.append(
                 session,
                 "assign",
