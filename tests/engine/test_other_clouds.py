@@ -91,9 +91,12 @@ def test_a_retry_on_a_filter_ignoring_cloud_adopts_no_foreign_server(
     # The first creation fails after the cloud may have acted; the retry first looks for
     # what it may have made, by tag, and the cloud answers with every server.
     sim.inject_fault(500, method="POST", path="/servers$", times=1)
-    # It waits the call's timeout_s for that instance to land before trying again.
-    center = openstack_center(api, sim, timeout_s=2)
-    run_queued_scan(api, center["id"])  # a save queues the center's first scan
+    # It waits the call's timeout_s for that instance to land before trying again (5 s:
+    # at 2 s the first scan's calls timed out on a machine busy with the whole suite, the
+    # pool saw none of the three and built four).
+    center = openstack_center(api, sim, timeout_s=5)
+    scanned = run_queued_scan(api, center["id"])  # a save queues the center's first scan
+    assert scanned["status"] == "ok", scanned["status_message"]
     # The pool takes in the center's three and builds one more.
     pool = provisioning_pool(api, center["id"], n=4, m=4)
     run_until(engine, lambda: _status(api, pool["id"])["counts"]["available"] == 4)
