@@ -24,7 +24,11 @@ from tests.engine.conftest import openstack_center
 from tests.helpers import Api, wait_until
 from tests.tarpit import silent_center, tarpit
 
-CLOUD_TIMEOUT_S = 6.0
+CLOUD_TIMEOUT_S = 8.0
+# A healthy loop ticks every 0.05 s; a loaded machine (or a database stalled by the rest
+# of the suite) stretches a gap now and then, once to 7 s in a full run. A loop held by
+# the watcher's lock stands still for the whole watch (six seconds).
+STILL_S = 4.0
 
 
 @pytest.fixture
@@ -80,9 +84,8 @@ def test_the_loop_ticks_on_while_a_build_waits_for_its_cursor_on_a_silent_cloud(
         finally:
             engine.stop()
     assert creating == 1, "the build did not stay waiting on the silent cloud"
-    # A loop waiting on the watcher's lock stands still until the cloud's deadline; a
-    # loaded machine stretches a healthy gap (ticks of 0.05 s) past 1 s now and then.
-    assert max(gaps) < 2.0, f"the loop stood still for {max(gaps):.1f} s"
+    # A loop waiting on the watcher's lock stands still until the cloud's deadline.
+    assert max(gaps) < STILL_S, f"the loop stood still for {max(gaps):.1f} s"
 
 
 def test_a_cursor_started_against_a_silent_cloud_blocks_no_other_reader(
