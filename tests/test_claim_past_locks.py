@@ -12,7 +12,7 @@ from sqlalchemy import update
 from deskbroker.store.tables import Desktop, utcnow
 from tests.helpers import Api
 
-HELD_S = 0.08
+HELD_S = 0.05
 
 
 def test_a_login_takes_a_free_desktop_a_heartbeat_holds_for_a_moment(api: Api) -> None:

@@ -392,7 +392,7 @@ def claim(
 
 
 # How long a claim that found every free desktop locked waits, in steps, for them.
-LOCKED_RETRIES_S = (0.02, 0.05, 0.1)
+LOCKED_RETRIES_S = (0.02, 0.05, 0.1, 0.2)
 
 
 def _claim_past_brief_locks(
