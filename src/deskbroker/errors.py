@@ -101,6 +101,13 @@ class AccountRefused(Forbidden):
     title = "Login refused"
 
 
+class NotSent(Exception):
+    """A call the broker refused to make before anything went out (every helper place
+    held by calls still hanging, say): the remote cannot have acted on it. Drivers raise
+    their own error from it; the engine reads it in the chain (a create that was never
+    sent is safe to try again)."""
+
+
 class CenterError(DeskbrokerError):
     """A center (infrastructure) refused or failed an operation."""
 

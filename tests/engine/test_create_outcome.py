@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import select
 
 from cloudsim.server import CloudSim
-from deskbroker.centers.openstack.overdue import Overdue
+from deskbroker.centers.openstack.overdue import NoHelperLeft, Overdue
 from deskbroker.centers.openstack.session import CloudFailure
 from deskbroker.engine.builds import made_nothing
 from deskbroker.engine.runner import Engine
@@ -165,6 +165,15 @@ def test_what_says_a_create_made_nothing() -> None:
     assert made_nothing(CloudFailure("POST /servers: cells down (503)", 503))
     assert made_nothing(raised(CloudFailure("POST /servers: unreachable"), refused))
     assert made_nothing(CenterError("an OpenStack desktop needs an image and a flavor"))
+    # Refused before sending, every helper place held (the session raises ``from None``,
+    # which leaves the refusal as the context): a retry cannot make a second instance.
+    try:
+        try:
+            raise NoHelperLeft("16 calls to this tenant's clouds are still hanging")
+        except NoHelperLeft:
+            raise CloudFailure("POST /servers: not asked") from None
+    except CloudFailure as exc:
+        assert made_nothing(exc)
     # No answer, a 5xx, a dropped connection, a driver bug: the instance may exist.
     assert not made_nothing(CloudFailure("POST /servers: failed (500)", 500))
     assert not made_nothing(raised(CloudFailure("POST /servers: no answer"), Overdue("x")))

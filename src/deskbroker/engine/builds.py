@@ -46,7 +46,7 @@ from deskbroker.engine.drivers import DriverCache
 from deskbroker.engine.handover import hand_over
 from deskbroker.engine.requests import request_of
 from deskbroker.engine.watch import BuildWatcher
-from deskbroker.errors import CenterError
+from deskbroker.errors import CenterError, NotSent
 from deskbroker.outbound import OutboundRefused
 from deskbroker.services import agents
 from deskbroker.services.agents import ENROL_KEY
@@ -91,12 +91,13 @@ def pool_backoff_s(base_s: float, failures: int) -> float:
 
 
 # In an error's chain, what shows that the request never left the broker: no connection
-# could be made (refused, the name not resolved), or the outbound policy refused the
-# address.
+# could be made (refused, the name not resolved), the outbound policy refused the
+# address, or the driver refused to send it (no helper place left).
 _NOT_SENT: tuple[type[BaseException], ...] = (
     ConnectionRefusedError,
     socket.gaierror,
     OutboundRefused,
+    NotSent,
 )
 # AWS's error codes that say the service failed, not that it refused the request.
 _SERVER_SIDE_CODES = frozenset({"InternalError", "InternalFailure", "ServiceUnavailable"})

@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import TypeVar
 
+from deskbroker.errors import NotSent
 from deskbroker.write_guard import ensure_no_write_unit
 
 T = TypeVar("T")
@@ -33,7 +34,7 @@ class Overdue(Exception):
     """The call did not end within the time it was given; it may still be running."""
 
 
-class NoHelperLeft(Exception):
+class NoHelperLeft(NotSent):
     """Every helper place is held by a call that has not ended: the process waits for
     that many hung calls already."""
 
