@@ -307,11 +307,9 @@ def free_desktops(session: Session, pool_ids: Collection[str]) -> dict[str, int]
     return {pool: found.get(pool, 0) for pool in pool_ids}
 
 
-def claim_candidate(
-    *, tenant_id: str, pool_id: str, ordering: OfferOrdering, skip_lost: bool = False
-) -> Select[str]:
-    """The claim's choice: the pool's best free desktop, locked (skipping locked ones).
-    Its own function so that a test can ask the database how it plans it."""
+def _free_member(tenant_id: str, pool_id: str, skip_lost: bool) -> tuple[Any, ...]:
+    """What makes a desktop one the claim may take from the pool: free, a member, its
+    agent not lost (when the entry says so), nothing drained."""
     lost = (Desktop.agent_state != AgentState.LOST.value,) if skip_lost else ()
     member = (
         select(PoolMember.desktop_id)
@@ -320,10 +318,23 @@ def claim_candidate(
     )
     pool_drained = select(Pool.id).where(Pool.id == pool_id, Pool.drained_at.is_not(None)).exists()
     return (
+        Desktop.tenant_id == tenant_id,
+        FREE_DESKTOP,
+        member,
+        *lost,
+        *undrained(),
+        ~pool_drained,
+    )
+
+
+def claim_candidate(
+    *, tenant_id: str, pool_id: str, ordering: OfferOrdering, skip_lost: bool = False
+) -> Select[str]:
+    """The claim's choice: the pool's best free desktop, locked (skipping locked ones).
+    Its own function so that a test can ask the database how it plans it."""
+    return (
         select(Desktop.id)
-        .where(
-            Desktop.tenant_id == tenant_id, FREE_DESKTOP, member, *lost, *undrained(), ~pool_drained
-        )
+        .where(*_free_member(tenant_id, pool_id, skip_lost))
         .order_by(*CLAIM_ORDER[ordering])
         .limit(1)
         .with_for_update(skip_locked=True, of=Desktop)
@@ -416,20 +427,8 @@ def _claim_past_brief_locks(
 
 def _free_in_pool(session: Session, tenant_id: str, pool_id: str, skip_lost: bool) -> bool:
     """Whether the pool has a free desktop, locked or not (a plain read never waits)."""
-    lost = (Desktop.agent_state != AgentState.LOST.value,) if skip_lost else ()
-    pool_drained = select(Pool.id).where(Pool.id == pool_id, Pool.drained_at.is_not(None)).exists()
     found = session.scalar(
-        select(Desktop.id)
-        .join(PoolMember, PoolMember.desktop_id == Desktop.id)
-        .where(
-            PoolMember.pool_id == pool_id,
-            Desktop.tenant_id == tenant_id,
-            FREE_DESKTOP,
-            *lost,
-            *undrained(),
-            ~pool_drained,
-        )
-        .limit(1)
+        select(Desktop.id).where(*_free_member(tenant_id, pool_id, skip_lost)).limit(1)
     )
     return found is not None
 
