@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import httpx
 from fastapi.testclient import TestClient
 
 from deskbroker.engine.drivers import DriverCache
@@ -97,3 +98,14 @@ def events_of(api: Api, desktop_id: str, prefix: str = "plan.") -> list[dict[str
 def timers_of(api: Api, desktop_id: str) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = api.get(f"timers?desktop_id={desktop_id}")["items"]
     return items
+
+
+def enrol_by_key(api: Api, key: str, **identity: Any) -> httpx.Response:
+    """An agent's enrolment with an enrolment key (or a desktop's secret), as it sends
+    it: the raw answer."""
+    return api.client.post("/api/v1/agent/enrol", json={"secret": key, "identity": identity})
+
+
+def poll_enrolment(api: Api, handle: str) -> httpx.Response:
+    """A held agent's poll for its credential: the raw answer."""
+    return api.client.post("/api/v1/agent/enrol/poll", json={"poll_handle": handle})

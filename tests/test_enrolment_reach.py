@@ -5,24 +5,9 @@ desktop's sessions and cuts its agent off), as minting its agent token would not
 
 from __future__ import annotations
 
-from typing import Any
-
-import httpx
-
 from deskbroker.bootstrap import add_local_user
-from tests.desktop_agent import events_of
+from tests.desktop_agent import enrol_by_key, events_of, poll_enrolment
 from tests.helpers import ADMIN_PASSWORD, USER_PASSWORD, Api
-
-ENROL = "/api/v1/agent/enrol"
-POLL = "/api/v1/agent/enrol/poll"
-
-
-def _enrol(api: Api, key: str, **identity: Any) -> httpx.Response:
-    return api.client.post(ENROL, json={"secret": key, "identity": identity})
-
-
-def _poll(api: Api, handle: str) -> httpx.Response:
-    return api.client.post(POLL, json={"poll_handle": handle})
 
 
 def _tenant_admin(api: Api) -> Api:
@@ -51,7 +36,7 @@ def test_a_tenant_admin_cannot_approve_an_enrolment_for_a_stronger_accounts_desk
     held, free = _global_admins_desktops(api)
     tad = _tenant_admin(api)
     key = tad.post("enrolment-keys", {"name": "tad-image"})["key"]
-    waiting = _enrol(api, key, instance="i-matches-nothing", addresses=["192.0.2.50"])
+    waiting = enrol_by_key(api, key, instance="i-matches-nothing", addresses=["192.0.2.50"])
     assert waiting.status_code == 202, waiting.text
     pending, handle = waiting.json()["pending_id"], waiting.json()["poll_handle"]
 
@@ -65,12 +50,12 @@ def test_a_tenant_admin_cannot_approve_an_enrolment_for_a_stronger_accounts_desk
     assert "admin, whose role is global_admin, gets desktops through it" in refused["detail"]
     # Nothing was decided: the agent still waits, with no credential.
     assert tad.get("pending-enrolments")["items"][0]["state"] == "pending"
-    assert _poll(api, handle).status_code == 202
+    assert poll_enrolment(api, handle).status_code == 202
 
     # A global administrator may approve it, and the agent collects that desktop's agent.
     approved = api.post(f"pending-enrolments/{pending}/approve", {"desktop_id": held}, 200)
     assert approved["state"] == "approved"
-    got = _poll(api, handle)
+    got = poll_enrolment(api, handle)
     assert got.status_code == 200, got.text
     assert got.json()["desktop_id"] == held
 
@@ -86,7 +71,7 @@ def test_a_key_holds_a_stronger_accounts_desktop_and_enrols_an_ordinary_one_at_o
     key = tad.post("enrolment-keys", {"name": "tad-image"})["key"]
 
     # The instance id names the global admin's desktop: held for approval, not enrolled.
-    named = _enrol(api, key, instance=desktops[held]["external_id"], addresses=["192.0.2.51"])
+    named = enrol_by_key(api, key, instance=desktops[held]["external_id"], addresses=["192.0.2.51"])
     assert named.status_code == 202, named.text
     assert (
         f"desktop {desktops[held]['name']} is held or offered by an account"
@@ -96,13 +81,13 @@ def test_a_key_holds_a_stronger_accounts_desktop_and_enrols_an_ordinary_one_at_o
     assert events_of(api, held, "agent.enrolled") == []
     assert _beat(api, minted) == 200  # its agent is not cut off
     # An address of the pool's free desktop (offered to the global admin): held too.
-    by_address = _enrol(api, key, addresses=[desktops[free]["address"]])
+    by_address = enrol_by_key(api, key, addresses=[desktops[free]["address"]])
     assert by_address.status_code == 202, by_address.text
     # The tenant admin cannot approve it; the global admin can.
     pending = named.json()["pending_id"]
     tad.post(f"pending-enrolments/{pending}/approve", {"desktop_id": held}, 403)
     api.post(f"pending-enrolments/{pending}/approve", {"desktop_id": held}, 200)
-    got = _poll(api, named.json()["poll_handle"])
+    got = poll_enrolment(api, named.json()["poll_handle"])
     assert got.status_code == 200 and got.json()["desktop_id"] == held
 
     # An ordinary desktop (the tenant admin's own machine, which they hold: no account
@@ -118,7 +103,7 @@ def test_a_key_holds_a_stronger_accounts_desktop_and_enrols_an_ordinary_one_at_o
     [ordinary] = tad.get(f"desktops?center_id={center['id']}")["items"]
     me = {u["username"]: u["id"] for u in tad.get("users")["items"]}["tad"]
     tad.post("assignments", {"desktop_id": ordinary["id"], "user_id": me})
-    enrolled = _enrol(api, key, instance="plain-1")
+    enrolled = enrol_by_key(api, key, instance="plain-1")
     assert enrolled.status_code == 200, enrolled.text
     assert enrolled.json()["desktop_id"] == ordinary["id"]
     [event] = events_of(api, ordinary["id"], "agent.enrolled")

@@ -9,7 +9,6 @@ import json
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import httpx
 from sqlalchemy import update
@@ -20,20 +19,9 @@ from deskbroker_agent.broker import BrokerClient, Credential
 from deskbroker_agent.config import AgentConfig
 from deskbroker_agent.identity import Identity
 from tests.agent_process import AgentProcess, LiveBroker
-from tests.desktop_agent import events_of
+from tests.desktop_agent import enrol_by_key, events_of, poll_enrolment
 from tests.helpers import USER_PASSWORD, Api, wait_until
 from tests.identity.directories import free_port
-
-ENROL = "/api/v1/agent/enrol"
-POLL = "/api/v1/agent/enrol/poll"
-
-
-def _enrol(api: Api, key: str, **identity: Any) -> httpx.Response:
-    return api.client.post(ENROL, json={"secret": key, "identity": identity})
-
-
-def _poll(api: Api, handle: str) -> httpx.Response:
-    return api.client.post(POLL, json={"poll_handle": handle})
 
 
 def _event(api: Api, token: str, user: str = "user0") -> httpx.Response:
@@ -71,7 +59,7 @@ def test_a_key_enrols_the_machine_its_address_names_and_is_never_shown_again(api
     # A second key of the same name is refused in words.
     assert "exists already" in api.post("enrolment-keys", {"name": "golden-image"}, 409)["detail"]
 
-    got = _enrol(api, key, hostname="lab-001", addresses=["10.9.9.9", "127.0.1.2"])
+    got = enrol_by_key(api, key, hostname="lab-001", addresses=["10.9.9.9", "127.0.1.2"])
     assert got.status_code == 200, got.text
     assert got.json()["desktop_name"] == "lab-001"
     assert _event(api, got.json()["token"]).status_code == 200
@@ -80,7 +68,7 @@ def test_a_key_enrols_the_machine_its_address_names_and_is_never_shown_again(api
 
     # The same machine again: the desktop's agent enrolled already, so a key holder cannot
     # take it over; held for an administrator instead.
-    again = _enrol(api, key, addresses=["127.0.1.2"])
+    again = enrol_by_key(api, key, addresses=["127.0.1.2"])
     assert again.status_code == 202, again.text
     assert again.headers["Retry-After"] == str(again.json()["retry_after_s"])
     assert "has an enrolled agent already" in again.json()["detail"]
@@ -97,11 +85,11 @@ def test_a_held_enrolment_waits_for_approval_and_collects_once(api: Api) -> None
     api.seed_pool(2)
     desktops = {d["name"]: d["id"] for d in api.get("desktops")["items"]}
     key = api.post("enrolment-keys", {"name": "imported"})["key"]
-    held = _enrol(api, key, instance="not-a-known-instance", addresses=["192.0.2.50"])
+    held = enrol_by_key(api, key, instance="not-a-known-instance", addresses=["192.0.2.50"])
     assert held.status_code == 202, held.text
     handle = held.json()["poll_handle"]
     assert handle.startswith("dbp1.") and handle not in json.dumps(api.get("events?limit=500"))
-    assert _poll(api, handle).status_code == 202
+    assert poll_enrolment(api, handle).status_code == 202
     [waiting] = api.get("pending-enrolments?state=pending")["items"]
     assert waiting["id"] == held.json()["pending_id"]
     assert waiting["identity"]["instance"] == "not-a-known-instance"
@@ -116,12 +104,12 @@ def test_a_held_enrolment_waits_for_approval_and_collects_once(api: Api) -> None
     assert (
         "decided already" in api.post(f"pending-enrolments/{waiting['id']}/deny", {}, 409)["detail"]
     )
-    got = _poll(api, handle)
+    got = poll_enrolment(api, handle)
     assert got.status_code == 200, got.text
     assert got.json()["desktop_name"] == "lab-000"
     assert _event(api, got.json()["token"]).status_code == 200
     # Once: the credential is not handed out a second time.
-    assert _poll(api, handle).status_code == 410
+    assert poll_enrolment(api, handle).status_code == 410
     assert api.get("pending-enrolments")["items"][0]["state"] == "collected"
     [enrolled] = events_of(api, desktops["lab-000"], "agent.enrolled")
     assert enrolled["detail"]["how"] == "approval"
@@ -131,11 +119,11 @@ def test_denied_expired_revoked_and_made_up_are_refused(api: Api) -> None:
     api.seed_pool(1)
     made = api.post("enrolment-keys", {"name": "k"})
     key = made["key"]
-    first = _enrol(api, key, addresses=["192.0.2.60"]).json()
-    second = _enrol(api, key, addresses=["192.0.2.61"]).json()
+    first = enrol_by_key(api, key, addresses=["192.0.2.60"]).json()
+    second = enrol_by_key(api, key, addresses=["192.0.2.61"]).json()
     denied = api.post(f"pending-enrolments/{first['pending_id']}/deny", {"reason": "not ours"}, 200)
     assert denied["state"] == "denied"
-    refused = _poll(api, first["poll_handle"])
+    refused = poll_enrolment(api, first["poll_handle"])
     assert refused.status_code == 403 and "not ours" in refused.json()["detail"]
     # Past its time, a held enrolment is expired (shown so, and refused with 410).
     with api.ctx.db.write() as session:
@@ -145,18 +133,18 @@ def test_denied_expired_revoked_and_made_up_are_refused(api: Api) -> None:
             .values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
         )
     assert api.get("pending-enrolments?state=pending")["items"][0]["state"] == "expired"
-    assert _poll(api, second["poll_handle"]).status_code == 410
-    assert _poll(api, "dbp1.made-up").status_code == 401
-    assert _poll(api, "anything").status_code == 401
+    assert poll_enrolment(api, second["poll_handle"]).status_code == 410
+    assert poll_enrolment(api, "dbp1.made-up").status_code == 401
+    assert poll_enrolment(api, "anything").status_code == 401
     # A made-up key, and a revoked one, with one answer.
-    made_up = _enrol(api, "dbk1." + "x" * 43, addresses=["127.0.1.1"])
+    made_up = enrol_by_key(api, "dbk1." + "x" * 43, addresses=["127.0.1.1"])
     assert made_up.status_code == 401
-    held = _enrol(api, key, addresses=["192.0.2.62"]).json()
+    held = enrol_by_key(api, key, addresses=["192.0.2.62"]).json()
     api.delete(f"enrolment-keys/{made['id']}")
-    revoked = _enrol(api, key, addresses=["127.0.1.1"])
+    revoked = enrol_by_key(api, key, addresses=["127.0.1.1"])
     assert revoked.status_code == 401 and revoked.json()["detail"] == made_up.json()["detail"]
     # What waited under the revoked key is denied with it.
-    assert _poll(api, held["poll_handle"]).status_code == 403
+    assert poll_enrolment(api, held["poll_handle"]).status_code == 403
     assert api.get("enrolment-keys")["items"][0]["revoked_at"] is not None
     # An expired key is refused the same way.
     old = api.post("enrolment-keys", {"name": "old", "expires_in_days": 1})
@@ -166,7 +154,7 @@ def test_denied_expired_revoked_and_made_up_are_refused(api: Api) -> None:
             .where(EnrolmentKey.id == old["id"])
             .values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
         )
-    assert _enrol(api, old["key"], addresses=["127.0.1.1"]).status_code == 401
+    assert enrol_by_key(api, old["key"], addresses=["127.0.1.1"]).status_code == 401
 
 
 def test_a_tenants_key_and_pending_enrolments_stay_in_the_tenant(api: Api) -> None:
@@ -176,7 +164,7 @@ def test_a_tenants_key_and_pending_enrolments_stay_in_the_tenant(api: Api) -> No
     theirs = other.post("enrolment-keys", {"name": "k"})  # the same name in another tenant
     assert theirs["tenant_id"] != mine["tenant_id"]
     # Their key, presented by a machine with our desktop's address, matches nothing of ours.
-    held = _enrol(api, theirs["key"], addresses=["127.0.1.1"])
+    held = enrol_by_key(api, theirs["key"], addresses=["127.0.1.1"])
     assert held.status_code == 202
     assert [k["id"] for k in other.get("enrolment-keys")["items"]] == [theirs["id"]]
     [pending] = other.get("pending-enrolments")["items"]
@@ -197,7 +185,7 @@ def test_a_tenants_key_and_pending_enrolments_stay_in_the_tenant(api: Api) -> No
     assert home.get("pending-enrolments")["items"] == []
     home.post(f"pending-enrolments/{pending['id']}/deny", {}, 404)
     assert [k["id"] for k in home.get("enrolment-keys")["items"]] == [mine["id"]]
-    assert _poll(api, held.json()["poll_handle"]).status_code == 202
+    assert poll_enrolment(api, held.json()["poll_handle"]).status_code == 202
 
 
 def test_the_real_agent_waits_for_approval_then_runs(api: Api, tmp_path: Path) -> None:
