@@ -81,6 +81,11 @@ class PoolDefinition:
     # The centers the pool builds in (its provisioning's): only there does a desktop's
     # ``PROVISIONED_BY`` mark say the pool built it.
     build_center_ids: frozenset[str] = frozenset()
+    # Offered to a global administrator: by its filters alone (no centers named) it takes
+    # only desktops that a global administrator vouches for. Whoever controls a center
+    # names its machines, so without this a tenant administrator's own cloud could put a
+    # VM of theirs in front of the global administrator.
+    guarded: bool = False
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,9 @@ class DesktopFacts:
     desktop_id: str
     center_id: str | None
     fields: Mapping[str, Any] = field(default_factory=dict)
+    # Its center was last set up by a global administrator. A desktop of no center is
+    # an administrator's own entry, checked when it is written (``standing.check_reach``).
+    vouched: bool = True
 
 
 # Desktops a pool provisioned carry its id, so they belong to it whatever its filters.
@@ -115,7 +123,10 @@ def matches_own_criteria(pool: PoolDefinition, desktop: DesktopFacts) -> bool:
         return True
     if pool.desktop_ids:
         return desktop.desktop_id in pool.desktop_ids
-    if pool.center_ids and desktop.center_id not in pool.center_ids:
+    if pool.center_ids:
+        if desktop.center_id not in pool.center_ids:
+            return False
+    elif pool.guarded and not desktop.vouched:
         return False
     return all(f.matches(desktop.fields) for f in pool.filters)
 

@@ -19,6 +19,7 @@ from deskbroker.security import TokenClaims
 from deskbroker.services import outbound_params, standing, write_context
 from deskbroker.services.catalog_crud import Resource
 from deskbroker.services.context import BrokerContext
+from deskbroker.services.queues import keep_guard
 from deskbroker.store import events, totp, user_lookups
 from deskbroker.store.db import Unit
 from deskbroker.store.repository import Repository
@@ -151,10 +152,17 @@ def rule_in_use(session: Unit, rule: Any) -> None:
     )
 
 
+def offers_changed(session: Unit, ctx: BrokerContext, row: Any) -> None:
+    """A rule or user written: who is offered which pool may have changed, and with it
+    which pools are guarded (``queues.keep_guard``)."""
+    keep_guard(session, row.tenant_id)
+
+
 ASSIGNMENT_RULES: Resource[Any] = Resource(
     model=AssignmentRuleRow,
     label="assignment rule",
     prepare=prepare_rule,
+    after_write=offers_changed,
     before_delete=rule_in_use,
 )
 
@@ -240,6 +248,7 @@ USERS: Resource[Any] = Resource(
     model=User,
     label="user",
     prepare=prepare_user,
+    after_write=offers_changed,
     to_read=user_out,
     before_delete=user_in_use,
 )

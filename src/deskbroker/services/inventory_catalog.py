@@ -12,13 +12,14 @@ from typing import Any
 
 from deskbroker.centers import registry
 from deskbroker.domain.membership import ENGINE_PREFIX
+from deskbroker.domain.permissions import BuiltinRole
 from deskbroker.domain.provisioning import Provisioning
 from deskbroker.domain.states import AVAILABILITY_TRANSITIONS, Availability, transition
 from deskbroker.errors import Conflict, InvalidInput
 from deskbroker.protocols.descriptors import Protocol
 from deskbroker.security import TokenClaims
 from deskbroker.services import inventory as inventory_service
-from deskbroker.services import outbound_params, standing
+from deskbroker.services import outbound_params, standing, write_context
 from deskbroker.services.catalog_crud import Resource, audit_event
 from deskbroker.services.context import BrokerContext
 from deskbroker.services.queues import refresh_pools
@@ -62,7 +63,21 @@ def _prepare_center(
     if "secrets" in data:
         secrets = data.pop("secrets")
         data["secrets_sealed"] = ctx.secrets.seal(json.dumps(secrets)) if secrets else None
+    # Whoever last set it up vouches for the machines it lists (``PoolDefinition.guarded``):
+    # a broker's own write (no actor: the operator's command line) counts as a global
+    # administrator's.
+    found = write_context.actor_if_any(session)
+    vouched = found is None or (
+        found.actor.role == BuiltinRole.GLOBAL_ADMIN.value and found.actor.scopes is None
+    )
+    data["set_by_global_admin"] = vouched
+    if vouched and existing is not None and existing.set_by_global_admin is not True:
+        # Its desktops may join the pools offered to a global administrator now.
+        session.info[_NEWLY_VOUCHED] = True
     return data
+
+
+_NEWLY_VOUCHED = "deskbroker.center_newly_vouched"
 
 
 def _center_out(session: Unit, center: Any) -> dict[str, Any]:
@@ -73,6 +88,8 @@ def _center_out(session: Unit, center: Any) -> dict[str, Any]:
 
 
 def _scan_after_write(session: Unit, ctx: BrokerContext, center: Any) -> None:
+    if session.info.pop(_NEWLY_VOUCHED, False):
+        refresh_pools(session, center.tenant_id)
     driver = inventory_service.open_center(ctx, center)
     if {"changes", "images"} <= driver.offline:
         # The listing is the params just saved (no host to ask): scanned in the save, so

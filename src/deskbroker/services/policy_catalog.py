@@ -9,6 +9,7 @@ from typing import Any
 from deskbroker.errors import Conflict, InvalidInput
 from deskbroker.services.catalog_crud import BeforeDelete, Resource, must_exist
 from deskbroker.services.context import BrokerContext
+from deskbroker.services.queues import keep_guard
 from deskbroker.store import policy_entries, references
 from deskbroker.store.db import Unit
 from deskbroker.store.tables import Policy, Pool, PowerPlan, ProtocolPlan, ReleasePlan
@@ -76,6 +77,8 @@ def _write_entries(session: Unit, ctx: BrokerContext, policy: Any) -> None:
     if entries is None:
         return
     policy_entries.replace(session, policy.id, entries)
+    # A policy a global administrator is offered may now offer another pool.
+    keep_guard(session, policy.tenant_id)
 
 
 def _policy_out(session: Unit, policy: Any) -> dict[str, Any]:

@@ -50,3 +50,11 @@ def refresh_pools(session: Session, tenant_id: str) -> None:
     """After desktops or pools change: fix membership, then serve waiting users."""
     membership.refresh(session, tenant_id)
     serve_queues(session, tenant_id)
+
+
+def keep_guard(session: Session, tenant_id: str) -> None:
+    """After a rule, policy or user changes who is offered which pool: a pool now offered
+    to a global administrator lets go at once of the desktops its guard keeps out
+    (``PoolDefinition.guarded``), not at the next scan."""
+    if membership.breached(session, tenant_id):
+        refresh_pools(session, tenant_id)

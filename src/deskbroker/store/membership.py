@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import bindparam, delete, insert, select
+from sqlalchemy import bindparam, delete, insert, or_, select
 from sqlalchemy.orm import Session
 
 from deskbroker.domain.membership import (
@@ -13,11 +15,20 @@ from deskbroker.domain.membership import (
     filters_from_stored,
     members,
 )
+from deskbroker.domain.permissions import BuiltinRole
 from deskbroker.domain.provisioning import Provisioning
 from deskbroker.domain.states import PowerState
 from deskbroker.store import leases
 from deskbroker.store.planner import refresh_statistics
-from deskbroker.store.tables import Desktop, Pool, PoolMember, User
+from deskbroker.store.tables import (
+    AssignmentRuleRow,
+    Center,
+    Desktop,
+    PolicyEntry,
+    Pool,
+    PoolMember,
+    User,
+)
 
 
 def build_centers(center_ids: list[str] | None, provisioning: Any) -> frozenset[str]:
@@ -29,9 +40,10 @@ def build_centers(center_ids: list[str] | None, provisioning: Any) -> frozenset[
         return frozenset()
 
 
-def definition(pool: Any) -> PoolDefinition:
+def definition(pool: Any, guarded: Collection[str] = ()) -> PoolDefinition:
     """A pool row (ORM or Core: id, center_ids, filters, desktop_ids, parent_pool_id,
-    provisioning) as the definition membership computes with."""
+    provisioning) as the definition membership computes with; ``guarded``: the pools
+    offered to a global administrator (``Guard``)."""
     return PoolDefinition(
         pool_id=pool.id,
         center_ids=frozenset(pool.center_ids or []),
@@ -39,10 +51,11 @@ def definition(pool: Any) -> PoolDefinition:
         desktop_ids=frozenset(pool.desktop_ids or []),
         parent_pool_id=pool.parent_pool_id,
         build_center_ids=build_centers(pool.center_ids, pool.provisioning),
+        guarded=pool.id in guarded,
     )
 
 
-def _facts(row: Any) -> DesktopFacts:
+def _facts(row: Any, unvouched: Collection[str] = ()) -> DesktopFacts:
     fields: dict[str, Any] = dict(row.attributes or {})
     fields.update(
         name=row.name,
@@ -51,7 +64,83 @@ def _facts(row: Any) -> DesktopFacts:
         os=row.os,
         power_state=row.power_state,
     )
-    return DesktopFacts(desktop_id=row.id, center_id=row.center_id, fields=fields)
+    return DesktopFacts(
+        desktop_id=row.id,
+        center_id=row.center_id,
+        fields=fields,
+        vouched=row.center_id not in unvouched,
+    )
+
+
+_GLOBAL = BuiltinRole.GLOBAL_ADMIN.value
+_RULES = leases.table_of(AssignmentRuleRow)
+_ENTRIES = leases.table_of(PolicyEntry)
+_USERS = leases.table_of(User)
+_CENTERS = leases.table_of(Center)
+# The pools offered to a global administrator, conservatively: those of a policy a rule
+# hands out that grants the role, or a rule of a source a global administrator signs in
+# through, whatever its conditions (a login chooses its time and network).
+_OFFERED_TO_GLOBAL = (
+    select(_ENTRIES.c.pool_id, _ENTRIES.c.backup_pool_id)
+    .join(_RULES, _RULES.c.policy_id == _ENTRIES.c.policy_id)
+    .where(
+        _RULES.c.tenant_id == bindparam("b_tenant"),
+        or_(
+            _RULES.c.role == _GLOBAL,
+            _RULES.c.identity_source_id.in_(
+                select(_USERS.c.identity_source_id).where(_USERS.c.role == _GLOBAL)
+            ),
+        ),
+    )
+)
+_UNVOUCHED = select(_CENTERS.c.id).where(
+    _CENTERS.c.tenant_id == bindparam("b_tenant"),
+    or_(_CENTERS.c.set_by_global_admin.is_(None), _CENTERS.c.set_by_global_admin.is_(False)),
+)
+
+
+@dataclass(frozen=True)
+class Guard:
+    """Which pools take by their filters alone only vouched desktops, and which centers
+    no global administrator vouches for (``PoolDefinition.guarded``)."""
+
+    pools: frozenset[str] = frozenset()
+    unvouched: frozenset[str] = frozenset()
+
+
+def guard(session: leases.Unit, tenant_id: str, pools: Sequence[Any]) -> Guard:
+    """The tenant's guard, read only when a pool names neither centers nor desktops
+    (the only kind it changes): two small reads, none for most tenants."""
+    loose = {p.id for p in pools if not (p.center_ids or p.desktop_ids)}
+    if not loose:
+        return Guard()
+    offered: set[str] = set()
+    for pool_id, backup_id in session.execute(_OFFERED_TO_GLOBAL, {"b_tenant": tenant_id}):
+        offered.update(p for p in (pool_id, backup_id) if p is not None)
+    guarded = frozenset(loose & offered)
+    if not guarded:
+        return Guard()
+    unvouched = frozenset(session.execute(_UNVOUCHED, {"b_tenant": tenant_id}).scalars())
+    return Guard(pools=guarded, unvouched=unvouched)
+
+
+def breached(session: Session, tenant_id: str) -> bool:
+    """Whether a pool offered to a global administrator may hold a desktop its guard
+    keeps out: after a rule, policy or user changes who is offered what. Errs towards
+    yes (a desktop such a pool built counts), which costs only a refresh."""
+    pools = session.execute(
+        select(Pool.id, Pool.center_ids, Pool.desktop_ids).where(Pool.tenant_id == tenant_id)
+    ).all()
+    fence = guard(session, tenant_id, pools)
+    if not fence.pools or not fence.unvouched:
+        return False
+    found = session.execute(
+        select(PoolMember.pool_id)
+        .join(Desktop, Desktop.id == PoolMember.desktop_id)
+        .where(PoolMember.pool_id.in_(fence.pools), Desktop.center_id.in_(fence.unvouched))
+        .limit(1)
+    ).first()
+    return found is not None
 
 
 def refresh(session: Session, tenant_id: str) -> dict[str, set[str]]:
@@ -69,7 +158,10 @@ def refresh(session: Session, tenant_id: str) -> dict[str, set[str]]:
             Desktop.attributes,
         ).where(Desktop.tenant_id == tenant_id, Desktop.power_state != "deleted")
     ).all()
-    wanted = members([definition(p) for p in pools], [_facts(d) for d in desktops])
+    fence = guard(session, tenant_id, pools)
+    wanted = members(
+        [definition(p, fence.pools) for p in pools], [_facts(d, fence.unvouched) for d in desktops]
+    )
     pool_ids = [p.id for p in pools]
     current: dict[str, set[str]] = {pid: set() for pid in pool_ids}
     if pool_ids:
@@ -144,8 +236,9 @@ def refresh_desktops(session: leases.Unit, tenant_id: str, desktop_ids: list[str
     desktops = session.execute(_DESKTOP_FACTS, {"b_ids": desktop_ids}).all()
     if not desktops:
         return
-    facts = [_facts(d) for d in desktops]
-    definitions = [definition(p) for p in pools]
+    fence = guard(session, tenant_id, pools)
+    facts = [_facts(d, fence.unvouched) for d in desktops]
+    definitions = [definition(p, fence.pools) for p in pools]
     current = {
         (pid, did) for pid, did in session.execute(_MEMBERSHIPS, {"b_ids": desktop_ids}).all()
     }
@@ -160,6 +253,15 @@ def refresh_desktops(session: leases.Unit, tenant_id: str, desktop_ids: list[str
         session.execute(insert(_MEMBERS), [{"pool_id": p, "desktop_id": d} for p, d in add])
 
 
+@dataclass(frozen=True)
+class _Loose:
+    """A candidate definition as ``guard`` reads a pool row."""
+
+    id: str
+    center_ids: Collection[str]
+    desktop_ids: Collection[str]
+
+
 def preview(
     session: Session, tenant_id: str, candidate: PoolDefinition, replacing: str | None
 ) -> tuple[list[Any], dict[str, list[str]]]:
@@ -167,11 +269,16 @@ def preview(
     they are (``replacing``: the pool whose definition it stands in for). Returns its
     desktops (id, name, power_state, availability, assigned_user_id, username) by name,
     and for each of them the names of the other pools that hold it now. Reads only."""
-    pools = [
-        definition(p)
-        for p in session.scalars(select(Pool).where(Pool.tenant_id == tenant_id)).all()
-        if p.id != replacing
-    ]
+    rows_of_pools = session.scalars(select(Pool).where(Pool.tenant_id == tenant_id)).all()
+    # The candidate as it would be saved: guarded when the pool it replaces is offered
+    # to a global administrator and it too would name neither centers nor desktops.
+    fence = guard(
+        session,
+        tenant_id,
+        [*rows_of_pools, _Loose(candidate.pool_id, candidate.center_ids, candidate.desktop_ids)],
+    )
+    candidate = replace(candidate, guarded=candidate.pool_id in fence.pools)
+    pools = [definition(p, fence.pools) for p in rows_of_pools if p.id != replacing]
     rows = session.execute(
         select(
             Desktop.id,
@@ -194,7 +301,9 @@ def preview(
         )
         .order_by(Desktop.name)
     ).all()
-    taken = members([*pools, candidate], [_facts(r) for r in rows]).get(candidate.pool_id, set())
+    taken = members([*pools, candidate], [_facts(r, fence.unvouched) for r in rows]).get(
+        candidate.pool_id, set()
+    )
     chosen = [r for r in rows if r.id in taken]
     others: dict[str, list[str]] = {}
     if chosen:

@@ -95,6 +95,13 @@ class CenterOut(Stamped):
     drained_at: datetime | None = Field(
         default=None, description="since when no login gets a desktop of it (null: not drained)"
     )
+    set_by_global_admin: bool | None = Field(
+        default=None,
+        description="last created or changed by a global administrator (null: before this "
+        "was recorded, read as not): a pool offered to a global administrator takes by its "
+        "filters alone only such centers' desktops; a global administrator saving the center "
+        "vouches for it",
+    )
 
 
 class ScanQueued(Out):
