@@ -238,6 +238,9 @@ def test_a_stronger_accounts_api_token_cannot_be_revoked(api: Api) -> None:
     assert bot.get("desktops")["total"] == 0  # still works
     # Their own token is theirs to revoke, and the global administrator may revoke both.
     own = tad.post("api-tokens", {"name": "own", "scopes": ["desktops:read"], "expires_in_days": 1})
+    # Nor are the global administrator's token names and scopes theirs to read.
+    assert {t["name"] for t in tad.get("api-tokens")["items"]} == {"own"}
+    assert {t["name"] for t in api.get("api-tokens")["items"]} == {"nightly", "own"}
     tad.delete(f"api-tokens/{own['id']}")
     again = tad.post(
         "api-tokens", {"name": "again", "scopes": ["desktops:read"], "expires_in_days": 1}

@@ -39,6 +39,11 @@ def test_a_webhook_role_without_events_read_neither_aims_nor_reads_a_webhook(api
     assert api.get(f"webhooks/{made['id']}")["url"] == HOOK["url"]
     refused = hooks.get(f"webhooks/{made['id']}/deliveries", status=403)
     assert "needs events:read" in refused["detail"]
+    # A retry sends the failed deliveries' events again; a test event goes where the
+    # webhook's events go.
+    for action in ("retry", "test"):
+        refused = hooks.post(f"webhooks/{made['id']}/{action}", {}, status=403)
+        assert "needs events:read" in refused["detail"]
     # What carries no event stays a webhook permission of its own.
     assert hooks.get(f"webhooks/{made['id']}")["name"] == "siem"
     hooks.delete(f"webhooks/{made['id']}")
@@ -49,6 +54,8 @@ def test_a_webhook_role_with_events_read_may(api: Api) -> None:
     made = hooks.post("webhooks", HOOK)
     assert hooks.patch(f"webhooks/{made['id']}", {"enabled": False})["enabled"] is False
     assert hooks.get(f"webhooks/{made['id']}/deliveries")["total"] == 0
+    assert hooks.post(f"webhooks/{made['id']}/retry", {}, status=200)["requeued"] == 0
+    hooks.post(f"webhooks/{made['id']}/test", {}, status=202)
 
 
 def test_an_api_token_scoped_to_webhooks_alone_is_refused_too(api: Api) -> None:

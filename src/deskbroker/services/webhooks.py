@@ -114,6 +114,9 @@ def _hook(session: Unit, who: TokenClaims, webhook_id: str) -> Webhook:
 def send_test(ctx: BrokerContext, who: TokenClaims, webhook_id: str) -> dict[str, Any]:
     """A ``webhook.test`` event in the log, for this webhook only: delivered like any
     other (signed, retried), so it proves the whole path."""
+    # The test goes where the webhook's events go: who may not choose that may not
+    # prove it either.
+    check_events_read(ctx, who, "sending a webhook's test event")
     with ctx.db.write() as session:
         hook = _hook(session, who, webhook_id)
         events.append(
@@ -146,7 +149,9 @@ def deliveries(
 
 
 def retry_failed(ctx: BrokerContext, who: TokenClaims, webhook_id: str) -> dict[str, Any]:
-    """A webhook's failed deliveries tried again (its receiver is back)."""
+    """A webhook's failed deliveries tried again (its receiver is back): they hold the
+    events themselves, so this needs ``events:read`` as reading them does."""
+    check_events_read(ctx, who, "retrying a webhook's deliveries")
     with ctx.db.write() as session:
         _hook(session, who, webhook_id)
         count = store.retry(session, webhook_id, utcnow())

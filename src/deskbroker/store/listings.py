@@ -13,8 +13,17 @@ from typing import Any
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
+from deskbroker.domain.permissions import BuiltinRole
 from deskbroker.store.row_dicts import columns_of
-from deskbroker.store.tables import ApiToken, Desktop, Event, LoginThrottle, SessionRow, Timer
+from deskbroker.store.tables import (
+    ApiToken,
+    Desktop,
+    Event,
+    LoginThrottle,
+    SessionRow,
+    Timer,
+    User,
+)
 
 # Rows and the total they are a page of.
 Page = tuple[list[dict[str, Any]], int]
@@ -109,8 +118,19 @@ def timers(
 def api_tokens(
     session: Session, tenant_id: str | None, user_id: str | None, limit: int, offset: int
 ) -> Page:
-    """API tokens (the rows, never the tokens), oldest first."""
+    """API tokens (the rows, never the tokens), oldest first. A tenant's view (``tenant_id``
+    given: not a global administrator) leaves out the global administrators' tokens:
+    their names and scopes say what the strongest accounts automate, and nobody below
+    may revoke them anyway."""
     query = _where(select(ApiToken), ApiToken, tenant_id, user_id=user_id)
+    if tenant_id is not None:
+        query = query.where(
+            ApiToken.user_id.not_in(
+                select(User.id).where(
+                    User.tenant_id == tenant_id, User.role == BuiltinRole.GLOBAL_ADMIN.value
+                )
+            )
+        )
     rows = _rows(session, query.order_by(ApiToken.created_at, ApiToken.id), limit, offset)
     total = _total(session, query)
     return [columns_of(t) for t in rows], total

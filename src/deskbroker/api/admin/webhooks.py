@@ -169,7 +169,8 @@ def router() -> APIRouter:
         status_code=202,
         summary="Send a test event",
         description="Appends a `webhook.test` event for this webhook only; it is "
-        "delivered, signed and retried like any other.",
+        "delivered, signed and retried like any other. It goes where the webhook's events "
+        "go, so this needs `events:read` as well.",
     )
     def test_webhook(webhook_id: str, ctx: Ctx, who: AdminWriter) -> Queued:
         return Queued(**webhooks.send_test(ctx, who, webhook_id))
@@ -179,7 +180,8 @@ def router() -> APIRouter:
         tags=["webhooks"],
         summary="Try failed deliveries again",
         description="Every failed delivery of the webhook pending again from its first "
-        "attempt (once its receiver is back).",
+        "attempt (once its receiver is back). The deliveries carry the events, so this "
+        "needs `events:read` as well.",
     )
     def retry_webhook(webhook_id: str, ctx: Ctx, who: AdminWriter) -> Requeued:
         return Requeued(**webhooks.retry_failed(ctx, who, webhook_id))
