@@ -13,6 +13,7 @@ from cloudsim.server import CloudSim
 from deskbroker.config import Settings
 from deskbroker.engine.runner import Engine
 from deskbroker.services.context import BrokerContext
+from deskbroker.store.tables import Center, Desktop
 from tests.engine.conftest import openstack_center, provisioning_pool
 from tests.helpers import Api, wait_until
 from tests.tarpit import silent_center, tarpit
@@ -55,3 +56,59 @@ def test_a_silent_center_leaves_workers_for_the_others(
         # Each of the silent center's calls hangs on its own connection (none has ended
         # yet): it never held more than its share of workers.
         assert 1 <= pit.accepted <= 2, pit.accepted
+
+
+def _machines(api: Api, center_id: str, count: int) -> list[str]:
+    """Desktops the broker built on the center (deletable), recorded as a scan would."""
+    with api.ctx.db.write() as session:
+        center = session.get(Center, center_id)
+        assert center is not None
+        rows = [
+            Desktop(
+                tenant_id=center.tenant_id,
+                center_id=center_id,
+                external_id=f"server-{i}",
+                name=f"built-{i}",
+                power_state="running",
+                availability="available",
+                deletable=True,
+            )
+            for i in range(count)
+        ]
+        session.add_all(rows)
+        session.flush()
+        return [r.id for r in rows]
+
+
+def test_a_silent_centers_removals_and_retirements_wait_their_turn(
+    api: Api, sim: CloudSim, small_engine: Engine
+) -> None:
+    """A pool's surplus and an administrator's deletes go to the center's removal job,
+    which takes one of the center's turns: with the scan and the leak sweep out on a
+    silent cloud, they wait, and the other center's builds have the workers left."""
+    with tarpit() as pit:
+        silent = silent_center(api, pit, timeout_s=SILENT_TIMEOUT_S)
+        doomed = _machines(api, silent["id"], 5)
+        # Three to retire (the pool wants none), two deleted by the administrator.
+        surplus = provisioning_pool(api, silent["id"], n=0, m=0)
+        api.patch(f"pools/{surplus['id']}", {"name": "surplus"})
+        for desktop_id in doomed[3:]:
+            api.delete(f"desktops/{desktop_id}", status=202)
+        small_engine.start()
+        wait_until(
+            lambda: api.get("desktops?power_state=deleting")["total"] == 5,
+            "the pool's surplus marked for removal",
+            timeout_s=SILENT_TIMEOUT_S - 4,
+            interval_s=0.1,
+        )
+        cloud = openstack_center(api, sim)
+        pool = provisioning_pool(api, cloud["id"], n=2, m=2)
+        wait_until(
+            lambda: api.get(f"pools/{pool['id']}/status")["counts"]["available"] >= 2,
+            "the other center's builds (they must not wait for the silent center)",
+            timeout_s=SILENT_TIMEOUT_S - 2,
+            interval_s=0.1,
+        )
+        assert 1 <= pit.accepted <= 2, pit.accepted
+        retired = [e for e in api.get(f"events?kind=retire&pool_id={surplus['id']}")["items"]]
+        assert len(retired) == 3

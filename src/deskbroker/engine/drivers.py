@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from deskbroker.centers.base import CenterDriver
+from deskbroker.engine.turns import CenterTurns
 from deskbroker.engine.watch import BuildWatcher
 from deskbroker.services.context import BrokerContext
 from deskbroker.store.tables import Center
@@ -16,10 +19,12 @@ CENTER_TTL_S = 5.0
 class DriverCache:
     """The engine's view of the broker's shared drivers (``ctx.drivers``), plus what
     only the engine needs: each center's row read at most every few seconds, and a
-    build watcher per center sharing the center's driver."""
+    build watcher per center sharing the center's driver, and the turns each center's
+    work takes (``turns.CenterTurns``: the engine's own when it made this cache)."""
 
-    def __init__(self, ctx: BrokerContext) -> None:
+    def __init__(self, ctx: BrokerContext, turns: CenterTurns | None = None) -> None:
         self.ctx = ctx
+        self.turns = turns or CenterTurns(ctx.settings.engine_center_workers)
         self._watchers: dict[str, BuildWatcher] = {}
         self._centers: dict[str, tuple[float, Center]] = {}
         self._by_row: dict[str, tuple[Center, CenterDriver]] = {}
@@ -42,6 +47,19 @@ class DriverCache:
         row = self._centers.get(center.id)
         if row is not None and row[1] is center:
             self._by_row[center.id] = (center, driver)
+
+    @contextmanager
+    def turn(self, center_id: str) -> Iterator[bool]:
+        """A turn of the center's share for a pool's or a removal's cloud calls: yields
+        False, taking nothing, when the center's work holds its share already. The
+        caller then leaves the calls for a later pass rather than hold a worker on a
+        cloud that drips or never answers."""
+        took = self.turns.take(center_id)
+        try:
+            yield took
+        finally:
+            if took:
+                self.turns.end(center_id)
 
     def center(self, center_id: str) -> Center | None:
         """The center's row, read at most every few seconds: steps of many builds on

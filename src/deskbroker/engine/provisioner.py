@@ -11,7 +11,6 @@ import secrets as random_tokens
 from datetime import datetime
 from typing import Any
 
-from deskbroker.centers.base import MachineInfo
 from deskbroker.domain import tags as name_tags
 from deskbroker.domain.provisioning import (
     PoolCounts,
@@ -26,14 +25,14 @@ from deskbroker.domain.states import Availability, PowerState
 from deskbroker.domain.timestamps import aware
 from deskbroker.engine import spread, volumes
 from deskbroker.engine.drivers import DriverCache
-from deskbroker.errors import CenterError
 from deskbroker.services import quotas
 from deskbroker.services.context import BrokerContext
-from deskbroker.store import events
+from deskbroker.store import events, jobs
 from deskbroker.store import provisioning as store
 from deskbroker.store.cancellations import cancel_unstarted
 from deskbroker.store.db import Unit
-from deskbroker.store.tables import Center, Desktop, Pool, Tenant, new_id, utcnow
+from deskbroker.store.jobs import JobKind
+from deskbroker.store.tables import Center, Pool, Tenant, new_id, utcnow
 from deskbroker.store.tasks import S
 
 
@@ -52,7 +51,7 @@ def builds_unavailable(stored: dict[str, Any] | None) -> bool:
 
 def reconcile_pool(ctx: BrokerContext, drivers: DriverCache, pool_id: str, now: datetime) -> str:
     """Bring one pool towards its targets; returns the pool's status in words."""
-    retire: list[str] = []
+    retired = 0
     with ctx.db.write() as session:
         pool = session.get(Pool, pool_id)
         provisioning = Provisioning.from_stored(pool.provisioning) if pool else None
@@ -96,8 +95,8 @@ def reconcile_pool(ctx: BrokerContext, drivers: DriverCache, pool_id: str, now: 
         )
         surplus = to_retire(limits, counts) - len(cancelled)
         if surplus > 0:
-            retire = _mark_for_retirement(session, pool.id, surplus)
-        words = _status_words(limits, counts, placed, len(retire))
+            retired = _retire(session, pool, surplus, now)
+        words = _status_words(limits, counts, placed, retired)
         if placed < create:
             words += f"; {create - placed} not requested: {spread.full_words(session, centers)}"
         if cancelled:
@@ -112,11 +111,12 @@ def reconcile_pool(ctx: BrokerContext, drivers: DriverCache, pool_id: str, now: 
                 f"in a row, first: {pool.last_error}"
             )
         pool.status_message = words
-    if retire:
-        _retire(ctx, drivers, retire)
     size = provisioning.parameters.data_volume_gb
     if size and center is not None:
-        volumes.follow_users(ctx, drivers, pool_id, center, size)
+        with drivers.turn(center.id) as took:
+            # A center holding its share of turns: the volumes follow at a later pass.
+            if took:
+                volumes.follow_users(ctx, drivers, pool_id, center, size)
     return words
 
 
@@ -219,53 +219,22 @@ def _request(
 _RETIRABLE = (PowerState.RUNNING, PowerState.STOPPED, PowerState.SUSPENDED, PowerState.UNKNOWN)
 
 
-def _mark_for_retirement(session: Unit, pool_id: str, count: int) -> list[str]:
-    """Pick free, deletable desktops without sessions; mark them so nobody claims them."""
-    return store.mark_for_retirement(session, pool_id, count, _RETIRABLE)
-
-
-def _retire(ctx: BrokerContext, drivers: DriverCache, desktop_ids: list[str]) -> None:
-    """Terminate the marked desktops, each in its own center (a pool may span several)."""
-    with ctx.db.read() as session:
-        rows = store.desktops_by_id(session, desktop_ids)
-        machines = [(d.id, d.tenant_id, d.center_id, _machine_of(d)) for d in rows]
-        centers = {c: session.get(Center, c) for c in {m[2] for m in machines}}
-    for desktop_id, tenant_id, center_id, machine in machines:
-        center = centers.get(center_id)
-        if center is None:
-            continue
-        driver = drivers.get(center)
-        try:
-            driver.terminate(machine)
-        except CenterError as exc:
-            with ctx.db.write() as session:
-                events.append(
-                    session,
-                    "retire.failed",
-                    tenant_id=tenant_id,
-                    actor="engine",
-                    desktop_id=desktop_id,
-                    detail={"error": exc.detail},
-                )
-            continue
-        with ctx.db.write() as session:
-            desktop = session.get(Desktop, desktop_id)
-            if desktop is not None:
-                session.delete(desktop)
-            events.append(
-                session,
-                "retire",
-                tenant_id=tenant_id,
-                actor="engine",
-                desktop_id=desktop_id,
-                detail={"name": machine.name},
-            )
-
-
-def _machine_of(desktop: Desktop) -> MachineInfo:
-    return MachineInfo(
-        external_id=desktop.external_id,
-        name=desktop.name,
-        address=desktop.address,
-        driver_state=dict(desktop.driver_state or {}),
-    )
+def _retire(session: Unit, pool: Pool, count: int, now: datetime) -> int:
+    """Mark up to ``count`` free, deletable desktops for removal, so nobody claims them;
+    each center's ``remove_desktops`` job terminates them and drops their rows once the
+    center confirms, retrying a center that fails (with its turns: the pool's job itself
+    calls no cloud)."""
+    picked = store.mark_for_retirement(session, pool.id, count, _RETIRABLE, now)
+    for desktop_id, _, name in picked:
+        events.append(
+            session,
+            "retire",
+            tenant_id=pool.tenant_id,
+            actor="engine",
+            desktop_id=desktop_id,
+            pool_id=pool.id,
+            detail={"name": name},
+        )
+    for center_id in sorted({center_id for _, center_id, _ in picked}):
+        jobs.poke(session, JobKind.REMOVE_DESKTOPS, center_id)
+    return len(picked)

@@ -43,6 +43,8 @@ class Round:
     started: int = 0
     finished: int = 0
     failed: int = 0
+    # Left for the next round: their center held its share of turns.
+    waiting: int = 0
 
 
 def run_round(ctx: BrokerContext, drivers: DriverCache, pool_id: str, now: datetime) -> Round:
@@ -61,13 +63,18 @@ def run_round(ctx: BrokerContext, drivers: DriverCache, pool_id: str, now: datet
         driver = drivers.get(center)
         if row.asking:
             _asked_long_ago(ctx, driver, row, now)
-        elif row.started:
-            done.finished += _watch(ctx, driver, row, now)
-        else:
-            started = _ask(ctx, driver, row, now)
-            if started is not None:
-                done.started += started
-                done.failed += 1 - started
+            continue
+        with drivers.turn(center.id) as took:
+            # A center holding its share of turns: this desktop waits for the next round.
+            if not took:
+                done.waiting += 1
+            elif row.started:
+                done.finished += _watch(ctx, driver, row, now)
+            else:
+                started = _ask(ctx, driver, row, now)
+                if started is not None:
+                    done.started += started
+                    done.failed += 1 - started
     return done
 
 

@@ -1,12 +1,16 @@
-"""Desktops an administrator deleted, removed from disk: the engine's side.
+"""Desktops an administrator deleted, or a pool retired, removed from disk: the engine's
+side.
 
-``services/desktop_removal.delete_desktop`` marks a broker-built desktop ``deleting``
-(``delete_requested_at``) and pokes its center's ``remove_desktops`` job; this job, with
+``services/desktop_removal.delete_desktop`` (and the provisioner, for a pool's surplus)
+marks a broker-built desktop ``deleting`` (``delete_requested_at``) and pokes its
+center's ``remove_desktops`` job; this job, with
 no transaction open, looks at each such instance: gone, the row goes (the center has
 confirmed); being deleted, it waits for the next run; otherwise it asks the center to
 terminate it. A failed call is left to the next run (the job's back-off), so a delete
 is carried out once the center answers again, and a restart loses nothing: the request
-is the row's ``delete_requested_at``.
+is the row's ``delete_requested_at``. The pass takes one of the center's turns
+(``turns.CenterTurns``) only when it has work, so a center that never answers holds no
+more of the engine's workers than its share.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from datetime import datetime
 from deskbroker.centers.base import Capability, MachineInfo
 from deskbroker.domain.states import PowerState
 from deskbroker.engine.drivers import DriverCache
+from deskbroker.engine.turns import NoTurn
 from deskbroker.errors import CenterError
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import events
@@ -38,19 +43,22 @@ def remove_desktops(ctx: BrokerContext, drivers: DriverCache, center_id: str, no
     confirmed: list[tuple[str, str, str]] = []
     asked = 0
     failures: list[str] = []
-    for desktop_id, tenant_id, name, external_id, driver_state in wanted:
-        try:
-            found = driver.machine(external_id)
-            if found is None or found.gone:
-                confirmed.append((desktop_id, tenant_id, name))
-            elif found.power_state is not PowerState.DELETING:
-                driver.terminate(
-                    MachineInfo(external_id=external_id, name=name, driver_state=driver_state)
-                )
-                asked += 1
-        except CenterError as exc:
-            log.warning("deleting desktop %s on center %s: %s", name, center.name, exc)
-            failures.append(f"{name}: {exc.detail}")
+    with drivers.turn(center_id) as took:
+        if not took:
+            raise NoTurn(f"center {center.name} holds its share of the engine's workers")
+        for desktop_id, tenant_id, name, external_id, driver_state in wanted:
+            try:
+                found = driver.machine(external_id)
+                if found is None or found.gone:
+                    confirmed.append((desktop_id, tenant_id, name))
+                elif found.power_state is not PowerState.DELETING:
+                    driver.terminate(
+                        MachineInfo(external_id=external_id, name=name, driver_state=driver_state)
+                    )
+                    asked += 1
+            except CenterError as exc:
+                log.warning("deleting desktop %s on center %s: %s", name, center.name, exc)
+                failures.append(f"{name}: {exc.detail}")
     if confirmed:
         with ctx.db.write() as session:
             for desktop_id, tenant_id, name in confirmed:

@@ -46,6 +46,7 @@ def advance_rollout(ctx: BrokerContext, drivers: DriverCache, pool_id: str, now:
     outcome = (
         f"{taken} taken out, {done.started} asked, {done.finished} back, "
         + (f"{done.failed} refused")
+        + (f", {done.waiting} waiting for a turn of their center" if done.waiting else "")
         + (f"; scheduled {scheduled}" if scheduled else "")
     )
     if rollout is None:

@@ -15,7 +15,7 @@ from typing import Any
 from deskbroker.engine import builds, handover, maintenance, plans, provisioner, removals, rollouts
 from deskbroker.engine.drivers import DriverCache
 from deskbroker.engine.handover import Refill
-from deskbroker.engine.turns import TURN_WAIT_S, CenterTurns
+from deskbroker.engine.turns import TURN_WAIT_S, CenterTurns, NoTurn
 from deskbroker.engine.watch import BuildWatcher
 from deskbroker.engine.webhooks import Dispatcher
 from deskbroker.services.context import BrokerContext
@@ -41,8 +41,9 @@ HANDLERS: dict[str, Handler] = {
     JobKind.POOL_ROLLOUT.value: rollouts.advance_rollout,
 }
 # Jobs whose target is a center: they talk to that center's cloud all along.
-# (``remove_desktops`` is not one: it calls its cloud only after an administrator's
-# delete, and waiting for a turn behind every idle pass would delay scans and sweeps.)
+# (``remove_desktops`` is not one: it calls its cloud only when a desktop is to go, and
+# takes its turn itself then; waiting for a turn behind every idle pass would delay scans
+# and sweeps.)
 CENTER_JOBS = frozenset({JobKind.SCAN_CENTER.value, JobKind.LEAK_SWEEP.value})
 
 
@@ -65,7 +66,6 @@ class Engine:
         self.ctx = ctx
         self.broker_id = settings.broker_id
         self.owner = f"{settings.broker_id}:{uuid.uuid4().hex[:8]}"
-        self.drivers = DriverCache(ctx)
         self.intervals = Intervals(
             provision_s=settings.provision_interval_s,
             stats_s=settings.stats_interval_s,
@@ -77,6 +77,7 @@ class Engine:
         # its answers cannot take the workers every tenant's builds and timers need.
         self.center_workers = settings.engine_center_workers
         self.turns = CenterTurns(self.center_workers)
+        self.drivers = DriverCache(ctx, self.turns)
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="engine")
         # Listings of builds, one out per center at most (see _list_builds).
         self._watch_pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="watch")
@@ -394,6 +395,12 @@ class Engine:
             if handler is None:
                 raise RuntimeError(f"no handler for job kind {job.kind}")
             outcome = handler(self.ctx, self.drivers, job.target_id, now)
+        except NoTurn:
+            # Its center's work holds its share of workers: not a failure, a wait.
+            with self.ctx.db.write() as session:
+                later = utcnow() + timedelta(seconds=TURN_WAIT_S)
+                leases.release(session, Job, job_id, self.owner, next_run_at=later)
+            return
         except Exception as exc:
             failures = job.failures + 1
             delay = min(job.interval_s * 10, 2.0 ** min(failures, 10))

@@ -2,9 +2,10 @@
 
 A center whose cloud drips its answers (or never answers) must not take the workers that
 every other tenant's builds, timers and scans need: each center's work (its scan and
-leak sweep, its builds and build steps, the plan timers of its desktops) takes a turn
-before it runs, and at most ``share`` turns of a center are out at once. Work refused a
-turn waits ``TURN_WAIT_S``, unleased, and is claimed again.
+leak sweep, its builds and build steps, the plan timers of its desktops, the removals,
+rebuilds and volume calls of its pools) takes a turn before it runs, and at most
+``share`` turns of a center are out at once. Work refused a turn waits ``TURN_WAIT_S``,
+unleased, and is claimed again (a pool's rebuilds and volume calls, at its next pass).
 """
 
 from __future__ import annotations
@@ -14,6 +15,11 @@ from collections import Counter
 
 # How long work refused a turn waits before it is claimed again.
 TURN_WAIT_S = 1.0
+
+
+class NoTurn(Exception):
+    """A job's work found its center holding its share of turns: the job runs again after
+    ``TURN_WAIT_S``, not counted as a failure."""
 
 
 class CenterTurns:

@@ -4,6 +4,7 @@ builds added in bulk, and free desktops picked and marked for retirement."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, insert, select, update
@@ -87,18 +88,21 @@ def add_builds(
 
 
 def mark_for_retirement(
-    session: Unit, pool_id: str, count: int, retirable: Sequence[PowerState]
-) -> list[str]:
+    session: Unit, pool_id: str, count: int, retirable: Sequence[PowerState], now: datetime
+) -> list[tuple[str, str, str]]:
     """Pick up to ``count`` free, deletable desktops of the pool without sessions, in a
     ``retirable`` power state (skipping rows another broker holds), and mark them
-    ``deleting`` and unavailable so nobody claims them."""
+    ``deleting``, unavailable and asked to be removed (``delete_requested_at``: their
+    center's ``remove_desktops`` job terminates them and drops the row once the center
+    confirms, as for an administrator's delete). Returns (id, center id, name) of each."""
     members = select(PoolMember.desktop_id).where(PoolMember.pool_id == pool_id)
     busy = select(SessionRow.desktop_id).where(
         SessionRow.state.in_([s.value for s in ACTIVE_SESSION_STATES])
     )
-    picked = list(
-        session.scalars(
-            select(Desktop.id)
+    picked = [
+        (str(i), str(c), str(n))
+        for i, c, n in session.execute(
+            select(Desktop.id, Desktop.center_id, Desktop.name)
             .where(
                 Desktop.id.in_(members),
                 Desktop.assigned_user_id.is_(None),
@@ -110,20 +114,16 @@ def mark_for_retirement(
             .limit(count)
             .with_for_update(skip_locked=True)
         ).all()
-    )
+    ]
     if picked:
         session.execute(
             update(Desktop)
-            .where(Desktop.id.in_(picked), Desktop.assigned_user_id.is_(None))
+            .where(Desktop.id.in_([p[0] for p in picked]), Desktop.assigned_user_id.is_(None))
             .values(
                 power_state=from_any(POWER_TRANSITIONS, PowerState.DELETING, retirable).value,
                 availability=from_any(AVAILABILITY_TRANSITIONS, Availability.UNAVAILABLE).value,
+                delete_requested_at=now,
             )
             .execution_options(synchronize_session=False)
         )
     return picked
-
-
-def desktops_by_id(session: Unit, desktop_ids: Sequence[str]) -> list[Desktop]:
-    """The desktops with these ids (those that still exist)."""
-    return list(session.scalars(select(Desktop).where(Desktop.id.in_(desktop_ids))).all())
