@@ -59,14 +59,25 @@ def _session(api: Api, desktop_id: str) -> dict[str, Any] | None:
     return open_[0] if open_ else None
 
 
-def _state_is(api: Api, desktop_id: str, state: str) -> Any:
+def _state_is(api: Api, desktop_id: str, state: str, agent: AgentProcess | None = None) -> Any:
+    seen: list[Any] = []
+
     def check() -> Any:
         row = _session(api, desktop_id)
+        seen[:] = [row]
         return row if row is not None and row["state"] == state else None
+
+    def said() -> str:
+        # What came instead, and what the agent said meanwhile: a failure under load
+        # must tell a slow report from a viewer the agent never saw.
+        words = f"the session to be {state}; the last session seen: {seen[:1]}"
+        if agent is not None:
+            words += f"\n--- the agent's log, its end ---\n{agent.log()[-3000:]}"
+        return words
 
     # The agent is a real process reporting over HTTP: on a loaded machine its report may
     # take a while; the deadline only matters when it never comes.
-    return wait_until(check, f"the session to be {state}", timeout_s=60)
+    return wait_until(check, said, timeout_s=60)
 
 
 def test_the_agent_reports_real_viewers_and_the_power_plan_follows(
@@ -106,7 +117,7 @@ def test_the_agent_reports_real_viewers_and_the_power_plan_follows(
     # The user works at the desktop (real X input) while the viewer connects.
     with KeepActive(display):
         viewer = Viewer(target["host"], int(target["port"]))
-        first = _state_is(api, desktop["id"], "logged_in")
+        first = _state_is(api, desktop["id"], "logged_in", agent)
     assert first["username"] == "user0" and first["user_id"] is not None
     assert first["protocol"] == "vnc" and first["client_address"] == "127.0.0.1"
 
@@ -184,7 +195,7 @@ def test_the_broker_down_the_agent_queues_and_replays_every_event_once(
     )
     api.login("user0")
     viewer = Viewer(desktop["address"])
-    _state_is(api, desktop["id"], "logged_in")
+    _state_is(api, desktop["id"], "logged_in", agent)
 
     broker.stop()
     down_at = time.monotonic()
@@ -257,7 +268,7 @@ def test_idle_release_warns_first_and_activity_cancels_it(
     assert user["id"] == desktop["id"]
     with KeepActive(display):  # the user works while connecting: not idle yet
         viewer = Viewer(desktop["address"])
-        _state_is(api, desktop["id"], "logged_in")
+        _state_is(api, desktop["id"], "logged_in", agent)
     drivers = DriverCache(api.ctx)
 
     def idle_timers() -> dict[str, Any]:

@@ -449,7 +449,7 @@ def _display_taken(display: int) -> bool:
         return False
     except (OSError, ValueError):
         return True  # unreadable: not ours to judge
-    if pid > 0 and processes.started_at(pid) is not None:
+    if pid > 0 and processes.alive(pid):
         return True
     for stale in (lock, Path(_X_SOCKET.format(display))):
         stale.unlink(missing_ok=True)

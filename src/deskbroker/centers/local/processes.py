@@ -148,6 +148,13 @@ def started_at(pid: int) -> int | None:
     return int(fields[19]) if fields else None
 
 
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process: a killed one its parent has not reaped yet (a
+    zombie) holds nothing, not even the display it had locked."""
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] not in ("Z", "X")
+
+
 def state(pid: int, start: int) -> str:
     """``running``, ``paused`` (stopped by a signal) or ``gone`` for the process that
     started at ``start`` under ``pid``."""
