@@ -11,7 +11,8 @@ answer a byte at a time, holds a thread that long and no longer, and at most
 ``webhook_per_tenant`` of them, so every other tenant's find a free thread. Logins,
 connects and the engine's other work do not wait for any of it. A thread that finishes
 a delivery claims the next due ones at once, so a backlog drains without waiting for
-the job's next run.
+the job's next run. Each fan-out first switches off the webhooks whose setter may no
+longer read events (``services/webhooks.py``), in the fan-out's transaction.
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ from deskbroker import outbound_http, write_guard
 from deskbroker.domain import webhooks as rules
 from deskbroker.engine.drivers import DriverCache
 from deskbroker.outbound import OutboundRefused
+from deskbroker.services import webhooks as vetting
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import webhooks as store
+from deskbroker.store.db import Unit
 from deskbroker.store.tables import utcnow
 
 log = logging.getLogger("deskbroker.webhooks")
@@ -94,9 +97,15 @@ class Dispatcher:
 
     # --- the job ---------------------------------------------------------------------
     def run(self, ctx: BrokerContext, drivers: DriverCache, target_id: str, now: datetime) -> str:
-        """The ``webhooks`` job: fan out, then start what is due. Quick: it posts nothing."""
+        """The ``webhooks`` job: fan out, then start what is due. Quick: it posts nothing.
+        A webhook whose setter may no longer read events is switched off first, in the
+        same transaction, so it gets none of the events fanned out."""
+
+        def vet(session: Unit) -> set[str]:
+            return vetting.switch_off_unvouched(ctx, session)
+
         with ctx.db.write() as session:
-            made = store.fan_out(session, utcnow(), ctx.settings.webhook_settle_s)
+            made = store.fan_out(session, utcnow(), ctx.settings.webhook_settle_s, vet=vet)
         started = self.pump()
         self._purge()
         return f"{made} deliveries queued, {started} started"

@@ -4,7 +4,9 @@ stream's reads and the monthly usage report.
 
 Nothing here posts anything: a request only writes rows (a webhook, a test event in the
 event log); the engine's dispatcher (``engine/webhooks.py``) delivers, with no
-transaction open.
+transaction open. Whoever creates or changes a webhook is recorded as its setter, and
+the dispatcher's fan-out switches it off (``switch_off_unvouched``) once they may no
+longer read events.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from deskbroker.domain import webhooks as rules
+from deskbroker.domain.permissions import BuiltinRole
 from deskbroker.domain.webhooks import Usage
 from deskbroker.errors import Forbidden, InvalidInput, NotFound
 from deskbroker.security import TokenClaims
-from deskbroker.services import access, write_context
+from deskbroker.services import access, standing, write_context
 from deskbroker.services.catalog_crud import Resource, scope
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import events
@@ -69,7 +72,10 @@ def _prepare(
 ) -> dict[str, Any]:
     # Any change counts, enabling one included: it decides where events go.
     what = "creating a webhook" if existing is None else "changing a webhook"
-    check_events_read(ctx, write_context.actor_of(session).actor, what)
+    actor = write_context.actor_of(session).actor
+    check_events_read(ctx, actor, what)
+    # Whoever last aims it vouches for it: it delivers only while they may read events.
+    data["set_by_user_id"] = actor.user_id
     if "url" in data:
         data["url"] = check_url(ctx, data["url"])
     if "kinds" in data:
@@ -87,6 +93,83 @@ def _prepare(
         # administrator saying so (as with a center's secrets).
         raise InvalidInput("a new url needs a new secret: give secret with it")
     return data
+
+
+# The event a webhook switched off for its setter leaves in its tenant's log. Like the
+# admin.* kinds it belongs to no category: no webhook and no event stream gets it.
+DISABLED_KIND = "webhook.disabled"
+
+
+def _unvouched(ctx: BrokerContext, session: Unit, setter: store.Setter) -> str | None:
+    """Why ``setter`` no longer vouches for a webhook, in words; None while they may
+    read events."""
+    if setter.username is None or setter.tenant_id is None or setter.role is None:
+        return f"its setter (user {setter.user_id}) no longer exists"
+    if setter.disabled:
+        return f"its setter {setter.username} is disabled"
+    roles = {setter.role}
+    if setter.role == BuiltinRole.USER.value and setter.identity_source_id is not None:
+        # A directory administrator's role comes from an assignment rule at each
+        # sign-in, over a stored role of user: what the rules could give them counts.
+        roles |= standing.rule_roles(
+            session, setter.identity_source_id, setter.username, setter.groups, setter.attributes
+        )
+    resource, _, action = EVENTS_READ.partition(":")
+    # A role this broker cannot read (gone) counts as no permission.
+    readers = [
+        role
+        for role in roles
+        if (grants := access.role_permissions(ctx, setter.tenant_id, role)) is not None
+        and grants.allows(resource, action)
+    ]
+    if not readers:
+        return (
+            f"its setter {setter.username} may no longer read events "
+            f"(role {setter.role} does not allow {EVENTS_READ})"
+        )
+    # Only a global administrator reads another tenant's events (one who aimed this
+    # tenant's webhook and was made a tenant administrator of their own reads no more).
+    if setter.tenant_id != setter.webhook_tenant_id and (
+        BuiltinRole.GLOBAL_ADMIN.value not in readers
+    ):
+        return (
+            f"its setter {setter.username} may no longer read this tenant's events "
+            "(no longer a global administrator)"
+        )
+    return None
+
+
+def switch_off_unvouched(ctx: BrokerContext, session: Unit) -> set[str]:
+    """In the fan-out's unit: switch off every enabled webhook whose setter is gone,
+    disabled, or whose role no longer allows ``events:read``, each with a
+    ``webhook.disabled`` event in its tenant's log saying why; their ids. A webhook that
+    names no setter (made before one was recorded) is left as it is."""
+    now = utcnow()
+    # One verdict per setter and tenant, however many webhooks they set up there.
+    verdicts: dict[tuple[str, str], str | None] = {}
+    off: set[str] = set()
+    for setter in store.setters(session):
+        key = (setter.user_id, setter.webhook_tenant_id)
+        if key not in verdicts:
+            verdicts[key] = _unvouched(ctx, session, setter)
+        why = verdicts[key]
+        if why is None or not store.switch_off(session, setter.webhook_id, setter.user_id, now):
+            continue
+        off.add(setter.webhook_id)
+        events.append(
+            session,
+            DISABLED_KIND,
+            tenant_id=setter.webhook_tenant_id,
+            actor="engine",
+            user_id=setter.user_id,
+            detail={
+                "webhook_id": setter.webhook_id,
+                "name": setter.webhook_name,
+                "set_by_user_id": setter.user_id,
+                "reason": why,
+            },
+        )
+    return off
 
 
 def _read(session: Unit, hook: Any) -> dict[str, Any]:

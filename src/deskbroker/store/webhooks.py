@@ -8,11 +8,16 @@ them in order behind a cursor. On PostgreSQL a transaction may commit an event w
 lower id after one with a higher id is visible: the fan-out stops at a gap in the ids
 until the event after it is ``settle_s`` old (a gap that old is a rolled-back insert),
 so no event is skipped for being committed late.
+
+Before a fan-out reads the enabled webhooks it lets the caller switch off those whose
+setter may no longer read events (``vet``; the decision is the services' own, this
+module only reads the setters and switches a webhook off).
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -28,12 +33,16 @@ from deskbroker.store.tables import (
     EventCursor,
     SessionRow,
     Tenant,
+    User,
     Webhook,
     WebhookDelivery,
     new_id,
 )
 
 FANOUT = "webhooks"
+# Switches off, in the fan-out's transaction, the enabled webhooks that must not get
+# events any more; returns their ids.
+Vet = Callable[[Session], Collection[str]]
 
 
 @dataclass(frozen=True)
@@ -93,9 +102,14 @@ def stream_origin(session: Session) -> int:
     return int(session.execute(select(func.coalesce(func.max(Event.id), 0))).scalar_one())
 
 
-def fan_out(session: Session, now: datetime, settle_s: float, batch: int = 500) -> int:
+def fan_out(
+    session: Session, now: datetime, settle_s: float, batch: int = 500, vet: Vet | None = None
+) -> int:
     """Outbox rows for the events after the cursor that some webhook chose; advances the
-    cursor in the same transaction. Returns how many deliveries were made."""
+    cursor in the same transaction. Returns how many deliveries were made.
+
+    ``vet`` runs first when there are events to fan out and an enabled webhook names its
+    setter; the webhooks it switches off get none of these events."""
     start = cursor(session)
     rows = (
         session.execute(select(Event).where(Event.id > start).order_by(Event.id).limit(batch))
@@ -105,11 +119,18 @@ def fan_out(session: Session, now: datetime, settle_s: float, batch: int = 500) 
     if not rows:
         return 0
     hooks = session.execute(
-        select(Webhook.id, Webhook.tenant_id, Webhook.kinds).where(Webhook.enabled.is_(True))
+        select(Webhook.id, Webhook.tenant_id, Webhook.kinds, Webhook.set_by_user_id).where(
+            Webhook.enabled.is_(True)
+        )
     ).all()
+    # Idle ticks and webhooks with no setter cost nothing more than the read above.
+    switched_off: Collection[str] = ()
+    if vet is not None and any(setter is not None for *_, setter in hooks):
+        switched_off = vet(session)
     by_tenant: dict[str, list[tuple[str, list[Any]]]] = {}
-    for hook_id, tenant_id, kinds in hooks:
-        by_tenant.setdefault(tenant_id, []).append((hook_id, list(kinds or [])))
+    for hook_id, tenant_id, kinds, _ in hooks:
+        if hook_id not in switched_off:
+            by_tenant.setdefault(tenant_id, []).append((hook_id, list(kinds or [])))
     settled = now - timedelta(seconds=settle_s)
     last = start
     made: list[dict[str, Any]] = []
@@ -150,6 +171,65 @@ def fan_out(session: Session, now: datetime, settle_s: float, batch: int = 500) 
     if made:
         session.execute(insert(WebhookDelivery), [{"id": new_id(), **row} for row in made])
     return len(made)
+
+
+@dataclass(frozen=True)
+class Setter:
+    """An enabled webhook and the user who last set it up, as their row is now (the
+    user's columns all None when the user was deleted)."""
+
+    webhook_id: str
+    webhook_tenant_id: str
+    webhook_name: str
+    user_id: str
+    username: str | None
+    tenant_id: str | None
+    role: str | None
+    disabled: bool | None
+    identity_source_id: str | None
+    groups: list[Any] | None
+    attributes: dict[str, Any] | None
+
+
+def setters(session: Session) -> list[Setter]:
+    """Every enabled webhook that names its setter, with that user: one query."""
+    rows = session.execute(
+        select(
+            Webhook.id,
+            Webhook.tenant_id,
+            Webhook.name,
+            Webhook.set_by_user_id,
+            User.username,
+            User.tenant_id,
+            User.role,
+            User.disabled,
+            User.identity_source_id,
+            User.groups,
+            User.attributes,
+        )
+        # Outer: a deleted setter is the first reason to switch a webhook off.
+        .outerjoin(User, User.id == Webhook.set_by_user_id)
+        .where(Webhook.enabled.is_(True), Webhook.set_by_user_id.is_not(None))
+        .order_by(Webhook.id)
+    ).all()
+    return [Setter(*row) for row in rows]
+
+
+def switch_off(session: Session, webhook_id: str, set_by_user_id: str, now: datetime) -> bool:
+    """Disable a webhook if it is still enabled and still set by ``set_by_user_id``;
+    whether it was. Compare-and-set: an administrator who enabled it again meanwhile
+    made themselves its setter, and their say stands."""
+    switched = session.execute(
+        update(Webhook)
+        .where(
+            Webhook.id == webhook_id,
+            Webhook.enabled.is_(True),
+            Webhook.set_by_user_id == set_by_user_id,
+        )
+        .values(enabled=False, updated_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]
+    return int(switched) == 1
 
 
 def _receivers(event: Any, hooks: list[tuple[str, list[Any]]]) -> list[str]:
@@ -198,7 +278,14 @@ def claim(
         (hook_id, tenant_id)
         for hook_id, tenant_id in session.execute(
             select(WebhookDelivery.webhook_id, WebhookDelivery.tenant_id)
-            .where(pending, WebhookDelivery.next_attempt_at <= now, free)
+            .where(
+                pending,
+                WebhookDelivery.next_attempt_at <= now,
+                free,
+                # A webhook switched off posts nothing, not even what it had queued: its
+                # deliveries wait until it is enabled again.
+                WebhookDelivery.webhook_id.in_(select(Webhook.id).where(Webhook.enabled.is_(True))),
+            )
             .group_by(WebhookDelivery.webhook_id, WebhookDelivery.tenant_id)
         ).all()
         if busy.get(hook_id, 0) < per_webhook

@@ -66,6 +66,11 @@ class WebhookOut(Stamped):
     has_secret: bool
     enabled: bool
     max_attempts: int
+    set_by_user_id: str | None = Field(
+        description="the user who last created or changed it; it is switched off once they "
+        "are deleted, disabled or may no longer read events (null: made before this was "
+        "recorded, never switched off for it)"
+    )
 
 
 class DeliveryOut(BaseModel):

@@ -43,6 +43,11 @@ class Webhook(Base):
     secret_sealed: Mapped[str] = mapped_column(Text)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     max_attempts: Mapped[int] = mapped_column(Integer, default=8)
+    # Who last created or changed it: they vouch for where the event log goes, so it
+    # delivers only while they may read events (the fan-out switches it off once they
+    # are gone, disabled or lose events:read). No foreign key, so that deleting the user
+    # is neither refused nor cascaded. None: made before this was recorded (0010).
+    set_by_user_id: Mapped[str | None] = mapped_column(String(32), default=None)
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = _updated()
 
