@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import ipaddress
 import logging
 import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import libvirt
 
@@ -83,22 +85,45 @@ class Hypervisor:
         with _links_lock:
             return _links.setdefault(self._key, _Link())
 
-    def _check_outbound(self) -> None:
+    def _check_outbound(self) -> list[str]:
         """Every address the host name resolves to must pass the outbound policy:
-        libvirt opens its own socket, so the broker checks before it connects."""
+        libvirt opens its own socket, so the broker checks before it connects. Returns
+        the addresses checked (none for the broker host's own hypervisor)."""
         host = self.params.host
         if not host:
-            return
+            return []
         try:
             found = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
         except (socket.gaierror, UnicodeError) as exc:
             raise CenterError(f"libvirt host {host} does not resolve: {exc}") from exc
         policy = outbound.current()
-        for *_, target in found:
-            policy.check_address(str(target[0]), f"libvirt host {host}")
+        addresses = [str(target[0]) for *_, target in found]
+        for address in addresses:
+            policy.check_address(address, f"libvirt host {host}")
+        return addresses
+
+    def _uri_to_open(self, checked: list[str]) -> str:
+        """The URI libvirt opens: a ``+tcp`` URI without SASL names the address just
+        checked, so libvirt does not resolve the name again and reach whatever it
+        points to a moment later (DNS rebinding). With SASL the name stays (a mechanism
+        such as GSSAPI authenticates the host by it), as it does for the host-side
+        transports only a global administrator may write (``+tls``, ``+ssh``)."""
+        parts = urlsplit(self.params.uri)
+        sasl = bool(self.params.username or parts.username)
+        if not checked or sasl or not self.params.uri.split("://")[0].endswith("+tcp"):
+            return self.params.uri
+        try:
+            ipaddress.ip_address(parts.hostname or "")
+            return self.params.uri  # an address already: nothing to resolve
+        except ValueError:
+            pass
+        address = checked[0]
+        shown = f"[{address}]" if ":" in address else address
+        netloc = shown if parts.port is None else f"{shown}:{parts.port}"
+        return urlunsplit(parts._replace(netloc=netloc))
 
     def _open(self) -> libvirt.virConnect:
-        self._check_outbound()
+        uri = self._uri_to_open(self._check_outbound())
         username = self.params.username or ""
         password = self._password
 
@@ -115,7 +140,7 @@ class Hypervisor:
 
         auth = [[libvirt.VIR_CRED_AUTHNAME, libvirt.VIR_CRED_PASSPHRASE], answer, None]
         try:
-            conn = libvirt.openAuth(self.params.uri, auth, 0)
+            conn = libvirt.openAuth(uri, auth, 0)
         except libvirt.libvirtError as exc:
             raise CenterError(f"cannot connect to {self.params.uri}: {words(exc)}") from exc
         if conn is None:

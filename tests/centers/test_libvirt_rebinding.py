@@ -1,0 +1,115 @@
+"""A libvirt center over ``+tcp`` without SASL connects to the address the broker checked
+against the outbound policy, not to whatever the host's name resolves to when libvirt
+looks it up again (DNS rebinding). Name resolution is the faked boundary: the name is one
+the system resolver cannot resolve (``.invalid``), so libvirt reaches the listener only
+if the broker handed it the checked address."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from deskbroker import outbound
+from deskbroker.centers.libvirt.connection import Hypervisor
+from deskbroker.centers.libvirt.params import LibvirtParams
+from deskbroker.errors import CenterError
+from deskbroker.outbound import OutboundPolicy, OutboundRefused
+
+NAME = "kvm.deskbroker.invalid"
+
+
+class _Listener:
+    """Accepts connections on 127.0.0.1 and closes them at once, counting them."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = int(self.sock.getsockname()[1])
+        self.accepted = 0
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def listener() -> Iterator[_Listener]:
+    found = _Listener()
+    yield found
+    found.close()
+
+
+def _resolves_to(monkeypatch: pytest.MonkeyPatch, address: str) -> list[str]:
+    """``NAME`` resolves to ``address`` for the broker's own lookups (Python's)."""
+    real = socket.getaddrinfo
+    looked: list[str] = []
+
+    def resolve(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host != NAME:
+            return real(host, port, *args, **kwargs)
+        looked.append(host)
+        return real(address, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    return looked
+
+
+def _hypervisor(uri: str, **more: Any) -> Hypervisor:
+    params = LibvirtParams.model_validate({"uri": uri, "timeout_s": 10, **more})
+    return Hypervisor(params, {"password": "pw"} if more.get("username") else {})
+
+
+def test_libvirt_connects_to_the_checked_address(
+    listener: _Listener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outbound.install(OutboundPolicy.from_text("127.0.0.1/32", "127.0.0.0/8"))
+    looked = _resolves_to(monkeypatch, "127.0.0.1")
+    hypervisor = _hypervisor(f"qemu+tcp://{NAME}:{listener.port}/system")
+    try:
+        # The listener is no libvirtd: the handshake fails, after the connection came.
+        with pytest.raises(CenterError):
+            hypervisor.call(lambda conn: conn.getVersion(), "version")
+    finally:
+        hypervisor.close()
+    assert looked == [NAME]
+    assert listener.accepted >= 1
+
+
+def test_a_denied_address_is_refused_before_libvirt_connects(
+    listener: _Listener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outbound.install(OutboundPolicy.from_text("127.0.0.1/32", "127.0.0.0/8"))
+    _resolves_to(monkeypatch, "127.0.0.2")
+    hypervisor = _hypervisor(f"qemu+tcp://{NAME}:{listener.port}/system")
+    try:
+        with pytest.raises(OutboundRefused):
+            hypervisor.call(lambda conn: conn.getVersion(), "version")
+    finally:
+        hypervisor.close()
+    assert listener.accepted == 0
+
+
+def test_with_sasl_the_name_is_kept() -> None:
+    """A SASL mechanism may authenticate the host by its name (GSSAPI), so the URI keeps
+    it; the broker still checks every address the name has before libvirt connects."""
+    sasl = _hypervisor(f"qemu+tcp://{NAME}/system", username="tenant-b")
+    assert sasl._uri_to_open(["192.0.2.7"]) == f"qemu+tcp://{NAME}/system"
+    plain = _hypervisor(f"qemu+tcp://{NAME}:16510/system")
+    assert plain._uri_to_open(["2001:db8::7"]) == "qemu+tcp://[2001:db8::7]:16510/system"
+    literal = _hypervisor("qemu+tcp://192.0.2.8/system")
+    assert literal._uri_to_open(["192.0.2.8"]) == "qemu+tcp://192.0.2.8/system"
