@@ -46,13 +46,15 @@ class Control:
 
     # -- behaviour ----------------------------------------------------------------------
     def behaviour(self) -> dict[str, Any]:
-        """Page caps per service, whether list filters are ignored, the top microversion."""
+        """Page caps per service, whether list filters are ignored, the top microversion,
+        the servers in a cell that does not answer."""
         core = self.core
         top = core.max_microversion
         return {
             "max_limits": dict(core.max_limits),
             "ignore_filters": core.ignore_filters,
             "max_microversion": f"{top[0]}.{top[1]}",
+            "down_cell": sorted(core.down_cell),
         }
 
     def set_behaviour(
@@ -61,9 +63,11 @@ class Control:
         max_limit: int | dict[str, int | None] | None = None,
         ignore_filters: bool | None = None,
         max_microversion: str | None = None,
+        down_cell: list[str] | None = None,
     ) -> dict[str, Any]:
         """Behave like another cloud until the next reset: lower page caps (a next link
-        whenever a page is full), filters ignored, an older compute API."""
+        whenever a page is full), filters ignored, an older compute API, these servers'
+        cell down (``[]`` brings it back)."""
         core = self.core
         if max_limit is not None:
             core.max_limits = normalize_max_limits(max_limit)
@@ -71,6 +75,14 @@ class Control:
             core.ignore_filters = bool(ignore_filters)
         if max_microversion is not None:
             core.max_microversion = parse_version(max_microversion)
+        if down_cell is not None:
+            if isinstance(down_cell, str) or not all(isinstance(i, str) for i in down_cell):
+                raise ValueError("down_cell is a list of server ids")
+            with self.state.lock:
+                unknown = [i for i in down_cell if i not in self.state.servers]
+                if unknown:
+                    raise ValueError(f"no server {unknown[0]}")
+                core.down_cell = set(down_cell)
         return self.behaviour()
 
     # -- reset --------------------------------------------------------------------------
@@ -404,7 +416,7 @@ class ControlService(Service):
 
     def put_behaviour(self, req: Request) -> Response:
         """``{"max_limit": 2 | {"compute": 100}, "ignore_filters": true,
-        "max_microversion": "2.60"}``."""
+        "max_microversion": "2.60", "down_cell": ["<server id>", ...]}``."""
         body = self._body(req)
         try:
             return json_response(
@@ -413,6 +425,7 @@ class ControlService(Service):
                     max_limit=body.get("max_limit"),
                     ignore_filters=body.get("ignore_filters"),
                     max_microversion=body.get("max_microversion"),
+                    down_cell=body.get("down_cell"),
                 ),
             )
         except (TypeError, ValueError) as exc:

@@ -91,15 +91,19 @@ class Core:
         self.max_limits: dict[str, int | None] = {}
         self.ignore_filters = False
         self.max_microversion = config.max_microversion
+        # Servers in a cell that does not answer (see Nova.list_servers and show).
+        self.down_cell: set[str] = set()
         self.restore_behaviour()
         self._populate_identity()
         self.populate_resources()
 
     def restore_behaviour(self) -> None:
-        """Page caps, filtering and microversion back to what the cloud started with."""
+        """Page caps, filtering, microversion and cells back to what the cloud started
+        with."""
         self.max_limits = dict(self.config.max_limits)
         self.ignore_filters = self.config.ignore_filters
         self.max_microversion = self.config.max_microversion
+        self.down_cell = set()
 
     def max_limit(self, service: str) -> int | None:
         """The page cap of a service (``None``: pages only when the client asks)."""

@@ -29,6 +29,8 @@ from cloudsim.web import (
 )
 
 MIN_VERSION = (2, 1)
+# From this microversion Nova stands in for the servers of a cell that does not answer.
+DOWN_CELL_VERSION = 69
 _LEGACY = "X-OpenStack-Nova-API-Version"
 _SORT_KEYS: dict[str, Callable[[Server], Any]] = {
     "created_at": lambda s: (s.created, s.seq),
@@ -135,6 +137,13 @@ class Nova(NovaCreate, NovaResources, Service):
         )
         if server is None:
             raise ApiError(404, f"Instance {req.params['server_id']} could not be found.")
+        if server.id in self.core.down_cell:
+            # Nova's NovaException: an "Unexpected API Error" 500.
+            raise ApiError(
+                500,
+                f"Cell of instance {server.id} is not responding or returned an exception, "
+                "hence instance info is not available.",
+            )
         return server
 
     def _detail_response(self, status: int, server: Server, req: Request) -> Response:
@@ -267,6 +276,20 @@ class Nova(NovaCreate, NovaResources, Service):
         preds, include_deleted = self._filters(req, ctx)
         if not include_deleted:
             preds.insert(0, lambda s: not s.deleted)
+        down = self.core.down_cell
+        stand_ins: list[Server] = []
+        if down:
+            # A down cell's servers cannot be filtered, sorted or paged: Nova (2.69+)
+            # stands in for them only in a listing that asks for none of that (all
+            # projects aside), and otherwise, and always before 2.69, leaves them out.
+            minor = req.microversion[1]
+            if minor >= DOWN_CELL_VERSION and set(req.query) <= {"all_tenants"}:
+                stand_ins = [
+                    s
+                    for s in reversed(self.state.server_order)
+                    if s.id in down and all(p(s) for p in preds)
+                ]
+            preds.append(lambda s: s.id not in down)
         cap = self.page_cap()
         limit = min(int_arg(req, "limit", cap) or cap, cap)
         marker = req.arg("marker")
@@ -298,6 +321,8 @@ class Nova(NovaCreate, NovaResources, Service):
                         break
         minor = req.microversion[1]
         frags = [self.views.detail(s, minor) if detail else self.views.summary(s) for s in page]
+        kind = "detail" if detail else "summary"
+        frags += [self.views.partial(s, minor, kind) for s in stand_ins]
         parts = [b'{"servers":[', b",".join(frags), b"]"]
         if page and len(page) == limit:
             params = [(k, v) for k, values in req.query.items() if k != "marker" for v in values]
@@ -310,7 +335,17 @@ class Nova(NovaCreate, NovaResources, Service):
 
     # -- show, update, delete -----------------------------------------------------------------
     def show(self, req: Request) -> Response:
-        """GET /servers/{id}; 404 once deleted."""
+        """GET /servers/{id}; 404 once deleted. A server of a cell that does not answer
+        is stood in for from 2.69 and a 500 before, as Nova does."""
+        ctx: AuthContext = req.auth
+        server = self.state.live_server(
+            req.params["server_id"], None if ctx.is_admin else ctx.project_id
+        )
+        if server is not None and server.id in self.core.down_cell:
+            minor = req.microversion[1]
+            if minor >= DOWN_CELL_VERSION:
+                body = b'{"server":' + self.views.partial(server, minor, "show") + b"}"
+                return Response(200, body)
         return self._detail_response(200, self.server_of(req), req)
 
     def update(self, req: Request) -> Response:

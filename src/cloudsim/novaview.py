@@ -138,6 +138,34 @@ class ServerViews:
                 )
         return out
 
+    def partial(self, server: Server, minor: int, kind: str) -> bytes:
+        """How Nova (2.69+) stands in for a server of a cell that does not answer:
+        ``summary`` (GET /servers) gives its id, status ``UNKNOWN`` and links; ``detail``
+        (GET /servers/detail) adds its project and creation time; ``show`` (GET
+        /servers/{id}) what the API database keeps (user, image, flavor, zone, power
+        state 0), without links. No name, addresses or metadata in any of them."""
+        whole = self.detail_dict(server, minor)
+        keys = {
+            "summary": ("id", "links"),
+            "detail": ("id", "tenant_id", "created", "links"),
+            "show": (
+                "id",
+                "tenant_id",
+                "created",
+                "user_id",
+                "image",
+                "flavor",
+                "OS-EXT-AZ:availability_zone",
+            ),
+        }[kind]
+        view: dict[str, Any] = {k: whole[k] for k in keys}
+        view["status"] = "UNKNOWN"
+        if kind == "show":
+            view["OS-EXT-STS:power_state"] = 0
+            if minor >= 71:
+                view["server_groups"] = []
+        return dumps(view)
+
     def detail_dict(self, server: Server, minor: int) -> dict[str, Any]:
         """The server as Nova shows it at microversion 2.``minor``."""
         base = self.core.base_url

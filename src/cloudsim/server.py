@@ -292,12 +292,17 @@ class CloudSim:
         max_limit: int | dict[str, int | None] | None = None,
         ignore_filters: bool | None = None,
         max_microversion: str | None = None,
+        down_cell: list[str] | None = None,
     ) -> dict[str, Any]:
         """Behave like another cloud until ``reset()``: ``max_limit`` caps pages (one
         number, or by service: compute, network, image, volume), ``ignore_filters``
-        answers lists with everything, ``max_microversion`` refuses newer compute calls."""
+        answers lists with everything, ``max_microversion`` refuses newer compute calls,
+        ``down_cell`` puts these servers in a cell that does not answer (``[]``: none)."""
         return self._control.set_behaviour(
-            max_limit=max_limit, ignore_filters=ignore_filters, max_microversion=max_microversion
+            max_limit=max_limit,
+            ignore_filters=ignore_filters,
+            max_microversion=max_microversion,
+            down_cell=down_cell,
         )
 
     def inject_fault(

@@ -1,5 +1,5 @@
 """cloudsim behaving like clouds that are not its defaults: lower page caps, filters
-ignored, an older compute API, shelved servers."""
+ignored, an older compute API, shelved servers, a cell that does not answer."""
 
 from __future__ import annotations
 
@@ -101,6 +101,77 @@ def test_control_api_steers_the_behaviour(sim: CloudSim) -> None:
     assert status == 400 and "unknown service 'glance'" in body["error"]
     status, _, body = http("PUT", sim.url + "/_sim/behaviour", {"max_microversion": "two"})
     assert status == 400
+
+
+def test_a_down_cells_servers_are_stood_in_for_from_2_69_and_left_out_before(
+    sim: CloudSim,
+) -> None:
+    down, *up = sim.seed_servers(3)
+    [elsewhere] = sim.seed_servers(1, project="other")
+    assert sim.set_behaviour(down_cell=[down, elsewhere])["down_cell"] == sorted([down, elsewhere])
+    token = token_for(sim)
+
+    _, body = _get(sim, "/compute/v2.1/servers/detail", token, "2.69")
+    by_id = {s["id"]: s for s in body["servers"]}
+    assert set(by_id) == {down, *up}  # another project's server stays hidden
+    stand_in = by_id[down]
+    assert set(stand_in) == {"id", "status", "tenant_id", "created", "links"}
+    assert stand_in["status"] == "UNKNOWN" and stand_in["created"]
+    assert stand_in["tenant_id"] == by_id[up[0]]["tenant_id"] and len(stand_in["links"]) == 2
+    _, body = _get(sim, "/compute/v2.1/servers", token, "2.79")
+    assert {"id": down, "status": "UNKNOWN", "links": stand_in["links"]} in body["servers"]
+    # Filtered, sorted, paged or older: the down cell's servers are left out.
+    for query, version in (
+        ("?limit=1000", "2.79"),
+        ("?name=seed", "2.79"),
+        ("?sort_key=name", "2.79"),
+        ("?changes-since=2000-01-01T00:00:00Z", "2.79"),
+        ("", "2.68"),
+    ):
+        status, body = _get(sim, "/compute/v2.1/servers/detail" + query, token, version)
+        assert status == 200 and {s["id"] for s in body["servers"]} == set(up), query
+
+    status, body = _get(sim, f"/compute/v2.1/servers/{down}", token, "2.79")
+    assert status == 200
+    shown = body["server"]
+    assert set(shown) == {
+        "id",
+        "status",
+        "tenant_id",
+        "created",
+        "user_id",
+        "image",
+        "flavor",
+        "OS-EXT-AZ:availability_zone",
+        "OS-EXT-STS:power_state",
+        "server_groups",
+    }
+    assert shown["status"] == "UNKNOWN" and shown["OS-EXT-STS:power_state"] == 0
+    status, body = _get(sim, f"/compute/v2.1/servers/{down}", token, "2.68")
+    assert status == 500 and "not responding" in str(body)
+    status, _, _ = http(
+        "DELETE",
+        f"{sim.url}/compute/v2.1/servers/{down}",
+        headers={"X-Auth-Token": token, "OpenStack-API-Version": "compute 2.79"},
+    )
+    assert status == 500
+
+    # The cell answers again: whole records, everywhere.
+    sim.set_behaviour(down_cell=[])
+    _, body = _get(sim, f"/compute/v2.1/servers/{down}", token, "2.68")
+    assert body["server"]["name"] == "seed-00000"
+
+
+def test_a_down_cell_is_steered_by_server_id_and_reset(sim: CloudSim) -> None:
+    [server_id] = sim.seed_servers(1)
+    status, _, body = http("PUT", sim.url + "/_sim/behaviour", {"down_cell": [server_id]})
+    assert status == 200 and body["down_cell"] == [server_id]
+    status, _, body = http("PUT", sim.url + "/_sim/behaviour", {"down_cell": ["nothing"]})
+    assert status == 400 and "no server nothing" in body["error"]
+    status, _, body = http("PUT", sim.url + "/_sim/behaviour", {"down_cell": server_id})
+    assert status == 400
+    sim.reset()
+    assert sim.behaviour()["down_cell"] == []
 
 
 @pytest.mark.parametrize("offloaded", [False, True])

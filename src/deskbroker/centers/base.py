@@ -96,8 +96,10 @@ class MachineInfo:
     ``attributes`` are shown to administrators and matched by pool filters; what the
     broker itself acts on is a typed field: ``fault`` (why the center put it in ERROR),
     ``desktop_id`` (the desktop it was built for, from ``DESKTOP_KEY`` in the request's
-    metadata; empty for a machine the broker did not build) and ``gone`` (the center no
-    longer has it)."""
+    metadata; empty for a machine the broker did not build), ``gone`` (the center no
+    longer has it) and ``partial``: the center vouches that the machine exists but not
+    what it is (e.g. a cloud cell that does not answer), so its other fields are no
+    news and must not overwrite what the broker knows."""
 
     external_id: str
     name: str
@@ -110,6 +112,7 @@ class MachineInfo:
     fault: str = ""
     desktop_id: str = ""
     gone: bool = False
+    partial: bool = False
 
 
 @dataclass(frozen=True)

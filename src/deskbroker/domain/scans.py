@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from deskbroker.domain.states import PowerState, observe
 
-# A full listing that sees fewer than this share of the machines the broker knows is held.
+# A full listing that sees fewer than this share of the machines the broker knows looks
+# short: the center is reported degraded.
 SHORTFALL_RATIO = 0.5
 
 
@@ -15,14 +16,16 @@ def looks_short(known: int, seen: int, ratio: float = SHORTFALL_RATIO) -> bool:
     return known > 0 and seen < known * ratio
 
 
-def hold_removals(known: int, seen: int, *, authoritative: bool) -> bool:
-    """Whether a full scan must not simply remove the machines it did not see: only
-    those the previous short scan missed as well (two looks that agree) may go.
+def hold_removals(*, authoritative: bool) -> bool:
+    """Whether a full listing's silence about a machine needs a second look: of the
+    machines it did not see, only those the previous full listing missed as well (two
+    looks that agree) may go. A cloud's listing can miss servers however many it shows
+    (a page cut short, a cell that does not answer), so every cloud's listing is held.
 
     ``authoritative``: the listing is the broker's own (a static center's params), so a
-    shorter list is the operator's word.
+    shorter list is the operator's word and is believed at once.
     """
-    return not authoritative and looks_short(known, seen)
+    return not authoritative
 
 
 def next_power(current: str, reported: PowerState) -> str:

@@ -198,9 +198,12 @@ def record(
     says so in the center's status, while ``strict_quota`` (an admin's save) refuses
     the whole change with ``QuotaReached``, so nothing is half written.
 
-    A full listing of a cloud that sees far fewer machines than the broker knows removes
-    nothing on its own: the center turns ``degraded``, the unseen ids are kept in
-    ``held_unseen``, and the next full scan removes only those it misses too.
+    A full listing of a cloud removes nothing on its own: the desktops it did not show
+    are kept (their ids in ``held_unseen``), the next scan is full again, and it removes
+    only those it misses too. A listing that shows far fewer machines than the broker
+    knows also turns the center ``degraded``. What the cloud states itself (a server
+    deleted, or gone from a listing of changes) is believed at once, as is a static
+    center's list, the operator's own word.
     """
     report = ScanReport(center.id, "ok", "")
     started, incremental = listing.started, listing.incremental
@@ -224,9 +227,7 @@ def record(
         gone=seen.gone,
         complete=not incremental,
         room=quota.room,
-        hold=lambda known, count: scans.hold_removals(
-            known, count, authoritative=listing.authoritative
-        ),
+        hold=scans.hold_removals(authoritative=listing.authoritative),
         held_before=center.held_unseen or (),
         listed_at=started,
     )
@@ -241,18 +242,30 @@ def record(
     if not incremental:
         # What this look kept is what the next full one must miss too before it goes.
         center.held_unseen = result.held_ids
-    if not incremental and not result.held:
-        # A held scan leaves the next one full: that is the look that must agree.
-        center.last_full_scan_at = started
+        # A held scan makes the next one full, at the next scan interval rather than the
+        # full scan's, whatever made this one full: that is the look that must agree.
+        center.last_full_scan_at = None if result.held else started
     report.message = (
         f"{'full' if report.full else 'incremental'} scan: {len(machines)} machines seen, "
         f"{len(result.added)} new, {len(result.updated)} changed, {len(result.removed)} gone"
     )
-    if result.held:
+    short = bool(result.held) and scans.looks_short(result.known, len(machines))
+    if result.held and not short:
+        report.message += (
+            f"; {len(result.held)} unseen desktop{_s(result.held)} kept until the next full "
+            "scan agrees"
+        )
+    if result.partial:
+        report.message += (
+            f"; {len(result.partial)} known only by id (part of the cloud did not answer), "
+            "kept as last seen"
+        )
+    if short:
         report.status = "degraded"
         report.message = (
             f"full scan saw {len(machines)} machines where the broker knows {result.known}; "
-            f"{len(result.held)} unseen desktops kept until the next full scan agrees "
+            f"{len(result.held)} unseen desktop{_s(result.held)} kept until the next full "
+            "scan agrees "
             "(a cloud that pages or filters its listing differently looks like this)"
         )
         if result.removed:
@@ -269,6 +282,10 @@ def record(
     if result.changed:
         refresh_pools(session, center.tenant_id)
     return report
+
+
+def _s(items: Sequence[object]) -> str:
+    return "" if len(items) == 1 else "s"
 
 
 # A center in one of these has stopped being trustworthy; entering one is an event.
@@ -327,6 +344,7 @@ def seen_machine(machine: MachineInfo) -> desktop_sync.SeenMachine:
         attributes=machine.attributes,
         driver_state=machine.driver_state,
         desktop_id=machine.desktop_id,
+        partial=machine.partial,
     )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -55,6 +55,9 @@ class SeenMachine:
     driver_state: Mapping[str, Any] = field(default_factory=dict)
     # The desktop it was built for (empty for a machine the broker did not build).
     desktop_id: str = ""
+    # The center vouches that the machine exists but not what it is (a cloud cell that
+    # did not answer): it counts as seen and changes nothing.
+    partial: bool = False
 
 
 @dataclass
@@ -65,10 +68,12 @@ class SyncResult:
     orphans: list[str] = field(default_factory=list)
     # New machines not imported because the tenant's desktop quota had no room.
     left_out: list[str] = field(default_factory=list)
-    # Machines not seen but kept: the listing was too short to be believed (names, and
-    # the external ids the next full scan must miss too before they go).
+    # Machines not seen but kept until a second full listing agrees (names, and the
+    # external ids the next full scan must miss too before they go).
     held: list[str] = field(default_factory=list)
     held_ids: list[str] = field(default_factory=list)
+    # Machines the center vouched for only in part (external ids): kept as they were.
+    partial: list[str] = field(default_factory=list)
     known: int = 0
     # Machines the center has that an administrator told the broker to forget.
     forgotten: int = 0
@@ -120,16 +125,19 @@ def sync(
     gone: Iterable[str] = (),
     complete: bool,
     room: int | None = None,
-    hold: Callable[[int, int], bool] | None = None,
+    hold: bool = False,
     held_before: Collection[str] = (),
     listed_at: datetime | None = None,
 ) -> SyncResult:
     """Write what a scan saw. ``complete`` means ``machines`` is everything the center
     has, so anything else is gone; otherwise only ``gone`` ids are removed. At most
     ``room`` new desktops are added (the tenant's quota); the rest are ``left_out``.
-    ``hold(known, seen)`` true says a complete listing is too short to believe: of its
-    unseen desktops only those in ``held_before`` (what the previous short listing
-    missed) are removed; the rest are kept (``held``, ``held_ids``).
+    ``hold`` says a complete listing's silence is one look only: of its unseen desktops
+    only those in ``held_before`` (what the previous full listing missed) are removed;
+    the rest are kept (``held``, ``held_ids``).
+
+    A ``partial`` machine is seen (never removed nor held) but writes nothing: neither
+    its known desktop's fields nor, for a machine the broker does not know, a new one.
 
     ``listed_at``: when the complete listing was asked for. A desktop whose build moved
     since then may have reached the cloud after the listing was taken, so the listing's
@@ -170,6 +178,11 @@ def sync(
             continue
         seen.add(machine.external_id)
         row = existing.get(machine.external_id)
+        if machine.partial:
+            # No news but that it exists: what the broker knew stands, and a machine it
+            # does not know waits for a whole record before it becomes a desktop.
+            result.partial.append(machine.external_id)
+            continue
         if row is None:
             owner = pending.pop(machine.desktop_id, None)
             if owner is not None:
@@ -252,8 +265,14 @@ def sync(
         for e, r in existing.items()
         if not e.startswith(PENDING_PREFIX) and r.power_state != PowerState.DELETED.value
     )
-    if complete and vanished and hold is not None and hold(result.known, len(machines)):
-        kept = vanished - set(held_before)
+    if complete and vanished and hold:
+        # An assigned desktop already recorded deleted stays unseen for good: holding it
+        # again at every full scan would only make each one's next scan full too.
+        kept = {
+            e
+            for e in vanished - set(held_before)
+            if existing[e].power_state != PowerState.DELETED.value
+        }
         result.held_ids = sorted(e for e in kept if e in existing)
         result.held = sorted(existing[e].name for e in result.held_ids)
         vanished -= kept

@@ -82,10 +82,17 @@ class OpenStackCenter(CenterDriver):
     def changes(self, since: str | None) -> Changes:
         """Servers changed since ``since`` (all when ``None``), read as raw JSON pages.
         The cursor is the cloud's time when the listing began, less a second, since
-        Nova compares ``changes-since`` in whole seconds."""
-        query: dict[str, Any] = {"limit": 1000}
+        Nova compares ``changes-since`` in whole seconds.
+
+        The full listing asks its first page with no parameter at all: Nova (2.69+)
+        stands in for the servers of a cell that does not answer only in a listing with
+        no filter, sort or paging asked for (``limit`` included); with one, it leaves
+        them out, and the broker could not tell them from deleted ones. The page is
+        then Nova's own ``max_limit`` long, and its next link carries the paging on."""
+        query: dict[str, Any] = {}
         if since is not None:
             query["changes-since"] = since
+            query["limit"] = 1000
         machines: list[MachineInfo] = []
         gone: list[str] = []
         cursor: str | None = None
@@ -262,11 +269,22 @@ class OpenStackCenter(CenterDriver):
         if found is None:
             raise CenterError(f"instance {external_id} disappeared while it was being addressed")
         if not self.needs_address(request):
-            return found.address
+            # A server whose cell stopped answering shows no addresses; its ports do.
+            return self._fixed_address(external_id) if found.partial else found.address
         ports = self._ports_of(external_id)
         if not ports:
             raise CenterError(f"instance {external_id} has no network port for a floating IP")
         return self._allocate_floating_ip(ports[0]["id"])
+
+    def _fixed_address(self, external_id: str) -> str:
+        """The instance's fixed address as Neutron holds it (IPv4 first), for when Nova
+        cannot say: Neutron answers whatever state Nova's cells are in."""
+        found = [
+            str(ip.get("ip_address") or "")
+            for port in self._ports_of(external_id)
+            for ip in port.get("fixed_ips") or []
+        ]
+        return min((a for a in found if a), key=lambda a: (":" in a, a), default="")
 
     def _ports_of(self, external_id: str) -> list[dict[str, Any]]:
         """The instance's ports, checked one by one: a cloud that ignores the

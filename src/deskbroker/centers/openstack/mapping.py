@@ -64,7 +64,25 @@ def best_address(server: dict[str, Any]) -> str:
     return min(fixed)[1] if fixed else ""
 
 
+def partial(server: Mapping[str, Any]) -> bool:
+    """Whether ``server`` is Nova's stand-in for a server in a cell that does not answer
+    (compute 2.69+): status ``UNKNOWN`` and no name; a listing then gives little more
+    than its id, a lookup its flavor and image. Every whole record has a name (Nova
+    requires one), so an ``UNKNOWN`` server that has one is reported as it is."""
+    return str(server.get("status", "")).upper() == "UNKNOWN" and "name" not in server
+
+
 def machine(server: dict[str, Any]) -> MachineInfo:
+    """The broker's view of one server of Nova's listing or lookup."""
+    if partial(server):
+        # Nothing to read but that it exists: no name, address, metadata or power.
+        return MachineInfo(
+            external_id=str(server["id"]),
+            name="",
+            attributes={"status": "UNKNOWN"},
+            driver_state={"status": "UNKNOWN"},
+            partial=True,
+        )
     metadata = server.get("metadata") or {}
     flavor = server.get("flavor") or {}
     attributes: dict[str, Any] = {
