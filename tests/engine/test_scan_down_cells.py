@@ -193,3 +193,34 @@ def test_an_unknown_status_with_a_name_is_a_whole_record() -> None:
         driver_state={"status": "UNKNOWN"},
         partial=True,
     )
+
+
+def test_connecting_to_a_stopped_desktop_in_a_down_cell_says_so_and_changes_nothing(
+    api: Api, sim: CloudSim
+) -> None:
+    """Start on connect asks the center how the machine is: a stand-in record says
+    nothing of it, so nothing is started or recorded, and the user is told why."""
+    [server] = sim.seed_servers(1, name_prefix="vdi")
+    sim.set_server_state(server, "SHUTOFF")
+    center = openstack_center(api, sim)
+    pool = api.post("pools", {"name": "cell", "center_ids": [center["id"]]})
+    assert run_queued_scan(api, center["id"])["status"] == "ok"
+    policy = api.post("policies", {"name": "cell", "entries": [{"pool_id": pool["id"]}]})
+    api.post("assignment-rules", {"identity_source_id": api.source_id(), "policy_id": policy["id"]})
+    api.post(
+        "users", {"identity_source_id": api.source_id(), "username": "u1", "password": "password-1"}
+    )
+    login = api.login("u1", "password-1")
+    desktop = login["offers"][0]["desktop"]
+    assert api.get(f"desktops/{desktop['id']}")["power_state"] == "stopped"
+    sim.set_behaviour(down_cell=[server])
+    answer = api.client.post(
+        f"/api/v1/client/desktops/{desktop['id']}/connect",
+        json={"protocol": "vnc"},
+        headers={"Authorization": f"Bearer {login['token']}"},
+    )
+    assert answer.status_code == 409, answer.text
+    assert "the part of its cloud that holds it does not answer" in answer.json()["detail"]
+    assert api.get(f"desktops/{desktop['id']}")["power_state"] == "stopped"
+    [kept] = [s for s in sim.servers("demo") if s["id"] == server]
+    assert kept["status"] == "SHUTOFF"

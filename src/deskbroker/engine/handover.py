@@ -63,7 +63,9 @@ def hand_over(unit: leases.Unit, built: Sequence[tuple[TaskRow, MachineInfo | No
                 Availability.UNAVAILABLE if start_unavailable else Availability.AVAILABLE,
             ).value,
         }
-        if machine is None:
+        if machine is None or machine.partial:
+            # Nothing known of it but its id (a cell that does not answer): the desktop
+            # keeps its attributes until a scan sees the whole record.
             bare.append(values)
         else:
             values["attributes"] = {

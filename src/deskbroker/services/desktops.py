@@ -368,6 +368,13 @@ def _start(
     )
     if seen is None:
         raise Conflict(f"desktop {desktop.name} no longer exists in its center")
+    if seen.partial:
+        # The center knows the machine but not its state (the part of the cloud that
+        # holds it does not answer): nothing to record, nothing to start.
+        raise Conflict(
+            f"desktop {desktop.name} cannot be reached now: the part of its cloud that holds "
+            "it does not answer; try again in a few minutes"
+        )
     reported = seen.power_state
     if reported in (PowerState.ERROR, PowerState.DELETING, PowerState.DELETED):
         raise Conflict(f"desktop {desktop.name} is {reported.value}; ask an administrator")
