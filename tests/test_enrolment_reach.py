@@ -108,3 +108,36 @@ def test_a_key_holds_a_stronger_accounts_desktop_and_enrols_an_ordinary_one_at_o
     assert enrolled.json()["desktop_id"] == ordinary["id"]
     [event] = events_of(api, ordinary["id"], "agent.enrolled")
     assert event["detail"]["how"] == "key tad-image"
+
+
+def test_an_approval_is_checked_again_when_the_agent_collects_it(api: Api) -> None:
+    """Between a tenant administrator's approval and the agent's next poll, the desktop
+    came within a global administrator's reach (a rule now offers its pool): the
+    credential is not handed out, and the enrolment is denied for good."""
+    center = api.post(
+        "centers",
+        {
+            "name": "later",
+            "kind": "static",
+            "params": {"machines": [{"name": "later-1", "address": "198.51.100.70"}]},
+        },
+    )
+    [desktop] = api.get(f"desktops?center_id={center['id']}")["items"]
+    pool = api.post("pools", {"name": "later", "center_ids": [center["id"]]})
+    tad = _tenant_admin(api)
+    key = tad.post("enrolment-keys", {"name": "tad-image"})["key"]
+    waiting = enrol_by_key(api, key, instance="i-matches-nothing", addresses=["192.0.2.60"])
+    assert waiting.status_code == 202, waiting.text
+    pending, handle = waiting.json()["pending_id"], waiting.json()["poll_handle"]
+    tad.post(f"pending-enrolments/{pending}/approve", {"desktop_id": desktop["id"]}, 200)
+
+    policy = api.post("policies", {"name": "later", "entries": [{"pool_id": pool["id"]}]})
+    api.post("assignment-rules", {"identity_source_id": api.source_id(), "policy_id": policy["id"]})
+    refused = poll_enrolment(api, handle)
+    assert refused.status_code == 403, refused.text
+    assert "came within the reach of an account stronger" in refused.json()["detail"]
+    assert "global_admin" not in refused.json()["detail"]
+    [row] = api.get("pending-enrolments")["items"]
+    assert row["state"] == "denied"
+    assert events_of(api, desktop["id"], "agent.enrolled") == []
+    assert poll_enrolment(api, handle).status_code == 403  # denied for good

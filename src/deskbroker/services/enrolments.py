@@ -135,7 +135,7 @@ def mint_key(
             key_hash=_hash(key),
             prefix=key[: len(KEY_PREFIX) + 6],
             created_by=actor,
-            minted_by_role=who.role,
+            minted_by_role=_standing_role(who),
             created_at=now,
             expires_at=now + timedelta(days=expires_in_days) if expires_in_days else None,
         )
@@ -266,6 +266,15 @@ def _why_waiting(found: list[Any], identity: AgentIdentity) -> str:
     return ""
 
 
+def _standing_role(who: TokenClaims) -> str:
+    """The role a key or an approval stands for once its maker is gone: theirs, but a
+    global administrator's scoped API token, meant to do less, stands for a tenant
+    administrator (the stand-in carries no scopes)."""
+    if who.role == BuiltinRole.GLOBAL_ADMIN.value and who.scopes is not None:
+        return BuiltinRole.TENANT_ADMIN.value
+    return who.role
+
+
 def _stand_in(tenant_id: str, name: str, role: str) -> TokenClaims:
     """Claims for the stronger-account rule when only a role is known of who acts."""
     return TokenClaims(
@@ -326,14 +335,42 @@ def poll(ctx: BrokerContext, handle: str) -> Credential | Waiting:
         if desktop is None or desktop.tenant_id != row.tenant_id:
             # (A deleted desktop takes its approvals with it; this is the moment between.)
             raise _gone("the desktop this enrolment was approved for no longer exists")
-        row.state = transition(ENROLMENT_TRANSITIONS, state, EN.COLLECTED).value
-        identity = AgentIdentity(
-            str(row.identity.get("instance", "")),
-            str(row.identity.get("hostname", "")),
-            tuple(str(a) for a in row.identity.get("addresses", [])),
-            str(row.identity.get("public_ip", "")),
+        refused = _approval_refusal(ctx, session, row, desktop)
+        if not refused:
+            row.state = transition(ENROLMENT_TRANSITIONS, state, EN.COLLECTED).value
+            identity = AgentIdentity(
+                str(row.identity.get("instance", "")),
+                str(row.identity.get("hostname", "")),
+                tuple(str(a) for a in row.identity.get("addresses", [])),
+                str(row.identity.get("public_ip", "")),
+            )
+            return grant(ctx, session, desktop, identity, now, "approval")
+        # Denied for good (committed with the unit), then said to the agent.
+        row.state = transition(ENROLMENT_TRANSITIONS, state, EN.DENIED).value
+        row.reason = refused
+    raise Forbidden(f"this enrolment is denied: {refused}")
+
+
+def _approval_refusal(
+    ctx: BrokerContext, session: Any, row: PendingEnrolment, desktop: Desktop
+) -> str:
+    """Why an approval may no longer be collected; empty when it may. The desktop may
+    have come within a stronger account's reach since it was approved (held by it, or
+    offered to it by a rule made since): the approver's role (``decided_by_role``; an
+    approval older than that column, a tenant administrator's) is checked again, as the
+    approval itself was. The words name no account: the agent reads them."""
+    approver = row.decided_by_role or BuiltinRole.TENANT_ADMIN.value
+    who = _stand_in(row.tenant_id, f"approval of {row.decided_by}", approver)
+    write_context.attach_actor(session, ctx, who)
+    try:
+        standing.check_reach(session, desktop, "desktop", "enrol an agent for")
+    except Forbidden:
+        return (
+            f"desktop {desktop.name} came within the reach of an account stronger than "
+            "whoever approved this since; an administrator who may reach it must approve "
+            "the agent again"
         )
-        return grant(ctx, session, desktop, identity, now, "approval")
+    return ""
 
 
 def _lapse(row: PendingEnrolment, now: datetime) -> EnrolmentState:
@@ -427,6 +464,7 @@ def approve(
         row.state = transition(ENROLMENT_TRANSITIONS, EN.PENDING, EN.APPROVED).value
         row.desktop_id = desktop.id
         row.decided_by, row.decided_at = actor, now
+        row.decided_by_role = _standing_role(who)
         events.append(
             session,
             "agent.enrolment_approved",

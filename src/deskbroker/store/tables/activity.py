@@ -158,6 +158,9 @@ class PendingEnrolment(Base):
     )
     reason: Mapped[str] = mapped_column(Text, default="")
     decided_by: Mapped[str] = mapped_column(String(200), default="")
+    # The approver's role (migration 0011): the stronger-account rule is checked again in
+    # it when the agent collects the credential. None reads as a tenant administrator's.
+    decided_by_role: Mapped[str | None] = mapped_column(String(100), default=None)
     created_at: Mapped[datetime] = _created()
     decided_at: Mapped[datetime | None] = mapped_column(default=None)
     expires_at: Mapped[datetime] = mapped_column()
