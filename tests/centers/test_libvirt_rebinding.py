@@ -1,4 +1,4 @@
-"""A libvirt center over ``+tcp`` without SASL connects to the address the broker checked
+"""A libvirt center over ``+tcp`` connects to the address the broker checked
 against the outbound policy, not to whatever the host's name resolves to when libvirt
 looks it up again (DNS rebinding). Name resolution is the faked boundary: the name is one
 the system resolver cannot resolve (``.invalid``), so libvirt reaches the listener only
@@ -104,11 +104,13 @@ def test_a_denied_address_is_refused_before_libvirt_connects(
     assert listener.accepted == 0
 
 
-def test_with_sasl_the_name_is_kept() -> None:
-    """A SASL mechanism may authenticate the host by its name (GSSAPI), so the URI keeps
-    it; the broker still checks every address the name has before libvirt connects."""
+def test_sasl_credentials_do_not_keep_the_name() -> None:
+    """libvirt uses SASL credentials only when the host asks for them: a tenant admin who
+    sets a user name must not get the name resolved again by libvirt."""
     sasl = _hypervisor(f"qemu+tcp://{NAME}/system", username="tenant-b")
-    assert sasl._uri_to_open(["192.0.2.7"]) == f"qemu+tcp://{NAME}/system"
+    assert sasl._uri_to_open(["192.0.2.7"]) == "qemu+tcp://192.0.2.7/system"
+    named = _hypervisor(f"qemu+tcp://ann@{NAME}/system")
+    assert named._uri_to_open(["192.0.2.7"]) == "qemu+tcp://ann@192.0.2.7/system"
     plain = _hypervisor(f"qemu+tcp://{NAME}:16510/system")
     assert plain._uri_to_open(["2001:db8::7"]) == "qemu+tcp://[2001:db8::7]:16510/system"
     literal = _hypervisor("qemu+tcp://192.0.2.8/system")

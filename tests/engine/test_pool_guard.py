@@ -54,12 +54,12 @@ def test_a_tenant_admins_cloud_feeds_no_pool_offered_to_a_global_admin(
             "params": {"machines": [{"name": "gold-1", "address": "192.0.2.10"}]},
         },
     )
-    assert vault["set_by_global_admin"] is True
+    assert vault["vouched_by_global_admin"] is True
     gold = api.post("pools", {"name": "gold", "filters": GOLD})
     _offer(api, gold["id"], "gold")
     tad = _tenant_admin(api)
     cloud = openstack_center(tad, sim)
-    assert cloud["set_by_global_admin"] is False
+    assert cloud["vouched_by_global_admin"] is False
     sim.seed_servers(2, name_prefix="gold-evil")
     scanned = scan_now(tad, cloud["id"])
     assert scanned["status"] == "ok", scanned
@@ -73,9 +73,18 @@ def test_a_tenant_admins_cloud_feeds_no_pool_offered_to_a_global_admin(
     # A pool no stronger account is offered takes them by the same filters.
     mine = tad.post("pools", {"name": "mine", "filters": GOLD})
     assert _members(api, mine["id"]) == {"gold-1", "gold-evil-00000", "gold-evil-00001"}
-    # A global administrator saving the cloud vouches for it: its desktops join at once.
-    assert api.patch(f"centers/{cloud['id']}", {"scan_interval_s": 300})["set_by_global_admin"]
+    # Nor may the tenant admin vouch for their cloud; a global administrator's other
+    # change (a new scan interval) says nothing of who controls the cloud either.
+    refused = tad.patch(f"centers/{cloud['id']}", {"vouched_by_global_admin": True}, 403)
+    assert "only a global administrator (in person) can vouch" in refused["detail"]
+    changed = api.patch(f"centers/{cloud['id']}", {"scan_interval_s": 300})
+    assert changed["vouched_by_global_admin"] is False
+    assert _members(api, gold["id"]) == {"gold-1"}
+    # Their explicit word vouches for it: its desktops join at once, and from then on the
+    # tenant admin may not change the center (the global admin's pool holds its desktops).
+    api.patch(f"centers/{cloud['id']}", {"vouched_by_global_admin": True})
     assert _members(api, gold["id"]) == {"gold-1", "gold-evil-00000", "gold-evil-00001"}
+    tad.patch(f"centers/{cloud['id']}", {"scan_interval_s": 120}, 403)
 
 
 def test_offering_a_tenant_admins_pool_to_a_global_admin_drops_its_unvouched_desktops(
@@ -101,7 +110,7 @@ def test_offering_a_tenant_admins_pool_to_a_global_admin_drops_its_unvouched_des
 
 def test_a_center_from_before_the_record_is_not_vouched_for(api: Api) -> None:
     """Migration 0009 leaves older centers' record empty: read as not vouched for, until
-    a global administrator saves them."""
+    a global administrator vouches for them."""
     api.post(
         "centers",
         {
@@ -114,13 +123,13 @@ def test_a_center_from_before_the_record_is_not_vouched_for(api: Api) -> None:
     _offer(api, gold["id"], "gold")
     assert _members(api, gold["id"]) == {"gold-9"}
     with api.ctx.db.write() as session:
-        session.execute(update(Center).values(set_by_global_admin=None))
+        session.execute(update(Center).values(vouched_by_global_admin=None))
         tenant = session.scalar(select(Center.tenant_id).where(Center.name == "old"))
         membership.refresh(session, str(tenant))
     assert _members(api, gold["id"]) == set()
     [old] = api.get("centers?name=old")["items"]
-    assert old["set_by_global_admin"] is None
-    api.patch(f"centers/{old['id']}", {"name": "old"})  # saved as it is
+    assert old["vouched_by_global_admin"] is None
+    api.patch(f"centers/{old['id']}", {"vouched_by_global_admin": True})
     assert _members(api, gold["id"]) == {"gold-9"}
 
 

@@ -15,7 +15,7 @@ from deskbroker.domain.membership import ENGINE_PREFIX
 from deskbroker.domain.permissions import BuiltinRole
 from deskbroker.domain.provisioning import Provisioning
 from deskbroker.domain.states import AVAILABILITY_TRANSITIONS, Availability, transition
-from deskbroker.errors import Conflict, InvalidInput
+from deskbroker.errors import Conflict, Forbidden, InvalidInput
 from deskbroker.protocols.descriptors import Protocol
 from deskbroker.security import TokenClaims
 from deskbroker.services import inventory as inventory_service
@@ -63,18 +63,35 @@ def _prepare_center(
     if "secrets" in data:
         secrets = data.pop("secrets")
         data["secrets_sealed"] = ctx.secrets.seal(json.dumps(secrets)) if secrets else None
-    # Whoever last set it up vouches for the machines it lists (``PoolDefinition.guarded``):
-    # a broker's own write (no actor: the operator's command line) counts as a global
-    # administrator's.
+    _vouch(session, data, existing)
+    return data
+
+
+def _vouch(session: Unit, data: dict[str, Any], existing: Any) -> None:
+    """Whether a global administrator vouches for the machines the center lists
+    (``PoolDefinition.guarded``). Only their explicit word, or their create, vouches: a
+    rename or a new scan interval says nothing of who controls the cloud behind it. Any
+    change by someone else clears it (they may have pointed it elsewhere). A broker's own
+    write (no actor: the operator's command line) counts as a global administrator's."""
     found = write_context.actor_if_any(session)
-    vouched = found is None or (
+    global_admin = found is None or (
         found.actor.role == BuiltinRole.GLOBAL_ADMIN.value and found.actor.scopes is None
     )
-    data["set_by_global_admin"] = vouched
-    if vouched and existing is not None and existing.set_by_global_admin is not True:
+    said = data.pop("vouched_by_global_admin", None)
+    if said and not global_admin:
+        raise Forbidden("only a global administrator (in person) can vouch for a center")
+    if not global_admin:
+        data["vouched_by_global_admin"] = False
+    elif said is not None:
+        data["vouched_by_global_admin"] = bool(said)
+    elif existing is None:
+        data["vouched_by_global_admin"] = True
+    now = data.get(
+        "vouched_by_global_admin", existing.vouched_by_global_admin if existing else None
+    )
+    if now and existing is not None and existing.vouched_by_global_admin is not True:
         # Its desktops may join the pools offered to a global administrator now.
         session.info[_NEWLY_VOUCHED] = True
-    return data
 
 
 _NEWLY_VOUCHED = "deskbroker.center_newly_vouched"

@@ -88,14 +88,19 @@ _OFFERED_TO_GLOBAL = (
         or_(
             _RULES.c.role == _GLOBAL,
             _RULES.c.identity_source_id.in_(
-                select(_USERS.c.identity_source_id).where(_USERS.c.role == _GLOBAL)
+                select(_USERS.c.identity_source_id).where(
+                    _USERS.c.tenant_id == bindparam("b_tenant"), _USERS.c.role == _GLOBAL
+                )
             ),
         ),
     )
 )
 _UNVOUCHED = select(_CENTERS.c.id).where(
     _CENTERS.c.tenant_id == bindparam("b_tenant"),
-    or_(_CENTERS.c.set_by_global_admin.is_(None), _CENTERS.c.set_by_global_admin.is_(False)),
+    or_(
+        _CENTERS.c.vouched_by_global_admin.is_(None),
+        _CENTERS.c.vouched_by_global_admin.is_(False),
+    ),
 )
 
 

@@ -72,6 +72,13 @@ class CenterIn(Body):
     scan_interval_s: int = Field(default=60, ge=5, le=86400)
     tenant_id: Id | None = None
     direct_networks: DirectNetworks = Field(default_factory=list)
+    vouched_by_global_admin: bool | None = Field(
+        default=None,
+        description="a global administrator's word (in person) that they vouch for the "
+        "machines this center lists: only then does a pool offered to a global administrator "
+        "take its desktops by filters alone. Default on a global administrator's create: "
+        "true; anyone else's change clears it",
+    )
 
 
 class CenterPatch(Body):
@@ -80,6 +87,13 @@ class CenterPatch(Body):
     secrets: Secrets | None = Field(default=None, description="write-only; null removes them")
     scan_interval_s: int | None = Field(default=None, ge=5, le=86400)
     direct_networks: DirectNetworks | None = None
+    vouched_by_global_admin: bool | None = Field(
+        default=None,
+        description="a global administrator's word (in person) that they vouch for the "
+        "machines this center lists: only then does a pool offered to a global administrator "
+        "take its desktops by filters alone. Default on a global administrator's create: "
+        "true; anyone else's change clears it",
+    )
 
 
 class CenterOut(Stamped):
@@ -95,12 +109,11 @@ class CenterOut(Stamped):
     drained_at: datetime | None = Field(
         default=None, description="since when no login gets a desktop of it (null: not drained)"
     )
-    set_by_global_admin: bool | None = Field(
+    vouched_by_global_admin: bool | None = Field(
         default=None,
-        description="last created or changed by a global administrator (null: before this "
-        "was recorded, read as not): a pool offered to a global administrator takes by its "
-        "filters alone only such centers' desktops; a global administrator saving the center "
-        "vouches for it",
+        description="a global administrator vouches for the machines it lists (null: a "
+        "center from before this was recorded, read as not): a pool offered to a global "
+        "administrator takes by its filters alone only such centers' desktops",
     )
 
 

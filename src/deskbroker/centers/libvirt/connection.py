@@ -103,14 +103,14 @@ class Hypervisor:
         return addresses
 
     def _uri_to_open(self, checked: list[str]) -> str:
-        """The URI libvirt opens: a ``+tcp`` URI without SASL names the address just
-        checked, so libvirt does not resolve the name again and reach whatever it
-        points to a moment later (DNS rebinding). With SASL the name stays (a mechanism
-        such as GSSAPI authenticates the host by it), as it does for the host-side
-        transports only a global administrator may write (``+tls``, ``+ssh``)."""
+        """The URI libvirt opens: a ``+tcp`` URI names the address just checked, so
+        libvirt does not resolve the name again and reach whatever it points to a moment
+        later (DNS rebinding). SASL credentials do not keep the name: libvirt uses them
+        only when the host asks, and a host that asks for nothing is just what a rebinding
+        would aim at. A SASL mechanism that authenticates the host by its name (GSSAPI)
+        goes over ``+tls``, a URI only a global administrator may write, which keeps it."""
         parts = urlsplit(self.params.uri)
-        sasl = bool(self.params.username or parts.username)
-        if not checked or sasl or not self.params.uri.split("://")[0].endswith("+tcp"):
+        if not checked or not self.params.uri.split("://")[0].endswith("+tcp"):
             return self.params.uri
         try:
             ipaddress.ip_address(parts.hostname or "")
@@ -119,8 +119,9 @@ class Hypervisor:
             pass
         address = checked[0]
         shown = f"[{address}]" if ":" in address else address
-        netloc = shown if parts.port is None else f"{shown}:{parts.port}"
-        return urlunsplit(parts._replace(netloc=netloc))
+        host = shown if parts.port is None else f"{shown}:{parts.port}"
+        user = f"{parts.username}@" if parts.username else ""
+        return urlunsplit(parts._replace(netloc=user + host))
 
     def _open(self) -> libvirt.virConnect:
         uri = self._uri_to_open(self._check_outbound())

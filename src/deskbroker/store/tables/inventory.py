@@ -69,11 +69,12 @@ class Center(Base):
     direct_networks: Mapped[list[Any]] = mapped_column(default=list)
     # Drained: no login is given a desktop of this center (sessions go on); migration 0002.
     drained_at: Mapped[datetime | None] = mapped_column(default=None)
-    # Whether a global administrator (in person) last created or changed it; None for a
-    # center from before migration 0009 or saved by an older node, read as not. A pool
-    # offered to a global administrator takes by its filters alone only the desktops of
-    # such centers: a tenant administrator's cloud names its own VMs.
-    set_by_global_admin: Mapped[bool | None] = mapped_column(Boolean, default=None)
+    # Whether a global administrator (in person) vouches for the machines it lists: set on
+    # their create (unless they say otherwise) or by their explicit word, cleared by
+    # anyone else's change. None (a center from before migration 0009) reads as not. A
+    # pool offered to a global administrator takes by its filters alone only the desktops
+    # of such centers: whoever controls a center's cloud names its machines.
+    vouched_by_global_admin: Mapped[bool | None] = mapped_column(Boolean, default=None)
 
 
 class Image(Base):

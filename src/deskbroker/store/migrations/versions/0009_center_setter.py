@@ -1,4 +1,4 @@
-"""a center remembers whether a global administrator last set it up
+"""a center records whether a global administrator vouches for the machines it lists
 
 Revision ID: 0009_center_setter
 Revises: 0008_enrolment_key_minter
@@ -12,10 +12,10 @@ from alembic import op
 
 revision = "0009_center_setter"
 down_revision = "0008_enrolment_key_minter"
-# Adds a nullable column: older nodes run on it unchanged. A center they save, and every
-# center from before, reads as not vouched for by a global administrator (the weaker
-# reading): a pool offered to a global administrator then takes its desktops by name or
-# center only, until a global administrator saves the center again.
+# Adds a nullable column: older nodes run on it unchanged (they neither read nor write
+# it). Every center from before reads as not vouched for (the weaker reading): a pool
+# offered to a global administrator then takes its desktops by name or center only,
+# until a global administrator vouches for the center.
 phase = "expand"
 branch_labels = None
 depends_on = None
@@ -23,9 +23,9 @@ depends_on = None
 
 def upgrade() -> None:
     with op.batch_alter_table("centers", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("set_by_global_admin", sa.Boolean(), nullable=True))
+        batch_op.add_column(sa.Column("vouched_by_global_admin", sa.Boolean(), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("centers", schema=None) as batch_op:
-        batch_op.drop_column("set_by_global_admin")
+        batch_op.drop_column("vouched_by_global_admin")
