@@ -5,6 +5,7 @@ webhook stops delivering once whoever last set it up may no longer read events."
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +17,7 @@ from deskbroker.config import Settings
 from deskbroker.engine.drivers import DriverCache
 from deskbroker.engine.webhooks import Dispatcher
 from deskbroker.services.context import BrokerContext
+from deskbroker.store import webhooks as webhook_rows
 from deskbroker.store.tables import Webhook, utcnow
 from tests.helpers import USER_PASSWORD, Api, wait_until
 from tests.webhook_receiver import Receiver, receiving
@@ -265,3 +267,26 @@ def test_a_global_administrator_made_tenant_administrator_no_longer_vouches_else
             "(no longer a global administrator)"
         )
         assert not _switched_off(api, own)
+
+
+def test_switching_a_webhook_off_fails_what_it_had_queued_and_a_retry_sends_it(
+    api: Api, ctx: BrokerContext, dispatcher: Dispatcher
+) -> None:
+    add_local_user(ctx, "ann", USER_PASSWORD)
+    with receiving(SECRET) as receiver:
+        hook = api.post("webhooks", {**HOOK, "url": receiver.url})
+        event = _login_event(api)
+        with ctx.db.write() as session:  # queued, not posted yet
+            assert webhook_rows.fan_out(session, utcnow(), 0.0) == 1
+        api.patch(f"webhooks/{hook['id']}", {"enabled": False})
+        [queued] = api.get(f"webhooks/{hook['id']}/deliveries")["items"]
+        assert queued["state"] == "failed"
+        assert queued["last_error"] == "the webhook was switched off"
+        _fan_out(dispatcher)
+        time.sleep(0.5)  # room for a post that must not come
+        assert event not in receiver.ids()
+        # Enabled again, a retry sends it.
+        api.patch(f"webhooks/{hook['id']}", {"enabled": True})
+        assert api.post(f"webhooks/{hook['id']}/retry", {}, status=200)["requeued"] == 1
+        _fan_out(dispatcher)
+        wait_until(lambda: event in receiver.ids(), f"event {event} at the receiver")

@@ -76,6 +76,9 @@ def _prepare(
     check_events_read(ctx, actor, what)
     # Whoever last aims it vouches for it: it delivers only while they may read events.
     data["set_by_user_id"] = actor.user_id
+    if existing is not None and existing.enabled and data.get("enabled") is False:
+        # What it had queued is not posted once an administrator switches it off.
+        store.fail_pending(session, existing.id, utcnow(), "the webhook was switched off")
     if "url" in data:
         data["url"] = check_url(ctx, data["url"])
     if "kinds" in data:
@@ -155,6 +158,7 @@ def switch_off_unvouched(ctx: BrokerContext, session: Unit) -> set[str]:
         why = verdicts[key]
         if why is None or not store.switch_off(session, setter.webhook_id, setter.user_id, now):
             continue
+        store.fail_pending(session, setter.webhook_id, now, f"the webhook was switched off: {why}")
         off.add(setter.webhook_id)
         events.append(
             session,

@@ -232,6 +232,27 @@ def switch_off(session: Session, webhook_id: str, set_by_user_id: str, now: date
     return int(switched) == 1
 
 
+def fail_pending(session: Session, webhook_id: str, now: datetime, why: str) -> int:
+    """A switched-off webhook's queued deliveries, failed with ``why``: kept (for a
+    retry once it is enabled again) but never posted, nor left in the due deliveries'
+    index for every claim to step over. One under way (leased) finishes as it goes."""
+    return int(
+        session.execute(
+            update(WebhookDelivery)
+            .where(
+                WebhookDelivery.webhook_id == webhook_id,
+                WebhookDelivery.state == DeliveryState.PENDING.value,
+                or_(
+                    WebhookDelivery.lease_expires_at.is_(None),
+                    WebhookDelivery.lease_expires_at < now,
+                ),
+            )
+            .values(state=DeliveryState.FAILED.value, last_error=why[:2000], updated_at=now)
+            .execution_options(synchronize_session=False)
+        ).rowcount  # type: ignore[attr-defined]
+    )
+
+
 def _receivers(event: Any, hooks: list[tuple[str, list[Any]]]) -> list[str]:
     if event.kind == rules.TEST_KIND:
         wanted = (event.detail or {}).get("webhook_id")
