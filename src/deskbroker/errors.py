@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 
 class DeskbrokerError(Exception):
@@ -109,10 +109,22 @@ class NotSent(Exception):
 
 
 class CenterError(DeskbrokerError):
-    """A center (infrastructure) refused or failed an operation."""
+    """A center (infrastructure) refused or failed an operation. ``unanswered``: it did
+    not answer within its deadline (what was asked may have been done, and the next
+    call to it is likely to wait as long): work going through many calls stops there."""
 
     status = 502
     title = "Center error"
+    unanswered = False
+
+
+CE = TypeVar("CE", bound=CenterError)
+
+
+def unanswered(exc: CE) -> CE:
+    """``exc``, marked as a center that did not answer in time (``CenterError.unanswered``)."""
+    exc.unanswered = True
+    return exc
 
 
 class IdentityProviderUnavailable(Unavailable):

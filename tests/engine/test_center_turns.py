@@ -11,9 +11,12 @@ import pytest
 
 from cloudsim.server import CloudSim
 from deskbroker.config import Settings
+from deskbroker.engine.drivers import DriverCache
+from deskbroker.engine.removals import remove_desktops
 from deskbroker.engine.runner import Engine
+from deskbroker.errors import CenterError
 from deskbroker.services.context import BrokerContext
-from deskbroker.store.tables import Center, Desktop
+from deskbroker.store.tables import Center, Desktop, utcnow
 from tests.engine.conftest import openstack_center, provisioning_pool
 from tests.helpers import Api, wait_until
 from tests.tarpit import silent_center, tarpit
@@ -114,3 +117,25 @@ def test_a_silent_centers_removals_and_retirements_wait_their_turn(
         assert 1 <= pit.accepted <= 2, pit.accepted
         retired = [e for e in api.get(f"events?kind=retire&pool_id={surplus['id']}")["items"]]
         assert len(retired) == 3
+
+
+def test_a_removal_pass_ends_at_the_first_call_its_center_does_not_answer(api: Api) -> None:
+    """Three desktops to remove on a center that never answers: the pass gives up after
+    one deadline, not three (it holds a worker and one of the center's turns meanwhile);
+    the job's back-off tries again."""
+    with tarpit() as pit:
+        silent = silent_center(api, pit, timeout_s=1.0)
+        for desktop_id in _machines(api, silent["id"], 3):
+            api.delete(f"desktops/{desktop_id}", status=202)
+        started = time.monotonic()
+        with pytest.raises(CenterError, match="did not answer within 1 s") as failed:
+            remove_desktops(api.ctx, DriverCache(api.ctx), silent["id"], utcnow())
+        took = time.monotonic() - started
+        assert failed.value.unanswered
+        assert took < 2.5, took
+        assert pit.accepted == 1, pit.accepted
+        # The rows are the only record of the machines still to terminate.
+        refused = api.delete(f"centers/{silent['id']}", status=409)
+        assert refused["detail"] == (
+            "center silent is still removing 3 desktops; delete it once they are gone"
+        )

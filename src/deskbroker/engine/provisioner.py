@@ -25,6 +25,7 @@ from deskbroker.domain.states import Availability, PowerState
 from deskbroker.domain.timestamps import aware
 from deskbroker.engine import spread, volumes
 from deskbroker.engine.drivers import DriverCache
+from deskbroker.engine.turns import NoTurn
 from deskbroker.services import quotas
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import events, jobs
@@ -95,7 +96,7 @@ def reconcile_pool(ctx: BrokerContext, drivers: DriverCache, pool_id: str, now: 
         )
         surplus = to_retire(limits, counts) - len(cancelled)
         if surplus > 0:
-            retired = _retire(session, pool, surplus, now)
+            retired = _retire(session, pool, surplus, now, centers)
         words = _status_words(limits, counts, placed, retired)
         if placed < create:
             words += f"; {create - placed} not requested: {spread.full_words(session, centers)}"
@@ -114,9 +115,11 @@ def reconcile_pool(ctx: BrokerContext, drivers: DriverCache, pool_id: str, now: 
     size = provisioning.parameters.data_volume_gb
     if size and center is not None:
         with drivers.turn(center.id) as took:
-            # A center holding its share of turns: the volumes follow at a later pass.
-            if took:
-                volumes.follow_users(ctx, drivers, pool_id, center, size)
+            if not took:
+                # A volume may still be attached to its former holder's desktop: the job
+                # comes back after a turn's wait, not a whole provisioning interval.
+                raise NoTurn(f"center {center.name} holds its share of the engine's workers")
+            volumes.follow_users(ctx, drivers, pool_id, center, size)
     return words
 
 
@@ -219,12 +222,14 @@ def _request(
 _RETIRABLE = (PowerState.RUNNING, PowerState.STOPPED, PowerState.SUSPENDED, PowerState.UNKNOWN)
 
 
-def _retire(session: Unit, pool: Pool, count: int, now: datetime) -> int:
+def _retire(session: Unit, pool: Pool, count: int, now: datetime, centers: list[Center]) -> int:
     """Mark up to ``count`` free, deletable desktops for removal, so nobody claims them;
     each center's ``remove_desktops`` job terminates them and drops their rows once the
     center confirms, retrying a center that fails (with its turns: the pool's job itself
     calls no cloud)."""
-    picked = store.mark_for_retirement(session, pool.id, count, _RETIRABLE, now)
+    picked = store.mark_for_retirement(
+        session, pool.id, count, _RETIRABLE, now, [c.id for c in centers]
+    )
     for desktop_id, _, name in picked:
         events.append(
             session,

@@ -23,7 +23,7 @@ from deskbroker.services import outbound_params, standing, write_context
 from deskbroker.services.catalog_crud import Resource, audit_event
 from deskbroker.services.context import BrokerContext
 from deskbroker.services.queues import refresh_pools
-from deskbroker.store import jobs, references
+from deskbroker.store import jobs, references, removals
 from deskbroker.store import sessions as timer_rows
 from deskbroker.store.db import Unit
 from deskbroker.store.repository import Repository, bump_config_version
@@ -123,6 +123,13 @@ def _scan_after_write(session: Unit, ctx: BrokerContext, center: Any) -> None:
 
 
 def _center_in_use(session: Unit, center: Any) -> None:
+    removing = len(removals.delete_requested_ids(session, center.id))
+    if removing:
+        # Their rows are the removal job's only record of the machines to terminate.
+        raise Conflict(
+            f"center {center.name} is still removing {removing} desktop"
+            f"{'' if removing == 1 else 's'}; delete it once they are gone"
+        )
     held = references.assigned_desktop_of_center(session, center.id)
     if held is not None:
         raise Conflict(

@@ -88,13 +88,20 @@ def add_builds(
 
 
 def mark_for_retirement(
-    session: Unit, pool_id: str, count: int, retirable: Sequence[PowerState], now: datetime
+    session: Unit,
+    pool_id: str,
+    count: int,
+    retirable: Sequence[PowerState],
+    now: datetime,
+    centers: Sequence[str],
 ) -> list[tuple[str, str, str]]:
     """Pick up to ``count`` free, deletable desktops of the pool without sessions, in a
     ``retirable`` power state (skipping rows another broker holds), and mark them
     ``deleting``, unavailable and asked to be removed (``delete_requested_at``: their
     center's ``remove_desktops`` job terminates them and drops the row once the center
-    confirms, as for an administrator's delete). Returns (id, center id, name) of each."""
+    confirms, as for an administrator's delete). Only desktops of ``centers`` (those the
+    pool builds in, which can remove machines) go: a member elsewhere would wait for a
+    removal its center cannot make. Returns (id, center id, name) of each."""
     members = select(PoolMember.desktop_id).where(PoolMember.pool_id == pool_id)
     busy = select(SessionRow.desktop_id).where(
         SessionRow.state.in_([s.value for s in ACTIVE_SESSION_STATES])
@@ -105,6 +112,7 @@ def mark_for_retirement(
             select(Desktop.id, Desktop.center_id, Desktop.name)
             .where(
                 Desktop.id.in_(members),
+                Desktop.center_id.in_(list(centers)),
                 Desktop.assigned_user_id.is_(None),
                 Desktop.deletable.is_(True),
                 Desktop.power_state.in_([s.value for s in retirable]),

@@ -28,7 +28,7 @@ from botocore.config import Config
 from deskbroker import outbound
 from deskbroker.centers.aws.params import AwsParams
 from deskbroker.centers.openstack.overdue import CLOUD_CALLS, NoHelperLeft, Overdue
-from deskbroker.errors import CenterError
+from deskbroker.errors import CenterError, unanswered
 from deskbroker.outbound import OutboundRefused
 
 log = logging.getLogger(__name__)
@@ -177,8 +177,8 @@ class Ec2Session:
                 work, deadline - time.monotonic(), f"aws-{what}", owner=self.owner
             )
         except Overdue:
-            raise AwsFailure(
-                f"{what}: AWS did not answer within {self.params.timeout_s:g} s"
+            raise unanswered(
+                AwsFailure(f"{what}: AWS did not answer within {self.params.timeout_s:g} s")
             ) from None
         except NoHelperLeft as exc:
             raise AwsFailure(

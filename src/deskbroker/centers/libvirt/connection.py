@@ -30,7 +30,7 @@ import libvirt
 from deskbroker import outbound
 from deskbroker.centers.libvirt.params import LibvirtParams
 from deskbroker.centers.openstack.overdue import Helpers, NoHelperLeft, Overdue
-from deskbroker.errors import CenterError
+from deskbroker.errors import CenterError, unanswered
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -177,9 +177,11 @@ class Hypervisor:
         try:
             return LIBVIRT_CALLS.run(run, deadline - time.monotonic(), "libvirt-call")
         except Overdue:
-            raise CenterError(
-                f"{what}: libvirt at {self.params.uri} did not answer within "
-                f"{self.params.timeout_s:g} s"
+            raise unanswered(
+                CenterError(
+                    f"{what}: libvirt at {self.params.uri} did not answer within "
+                    f"{self.params.timeout_s:g} s"
+                )
             ) from None
         except NoHelperLeft as exc:
             raise CenterError(

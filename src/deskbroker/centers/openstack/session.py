@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from deskbroker.centers.openstack import microversion
 from deskbroker.centers.openstack.overdue import CLOUD_CALLS, NoHelperLeft, Overdue
-from deskbroker.errors import CenterError
+from deskbroker.errors import CenterError, unanswered
 from deskbroker.outbound import OutboundRefused, Target
 from deskbroker.outbound_http import guard_requests
 
@@ -190,8 +190,8 @@ class ProjectSession:
         try:
             return CLOUD_CALLS.run(work, deadline - time.monotonic(), name, owner=self.owner)
         except Overdue:
-            raise CloudFailure(
-                f"{what} did not answer within {self.params.timeout_s:g} s"
+            raise unanswered(
+                CloudFailure(f"{what} did not answer within {self.params.timeout_s:g} s")
             ) from None
         except NoHelperLeft as exc:
             raise CloudFailure(
@@ -232,8 +232,10 @@ class ProjectSession:
                 ) from exc
             except ks_exceptions.ConnectTimeout as exc:
                 # The whole budget went on waiting: another try would overrun it.
-                raise CloudFailure(
-                    f"{what}: the cloud did not answer within {self.params.timeout_s:g} s"
+                raise unanswered(
+                    CloudFailure(
+                        f"{what}: the cloud did not answer within {self.params.timeout_s:g} s"
+                    )
                 ) from exc
             except (
                 ks_exceptions.ConnectFailure,

@@ -29,7 +29,7 @@ from deskbroker import outbound
 from deskbroker.centers.base import QuotaExceeded
 from deskbroker.centers.openstack.overdue import Helpers, NoHelperLeft, Overdue
 from deskbroker.centers.vsphere.params import VsphereParams
-from deskbroker.errors import CenterError
+from deskbroker.errors import CenterError, unanswered
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -202,8 +202,8 @@ class Vcenter:
         try:
             return VSPHERE_CALLS.run(run, deadline - time.monotonic(), "vsphere-call")
         except Overdue:
-            raise CenterError(
-                f"{what}: vCenter {self.params.host} did not answer within {limit:g} s"
+            raise unanswered(
+                CenterError(f"{what}: vCenter {self.params.host} did not answer within {limit:g} s")
             ) from None
         except NoHelperLeft as exc:
             raise CenterError(
