@@ -4,6 +4,7 @@ administrator's hundred open streams cannot turn away other tenants' logins."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from deskbroker.api.admin import webhooks as webhooks_api
 from deskbroker.api.app import create_app
 from deskbroker.config import Settings
 from tests.gateway_support import Running, free_port, serve
@@ -91,3 +93,28 @@ def test_streams_take_places_of_their_own(api: Api, broker: Running) -> None:
                 return streams.open(a, again).status_code == 200
 
         wait_until(reopened, "the closed stream's place to come back", timeout_s=10)
+
+
+def test_a_stream_ends_once_its_caller_may_no_longer_read_events(
+    api: Api, broker: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream lasts up to an hour: a caller disabled (or demoted, or whose token is
+    revoked) stops receiving events within a few seconds, as their next request would be
+    refused."""
+    monkeypatch.setattr(webhooks_api, "STREAM_RECHECK_S", 0.2)
+    a = _admin(api, "alice-admin", "acme")
+    alice = api.get("users?username=alice-admin")["items"][0]["id"]
+    url = "/api/v1/admin/event-stream?max_s=60"
+    with (
+        httpx.Client(base_url=broker.url, timeout=30) as http,
+        http.stream("GET", url, headers=a.headers) as answer,
+    ):
+        assert answer.status_code == 200
+        lines = answer.iter_lines()
+        assert next(lines).startswith("retry:")
+        started = time.monotonic()
+        api.patch(f"users/{alice}", {"disabled": True})
+        rest = list(lines)  # ends when the broker closes the stream
+        took = time.monotonic() - started
+    assert took < 10, took
+    assert not any(line.startswith("data:") for line in rest), rest

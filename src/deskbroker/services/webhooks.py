@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from deskbroker.domain import webhooks as rules
 from deskbroker.domain.permissions import BuiltinRole
 from deskbroker.domain.webhooks import Usage
-from deskbroker.errors import Forbidden, InvalidInput, NotFound
+from deskbroker.errors import Forbidden, InvalidInput, NotFound, Unauthorized
 from deskbroker.security import TokenClaims
 from deskbroker.services import access, standing, write_context
 from deskbroker.services.catalog_crud import Resource, scope
@@ -269,6 +269,21 @@ def stream_start(ctx: BrokerContext, last_event_id: str | None) -> int:
         return start
     with ctx.db.read() as session:
         return store.stream_origin(session)
+
+
+def stream_still_allowed(ctx: BrokerContext, who: TokenClaims) -> bool:
+    """Whether an open event stream's caller may still read events: their token not
+    revoked (a person's user row, an API token's row: role, scopes, disabled) and their
+    role still allowing ``events:read``. A stream lasts up to an hour; a demotion or a
+    revocation must end it, as it refuses the caller's next request."""
+    try:
+        current = access.resolve_api_token(ctx, who) if who.is_api_token else who
+        if not who.is_api_token:
+            access.current_holder(ctx, who)
+        access.authorize(ctx, current, EVENTS_READ)
+    except (Unauthorized, Forbidden):
+        return False
+    return True
 
 
 def stream_batch(

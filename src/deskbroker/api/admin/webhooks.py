@@ -29,6 +29,8 @@ Kinds = Annotated[list[Category], Field(min_length=1, max_length=len(Category))]
 # were none for a while (so proxies keep the connection open).
 STREAM_POLL_S = 0.5
 STREAM_KEEPALIVE_S = 15.0
+# How often an open stream checks that its caller may still read events.
+STREAM_RECHECK_S = 5.0
 # The event streams open in this worker (every app of the process shares the router).
 SLOTS = StreamSlots()
 
@@ -226,7 +228,12 @@ def router() -> APIRouter:
             yield f"retry: 2000\nid: {start}\n\n"
             ends = time.monotonic() + max_s
             quiet_since = time.monotonic()
+            checked = time.monotonic()
             while True:
+                if time.monotonic() - checked > STREAM_RECHECK_S:
+                    checked = time.monotonic()
+                    if not await run_in_threadpool(webhooks.stream_still_allowed, ctx, who):
+                        return  # demoted, disabled or revoked: the stream ends
                 batch, after = await run_in_threadpool(
                     webhooks.stream_batch, ctx, who, after, wanted
                 )
