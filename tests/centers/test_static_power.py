@@ -243,3 +243,34 @@ def test_a_bmc_that_drips_its_answer_is_given_up_on_at_the_deadline() -> None:
         finally:
             stop.set()
             dripper.join(timeout=10)
+
+
+def test_a_machine_left_out_of_a_powered_centers_list_goes_at_the_next_scan(
+    api: Api, bmc: FakeBMC
+) -> None:
+    """Its list is the operator's word even when a BMC tells the machines' power: a
+    machine taken out of it is gone after one scan, not held for a second look as a
+    remote cloud's listing would be."""
+    machines = [
+        {
+            "name": f"lab-{i}",
+            "address": f"127.0.3.{i}",
+            "redfish": {"url": bmc.url, "username": "operator"},
+        }
+        for i in (2, 3)
+    ]
+    center = api.post(
+        "centers",
+        {
+            "name": "lab",
+            "kind": "static",
+            "params": {"machines": machines},
+            "secrets": {"redfish_password": bmc.password},
+        },
+    )
+    assert run_queued_scan(api, center["id"])["status"] == "ok"
+    assert api.get(f"desktops?center_id={center['id']}")["total"] == 2
+    api.patch(f"centers/{center['id']}", {"params": {"machines": machines[:1]}})
+    scanned = run_queued_scan(api, center["id"])
+    assert scanned["status"] == "ok", scanned["status_message"]
+    assert [d["name"] for d in api.get(f"desktops?center_id={center['id']}")["items"]] == ["lab-2"]

@@ -195,6 +195,10 @@ class CenterDriver:
 
     kind: ClassVar[str] = ""
     offline: ClassVar[frozenset[str]] = frozenset()
+    # The listing is the operator's own word (a static center's params), not a remote's
+    # answer: a machine it leaves out is gone at once. A remote's full listing must miss
+    # a machine twice before its desktop goes (it may page, filter or half-answer).
+    listing_is_own: ClassVar[bool] = False
     capabilities: ClassVar[frozenset[Capability]] = frozenset()
     # Pydantic model validating the center's ``params``; secrets are separate.
     Params: ClassVar[type[BaseModel]]

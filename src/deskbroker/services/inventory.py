@@ -91,7 +91,7 @@ def look(driver: CenterDriver, center: Center, *, full: bool | None = None) -> L
         and Capability.CHANGES in driver.capabilities
         and center.scan_cursor is not None
     )
-    authoritative = {"changes", "images"} <= driver.offline
+    authoritative = driver.listing_is_own
     try:
         seen = driver.changes(center.scan_cursor if incremental else None)
         # Images change rarely: read them on full scans only.

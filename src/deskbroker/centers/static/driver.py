@@ -159,6 +159,9 @@ class StaticCenter(CenterDriver):
     # The listing is the center's own params: reading it reaches no host (a probe does),
     # unless a machine's power state is read from its BMC or a port (see __init__).
     offline: ClassVar[frozenset[str]] = _OFFLINE
+    # Which machines there are is the params' word, even when their power state is read
+    # from a BMC or a port.
+    listing_is_own: ClassVar[bool] = True
 
     def __init__(self, params: Mapping[str, Any], secrets: Mapping[str, str]) -> None:
         super().__init__(params, secrets)
