@@ -9,8 +9,6 @@ gateway hands it."""
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +29,7 @@ from tests.gateway_support import (
     private_sshd,
     ssh_page,
 )
+from tests.rebinding import Trap, resolver
 from tests.test_gateway_guac import GuacdStandIn
 
 NAME = "desktop.rebind.test"
@@ -39,19 +38,8 @@ REBIND_CHECK = ("echo rebind-$((6*7))-done", "rebind-42-done\r\n")
 
 
 def _resolver(monkeypatch: pytest.MonkeyPatch, answers: list[str]) -> list[str]:
-    """``NAME`` resolves to each of ``answers`` in turn (the last one from then on); the
-    lookups made are returned as they happen. Other names resolve as usual."""
-    real = socket.getaddrinfo
-    looked: list[str] = []
-
-    def resolve(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
-        if host != NAME:
-            return real(host, port, *args, **kwargs)
-        looked.append(host)
-        return real(answers[min(len(looked), len(answers)) - 1], port, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", resolve)
-    return looked
+    """``NAME`` resolves to each of ``answers`` in turn; the lookups made."""
+    return resolver(monkeypatch, NAME, answers)
 
 
 def _ticket(protocol: str, port: int, **extra: Any) -> str:
@@ -71,25 +59,6 @@ def _ticket(protocol: str, port: int, **extra: Any) -> str:
     return tickets.mint(GATEWAY_KEY, **values)[0]
 
 
-class Trap:
-    """A denied service of the gateway's host on 127.0.0.1: counts who reaches it."""
-
-    def __init__(self, port: int) -> None:
-        self.server = socket.create_server(("127.0.0.1", port))
-        self.accepted = 0
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            conn.sendall(b"SSH-2.0-internal-service\r\n")
-            conn.close()
-
-
 @pytest.fixture
 def sshd(tmp_path: Path) -> Iterator[PrivateSshd]:
     with private_sshd(tmp_path) as running:
@@ -100,7 +69,7 @@ def sshd(tmp_path: Path) -> Iterator[PrivateSshd]:
 def trap(sshd: PrivateSshd) -> Iterator[Trap]:
     # The same port as the desktop's sshd: a connection by name after the rebinding
     # lands here.
-    found = Trap(sshd.port)
+    found = Trap(sshd.port, b"SSH-2.0-internal-service\r\n")
     yield found
     found.server.close()
 

@@ -6,8 +6,6 @@ if the broker handed it the checked address."""
 
 from __future__ import annotations
 
-import socket
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,55 +16,16 @@ from deskbroker.centers.libvirt.connection import Hypervisor
 from deskbroker.centers.libvirt.params import LibvirtParams
 from deskbroker.errors import CenterError
 from deskbroker.outbound import OutboundPolicy, OutboundRefused
+from tests.rebinding import Trap, resolver
 
 NAME = "kvm.deskbroker.invalid"
 
 
-class _Listener:
-    """Accepts connections on 127.0.0.1 and closes them at once, counting them."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.port = int(self.sock.getsockname()[1])
-        self.accepted = 0
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            conn.close()
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 @pytest.fixture
-def listener() -> Iterator[_Listener]:
-    found = _Listener()
+def listener() -> Iterator[Trap]:
+    found = Trap()
     yield found
     found.close()
-
-
-def _resolves_to(monkeypatch: pytest.MonkeyPatch, address: str) -> list[str]:
-    """``NAME`` resolves to ``address`` for the broker's own lookups (Python's)."""
-    real = socket.getaddrinfo
-    looked: list[str] = []
-
-    def resolve(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
-        if host != NAME:
-            return real(host, port, *args, **kwargs)
-        looked.append(host)
-        return real(address, port, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", resolve)
-    return looked
 
 
 def _hypervisor(uri: str, **more: Any) -> Hypervisor:
@@ -75,10 +34,10 @@ def _hypervisor(uri: str, **more: Any) -> Hypervisor:
 
 
 def test_libvirt_connects_to_the_checked_address(
-    listener: _Listener, monkeypatch: pytest.MonkeyPatch
+    listener: Trap, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     outbound.install(OutboundPolicy.from_text("127.0.0.1/32", "127.0.0.0/8"))
-    looked = _resolves_to(monkeypatch, "127.0.0.1")
+    looked = resolver(monkeypatch, NAME, ["127.0.0.1"])
     hypervisor = _hypervisor(f"qemu+tcp://{NAME}:{listener.port}/system")
     try:
         # The listener is no libvirtd: the handshake fails, after the connection came.
@@ -91,10 +50,10 @@ def test_libvirt_connects_to_the_checked_address(
 
 
 def test_a_denied_address_is_refused_before_libvirt_connects(
-    listener: _Listener, monkeypatch: pytest.MonkeyPatch
+    listener: Trap, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     outbound.install(OutboundPolicy.from_text("127.0.0.1/32", "127.0.0.0/8"))
-    _resolves_to(monkeypatch, "127.0.0.2")
+    resolver(monkeypatch, NAME, ["127.0.0.2"])
     hypervisor = _hypervisor(f"qemu+tcp://{NAME}:{listener.port}/system")
     try:
         with pytest.raises(OutboundRefused):

@@ -5,9 +5,7 @@ certificate for ``localhost`` and 127.0.0.1; name resolution is the faked bounda
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -17,28 +15,13 @@ from deskbroker.centers.vsphere.params import VsphereParams
 from deskbroker.errors import CenterError
 from deskbroker.outbound import OutboundPolicy
 from tests.centers.vcsim import PASSWORD, Vcsim, running
+from tests.rebinding import resolver
 
 
 @pytest.fixture(scope="module")
 def sim() -> Iterator[Vcsim]:
     with running("-vms", "1", "-templates", "0", "-datastores", "1") as simulator:
         yield simulator
-
-
-def _resolver(monkeypatch: pytest.MonkeyPatch, name: str, answers: list[str]) -> list[str]:
-    """``name`` resolves to each of ``answers`` in turn (the last one from then on); the
-    lookups made are returned as they happen."""
-    real = socket.getaddrinfo
-    looked: list[str] = []
-
-    def resolve(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
-        if host != name:
-            return real(host, port, *args, **kwargs)
-        looked.append(host)
-        return real(answers[min(len(looked), len(answers)) - 1], port, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", resolve)
-    return looked
 
 
 def _vcenter(sim: Vcsim, host: str) -> Vcenter:
@@ -51,7 +34,7 @@ def test_the_checked_address_is_the_one_connected_to(
     # Only the simulator's address is allowed; the rest of loopback stands for a denied
     # internal service the name rebinds to after the check.
     outbound.install(OutboundPolicy.from_text("127.0.0.1/32", "127.0.0.0/8"))
-    looked = _resolver(monkeypatch, "localhost", ["127.0.0.1", "127.0.0.2"])
+    looked = resolver(monkeypatch, "localhost", ["127.0.0.1", "127.0.0.2"])
     vcenter = _vcenter(sim, "localhost")
     try:
         about = vcenter.call(lambda si: si.content.about.apiType, "about")
@@ -66,7 +49,7 @@ def test_the_certificate_is_still_verified_for_the_name(
 ) -> None:
     # The name resolves to the simulator, whose certificate is for localhost and
     # 127.0.0.1, not for this name: verified against the name, it is refused.
-    _resolver(monkeypatch, "vcenter.example.org", ["127.0.0.1"])
+    resolver(monkeypatch, "vcenter.example.org", ["127.0.0.1"])
     vcenter = _vcenter(sim, "vcenter.example.org")
     try:
         with pytest.raises(CenterError, match="TLS verification failed"):

@@ -11,6 +11,7 @@ import pytest
 from cloudsim.server import CloudSim
 from deskbroker.engine.runner import Engine
 from deskbroker.services.context import BrokerContext
+from deskbroker.store.tables import Center
 from tests.helpers import Api, wait_until
 
 SPEED = 40.0
@@ -102,3 +103,20 @@ def run_until(
 
     wait_until(tick, what, timeout_s=timeout_s, interval_s=tick_s)
     return ticks
+
+
+def next_scan_full(api: Api, center_id: str) -> None:
+    """The center's next scan is a full one, as after an un-forget (the full scan
+    interval is an hour away)."""
+    with api.ctx.db.write() as session:
+        row = session.get(Center, center_id)
+        assert row is not None
+        row.last_full_scan_at = None
+
+
+def held_unseen(api: Api, center_id: str) -> list[str]:
+    """The external ids the center's last full scan did not see and kept."""
+    with api.ctx.db.read() as session:
+        row = session.get(Center, center_id)
+        assert row is not None
+        return sorted(row.held_unseen or [])

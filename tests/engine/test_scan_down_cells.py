@@ -11,11 +11,10 @@ from sqlalchemy import select
 from cloudsim.server import CloudSim
 from deskbroker.centers.base import MachineInfo, ProvisionRequest
 from deskbroker.centers.openstack import mapping
-from deskbroker.centers.openstack.driver import OpenStackCenter
-from deskbroker.centers.registry import open_driver
 from deskbroker.domain.states import PowerState
-from deskbroker.store.tables import Center, Desktop
-from tests.engine.conftest import openstack_center
+from deskbroker.store.tables import Desktop
+from tests.centers.test_openstack_clouds import _open as open_center
+from tests.engine.conftest import held_unseen, next_scan_full, openstack_center
 from tests.helpers import Api, run_queued_scan, wait_until
 
 # What a scan writes of a desktop, as the admin API shows it.
@@ -29,37 +28,6 @@ def _desktops(api: Api, center_id: str) -> dict[str, dict[str, Any]]:
 
 def _members(api: Api, pool_id: str) -> set[str]:
     return {m["name"] for m in api.get(f"pools/{pool_id}/members")["items"]}
-
-
-def _next_scan_full(api: Api, center_id: str) -> None:
-    """The next scan is a full one (the full scan interval is an hour away)."""
-    with api.ctx.db.write() as session:
-        row = session.get(Center, center_id)
-        assert row is not None
-        row.last_full_scan_at = None
-
-
-def _held(api: Api, center_id: str) -> list[str]:
-    with api.ctx.db.read() as session:
-        row = session.get(Center, center_id)
-        assert row is not None
-        return sorted(row.held_unseen or [])
-
-
-def _driver(sim: CloudSim) -> OpenStackCenter:
-    driver = open_driver(
-        "openstack",
-        {
-            "auth_url": sim.auth_url,
-            "project_name": "demo",
-            "username": "demo",
-            "retry_base_s": 0.01,
-            "default_network": "private",
-        },
-        {"password": "password"},
-    )
-    assert isinstance(driver, OpenStackCenter)
-    return driver
 
 
 def test_desktops_in_a_down_cell_keep_what_the_broker_knew(api: Api, sim: CloudSim) -> None:
@@ -83,7 +51,7 @@ def test_desktops_in_a_down_cell_keep_what_the_broker_knew(api: Api, sim: CloudS
 
     sim.set_behaviour(down_cell=servers[:3])
     for _ in range(2):  # two looks that agree would remove what both missed
-        _next_scan_full(api, center["id"])
+        next_scan_full(api, center["id"])
         scanned = run_queued_scan(api, center["id"])
         assert scanned["status"] == "ok", scanned["status_message"]
         assert scanned["status_message"] == (
@@ -92,7 +60,7 @@ def test_desktops_in_a_down_cell_keep_what_the_broker_knew(api: Api, sim: CloudS
         )
         assert _desktops(api, center["id"]) == before
         assert _members(api, pool["id"]) == everyone
-        assert _held(api, center["id"]) == []
+        assert held_unseen(api, center["id"]) == []
 
     sim.set_behaviour(down_cell=[])
     back = run_queued_scan(api, center["id"])
@@ -110,7 +78,7 @@ def test_below_2_69_a_down_cell_is_held_on_one_look(api: Api, sim: CloudSim) -> 
     before = _desktops(api, center["id"])
     sim.set_behaviour(down_cell=servers[:2])
 
-    _next_scan_full(api, center["id"])
+    next_scan_full(api, center["id"])
     held = run_queued_scan(api, center["id"])
     assert held["status"] == "ok", held["status_message"]
     assert held["status_message"] == (
@@ -118,7 +86,7 @@ def test_below_2_69_a_down_cell_is_held_on_one_look(api: Api, sim: CloudSim) -> 
         "2 unseen desktops kept until the next full scan agrees"
     )
     assert _desktops(api, center["id"]) == before
-    assert _held(api, center["id"]) == sorted(servers[:2])
+    assert held_unseen(api, center["id"]) == sorted(servers[:2])
 
     # Still silent at the second look: the broker cannot tell them from deleted ones.
     gone = run_queued_scan(api, center["id"])
@@ -142,7 +110,7 @@ def test_a_partial_record_of_an_unknown_server_imports_nothing(api: Api, sim: Cl
 
     # Once the cell answers, the whole record is imported like any new server.
     sim.set_behaviour(down_cell=[])
-    _next_scan_full(api, center["id"])
+    next_scan_full(api, center["id"])
     back = run_queued_scan(api, center["id"])
     assert back["status_message"].startswith("full scan: 3 machines seen, 1 new")
     assert _desktops(api, center["id"])[servers[0]]["name"] == "vdi-00000"
@@ -152,7 +120,7 @@ def test_the_driver_reads_a_stand_in_as_no_news(sim: CloudSim) -> None:
     """A lookup of a server in a down cell (a build waiting for it, a power action
     checking it) gets neither a running machine nor a failed one, and the fixed address
     a build hands over comes from the server's port."""
-    driver = _driver(sim)
+    driver = open_center(sim)
     request = ProvisionRequest(
         name="built",
         metadata={},

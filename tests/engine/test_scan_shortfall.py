@@ -14,7 +14,7 @@ from deskbroker.centers.base import Changes, MachineInfo
 from deskbroker.centers.registry import open_driver
 from deskbroker.services import inventory
 from deskbroker.store.tables import Center, Desktop
-from tests.engine.conftest import openstack_center
+from tests.engine.conftest import held_unseen, next_scan_full, openstack_center
 from tests.helpers import Api, run_queued_scan, wait_until
 
 
@@ -76,22 +76,6 @@ def test_a_short_full_scan_keeps_the_desktops_until_a_second_one_agrees(
     assert len(_names(api, center["id"])) == 2
 
 
-def _next_scan_full(api: Api, center_id: str) -> None:
-    """The next scan is a full one, as after an un-forget (the full scan interval is an
-    hour away)."""
-    with api.ctx.db.write() as session:
-        row = session.get(Center, center_id)
-        assert row is not None
-        row.last_full_scan_at = None
-
-
-def _held(api: Api, center_id: str) -> list[str]:
-    with api.ctx.db.read() as session:
-        row = session.get(Center, center_id)
-        assert row is not None
-        return sorted(row.held_unseen or [])
-
-
 def test_a_full_scan_that_misses_a_few_servers_removes_nothing_until_the_next_agrees(
     api: Api, sim: CloudSim
 ) -> None:
@@ -105,7 +89,7 @@ def test_a_full_scan_that_misses_a_few_servers_removes_nothing_until_the_next_ag
     assert len(everyone) == 10
     _delete_in_the_cloud(sim, servers[:3])
 
-    _next_scan_full(api, center["id"])
+    next_scan_full(api, center["id"])
     first = run_queued_scan(api, center["id"])
     assert first["status"] == "ok", first["status_message"]
     assert first["status_message"].startswith("full scan: 7 machines seen")
@@ -114,7 +98,7 @@ def test_a_full_scan_that_misses_a_few_servers_removes_nothing_until_the_next_ag
         in (first["status_message"])
     )
     assert _names(api, center["id"]) == everyone
-    assert _held(api, center["id"]) == sorted(servers[:3])
+    assert held_unseen(api, center["id"]) == sorted(servers[:3])
 
     # The next scan is full though the full scan interval has not passed, and agrees.
     second = run_queued_scan(api, center["id"])
@@ -122,7 +106,7 @@ def test_a_full_scan_that_misses_a_few_servers_removes_nothing_until_the_next_ag
     assert second["status_message"].startswith("full scan: 7 machines seen")
     assert second["status_message"].endswith(", 3 gone")
     assert _external_ids(api, center["id"]) == set(servers[3:])
-    assert _held(api, center["id"]) == []
+    assert held_unseen(api, center["id"]) == []
     # Agreed, nothing held: scans are incremental again until the interval.
     third = run_queued_scan(api, center["id"])
     assert third["status_message"].startswith("incremental scan"), third["status_message"]
@@ -139,10 +123,10 @@ def test_servers_seen_again_on_the_second_look_stay_and_the_hold_is_cleared(
     assert run_queued_scan(api, center["id"])["status"] == "ok"
     everyone = _names(api, center["id"])
     sim.set_behaviour(down_cell=servers[:3])
-    _next_scan_full(api, center["id"])
+    next_scan_full(api, center["id"])
     first = run_queued_scan(api, center["id"])
     assert first["status"] == "ok" and "3 unseen desktops kept" in first["status_message"]
-    assert _held(api, center["id"]) == sorted(servers[:3])
+    assert held_unseen(api, center["id"]) == sorted(servers[:3])
 
     sim.set_behaviour(down_cell=[])
     second = run_queued_scan(api, center["id"])
@@ -150,7 +134,7 @@ def test_servers_seen_again_on_the_second_look_stay_and_the_hold_is_cleared(
     assert second["status_message"].startswith("full scan: 10 machines seen")
     assert "kept" not in second["status_message"]
     assert _names(api, center["id"]) == everyone
-    assert _held(api, center["id"]) == []
+    assert held_unseen(api, center["id"]) == []
 
 
 def test_an_assigned_desktop_recorded_deleted_is_not_held_again(api: Api, sim: CloudSim) -> None:
@@ -166,15 +150,15 @@ def test_an_assigned_desktop_recorded_deleted_is_not_held_again(api: Api, sim: C
         desktop = session.scalars(select(Desktop).where(Desktop.external_id == servers[0])).one()
         desktop.assigned_user_id = user["id"]
     _delete_in_the_cloud(sim, servers[:1])
-    _next_scan_full(api, center["id"])
+    next_scan_full(api, center["id"])
     assert "1 unseen desktop kept" in run_queued_scan(api, center["id"])["status_message"]
     assert run_queued_scan(api, center["id"])["status_message"].endswith(", 1 gone")
     kept = api.get(f"desktops?center_id={center['id']}&assigned_user_id={user['id']}")["items"]
     assert [(d["external_id"], d["power_state"]) for d in kept] == [(servers[0], "deleted")]
 
-    _next_scan_full(api, center["id"])
+    next_scan_full(api, center["id"])
     later = run_queued_scan(api, center["id"])
-    assert "kept" not in later["status_message"] and _held(api, center["id"]) == []
+    assert "kept" not in later["status_message"] and held_unseen(api, center["id"]) == []
     assert run_queued_scan(api, center["id"])["status_message"].startswith("incremental")
 
 

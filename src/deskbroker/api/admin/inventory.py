@@ -64,6 +64,17 @@ DirectNetworks = Annotated[
 ]
 
 
+Vouch = Annotated[
+    bool | None,
+    Field(
+        description="a global administrator's word (in person) that they vouch for the "
+        "machines this center lists: only then does a pool offered to a global administrator "
+        "take its desktops by filters alone. Default on a global administrator's create: "
+        "true; anyone else's change clears it",
+    ),
+]
+
+
 class CenterIn(Body):
     name: Name
     kind: Name
@@ -72,13 +83,7 @@ class CenterIn(Body):
     scan_interval_s: int = Field(default=60, ge=5, le=86400)
     tenant_id: Id | None = None
     direct_networks: DirectNetworks = Field(default_factory=list)
-    vouched_by_global_admin: bool | None = Field(
-        default=None,
-        description="a global administrator's word (in person) that they vouch for the "
-        "machines this center lists: only then does a pool offered to a global administrator "
-        "take its desktops by filters alone. Default on a global administrator's create: "
-        "true; anyone else's change clears it",
-    )
+    vouched_by_global_admin: Vouch = None
 
 
 class CenterPatch(Body):
@@ -87,13 +92,7 @@ class CenterPatch(Body):
     secrets: Secrets | None = Field(default=None, description="write-only; null removes them")
     scan_interval_s: int | None = Field(default=None, ge=5, le=86400)
     direct_networks: DirectNetworks | None = None
-    vouched_by_global_admin: bool | None = Field(
-        default=None,
-        description="a global administrator's word (in person) that they vouch for the "
-        "machines this center lists: only then does a pool offered to a global administrator "
-        "take its desktops by filters alone. Default on a global administrator's create: "
-        "true; anyone else's change clears it",
-    )
+    vouched_by_global_admin: Vouch = None
 
 
 class CenterOut(Stamped):
