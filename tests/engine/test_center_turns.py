@@ -19,7 +19,7 @@ from deskbroker.services.context import BrokerContext
 from deskbroker.store.tables import Center, Desktop, utcnow
 from tests.engine.conftest import openstack_center, provisioning_pool
 from tests.helpers import Api, wait_until
-from tests.tarpit import silent_center, tarpit
+from tests.tarpit import Tarpit, silent_center, tarpit
 
 WORKERS = 4
 # Long enough that the other center's builds finish first even on a loaded CI machine
@@ -39,6 +39,21 @@ def small_engine(ctx: BrokerContext) -> Iterator[Engine]:
     engine.stop(wait=False)
 
 
+def _other_center_builds(api: Api, sim: CloudSim, pit: Tarpit) -> None:
+    """Another center's pool builds its two desktops well before the silent center's
+    calls time out, and each of those calls still hangs on its own connection: the
+    silent center never held more than its share of workers."""
+    cloud = openstack_center(api, sim)
+    pool = provisioning_pool(api, cloud["id"], n=2, m=2)
+    wait_until(
+        lambda: api.get(f"pools/{pool['id']}/status")["counts"]["available"] >= 2,
+        "the other center's builds (they must not wait for the silent center)",
+        timeout_s=SILENT_TIMEOUT_S - 2,
+        interval_s=0.1,
+    )
+    assert 1 <= pit.accepted <= 2, pit.accepted
+
+
 def test_a_silent_center_leaves_workers_for_the_others(
     api: Api, sim: CloudSim, small_engine: Engine
 ) -> None:
@@ -49,18 +64,7 @@ def test_a_silent_center_leaves_workers_for_the_others(
         api.patch(f"pools/{silent_pool['id']}", {"name": "silent-pool"})
         small_engine.start()
         time.sleep(1.0)  # the silent center's work is out, waiting on the tarpit
-        cloud = openstack_center(api, sim)
-        pool = provisioning_pool(api, cloud["id"], n=2, m=2)
-        # The other center's builds finish well before the silent one's calls time out.
-        wait_until(
-            lambda: api.get(f"pools/{pool['id']}/status")["counts"]["available"] >= 2,
-            "the other center's builds (they must not wait for the silent center)",
-            timeout_s=SILENT_TIMEOUT_S - 2,
-            interval_s=0.1,
-        )
-        # Each of the silent center's calls hangs on its own connection (none has ended
-        # yet): it never held more than its share of workers.
-        assert 1 <= pit.accepted <= 2, pit.accepted
+        _other_center_builds(api, sim, pit)
 
 
 def _machines(api: Api, center_id: str, count: int) -> list[str]:
@@ -106,15 +110,7 @@ def test_a_silent_centers_removals_and_retirements_wait_their_turn(
             timeout_s=SILENT_TIMEOUT_S - 4,
             interval_s=0.1,
         )
-        cloud = openstack_center(api, sim)
-        pool = provisioning_pool(api, cloud["id"], n=2, m=2)
-        wait_until(
-            lambda: api.get(f"pools/{pool['id']}/status")["counts"]["available"] >= 2,
-            "the other center's builds (they must not wait for the silent center)",
-            timeout_s=SILENT_TIMEOUT_S - 2,
-            interval_s=0.1,
-        )
-        assert 1 <= pit.accepted <= 2, pit.accepted
+        _other_center_builds(api, sim, pit)
         retired = [e for e in api.get(f"events?kind=retire&pool_id={surplus['id']}")["items"]]
         assert len(retired) == 3
 
