@@ -119,7 +119,8 @@ typecheck: setup
 # bounds) run afterwards, one at a time. TEST_WORKERS=1 runs a leg in one process.
 TEST_WORKERS ?= 2
 XDIST := $(if $(filter-out 0 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile,-p no:xdist)
-PARALLEL_PART := $(XDIST) -m 'not serial'
+# The slowest tests are listed at the end of each leg: the suite must stay well under 20 min.
+PARALLEL_PART := $(XDIST) -m 'not serial' --durations=15
 SERIAL_PART := -p no:xdist -m serial
 
 # $(1) database, $(2) which tests and how. pytest exits 5 when it collected nothing; that
