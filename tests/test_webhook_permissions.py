@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -68,6 +69,9 @@ def test_a_webhook_role_with_events_read_may(api: Api) -> None:
     made = hooks.post("webhooks", HOOK)
     assert hooks.patch(f"webhooks/{made['id']}", {"enabled": False})["enabled"] is False
     assert hooks.get(f"webhooks/{made['id']}/deliveries")["total"] == 0
+    refused = hooks.post(f"webhooks/{made['id']}/retry", {}, status=409)
+    assert refused["detail"] == "webhook siem is switched off; enable it first, then retry"
+    hooks.patch(f"webhooks/{made['id']}", {"enabled": True})
     assert hooks.post(f"webhooks/{made['id']}/retry", {}, status=200)["requeued"] == 0
     hooks.post(f"webhooks/{made['id']}/test", {}, status=202)
 
@@ -290,3 +294,34 @@ def test_switching_a_webhook_off_fails_what_it_had_queued_and_a_retry_sends_it(
         assert api.post(f"webhooks/{hook['id']}/retry", {}, status=200)["requeued"] == 1
         _fan_out(dispatcher)
         wait_until(lambda: event in receiver.ids(), f"event {event} at the receiver")
+
+
+def test_an_attempt_out_when_its_webhook_is_switched_off_is_not_tried_again(
+    api: Api, ctx: BrokerContext, dispatcher: Dispatcher
+) -> None:
+    """The delivery under way when an administrator switches the webhook off fails at
+    its attempt's end instead of going back to pending, to be posted stale later."""
+    add_local_user(ctx, "ann", USER_PASSWORD)
+    hook = api.post("webhooks", {**HOOK, "url": "http://example.org/down"})
+    _login_event(api)
+    now = utcnow()
+    with ctx.db.write() as session:
+        assert webhook_rows.fan_out(session, now, 0.0) == 1
+        [out] = webhook_rows.claim(
+            session, owner="t", now=now, ttl_s=60, per_webhook=1, per_tenant=1, limit=1
+        )
+    api.patch(f"webhooks/{hook['id']}", {"enabled": False})  # it is leased: left alone
+    assert api.get(f"webhooks/{hook['id']}/deliveries")["items"][0]["state"] == "pending"
+    with ctx.db.write() as session:
+        webhook_rows.record(
+            session,
+            out,
+            owner="t",
+            now=now,
+            status=503,
+            error="receiver down",
+            delivered=False,
+            retry_at=now + timedelta(minutes=1),
+        )
+    [done] = api.get(f"webhooks/{hook['id']}/deliveries")["items"]
+    assert done["state"] == "failed" and done["last_error"] == "receiver down"

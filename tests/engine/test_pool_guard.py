@@ -85,6 +85,9 @@ def test_a_tenant_admins_cloud_feeds_no_pool_offered_to_a_global_admin(
     api.patch(f"centers/{cloud['id']}", {"vouched_by_global_admin": True})
     assert _members(api, gold["id"]) == {"gold-1", "gold-evil-00000", "gold-evil-00001"}
     tad.patch(f"centers/{cloud['id']}", {"scan_interval_s": 120}, 403)
+    # Withdrawn, the vouch takes its desktops out again at once.
+    api.patch(f"centers/{cloud['id']}", {"vouched_by_global_admin": False})
+    assert _members(api, gold["id"]) == {"gold-1"}
 
 
 def test_offering_a_tenant_admins_pool_to_a_global_admin_drops_its_unvouched_desktops(

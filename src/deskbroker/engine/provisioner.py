@@ -25,7 +25,6 @@ from deskbroker.domain.states import Availability, PowerState
 from deskbroker.domain.timestamps import aware
 from deskbroker.engine import spread, volumes
 from deskbroker.engine.drivers import DriverCache
-from deskbroker.engine.turns import NoTurn
 from deskbroker.services import quotas
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import events, jobs
@@ -114,12 +113,7 @@ def reconcile_pool(ctx: BrokerContext, drivers: DriverCache, pool_id: str, now: 
         pool.status_message = words
     size = provisioning.parameters.data_volume_gb
     if size and center is not None:
-        with drivers.turn(center.id) as took:
-            if not took:
-                # A volume may still be attached to its former holder's desktop: the job
-                # comes back after a turn's wait, not a whole provisioning interval.
-                raise NoTurn(f"center {center.name} holds its share of the engine's workers")
-            volumes.follow_users(ctx, drivers, pool_id, center, size)
+        volumes.follow_users(ctx, drivers, pool_id, center, size)
     return words
 
 

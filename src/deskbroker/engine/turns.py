@@ -5,7 +5,7 @@ every other tenant's builds, timers and scans need: each center's work (its scan
 leak sweep, its builds and build steps, the plan timers of its desktops, the removals,
 rebuilds and volume calls of its pools) takes a turn before it runs, and at most
 ``share`` turns of a center are out at once. Work refused a turn waits ``TURN_WAIT_S``,
-unleased, and is claimed again (a pool's rebuilds and volume calls, at its next pass).
+unleased, and is claimed again (a pool's rebuilds, at its next round).
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from deskbroker.centers.base import Capability, CenterDriver
 from deskbroker.domain.timestamps import aware
 from deskbroker.engine.drivers import DriverCache
+from deskbroker.engine.turns import NoTurn
 from deskbroker.errors import CenterError
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import events
@@ -232,20 +233,31 @@ def follow_users(
     attached on the next run); returns attachments made.
 
     What to do is read in one short unit; each center call runs with no transaction
-    open and its outcome is written in a short unit of its own."""
+    open and its outcome is written in a short unit of its own. The calls take one of
+    the center's turns, only when there is something to do; refused one, the pool's job
+    comes back after a turn's wait (``NoTurn``), since a volume may still be attached to
+    its former holder's desktop."""
     driver = drivers.get(center)
     if Capability.VOLUMES not in driver.capabilities:
         return 0
     with ctx.db.read() as session:
         stale = _stale(session, center.id)
-    for item in stale:
-        _detach(ctx, driver, item)
-    with ctx.db.read() as session:
         wanted = _wanted(session, pool_id, center.id, datetime.now(UTC))
-    attached = 0
-    for want in wanted:
-        if want.volume_id is None:
-            _make(ctx, driver, want, size_gb)
-        else:
-            attached += _attach(ctx, driver, want, want.volume_id)
+    if not stale and not wanted:
+        return 0
+    with drivers.turn(center.id) as took:
+        if not took:
+            raise NoTurn(f"center {center.name} holds its share of the engine's workers")
+        for item in stale:
+            _detach(ctx, driver, item)
+        if stale:
+            # A volume just detached may be wanted on its holder's new desktop at once.
+            with ctx.db.read() as session:
+                wanted = _wanted(session, pool_id, center.id, datetime.now(UTC))
+        attached = 0
+        for want in wanted:
+            if want.volume_id is None:
+                _make(ctx, driver, want, size_gb)
+            else:
+                attached += _attach(ctx, driver, want, want.volume_id)
     return attached

@@ -89,12 +89,12 @@ def _vouch(session: Unit, data: dict[str, Any], existing: Any) -> None:
     now = data.get(
         "vouched_by_global_admin", existing.vouched_by_global_admin if existing else None
     )
-    if now and existing is not None and existing.vouched_by_global_admin is not True:
-        # Its desktops may join the pools offered to a global administrator now.
-        session.info[_NEWLY_VOUCHED] = True
+    if existing is not None and bool(now) != bool(existing.vouched_by_global_admin):
+        # Its desktops join, or leave, the pools offered to a global administrator now.
+        session.info[_VOUCH_MOVED] = True
 
 
-_NEWLY_VOUCHED = "deskbroker.center_newly_vouched"
+_VOUCH_MOVED = "deskbroker.center_vouch_moved"
 
 
 def _center_out(session: Unit, center: Any) -> dict[str, Any]:
@@ -105,7 +105,7 @@ def _center_out(session: Unit, center: Any) -> dict[str, Any]:
 
 
 def _scan_after_write(session: Unit, ctx: BrokerContext, center: Any) -> None:
-    if session.info.pop(_NEWLY_VOUCHED, False):
+    if session.info.pop(_VOUCH_MOVED, False):
         refresh_pools(session, center.tenant_id)
     driver = inventory_service.open_center(ctx, center)
     if {"changes", "images"} <= driver.offline:

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from deskbroker.domain import webhooks as rules
 from deskbroker.domain.permissions import BuiltinRole
 from deskbroker.domain.webhooks import Usage
-from deskbroker.errors import Forbidden, InvalidInput, NotFound, Unauthorized
+from deskbroker.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from deskbroker.security import TokenClaims
 from deskbroker.services import access, standing, write_context
 from deskbroker.services.catalog_crud import Resource, scope
@@ -240,7 +240,9 @@ def retry_failed(ctx: BrokerContext, who: TokenClaims, webhook_id: str) -> dict[
     events themselves, so this needs ``events:read`` as reading them does."""
     check_events_read(ctx, who, "retrying a webhook's deliveries")
     with ctx.db.write() as session:
-        _hook(session, who, webhook_id)
+        hook = _hook(session, who, webhook_id)
+        if not hook.enabled:
+            raise Conflict(f"webhook {hook.name} is switched off; enable it first, then retry")
         count = store.retry(session, webhook_id, utcnow())
     return {"webhook_id": webhook_id, "requeued": count}
 

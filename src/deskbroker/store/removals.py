@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from deskbroker.domain.states import PowerState
@@ -23,7 +23,9 @@ def requested(session: Session, center_id: str) -> list[tuple[str, str, str, str
             Desktop.id, Desktop.tenant_id, Desktop.name, Desktop.external_id, Desktop.driver_state
         )
         .where(Desktop.center_id == center_id, Desktop.delete_requested_at.is_not(None))
-        .order_by(Desktop.name)
+        # A pass stops at the first call its center does not answer: in random order,
+        # one machine that never answers does not stand in front of the others for good.
+        .order_by(func.random())
     ).all()
     return [(i, t, n, e, dict(s or {})) for i, t, n, e, s in rows]
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy import and_, case, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from deskbroker.domain import webhooks as rules
@@ -377,11 +377,22 @@ def record(
     """One attempt's outcome, if this broker still holds the lease: delivered, tried
     again at ``retry_at``, or failed for good (``retry_at`` None and not delivered)."""
     if delivered:
-        state = DeliveryState.DELIVERED.value
-    elif retry_at is not None:
-        state = DeliveryState.PENDING.value
-    else:
+        state: Any = DeliveryState.DELIVERED.value
+    elif retry_at is None:
         state = DeliveryState.FAILED.value
+    else:
+        # Tried again only while its webhook is on: one switched off while this attempt
+        # was out keeps nothing pending to post later (as ``fail_pending`` does).
+        state = case(
+            (
+                select(Webhook.enabled)
+                .where(Webhook.id == WebhookDelivery.webhook_id)
+                .scalar_subquery()
+                .is_(True),
+                DeliveryState.PENDING.value,
+            ),
+            else_=DeliveryState.FAILED.value,
+        )
     session.execute(
         update(WebhookDelivery)
         .where(WebhookDelivery.id == delivery.id, WebhookDelivery.lease_owner == owner)
@@ -424,7 +435,8 @@ def deliveries(
 
 
 def retry(session: Session, webhook_id: str, now: datetime) -> int:
-    """Failed deliveries of a webhook pending again, from their first attempt."""
+    """Failed deliveries of a webhook pending again, from their first attempt (the
+    caller refuses this for a webhook switched off)."""
     return int(
         session.execute(
             update(WebhookDelivery)

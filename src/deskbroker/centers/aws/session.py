@@ -158,10 +158,12 @@ class Ec2Session:
         except botocore.exceptions.NoCredentialsError as exc:
             raise AwsFailure("the center's AWS credentials are missing") from exc
         except (
-            botocore.exceptions.EndpointConnectionError,
             botocore.exceptions.ConnectTimeoutError,
             botocore.exceptions.ReadTimeoutError,
         ) as exc:
+            # No answer in time: the next call would likely wait as long.
+            raise unanswered(AwsFailure(f"{operation}: AWS is unreachable: {_where(exc)}")) from exc
+        except botocore.exceptions.EndpointConnectionError as exc:
             raise AwsFailure(f"{operation}: AWS is unreachable: {_where(exc)}") from exc
         except botocore.exceptions.BotoCoreError as exc:
             cause = (getattr(exc, "kwargs", None) or {}).get("error")

@@ -349,6 +349,8 @@ class ProjectSession:
             )
         except OutboundRefused as exc:
             raise CloudFailure(f"{what}: {exc.detail}") from exc
+        except ks_exceptions.ConnectTimeout as exc:
+            raise unanswered(CloudFailure(f"{what}: the cloud did not answer in time")) from exc
         except ks_exceptions.ClientException as exc:
             # Its text can quote the remote's answer: name the failure, log the rest.
             log.warning("%s failed: %s", what, exc)
