@@ -114,9 +114,9 @@ def test_a_user_holding_two_desktops_gets_one_volume(
     servers = {api.get(f"desktops/{o['desktop']['id']}")["external_id"] for o in offers}
     assert len(servers) == 2
 
-    reconcile_pool(api.ctx, engine.drivers, pool_id, datetime.now(UTC))  # no IntegrityError
+    reconcile_pool(api.ctx, DriverCache(api.ctx), pool_id, datetime.now(UTC))  # no IntegrityError
     run_until(engine, lambda: any(_attachments(api, sim, center_id).get(s) for s in servers))
-    reconcile_pool(api.ctx, engine.drivers, pool_id, datetime.now(UTC))
+    reconcile_pool(api.ctx, DriverCache(api.ctx), pool_id, datetime.now(UTC))
 
     assert sim.request_count(method="POST", path=VOLUMES_POST) == 1
     [row] = _rows(api)
