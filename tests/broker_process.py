@@ -55,6 +55,10 @@ class BrokerNode:
         self.proc.wait(timeout=10)
 
 
+# Starts tried when the free port found was taken meanwhile.
+PORT_TRIES = 3
+
+
 def start_node(
     tmp: Path,
     *,
@@ -67,7 +71,6 @@ def start_node(
 ) -> BrokerNode:
     """Start ``deskbroker serve`` and wait until it answers /healthz (building the app
     takes seconds of CPU per worker, many more on a machine busy with other tests)."""
-    port = free_port()
     data = tmp / f"{name}-data"
     log = tmp / f"{name}.log"
     environ = {
@@ -78,35 +81,44 @@ def start_node(
         "DESKBROKER_LOG_LEVEL": "warning",
         **(env or {}),
     }
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                str(DESKBROKER),
-                "serve",
-                "--port",
-                str(port),
-                "--db",
-                database_url,
-                "--data-dir",
-                str(data),
-                *args,
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=environ,
-            start_new_session=True,
-        )
-    node = BrokerNode(proc, port, log)
     deadline = time.monotonic() + ready_timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{name} exited with {proc.returncode}:\n{node.output()}")
-        try:
-            if httpx.get(f"{node.url}/healthz", timeout=1).status_code == 200:
-                return node
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
+    # A free port may be taken by another process (the other test leg) before the node
+    # binds it: it then exits at once, and starts again on another port.
+    for attempt in range(PORT_TRIES):
+        port = free_port()
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [
+                    str(DESKBROKER),
+                    "serve",
+                    "--port",
+                    str(port),
+                    "--db",
+                    database_url,
+                    "--data-dir",
+                    str(data),
+                    *args,
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=environ,
+                start_new_session=True,
+            )
+        node = BrokerNode(proc, port, log)
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                said = node.output()
+                if "address already in use" in said and attempt + 1 < PORT_TRIES:
+                    break
+                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{said}")
+            try:
+                if httpx.get(f"{node.url}/healthz", timeout=1).status_code == 200:
+                    return node
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        else:
+            break
     node.stop()
     raise RuntimeError(f"{name} did not answer within {ready_timeout_s} s:\n{node.output()}")
 

@@ -464,6 +464,15 @@ def _signed(settings: Settings, **claims: Any) -> str:
     return jwt.encode({k: v for k, v in payload.items() if v is not None}, key, "HS256")
 
 
+def _tampered(token: str) -> str:
+    """The token with one character of its signature changed for another: always a
+    different signature (swapping two characters that happen to be equal, one token in
+    64, changed nothing), and not the last character, whose low bits base64 drops."""
+    at = len(token) - 10
+    swapped = "B" if token[at] == "A" else "A"
+    return token[:at] + swapped + token[at + 1 :]
+
+
 def bad_credentials(world: World, settings: Settings) -> dict[str, dict[str, str]]:
     expired = TokenSigner(settings.secret_key, ttl_s=-3600).issue(
         user_id="u", tenant_id="t", role="global_admin", username="admin"
@@ -480,7 +489,7 @@ def bad_credentials(world: World, settings: Settings) -> dict[str, dict[str, str
         "basic auth": {"Authorization": "Basic YWRtaW46YWRtaW4tcGFzc3dvcmQtMQ=="},
         "token without scheme": {"Authorization": admin},
         "truncated token": {"Authorization": f"Bearer {admin[:-5]}"},
-        "tampered token": {"Authorization": f"Bearer {admin[:-2]}{admin[-2:][::-1]}"},
+        "tampered token": {"Authorization": f"Bearer {_tampered(admin)}"},
         "huge token": {"Authorization": "Bearer " + "a" * 60_000},
         "expired token": {"Authorization": f"Bearer {expired}"},
         "other broker's token": {"Authorization": f"Bearer {other_key}"},
