@@ -68,7 +68,8 @@ def _refusal(answer: httpx.Response) -> dict[str, Any]:
 def test_streams_take_places_of_their_own(api: Api, broker: Running) -> None:
     a = _admin(api, "alice-admin", "acme")
     b = _admin(api, "bob-admin", "globex")
-    with httpx.Client(base_url=broker.url, timeout=10) as http, ExitStack() as stack:
+    # 30 s: one CI run under full load waited more than 10 s for the first answer.
+    with httpx.Client(base_url=broker.url, timeout=30) as http, ExitStack() as stack:
         streams = Streams(http, stack)
         first = ExitStack()
         assert streams.open(a, first).status_code == 200
