@@ -119,3 +119,30 @@ def test_a_stream_ends_once_its_caller_may_no_longer_read_events(
         took = time.monotonic() - started
     assert took < 10, took
     assert not any(line.startswith("data:") for line in rest), rest
+
+
+def test_a_stream_ends_when_its_callers_token_expires(api: Api, broker: Running) -> None:
+    """A request after the token's expiry would be refused: the stream does not outlast
+    it either, whatever ``max_s`` asked for."""
+    # The settings allow 30 s at least: this broker's signer only. Whole seconds, from
+    # the sign-in: between 5 and 6 s left when the stream opens.
+    api.ctx.signer.ttl_s = 6
+    a = _admin(api, "alice-admin", "acme")
+    with (
+        httpx.Client(base_url=broker.url, timeout=30) as http,
+        http.stream("GET", "/api/v1/admin/event-stream?max_s=60", headers=a.headers) as answer,
+    ):
+        assert answer.status_code == 200
+        started = time.monotonic()
+        lines = list(answer.iter_lines())  # ends when the broker closes the stream
+        took = time.monotonic() - started
+    assert lines[0].startswith("retry:")
+    assert took < 15, took  # max_s would have held it 60 s
+    # Expired (a second later, whatever the clocks' rounding), the token opens no other.
+    time.sleep(1)
+    assert http_refused(broker, a) == 401
+
+
+def http_refused(broker: Running, admin: Api) -> int:
+    with httpx.Client(base_url=broker.url, timeout=30) as http:
+        return http.get("/api/v1/admin/event-stream?max_s=0", headers=admin.headers).status_code

@@ -23,7 +23,7 @@ from deskbroker.services import outbound_params, standing, write_context
 from deskbroker.services.catalog_crud import Resource, audit_event
 from deskbroker.services.context import BrokerContext
 from deskbroker.services.queues import refresh_pools
-from deskbroker.store import jobs, references, removals
+from deskbroker.store import jobs, membership, references, removals
 from deskbroker.store import sessions as timer_rows
 from deskbroker.store.db import Unit
 from deskbroker.store.repository import Repository, bump_config_version
@@ -106,6 +106,7 @@ def _center_out(session: Unit, center: Any) -> dict[str, Any]:
 
 def _scan_after_write(session: Unit, ctx: BrokerContext, center: Any) -> None:
     if session.info.pop(_VOUCH_MOVED, False):
+        membership.guard_changed(session, center.tenant_id)
         refresh_pools(session, center.tenant_id)
     driver = inventory_service.open_center(ctx, center)
     if {"changes", "images"} <= driver.offline:

@@ -55,6 +55,8 @@ def refresh_pools(session: Session, tenant_id: str) -> None:
 def keep_guard(session: Session, tenant_id: str) -> None:
     """After a rule, policy or user changes who is offered which pool: a pool now offered
     to a global administrator lets go at once of the desktops its guard keeps out
-    (``PoolDefinition.guarded``), not at the next scan."""
+    (``PoolDefinition.guarded``), not at the next scan; and brokers that refresh the
+    tenant's pools meanwhile look again (``membership.guard_changed``)."""
+    membership.guard_changed(session, tenant_id)
     if membership.breached(session, tenant_id):
         refresh_pools(session, tenant_id)

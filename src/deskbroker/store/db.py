@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextvars
+import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,39 @@ statement_counter: contextvars.ContextVar[list[str] | None] = contextvars.Contex
 )
 
 _TRANSACTION_CONTROL = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE")
+
+log = logging.getLogger(__name__)
+
+# The work each open write unit of this thread leaves for after its commit (innermost
+# last): see ``after_commit``.
+_after = threading.local()
+
+AfterCommit = Callable[["Database"], None]
+
+
+def after_commit(work: AfterCommit) -> None:
+    """Run ``work`` once the write unit open on this thread has committed, in units of
+    its own; nothing when none is open (a read changes nothing to look at again) or when
+    the unit rolls back.
+
+    For checks that no lock can make safe across brokers without ordering every writer:
+    what a unit read may have changed on another broker before this one committed, so it
+    is looked at again once both are visible (``store.membership``'s guard)."""
+    stack: list[list[AfterCommit]] | None = getattr(_after, "stack", None)
+    if stack:
+        stack[-1].append(work)
+
+
+@contextmanager
+def _leaving_work() -> Iterator[list[AfterCommit]]:
+    stack: list[list[AfterCommit]] = getattr(_after, "stack", None) or []
+    _after.stack = stack
+    left: list[AfterCommit] = []
+    stack.append(left)
+    try:
+        yield left
+    finally:
+        stack.pop()
 
 
 def _count_statement(
@@ -127,14 +161,17 @@ class Database:
 
         While it is open, center and identity calls on this thread are refused
         (``deskbroker.write_guard``): nothing slow may hold the write lock."""
-        if self._write_lock is None:
-            with write_unit(), self._writer() as session, session.begin():
-                yield session
-            return
-        # SQLite has one writer at a time; queueing on a lock in this process wakes the
-        # next writer at once, where SQLite's busy handler would sleep and retry.
-        with write_unit(), self._write_lock, self._writer() as session, session.begin():
-            yield session
+        with _leaving_work() as left:
+            if self._write_lock is None:
+                with write_unit(), self._writer() as session, session.begin():
+                    yield session
+            else:
+                # SQLite has one writer at a time; queueing on a lock in this process
+                # wakes the next writer at once, where SQLite's busy handler would sleep
+                # and retry.
+                with write_unit(), self._write_lock, self._writer() as session, session.begin():
+                    yield session
+        self._run(left)
 
     @contextmanager
     def connect_read(self) -> Iterator[Connection]:
@@ -146,12 +183,23 @@ class Database:
     @contextmanager
     def connect_write(self) -> Iterator[Connection]:
         """``write`` for Core statements: the same locking, commit and rollback."""
-        if self._write_lock is None:
-            with write_unit(), self._write_engine.begin() as conn:
-                yield conn
-            return
-        with write_unit(), self._write_lock, self._write_engine.begin() as conn:
-            yield conn
+        with _leaving_work() as left:
+            if self._write_lock is None:
+                with write_unit(), self._write_engine.begin() as conn:
+                    yield conn
+            else:
+                with write_unit(), self._write_lock, self._write_engine.begin() as conn:
+                    yield conn
+        self._run(left)
+
+    def _run(self, left: list[AfterCommit]) -> None:
+        # The unit is committed and its locks are gone: a failure here cannot undo it, so
+        # it is logged and the caller's work stands.
+        for work in left:
+            try:
+                work(self)
+            except Exception:
+                log.exception("work left for after a commit failed")
 
     def dispose(self) -> None:
         self.engine.dispose()

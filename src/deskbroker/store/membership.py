@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
-from sqlalchemy import bindparam, delete, insert, or_, select
+from sqlalchemy import bindparam, delete, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from deskbroker.domain.membership import (
@@ -19,6 +20,7 @@ from deskbroker.domain.permissions import BuiltinRole
 from deskbroker.domain.provisioning import Provisioning
 from deskbroker.domain.states import PowerState
 from deskbroker.store import leases
+from deskbroker.store.db import Database, after_commit
 from deskbroker.store.planner import refresh_statistics
 from deskbroker.store.tables import (
     AssignmentRuleRow,
@@ -27,6 +29,7 @@ from deskbroker.store.tables import (
     PolicyEntry,
     Pool,
     PoolMember,
+    Tenant,
     User,
 )
 
@@ -129,6 +132,49 @@ def guard(session: leases.Unit, tenant_id: str, pools: Sequence[Any]) -> Guard:
     return Guard(pools=guarded, unvouched=unvouched)
 
 
+_TENANTS = leases.table_of(Tenant)
+_GUARD_VERSION = select(_TENANTS.c.guard_version).where(_TENANTS.c.id == bindparam("b_tenant"))
+_RAISE_GUARD = (
+    update(_TENANTS)
+    .where(_TENANTS.c.id == bindparam("b_tenant"))
+    # Not a change of the tenant itself: its updated_at stays.
+    .values(guard_version=_TENANTS.c.guard_version + 1, updated_at=_TENANTS.c.updated_at)
+)
+_ANY = -1  # look again whatever the version then
+
+
+def _watch(session: leases.Unit, tenant_id: str) -> None:
+    """Before a refresh reads pools and guard: the tenant's guard version as this unit
+    sees it, looked at again once the unit commits (``_look_again``)."""
+    seen = session.execute(_GUARD_VERSION, {"b_tenant": tenant_id}).scalar()
+    after_commit(partial(_look_again, tenant_id, seen))
+
+
+def guard_changed(session: leases.Unit, tenant_id: str) -> None:
+    """After a write that may change a tenant's guard (who a pool is offered to, which
+    centers are vouched for, what a pool names): raises the tenant's guard version, and
+    looks again once this unit commits.
+
+    Why both: a refresh on another broker may read the guard before this write commits
+    and commit its members after this unit's own ``keep_guard`` looked. Either that
+    refresh commits first, and this unit's look after its commit sees its members; or it
+    commits later, and its own look after its commit sees the version moved. No lock is
+    taken, so no broker's refresh waits on an administrator's write (or deadlocks with
+    one over the pools' rows)."""
+    session.execute(_RAISE_GUARD, {"b_tenant": tenant_id})
+    after_commit(partial(_look_again, tenant_id, _ANY))
+
+
+def _look_again(tenant_id: str, seen: int | None, db: Database) -> None:
+    if seen != _ANY:
+        with db.connect_read() as conn:
+            if conn.execute(_GUARD_VERSION, {"b_tenant": tenant_id}).scalar() == seen:
+                return
+    with db.write() as session:
+        if breached(session, tenant_id):
+            refresh(session, tenant_id)
+
+
 def breached(session: Session, tenant_id: str) -> bool:
     """Whether a pool offered to a global administrator may hold a desktop its guard
     keeps out: after a rule, policy or user changes who is offered what. Errs towards
@@ -150,6 +196,8 @@ def breached(session: Session, tenant_id: str) -> bool:
 
 def refresh(session: Session, tenant_id: str) -> dict[str, set[str]]:
     """Recompute every pool of a tenant; returns pool id -> the desktops that joined."""
+    # Before anything the guard reads (``guard_changed`` says why).
+    _watch(session, tenant_id)
     pools = session.scalars(select(Pool).where(Pool.tenant_id == tenant_id)).all()
     desktops = session.execute(
         select(
@@ -235,6 +283,8 @@ def refresh_desktops(session: leases.Unit, tenant_id: str, desktop_ids: list[str
     what newly built desktops need, at a cost that does not grow with the pool. Core
     statements (in a session or on a bare connection): this runs for every batch of
     builds that finishes."""
+    # Before the pools: a pool written meanwhile moves the version too.
+    _watch(session, tenant_id)
     pools = session.execute(_TENANT_POOLS, {"b_tenant": tenant_id}).all()
     if not pools:
         return

@@ -200,7 +200,8 @@ def router() -> APIRouter:
         description="`text/event-stream` of the events webhooks can choose, of the "
         "caller's tenant: each with `id` (the event id), `event` (its kind) and `data` "
         "(the same JSON a webhook receives). Resume with the `Last-Event-ID` header. "
-        "The stream ends after `max_s` seconds; clients reconnect with the last id.",
+        "The stream ends after `max_s` seconds, or when the caller's token expires if "
+        "that comes first; clients reconnect (with a fresh token) and the last id.",
         response_class=StreamingResponse,
         responses={200: {"content": {"text/event-stream": {}}}},
         openapi_extra={"x-permission": "events:read"},
@@ -226,7 +227,8 @@ def router() -> APIRouter:
             after = start
             # The id first: a client that reconnects before any event resumes from here.
             yield f"retry: 2000\nid: {start}\n\n"
-            ends = time.monotonic() + max_s
+            # Not past the caller's token: a request after it would be refused too.
+            ends = time.monotonic() + min(max_s, max(0.0, who.expires_at - time.time()))
             quiet_since = time.monotonic()
             checked = time.monotonic()
             while True:

@@ -103,5 +103,9 @@ class Tenant(Base):
     display_name: Mapped[str] = mapped_column(String(200), default="")
     quota_desktops: Mapped[int | None] = mapped_column(Integer, default=None)
     quota_sessions: Mapped[int | None] = mapped_column(Integer, default=None)
+    # Raised by every change of who a pool is offered to or what it may take (rules,
+    # policies, users, vouches, pools): a membership refresh that read the guard before
+    # such a change committed on another broker sees it move and looks again.
+    guard_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = _updated()
