@@ -65,11 +65,16 @@ def remove_desktops(ctx: BrokerContext, drivers: DriverCache, center_id: str, no
                     # worker and the center's turn one deadline, not one per desktop.
                     silent = True
                     break
+    removed = 0
     if confirmed:
         with ctx.db.write() as session:
-            for desktop_id, tenant_id, name in confirmed:
-                # Re-checked under the write: a desktop assigned or restored meanwhile stays.
+            # In id order, as a forced delete of the center locks them
+            # (``store.lock_requested``): the two cannot deadlock on PostgreSQL.
+            for desktop_id, tenant_id, name in sorted(confirmed):
+                # Re-checked under the write: a desktop assigned or restored meanwhile
+                # stays, and one whose center was deleted by force meanwhile is gone.
                 if store.forget_removed(session, desktop_id):
+                    removed += 1
                     events.append(
                         session,
                         "desktop.deleted",
@@ -82,4 +87,4 @@ def remove_desktops(ctx: BrokerContext, drivers: DriverCache, center_id: str, no
         # The job's back-off retries; the words say which and why.
         failed = CenterError("; ".join(failures)[:2000])
         raise unanswered(failed) if silent else failed
-    return f"{len(confirmed)} removed, {asked} asked to delete"
+    return f"{removed} removed, {asked} asked to delete"

@@ -131,6 +131,13 @@ def _center_in_use(session: Unit, center: Any) -> None:
             f"center {center.name} is still removing {removing} desktop"
             f"{'' if removing == 1 else 's'}; delete it once they are gone"
         )
+    clear_for_delete(session, center)
+
+
+def clear_for_delete(session: Unit, center: Center) -> None:
+    """Refuse (409) the delete of a center a user holds a desktop of, or a pool uses;
+    else forget its desktops. All a forced delete checks (``services/center_removal``):
+    only desktops being removed may be dropped by force."""
     held = references.assigned_desktop_of_center(session, center.id)
     if held is not None:
         raise Conflict(

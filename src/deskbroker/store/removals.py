@@ -63,3 +63,17 @@ def delete_requested_ids(session: Session, center_id: str) -> set[str]:
             )
         )
     )
+
+
+def lock_requested(session: Session, center_id: str) -> list[tuple[str, str, str]]:
+    """The center's desktops being removed, locked for the caller's unit: (id, name,
+    external id), in id order."""
+    rows = session.execute(
+        select(Desktop.id, Desktop.name, Desktop.external_id)
+        .where(Desktop.center_id == center_id, Desktop.delete_requested_at.is_not(None))
+        # The order the removal job's write takes them in too: two units that lock the
+        # same rows in one order cannot deadlock on PostgreSQL.
+        .order_by(Desktop.id)
+        .with_for_update()
+    ).all()
+    return [(str(i), str(n), str(e)) for i, n, e in rows]

@@ -199,6 +199,8 @@ SPECS: list[ResourceSpec[Any]] = [
         read=CenterOut,
         create=CenterIn,
         update=CenterPatch,
+        # DELETE is admin/removal.py's: it takes ?force=true for a cloud gone for good.
+        deletable=False,
         filters={"name": str, "kind": str, "status": str},
     ),
     ResourceSpec(

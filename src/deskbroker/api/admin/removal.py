@@ -1,9 +1,10 @@
-"""Deleting a desktop (from disk, or forgotten) and the machines scans leave out."""
+"""Deleting a desktop (from disk, or forgotten), the machines scans leave out, and
+deleting a center (plain, or forced when its cloud is gone for good)."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
@@ -11,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from deskbroker.api.admin.crud import MAX_OFFSET, scope
 from deskbroker.api.deps import AdminReader, AdminWriter, Ctx
-from deskbroker.services import desktop_removal
+from deskbroker.services import center_removal, desktop_removal
 from deskbroker.services.desktop_removal import Forgotten
 
 
@@ -35,6 +36,13 @@ class ForgottenOut(BaseModel):
 
 def _forgotten_out(row: Forgotten) -> dict[str, Any]:
     return ForgottenOut(**row.__dict__).model_dump(mode="json")
+
+
+FORCE = (
+    "true: also drop the center's desktops that are being removed (a cloud gone for good "
+    "never confirms them): their machines may still exist, and the broker no longer tracks "
+    "them; the event center.machines_abandoned names each one, for a clean-up by hand"
+)
 
 
 def router() -> APIRouter:
@@ -68,6 +76,28 @@ def router() -> APIRouter:
             message=done.words,
         )
         return JSONResponse(body.model_dump(mode="json"), status_code=202)
+
+    @r.delete(
+        "/centers/{item_id}",
+        tags=["centers"],
+        status_code=204,
+        summary="Delete a center",
+        description=(
+            "Its desktops are forgotten with it (the machines are left alone). 409 while a "
+            "user holds one of its desktops, while a pool uses it, or while desktops of it "
+            "are being removed (the engine terminates their instances; their rows are its "
+            "only record of them) unless `force` is true; 403 when a pool that serves an "
+            "account stronger than the caller's takes its desktops."
+        ),
+    )
+    def delete_centers(
+        item_id: str,
+        ctx: Ctx,
+        who: AdminWriter,
+        force: Annotated[bool, Query(description=FORCE)] = False,
+    ) -> Response:
+        center_removal.delete_center(ctx, who, item_id, force=force)
+        return Response(status_code=204)
 
     @r.get(
         "/forgotten-desktops",
