@@ -288,6 +288,15 @@ class Settings(BaseSettings):
     webhook_retention_days: int = Field(
         default=30, ge=1, le=3650, description="how long a finished delivery is listed"
     )
+    # As long as a session token lasts by default (token_ttl_s): a directory change reaches
+    # a webhook no later than it reaches the token of the administrator who set it up.
+    webhook_setter_check_s: float = Field(
+        default=900.0,
+        ge=10,
+        le=86400,
+        description="how often the directory users who set up webhooks are looked up in "
+        "their directory again (their groups refreshed; gone ones' webhooks switched off)",
+    )
     agent_token_ttl_s: int = Field(
         default=30 * 86400, ge=300, le=366 * 86400, description="lifetime of a desktop agent token"
     )

@@ -17,7 +17,7 @@ from deskbroker.engine.drivers import DriverCache
 from deskbroker.engine.handover import Refill
 from deskbroker.engine.turns import TURN_WAIT_S, CenterTurns, NoTurn
 from deskbroker.engine.watch import BuildWatcher
-from deskbroker.engine.webhooks import Dispatcher
+from deskbroker.engine.webhooks import Dispatcher, recheck_setters
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import leases, tasks
 from deskbroker.store.due import CenterWork, Due, free_leases_of, read_due, unless_asked
@@ -39,6 +39,7 @@ HANDLERS: dict[str, Handler] = {
     JobKind.AGENT_WATCH.value: plans.watch_agents,
     JobKind.REMOVE_DESKTOPS.value: removals.remove_desktops,
     JobKind.POOL_ROLLOUT.value: rollouts.advance_rollout,
+    JobKind.WEBHOOK_SETTERS.value: recheck_setters,
 }
 # Jobs whose target is a center: they talk to that center's cloud all along.
 # (``remove_desktops`` is not one: it calls its cloud only when a desktop is to go, and
@@ -70,6 +71,7 @@ class Engine:
             provision_s=settings.provision_interval_s,
             stats_s=settings.stats_interval_s,
             webhooks_s=settings.webhook_poll_s,
+            webhook_setters_s=settings.webhook_setter_check_s,
         )
         self.workers = workers or settings.engine_workers
         self.ttl_s = settings.lease_ttl_s

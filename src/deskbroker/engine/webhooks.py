@@ -12,7 +12,8 @@ answer a byte at a time, holds a thread that long and no longer, and at most
 connects and the engine's other work do not wait for any of it. A thread that finishes
 a delivery claims the next due ones at once, so a backlog drains without waiting for
 the job's next run. Each fan-out first switches off the webhooks whose setter may no
-longer read events (``services/webhooks.py``), in the fan-out's transaction.
+longer read events (``services/webhooks.py``), in the fan-out's transaction; the
+``webhook_setters`` job keeps what the fan-out knows of directory setters current.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from deskbroker import outbound_http, write_guard
 from deskbroker.domain import webhooks as rules
 from deskbroker.engine.drivers import DriverCache
 from deskbroker.outbound import OutboundRefused
+from deskbroker.services import webhook_setters
 from deskbroker.services import webhooks as vetting
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import webhooks as store
@@ -56,6 +58,14 @@ def per_tenant(workers: int, per_target: int, setting: int | None) -> int:
     if setting is not None:
         return setting
     return max(1, workers // 2, min(workers - 1, per_target + 1))
+
+
+def recheck_setters(ctx: BrokerContext, drivers: DriverCache, target_id: str, now: datetime) -> str:
+    """The ``webhook_setters`` job: the directory users who set up webhooks looked up in
+    their directory again, so the fan-out vets them on what it says now
+    (``services/webhook_setters.py``). Runs on an engine worker, no transaction open
+    while a directory is asked."""
+    return webhook_setters.recheck_setters(ctx).summary()
 
 
 class Dispatcher:

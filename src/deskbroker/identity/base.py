@@ -119,6 +119,19 @@ class IdentitySourceDriver:
         )
 
 
+def answers_lookups(kind: type[IdentitySourceDriver]) -> bool:
+    """Whether ``kind``'s ``lookup`` asks the source itself, so that its answer can say a
+    user's groups changed or that the user is gone: a source that provisions users and
+    looks them up over the network. The base ``lookup`` only repeats the broker's row (an
+    OpenID provider tells about a user at their sign-in alone), and a source naming
+    ``lookup`` in ``offline`` does no I/O."""
+    return (
+        kind.provisions_users
+        and "lookup" not in kind.offline
+        and kind.lookup is not IdentitySourceDriver.lookup
+    )
+
+
 def split_domain(username: str) -> tuple[str, str | None]:
     """``DOMAIN\\user`` and ``user@domain`` as (user, lower-case domain); else (name, None)."""
     if "\\" in username:

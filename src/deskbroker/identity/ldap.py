@@ -69,6 +69,16 @@ NEEDS_TLS = (
     "The directory refuses passwords over an unencrypted connection; ask your administrator "
     "to use an ldaps:// server or start_tls."
 )
+SEARCH_FAILED = (
+    "The directory did not complete the broker's search for this account; ask your "
+    "administrator to check base_dn, group_base_dn and the filters of this identity source."
+)
+BUSY = "The directory is unavailable for a moment; try again shortly."
+
+# Search results that tell nothing about the user: the directory was out of time, over a
+# limit, busy or unavailable. Read as "no such user" (or "no groups") they would pass a
+# struggling directory off as an answer, and a periodic re-check would act on it.
+_SEARCH_BUSY = frozenset({3, 11, 51, 52})
 
 # Active Directory's extended error codes, and ppolicy's error enumeration.
 _AD_REFUSALS = {
@@ -144,6 +154,22 @@ def _parent(dn: str) -> str:
     except LDAPInvalidDnError:
         return ""
     return ",".join(f"{attr}={value}" for attr, value, _ in parts[1:])
+
+
+def _check_search(result: Mapping[str, Any] | None, ok: tuple[int, ...]) -> None:
+    """Raise ``DirectoryUnavailable`` when a search did not complete (its result code is
+    not in ``ok``): what it found, if anything, says nothing about the user."""
+    code = (result or {}).get("result")
+    if code in ok:
+        return
+    log.warning(
+        "directory search failed: %s %s",
+        (result or {}).get("description"),
+        (result or {}).get("message"),
+    )
+    if code in _SEARCH_BUSY:
+        raise DirectoryUnavailable(BUSY, reason="busy")
+    raise DirectoryUnavailable(SEARCH_FAILED, reason="search_failed")
 
 
 @dataclass(frozen=True)
@@ -240,10 +266,7 @@ class LdapIdentitySource(IdentitySourceDriver):
         if not ok and result.get("result") in (8, 13):
             raise DirectoryUnavailable(NEEDS_TLS, reason="needs_tls")
         if not ok and result.get("result") in (51, 52):  # busy, unavailable
-            raise DirectoryUnavailable(
-                "The directory is unavailable for a moment; try again shortly.",
-                reason="busy",
-            )
+            raise DirectoryUnavailable(BUSY, reason="busy")
         return ok
 
     # --- searches ----------------------------------------------------------------------
@@ -265,6 +288,8 @@ class LdapIdentitySource(IdentitySourceDriver):
             size_limit=2,
             time_limit=int(max(1, p.timeout_s)),
         )
+        # sizeLimitExceeded: more entries than one match, refused below.
+        _check_search(conn.result, ok=(0, 4))
         entries = [r for r in conn.response or [] if r.get("type") == "searchResEntry"]
         if len(entries) != 1:
             if len(entries) > 1:
@@ -299,6 +324,8 @@ class LdapIdentitySource(IdentitySourceDriver):
                 paged_cookie=cookie,
                 time_limit=int(max(1, p.timeout_s)),
             )
+            # A failed group search is no answer either: not a user in no group.
+            _check_search(conn.result, ok=(0,))
             for r in conn.response or []:
                 if r.get("type") == "searchResEntry":
                     found = _values(r["attributes"], p.group_name_attribute)

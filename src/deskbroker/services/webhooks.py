@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import asdict
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -156,24 +157,32 @@ def switch_off_unvouched(ctx: BrokerContext, session: Unit) -> set[str]:
         if key not in verdicts:
             verdicts[key] = _unvouched(ctx, session, setter)
         why = verdicts[key]
-        if why is None or not store.switch_off(session, setter.webhook_id, setter.user_id, now):
-            continue
-        store.fail_pending(session, setter.webhook_id, now, f"the webhook was switched off: {why}")
-        off.add(setter.webhook_id)
-        events.append(
-            session,
-            DISABLED_KIND,
-            tenant_id=setter.webhook_tenant_id,
-            actor="engine",
-            user_id=setter.user_id,
-            detail={
-                "webhook_id": setter.webhook_id,
-                "name": setter.webhook_name,
-                "set_by_user_id": setter.user_id,
-                "reason": why,
-            },
-        )
+        if why is not None and switch_off(session, setter, why, now):
+            off.add(setter.webhook_id)
     return off
+
+
+def switch_off(session: Unit, setter: store.Setter, why: str, now: datetime) -> bool:
+    """Switch off ``setter``'s webhook for ``why`` (words naming the setter), if it is
+    still enabled and still theirs: its queued deliveries failed and a
+    ``webhook.disabled`` event in its tenant's log; whether it was switched off."""
+    if not store.switch_off(session, setter.webhook_id, setter.user_id, now):
+        return False
+    store.fail_pending(session, setter.webhook_id, now, f"the webhook was switched off: {why}")
+    events.append(
+        session,
+        DISABLED_KIND,
+        tenant_id=setter.webhook_tenant_id,
+        actor="engine",
+        user_id=setter.user_id,
+        detail={
+            "webhook_id": setter.webhook_id,
+            "name": setter.webhook_name,
+            "set_by_user_id": setter.user_id,
+            "reason": why,
+        },
+    )
+    return True
 
 
 def _read(session: Unit, hook: Any) -> dict[str, Any]:

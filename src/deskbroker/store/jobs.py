@@ -22,6 +22,8 @@ class JobKind(StrEnum):
     # once the center says they are gone (engine/removals.py); poked by each delete.
     REMOVE_DESKTOPS = "remove_desktops"
     WEBHOOKS = "webhooks"
+    # Looks the directory users who set up webhooks up again (services/webhook_setters.py).
+    WEBHOOK_SETTERS = "webhook_setters"
     POOL_ROLLOUT = "pool_rollout"
 
 
@@ -36,6 +38,7 @@ class Intervals:
     agent_watch_s: float = 30.0
     removal_s: float = 30.0
     webhooks_s: float = 1.0
+    webhook_setters_s: float = 900.0
 
 
 def ensure_jobs(session: Session, intervals: Intervals) -> int:
@@ -44,6 +47,7 @@ def ensure_jobs(session: Session, intervals: Intervals) -> int:
         (JobKind.RETENTION.value, ""): intervals.retention_s,
         (JobKind.AGENT_WATCH.value, ""): intervals.agent_watch_s,
         (JobKind.WEBHOOKS.value, ""): intervals.webhooks_s,
+        (JobKind.WEBHOOK_SETTERS.value, ""): intervals.webhook_setters_s,
     }
     for center_id, scan_s in session.execute(select(Center.id, Center.scan_interval_s)).all():
         wanted[(JobKind.SCAN_CENTER.value, center_id)] = float(scan_s)

@@ -191,8 +191,10 @@ class Setter:
     attributes: dict[str, Any] | None
 
 
-def setters(session: Session) -> list[Setter]:
-    """Every enabled webhook that names its setter, with that user: one query."""
+def setters(session: Session, user_id: str | None = None) -> list[Setter]:
+    """Every enabled webhook that names its setter (``user_id``, when given), with that
+    user: one query."""
+    only = [Webhook.set_by_user_id == user_id] if user_id is not None else []
     rows = session.execute(
         select(
             Webhook.id,
@@ -209,7 +211,7 @@ def setters(session: Session) -> list[Setter]:
         )
         # Outer: a deleted setter is the first reason to switch a webhook off.
         .outerjoin(User, User.id == Webhook.set_by_user_id)
-        .where(Webhook.enabled.is_(True), Webhook.set_by_user_id.is_not(None))
+        .where(Webhook.enabled.is_(True), Webhook.set_by_user_id.is_not(None), *only)
         .order_by(Webhook.id)
     ).all()
     return [Setter(*row) for row in rows]
