@@ -1,6 +1,6 @@
 // The console's configuration views: centers, images, pools (with their history),
 // policies, identity sources and rules (with the explain tool), tenants, roles and users.
-import { api } from "/static/common.js";
+import { api, ApiError } from "/static/common.js";
 import { editButton, planEditor, policyEditor, poolEditor, protocolPlanEditor, sourceEditor, userEditor } from "/static/console_edit.js";
 import { act, button, chart, form, h, section, table, when } from "/static/console_ui.js";
 
@@ -27,10 +27,20 @@ async function centers(body, ctx) {
         return `${c.name} answers: ${counts.join(", ") || "connected"}.`;
       })) : null,
       ctx.can("centers:scan") ? button(`Scan ${c.name} now`, act(ctx, () => api("POST", `/admin/centers/${q(c.id)}/scan`), `A scan of ${c.name} is queued.`)) : null,
-      ctx.can("centers:delete") ? button("Delete", act(ctx, async () => {
+      ctx.can("centers:delete") ? button(`Delete center ${c.name}`, act(ctx, async () => {
         if (!confirm(`Delete center ${c.name}?`)) return false;
-        await api("DELETE", `/admin/centers/${q(c.id)}`);
-      }, "Deleted."), "danger") : null,
+        try {
+          await api("DELETE", `/admin/centers/${q(c.id)}`);
+        } catch (error) {
+          // Desktops still waiting for the center to terminate them: a cloud gone for
+          // good never will, so offer the forced delete, saying what it leaves behind.
+          if (!(error instanceof ApiError) || error.status !== 409 || !error.message.includes("still removing")) throw error;
+          if (!confirm(`${error.message}.\n\nIf its cloud is gone for good, delete it anyway? The broker stops tracking those machines (they may still exist); the event center.machines_abandoned lists them for a clean-up by hand.`)) return false;
+          await api("DELETE", `/admin/centers/${q(c.id)}?force=true`);
+          return `Deleted ${c.name}; the machines it was still removing are listed in the event log (center.machines_abandoned).`;
+        }
+        return `Deleted ${c.name}.`;
+      }), "danger") : null,
     ],
   }));
   if (!ctx.can("centers:create")) return;
