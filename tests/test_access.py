@@ -355,6 +355,31 @@ def test_a_role_a_rule_grants_cannot_be_reached_around_the_checks(api: Api) -> N
     assert api.login("ada")["role"] == "tenant_admin"  # the rule does apply
 
 
+def test_an_administrator_by_a_rule_is_told_a_token_cannot_carry_that_role(api: Api) -> None:
+    """A token acts with the account's stored role on every use: one whose administrator
+    role comes from a rule at sign-in would mint a token refused on its every call."""
+    _rule_granting(api, "admins", "tenant_admin")
+    add_local_user(api.ctx, "ada", USER_PASSWORD, groups=["admins"])
+    signed = api.login("ada")
+    assert signed["role"] == "tenant_admin"
+    ada = Api(api.client, api.ctx, signed["token"])
+    refused = ada.post(
+        "api-tokens", {"name": "ci", "scopes": ["pools:read"], "expires_in_days": 1}, status=403
+    )
+    assert "acts with your account's own role (user)" in refused["detail"], refused
+    assert "comes from an assignment rule" in refused["detail"]
+    assert api.get("api-tokens")["total"] == 0
+    # Given the role on the account itself, the same request makes a token that works.
+    [row] = [u for u in api.get("users")["items"] if u["username"] == "ada"]
+    api.patch(f"users/{row['id']}", {"role": "tenant_admin"})
+    ada = Api(api.client, api.ctx, api.login("ada")["token"])
+    made = ada.post("api-tokens", {"name": "ci", "scopes": ["pools:read"], "expires_in_days": 1})
+    answer = api.client.get(
+        "/api/v1/admin/pools", headers={"Authorization": f"Bearer {made['token']}"}
+    )
+    assert answer.status_code == 200, answer.text
+
+
 def test_a_scoped_token_of_a_global_admin_takes_over_nobody(api: Api) -> None:
     made = api.post("api-tokens", {"name": "users", "scopes": ["users:*"], "expires_in_days": 1})
     bot = Api(api.client, api.ctx, made["token"])

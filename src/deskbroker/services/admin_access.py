@@ -8,6 +8,7 @@ clearing a stronger account's failed guesses needs standing over it (``standing`
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -105,6 +106,7 @@ def make_api_token(
     access.check_grantable(
         access.effective(ctx, who), Permissions.of(grants), "make this token", catalog()
     )
+    _within_stored_role(ctx, who, Permissions.of(grants))
     expires = utcnow() + timedelta(days=days)
     with ctx.db.write() as session:
         row = ApiToken(
@@ -135,6 +137,25 @@ def make_api_token(
         )
         out = columns_of(row)
     return {**out, "token": token}
+
+
+def _within_stored_role(ctx: BrokerContext, who: TokenClaims, grants: Permissions) -> None:
+    """A token acts with its user's stored role on every use (``access.resolve_api_token``),
+    never with a role an assignment rule gave their sign-in: a token that role could not
+    use would be refused on its every call, so it is refused now, in words."""
+    with ctx.db.read() as session:
+        user = session.get(User, who.user_id)
+        stored = str(user.role) if user is not None else who.role
+    if stored == who.role:
+        return
+    held = access.effective(ctx, replace(who, role=stored))
+    if grants.within(held, catalog()):
+        raise Forbidden(
+            f"an API token acts with your account's own role ({stored}), and your role "
+            f"{who.role} comes from an assignment rule at sign-in, which a token cannot "
+            "check again; ask an administrator to give your account that role, or ask for "
+            "scopes your own role allows"
+        )
 
 
 def api_tokens(
