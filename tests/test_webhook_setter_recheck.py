@@ -163,7 +163,9 @@ def test_an_administrator_removed_from_the_group_stops_vouching_after_the_rechec
         assert "vdi-admins" in _groups(ctx, "ann")
 
         outcome = _recheck(ctx)
-        assert outcome.startswith("1 webhook setters looked up: 1 changed, 0 gone"), outcome
+        assert outcome.startswith(
+            "1 webhook setters and API token holders looked up: 1 changed, 0 gone"
+        ), outcome
         assert "vdi-admins" not in _groups(ctx, "ann")
         # What the sign-in stores beside the groups is refreshed as well.
         row = _user(ctx, "ann")
@@ -193,10 +195,14 @@ def test_a_setter_still_in_the_group_keeps_vouching(
             )
         before = _user(ctx, "ann").updated_at
         assert "devs" in _groups(ctx, "ann")
-        assert _recheck(ctx).startswith("1 webhook setters looked up: 1 changed")
+        assert _recheck(ctx).startswith(
+            "1 webhook setters and API token holders looked up: 1 changed"
+        )
         assert "devs" not in _groups(ctx, "ann") and "vdi-admins" in _groups(ctx, "ann")
         # Nothing changed this time, but the row says when it was last looked at.
-        assert _recheck(ctx).startswith("1 webhook setters looked up: 0 changed, 0 gone")
+        assert _recheck(ctx).startswith(
+            "1 webhook setters and API token holders looked up: 0 changed, 0 gone"
+        )
         assert _user(ctx, "ann").updated_at > before
         _delivers(api, dispatcher, receiver, hook)
         assert not _switched_off(api, hook)
@@ -234,6 +240,44 @@ def test_a_setter_deleted_from_the_directory_has_their_webhooks_switched_off(
         # Not a setter of an enabled webhook any more: not looked up again.
         assert recheck_setters(ctx) == Recheck()
         assert len(_switched_off(api, hooks[0])) == 1
+
+
+def test_a_token_holder_deleted_from_the_directory_has_their_api_tokens_revoked(
+    api: Api, ctx: BrokerContext, slapd: Slapd, directory: dict[str, Any]
+) -> None:
+    """A token acts with the account's stored role: one given an administrator's role and
+    then deleted from the directory (no webhook of theirs) would keep automation running
+    as an administrator until the token expires."""
+    _sign_in(api, "ann")
+    ann_id = _user(ctx, "ann").id
+    api.patch(f"users/{ann_id}", {"role": "tenant_admin"})
+    ann = _sign_in(api, "ann")
+    token = ann.post("api-tokens", {"name": "ci", "scopes": ["pools:read"], "expires_in_days": 5})
+    bearer = {"Authorization": f"Bearer {token['token']}"}
+    assert api.client.get("/api/v1/admin/pools", headers=bearer).status_code == 200
+
+    # Still in the directory: looked up, and the token stands.
+    assert recheck_setters(ctx) == Recheck(looked_up=1)
+    assert api.client.get("/api/v1/admin/pools", headers=bearer).status_code == 200
+
+    with slapd.admin() as c:
+        c.modify(ADMINS, {"member": [(MODIFY_DELETE, [f"uid=ann,{PEOPLE}"])]})
+        c.delete(f"uid=ann,{PEOPLE}")
+    assert recheck_setters(ctx) == Recheck(looked_up=1, gone=1, revoked=1)
+    refused = api.client.get("/api/v1/admin/pools", headers=bearer)
+    assert refused.status_code == 401, refused.text
+    assert "revoked" in refused.json()["detail"]
+    [event] = [
+        e
+        for e in api.get("events?kind=admin.delete")["items"]
+        if e["detail"].get("id") == token["id"]
+    ]
+    assert event["actor"] == "engine" and event["user_id"] == ann_id
+    assert event["detail"]["reason"] == (
+        "its user ann is no longer in the directory (identity source example)"
+    )
+    # Nothing live left of theirs: not looked up again.
+    assert recheck_setters(ctx) == Recheck()
 
 
 def test_a_directory_that_does_not_answer_changes_nothing(

@@ -1,10 +1,12 @@
-"""Webhook setters looked up in their directory again.
+"""Webhook setters and API token holders looked up in their directory again.
 
 The fan-out vets each webhook's setter on their user row (``services/webhooks.py``), and
 a directory user's role may come from an assignment rule over their groups, which the
 row holds as the directory gave them at the user's last sign-in. An administrator
 removed from the admin group, or deleted from the directory, who never signs in again
-would keep their webhooks receiving the tenant's events for ever. So the engine's
+would keep their webhooks receiving the tenant's events for ever; one given an
+administrator's role on their account and then deleted from the directory would keep
+their API tokens (which act with that stored role) until they expire. So the engine's
 ``webhook_setters`` job (one for the cluster, every ``webhook_setter_check_s``) asks each
 such setter's directory about them (``lookup``), with no transaction open and within
 the source's bulkhead (``ctx.sources``), then writes the answer in a unit of its own
@@ -14,7 +16,8 @@ that re-reads the row:
   (``store.claims.upsert_directory_user``: groups, attributes, display name, e-mail),
   and the next fan-out vets them on what the directory says now;
 - the directory does not know the user: their webhooks are switched off, each with a
-  ``webhook.disabled`` event; the row itself is left as it is;
+  ``webhook.disabled`` event, and their live API tokens revoked, each with an
+  ``admin.delete`` event of ``api-tokens`` saying why; the row itself is left as it is;
 - the directory does not answer, or fails: nothing changes, a warning is logged, and
   the next run asks again. An outage never switches a webhook off.
 
@@ -38,7 +41,7 @@ from deskbroker.identity.base import IdentitySourceDriver, answers_lookups, sour
 from deskbroker.services import webhooks as vetting
 from deskbroker.services.config_cache import SourceView
 from deskbroker.services.context import BrokerContext
-from deskbroker.store import claims
+from deskbroker.store import claims, events
 from deskbroker.store import webhook_setters as rows
 from deskbroker.store import webhooks as webhook_rows
 from deskbroker.store.tables import utcnow
@@ -57,13 +60,15 @@ class Recheck:
     changed: int = 0  # known, and their row said something else
     gone: int = 0  # unknown to their directory
     switched_off: int = 0  # webhooks, of those gone
+    revoked: int = 0  # API tokens, of those gone
     unanswered: int = 0  # not looked up, or no answer: asked again next run
 
     def summary(self) -> str:
         """The run in words, for the job's log line."""
         return (
-            f"{self.looked_up} webhook setters looked up: {self.changed} changed, "
-            f"{self.gone} gone ({self.switched_off} webhooks switched off), "
+            f"{self.looked_up} webhook setters and API token holders looked up: "
+            f"{self.changed} changed, {self.gone} gone ({self.switched_off} webhooks "
+            f"switched off, {self.revoked} API tokens revoked), "
             f"{self.unanswered} left for the next run"
         )
 
@@ -88,7 +93,7 @@ def recheck_setters(ctx: BrokerContext, limit: int = MAX_PER_RUN) -> Recheck:
     if not sources:
         return report
     with ctx.db.read() as session:
-        setters = rows.directory_setters(session, sources.keys(), limit)
+        setters = rows.directory_setters(session, sources.keys(), limit, utcnow())
     drivers: dict[str, IdentitySourceDriver] = {}
     silent: set[str] = set()  # sources that did not answer: not asked again this run
     try:
@@ -116,9 +121,10 @@ def recheck_setters(ctx: BrokerContext, limit: int = MAX_PER_RUN) -> Recheck:
                 continue
             report.looked_up += 1
             if identity is None:
-                off = _gone(ctx, source, user)
+                off, revoked = _gone(ctx, source, user)
                 report.gone += 1
                 report.switched_off += off
+                report.revoked += revoked
             elif _refresh(ctx, source, user, identity):
                 report.changed += 1
     finally:
@@ -203,26 +209,43 @@ def _refresh(ctx: BrokerContext, source: SourceView, user: UserRecord, who: Iden
     return changed
 
 
-def _gone(ctx: BrokerContext, source: SourceView, user: UserRecord) -> int:
-    """Switch off the webhooks ``user`` set up, the directory not knowing them any more;
-    how many. Their row stays: deleting or disabling an account is an administrator's
-    call, and nobody can sign in as a user their directory does not know."""
-    why = (
-        f"its setter {user.username} is no longer in the directory (identity source {source.name})"
-    )
+def _gone(ctx: BrokerContext, source: SourceView, user: UserRecord) -> tuple[int, int]:
+    """Switch off the webhooks ``user`` set up and revoke their API tokens, the directory
+    not knowing them any more; how many of each. Their row stays: deleting or disabling
+    an account is an administrator's call, and nobody can sign in as a user their
+    directory does not know."""
+    missing = f"{user.username} is no longer in the directory (identity source {source.name})"
+    why = f"its setter {missing}"
     now = utcnow()
     off = 0
     with ctx.db.write() as session:
         if not rows.hold_setter(session, user):
-            return 0  # deleted meanwhile: the fan-out's own vetting switches them off
+            return 0, 0  # deleted meanwhile: their webhooks and tokens went with them
         for hook in webhook_rows.setters(session, user_id=user.id):
             if vetting.switch_off(session, hook, why, now):
                 off += 1
-    if off:
+        revoked = rows.revoke_tokens(session, user.id, now)
+        for token_id, name, tenant_id in revoked:
+            events.append(
+                session,
+                "admin.delete",
+                tenant_id=tenant_id,
+                actor="engine",
+                user_id=user.id,
+                detail={
+                    "resource": "api-tokens",
+                    "id": token_id,
+                    "name": name,
+                    "reason": f"its user {missing}",
+                },
+            )
+    if off or revoked:
         log.warning(
-            "identity source %s no longer knows webhook setter %s: %d webhooks switched off",
+            "identity source %s no longer knows %s: %d webhooks switched off, %d API tokens "
+            "revoked",
             source.name,
             user.username,
             off,
+            len(revoked),
         )
-    return off
+    return off, len(revoked)

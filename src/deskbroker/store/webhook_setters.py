@@ -1,5 +1,7 @@
-"""Webhook setters looked up in their directory again, the SQL: which directory users set
-up enabled webhooks, and a setter's row held while what the directory said is written.
+"""Webhook setters (and API token holders) looked up in their directory again, the SQL:
+which directory users set up enabled webhooks or hold live API tokens, a user's row held
+while what the directory said is written, and the tokens of a user it no longer knows
+revoked.
 
 ``users.updated_at`` of a directory user is when the broker last refreshed the row from
 the directory (a sign-in that changed something, or the re-check), so the least recently
@@ -9,18 +11,21 @@ refreshed setters come first without a column of their own.
 from __future__ import annotations
 
 from collections.abc import Collection
+from datetime import datetime
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from deskbroker.domain.accounts import UserRecord
-from deskbroker.store.tables import User, Webhook
+from deskbroker.store.tables import ApiToken, User, Webhook
 
 
 def directory_setters(
-    session: Session, source_ids: Collection[str], limit: int
+    session: Session, source_ids: Collection[str], limit: int, now: datetime
 ) -> list[UserRecord]:
-    """At most ``limit`` enabled users of ``source_ids`` who set up an enabled webhook:
+    """At most ``limit`` enabled users of ``source_ids`` who set up an enabled webhook or
+    hold an API token neither revoked nor expired at ``now``:
     each source's least recently refreshed first, the sources taken in turn (every
     source's first, then every source's second...), so a source whose directory does not
     answer, its setters never refreshed, does not keep the others' from their turn. One
@@ -51,7 +56,7 @@ def directory_setters(
             turn,
         )
         .where(
-            User.id.in_(setting),
+            or_(User.id.in_(setting), User.id.in_(_live_tokens(now))),
             User.identity_source_id.in_(list(source_ids)),
             User.disabled.is_(False),
         )
@@ -82,6 +87,25 @@ def directory_setters(
         )
         for row in rows
     ]
+
+
+def _live_tokens(now: datetime) -> Any:
+    return select(ApiToken.user_id).where(ApiToken.revoked_at.is_(None), ApiToken.expires_at > now)
+
+
+def revoke_tokens(session: Session, user_id: str, now: datetime) -> list[tuple[str, str, str]]:
+    """Revoke ``user_id``'s live API tokens; each one revoked (id, name, tenant id)."""
+    rows = session.execute(
+        update(ApiToken)
+        .where(
+            ApiToken.user_id == user_id,
+            ApiToken.revoked_at.is_(None),
+            ApiToken.expires_at > now,
+        )
+        .values(revoked_at=now)
+        .returning(ApiToken.id, ApiToken.name, ApiToken.tenant_id)
+    ).all()
+    return [(str(i), str(n), str(t)) for i, n, t in rows]
 
 
 def hold_setter(session: Session, user: UserRecord) -> bool:
