@@ -11,7 +11,7 @@ from deskbroker.domain.plans import AgentEvent
 from deskbroker.domain.states import SessionState
 from deskbroker.errors import Conflict
 from deskbroker.security import TokenClaims
-from deskbroker.services import agents
+from deskbroker.services import agents, standing, write_context
 from deskbroker.services import sessions as session_service
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import events
@@ -34,6 +34,8 @@ def end_session(
     any tenant's session (a global administrator)."""
     with ctx.db.read() as session:
         row = Repository(SessionRow, "session").get(session, session_id, tenant_id)
+        write_context.attach_actor(session, ctx, who)
+        standing.check_people_on(session, row.desktop_id, "end the session on a desktop of")
         desktop_id, username, key, state, owner = (
             row.desktop_id,
             row.username,
@@ -81,6 +83,14 @@ _ORDER_WORDS = {
 }
 
 
+# The order as the refusal words it ("you cannot lock the session on a desktop of ...").
+_ORDER_VERBS = {
+    "message": "send a message to the session on",
+    "lock": "lock the session on",
+    "logoff": "log off the session on",
+}
+
+
 def order_session(
     ctx: BrokerContext,
     who: TokenClaims,
@@ -100,6 +110,8 @@ def order_session(
         desktop = session.get(Desktop, row.desktop_id)
         if desktop is None:  # pragma: no cover - a session row cascades with its desktop
             raise Conflict(f"session {session_id} has no desktop")
+        write_context.attach_actor(session, ctx, who)
+        standing.check_people_on(session, desktop.id, f"{_ORDER_VERBS[kind]} a desktop of")
         action = agents.queue_action(
             session,
             desktop,

@@ -23,6 +23,7 @@ from deskbroker.domain.states import (
 )
 from deskbroker.errors import Conflict, Forbidden, NotFound
 from deskbroker.security import TokenClaims
+from deskbroker.services import standing, write_context
 from deskbroker.services.context import BrokerContext
 from deskbroker.services.inventory import open_center, scoped_desktop
 from deskbroker.store import desktop_rows, events
@@ -54,6 +55,11 @@ def power(
     cannot be done. ``tenant_id`` None: any tenant's desktop (a global administrator)."""
     with ctx.db.read() as session:
         desktop = scoped_desktop(session, desktop_id, tenant_id)
+        # Starting a machine disturbs nobody; stopping or rebooting the one a stronger
+        # account holds, or works on, is acting on that account.
+        if POWER_ACTIONS[action].disruptive:
+            write_context.attach_actor(session, ctx, who)
+            standing.check_people_on(session, desktop.id, f"{action.value} a desktop of")
         center = session.get(Center, desktop.center_id)
         users = desktop_rows.session_users(session, desktop_id)
     if POWER_ACTIONS[action].disruptive and users and not force:

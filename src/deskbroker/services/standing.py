@@ -322,3 +322,14 @@ def check_desktop_reach(
         desktop = Repository(Desktop, "desktop").get(session, desktop_id, tenant_scope)
         write_context.attach_actor(session, ctx, who)
         check_reach(session, desktop, "desktop", what)
+
+
+def check_people_on(session: Unit, desktop_id: str, what: str) -> None:
+    """Refuse ``what`` ("end the session of", "log off", "power the desktop of"...) on a
+    desktop whose holder, or the user of a session open on it, is stronger than the
+    actor (``may_manage``, rule roles included; the actor attached to ``session``).
+    Ending a stronger account's session hands its desktop to the release plan, and a
+    message in its session speaks to it in the broker's name: both are acting on that
+    account, as releasing its desktop is."""
+    for user in reads.people_on(session, desktop_id):
+        may_manage(session, user, what)

@@ -11,8 +11,17 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from deskbroker.domain.permissions import BuiltinRole
+from deskbroker.domain.states import SessionState
 from deskbroker.store.membership import build_centers
-from deskbroker.store.tables import AssignmentRuleRow, Desktop, PolicyEntry, Pool, PoolMember, User
+from deskbroker.store.tables import (
+    AssignmentRuleRow,
+    Desktop,
+    PolicyEntry,
+    Pool,
+    PoolMember,
+    SessionRow,
+    User,
+)
 
 # The policy entry columns through which a plan reaches a policy, by the plan's kind.
 PLAN_COLUMNS = {
@@ -159,3 +168,19 @@ def holder_roles(session: Session, *, desktop_id: str = "", center_id: str = "")
         .distinct()
     ).all()
     return {str(name): str(role) for name, role in rows}
+
+
+def people_on(session: Session, desktop_id: str) -> list[User]:
+    """The broker's users on a desktop: its holder, and the user of every session open on
+    it (an account the agent reports that maps to a broker user), by name."""
+    on_it = select(SessionRow.user_id).where(
+        SessionRow.desktop_id == desktop_id,
+        SessionRow.user_id.is_not(None),
+        SessionRow.state != SessionState.LOGGED_OUT.value,
+    )
+    holder = select(Desktop.assigned_user_id).where(Desktop.id == desktop_id)
+    return list(
+        session.scalars(
+            select(User).where(or_(User.id.in_(on_it), User.id.in_(holder))).order_by(User.username)
+        ).all()
+    )
