@@ -390,9 +390,14 @@ def test_admin_builds_a_pool_user_connects_admin_logs_them_off(
             portal.reload()
             expect(connect).to_be_visible()
             user.shoot(f"portal-{size}")
+            # The document is built on its first request (about a second idle, many under
+            # a loaded CI): asked for here, so the page's own wait is for the page.
+            assert httpx.get(f"{broker}/api/v1/openapi.json", timeout=60).status_code == 200
             docs = watch(browser.new_page(viewport=viewport), shots)
             docs.page.goto(f"{broker}/api/v1/docs")
-            expect(docs.page.get_by_text("deskbroker", exact=False).first).to_be_visible()
+            expect(docs.page.get_by_text("deskbroker", exact=False).first).to_be_visible(
+                timeout=45_000
+            )
             expect(docs.page.locator(".opblock").first).to_be_visible()
             docs.shoot(f"api-docs-{size}")
             assert not docs.errors, docs.errors
