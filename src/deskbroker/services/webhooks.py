@@ -6,7 +6,8 @@ Nothing here posts anything: a request only writes rows (a webhook, a test event
 event log); the engine's dispatcher (``engine/webhooks.py``) delivers, with no
 transaction open. Whoever creates or changes a webhook is recorded as its setter, and
 the dispatcher's fan-out switches it off (``switch_off_unvouched``) once they may no
-longer read events.
+longer read events. The setter's webhook is theirs: an account weaker than them may not
+change, delete, test or retry it (``webhook_standing``).
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+from deskbroker.domain import csv_cells
 from deskbroker.domain import webhooks as rules
 from deskbroker.domain.permissions import BuiltinRole
 from deskbroker.domain.webhooks import Usage
 from deskbroker.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from deskbroker.security import TokenClaims
-from deskbroker.services import access, standing, write_context
+from deskbroker.services import access, standing, webhook_standing, write_context
 from deskbroker.services.catalog_crud import Resource, scope
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import events
@@ -75,6 +77,10 @@ def _prepare(
     what = "creating a webhook" if existing is None else "changing a webhook"
     actor = write_context.actor_of(session).actor
     check_events_read(ctx, actor, what)
+    if existing is not None:
+        # Before the setter is replaced below: a stronger setter's webhook is not the
+        # actor's to change, nor (by changing it) to take over.
+        webhook_standing.check_setter(session, existing, "change")
     # Whoever last aims it vouches for it: it delivers only while they may read events.
     data["set_by_user_id"] = actor.user_id
     if existing is not None and existing.enabled and data.get("enabled") is False:
@@ -193,11 +199,17 @@ def _read(session: Unit, hook: Any) -> dict[str, Any]:
     return out
 
 
+def _before_delete(session: Unit, hook: Any) -> None:
+    # Deleting a stronger setter's webhook blinds them as surely as switching it off.
+    webhook_standing.check_setter(session, hook, "delete")
+
+
 WEBHOOKS: Resource[Webhook] = Resource(
     model=Webhook,
     label="webhook",
     affects_config=False,
     prepare=_prepare,
+    before_delete=_before_delete,
     to_read=_read,
 )
 
@@ -215,6 +227,10 @@ def send_test(ctx: BrokerContext, who: TokenClaims, webhook_id: str) -> dict[str
     check_events_read(ctx, who, "sending a webhook's test event")
     with ctx.db.write() as session:
         hook = _hook(session, who, webhook_id)
+        # Test events go to the setter's receiver ahead of the events queued after them:
+        # a flood of them would delay what a stronger setter watches for.
+        write_context.attach_actor(session, ctx, who)
+        webhook_standing.check_setter(session, hook, "send a test event to")
         events.append(
             session,
             rules.TEST_KIND,
@@ -250,6 +266,10 @@ def retry_failed(ctx: BrokerContext, who: TokenClaims, webhook_id: str) -> dict[
     check_events_read(ctx, who, "retrying a webhook's deliveries")
     with ctx.db.write() as session:
         hook = _hook(session, who, webhook_id)
+        # Requeued from now, old events stand in front of newer ones at the setter's
+        # receiver: a stronger setter's queue is not the actor's to reorder.
+        write_context.attach_actor(session, ctx, who)
+        webhook_standing.check_setter(session, hook, "retry the deliveries of")
         if not hook.enabled:
             raise Conflict(f"webhook {hook.name} is switched off; enable it first, then retry")
         count = store.retry(session, webhook_id, utcnow())
@@ -362,10 +382,11 @@ def usage(
 
 
 def usage_csv(rows: list[dict[str, Any]]) -> str:
-    """The usage rows as CSV, one line per tenant, a header first."""
+    """The usage rows as CSV, one line per tenant, a header first; a text cell that
+    would run as a spreadsheet formula (a tenant's name) is written as text."""
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=USAGE_FIELDS, lineterminator="\r\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: "" if row[k] is None else row[k] for k in USAGE_FIELDS})
+        writer.writerow({k: csv_cells.cell(row[k]) for k in USAGE_FIELDS})
     return out.getvalue()

@@ -51,7 +51,8 @@ class WebhookIn(Body):
 
 
 class WebhookPatch(Body):
-    """Changing a webhook needs `events:read` as well: it decides where events go."""
+    """Changing a webhook needs `events:read` as well: it decides where events go. A
+    webhook whose setter is stronger than the caller is theirs: refused (403)."""
 
     name: Name | None = None
     url: Url | None = Field(default=None, description="a new url needs a new secret with it")
@@ -70,8 +71,9 @@ class WebhookOut(Stamped):
     max_attempts: int
     set_by_user_id: str | None = Field(
         description="the user who last created or changed it; it is switched off once they "
-        "are deleted, disabled or may no longer read events (null: made before this was "
-        "recorded, never switched off for it)"
+        "are deleted, disabled or may no longer read events, and no account weaker than "
+        "them changes, deletes, tests or retries it (null: made before this was recorded, "
+        "never switched off for it, anyone's to change)"
     )
 
 
@@ -177,7 +179,9 @@ def router() -> APIRouter:
         summary="Send a test event",
         description="Appends a `webhook.test` event for this webhook only; it is "
         "delivered, signed and retried like any other. It goes where the webhook's events "
-        "go, so this needs `events:read` as well.",
+        "go, so this needs `events:read` as well, and standing over the webhook's setter "
+        "(403 for a stronger account's webhook: test events would queue in front of its "
+        "events).",
     )
     def test_webhook(webhook_id: str, ctx: Ctx, who: AdminWriter) -> Queued:
         return Queued(**webhooks.send_test(ctx, who, webhook_id))
@@ -188,7 +192,9 @@ def router() -> APIRouter:
         summary="Try failed deliveries again",
         description="Every failed delivery of the webhook pending again from its first "
         "attempt (once its receiver is back). The deliveries carry the events, so this "
-        "needs `events:read` as well.",
+        "needs `events:read` as well, and standing over the webhook's setter (403 for a "
+        "stronger account's webhook: requeued events would stand in front of its new "
+        "ones).",
     )
     def retry_webhook(webhook_id: str, ctx: Ctx, who: AdminWriter) -> Requeued:
         return Requeued(**webhooks.retry_failed(ctx, who, webhook_id))

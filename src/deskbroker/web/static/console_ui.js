@@ -119,9 +119,20 @@ export function chart(kind, labels, datasets, { title, stacked } = {}) {
   return box;
 }
 
+// A spreadsheet runs a cell that starts like a formula, so a name a tenant admin typed
+// (=HYPERLINK(...)) would run on the desk of whoever opens the export: such a text cell
+// gets a leading ' (OWASP's CSV injection advice), shown as text. Numbers stay numbers
+// (-3.5 is a figure). The server's CSV does the same (domain/csv_cells.py).
+const FORMULA_START = /^[=+\-@\t\r]/;
+
+function csvCell(value) {
+  const text = cellText(value);
+  return typeof value !== "number" && FORMULA_START.test(text) ? `'${text}` : text;
+}
+
 export function csv(rows, columns) {
   const quote = (v) => {
-    const text = cellText(v);
+    const text = csvCell(v);
     return /[",\n\r]/.test(text) ? `"${text.replaceAll('"', '""')}"` : text;
   };
   return [columns.join(","), ...rows.map((r) => columns.map((c) => quote(r[c])).join(","))].join("\r\n");
