@@ -218,9 +218,10 @@ class CenterDriver:
 
     def belongs_to(self, tenant_id: str) -> None:
         """The tenant whose center this driver talks to (the broker's driver cache says
-        so once it opens it). A driver that caps the calls left hanging on its clouds
-        per tenant (OpenStack and AWS: ``overdue.MAX_PER_OWNER``) counts them under it,
-        so one tenant's dripping clouds cannot take every tenant's places."""
+        so once it opens it). A driver that caps the calls left hanging on its remotes
+        per tenant (OpenStack, AWS, libvirt, vSphere and the static center's Redfish
+        BMCs: ``overdue.MAX_PER_OWNER``) counts them under it, so one tenant's silent or
+        dripping remotes cannot take every tenant's places."""
         self.tenant_id = tenant_id
 
     def limits(self) -> BuildLimits:

@@ -3,7 +3,10 @@
 libvirt's calls are blocking C calls: a host that stops answering holds the calling
 thread until libvirt's keepalive gives up (or for ever on a local socket). So each call
 runs on a capped helper thread (``Helpers``, the pattern of the OpenStack driver) that
-the caller waits for at most ``timeout_s``; a helper given up on ends by itself.
+the caller waits for at most ``timeout_s``; a helper given up on ends when libvirt does,
+which for a host that accepts and never answers is never. So, as for the clouds, one
+tenant's calls hold at most ``MAX_PER_OWNER`` of the helpers: a tenant administrator's
+silent hosts cannot leave another tenant's libvirt calls without one.
 
 The connection is opened lazily, once, and kept for the process: libvirt connections
 are thread-safe, so every driver of one URI and one set of credentials shares one (the
@@ -29,15 +32,16 @@ import libvirt
 
 from deskbroker import outbound
 from deskbroker.centers.libvirt.params import LibvirtParams
-from deskbroker.centers.openstack.overdue import Helpers, NoHelperLeft, Overdue
+from deskbroker.centers.openstack.overdue import MAX_PER_OWNER, Helpers, NoHelperLeft, Overdue
 from deskbroker.errors import CenterError, unanswered
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 #: Helper threads for libvirt calls in one process (running, or given up on and not ended):
-#: their own places, so a hung libvirt host cannot take a cloud's.
-LIBVIRT_CALLS = Helpers(32)
+#: their own places, so a hung libvirt host cannot take a cloud's; one tenant's calls hold
+#: at most ``MAX_PER_OWNER`` of them.
+LIBVIRT_CALLS = Helpers(32, MAX_PER_OWNER, "libvirt hosts")
 
 # libvirt prints every error on stderr by default; the driver reports them itself.
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
@@ -80,6 +84,9 @@ class Hypervisor:
         digest = hashlib.sha256(self._password.encode()).hexdigest()
         self._key = (params.uri, params.username or "", digest)
         self.calls = 0
+        # The tenant whose center this is (the driver's ``belongs_to``): its calls count
+        # against its share of the helpers. Empty only outside the broker's driver cache.
+        self.owner = ""
 
     def _link(self) -> _Link:
         with _links_lock:
@@ -175,7 +182,9 @@ class Hypervisor:
             return work(self.connection())
 
         try:
-            return LIBVIRT_CALLS.run(run, deadline - time.monotonic(), "libvirt-call")
+            return LIBVIRT_CALLS.run(
+                run, deadline - time.monotonic(), "libvirt-call", owner=self.owner
+            )
         except Overdue:
             raise unanswered(
                 CenterError(

@@ -92,6 +92,10 @@ class LibvirtCenter(CenterDriver):
         # Not connected yet: the first call opens the connection, later ones share it.
         self.hypervisor = Hypervisor(self.lv_params, self.secrets)
 
+    def belongs_to(self, tenant_id: str) -> None:
+        super().belongs_to(tenant_id)
+        self.hypervisor.owner = tenant_id
+
     def limits(self) -> BuildLimits:
         return BuildLimits(
             max_in_flight=self.lv_params.max_in_flight,

@@ -8,7 +8,8 @@ itself (its socket's read timeout, or the remote closing). A helper that never e
 still holds one of ``MAX_HELPERS`` places, so such threads cannot pile up: once they are
 all taken, calls are refused at once until one ends. One owner (a tenant: its centers'
 drivers name it) holds at most ``MAX_PER_OWNER`` of them, so a tenant whose clouds drip
-their answers cannot take every other tenant's places.
+their answers cannot take every other tenant's places. The libvirt, vSphere and Redfish
+drivers keep helpers of their own, built and shared out the same way.
 """
 
 from __future__ import annotations
@@ -42,9 +43,11 @@ class NoHelperLeft(NotSent):
 class Helpers:
     """A bounded set of helper threads for blocking calls with a deadline."""
 
-    def __init__(self, limit: int, per_owner: int | None = None) -> None:
+    def __init__(self, limit: int, per_owner: int | None = None, remotes: str = "clouds") -> None:
         self.limit = limit
         self.per_owner = per_owner or limit
+        # What the calls reach, as the refusals name it ("libvirt hosts", "BMCs").
+        self.remotes = remotes
         self._places = threading.BoundedSemaphore(limit)
         self._lock = threading.Lock()
         self._live = 0
@@ -71,12 +74,12 @@ class Helpers:
             with self._lock:
                 if self._owned[owner] >= self.per_owner:
                     raise NoHelperLeft(
-                        f"{self.per_owner} calls to this tenant's clouds are still hanging"
+                        f"{self.per_owner} calls to this tenant's {self.remotes} are still hanging"
                     )
                 self._owned[owner] += 1
         if not self._places.acquire(blocking=False):
             self._disown(owner)
-            raise NoHelperLeft(f"{self.limit} calls to clouds are still hanging")
+            raise NoHelperLeft(f"{self.limit} calls to {self.remotes} are still hanging")
         outcome: list[tuple[bool, object]] = []
         context = contextvars.copy_context()
 

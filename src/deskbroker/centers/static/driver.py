@@ -227,7 +227,8 @@ class StaticCenter(CenterDriver):
                 f"machine {machine.name}: the center secret "
                 f"{machine.redfish.password_secret!r} (its BMC password) is not set"
             )
-        return RedfishBMC(machine.redfish, password, machine.name)
+        # Under the center's tenant: its BMCs' conversations count against its share.
+        return RedfishBMC(machine.redfish, password, machine.name, self.tenant_id)
 
     def power(self, machine: MachineInfo, action: PowerAction) -> None:
         """Redfish where the machine has a BMC; otherwise Wake-on-LAN, which can only

@@ -7,7 +7,10 @@ hold few sessions). The reset types the BMC lists in
 Every path the BMC names (a session's ``Location``, an action's ``target``, a system's
 ``@odata.id``) is taken as a path on the configured BMC: credentials and tokens never go
 to a host the BMC's answer names. The whole conversation runs under one deadline on a
-capped helper thread, like every center call.
+capped helper thread, like every center call: every connect, send and read keeps to it
+(``outbound_http.deadline``), so a BMC that drips its answer a byte at a time, beating
+each read's timeout, is cut off and the helper freed. One tenant's conversations hold
+at most ``MAX_PER_OWNER`` of the helpers, so its BMCs cannot take another tenant's.
 """
 
 from __future__ import annotations
@@ -22,17 +25,18 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
-from deskbroker.centers.openstack.overdue import Helpers, NoHelperLeft, Overdue
+from deskbroker import outbound_http
+from deskbroker.centers.openstack.overdue import MAX_PER_OWNER, Helpers, NoHelperLeft, Overdue
 from deskbroker.domain.states import PowerState
 from deskbroker.errors import CenterError
 from deskbroker.outbound import OutboundRefused
-from deskbroker.outbound_http import guarded_transport
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-#: Helper threads for BMC conversations (their own places: a hung BMC takes no cloud's).
-BMC_CALLS = Helpers(32)
+#: Helper threads for BMC conversations (their own places: a hung BMC takes no cloud's);
+#: one tenant's conversations hold at most ``MAX_PER_OWNER`` of them.
+BMC_CALLS = Helpers(32, MAX_PER_OWNER, "BMCs")
 
 _STATES = {
     "On": PowerState.RUNNING,
@@ -79,10 +83,13 @@ def _path(reference: object, what: str) -> str:
 class RedfishBMC:
     """The Redfish service of one machine's BMC."""
 
-    def __init__(self, config: RedfishConfig, password: str, machine: str) -> None:
+    def __init__(self, config: RedfishConfig, password: str, machine: str, owner: str = "") -> None:
         self.config = config
         self._password = password
         self.machine = machine
+        # The tenant whose center names this BMC: its conversations count against its
+        # share of the helpers. Empty only outside the broker's driver cache.
+        self.owner = owner
 
     def power_state(self) -> PowerState:
         """The system's ``PowerState`` as the broker's."""
@@ -126,13 +133,18 @@ class RedfishBMC:
         deadline = time.monotonic() + self.config.timeout_s
 
         def run() -> T:
-            with httpx.Client(
-                base_url=str(self.config.url).rstrip("/"),
-                transport=guarded_transport(verify=self.config.verify_tls),
-                timeout=self.config.timeout_s,
-                follow_redirects=False,
-                headers={"Accept": "application/json", "OData-Version": "4.0"},
-            ) as client:
+            # httpx's timeout bounds each read, which a dripping BMC beats for ever; the
+            # deadline bounds them all, so the helper ends when the caller gives up.
+            with (
+                outbound_http.deadline(deadline - time.monotonic()),
+                httpx.Client(
+                    base_url=str(self.config.url).rstrip("/"),
+                    transport=outbound_http.guarded_transport(verify=self.config.verify_tls),
+                    timeout=self.config.timeout_s,
+                    follow_redirects=False,
+                    headers={"Accept": "application/json", "OData-Version": "4.0"},
+                ) as client,
+            ):
                 session = self._log_in(client)
                 try:
                     return work(client)
@@ -142,8 +154,10 @@ class RedfishBMC:
                             client.delete(session)
 
         try:
-            return BMC_CALLS.run(run, deadline - time.monotonic(), "redfish-call")
-        except Overdue:
+            return BMC_CALLS.run(run, deadline - time.monotonic(), "redfish-call", self.owner)
+        except (Overdue, httpx.TimeoutException):
+            # The helper's own deadline may fire a moment before the caller's wait ends:
+            # the same "no answer", whichever comes first.
             raise RedfishFailure(f"{said}: no answer within {self.config.timeout_s:g} s") from None
         except NoHelperLeft as exc:
             raise RedfishFailure(f"{said}: not asked, since {exc}") from None

@@ -2,8 +2,14 @@
 
 pyvmomi's calls block on HTTPS; a vCenter that stops answering would hold the calling
 thread. So each call runs on a capped helper thread (``Helpers``, the pattern of the
-OpenStack and libvirt drivers) that the caller waits for at most ``timeout_s``; the
-socket timeout is the same, so a helper given up on ends by itself.
+OpenStack and libvirt drivers) that the caller waits for at most ``timeout_s``. A helper
+given up on ends when vCenter answers or closes the connection: pyvmomi's sockets have no
+read timeout of their own (``connectionPoolTimeout`` closes idle connections only, and
+the version discovery that starts a login sets none), so a server that accepts and stays
+silent, or drips its answer, holds its helper until it lets go. So, as for the clouds,
+one tenant's calls hold at most ``MAX_PER_OWNER`` of the helpers: a tenant
+administrator's silent or dripping server cannot leave another tenant's vCenter calls
+without one.
 
 The session is opened lazily and shared by every driver of one host, user and password
 (the engine's, the API's and the plans' caches each open a driver); a session vCenter
@@ -27,7 +33,7 @@ from pyVmomi import vim, vmodl
 
 from deskbroker import outbound
 from deskbroker.centers.base import QuotaExceeded
-from deskbroker.centers.openstack.overdue import Helpers, NoHelperLeft, Overdue
+from deskbroker.centers.openstack.overdue import MAX_PER_OWNER, Helpers, NoHelperLeft, Overdue
 from deskbroker.centers.vsphere.params import VsphereParams
 from deskbroker.errors import CenterError, unanswered
 
@@ -35,8 +41,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 #: Helper threads for vCenter calls in one process: their own places, so a hung vCenter
-#: cannot take a cloud's or a libvirt host's.
-VSPHERE_CALLS = Helpers(32)
+#: cannot take a cloud's or a libvirt host's; one tenant's calls hold at most
+#: ``MAX_PER_OWNER`` of them.
+VSPHERE_CALLS = Helpers(32, MAX_PER_OWNER, "vCenters")
 
 # vCenter's ways of saying there is no room: the build may fit later, so the pool waits.
 CAPACITY_FAULTS: tuple[type[Exception], ...] = (
@@ -102,6 +109,9 @@ class Vcenter:
         ).hexdigest()
         self._key = (params.host, params.port, params.username, digest)
         self.calls = 0
+        # The tenant whose center this is (the driver's ``belongs_to``): its calls count
+        # against its share of the helpers. Empty only outside the broker's driver cache.
+        self.owner = ""
 
     def _link(self) -> _Link:
         with _links_lock:
@@ -200,7 +210,9 @@ class Vcenter:
                 return work(self.service())
 
         try:
-            return VSPHERE_CALLS.run(run, deadline - time.monotonic(), "vsphere-call")
+            return VSPHERE_CALLS.run(
+                run, deadline - time.monotonic(), "vsphere-call", owner=self.owner
+            )
         except Overdue:
             raise unanswered(
                 CenterError(f"{what}: vCenter {self.params.host} did not answer within {limit:g} s")

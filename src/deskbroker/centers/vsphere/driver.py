@@ -73,6 +73,10 @@ class VsphereCenter(CenterDriver):
         # Not connected yet: the first call logs in, later ones share the session.
         self.vcenter = Vcenter(self.vs_params, self.secrets)
 
+    def belongs_to(self, tenant_id: str) -> None:
+        super().belongs_to(tenant_id)
+        self.vcenter.owner = tenant_id
+
     def limits(self) -> BuildLimits:
         return BuildLimits(
             max_in_flight=self.vs_params.max_in_flight,

@@ -1,0 +1,290 @@
+"""One tenant's hung libvirt, vSphere and Redfish calls hold at most its share of their
+driver's helper threads, so another tenant's calls still find one; and a BMC that drips
+its answer is cut off at the conversation's deadline, its helper freed.
+
+Every remote is a real server on 127.0.0.1: a listener that accepts and stays silent
+(libvirt), a TLS server that drips its answer (vCenter), a plain one that drips (BMC),
+and libvirt's test driver, govmomi's simulator and the fake BMC for the tenant whose
+calls must go through. Each pool is swapped for a small one built as the driver's is
+(``Helpers`` with a per-owner share), so a handful of calls fills a tenant's share
+instead of sixteen; the real pools' numbers are checked on their own.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from deskbroker.centers.base import CenterDriver, MachineInfo, PowerAction
+from deskbroker.centers.libvirt import LibvirtCenter
+from deskbroker.centers.libvirt import connection as libvirt_connection
+from deskbroker.centers.openstack.overdue import MAX_PER_OWNER, Helpers
+from deskbroker.centers.static import redfish
+from deskbroker.centers.vsphere import VsphereCenter
+from deskbroker.centers.vsphere import connection as vsphere_connection
+from deskbroker.domain.states import PowerState
+from deskbroker.errors import CenterError
+from deskbroker.security import SecretBox
+from deskbroker.services.center_drivers import CenterDrivers
+from deskbroker.store.tables import Center
+from tests.centers.fake_bmc import FakeBMC
+from tests.centers.libvirt_node import center_params
+from tests.centers.vcsim import PASSWORD, running
+from tests.helpers import wait_until
+from tests.tarpit import HTTP_HEAD, drip, dripping, serving, tarpit
+
+# A tenant's share in the small pools, and the pools' size: one place beyond the share,
+# which the other tenant's call needs.
+SHARE = 2
+PLACES = SHARE + 1
+# A refusal is made before any thread starts: far quicker than any call's deadline.
+AT_ONCE_S = 0.15
+# The driver cache opens a center's sealed secrets with the broker's key: this one.
+BOX = SecretBox("the tests' key")
+
+
+def _opened(
+    tenant: str, name: str, kind: str, params: dict[str, Any], secrets: dict[str, str]
+) -> Any:
+    """A center's driver as the broker opens it: through its driver cache, which names
+    the center's tenant to the driver."""
+    center = Center(
+        id=f"{tenant}-{name}",
+        tenant_id=tenant,
+        name=name,
+        kind=kind,
+        params=params,
+        secrets_sealed=BOX.seal(json.dumps(secrets)) if secrets else None,
+    )
+    return CenterDrivers(BOX).get(center)
+
+
+def _refused_at_once(call: Callable[[], object], said: str) -> None:
+    started = time.monotonic()
+    with pytest.raises(CenterError, match=said):
+        call()
+    assert time.monotonic() - started < AT_ONCE_S
+
+
+def test_the_pools_give_each_tenant_the_same_share_as_the_clouds() -> None:
+    for pool in (libvirt_connection.LIBVIRT_CALLS, vsphere_connection.VSPHERE_CALLS):
+        assert pool.per_owner == MAX_PER_OWNER < pool.limit
+    assert redfish.BMC_CALLS.per_owner == MAX_PER_OWNER < redfish.BMC_CALLS.limit
+
+
+def test_one_tenants_silent_libvirt_hosts_leave_another_tenant_a_helper(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tenant administrator's centers on a host that accepts and never answers: libvirt
+    waits for its handshake for ever, so each call leaves a helper behind. Past the
+    tenant's share its calls are refused at once, in words, and another tenant's libvirt
+    call still finds a helper."""
+    pool = Helpers(PLACES, SHARE, "libvirt hosts")
+    monkeypatch.setattr(libvirt_connection, "LIBVIRT_CALLS", pool)
+    opened: list[LibvirtCenter] = []
+    with tarpit() as pit:
+        for i in range(PLACES):
+            uri = f"qemu+tcp://127.0.0.1:{pit.port}/host-{i}"  # one connection each
+            params = {"uri": uri, "timeout_s": 0.2}
+            opened.append(_opened("acme", f"silent-{i}", "libvirt", params, {}))
+        for driver in opened[:SHARE]:
+            with pytest.raises(CenterError, match=re.escape("did not answer within 0.2 s")):
+                driver.inventory()
+        assert (pool.live, pool.live_of("acme")) == (SHARE, SHARE)
+        _refused_at_once(
+            opened[SHARE].inventory,
+            f"not asked, since {SHARE} calls to this tenant's libvirt hosts are still hanging",
+        )
+        other: LibvirtCenter = _opened("globex", "lab", "libvirt", center_params(tmp_path), {})
+        opened.append(other)
+        assert "hand-made" in {m.name for m in other.inventory()}
+        assert pool.live_of("acme") == SHARE  # still hung: only the tenant's share
+    # The listener closed: libvirt sees the end, the helpers end and give their places back.
+    wait_until(lambda: not pool.live, "the abandoned libvirt calls to end")
+    for driver in opened:
+        driver.hypervisor.close()
+
+
+def _certificate() -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1 and its key, both PEM."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem.decode()
+
+
+@contextmanager
+def tls_drip(tmp_path: Path, interval_s: float) -> Iterator[tuple[int, str]]:
+    """The port and CA (PEM) of an HTTPS server that completes the TLS handshake, takes
+    the request and drips its answer one byte per ``interval_s``, for ever: every read
+    of the client succeeds within its timeout, the call never ends."""
+    cert_pem, key_pem = _certificate()
+    (tmp_path / "cert.pem").write_text(cert_pem)
+    (tmp_path / "key.pem").write_text(key_pem)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+
+    def feed(conn: socket.socket, stopping: threading.Event) -> None:
+        conn.settimeout(5)
+        try:
+            tls = context.wrap_socket(conn, server_side=True)
+        except OSError:
+            return  # the client gave up during the handshake
+        with tls:
+            tls.settimeout(0.05)
+            with suppress(TimeoutError, OSError):
+                tls.recv(65536)  # the request, never answered properly
+            # Returns once the block ends; closing the TLS socket lets the client go.
+            dripping(tls, stopping, HTTP_HEAD, b" ", interval_s)
+
+    with serving(feed) as port:
+        yield port, cert_pem
+
+
+def test_one_tenants_dripping_vcenters_leave_another_tenant_a_helper(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tenant administrator's centers on a server that drips its answer over TLS (each
+    read beats the socket's timeout, the call never ends): past the tenant's share its
+    calls are refused at once, and another tenant's vCenter call still finds a helper."""
+    pool = Helpers(PLACES, SHARE, "vCenters")
+    monkeypatch.setattr(vsphere_connection, "VSPHERE_CALLS", pool)
+    opened: list[VsphereCenter] = []
+    with tls_drip(tmp_path, interval_s=0.05) as (port, ca_pem), running("-vms", "1") as sim:
+        for i in range(PLACES):
+            # A user of its own each: one session each, not one waited for by the others.
+            params = {"host": "127.0.0.1", "port": port, "username": f"user-{i}"}
+            params.update(ca_pem=ca_pem, timeout_s=0.3)
+            secrets = {"password": "p"}
+            opened.append(_opened("acme", f"dripping-{i}", "vsphere", params, secrets))
+        for driver in opened[:SHARE]:
+            with pytest.raises(CenterError, match=re.escape("did not answer within 0.3 s")):
+                driver.inventory()
+        assert (pool.live, pool.live_of("acme")) == (SHARE, SHARE)
+        _refused_at_once(
+            opened[SHARE].inventory,
+            f"not asked, since {SHARE} calls to this tenant's vCenters are still hanging",
+        )
+        other: VsphereCenter = _opened(
+            "globex", "vcenter", "vsphere", sim.params(), {"password": PASSWORD}
+        )
+        opened.append(other)
+        assert other.inventory()  # the simulator's VM
+        assert pool.live_of("acme") == SHARE
+    wait_until(lambda: not pool.live, "the abandoned vCenter calls to end")
+    for driver in opened:
+        driver.vcenter.close()
+
+
+def _machine(name: str) -> MachineInfo:
+    return MachineInfo(external_id=name, name=name)
+
+
+def _static(
+    tenant: str, url: str, names: list[str], timeout_s: float, password: str = "p"
+) -> CenterDriver:
+    """A tenant's static center whose machines' BMCs are at ``url``, as the broker opens
+    it (its tenant named), with the BMC password among its secrets."""
+    redfish_config = {"url": url, "username": "operator", "timeout_s": timeout_s}
+    machines = [{"name": name, "address": "10.0.0.5", "redfish": redfish_config} for name in names]
+    secrets = {"redfish_password": password}
+    driver: CenterDriver = _opened(tenant, "lab", "static", {"machines": machines}, secrets)
+    return driver
+
+
+def test_a_bmc_that_drips_is_cut_off_at_the_deadline_and_its_helper_freed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One byte every 0.1 s beats the 1 s read timeout for ever; the conversation's
+    deadline closes the connection, so the helper ends with the call, not with the BMC."""
+    pool = Helpers(PLACES, SHARE, "BMCs")
+    monkeypatch.setattr(redfish, "BMC_CALLS", pool)
+    with drip(HTTP_HEAD, interval_s=0.1) as port:
+        driver = _static("acme", f"http://127.0.0.1:{port}", ["m"], timeout_s=1)
+        started = time.monotonic()
+        with pytest.raises(CenterError, match="no answer within 1 s"):
+            driver.power(_machine("m"), PowerAction.START)
+        assert time.monotonic() - started < 2
+        # The BMC still drips: only the deadline can have ended the helper.
+        wait_until(lambda: not pool.live, "the helper to end at the deadline", timeout_s=1)
+        assert driver.inventory()[0].power_state is PowerState.UNKNOWN  # cut off again
+        wait_until(lambda: not pool.live, "the helper to end at the deadline", timeout_s=1)
+
+
+def test_one_tenants_dripping_bmcs_leave_another_tenant_a_helper(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While a tenant's conversations with dripping BMCs run to their deadline, its
+    further ones are refused at once, in words, and another tenant's BMC is still asked."""
+    pool = Helpers(PLACES, SHARE, "BMCs")
+    monkeypatch.setattr(redfish, "BMC_CALLS", pool)
+    bmc = FakeBMC().start()
+    failures: list[BaseException] = []
+
+    def start(driver: CenterDriver, name: str) -> None:
+        try:
+            driver.power(_machine(name), PowerAction.START)
+        except CenterError as exc:
+            failures.append(exc)
+
+    try:
+        with drip(HTTP_HEAD, interval_s=0.1) as port:
+            names = [f"m{i}" for i in range(PLACES)]
+            acme = _static("acme", f"http://127.0.0.1:{port}", names, timeout_s=2)
+            running_calls = [
+                threading.Thread(target=start, args=(acme, name), daemon=True)
+                for name in names[:SHARE]
+            ]
+            for thread in running_calls:
+                thread.start()
+            wait_until(lambda: pool.live_of("acme") == SHARE, "the tenant's share to fill")
+            _refused_at_once(
+                lambda: acme.power(_machine(names[SHARE]), PowerAction.START),
+                f"not asked, since {SHARE} calls to this tenant's BMCs are still hanging",
+            )
+            globex = _static("globex", bmc.url, ["lab-1"], timeout_s=2, password=bmc.password)
+            globex.power(_machine("lab-1"), PowerAction.START)
+            assert bmc.resets == ["On"]
+            for thread in running_calls:
+                thread.join(timeout=10)
+        assert len(failures) == SHARE
+        assert all("no answer within 2 s" in str(f) for f in failures), failures
+        wait_until(lambda: not pool.live, "the helpers to end at their deadline", timeout_s=1)
+    finally:
+        bmc.stop()
