@@ -212,6 +212,28 @@ def test_one_tenants_dripping_vcenters_leave_another_tenant_a_helper(
         driver.vcenter.close()
 
 
+def test_a_silent_vcenter_lets_its_helper_go_at_the_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """pyvmomi sets no read timeout (the login's version discovery none at all): the TLS
+    context gives each socket the center's ``timeout_s``, so a vCenter that accepts and
+    never answers holds the helper no longer than the call's own deadline, not until it
+    closes the connection."""
+    pool = Helpers(PLACES, SHARE, "vCenters")
+    monkeypatch.setattr(vsphere_connection, "VSPHERE_CALLS", pool)
+    with tarpit() as pit:
+        params = {"host": "127.0.0.1", "port": pit.port, "username": "u", "timeout_s": 0.5}
+        params["insecure"] = True
+        driver: VsphereCenter = _opened("acme", "silent", "vsphere", params, {"password": "p"})
+        with pytest.raises(CenterError, match=re.escape("did not answer within 0.5 s")):
+            driver.inventory()
+        started = time.monotonic()
+        # The tarpit still holds the connection open: only the socket's timeout ends it.
+        wait_until(lambda: not pool.live, "the silent vCenter's helper to end", timeout_s=5)
+        assert time.monotonic() - started < 3
+        driver.vcenter.close()
+
+
 def _machine(name: str) -> MachineInfo:
     return MachineInfo(external_id=name, name=name)
 

@@ -2,11 +2,12 @@
 
 pyvmomi's calls block on HTTPS; a vCenter that stops answering would hold the calling
 thread. So each call runs on a capped helper thread (``Helpers``, the pattern of the
-OpenStack and libvirt drivers) that the caller waits for at most ``timeout_s``. A helper
-given up on ends when vCenter answers or closes the connection: pyvmomi's sockets have no
-read timeout of their own (``connectionPoolTimeout`` closes idle connections only, and
-the version discovery that starts a login sets none), so a server that accepts and stays
-silent, or drips its answer, holds its helper until it lets go. So, as for the clouds,
+OpenStack and libvirt drivers) that the caller waits for at most ``timeout_s``. pyvmomi's
+sockets have no read timeout of their own (``connectionPoolTimeout`` closes idle
+connections only, and the version discovery that starts a login sets none), so the TLS
+context gives each socket it wraps ``timeout_s`` (``_NamedTLS``): a server that accepts
+and stays silent lets the helper go at the deadline. One that drips its answer, a byte
+within each timeout, still holds it until it lets go. So, as for the clouds,
 one tenant's calls hold at most ``MAX_PER_OWNER`` of the helpers: a tenant
 administrator's silent or dripping server cannot leave another tenant's vCenter calls
 without one.
@@ -66,6 +67,10 @@ class _NamedTLS(ssl.SSLContext):
     connected to, the certificate must still be the one of the name in the params."""
 
     server_name = ""
+    # Every socket pyvmomi opens through this context (the login's version discovery
+    # included, which sets no timeout of its own) waits at most this long for a read: a
+    # vCenter that accepts and stays silent lets its helper go at the call's deadline.
+    read_timeout_s: float | None = None
 
     def wrap_socket(
         self,
@@ -76,6 +81,8 @@ class _NamedTLS(ssl.SSLContext):
         server_hostname: str | bytes | None = None,
         session: ssl.SSLSession | None = None,
     ) -> ssl.SSLSocket:
+        if self.read_timeout_s is not None:
+            sock.settimeout(self.read_timeout_s)
         return super().wrap_socket(
             sock,
             server_side=server_side,
@@ -136,6 +143,7 @@ class Vcenter:
         """TLS as for the name written in the params, whatever address is connected to."""
         context = _NamedTLS(ssl.PROTOCOL_TLS_CLIENT)  # verifies the chain and the name
         context.server_name = self.params.host.strip("[]")
+        context.read_timeout_s = self.params.timeout_s
         if self.params.insecure:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
