@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from deskbroker.centers.base import Capability, CenterDriver, MachineInfo, PowerAction
+from deskbroker.centers.openstack.overdue import MAX_PER_OWNER
 from deskbroker.centers.static import wol
 from deskbroker.centers.static.redfish import RedfishBMC, RedfishConfig
 from deskbroker.domain.membership import ENGINE_PREFIX
@@ -35,6 +36,8 @@ _RESETS: dict[PowerAction, tuple[str, ...]] = {
 }
 # Nothing to do when the system already is so.
 _ALREADY = {PowerAction.START: "On", PowerAction.STOP: "Off"}
+# BMCs asked at once by one listing (``inventory``).
+LOOKS_AT_ONCE = MAX_PER_OWNER // 2
 _OFFLINE = frozenset({"inventory", "changes", "images", "catalog", "machine", "attach_address"})
 
 
@@ -185,8 +188,10 @@ class StaticCenter(CenterDriver):
         states: dict[str, PowerState] = {}
         if observed:
             # Each look is bounded by its own timeout; a few at once, so a listing of
-            # many machines with dead BMCs still ends.
-            with ThreadPoolExecutor(max_workers=min(16, len(observed))) as looks:
+            # many machines with dead BMCs still ends. Half the tenant's share of the
+            # BMC helpers: two of its centers scanning at once both get every answer.
+            at_once = max(1, min(LOOKS_AT_ONCE, len(observed)))
+            with ThreadPoolExecutor(max_workers=at_once) as looks:
                 states = dict(
                     zip((m.name for m in observed), looks.map(self._state, observed), strict=True)
                 )
