@@ -166,10 +166,16 @@ def guard_changed(session: leases.Unit, tenant_id: str) -> None:
 
 
 def _look_again(tenant_id: str, seen: int | None, db: Database) -> None:
-    if seen != _ANY:
-        with db.connect_read() as conn:
-            if conn.execute(_GUARD_VERSION, {"b_tenant": tenant_id}).scalar() == seen:
-                return
+    # Read first: most looks find nothing, and a write unit would queue behind every
+    # writer (on SQLite, take the one write lock) for nothing.
+    with db.read() as session:
+        if (
+            seen != _ANY
+            and session.execute(_GUARD_VERSION, {"b_tenant": tenant_id}).scalar() == seen
+        ):
+            return
+        if not breached(session, tenant_id):
+            return
     with db.write() as session:
         if breached(session, tenant_id):
             refresh(session, tenant_id)
