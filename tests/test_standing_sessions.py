@@ -91,3 +91,25 @@ def test_starting_a_global_admins_stopped_desktop_disturbs_nobody(api: Api) -> N
     # Not refused for the holder (the center's own answer comes instead).
     detail = tad.post(f"desktops/{desk}/power", {"action": "start"}, status=409)["detail"]
     assert "global administrator" not in detail, detail
+
+
+def test_an_agent_naming_a_global_admin_does_not_shield_a_desktop(api: Api) -> None:
+    """Whoever held a desktop may have read its agent token: a session the agent says is
+    the global administrator's on a plain user's desktop is the agent's word only, and
+    keeps no administrator from helping."""
+    api.seed_pool(1, users=1, assignment="persistent")
+    desk = api.login("user0", USER_PASSWORD)["offers"][0]["desktop"]["id"]
+    Agent.mint(api, desk).send("login", user="admin", session_key="1")
+    tad = _tenant_admin(api)
+    session = _session_of(api, "admin")
+    for kind in ("lock", "logoff"):
+        assert tad.post(f"sessions/{session}/{kind}", {}, status=202)["kind"] == kind
+    assert (
+        "cannot power machines"
+        in tad.post(f"desktops/{desk}/power", {"action": "stop", "force": True}, status=409)[
+            "detail"
+        ]
+    )
+    assert tad.post(f"sessions/{session}/end", {"reason": "x"}, status=200)["state"] == (
+        "logged_out"
+    )

@@ -325,9 +325,10 @@ def check_desktop_reach(
 
 
 def check_people_on(session: Unit, desktop_id: str, what: str) -> None:
-    """Refuse ``what`` ("end the session of", "log off", "power the desktop of"...) on a
-    desktop whose holder, or the user of a session open on it, is stronger than the
-    actor (``may_manage``, rule roles included; the actor attached to ``session``).
+    """Refuse ``what`` ("end the session on", "log off", "reboot"...) a desktop whose
+    holder is stronger than the actor (``may_manage``, rule roles included; the actor
+    attached to ``session``). The agent's word on who is in a session does not count
+    (``store.standing.people_on``).
     Ending a stronger account's session hands its desktop to the release plan, and a
     message in its session speaks to it in the broker's name: both are acting on that
     account, as releasing its desktop is."""

@@ -11,7 +11,6 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from deskbroker.domain.permissions import BuiltinRole
-from deskbroker.domain.states import SessionState
 from deskbroker.store.membership import build_centers
 from deskbroker.store.tables import (
     AssignmentRuleRow,
@@ -19,7 +18,6 @@ from deskbroker.store.tables import (
     PolicyEntry,
     Pool,
     PoolMember,
-    SessionRow,
     User,
 )
 
@@ -171,16 +169,10 @@ def holder_roles(session: Session, *, desktop_id: str = "", center_id: str = "")
 
 
 def people_on(session: Session, desktop_id: str) -> list[User]:
-    """The broker's users on a desktop: its holder, and the user of every session open on
-    it (an account the agent reports that maps to a broker user), by name."""
-    on_it = select(SessionRow.user_id).where(
-        SessionRow.desktop_id == desktop_id,
-        SessionRow.user_id.is_not(None),
-        SessionRow.state != SessionState.LOGGED_OUT.value,
-    )
+    """The broker's users a desktop stands for: its holder. Not the users an agent names
+    in its sessions: any tenant administrator mints a desktop's agent token, and whoever
+    held the desktop may have read it, so a session said to be a global administrator's
+    would shield the desktop from the helpdesk. The holder is the broker's own record: a
+    rogue login makes only a plain user the holder (``services.standing.rogue_refusal``)."""
     holder = select(Desktop.assigned_user_id).where(Desktop.id == desktop_id)
-    return list(
-        session.scalars(
-            select(User).where(or_(User.id.in_(on_it), User.id.in_(holder))).order_by(User.username)
-        ).all()
-    )
+    return list(session.scalars(select(User).where(User.id.in_(holder))).all())
