@@ -166,8 +166,10 @@ def test_a_node_runs_its_engine_once_behind_several_workers(
         before = answered()
         for _ in range(20):
             assert httpx.get(f"{node.url}/readyz", timeout=5).status_code == 200
-        # The 20, and the first /metrics itself (counted once it answered).
-        assert answered() - before == 21
+        # The 20, and the first /metrics itself (counted once it answered); one worker
+        # alone would count about half. A start-up /healthz the client gave up on under a
+        # loaded CI may still be counted meanwhile: a little more is fine.
+        assert 21 <= answered() - before <= 24
 
         # The node's process alone is killed (the OOM killer's way): its workers do not
         # stay behind answering without it.
