@@ -179,6 +179,13 @@ class Settings(BaseSettings):
         description="engine workers one center's work (scans, leak sweeps, builds, build "
         "steps) may hold at once; the rest waits its turn without holding a worker",
     )
+    engine_tenant_workers: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description="engine workers one tenant's centers may hold at once (default: all "
+        "but a quarter of engine_workers, kept for the other tenants)",
+    )
     lease_ttl_s: float = Field(default=60.0, ge=5, le=3600)
     # The cluster: each node's heartbeat, and when its silence makes it dead.
     heartbeat_interval_s: float = Field(

@@ -10,15 +10,17 @@ from collections.abc import Iterator
 import pytest
 
 from cloudsim.server import CloudSim
+from deskbroker.bootstrap import add_local_user
 from deskbroker.config import Settings
 from deskbroker.engine.drivers import DriverCache
 from deskbroker.engine.removals import remove_desktops
 from deskbroker.engine.runner import Engine
+from deskbroker.engine.turns import CenterTurns, tenant_share
 from deskbroker.errors import CenterError
 from deskbroker.services.context import BrokerContext
 from deskbroker.store.tables import Center, Desktop, utcnow
 from tests.engine.conftest import openstack_center, provisioning_pool
-from tests.helpers import Api, wait_until
+from tests.helpers import ADMIN_PASSWORD, Api, wait_until
 from tests.tarpit import Tarpit, silent_center, tarpit
 
 WORKERS = 4
@@ -29,7 +31,15 @@ SILENT_TIMEOUT_S = 20.0
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    return settings.model_copy(update={"engine_center_workers": 2, "engine_tick_s": 0.05})
+    # Every worker open to one tenant: these tests are of one tenant's centers (the
+    # tenant's share is tried on its own below).
+    return settings.model_copy(
+        update={
+            "engine_center_workers": 2,
+            "engine_tenant_workers": WORKERS,
+            "engine_tick_s": 0.05,
+        }
+    )
 
 
 @pytest.fixture
@@ -64,6 +74,30 @@ def test_a_silent_center_leaves_workers_for_the_others(
         api.patch(f"pools/{silent_pool['id']}", {"name": "silent-pool"})
         small_engine.start()
         time.sleep(1.0)  # the silent center's work is out, waiting on the tarpit
+        _other_center_builds(api, sim, pit)
+
+
+def test_one_tenants_silent_centers_leave_workers_for_the_others(
+    api: Api, sim: CloudSim, small_engine: Engine
+) -> None:
+    """Each center holds at most its share, but a tenant administrator's many silent
+    centers would hold every worker between them (the driver families bound their hung
+    calls each on its own): one tenant's centers hold at most ``tenant_share`` of the
+    workers (here 2 of 4), so the global administrator's builds go on."""
+    add_local_user(api.ctx, "mallory", ADMIN_PASSWORD, role="tenant_admin", tenant_name="b")
+    api.ctx.cache.invalidate()
+    signed = api.client.post(
+        "/api/v1/auth/login",
+        json={"username": "mallory", "password": ADMIN_PASSWORD, "tenant": "b"},
+    )
+    assert signed.status_code == 200, signed.text
+    mallory = Api(api.client, api.ctx, signed.json()["token"])
+    small_engine.turns.tenant_share = 2  # two of the four
+    with tarpit() as pit:
+        for i in range(3):  # scans and leak sweeps: six calls that would hang
+            silent_center(mallory, pit, name=f"silent-{i}", timeout_s=SILENT_TIMEOUT_S)
+        small_engine.start()
+        time.sleep(1.0)  # tenant b's work is out, waiting on the tarpit
         _other_center_builds(api, sim, pit)
 
 
@@ -135,3 +169,18 @@ def test_a_removal_pass_ends_at_the_first_call_its_center_does_not_answer(api: A
         assert refused["detail"] == (
             "center silent is still removing 3 desktops; delete it once they are gone"
         )
+
+
+def test_turns_per_center_and_per_tenant() -> None:
+    assert [tenant_share(w) for w in (1, 2, 4, 8, 24, 64)] == [1, 2, 3, 6, 18, 48]
+    assert tenant_share(24, 30) == 24 and tenant_share(24, 5) == 5
+    turns = CenterTurns(share=2, tenant_share=3)
+    assert [turns.take("c1", "a") for _ in range(3)] == [True, True, False]  # the center's
+    assert turns.room("c2", "a") == 1
+    assert turns.take("c2", "a") and not turns.take("c3", "a")  # the tenant's three
+    assert turns.room("c3", "a") == 0 and turns.room("c9", "b") == 2
+    assert turns.take("c9", "b")  # another tenant's work still finds a turn
+    turns.end("c1", "a")
+    assert turns.take("c3", "a")
+    turns.count("c9", "b")  # a build claimed within room
+    assert turns.room("c9", "b") == 0

@@ -28,7 +28,15 @@ WORKERS = 2
 @pytest.fixture
 def watched(settings: Settings) -> Iterator[tuple[BrokerContext, TestClient, Engine]]:
     ctx = BrokerContext.from_settings(
-        settings.model_copy(update={"engine_tick_s": 0.05, "lease_ttl_s": LEASE_TTL_S})
+        # One tenant's centers may take every worker here: the saturation is the subject
+        # (a tenant's share is tried in test_center_turns).
+        settings.model_copy(
+            update={
+                "engine_tick_s": 0.05,
+                "lease_ttl_s": LEASE_TTL_S,
+                "engine_tenant_workers": WORKERS,
+            }
+        )
     )
     ensure_defaults(ctx)
     engine = Engine(ctx, workers=WORKERS)

@@ -353,7 +353,8 @@ def test_a_timer_waits_its_turn_while_its_center_holds_its_share_of_workers(
     _one_deletable_desktop(api, sim, users=1)
     desktop = _logged_out_and_released(api, release=TERMINATE_AT_LOGOUT)
     turns = CenterTurns(share=2)
-    held = [turns.take(api.ids["center"]) for _ in range(2)]  # two calls already out
+    tenant = str(api.get(f"desktops/{desktop}")["tenant_id"])
+    held = [turns.take(api.ids["center"], tenant) for _ in range(2)]  # two calls already out
     assert held == [True, True]
     drivers = _Drivers(ctx, lambda: None)
     now = datetime.now(UTC) + timedelta(seconds=1)
@@ -369,8 +370,8 @@ def test_a_timer_waits_its_turn_while_its_center_holds_its_share_of_workers(
     assert fire_due(ctx, drivers, now) == 0
     assert api.get(f"desktops/{desktop}")["availability"] == "available"
 
-    turns.end(api.ids["center"])
+    turns.end(api.ids["center"], tenant)
     assert fire_due(ctx, drivers, now + timedelta(seconds=5), turns) == 1
     assert drivers.calls == ["terminate"]
-    assert turns.room(api.ids["center"]) == 1  # its turn ended with the call
+    assert turns.room(api.ids["center"], tenant) == 1  # its turn ended with the call
     assert timers_of(api, desktop) == []

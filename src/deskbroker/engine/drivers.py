@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from deskbroker.centers.base import CenterDriver
-from deskbroker.engine.turns import CenterTurns
+from deskbroker.engine.turns import CenterTurns, tenant_share
 from deskbroker.engine.watch import BuildWatcher
 from deskbroker.services.context import BrokerContext
 from deskbroker.store.tables import Center
@@ -24,7 +24,10 @@ class DriverCache:
 
     def __init__(self, ctx: BrokerContext, turns: CenterTurns | None = None) -> None:
         self.ctx = ctx
-        self.turns = turns or CenterTurns(ctx.settings.engine_center_workers)
+        self.turns = turns or CenterTurns(
+            ctx.settings.engine_center_workers,
+            tenant_share(ctx.settings.engine_workers, ctx.settings.engine_tenant_workers),
+        )
         self._watchers: dict[str, BuildWatcher] = {}
         self._centers: dict[str, tuple[float, Center]] = {}
         self._by_row: dict[str, tuple[Center, CenterDriver]] = {}
@@ -51,15 +54,18 @@ class DriverCache:
     @contextmanager
     def turn(self, center_id: str) -> Iterator[bool]:
         """A turn of the center's share for a pool's or a removal's cloud calls: yields
-        False, taking nothing, when the center's work holds its share already. The
+        False, taking nothing, when the center's work (or its tenant's) holds its share
+        already. The
         caller then leaves the calls for a later pass rather than hold a worker on a
         cloud that drips or never answers."""
-        took = self.turns.take(center_id)
+        center = self.center(center_id)
+        tenant = center.tenant_id if center is not None else ""
+        took = self.turns.take(center_id, tenant)
         try:
             yield took
         finally:
             if took:
-                self.turns.end(center_id)
+                self.turns.end(center_id, tenant)
 
     def center(self, center_id: str) -> Center | None:
         """The center's row, read at most every few seconds: steps of many builds on

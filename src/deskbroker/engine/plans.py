@@ -409,7 +409,7 @@ def execute_timer(
         return
     # A center's timers take turns with its other work: a thousand users logging off a
     # cloud that never answers must not hold every worker of the engine.
-    if not turns.take(center.id):
+    if not turns.take(center.id, center.tenant_id):
         with ctx.db.write() as session:
             later = utcnow() + timedelta(seconds=TURN_WAIT_S)
             leases.release(session, Timer, timer_id, owner, due_at=later)
@@ -417,7 +417,7 @@ def execute_timer(
     try:
         _carry_out(ctx, drivers, timer_id, owner, now, desktop, center)
     finally:
-        turns.end(center.id)
+        turns.end(center.id, center.tenant_id)
 
 
 def _carry_out(

@@ -15,7 +15,7 @@ from typing import Any
 from deskbroker.engine import builds, handover, maintenance, plans, provisioner, removals, rollouts
 from deskbroker.engine.drivers import DriverCache
 from deskbroker.engine.handover import Refill
-from deskbroker.engine.turns import TURN_WAIT_S, CenterTurns, NoTurn
+from deskbroker.engine.turns import TURN_WAIT_S, CenterTurns, NoTurn, tenant_share
 from deskbroker.engine.watch import BuildWatcher
 from deskbroker.engine.webhooks import Dispatcher, recheck_setters
 from deskbroker.services.context import BrokerContext
@@ -78,7 +78,11 @@ class Engine:
         # One center's work holds at most this many workers: a center whose cloud drips
         # its answers cannot take the workers every tenant's builds and timers need.
         self.center_workers = settings.engine_center_workers
-        self.turns = CenterTurns(self.center_workers)
+        # And one tenant's centers at most this many: a tenant administrator's many
+        # silent centers leave workers for the other tenants.
+        self.turns = CenterTurns(
+            self.center_workers, tenant_share(self.workers, settings.engine_tenant_workers)
+        )
         self.drivers = DriverCache(ctx, self.turns)
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="engine")
         # Listings of builds, one out per center at most (see _list_builds).
@@ -338,7 +342,7 @@ class Engine:
             self._list_builds(watcher, center.id, center.name, work.waiting)
         limit = self.drivers.get(center).limits().max_in_flight
         refill = None
-        room = min(self._free(), self.turns.room(center.id))
+        room = min(self._free(), self.turns.room(center.id, center.tenant_id))
         if work.requested and room > 0 and (work.in_flight < limit or watcher.finished()):
             refill = Refill(limit, room, self.owner, now, self.ttl_s)
         try:
@@ -347,7 +351,8 @@ class Engine:
             log.exception("handing over or starting builds on %s failed", center.name)
             return 0
         for row in claimed:
-            self.turns.count(row.center_id)  # before it runs: the next tick's room sees it
+            # Before it runs: the next tick's room sees it.
+            self.turns.count(row.center_id, row.tenant_id)
             self._submit(self._run_build, row)
         if work.waiting:
             wanted = watcher.next_listing(work.waiting - ready)
@@ -379,7 +384,9 @@ class Engine:
         if job.kind not in CENTER_JOBS:
             self._do_job(job, job_id, now)
             return
-        if not self.turns.take(job.target_id):
+        center = self.drivers.center(job.target_id)
+        tenant = center.tenant_id if center is not None else ""
+        if not self.turns.take(job.target_id, tenant):
             # The center holds its share of workers: the job waits its turn unleased.
             with self.ctx.db.write() as session:
                 later = utcnow() + timedelta(seconds=TURN_WAIT_S)
@@ -388,7 +395,7 @@ class Engine:
         try:
             self._do_job(job, job_id, now)
         finally:
-            self.turns.end(job.target_id)
+            self.turns.end(job.target_id, tenant)
 
     def _do_job(self, job: Job, job_id: str, now: datetime) -> None:
         handler = self.handlers.get(job.kind)
@@ -455,10 +462,10 @@ class Engine:
         except Exception:
             log.exception("provisioning task %s failed", task.id)
         finally:
-            self.turns.end(task.center_id)
+            self.turns.end(task.center_id, task.tenant_id)
 
     def _run_step(self, task: tasks.TaskRow) -> None:
-        if not self.turns.take(task.center_id):
+        if not self.turns.take(task.center_id, task.tenant_id):
             with self.ctx.db.write() as session:
                 later = utcnow() + timedelta(seconds=TURN_WAIT_S)
                 leases.release(session, ProvisioningTask, task.id, self.owner, next_step_at=later)
@@ -468,4 +475,4 @@ class Engine:
         except Exception:
             log.exception("provisioning task %s failed", task.id)
         finally:
-            self.turns.end(task.center_id)
+            self.turns.end(task.center_id, task.tenant_id)
