@@ -595,7 +595,7 @@ def test_a_desktop_probe_does_not_scan_the_brokers_own_host(
 
 @pytest.mark.parametrize(
     "address",
-    ["169.254.169.254", "fd00:ec2::254", "100.100.100.200", "127.0.0.1", "::1"],
+    ["169.254.169.254", "fd00:ec2::254", "100.100.100.200", "168.63.129.16", "127.0.0.1", "::1"],
 )
 def test_the_default_policy_denies_every_cloud_metadata_service(address: str) -> None:
     policy = outbound.OutboundPolicy()

@@ -365,7 +365,9 @@ class Settings(BaseSettings):
     )
     outbound_allow: str = Field(
         default="",
-        description="networks allowed even inside a denied one; the most specific entry decides",
+        description="networks allowed even inside a denied one; the most specific entry "
+        "decides. The broker host's own addresses (but loopback) are denied always: only "
+        "an entry of exactly one of them (10.0.0.5/32) opens it",
     )
     trusted_proxies: str = Field(
         default="",

@@ -20,11 +20,15 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
+import ssl
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 
+import h11
 import httpx
 
 from deskbroker import outbound_http, write_guard
@@ -58,6 +62,57 @@ def per_tenant(workers: int, per_target: int, setting: int | None) -> int:
     if setting is not None:
         return setting
     return max(1, workers // 2, min(workers - 1, per_target + 1))
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what it was raised from (httpx wraps httpcore, which wraps the socket's,
+    TLS's or h11's error), each once."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+# The broker's words for a failed post, by what failed underneath (the first match wins).
+_CAUSE_WORDS: tuple[tuple[type[BaseException], str], ...] = (
+    (h11.RemoteProtocolError, "the receiver does not speak HTTP (its answer is no HTTP response)"),
+    (ssl.SSLCertVerificationError, "the receiver's TLS certificate is not trusted for its name"),
+    (ssl.SSLError, "the TLS handshake with the receiver failed"),
+    (socket.gaierror, "the receiver's name does not resolve"),
+    (ConnectionRefusedError, "connection refused"),
+    (ConnectionResetError, "the receiver reset the connection"),
+    (BrokenPipeError, "the receiver closed the connection while the event was sent"),
+)
+# And by the kind of httpx error, when no cause above says more.
+_ERROR_WORDS: tuple[tuple[type[httpx.HTTPError], str], ...] = (
+    (httpx.ProxyError, "the HTTP proxy refused the connection"),
+    (httpx.ConnectError, "no connection to the receiver"),
+    (httpx.RemoteProtocolError, "the receiver closed the connection without answering"),
+    (httpx.ReadError, "the connection broke before the receiver answered"),
+    (httpx.WriteError, "the connection broke while the event was sent"),
+    (httpx.UnsupportedProtocol, "the URL's scheme is neither http nor https"),
+    (httpx.LocalProtocolError, "the request could not be sent"),
+)
+
+
+def failure_words(exc: httpx.HTTPError, timeout_s: float) -> str:
+    """Why a post failed, in the broker's own fixed words: never the exception's text,
+    which quotes the receiver (an SSH server's banner, as an "illegal status line") or
+    names from its certificate, and which a tenant administrator reads in the
+    delivery's ``last_error`` after aiming a webhook at an internal service."""
+    causes = list(_causes(exc))
+    if any(isinstance(cause, httpx.TimeoutException | TimeoutError) for cause in causes):
+        return f"no answer within {timeout_s:g} s"
+    for cause in causes:
+        for kind, words in _CAUSE_WORDS:
+            if isinstance(cause, kind):
+                return words
+    for error_kind, words in _ERROR_WORDS:
+        if isinstance(exc, error_kind):
+            return words
+    return f"the post failed ({type(exc).__name__})"  # the library's class, not the remote's
 
 
 def recheck_setters(ctx: BrokerContext, drivers: DriverCache, target_id: str, now: datetime) -> str:
@@ -191,10 +246,17 @@ class Dispatcher:
                 status = r.status_code
         except OutboundRefused as exc:
             return None, str(exc)
-        except httpx.TimeoutException:
-            return None, f"no answer within {self.ctx.settings.webhook_timeout_s:g} s"
         except httpx.HTTPError as exc:
-            return None, f"{type(exc).__name__}: {exc}"[:500]
+            # The detail (which may quote the receiver) for the operator's log only; the
+            # delivery, which the tenant reads, keeps the broker's words.
+            log.info(
+                "webhook %s: event %s: post failed: %s: %.300r",
+                delivery.webhook_id,
+                delivery.event_id,
+                type(exc).__name__,
+                str(exc),
+            )
+            return None, failure_words(exc, self.ctx.settings.webhook_timeout_s)
         if 200 <= status < 300:
             return status, ""
         return status, f"the receiver answered HTTP {status}"

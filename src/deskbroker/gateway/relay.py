@@ -40,6 +40,22 @@ async def checked_address(ticket: Ticket) -> str:
     return address
 
 
+def came_back(writer: asyncio.StreamWriter, ticket: Ticket) -> str | None:
+    """Why a connection just opened is refused: it came back to the gateway's own host
+    (its peer is its own local address, not loopback), as a desktop address the host
+    took after its addresses were last read would. ``None`` when it did not."""
+    peer, local = writer.get_extra_info("peername"), writer.get_extra_info("sockname")
+    if not isinstance(peer, tuple) or not isinstance(local, tuple):
+        return None
+    reason = outbound.current().connection_refusal(str(peer[0]), str(local[0]))
+    if reason is None:
+        return None
+    return (
+        f"desktop {ticket.desktop_name} at {ticket.host} is not connected to: {reason}; "
+        "on the gateway the settings are DESKBROKER_GATEWAY_OUTBOUND_DENY and _ALLOW"
+    )
+
+
 async def open_target(
     ticket: Ticket, timeout_s: float
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -48,7 +64,12 @@ async def open_target(
     ``TargetDenied`` when the policy refuses it, OSError in words if it does not answer."""
 
     async def checked_connection() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        return await asyncio.open_connection(await checked_address(ticket), ticket.port)
+        reader, writer = await asyncio.open_connection(await checked_address(ticket), ticket.port)
+        reason = came_back(writer, ticket)
+        if reason is not None:
+            writer.close()
+            raise TargetDenied(reason)
+        return reader, writer
 
     try:
         return await asyncio.wait_for(checked_connection(), timeout_s)

@@ -80,7 +80,9 @@ class GatewaySettings(BaseSettings):
     outbound_allow: str = Field(
         default="",
         description="networks allowed even inside a denied one (the broker's "
-        "DESKBROKER_OUTBOUND_ALLOW); the most specific network decides",
+        "DESKBROKER_OUTBOUND_ALLOW); the most specific network decides. The gateway "
+        "host's own addresses (but loopback) are denied always: only an entry of exactly "
+        "one of them (10.0.0.5/32) opens it",
     )
 
     @field_validator("outbound_deny", "outbound_allow")
@@ -91,8 +93,11 @@ class GatewaySettings(BaseSettings):
 
     @property
     def outbound_policy(self) -> outbound.OutboundPolicy:
-        """What the gateway process installs: where a ticket's desktop may be."""
-        return outbound.OutboundPolicy.from_text(self.outbound_allow, self.outbound_deny)
+        """What the gateway process installs: where a ticket's desktop may be. The
+        gateway host's own addresses are refused as the broker's are on its host."""
+        return outbound.OutboundPolicy.from_text(
+            self.outbound_allow, self.outbound_deny, host_words="the gateway's own host"
+        )
 
     @field_validator("key")
     @classmethod
