@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from deskbroker.bootstrap import add_local_user
 from deskbroker.services.context import BrokerContext
 from deskbroker.store.db import statement_counter
+from deskbroker.store.tables import Center, Desktop
 
 T = TypeVar("T")
 
@@ -218,3 +219,26 @@ def post_login(api: Api, username: str, password: str, **extra: Any) -> httpx.Re
     return api.client.post(
         "/api/v1/auth/login", json={"username": username, "password": password, **extra}
     )
+
+
+def built_desktops(api: Api, center_id: str, count: int, *, prefix: str = "built") -> list[str]:
+    """Desktops the broker built on the center (deletable: ``<prefix>-000``... on
+    instances ``<prefix>-server-0``...), recorded as a scan would; their ids."""
+    with api.ctx.db.write() as session:
+        center = session.get(Center, center_id)
+        assert center is not None
+        rows = [
+            Desktop(
+                tenant_id=center.tenant_id,
+                center_id=center_id,
+                external_id=f"{prefix}-server-{i}",
+                name=f"{prefix}-{i:03d}",
+                power_state="running",
+                availability="available",
+                deletable=True,
+            )
+            for i in range(count)
+        ]
+        session.add_all(rows)
+        session.flush()
+        return [r.id for r in rows]

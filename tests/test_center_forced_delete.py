@@ -17,35 +17,13 @@ from deskbroker.bootstrap import add_local_user
 from deskbroker.engine.drivers import DriverCache
 from deskbroker.engine.removals import remove_desktops
 from deskbroker.services.center_removal import ABANDONED_KIND, MAX_LISTED
-from deskbroker.store.tables import Center, Desktop, utcnow
-from tests.helpers import ADMIN_PASSWORD, Api, wait_until
+from deskbroker.store.tables import Desktop, utcnow
+from tests.helpers import ADMIN_PASSWORD, Api, built_desktops, wait_until
 from tests.tarpit import silent_center, tarpit
 
 # Each lookup of a machine by the removal pass in the race below waits this long: the
 # forced delete has all of it to commit between the pass's read and its write.
 LOOKUP_LATENCY_S = 1.5
-
-
-def _machines(api: Api, center_id: str, count: int, *, prefix: str = "built") -> list[str]:
-    """Desktops the broker built on the center (deletable), recorded as a scan would."""
-    with api.ctx.db.write() as session:
-        center = session.get(Center, center_id)
-        assert center is not None
-        rows = [
-            Desktop(
-                tenant_id=center.tenant_id,
-                center_id=center_id,
-                external_id=f"{prefix}-server-{i}",
-                name=f"{prefix}-{i:03d}",
-                power_state="running",
-                availability="available",
-                deletable=True,
-            )
-            for i in range(count)
-        ]
-        session.add_all(rows)
-        session.flush()
-        return [r.id for r in rows]
 
 
 def _rows_of(api: Api, center_id: str) -> int:
@@ -69,10 +47,10 @@ def _other_tenant_admin(api: Api) -> Api:
     return Api(api.client, api.ctx, signed.json()["token"])
 
 
-def test_a_forced_delete_drops_the_removals_and_names_the_abandoned_machines(api: Api) -> None:
+def test_a_forced_delete_drops_the_removals_and_names_the_abandonedbuilt_desktops(api: Api) -> None:
     with tarpit() as pit:
         silent = silent_center(api, pit, timeout_s=1.0)
-        doomed = _machines(api, silent["id"], 4)
+        doomed = built_desktops(api, silent["id"], 4)
         for desktop_id in doomed[:3]:
             api.delete(f"desktops/{desktop_id}", status=202)
 
@@ -125,11 +103,11 @@ def test_a_forced_delete_drops_the_removals_and_names_the_abandoned_machines(api
         assert pit.accepted == 0
 
 
-def test_the_event_lists_a_bounded_number_of_machines(api: Api) -> None:
+def test_the_event_lists_a_bounded_number_ofbuilt_desktops(api: Api) -> None:
     with tarpit() as pit:
         silent = silent_center(api, pit, timeout_s=1.0)
         many = MAX_LISTED + 5
-        _machines(api, silent["id"], many)
+        built_desktops(api, silent["id"], many)
         with api.ctx.db.write() as session:
             for desktop in session.query(Desktop).filter(Desktop.center_id == silent["id"]):
                 desktop.power_state, desktop.availability = "deleting", "unavailable"
@@ -150,7 +128,7 @@ def test_force_refuses_all_else_a_plain_delete_refuses(api: Api) -> None:
 
     with tarpit() as pit:
         silent = silent_center(api, pit, timeout_s=1.0)
-        for desktop_id in _machines(api, silent["id"], 2):
+        for desktop_id in built_desktops(api, silent["id"], 2):
             api.delete(f"desktops/{desktop_id}", status=202)
         pool = api.post("pools", {"name": "silent-pool", "center_ids": [silent["id"]]})
         used = api.delete(f"centers/{silent['id']}?force=true", status=409)["detail"]
@@ -195,7 +173,7 @@ def test_a_removal_pass_running_meanwhile_finds_the_rows_gone(api: Api, sim: Clo
             "secrets": {"password": "password"},
         },
     )
-    doomed = _machines(api, center["id"], 2, prefix="gone")
+    doomed = built_desktops(api, center["id"], 2, prefix="gone")
     for desktop_id in doomed:
         api.delete(f"desktops/{desktop_id}", status=202)
     sim.clear_requests()

@@ -10,9 +10,8 @@ from playwright.sync_api import Page, expect
 
 from deskbroker.services.center_removal import ABANDONED_KIND
 from tests.browser_support import SIZES, chromium, live_broker, need_chromium, watch
-from tests.helpers import ADMIN_PASSWORD, Api
+from tests.helpers import ADMIN_PASSWORD, Api, built_desktops
 from tests.tarpit import silent_center, tarpit
-from tests.test_center_forced_delete import _machines
 
 
 def test_the_console_offers_the_forced_delete_of_a_center_whose_cloud_is_gone(
@@ -21,7 +20,7 @@ def test_the_console_offers_the_forced_delete_of_a_center_whose_cloud_is_gone(
     need_chromium()
     with tarpit() as pit, live_broker(api.ctx) as url, chromium() as browser:
         gone = silent_center(api, pit, timeout_s=1.0)
-        [doomed] = _machines(api, gone["id"], 1)
+        [doomed] = built_desktops(api, gone["id"], 1)
         api.delete(f"desktops/{doomed}", status=202)
 
         w = watch(browser.new_page(viewport=SIZES["wide"]), tmp_path)

@@ -18,9 +18,9 @@ from deskbroker.engine.runner import Engine
 from deskbroker.engine.turns import CenterTurns, tenant_share
 from deskbroker.errors import CenterError
 from deskbroker.services.context import BrokerContext
-from deskbroker.store.tables import Center, Desktop, utcnow
+from deskbroker.store.tables import utcnow
 from tests.engine.conftest import openstack_center, provisioning_pool
-from tests.helpers import ADMIN_PASSWORD, Api, wait_until
+from tests.helpers import ADMIN_PASSWORD, Api, built_desktops, wait_until
 from tests.tarpit import Tarpit, silent_center, tarpit
 
 WORKERS = 4
@@ -101,28 +101,6 @@ def test_one_tenants_silent_centers_leave_workers_for_the_others(
         _other_center_builds(api, sim, pit)
 
 
-def _machines(api: Api, center_id: str, count: int) -> list[str]:
-    """Desktops the broker built on the center (deletable), recorded as a scan would."""
-    with api.ctx.db.write() as session:
-        center = session.get(Center, center_id)
-        assert center is not None
-        rows = [
-            Desktop(
-                tenant_id=center.tenant_id,
-                center_id=center_id,
-                external_id=f"server-{i}",
-                name=f"built-{i}",
-                power_state="running",
-                availability="available",
-                deletable=True,
-            )
-            for i in range(count)
-        ]
-        session.add_all(rows)
-        session.flush()
-        return [r.id for r in rows]
-
-
 def test_a_silent_centers_removals_and_retirements_wait_their_turn(
     api: Api, sim: CloudSim, small_engine: Engine
 ) -> None:
@@ -131,7 +109,7 @@ def test_a_silent_centers_removals_and_retirements_wait_their_turn(
     silent cloud, they wait, and the other center's builds have the workers left."""
     with tarpit() as pit:
         silent = silent_center(api, pit, timeout_s=SILENT_TIMEOUT_S)
-        doomed = _machines(api, silent["id"], 5)
+        doomed = built_desktops(api, silent["id"], 5)
         # Three to retire (the pool wants none), two deleted by the administrator.
         surplus = provisioning_pool(api, silent["id"], n=0, m=0)
         api.patch(f"pools/{surplus['id']}", {"name": "surplus"})
@@ -155,7 +133,7 @@ def test_a_removal_pass_ends_at_the_first_call_its_center_does_not_answer(api: A
     the job's back-off tries again."""
     with tarpit() as pit:
         silent = silent_center(api, pit, timeout_s=1.0)
-        for desktop_id in _machines(api, silent["id"], 3):
+        for desktop_id in built_desktops(api, silent["id"], 3):
             api.delete(f"desktops/{desktop_id}", status=202)
         started = time.monotonic()
         with pytest.raises(CenterError, match="did not answer within 1 s") as failed:
