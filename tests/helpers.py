@@ -242,3 +242,15 @@ def built_desktops(api: Api, center_id: str, count: int, *, prefix: str = "built
         session.add_all(rows)
         session.flush()
         return [r.id for r in rows]
+
+
+def tenant_admin_of(api: Api, tenant: str, username: str) -> Api:
+    """A tenant administrator of ``tenant`` (made if need be), signed in."""
+    add_local_user(api.ctx, username, ADMIN_PASSWORD, role="tenant_admin", tenant_name=tenant)
+    api.ctx.cache.invalidate()
+    signed = api.client.post(
+        "/api/v1/auth/login",
+        json={"username": username, "password": ADMIN_PASSWORD, "tenant": tenant},
+    )
+    assert signed.status_code == 200, signed.text
+    return Api(api.client, api.ctx, signed.json()["token"])

@@ -13,12 +13,11 @@ from typing import Any
 import pytest
 
 from cloudsim.server import CloudSim
-from deskbroker.bootstrap import add_local_user
 from deskbroker.engine.drivers import DriverCache
 from deskbroker.engine.removals import remove_desktops
 from deskbroker.services.center_removal import ABANDONED_KIND, MAX_LISTED
 from deskbroker.store.tables import Desktop, utcnow
-from tests.helpers import ADMIN_PASSWORD, Api, built_desktops, wait_until
+from tests.helpers import Api, built_desktops, tenant_admin_of, wait_until
 from tests.tarpit import silent_center, tarpit
 
 # Each lookup of a machine by the removal pass in the race below waits this long: the
@@ -36,18 +35,7 @@ def _abandoned(api: Api) -> list[dict[str, Any]]:
     return items
 
 
-def _other_tenant_admin(api: Api) -> Api:
-    add_local_user(api.ctx, "boss-b", ADMIN_PASSWORD, role="tenant_admin", tenant_name="b")
-    api.ctx.cache.invalidate()
-    signed = api.client.post(
-        "/api/v1/auth/login",
-        json={"username": "boss-b", "password": ADMIN_PASSWORD, "tenant": "b"},
-    )
-    assert signed.status_code == 200, signed.text
-    return Api(api.client, api.ctx, signed.json()["token"])
-
-
-def test_a_forced_delete_drops_the_removals_and_names_the_abandonedbuilt_desktops(api: Api) -> None:
+def test_a_forced_delete_drops_the_removals_and_names_the_abandoned_machines(api: Api) -> None:
     with tarpit() as pit:
         silent = silent_center(api, pit, timeout_s=1.0)
         doomed = built_desktops(api, silent["id"], 4)
@@ -67,7 +55,7 @@ def test_a_forced_delete_drops_the_removals_and_names_the_abandonedbuilt_desktop
             assert answer.status_code == 422, answer.text
             assert answer.json()["detail"].startswith("force: Input should be a valid boolean")
         # Another tenant's administrator cannot tell it from a center that does not exist.
-        other = _other_tenant_admin(api)
+        other = tenant_admin_of(api, "b", "boss-b")
         theirs = other.delete(f"centers/{silent['id']}?force=true", status=404)
         made_up = other.delete(f"centers/{'0' * 32}?force=true", status=404)
         assert theirs["title"] == made_up["title"]
@@ -103,7 +91,7 @@ def test_a_forced_delete_drops_the_removals_and_names_the_abandonedbuilt_desktop
         assert pit.accepted == 0
 
 
-def test_the_event_lists_a_bounded_number_ofbuilt_desktops(api: Api) -> None:
+def test_the_event_lists_a_bounded_number_of_machines(api: Api) -> None:
     with tarpit() as pit:
         silent = silent_center(api, pit, timeout_s=1.0)
         many = MAX_LISTED + 5

@@ -14,7 +14,7 @@ from sqlalchemy import update
 
 from deskbroker.bootstrap import add_local_user
 from deskbroker.store.tables import Webhook
-from tests.helpers import ADMIN_PASSWORD, USER_PASSWORD, Api
+from tests.helpers import ADMIN_PASSWORD, USER_PASSWORD, Api, tenant_admin_of
 
 SECRET = "receiver-secret-0123456789"
 HOOK = {"name": "siem", "url": "http://example.org/h", "kinds": ["login"], "secret": SECRET}
@@ -42,26 +42,8 @@ def _global_admin(api: Api, username: str) -> tuple[Api, str]:
 
 def _other_tenant_admin(api: Api) -> tuple[Api, str]:
     """The tenant admin of a second tenant, acme, signed in; and acme's id."""
-    tenant = api.post("tenants", {"name": "acme"})
-    source = api.post(
-        "identity-sources", {"name": "acme-local", "kind": "local", "tenant_id": tenant["id"]}
-    )
-    api.post(
-        "users",
-        {
-            "identity_source_id": source["id"],
-            "username": "acme-admin",
-            "password": USER_PASSWORD,
-            "role": "tenant_admin",
-            "tenant_id": tenant["id"],
-        },
-    )
-    response = api.client.post(
-        "/api/v1/auth/login",
-        json={"username": "acme-admin", "password": USER_PASSWORD, "tenant": "acme"},
-    )
-    assert response.status_code == 200, response.text
-    return Api(api.client, api.ctx, response.json()["token"]), tenant["id"]
+    admin = tenant_admin_of(api, "acme", "acme-admin")
+    return admin, str(api.get("tenants?name=acme")["items"][0]["id"])
 
 
 def _refused_everything(weaker: Api, reader: Api, hook: dict[str, Any], setter: str) -> None:

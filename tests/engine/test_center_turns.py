@@ -10,7 +10,6 @@ from collections.abc import Iterator
 import pytest
 
 from cloudsim.server import CloudSim
-from deskbroker.bootstrap import add_local_user
 from deskbroker.config import Settings
 from deskbroker.engine.drivers import DriverCache
 from deskbroker.engine.removals import remove_desktops
@@ -20,7 +19,7 @@ from deskbroker.errors import CenterError
 from deskbroker.services.context import BrokerContext
 from deskbroker.store.tables import utcnow
 from tests.engine.conftest import openstack_center, provisioning_pool
-from tests.helpers import ADMIN_PASSWORD, Api, built_desktops, wait_until
+from tests.helpers import Api, built_desktops, tenant_admin_of, wait_until
 from tests.tarpit import Tarpit, silent_center, tarpit
 
 WORKERS = 4
@@ -84,14 +83,7 @@ def test_one_tenants_silent_centers_leave_workers_for_the_others(
     centers would hold every worker between them (the driver families bound their hung
     calls each on its own): one tenant's centers hold at most ``tenant_share`` of the
     workers (here 2 of 4), so the global administrator's builds go on."""
-    add_local_user(api.ctx, "mallory", ADMIN_PASSWORD, role="tenant_admin", tenant_name="b")
-    api.ctx.cache.invalidate()
-    signed = api.client.post(
-        "/api/v1/auth/login",
-        json={"username": "mallory", "password": ADMIN_PASSWORD, "tenant": "b"},
-    )
-    assert signed.status_code == 200, signed.text
-    mallory = Api(api.client, api.ctx, signed.json()["token"])
+    mallory = tenant_admin_of(api, "b", "mallory")
     small_engine.turns.tenant_share = 2  # two of the four
     with tarpit() as pit:
         for i in range(3):  # scans and leak sweeps: six calls that would hang
