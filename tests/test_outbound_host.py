@@ -26,7 +26,6 @@ import pytest
 import websockets
 
 from deskbroker import outbound, outbound_http
-from deskbroker.bootstrap import add_local_user
 from deskbroker.config import Settings
 from deskbroker.domain import tickets
 from deskbroker.errors import InvalidInput
@@ -37,7 +36,7 @@ from deskbroker.services import gateway as gateway_service
 from deskbroker.services.context import BrokerContext
 from tests.conftest import LOOPBACK
 from tests.gateway_support import GATEWAY_KEY, broker_and_gateway
-from tests.helpers import ADMIN_PASSWORD, Api
+from tests.helpers import Api, tenant_admin_of
 
 BANNER = b"ALL-INTERFACES SERVICE v1\n"
 OWN = "the broker's own host"
@@ -185,15 +184,7 @@ def test_this_machines_addresses_are_known_and_refused_by_the_processes_policies
 
 
 def _tenant_admin(api: Api) -> Api:
-    api.post("tenants", {"name": "evil"})
-    add_local_user(api.ctx, "evil-boss", ADMIN_PASSWORD, role="tenant_admin", tenant_name="evil")
-    api.ctx.cache.invalidate()
-    answer = api.client.post(
-        "/api/v1/auth/login",
-        json={"username": "evil-boss", "password": ADMIN_PASSWORD, "tenant": "evil"},
-    )
-    assert answer.status_code == 200, answer.text
-    return Api(api.client, api.ctx, answer.json()["token"])
+    return tenant_admin_of(api, "evil", "evil-boss")
 
 
 @needs_an_address

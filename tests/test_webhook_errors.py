@@ -17,12 +17,11 @@ from typing import Any
 
 import pytest
 
-from deskbroker.bootstrap import add_local_user
 from deskbroker.config import Settings
 from deskbroker.engine.runner import Engine
 from deskbroker.services.context import BrokerContext
 from deskbroker.store.webhooks import Claimed
-from tests.helpers import ADMIN_PASSWORD, Api, wait_until
+from tests.helpers import Api, tenant_admin_of, wait_until
 
 SECRET = "receiver-secret-0123456789"
 BANNER = b"SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3 INTERNAL-7f3a\r\n\r\n"
@@ -87,15 +86,7 @@ def hangs_up() -> Iterator[int]:
 
 
 def _tenant_admin(api: Api) -> Api:
-    api.post("tenants", {"name": "evil"})
-    add_local_user(api.ctx, "evil-boss", ADMIN_PASSWORD, role="tenant_admin", tenant_name="evil")
-    api.ctx.cache.invalidate()
-    answer = api.client.post(
-        "/api/v1/auth/login",
-        json={"username": "evil-boss", "password": ADMIN_PASSWORD, "tenant": "evil"},
-    )
-    assert answer.status_code == 200, answer.text
-    return Api(api.client, api.ctx, answer.json()["token"])
+    return tenant_admin_of(api, "evil", "evil-boss")
 
 
 def test_a_delivery_to_a_service_that_does_not_speak_http_shows_no_banner(
