@@ -38,7 +38,7 @@ async function show(note) {
     return;
   }
   try {
-    await view.draw(body, { can, status, refresh: show });
+    await view.draw(body, { can, role: grants.role, status, refresh: show });
     if (typeof note === "string" && note) say(status, note, "ok");
   } catch (error) {
     say(status, error.message, "error");

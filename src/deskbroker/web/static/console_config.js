@@ -18,9 +18,12 @@ async function centers(body, ctx) {
     { key: "name", label: "Name" }, { key: "kind", label: "Kind" },
     { key: "status", label: "Status", render: (c) => `${c.status}${c.status_message ? `: ${c.status_message}` : ""}` },
     { key: "last_scan_at", label: "Last scan", render: (c) => when(c.last_scan_at) },
+    { key: "vouched_by_global_admin", label: "Vouched", render: vouchWords },
   ], rows, {
     caption: "centers",
     actions: (c) => [
+      // Only a global administrator in person vouches (the API refuses anyone else).
+      ctx.role === "global_admin" ? vouchButton(ctx, c) : null,
       ctx.can("centers:scan") ? button(`Test connection to ${c.name}`, act(ctx, async () => {
         const catalog = await api("GET", `/admin/centers/${q(c.id)}/catalog`);
         const counts = Object.entries(catalog).filter(([, v]) => Array.isArray(v)).map(([k, v]) => `${v.length} ${k}`);
@@ -64,6 +67,26 @@ async function centers(body, ctx) {
     return "";
   });
   body.append(add.node);
+}
+
+// Whether a global administrator vouches for the center's cloud: only then do pools offered
+// to a global administrator take its desktops by their filters alone.
+function vouchWords(c) {
+  if (c.vouched_by_global_admin === true) return "yes";
+  return c.vouched_by_global_admin === false ? "no" : "no (not recorded)";
+}
+
+function vouchButton(ctx, c) {
+  const vouched = c.vouched_by_global_admin === true;
+  const label = vouched ? `Withdraw the vouch for ${c.name}` : `Vouch for ${c.name}`;
+  return button(label, act(ctx, async () => {
+    const question = vouched
+      ? `Withdraw your vouch for ${c.name}? Pools offered to a global administrator that take desktops by their filters alone let go of its desktops at once.`
+      : `Vouch for ${c.name}? Only if you know who controls its cloud: pools offered to a global administrator will take its desktops by their filters alone.`;
+    if (!confirm(question)) return false;
+    await api("PATCH", `/admin/centers/${q(c.id)}`, { vouched_by_global_admin: !vouched });
+    return vouched ? `You no longer vouch for ${c.name}.` : `You vouch for ${c.name}.`;
+  }));
 }
 
 async function images(body) {
