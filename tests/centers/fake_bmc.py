@@ -8,6 +8,7 @@ import base64
 import json
 import secrets
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -36,6 +37,7 @@ class FakeBMC:
     requests: list[tuple[str, str, bool]] = field(default_factory=list)  # method, path, authed
     sessions: dict[str, str] = field(default_factory=dict)  # token -> session path
     deleted: list[str] = field(default_factory=list)
+    latency_s: float = 0.0  # before each answer: a BMC that takes its time
 
     def start(self) -> FakeBMC:
         bmc = self
@@ -54,6 +56,7 @@ class FakeBMC:
 
             def _send(self, status: int, body: Any = None, **headers: str) -> None:
                 data = json.dumps(body).encode() if body is not None else b""
+                time.sleep(bmc.latency_s)
                 self.send_response(status)
                 for key, value in headers.items():
                     self.send_header(key.replace("_", "-"), value)

@@ -310,3 +310,54 @@ def test_one_tenants_dripping_bmcs_leave_another_tenant_a_helper(
         wait_until(lambda: not pool.live, "the helpers to end at their deadline", timeout_s=1)
     finally:
         bmc.stop()
+
+
+def test_a_tenants_centers_scanned_at_once_leave_unasked_machines_as_they_were(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Three static centers of one tenant, 8 healthy BMCs each, listed at once: each
+    listing asks 8 at a time and the tenant's share is 16, so some BMCs are not asked.
+    Their machines are no news (partial: the scan keeps what it knew), never ``unknown``,
+    which would flip desktops whose BMCs answer well."""
+    # The real sizes, in a pool of this test's own (no other test's calls in it).
+    monkeypatch.setattr(redfish, "BMC_CALLS", Helpers(32, MAX_PER_OWNER, "BMCs"))
+    bmc = FakeBMC(power_state="On", latency_s=0.5).start()
+    try:
+        config = {"url": bmc.url, "username": "operator", "timeout_s": 20}
+        drivers = [
+            _opened(
+                "acme",
+                f"lab{c}",
+                "static",
+                {
+                    "machines": [
+                        {"name": f"c{c}-m{i}", "address": "10.0.0.5", "redfish": config}
+                        for i in range(8)
+                    ]
+                },
+                {"redfish_password": bmc.password},
+            )
+            for c in range(3)
+        ]
+        listed: dict[int, list[MachineInfo]] = {}
+
+        def scan(c: int) -> None:
+            listed[c] = drivers[c].inventory()
+
+        threads = [threading.Thread(target=scan, args=(c,)) for c in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        machines = [m for c in range(3) for m in listed[c]]
+        assert len(machines) == 24
+        asked = [m for m in machines if not m.partial]
+        assert all(m.power_state is PowerState.RUNNING for m in asked), [
+            (m.name, m.power_state) for m in asked
+        ]
+        # Not every BMC could be asked at once (the share is 16 of the 24): the others
+        # are seen, with nothing to say.
+        assert 16 <= len(asked) < 24, len(asked)
+        assert all(m.power_state is PowerState.UNKNOWN for m in machines if m.partial)
+    finally:
+        bmc.stop()

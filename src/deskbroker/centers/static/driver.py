@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from deskbroker.centers.base import Capability, CenterDriver, MachineInfo, PowerAction
 from deskbroker.centers.openstack.overdue import MAX_PER_OWNER
 from deskbroker.centers.static import wol
-from deskbroker.centers.static.redfish import RedfishBMC, RedfishConfig
+from deskbroker.centers.static.redfish import NotAsked, RedfishBMC, RedfishConfig
 from deskbroker.domain.membership import ENGINE_PREFIX
 from deskbroker.domain.states import PowerState
 from deskbroker.errors import CenterError
@@ -185,7 +185,7 @@ class StaticCenter(CenterDriver):
     def inventory(self) -> list[MachineInfo]:
         machines = self.static_params.machines
         observed = [m for m in machines if m.observed]
-        states: dict[str, PowerState] = {}
+        states: dict[str, PowerState | None] = {}
         if observed:
             # Each look is bounded by its own timeout; a few at once, so a listing of
             # many machines with dead BMCs still ends. Half the tenant's share of the
@@ -204,20 +204,26 @@ class StaticCenter(CenterDriver):
                 os=m.os,
                 # Without a way to look, a physical machine is assumed on; the probe
                 # tells whether it answers.
-                power_state=states.get(m.name, PowerState.RUNNING),
+                power_state=states.get(m.name, PowerState.RUNNING) or PowerState.UNKNOWN,
                 attributes={
                     **m.attributes,
                     **({"ports": m.ports} if m.ports else {}),
                     **({"power_control": _control(m)} if m.powered else {}),
                 },
+                # Its BMC not asked this time: seen, and what the broker knew stands.
+                partial=m.name in states and states[m.name] is None,
             )
             for m in machines
         ]
 
-    def _state(self, machine: StaticMachine) -> PowerState:
+    def _state(self, machine: StaticMachine) -> PowerState | None:
+        """The machine's power state; None when its BMC was not asked (no helper left in
+        the tenant's share: its other centers' scans hold them), which is no news."""
         if machine.redfish is not None:
             try:
                 return self._bmc(machine).power_state()
+            except NotAsked:
+                return None
             except CenterError:
                 return PowerState.UNKNOWN  # the scan goes on; a power action says why
         assert machine.wake_on_lan is not None and machine.wake_on_lan.check_port is not None

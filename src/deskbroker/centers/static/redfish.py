@@ -72,6 +72,11 @@ class RedfishFailure(CenterError):
     """The BMC refused or failed a request."""
 
 
+class NotAsked(RedfishFailure):
+    """The BMC was not asked: the tenant's share of the BMC helpers (or the process's)
+    was taken. Says nothing of the machine: a listing keeps what it knew."""
+
+
 def _path(reference: object, what: str) -> str:
     """The path of a reference the BMC gave: only ever asked of the configured BMC."""
     path = urlsplit(str(reference or "")).path
@@ -160,7 +165,7 @@ class RedfishBMC:
             # the same "no answer", whichever comes first.
             raise RedfishFailure(f"{said}: no answer within {self.config.timeout_s:g} s") from None
         except NoHelperLeft as exc:
-            raise RedfishFailure(f"{said}: not asked, since {exc}") from None
+            raise NotAsked(f"{said}: not asked, since {exc}") from None
         except OutboundRefused as exc:
             raise RedfishFailure(f"{said}: {exc.detail}") from exc
         except RedfishFailure as exc:

@@ -174,6 +174,8 @@ class Vcenter:
                 f"vCenter {self.params.host}: TLS verification failed ({exc.reason}); "
                 "give its CA in ca_pem"
             ) from None
+        except TimeoutError:
+            raise  # the socket's read timeout: the call's own words (``call``)
         except (OSError, vmodl.MethodFault) as exc:
             raise CenterError(
                 f"cannot connect to vCenter {self.params.host}: {words(exc)}"
@@ -221,7 +223,11 @@ class Vcenter:
             return VSPHERE_CALLS.run(
                 run, deadline - time.monotonic(), "vsphere-call", owner=self.owner
             )
-        except Overdue:
+        except (Overdue, TimeoutError) as exc:
+            # The socket's read timeout (``_NamedTLS``) may fire a moment before the
+            # helper's wait ends: the same "no answer", whichever comes first.
+            if isinstance(exc, TimeoutError):
+                self._drop()
             raise unanswered(
                 CenterError(f"{what}: vCenter {self.params.host} did not answer within {limit:g} s")
             ) from None
