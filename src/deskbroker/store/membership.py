@@ -7,7 +7,9 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
-from sqlalchemy import bindparam, delete, insert, or_, select, update
+from sqlalchemy import Connection, bindparam, delete, insert, or_, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from deskbroker.domain.membership import (
@@ -29,7 +31,7 @@ from deskbroker.store.tables import (
     PolicyEntry,
     Pool,
     PoolMember,
-    Tenant,
+    TenantGuard,
     User,
 )
 
@@ -132,14 +134,23 @@ def guard(session: leases.Unit, tenant_id: str, pools: Sequence[Any]) -> Guard:
     return Guard(pools=guarded, unvouched=unvouched)
 
 
-_TENANTS = leases.table_of(Tenant)
-_GUARD_VERSION = select(_TENANTS.c.guard_version).where(_TENANTS.c.id == bindparam("b_tenant"))
-_RAISE_GUARD = (
-    update(_TENANTS)
-    .where(_TENANTS.c.id == bindparam("b_tenant"))
-    # Not a change of the tenant itself: its updated_at stays.
-    .values(guard_version=_TENANTS.c.guard_version + 1, updated_at=_TENANTS.c.updated_at)
-)
+_GUARDS = leases.table_of(TenantGuard)
+_GUARD_VERSION = select(_GUARDS.c.version).where(_GUARDS.c.tenant_id == bindparam("b_tenant"))
+
+
+def _raise_guard(session: leases.Unit, tenant_id: str) -> None:
+    # An upsert of the tenant's row of its own: only guard changes lock it.
+    bind = session if isinstance(session, Connection) else session.get_bind()
+    ins = (pg_insert if bind.dialect.name == "postgresql" else sqlite_insert)(_GUARDS).values(
+        tenant_id=tenant_id, version=1
+    )
+    session.execute(
+        ins.on_conflict_do_update(
+            index_elements=[_GUARDS.c.tenant_id], set_={"version": _GUARDS.c.version + 1}
+        )
+    )
+
+
 _ANY = -1  # look again whatever the version then
 
 
@@ -158,10 +169,10 @@ def guard_changed(session: leases.Unit, tenant_id: str) -> None:
     Why both: a refresh on another broker may read the guard before this write commits
     and commit its members after this unit's own ``keep_guard`` looked. Either that
     refresh commits first, and this unit's look after its commit sees its members; or it
-    commits later, and its own look after its commit sees the version moved. No lock is
-    taken, so no broker's refresh waits on an administrator's write (or deadlocks with
-    one over the pools' rows)."""
-    session.execute(_RAISE_GUARD, {"b_tenant": tenant_id})
+    commits later, and its own look after its commit sees the version moved. The only
+    lock is the version's own row (``tenant_guards``), which nothing else takes: no
+    refresh waits on an administrator's write, and no order of locks can cross it."""
+    _raise_guard(session, tenant_id)
     after_commit(partial(_look_again, tenant_id, _ANY))
 
 

@@ -103,9 +103,20 @@ class Tenant(Base):
     display_name: Mapped[str] = mapped_column(String(200), default="")
     quota_desktops: Mapped[int | None] = mapped_column(Integer, default=None)
     quota_sessions: Mapped[int | None] = mapped_column(Integer, default=None)
-    # Raised by every change of who a pool is offered to or what it may take (rules,
-    # policies, users, vouches, pools): a membership refresh that read the guard before
-    # such a change committed on another broker sees it move and looks again.
-    guard_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = _updated()
+
+
+class TenantGuard(Base):
+    """A tenant's pool-guard version: raised by every change of who a pool is offered to
+    or what it may take (rules, policies, users, vouches, pools), so a membership refresh
+    that read the guard before such a change committed on another broker sees it move
+    and looks again (``store.membership.guard_changed``). A row of its own, not a column
+    of ``tenants``: the quota checks lock the tenant row first, and an administrator's
+    write that locked its pool first would otherwise deadlock with them."""
+
+    __tablename__ = "tenant_guards"
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    version: Mapped[int] = mapped_column(Integer, default=0)
