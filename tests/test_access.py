@@ -299,6 +299,29 @@ def test_an_address_is_blocked_across_accounts(api: Api, ctx: BrokerContext) -> 
     assert _login(api, "admin", "admin-password-1").status_code == 200
 
 
+def test_a_locked_address_does_not_learn_which_tenants_exist(
+    api: Api, ctx: BrokerContext
+) -> None:
+    """Past the address's lockout every sign-in is 429, whatever tenant it names: a 401
+    for a made-up tenant told the client which names are real. Guesses at tenant names
+    count against the address like any other failure."""
+    ctx.settings.login_max_failures_per_address = 4
+    for n in range(3):
+        guess = api.client.post(
+            "/api/v1/auth/login",
+            json={"username": "x", "password": "x-password", "tenant": f"made-up-{n}"},
+        )
+        assert guess.status_code == 401, guess.text
+    assert _login(api, "guess", "x-password").status_code == 429  # the fourth failure
+    for tenant in ("default", "no-such-tenant"):
+        refused = api.client.post(
+            "/api/v1/auth/login",
+            json={"username": "admin", "password": "admin-password-1", "tenant": tenant},
+        )
+        assert refused.status_code == 429, (tenant, refused.text)
+        assert "from your address (testclient)" in refused.json()["detail"]
+
+
 def test_admin_changes_are_audited(api: Api, ctx: BrokerContext) -> None:
     pool = api.post("pools", {"name": "audited"})
     api.patch(f"pools/{pool['id']}", {"name": "audited-2"})

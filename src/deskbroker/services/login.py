@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any, overload
+from typing import Any, NoReturn, overload
 
 from deskbroker import metrics
 from deskbroker.domain.accounts import UserRecord
@@ -39,6 +39,7 @@ from deskbroker.identity.base import (
 from deskbroker.services.challenges import Challenge, issue_challenge
 from deskbroker.services.config_cache import ConfigView, PolicyView, SourceView
 from deskbroker.services.context import BrokerContext
+from deskbroker.services.directory_bounds import within_bounds
 from deskbroker.services.failed_names import FailedNames
 from deskbroker.services.source_choice import choose
 from deskbroker.services.source_guard import reached_directory
@@ -326,7 +327,7 @@ class LoginService:
             view = self.ctx.cache.current(self.ctx.db, fresh=True)
             tenant_id = view.tenants_by_name.get(tenant or "default")
         if tenant_id is None:
-            raise Unauthorized(WRONG_CREDENTIALS)
+            self._unknown_tenant(username, client_address)
         # The check, the password and the counted failure, one attempt at a time per
         # account on this broker: concurrent guesses each see the ones before them.
         with self.guard.serial(tenant_id, username):
@@ -345,6 +346,17 @@ class LoginService:
                 raise answer from exc
         return self._complete(found, client_address, checked)
 
+    def _unknown_tenant(self, username: str, client_address: str | None) -> NoReturn:
+        """A tenant that does not exist is wrong credentials, and answered as any other
+        failure is: a locked address gets its 429 whatever tenant it names (answering
+        401 there told a locked-out client which tenant names exist), and the failure
+        counts against the address, so guessing tenant names is throttled too."""
+        with self.ctx.db.read() as session:
+            checked = self.guard.check(session, "", username, client_address)
+        with self.ctx.db.write() as session:
+            locked = self.guard.failed(session, checked, account=False)
+        raise locked or Unauthorized(WRONG_CREDENTIALS)
+
     @overload
     def _complete(self, found: _Verified, client_address: str | None) -> LoginResult: ...
 
@@ -362,6 +374,10 @@ class LoginService:
         sign-in may owe a second factor, and then answers with a ``Challenge``."""
         if found.record is not None and found.record.disabled:
             raise Forbidden(DISABLED)
+        if found.directory:
+            # Cut once, here (not in the retried unit, which would warn twice): the row,
+            # this sign-in's rule and a later second factor's rule all read the same.
+            found = replace(found, identity=within_bounds(found.identity, found.source.name))
         try:
             return self._complete_once(found, client_address, checked)
         except claims.ConcurrentClaim:
