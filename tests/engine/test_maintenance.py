@@ -17,11 +17,15 @@ from deskbroker.engine.runner import Engine
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import events
 from deskbroker.store.tables import (
+    AgentAction,
+    ApiToken,
     Center,
     Desktop,
+    EnrolmentKey,
     Event,
     Job,
     LoginThrottle,
+    PendingEnrolment,
     Pool,
     PoolMember,
     PoolStat,
@@ -344,3 +348,67 @@ def test_retention_drops_long_ended_sessions_and_keeps_open_ones(
         open_for_ages,
     }
     assert _job(api, "retention")["runs"] >= 1
+
+
+def test_retention_drops_old_agent_orders_expired_enrolments_and_dead_api_tokens(
+    api: Api, ctx: BrokerContext, engine: Engine
+) -> None:
+    """Rows no other path removes: a helpdesk's order to an agent as long as the sessions
+    it was for are kept, an agent's enrolment request once it expired, an API token a
+    while after it expired or was revoked. Fresh ones stay."""
+    now = datetime.now(UTC)
+    ids = api.seed_pool(1)
+    desktop = api.get(f"pools/{ids['pool']}/members")["items"][0]["id"]
+    fresh = api.post(
+        "api-tokens", {"name": "fresh", "scopes": ["pools:read"], "expires_in_days": 1}
+    )
+    dead = api.post("api-tokens", {"name": "dead", "scopes": ["pools:read"], "expires_in_days": 1})
+    gone = api.post("api-tokens", {"name": "gone", "scopes": ["pools:read"], "expires_in_days": 1})
+    with ctx.db.write() as session:
+        tenant = session.get(Desktop, desktop).tenant_id  # type: ignore[union-attr]
+        session.execute(
+            ApiToken.__table__.update()
+            .where(ApiToken.id == dead["id"])
+            .values(expires_at=now - timedelta(days=31))
+        )
+        session.execute(
+            ApiToken.__table__.update()
+            .where(ApiToken.id == gone["id"])
+            .values(revoked_at=now - timedelta(days=31))
+        )
+        key = EnrolmentKey(tenant_id=tenant, name="lab", key_hash="k" * 64)
+        session.add(key)
+        session.flush()
+        session.add_all(
+            [
+                AgentAction(
+                    tenant_id=tenant,
+                    desktop_id=desktop,
+                    kind="message",
+                    message="old",
+                    created_at=now - timedelta(days=91),
+                ),
+                AgentAction(tenant_id=tenant, desktop_id=desktop, kind="message", message="new"),
+                PendingEnrolment(
+                    tenant_id=tenant,
+                    key_id=key.id,
+                    poll_hash="a" * 64,
+                    expires_at=now - timedelta(minutes=1),
+                ),
+                PendingEnrolment(
+                    tenant_id=tenant,
+                    key_id=key.id,
+                    poll_hash="b" * 64,
+                    expires_at=now + timedelta(days=1),
+                ),
+            ]
+        )
+    engine.run_once()
+    with ctx.db.read() as session:
+        messages = set(session.scalars(select(AgentAction.message)).all())
+        polls = set(session.scalars(select(PendingEnrolment.poll_hash)).all())
+        tokens = set(session.scalars(select(ApiToken.name)).all())
+    assert messages == {"new"}
+    assert polls == {"b" * 64}
+    assert tokens == {"fresh"}, tokens
+    assert fresh["name"] == "fresh"

@@ -12,11 +12,14 @@ from sqlalchemy import delete, or_, select
 from deskbroker.domain.provisioning import PoolCounts
 from deskbroker.store.db import Unit
 from deskbroker.store.tables import (
+    AgentAction,
+    ApiToken,
     Desktop,
     Event,
     LoginChallenge,
     LoginThrottle,
     OidcFlow,
+    PendingEnrolment,
     PoolStat,
     ProvisioningTask,
     SessionRow,
@@ -95,7 +98,8 @@ class Purged:
 
 def purge(session: Unit, now: datetime, keep: Retention) -> Purged:
     """Drop events, statistics and ended sessions older than their retention; finished
-    tasks and spent sign-in leftovers too."""
+    tasks, spent sign-in leftovers, old agent orders, expired enrolment requests and
+    long-dead API tokens too."""
     old_events = _purge(session, Event, Event.at, now - timedelta(days=keep.event_days))
     old_stats = _purge(session, PoolStat, PoolStat.at, now - timedelta(days=keep.stats_days))
     # Only ended sessions: an open one is live state, however old (a week-long
@@ -129,6 +133,19 @@ def purge(session: Unit, now: datetime, keep: Retention) -> Purged:
                 LoginThrottle.window_started_at < now - timedelta(days=1),
             ),
         )
+    )
+    spent += int(result.rowcount or 0)  # type: ignore[attr-defined]
+    # Rows nothing else ever removes: orders to agents (a helpdesk message, a log-off)
+    # kept as long as the sessions they were for; agents' enrolment requests once they
+    # expired (answered or not: the decision is in the event log); API tokens a while
+    # after they expired or were revoked (listed meanwhile, so their holders see why).
+    spent += _purge(
+        session, AgentAction, AgentAction.created_at, now - timedelta(days=keep.session_days)
+    )
+    spent += _purge(session, PendingEnrolment, PendingEnrolment.expires_at, now)
+    gone = now - timedelta(days=keep.event_days)
+    result = session.execute(
+        delete(ApiToken).where(or_(ApiToken.expires_at < gone, ApiToken.revoked_at < gone))
     )
     spent += int(result.rowcount or 0)  # type: ignore[attr-defined]
     return Purged(old_events, old_stats, old_sessions, spent)
