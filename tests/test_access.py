@@ -299,9 +299,7 @@ def test_an_address_is_blocked_across_accounts(api: Api, ctx: BrokerContext) -> 
     assert _login(api, "admin", "admin-password-1").status_code == 200
 
 
-def test_a_locked_address_does_not_learn_which_tenants_exist(
-    api: Api, ctx: BrokerContext
-) -> None:
+def test_a_locked_address_does_not_learn_which_tenants_exist(api: Api, ctx: BrokerContext) -> None:
     """Past the address's lockout every sign-in is 429, whatever tenant it names: a 401
     for a made-up tenant told the client which names are real. Guesses at tenant names
     count against the address like any other failure."""

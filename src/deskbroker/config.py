@@ -295,6 +295,14 @@ class Settings(BaseSettings):
     webhook_retention_days: int = Field(
         default=30, ge=1, le=3650, description="how long a finished delivery is listed"
     )
+    # Every event is fanned out into one delivery row per webhook that takes it: a tenant's
+    # webhooks multiply its events, and the one fan-out serves every tenant.
+    webhooks_per_tenant: int = Field(
+        default=20,
+        ge=1,
+        le=1000,
+        description="webhooks one tenant may have; creating one more is refused (409)",
+    )
     # As long as a session token lasts by default (token_ttl_s): a directory change reaches
     # a webhook no later than it reaches the token of the administrator who set it up.
     webhook_setter_check_s: float = Field(
@@ -306,6 +314,16 @@ class Settings(BaseSettings):
     )
     agent_token_ttl_s: int = Field(
         default=30 * 86400, ge=300, le=366 * 86400, description="lifetime of a desktop agent token"
+    )
+    # A real agent reports a handful of events per session (login, a few locks and
+    # disconnects, logout); 60 leaves room for a burst of short sessions and still stops a
+    # copied token from writing rows as fast as it can send.
+    agent_events_per_minute: int = Field(
+        default=60,
+        ge=1,
+        le=10_000,
+        description="at most this many session events per desktop in a minute, counted "
+        "by each broker process; more are refused with 429 before anything is written",
     )
     agent_enrol_ttl_s: int = Field(
         default=3600,

@@ -22,7 +22,7 @@ from pydantic import (
 from deskbroker.api.deps import AgentPrincipal, Ctx
 from deskbroker.api.schemas import Body, Id
 from deskbroker.domain.plans import AgentEvent
-from deskbroker.services import agents, enrolments, sessions
+from deskbroker.services import agent_rate, agents, enrolments, sessions
 
 
 def _short_text(value: Any) -> Any:
@@ -220,7 +220,9 @@ def router() -> APIRouter:
         tags=["agent"],
         summary="Report a session event on this desktop",
         description="Login, logout, disconnect, reconnect, lock, unlock, idle, active. "
-        "An event that cannot follow the session's state is refused with 409.",
+        "An event that cannot follow the session's state is refused with 409. A desktop "
+        "reports at most DESKBROKER_AGENT_EVENTS_PER_MINUTE (60) events a minute to one "
+        "broker process; more are refused with 429 and Retry-After, nothing recorded.",
         responses={
             401: {"description": "missing, expired or replaced agent token"},
             403: {"description": "not an agent token, or another desktop's"},
@@ -229,22 +231,31 @@ def router() -> APIRouter:
                 "beyond the sessions the desktop allows"
             },
             422: {"description": "a malformed body, an `at` too far from now"},
+            429: {
+                "description": "this desktop reported more than "
+                "DESKBROKER_AGENT_EVENTS_PER_MINUTE events in the last minute; "
+                "Retry-After says when one is heard again"
+            },
         },
     )
     def post_event(body: AgentEventIn, ctx: Ctx, who: AgentPrincipal) -> AgentEventOut:
-        outcome = sessions.record(
-            ctx,
-            sessions.agent_desktop(who, body.desktop_id),
-            body.event,
-            agent=who,
-            user=body.user,
-            session_key=body.session_key,
-            at=body.at,
-            protocol=body.protocol,
-            client_address=body.client_address,
-            seq=body.seq,
-            key=body.key,
-        )
+        desktop_id = sessions.agent_desktop(who, body.desktop_id)
+        # Counted before anything is read or written: a copied token's flood must not
+        # reach the database (each event writes rows and feeds the tenant's webhooks).
+        with agent_rate.counted(ctx.agent_events, desktop_id, ctx.settings.agent_events_per_minute):
+            outcome = sessions.record(
+                ctx,
+                desktop_id,
+                body.event,
+                agent=who,
+                user=body.user,
+                session_key=body.session_key,
+                at=body.at,
+                protocol=body.protocol,
+                client_address=body.client_address,
+                seq=body.seq,
+                key=body.key,
+            )
         return AgentEventOut(
             session_id=outcome.session_id,
             desktop_id=outcome.desktop_id,

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from deskbroker import outbound
 from deskbroker.config import Settings
 from deskbroker.security import PasswordHashing, SecretBox, TokenSigner
+from deskbroker.services.agent_rate import AgentEventLimiter
 from deskbroker.services.center_drivers import CenterDrivers
 from deskbroker.services.config_cache import ConfigCache
 from deskbroker.services.pulse import Pulse
@@ -27,6 +28,8 @@ class BrokerContext:
     sources: SourceGuard = field(init=False)
     # Every opened center driver of the process: one authentication per center.
     drivers: CenterDrivers = field(init=False)
+    # Each desktop's agent events of the last minute, counted in this process.
+    agent_events: AgentEventLimiter = field(default_factory=AgentEventLimiter)
 
     def __post_init__(self) -> None:
         self.sources = SourceGuard(self.settings)

@@ -13,7 +13,8 @@ the source's bulkhead (``ctx.sources``), then writes the answer in a unit of its
 that re-reads the row:
 
 - the directory knows the user: their row is refreshed as a sign-in refreshes it
-  (``store.claims.upsert_directory_user``: groups, attributes, display name, e-mail),
+  (``store.claims.upsert_directory_user``: groups, attributes, display name, e-mail,
+  within the row's bounds as at a sign-in, ``services.directory_bounds``),
   and the next fan-out vets them on what the directory says now;
 - the directory does not know the user: their webhooks are switched off, each with a
   ``webhook.disabled`` event, and their live API tokens revoked, each with an
@@ -41,6 +42,7 @@ from deskbroker.identity.base import IdentitySourceDriver, answers_lookups, sour
 from deskbroker.services import webhooks as vetting
 from deskbroker.services.config_cache import SourceView
 from deskbroker.services.context import BrokerContext
+from deskbroker.services.directory_bounds import within_bounds
 from deskbroker.store import claims, events
 from deskbroker.store import webhook_setters as rows
 from deskbroker.store import webhooks as webhook_rows
@@ -188,7 +190,7 @@ def _refresh(ctx: BrokerContext, source: SourceView, user: UserRecord, who: Iden
     it was last refreshed, which puts it last in line for the next run."""
     # The entry found under the stored name is this user's, whatever spelling the
     # directory gives it now (a sign-in under the new spelling makes its own row).
-    who = replace(who, username=user.username)
+    who = within_bounds(replace(who, username=user.username), source.name)
     changed = claims.directory_user_changed(user, who)
     with ctx.db.write() as session:
         if not rows.hold_setter(session, user):

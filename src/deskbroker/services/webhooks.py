@@ -7,7 +7,8 @@ event log); the engine's dispatcher (``engine/webhooks.py``) delivers, with no
 transaction open. Whoever creates or changes a webhook is recorded as its setter, and
 the dispatcher's fan-out switches it off (``switch_off_unvouched``) once they may no
 longer read events. The setter's webhook is theirs: an account weaker than them may not
-change, delete, test or retry it (``webhook_standing``).
+change, delete, test or retry it (``webhook_standing``). A tenant's webhooks and test
+events are bounded (``webhook_limits``): each multiplies its events in the shared fan-out.
 """
 
 from __future__ import annotations
@@ -25,7 +26,13 @@ from deskbroker.domain.permissions import BuiltinRole
 from deskbroker.domain.webhooks import Usage
 from deskbroker.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from deskbroker.security import TokenClaims
-from deskbroker.services import access, standing, webhook_standing, write_context
+from deskbroker.services import (
+    access,
+    standing,
+    webhook_limits,
+    webhook_standing,
+    write_context,
+)
 from deskbroker.services.catalog_crud import Resource, scope
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import events
@@ -81,6 +88,10 @@ def _prepare(
         # Before the setter is replaced below: a stronger setter's webhook is not the
         # actor's to change, nor (by changing it) to take over.
         webhook_standing.check_setter(session, existing, "change")
+    else:
+        # Counted in the insert's unit (the tenant it goes to, a global admin's pick
+        # included): each webhook multiplies the tenant's events in the shared fan-out.
+        webhook_limits.check_room(session, ctx, tenant)
     # Whoever last aims it vouches for it: it delivers only while they may read events.
     data["set_by_user_id"] = actor.user_id
     if existing is not None and existing.enabled and data.get("enabled") is False:
@@ -221,7 +232,8 @@ def _hook(session: Unit, who: TokenClaims, webhook_id: str) -> Webhook:
 
 def send_test(ctx: BrokerContext, who: TokenClaims, webhook_id: str) -> dict[str, Any]:
     """A ``webhook.test`` event in the log, for this webhook only: delivered like any
-    other (signed, retried), so it proves the whole path."""
+    other (signed, retried), so it proves the whole path. At most one per webhook per
+    ``webhook_limits.TEST_INTERVAL_S`` in this process (429 with Retry-After)."""
     # The test goes where the webhook's events go: who may not choose that may not
     # prove it either.
     check_events_read(ctx, who, "sending a webhook's test event")
@@ -231,6 +243,8 @@ def send_test(ctx: BrokerContext, who: TokenClaims, webhook_id: str) -> dict[str
         # a flood of them would delay what a stronger setter watches for.
         write_context.attach_actor(session, ctx, who)
         webhook_standing.check_setter(session, hook, "send a test event to")
+        # Only once the caller may test it: a refused caller spends no one's turn.
+        webhook_limits.TEST_PACE.take(hook.id, hook.name)
         events.append(
             session,
             rules.TEST_KIND,

@@ -471,6 +471,22 @@ def stream(
     return rows, (rows[-1].id if len(rows) >= limit else top)
 
 
+def count_locked(session: Session, tenant_id: str) -> int:
+    """How many webhooks the tenant has, its row locked first until the transaction
+    ends: two brokers creating its webhooks at once count one after the other, so
+    neither takes a place the other took (``FOR NO KEY UPDATE`` leaves the foreign-key
+    checks of other writers alone; SQLite's ``BEGIN IMMEDIATE`` serialises writers)."""
+    session.execute(
+        select(Tenant.id).where(Tenant.id == tenant_id).with_for_update(key_share=True)
+    ).first()
+    return int(
+        session.scalar(
+            select(func.count()).select_from(Webhook).where(Webhook.tenant_id == tenant_id)
+        )
+        or 0
+    )
+
+
 def tenants(session: Session) -> list[tuple[str, str]]:
     """Every tenant's id and name, by name."""
     return [

@@ -13,6 +13,12 @@ from deskbroker.api.deps import AdminWriter, Ctx
 from deskbroker.api.schemas import Body, Id, Name, Out, Secrets, Stamped, Username
 from deskbroker.domain.rules import Conditions
 from deskbroker.domain.second_factor import SecondFactorMode
+from deskbroker.domain.user_bounds import (
+    ATTRIBUTES_WORDS,
+    GROUPS_WORDS,
+    UserAttributes,
+    UserGroups,
+)
 from deskbroker.services import identity_admin
 
 # A built-in role or a custom role of the tenant, checked when written.
@@ -97,6 +103,8 @@ class RuleOut(Stamped):
 
 
 # --- users ---------------------------------------------------------------------------
+# Groups and attributes are bounded (``domain.user_bounds``): every row is read whole by
+# the listing, the login path and the webhook vetting, so one row must stay small.
 
 
 class UserIn(Body):
@@ -106,12 +114,8 @@ class UserIn(Body):
     email: Annotated[str, StringConstraints(max_length=320)] = ""
     password: Annotated[str, StringConstraints(min_length=8, max_length=1024)] | None = None
     role: RoleName = "user"
-    groups: list[Annotated[str, StringConstraints(max_length=500)]] = Field(
-        default_factory=list, max_length=500
-    )
-    attributes: dict[str, Annotated[str, StringConstraints(max_length=2000)]] = Field(
-        default_factory=dict
-    )
+    groups: UserGroups = Field(default_factory=list, description=GROUPS_WORDS)
+    attributes: UserAttributes = Field(default_factory=dict, description=ATTRIBUTES_WORDS)
     disabled: bool = False
     tenant_id: Id | None = None
 
@@ -121,10 +125,8 @@ class UserPatch(Body):
     email: Annotated[str, StringConstraints(max_length=320)] | None = None
     password: Annotated[str, StringConstraints(min_length=8, max_length=1024)] | None = None
     role: RoleName | None = None
-    groups: list[Annotated[str, StringConstraints(max_length=500)]] | None = Field(
-        default=None, max_length=500
-    )
-    attributes: dict[str, Annotated[str, StringConstraints(max_length=2000)]] | None = None
+    groups: UserGroups | None = Field(default=None, description=GROUPS_WORDS)
+    attributes: UserAttributes | None = Field(default=None, description=ATTRIBUTES_WORDS)
     disabled: bool | None = None
 
 

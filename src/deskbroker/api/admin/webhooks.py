@@ -181,7 +181,8 @@ def router() -> APIRouter:
         "delivered, signed and retried like any other. It goes where the webhook's events "
         "go, so this needs `events:read` as well, and standing over the webhook's setter "
         "(403 for a stronger account's webhook: test events would queue in front of its "
-        "events).",
+        "events). One test event per webhook every 10 seconds is accepted (per HTTP "
+        "worker); another one sooner is 429 with Retry-After.",
     )
     def test_webhook(webhook_id: str, ctx: Ctx, who: AdminWriter) -> Queued:
         return Queued(**webhooks.send_test(ctx, who, webhook_id))
