@@ -18,9 +18,11 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+import websockets
 
 from deskbroker import xvnc
 from deskbroker.api.app import create_app as create_broker_app
+from deskbroker.domain import tickets
 from deskbroker.gateway.app import create_app as create_gateway_app
 from deskbroker.gateway.settings import GatewaySettings
 from deskbroker.services.context import BrokerContext
@@ -274,8 +276,6 @@ async def ssh_page(url: str, command: str | None, until: str) -> list[str]:
     shows in it."""
     import json
 
-    import websockets
-
     seen: list[str] = []
     text = ""
     typed = False
@@ -301,3 +301,29 @@ async def ssh_page(url: str, command: str | None, until: str) -> list[str]:
                 seen.append(text)
                 break
     return seen
+
+
+def signed_ticket(host: str, port: int, protocol: str) -> str:
+    """A validly signed ticket, as though a broker had not checked the address."""
+    values: dict[str, Any] = {
+        "now": int(time.time()),
+        "user_id": "u",
+        "username": "mallory",
+        "tenant_id": "t",
+        "desktop_id": "d",
+        "desktop_name": "target-1",
+        "protocol": protocol,
+        "host": host,
+        "port": port,
+        "gateway_id": "gw-test",
+    }
+    return tickets.mint(GATEWAY_KEY, **values)[0]
+
+
+async def closed_with(url: str) -> tuple[int, str]:
+    """The close code and reason a gateway WebSocket ends with, unread."""
+    async with websockets.connect(url) as ws:
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 5)
+        assert closed.value.rcvd is not None
+        return closed.value.rcvd.code, closed.value.rcvd.reason

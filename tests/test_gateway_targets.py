@@ -11,24 +11,27 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import httpx
 import pytest
-import websockets
 
 from deskbroker import outbound
 from deskbroker.bootstrap import add_local_user
 from deskbroker.config import Settings
-from deskbroker.domain import tickets
 from deskbroker.outbound import OutboundPolicy
 from deskbroker.protocols.descriptors import Protocol
 from deskbroker.services import gateway as gateway_service
 from deskbroker.services.context import BrokerContext
-from tests.gateway_support import GATEWAY_KEY, Running, broker_and_gateway, connect
+from tests.gateway_support import (
+    GATEWAY_KEY,
+    Running,
+    broker_and_gateway,
+    closed_with,
+    connect,
+    signed_ticket,
+)
 from tests.helpers import ADMIN_PASSWORD, Api
 
 BANNER = b"LOOPBACK-ONLY SERVICE v1\n"
@@ -195,31 +198,6 @@ def _mint(settings: Settings, host: str) -> gateway_service.Plan:
     )
 
 
-def _ticket(host: str, port: int, protocol: str) -> str:
-    """A validly signed ticket, as though a broker had not checked the address."""
-    values: dict[str, Any] = {
-        "now": int(time.time()),
-        "user_id": "u",
-        "username": "mallory",
-        "tenant_id": "t",
-        "desktop_id": "d",
-        "desktop_name": "target-1",
-        "protocol": protocol,
-        "host": host,
-        "port": port,
-        "gateway_id": "gw-test",
-    }
-    return tickets.mint(GATEWAY_KEY, **values)[0]
-
-
-async def _closed_with(url: str) -> tuple[int, str]:
-    async with websockets.connect(url) as ws:
-        with pytest.raises(websockets.ConnectionClosed) as closed:
-            await asyncio.wait_for(ws.recv(), 5)
-        assert closed.value.rcvd is not None
-        return closed.value.rcvd.code, closed.value.rcvd.reason
-
-
 def test_the_gateway_refuses_a_denied_address_itself(
     ctx: BrokerContext, loopback_service: LoopbackService
 ) -> None:
@@ -228,14 +206,14 @@ def test_the_gateway_refuses_a_denied_address_itself(
         # "localhost" is a name: the gateway resolves it and checks what it reached.
         forward = httpx.post(
             f"{gateway.url}/forwards",
-            json={"ticket": _ticket("localhost", loopback_service.port, "vnc")},
+            json={"ticket": signed_ticket("localhost", loopback_service.port, "vnc")},
             timeout=10,
         )
         assert forward.status_code == 409, forward.text
         assert "DESKBROKER_GATEWAY_OUTBOUND" in forward.json()["detail"]
-        ticket = _ticket("localhost", loopback_service.port, "html5-vnc")
+        ticket = signed_ticket("localhost", loopback_service.port, "html5-vnc")
         url = f"ws://127.0.0.1:{gateway.port}/ws/vnc?ticket={ticket}"
-        code, reason = asyncio.run(_closed_with(url))
+        code, reason = asyncio.run(closed_with(url))
         assert code != 1000 and "is not connected to" in reason
     assert loopback_service.accepted == 0
 

@@ -23,11 +23,9 @@ from typing import Any
 
 import httpx
 import pytest
-import websockets
 
 from deskbroker import outbound, outbound_http
 from deskbroker.config import Settings
-from deskbroker.domain import tickets
 from deskbroker.errors import InvalidInput
 from deskbroker.gateway.settings import GatewaySettings
 from deskbroker.outbound import OutboundPolicy, OutboundRefused
@@ -35,7 +33,7 @@ from deskbroker.protocols.descriptors import Protocol
 from deskbroker.services import gateway as gateway_service
 from deskbroker.services.context import BrokerContext
 from tests.conftest import LOOPBACK
-from tests.gateway_support import GATEWAY_KEY, broker_and_gateway
+from tests.gateway_support import GATEWAY_KEY, broker_and_gateway, closed_with, signed_ticket
 from tests.helpers import Api, tenant_admin_of
 
 BANNER = b"ALL-INTERFACES SERVICE v1\n"
@@ -252,31 +250,6 @@ def test_a_connection_back_to_its_own_host_is_refused_after_connecting(
 
 
 # --- the gateway -------------------------------------------------------------------
-def _ticket(host: str, port: int, protocol: str) -> str:
-    """A validly signed ticket, as though a broker had not checked the address."""
-    values: dict[str, Any] = {
-        "now": int(time.time()),
-        "user_id": "u",
-        "username": "mallory",
-        "tenant_id": "t",
-        "desktop_id": "d",
-        "desktop_name": "target-1",
-        "protocol": protocol,
-        "host": host,
-        "port": port,
-        "gateway_id": "gw-test",
-    }
-    return tickets.mint(GATEWAY_KEY, **values)[0]
-
-
-async def _closed_with(url: str) -> tuple[int, str]:
-    async with websockets.connect(url) as ws:
-        with pytest.raises(websockets.ConnectionClosed) as closed:
-            await asyncio.wait_for(ws.recv(), 5)
-        assert closed.value.rcvd is not None
-        return closed.value.rcvd.code, closed.value.rcvd.reason
-
-
 def _read(port: int) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.settimeout(3)
@@ -296,14 +269,14 @@ def test_the_gateway_opens_no_tunnel_to_its_own_hosts_address(
         outbound.install(policy)
         forward = httpx.post(
             f"{gateway.url}/forwards",
-            json={"ticket": _ticket(everywhere.address, everywhere.port, "vnc")},
+            json={"ticket": signed_ticket(everywhere.address, everywhere.port, "vnc")},
             timeout=10,
         )
         assert forward.status_code == 409, forward.text
         assert "the gateway's own host" in forward.json()["detail"]
-        ticket = _ticket(everywhere.address, everywhere.port, "html5-vnc")
+        ticket = signed_ticket(everywhere.address, everywhere.port, "html5-vnc")
         url = f"ws://127.0.0.1:{gateway.port}/ws/vnc?ticket={ticket}"
-        code, reason = asyncio.run(_closed_with(url))
+        code, reason = asyncio.run(closed_with(url))
         assert code != 1000 and "is not connected to" in reason
         assert everywhere.accepted == 0
 
@@ -314,14 +287,14 @@ def test_the_gateway_opens_no_tunnel_to_its_own_hosts_address(
         )
         forward = httpx.post(
             f"{gateway.url}/forwards",
-            json={"ticket": _ticket(everywhere.address, everywhere.port, "vnc")},
+            json={"ticket": signed_ticket(everywhere.address, everywhere.port, "vnc")},
             timeout=10,
         )
         assert forward.status_code == 201, forward.text
         assert _read(forward.json()["port"]) == b""  # nothing of the service relayed
-        ticket = _ticket(everywhere.address, everywhere.port, "html5-vnc")
+        ticket = signed_ticket(everywhere.address, everywhere.port, "html5-vnc")
         url = f"ws://127.0.0.1:{gateway.port}/ws/vnc?ticket={ticket}"
-        code, reason = asyncio.run(_closed_with(url))
+        code, reason = asyncio.run(closed_with(url))
         assert code != 1000 and "came back" in reason
 
 
