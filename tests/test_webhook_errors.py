@@ -22,6 +22,7 @@ from deskbroker.engine.runner import Engine
 from deskbroker.services.context import BrokerContext
 from deskbroker.store.webhooks import Claimed
 from tests.helpers import Api, tenant_admin_of, wait_until
+from tests.webhook_receiver import QUICK_WEBHOOKS, engine_running
 
 SECRET = "receiver-secret-0123456789"
 BANNER = b"SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3 INTERNAL-7f3a\r\n\r\n"
@@ -30,24 +31,13 @@ BANNER = b"SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3 INTERNAL-7f3a\r\n\r\n"
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     """Deliveries posted at once, a failure final after its one attempt."""
-    return settings.model_copy(
-        update={
-            "webhook_retry_base_s": 0.05,
-            "webhook_retry_cap_s": 0.4,
-            "webhook_poll_s": 0.2,
-            "webhook_timeout_s": 2.0,
-            "webhook_settle_s": 1.0,
-            "engine_tick_s": 0.1,
-        }
-    )
+    return settings.model_copy(update=QUICK_WEBHOOKS)
 
 
 @pytest.fixture
 def engine(ctx: BrokerContext) -> Iterator[Engine]:
-    running = Engine(ctx, workers=4)
-    running.start()
-    yield running
-    running.stop(wait=False)
+    with engine_running(ctx) as running:
+        yield running
 
 
 def _serving(answer: bytes) -> Iterator[int]:

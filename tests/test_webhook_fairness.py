@@ -25,7 +25,7 @@ from deskbroker.store.tables import WebhookDelivery, utcnow
 from deskbroker.store.webhooks import Claimed
 from tests.helpers import ADMIN_PASSWORD, Api, wait_until
 from tests.tarpit import drip
-from tests.webhook_receiver import receiving
+from tests.webhook_receiver import engine_running, receiving
 
 SECRET = "receiver-secret-0123456789"
 TIMEOUT_S = 2.0
@@ -51,10 +51,8 @@ def settings(settings: Settings) -> Settings:
 
 @pytest.fixture
 def engine(ctx: BrokerContext) -> Iterator[Engine]:
-    running = Engine(ctx, workers=4)
-    running.start()
-    yield running
-    running.stop(wait=False)
+    with engine_running(ctx) as running:
+        yield running
 
 
 class _Dripper:

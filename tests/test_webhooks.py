@@ -22,7 +22,7 @@ from deskbroker.store.webhooks import Claimed
 from deskbroker.write_guard import HeldTransaction
 from tests.helpers import Api, scan_now, wait_until
 from tests.tarpit import tarpit
-from tests.webhook_receiver import receiving, verify
+from tests.webhook_receiver import QUICK_WEBHOOKS, engine_running, receiving, verify
 
 SECRET = "receiver-secret-0123456789"
 
@@ -30,24 +30,13 @@ SECRET = "receiver-secret-0123456789"
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     """Retries within the test's patience; a dead receiver given up on quickly."""
-    return settings.model_copy(
-        update={
-            "webhook_retry_base_s": 0.05,
-            "webhook_retry_cap_s": 0.4,
-            "webhook_poll_s": 0.2,
-            "webhook_timeout_s": 2.0,
-            "webhook_settle_s": 1.0,
-            "engine_tick_s": 0.1,
-        }
-    )
+    return settings.model_copy(update=QUICK_WEBHOOKS)
 
 
 @pytest.fixture
 def engine(ctx: BrokerContext) -> Iterator[Engine]:
-    running = Engine(ctx, workers=4)
-    running.start()
-    yield running
-    running.stop(wait=False)
+    with engine_running(ctx) as running:
+        yield running
 
 
 def _hook(api: Api, url: str, kinds: list[str], **extra: Any) -> dict[str, Any]:

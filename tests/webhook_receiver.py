@@ -89,3 +89,28 @@ def receiving(secret: str, *, fail_every_other: bool = False) -> Iterator[Receiv
     finally:
         server.shutdown()
         server.server_close()
+
+
+# Deliveries posted at once and retried within a test's patience; a receiver that does
+# not answer given up on in 2 s.
+QUICK_WEBHOOKS: dict[str, float] = {
+    "webhook_retry_base_s": 0.05,
+    "webhook_retry_cap_s": 0.4,
+    "webhook_poll_s": 0.2,
+    "webhook_timeout_s": 2.0,
+    "webhook_settle_s": 1.0,
+    "engine_tick_s": 0.1,
+}
+
+
+@contextmanager
+def engine_running(ctx: Any) -> Iterator[Any]:
+    """An engine of 4 workers on ``ctx``, started, and stopped without waiting."""
+    from deskbroker.engine.runner import Engine
+
+    running = Engine(ctx, workers=4)
+    running.start()
+    try:
+        yield running
+    finally:
+        running.stop(wait=False)
