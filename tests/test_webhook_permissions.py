@@ -117,26 +117,40 @@ def _user_id(api: Api, username: str) -> str:
     return str(api.get(f"users?username={username}")["items"][0]["id"])
 
 
-def _login_event(api: Api) -> str:
+# Who signs in to make the next event: (user name, password).
+SIGN_IN = ("ann", USER_PASSWORD)
+
+
+def _login_event(api: Api, who: tuple[str, str] = SIGN_IN) -> str:
     """A sign-in of the default tenant (a login-kind event), fanned out next; its id."""
-    api.login("ann")
+    api.login(*who)
     return str(api.get("events?kind=login&limit=1")["items"][0]["id"])
 
 
-def _delivers(api: Api, dispatcher: Dispatcher, receiver: Receiver, hook: dict[str, Any]) -> None:
+def _delivers(
+    api: Api,
+    dispatcher: Dispatcher,
+    receiver: Receiver,
+    hook: dict[str, Any],
+    who: tuple[str, str] = SIGN_IN,
+) -> None:
     """The next event reaches the receiver through ``hook``."""
-    event = _login_event(api)
+    event = _login_event(api, who)
     _fan_out(dispatcher)
     wait_until(lambda: event in receiver.ids(), f"event {event} at the receiver")
     assert api.get(f"webhooks/{hook['id']}")["enabled"] is True
 
 
 def _delivers_nothing(
-    api: Api, dispatcher: Dispatcher, receiver: Receiver, hook: dict[str, Any]
+    api: Api,
+    dispatcher: Dispatcher,
+    receiver: Receiver,
+    hook: dict[str, Any],
+    who: tuple[str, str] = SIGN_IN,
 ) -> None:
     """The next event is fanned out but queued for no delivery of ``hook``."""
     before = api.get(f"webhooks/{hook['id']}/deliveries")["total"]
-    event = _login_event(api)
+    event = _login_event(api, who)
     _fan_out(dispatcher)
     assert api.get(f"webhooks/{hook['id']}/deliveries")["total"] == before
     assert event not in receiver.ids()

@@ -26,7 +26,8 @@ from deskbroker.services.context import BrokerContext
 from deskbroker.services.webhook_setters import Recheck, checked_sources, recheck_setters
 from deskbroker.store.jobs import JobKind
 from deskbroker.store.tables import Job, User, utcnow
-from tests.helpers import ADMIN_PASSWORD, USER_PASSWORD, Api, post_login, wait_until
+from tests import test_webhook_permissions as permissions
+from tests.helpers import ADMIN_PASSWORD, USER_PASSWORD, Api, post_login
 from tests.identity.directories import (
     LDAP_BASE,
     LDAP_SERVICE_PASSWORD,
@@ -90,10 +91,6 @@ def dispatcher(ctx: BrokerContext) -> Iterator[Dispatcher]:
     running.close(wait=False)
 
 
-def _fan_out(dispatcher: Dispatcher) -> None:
-    dispatcher.run(dispatcher.ctx, DriverCache(dispatcher.ctx), "", utcnow())
-
-
 def _recheck(ctx: BrokerContext) -> str:
     """The ``webhook_setters`` job, called as the engine calls it."""
     return engine_webhooks.recheck_setters(ctx, DriverCache(ctx), "", utcnow())
@@ -120,32 +117,17 @@ def _groups(ctx: BrokerContext, username: str) -> list[str]:
 
 
 def _delivers(api: Api, dispatcher: Dispatcher, receiver: Receiver, hook: dict[str, Any]) -> None:
-    """The next sign-in event reaches the receiver through ``hook``."""
-    api.login("admin", ADMIN_PASSWORD)
-    event = str(api.get("events?kind=login&limit=1")["items"][0]["id"])
-    _fan_out(dispatcher)
-    wait_until(lambda: event in receiver.ids(), f"event {event} at the receiver")
-    assert api.get(f"webhooks/{hook['id']}")["enabled"] is True
+    permissions._delivers(api, dispatcher, receiver, hook, ("admin", ADMIN_PASSWORD))
 
 
 def _delivers_nothing(
     api: Api, dispatcher: Dispatcher, receiver: Receiver, hook: dict[str, Any]
 ) -> None:
-    """The next sign-in event is fanned out but queued for no delivery of ``hook``."""
-    before = api.get(f"webhooks/{hook['id']}/deliveries")["total"]
-    api.login("admin", ADMIN_PASSWORD)
-    event = str(api.get("events?kind=login&limit=1")["items"][0]["id"])
-    _fan_out(dispatcher)
-    assert api.get(f"webhooks/{hook['id']}/deliveries")["total"] == before
-    assert event not in receiver.ids()
+    permissions._delivers_nothing(api, dispatcher, receiver, hook, ("admin", ADMIN_PASSWORD))
 
 
-def _switched_off(api: Api, hook: dict[str, Any]) -> list[dict[str, Any]]:
-    return [
-        e
-        for e in api.get("events?kind=webhook.disabled")["items"]
-        if e["detail"]["webhook_id"] == hook["id"]
-    ]
+_fan_out = permissions._fan_out
+_switched_off = permissions._switched_off
 
 
 def test_an_administrator_removed_from_the_group_stops_vouching_after_the_recheck(
