@@ -26,7 +26,7 @@ from deskbroker.bootstrap import add_local_user
 from deskbroker.engine.nodes import NodeHeartbeat
 from deskbroker.engine.runner import Engine
 from deskbroker.services.context import BrokerContext
-from deskbroker.store import webhooks as webhook_store
+from deskbroker.store import fanout
 from deskbroker.store.tables import Job, Tenant, utcnow
 from tests.helpers import ADMIN_PASSWORD, USER_PASSWORD, Api, scan_now, wait_until
 from tests.tools import XVNC, require
@@ -406,7 +406,8 @@ def build(
     # Every event so far fanned out into deliveries (as the engine's webhooks job does),
     # so the event stream and the deliveries listing have each tenant's to show.
     with api.ctx.db.write() as session:
-        webhook_store.fan_out(session, utcnow(), settle_s=0)
+        while not fanout.fan_out(session, utcnow(), settle_s=0).caught_up:
+            pass
     return worlds
 
 

@@ -15,7 +15,6 @@ from datetime import datetime
 import pytest
 from sqlalchemy import func, select
 
-from deskbroker.bootstrap import add_local_user
 from deskbroker.config import Settings
 from deskbroker.engine.runner import Engine
 from deskbroker.engine.webhooks import Dispatcher
@@ -23,7 +22,7 @@ from deskbroker.services import webhook_limits
 from deskbroker.services.context import BrokerContext
 from deskbroker.store.tables import WebhookDelivery, utcnow
 from deskbroker.store.webhooks import Claimed
-from tests.helpers import ADMIN_PASSWORD, Api, wait_until
+from tests.helpers import Api, tenant_admin_of, wait_until
 from tests.tarpit import drip
 from tests.webhook_receiver import engine_running, receiving
 
@@ -147,12 +146,7 @@ def test_one_tenants_dripping_receivers_delay_no_other_tenants_events(
     # seconds (tests/test_webhook_caps.py), which this test does not measure.
     monkeypatch.setattr(webhook_limits.TEST_PACE, "interval_s", 0.0)
     evil_tenant = api.post("tenants", {"name": "evil"})
-    add_local_user(api.ctx, "evil-boss", ADMIN_PASSWORD, role="tenant_admin", tenant_name="evil")
-    api.ctx.cache.invalidate()
-    login = {"username": "evil-boss", "password": ADMIN_PASSWORD, "tenant": "evil"}
-    evil = Api(
-        api.client, api.ctx, api.client.post("/api/v1/auth/login", json=login).json()["token"]
-    )
+    evil = tenant_admin_of(api, "evil", "evil-boss")
     with receiving(SECRET) as victim, drip(DRIPPED_HEAD, interval_s=0.5) as port:
         mine = api.post(
             "webhooks", {"name": "victim", "url": victim.url, "kinds": ["login"], "secret": SECRET}

@@ -292,6 +292,13 @@ class Settings(BaseSettings):
         description="how long a gap in event ids is waited for (a transaction committing "
         "late) before it is taken for a rolled-back one",
     )
+    webhook_backlog: int = Field(
+        default=10000,
+        ge=100,
+        le=1_000_000,
+        description="pending deliveries one webhook may have; past it, its tenant's new "
+        "events are not queued for it but counted in a webhook.events_dropped event",
+    )
     webhook_retention_days: int = Field(
         default=30, ge=1, le=3650, description="how long a finished delivery is listed"
     )

@@ -2,7 +2,9 @@
 deliveries posted, signed, from threads of their own.
 
 The ``webhooks`` job (one for the cluster, leased like every job) fans out the events
-since the last run and claims due deliveries by lease, then returns: the posts run on
+since the last run, batch after batch until it is caught up (``store/fanout.py``: one
+cursor serves every tenant, so it must keep ahead of all their events together), and
+claims due deliveries by lease, then returns: the posts run on
 this module's pool (``webhook_workers`` threads), never on an engine worker or in a
 request, each with no transaction open. ``webhook_timeout_s`` is the deadline of a whole
 post (connect, send, the answer's head), so a receiver that never answers, or drips its
@@ -26,6 +28,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 import h11
@@ -38,6 +41,7 @@ from deskbroker.outbound import OutboundRefused
 from deskbroker.services import webhook_setters
 from deskbroker.services import webhooks as vetting
 from deskbroker.services.context import BrokerContext
+from deskbroker.store import fanout
 from deskbroker.store import webhooks as store
 from deskbroker.store.db import Unit
 from deskbroker.store.tables import utcnow
@@ -47,6 +51,11 @@ log = logging.getLogger("deskbroker.webhooks")
 USER_AGENT = "deskbroker-webhooks/1"
 # Finished deliveries are purged at most this often (seconds).
 PURGE_EVERY_S = 3600.0
+# One run of the job fans out batch after batch for at most this long (seconds) while
+# it is behind; the job, due again at once, goes on after the engine's other work.
+FANOUT_BUDGET_S = 2.0
+# A webhook whose queue is full is told of in its tenant's log at most this often.
+DROPPED_NOTICE_EVERY_S = 60.0
 
 
 def body_of(payload: dict[str, object]) -> bytes:
@@ -140,6 +149,9 @@ class Dispatcher:
         self._running: set[Future[None]] = set()
         self._lock = threading.Lock()
         self._purged = 0.0
+        # Events each full webhook did not get since its last notice, and when that was.
+        self._dropped: dict[str, fanout.Dropped] = {}
+        self._noticed: dict[str, float] = {}
         self._client = httpx.Client(
             # Every connection checked against the outbound policy on the socket reached.
             transport=outbound_http.guarded_transport(),
@@ -162,18 +174,62 @@ class Dispatcher:
 
     # --- the job ---------------------------------------------------------------------
     def run(self, ctx: BrokerContext, drivers: DriverCache, target_id: str, now: datetime) -> str:
-        """The ``webhooks`` job: fan out, then start what is due. Quick: it posts nothing.
-        A webhook whose setter may no longer read events is switched off first, in the
-        same transaction, so it gets none of the events fanned out."""
+        """The ``webhooks`` job: fan out until caught up (or for ``FANOUT_BUDGET_S``),
+        then start what is due. Quick: it posts nothing. Each batch is a transaction of
+        its own; a webhook whose setter may no longer read events is switched off first,
+        in the batch's transaction, so it gets none of the events that batch fans out."""
 
         def vet(session: Unit) -> set[str]:
             return vetting.switch_off_unvouched(ctx, session)
 
-        with ctx.db.write() as session:
-            made = store.fan_out(session, utcnow(), ctx.settings.webhook_settle_s, vet=vet)
+        made = walked = batches = 0
+        until = time.monotonic() + FANOUT_BUDGET_S
+        while True:
+            with ctx.db.write() as session:
+                batch = fanout.fan_out(
+                    session,
+                    utcnow(),
+                    ctx.settings.webhook_settle_s,
+                    backlog=ctx.settings.webhook_backlog,
+                    vet=vet,
+                )
+                owed, noticed = self._notices(session, batch.dropped)
+            self._dropped, self._noticed = owed, noticed
+            made, walked, batches = made + batch.made, walked + batch.walked, batches + 1
+            # Behind and out of time: the next run (at once, the job being due) goes on.
+            if batch.caught_up or time.monotonic() >= until:
+                break
         started = self.pump()
         self._purge()
-        return f"{made} deliveries queued, {started} started"
+        return f"{walked} events in {batches} batches: {made} deliveries queued, {started} started"
+
+    def _notices(
+        self, session: Unit, dropped: dict[str, fanout.Dropped]
+    ) -> tuple[dict[str, fanout.Dropped], dict[str, float]]:
+        """What webhooks with full queues did not get, told in their tenants' logs: at most
+        one event per webhook per ``DROPPED_NOTICE_EVERY_S``, counting all since the last
+        (a flood would otherwise add an event to the log with every batch). Returns what
+        this node remembers once the batch commits (nothing is changed before)."""
+        clock = time.monotonic()
+        owed = {hook: replace(counted) for hook, counted in self._dropped.items()}
+        for hook_id, more in dropped.items():
+            if hook_id in owed:
+                owed[hook_id].add(more)
+            else:
+                owed[hook_id] = replace(more)
+        noticed = dict(self._noticed)
+        for hook_id in list(owed):
+            if clock - noticed.get(hook_id, float("-inf")) < DROPPED_NOTICE_EVERY_S:
+                continue
+            backlog = self.ctx.settings.webhook_backlog
+            vetting.note_dropped(session, hook_id, owed.pop(hook_id), backlog)
+            noticed[hook_id] = clock
+        # The quiet ones forgotten, so the map does not grow with every webhook ever full.
+        quiet = [h for h, at in noticed.items() if clock - at > 2 * DROPPED_NOTICE_EVERY_S]
+        for hook_id in quiet:
+            if hook_id not in owed:
+                del noticed[hook_id]
+        return owed, noticed
 
     def pump(self, finishing: bool = False) -> int:
         """Claim as many due deliveries as this node has free threads, and post them;

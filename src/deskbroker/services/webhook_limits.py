@@ -1,6 +1,6 @@
 """Bounds on what one tenant's webhooks cost every other tenant.
 
-The fan-out (``store/webhooks.fan_out``) walks one cursor over every tenant's events and
+The fan-out (``store/fanout.fan_out``) walks one cursor over every tenant's events and
 writes one delivery row per webhook that takes an event: a tenant with hundreds of
 webhooks and a flood of events fills the outbox and delays everyone's deliveries. So:
 

@@ -35,7 +35,7 @@ from deskbroker.services import (
 )
 from deskbroker.services.catalog_crud import Resource, scope
 from deskbroker.services.context import BrokerContext
-from deskbroker.store import events
+from deskbroker.store import events, fanout
 from deskbroker.store import webhooks as store
 from deskbroker.store.db import Unit
 from deskbroker.store.repository import Repository
@@ -202,6 +202,30 @@ def switch_off(session: Unit, setter: store.Setter, why: str, now: datetime) -> 
     return True
 
 
+# The event a webhook's full queue leaves in its tenant's log: the events it did not get.
+# Like webhook.disabled it belongs to no category: no webhook and no stream gets it.
+DROPPED_KIND = "webhook.events_dropped"
+
+
+def note_dropped(session: Unit, webhook_id: str, dropped: fanout.Dropped, backlog: int) -> None:
+    """A ``webhook.events_dropped`` event in the webhook's tenant's log: how many events
+    it did not get, their first and last ids, and the bound its queue was at."""
+    events.append(
+        session,
+        DROPPED_KIND,
+        tenant_id=dropped.tenant_id,
+        actor="engine",
+        detail={
+            "webhook_id": webhook_id,
+            "dropped": dropped.count,
+            "first_event_id": dropped.first_event_id,
+            "last_event_id": dropped.last_event_id,
+            "reason": f"its queue holds {backlog} pending deliveries "
+            "(DESKBROKER_WEBHOOK_BACKLOG): its receiver is down or slower than the events",
+        },
+    )
+
+
 def _read(session: Unit, hook: Any) -> dict[str, Any]:
     # Never the sealed secret: only that there is one.
     out = {c.key: getattr(hook, c.key) for c in Webhook.__table__.columns}
@@ -313,7 +337,7 @@ def stream_start(ctx: BrokerContext, last_event_id: str | None) -> int:
             raise InvalidInput("Last-Event-ID must be an event id from this stream")
         return start
     with ctx.db.read() as session:
-        return store.stream_origin(session)
+        return fanout.stream_origin(session)
 
 
 def stream_still_allowed(ctx: BrokerContext, who: TokenClaims) -> bool:
@@ -341,7 +365,7 @@ def stream_batch(
     with ctx.db.read() as session:
         rows, resume = store.stream(session, scope(who), after)
         out = [
-            store.payload_of(r)
+            fanout.payload_of(r)
             for r in rows
             if (category := rules.category(r.kind)) is not None
             and (not wanted or category.value in wanted)

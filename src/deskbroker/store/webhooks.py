@@ -1,48 +1,33 @@
-"""Events out, the SQL: the event log fanned out into webhook deliveries (the outbox),
-deliveries claimed by lease and their outcome recorded, the reads of the admin API, the
-event stream and the usage report.
+"""Events out, the SQL: deliveries claimed by lease and their outcome recorded, the
+reads of the admin API, the event stream and the usage report. The fan-out that makes
+the deliveries is ``store/fanout.py``; the setters it vets are read here.
 
 The event log is written by every request in its own transaction; nothing here runs on
-a request's path but the reads. Event ids come from one sequence, so the fan-out walks
-them in order behind a cursor. On PostgreSQL a transaction may commit an event with a
-lower id after one with a higher id is visible: the fan-out stops at a gap in the ids
-until the event after it is ``settle_s`` old (a gap that old is a rolled-back insert),
-so no event is skipped for being committed late.
-
-Before a fan-out reads the enabled webhooks it lets the caller switch off those whose
-setter may no longer read events (``vet``; the decision is the services' own, this
-module only reads the setters and switches a webhook off).
+a request's path but the reads.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, delete, func, insert, or_, select, update
+from sqlalchemy import and_, case, delete, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from deskbroker.domain import webhooks as rules
 from deskbroker.domain.timestamps import aware
 from deskbroker.domain.webhooks import DeliveryState
+from deskbroker.store.fanout import horizon
 from deskbroker.store.tables import (
     Event,
-    EventCursor,
     SessionRow,
     Tenant,
     User,
     Webhook,
     WebhookDelivery,
-    new_id,
 )
-
-FANOUT = "webhooks"
-# Switches off, in the fan-out's transaction, the enabled webhooks that must not get
-# events any more; returns their ids.
-Vet = Callable[[Session], Collection[str]]
 
 
 @dataclass(frozen=True)
@@ -57,120 +42,6 @@ class Claimed:
     payload: dict[str, Any]
     attempts: int
     max_attempts: int
-
-
-def payload_of(event: Any) -> dict[str, Any]:
-    """An event as a webhook and the event stream send it. ``id`` is the event's id:
-    the same on every attempt, so a receiver deduplicates with it."""
-    return {
-        "id": str(event.id),
-        "kind": event.kind,
-        "category": str(rules.category(event.kind) or "test"),
-        "at": aware(event.at).isoformat(),
-        "tenant_id": event.tenant_id,
-        "actor": event.actor,
-        "user_id": event.user_id,
-        "desktop_id": event.desktop_id,
-        "pool_id": event.pool_id,
-        "detail": event.detail or {},
-    }
-
-
-def cursor(session: Session) -> int:
-    """The id up to which the event log has been fanned out (the event stream's horizon);
-    made at the newest event the first time, so history is not sent to new webhooks."""
-    found = session.execute(select(EventCursor.last_id).where(EventCursor.name == FANOUT)).first()
-    if found is not None:
-        return int(found[0])
-    newest = session.execute(select(func.coalesce(func.max(Event.id), 0))).scalar_one()
-    session.execute(insert(EventCursor).values(name=FANOUT, last_id=int(newest)))
-    return int(newest)
-
-
-def horizon(session: Session) -> int:
-    """The cursor as a read sees it (0 before the first fan-out)."""
-    found = session.execute(select(EventCursor.last_id).where(EventCursor.name == FANOUT)).first()
-    return int(found[0]) if found is not None else 0
-
-
-def stream_origin(session: Session) -> int:
-    """Where a new stream starts: the cursor, or before the first fan-out the newest
-    event (where the cursor will start), so a new stream never replays history."""
-    found = session.execute(select(EventCursor.last_id).where(EventCursor.name == FANOUT)).first()
-    if found is not None:
-        return int(found[0])
-    return int(session.execute(select(func.coalesce(func.max(Event.id), 0))).scalar_one())
-
-
-def fan_out(
-    session: Session, now: datetime, settle_s: float, batch: int = 500, vet: Vet | None = None
-) -> int:
-    """Outbox rows for the events after the cursor that some webhook chose; advances the
-    cursor in the same transaction. Returns how many deliveries were made.
-
-    ``vet`` runs first when there are events to fan out and an enabled webhook names its
-    setter; the webhooks it switches off get none of these events."""
-    start = cursor(session)
-    rows = (
-        session.execute(select(Event).where(Event.id > start).order_by(Event.id).limit(batch))
-        .scalars()
-        .all()
-    )
-    if not rows:
-        return 0
-    hooks = session.execute(
-        select(Webhook.id, Webhook.tenant_id, Webhook.kinds, Webhook.set_by_user_id).where(
-            Webhook.enabled.is_(True)
-        )
-    ).all()
-    # Idle ticks and webhooks with no setter cost nothing more than the read above.
-    switched_off: Collection[str] = ()
-    if vet is not None and any(setter is not None for *_, setter in hooks):
-        switched_off = vet(session)
-    by_tenant: dict[str, list[tuple[str, list[Any]]]] = {}
-    for hook_id, tenant_id, kinds, _ in hooks:
-        if hook_id not in switched_off:
-            by_tenant.setdefault(tenant_id, []).append((hook_id, list(kinds or [])))
-    settled = now - timedelta(seconds=settle_s)
-    last = start
-    made: list[dict[str, Any]] = []
-    for event in rows:
-        if event.id != last + 1 and aware(event.at) > settled:
-            break  # a gap that may still be a transaction about to commit: wait
-        last = event.id
-        if event.tenant_id is None:
-            continue
-        for hook_id in _receivers(event, by_tenant.get(event.tenant_id, [])):
-            made.append(
-                {
-                    "tenant_id": event.tenant_id,
-                    "webhook_id": hook_id,
-                    "event_id": event.id,
-                    "kind": event.kind,
-                    "payload": payload_of(event),
-                    "state": DeliveryState.PENDING.value,
-                    "attempts": 0,
-                    "next_attempt_at": now,
-                    "last_error": "",
-                    "created_at": now,
-                    "updated_at": now,
-                }
-            )
-    if last == start:
-        return 0
-    # Compare-and-set: a second broker fanning out the same events (a lease taken over)
-    # moves no cursor, and its transaction is rolled back by the caller.
-    moved = session.execute(
-        update(EventCursor)
-        .where(EventCursor.name == FANOUT, EventCursor.last_id == start)
-        .values(last_id=last, updated_at=now)
-        .execution_options(synchronize_session=False)
-    ).rowcount  # type: ignore[attr-defined]
-    if moved != 1:
-        raise RuntimeError("the event cursor moved under this fan-out")
-    if made:
-        session.execute(insert(WebhookDelivery), [{"id": new_id(), **row} for row in made])
-    return len(made)
 
 
 @dataclass(frozen=True)
@@ -255,16 +126,6 @@ def fail_pending(session: Session, webhook_id: str, now: datetime, why: str) -> 
     )
 
 
-def _receivers(event: Any, hooks: list[tuple[str, list[Any]]]) -> list[str]:
-    if event.kind == rules.TEST_KIND:
-        wanted = (event.detail or {}).get("webhook_id")
-        return [hook_id for hook_id, _ in hooks if hook_id == wanted]
-    category = rules.category(event.kind)
-    if category is None:
-        return []
-    return [hook_id for hook_id, kinds in hooks if category.value in kinds]
-
-
 def claim(
     session: Session,
     *,
@@ -297,19 +158,20 @@ def claim(
     for hook_id, tenant_id, count in leased:
         busy[hook_id] = busy.get(hook_id, 0) + count
         tenant_busy[tenant_id] = tenant_busy.get(tenant_id, 0) + count
+    # Webhook by webhook, one index probe each (``ix_webhook_deliveries_hook_due``):
+    # never a walk over every pending delivery, however long one dead receiver's queue.
+    due_here = exists().where(
+        WebhookDelivery.webhook_id == Webhook.id,
+        pending,
+        WebhookDelivery.next_attempt_at <= now,
+        free,
+    )
     due = [
         (hook_id, tenant_id)
         for hook_id, tenant_id in session.execute(
-            select(WebhookDelivery.webhook_id, WebhookDelivery.tenant_id)
-            .where(
-                pending,
-                WebhookDelivery.next_attempt_at <= now,
-                free,
-                # A webhook switched off posts nothing, not even what it had queued: its
-                # deliveries wait until it is enabled again.
-                WebhookDelivery.webhook_id.in_(select(Webhook.id).where(Webhook.enabled.is_(True))),
-            )
-            .group_by(WebhookDelivery.webhook_id, WebhookDelivery.tenant_id)
+            # A webhook switched off posts nothing, not even what it had queued: its
+            # deliveries wait until it is enabled again.
+            select(Webhook.id, Webhook.tenant_id).where(Webhook.enabled.is_(True), due_here)
         ).all()
         if busy.get(hook_id, 0) < per_webhook
     ]

@@ -61,6 +61,12 @@ class WebhookDelivery(Base):
         UniqueConstraint("webhook_id", "event_id"),
         _one_of("state", DeliveryState),
         Index("ix_webhook_deliveries_due", "state", "next_attempt_at"),
+        # A claim asks each webhook for its oldest due delivery, and counts the leased
+        # ones: both by index, however long a dead receiver's queue (migration 0013).
+        Index(
+            "ix_webhook_deliveries_hook_due", "webhook_id", "state", "next_attempt_at", "event_id"
+        ),
+        Index("ix_webhook_deliveries_lease", "lease_expires_at"),
     )
     id: Mapped[str] = _id()
     tenant_id: Mapped[str] = _tenant()
