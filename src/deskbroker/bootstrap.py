@@ -45,7 +45,7 @@ def ensure_defaults(ctx: BrokerContext, tenant_name: str = "default") -> Default
             source = IdentitySource(tenant_id=tenant.id, name="local", kind="local", params={})
             session.add(source)
             session.flush()
-            bump_config_version(session)
+            bump_config_version(session, tenant.id)
         return Defaults(tenant.id, source.id)
 
 

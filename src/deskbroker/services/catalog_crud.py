@@ -98,6 +98,15 @@ def must_exist(
         raise InvalidInput(f"{label} {object_id} does not exist")
 
 
+def _config_tenant(obj: Any) -> str | None:
+    """The tenant whose configuration a change of ``obj`` changed: a tenant's own row is
+    that tenant's; a row of no tenant may be anyone's (None: every cache reloads whole)."""
+    if isinstance(obj, Tenant):
+        return obj.id
+    tenant_id = getattr(obj, "tenant_id", None)
+    return tenant_id if isinstance(tenant_id, str) else None
+
+
 class Catalog(Generic[M]):
     """The five operations on one resource, named ``name`` in messages and the audit log
     (the admin API's path: ``pools``, ``protocol-plans``)."""
@@ -131,7 +140,7 @@ class Catalog(Generic[M]):
 
     def _audit(self, session: Unit, who: TokenClaims, action: str, obj: Any) -> None:
         if self.resource.affects_config:
-            bump_config_version(session)
+            bump_config_version(session, _config_tenant(obj))
         events.append(
             session,
             f"admin.{action}",
@@ -183,7 +192,7 @@ class Catalog(Generic[M]):
             )
             obj = self.create_in(session, ctx, who, tenant, data)
             result = self._render(session, obj, render)
-        ctx.cache.invalidate()
+        ctx.cache.stale()
         return result
 
     def create_in(
@@ -224,7 +233,7 @@ class Catalog(Generic[M]):
             obj = self._repo.get(session, item_id, tenant)
             self.update_in(session, ctx, who, obj, data)
             result = self._render(session, obj, render)
-        ctx.cache.invalidate()
+        ctx.cache.stale()
         return result
 
     def update_in(
@@ -252,7 +261,7 @@ class Catalog(Generic[M]):
             write_context.attach_actor(session, ctx, who)
             obj = self._repo.get(session, item_id, tenant)
             self.delete_in(session, who, obj)
-        ctx.cache.invalidate()
+        ctx.cache.stale()
 
     def delete_in(self, session: Unit, who: TokenClaims, obj: Any) -> None:
         """``delete`` of a row already read, inside the caller's unit."""

@@ -1,4 +1,10 @@
-"""A per-node cache of what logins resolve, invalidated by the config version counter."""
+"""A per-node cache of what logins resolve, invalidated by the config version counter.
+
+A version moved by one tenant's change reloads that tenant's rows only
+(the ``config_changes`` table says which tenants each version changed): one tenant's
+administrator writing in a loop costs every broker a reload of that tenant, not of every
+tenant's configuration, on the next login of anyone.
+"""
 
 from __future__ import annotations
 
@@ -53,6 +59,7 @@ class PolicyView:
     name: str
     max_desktops_per_user: int
     entries: tuple[EntryView, ...]
+    tenant_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,8 @@ class ConfigView:
     session_quota_tenants: frozenset[str] = frozenset()
     # Custom roles' grants by (tenant id, role name).
     roles: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
+    # Each protocol plan's tenant, so a tenant's plans are replaced with its other rows.
+    plan_tenants: dict[str, str] = field(default_factory=dict)
 
 
 def rule_from_row(row: dict[str, Any]) -> AssignmentRule:
@@ -146,12 +155,61 @@ def build_view(rows: snapshot.ConfigRows) -> ConfigView:
             p["name"],
             p["max_desktops_per_user"],
             tuple(entries_by_policy.get(p["id"], [])),
+            p["tenant_id"],
         )
         for p in rows.policies
     }
     view.protocol_plans = {p["id"]: entries_of(p["protocols"]) for p in rows.protocol_plans}
+    view.plan_tenants = {p["id"]: p["tenant_id"] for p in rows.protocol_plans}
     view.roles = {(r["tenant_id"], r["name"]): tuple(r["permissions"] or []) for r in rows.roles}
     return view
+
+
+def merged(view: ConfigView, part: ConfigView, tenants: set[str]) -> ConfigView:
+    """``view`` with every row of ``tenants`` replaced by ``part`` (those tenants' rows
+    as they are now, built alone), at ``part``'s version. A tenant in ``tenants`` with
+    no row in ``part`` was deleted: nothing of it is kept. Every part of the view is of
+    one tenant (a policy's entries, a rule's policy, a pool's name: all its own), so a
+    tenant's rows built alone are what a whole build holds of them."""
+
+    def kept(tenant_id: str) -> bool:
+        return tenant_id not in tenants
+
+    out = ConfigView(version=part.version)
+    out.tenants_by_name = {n: t for n, t in view.tenants_by_name.items() if kept(t)}
+    out.tenants_by_name.update(part.tenants_by_name)
+    out.session_quota_tenants = (
+        frozenset(t for t in view.session_quota_tenants if kept(t)) | part.session_quota_tenants
+    )
+    out.sources_by_tenant = {t: s for t, s in view.sources_by_tenant.items() if kept(t)}
+    out.sources_by_tenant.update(part.sources_by_tenant)
+    out.policies = {i: p for i, p in view.policies.items() if kept(p.tenant_id)}
+    out.policies.update(part.policies)
+    out.pools = {i: p for i, p in view.pools.items() if kept(p.tenant_id)}
+    out.pools.update(part.pools)
+    out.plan_tenants = {i: t for i, t in view.plan_tenants.items() if kept(t)}
+    out.plan_tenants.update(part.plan_tenants)
+    out.protocol_plans = {
+        i: plan for i, plan in view.protocol_plans.items() if i in out.plan_tenants
+    }
+    out.protocol_plans.update(part.protocol_plans)
+    out.roles = {key: grants for key, grants in view.roles.items() if kept(key[0])}
+    out.roles.update(part.roles)
+    return out
+
+
+def _reload(session: Any, view: ConfigView | None) -> ConfigView:
+    """The view as the database holds it now: ``view`` with the tenants changed since
+    its version reloaded, or everything loaded again when that cannot be told."""
+    version = config_version(session)
+    changed = snapshot.changed_tenants(session, view.version, version) if view else None
+    if view is None or changed is None:
+        return build_view(snapshot.load(session, version=version))
+    return merged(view, build_view(snapshot.load(session, changed, version)), changed)
+
+
+# ``_checked`` of a view this node knows to be behind its own write.
+_STALE = float("-inf")
 
 
 class ConfigCache:
@@ -166,7 +224,10 @@ class ConfigCache:
     def peek(self, db: Database) -> ConfigView:
         """The view as held, unchecked: for the login path, whose first statement reads
         the version and calls ``current`` with it."""
-        return self._view or self.current(db)
+        view = self._view
+        if view is None or self._checked == _STALE:
+            return self.current(db)
+        return view
 
     def current(
         self, db: Database, seen_version: int | None = None, *, fresh: bool = False
@@ -189,7 +250,7 @@ class ConfigCache:
             if view is not None and (seen_version is None or seen_version <= view.version):
                 return view
             with db.read() as session:
-                loaded = build_view(snapshot.load(session))
+                loaded = _reload(session, view)
             self._view = loaded
             self._checked = clock.monotonic()
             return loaded
@@ -213,5 +274,12 @@ class ConfigCache:
         release = next((e.release_plan_id for _, _, e in found if e.release_plan_id), None)
         return power, release
 
+    def stale(self) -> None:
+        """This node changed the configuration (and moved the version): the next look
+        checks the version and reloads what changed, whatever the view's age."""
+        self._checked = _STALE
+
     def invalidate(self) -> None:
+        """Forget the view: the next look loads everything (after rows were written
+        without moving the version, as tools and tests do)."""
         self._view = None

@@ -267,7 +267,7 @@ def request_scan(
     with ctx.db.write() as session:
         center = Repository(Center, "center").get(session, center_id, tenant_id)
         job = jobs.request_scan(session, center.id, center.scan_interval_s)
-        bump_config_version(session)
+        bump_config_version(session, center.tenant_id)
         audit_event(
             session,
             who,

@@ -232,7 +232,7 @@ def _set_pool_image(session: Unit, pool: Pool, image: str) -> None:
     parameters["image"] = image
     provisioning["parameters"] = parameters
     pool.provisioning = provisioning
-    bump_config_version(session)
+    bump_config_version(session, pool.tenant_id)
 
 
 def step(ctx: BrokerContext, pool_id: str, what: RolloutStep, who: TokenClaims) -> dict[str, Any]:

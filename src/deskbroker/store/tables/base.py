@@ -96,6 +96,17 @@ class BrokerState(Base):
     config_version: Mapped[int] = mapped_column(BigInteger, default=1)
 
 
+class ConfigChange(Base):
+    """Which tenant's configuration each version changed (``None``: possibly every
+    tenant's), so a node's cache reloads that tenant's rows, not every tenant's. No
+    foreign key: a deleted tenant's change is what tells the caches to drop it."""
+
+    __tablename__ = "config_changes"
+    version: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    tenant_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Tenant(Base):
     __tablename__ = "tenants"
     id: Mapped[str] = _id()
