@@ -29,6 +29,7 @@ from deskbroker.store.tables import (
     Pool,
     PoolMember,
     PoolStat,
+    ProvisioningTask,
     SessionRow,
 )
 from tests.desktop_agent import Agent, assigned_desktop
@@ -412,3 +413,39 @@ def test_retention_drops_old_agent_orders_expired_enrolments_and_dead_api_tokens
     assert polls == {"b" * 64}
     assert tokens == {"fresh"}, tokens
     assert fresh["name"] == "fresh"
+
+
+def test_retention_drops_failed_builds_with_the_events_and_keeps_recent_ones(
+    api: Api, ctx: BrokerContext, engine: Engine
+) -> None:
+    """A failed build's task is kept as long as the events that tell of it, and no
+    longer: a pool failing for months does not keep a row per attempt for ever."""
+    now = datetime.now(UTC)
+    ids = api.seed_pool(1)
+    old = now - timedelta(days=ctx.settings.event_retention_days + 1)
+    with ctx.db.write() as session:
+        pool = session.get(Pool, ids["pool"])
+        assert pool is not None
+        center_id = pool.center_ids[0]
+        for name, state, at in (
+            ("old-failed", "failed", old),
+            ("new-failed", "failed", now - timedelta(days=1)),
+            ("old-open", "requested", old),
+        ):
+            session.add(
+                ProvisioningTask(
+                    tenant_id=pool.tenant_id,
+                    pool_id=pool.id,
+                    center_id=center_id,
+                    name=name,
+                    state=state,
+                    next_step_at=now + timedelta(days=1),
+                    created_at=at,
+                    updated_at=at,
+                )
+            )
+    summary = maintenance.retention(ctx, engine.drivers, "", now)
+    assert "1 failed builds" in summary, summary
+    with ctx.db.read() as session:
+        left = set(session.scalars(select(ProvisioningTask.name)).all())
+    assert left == {"new-failed", "old-open"}

@@ -100,7 +100,7 @@ def pool_stats(ctx: BrokerContext, drivers: DriverCache, pool_id: str, now: date
 
 def retention(ctx: BrokerContext, drivers: DriverCache, target: str, now: datetime) -> str:
     """Drop events, statistics and ended sessions older than their retention; finished
-    tasks and spent sign-in leftovers too."""
+    tasks (failed ones kept as long as the events) and spent sign-in leftovers too."""
     settings = ctx.settings
     keep = upkeep.Retention(
         event_days=settings.event_retention_days,
@@ -112,5 +112,6 @@ def retention(ctx: BrokerContext, drivers: DriverCache, target: str, now: dateti
         purged = upkeep.purge(session, now, keep)
     return (
         f"removed {purged.events} events, {purged.samples} samples, {purged.sessions} ended "
-        f"sessions and {purged.sign_in_leftovers} sign-in leftovers"
+        f"sessions, {purged.failed_builds} failed builds and {purged.sign_in_leftovers} "
+        "sign-in leftovers"
     )

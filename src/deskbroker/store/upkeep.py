@@ -94,12 +94,13 @@ class Purged:
     samples: int
     sessions: int
     sign_in_leftovers: int
+    failed_builds: int = 0
 
 
 def purge(session: Unit, now: datetime, keep: Retention) -> Purged:
     """Drop events, statistics and ended sessions older than their retention; finished
-    tasks, spent sign-in leftovers, old agent orders, expired enrolment requests and
-    long-dead API tokens too."""
+    tasks (failed ones with the events), spent sign-in leftovers, old agent orders,
+    expired enrolment requests and long-dead API tokens too."""
     old_events = _purge(session, Event, Event.at, now - timedelta(days=keep.event_days))
     old_stats = _purge(session, PoolStat, PoolStat.at, now - timedelta(days=keep.stats_days))
     # Only ended sessions: an open one is live state, however old (a week-long
@@ -117,6 +118,16 @@ def purge(session: Unit, now: datetime, keep: Retention) -> Purged:
             ProvisioningTask.updated_at < now - timedelta(days=1),
         )
     )
+    # A failed build is kept as long as the events (its provision.failed event says the
+    # same): listed, and counted in its pool's status, while an administrator may look
+    # into it; a pool failing for months would otherwise keep a row per attempt for ever.
+    result = session.execute(
+        delete(ProvisioningTask).where(
+            ProvisioningTask.state == "failed",
+            ProvisioningTask.updated_at < now - timedelta(days=keep.event_days),
+        )
+    )
+    failed_builds = int(result.rowcount or 0)  # type: ignore[attr-defined]
     # Sign-in leftovers: challenges and OpenID flows past their expiry, and failure
     # counts whose window and lockout are both over (a spray of made-up names would
     # otherwise leave a row per name for ever).
@@ -148,7 +159,7 @@ def purge(session: Unit, now: datetime, keep: Retention) -> Purged:
         delete(ApiToken).where(or_(ApiToken.expires_at < gone, ApiToken.revoked_at < gone))
     )
     spent += int(result.rowcount or 0)  # type: ignore[attr-defined]
-    return Purged(old_events, old_stats, old_sessions, spent)
+    return Purged(old_events, old_stats, old_sessions, spent, failed_builds)
 
 
 def _purge(session: Unit, model: type, column: Any, before: datetime) -> int:
