@@ -244,6 +244,11 @@ def built_desktops(api: Api, center_id: str, count: int, *, prefix: str = "built
         return [r.id for r in rows]
 
 
+def bearer(token: str) -> dict[str, str]:
+    """The header that carries ``token``."""
+    return {"Authorization": f"Bearer {token}"}
+
+
 def tenant_admin_of(api: Api, tenant: str, username: str) -> Api:
     """A tenant administrator of ``tenant`` (made if need be), signed in."""
     add_local_user(api.ctx, username, ADMIN_PASSWORD, role="tenant_admin", tenant_name=tenant)

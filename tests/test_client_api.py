@@ -8,11 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.helpers import USER_PASSWORD, Api
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
+from tests.helpers import USER_PASSWORD, Api, bearer
 
 
 @pytest.fixture

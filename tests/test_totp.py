@@ -18,16 +18,12 @@ from deskbroker.domain.second_factor import SecondFactorStep
 from deskbroker.services.challenges import ChallengeSigner
 from deskbroker.store.tables import Base, Event, User
 from tests.authenticator import Authenticator
-from tests.helpers import ADMIN_PASSWORD, USER_PASSWORD, Api
+from tests.helpers import ADMIN_PASSWORD, USER_PASSWORD, Api, bearer
 
 LOGIN = "/api/v1/auth/login"
 LOGIN_TOTP = "/api/v1/auth/login/totp"
 ENROL_AT_LOGIN = "/api/v1/auth/login/totp/enrol"
 ME_TOTP = "/api/v1/me/totp"
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def set_mode(api: Api, mode: str, source_id: str | None = None) -> None:

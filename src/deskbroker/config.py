@@ -332,6 +332,24 @@ class Settings(BaseSettings):
         description="at most this many session events per desktop in a minute, counted "
         "by each broker process; more are refused with 429 before anything is written",
     )
+    # A person signs in a few times a day and connects a few times a session; a
+    # classroom's kiosks on one shared account sign in together at the hour. Past these
+    # a script with someone's password is writing rows as fast as it can send.
+    user_sign_ins_per_minute: int = Field(
+        default=120,
+        ge=1,
+        le=100_000,
+        description="at most this many sign-ins of one account (tenant and name) in a "
+        "minute, counted by each broker process when the password was right; more are "
+        "refused with 429 before the password is checked",
+    )
+    user_connects_per_minute: int = Field(
+        default=120,
+        ge=1,
+        le=100_000,
+        description="at most this many connects of one user in a minute, counted by "
+        "each broker process; more are refused with 429 before anything is written",
+    )
     agent_enrol_ttl_s: int = Field(
         default=3600,
         ge=60,

@@ -12,6 +12,7 @@ from deskbroker.services.center_drivers import CenterDrivers
 from deskbroker.services.config_cache import ConfigCache
 from deskbroker.services.pulse import Pulse
 from deskbroker.services.source_guard import SourceGuard
+from deskbroker.services.user_rate import UserActivityLimiter
 from deskbroker.store.db import Database
 
 
@@ -30,6 +31,8 @@ class BrokerContext:
     drivers: CenterDrivers = field(init=False)
     # Each desktop's agent events of the last minute, counted in this process.
     agent_events: AgentEventLimiter = field(default_factory=AgentEventLimiter)
+    # Each account's sign-ins and each user's connects of the last minute, likewise.
+    user_activity: UserActivityLimiter = field(default_factory=UserActivityLimiter)
 
     def __post_init__(self) -> None:
         self.sources = SourceGuard(self.settings)

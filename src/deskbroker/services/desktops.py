@@ -289,6 +289,8 @@ def connect(
     descriptor once the center reports the desktop running. Without ``protocol`` the
     plan's choice follows ``client_kind`` and the protocols the client ``accepts``.
     """
+    if not _after_start:  # the second half of one connect is not another
+        ctx.user_activity.connect(who.user_id, ctx.settings.user_connects_per_minute)
     how = _Asked(client_kind, tuple(accepts or ()))
     try:
         with ctx.db.write() as session:

@@ -328,6 +328,8 @@ class LoginService:
             tenant_id = view.tenants_by_name.get(tenant or "default")
         if tenant_id is None:
             self._unknown_tenant(username, client_address)
+        limits = self.ctx.user_activity
+        limits.before_sign_in(tenant_id, username, self.ctx.settings.user_sign_ins_per_minute)
         # The check, the password and the counted failure, one attempt at a time per
         # account on this broker: concurrent guesses each see the ones before them.
         with self.guard.serial(tenant_id, username):
@@ -344,6 +346,7 @@ class LoginService:
                 if answer is exc:
                     raise
                 raise answer from exc
+            limits.signed_in(tenant_id, username)
         return self._complete(found, client_address, checked)
 
     def _unknown_tenant(self, username: str, client_address: str | None) -> NoReturn:

@@ -219,7 +219,15 @@ def router() -> APIRouter:
         "with `status: second_factor_needed` and a challenge instead of the token: complete "
         "the login at POST /api/v1/auth/login/totp.",
         response_model=LoginOut,
-        responses={202: {"model": SecondFactorOut, "description": "a one-time code is due"}},
+        responses={
+            202: {"model": SecondFactorOut, "description": "a one-time code is due"},
+            429: {
+                "description": "too many failed attempts (the account or the address is "
+                "locked for a while), or the account signed in more than "
+                "DESKBROKER_USER_SIGN_INS_PER_MINUTE times in the last minute; Retry-After "
+                "says when to try again"
+            },
+        },
     )
     def login(body: LoginIn, request: Request, ctx: Ctx, service: Login) -> LoginOut | Response:
         result = service.login(
@@ -277,7 +285,14 @@ def router() -> APIRouter:
         "one is started for you: 202 with `status: starting`, an estimate and a Retry-After "
         "header; ask again and get the descriptor once it runs.",
         response_model=DescriptorOut,
-        responses={202: {"model": StartingOut, "description": "the desktop is starting"}},
+        responses={
+            202: {"model": StartingOut, "description": "the desktop is starting"},
+            429: {
+                "description": "you asked to connect more than "
+                "DESKBROKER_USER_CONNECTS_PER_MINUTE times in the last minute; nothing was "
+                "recorded, and Retry-After says when to ask again"
+            },
+        },
     )
     def connect(
         desktop_id: str, body: ConnectIn, request: Request, ctx: Ctx, who: SignedPrincipal

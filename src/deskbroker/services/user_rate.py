@@ -1,0 +1,63 @@
+"""How often one account may sign in, and one user connect, in a minute.
+
+A sign-in and a connect each write rows (the user's, an event, often a session), and
+each event is fanned out to the tenant's webhooks. A person signs in a few times a day;
+a script with a user's password could sign in, or connect, as fast as the broker
+answers, and grow the database by a row or three each time for as long as the events
+are kept. So each is counted in a sliding minute (``services/rate_window.py``, per
+worker process) and the one past the limit is refused with 429 and ``Retry-After``,
+nothing written.
+
+Sign-ins are counted per tenant and name as typed (folded), and only when the password
+was right: the count is looked at before the password is checked (a refused sign-in
+costs no hashing), but nobody without the password can use up an account's sign-ins.
+A shared account (a classroom's kiosks) signs in many times a minute: the default
+leaves room for that. Connects are counted per user, from the signed token.
+"""
+
+from __future__ import annotations
+
+from deskbroker.errors import TooManyRequests
+from deskbroker.services.rate_window import SlidingWindows
+
+
+class UserActivityLimiter:
+    """This worker's count of each account's sign-ins and each user's connects."""
+
+    def __init__(self) -> None:
+        self.sign_ins = SlidingWindows()
+        self.connects = SlidingWindows()
+
+    @staticmethod
+    def _account(tenant_id: str, username: str) -> str:
+        return f"{tenant_id}\0{username.strip().casefold()}"
+
+    def before_sign_in(self, tenant_id: str, username: str, limit: int) -> None:
+        """``TooManyRequests`` when the account signed in ``limit`` times in the last
+        minute; counts nothing (``signed_in`` does, once the password was right)."""
+        wait = self.sign_ins.wait(self._account(tenant_id, username), limit)
+        if wait:
+            raise TooManyRequests(
+                f"this account signed in more than {limit} times in the last minute "
+                "(DESKBROKER_USER_SIGN_INS_PER_MINUTE); nothing was checked or recorded. "
+                f"Sign in again in {wait} s (Retry-After); if nobody should be signing in "
+                "this often, the account's password may be in a script",
+                retry_after=wait,
+            )
+
+    def signed_in(self, tenant_id: str, username: str) -> None:
+        """Count a sign-in whose password was right (one let through with others at the
+        same moment may go past the limit: counted all the same)."""
+        self.sign_ins.count(self._account(tenant_id, username))
+
+    def connect(self, user_id: str, limit: int) -> None:
+        """Count one connect of ``user_id``; ``TooManyRequests`` when ``limit`` were
+        counted in the last minute already (and this one is not)."""
+        instant, wait = self.connects.admit(user_id, limit)
+        if instant is None:
+            raise TooManyRequests(
+                f"you asked to connect more than {limit} times in the last minute "
+                "(DESKBROKER_USER_CONNECTS_PER_MINUTE); nothing was recorded. "
+                f"Connect again in {wait} s (Retry-After)",
+                retry_after=wait,
+            )

@@ -1,0 +1,121 @@
+"""An account signs in at most DESKBROKER_USER_SIGN_INS_PER_MINUTE times a minute and a
+user connects at most DESKBROKER_USER_CONNECTS_PER_MINUTE times: past either, a 429 with
+Retry-After and nothing written. Wrong passwords use up nobody's sign-ins."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from deskbroker.config import Settings
+from deskbroker.services.context import BrokerContext
+from deskbroker.services.rate_window import SlidingWindows
+from deskbroker.services.user_rate import UserActivityLimiter
+from deskbroker.store.tables import Event
+from tests.helpers import USER_PASSWORD, Api, bearer
+
+LIMIT = 3
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return settings.model_copy(
+        update={"user_sign_ins_per_minute": LIMIT, "user_connects_per_minute": LIMIT}
+    )
+
+
+class Clock:
+    """A monotonic clock that moves only when told."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(ctx: BrokerContext) -> Clock:
+    clock = Clock()
+    limiter = UserActivityLimiter()
+    limiter.sign_ins = SlidingWindows(clock=clock)
+    limiter.connects = SlidingWindows(clock=clock)
+    ctx.user_activity = limiter
+    return clock
+
+
+def _events(ctx: BrokerContext, kind: str) -> int:
+    with ctx.db.read() as session:
+        return int(
+            session.scalar(select(func.count()).select_from(Event).where(Event.kind == kind)) or 0
+        )
+
+
+def _sign_in(api: Api, name: str, password: str = USER_PASSWORD) -> Any:
+    return api.client.post("/api/v1/auth/login", json={"username": name, "password": password})
+
+
+def test_an_account_past_its_sign_ins_gets_429_and_nothing_is_written(
+    api: Api, ctx: BrokerContext, clock: Clock
+) -> None:
+    api.seed_pool(2, users=2)
+    # Wrong passwords count against nobody's sign-ins (their own throttle is another's).
+    for _ in range(2):
+        assert _sign_in(api, "user0", "wrong-password").status_code == 401
+    for _ in range(LIMIT):
+        assert _sign_in(api, "user0").status_code == 200
+    logins = _events(ctx, "login")
+    refused = _sign_in(api, "USER0 ")  # the name as the lockout counts it
+    assert refused.status_code == 429, refused.text
+    body = refused.json()
+    assert f"signed in more than {LIMIT} times in the last minute" in body["detail"]
+    assert "DESKBROKER_USER_SIGN_INS_PER_MINUTE" in body["detail"]
+    assert refused.headers["Retry-After"] == "60"
+    assert _events(ctx, "login") == logins  # nothing recorded
+    # Refused before the password is checked: a wrong one is refused alike, not counted.
+    assert _sign_in(api, "user0", "wrong-password").status_code == 429
+    # Another account of the tenant is not touched.
+    assert _sign_in(api, "user1").status_code == 200
+    # Once the minute has passed, the account signs in again.
+    clock.now += 60.5
+    assert _sign_in(api, "user0").status_code == 200
+
+
+def test_a_user_past_their_connects_gets_429_and_nothing_is_written(
+    api: Api, ctx: BrokerContext, clock: Clock
+) -> None:
+    api.seed_pool(1, users=1)
+    signed = api.login("user0")
+    desktop = signed["offers"][0]["desktop"]["id"]
+    url = f"/api/v1/client/desktops/{desktop}/connect"
+    for _ in range(LIMIT):
+        answer = api.client.post(url, json={"protocol": "rdp"}, headers=bearer(signed["token"]))
+        assert answer.status_code == 200, answer.text
+    connects = _events(ctx, "connect")
+    refused = api.client.post(url, json={"protocol": "rdp"}, headers=bearer(signed["token"]))
+    assert refused.status_code == 429, refused.text
+    assert f"connect more than {LIMIT} times in the last minute" in refused.json()["detail"]
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert _events(ctx, "connect") == connects
+    clock.now += 60.5
+    again = api.client.post(url, json={"protocol": "rdp"}, headers=bearer(signed["token"]))
+    assert again.status_code == 200, again.text
+
+
+def test_the_windows_forget_quiet_keys_and_give_back_what_was_not_theirs() -> None:
+    clock = Clock()
+    windows = SlidingWindows(clock=clock)
+    first, wait = windows.admit("a", 2)
+    assert first is not None and wait == 0
+    assert windows.admit("a", 2)[0] is not None
+    assert windows.admit("a", 2) == (None, 60)
+    assert windows.wait("a", 2) == 60
+    windows.give_back("a", first)
+    assert windows.wait("a", 2) == 0
+    windows.count("b")
+    assert windows.keys() == 2
+    clock.now += 61
+    windows.admit("c", 2)  # a look after a whole window sweeps the quiet ones
+    assert windows.keys() == 1
