@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from contextlib import nullcontext
 from typing import Any
 
 from deskbroker.errors import Conflict, DeskbrokerError, InvalidInput
@@ -42,6 +43,7 @@ from deskbroker.services.config_document import (
     Outcome,
 )
 from deskbroker.services.context import BrokerContext
+from deskbroker.services.queues import pool_writes_batched
 from deskbroker.services.standing import may_manage
 from deskbroker.services.write_context import attach_actor
 from deskbroker.store import claims, config_rows, events, references
@@ -183,8 +185,14 @@ class _Converge:
         if "pools" in wanted:
             wanted["pools"] = self._parents_first([e for _, e in wanted["pools"]])
         for section, _, _ in SECTIONS:
-            for i, entry in wanted.get(section, []):
-                self._converge_one(section, i, entry)
+            # Each pool written would refresh every pool of the tenant: quadratic in the
+            # document's pools. Their one refresh runs as the section ends, before the
+            # policies, rules and deletes whose checks read the members (nothing in the
+            # pools' own checks does: ``standing.check_reach`` reads a pool's definition).
+            batch = pool_writes_batched(self.session) if section == "pools" else nullcontext()
+            with batch:
+                for i, entry in wanted.get(section, []):
+                    self._converge_one(section, i, entry)
         for section, _, _ in reversed(SECTIONS):
             if section not in wanted:
                 continue

@@ -18,7 +18,7 @@ from deskbroker.errors import Conflict, InvalidInput
 from deskbroker.services import pools as pool_service
 from deskbroker.services.catalog_crud import Resource, must_exist
 from deskbroker.services.context import BrokerContext
-from deskbroker.services.queues import refresh_pools
+from deskbroker.services.queues import refresh_after_pool_write
 from deskbroker.store import drain as drain_rows
 from deskbroker.store import jobs, membership, pool_status, references
 from deskbroker.store import quotas as tenant_quotas
@@ -140,7 +140,8 @@ def _check_spread(
 def _pool_after(session: Unit, ctx: BrokerContext, pool: Any) -> None:
     # What a pool names decides whether its guard holds (``membership.guard_changed``).
     membership.guard_changed(session, pool.tenant_id)
-    refresh_pools(session, pool.tenant_id)
+    # At once for one pool; once for all when the unit batches its pool writes.
+    refresh_after_pool_write(session, pool.tenant_id)
     jobs.poke(session, jobs.JobKind.POOL_PROVISION, pool.id)
 
 

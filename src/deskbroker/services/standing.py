@@ -27,6 +27,7 @@ from deskbroker.services import access, write_context
 from deskbroker.services.config_cache import rule_from_row
 from deskbroker.services.context import BrokerContext
 from deskbroker.services.permission_catalog import catalog
+from deskbroker.services.queues import settle
 from deskbroker.store import standing as reads
 from deskbroker.store.db import Unit
 from deskbroker.store.repository import Repository
@@ -217,15 +218,19 @@ def _pools_reaching(session: Unit, obj: Pool | Center | Desktop) -> set[str]:
     every pool that holds or names it. A nested pool offers only its parent's members,
     so the pools nested under these are reached too."""
     if isinstance(obj, Pool):
+        # By definitions alone (its own, and the parent links below), never its members.
         chosen = {obj.id}
-    elif isinstance(obj, Center):
-        chosen = reads.pools_of_center(session, obj.tenant_id, obj.id)
     else:
-        chosen = reads.pools_of_desktop(session, obj)
+        # Read from the members: as they are after pool writes the unit has batched
+        # (``queues.pool_writes_batched``), not as they were before.
+        settle(session)
+        if isinstance(obj, Center):
+            chosen = reads.pools_of_center(session, obj.tenant_id, obj.id)
+        else:
+            chosen = reads.pools_of_desktop(session, obj)
     if not chosen:
         return set()
-    pools = reads.tenant_pools(session, obj.tenant_id)
-    return nested_under(chosen, {pid: parent for pid, _, parent in pools})
+    return nested_under(chosen, reads.nesting_below(session, obj.tenant_id, chosen))
 
 
 def _policies_reaching(session: Unit, obj: Any) -> set[str]:

@@ -45,9 +45,12 @@ def after_commit(work: AfterCommit) -> None:
 
     For checks that no lock can make safe across brokers without ordering every writer:
     what a unit read may have changed on another broker before this one committed, so it
-    is looked at again once both are visible (``store.membership``'s guard)."""
+    is looked at again once both are visible (``store.membership``'s guard).
+
+    Work equal to some already left by the unit is not left again: a unit that writes a
+    thousand pools asks for one look, not a thousand."""
     stack: list[list[AfterCommit]] | None = getattr(_after, "stack", None)
-    if stack:
+    if stack and work not in stack[-1]:
         stack[-1].append(work)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
-from functools import partial
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, insert, or_, select
@@ -158,7 +157,7 @@ def _watch(session: leases.Unit, tenant_id: str) -> None:
     """Before a refresh reads pools and guard: the tenant's guard version as this unit
     sees it, looked at again once the unit commits (``_look_again``)."""
     seen = session.execute(_GUARD_VERSION, {"b_tenant": tenant_id}).scalar()
-    after_commit(partial(_look_again, tenant_id, seen))
+    after_commit(_LookAgain(tenant_id, seen))
 
 
 def guard_changed(session: leases.Unit, tenant_id: str) -> None:
@@ -173,7 +172,19 @@ def guard_changed(session: leases.Unit, tenant_id: str) -> None:
     lock is the version's own row (``tenant_guards``), which nothing else takes: no
     refresh waits on an administrator's write, and no order of locks can cross it."""
     _raise_guard(session, tenant_id)
-    after_commit(partial(_look_again, tenant_id, _ANY))
+    after_commit(_LookAgain(tenant_id, _ANY))
+
+
+@dataclass(frozen=True)
+class _LookAgain:
+    """``_look_again`` left for after a commit; equal by value, so a unit that changes
+    the guard of one tenant many times looks once (``after_commit``)."""
+
+    tenant_id: str
+    seen: int | None
+
+    def __call__(self, db: Database) -> None:
+        _look_again(self.tenant_id, self.seen, db)
 
 
 def _look_again(tenant_id: str, seen: int | None, db: Database) -> None:

@@ -95,12 +95,23 @@ def policies_with_pools(session: Session, pool_ids: Collection[str]) -> set[str]
     )
 
 
-def tenant_pools(session: Session, tenant_id: str) -> list[tuple[str, list[Any], str | None]]:
-    """Each pool of the tenant as (id, center ids, parent pool id): a handful of rows."""
-    rows = session.execute(
-        select(Pool.id, Pool.center_ids, Pool.parent_pool_id).where(Pool.tenant_id == tenant_id)
-    ).all()
-    return [(str(pid), list(centers or []), parent) for pid, centers, parent in rows]
+def nesting_below(session: Session, tenant_id: str, pool_ids: Collection[str]) -> dict[str, str]:
+    """The parent links (child id -> parent id) of the tenant's pools nested, at any
+    depth, under any of ``pool_ids``: one read of children per level of nesting, not of
+    every pool of the tenant (for each pool of a batch, that made the batch quadratic).
+    A nesting loop (refused when written) ends the walk: each round adds new links."""
+    links: dict[str, str] = {}
+    frontier = set(pool_ids)
+    while frontier:
+        rows = session.execute(
+            select(Pool.id, Pool.parent_pool_id).where(
+                Pool.tenant_id == tenant_id, Pool.parent_pool_id.in_(sorted(frontier))
+            )
+        ).all()
+        new = {str(child): str(parent) for child, parent in rows if str(child) not in links}
+        links.update(new)
+        frontier = set(new)
+    return links
 
 
 def pools_holding(session: Session, desktop_ids: Collection[str]) -> set[str]:
