@@ -339,9 +339,9 @@ class Settings(BaseSettings):
         default=120,
         ge=1,
         le=100_000,
-        description="at most this many sign-ins of one account (tenant and name) in a "
-        "minute, counted by each broker process when the password was right; more are "
-        "refused with 429 before the password is checked",
+        description="at most this many complete sign-ins of one account (source and "
+        "name) in a minute, counted by each broker process; more are refused with 429 "
+        "before anything is written",
     )
     user_connects_per_minute: int = Field(
         default=120,

@@ -289,8 +289,6 @@ def connect(
     descriptor once the center reports the desktop running. Without ``protocol`` the
     plan's choice follows ``client_kind`` and the protocols the client ``accepts``.
     """
-    if not _after_start:  # the second half of one connect is not another
-        ctx.user_activity.connect(who.user_id, ctx.settings.user_connects_per_minute)
     how = _Asked(client_kind, tuple(accepts or ()))
     try:
         with ctx.db.write() as session:
@@ -303,6 +301,10 @@ def connect(
             access.check_holder(
                 who, holder.disabled, holder.role, holder.token_generation, holder.tenant_id
             )
+            if not _after_start:  # the second half of one connect is not another
+                # Counted once the token is known to be the holder's own and current: a
+                # revoked copy cannot use up its owner's connects.
+                ctx.user_activity.connect(who.user_id, ctx.settings.user_connects_per_minute)
             startable = desktop.power_state in START_ON_CONNECT
             granted_before = desktop.connect_granted_at
             # A desktop is only started for a session the tenant's quota has room for;

@@ -328,8 +328,6 @@ class LoginService:
             tenant_id = view.tenants_by_name.get(tenant or "default")
         if tenant_id is None:
             self._unknown_tenant(username, client_address)
-        limits = self.ctx.user_activity
-        limits.before_sign_in(tenant_id, username, self.ctx.settings.user_sign_ins_per_minute)
         # The check, the password and the counted failure, one attempt at a time per
         # account on this broker: concurrent guesses each see the ones before them.
         with self.guard.serial(tenant_id, username):
@@ -346,7 +344,6 @@ class LoginService:
                 if answer is exc:
                     raise
                 raise answer from exc
-            limits.signed_in(tenant_id, username)
         return self._complete(found, client_address, checked)
 
     def _unknown_tenant(self, username: str, client_address: str | None) -> NoReturn:
@@ -381,12 +378,18 @@ class LoginService:
             # Cut once, here (not in the retried unit, which would warn twice): the row,
             # this sign-in's rule and a later second factor's rule all read the same.
             found = replace(found, identity=within_bounds(found.identity, found.source.name))
+        limits = self.ctx.user_activity
+        account = limits.account(found.source.id, found.identity.username)
+        limits.before_sign_in(account, self.ctx.settings.user_sign_ins_per_minute)
         try:
-            return self._complete_once(found, client_address, checked)
+            result = self._complete_once(found, client_address, checked)
         except claims.ConcurrentClaim:
             # The same user's other sign-in took the desktop a moment ago: this unit was
             # rolled back, and its second go finds that desktop held and hands it back.
-            return self._complete_once(found, client_address, checked)
+            result = self._complete_once(found, client_address, checked)
+        if isinstance(result, LoginResult):  # a challenge counts once its code is given
+            limits.signed_in(account)
+        return result
 
     def _complete_once(
         self, found: _Verified, client_address: str | None, checked: Checked | None

@@ -63,6 +63,8 @@ class SlidingWindows:
         counts nothing."""
         with self._lock:
             now = self._clock()
+            if key not in self._taken:  # a look adds no entry: nobody can grow the map
+                return 0
             taken = self._window(key, now)
             return self._wait(taken, now) if len(taken) >= limit else 0
 

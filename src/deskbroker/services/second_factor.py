@@ -155,6 +155,9 @@ class SecondFactorService:
             raise Unauthorized(SPENT)
         if record.disabled:
             raise Forbidden(DISABLED)
+        limits = self.ctx.user_activity
+        account = limits.account(found.source_id, found.username)
+        limits.before_sign_in(account, self.ctx.settings.user_sign_ins_per_minute)
         outcome: LoginResult | DeskbrokerError
         with self.ctx.db.write() as session:
             outcome = self._complete(
@@ -170,6 +173,7 @@ class SecondFactorService:
             if answer is outcome:
                 raise outcome
             raise answer from outcome
+        limits.signed_in(account)
         metrics.LOGINS.labels(result="ok").inc()
         return outcome
 

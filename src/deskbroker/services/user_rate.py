@@ -8,11 +8,14 @@ are kept. So each is counted in a sliding minute (``services/rate_window.py``, p
 worker process) and the one past the limit is refused with 429 and ``Retry-After``,
 nothing written.
 
-Sign-ins are counted per tenant and name as typed (folded), and only when the password
-was right: the count is looked at before the password is checked (a refused sign-in
-costs no hashing), but nobody without the password can use up an account's sign-ins.
-A shared account (a classroom's kiosks) signs in many times a minute: the default
-leaves room for that. Connects are counted per user, from the signed token.
+Sign-ins are counted per account (its identity source and its name as the source knows
+it, whatever the spelling typed), once complete: the password right and, when one is
+due, the second factor too. So nobody without every factor can use up an account's
+sign-ins. The count is looked at once the account is known (after the password, or the
+provider's word), before anything is written. A shared account (a classroom's kiosks)
+signs in many times a minute: the default leaves room for that. Connects are counted
+per user, once the token is known to be the holder's current one, so a revoked copy
+counts for nothing.
 """
 
 from __future__ import annotations
@@ -29,26 +32,30 @@ class UserActivityLimiter:
         self.connects = SlidingWindows()
 
     @staticmethod
-    def _account(tenant_id: str, username: str) -> str:
-        return f"{tenant_id}\0{username.strip().casefold()}"
+    def account(source_id: str, username: str) -> str:
+        """The key of an account: its source and its name as the source knows it, so
+        every spelling of one account (``u``, ``u@corp.example``, ``CORP\\u``) counts as
+        one."""
+        return f"{source_id}\0{username.strip().casefold()}"
 
-    def before_sign_in(self, tenant_id: str, username: str, limit: int) -> None:
+    def before_sign_in(self, account: str, limit: int) -> None:
         """``TooManyRequests`` when the account signed in ``limit`` times in the last
-        minute; counts nothing (``signed_in`` does, once the password was right)."""
-        wait = self.sign_ins.wait(self._account(tenant_id, username), limit)
+        minute; counts nothing (``signed_in`` does, once the sign-in is complete)."""
+        wait = self.sign_ins.wait(account, limit)
         if wait:
             raise TooManyRequests(
                 f"this account signed in more than {limit} times in the last minute "
-                "(DESKBROKER_USER_SIGN_INS_PER_MINUTE); nothing was checked or recorded. "
+                "(DESKBROKER_USER_SIGN_INS_PER_MINUTE); nothing was recorded. "
                 f"Sign in again in {wait} s (Retry-After); if nobody should be signing in "
                 "this often, the account's password may be in a script",
                 retry_after=wait,
             )
 
-    def signed_in(self, tenant_id: str, username: str) -> None:
-        """Count a sign-in whose password was right (one let through with others at the
-        same moment may go past the limit: counted all the same)."""
-        self.sign_ins.count(self._account(tenant_id, username))
+    def signed_in(self, account: str) -> None:
+        """Count a complete sign-in: the password and the second factor when one was due
+        (one let through with others at the same moment may go past the limit: counted
+        all the same)."""
+        self.sign_ins.count(account)
 
     def connect(self, user_id: str, limit: int) -> None:
         """Count one connect of ``user_id``; ``TooManyRequests`` when ``limit`` were

@@ -223,7 +223,7 @@ def router() -> APIRouter:
             202: {"model": SecondFactorOut, "description": "a one-time code is due"},
             429: {
                 "description": "too many failed attempts (the account or the address is "
-                "locked for a while), or the account signed in more than "
+                "locked for a while), or the account completed more than "
                 "DESKBROKER_USER_SIGN_INS_PER_MINUTE times in the last minute; Retry-After "
                 "says when to try again"
             },
