@@ -141,3 +141,24 @@ def test_a_version_of_no_recorded_tenant_reloads_everything(
     loads.clear()
     assert _cached(ctx).pools[a["pool"]["id"]].name == "acme-once"
     assert loads == [None]
+
+
+def test_a_write_landing_during_a_check_leaves_the_view_stale(
+    api: Api, ctx: BrokerContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """This node's write that commits after a concurrent check read the version (but
+    before it called the view checked) is not lost: the view stays stale, and the
+    writer's next look sees its own write, not one up to two seconds later."""
+    acme, a = _world(api, "acme")
+    _cached(ctx)
+    real = config_cache.config_version
+
+    def write_lands_meanwhile(session: Any) -> int:
+        version = real(session)
+        monkeypatch.setattr(config_cache, "config_version", real)
+        acme.patch(f"pools/{a['pool']['id']}", {"name": "acme-meanwhile"})  # stale() too
+        return version
+
+    monkeypatch.setattr(config_cache, "config_version", write_lands_meanwhile)
+    ctx.cache.current(ctx.db, fresh=True)  # the check that read the version first
+    assert ctx.cache.peek(ctx.db).pools[a["pool"]["id"]].name == "acme-meanwhile"

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from deskbroker.bootstrap import add_local_user
 from deskbroker.errors import BadRequest, PayloadTooLarge, Unauthorized
 from deskbroker.services.context import BrokerContext
 from deskbroker.services.login import LoginService
-from deskbroker.store.tables import Event
+from deskbroker.store.tables import Event, Pool
 from tests.helpers import USER_PASSWORD, Api, counting
 
 
@@ -58,6 +58,26 @@ def test_queue_positions_and_estimate(api: Api, ctx: BrokerContext) -> None:
     assert mine["desktops"] == []
     assert mine["queue"][0]["position"] == 2
     assert "number 2 in the queue" in mine["queue"][0]["message"]
+
+
+def test_the_queue_estimate_follows_the_pools_releases_as_they_happen(
+    api: Api, ctx: BrokerContext
+) -> None:
+    """The time between releases is learned at every release, with no configuration
+    version moved: the estimate reads it from the pool's row, never from a cache."""
+    ids = api.seed_pool(1, users=3)
+    service = LoginService(ctx)
+    service.login("user0", USER_PASSWORD)
+    ctx.cache.current(ctx.db, fresh=True)  # the cache holds the pool now
+    with ctx.db.write() as session:  # as releases 40 s apart leave it
+        session.execute(update(Pool).where(Pool.id == ids["pool"]).values(release_interval_s=40.0))
+    first = service.login("user1", USER_PASSWORD).offers[0]
+    assert (first.position, first.estimate_s) == (1, 40)
+    token = service.login("user2", USER_PASSWORD).token
+    mine = api.client.get(
+        "/api/v1/client/desktops", headers={"Authorization": f"Bearer {token}"}
+    ).json()
+    assert (mine["queue"][0]["position"], mine["queue"][0]["estimate_s"]) == (2, 80)
 
 
 def test_release_serves_the_longest_waiting_user(api: Api, ctx: BrokerContext) -> None:

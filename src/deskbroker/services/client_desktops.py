@@ -32,10 +32,9 @@ def my_desktops(ctx: BrokerContext, who: TokenClaims) -> MyDesktops:
         held = claims.held_desktops(session, who.user_id)
         waiting = queue_rows.queue_positions(session, who.user_id)
         names = pool_names.names(session, [p for p, _ in waiting])
-    view = ctx.cache.current(ctx.db)
+        intervals = pool_names.release_intervals(session, [p for p, _ in waiting])
     queue = []
     for pool_id, position in waiting:
-        pool = view.pools.get(pool_id)
         queue.append(
             Offer(
                 pool_id,
@@ -43,7 +42,7 @@ def my_desktops(ctx: BrokerContext, who: TokenClaims) -> MyDesktops:
                 "queued",
                 None,
                 position,
-                queue_estimate_s(position, pool.release_interval_s if pool else None),
+                queue_estimate_s(position, intervals.get(pool_id)),
             )
         )
     return MyDesktops(held=held, queue=queue)

@@ -67,7 +67,6 @@ class PoolView:
     id: str
     tenant_id: str
     name: str
-    release_interval_s: float | None
 
 
 @dataclass
@@ -128,10 +127,7 @@ def build_view(rows: snapshot.ConfigRows) -> ConfigView:
                 set_by_global_admin=bool(src.get("set_by_global_admin", True)),
             )
         )
-    view.pools = {
-        p["id"]: PoolView(p["id"], p["tenant_id"], p["name"], p["release_interval_s"])
-        for p in rows.pools
-    }
+    view.pools = {p["id"]: PoolView(p["id"], p["tenant_id"], p["name"]) for p in rows.pools}
     entries_by_policy: dict[str, list[EntryView]] = {}
     for e in rows.entries:
         entries_by_policy.setdefault(e["policy_id"], []).append(
@@ -219,6 +215,8 @@ class ConfigCache:
         self._view: ConfigView | None = None
         self._lock = threading.Lock()
         self._checked = 0.0
+        # Moved by every ``stale``: a check that began before one does not count.
+        self._marks = 0
         self.max_age_s = max_age_s
 
     def peek(self, db: Database) -> ConfigView:
@@ -240,20 +238,29 @@ class ConfigCache:
         if seen_version is None and view is not None:
             if not fresh and clock.monotonic() - self._checked < self.max_age_s:
                 return view
+            marks = self._marks
             with db.read() as session:
                 seen_version = config_version(session)
-            self._checked = clock.monotonic()
+            self._checked_since(marks)
         if view is not None and (seen_version is None or seen_version == view.version):
             return view
         with self._lock:
             view = self._view
             if view is not None and (seen_version is None or seen_version <= view.version):
                 return view
+            marks = self._marks
             with db.read() as session:
                 loaded = _reload(session, view)
             self._view = loaded
-            self._checked = clock.monotonic()
+            self._checked_since(marks)
             return loaded
+
+    def _checked_since(self, marks: int) -> None:
+        """The view was checked just now, unless this node wrote meanwhile (``stale``
+        after the version was read): then it stays stale, so the next look checks again
+        and the writer's next request sees its own write."""
+        if self._marks == marks:
+            self._checked = clock.monotonic()
 
     def plans_for_pool(self, db: Database, pool_id: str) -> tuple[str | None, str | None]:
         """(power plan id, release plan id) of the policy entry that offers ``pool_id``.
@@ -277,6 +284,7 @@ class ConfigCache:
     def stale(self) -> None:
         """This node changed the configuration (and moved the version): the next look
         checks the version and reloads what changed, whatever the view's age."""
+        self._marks += 1
         self._checked = _STALE
 
     def invalidate(self) -> None:

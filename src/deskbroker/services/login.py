@@ -544,7 +544,7 @@ class LoginService:
                     detail.setdefault("assigned", []).append(got.id)
                     continue
                 metrics.CLAIMS.labels(result="queued").inc()
-                position = queue_rows.enqueue(
+                place = queue_rows.enqueue(
                     session,
                     tenant_id=record.tenant_id,
                     pool_id=entry.pool_id,
@@ -553,8 +553,8 @@ class LoginService:
                     ordering=entry.ordering.value,
                     skip_lost=entry.skip_lost_agents,
                 )
-                pool = view.pools.get(entry.pool_id)
-                estimate = queue_estimate_s(position, pool.release_interval_s if pool else None)
+                position = place.position
+                estimate = queue_estimate_s(position, place.release_interval_s)
                 offers.append(
                     Offer(entry.pool_id, entry.pool_name, "queued", None, position, estimate)
                 )

@@ -12,7 +12,16 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, aliased
 
-from deskbroker.store.tables import QueueEntry, utcnow
+from deskbroker.store.tables import Pool, QueueEntry, utcnow
+
+
+@dataclass(frozen=True)
+class Place:
+    """A user's place in a pool's queue (1 = next), and the pool's learned time between
+    releases (None before its second release)."""
+
+    position: int
+    release_interval_s: float | None
 
 
 def _queue_lock(session: Session, pool_id: str) -> None:
@@ -36,9 +45,9 @@ def enqueue(
     assignment: str = "persistent",
     ordering: str = "running_first",
     skip_lost: bool = False,
-) -> int:
+) -> Place:
     """Statements 4 and 5: a place in the pool's queue for the user; returns their
-    position (1 = next).
+    position (1 = next) and the pool's time between releases.
 
     ``skip_lost`` (the policy entry's ``skip_lost_agents``) travels with the entry so
     that serving it later passes over desktops whose agent is lost.
@@ -78,10 +87,15 @@ def enqueue(
             .on_conflict_do_nothing(index_elements=["pool_id", "user_id"])
         )
         mine = waiting
-    ahead = session.scalar(
-        select(func.count()).where(QueueEntry.pool_id == pool_id, QueueEntry.id < mine)
-    )
-    return int(ahead or 0) + 1
+    # The pool's learned time between releases rides on the count (for the wait's
+    # estimate): read from the row, since every release moves it.
+    interval = select(Pool.release_interval_s).where(Pool.id == pool_id).scalar_subquery()
+    ahead, release_interval_s = session.execute(
+        select(func.count(), interval)
+        .select_from(QueueEntry)
+        .where(QueueEntry.pool_id == pool_id, QueueEntry.id < mine)
+    ).one()
+    return Place(int(ahead or 0) + 1, release_interval_s)
 
 
 def leave_queue(session: Session, *, pool_id: str, user_id: str) -> None:
