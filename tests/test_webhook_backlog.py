@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, update
 
 from deskbroker.config import Settings
 from deskbroker.engine import webhooks as engine_webhooks
@@ -19,7 +19,7 @@ from deskbroker.services.context import BrokerContext
 from deskbroker.services.webhooks import DROPPED_KIND
 from deskbroker.store import fanout
 from deskbroker.store.tables import Event, WebhookDelivery, utcnow
-from tests.helpers import Api, tenant_admin_of, wait_until
+from tests.helpers import Api, counting, tenant_admin_of, wait_until
 from tests.webhook_receiver import receiving
 
 SECRET = "receiver-secret-0123456789"
@@ -166,3 +166,38 @@ def test_a_full_queue_drops_the_events_past_it_and_says_so(
     )
     # The notices themselves go to no webhook, not even one taking every kind.
     assert _pending(ctx, own["id"]) == 0
+
+
+def test_a_queue_is_counted_once_a_second_and_never_passes_its_bound(
+    api: Api, ctx: BrokerContext
+) -> None:
+    """Twenty full queues of one tenant counted at every batch slowed the fan-out every
+    tenant shares (a count walks up to the bound's index entries): a count is kept for
+    a second, taking what each batch queued off it, so the bound still holds."""
+    acme = tenant_admin_of(api, "acme", "acme-boss")
+    hook = _hook(acme, NOWHERE, ["login"])
+    tenant_id = hook["tenant_id"]
+    clock = [0.0]
+    rooms = fanout.Rooms(clock=lambda: clock[0])
+    with ctx.db.write() as session:  # the cursor starts at the newest event
+        fanout.fan_out(session, utcnow(), 0.0, backlog=BACKLOG, rooms=rooms)
+    counted: list[int] = []
+    for _ in range(3):
+        _flood(ctx, tenant_id, "login", 40)
+        with counting() as statements, ctx.db.write() as session:
+            fanout.fan_out(session, utcnow(), 0.0, backlog=BACKLOG, rooms=rooms)
+        counted.append(sum("count(" in s.lower() and "webhook_deliveries" in s for s in statements))
+    assert counted == [1, 0, 0]  # counted once, then taken off as the batches queued
+    assert _pending(ctx, hook["id"]) == BACKLOG  # 120 logins: 100 queued, 20 dropped
+    # A second on, the queue is counted again (its receiver may have drained it).
+    clock[0] += 1.5
+    with ctx.db.write() as session:
+        session.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.webhook_id == hook["id"])
+            .values(state="delivered")
+        )
+    _flood(ctx, tenant_id, "login", 5)
+    with ctx.db.write() as session:
+        made = fanout.fan_out(session, utcnow(), 0.0, backlog=BACKLOG, rooms=rooms).made
+    assert made == 5

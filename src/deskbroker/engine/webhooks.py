@@ -152,6 +152,8 @@ class Dispatcher:
         # Events each full webhook did not get since its last notice, and when that was.
         self._dropped: dict[str, fanout.Dropped] = {}
         self._noticed: dict[str, float] = {}
+        # Each webhook's queue as last counted, for a second (``fanout.Rooms``).
+        self._rooms = fanout.Rooms()
         self._client = httpx.Client(
             # Every connection checked against the outbound policy on the socket reached.
             transport=outbound_http.guarded_transport(),
@@ -191,6 +193,7 @@ class Dispatcher:
                     utcnow(),
                     ctx.settings.webhook_settle_s,
                     backlog=ctx.settings.webhook_backlog,
+                    rooms=self._rooms,
                     vet=vet,
                 )
                 owed, noticed = self._notices(session, batch.dropped)
@@ -209,7 +212,12 @@ class Dispatcher:
         """What webhooks with full queues did not get, told in their tenants' logs: at most
         one event per webhook per ``DROPPED_NOTICE_EVERY_S``, counting all since the last
         (a flood would otherwise add an event to the log with every batch). Returns what
-        this node remembers once the batch commits (nothing is changed before)."""
+        this node remembers once the batch commits (nothing is changed before).
+
+        Kept in this node's memory: a node that stops, or loses the job's lease, before
+        its next notice takes the count of what it dropped since its last with it (the
+        events are still in the log), and nodes that take the job in turns tell of a
+        webhook once a minute each."""
         clock = time.monotonic()
         owed = {hook: replace(counted) for hook, counted in self._dropped.items()}
         for hook_id, more in dropped.items():

@@ -25,6 +25,7 @@ module only reads the setters and switches a webhook off).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -148,23 +149,48 @@ def _receivers(kind: str, detail: Any, hooks: list[tuple[str, frozenset[str]]]) 
     return [hook_id for hook_id, kinds in hooks if category.value in kinds]
 
 
-def _room(session: Session, hook_ids: Collection[str], backlog: int) -> dict[str, int]:
-    """How many more deliveries each webhook's queue takes before it holds ``backlog``
-    pending (each count stops at the bound: a long queue is not counted to its end)."""
-    room: dict[str, int] = {}
-    for hook_id in hook_ids:
-        pending = (
-            select(WebhookDelivery.id)
-            .where(
-                WebhookDelivery.webhook_id == hook_id,
-                WebhookDelivery.state == DeliveryState.PENDING.value,
+@dataclass
+class Rooms:
+    """What each webhook's queue took, as last counted, kept by the node that fans out
+    for ``ttl_s``: a count walks up to ``backlog`` index entries, and twenty full queues
+    of one tenant, counted at every batch, would slow the one fan-out every tenant
+    shares. What is kept is a lower bound until counted again (only the fan-out adds
+    pending deliveries; a finished one only makes room), so no queue goes past its bound
+    for it; a queue that drains is seen to, within ``ttl_s``."""
+
+    ttl_s: float = 1.0
+    clock: Callable[[], float] = time.monotonic
+    known: dict[str, tuple[int, float]] = field(default_factory=dict)
+
+    def room(self, session: Session, hook_ids: Collection[str], backlog: int) -> dict[str, int]:
+        """How many more deliveries each webhook's queue takes before it holds
+        ``backlog`` pending (each count stops at the bound: a long queue is not counted
+        to its end)."""
+        now = self.clock()
+        self.known = {h: k for h, k in self.known.items() if now - k[1] < self.ttl_s}
+        room: dict[str, int] = {}
+        for hook_id in hook_ids:
+            if hook_id in self.known:
+                room[hook_id] = self.known[hook_id][0]
+                continue
+            pending = (
+                select(WebhookDelivery.id)
+                .where(
+                    WebhookDelivery.webhook_id == hook_id,
+                    WebhookDelivery.state == DeliveryState.PENDING.value,
+                )
+                .limit(backlog)
+                .subquery()
             )
-            .limit(backlog)
-            .subquery()
-        )
-        count = int(session.execute(select(func.count()).select_from(pending)).scalar_one())
-        room[hook_id] = max(0, backlog - count)
-    return room
+            count = int(session.execute(select(func.count()).select_from(pending)).scalar_one())
+            room[hook_id] = max(0, backlog - count)
+            self.known[hook_id] = (room[hook_id], now)
+        return room
+
+    def used(self, hook_id: str, left: int) -> None:
+        """``hook_id``'s queue takes ``left`` more now (counted when it was)."""
+        if hook_id in self.known:
+            self.known[hook_id] = (left, self.known[hook_id][1])
 
 
 def fan_out(
@@ -174,11 +200,13 @@ def fan_out(
     *,
     batch: int = BATCH,
     backlog: int | None = None,
+    rooms: Rooms | None = None,
     vet: Vet | None = None,
 ) -> Batch:
     """One batch: outbox rows for up to ``batch`` events after the cursor, for the
-    webhooks that chose them, at most ``backlog`` pending per webhook (None: no bound);
-    advances the cursor in the same transaction.
+    webhooks that chose them, at most ``backlog`` pending per webhook (None: no bound;
+    ``rooms`` keeps the counts between batches); advances the cursor in the same
+    transaction.
 
     ``vet`` runs first when there are events to fan out and an enabled webhook names its
     setter; the webhooks it switches off get none of these events."""
@@ -212,7 +240,7 @@ def fan_out(
     if last == start:
         return Batch(caught_up=True)
     result = Batch(walked=walked, caught_up=caught_up)
-    made = _deliveries(session, now, taken, backlog, result)
+    made = _deliveries(session, now, taken, backlog, rooms or Rooms(), result)
     # Compare-and-set: a second broker fanning out the same events (a lease taken over)
     # moves no cursor, and its transaction is rolled back by the caller.
     moved = session.execute(
@@ -234,6 +262,7 @@ def _deliveries(
     now: datetime,
     taken: list[tuple[int, str, list[tuple[str, frozenset[str]]]]],
     backlog: int | None,
+    rooms: Rooms,
     result: Batch,
 ) -> list[dict[str, Any]]:
     """The delivery rows for the events some webhook takes, each loaded whole; those past
@@ -250,7 +279,7 @@ def _deliveries(
     ]
     room: dict[str, int] | None = None
     if backlog is not None:
-        room = _room(session, {hook for *_, hooks in wanted for hook in hooks}, backlog)
+        room = rooms.room(session, {hook for *_, hooks in wanted for hook in hooks}, backlog)
     made: list[dict[str, Any]] = []
     for event, tenant_id, hooks in wanted:
         payload: dict[str, Any] | None = None
@@ -280,4 +309,6 @@ def _deliveries(
                     "updated_at": now,
                 }
             )
+    for hook_id, left in (room or {}).items():
+        rooms.used(hook_id, left)
     return made
