@@ -40,7 +40,7 @@ def dispatcher(ctx: BrokerContext) -> Iterator[Dispatcher]:
     running = Dispatcher(ctx, "backlog-test")
     _run(running)
     yield running
-    running.close(wait=False)
+    running.close(wait=True)  # its posts (to a closed port) end before the database goes
 
 
 def _run(dispatcher: Dispatcher) -> str:
