@@ -1,6 +1,8 @@
 """One tenant's hung libvirt, vSphere and Redfish calls hold at most its share of their
-driver's helper threads, so another tenant's calls still find one; and a BMC that drips
-its answer is cut off at the conversation's deadline, its helper freed.
+driver's helper threads, so another tenant's calls still find one; a quarter of the
+helpers goes only to tenants with no call out, so two tenants within their shares cannot
+hang them all; and a BMC that drips its answer is cut off at the conversation's
+deadline, its helper freed.
 
 Every remote is a real server on 127.0.0.1: a listener that accepts and stays silent
 (libvirt), a TLS server that drips its answer (vCenter), a plain one that drips (BMC),
@@ -34,7 +36,13 @@ from cryptography.x509.oid import NameOID
 from deskbroker.centers.base import CenterDriver, MachineInfo, PowerAction
 from deskbroker.centers.libvirt import LibvirtCenter
 from deskbroker.centers.libvirt import connection as libvirt_connection
-from deskbroker.centers.openstack.overdue import MAX_PER_OWNER, Helpers
+from deskbroker.centers.openstack.overdue import (
+    CLOUD_CALLS,
+    MAX_PER_OWNER,
+    Helpers,
+    NoHelperLeft,
+    Overdue,
+)
 from deskbroker.centers.static import redfish
 from deskbroker.centers.vsphere import VsphereCenter
 from deskbroker.centers.vsphere import connection as vsphere_connection
@@ -86,6 +94,15 @@ def test_the_pools_give_each_tenant_the_same_share_as_the_clouds() -> None:
     for pool in (libvirt_connection.LIBVIRT_CALLS, vsphere_connection.VSPHERE_CALLS):
         assert pool.per_owner == MAX_PER_OWNER < pool.limit
     assert redfish.BMC_CALLS.per_owner == MAX_PER_OWNER < redfish.BMC_CALLS.limit
+    # And each keeps a quarter for tenants with no call out: two tenants' shares of 32
+    # (or four of 64) would fill the pool otherwise.
+    pools = (
+        libvirt_connection.LIBVIRT_CALLS,
+        vsphere_connection.VSPHERE_CALLS,
+        redfish.BMC_CALLS,
+        CLOUD_CALLS,
+    )
+    assert [(p.limit, p.reserve) for p in pools] == [(32, 8), (32, 8), (32, 8), (64, 16)]
 
 
 def test_one_tenants_silent_libvirt_hosts_leave_another_tenant_a_helper(
@@ -119,6 +136,142 @@ def test_one_tenants_silent_libvirt_hosts_leave_another_tenant_a_helper(
     wait_until(lambda: not pool.live, "the abandoned libvirt calls to end")
     for driver in opened:
         driver.hypervisor.close()
+
+
+def _silent_libvirt_calls(
+    tenant: str, port: int, calls: int, opened: list[LibvirtCenter]
+) -> list[LibvirtCenter]:
+    """A tenant's libvirt centers on the silent host at ``port``, one per call: each
+    call is given up on at its deadline and leaves its helper hanging."""
+    drivers: list[LibvirtCenter] = []
+    for i in range(calls):
+        uri = f"qemu+tcp://127.0.0.1:{port}/{tenant}-{i}"  # one connection each
+        params = {"uri": uri, "timeout_s": 0.2}
+        drivers.append(_opened(tenant, f"silent-{i}", "libvirt", params, {}))
+    opened.extend(drivers)
+    return drivers
+
+
+def test_without_a_reserve_two_tenants_silent_hosts_take_every_libvirt_helper(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pools as they were (nothing in reserve): two tenant administrators, each
+    within its share (2 of 4), hang every helper between them, and a third tenant's
+    libvirt calls, to a host that answers, are not asked at all."""
+    pool = Helpers(4, 2, "libvirt hosts", reserve=0)
+    monkeypatch.setattr(libvirt_connection, "LIBVIRT_CALLS", pool)
+    opened: list[LibvirtCenter] = []
+    with tarpit() as pit:
+        for tenant in ("acme", "initech"):
+            for driver in _silent_libvirt_calls(tenant, pit.port, 2, opened):
+                with pytest.raises(CenterError, match=re.escape("did not answer within 0.2 s")):
+                    driver.inventory()
+        assert pool.live == 4
+        other: LibvirtCenter = _opened("globex", "lab", "libvirt", center_params(tmp_path), {})
+        opened.append(other)
+        _refused_at_once(other.inventory, "not asked, since 4 calls to libvirt hosts are")
+    wait_until(lambda: not pool.live, "the abandoned libvirt calls to end")
+    for driver in opened:
+        driver.hypervisor.close()
+
+
+def test_a_reserve_keeps_a_libvirt_helper_for_a_tenant_with_none_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A quarter of the helpers (here one of four) goes only to a tenant with no call
+    out: once three hang, the second tenant's next call is refused, in words its
+    administrator reads, and the third tenant's libvirt call still finds a helper."""
+    pool = Helpers(4, 2, "libvirt hosts")
+    assert pool.reserve == 1
+    monkeypatch.setattr(libvirt_connection, "LIBVIRT_CALLS", pool)
+    opened: list[LibvirtCenter] = []
+    with tarpit() as pit:
+        for driver in _silent_libvirt_calls("acme", pit.port, 2, opened):
+            with pytest.raises(CenterError, match=re.escape("did not answer within 0.2 s")):
+                driver.inventory()
+        first, second = _silent_libvirt_calls("initech", pit.port, 2, opened)
+        with pytest.raises(CenterError, match=re.escape("did not answer within 0.2 s")):
+            first.inventory()
+        assert (pool.live, pool.live_of("acme"), pool.live_of("initech")) == (3, 2, 1)
+        _refused_at_once(
+            second.inventory,
+            re.escape(
+                "not asked, since 1 call to this tenant's libvirt hosts is still hanging, "
+                "and the rest of the broker's helpers are kept for other tenants; "
+                "the broker waits for them to end first"
+            ),
+        )
+        other: LibvirtCenter = _opened("globex", "lab", "libvirt", center_params(tmp_path), {})
+        opened.append(other)
+        assert "hand-made" in {m.name for m in other.inventory()}
+        assert pool.live == 3  # the third tenant's helper ended with its call
+    wait_until(lambda: not pool.live, "the abandoned libvirt calls to end")
+    for driver in opened:
+        driver.hypervisor.close()
+
+
+def test_the_reserve_goes_one_place_each_to_tenants_with_none_and_comes_back() -> None:
+    """8 places, 4 a tenant, 2 in reserve, each call's work waiting on an event of its
+    owner's (a call that hangs until the test lets it go): the two hogs hold 6 between
+    them and are refused past that; a third tenant's blocking call runs, a fourth's and
+    a fifth's too, a sixth finds every place taken; one tenant's call ending gives its
+    place back to the reserve. The broker's own calls (no owner) keep to no reserve."""
+    pool = Helpers(8, 4, "clouds")
+    assert pool.reserve == 2
+    gates: dict[str, threading.Event] = {}
+
+    def hang(owner: str, calls: int) -> None:
+        gate = gates.setdefault(owner, threading.Event())
+        for _ in range(calls):
+            with pytest.raises(Overdue):
+                pool.run(gate.wait, 0.01, "cloud-call", owner)
+
+    def refused(owner: str, said: str) -> None:
+        with pytest.raises(NoHelperLeft, match=re.escape(said)):
+            pool.run(lambda: "asked", 1.0, "cloud-call", owner)
+
+    kept = "and the rest of the broker's helpers are kept for other tenants"
+    try:
+        hang("acme", 4)
+        hang("initech", 2)
+        refused("acme", "4 calls to this tenant's clouds are still hanging")
+        refused("initech", f"2 calls to this tenant's clouds are still hanging, {kept}")
+        # The third tenant's call waits on the cloud's answer, and gets it.
+        asked, answer = threading.Event(), threading.Event()
+        results: list[str] = []
+
+        def call() -> str:
+            asked.set()
+            assert answer.wait(5)
+            return "answered"
+
+        caller = threading.Thread(
+            target=lambda: results.append(pool.run(call, 5.0, "cloud-call", "globex"))
+        )
+        caller.start()
+        assert asked.wait(5)
+        assert (pool.live, pool.live_of("globex")) == (7, 1)
+        refused("globex", f"1 call to this tenant's clouds is still hanging, {kept}")
+        answer.set()
+        caller.join(5)
+        assert results == ["answered"]
+        wait_until(lambda: pool.live == 6, "the third tenant's helper to end")
+        hang("", 2)  # the broker's own: no reserve to keep to
+        assert pool.live == 8
+        refused("umbrella", "8 calls to clouds are still hanging")
+        gates[""].set()
+        wait_until(lambda: pool.live == 6, "the broker's own calls to end")
+        hang("umbrella", 1)
+        hang("hooli", 1)
+        refused("wayne", "8 calls to clouds are still hanging")
+        gates["umbrella"].set()
+        wait_until(lambda: pool.live == 7, "the fourth tenant's call to end")
+        refused("initech", kept)  # the place freed is the reserve's again
+        assert pool.run(lambda: "answered", 1.0, "cloud-call", "wayne") == "answered"
+    finally:
+        for gate in gates.values():
+            gate.set()
+    wait_until(lambda: not pool.live, "every helper to end")
 
 
 def _certificate() -> tuple[str, str]:

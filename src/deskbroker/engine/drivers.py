@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from deskbroker.centers.base import CenterDriver
-from deskbroker.engine.turns import CenterTurns, tenant_share
+from deskbroker.engine.turns import CenterTurns, tenant_reserve, tenant_share
 from deskbroker.engine.watch import BuildWatcher
 from deskbroker.services.context import BrokerContext
 from deskbroker.store.tables import Center
@@ -24,9 +24,13 @@ class DriverCache:
 
     def __init__(self, ctx: BrokerContext, turns: CenterTurns | None = None) -> None:
         self.ctx = ctx
+        workers = ctx.settings.engine_workers
+        share = tenant_share(workers, ctx.settings.engine_tenant_workers)
         self.turns = turns or CenterTurns(
             ctx.settings.engine_center_workers,
-            tenant_share(ctx.settings.engine_workers, ctx.settings.engine_tenant_workers),
+            share,
+            workers=workers,
+            reserve=tenant_reserve(workers, share),
         )
         self._watchers: dict[str, BuildWatcher] = {}
         self._centers: dict[str, tuple[float, Center]] = {}

@@ -15,7 +15,13 @@ from typing import Any
 from deskbroker.engine import builds, handover, maintenance, plans, provisioner, removals, rollouts
 from deskbroker.engine.drivers import DriverCache
 from deskbroker.engine.handover import Refill
-from deskbroker.engine.turns import TURN_WAIT_S, CenterTurns, NoTurn, tenant_share
+from deskbroker.engine.turns import (
+    TURN_WAIT_S,
+    CenterTurns,
+    NoTurn,
+    tenant_reserve,
+    tenant_share,
+)
 from deskbroker.engine.watch import BuildWatcher
 from deskbroker.engine.webhooks import Dispatcher, recheck_setters
 from deskbroker.services.context import BrokerContext
@@ -79,9 +85,14 @@ class Engine:
         # its answers cannot take the workers every tenant's builds and timers need.
         self.center_workers = settings.engine_center_workers
         # And one tenant's centers at most this many: a tenant administrator's many
-        # silent centers leave workers for the other tenants.
+        # silent centers leave workers for the other tenants. Two tenants' shares can
+        # still cover every worker: a reserve goes only to tenants with none running.
+        share = tenant_share(self.workers, settings.engine_tenant_workers)
         self.turns = CenterTurns(
-            self.center_workers, tenant_share(self.workers, settings.engine_tenant_workers)
+            self.center_workers,
+            share,
+            workers=self.workers,
+            reserve=tenant_reserve(self.workers, share),
         )
         self.drivers = DriverCache(ctx, self.turns)
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="engine")

@@ -8,8 +8,17 @@ itself (its socket's read timeout, or the remote closing). A helper that never e
 still holds one of ``MAX_HELPERS`` places, so such threads cannot pile up: once they are
 all taken, calls are refused at once until one ends. One owner (a tenant: its centers'
 drivers name it) holds at most ``MAX_PER_OWNER`` of them, so a tenant whose clouds drip
-their answers cannot take every other tenant's places. The libvirt, vSphere and Redfish
-drivers keep helpers of their own, built and shared out the same way.
+their answers cannot take every other tenant's places.
+
+A share alone does not keep a place for everyone: a few tenants' hung calls, each within
+its share, fill the pool together (four of 64, two of 32), and a tenant that has nothing
+running gets nothing. So a reserve (a quarter of the places, by default) goes only to an
+owner holding none yet: once the places in use reach ``limit - reserve``, an owner
+holding one or more is refused as if at its share, and a tenant with no call out still
+finds one, unless ``reserve`` other tenants with one each came first. The broker's own
+calls (no owner) count as places in use but have no share and no reserve to keep to.
+The libvirt, vSphere and Redfish drivers keep helpers of their own, built and shared
+out the same way.
 """
 
 from __future__ import annotations
@@ -36,19 +45,32 @@ class Overdue(Exception):
 
 
 class NoHelperLeft(NotSent):
-    """Every helper place is held by a call that has not ended: the process waits for
-    that many hung calls already."""
+    """Every helper place is held by a call that has not ended, or every one this
+    owner may take: the process waits for that many hung calls already."""
+
+
+def _hanging(n: int, remotes: str) -> str:
+    if n == 1:
+        return f"1 call to this tenant's {remotes} is still hanging"
+    return f"{n} calls to this tenant's {remotes} are still hanging"
 
 
 class Helpers:
     """A bounded set of helper threads for blocking calls with a deadline."""
 
-    def __init__(self, limit: int, per_owner: int | None = None, remotes: str = "clouds") -> None:
+    def __init__(
+        self,
+        limit: int,
+        per_owner: int | None = None,
+        remotes: str = "clouds",
+        reserve: int | None = None,
+    ) -> None:
         self.limit = limit
         self.per_owner = per_owner or limit
+        # Places only an owner holding none may take (see the module's docstring).
+        self.reserve = max(0, min(limit, limit // 4 if reserve is None else reserve))
         # What the calls reach, as the refusals name it ("libvirt hosts", "BMCs").
         self.remotes = remotes
-        self._places = threading.BoundedSemaphore(limit)
         self._lock = threading.Lock()
         self._live = 0
         self._owned: Counter[str] = Counter()
@@ -67,19 +89,11 @@ class Helpers:
     def run(self, work: Callable[[], T], timeout_s: float, name: str, owner: str = "") -> T:
         """``work``'s result or exception, if it ends within ``timeout_s``; otherwise
         ``Overdue``. ``NoHelperLeft`` at once when every place is taken, or ``owner``
-        (when named) holds its share of them."""
+        (when named) holds its share of them, or holds some and only the reserve is
+        left."""
         # The write-unit guard is per thread: checked on the caller's, before handing off.
         ensure_no_write_unit(name)
-        if owner:
-            with self._lock:
-                if self._owned[owner] >= self.per_owner:
-                    raise NoHelperLeft(
-                        f"{self.per_owner} calls to this tenant's {self.remotes} are still hanging"
-                    )
-                self._owned[owner] += 1
-        if not self._places.acquire(blocking=False):
-            self._disown(owner)
-            raise NoHelperLeft(f"{self.limit} calls to {self.remotes} are still hanging")
+        self._take(owner)
         outcome: list[tuple[bool, object]] = []
         context = contextvars.copy_context()
 
@@ -89,15 +103,15 @@ class Helpers:
             except BaseException as exc:  # handed to the waiting caller
                 outcome.append((False, exc))
             finally:
-                with self._lock:
-                    self._live -= 1
-                self._places.release()
-                self._disown(owner)
+                self._give_back(owner)
 
-        with self._lock:
-            self._live += 1
         worker = threading.Thread(target=helper, name=name, daemon=True)
-        worker.start()
+        try:
+            worker.start()
+        except BaseException:
+            # No thread (the process is out of them): nothing holds the place.
+            self._give_back(owner)
+            raise
         worker.join(max(0.0, timeout_s))
         if not outcome:
             raise Overdue(name)
@@ -107,9 +121,29 @@ class Helpers:
             raise value
         return value  # type: ignore[return-value]
 
-    def _disown(self, owner: str) -> None:
-        if owner:
-            with self._lock:
+    def _take(self, owner: str) -> None:
+        """A place for one of ``owner``'s calls, or ``NoHelperLeft`` saying why not.
+        Checked and counted under one lock, so two callers never both take the last
+        place outside the reserve."""
+        with self._lock:
+            held = self._owned[owner] if owner else 0
+            if owner and held >= self.per_owner:
+                raise NoHelperLeft(_hanging(self.per_owner, self.remotes))
+            if self._live >= self.limit:
+                raise NoHelperLeft(f"{self.limit} calls to {self.remotes} are still hanging")
+            if owner and held and self._live >= self.limit - self.reserve:
+                raise NoHelperLeft(
+                    f"{_hanging(held, self.remotes)}, and the rest of the broker's helpers "
+                    "are kept for other tenants"
+                )
+            self._live += 1
+            if owner:
+                self._owned[owner] += 1
+
+    def _give_back(self, owner: str) -> None:
+        with self._lock:
+            self._live -= 1
+            if owner:
                 self._owned[owner] -= 1
                 if self._owned[owner] <= 0:
                     del self._owned[owner]
