@@ -15,6 +15,7 @@ from deskbroker.services.rate_window import SlidingWindows
 from deskbroker.services.user_rate import UserActivityLimiter
 from deskbroker.store.tables import Event
 from tests.helpers import USER_PASSWORD, Api, bearer
+from tests.test_agent_event_rate import Clock
 from tests.test_totp import LOGIN, enrolled_user, finish, login, set_mode
 
 LIMIT = 3
@@ -25,16 +26,6 @@ def settings(settings: Settings) -> Settings:
     return settings.model_copy(
         update={"user_sign_ins_per_minute": LIMIT, "user_connects_per_minute": LIMIT}
     )
-
-
-class Clock:
-    """A monotonic clock that moves only when told."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -120,24 +111,32 @@ def test_a_password_alone_uses_up_no_sign_ins_of_an_account_with_a_second_factor
     assert refused.status_code == 429, refused.text
 
 
+def _connect(api: Api, signed: dict[str, Any]) -> Any:
+    """The signed-in user's connect to the desktop their sign-in gave them."""
+    desktop = signed["offers"][0]["desktop"]["id"]
+    return api.client.post(
+        f"/api/v1/client/desktops/{desktop}/connect",
+        json={"protocol": "rdp"},
+        headers=bearer(signed["token"]),
+    )
+
+
 def test_a_user_past_their_connects_gets_429_and_nothing_is_written(
     api: Api, ctx: BrokerContext, clock: Clock
 ) -> None:
     api.seed_pool(1, users=1)
     signed = api.login("user0")
-    desktop = signed["offers"][0]["desktop"]["id"]
-    url = f"/api/v1/client/desktops/{desktop}/connect"
     for _ in range(LIMIT):
-        answer = api.client.post(url, json={"protocol": "rdp"}, headers=bearer(signed["token"]))
+        answer = _connect(api, signed)
         assert answer.status_code == 200, answer.text
     connects = _events(ctx, "connect")
-    refused = api.client.post(url, json={"protocol": "rdp"}, headers=bearer(signed["token"]))
+    refused = _connect(api, signed)
     assert refused.status_code == 429, refused.text
     assert f"connect more than {LIMIT} times in the last minute" in refused.json()["detail"]
     assert int(refused.headers["Retry-After"]) >= 1
     assert _events(ctx, "connect") == connects
     clock.now += 60.5
-    again = api.client.post(url, json={"protocol": "rdp"}, headers=bearer(signed["token"]))
+    again = _connect(api, signed)
     assert again.status_code == 200, again.text
 
 
@@ -146,15 +145,12 @@ def test_a_revoked_token_uses_up_none_of_its_owners_connects(
 ) -> None:
     api.seed_pool(1, users=1)
     stolen = api.login("user0")
-    desktop = stolen["offers"][0]["desktop"]["id"]
-    url = f"/api/v1/client/desktops/{desktop}/connect"
     out = api.client.post("/api/v1/auth/logout", headers=bearer(stolen["token"]))
     assert out.status_code in (200, 204), out.text
     for _ in range(LIMIT + 1):
-        answer = api.client.post(url, json={"protocol": "rdp"}, headers=bearer(stolen["token"]))
+        answer = _connect(api, stolen)
         assert answer.status_code == 401, answer.text
-    mine = api.login("user0")
-    answer = api.client.post(url, json={"protocol": "rdp"}, headers=bearer(mine["token"]))
+    answer = _connect(api, api.login("user0"))
     assert answer.status_code == 200, answer.text
 
 
