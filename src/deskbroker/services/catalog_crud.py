@@ -192,7 +192,7 @@ class Catalog(Generic[M]):
             )
             obj = self.create_in(session, ctx, who, tenant, data)
             result = self._render(session, obj, render)
-        ctx.cache.stale()
+        ctx.cache.stale(ctx.db)
         return result
 
     def create_in(
@@ -233,7 +233,7 @@ class Catalog(Generic[M]):
             obj = self._repo.get(session, item_id, tenant)
             self.update_in(session, ctx, who, obj, data)
             result = self._render(session, obj, render)
-        ctx.cache.stale()
+        ctx.cache.stale(ctx.db)
         return result
 
     def update_in(
@@ -261,7 +261,7 @@ class Catalog(Generic[M]):
             write_context.attach_actor(session, ctx, who)
             obj = self._repo.get(session, item_id, tenant)
             self.delete_in(session, who, obj)
-        ctx.cache.stale()
+        ctx.cache.stale(ctx.db)
 
     def delete_in(self, session: Unit, who: TokenClaims, obj: Any) -> None:
         """``delete`` of a row already read, inside the caller's unit."""

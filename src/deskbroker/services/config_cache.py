@@ -281,11 +281,15 @@ class ConfigCache:
         release = next((e.release_plan_id for _, _, e in found if e.release_plan_id), None)
         return power, release
 
-    def stale(self) -> None:
+    def stale(self, db: Database | None = None) -> None:
         """This node changed the configuration (and moved the version): the next look
-        checks the version and reloads what changed, whatever the view's age."""
+        checks the version and reloads what changed, whatever the view's age. With
+        ``db``, the writer reloads it now (the changed tenant's rows), so the logins
+        after a write do not each ask for the version and wait for the reload."""
         self._marks += 1
         self._checked = _STALE
+        if db is not None and self._view is not None:
+            self.current(db, fresh=True)
 
     def invalidate(self) -> None:
         """Forget the view: the next look loads everything (after rows were written
