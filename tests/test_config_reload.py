@@ -11,13 +11,14 @@ from typing import Any
 import pytest
 from sqlalchemy import delete, update
 
+from deskbroker.bootstrap import add_local_user
 from deskbroker.services import config_cache
 from deskbroker.services.config_cache import ConfigView, build_view
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import snapshot
 from deskbroker.store.repository import bump_config_version
 from deskbroker.store.tables import BrokerState, ConfigChange, Pool
-from tests.helpers import Api, tenant_admin_of
+from tests.helpers import USER_PASSWORD, Api, tenant_admin_of
 
 # A whole load as the database holds it, not counted among the cache's loads.
 WHOLE = snapshot.load
@@ -165,3 +166,24 @@ def test_a_write_landing_during_a_check_leaves_the_view_stale(
     monkeypatch.setattr(config_cache, "config_version", write_lands_meanwhile)
     ctx.cache.current(ctx.db, fresh=True)  # the check that read the version first
     assert ctx.cache.peek(ctx.db).pools[a["pool"]["id"]].name == "acme-meanwhile"
+
+
+def test_a_source_made_elsewhere_routes_the_next_sign_in(api: Api, ctx: BrokerContext) -> None:
+    """A source and its user made a moment ago by another broker or a tool (here the
+    bootstrap, straight to the database): this broker's view does not hold the source
+    yet, and the sign-in that needs it reads the newer version and is routed there,
+    not refused as a wrong password."""
+    made = api.post("tenants", {"name": "initech"})
+    assert _cached(ctx).sources_by_tenant.get(made["id"]) is None  # the tenant, no source
+    add_local_user(ctx, "peter", USER_PASSWORD, role="tenant_admin", tenant_name="initech")
+    signed = api.client.post(
+        "/api/v1/auth/login",
+        json={"username": "peter", "password": USER_PASSWORD, "tenant": "initech"},
+    )
+    assert signed.status_code == 200, signed.text
+    # And a wrong password there is still refused as one.
+    wrong = api.client.post(
+        "/api/v1/auth/login",
+        json={"username": "peter", "password": "not-his-password", "tenant": "initech"},
+    )
+    assert wrong.status_code == 401, wrong.text

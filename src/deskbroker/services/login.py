@@ -41,7 +41,7 @@ from deskbroker.services.config_cache import ConfigView, PolicyView, SourceView
 from deskbroker.services.context import BrokerContext
 from deskbroker.services.directory_bounds import within_bounds
 from deskbroker.services.failed_names import FailedNames
-from deskbroker.services.source_choice import choose
+from deskbroker.services.source_choice import Choice, choose
 from deskbroker.services.source_guard import reached_directory
 from deskbroker.services.throttle import Checked, SignInGuard
 from deskbroker.store import claims, events, queue_rows
@@ -233,6 +233,7 @@ class LoginService:
             # One statement: the name's rows at the routed sources, which decide where
             # the password may go.
             choice = choose(session, view, tenant_id, username, source)
+        view, choice = self._chosen_again(view, choice, tenant_id, username, source)
         for found in choice.candidates:
             candidate, name = found.source, found.name
             kind = source_kinds().get(candidate.kind)
@@ -290,6 +291,28 @@ class LoginService:
         if refused is None and elsewhere is not None and not tried:
             raise elsewhere
         raise refused or Unauthorized(WRONG_CREDENTIALS)
+
+    def _chosen_again(
+        self, view: ConfigView, choice: Choice, tenant_id: str, username: str, source: str | None
+    ) -> tuple[ConfigView, Choice]:
+        """The view may be behind the database: a source or a rule made a moment ago on
+        another broker, or by a tool, which routes this name. The name's rows carry the
+        version they were read at; a name with no route at all (a tenant whose sources
+        the view does not hold yet) asks for it. Then the sources are chosen again on the
+        newer view. Nothing more is read when the view is current."""
+        seen = next(
+            (r.config_version for r in choice.owners if r.config_version != view.version), None
+        )
+        if seen is not None:
+            newer = self.ctx.cache.current(self.ctx.db, seen)
+        elif not choice.candidates:
+            newer = self.ctx.cache.current(self.ctx.db, fresh=True)
+        else:
+            return view, choice
+        if newer.version == view.version:
+            return view, choice
+        with self.ctx.db.read() as session:
+            return newer, choose(session, newer, tenant_id, username, source)
 
     def _vouched(self, source_id: str, identity: Identity) -> _Verified:
         view = self.ctx.cache.current(self.ctx.db)
