@@ -63,6 +63,7 @@ from psycopg import sql
 from sqlalchemy.engine import make_url
 
 import _claims
+from _cpu import cpu_seconds
 from deskbroker.bootstrap import add_local_user
 from deskbroker.config import Settings
 from deskbroker.domain.offers import OfferOrdering
@@ -398,6 +399,7 @@ class Phase:
     wall_s: float = 0.0
     sql: float = 0.0
     db_bytes: int = 0
+    broker_cpu_s: float = 0.0
 
     @property
     def done(self) -> int:
@@ -437,6 +439,7 @@ async def claim_mean_ms(http: httpx.AsyncClient) -> float:
 async def measure(
     http: httpx.AsyncClient,
     backend: Backend,
+    broker: Broker,
     concurrency: int,
     jobs: list[Callable[[], Awaitable[None]]],
     phase: Phase,
@@ -444,6 +447,7 @@ async def measure(
     """Run ``jobs`` with at most ``concurrency`` in flight and record the phase totals."""
     sql_before = await sql_total(http)
     size_before = await asyncio.to_thread(backend.size_bytes)
+    cpu_before = await asyncio.to_thread(cpu_seconds, [broker.process.pid])
     gate = asyncio.Semaphore(concurrency)
 
     async def limited(job: Callable[[], Awaitable[None]]) -> None:
@@ -453,6 +457,7 @@ async def measure(
     started = time.perf_counter()
     await asyncio.gather(*(limited(job) for job in jobs))
     phase.wall_s = time.perf_counter() - started
+    phase.broker_cpu_s = await asyncio.to_thread(cpu_seconds, [broker.process.pid]) - cpu_before
     phase.sql = await sql_total(http) - sql_before
     phase.db_bytes = await asyncio.to_thread(backend.size_bytes) - size_before
 
@@ -495,7 +500,9 @@ async def storm(broker: Broker, backend: Backend, args: argparse.Namespace) -> d
             return job
 
         names = [f"bench-user-{i:05d}" for i in range(args.users)]
-        await measure(http, backend, args.concurrency, [login_job(n) for n in names], logins)
+        await measure(
+            http, backend, broker, args.concurrency, [login_job(n) for n in names], logins
+        )
         claim_ms = await claim_mean_ms(http)
 
         connects = Phase()
@@ -520,7 +527,12 @@ async def storm(broker: Broker, backend: Backend, args: argparse.Namespace) -> d
             return job
 
         await measure(
-            http, backend, args.concurrency, [connect_job(n) for n in sorted(tokens)], connects
+            http,
+            backend,
+            broker,
+            args.concurrency,
+            [connect_job(n) for n in sorted(tokens)],
+            connects,
         )
 
     return {
@@ -540,6 +552,7 @@ async def storm(broker: Broker, backend: Backend, args: argparse.Namespace) -> d
         "p50_ms": round(percentile(logins.latencies_ms, 50), 1),
         "p99_ms": round(percentile(logins.latencies_ms, 99), 1),
         "sql_per_login": round(logins.per_request(logins.sql), 2),
+        "broker_cpu_ms_per_login": round(1000 * logins.per_request(logins.broker_cpu_s), 2),
         "claim_ms": round(claim_ms, 3),
         "db_bytes_per_login": round(logins.per_request(logins.db_bytes)),
         "connects": connects.done,
@@ -548,6 +561,7 @@ async def storm(broker: Broker, backend: Backend, args: argparse.Namespace) -> d
         "connect_p50_ms": round(percentile(connects.latencies_ms, 50), 1),
         "connect_p99_ms": round(percentile(connects.latencies_ms, 99), 1),
         "sql_per_connect": round(connects.per_request(connects.sql), 2),
+        "broker_cpu_ms_per_connect": round(1000 * connects.per_request(connects.broker_cpu_s), 2),
         "db_bytes_per_connect": round(connects.per_request(connects.db_bytes)),
         "login_wall_s": round(logins.wall_s, 3),
         "connect_wall_s": round(connects.wall_s, 3),

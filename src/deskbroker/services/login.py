@@ -41,14 +41,13 @@ from deskbroker.services.config_cache import ConfigView, PolicyView, SourceView
 from deskbroker.services.context import BrokerContext
 from deskbroker.services.directory_bounds import within_bounds
 from deskbroker.services.failed_names import FailedNames
-from deskbroker.services.source_choice import Choice, choose
+from deskbroker.services.source_choice import WRONG_CREDENTIALS, Choice, choose, refuse_a_twin
 from deskbroker.services.source_guard import reached_directory
 from deskbroker.services.throttle import Checked, SignInGuard
 from deskbroker.store import claims, events, queue_rows
 from deskbroker.store.claims import HeldDesktop
 from deskbroker.store.db import Unit
 
-WRONG_CREDENTIALS = "Wrong username or password."
 DISABLED = "This account is disabled; ask your administrator."
 
 
@@ -102,37 +101,6 @@ def _failure_event(
         actor=actor[:200],
         detail={"client": client_address or "", "reason": reason, **extra},
     )
-
-
-def _refuse_a_twin(
-    view: ConfigView,
-    tenant_id: str,
-    source: SourceView,
-    username: str,
-    owners: list[UserRecord],
-    by_domain: bool,
-) -> None:
-    """A directory's first sign-in of ``username`` makes no second account of a name
-    another password source of the tenant holds (any letter case): a tenant
-    administrator's directory, asked by selector or answering any name with ``admin``,
-    would otherwise make a twin of the global administrator that routing then has to
-    choose between. Refused as a wrong password is, with its own audit reason.
-
-    One exception keeps two untrusted domains' namesakes apart as two users: an ordinary
-    user's name (role ``user``) may have a twin in a directory that the typed domain
-    chose. A staff account's name (any other role) has none, however it was typed."""
-    enabled = {s.id: s for s in view.sources_by_tenant.get(tenant_id, [])}
-    folded = username.casefold()
-    for row in owners:
-        if row.identity_source_id == source.id or row.username.casefold() != folded:
-            continue
-        if by_domain and row.role == "user":
-            continue
-        other = enabled.get(row.identity_source_id)
-        # A disabled source's account still holds its name (its kind is not at hand).
-        kind = source_kinds().get(other.kind) if other is not None else None
-        if other is None or kind is None or kind.accepts_passwords:
-            raise Unauthorized(WRONG_CREDENTIALS, reason="name_held_by_another_source")
 
 
 class LoginService:
@@ -224,15 +192,17 @@ class LoginService:
             _failure_event(session, tenant_id, actor, client_address, reason)
 
     def _authenticate(
-        self, view: ConfigView, tenant_id: str, username: str, password: str, source: str | None
+        self,
+        view: ConfigView,
+        choice: Choice,
+        tenant_id: str,
+        username: str,
+        password: str,
+        source: str | None,
     ) -> _Verified:
         refused: AccountRefused | DirectoryUnavailable | None = None
         elsewhere: BadRequest | None = None
         tried = False
-        with self.ctx.db.read() as session:
-            # One statement: the name's rows at the routed sources, which decide where
-            # the password may go.
-            choice = choose(session, view, tenant_id, username, source)
         view, choice = self._chosen_again(view, choice, tenant_id, username, source)
         for found in choice.candidates:
             candidate, name = found.source, found.name
@@ -279,7 +249,7 @@ class LoginService:
                     # A domain routed the bare name here (name != typed): the user named
                     # this directory themselves.
                     by_domain = name != username
-                    _refuse_a_twin(view, tenant_id, candidate, identity.username, owners, by_domain)
+                    refuse_a_twin(view, tenant_id, candidate, identity.username, owners, by_domain)
                 # A first login read no version with the user: check the view's age.
                 view = self.ctx.cache.current(
                     self.ctx.db, record.config_version if record else None
@@ -354,14 +324,23 @@ class LoginService:
         # The check, the password and the counted failure, one attempt at a time per
         # account on this broker: concurrent guesses each see the ones before them.
         with self.guard.serial(tenant_id, username):
+            chosen: Choice | BadRequest
             try:
+                # One unit: the lockout check, then the name's rows at the routed
+                # sources, which decide where the password may go.
                 with self.ctx.db.read() as session:
                     checked = self.guard.check(session, tenant_id, username, client_address)
+                    try:
+                        chosen = choose(session, view, tenant_id, username, source)
+                    except BadRequest as exc:  # counted as a failure, outside the unit
+                        chosen = exc
             except TooManyAttempts as exc:
                 self.record_failure(tenant_id, username, client_address, exc, None)
                 raise
             try:
-                found = self._authenticate(view, tenant_id, username, password, source)
+                if isinstance(chosen, BadRequest):
+                    raise chosen
+                found = self._authenticate(view, chosen, tenant_id, username, password, source)
             except (Unauthorized, AccountRefused, DirectoryUnavailable, BadRequest) as exc:
                 answer = self.record_failure(tenant_id, username, client_address, exc, checked)
                 if answer is exc:

@@ -13,11 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from deskbroker.domain.accounts import UserRecord
-from deskbroker.errors import BadRequest
+from deskbroker.errors import BadRequest, Unauthorized
 from deskbroker.identity.base import source_kinds, split_domain
 from deskbroker.services.config_cache import ConfigView, SourceView
 from deskbroker.store import accounts, claims
 from deskbroker.store.db import Unit
+
+WRONG_CREDENTIALS = "Wrong username or password."
 
 
 @dataclass(frozen=True)
@@ -189,3 +191,34 @@ def choose(
         ],
         owners,
     )
+
+
+def refuse_a_twin(
+    view: ConfigView,
+    tenant_id: str,
+    source: SourceView,
+    username: str,
+    owners: list[UserRecord],
+    by_domain: bool,
+) -> None:
+    """A directory's first sign-in of ``username`` makes no second account of a name
+    another password source of the tenant holds (any letter case): a tenant
+    administrator's directory, asked by selector or answering any name with ``admin``,
+    would otherwise make a twin of the global administrator that routing then has to
+    choose between. Refused as a wrong password is, with its own audit reason.
+
+    One exception keeps two untrusted domains' namesakes apart as two users: an ordinary
+    user's name (role ``user``) may have a twin in a directory that the typed domain
+    chose. A staff account's name (any other role) has none, however it was typed."""
+    enabled = {s.id: s for s in view.sources_by_tenant.get(tenant_id, [])}
+    folded = username.casefold()
+    for row in owners:
+        if row.identity_source_id == source.id or row.username.casefold() != folded:
+            continue
+        if by_domain and row.role == "user":
+            continue
+        other = enabled.get(row.identity_source_id)
+        # A disabled source's account still holds its name (its kind is not at hand).
+        kind = source_kinds().get(other.kind) if other is not None else None
+        if other is None or kind is None or kind.accepts_passwords:
+            raise Unauthorized(WRONG_CREDENTIALS, reason="name_held_by_another_source")

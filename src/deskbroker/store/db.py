@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
@@ -78,6 +80,42 @@ def _count_statement(
         sink.append(statement)
 
 
+# A connection back in the pool for less than this is handed out without a ping: under
+# load every connection comes back within milliseconds, and a ping per unit of work was
+# a round trip (and a fifth of a sign-in's time in the driver) spent learning nothing.
+# One that sat longer is pinged, as after a quiet night or a database restart. A
+# connection that broke sooner fails its first statement, the request answers 503, and
+# the pool drops every connection made before that failure (SQLAlchemy's invalidation),
+# so the next request gets a fresh one.
+PING_AFTER_IDLE_S = 1.0
+
+
+def _ping_after_idle(engine: Engine) -> None:
+    """Ping a pooled connection on checkout only when it sat idle past
+    ``PING_AFTER_IDLE_S``; a failed ping makes the pool replace it (the same as
+    ``pool_pre_ping``, which pings on every checkout)."""
+
+    @event.listens_for(engine, "connect")
+    def _made(dbapi_conn: Any, record: Any) -> None:
+        record.info["returned_at"] = time.monotonic()
+
+    @event.listens_for(engine, "checkin")
+    def _returned(dbapi_conn: Any, record: Any) -> None:
+        if record is not None:
+            record.info["returned_at"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _maybe_ping(dbapi_conn: Any, record: Any, proxy: Any) -> None:
+        returned = record.info.get("returned_at")
+        if returned is not None and time.monotonic() - returned < PING_AFTER_IDLE_S:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except Exception as exc:
+            # The pool discards this connection and checks out another.
+            raise DisconnectionError("a pooled connection failed its ping") from exc
+
+
 class Database:
     """One engine plus read and write units of work.
 
@@ -109,13 +147,14 @@ class Database:
             # session state (no SET, LISTEN or session advisory locks; its advisory locks
             # are the transaction's), so this is all transaction pooling needs.
             connect_args: dict[str, Any] = {"prepare_threshold": None} if self.pgbouncer else {}
-            return create_engine(
+            pg_engine = create_engine(
                 url,
                 pool_size=pool_size,
                 max_overflow=pool_size * 2,
-                pool_pre_ping=True,
                 connect_args=connect_args,
             )
+            _ping_after_idle(pg_engine)
+            return pg_engine
         database = make_url(url).database
         memory = database in (None, "", ":memory:")
         if not memory and database is not None:
