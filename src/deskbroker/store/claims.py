@@ -6,6 +6,7 @@ path has a budget of six statements.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -15,7 +16,9 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     Select,
+    String,
     and_,
+    bindparam,
     func,
     literal,
     or_,
@@ -140,14 +143,32 @@ def _record(row: Any) -> UserRecord:
     )
 
 
+# The login path's statements are built once, with bound parameters: building one and
+# computing its cache key cost more than the driver's whole round trip.
+_FIND_USER = _user_query().where(
+    User.identity_source_id == bindparam("source_id"), User.username == bindparam("username")
+)
+
+
 def find_user(session: Session, identity_source_id: str, username: str) -> UserRecord | None:
     """Statement 1: the user, the config version and whether they wait in a queue."""
     row = session.execute(
-        _user_query().where(
-            User.identity_source_id == identity_source_id, User.username == username
-        )
+        _FIND_USER, {"source_id": identity_source_id, "username": username}
     ).first()
     return None if row is None else _record(row)
+
+
+@functools.cache
+def _find_owners(names: int) -> Any:
+    folded = (
+        func.lower(User.username) == func.lower(bindparam(f"name_{i}", type_=String))
+        for i in range(names)
+    )
+    return (
+        _user_query()
+        .where(User.tenant_id == bindparam("tenant_id"), or_(*folded))
+        .order_by(User.identity_source_id, User.username)
+    )
 
 
 def find_owners(session: Session, tenant_id: str, username: str, *also: str) -> list[UserRecord]:
@@ -157,11 +178,9 @@ def find_owners(session: Session, tenant_id: str, username: str, *also: str) -> 
     ``find_user`` reads beside each. Which sources own the name decides where the
     password may go. Both sides go through the database's own lower(), so SQLite (which
     folds ASCII letters only) agrees with itself."""
-    rows = session.execute(
-        _user_query()
-        .where(User.tenant_id == tenant_id, or_(*(folded_name(n) for n in (username, *also))))
-        .order_by(User.identity_source_id, User.username)
-    ).all()
+    names = (username, *also)
+    params = {"tenant_id": tenant_id, **{f"name_{i}": n for i, n in enumerate(names)}}
+    rows = session.execute(_find_owners(len(names)), params).all()
     return [_record(row) for row in rows]
 
 
@@ -246,10 +265,15 @@ def config_version(session: Session) -> int:
 
 def held_desktops(session: Session, user_id: str) -> list[HeldDesktop]:
     """Statement 2: every desktop the user holds now."""
-    rows = session.execute(
-        select(*_DESKTOP_COLUMNS).where(Desktop.assigned_user_id == user_id).order_by(Desktop.name)
-    ).all()
+    rows = session.execute(_HELD, {"user_id": user_id}).all()
     return [_held(r) for r in rows]
+
+
+_HELD = (
+    select(*_DESKTOP_COLUMNS)
+    .where(Desktop.assigned_user_id == bindparam("user_id"))
+    .order_by(Desktop.name)
+)
 
 
 def claimable() -> tuple[ColumnElement[bool], ...]:
@@ -307,7 +331,9 @@ def free_desktops(session: Session, pool_ids: Collection[str]) -> dict[str, int]
     return {pool: found.get(pool, 0) for pool in pool_ids}
 
 
-def _free_member(tenant_id: str, pool_id: str, skip_lost: bool) -> tuple[Any, ...]:
+def _free_member(
+    tenant_id: str | ColumnElement[str], pool_id: str | ColumnElement[str], skip_lost: bool
+) -> tuple[Any, ...]:
     """What makes a desktop one the claim may take from the pool: free, a member, its
     agent not lost (when the entry says so), nothing drained."""
     lost = (Desktop.agent_state != AgentState.LOST.value,) if skip_lost else ()
@@ -328,7 +354,11 @@ def _free_member(tenant_id: str, pool_id: str, skip_lost: bool) -> tuple[Any, ..
 
 
 def claim_candidate(
-    *, tenant_id: str, pool_id: str, ordering: OfferOrdering, skip_lost: bool = False
+    *,
+    tenant_id: str | ColumnElement[str],
+    pool_id: str | ColumnElement[str],
+    ordering: OfferOrdering,
+    skip_lost: bool = False,
 ) -> Select[str]:
     """The claim's choice: the pool's best free desktop, locked (skipping locked ones).
     Its own function so that a test can ask the database how it plans it."""
@@ -338,6 +368,32 @@ def claim_candidate(
         .order_by(*CLAIM_ORDER[ordering])
         .limit(1)
         .with_for_update(skip_locked=True, of=Desktop)
+    )
+
+
+@functools.cache
+def _claim_statement(ordering: OfferOrdering, skip_lost: bool) -> Any:
+    """The claim's UPDATE for one pool ordering, built once: the tenant, pool, user and
+    times are bound parameters (``claim_*``)."""
+    candidate = claim_candidate(
+        tenant_id=bindparam("claim_tenant", type_=String),
+        pool_id=bindparam("claim_pool", type_=String),
+        ordering=ordering,
+        skip_lost=skip_lost,
+    ).scalar_subquery()
+    return (
+        update(Desktop)
+        .where(Desktop.id == candidate, Desktop.assigned_user_id.is_(None))
+        .values(
+            assigned_user_id=bindparam("claim_user"),
+            assigned_pool_id=bindparam("claim_pool"),
+            assignment_kind=bindparam("claim_kind"),
+            assignment_slot=bindparam("claim_slot"),
+            assigned_at=bindparam("claim_now"),
+            updated_at=bindparam("claim_now"),
+        )
+        .returning(*_DESKTOP_COLUMNS)
+        .execution_options(synchronize_session=False)
     )
 
 
@@ -368,29 +424,20 @@ def claim(
     PostgreSQL skips rows another claim has locked; SQLite serialises writers, so the
     same statement is safe there without the locking clause.
     """
-    now = now or utcnow()
-    candidate = claim_candidate(
-        tenant_id=tenant_id, pool_id=pool_id, ordering=ordering, skip_lost=skip_lost
-    ).scalar_subquery()
+    params = {
+        "claim_tenant": tenant_id,
+        "claim_pool": pool_id,
+        "claim_user": user_id,
+        "claim_kind": kind,
+        "claim_slot": slot,
+        "claim_now": now or utcnow(),
+    }
+    statement = _claim_statement(ordering, skip_lost)
     started = time.perf_counter()
-    statement = (
-        update(Desktop)
-        .where(Desktop.id == candidate, Desktop.assigned_user_id.is_(None))
-        .values(
-            assigned_user_id=user_id,
-            assigned_pool_id=pool_id,
-            assignment_kind=kind,
-            assignment_slot=slot,
-            assigned_at=now,
-            updated_at=now,
-        )
-        .returning(*_DESKTOP_COLUMNS)
-        .execution_options(synchronize_session=False)
-    )
     try:
-        row = session.execute(statement).first()
+        row = session.execute(statement, params).first()
         if row is None and session.get_bind().dialect.name == "postgresql":
-            row = _claim_past_brief_locks(session, statement, tenant_id, pool_id, skip_lost)
+            row = _claim_past_brief_locks(session, statement, params, tenant_id, pool_id, skip_lost)
     except IntegrityError as exc:
         if not _is_double_claim(exc):
             raise
@@ -407,7 +454,12 @@ LOCKED_RETRIES_S = (0.02, 0.05, 0.1, 0.2)
 
 
 def _claim_past_brief_locks(
-    session: Session, statement: Any, tenant_id: str, pool_id: str, skip_lost: bool
+    session: Session,
+    statement: Any,
+    params: dict[str, Any],
+    tenant_id: str,
+    pool_id: str,
+    skip_lost: bool,
 ) -> Any:
     """The claim again, after a moment, while the pool still has free desktops that
     another transaction holds locked: an agent's heartbeat or session event on a free
@@ -419,7 +471,7 @@ def _claim_past_brief_locks(
         if not _free_in_pool(session, tenant_id, pool_id, skip_lost):
             return None
         time.sleep(pause)
-        row = session.execute(statement).first()
+        row = session.execute(statement, params).first()
         if row is not None:
             return row
     return None

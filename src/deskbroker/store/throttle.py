@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import case, delete, select, update
+from sqlalchemy import bindparam, case, delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -28,16 +28,18 @@ class KeyState:
     lockouts: int
 
 
+# Built once (every sign-in reads it): the keys are one expanding parameter.
+_READ = select(
+    LoginThrottle.key,
+    LoginThrottle.failures,
+    LoginThrottle.window_started_at,
+    LoginThrottle.locked_until,
+    LoginThrottle.lockouts,
+).where(LoginThrottle.key.in_(bindparam("keys", expanding=True)))
+
+
 def read(session: Session, keys: Sequence[str]) -> dict[str, KeyState]:
-    rows = session.execute(
-        select(
-            LoginThrottle.key,
-            LoginThrottle.failures,
-            LoginThrottle.window_started_at,
-            LoginThrottle.locked_until,
-            LoginThrottle.lockouts,
-        ).where(LoginThrottle.key.in_(list(keys)))
-    ).all()
+    rows = session.execute(_READ, {"keys": list(keys)}).all()
     return {r[0]: KeyState(*r) for r in rows}
 
 
