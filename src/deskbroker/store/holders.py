@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 
 from deskbroker.store.db import Unit
 from deskbroker.store.tables import ApiToken, User
@@ -72,13 +72,15 @@ def note_api_token_use(session: Unit, token_id: str, now: datetime) -> None:
     session.execute(update(ApiToken).where(ApiToken.id == token_id).values(last_used_at=now))
 
 
+# Read on every request a user token makes: built once, with a bound parameter.
+_USER_HOLDER = select(User.disabled, User.role, User.token_generation, User.tenant_id).where(
+    User.id == bindparam("user_id")
+)
+
+
 def user_holder(session: Unit, user_id: str) -> UserHolder | None:
     """The user row's token-relevant columns, or ``None`` when the user is gone."""
-    row = session.execute(
-        select(User.disabled, User.role, User.token_generation, User.tenant_id).where(
-            User.id == user_id
-        )
-    ).first()
+    row = session.execute(_USER_HOLDER, {"user_id": user_id}).first()
     if row is None:
         return None
     return UserHolder(bool(row[0]), str(row[1]), int(row[2] or 0), str(row[3]))

@@ -7,7 +7,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, func, select
+from sqlalchemy import ColumnElement, bindparam, delete, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, aliased
@@ -107,18 +107,27 @@ def leave_queue(session: Session, *, pool_id: str, user_id: str) -> None:
 
 def queue_positions(session: Session, user_id: str) -> list[tuple[str, int]]:
     """Exact positions of the user in every queue they wait in (one statement)."""
+    rows = session.execute(_QUEUE_POSITIONS, {"user_id": user_id}).all()
+    return [(str(pool_id), int(n or 0) + 1) for pool_id, n in rows]
+
+
+def _queue_positions() -> Any:
+    # Built once (every offers request reads it): an aliased entity's columns are costly
+    # to build.
     before = aliased(QueueEntry)
     ahead = (
         select(func.count())
         .where(before.pool_id == QueueEntry.pool_id, before.id < QueueEntry.id)
         .scalar_subquery()
     )
-    rows = session.execute(
+    return (
         select(QueueEntry.pool_id, ahead)
-        .where(QueueEntry.user_id == user_id)
+        .where(QueueEntry.user_id == bindparam("user_id"))
         .order_by(QueueEntry.id)
-    ).all()
-    return [(str(pool_id), int(n or 0) + 1) for pool_id, n in rows]
+    )
+
+
+_QUEUE_POSITIONS = _queue_positions()
 
 
 @dataclass(frozen=True)

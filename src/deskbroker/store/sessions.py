@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, case, delete, func, select, update
+from sqlalchemy import Integer, String, and_, bindparam, case, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from deskbroker.domain.states import AgentState, SessionState
@@ -23,12 +24,14 @@ from deskbroker.store.tables import (
     User,
 )
 
+# The agent-event path's statements are built once, with bound parameters: building a
+# statement and its cache key on every event cost more CPU than the database's answer.
+_LOCK_DESKTOP = select(Desktop).where(Desktop.id == bindparam("desktop_id")).with_for_update()
+
 
 def lock_desktop(session: Session, desktop_id: str) -> Desktop | None:
     """The desktop row, locked until the end of the write (one event at a time per desktop)."""
-    return session.scalars(
-        select(Desktop).where(Desktop.id == desktop_id).with_for_update()
-    ).first()
+    return session.scalars(_LOCK_DESKTOP, {"desktop_id": desktop_id}).first()
 
 
 def user_named(session: Session, user_id: str) -> User | None:
@@ -55,23 +58,33 @@ def open_sessions(
     """The newest open session of the desktop with ``key`` (else of ``username``), and
     up to ``limit`` of the desktop's open sessions (the match among them), in one read:
     a login needs both, the match to repeat and the others to count room."""
-    if key:
-        match = SessionRow.session_key == key
+    params = {
+        "desktop_id": desktop_id,
+        "match": key if key else username.lower(),
+        "limit": max(1, limit),
+    }
+    found = session.execute(_open_sessions(bool(key), only_logged_in), params).all()
+    open_rows = [r[0] for r in found]
+    return (open_rows[0] if found and found[0][1] == 0 else None), open_rows
+
+
+@functools.cache
+def _open_sessions(by_key: bool, only_logged_in: bool) -> Any:
+    if by_key:
+        match = SessionRow.session_key == bindparam("match", type_=String)
     else:
-        match = func.lower(SessionRow.username) == username.lower()
+        match = func.lower(SessionRow.username) == bindparam("match", type_=String)
         if only_logged_in:
             match = and_(match, SessionRow.state == SessionState.LOGGED_IN.value)
     rank = case((match, 0), else_=1)
-    found = session.execute(
+    return (
         select(SessionRow, rank)
-        .where(SessionRow.desktop_id == desktop_id, SessionRow.ended_at.is_(None))
+        .where(SessionRow.desktop_id == bindparam("desktop_id"), SessionRow.ended_at.is_(None))
         # Matches first, newest first: the first row is the match whenever there is one
         # (its rank says so, as the database compared the names).
         .order_by(rank, SessionRow.started_at.desc())
-        .limit(max(1, limit))
-    ).all()
-    open_rows = [r[0] for r in found]
-    return (open_rows[0] if found and found[0][1] == 0 else None), open_rows
+        .limit(bindparam("limit", type_=Integer))
+    )
 
 
 def plan_rules(
@@ -87,12 +100,13 @@ def plan_rules(
 
 def timers_of(session: Session, desktop_id: str) -> list[tuple[str, str | None, str, str, str]]:
     """(id, session id, plan, trigger, action) of every timer set on the desktop."""
-    rows = session.execute(
-        select(Timer.id, Timer.session_id, Timer.plan, Timer.trigger, Timer.action).where(
-            Timer.desktop_id == desktop_id
-        )
-    ).all()
+    rows = session.execute(_TIMERS_OF, {"desktop_id": desktop_id}).all()
     return [(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+
+
+_TIMERS_OF = select(Timer.id, Timer.session_id, Timer.plan, Timer.trigger, Timer.action).where(
+    Timer.desktop_id == bindparam("desktop_id")
+)
 
 
 def delete_timers(session: Session, ids: Sequence[str]) -> bool:
