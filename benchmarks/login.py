@@ -400,6 +400,7 @@ class Phase:
     sql: float = 0.0
     db_bytes: int = 0
     broker_cpu_s: float = 0.0
+    late_starts: int = 0  # paced jobs that started over 10 ms after their time
 
     @property
     def done(self) -> int:
@@ -443,19 +444,27 @@ async def measure(
     concurrency: int,
     jobs: list[Callable[[], Awaitable[None]]],
     phase: Phase,
+    rate: float = 0.0,
 ) -> None:
-    """Run ``jobs`` with at most ``concurrency`` in flight and record the phase totals."""
+    """Run ``jobs`` with at most ``concurrency`` in flight and record the phase totals;
+    with ``rate``, job i starts at i / rate seconds (open loop), whenever the ones before
+    it end."""
     sql_before = await sql_total(http)
     size_before = await asyncio.to_thread(backend.size_bytes)
     cpu_before = await asyncio.to_thread(cpu_seconds, [broker.process.pid])
     gate = asyncio.Semaphore(concurrency)
 
-    async def limited(job: Callable[[], Awaitable[None]]) -> None:
+    started = time.perf_counter()
+
+    async def limited(i: int, job: Callable[[], Awaitable[None]]) -> None:
+        if rate:
+            await asyncio.sleep(max(0.0, started + i / rate - time.perf_counter()))
         async with gate:
+            if rate and time.perf_counter() - (started + i / rate) > 0.01:
+                phase.late_starts += 1
             await job()
 
-    started = time.perf_counter()
-    await asyncio.gather(*(limited(job) for job in jobs))
+    await asyncio.gather(*(limited(i, job) for i, job in enumerate(jobs)))
     phase.wall_s = time.perf_counter() - started
     phase.broker_cpu_s = await asyncio.to_thread(cpu_seconds, [broker.process.pid]) - cpu_before
     phase.sql = await sql_total(http) - sql_before
@@ -501,7 +510,13 @@ async def storm(broker: Broker, backend: Backend, args: argparse.Namespace) -> d
 
         names = [f"bench-user-{i:05d}" for i in range(args.users)]
         await measure(
-            http, backend, broker, args.concurrency, [login_job(n) for n in names], logins
+            http,
+            backend,
+            broker,
+            args.concurrency,
+            [login_job(n) for n in names],
+            logins,
+            args.rate,
         )
         claim_ms = await claim_mean_ms(http)
 
@@ -548,6 +563,8 @@ async def storm(broker: Broker, backend: Backend, args: argparse.Namespace) -> d
         "login_errors": len(logins.errors),
         "assigned": len(tokens),
         "queued": queued,
+        "rate": args.rate,
+        "late_starts": logins.late_starts,
         "logins_per_s": round(logins.per_s(), 1),
         "p50_ms": round(percentile(logins.latencies_ms, 50), 1),
         "p99_ms": round(percentile(logins.latencies_ms, 99), 1),
@@ -714,7 +731,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--calibrate", type=int, default=20, help="users run step by step to count SQL (20)"
     )
     cluster.add_argument(
-        "--rate", type=float, default=0.0, help="start this many flows per second (open loop)"
+        "--rate",
+        type=float,
+        default=0.0,
+        help="start this many flows per second (open loop); without --nodes, logins",
     )
     cluster.add_argument(
         "--private-pg",
@@ -745,8 +765,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         return args
     if args.workers < 1 or (args.workers > 1 and args.db is None):
         parser.error("--workers must be at least 1, and more than 1 only on PostgreSQL (--db)")
-    if args.users < 1 or args.concurrency < 1:
-        parser.error("--users and --concurrency must be at least 1")
+    if args.users < 1 or args.concurrency < 1 or args.rate < 0:
+        parser.error("--users and --concurrency must be at least 1, --rate >= 0")
     args.pool_sizes = args.desktops or []
     if len(args.pool_sizes) > 1:
         if args.claims < 20:

@@ -42,6 +42,16 @@ def test_login_storm_on_sqlite() -> None:
     assert r["sql_per_login"] <= 5.5, r
     assert r["sql_per_connect"] <= 3.5, r
     assert r["logins_per_s"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0
+    assert r["broker_cpu_ms_per_login"] > 0 and r["broker_cpu_ms_per_connect"] > 0, r
+
+
+def test_a_paced_login_storm_starts_logins_at_the_rate() -> None:
+    r = run_bench(
+        "--users", "12", "--concurrency", "12", "--argon2-memory-kib", "64", "--rate", "20"
+    )  # fmt: skip
+    assert (r["logins"], r["login_errors"], r["rate"]) == (12, 0, 20.0), r["first_errors"]
+    # The twelfth login starts 0.55 s after the first: at 20 per second, not at once.
+    assert 12 / r["logins_per_s"] >= 0.55, r
 
 
 def test_cluster_mode_counts_each_step() -> None:
