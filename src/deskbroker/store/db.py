@@ -82,7 +82,7 @@ def _count_statement(
 
 # A connection back in the pool for less than this is handed out without a ping: under
 # load every connection comes back within milliseconds, and a ping per unit of work was
-# a round trip (and a fifth of a sign-in's time in the driver) spent learning nothing.
+# a round trip (a fifth of a sign-in's wall time under load) spent learning nothing.
 # One that sat longer is pinged, as after a quiet night or a database restart. A
 # connection that broke sooner fails its first statement, the request answers 503, and
 # the pool drops every connection made before that failure (SQLAlchemy's invalidation),
