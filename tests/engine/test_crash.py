@@ -110,9 +110,32 @@ def test_sigkill_mid_provisioning_leaves_no_orphan_and_no_duplicate(
                 )
             return ready == DESKTOPS
 
-        wait_until(
-            converged, lambda: f"{servers()} servers\n{log.read_text()[-2000:]}", timeout_s=120
-        )
+        def stuck() -> str:
+            # What did not converge: the desktops' states and the open tasks' leases.
+            with ctx.db.read() as session:
+                desktops = session.execute(
+                    select(Desktop.availability, Desktop.power_state, func.count()).group_by(
+                        Desktop.availability, Desktop.power_state
+                    )
+                ).all()
+                open_tasks = session.execute(
+                    select(
+                        ProvisioningTask.state,
+                        ProvisioningTask.lease_owner,
+                        func.count(),
+                        func.min(ProvisioningTask.next_step_at),
+                        func.max(ProvisioningTask.lease_expires_at),
+                    )
+                    .where(ProvisioningTask.state.not_in(("ready", "failed")))
+                    .group_by(ProvisioningTask.state, ProvisioningTask.lease_owner)
+                ).all()
+            return (
+                f"{servers()} servers; desktops {[tuple(r) for r in desktops]}; "
+                f"open tasks {[tuple(map(str, r)) for r in open_tasks]}\n"
+                f"{log.read_text()[-2000:]}"
+            )
+
+        wait_until(converged, stuck, timeout_s=120)
     finally:
         broker.terminate()
         broker.wait(20)

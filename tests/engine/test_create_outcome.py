@@ -57,6 +57,35 @@ def _tasks(ctx: BrokerContext, pool_id: str) -> list[dict[str, Any]]:
         ]
 
 
+def _where_it_stands(api: Api, sim: CloudSim, ctx: BrokerContext, pool_id: str) -> str:
+    """What a wait that timed out found: the task's row with its lease, the pool's
+    counts, the creates asked and the servers, so a failure says where the build stuck."""
+    with ctx.db.read() as session:
+        rows = session.scalars(
+            select(ProvisioningTask).where(ProvisioningTask.pool_id == pool_id)
+        ).all()
+        found = [
+            {
+                "state": t.state,
+                "attempts": t.attempts,
+                "external_id": t.external_id,
+                "next_step_at": str(t.next_step_at),
+                "step_started_at": str(t.step_started_at),
+                "lease_owner": t.lease_owner,
+                "lease_expires_at": str(t.lease_expires_at),
+                "last_error": t.last_error,
+            }
+            for t in rows
+        ]
+    servers = [(s["id"], s["status"], s["task_state"]) for s in sim.servers("demo")]
+    creates = sim.request_count(method="POST", path=CREATE)
+    counts = api.get(f"pools/{pool_id}/status")["counts"]
+    return (
+        f"the desktop built; tasks {found}, pool {counts}, {creates} creates, "
+        f"servers {servers}, now {time.strftime('%H:%M:%S', time.gmtime())}"
+    )
+
+
 def _tick_for(engine: Engine, seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -106,7 +135,12 @@ def test_a_create_that_may_have_acted_waits_for_its_window_then_tries_once_more(
     _tick_for(engine, 1.0)
     assert sim.request_count(method="POST", path=CREATE) == 1
     # Once no create can land, one more try builds the desktop.
-    run_until(engine, lambda: _available(api, pool["id"]) == 1, timeout_s=30)
+    run_until(
+        engine,
+        lambda: _available(api, pool["id"]) == 1,
+        timeout_s=30,
+        what=lambda: _where_it_stands(api, sim, ctx, pool["id"]),
+    )
     [task] = _tasks(ctx, pool["id"])
     assert sim.request_count(method="POST", path=CREATE) == 2
     assert _live(sim) == {task["external_id"]}
