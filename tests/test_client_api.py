@@ -263,3 +263,17 @@ def test_health_ready_and_metrics(api: Api) -> None:
         "deskbroker_login_seconds_bucket",
     ):
         assert name in metrics.text
+
+    # Responses are counted by method and status class; a method HTTP does not have is
+    # counted as OTHER, so made-up methods add no series.
+    gets = 'deskbroker_http_requests_total{method="GET",status="2xx"}'
+    other = 'deskbroker_http_requests_total{method="OTHER",status="4xx"}'
+    before = api.client.get("/metrics", headers=scrape).text
+    for _ in range(3):
+        assert api.client.get("/healthz").status_code == 200
+    for made_up in ("FROBNICATE", "BREW"):
+        assert api.client.request(made_up, "/healthz").status_code == 405
+    after = api.client.get("/metrics", headers=scrape).text
+    assert sample(after, gets) == sample(before, gets) + 4  # the healthz and one scrape
+    assert sample(after, other) == sample(before, other) + 2
+    assert "FROBNICATE" not in after and "BREW" not in after

@@ -97,11 +97,28 @@ class BodyLimit:
         await response(scope, receive, send)
 
 
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 class StatusCounter:
     """Counts responses by status class for /metrics."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        # The counter of each method and status class, looked up once: prometheus'
+        # ``labels`` (a lock, a key built from the names) cost a measurable share of
+        # every request's time in the event loop.
+        self._counters: dict[tuple[str, int], Any] = {}
+
+    def _counter(self, method: str, status: int) -> Any:
+        # A client names the method: any other than HTTP's own is counted as one, so
+        # made-up methods cannot grow the metrics (or this map) without end.
+        key = (method if method in _METHODS else "OTHER", status // 100)
+        found = self._counters.get(key)
+        if found is None:
+            found = metrics.HTTP_REQUESTS.labels(method=key[0], status=f"{key[1]}xx")
+            self._counters[key] = found
+        return found
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -110,9 +127,7 @@ class StatusCounter:
 
         async def counting(message: Message) -> None:
             if message["type"] == "http.response.start":
-                metrics.HTTP_REQUESTS.labels(
-                    method=scope["method"], status=f"{message['status'] // 100}xx"
-                ).inc()
+                self._counter(scope["method"], message["status"]).inc()
             await send(message)
 
         await self.app(scope, receive, counting)
