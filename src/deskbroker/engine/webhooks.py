@@ -187,6 +187,9 @@ class Dispatcher:
         made = walked = batches = 0
         until = time.monotonic() + FANOUT_BUDGET_S
         while True:
+            # The vetting reads the roles' grants from the per-node configuration cache,
+            # as held inside the unit: a role changed on another node counts from here.
+            ctx.cache.current(ctx.db)
             with ctx.db.write() as session:
                 batch = fanout.fan_out(
                     session,

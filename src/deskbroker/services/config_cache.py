@@ -18,7 +18,7 @@ from deskbroker.domain.rules import AssignmentRule, Conditions
 from deskbroker.protocols.plans import PlanEntry, entries_of
 from deskbroker.store import snapshot
 from deskbroker.store.claims import config_version
-from deskbroker.store.db import Database
+from deskbroker.store.db import Database, units_open
 
 
 @dataclass(frozen=True)
@@ -233,10 +233,16 @@ class ConfigCache:
         """The view at ``seen_version`` (the login path reads it anyway); without one,
         a view older than ``max_age_s`` (or any view, with ``fresh``) is checked against
         the database's version, so another broker's change reaches connects and agent
-        events within seconds."""
+        events within seconds.
+
+        Asked inside a unit of work (a connect's quota and protocol plan, an agent
+        event's plans), the view is answered as held: checking it there would take a
+        second pooled connection while the unit holds one, and a node whose threads all
+        did so at once would wait for its pool's timeout. Such callers look once before
+        their unit opens, which checks the view's age."""
         view = self._view
         if seen_version is None and view is not None:
-            if not fresh and clock.monotonic() - self._checked < self.max_age_s:
+            if not fresh and (units_open() or clock.monotonic() - self._checked < self.max_age_s):
                 return view
             marks = self._marks
             with db.read() as session:

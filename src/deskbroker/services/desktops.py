@@ -290,6 +290,9 @@ def connect(
     plan's choice follows ``client_kind`` and the protocols the client ``accepts``.
     """
     how = _Asked(client_kind, tuple(accepts or ()))
+    # The quota and the protocol plan read the per-node configuration cache inside the
+    # unit, as held: its age is checked here, with no unit open.
+    ctx.cache.current(ctx.db)
     try:
         with ctx.db.write() as session:
             # The holder's user row rides on the desktop's read: a revoked or disabled

@@ -39,6 +39,28 @@ _after = threading.local()
 
 AfterCommit = Callable[["Database"], None]
 
+# How many units of work this thread has open (read and write, ORM and Core).
+_units = threading.local()
+
+
+def units_open() -> int:
+    """How many units of work this thread has open: more than none means a further
+    unit would hold a second pooled connection (see ``_one_more_unit``)."""
+    return int(getattr(_units, "depth", 0))
+
+
+@contextmanager
+def _one_more_unit() -> Iterator[None]:
+    # A thread in a unit that opens another holds two connections; a node whose
+    # threads each hold one and wait for a second waits for the pool's timeout (behind
+    # PgBouncer, for a free server connection: every request frozen for minutes). So
+    # what may be called inside a unit can ask whether one is open and not read.
+    _units.depth = units_open() + 1
+    try:
+        yield
+    finally:
+        _units.depth = units_open() - 1
+
 
 def after_commit(work: AfterCommit) -> None:
     """Run ``work`` once the write unit open on this thread has committed, in units of
@@ -194,7 +216,7 @@ class Database:
     @contextmanager
     def read(self) -> Iterator[Session]:
         """A unit of work that only reads."""
-        with self._reader() as session, session.begin():
+        with _one_more_unit(), self._reader() as session, session.begin():
             yield session
 
     @contextmanager
@@ -205,13 +227,19 @@ class Database:
         (``deskbroker.write_guard``): nothing slow may hold the write lock."""
         with _leaving_work() as left:
             if self._write_lock is None:
-                with write_unit(), self._writer() as session, session.begin():
+                with _one_more_unit(), write_unit(), self._writer() as session, session.begin():
                     yield session
             else:
                 # SQLite has one writer at a time; queueing on a lock in this process
                 # wakes the next writer at once, where SQLite's busy handler would sleep
                 # and retry.
-                with write_unit(), self._write_lock, self._writer() as session, session.begin():
+                with (
+                    _one_more_unit(),
+                    write_unit(),
+                    self._write_lock,
+                    self._writer() as session,
+                    session.begin(),
+                ):
                     yield session
         self._run(left)
 
@@ -219,7 +247,7 @@ class Database:
     def connect_read(self) -> Iterator[Connection]:
         """A Core unit of work that only reads: no ORM session, for hot paths (the
         engine's tick) where a session's bookkeeping would cost more than the SQL."""
-        with self.engine.connect() as conn, conn.begin():
+        with _one_more_unit(), self.engine.connect() as conn, conn.begin():
             yield conn
 
     @contextmanager
@@ -227,10 +255,15 @@ class Database:
         """``write`` for Core statements: the same locking, commit and rollback."""
         with _leaving_work() as left:
             if self._write_lock is None:
-                with write_unit(), self._write_engine.begin() as conn:
+                with _one_more_unit(), write_unit(), self._write_engine.begin() as conn:
                     yield conn
             else:
-                with write_unit(), self._write_lock, self._write_engine.begin() as conn:
+                with (
+                    _one_more_unit(),
+                    write_unit(),
+                    self._write_lock,
+                    self._write_engine.begin() as conn,
+                ):
                     yield conn
         self._run(left)
 
