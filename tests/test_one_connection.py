@@ -19,9 +19,11 @@ from collections import Counter
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, select
 
 from deskbroker.services.context import BrokerContext
+from deskbroker.store import repository
+from deskbroker.store.tables import Tenant
 from tests.desktop_agent import Agent
 from tests.helpers import Api, bearer
 
@@ -95,3 +97,22 @@ def test_sign_in_connect_and_agent_events_hold_one_connection_each(
     agent.send("logout", "user1")
 
     assert held.most == 1, f"threads held a second connection: {held.where}"
+
+
+def test_a_quota_set_on_another_node_reaches_the_next_connect(api: Api, ctx: BrokerContext) -> None:
+    """The connect checks the view's age before its unit: a session quota another node
+    set (its write and the version it moved, nothing told this node's cache) refuses
+    the next connect once the view is older than ``max_age_s``."""
+    api.seed_pool(1, users=1)
+    signed_in = api.login("user0")
+    desktop = signed_in["offers"][0]["desktop"]["id"]
+    url = f"/api/v1/client/desktops/{desktop}/connect"
+    ctx.cache.current(ctx.db)  # the view this node holds, without a quota
+    with ctx.db.write() as session:
+        tenant = session.scalars(select(Tenant).where(Tenant.name == "default")).one()
+        tenant.quota_sessions = 0
+        repository.bump_config_version(session, tenant.id)
+    ctx.cache.max_age_s = 0.0  # the view's age is past it
+    refused = api.client.post(url, json={}, headers=bearer(signed_in["token"]))
+    assert refused.status_code == 409, refused.text
+    assert "0 of 0 concurrent sessions" in refused.json()["detail"]
