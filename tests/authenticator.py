@@ -21,8 +21,13 @@ class Authenticator:
         self.totp = pyotp.TOTP(self.secret)
 
     def code(self) -> str:
-        now = self.totp.timecode(time.time())
-        step = max(self.last + 1, now - 1)
+        at = time.time()
+        now = self.totp.timecode(at)
+        # The previous step's code is good only until the current step ends: late in a
+        # step it could expire between typing and the broker's check (a loaded CI
+        # machine's browser took seconds), so then start from the current step's.
+        left_s = self.totp.interval - at % self.totp.interval
+        step = max(self.last + 1, now - 1 if left_s > 10 else now)
         while step > self.totp.timecode(time.time()) + 1:
             # Past the broker's window: wait, as the user would, for the next code.
             time.sleep(0.25)
