@@ -23,6 +23,15 @@ OLD_KEY = secrets.token_urlsafe(48)
 NEW_KEY = secrets.token_urlsafe(48)
 
 
+def _config_version(ctx: BrokerContext) -> int:
+    from deskbroker.store.tables import BrokerState
+
+    with ctx.db.read() as session:
+        state = session.get(BrokerState, 1)
+        assert state is not None
+        return state.config_version
+
+
 def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
@@ -232,7 +241,10 @@ def test_a_redeemed_oidc_hand_off_does_not_stop_a_reseal(settings: Settings) -> 
     old.db.dispose()
     rotating = _broker(settings, NEW_KEY, previous=OLD_KEY)
     try:
+        before = _config_version(rotating)
         assert reseal(rotating) == 1
+        # The other nodes' caches see the resealed values at their next check.
+        assert _config_version(rotating) == before + 1
     finally:
         rotating.db.dispose()
     rotated = _broker(settings, NEW_KEY)

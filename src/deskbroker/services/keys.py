@@ -9,13 +9,16 @@ password, a client secret or an enrolled authenticator.
 from __future__ import annotations
 
 from deskbroker.services.context import BrokerContext
+from deskbroker.store.repository import bump_config_version
 from deskbroker.store.sealed import sealed_rows
 
 
 def reseal(ctx: BrokerContext) -> int:
     """Seal every stored secret again under the current key (in one transaction: all or
     nothing); returns how many values were resealed. A value no key opens stops it with
-    ``ValueError``, naming where it is."""
+    ``ValueError``, naming where it is. The configuration version moves with it (every
+    tenant's), so the other nodes' caches reload the resealed values at once instead of
+    at their next reload."""
     count = 0
     with ctx.db.write() as session:
         for row, column in sealed_rows(session):
@@ -28,4 +31,6 @@ def reseal(ctx: BrokerContext) -> int:
                     "DESKBROKER_SECRET_KEY_PREVIOUS"
                 ) from exc
             count += 1
+        if count:
+            bump_config_version(session, None)
     return count
