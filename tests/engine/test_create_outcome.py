@@ -23,7 +23,7 @@ from deskbroker.errors import CenterError
 from deskbroker.services.context import BrokerContext
 from deskbroker.store.tables import ProvisioningTask
 from tests.engine.conftest import openstack_center, provisioning_pool, run_until
-from tests.helpers import Api, run_queued_scan
+from tests.helpers import Api, run_queued_scan, wait_until
 
 CREATE = r"/servers$"
 
@@ -145,6 +145,44 @@ def test_a_create_that_may_have_acted_waits_for_its_window_then_tries_once_more(
     assert sim.request_count(method="POST", path=CREATE) == 2
     assert _live(sim) == {task["external_id"]}
     assert (task["state"], task["attempts"]) == ("ready", 1)
+
+
+def test_a_build_adopted_after_it_finished_is_handed_over_at_once(
+    api: Api, sim: CloudSim, engine: Engine, ctx: BrokerContext
+) -> None:
+    # One engine gives up on its create (answered past the one-second deadline) and
+    # leaves the task to look for it by its tag; the instance lands and finishes.
+    center = _center(api, sim, timeout_s=1)
+    sim.add_latency(1.5, method="POST", path=CREATE)
+    pool = provisioning_pool(api, center["id"], n=1, m=1)
+    run_until(engine, lambda: any(t["attempts"] == 1 for t in _tasks(ctx, pool["id"])))
+    engine.stop()
+    sim.clear_latency()
+    wait_until(
+        lambda: [s for s in sim.servers("demo") if s["status"] == "ACTIVE"],
+        "the instance to land and finish",
+    )
+    time.sleep(1.5)  # past the margin a listing's cursor keeps before the cloud's clock
+    # Another engine takes the task over (another node, or this one restarted) with a
+    # watcher listing changes from now on: no listing will show that instance change.
+    second = Engine(ctx, workers=4)
+    try:
+        row = second.drivers.center(center["id"])
+        assert row is not None
+        second.drivers.watcher(row).start_cursor()
+        # Handed over at the next tick, not after the build's half-minute direct look.
+        run_until(
+            second,
+            lambda: _available(api, pool["id"]) == 1,
+            timeout_s=15,
+            what=lambda: _where_it_stands(api, sim, ctx, pool["id"]),
+        )
+    finally:
+        second.stop()
+    [task] = _tasks(ctx, pool["id"])
+    assert sim.request_count(method="POST", path=CREATE) == 1
+    assert (task["state"], task["attempts"]) == ("ready", 1)
+    assert _live(sim) == {task["external_id"]}
 
 
 def test_a_create_that_never_lands_fails_after_its_last_window(

@@ -267,7 +267,7 @@ class TaskStep:
             # An earlier attempt may have reached the cloud before it failed: adopt it.
             found = driver.find_tagged(task_tag(task.id))
             if found:
-                self._created(found[0].external_id)
+                self._adopt(found[0])
                 return
         if self.watcher is not None:
             self.watcher.start_cursor()
@@ -356,7 +356,15 @@ class TaskStep:
             self._renew()
         for duplicate in extra:
             driver.terminate(duplicate)
-        self._created(keep.external_id)
+        self._adopt(keep)
+
+    def _adopt(self, machine: MachineInfo) -> None:
+        """The instance an earlier attempt asked for, found by its tag: recorded, and its
+        state as found given to the watcher, so a build that finished meanwhile is handed
+        over at the next tick."""
+        self._created(machine.external_id)
+        if self.watcher is not None:
+            self.watcher.adopted(machine)
 
     def _renew(self, *, asking: bool = False) -> None:
         """Extend the lease before an act that cannot be undone (creating or terminating

@@ -113,6 +113,17 @@ class BuildWatcher:
             self._building[external_id] = _Build(asked_at)
             self._mine[external_id] = [self._listings, REOFFERS]
 
+    def adopted(self, machine: MachineInfo) -> None:
+        """A build found by its tag (a creation resumed after a crash or an unknown
+        outcome), as the lookup saw it: the news of a listing. A listing from a cursor
+        taken after the machine's last change would never show it, and the build would
+        wait for the step's slow direct look (half a minute) although it finished."""
+        with self._lock:
+            self._seen[machine.external_id] = machine
+            if machine.power_state in (PowerState.RUNNING, PowerState.ERROR):
+                self._settled.pop(machine.external_id, None)
+                self._finished[machine.external_id] = (machine, self._listings)
+
     def next_listing(self, waiting: int) -> float:
         """When (``time.monotonic()``) a listing is worth making, with ``waiting`` builds
         of this center waiting in the database; never when it cannot list."""
