@@ -252,11 +252,12 @@ def refresh(session: Session, tenant_id: str) -> dict[str, set[str]]:
             )
         ).all():
             current[pid].add(did)
+    judged = _judged(session, {d.id for d in desktops}, current)
     joined: dict[str, set[str]] = {}
     written = 0
     for pid in pool_ids:
         add = wanted.get(pid, set()) - current[pid]
-        drop = current[pid] - wanted.get(pid, set())
+        drop = (current[pid] & judged) - wanted.get(pid, set())
         written += len(add) + len(drop)
         if drop:
             session.execute(
@@ -271,6 +272,22 @@ def refresh(session: Session, tenant_id: str) -> dict[str, set[str]]:
     # statistics that know these members (store/planner.py).
     refresh_statistics(session, written=written)
     return joined
+
+
+def _judged(session: Session, read: set[str], current: dict[str, set[str]]) -> set[str]:
+    """The members a refresh may drop: those whose desktop it read, and deleted ones.
+
+    On PostgreSQL each statement sees what had committed when it began: a build (or an
+    import) that commits between the desktops' read and the members' read has members
+    whose desktop the refresh never saw. Dropping those took new desktops out of their
+    pool, and the provisioner, counting them no more, built as many again."""
+    unread = set().union(*current.values()) - read
+    if not unread:
+        return read
+    deleted = session.scalars(
+        select(Desktop.id).where(Desktop.id.in_(unread), Desktop.power_state == "deleted")
+    ).all()
+    return read | set(deleted)
 
 
 def pool_members(session: Session, pool_id: str) -> list[str]:
@@ -327,7 +344,10 @@ def refresh_desktops(session: leases.Unit, tenant_id: str, desktop_ids: list[str
     }
     wanted_by_pool = members(definitions, facts)
     wanted = {(pid, did) for pid, dids in wanted_by_pool.items() for did in dids}
-    for pid, did in current - wanted:
+    # Only the pools read here are judged: one made since (its members written with it)
+    # keeps them (``_judged`` says why).
+    read = {p.id for p in pools}
+    for pid, did in {(pid, did) for pid, did in current if pid in read} - wanted:
         session.execute(
             delete(_MEMBERS).where(_MEMBERS.c.pool_id == pid, _MEMBERS.c.desktop_id == did)
         )
