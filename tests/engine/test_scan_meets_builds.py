@@ -1,20 +1,26 @@
 """A full scan's listing is a photograph taken when the scan began: a desktop whose build
 reached the cloud after that moment is not in it, and must not be taken for gone. Were
 it removed, its instance would run on in the cloud with no desktop row: a machine nobody
-hands out, watches or pays attention to, and the pool would build another in its place."""
+hands out, watches or pays attention to, and the pool would build another in its place.
+And a scan recording while a build is handed over leaves the desktop's power state to
+the hand-over, rather than writing back the ``building`` it read."""
 
 from __future__ import annotations
 
+import threading
 import time
+from typing import Any
 
-from sqlalchemy import select
+from pytest import MonkeyPatch
+from sqlalchemy import select, update
 
 from cloudsim.server import CloudSim
 from deskbroker.engine.runner import Engine
 from deskbroker.services import inventory
 from deskbroker.services.context import BrokerContext
+from deskbroker.store import desktop_sync
 from deskbroker.store.desktop_sync import CLOCK_SKEW
-from deskbroker.store.tables import Center, Desktop
+from deskbroker.store.tables import Center, Desktop, ProvisioningTask
 from tests.engine.conftest import openstack_center, provisioning_pool, run_until
 from tests.engine.test_scan_shortfall import _delete_in_the_cloud
 from tests.helpers import Api
@@ -89,3 +95,65 @@ def test_a_listing_taken_before_a_build_reached_the_cloud_keeps_its_desktop(
     report = _record(ctx, center["id"], _look(ctx, center["id"]))
     assert report.removed == [gone]
     assert _running(ctx) == built - {gone}
+
+
+def test_a_scan_recording_while_a_build_is_handed_over_leaves_its_power_state_alone(
+    api: Api, sim: CloudSim, engine: Engine, ctx: BrokerContext, monkeypatch: MonkeyPatch
+) -> None:
+    center = openstack_center(api, sim)
+    provisioning_pool(api, center["id"], n=1, m=1)
+    run_until(engine, lambda: len(_running(ctx)) == 1)
+    # Back to the moment before the hand-over: the cloud has the machine running, the
+    # broker still has it building, its task waiting.
+    with ctx.db.write() as session:
+        desktop = session.scalars(select(Desktop)).one()
+        task = session.scalars(select(ProvisioningTask)).one()
+        desktop.power_state, desktop.availability = "building", "unavailable"
+        task.state = "waiting"
+        desktop_id, task_id = desktop.id, task.id
+    listing = _look(ctx, center["id"])
+
+    # The scan records what it saw, and stops just after it read which desktops are
+    # being built (this one is)...
+    read, go_on = threading.Event(), threading.Event()
+    real = desktop_sync._being_built
+
+    def being_built(session: Any, center_id: str) -> set[str]:
+        found = real(session, center_id)
+        if threading.current_thread() is scan:
+            read.set()
+            assert go_on.wait(30), "never told to go on"
+        return found
+
+    monkeypatch.setattr(desktop_sync, "_being_built", being_built)
+    scan = threading.Thread(target=_record, args=(ctx, center["id"], listing))
+    scan.start()
+    assert read.wait(30)
+
+    # ... while the engine hands the desktop over (what ``hand_over`` writes).
+    def hand_over() -> None:
+        with ctx.db.write() as session:
+            session.execute(
+                update(Desktop)
+                .where(Desktop.id == desktop_id)
+                .values(power_state="running", availability="available")
+            )
+            session.execute(
+                update(ProvisioningTask).where(ProvisioningTask.id == task_id).values(state="ready")
+            )
+
+    handing = threading.Thread(target=hand_over)
+    handing.start()
+    if ctx.db.is_postgres:
+        handing.join(30)  # it commits before the scan writes
+        assert not handing.is_alive()
+    go_on.set()
+    scan.join(30)
+    handing.join(30)
+    assert not scan.is_alive() and not handing.is_alive()
+    # Not ``building`` written back over it: that kept it out of the claim until a full
+    # scan, as a free desktop no one could be given.
+    with ctx.db.read() as session:
+        row = session.get(Desktop, desktop_id)
+        assert row is not None
+        assert (row.power_state, row.availability) == ("running", "available")

@@ -97,6 +97,18 @@ def _values(machine: SeenMachine, current_power: str, current_agent: str) -> dic
     }
 
 
+def _kept_by_others(updates: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The scan's updates grouped by the columns they write. A desktop's power state that
+    is the provisioner's (a build not handed over) or a removal's (``deleting``) is left
+    out of its update, not written back as read: on PostgreSQL the hand-over may commit
+    between the scan's read and its write, and a ``building`` written back over the
+    handed-over desktop kept it out of the claim until a full scan."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for values in updates:
+        groups.setdefault(tuple(values), []).append(values)
+    return list(groups.values())
+
+
 def _being_built(session: Session, center_id: str) -> set[str]:
     """The center's desktops still ``building`` with a provisioning task open: their
     power state is the provisioner's until it hands them over."""
@@ -186,16 +198,16 @@ def sync(
         if row is None:
             owner = pending.pop(machine.desktop_id, None)
             if owner is not None:
-                # Leave the power state to the provisioner until it calls the desktop ready.
-                updates.append(
-                    {
-                        "b_id": owner.id,
-                        "updated_at": now,
-                        **_values(machine, owner.power_state, owner.agent_state),
-                        "power_state": owner.power_state,
-                        "external_id": machine.external_id,
-                    }
-                )
+                # Leave the power state to the provisioner until it calls the desktop ready
+                # (not written at all: see ``_kept_by_others``).
+                adopted = {
+                    "b_id": owner.id,
+                    "updated_at": now,
+                    **_values(machine, owner.power_state, owner.agent_state),
+                    "external_id": machine.external_id,
+                }
+                del adopted["power_state"]
+                updates.append(adopted)
                 result.updated.append(machine.name)
                 continue
             if machine.desktop_id:
@@ -228,33 +240,25 @@ def sync(
             # stays ``building`` (counted as coming free) until the provisioner calls it
             # ready. Recorded ``running`` but still unavailable, it would count as neither
             # free nor coming, and the pool would build a replacement for it.
-            values["power_state"] = row.power_state
+            del values["power_state"]
         if row.id in deleting:
-            values["power_state"] = row.power_state
-            values["agent_state"] = row.agent_state
-        if any(getattr(row, f) != values[f] for f in _FIELDS):
+            values.pop("power_state", None)
+            del values["agent_state"]
+        if any(getattr(row, f) != values[f] for f in _FIELDS if f in values):
             updates.append({"b_id": row.id, "updated_at": now, **values})
             result.updated.append(machine.name)
     if inserts:
         session.execute(insert(Desktop), inserts)
-    for group in (
-        [u for u in updates if "external_id" not in u],
-        [u for u in updates if "external_id" in u],
-    ):
-        if group:
-            columns = (
-                *_FIELDS,
-                "updated_at",
-                *(("external_id",) if "external_id" in group[0] else ()),
-            )
-            # Core, not ORM: an executemany keyed by a bound id, one statement per batch.
-            table = cast(Table, Desktop.__table__)
-            session.connection().execute(
-                update(table)
-                .where(table.c.id == bindparam("b_id"))
-                .values({f: bindparam(f) for f in columns}),
-                group,
-            )
+    for group in _kept_by_others(updates):
+        columns = [f for f in group[0] if f != "b_id"]
+        # Core, not ORM: an executemany keyed by a bound id, one statement per batch.
+        table = cast(Table, Desktop.__table__)
+        session.connection().execute(
+            update(table)
+            .where(table.c.id == bindparam("b_id"))
+            .values({f: bindparam(f) for f in columns}),
+            group,
+        )
     vanished = gone if not complete else set(existing) - seen
     # A desktop still being built has no instance to be seen yet.
     vanished = {e for e in vanished if not e.startswith(PENDING_PREFIX)}
