@@ -30,7 +30,7 @@ from deskbroker.services import standing, write_context
 from deskbroker.services.catalog_crud import audit_event
 from deskbroker.services.context import BrokerContext
 from deskbroker.services.queues import refresh_pools
-from deskbroker.store import jobs, removals
+from deskbroker.store import desktop_rows, jobs, removals
 from deskbroker.store.db import Unit
 from deskbroker.store.jobs import JobKind
 from deskbroker.store.repository import Repository
@@ -66,6 +66,10 @@ def delete_desktop(
     (``standing.check_reach``). ``tenant_scope`` None: a global administrator."""
     with ctx.db.write() as session:
         write_context.attach_actor(session, ctx, who)
+        # Locked before it is judged: a claim (or a queue's serving) that committed
+        # between a plain read and the writes below would have its user's desktop marked
+        # for deletion (its instance terminated) or forgotten. A claim skips a locked row.
+        desktop_rows.lock(session, desktop_id)
         desktop = _DESKTOPS.get(session, desktop_id, tenant_scope)
         # The stronger-account rule, as for a change or a drain: a free desktop of a pool
         # that serves a stronger account is one that account would be handed.

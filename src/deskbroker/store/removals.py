@@ -17,12 +17,17 @@ def center(session: Session, center_id: str) -> Center | None:
 
 def requested(session: Session, center_id: str) -> list[tuple[str, str, str, str, dict[str, Any]]]:
     """The center's desktops an administrator deleted: (id, tenant, name, external id,
-    driver state)."""
+    driver state). Never an assigned one: whatever marked it, a user's desktop is not
+    terminated under them."""
     rows = session.execute(
         select(
             Desktop.id, Desktop.tenant_id, Desktop.name, Desktop.external_id, Desktop.driver_state
         )
-        .where(Desktop.center_id == center_id, Desktop.delete_requested_at.is_not(None))
+        .where(
+            Desktop.center_id == center_id,
+            Desktop.delete_requested_at.is_not(None),
+            Desktop.assigned_user_id.is_(None),
+        )
         # A pass stops at the first call its center does not answer: in random order,
         # one machine that never answers does not stand in front of the others for good.
         .order_by(func.random())
