@@ -1,9 +1,10 @@
-"""An administrator's delete of a free desktop and a user's claim of it, at once: the
-delete locks the row before it judges it, so the claim either took it first (the delete
-is refused: assigned) or passes it over (the claim skips a locked row). Read without the
-lock, the delete judged a desktop free that a claim had just given a user, and forgot it
-(or marked it for termination) under them: on PostgreSQL each statement sees its own
-moment. On SQLite the one writer serialises the two; the test holds there too."""
+"""An administrator's delete of a free desktop (or of its center) and a user's claim of
+it, at once: the delete locks the row before it judges it, so the claim either took it
+first (the delete is refused: assigned) or passes it over (the claim skips a locked
+row). Read without the lock, the delete judged a desktop free that a claim had just
+given a user, and forgot it (or marked it for termination) under them: on PostgreSQL
+each statement sees its own moment. On SQLite the one writer serialises the two; the
+tests hold there too."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from deskbroker.bootstrap import add_local_user
 from deskbroker.services import desktop_removal
+from deskbroker.store import references
 from deskbroker.store.tables import Desktop
 from tests.helpers import USER_PASSWORD, Api
 
@@ -78,5 +81,79 @@ def test_a_desktop_deleted_while_a_user_claims_it_is_never_taken_from_the_user(
     assert set(given) == {row[0] for row in held}
     if given:
         assert deleting["status"] == 409 and "is assigned" in deleting["body"], deleting
+    else:
+        assert deleting["status"] in (200, 204), deleting
+
+
+def test_a_center_deleted_while_a_user_claims_its_desktop_never_takes_it_from_the_user(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A pool of filters alone: it names no center, so the center's delete is not
+    # refused for it, and its users claim the center's desktops all the same.
+    center = api.post(
+        "centers",
+        {
+            "name": "gold-center",
+            "kind": "static",
+            "params": {"machines": [{"name": "gold-1", "address": "127.0.1.9"}]},
+        },
+    )
+    pool = api.post(
+        "pools",
+        {"name": "gold", "filters": [{"attribute": "name", "op": "begins_with", "value": "gold-"}]},
+    )
+    policy = api.post("policies", {"name": "gold", "entries": [{"pool_id": pool["id"]}]})
+    api.post(
+        "assignment-rules",
+        {"identity_source_id": api.source_id(), "name": "everyone", "policy_id": policy["id"]},
+    )
+    add_local_user(api.ctx, "user0", USER_PASSWORD)
+    assert [m["name"] for m in api.get(f"pools/{pool['id']}/members")["items"]] == ["gold-1"]
+
+    read, go_on = threading.Event(), threading.Event()
+    real = references.assigned_desktop_of_center
+
+    def assigned(*args: Any) -> str | None:
+        # Just after the delete found no desktop of the center assigned: hold it there.
+        found = real(*args)
+        read.set()
+        assert go_on.wait(30), "never told to go on"
+        return found
+
+    monkeypatch.setattr(references, "assigned_desktop_of_center", assigned)
+    deleting: dict[str, Any] = {}
+
+    def delete() -> None:
+        answer = api.client.delete(f"/api/v1/admin/centers/{center['id']}", headers=api.headers)
+        deleting.update(status=answer.status_code, body=answer.text)
+
+    remover = threading.Thread(target=delete)
+    remover.start()
+    assert read.wait(30)
+    signed: dict[str, httpx.Response] = {}
+    login = threading.Thread(
+        target=lambda: signed.update(
+            answer=api.client.post(
+                "/api/v1/auth/login", json={"username": "user0", "password": USER_PASSWORD}
+            )
+        )
+    )
+    login.start()
+    if api.ctx.db.is_postgres:
+        login.join(30)  # the claim passes the locked desktop over
+        assert not login.is_alive()
+    go_on.set()
+    remover.join(30)
+    login.join(30)
+    assert not remover.is_alive() and not login.is_alive()
+
+    assert signed["answer"].status_code == 200, signed["answer"].text
+    given = [o for o in signed["answer"].json()["offers"] if o["status"] == "assigned"]
+    with api.ctx.db.read() as session:
+        assigned = Desktop.assigned_user_id.is_not(None)
+        held = session.scalars(select(Desktop.id).where(assigned)).all()
+    assert {o["desktop"]["id"] for o in given} == set(held)
+    if given:
+        assert deleting["status"] == 409 and "assigned" in deleting["body"], deleting
     else:
         assert deleting["status"] in (200, 204), deleting

@@ -55,7 +55,16 @@ def tenant_still_owns(session: Session, tenant_id: str) -> str | None:
 
 
 def assigned_desktop_of_center(session: Session, center_id: str) -> str | None:
-    """The name of one of the center's desktops that a user holds, or None."""
+    """The name of one of the center's desktops that a user holds, or None; the center's
+    desktops locked first (in id order) until the unit ends, so no claim gives one of
+    them to a user between this answer and the delete that relies on it (a claim skips
+    a locked row; on PostgreSQL a plain read would not see a claim committed after it)."""
+    session.execute(
+        select(Desktop.id)
+        .where(Desktop.center_id == center_id)
+        .order_by(Desktop.id)
+        .with_for_update()
+    ).all()
     return session.scalars(
         select(Desktop.name)
         .where(Desktop.center_id == center_id, Desktop.assigned_user_id.is_not(None))
