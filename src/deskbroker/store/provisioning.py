@@ -39,39 +39,37 @@ def pool_counts(session: Unit, pool_id: str, *, starts_unavailable: bool = False
     members = select(PoolMember.desktop_id).where(PoolMember.pool_id == pool_id)
     gone = (PowerState.DELETED.value, PowerState.DELETING.value)
     total = (
-        session.scalar(
-            select(func.count())
-            .select_from(Desktop)
-            .where(Desktop.id.in_(members), Desktop.power_state.not_in(gone))
-        )
-        or 0
+        select(func.count())
+        .select_from(Desktop)
+        .where(Desktop.id.in_(members), Desktop.power_state.not_in(gone))
+        .scalar_subquery()
     )
     free = (
-        session.scalar(
-            select(func.count())
-            .select_from(Desktop)
-            .where(
-                Desktop.id.in_(members),
-                free_desktop() | coming_free(starts_unavailable=starts_unavailable),
-            )
+        select(func.count())
+        .select_from(Desktop)
+        .where(
+            Desktop.id.in_(members),
+            free_desktop() | coming_free(starts_unavailable=starts_unavailable),
         )
-        or 0
+        .scalar_subquery()
     )
     in_flight = (
-        session.scalar(
-            select(func.count())
-            .select_from(ProvisioningTask)
-            .where(ProvisioningTask.pool_id == pool_id, ProvisioningTask.state.in_(OPEN_STATES))
-        )
-        or 0
+        select(func.count())
+        .select_from(ProvisioningTask)
+        .where(ProvisioningTask.pool_id == pool_id, ProvisioningTask.state.in_(OPEN_STATES))
+        .scalar_subquery()
     )
     waiting = (
-        session.scalar(
-            select(func.count()).select_from(QueueEntry).where(QueueEntry.pool_id == pool_id)
-        )
-        or 0
+        select(func.count())
+        .select_from(QueueEntry)
+        .where(QueueEntry.pool_id == pool_id)
+        .scalar_subquery()
     )
-    return PoolCounts(int(total), int(free), int(waiting), int(in_flight))
+    # One statement, so the four counts are of one moment: on PostgreSQL each statement
+    # sees what had committed when it began, and a hand-over that served a waiting user
+    # between two reads made the counts disagree (one build too few wanted).
+    row = session.execute(select(total, free, waiting, in_flight)).one()
+    return PoolCounts(*(int(n or 0) for n in row))
 
 
 def add_builds(
