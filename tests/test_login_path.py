@@ -242,8 +242,10 @@ def test_logging_in_again_keeps_the_queue_place(api: Api, ctx: BrokerContext) ->
     assert service.login("user2", USER_PASSWORD).offers[0].position == 2
     with counting() as again:
         assert service.login("user2", USER_PASSWORD).offers[0].position == 2
-    # One more on PostgreSQL: the check for free desktops locked a moment (see above).
-    assert len(again) <= (8 if ctx.db.is_postgres else 7)
+    # One more on PostgreSQL: the check for free desktops locked a moment (see above);
+    # and one for a user already waiting: their places held before what they hold is
+    # counted (``tests/test_queue_race.py``).
+    assert len(again) <= (9 if ctx.db.is_postgres else 8)
 
 
 def test_queue_service_keeps_the_policy_assignment_kind(api: Api, ctx: BrokerContext) -> None:

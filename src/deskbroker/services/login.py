@@ -504,6 +504,12 @@ class LoginService:
     ) -> list[Offer]:
         offers: list[Offer] = []
         detail: dict[str, Any] = {"client": client_address or "", "rule": rule_id}
+        if record.queued:
+            # A queue's serving may be giving this user a desktop right now: wait for it
+            # (it holds their place), then count what they hold. Counted before it
+            # committed (on PostgreSQL a read sees only what had), this sign-in claimed a
+            # second desktop of the pool beside the one the queue gave them.
+            queue_rows.hold_places(session, record.id)
         # A user this sign-in created holds nothing yet: one statement less for every
         # first sign-in of a directory user.
         held = [] if record.created_now else claims.held_desktops(session, record.id)

@@ -105,6 +105,15 @@ def leave_queue(session: Session, *, pool_id: str, user_id: str) -> None:
     )
 
 
+def hold_places(session: Session, user_id: str) -> None:
+    """Lock the user's places in every queue until the unit ends: a serving that is
+    giving them a desktop now is waited for (it holds the place's lock), and servings
+    after this pass them over (``next_in_queue`` skips a locked place)."""
+    session.execute(
+        select(QueueEntry.id).where(QueueEntry.user_id == user_id).with_for_update()
+    ).all()
+
+
 def queue_positions(session: Session, user_id: str) -> list[tuple[str, int]]:
     """Exact positions of the user in every queue they wait in (one statement)."""
     rows = session.execute(_QUEUE_POSITIONS, {"user_id": user_id}).all()
