@@ -97,6 +97,11 @@ def _values(machine: SeenMachine, current_power: str, current_agent: str) -> dic
     }
 
 
+def _as_read(row: Any) -> dict[str, Any]:
+    """The columns an update of ``row`` checks are still as this scan read them."""
+    return {"w_power": row.power_state, "w_agent": row.agent_state}
+
+
 def _kept_by_others(updates: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     """The scan's updates grouped by the columns they write. A desktop's power state that
     is the provisioner's (a build not handed over) or a removal's (``deleting``) is left
@@ -207,7 +212,7 @@ def sync(
                     "external_id": machine.external_id,
                 }
                 del adopted["power_state"]
-                updates.append(adopted)
+                updates.append({**adopted, **_as_read(owner)})
                 result.updated.append(machine.name)
                 continue
             if machine.desktop_id:
@@ -245,17 +250,24 @@ def sync(
             values.pop("power_state", None)
             del values["agent_state"]
         if any(getattr(row, f) != values[f] for f in _FIELDS if f in values):
-            updates.append({"b_id": row.id, "updated_at": now, **values})
+            updates.append({"b_id": row.id, "updated_at": now, **values, **_as_read(row)})
             result.updated.append(machine.name)
     if inserts:
         session.execute(insert(Desktop), inserts)
     for group in _kept_by_others(updates):
-        columns = [f for f in group[0] if f != "b_id"]
+        columns = [f for f in group[0] if f != "b_id" and not f.startswith("w_")]
         # Core, not ORM: an executemany keyed by a bound id, one statement per batch.
+        # Only a row still as read is written: one an agent's report, a hand-over or a
+        # removal changed since (on PostgreSQL, committed between this scan's read and
+        # its write) is left for the next scan, not overwritten with what was read.
         table = cast(Table, Desktop.__table__)
         session.connection().execute(
             update(table)
-            .where(table.c.id == bindparam("b_id"))
+            .where(
+                table.c.id == bindparam("b_id"),
+                table.c.power_state == bindparam("w_power"),
+                table.c.agent_state == bindparam("w_agent"),
+            )
             .values({f: bindparam(f) for f in columns}),
             group,
         )
@@ -302,7 +314,15 @@ def _remove(session: Session, rows: list[Any], result: SyncResult, now: Any) -> 
     free = [r.id for r in rows if r.assigned_user_id is None]
     held = [r.id for r in rows if r.assigned_user_id is not None]
     if free:
-        session.execute(delete(Desktop).where(Desktop.id.in_(free)))
+        # Still free: a desktop a claim gave a user since this scan read it (on
+        # PostgreSQL, committed in between) is kept, marked deleted, like any held one.
+        gone = session.scalars(
+            delete(Desktop)
+            .where(Desktop.id.in_(free), Desktop.assigned_user_id.is_(None))
+            .returning(Desktop.id)
+            .execution_options(synchronize_session=False)
+        ).all()
+        held += sorted(set(free) - set(gone))
     if held:
         # Keep an assigned desktop visible so its user and admin see what happened.
         session.execute(
