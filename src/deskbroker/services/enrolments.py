@@ -162,20 +162,26 @@ def revoke_key(ctx: BrokerContext, key_id: str, scope: str | None, actor: str) -
     (a revoked key may have leaked). Agents enrolled with it keep their credentials."""
     now = datetime.now(UTC)
     with ctx.db.write() as session:
-        row = rows.key(session, key_id)
+        # Locked: an enrolment under way (it share-locks the key) is waited for, so what
+        # it leaves waiting is denied below rather than outliving the revocation.
+        row = rows.key(session, key_id, lock=True)
         if row is None or (scope is not None and row.tenant_id != scope):
             raise NotFound(f"enrolment key {key_id} does not exist")
         if row.revoked_at is not None:
             return
         row.revoked_at = now
-        denied = 0
-        for waiting in rows.pendings(session, row.tenant_id, None, 100_000, 0)[0]:
-            if waiting.key_id != key_id or waiting.state not in (EN.PENDING, EN.APPROVED):
-                continue
-            waiting.state = transition(ENROLMENT_TRANSITIONS, EN(waiting.state), EN.DENIED).value
-            waiting.reason = f"the enrolment key {row.name} was revoked"
-            waiting.decided_by, waiting.decided_at = actor, now
-            denied += 1
+        undecided = (EN.PENDING, EN.APPROVED)
+        for state in undecided:  # the state machine allows it (raises otherwise)
+            transition(ENROLMENT_TRANSITIONS, state, EN.DENIED)
+        denied = rows.deny_waiting(
+            session,
+            key_id,
+            states=[s.value for s in undecided],
+            to=EN.DENIED.value,
+            reason=f"the enrolment key {row.name} was revoked",
+            actor=actor,
+            now=now,
+        )
         events.append(
             session,
             "agent.enrolment_key_revoked",

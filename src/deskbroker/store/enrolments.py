@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from deskbroker.domain.states import EnrolmentState, PowerState
@@ -16,11 +16,37 @@ _GONE = (PowerState.DELETING.value, PowerState.DELETED.value)
 
 
 def key_by_hash(session: Session, key_hash: str) -> EnrolmentKey | None:
-    return session.scalars(select(EnrolmentKey).where(EnrolmentKey.key_hash == key_hash)).first()
+    """The key, share-locked until the unit ends: a revocation (which locks it for
+    update) waits for an enrolment under way, and then sees what it left waiting."""
+    return session.scalars(
+        select(EnrolmentKey).where(EnrolmentKey.key_hash == key_hash).with_for_update(read=True)
+    ).first()
 
 
-def key(session: Session, key_id: str) -> EnrolmentKey | None:
-    return session.get(EnrolmentKey, key_id)
+def key(session: Session, key_id: str, *, lock: bool = False) -> EnrolmentKey | None:
+    """The key; with ``lock``, locked until the unit ends (a revocation)."""
+    return session.get(EnrolmentKey, key_id, with_for_update=lock or None)
+
+
+def deny_waiting(
+    session: Session,
+    key_id: str,
+    *,
+    states: Sequence[str],
+    to: str,
+    reason: str,
+    actor: str,
+    now: datetime,
+) -> int:
+    """Move the key's enrolments in ``states`` to ``to`` in one statement (what changed
+    state since a read, collected or decided, is not touched); how many moved."""
+    done = session.execute(
+        update(PendingEnrolment)
+        .where(PendingEnrolment.key_id == key_id, PendingEnrolment.state.in_(list(states)))
+        .values(state=to, reason=reason, decided_by=actor, decided_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return int(done.rowcount)  # type: ignore[attr-defined]
 
 
 def key_named(session: Session, tenant_id: str, name: str) -> EnrolmentKey | None:
