@@ -438,7 +438,9 @@ def _start(
 
 
 def _note_release(session: Unit, pool_id: str) -> None:
-    pool = session.get(Pool, pool_id)
+    # Locked as read: two releases of the pool at once each moved the average from the
+    # same reading, and one of the two intervals was lost.
+    pool = session.get(Pool, pool_id, with_for_update={"key_share": True})
     if pool is None:
         return
     now = datetime.now(UTC)
@@ -461,7 +463,12 @@ def release(
         raise Conflict(f"desktop {desktop.name} is not assigned to anyone")
     pool_id = desktop.assigned_pool_id
     previous = desktop.assigned_user_id
-    claims.unassign(session, desktop_id=desktop.id, user_id=previous)
+    if not claims.unassign(session, desktop_id=desktop.id, user_id=previous):
+        # Released since it was read (a second release at once, committed first):
+        # answered as if it came after, not released, counted and announced twice.
+        if user_id is not None:
+            raise NotFound(f"desktop {desktop_id} is not assigned to you")
+        raise Conflict(f"desktop {desktop.name} is not assigned to anyone")
     events.append(
         session,
         "release",
