@@ -148,8 +148,12 @@ def take_out(
             ),
         )
         free = or_(FREE_DESKTOP, quiet)
+    # Locked as read: an administrator's (or a drain's) change committed between this
+    # read and the update below would otherwise be undone when the rebuild gives the
+    # desktop back the availability read here (on PostgreSQL each statement sees its
+    # own moment). A claim passes a locked row over.
     was = session.execute(
-        select(Desktop.availability).where(Desktop.id == desktop_id)
+        select(Desktop.availability).where(Desktop.id == desktop_id).with_for_update()
     ).scalar_one_or_none()
     if was is None:
         return False
