@@ -260,6 +260,11 @@ def _judge_and_release(
         if timer is None or timer.lease_owner != owner:
             return None  # cancelled by a session event, or another broker took it over
         desktop = rows.lock_desktop(session, timer.desktop_id)
+        if not rows.timer_held(session, timer_id, owner):
+            # Cancelled while this waited for the desktop's lock: the session event that
+            # cancels a timer (a reconnect) locks the desktop first. Judged on the timer
+            # as read before the lock, the release went ahead under the returned user.
+            return None
         if desktop is None:
             session.delete(timer)
             return None

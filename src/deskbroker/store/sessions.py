@@ -227,6 +227,15 @@ def timer(session: Session, timer_id: str) -> Timer | None:
     return session.get(Timer, timer_id)
 
 
+def timer_held(session: Session, timer_id: str, owner: str) -> bool:
+    """Whether the timer still exists under ``owner``'s lease, as the database has it now
+    (a statement of its own, not the session's copy of the row)."""
+    found = session.execute(
+        select(Timer.id).where(Timer.id == timer_id, Timer.lease_owner == owner)
+    ).first()
+    return found is not None
+
+
 def center_of(session: Session, center_id: str) -> Center | None:
     return session.get(Center, center_id)
 
