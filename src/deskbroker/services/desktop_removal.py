@@ -24,7 +24,7 @@ from deskbroker.domain.states import (
     PowerState,
     transition,
 )
-from deskbroker.errors import Conflict, DeskbrokerError
+from deskbroker.errors import Conflict, DeskbrokerError, NotFound
 from deskbroker.security import TokenClaims
 from deskbroker.services import standing, write_context
 from deskbroker.services.catalog_crud import audit_event
@@ -66,11 +66,15 @@ def delete_desktop(
     (``standing.check_reach``). ``tenant_scope`` None: a global administrator."""
     with ctx.db.write() as session:
         write_context.attach_actor(session, ctx, who)
-        # Locked before it is judged: a claim (or a queue's serving) that committed
-        # between a plain read and the writes below would have its user's desktop marked
-        # for deletion (its instance terminated) or forgotten. A claim skips a locked row.
-        desktop_rows.lock(session, desktop_id)
         desktop = _DESKTOPS.get(session, desktop_id, tenant_scope)
+        # Locked (within the caller's tenant: another tenant's desktop is not found above)
+        # before it is judged: a claim (or a queue's serving) that committed between a
+        # plain read and the writes below would have its user's desktop marked for
+        # deletion (its instance terminated) or forgotten. A claim skips a locked row.
+        locked = desktop_rows.lock(session, desktop.id)
+        if locked is None:
+            raise NotFound(f"desktop {desktop_id} does not exist")
+        desktop = locked
         # The stronger-account rule, as for a change or a drain: a free desktop of a pool
         # that serves a stronger account is one that account would be handed.
         standing.check_reach(session, desktop, "desktop", "delete")

@@ -43,9 +43,13 @@ def held_with_holder(
 
 
 def lock(session: Unit, desktop_id: str) -> Desktop | None:
-    """The desktop's row, locked until the unit ends."""
+    """The desktop's row, locked until the unit ends, with its values as they are once
+    locked (a copy the unit read before is refreshed, not kept)."""
     return session.scalars(
-        select(Desktop).where(Desktop.id == desktop_id).with_for_update()
+        select(Desktop)
+        .where(Desktop.id == desktop_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
     ).first()
 
 
