@@ -8,7 +8,6 @@ tests hold there too."""
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import httpx
@@ -20,6 +19,29 @@ from deskbroker.services import desktop_removal
 from deskbroker.store import references
 from deskbroker.store.tables import Desktop
 from tests.helpers import USER_PASSWORD, Api
+from tests.races import Seam, while_held
+
+
+def _delete_while_user0_signs_in(
+    api: Api, seam: Seam, path: str
+) -> tuple[dict[str, Any], httpx.Response]:
+    """An administrator's ``DELETE path``, held at ``seam``, while user0 signs in (the
+    claim passes a locked row over: on PostgreSQL it ends first)."""
+    deleting: dict[str, Any] = {}
+    signed: dict[str, httpx.Response] = {}
+
+    def delete() -> None:
+        answer = api.client.delete(f"/api/v1/admin/{path}", headers=api.headers)
+        deleting.update(status=answer.status_code, body=answer.text)
+
+    def sign_in() -> None:
+        signed["answer"] = api.client.post(
+            "/api/v1/auth/login", json={"username": "user0", "password": USER_PASSWORD}
+        )
+
+    while_held(seam, delete, sign_in, other_ends_first=api.ctx.db.is_postgres)
+    assert signed["answer"].status_code == 200, signed["answer"].text
+    return deleting, signed["answer"]
 
 
 def test_a_desktop_deleted_while_a_user_claims_it_is_never_taken_from_the_user(
@@ -27,47 +49,19 @@ def test_a_desktop_deleted_while_a_user_claims_it_is_never_taken_from_the_user(
 ) -> None:
     ids = api.seed_pool(1, users=1)
     [desktop] = api.get(f"pools/{ids['pool']}/members")["items"]
-
-    read, go_on = threading.Event(), threading.Event()
+    # Just after the delete read the desktop (the app runs the route on a thread of its
+    # own; the delete is the only caller here).
+    seam = Seam(first_only=True)
     real = desktop_removal.standing.check_reach
-    deleting: dict[str, Any] = {}
 
     def check_reach(*args: Any) -> None:
-        # Just after the delete read the desktop: hold it there (the app runs the route
-        # on a thread of its own; the delete is the only caller here).
         real(*args)
-        read.set()
-        assert go_on.wait(30), "never told to go on"
+        seam.stop()
 
     monkeypatch.setattr(desktop_removal.standing, "check_reach", check_reach)
+    deleting, answer = _delete_while_user0_signs_in(api, seam, f"desktops/{desktop['id']}")
 
-    def delete() -> None:
-        answer = api.client.delete(f"/api/v1/admin/desktops/{desktop['id']}", headers=api.headers)
-        deleting.update(status=answer.status_code, body=answer.text)
-
-    remover = threading.Thread(target=delete)
-    remover.start()
-    assert read.wait(30)
-    signed: dict[str, httpx.Response] = {}
-    login = threading.Thread(
-        target=lambda: signed.update(
-            answer=api.client.post(
-                "/api/v1/auth/login", json={"username": "user0", "password": USER_PASSWORD}
-            )
-        )
-    )
-    login.start()
-    if api.ctx.db.is_postgres:
-        # The claim does not wait for the delete: it passes the locked row over.
-        login.join(30)
-        assert not login.is_alive()
-    go_on.set()
-    remover.join(30)
-    login.join(30)
-    assert not remover.is_alive() and not login.is_alive()
-
-    assert signed["answer"].status_code == 200, signed["answer"].text
-    offers = signed["answer"].json()["offers"]
+    offers = answer.json()["offers"]
     given = [o["desktop"]["id"] for o in offers if o["status"] == "assigned"]
     with api.ctx.db.read() as session:
         held = session.execute(
@@ -109,49 +103,22 @@ def test_a_center_deleted_while_a_user_claims_its_desktop_never_takes_it_from_th
     )
     add_local_user(api.ctx, "user0", USER_PASSWORD)
     assert [m["name"] for m in api.get(f"pools/{pool['id']}/members")["items"]] == ["gold-1"]
-
-    read, go_on = threading.Event(), threading.Event()
+    # Just after the delete found no desktop of the center assigned.
+    seam = Seam(first_only=True)
     real = references.assigned_desktop_of_center
 
     def assigned(*args: Any) -> str | None:
-        # Just after the delete found no desktop of the center assigned: hold it there.
         found = real(*args)
-        read.set()
-        assert go_on.wait(30), "never told to go on"
+        seam.stop()
         return found
 
     monkeypatch.setattr(references, "assigned_desktop_of_center", assigned)
-    deleting: dict[str, Any] = {}
+    deleting, answer = _delete_while_user0_signs_in(api, seam, f"centers/{center['id']}")
 
-    def delete() -> None:
-        answer = api.client.delete(f"/api/v1/admin/centers/{center['id']}", headers=api.headers)
-        deleting.update(status=answer.status_code, body=answer.text)
-
-    remover = threading.Thread(target=delete)
-    remover.start()
-    assert read.wait(30)
-    signed: dict[str, httpx.Response] = {}
-    login = threading.Thread(
-        target=lambda: signed.update(
-            answer=api.client.post(
-                "/api/v1/auth/login", json={"username": "user0", "password": USER_PASSWORD}
-            )
-        )
-    )
-    login.start()
-    if api.ctx.db.is_postgres:
-        login.join(30)  # the claim passes the locked desktop over
-        assert not login.is_alive()
-    go_on.set()
-    remover.join(30)
-    login.join(30)
-    assert not remover.is_alive() and not login.is_alive()
-
-    assert signed["answer"].status_code == 200, signed["answer"].text
-    given = [o for o in signed["answer"].json()["offers"] if o["status"] == "assigned"]
+    given = [o for o in answer.json()["offers"] if o["status"] == "assigned"]
     with api.ctx.db.read() as session:
-        assigned = Desktop.assigned_user_id.is_not(None)
-        held = session.scalars(select(Desktop.id).where(assigned)).all()
+        assigned_now = Desktop.assigned_user_id.is_not(None)
+        held = session.scalars(select(Desktop.id).where(assigned_now)).all()
     assert {o["desktop"]["id"] for o in given} == set(held)
     if given:
         assert deleting["status"] == 409 and "assigned" in deleting["body"], deleting

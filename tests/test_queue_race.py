@@ -7,7 +7,6 @@ writer serialises the two; the test holds there too."""
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import pytest
@@ -19,6 +18,7 @@ from deskbroker.services.login import LoginService
 from deskbroker.services.queues import serve_queues
 from deskbroker.store.tables import Desktop, Pool, QueueEntry, User
 from tests.helpers import USER_PASSWORD, Api
+from tests.races import Seam, while_held
 
 
 def _held(ctx: BrokerContext, user: str) -> list[str]:
@@ -49,24 +49,20 @@ def test_a_waiting_user_signing_in_while_the_queue_serves_them_gets_one_desktop(
     assert service.login("user0", USER_PASSWORD).offers[0].status == "queued"
     _out_of_claim(ctx, available=True)  # two free desktops, and user0 waiting for one
 
-    read, go_on = threading.Event(), threading.Event()
+    # Just after the sign-in counted what the user holds.
+    seam = Seam()
     real = login_service.claims.held_desktops
 
     def held_desktops(*args: Any) -> Any:
-        # Just after the sign-in counted what the user holds: hold it there.
         found = real(*args)
-        if threading.current_thread() is signing_in:
-            read.set()
-            assert go_on.wait(30), "never told to go on"
+        seam.stop()
         return found
 
     monkeypatch.setattr(login_service.claims, "held_desktops", held_desktops)
     answers: dict[str, Any] = {}
-    signing_in = threading.Thread(
-        target=lambda: answers.update(login=service.login("user0", USER_PASSWORD))
-    )
-    signing_in.start()
-    assert read.wait(30)
+
+    def sign_in() -> None:
+        answers["login"] = service.login("user0", USER_PASSWORD)
 
     def serve() -> None:
         # What a release or a finished build does next: serve the tenant's queues.
@@ -75,15 +71,8 @@ def test_a_waiting_user_signing_in_while_the_queue_serves_them_gets_one_desktop(
             assert tenant is not None
             answers["served"] = serve_queues(session, tenant)
 
-    serving = threading.Thread(target=serve)
-    serving.start()
-    if ctx.db.is_postgres:
-        serving.join(30)  # it does not wait for the sign-in: the place is held
-        assert not serving.is_alive()
-    go_on.set()
-    signing_in.join(30)
-    serving.join(30)
-    assert not signing_in.is_alive() and not serving.is_alive()
+    # On PostgreSQL the serving does not wait for the sign-in: the place is held.
+    while_held(seam, sign_in, serve, other_ends_first=ctx.db.is_postgres)
 
     held = _held(ctx, "user0")
     assert len(held) == 1, (held, answers)

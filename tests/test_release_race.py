@@ -6,7 +6,6 @@ the test holds there too."""
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import httpx
@@ -16,6 +15,7 @@ from sqlalchemy import func, select
 from deskbroker.services import desktops
 from deskbroker.store.tables import Event
 from tests.helpers import Api, bearer
+from tests.races import Seam, while_held
 
 
 def test_two_releases_at_once_release_once(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -24,19 +24,14 @@ def test_two_releases_at_once_release_once(api: Api, monkeypatch: pytest.MonkeyP
     [offer] = signed["offers"]
     desktop = offer["desktop"]["id"]
 
-    read, go_on = threading.Event(), threading.Event()
+    # The first release, just after it read the desktop (the app runs routes on
+    # threads of its own, so it is told by its order).
+    seam = Seam(first_only=True)
     real = desktops.desktop_rows.of_tenant
-    calls = 0
 
     def of_tenant(*args: Any) -> Any:
-        # The first release, just after it read the desktop: held there (the app runs
-        # routes on threads of its own, so it is told by its order).
-        nonlocal calls
-        calls += 1
         found = real(*args)
-        if calls == 1:
-            read.set()
-            assert go_on.wait(30), "never told to go on"
+        seam.stop()
         return found
 
     monkeypatch.setattr(desktops.desktop_rows, "of_tenant", of_tenant)
@@ -49,18 +44,8 @@ def test_two_releases_at_once_release_once(api: Api, monkeypatch: pytest.MonkeyP
             )
         )
 
-    first = threading.Thread(target=release)
-    first.start()
-    assert read.wait(30)
-    second = threading.Thread(target=release)
-    second.start()
-    if api.ctx.db.is_postgres:
-        second.join(30)  # it commits while the first is between its read and its write
-        assert not second.is_alive()
-    go_on.set()
-    first.join(30)
-    second.join(30)
-    assert not first.is_alive() and not second.is_alive()
+    # On PostgreSQL the second commits while the first is between its read and write.
+    while_held(seam, release, release, other_ends_first=api.ctx.db.is_postgres)
 
     # The second is answered as a release after the first would be.
     assert sorted(a.status_code for a in answers) == [204, 404], [a.text for a in answers]

@@ -7,7 +7,6 @@ the hand-over, rather than writing back the ``building`` it read."""
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any
 
@@ -24,6 +23,7 @@ from deskbroker.store.tables import Center, Desktop, ProvisioningTask
 from tests.engine.conftest import openstack_center, provisioning_pool, run_until
 from tests.engine.test_scan_shortfall import _delete_in_the_cloud
 from tests.helpers import Api
+from tests.races import Seam, while_held
 
 
 def _running(ctx: BrokerContext) -> set[str]:
@@ -115,20 +115,15 @@ def test_a_scan_recording_while_a_build_is_handed_over_leaves_its_power_state_al
 
     # The scan records what it saw, and stops just after it read which desktops are
     # being built (this one is)...
-    read, go_on = threading.Event(), threading.Event()
+    seam = Seam()
     real = desktop_sync._being_built
 
     def being_built(session: Any, center_id: str) -> set[str]:
         found = real(session, center_id)
-        if threading.current_thread() is scan:
-            read.set()
-            assert go_on.wait(30), "never told to go on"
+        seam.stop()
         return found
 
     monkeypatch.setattr(desktop_sync, "_being_built", being_built)
-    scan = threading.Thread(target=_record, args=(ctx, center["id"], listing))
-    scan.start()
-    assert read.wait(30)
 
     # ... while the engine hands the desktop over (what ``hand_over`` writes).
     def hand_over() -> None:
@@ -142,15 +137,13 @@ def test_a_scan_recording_while_a_build_is_handed_over_leaves_its_power_state_al
                 update(ProvisioningTask).where(ProvisioningTask.id == task_id).values(state="ready")
             )
 
-    handing = threading.Thread(target=hand_over)
-    handing.start()
-    if ctx.db.is_postgres:
-        handing.join(30)  # it commits before the scan writes
-        assert not handing.is_alive()
-    go_on.set()
-    scan.join(30)
-    handing.join(30)
-    assert not scan.is_alive() and not handing.is_alive()
+    # On PostgreSQL the hand-over commits before the scan writes.
+    while_held(
+        seam,
+        lambda: _record(ctx, center["id"], listing),
+        hand_over,
+        other_ends_first=ctx.db.is_postgres,
+    )
     # Not ``building`` written back over it: that kept it out of the claim until a full
     # scan, as a free desktop no one could be given.
     with ctx.db.read() as session:

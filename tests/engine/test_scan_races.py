@@ -8,7 +8,6 @@ them. On SQLite the one writer serialises the two; the tests hold there too."""
 from __future__ import annotations
 
 import dataclasses
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +19,7 @@ from deskbroker.store import desktop_sync
 from deskbroker.store.tables import Desktop
 from tests.engine.test_scan_meets_builds import _look, _record
 from tests.helpers import Api
+from tests.races import Seam, while_held
 
 
 def _with_scan_held(
@@ -30,29 +30,17 @@ def _with_scan_held(
 ) -> None:
     """Run ``record`` (a scan's database half) on a thread, held just after it read the
     center's desktops, while ``meanwhile`` commits on another."""
-    read, go_on = threading.Event(), threading.Event()
+    seam = Seam()
     real = desktop_sync._being_built
 
     def being_built(*args: Any) -> set[str]:
         found = real(*args)
-        if threading.current_thread() is scan:
-            read.set()
-            assert go_on.wait(30), "never told to go on"
+        seam.stop()
         return found
 
     monkeypatch.setattr(desktop_sync, "_being_built", being_built)
-    scan = threading.Thread(target=record)
-    scan.start()
-    assert read.wait(30)
-    other = threading.Thread(target=meanwhile)
-    other.start()
-    if ctx.db.is_postgres:
-        other.join(30)  # it commits while the scan is between its read and its write
-        assert not other.is_alive()
-    go_on.set()
-    scan.join(30)
-    other.join(30)
-    assert not scan.is_alive() and not other.is_alive()
+    # On PostgreSQL ``meanwhile`` commits while the scan is between its read and write.
+    while_held(seam, record, meanwhile, other_ends_first=ctx.db.is_postgres)
 
 
 def test_an_agent_marked_lost_while_a_scan_records_stays_lost(

@@ -1,0 +1,57 @@
+"""Two units of work at once, one held between two of its statements while the other
+runs: how the suite shows a read-then-write race on PostgreSQL, where each statement of
+a unit sees what had committed when it began (SQLite's one writer serialises the two).
+
+The store function at the seam is patched to call ``Seam.stop`` there; ``while_held``
+runs the held unit until it stops, then the other, then lets the held one go on."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+
+class Seam:
+    """Where the held unit stops. ``first_only``: stop at the first call, whatever its
+    thread (a route the app runs on a thread of its own); else only on the held
+    unit's thread."""
+
+    def __init__(self, *, first_only: bool = False) -> None:
+        self.reached = threading.Event()
+        self.go_on = threading.Event()
+        self.first_only = first_only
+        self.thread: threading.Thread | None = None
+        self._calls = 0
+        self._lock = threading.Lock()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._calls += 1
+            first = self._calls == 1
+        held = first if self.first_only else threading.current_thread() is self.thread
+        if held:
+            self.reached.set()
+            assert self.go_on.wait(30), "never told to go on"
+
+
+def while_held(
+    seam: Seam, held: Callable[[], Any], other: Callable[[], Any], *, other_ends_first: bool
+) -> None:
+    """Run ``held`` on a thread until it stops at ``seam``, then ``other`` on another.
+    ``other_ends_first`` (PostgreSQL, where nothing makes it wait): ``other`` must have
+    ended before ``held`` goes on; else (SQLite's one writer, or a lock the held unit
+    holds) it waits meanwhile. Both have ended when this returns."""
+    first = threading.Thread(target=held)
+    seam.thread = first
+    first.start()
+    assert seam.reached.wait(30), "the held unit never reached its seam"
+    second = threading.Thread(target=other)
+    second.start()
+    if other_ends_first:
+        second.join(30)
+        assert not second.is_alive(), "the other unit waited for the held one"
+    seam.go_on.set()
+    first.join(30)
+    second.join(30)
+    assert not first.is_alive() and not second.is_alive()
