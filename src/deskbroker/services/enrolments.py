@@ -162,10 +162,14 @@ def revoke_key(ctx: BrokerContext, key_id: str, scope: str | None, actor: str) -
     (a revoked key may have leaked). Agents enrolled with it keep their credentials."""
     now = datetime.now(UTC)
     with ctx.db.write() as session:
-        # Locked: an enrolment under way (it share-locks the key) is waited for, so what
-        # it leaves waiting is denied below rather than outliving the revocation.
-        row = rows.key(session, key_id, lock=True)
+        row = rows.key(session, key_id)
         if row is None or (scope is not None and row.tenant_id != scope):
+            raise NotFound(f"enrolment key {key_id} does not exist")
+        # Locked (once known to be the caller's): an enrolment under way (it share-locks
+        # the key) is waited for, so what it leaves waiting is denied below rather than
+        # outliving the revocation.
+        row = rows.key(session, key_id, lock=True)
+        if row is None:
             raise NotFound(f"enrolment key {key_id} does not exist")
         if row.revoked_at is not None:
             return

@@ -24,8 +24,11 @@ def key_by_hash(session: Session, key_hash: str) -> EnrolmentKey | None:
 
 
 def key(session: Session, key_id: str, *, lock: bool = False) -> EnrolmentKey | None:
-    """The key; with ``lock``, locked until the unit ends (a revocation)."""
-    return session.get(EnrolmentKey, key_id, with_for_update=lock or None)
+    """The key; with ``lock``, locked until the unit ends (a revocation), with its values
+    as they are once locked."""
+    if not lock:
+        return session.get(EnrolmentKey, key_id)
+    return session.get(EnrolmentKey, key_id, with_for_update=True, populate_existing=True)
 
 
 def deny_waiting(
