@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time as clock
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,6 +84,42 @@ class ConfigView:
     roles: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
     # Each protocol plan's tenant, so a tenant's plans are replaced with its other rows.
     plan_tenants: dict[str, str] = field(default_factory=dict)
+    # Built at the first look (``plans_by_pool``); a new version is a new view.
+    _plans_by_pool: dict[str, tuple[str | None, str | None]] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    def plans_by_pool(self) -> dict[str, tuple[str | None, str | None]]:
+        """(power plan id, release plan id) of each pool some policy entry offers.
+
+        Every agent event of a pooled desktop asks for its pool's plans: looked up in the
+        site's policies one by one, an event's cost grew with every tenant's
+        configuration. Two threads building it at once build the same index."""
+        index = self._plans_by_pool
+        if index is None:
+            index = _plans_index(self.policies.values())
+            self._plans_by_pool = index
+        return index
+
+
+def _plans_index(
+    policies: Iterable[PolicyView],
+) -> dict[str, tuple[str | None, str | None]]:
+    """When several policies offer the same pool, the first by policy name that names a
+    plan wins, and an entry for the pool itself beats one using it as a backup pool."""
+    offers: dict[str, list[tuple[int, str, EntryView]]] = {}
+    for policy in policies:
+        for entry in policy.entries:
+            offers.setdefault(entry.pool_id, []).append((0, policy.name, entry))
+            if entry.backup_pool_id is not None and entry.backup_pool_id != entry.pool_id:
+                offers.setdefault(entry.backup_pool_id, []).append((1, policy.name, entry))
+    index: dict[str, tuple[str | None, str | None]] = {}
+    for pool_id, found in offers.items():
+        found.sort(key=lambda item: (item[0], item[1]))
+        power = next((e.power_plan_id for _, _, e in found if e.power_plan_id), None)
+        release = next((e.release_plan_id for _, _, e in found if e.release_plan_id), None)
+        index[pool_id] = (power, release)
+    return index
 
 
 def rule_from_row(row: dict[str, Any]) -> AssignmentRule:
@@ -274,18 +311,7 @@ class ConfigCache:
         When several policies offer the same pool, the first by policy name that names a
         plan wins, and an entry for the pool itself beats one using it as a backup pool.
         """
-        view = self.current(db)
-        found: list[tuple[int, str, EntryView]] = []
-        for policy in view.policies.values():
-            for entry in policy.entries:
-                if entry.pool_id == pool_id:
-                    found.append((0, policy.name, entry))
-                elif entry.backup_pool_id == pool_id:
-                    found.append((1, policy.name, entry))
-        found.sort(key=lambda item: (item[0], item[1]))
-        power = next((e.power_plan_id for _, _, e in found if e.power_plan_id), None)
-        release = next((e.release_plan_id for _, _, e in found if e.release_plan_id), None)
-        return power, release
+        return self.current(db).plans_by_pool().get(pool_id, (None, None))
 
     def stale(self, db: Database | None = None) -> None:
         """This node changed the configuration (and moved the version): the next look

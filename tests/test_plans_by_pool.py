@@ -1,0 +1,65 @@
+"""Which power and release plan an agent event of a pool's desktop follows: the view's
+index answers what a walk of every policy answered (an entry for the pool itself before
+one naming it as backup, then policies by name, the first that names a plan), and a
+new view, not the old one's index, answers after a change."""
+
+from __future__ import annotations
+
+from deskbroker.domain.offers import AssignmentKind, OfferOrdering
+from deskbroker.services.config_cache import ConfigView, EntryView, PolicyView, merged
+
+
+def _entry(
+    pool: str, *, backup: str | None = None, power: str | None = None, release: str | None = None
+) -> EntryView:
+    return EntryView(
+        pool_id=pool,
+        pool_name=pool,
+        desktops=1,
+        assignment=AssignmentKind.PERSISTENT,
+        ordering=OfferOrdering.RUNNING_FIRST,
+        backup_pool_id=backup,
+        protocol_plan_id=None,
+        power_plan_id=power,
+        release_plan_id=release,
+    )
+
+
+def _view(version: int, *policies: PolicyView) -> ConfigView:
+    return ConfigView(version=version, policies={p.id: p for p in policies})
+
+
+def test_own_entry_before_backup_then_policy_names_each_plan_apart() -> None:
+    view = _view(
+        1,
+        # "a" names the pool only as a backup: it loses to any entry for the pool itself.
+        PolicyView("p1", "a", 1, (_entry("other", backup="pool", power="pw-backup"),), "t"),
+        PolicyView("p2", "c", 1, (_entry("pool", power="pw-c", release="rl-c"),), "t"),
+        # "b" sorts before "c" but names no power plan: "c"'s power plan is kept.
+        PolicyView("p3", "b", 1, (_entry("pool", release="rl-b"),), "t"),
+    )
+    index = view.plans_by_pool()
+    assert index["pool"] == ("pw-c", "rl-b")
+    assert index["other"] == ("pw-backup", None)
+    assert "nowhere" not in index
+
+
+def test_a_backup_fills_what_no_own_entry_names() -> None:
+    view = _view(
+        1,
+        PolicyView("p1", "z", 1, (_entry("other", backup="pool", release="rl-backup"),), "t"),
+        PolicyView("p2", "a", 1, (_entry("pool", power="pw"),), "t"),
+        # A pool named as its own backup counts once, as its own entry.
+        PolicyView("p3", "m", 1, (_entry("self", backup="self", power="pw-self"),), "t"),
+    )
+    assert view.plans_by_pool()["pool"] == ("pw", "rl-backup")
+    assert view.plans_by_pool()["self"] == ("pw-self", None)
+
+
+def test_a_changed_tenant_gets_a_new_index() -> None:
+    old = _view(1, PolicyView("p1", "a", 1, (_entry("pool", power="pw-old"),), "t1"))
+    assert old.plans_by_pool()["pool"] == ("pw-old", None)
+    part = _view(2, PolicyView("p1", "a", 1, (_entry("pool", release="rl-new"),), "t1"))
+    new = merged(old, part, {"t1"})
+    assert new.plans_by_pool()["pool"] == (None, "rl-new")
+    assert old.plans_by_pool()["pool"] == ("pw-old", None)
