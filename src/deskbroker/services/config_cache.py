@@ -88,6 +88,19 @@ class ConfigView:
     _plans_by_pool: dict[str, tuple[str | None, str | None]] | None = field(
         default=None, init=False, repr=False, compare=False
     )
+    _sources_by_id: dict[str, SourceView] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    def source(self, source_id: str) -> SourceView | None:
+        """The enabled identity source of this id, whatever its tenant (an OpenID or
+        second-factor sign-in names its source by id), without a walk of every
+        tenant's sources per sign-in."""
+        index = self._sources_by_id
+        if index is None:
+            index = {s.id: s for ss in self.sources_by_tenant.values() for s in ss}
+            self._sources_by_id = index
+        return index.get(source_id)
 
     def plans_by_pool(self) -> dict[str, tuple[str | None, str | None]]:
         """(power plan id, release plan id) of each pool some policy entry offers.

@@ -180,9 +180,9 @@ class LoginService:
     def driver_by_id(self, source_id: str) -> IdentitySourceDriver:
         """The driver of an enabled identity source, by id."""
         view = self.ctx.cache.current(self.ctx.db)
-        for source in (s for ss in view.sources_by_tenant.values() for s in ss):
-            if source.id == source_id:
-                return self._driver(source, view.version)
+        source = view.source(source_id)
+        if source is not None:
+            return self._driver(source, view.version)
         raise Unauthorized("the identity source of this sign-in was removed or disabled")
 
     def refused(self, tenant_id: str, actor: str, client_address: str | None, reason: str) -> None:
@@ -286,9 +286,7 @@ class LoginService:
 
     def _vouched(self, source_id: str, identity: Identity) -> _Verified:
         view = self.ctx.cache.current(self.ctx.db)
-        source = next(
-            (s for ss in view.sources_by_tenant.values() for s in ss if s.id == source_id), None
-        )
+        source = view.source(source_id)
         if source is None:
             raise Unauthorized("the identity source of this sign-in was removed or disabled")
         with self.ctx.db.read() as session:

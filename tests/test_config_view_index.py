@@ -1,4 +1,7 @@
-"""Which power and release plan an agent event of a pool's desktop follows: the view's
+"""The configuration view's indexes, each answering what a walk of the whole site's
+configuration answered.
+
+Which power and release plan an agent event of a pool's desktop follows: the view's
 index answers what a walk of every policy answered (an entry for the pool itself before
 one naming it as backup, then policies by name, the first that names a plan), and a
 new view, not the old one's index, answers after a change."""
@@ -6,7 +9,13 @@ new view, not the old one's index, answers after a change."""
 from __future__ import annotations
 
 from deskbroker.domain.offers import AssignmentKind, OfferOrdering
-from deskbroker.services.config_cache import ConfigView, EntryView, PolicyView, merged
+from deskbroker.services.config_cache import (
+    ConfigView,
+    EntryView,
+    PolicyView,
+    SourceView,
+    merged,
+)
 
 
 def _entry(
@@ -63,3 +72,20 @@ def test_a_changed_tenant_gets_a_new_index() -> None:
     new = merged(old, part, {"t1"})
     assert new.plans_by_pool()["pool"] == (None, "rl-new")
     assert old.plans_by_pool()["pool"] == ("pw-old", None)
+
+
+def _source(source_id: str, tenant: str) -> SourceView:
+    return SourceView(source_id, tenant, source_id, "local", "", {}, None, ())
+
+
+def test_a_source_by_id_whatever_its_tenant_and_gone_after_a_change() -> None:
+    old = ConfigView(
+        version=1,
+        sources_by_tenant={"t1": [_source("s1", "t1")], "t2": [_source("s2", "t2")]},
+    )
+    assert old.source("s2") == _source("s2", "t2")
+    assert old.source("nope") is None
+    # t2's source disabled (an enabled source only is in a view): the new view lacks it.
+    new = merged(old, ConfigView(version=2), {"t2"})
+    assert new.source("s2") is None
+    assert new.source("s1") == _source("s1", "t1")
