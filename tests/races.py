@@ -36,12 +36,19 @@ class Seam:
 
 
 def while_held(
-    seam: Seam, held: Callable[[], Any], other: Callable[[], Any], *, other_ends_first: bool
+    seam: Seam,
+    held: Callable[[], Any],
+    other: Callable[[], Any],
+    *,
+    other_ends_first: bool,
+    other_waits_s: float = 0.0,
 ) -> None:
     """Run ``held`` on a thread until it stops at ``seam``, then ``other`` on another.
     ``other_ends_first`` (PostgreSQL, where nothing makes it wait): ``other`` must have
     ended before ``held`` goes on; else (SQLite's one writer, or a lock the held unit
-    holds) it waits meanwhile. Both have ended when this returns."""
+    holds) it waits meanwhile. ``other_waits_s``: ``other`` must still be waiting that
+    long after it started (a lock of the held unit's keeps it out). Both have ended
+    when this returns."""
     first = threading.Thread(target=held)
     seam.thread = first
     first.start()
@@ -51,6 +58,9 @@ def while_held(
     if other_ends_first:
         second.join(30)
         assert not second.is_alive(), "the other unit waited for the held one"
+    elif other_waits_s:
+        second.join(other_waits_s)
+        assert second.is_alive(), "the other unit did not wait for the held one"
     seam.go_on.set()
     first.join(30)
     second.join(30)

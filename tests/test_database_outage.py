@@ -27,8 +27,9 @@ from deskbroker.api.errors import DATABASE_BUSY, DATABASE_DOWN, database_outage
 from deskbroker.bootstrap import ensure_defaults
 from deskbroker.config import Settings
 from deskbroker.services.context import BrokerContext
+from deskbroker.services.database_health import DATABASE_CROSSED
 from deskbroker.store.migrate import upgrade
-from tests.conftest import LOOPBACK
+from tests.conftest import LOOPBACK, PG_ADMIN
 from tests.helpers import USER_PASSWORD, Api, wait_until
 from tests.pg_cluster import ThrowawayCluster, throwaway_cluster
 
@@ -173,6 +174,42 @@ def test_a_locked_sqlite_database_is_called_busy(tmp_path: Path) -> None:
         holder.close()
         engine.dispose()
     assert database_outage(caught.value) == DATABASE_BUSY
+
+
+def test_a_unit_postgresql_rolls_back_to_break_a_deadlock_is_told_to_try_again() -> None:
+    """Two units that take two locks in opposite orders: PostgreSQL rolls one back
+    (deadlock detected). Nothing of it was written and the same request goes through
+    again: a 503 with Retry-After in words, not a 500. On the shared server whatever
+    DESKBROKER_TEST_DB says (SQLite's one writer never deadlocks); advisory locks of
+    keys of this run's own, so no table and no other test is touched."""
+    engine = create_engine(PG_ADMIN.replace("postgresql://", "postgresql+psycopg://", 1))
+    keys = [uuid.uuid4().int % 2**62, uuid.uuid4().int % 2**62]
+    take = text("SELECT pg_advisory_xact_lock(:key)")
+    both_hold_one = threading.Barrier(2, timeout=30)
+    failures: list[BaseException] = []
+
+    def cross(first: int, second: int) -> None:
+        try:
+            with engine.begin() as conn:
+                conn.execute(take, {"key": first})
+                both_hold_one.wait()
+                conn.execute(take, {"key": second})
+        except OperationalError as exc:
+            failures.append(exc)
+
+    try:
+        units = [
+            threading.Thread(target=cross, args=order)
+            for order in ((keys[0], keys[1]), (keys[1], keys[0]))
+        ]
+        for unit in units:
+            unit.start()
+        for unit in units:
+            unit.join(60)
+    finally:
+        engine.dispose()
+    [failure] = failures
+    assert database_outage(failure) == DATABASE_CROSSED
 
 
 def test_a_database_that_is_not_there_is_an_outage(tmp_path: Path) -> None:

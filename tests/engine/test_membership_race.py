@@ -10,7 +10,8 @@ pools. On SQLite the one writer serialises them; the tests hold there too."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -20,6 +21,7 @@ from deskbroker.store import membership
 from deskbroker.store.tables import Center, Desktop, PoolMember
 from tests.engine.test_pool_guard_race import PausedAfterGuard
 from tests.helpers import Api
+from tests.races import Seam, while_held
 
 
 @pytest.fixture
@@ -135,12 +137,104 @@ def test_a_built_desktops_placement_keeps_its_place_in_a_pool_made_meanwhile(
         )
     )
     pool.start()
-    if api.ctx.db.is_postgres:
-        # The new pool and its members commit while the placement is between its reads.
-        pool.join(30)
-        assert not pool.is_alive()
+    # The new pool waits for the placement (the tenant's membership is held on
+    # PostgreSQL, the one writer on SQLite): its own refresh then sees the placement.
+    pool.join(1)
+    assert pool.is_alive()
     paused.go_on.set()
     placing.join(30)
     pool.join(30)
     assert not placing.is_alive() and not pool.is_alive()
     assert _members(api.ctx, made["id"]) == {"lab-000", "lab-001"}
+
+
+def _tenant_and_pool(api: Api) -> tuple[str, dict[str, str]]:
+    ids = api.seed_pool(2)
+    with api.ctx.db.read() as session:
+        tenant = session.scalars(select(Center.tenant_id).where(Center.id == ids["center"])).one()
+    return tenant, ids
+
+
+def test_an_administrators_pool_change_is_not_undone_by_a_refresh_that_read_before_it(
+    api: Api, other_broker: BrokerContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scan's refresh that read the pools before an administrator narrowed one to a
+    list of desktops, and wrote after the change committed, wrote the old definition's
+    places back (on PostgreSQL): the change seemed not to take until the next scan. The
+    change now waits for the refresh, and its own refresh reads what the scan wrote."""
+    tenant, ids = _tenant_and_pool(api)
+    with api.ctx.db.read() as session:
+        first = session.scalars(select(Desktop.id).where(Desktop.name == "lab-000")).one()
+    seam = Seam()
+    real = membership.guard
+
+    def guard(*args: Any) -> membership.Guard:
+        fence = real(*args)
+        seam.stop()
+        return fence
+
+    monkeypatch.setattr(membership, "guard", guard)
+
+    def scan_on_the_other_broker() -> None:
+        with other_broker.db.write() as session:
+            membership.refresh(session, tenant)
+
+    def narrow() -> None:
+        api.patch(f"pools/{ids['pool']}", {"center_ids": [], "desktop_ids": [first]})
+
+    while_held(seam, scan_on_the_other_broker, narrow, other_ends_first=False, other_waits_s=1)
+    assert _members(api.ctx, ids["pool"]) == {"lab-000"}
+
+
+def test_two_refreshes_placing_one_new_desktop_both_commit(
+    api: Api, other_broker: BrokerContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two refreshes of one tenant that both found a new desktop of a pool's center
+    without its place: on PostgreSQL both inserted it, and the later unit failed on the
+    duplicate (a scan's record lost, or an administrator's write answered 500). The
+    later one now reads the places after the first committed and has nothing to add."""
+    tenant, ids = _tenant_and_pool(api)
+    with api.ctx.db.write() as session:
+        # A machine known to the broker without its place yet (as a listing records it
+        # before the scan's refresh).
+        session.add(
+            Desktop(
+                tenant_id=tenant,
+                center_id=ids["center"],
+                external_id="lab-extra",
+                name="lab-extra",
+                power_state="running",
+                availability="available",
+            )
+        )
+    seam = Seam()
+    real = membership._judged
+
+    def judged(*args: Any) -> set[str]:
+        # The places are read; the inserts come next.
+        found = real(*args)
+        seam.stop()
+        return found
+
+    monkeypatch.setattr(membership, "_judged", judged)
+    failed: list[BaseException] = []
+
+    def refresh_on(ctx: BrokerContext) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                with ctx.db.write() as session:
+                    membership.refresh(session, tenant)
+            except Exception as exc:  # the assertion below names it
+                failed.append(exc)
+
+        return run
+
+    while_held(
+        seam,
+        refresh_on(other_broker),
+        refresh_on(api.ctx),
+        other_ends_first=False,
+        other_waits_s=1,
+    )
+    assert failed == []
+    assert _members(api.ctx, ids["pool"]) == {"lab-000", "lab-001", "lab-extra"}

@@ -35,6 +35,11 @@ def hand_over(unit: leases.Unit, built: Sequence[tuple[TaskRow, MachineInfo | No
     status, membership and waiting users, a statement each for the whole batch."""
     if not built:
         return
+    # Before the desktops' rows are written: an administrator's change of one of them,
+    # holding a tenant's membership, would wait for this unit while it waited for the
+    # membership (``membership.hold``). In one order, so two hand-overs cannot cross.
+    for tenant_id in sorted({task.tenant_id for task, _, _ in built}):
+        membership.hold(unit, tenant_id)
     with_machine: list[dict[str, Any]] = []
     bare: list[dict[str, Any]] = []
     happened: list[dict[str, Any]] = []

@@ -18,7 +18,7 @@ from deskbroker.errors import Forbidden, InvalidInput
 from deskbroker.security import TokenClaims
 from deskbroker.services import write_context
 from deskbroker.services.context import BrokerContext
-from deskbroker.store import events
+from deskbroker.store import events, membership
 from deskbroker.store.db import Unit
 from deskbroker.store.repository import Repository, bump_config_version
 from deskbroker.store.tables import Tenant
@@ -52,6 +52,9 @@ class Resource(Generic[M]):
     # Reaches the users of an assignment rule (a policy, pool, center, plan): the
     # stronger-account rule applies to its changes.
     reaches_users: bool = False
+    # Its writes refresh pool membership (a pool, center or desktop): the tenant's
+    # membership is held first (``store/membership.hold`` says why first).
+    holds_membership: bool = False
 
 
 def scope(who: TokenClaims) -> str | None:
@@ -206,6 +209,8 @@ class Catalog(Generic[M]):
         """``create`` inside the caller's unit (whose ``session.info`` carries the actor):
         a new row in ``tenant``, checked by the resource's hooks and audited."""
         resource = self.resource
+        if resource.holds_membership and tenant is not None:
+            membership.hold(session, tenant)
         if resource.prepare:
             data = resource.prepare(session, ctx, tenant or "", data, None)
         reject_nulls(resource.model, data)
@@ -241,6 +246,8 @@ class Catalog(Generic[M]):
     ) -> None:
         """``update`` of a row already read, inside the caller's unit."""
         resource = self.resource
+        if resource.holds_membership:
+            membership.hold(session, obj.tenant_id)
         if self._reach is not None:
             self._reach(session, obj, resource.label, "change")
         if resource.prepare:
@@ -265,6 +272,8 @@ class Catalog(Generic[M]):
 
     def delete_in(self, session: Unit, who: TokenClaims, obj: Any) -> None:
         """``delete`` of a row already read, inside the caller's unit."""
+        if self.resource.holds_membership:
+            membership.hold(session, obj.tenant_id)
         if self._reach is not None:
             self._reach(session, obj, self.resource.label, "delete")
         if self.resource.before_delete:

@@ -15,7 +15,16 @@ DATABASE_BUSY = (
     "The database is busy with other changes and this request waited too long for its "
     "turn, so nothing was changed. Try again in {wait} seconds."
 )
-_WORDS = {Outage.DOWN: DATABASE_DOWN, Outage.BUSY: DATABASE_BUSY}
+DATABASE_CROSSED = (
+    "This request and another changed the same things at once, and the database stopped "
+    "this one so that the other could finish; nothing of it was changed. Try again in "
+    "{wait} seconds."
+)
+_WORDS = {
+    Outage.DOWN: DATABASE_DOWN,
+    Outage.BUSY: DATABASE_BUSY,
+    Outage.CROSSED: DATABASE_CROSSED,
+}
 
 
 def database_outage(exc: BaseException) -> str | None:
@@ -34,4 +43,11 @@ def schema_revision(db: Database) -> str | None:
     return migrate.current_revision(db)
 
 
-__all__ = ["DATABASE_BUSY", "DATABASE_DOWN", "OUTAGE_TYPES", "database_outage", "schema_revision"]
+__all__ = [
+    "DATABASE_BUSY",
+    "DATABASE_CROSSED",
+    "DATABASE_DOWN",
+    "OUTAGE_TYPES",
+    "database_outage",
+    "schema_revision",
+]

@@ -30,7 +30,7 @@ from deskbroker.services import standing, write_context
 from deskbroker.services.catalog_crud import audit_event
 from deskbroker.services.context import BrokerContext
 from deskbroker.services.queues import refresh_pools
-from deskbroker.store import desktop_rows, jobs, removals
+from deskbroker.store import desktop_rows, jobs, membership, removals
 from deskbroker.store.db import Unit
 from deskbroker.store.jobs import JobKind
 from deskbroker.store.repository import Repository
@@ -67,6 +67,8 @@ def delete_desktop(
     with ctx.db.write() as session:
         write_context.attach_actor(session, ctx, who)
         desktop = _DESKTOPS.get(session, desktop_id, tenant_scope)
+        # The delete refreshes the tenant's pools: held before the row is locked.
+        membership.hold(session, desktop.tenant_id)
         # Locked (within the caller's tenant: another tenant's desktop is not found above)
         # before it is judged: a claim (or a queue's serving) that committed between a
         # plain read and the writes below would have its user's desktop marked for

@@ -17,7 +17,7 @@ from deskbroker.protocols.descriptors import DEFAULT_PORTS
 from deskbroker.services import quotas
 from deskbroker.services.context import BrokerContext
 from deskbroker.services.queues import refresh_pools
-from deskbroker.store import desktop_sync, events, images
+from deskbroker.store import desktop_sync, events, images, membership
 from deskbroker.store.db import Unit
 from deskbroker.store.repository import Repository
 from deskbroker.store.tables import Center, Desktop, utcnow
@@ -162,6 +162,10 @@ def scan_center(
     driver = (driver_of or (lambda c: open_center(ctx, c)))(center)
     listing = look(driver, center, full=full)
     with ctx.db.write() as session:
+        # First: the record may refresh the tenant's pools, and an administrator's edit
+        # of this center holds them before it waits for the center's row
+        # (``membership.hold``).
+        membership.hold(session, center.tenant_id)
         # FOR NO KEY UPDATE, not FOR UPDATE: scans of one center and its edits still take
         # turns, but a build inserting a desktop of this center (its foreign key takes a
         # KEY SHARE lock of the center's row) is not blocked. Provisioning holds the

@@ -165,6 +165,7 @@ CENTERS: Resource[Center] = Resource(
     to_read=_center_out,
     before_delete=_center_in_use,
     reaches_users=True,
+    holds_membership=True,
 )
 
 IMAGES: Resource[Image] = Resource(model=Image, label="image", affects_config=False)
@@ -247,6 +248,7 @@ DESKTOPS: Resource[Desktop] = Resource(
     before_delete=_desktop_delete,
     affects_config=False,
     reaches_users=True,
+    holds_membership=True,
 )
 
 

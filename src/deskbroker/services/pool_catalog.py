@@ -45,6 +45,7 @@ def pools_resource(own_parameters: Collection[str]) -> Resource[Pool]:
         after_write=_pool_after,
         before_delete=_pool_going,
         reaches_users=True,
+        holds_membership=True,
     )
 
 

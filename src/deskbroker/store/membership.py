@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, insert, or_, select
+from sqlalchemy import Connection, bindparam, delete, func, insert, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -222,8 +223,43 @@ def breached(session: Session, tenant_id: str) -> bool:
     return found is not None
 
 
+# Where ``hold`` notes, per tenant, the transaction (or savepoint) that took the lock.
+_HELD = "deskbroker.membership_held"
+
+
+def hold(session: leases.Unit, tenant_id: str) -> None:
+    """On PostgreSQL, one unit at a time recomputes or changes a tenant's membership,
+    until it commits: a transaction-scoped advisory lock (SQLite's one writer already
+    orders them).
+
+    Each statement of a unit sees what had committed when it began: two refreshes at
+    once each judged the pools and desktops as they were before the other's commit, so
+    the later one undid what the earlier one (an administrator's pool or desktop change)
+    wrote, until the next refresh, and both inserting one new place failed the later
+    unit on the duplicate. A unit that will refresh must take this before it locks or
+    deletes a desktop or pool row, or changes a unique column of one (a pool's name):
+    a refresh holding the lock waits for such a row as it inserts a place that refers
+    to it, and the row's holder waiting for the lock would deadlock with it."""
+    bind = session if isinstance(session, Connection) else session.get_bind()
+    if bind.dialect.name != "postgresql":
+        return
+    held: dict[str, object] | None = None
+    within: object = None
+    if isinstance(session, Session):
+        # Once per transaction: a savepoint rolled back lets go of what it took.
+        within = session.get_nested_transaction() or session.get_transaction()
+        held = session.info.setdefault(_HELD, {})
+        if held.get(tenant_id) is within:
+            return
+    digest = hashlib.blake2b(f"membership:{tenant_id}".encode(), digest_size=8).digest()
+    session.execute(select(func.pg_advisory_xact_lock(int.from_bytes(digest, "big", signed=True))))
+    if held is not None:
+        held[tenant_id] = within
+
+
 def refresh(session: Session, tenant_id: str) -> dict[str, set[str]]:
     """Recompute every pool of a tenant; returns pool id -> the desktops that joined."""
+    hold(session, tenant_id)
     # Before anything the guard reads (``guard_changed`` says why).
     _watch(session, tenant_id)
     pools = session.scalars(select(Pool).where(Pool.tenant_id == tenant_id)).all()
@@ -328,6 +364,7 @@ def refresh_desktops(session: leases.Unit, tenant_id: str, desktop_ids: list[str
     what newly built desktops need, at a cost that does not grow with the pool. Core
     statements (in a session or on a bare connection): this runs for every batch of
     builds that finishes."""
+    hold(session, tenant_id)
     # Before the pools: a pool written meanwhile moves the version too.
     _watch(session, tenant_id)
     pools = session.execute(_TENANT_POOLS, {"b_tenant": tenant_id}).all()

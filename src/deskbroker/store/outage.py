@@ -30,6 +30,14 @@ class Outage(enum.Enum):
 
     DOWN = "down"  # unreachable, restarting, the connection lost, the pool exhausted
     BUSY = "busy"  # SQLite locked past its busy timeout by other writers
+    # PostgreSQL rolled the unit back to break a deadlock with another (or a
+    # serialization failure): nothing of it was written, and the same request again
+    # goes through once the other has committed.
+    CROSSED = "crossed"
+
+
+# SQLSTATE class 40, "transaction rollback": 40P01 deadlock, 40001 serialization.
+_ROLLED_BACK = "40"
 
 
 def classify(exc: BaseException) -> Outage | None:
@@ -41,6 +49,10 @@ def classify(exc: BaseException) -> Outage | None:
             return None
         if isinstance(seen, OperationalError) and "database is locked" in str(seen.orig):
             return Outage.BUSY
+        if isinstance(seen, OperationalError) and str(
+            getattr(seen.orig, "sqlstate", "") or ""
+        ).startswith(_ROLLED_BACK):
+            return Outage.CROSSED
         if isinstance(seen, OUTAGE_TYPES):
             return Outage.DOWN
         if isinstance(seen, DBAPIError) and seen.connection_invalidated:
