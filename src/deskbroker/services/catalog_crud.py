@@ -52,8 +52,9 @@ class Resource(Generic[M]):
     # Reaches the users of an assignment rule (a policy, pool, center, plan): the
     # stronger-account rule applies to its changes.
     reaches_users: bool = False
-    # Its writes refresh pool membership (a pool, center or desktop): the tenant's
-    # membership is held first (``store/membership.hold`` says why first).
+    # Its writes may refresh pool membership (a pool, center or desktop; a policy, rule
+    # or user when a guarded pool's offer changes): the tenant's membership is held
+    # first (``store/membership.hold`` says why first).
     holds_membership: bool = False
 
 

@@ -164,6 +164,7 @@ ASSIGNMENT_RULES: Resource[Any] = Resource(
     prepare=prepare_rule,
     after_write=offers_changed,
     before_delete=rule_in_use,
+    holds_membership=True,
 )
 
 
@@ -251,6 +252,7 @@ USERS: Resource[Any] = Resource(
     after_write=offers_changed,
     to_read=user_out,
     before_delete=user_in_use,
+    holds_membership=True,
 )
 
 

@@ -101,4 +101,5 @@ POLICIES: Resource[Policy] = Resource(
     to_read=_policy_out,
     before_delete=_policy_in_use,
     reaches_users=True,
+    holds_membership=True,
 )
