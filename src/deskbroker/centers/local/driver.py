@@ -402,7 +402,10 @@ class LocalCenter(CenterDriver):
         session_pid, session_start = state.get("session") or (0, 0)
         xvnc_pid, xvnc_start = state.get("xvnc") or (0, 0)
         processes.stop(session_pid, session_start, group=True)
-        processes.stop(xvnc_pid, xvnc_start, group=False)
+        # Xvnc's group too: at start it forks ``sh -c xkbcomp``, which inherits its
+        # listening socket and X socket. An Xvnc killed meanwhile leaves that helper
+        # holding the VNC port for a while, and the next start found it "taken".
+        processes.stop(xvnc_pid, xvnc_start, group=True)
         self._path(state["id"], ".passwd").unlink(missing_ok=True)
 
     # --- destroying -------------------------------------------------------------------

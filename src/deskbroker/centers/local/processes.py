@@ -155,6 +155,23 @@ def alive(pid: int) -> bool:
     return fields is not None and fields[0] not in ("Z", "X")
 
 
+def _ended(pid: int, start: int) -> bool:
+    """Whether the process that started at ``start`` under ``pid`` has ended: its pid is
+    free, or held by its own zombie (one an init that does not reap leaves for good).
+    Either way no other process leads group ``pid``."""
+    fields = _stat_fields(pid)
+    return fields is None or (int(fields[19]) == start and fields[0] in ("Z", "X"))
+
+
+def _group_lives(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` still runs; a zombie has let go of all it held."""
+    for entry in Path("/proc").iterdir():
+        fields = _stat_fields(int(entry.name)) if entry.name.isdigit() else None
+        if fields is not None and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
 def state(pid: int, start: int) -> str:
     """``running``, ``paused`` (stopped by a signal) or ``gone`` for the process that
     started at ``start`` under ``pid``."""
@@ -178,7 +195,7 @@ def signal_group(pid: int, start: int, signum: int) -> None:
     if pid <= 0:
         return
     leader = state(pid, start)
-    if leader == "gone" and started_at(pid) is not None:
+    if leader == "gone" and not _ended(pid, start):
         return  # the pid is someone else's now
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signum)
@@ -204,8 +221,13 @@ def stop(pid: int, start: int, *, group: bool, grace_s: float = 5.0) -> None:
             send(pid, start, signal.SIGKILL)
             deadline = time.monotonic() + grace_s
         time.sleep(0.02)
-    if group and started_at(pid) is None:
-        # Members that outlived their leader (a shell's children) go too; the group id
-        # is no new process's while no process has that pid.
+    if group and _ended(pid, start):
+        # Members that outlived their leader (a shell's children, Xvnc's keymap compiler)
+        # go too; the group id is no new process's while no process has that pid. They
+        # may hold what the leader held (Xvnc's helper inherits its listening socket):
+        # wait until they have ended, as SIGKILL only asks, so the port is free on return.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)
+        deadline = time.monotonic() + grace_s
+        while _group_lives(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
