@@ -73,13 +73,17 @@ def bare_username(name: str) -> str:
     return name.rsplit("\\", 1)[-1].split("@", 1)[0].strip().lower()
 
 
-def _user_id(session: Session, desktop: Desktop, username: str) -> str | None:
+def _user_id(
+    session: Session, desktop: Desktop, holder_name: str | None, username: str
+) -> str | None:
     """The broker user behind a desktop account, when that is unambiguous."""
     bare = bare_username(username)
-    if desktop.assigned_user_id is not None:
-        holder = rows.user_named(session, desktop.assigned_user_id)
-        if holder is not None and bare_username(holder.username) == bare:
-            return holder.id
+    if (
+        desktop.assigned_user_id is not None
+        and holder_name is not None
+        and bare_username(holder_name) == bare
+    ):
+        return desktop.assigned_user_id
     found = rows.users_named(session, desktop.tenant_id, {username.lower(), bare})
     return found[0] if len(found) == 1 else None
 
@@ -346,13 +350,14 @@ def record(
     # Warm the per-node config cache outside the write transaction.
     ctx.cache.current(ctx.db)
     with ctx.db.write() as session:
-        desktop = rows.lock_desktop(session, desktop_id)
+        locked = rows.lock_desktop_for_event(session, desktop_id)
         if agent is not None:
             check_agent_token(
-                agent, (desktop.tenant_id, desktop.agent_token_id) if desktop else None
+                agent, (locked[0].tenant_id, locked[0].agent_token_id) if locked else None
             )
-        if desktop is None:
+        if locked is None:
             raise NotFound(f"desktop {desktop_id} does not exist")
+        desktop, holder_name = locked
         # Any report shows the agent alive.
         running = transition(
             AGENT_TRANSITIONS, AgentState(desktop.agent_state), AgentState.RUNNING
@@ -397,7 +402,7 @@ def record(
             row = SessionRow(
                 tenant_id=desktop.tenant_id,
                 desktop_id=desktop.id,
-                user_id=_user_id(session, desktop, user),
+                user_id=_user_id(session, desktop, holder_name, user),
                 username=user,
                 session_key=session_key or "",
                 state=target.value,

@@ -38,6 +38,30 @@ def user_named(session: Session, user_id: str) -> User | None:
     return session.get(User, user_id)
 
 
+# The holder's name, read in the statement that locks the desktop: an agent's login of
+# the holder (nearly every login) needs it and costs no statement of its own. After a
+# wait for the lock PostgreSQL reads it for the holder the row has now, with the
+# statement's older snapshot of ``users``: a holder made since reads as no name, and
+# the caller looks the name up as it does for anyone else.
+_HOLDER_NAME = (
+    select(User.username)
+    .where(User.id == Desktop.assigned_user_id)
+    .correlate(Desktop)
+    .scalar_subquery()
+)
+_LOCK_FOR_EVENT = (
+    select(Desktop, _HOLDER_NAME)
+    .where(Desktop.id == bindparam("desktop_id"))
+    .with_for_update(of=Desktop)
+)
+
+
+def lock_desktop_for_event(session: Session, desktop_id: str) -> tuple[Desktop, str | None] | None:
+    """``lock_desktop`` and the name of the desktop's holder (None when it has none)."""
+    found = session.execute(_LOCK_FOR_EVENT, {"desktop_id": desktop_id}).first()
+    return None if found is None else (found[0], found[1])
+
+
 def users_named(session: Session, tenant_id: str, names: Iterable[str]) -> Sequence[str]:
     """Ids of the tenant's users whose name (folded) is one of ``names``; at most two."""
     return session.scalars(
