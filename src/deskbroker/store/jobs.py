@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from sqlalchemy import delete, select, tuple_, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from deskbroker.store.tables import Center, Job, Pool, utcnow
@@ -41,8 +43,18 @@ class Intervals:
     webhook_setters_s: float = 900.0
 
 
-def ensure_jobs(session: Session, intervals: Intervals) -> int:
-    """Create the jobs every center and pool needs and drop those of deleted ones."""
+def _existing(session: Session) -> dict[tuple[str, str], tuple[str, float]]:
+    """Every job, by kind and target: its id and interval."""
+    return {
+        (kind, target): (job_id, interval)
+        for job_id, kind, target, interval in session.execute(
+            select(Job.id, Job.kind, Job.target_id, Job.interval_s)
+        ).all()
+    }
+
+
+def _wanted(session: Session, intervals: Intervals) -> dict[tuple[str, str], float]:
+    """The jobs the centers and pools need, with their intervals."""
     wanted: dict[tuple[str, str], float] = {
         (JobKind.RETENTION.value, ""): intervals.retention_s,
         (JobKind.AGENT_WATCH.value, ""): intervals.agent_watch_s,
@@ -58,27 +70,47 @@ def ensure_jobs(session: Session, intervals: Intervals) -> int:
         wanted[(JobKind.POOL_STATS.value, pool_id)] = intervals.stats_s
         # Rollouts, scheduled refreshes and reverts on release: cheap when there are none.
         wanted[(JobKind.POOL_ROLLOUT.value, pool_id)] = intervals.provision_s
-    existing = {
-        (kind, target): (job_id, interval)
-        for job_id, kind, target, interval in session.execute(
-            select(Job.id, Job.kind, Job.target_id, Job.interval_s)
-        ).all()
-    }
+    return wanted
+
+
+def ensure_jobs(session: Session, intervals: Intervals) -> int:
+    """Create the jobs every center and pool needs and drop those of deleted ones;
+    returns how many this unit made.
+
+    Every engine of a cluster runs it, and on PostgreSQL each statement sees what had
+    committed when it began. The jobs are read before the centers and pools: a job is
+    made with or after its target, so a job whose target the later read misses is one
+    of a deleted target. Read the other way round, a pool made after the pools were
+    read, whose jobs another engine made before the jobs were read, lost them as stale.
+    Two engines may both find a job missing: the later insert skips it rather than
+    failing the unit on the duplicate."""
+    existing = _existing(session)
+    wanted = _wanted(session, intervals)
     stale = [key for key in existing if key not in wanted]
     if stale:
         session.execute(delete(Job).where(tuple_(Job.kind, Job.target_id).in_(stale)))
-    created = 0
     now = utcnow()
+    missing = [
+        {"kind": kind, "target_id": target, "interval_s": interval, "next_run_at": now}
+        for (kind, target), interval in wanted.items()
+        if (kind, target) not in existing
+    ]
+    created = 0
+    if missing:
+        dialect = session.get_bind().dialect.name
+        ins = (pg_insert if dialect == "postgresql" else sqlite_insert)(Job)
+        skip_made = ins.on_conflict_do_nothing(index_elements=[Job.kind, Job.target_id])
+        created = len(session.execute(skip_made.returning(Job.id), missing).all())
     for key, interval in wanted.items():
         found = existing.get(key)
-        if found is None:
-            session.add(Job(kind=key[0], target_id=key[1], interval_s=interval, next_run_at=now))
-            created += 1
-        elif found[1] != interval:
-            job = session.get(Job, found[0])
-            if job is not None:
-                job.interval_s = interval
-    session.flush()
+        if found is not None and found[1] != interval:
+            # By id, unread: a job another engine deleted meanwhile matches no row.
+            session.execute(
+                update(Job)
+                .where(Job.id == found[0])
+                .values(interval_s=interval)
+                .execution_options(synchronize_session=False)
+            )
     return created
 
 
