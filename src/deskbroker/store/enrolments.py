@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -98,8 +99,24 @@ def pending(session: Session, pending_id: str) -> PendingEnrolment | None:
     ).first()
 
 
+def _waiting_lock(session: Session, tenant_id: str) -> None:
+    # Without it two enrolments each counted below the cap (neither sees the other's
+    # uncommitted row) and both added theirs. A transaction-scoped advisory lock, not the
+    # tenant's row: nothing else waits on it. It is taken last, after the key's share
+    # lock and the desktop's lock, and its holder then only counts and inserts: it waits
+    # for nothing a revocation (which never takes it) or another enrolment holds.
+    # SQLite's single writer already orders enrolments.
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    digest = hashlib.blake2b(f"enrol-waiting:{tenant_id}".encode(), digest_size=8).digest()
+    session.execute(select(func.pg_advisory_xact_lock(int.from_bytes(digest, "big", signed=True))))
+
+
 def waiting_count(session: Session, tenant_id: str, now: datetime) -> int:
-    """Enrolments of the tenant still waiting for an administrator."""
+    """Enrolments of the tenant still waiting for an administrator, counted by one
+    enrolment of the tenant at a time: on PostgreSQL the count is held until the unit
+    ends, so one that adds a waiting enrolment commits it before the next counts."""
+    _waiting_lock(session, tenant_id)
     return int(
         session.scalar(
             select(func.count())
