@@ -126,13 +126,20 @@ def poke(session: Session, kind: JobKind, target_id: str) -> None:
 
 def request_scan(session: Session, center_id: str, interval_s: float) -> Job:
     """Have the center's scan job run at the next tick (made now if the engine has not
-    made it yet): how an admin's "scan now" is answered without scanning in the request."""
-    job = session.scalars(
-        select(Job).where(Job.kind == JobKind.SCAN_CENTER.value, Job.target_id == center_id)
-    ).first()
-    if job is None:
-        job = Job(kind=JobKind.SCAN_CENTER.value, target_id=center_id, interval_s=interval_s)
-        session.add(job)
-    job.next_run_at = utcnow()
-    session.flush()
+    made it yet): how an admin's "scan now" is answered without scanning in the request.
+
+    One upsert: read first, the job an engine's ``ensure_jobs`` made in between failed
+    the insert (and the administrator's request) on the duplicate."""
+    now = utcnow()
+    dialect = session.get_bind().dialect.name
+    made = (pg_insert if dialect == "postgresql" else sqlite_insert)(Job).values(
+        kind=JobKind.SCAN_CENTER.value, target_id=center_id, interval_s=interval_s, next_run_at=now
+    )
+    job_id = session.execute(
+        made.on_conflict_do_update(
+            index_elements=[Job.kind, Job.target_id], set_={"next_run_at": now}
+        ).returning(Job.id)
+    ).scalar_one()
+    job = session.get(Job, job_id, populate_existing=True)
+    assert job is not None  # written by this unit's statement just now
     return job
