@@ -10,7 +10,11 @@ directly), the benchmark times:
 - ``full_load_ms``: the cache loaded from nothing (a node's first login);
 - ``after_write_ms_p50`` / ``_max``: the reload after one tenant's administrator renamed
   one of its pools through the admin API (``--writes`` times, each a different tenant),
-  which is what every broker's next login or connect pays after any tenant's write.
+  which is what every broker's next login or connect pays after any tenant's write;
+- ``plans_lookup_us``: the mean time to find one pool's power and release plans
+  (``ConfigCache.plans_for_pool``, what every agent event of a pooled desktop asks), over
+  every pool, and ``plans_first_lookup_ms`` the first look after a reload (which builds
+  the view's index).
 
 Usage::
 
@@ -144,6 +148,14 @@ def main() -> int:
                     raise SystemExit("the reloaded cache does not hold the change")
             with ctx.db.read() as session:
                 assert session.scalar(select(Pool.name).where(Pool.id == tenants[0][1][0]))
+            every_pool = [pool_id for _, pool_ids in tenants for pool_id in pool_ids]
+            started = time.perf_counter()
+            ctx.cache.plans_for_pool(ctx.db, every_pool[0])
+            first_lookup_ms = (time.perf_counter() - started) * 1000
+            started = time.perf_counter()
+            for pool_id in every_pool:
+                ctx.cache.plans_for_pool(ctx.db, pool_id)
+            lookup_us = (time.perf_counter() - started) * 1e6 / len(every_pool)
 
     emit(
         {
@@ -153,6 +165,8 @@ def main() -> int:
             "full_load_ms": round(full_ms, 1),
             "after_write_ms_p50": round(statistics.median(after), 2),
             "after_write_ms_max": round(max(after), 2),
+            "plans_first_lookup_ms": round(first_lookup_ms, 2),
+            "plans_lookup_us": round(lookup_us, 2),
         },
         args.json,
         "Config reload after one tenant's write",
