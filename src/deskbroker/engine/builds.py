@@ -51,7 +51,7 @@ from deskbroker.outbound import OutboundRefused
 from deskbroker.services import agents
 from deskbroker.services.agents import ENROL_KEY
 from deskbroker.services.context import BrokerContext
-from deskbroker.store import build_steps, events, leases
+from deskbroker.store import build_steps, events, leases, membership
 from deskbroker.store.db import Unit
 from deskbroker.store.leases import LeaseLost
 from deskbroker.store.tables import Center, Desktop, utcnow
@@ -155,10 +155,12 @@ class TaskStep:
         *,
         delay_s: float | None = None,
         also: Callable[[Unit], None] | None = None,
+        holds: str | None = None,
         **values: Any,
     ) -> None:
         """Persist the outcome of this step (and ``also`` in the same transaction), and
-        let go of the lease."""
+        let go of the lease. ``holds``: the tenant whose pool membership ``also``
+        changes, held before the task's row is locked (``membership.hold``)."""
         if delay_s is None:
             delay_s = self.ctx.settings.provision_poll_s
         now = utcnow()
@@ -166,6 +168,8 @@ class TaskStep:
             values["state"] = self._moved(state)
             values["step_started_at"] = now
         with self.ctx.db.write() as session:
+            if holds is not None:
+                membership.hold(session, holds)
             # The fence first: a step whose lease passed to another node writes nothing.
             leases.release_held(
                 session,
@@ -465,6 +469,7 @@ class TaskStep:
         self._save(
             S.READY,
             delay_s=0,
+            holds=task.tenant_id,
             also=lambda session: hand_over(session, [(task, machine, address)]),
         )
         if self.watcher is not None and task.external_id:

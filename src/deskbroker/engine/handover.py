@@ -107,7 +107,12 @@ class Refill:
 
 
 def finish_and_refill(
-    ctx: BrokerContext, watcher: BuildWatcher, center_id: str, refill: Refill | None
+    ctx: BrokerContext,
+    watcher: BuildWatcher,
+    center_id: str,
+    refill: Refill | None,
+    *,
+    tenant_id: str,
 ) -> tuple[int, list[TaskRow]]:
     """In one transaction, the builds of a center its watcher saw finish, and the builds
     to start in the slots they leave (``refill``). The running ones (with no address to
@@ -126,6 +131,11 @@ def finish_and_refill(
     matched: set[str] = set()
     with ctx.db.connect_write() as conn:
         if finished:
+            # Before the tasks' rows are locked: an administrator's delete of a pool holds
+            # the tenant's membership, then cancels the pool's builds (their rows); the
+            # hand-over that follows needs the membership (``membership.hold``). A
+            # center's builds are all of its tenant.
+            membership.hold(conn, tenant_id)
             for row, lease_expires_at in store.watched(conn, center_id, list(finished)):
                 leased = lease_expires_at is not None and aware(lease_expires_at) >= now
                 machine = finished[row.external_id or ""]

@@ -357,7 +357,9 @@ class Engine:
         if work.requested and room > 0 and (work.in_flight < limit or watcher.finished()):
             refill = Refill(limit, room, self.owner, now, self.ttl_s)
         try:
-            ready, claimed = handover.finish_and_refill(self.ctx, watcher, center.id, refill)
+            ready, claimed = handover.finish_and_refill(
+                self.ctx, watcher, center.id, refill, tenant_id=center.tenant_id
+            )
         except Exception:
             log.exception("handing over or starting builds on %s failed", center.name)
             return 0
