@@ -2,14 +2,17 @@
 runs: how the suite shows a read-then-write race on PostgreSQL, where each statement of
 a unit sees what had committed when it began (SQLite's one writer serialises the two).
 
-The store function at the seam is patched to call ``Seam.stop`` there; ``while_held``
-runs the held unit until it stops, then the other, then lets the held one go on."""
+The store function at the seam is patched to call ``Seam.stop`` there (``Seam.after``
+stops just after it returns); ``while_held`` runs the held unit until it stops, then
+the other, then lets the held one go on."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
 from typing import Any
+
+import pytest
 
 
 class Seam:
@@ -24,6 +27,17 @@ class Seam:
         self.thread: threading.Thread | None = None
         self._calls = 0
         self._lock = threading.Lock()
+
+    def after(self, monkeypatch: pytest.MonkeyPatch, owner: Any, name: str) -> None:
+        """Stop here just after ``owner.name`` returns (patched for the test's length)."""
+        real = getattr(owner, name)
+
+        def stopping(*args: Any, **kwargs: Any) -> Any:
+            found = real(*args, **kwargs)
+            self.stop()
+            return found
+
+        monkeypatch.setattr(owner, name, stopping)
 
     def stop(self) -> None:
         with self._lock:

@@ -52,13 +52,7 @@ def test_a_desktop_deleted_while_a_user_claims_it_is_never_taken_from_the_user(
     # Just after the delete read the desktop (the app runs the route on a thread of its
     # own; the delete is the only caller here).
     seam = Seam(first_only=True)
-    real = desktop_removal.standing.check_reach
-
-    def check_reach(*args: Any) -> None:
-        real(*args)
-        seam.stop()
-
-    monkeypatch.setattr(desktop_removal.standing, "check_reach", check_reach)
+    seam.after(monkeypatch, desktop_removal.standing, "check_reach")
     deleting, answer = _delete_while_user0_signs_in(api, seam, f"desktops/{desktop['id']}")
 
     offers = answer.json()["offers"]
@@ -105,14 +99,7 @@ def test_a_center_deleted_while_a_user_claims_its_desktop_never_takes_it_from_th
     assert [m["name"] for m in api.get(f"pools/{pool['id']}/members")["items"]] == ["gold-1"]
     # Just after the delete found no desktop of the center assigned.
     seam = Seam(first_only=True)
-    real = references.assigned_desktop_of_center
-
-    def assigned(*args: Any) -> str | None:
-        found = real(*args)
-        seam.stop()
-        return found
-
-    monkeypatch.setattr(references, "assigned_desktop_of_center", assigned)
+    seam.after(monkeypatch, references, "assigned_desktop_of_center")
     deleting, answer = _delete_while_user0_signs_in(api, seam, f"centers/{center['id']}")
 
     given = [o for o in answer.json()["offers"] if o["status"] == "assigned"]

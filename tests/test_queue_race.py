@@ -51,14 +51,7 @@ def test_a_waiting_user_signing_in_while_the_queue_serves_them_gets_one_desktop(
 
     # Just after the sign-in counted what the user holds.
     seam = Seam()
-    real = login_service.claims.held_desktops
-
-    def held_desktops(*args: Any) -> Any:
-        found = real(*args)
-        seam.stop()
-        return found
-
-    monkeypatch.setattr(login_service.claims, "held_desktops", held_desktops)
+    seam.after(monkeypatch, login_service.claims, "held_desktops")
     answers: dict[str, Any] = {}
 
     def sign_in() -> None:

@@ -6,8 +6,6 @@ the test holds there too."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import httpx
 import pytest
 from sqlalchemy import func, select
@@ -27,14 +25,7 @@ def test_two_releases_at_once_release_once(api: Api, monkeypatch: pytest.MonkeyP
     # The first release, just after it read the desktop (the app runs routes on
     # threads of its own, so it is told by its order).
     seam = Seam(first_only=True)
-    real = desktops.desktop_rows.of_tenant
-
-    def of_tenant(*args: Any) -> Any:
-        found = real(*args)
-        seam.stop()
-        return found
-
-    monkeypatch.setattr(desktops.desktop_rows, "of_tenant", of_tenant)
+    seam.after(monkeypatch, desktops.desktop_rows, "of_tenant")
     answers: list[httpx.Response] = []
 
     def release() -> None:

@@ -7,8 +7,6 @@ SQLite the one writer serialises the two; the test holds there too."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import httpx
 import pytest
 
@@ -31,14 +29,7 @@ def test_two_enrolments_counted_at_once_leave_no_more_waiting_than_the_cap(
     # Just after an enrolment counted what waits (the app runs the route on a thread of
     # its own: the first to count is held).
     seam = Seam(first_only=True)
-    real = enrolments.rows.waiting_count
-
-    def waiting_count(*args: Any) -> int:
-        found = real(*args)
-        seam.stop()
-        return found
-
-    monkeypatch.setattr(enrolments.rows, "waiting_count", waiting_count)
+    seam.after(monkeypatch, enrolments.rows, "waiting_count")
     answers: dict[str, httpx.Response] = {}
 
     def enrol(who: str, address: str) -> None:

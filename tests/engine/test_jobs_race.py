@@ -46,14 +46,7 @@ def _jobs(ctx: BrokerContext) -> Counter[tuple[str, str]]:
 def _held_after_the_reads(monkeypatch: pytest.MonkeyPatch) -> Seam:
     # The centers and pools are read (after the jobs); the writes come next.
     seam = Seam()
-    real = jobs._wanted
-
-    def wanted(*args: Any) -> dict[tuple[str, str], float]:
-        found = real(*args)
-        seam.stop()
-        return found
-
-    monkeypatch.setattr(jobs, "_wanted", wanted)
+    seam.after(monkeypatch, jobs, "_wanted")
     return seam
 
 

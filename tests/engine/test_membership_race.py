@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -166,14 +165,7 @@ def test_an_administrators_pool_change_is_not_undone_by_a_refresh_that_read_befo
     with api.ctx.db.read() as session:
         first = session.scalars(select(Desktop.id).where(Desktop.name == "lab-000")).one()
     seam = Seam()
-    real = membership.guard
-
-    def guard(*args: Any) -> membership.Guard:
-        fence = real(*args)
-        seam.stop()
-        return fence
-
-    monkeypatch.setattr(membership, "guard", guard)
+    seam.after(monkeypatch, membership, "guard")  # the pools and desktops read
 
     def scan_on_the_other_broker() -> None:
         with other_broker.db.write() as session:
@@ -208,15 +200,7 @@ def test_two_refreshes_placing_one_new_desktop_both_commit(
             )
         )
     seam = Seam()
-    real = membership._judged
-
-    def judged(*args: Any) -> set[str]:
-        # The places are read; the inserts come next.
-        found = real(*args)
-        seam.stop()
-        return found
-
-    monkeypatch.setattr(membership, "_judged", judged)
+    seam.after(monkeypatch, membership, "_judged")  # the places read; the inserts next
     failed: list[BaseException] = []
 
     def refresh_on(ctx: BrokerContext) -> Callable[[], None]:

@@ -8,7 +8,6 @@ the hand-over, rather than writing back the ``building`` it read."""
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from pytest import MonkeyPatch
 from sqlalchemy import select, update
@@ -116,14 +115,7 @@ def test_a_scan_recording_while_a_build_is_handed_over_leaves_its_power_state_al
     # The scan records what it saw, and stops just after it read which desktops are
     # being built (this one is)...
     seam = Seam()
-    real = desktop_sync._being_built
-
-    def being_built(session: Any, center_id: str) -> set[str]:
-        found = real(session, center_id)
-        seam.stop()
-        return found
-
-    monkeypatch.setattr(desktop_sync, "_being_built", being_built)
+    seam.after(monkeypatch, desktop_sync, "_being_built")
 
     # ... while the engine hands the desktop over (what ``hand_over`` writes).
     def hand_over() -> None:

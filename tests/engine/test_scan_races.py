@@ -31,14 +31,7 @@ def _with_scan_held(
     """Run ``record`` (a scan's database half) on a thread, held just after it read the
     center's desktops, while ``meanwhile`` commits on another."""
     seam = Seam()
-    real = desktop_sync._being_built
-
-    def being_built(*args: Any) -> set[str]:
-        found = real(*args)
-        seam.stop()
-        return found
-
-    monkeypatch.setattr(desktop_sync, "_being_built", being_built)
+    seam.after(monkeypatch, desktop_sync, "_being_built")
     # On PostgreSQL ``meanwhile`` commits while the scan is between its read and write.
     while_held(seam, record, meanwhile, other_ends_first=ctx.db.is_postgres)
 
