@@ -46,7 +46,7 @@ from deskbroker.services.context import BrokerContext
 from deskbroker.services.queues import pool_writes_batched
 from deskbroker.services.standing import may_manage
 from deskbroker.services.write_context import attach_actor
-from deskbroker.store import claims, config_rows, events, references
+from deskbroker.store import claims, config_rows, events, membership, references
 from deskbroker.store.db import Unit
 from deskbroker.store.tables import User
 
@@ -155,6 +155,11 @@ class _Converge:
         self.who = who
         self.tenant_id = tenant_id
         self.catalogs = catalogs
+        # Before any write: the document's first writes (a role, a plan, a source) lock
+        # the configuration version's row, and an administrator's pool or desktop edit
+        # holding the tenant's membership waits for that row; taken at the first pool
+        # write instead, the two could wait for each other (``membership.hold``).
+        membership.hold(session, tenant_id)
         self.state = DocumentState.read(session, tenant_id)
         # section -> name -> id, for every object the document leaves in place or makes.
         self.ids: dict[str, dict[str, str]] = {
