@@ -169,9 +169,10 @@ def guard_changed(session: leases.Unit, tenant_id: str) -> None:
     Why both: a refresh on another broker may read the guard before this write commits
     and commit its members after this unit's own ``keep_guard`` looked. Either that
     refresh commits first, and this unit's look after its commit sees its members; or it
-    commits later, and its own look after its commit sees the version moved. The only
-    lock is the version's own row (``tenant_guards``), which nothing else takes: no
-    refresh waits on an administrator's write, and no order of locks can cross it."""
+    commits later, and its own look after its commit sees the version moved. The
+    version's row (``tenant_guards``) is taken after the tenant's membership (``hold``),
+    which every writer that gets here holds first, so no order of locks can cross it;
+    with that lock the two no longer overlap, and the looks remain a second line."""
     _raise_guard(session, tenant_id)
     after_commit(_LookAgain(tenant_id, _ANY))
 
