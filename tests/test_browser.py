@@ -92,7 +92,8 @@ def _fill(page: sync_api.Page, form: str, values: dict[str, str]) -> None:
 
 
 def _admin_api(url: str) -> httpx.Client:
-    client = httpx.Client(base_url=f"{url}/api/v1", timeout=10)
+    # A setup write answered after more than 10 s twice in CI on a slow, loaded machine.
+    client = httpx.Client(base_url=f"{url}/api/v1", timeout=30)
     token = client.post("/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD})
     client.headers["Authorization"] = f"Bearer {token.json()['token']}"
     return client

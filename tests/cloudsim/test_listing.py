@@ -143,8 +143,10 @@ def test_ten_thousand_servers_list_fast(sim: CloudSim, conn: Any) -> None:
     served = [e for e in sim.requests(since=mark) if "/servers/detail" in e["path"]]
     assert len(served) == len(pages)
     sim_seconds = sum(e["cpu_ms"] for e in served) / 1000
-    # Typical on an idle 2-core machine: seed 0.6 s, cold listing 0.3 s of CPU.
-    assert seeded < 3, f"seeding 10k servers took {seeded:.2f} s of CPU"
+    # Typical on an idle 2-core machine: seed 0.6 s, cold listing 0.3 s of CPU; 4.5 to
+    # 4.8 s of seeding was seen on a slower machine running both legs of the suite. The
+    # bound catches growth with the count (quadratic seeding takes minutes), not speed.
+    assert seeded < 10, f"seeding 10k servers took {seeded:.2f} s of CPU"
     assert 0 < sim_seconds < 1.5, f"simulator spent {sim_seconds:.2f} s of CPU on 10k servers"
     mark = sim.last_request_seq
     _pages(conn, "/servers/detail?limit=1000&tags=deskbroker")
