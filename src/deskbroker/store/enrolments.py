@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -10,6 +9,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from deskbroker.domain.states import EnrolmentState, PowerState
+from deskbroker.store import advisory
 from deskbroker.store.tables import Desktop, EnrolmentKey, PendingEnrolment
 
 # Desktops an enrolling machine cannot be: being deleted, or gone.
@@ -106,10 +106,7 @@ def _waiting_lock(session: Session, tenant_id: str) -> None:
     # lock and the desktop's lock, and its holder then only counts and inserts: it waits
     # for nothing a revocation (which never takes it) or another enrolment holds.
     # SQLite's single writer already orders enrolments.
-    if session.get_bind().dialect.name != "postgresql":
-        return
-    digest = hashlib.blake2b(f"enrol-waiting:{tenant_id}".encode(), digest_size=8).digest()
-    session.execute(select(func.pg_advisory_xact_lock(int.from_bytes(digest, "big", signed=True))))
+    advisory.xact_lock(session, f"enrol-waiting:{tenant_id}")
 
 
 def waiting_count(session: Session, tenant_id: str, now: datetime) -> int:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, func, insert, or_, select
+from sqlalchemy import Connection, bindparam, delete, insert, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -21,7 +20,7 @@ from deskbroker.domain.membership import (
 from deskbroker.domain.permissions import BuiltinRole
 from deskbroker.domain.provisioning import Provisioning
 from deskbroker.domain.states import PowerState
-from deskbroker.store import leases
+from deskbroker.store import advisory, leases
 from deskbroker.store.db import Database, after_commit
 from deskbroker.store.planner import refresh_statistics
 from deskbroker.store.tables import (
@@ -252,8 +251,7 @@ def hold(session: leases.Unit, tenant_id: str) -> None:
         held = session.info.setdefault(_HELD, {})
         if held.get(tenant_id) is within:
             return
-    digest = hashlib.blake2b(f"membership:{tenant_id}".encode(), digest_size=8).digest()
-    session.execute(select(func.pg_advisory_xact_lock(int.from_bytes(digest, "big", signed=True))))
+    advisory.xact_lock(session, f"membership:{tenant_id}")
     if held is not None:
         held[tenant_id] = within
 

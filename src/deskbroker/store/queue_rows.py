@@ -3,7 +3,6 @@ served in order when desktops come free (``services/queues.py``)."""
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +11,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, aliased
 
+from deskbroker.store import advisory
 from deskbroker.store.tables import Pool, QueueEntry, utcnow
 
 
@@ -30,10 +30,7 @@ def _queue_lock(session: Session, pool_id: str) -> None:
     until then). A transaction-scoped advisory lock, not the pool's row: nothing else
     (releases, the engine, an administrator's edit) waits on it, and nothing is written.
     SQLite's single writer already orders enqueuers."""
-    if session.get_bind().dialect.name != "postgresql":
-        return
-    digest = hashlib.blake2b(f"queue:{pool_id}".encode(), digest_size=8).digest()
-    session.execute(select(func.pg_advisory_xact_lock(int.from_bytes(digest, "big", signed=True))))
+    advisory.xact_lock(session, f"queue:{pool_id}")
 
 
 def enqueue(

@@ -8,7 +8,6 @@ returns everything its steps need, within the center's in-flight limit.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,7 +17,7 @@ from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from deskbroker.domain.states import PROVISIONING_TRANSITIONS, ProvisioningState, transition
-from deskbroker.store import leases
+from deskbroker.store import advisory, leases
 from deskbroker.store.tables import Desktop, Event, Pool, ProvisioningTask, QueueEntry, utcnow
 
 S = ProvisioningState
@@ -103,12 +102,7 @@ def claim_steps(
 def lock_center(conn: leases.Unit, center_id: str) -> None:
     """On PostgreSQL, serialise the brokers that count and claim one center's builds
     (SQLite's single writer already does): the in-flight limit holds for a cluster."""
-    bind = conn.get_bind() if isinstance(conn, Session) else conn
-    if bind.dialect.name != "postgresql":
-        return
-    digest = hashlib.blake2b(center_id.encode(), digest_size=8).digest()
-    key = int.from_bytes(digest, "big", signed=True)
-    conn.execute(select(func.pg_advisory_xact_lock(key)))
+    advisory.xact_lock(conn, center_id)
 
 
 def in_flight(conn: leases.Unit, center_id: str) -> int:
