@@ -22,7 +22,7 @@ import pytest
 from sqlalchemy import event, select
 
 from deskbroker.services.context import BrokerContext
-from deskbroker.store import repository
+from deskbroker.store.config_version import bump_config_version
 from deskbroker.store.tables import Tenant
 from tests.desktop_agent import Agent
 from tests.helpers import Api, bearer
@@ -111,7 +111,7 @@ def test_a_quota_set_on_another_node_reaches_the_next_connect(api: Api, ctx: Bro
     with ctx.db.write() as session:
         tenant = session.scalars(select(Tenant).where(Tenant.name == "default")).one()
         tenant.quota_sessions = 0
-        repository.bump_config_version(session, tenant.id)
+        bump_config_version(session, tenant.id)
     ctx.cache.max_age_s = 0.0  # the view's age is past it
     refused = api.client.post(url, json={}, headers=bearer(signed_in["token"]))
     assert refused.status_code == 409, refused.text

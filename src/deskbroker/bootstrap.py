@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import accounts, events
+from deskbroker.store.config_version import bump_config_version
 from deskbroker.store.migrate import upgrade
-from deskbroker.store.repository import bump_config_version
 from deskbroker.store.tables import IdentitySource, Tenant, User
 
 log = logging.getLogger("deskbroker.schema")

@@ -19,8 +19,9 @@ from deskbroker.security import TokenClaims
 from deskbroker.services import write_context
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import events, membership
+from deskbroker.store.config_version import bump_config_version
 from deskbroker.store.db import Unit
-from deskbroker.store.repository import Repository, bump_config_version
+from deskbroker.store.repository import Repository
 from deskbroker.store.tables import Tenant
 
 M = TypeVar("M")

@@ -156,9 +156,8 @@ class _Converge:
         self.tenant_id = tenant_id
         self.catalogs = catalogs
         # Before any write: the document's first writes (a role, a plan, a source) lock
-        # the configuration version's row, and an administrator's pool or desktop edit
-        # holding the tenant's membership waits for that row; taken at the first pool
-        # write instead, the two could wait for each other (``membership.hold``).
+        # rows an administrator's edit holding the tenant's membership may wait for
+        # (``membership.hold``: the lock comes before such rows).
         membership.hold(session, tenant_id)
         self.state = DocumentState.read(session, tenant_id)
         # section -> name -> id, for every object the document leaves in place or makes.

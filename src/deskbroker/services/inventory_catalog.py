@@ -25,8 +25,9 @@ from deskbroker.services.context import BrokerContext
 from deskbroker.services.queues import refresh_pools
 from deskbroker.store import jobs, membership, references, removals
 from deskbroker.store import sessions as timer_rows
+from deskbroker.store.config_version import bump_config_version
 from deskbroker.store.db import Unit
-from deskbroker.store.repository import Repository, bump_config_version
+from deskbroker.store.repository import Repository
 from deskbroker.store.tables import Center, Desktop, Image, Tenant
 
 

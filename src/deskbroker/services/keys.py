@@ -9,7 +9,7 @@ password, a client secret or an enrolled authenticator.
 from __future__ import annotations
 
 from deskbroker.services.context import BrokerContext
-from deskbroker.store.repository import bump_config_version
+from deskbroker.store.config_version import bump_config_version
 from deskbroker.store.sealed import sealed_rows
 
 

@@ -31,8 +31,9 @@ from deskbroker.services.catalog_crud import scope
 from deskbroker.services.context import BrokerContext
 from deskbroker.store import events, jobs
 from deskbroker.store import rollouts as store
+from deskbroker.store.config_version import bump_config_version
 from deskbroker.store.db import Unit
-from deskbroker.store.repository import Repository, bump_config_version
+from deskbroker.store.repository import Repository
 from deskbroker.store.tables import Center, Pool, PoolRollout
 
 _POOLS: Repository[Pool] = Repository(Pool, "pool")

@@ -5,36 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Generic, TypeVar, cast
 
-from sqlalchemy import ColumnElement, Select, delete, func, insert, select, update
+from sqlalchemy import ColumnElement, Select, func, select
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session
 
 from deskbroker.errors import Conflict, InvalidInput, NotFound
-from deskbroker.store.tables import Base, BrokerState, ConfigChange
+from deskbroker.store.tables import Base
 
 M = TypeVar("M", bound=Base)
-
-
-# Changes kept for caches catching up; a cache further behind than this reloads whole.
-KEPT_CHANGES = 5000
-
-
-def bump_config_version(session: Session, tenant_id: str | None) -> None:
-    """Every change that can alter a login's outcome moves the version every node's
-    cache is checked against, and records which tenant's configuration it changed
-    (``None``: possibly every tenant's), so the caches reload that tenant's rows only.
-
-    The version row is locked until the transaction ends, so versions commit in order
-    and a cache that sees version V sees every change up to V."""
-    version = session.execute(
-        update(BrokerState)
-        .where(BrokerState.id == 1)
-        .values(config_version=BrokerState.config_version + 1)
-        .returning(BrokerState.config_version)
-    ).scalar_one()
-    session.execute(insert(ConfigChange).values(version=version, tenant_id=tenant_id))
-    if version % 500 == 0:  # now and then, not on every write
-        session.execute(delete(ConfigChange).where(ConfigChange.version <= version - KEPT_CHANGES))
 
 
 class Repository(Generic[M]):
