@@ -17,12 +17,20 @@ Prints, per N: ``create_s`` (the first apply: the center, its desktops and every
 ``update_s`` (every pool's filter or list and description changed), ``unchanged_s`` (the
 same document again) and the SQL statements each sent (``*_sql``), and the members
 the pools hold after it (to check one run against another).
+
+Then a second update (``contended_s``, every pool moved on again) while another
+tenant's administrator renames one of its pools over and over through the pool catalog:
+``other_tenant_write_ms``, the slowest and the median of those renames (on SQLite, whose
+one writer serialises them, the slowest is about the apply's length), and
+``other_tenant_writes``, how many went through during that update.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -89,22 +97,68 @@ def timed_apply(
     return wall, int(SQL_STATEMENTS._value.get() - statements), len(outcome.changes)
 
 
+def _claims(tenant_id: str, role: str) -> TokenClaims:
+    return TokenClaims(
+        user_id="bench",
+        tenant_id=tenant_id,
+        role=role,
+        username="bench",
+        expires_at=int(time.time()) + 3600,
+        token_id="bench",
+    )
+
+
+class OtherTenant:
+    """Another tenant's administrator renaming a pool of its own in a loop, each rename
+    timed, until told to stop."""
+
+    def __init__(self, ctx: BrokerContext) -> None:
+        self.ctx = ctx
+        with ctx.db.write() as session:
+            tenant = Tenant(name="other", display_name="other")
+            session.add(tenant)
+            session.flush()
+            self.who = _claims(tenant.id, "tenant_admin")
+        catalog = _catalogs()["pools"]
+        self.catalog = catalog
+        made = catalog.create(ctx, self.who, {"name": "theirs"}, lambda row: {"id": row.id})
+        self.pool_id = str(made["id"])
+        self.took_ms: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        n = 0
+        while not self._stop.is_set():
+            n += 1
+            started = time.perf_counter()
+            self.catalog.update(
+                self.ctx, self.who, self.pool_id, {"description": f"rename {n}"}, lambda row: {}
+            )
+            self.took_ms.append((time.perf_counter() - started) * 1000)
+            time.sleep(0.05)
+
+    def __enter__(self) -> OtherTenant:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def one_size(db: str | None, pools: int, desktops: int) -> dict[str, Any]:
     with broker(db) as ctx:
         with ctx.db.read() as session:
             tenant_id = session.scalars(select(Tenant.id).where(Tenant.name == "default")).one()
-        who = TokenClaims(
-            user_id="bench",
-            tenant_id=tenant_id,
-            role="global_admin",
-            username="bench",
-            expires_at=int(time.time()) + 3600,
-            token_id="bench",
-        )
+        who = _claims(tenant_id, "global_admin")
         first, second = document(pools, desktops, 0), document(pools, desktops, 1)
         create_s, create_sql, created = timed_apply(ctx, who, tenant_id, first)
         update_s, update_sql, updated = timed_apply(ctx, who, tenant_id, second)
         unchanged_s, unchanged_sql, _ = timed_apply(ctx, who, tenant_id, second)
+        # Last, so the other tenant's statements count in no figure above.
+        with OtherTenant(ctx) as other:
+            contended_s, _, _ = timed_apply(ctx, who, tenant_id, document(pools, desktops, 2))
         with ctx.db.read() as session:
             held = session.scalar(select(func.count()).select_from(PoolMember))
     return {
@@ -119,6 +173,12 @@ def one_size(db: str | None, pools: int, desktops: int) -> dict[str, Any]:
         "unchanged_s": round(unchanged_s, 2),
         "unchanged_sql": unchanged_sql,
         "members": int(held or 0),
+        "contended_s": round(contended_s, 2),
+        "other_tenant_writes": len(other.took_ms),
+        "other_tenant_write_ms": {
+            "max": round(max(other.took_ms), 1) if other.took_ms else None,
+            "p50": round(statistics.median(other.took_ms), 1) if other.took_ms else None,
+        },
     }
 
 
