@@ -8,6 +8,7 @@ at the first member of the pool, instead of sorting every free desktop of the po
 
 from __future__ import annotations
 
+import time
 from typing import cast
 
 import pytest
@@ -98,3 +99,33 @@ def test_bulk_writes_refresh_the_statistics(ctx: BrokerContext, large_pool: dict
             text("SELECT reltuples FROM pg_class WHERE relname = 'pool_members'")
         )
     assert members is not None and members >= LARGE, members
+
+
+def test_a_bulk_write_analyzes_after_its_commit_not_within(ctx: BrokerContext) -> None:
+    """ANALYZE holds its table's statistics lock until its transaction ends: run inside
+    a bulk write, it made every other bulk write (another tenant's) wait for that unit's
+    end. Asked within the unit (twice: one ANALYZE), it runs once the unit committed."""
+    if not ctx.db.is_postgres:
+        with ctx.db.write() as session:
+            assert refresh_statistics(session, written=BULK_ROWS) is False
+        return
+    with ctx.db.write() as session:
+        assert refresh_statistics(session, written=BULK_ROWS)
+        assert refresh_statistics(session, written=BULK_ROWS)
+        # Another unit's ANALYZE of the table goes through while this one is open.
+        with ctx.db.engine.connect() as other:
+            other.execute(text("SET lock_timeout = '2s'"))
+            other.execute(text("ANALYZE pool_members"))
+            other.commit()
+        last_statement = session.scalar(text("SELECT clock_timestamp()"))
+    with ctx.db.engine.connect() as conn:
+        # The statistics views lag a little behind the commands.
+        for _ in range(100):
+            conn.execute(text("SELECT pg_stat_clear_snapshot()"))
+            analyzed = conn.execute(
+                text("SELECT last_analyze FROM pg_stat_user_tables WHERE relname = 'pool_members'")
+            ).scalar_one()
+            if analyzed is not None and analyzed > last_statement:
+                break
+            time.sleep(0.1)
+        assert analyzed is not None and analyzed > last_statement, (analyzed, last_statement)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from sqlalchemy import text
 
-from deskbroker.store.db import Unit
+from deskbroker.store.db import Database, Unit, after_commit
 
 # Rows written at once from which the statistics are refreshed: below it, autovacuum's
 # own threshold (50 rows + 10 % of the table) keeps up soon enough.
@@ -22,12 +22,25 @@ _CLAIM_TABLES = ("desktops", "pool_members")
 
 def refresh_statistics(session: Unit, *, written: int) -> bool:
     """After ``written`` rows went into the claim's tables: ANALYZE them on PostgreSQL
-    if that is a bulk write (``BULK_ROWS``); returns whether it did.
+    once the unit has committed, if that is a bulk write (``BULK_ROWS``); returns whether
+    it will.
+
+    Not inside the unit: ANALYZE holds its tables' statistics lock until its transaction
+    ends, and a second ANALYZE waits for it, so one tenant's long configuration apply
+    would hold every other tenant's bulk writes (and, holding that lock, the unit once
+    took part in a deadlock with the configuration version's row). Run after the commit,
+    it also samples what the unit wrote as every other node sees it. A unit that writes
+    many pools asks for one ANALYZE, not one per refresh (``after_commit``).
 
     SQLite's planner needs no statistics to walk the claim's partial indexes (their
     columns are the ORDER BY), so nothing is done there."""
     if written < BULK_ROWS or session.get_bind().dialect.name != "postgresql":
         return False
-    for table in _CLAIM_TABLES:
-        session.execute(text(f"ANALYZE {table}"))
+    after_commit(_analyze)
     return True
+
+
+def _analyze(db: Database) -> None:
+    with db.connect_write() as conn:
+        for table in _CLAIM_TABLES:
+            conn.execute(text(f"ANALYZE {table}"))
