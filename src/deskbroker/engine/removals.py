@@ -24,7 +24,7 @@ from deskbroker.engine.drivers import DriverCache
 from deskbroker.engine.turns import NoTurn
 from deskbroker.errors import CenterError, unanswered
 from deskbroker.services.context import BrokerContext
-from deskbroker.store import events
+from deskbroker.store import events, membership
 from deskbroker.store import removals as store
 
 log = logging.getLogger("deskbroker.engine")
@@ -68,6 +68,14 @@ def remove_desktops(ctx: BrokerContext, drivers: DriverCache, center_id: str, no
     removed = 0
     if confirmed:
         with ctx.db.write() as session:
+            # Each tenant's membership before the first row goes (``membership.hold``):
+            # a refresh holding it waits for these rows as it places them, so deleting
+            # one and then waiting for the refresh's place on the next deadlocked with
+            # it. Several tenants in one sorted order, all before any row: a unit that
+            # took one, deleted, then waited for another could cross a unit taking them
+            # the other way round.
+            for tenant_id in sorted({tenant for _, tenant, _ in confirmed}):
+                membership.hold(session, tenant_id)
             # In id order, as a forced delete of the center locks them
             # (``store.lock_requested``): the two cannot deadlock on PostgreSQL.
             for desktop_id, tenant_id, name in sorted(confirmed):
