@@ -89,3 +89,27 @@ def test_a_source_by_id_whatever_its_tenant_and_gone_after_a_change() -> None:
     new = merged(old, ConfigView(version=2), {"t2"})
     assert new.source("s2") is None
     assert new.source("s1") == _source("s1", "t1")
+
+
+def test_the_offers_of_a_desktops_pools_are_what_a_walk_of_every_policy_finds() -> None:
+    """A rogue login's limits come from the entries offering the desktop's pools, as
+    their pool or as a backup; each entry once, whatever the number of its pools the
+    desktop is in; no other tenant's policy looked at."""
+    both = _entry("pool", backup="spare")
+    view = _view(
+        1,
+        PolicyView("p1", "a", 2, (both, _entry("elsewhere")), "t1"),
+        PolicyView("p2", "b", 1, (_entry("other", backup="pool"),), "t1"),
+        PolicyView("p3", "c", 1, (_entry("theirs"),), "t2"),
+    )
+    walked = [
+        (policy.id, entry.pool_id)
+        for policy in view.policies.values()
+        for entry in policy.entries
+        if {entry.pool_id, entry.backup_pool_id} & {"pool", "spare"}
+    ]
+    found = view.offers_of(["spare", "pool"])
+    assert sorted((p.id, e.pool_id) for p, e in found) == sorted(walked)
+    assert [e for _, e in found].count(both) == 1
+    assert view.offers_of(["nowhere"]) == []
+    assert [p.id for p, _ in view.offers_of(["theirs"])] == ["p3"]

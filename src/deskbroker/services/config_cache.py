@@ -91,6 +91,9 @@ class ConfigView:
     _sources_by_id: dict[str, SourceView] | None = field(
         default=None, init=False, repr=False, compare=False
     )
+    _offers_by_pool: dict[str, list[tuple[PolicyView, EntryView]]] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     def source(self, source_id: str) -> SourceView | None:
         """The enabled identity source of this id, whatever its tenant (an OpenID or
@@ -113,6 +116,27 @@ class ConfigView:
             index = _plans_index(self.policies.values())
             self._plans_by_pool = index
         return index
+
+    def offers_of(self, pool_ids: Iterable[str]) -> list[tuple[PolicyView, EntryView]]:
+        """Each policy entry offering one of ``pool_ids`` (as its pool or its backup),
+        once, with its policy: a rogue login's limits, without a walk of every tenant's
+        policies per report (an agent's token is any tenant administrator's to mint)."""
+        index = self._offers_by_pool
+        if index is None:
+            index = {}
+            for policy in self.policies.values():
+                for entry in policy.entries:
+                    for pool_id in {entry.pool_id, entry.backup_pool_id} - {None}:
+                        index.setdefault(str(pool_id), []).append((policy, entry))
+            self._offers_by_pool = index
+        found: list[tuple[PolicyView, EntryView]] = []
+        seen: set[int] = set()  # an entry offering two of the pools counts once
+        for pool_id in sorted(set(pool_ids)):
+            for policy, entry in index.get(pool_id, ()):
+                if id(entry) not in seen:
+                    seen.add(id(entry))
+                    found.append((policy, entry))
+        return found
 
 
 def _plans_index(

@@ -172,17 +172,14 @@ def _rogue_refusal(
         return staff
     pools = standing_reads.pools_holding(session, [desktop.id])
     held = claims.held_desktops(session, user.id)
-    for policy in ctx.cache.current(ctx.db).policies.values():
-        for entry in policy.entries:
-            offered = {entry.pool_id, entry.backup_pool_id}
-            if not offered & pools:
-                continue
-            mine = sum(1 for d in held if d.pool_id in offered)
-            if len(held) >= policy.max_desktops_per_user or mine >= entry.desktops:
-                return (
-                    f"{user.username} holds {len(held)} desktops ({mine} of pool "
-                    f"{entry.pool_name}), what policy {policy.name} allows"
-                )
+    for policy, entry in ctx.cache.current(ctx.db).offers_of(pools):
+        offered = {entry.pool_id, entry.backup_pool_id}
+        mine = sum(1 for d in held if d.pool_id in offered)
+        if len(held) >= policy.max_desktops_per_user or mine >= entry.desktops:
+            return (
+                f"{user.username} holds {len(held)} desktops ({mine} of pool "
+                f"{entry.pool_name}), what policy {policy.name} allows"
+            )
     return None
 
 
