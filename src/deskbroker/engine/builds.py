@@ -32,12 +32,8 @@ from deskbroker.centers.base import (
     UnknownName,
 )
 from deskbroker.domain.states import (
-    AVAILABILITY_TRANSITIONS,
-    POWER_TRANSITIONS,
     PROVISIONING_TRANSITIONS,
-    Availability,
     PowerState,
-    power_state,
     transition,
 )
 from deskbroker.domain.timestamps import aware
@@ -54,7 +50,7 @@ from deskbroker.services.context import BrokerContext
 from deskbroker.store import build_steps, events, leases, membership
 from deskbroker.store.db import Unit
 from deskbroker.store.leases import LeaseLost
-from deskbroker.store.tables import Center, Desktop, utcnow
+from deskbroker.store.tables import Center, utcnow
 from deskbroker.store.tasks import (
     MAX_ATTEMPTS,
     OPEN_STATES,
@@ -480,6 +476,7 @@ class TaskStep:
         now = utcnow()
         backoff = self.ctx.settings.quota_backoff_s
         with self.ctx.db.write() as session:
+            self._hold_deletes(session)
             leases.release_held(
                 session,
                 TASKS,
@@ -513,6 +510,7 @@ class TaskStep:
             except CenterError:
                 cleaned = False
         with self.ctx.db.write() as session:
+            self._hold_deletes(session)
             if attempts < MAX_ATTEMPTS and cleaned and not final:
                 leases.release_held(
                     session,
@@ -543,29 +541,8 @@ class TaskStep:
                 last_error=reason,
                 desktop_id=None if cleaned else task.desktop_id,
             )
-            desktop = session.get(Desktop, task.desktop_id) if task.desktop_id else None
-            if desktop is not None:
-                if cleaned:
-                    session.delete(desktop)
-                else:
-                    # The instance is still there (not ours to delete): quarantine it.
-                    subject = f"desktop {desktop.name}"
-                    desktop.power_state = transition(
-                        POWER_TRANSITIONS,
-                        power_state(desktop.power_state),
-                        PowerState.ERROR,
-                        subject=subject,
-                    ).value
-                    desktop.availability = transition(
-                        AVAILABILITY_TRANSITIONS,
-                        Availability(desktop.availability),
-                        Availability.UNAVAILABLE,
-                        subject=subject,
-                    ).value
-                    desktop.attributes = {
-                        **dict(desktop.attributes or {}),
-                        "provisioning_error": reason,
-                    }
+            if task.desktop_id:
+                build_steps.desktop_failed(session, task.desktop_id, reason, cleaned=cleaned)
             self._pool_failed(
                 session, reason if final else f"a build failed {attempts} times: {reason}"
             )
@@ -578,6 +555,15 @@ class TaskStep:
                 desktop_id=None if cleaned else task.desktop_id,
                 detail={"name": task.name, "reason": reason, "attempts": attempts},
             )
+
+    def _hold_deletes(self, session: Unit) -> None:
+        """Before a failed step's unit writes its task's row: the tenant's membership,
+        which an administrator's delete of the task's pool or center holds before it
+        locks the pool's row or the desktops' and then, by the foreign keys, the tasks'.
+        The step writes the pool's row (``_pool_failed``, ``pool_over_quota``) or the
+        desktop's after its task's; without the lock the two waited for each other on
+        PostgreSQL and one was rolled back. Failures are few: the lock costs little."""
+        membership.hold(session, self.task.tenant_id)
 
     def _pool_failed(self, session: Unit, cause: str) -> None:
         """One more build of the pool failed for good: it waits before building again,

@@ -1,6 +1,7 @@
 """The writes of a provisioning task's steps (``engine.builds``) beyond the lease's own
 release: the intent recorded before the cloud is asked, the cloud's id once it answered,
-and what a pool learns from a build that failed or hit the cloud's quota."""
+what a pool learns from a build that failed or hit the cloud's quota, and what becomes of
+a failed build's desktop."""
 
 from __future__ import annotations
 
@@ -8,9 +9,17 @@ from datetime import datetime
 
 from sqlalchemy import bindparam, update
 
+from deskbroker.domain.states import (
+    AVAILABILITY_TRANSITIONS,
+    POWER_TRANSITIONS,
+    Availability,
+    PowerState,
+    power_state,
+    transition,
+)
 from deskbroker.store import leases
 from deskbroker.store.db import Unit
-from deskbroker.store.tables import Pool
+from deskbroker.store.tables import Desktop, Pool
 from deskbroker.store.tasks import DESKTOPS, POOLS, TASKS
 
 _RECORD_EXTERNAL_ID = (
@@ -73,8 +82,13 @@ def record_created(
 ) -> None:
     """The cloud has the build: its id on the task, moved to ``state`` with its lease let
     go, and on the desktop (so a scan meeting the instance knows it). ``LeaseLost``, and
-    nothing written, when ``owner`` no longer holds the task: the node that took it over
-    finds the instance by the task's tag."""
+    nothing written (the caller's unit rolls back), when ``owner`` no longer holds the
+    task: the node that took it over finds the instance by the task's tag."""
+    if desktop_id:
+        # The desktop's row before the task's, as a center's delete takes them (its
+        # desktops, then by the foreign key their tasks): in the other order the two
+        # waited for each other on PostgreSQL and one was rolled back.
+        conn.execute(_RECORD_EXTERNAL_ID, {"b_desktop": desktop_id, "b_external": external_id})
     moved = conn.execute(
         _CREATED,
         {
@@ -88,8 +102,6 @@ def record_created(
     )
     if not moved.rowcount:  # type: ignore[attr-defined]
         raise leases.LeaseLost(TASKS, task_id)
-    if desktop_id:
-        conn.execute(_RECORD_EXTERNAL_ID, {"b_desktop": desktop_id, "b_external": external_id})
 
 
 def desktop_awaits_build(session: Unit, desktop_id: str, task_id: str) -> None:
@@ -98,6 +110,29 @@ def desktop_awaits_build(session: Unit, desktop_id: str, task_id: str) -> None:
     session.execute(
         update(DESKTOPS).where(DESKTOPS.c.id == desktop_id).values(external_id=f"task:{task_id}")
     )
+
+
+def desktop_failed(session: Unit, desktop_id: str, reason: str, *, cleaned: bool) -> None:
+    """The desktop of a build that failed for good: gone, when its instance is
+    (``cleaned``); else quarantined, since the instance is still there and not the
+    broker's to delete: in error, out of the claim, ``reason`` in its attributes."""
+    desktop = session.get(Desktop, desktop_id)
+    if desktop is None:
+        return
+    if cleaned:
+        session.delete(desktop)
+        return
+    subject = f"desktop {desktop.name}"
+    desktop.power_state = transition(
+        POWER_TRANSITIONS, power_state(desktop.power_state), PowerState.ERROR, subject=subject
+    ).value
+    desktop.availability = transition(
+        AVAILABILITY_TRANSITIONS,
+        Availability(desktop.availability),
+        Availability.UNAVAILABLE,
+        subject=subject,
+    ).value
+    desktop.attributes = {**dict(desktop.attributes or {}), "provisioning_error": reason}
 
 
 def step_now(session: Unit, task_id: str, now: datetime) -> None:
