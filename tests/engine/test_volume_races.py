@@ -1,6 +1,12 @@
 """Users' data volumes under races: one volume per user and center however many desktops
 they hold or runs there are, a reservation before the cloud is asked, and a desktop that
-changes hands while its volume is attached ending with the volume off it."""
+changes hands while its volume is attached ending with the volume off it.
+
+The last tests hold one unit between its read of a row and its write (``tests/races.py``)
+while another commits: on PostgreSQL each statement sees what had committed when it
+began, so a check read plainly let the write undo the other's (a take-over, a release,
+another run's attachment). On SQLite the one writer serialises the two; they hold there
+too."""
 
 from __future__ import annotations
 
@@ -8,20 +14,25 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select, update
+import pytest
+from sqlalchemy import func, select, update
 
 from cloudsim.server import CloudSim
+from deskbroker.centers.base import CenterDriver
 from deskbroker.engine import volumes
 from deskbroker.engine.drivers import DriverCache
 from deskbroker.engine.provisioner import reconcile_pool
 from deskbroker.engine.runner import Engine
+from deskbroker.store import claims
 from deskbroker.store import volumes as store
-from deskbroker.store.tables import Center, Desktop, UserVolume
+from deskbroker.store.tables import Center, Desktop, Event, User, UserVolume
+from tests.desktop_agent import assigned_desktop
 from tests.engine.conftest import openstack_center, provisioning_pool, run_until
 from tests.engine.test_provisioning import _driver, _status
 from tests.helpers import Api, wait_until
+from tests.races import Seam, while_held
 
 VOLUMES_POST = r"/volumes$"
 ATTACH_POST = r"os-volume_attachments$"
@@ -232,3 +243,222 @@ def test_an_abandoned_reservation_is_taken_over_a_fresh_one_is_left(
     assert sim.request_count(method="POST", path=VOLUMES_POST) == 1
     [made] = _rows(api)
     assert made.id == row and not store.is_pending(made.volume_id)
+
+
+class _Held:
+    """user0 and their volume's row on a static center (no cloud: the units under test
+    call none), and the desktops of the center by name."""
+
+    def __init__(self, api: Api, *, volume_id: str, holds: tuple[str, ...] = ()) -> None:
+        self.api = api
+        ids = api.seed_pool(2, users=1)
+        self.center_id = ids["center"]
+        with api.ctx.db.write() as session:
+            user = session.scalars(select(User).where(User.username == "user0")).one()
+            self.user_id, self.tenant_id = user.id, user.tenant_id
+            self.desktops = {d.name: d for d in session.scalars(select(Desktop)).all() if d.name}
+            for name in holds:
+                held = self.desktops[name]
+                held.assigned_user_id, held.assigned_at = user.id, datetime.now(UTC)
+            row = UserVolume(
+                tenant_id=user.tenant_id,
+                user_id=user.id,
+                center_id=self.center_id,
+                volume_id=volume_id,
+                size_gb=2,
+            )
+            session.add(row)
+            session.flush()
+            self.row_id = row.id
+            for desktop in self.desktops.values():
+                session.expunge(desktop)
+
+    def want(self, name: str, volume_id: str = "vol-1") -> volumes._Wanted:
+        """The attach pass's view of user0's volume wanted on desktop ``name``."""
+        desktop = self.desktops[name]
+        return volumes._Wanted(
+            self.center_id,
+            desktop.id,
+            desktop.external_id,
+            self.user_id,
+            self.tenant_id,
+            self.row_id,
+            volume_id,
+            None,
+            "data-user0",
+        )
+
+    def stale(self, name: str, volume_id: str = "vol-1") -> volumes._Stale:
+        """The recorded attachment of user0's volume to desktop ``name``."""
+        desktop = self.desktops[name]
+        return volumes._Stale(self.row_id, volume_id, desktop.external_id, desktop.id)
+
+    def attach(self, name: str) -> None:
+        """Record the volume as attached to desktop ``name``."""
+        desktop = self.desktops[name]
+        with self.api.ctx.db.write() as session:
+            session.execute(
+                update(UserVolume)
+                .where(UserVolume.id == self.row_id)
+                .values(desktop_id=desktop.id, attached_to=desktop.external_id)
+            )
+
+    def row(self) -> UserVolume | None:
+        with self.api.ctx.db.read() as session:
+            return session.get(UserVolume, self.row_id)
+
+    def events(self, kind: str) -> int:
+        with self.api.ctx.db.read() as session:
+            return session.scalars(
+                select(func.count()).select_from(Event).where(Event.kind == kind)
+            ).one()
+
+
+class _Detached:
+    """A center that detaches anything asked (the units under test only record)."""
+
+    def detach_volume(self, external_id: str, volume_id: str) -> None:
+        return None
+
+
+def test_a_volume_recorded_after_its_reservation_was_taken_over_is_not_recorded(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run whose reservation another run took over (judged abandoned) while it was
+    between its read of the row and its write recorded its volume over the take-over:
+    the taker, told it held the reservation, found it gone when its own volume was made.
+    Now the record is one conditional statement: the take-over waits for it and finds
+    the reservation moved on, or commits first and the record finds it no longer its."""
+    user = _Held(api, volume_id=store.PENDING + "first")
+    seam = Seam()
+    seam.after(monkeypatch, store, "made")
+    recorded: list[bool] = []
+    taken: list[bool] = []
+
+    def record() -> None:
+        with api.ctx.db.write() as session:
+            recorded.append(store.made(session, user.row_id, "first", "vol-first") is not None)
+
+    def take_over() -> None:
+        with api.ctx.db.write() as session:
+            taken.append(store.take_over(session, user.row_id, store.PENDING + "first", "second"))
+
+    while_held(seam, record, take_over, other_ends_first=False, other_waits_s=1)
+    assert (recorded, taken) == ([True], [False])
+    row = user.row()
+    assert row is not None and row.volume_id == "vol-first"
+
+
+def test_a_refused_volume_does_not_drop_the_reservation_another_run_took_over(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same for a reservation dropped when the cloud refused its volume: the drop
+    deleted the row another run had just taken over (and was asking the cloud for)."""
+    user = _Held(api, volume_id=store.PENDING + "first")
+    seam = Seam()
+    seam.after(monkeypatch, store, "release")
+    released: list[bool] = []
+    taken: list[bool] = []
+
+    def release() -> None:
+        with api.ctx.db.write() as session:
+            released.append(store.release(session, user.row_id, "first"))
+
+    def take_over() -> None:
+        with api.ctx.db.write() as session:
+            taken.append(store.take_over(session, user.row_id, store.PENDING + "first", "second"))
+
+    while_held(seam, release, take_over, other_ends_first=False, other_waits_s=1)
+    assert (released, taken) == ([True], [False])
+    assert user.row() is None
+
+
+def test_two_runs_recording_one_volume_on_two_desktops_record_it_once(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two attach passes that each read the volume unattached (its user holding two
+    desktops, each pass judging another the first) both recorded theirs, the later over
+    the earlier: the earlier's attachment, recorded nowhere, was never undone. Now the
+    row is locked before it is checked: the later pass finds the volume on the other
+    desktop and takes its own attachment off."""
+    user = _Held(api, volume_id="vol-1", holds=("lab-000", "lab-001"))
+    seam = Seam()
+    seam.after(monkeypatch, store, "lock_row")
+    results: dict[str, volumes._Stale | None] = {}
+
+    def first() -> None:
+        results["first"] = volumes._record_attach(api.ctx, user.want("lab-000"), "vol-1")
+
+    def second() -> None:
+        results["second"] = volumes._record_attach(api.ctx, user.want("lab-001"), "vol-1")
+
+    while_held(seam, first, second, other_ends_first=False, other_waits_s=1)
+    second_desktop = user.desktops["lab-001"]
+    assert results == {
+        "first": None,
+        "second": volumes._Stale(None, "vol-1", second_desktop.external_id, second_desktop.id),
+    }
+    row = user.row()
+    assert row is not None and row.desktop_id == user.desktops["lab-000"].id
+    assert user.events("volume.attach") == 1
+
+
+def test_an_attachment_recorded_while_its_desktop_is_released_comes_off_at_once(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An attach pass that read the desktop's holder while a release had unassigned it
+    but not yet committed (its unit goes on: the event, the pool's interval, the queues)
+    read the holder being taken away and kept the volume on the desktop until the next
+    pass, maybe in the next holder's hands. The holder is now read with the desktop's
+    row share-locked: the pass waits for the release and takes the volume off."""
+    user = _Held(api, volume_id="vol-1")
+    desktop = assigned_desktop(api, "user0")
+    name = next(n for n, d in user.desktops.items() if d.id == desktop)
+    seam = Seam(first_only=True)  # the app runs the release on a thread of its own
+    seam.after(monkeypatch, claims, "unassign")
+    results: list[volumes._Stale | None] = []
+
+    def release() -> None:
+        api.delete(f"assignments/{desktop}")
+
+    def record() -> None:
+        results.append(volumes._record_attach(api.ctx, user.want(name), "vol-1"))
+
+    while_held(seam, release, record, other_ends_first=False, other_waits_s=1)
+    # Recorded, to be detached at once by the pass (and found by the next should that fail).
+    assert results == [user.stale(name)]
+    row = user.row()
+    assert row is not None and row.desktop_id == desktop
+
+
+def test_a_detach_does_not_clear_an_attachment_recorded_after_it_read_the_row(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A detach that read the row (attached to a desktop its user let go) while another
+    pass detached it too and recorded it on the user's new desktop cleared that record:
+    the volume stayed on the new desktop with its row saying it was on none. Locked, the
+    row is read as the other pass left it, and the detach writes nothing."""
+    user = _Held(api, volume_id="vol-1", holds=("lab-001",))
+    user.attach("lab-000")
+    center = cast(CenterDriver, _Detached())
+    seam = Seam()
+    seam.after(monkeypatch, store, "lock_row")
+
+    def detach() -> None:
+        volumes._detach(api.ctx, center, user.stale("lab-000"))
+
+    attached: list[volumes._Stale | None] = []
+
+    def detach_and_attach() -> None:
+        volumes._detach(api.ctx, center, user.stale("lab-000"))
+        attached.append(volumes._record_attach(api.ctx, user.want("lab-001"), "vol-1"))
+
+    while_held(seam, detach, detach_and_attach, other_ends_first=False, other_waits_s=1)
+    assert attached == [None]
+    row = user.row()
+    assert row is not None
+    assert (row.desktop_id, row.attached_to) == (
+        user.desktops["lab-001"].id,
+        user.desktops["lab-001"].external_id,
+    )
+    assert user.events("volume.detach") == 1

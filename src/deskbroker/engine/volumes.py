@@ -27,7 +27,7 @@ from deskbroker.services.context import BrokerContext
 from deskbroker.store import events
 from deskbroker.store import volumes as store
 from deskbroker.store.db import Unit
-from deskbroker.store.tables import Center, User, UserVolume
+from deskbroker.store.tables import Center, User
 
 # A reservation this old was left by a run that stopped between asking the center and
 # recording the answer (every center call gives up long before): another run takes it
@@ -115,7 +115,10 @@ def _detach(ctx: BrokerContext, driver: CenterDriver, stale: _Stale) -> None:
     if stale.id is None:
         return
     with ctx.db.write() as session:
-        volume = session.get(UserVolume, stale.id)
+        # Locked, so read as last committed: between a plain read and this write, another
+        # run could detach the volume too and a third record it on the holder's new
+        # desktop, a record this write would clear (the volume attached, its row not).
+        volume = store.lock_row(session, stale.id)
         if volume is None or (volume.desktop_id, volume.attached_to) != (
             stale.desktop_id,
             stale.attached_to,
@@ -200,7 +203,13 @@ def _record_attach(ctx: BrokerContext, want: _Wanted, volume_id: str) -> _Stale 
     longer the user's (or another run recorded the volume elsewhere meanwhile)."""
     unrecorded = _Stale(None, volume_id, want.external_id, want.desktop_id)
     with ctx.db.write() as session:
-        volume = session.get(UserVolume, want.volume_row) if want.volume_row else None
+        # Both rows locked, the desktop's first (``still_held`` says why that order):
+        # two runs that each read the volume unattached both recorded theirs, the later
+        # over the earlier; a release under way when a plain read found the desktop held
+        # committed after, leaving the volume on a desktop its user no longer holds
+        # (perhaps handed to the next in the queue) until the next run.
+        held = store.still_held(session, want.desktop_id, want.external_id, want.user_id, lock=True)
+        volume = store.lock_row(session, want.volume_row) if want.volume_row else None
         if volume is None or volume.volume_id != volume_id:
             return unrecorded  # the user (and their row) went away meanwhile
         if (volume.desktop_id, volume.attached_to) == (want.desktop_id, want.external_id):
@@ -209,8 +218,9 @@ def _record_attach(ctx: BrokerContext, want: _Wanted, volume_id: str) -> _Stale 
             return unrecorded  # another run attached it elsewhere meanwhile
         volume.desktop_id, volume.attached_to = want.desktop_id, want.external_id
         _event(session, want, "volume.attach", {"volume": volume_id})
-        if store.still_held(session, want.desktop_id, want.external_id, want.user_id):
+        if held:
             return None
+        # Recorded all the same: should the detach fail, the next run finds it stale.
         return _Stale(volume.id, volume_id, want.external_id, want.desktop_id)
 
 

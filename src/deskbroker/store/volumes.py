@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from deskbroker.domain.states import PowerState
@@ -73,14 +73,36 @@ def is_pending(volume_id: str) -> bool:
     return volume_id.startswith(PENDING)
 
 
-def still_held(session: Unit, desktop_id: str, external_id: str, user_id: str) -> bool:
-    """Whether the desktop (as the same instance) is still held by the user."""
-    desktop = session.get(Desktop, desktop_id)
-    return (
-        desktop is not None
-        and desktop.assigned_user_id == user_id
-        and desktop.external_id == external_id
-    )
+def still_held(
+    session: Unit, desktop_id: str, external_id: str, user_id: str, *, lock: bool = False
+) -> bool:
+    """Whether the desktop (as the same instance) is still held by the user.
+
+    ``lock`` (a write unit's): the desktop's row is share-locked until the unit ends. A
+    release or hand-over under way (its update made, not yet committed) is waited for
+    and read as it committed, where a plain read sees the holder it is taking away; and
+    none begins until then, so what the unit records is true when it commits. Taken
+    before the volume's row (``lock_row``): every unit that locks both goes desktop
+    first, as a center's delete (its desktops, then the volumes of the center) does,
+    and the release path locks no volume. A share lock leaves the key-share lock a
+    membership refresh takes on the row free (``store/membership.hold``)."""
+    query = select(Desktop.assigned_user_id, Desktop.external_id).where(Desktop.id == desktop_id)
+    if lock:
+        query = query.with_for_update(read=True)
+    found = session.execute(query).first()
+    return found is not None and (found[0], found[1]) == (user_id, external_id)
+
+
+def lock_row(session: Unit, row_id: str) -> UserVolume | None:
+    """The volume's row, locked until the unit ends and read as last committed: a unit
+    that checks it before writing it (its attachment) sees a change another run
+    committed meanwhile, and none commits one until this unit ends."""
+    return session.scalars(
+        select(UserVolume)
+        .where(UserVolume.id == row_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).first()
 
 
 def reserve(
@@ -116,16 +138,24 @@ def take_over(session: Unit, row_id: str, old: str, token: str) -> bool:
 
 def made(session: Unit, row_id: str, token: str, volume_id: str) -> UserVolume | None:
     """Record the id of the volume reservation ``token`` asked for; ``None`` when the
-    reservation is no longer that run's (taken over, or the user went away)."""
-    volume = session.get(UserVolume, row_id)
-    if volume is None or volume.volume_id != PENDING + token:
-        return None
-    volume.volume_id = volume_id
-    return volume
+    reservation is no longer that run's (taken over, or the user went away).
+
+    One statement, its check in its ``WHERE``: a take-over that commits after a read of
+    the row (and before its write) would be written over, its run left sure it holds a
+    reservation that names another volume."""
+    return session.scalars(
+        update(UserVolume)
+        .where(UserVolume.id == row_id, UserVolume.volume_id == PENDING + token)
+        .values(volume_id=volume_id)
+        .returning(UserVolume)
+    ).first()
 
 
-def release(session: Unit, row_id: str, token: str) -> None:
-    """Drop reservation ``token`` when the center refused to make its volume."""
-    volume = session.get(UserVolume, row_id)
-    if volume is not None and volume.volume_id == PENDING + token:
-        session.delete(volume)
+def release(session: Unit, row_id: str, token: str) -> bool:
+    """Drop reservation ``token`` when the center refused to make its volume; False when
+    it is no longer that run's. One statement, as ``made``: a reservation another run
+    took over meanwhile is that run's, and stays."""
+    done = session.execute(
+        delete(UserVolume).where(UserVolume.id == row_id, UserVolume.volume_id == PENDING + token)
+    )
+    return bool(done.rowcount)  # type: ignore[attr-defined]
