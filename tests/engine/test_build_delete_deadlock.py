@@ -195,8 +195,9 @@ def test_a_center_deleted_while_its_build_records_its_outcome_both_go_through(
 ) -> None:
     """A pool deleted while its build was in the cloud's hands leaves the build to
     finish, and its center to no pool: an administrator may delete the center. A build
-    recording the instance the cloud made writes the desktop's row (its id) after its
-    task's; one that failed for good deletes its desktop. The delete waits for it, and
+    recording the instance the cloud made wrote the desktop's row (its id) after its
+    task's, where the delete takes the desktops first (it now writes the desktop's
+    first); one that failed for good deletes its desktop. The delete waits for it, and
     then takes the center's desktops and tasks with it."""
     image = NO_SUCH_IMAGE if outcome == "fails for good" else None
     center_id, pool_id, task = _claimed_build(api, sim, engine, ctx, image=image)
