@@ -17,6 +17,7 @@ from deskbroker.domain.permissions import BuiltinRole, Permissions
 from deskbroker.security import TokenClaims
 from deskbroker.services import access
 from deskbroker.services.context import BrokerContext
+from deskbroker.store import membership
 from deskbroker.store.db import Unit
 
 _KEY = "deskbroker.write_context"
@@ -53,6 +54,8 @@ def attach_actor(session: Unit, ctx: BrokerContext, who: TokenClaims) -> WriteCo
     """Record ``who`` as the actor of the unit of work ``session``; returns the context."""
     context = WriteContext(actor=who, permissions=access.effective(ctx, who))
     session.info[_KEY] = context
+    # A person's request: its waits for the tenant's lock hold a thread of the node's.
+    membership.bound_waits(session)
     return context
 
 

@@ -225,6 +225,21 @@ def breached(session: Session, tenant_id: str) -> bool:
 
 # Where ``hold`` notes, per tenant, the transaction (or savepoint) that took the lock.
 _HELD = "deskbroker.membership_held"
+# Set on a unit a request opened (``bound_waits``).
+_BOUNDED = "deskbroker.membership_bounded"
+# A request's wait for its tenant's membership: the engine's units are bounded by their
+# turns (``engine/turns.py``), a request's by these.
+REQUEST_WAITS = advisory.BoundedWaits(
+    per_group=4,
+    wait_s=10.0,
+    what="another change of this tenant's pools or desktops (a configuration apply, say)",
+)
+
+
+def bound_waits(session: Session) -> None:
+    """The unit serves a request (an administrator's write): its wait for the tenant's
+    membership is bounded (``REQUEST_WAITS``) rather than as long as the holder's."""
+    session.info[_BOUNDED] = True
 
 
 def hold(session: leases.Unit, tenant_id: str) -> None:
@@ -251,7 +266,11 @@ def hold(session: leases.Unit, tenant_id: str) -> None:
         held = session.info.setdefault(_HELD, {})
         if held.get(tenant_id) is within:
             return
-    advisory.xact_lock(session, f"membership:{tenant_id}")
+    name = f"membership:{tenant_id}"
+    if isinstance(session, Session) and session.info.get(_BOUNDED):
+        REQUEST_WAITS.xact_lock(session, name, tenant_id)
+    else:
+        advisory.xact_lock(session, name)
     if held is not None:
         held[tenant_id] = within
 
