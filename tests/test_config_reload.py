@@ -18,7 +18,7 @@ from deskbroker.services.context import BrokerContext
 from deskbroker.store import snapshot
 from deskbroker.store.config_version import bump_config_version
 from deskbroker.store.tables import BrokerState, ConfigChange, Pool
-from tests.helpers import USER_PASSWORD, Api, tenant_admin_of
+from tests.helpers import USER_PASSWORD, Api, bearer, tenant_admin_of
 
 # A whole load as the database holds it, not counted among the cache's loads.
 WHOLE = snapshot.load
@@ -188,3 +188,30 @@ def test_a_source_made_elsewhere_routes_the_next_sign_in(api: Api, ctx: BrokerCo
         json={"username": "peter", "password": "not-his-password", "tenant": "initech"},
     )
     assert wrong.status_code == 401, wrong.text
+
+
+def test_a_document_applied_reloads_its_tenant_only_and_an_empty_one_nothing(
+    api: Api, ctx: BrokerContext, loads: list[Any]
+) -> None:
+    """A configuration apply told the node's cache to forget the whole view: a document
+    applied in a loop (an empty one changes nothing) made the node reload every tenant's
+    configuration, its logins waiting meanwhile."""
+    acme, a = _world(api, "acme")
+    _world(api, "globex")
+    assert _cached(ctx) == _whole(ctx)
+    loads.clear()
+    empty = acme.client.post("/api/v1/admin/config/apply", json={}, headers=bearer(acme.token))
+    assert empty.status_code == 200, empty.text
+    assert empty.json()["changes"] == []
+    assert _cached(ctx) == _whole(ctx)
+    assert loads == []
+    document = acme.client.get("/api/v1/admin/config", headers=bearer(acme.token)).json()
+    [pool] = [p for p in document["pools"] if p["name"] == "acme-desks"]
+    pool["description"] = "by document"
+    changed = acme.client.post(
+        "/api/v1/admin/config/apply", json=document, headers=bearer(acme.token)
+    )
+    assert changed.status_code == 200, changed.text
+    assert [c["name"] for c in changed.json()["changes"]] == ["acme-desks"]
+    assert loads == [{a["pool"]["tenant_id"]}]
+    assert _cached(ctx) == _whole(ctx)

@@ -47,6 +47,7 @@ from deskbroker.services.queues import pool_writes_batched
 from deskbroker.services.standing import may_manage
 from deskbroker.services.write_context import attach_actor
 from deskbroker.store import claims, config_rows, events, membership, references
+from deskbroker.store.config_version import bump_config_version
 from deskbroker.store.db import Unit
 from deskbroker.store.tables import User
 
@@ -114,7 +115,14 @@ def apply(
                     "deleted": sum(c.action == "delete" for c in converge.changes),
                 },
             )
-    ctx.cache.invalidate()
+            # Each catalog write moved it already; this names the tenant once more for
+            # whatever the document changed otherwise (one version per unit and tenant).
+            bump_config_version(session, tenant_id)
+    if converge.changes:
+        # The tenant's rows reloaded, not every tenant's: a document applied in a loop
+        # (an empty one changes nothing) made every login of this node wait for whole
+        # reloads of the site's configuration.
+        ctx.cache.stale(ctx.db)
     return Outcome(converge.changes, converge.unchanged)
 
 
