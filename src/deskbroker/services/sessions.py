@@ -510,8 +510,10 @@ def issue_agent_token(
     and so does the enrolled agent's refresh secret (which a past holder may have read
     on the machine), and the event sequence starts again."""
     with ctx.db.write() as session:
-        desktop = rows.lock_desktop(session, desktop_id)
-        if desktop is None or (tenant_scope is not None and desktop.tenant_id != tenant_scope):
+        # Found within the caller's tenant as it is locked: a tenant administrator naming
+        # another tenant's desktop neither locks its row nor waits for it.
+        desktop = desktop_rows.lock(session, desktop_id, tenant_scope)
+        if desktop is None:
             raise NotFound(f"desktop {desktop_id} does not exist")
         token, expires, token_id = ctx.signer.issue_agent(
             desktop_id=desktop.id,

@@ -42,14 +42,15 @@ def held_with_holder(
     return found[0], holder
 
 
-def lock(session: Unit, desktop_id: str) -> Desktop | None:
+def lock(session: Unit, desktop_id: str, tenant_id: str | None = None) -> Desktop | None:
     """The desktop's row, locked until the unit ends, with its values as they are once
-    locked (a copy the unit read before is refreshed, not kept)."""
+    locked (a copy the unit read before is refreshed, not kept). With ``tenant_id``,
+    only that tenant's: another tenant's row is neither locked nor waited for."""
+    query = select(Desktop).where(Desktop.id == desktop_id)
+    if tenant_id is not None:
+        query = query.where(Desktop.tenant_id == tenant_id)
     return session.scalars(
-        select(Desktop)
-        .where(Desktop.id == desktop_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
+        query.with_for_update().execution_options(populate_existing=True)
     ).first()
 
 
