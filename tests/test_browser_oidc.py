@@ -44,7 +44,8 @@ def test_an_organisation_sign_in_lands_in_the_portal(
     broker_and_provider: tuple[str, OidcProvider], tmp_path: Path
 ) -> None:
     broker, provider = broker_and_provider
-    admin = httpx.Client(base_url=f"{broker}/api/v1", timeout=10)
+    # 30 s: a setup request, not what the test measures, on a machine CI may load.
+    admin = httpx.Client(base_url=f"{broker}/api/v1", timeout=30)
     token = admin.post("/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD})
     admin.headers["Authorization"] = f"Bearer {token.json()['token']}"
     made = admin.post(
