@@ -41,6 +41,9 @@ def _move_version(session: Session) -> None:
         return
     changed: set[str | None] | None = session.info.pop(_CHANGED, None)
     if changed:
+        # The unit's own rows first: a row lock its last writes wait for must not be
+        # waited for while this unit holds the version's row.
+        session.flush()
         _record(session, changed)
 
 
