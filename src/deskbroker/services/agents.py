@@ -286,18 +286,18 @@ def refresh(ctx: BrokerContext, desktop_id: str, refresh_secret: str) -> Credent
     secret of the past holding buys one only at the live agent's next beat
     (``_check_handover``)."""
     now = datetime.now(UTC)
+    refused = Unauthorized(
+        "this refresh secret is not (or no longer) the desktop's: the agent must enrol again"
+    )
     with ctx.db.write() as session:
+        # Checked before the row is locked, and again once it is (a release may have
+        # cleared it meanwhile): anyone may call this route, and a wrong secret must not
+        # hold a desktop's row, which its claims and agent events wait for.
+        if not _secret_matches(rows.refresh_hash(session, desktop_id), refresh_secret):
+            raise refused
         desktop = rows.lock_desktop(session, desktop_id)
-        stored = desktop.agent_refresh_hash if desktop is not None else None
-        if (
-            desktop is None
-            or stored is None
-            or not hmac.compare_digest(stored, _hash(refresh_secret))
-        ):
-            raise Unauthorized(
-                "this refresh secret is not (or no longer) the desktop's: the agent must "
-                "enrol again"
-            )
+        if desktop is None or not _secret_matches(desktop.agent_refresh_hash, refresh_secret):
+            raise refused
         handover = desktop.agent_token_id is None
         if handover:
             _check_handover(ctx, desktop, now)
@@ -313,6 +313,10 @@ def refresh(ctx: BrokerContext, desktop_id: str, refresh_secret: str) -> Credent
             | ({"after_release": True} if handover else {}),
         )
         return Credential(desktop.id, desktop.name, token, expires, fresh)
+
+
+def _secret_matches(stored: str | None, refresh_secret: str) -> bool:
+    return stored is not None and hmac.compare_digest(stored, _hash(refresh_secret))
 
 
 def heartbeat(

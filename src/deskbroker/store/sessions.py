@@ -34,6 +34,11 @@ def lock_desktop(session: Session, desktop_id: str) -> Desktop | None:
     return session.scalars(_LOCK_DESKTOP, {"desktop_id": desktop_id}).first()
 
 
+def refresh_hash(session: Session, desktop_id: str) -> str | None:
+    """The hash of the desktop's agent refresh secret, read without a lock."""
+    return session.scalar(select(Desktop.agent_refresh_hash).where(Desktop.id == desktop_id))
+
+
 def user_named(session: Session, user_id: str) -> User | None:
     return session.get(User, user_id)
 
