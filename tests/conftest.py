@@ -122,6 +122,15 @@ def db_url(template_db: str, tmp_path: Path) -> str:
                 if table.name != "broker_state":
                     conn.execute(table.delete())
             conn.execute(text("UPDATE broker_state SET config_version = config_version + 1"))
+            # Ids from sequences start again too, as in a new database: a test's first
+            # event after one that left (and deleted) 34 would otherwise start at 35, a
+            # gap the webhooks' fan-out waits before passing (an order-dependent failure).
+            conn.execute(
+                text(
+                    "SELECT setval(format('%I.%I', schemaname, sequencename), 1, false) "
+                    "FROM pg_sequences WHERE schemaname = current_schema()"
+                )
+            )
         db.dispose()
         return template_db
     target = tmp_path / "deskbroker.db"
