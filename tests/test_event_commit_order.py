@@ -49,7 +49,7 @@ def test_a_long_units_events_reach_the_fan_out_after_a_shorter_ones(ctx: BrokerC
         with ctx.db.write() as session:
             events.append(session, "test.short", tenant_id=None)
         # Nothing of the long unit is in the log yet, not even an id: no gap to pass.
-        assert _kinds(ctx, start) == [(start + 1, "test.short")]
+        assert [k for _, k in _kinds(ctx, start)] == ["test.short"]
         assert _fan_out_long_after(ctx).walked == 1
     go_on.set()
     held.join(30)
@@ -60,10 +60,9 @@ def test_a_long_units_events_reach_the_fan_out_after_a_shorter_ones(ctx: BrokerC
     assert [k for _, k in found] == (
         ["test.short", "test.long"] if ctx.db.is_postgres else ["test.long", "test.short"]
     )
-    assert [i for i, _ in found] == [start + 1, start + 2]
     _fan_out_long_after(ctx)
     with ctx.db.read() as session:
-        assert fanout.horizon(session) == start + 2
+        assert fanout.horizon(session) == found[-1][0]
 
 
 def test_a_rolled_back_unit_or_savepoint_writes_no_event(ctx: BrokerContext) -> None:
