@@ -81,7 +81,7 @@ def test_past_the_bound_a_wait_is_refused_at_once_and_a_long_one_gives_up(pg: En
         with Session(pg) as session, session.begin(), pytest.raises(TooManyRequests) as refused:
             waits.xact_lock(session, name, "acme")
         assert time.monotonic() - refused_at < 0.5
-        assert refused.value.extra["retry_after"] == 1
+        assert refused.value.extra["retry_after"] == 1  # a burst's waits are short
         assert "1 more requests of this tenant already wait" in refused.value.detail
         # ...another tenant's free lock is taken at once.
         with Session(pg) as session, session.begin():
@@ -187,7 +187,7 @@ def test_an_administrators_writes_during_a_long_apply_are_bounded(
         assert answers["first"].headers["Retry-After"] == "2"
         assert took["first"] >= 2.0
         assert answers["second"].status_code == 429, answers["second"].text
-        assert answers["second"].headers["Retry-After"] == "2"
+        assert answers["second"].headers["Retry-After"] == "1"
         assert took["second"] < 1.5
         assert acme.get(f"pools/{pool['id']}")["description"] not in ("first", "second")
     else:

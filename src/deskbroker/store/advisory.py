@@ -45,8 +45,10 @@ class BoundedWaits:
     holding a lock for long (a configuration apply of thousands of pools takes tens of
     seconds) and sending the same tenant's writes meanwhile took every thread and
     connection of the process, and every other tenant's requests waited for them. Past
-    the bound a request is refused at once (429); one that waited ``wait_s`` in vain is
-    answered 503; both say when to try again, and nothing of theirs is written."""
+    the bound a request is refused at once (429, to try again in a second: the waits of
+    a script's burst of small writes are short, and the bound is there for long ones);
+    one that waited ``wait_s`` in vain is answered 503; both say when to try again, and
+    nothing of theirs is written."""
 
     def __init__(self, per_group: int, wait_s: float, what: str) -> None:
         self.per_group = per_group
@@ -91,9 +93,9 @@ class BoundedWaits:
                 raise TooManyRequests(
                     f"{self.what} is under way and {self.per_group} more requests of "
                     "this tenant already wait for it on this broker; this one is "
-                    "refused, nothing of it written: send it again in "
-                    f"{round(self.wait_s)} s (Retry-After), or one change at a time",
-                    retry_after=round(self.wait_s),
+                    "refused, nothing of it written: send it again in a second "
+                    "(Retry-After), or fewer changes at once",
+                    retry_after=1,
                 )
             self._waiting[group] += 1
         try:

@@ -230,7 +230,9 @@ _BOUNDED = "deskbroker.membership_bounded"
 # A request's wait for its tenant's membership: the engine's units are bounded by their
 # turns (``engine/turns.py``), a request's by these.
 REQUEST_WAITS = advisory.BoundedWaits(
-    per_group=4,
+    # Of a process's 40 request threads: a script's burst of writes waits its turn, one
+    # tenant waiting for its own long apply leaves most of them to the others.
+    per_group=16,
     wait_s=10.0,
     what="another change of this tenant's pools or desktops (a configuration apply, say)",
 )
