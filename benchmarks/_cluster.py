@@ -63,6 +63,7 @@ from login import (
     Answer,
     BenchError,
     Wire,
+    admin_post,
     expect,
     machine_address,
     percentile,
@@ -82,14 +83,7 @@ async def seed(http: httpx.AsyncClient, world: World, args: argparse.Namespace) 
     auth = {"Authorization": f"Bearer {token}"}
 
     async def post(path: str, body: dict[str, Any]) -> dict[str, Any]:
-        # A burst of one tenant's writes may be told to wait (429 or 503 with
-        # Retry-After: the tenant's changes take turns); sent again then, as a script would.
-        for _ in range(30):
-            answer = await http.post(f"/api/v1/admin/{path}", json=body, headers=auth)
-            if answer.status_code not in (429, 503) or "Retry-After" not in answer.headers:
-                break
-            await asyncio.sleep(float(answer.headers["Retry-After"]))
-        return expect(answer, 201, f"POST {path}")
+        return await admin_post(http, auth, path, body)
 
     machines = [
         {"name": f"bench-{i + 1:05d}", "address": machine_address(i), "ports": {"vnc": 5900}}

@@ -320,6 +320,20 @@ def expect(response: Reply, status: int, what: str) -> dict[str, Any]:
     return body
 
 
+async def admin_post(
+    http: httpx.AsyncClient, auth: dict[str, str], path: str, body: dict[str, Any]
+) -> dict[str, Any]:
+    """``POST /api/v1/admin/{path}``, expecting 201. A burst of one tenant's writes may be
+    told to wait (429 or 503 with Retry-After: the tenant's changes take turns): each is
+    sent again then, as a script would."""
+    for _ in range(30):
+        answer = await http.post(f"/api/v1/admin/{path}", json=body, headers=auth)
+        if answer.status_code not in (429, 503) or "Retry-After" not in answer.headers:
+            break
+        await asyncio.sleep(float(answer.headers["Retry-After"]))
+    return expect(answer, 201, f"POST {path}")
+
+
 async def seed(http: httpx.AsyncClient, args: argparse.Namespace) -> str:
     """Configure the broker as an operator would; returns the admin token."""
     token = expect(
@@ -330,14 +344,7 @@ async def seed(http: httpx.AsyncClient, args: argparse.Namespace) -> str:
     auth = {"Authorization": f"Bearer {token}"}
 
     async def post(path: str, body: dict[str, Any]) -> dict[str, Any]:
-        # A burst of one tenant's writes may be told to wait (429 or 503 with
-        # Retry-After: the tenant's changes take turns); sent again then, as a script would.
-        for _ in range(30):
-            answer = await http.post(f"/api/v1/admin/{path}", json=body, headers=auth)
-            if answer.status_code not in (429, 503) or "Retry-After" not in answer.headers:
-                break
-            await asyncio.sleep(float(answer.headers["Retry-After"]))
-        return expect(answer, 201, f"POST {path}")
+        return await admin_post(http, auth, path, body)
 
     center = await post(
         "centers",
