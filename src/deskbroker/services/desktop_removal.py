@@ -17,13 +17,7 @@ from typing import Literal
 
 from deskbroker.centers import registry
 from deskbroker.centers.base import Capability
-from deskbroker.domain.states import (
-    AVAILABILITY_TRANSITIONS,
-    POWER_TRANSITIONS,
-    Availability,
-    PowerState,
-    transition,
-)
+from deskbroker.domain.states import PowerState
 from deskbroker.errors import Conflict, DeskbrokerError, NotFound
 from deskbroker.security import TokenClaims
 from deskbroker.services import standing, write_context
@@ -141,16 +135,7 @@ def delete_desktop(
 
 
 def _mark_deleting(session: Unit, desktop: Desktop) -> None:
-    subject = f"desktop {desktop.name}"
-    desktop.power_state = transition(
-        POWER_TRANSITIONS, PowerState(desktop.power_state), PowerState.DELETING, subject=subject
-    ).value
-    desktop.availability = transition(
-        AVAILABILITY_TRANSITIONS,
-        Availability(desktop.availability),
-        Availability.UNAVAILABLE,
-        subject=subject,
-    ).value
+    desktop_rows.take_out(desktop, PowerState(desktop.power_state), PowerState.DELETING)
     desktop.delete_requested_at = utcnow()
     jobs.poke(session, JobKind.REMOVE_DESKTOPS, desktop.center_id)
 

@@ -9,15 +9,8 @@ from datetime import datetime
 
 from sqlalchemy import bindparam, update
 
-from deskbroker.domain.states import (
-    AVAILABILITY_TRANSITIONS,
-    POWER_TRANSITIONS,
-    Availability,
-    PowerState,
-    power_state,
-    transition,
-)
-from deskbroker.store import leases
+from deskbroker.domain.states import PowerState, power_state
+from deskbroker.store import desktop_rows, leases
 from deskbroker.store.db import Unit
 from deskbroker.store.tables import Desktop, Pool
 from deskbroker.store.tasks import DESKTOPS, POOLS, TASKS
@@ -122,16 +115,7 @@ def desktop_failed(session: Unit, desktop_id: str, reason: str, *, cleaned: bool
     if cleaned:
         session.delete(desktop)
         return
-    subject = f"desktop {desktop.name}"
-    desktop.power_state = transition(
-        POWER_TRANSITIONS, power_state(desktop.power_state), PowerState.ERROR, subject=subject
-    ).value
-    desktop.availability = transition(
-        AVAILABILITY_TRANSITIONS,
-        Availability(desktop.availability),
-        Availability.UNAVAILABLE,
-        subject=subject,
-    ).value
+    desktop_rows.take_out(desktop, power_state(desktop.power_state), PowerState.ERROR)
     desktop.attributes = {**dict(desktop.attributes or {}), "provisioning_error": reason}
 
 

@@ -11,6 +11,7 @@ from sqlalchemy import func, select, update
 
 from deskbroker.domain.states import (
     AVAILABILITY_TRANSITIONS,
+    POWER_TRANSITIONS,
     Availability,
     PowerState,
     SessionState,
@@ -118,3 +119,17 @@ def back_in_claim(desktop: Desktop) -> None:
             Availability.AVAILABLE,
             subject=f"desktop {desktop.name}",
         ).value
+
+
+def take_out(desktop: Desktop, current: PowerState, to: PowerState) -> None:
+    """Move the desktop from power state ``current`` to ``to`` and out of every offer
+    (unavailable), each by its transition table: a failed build's quarantine, a delete
+    under way."""
+    subject = f"desktop {desktop.name}"
+    desktop.power_state = transition(POWER_TRANSITIONS, current, to, subject=subject).value
+    desktop.availability = transition(
+        AVAILABILITY_TRANSITIONS,
+        Availability(desktop.availability),
+        Availability.UNAVAILABLE,
+        subject=subject,
+    ).value
