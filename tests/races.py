@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 
 class Seam:
@@ -79,3 +80,32 @@ def while_held(
     first.join(30)
     second.join(30)
     assert not first.is_alive() and not second.is_alive()
+
+
+def raised_while_desktop_held(
+    ctx: Any, desktop_id: str, call: Callable[[], Any], waited: str
+) -> list[BaseException]:
+    """Run ``call`` while another unit holds the desktop's row (``FOR UPDATE``, on
+    PostgreSQL; SQLite has no row locks): it must end within 5 s, not wait for the row
+    (``waited`` says what did, if it does). Returns what it raised (empty: nothing)."""
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:
+            raised.append(exc)
+
+    with ctx.db.engine.connect() as holder:
+        if ctx.db.is_postgres:
+            holder.execute(
+                text("SELECT 1 FROM desktops WHERE id = :d FOR UPDATE"), {"d": desktop_id}
+            )
+        thread = threading.Thread(target=run)
+        thread.start()
+        thread.join(5)
+        still_waiting = thread.is_alive()
+        holder.rollback()
+    thread.join(30)
+    assert not still_waiting, waited
+    return raised

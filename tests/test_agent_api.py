@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import threading
 from datetime import UTC, datetime, timedelta
 
 import jwt
 from fastapi.testclient import TestClient
-from sqlalchemy import text
 
 from deskbroker.bootstrap import add_local_user
 from deskbroker.errors import NotFound
@@ -15,6 +13,7 @@ from deskbroker.security import TOKEN_AUDIENCE
 from deskbroker.services.sessions import issue_agent_token
 from tests.desktop_agent import Agent, assigned_desktop
 from tests.helpers import USER_PASSWORD, Api
+from tests.races import raised_while_desktop_held
 
 EVENTS = "/api/v1/agent/events"
 
@@ -319,24 +318,12 @@ def test_minting_for_another_tenants_desktop_neither_locks_nor_waits_for_it(api:
     it waited for that unit and then locked the row before looking at its tenant."""
     desktop, _ = _setup(api)
     ctx = api.ctx
-    outcome: list[BaseException] = []
-
-    def mint() -> None:
-        try:
-            issue_agent_token(ctx, desktop, "another-tenant", "acme-admin")
-        except NotFound as exc:
-            outcome.append(exc)
-
-    with ctx.db.engine.connect() as holder:
-        if ctx.db.is_postgres:  # another unit holds the row (SQLite has no row locks)
-            holder.execute(text("SELECT 1 FROM desktops WHERE id = :d FOR UPDATE"), {"d": desktop})
-        minting = threading.Thread(target=mint)
-        minting.start()
-        minting.join(5)
-        waited = minting.is_alive()
-        holder.rollback()
-    minting.join(30)
-    assert not waited, "the mint waited for another tenant's desktop row"
+    outcome = raised_while_desktop_held(
+        ctx,
+        desktop,
+        lambda: issue_agent_token(ctx, desktop, "another-tenant", "acme-admin"),
+        "the mint waited for another tenant's desktop row",
+    )
     assert [type(e) for e in outcome] == [NotFound]
     tenant = api.get(f"desktops/{desktop}")["tenant_id"]
     _, _, row = issue_agent_token(ctx, desktop, tenant, "admin")

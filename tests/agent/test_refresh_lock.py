@@ -4,15 +4,14 @@ waits for) the row the desktop's claims and agent events take."""
 
 from __future__ import annotations
 
-import threading
-
 import pytest
-from sqlalchemy import text, update
+from sqlalchemy import update
 
 from deskbroker.errors import Unauthorized
 from deskbroker.services import agents
 from deskbroker.store.tables import Desktop
 from tests.helpers import Api
+from tests.races import raised_while_desktop_held
 
 
 def test_a_wrong_refresh_secret_neither_locks_nor_waits_for_the_desktop(api: Api) -> None:
@@ -25,24 +24,12 @@ def test_a_wrong_refresh_secret_neither_locks_nor_waits_for_the_desktop(api: Api
             .where(Desktop.id == desktop)
             .values(agent_refresh_hash=agents._hash("the-right-secret"), agent_token_id="t1")
         )
-    outcome: list[BaseException] = []
-
-    def refresh() -> None:
-        try:
-            agents.refresh(ctx, desktop, "a-guess")
-        except Unauthorized as exc:
-            outcome.append(exc)
-
-    with ctx.db.engine.connect() as holder:
-        if ctx.db.is_postgres:  # a claim or agent event holds the row (SQLite: no row locks)
-            holder.execute(text("SELECT 1 FROM desktops WHERE id = :d FOR UPDATE"), {"d": desktop})
-        guessing = threading.Thread(target=refresh)
-        guessing.start()
-        guessing.join(5)
-        waited = guessing.is_alive()
-        holder.rollback()
-    guessing.join(30)
-    assert not waited, "a wrong secret waited for the desktop's row"
+    outcome = raised_while_desktop_held(
+        ctx,
+        desktop,
+        lambda: agents.refresh(ctx, desktop, "a-guess"),
+        "a wrong secret waited for the desktop's row",
+    )
     assert [type(e) for e in outcome] == [Unauthorized]
     # The right one still buys a token.
     assert agents.refresh(ctx, desktop, "the-right-secret").token
